@@ -1,0 +1,27 @@
+//! Starling's protocol: pure data and pure functions that every node and the simulator share.
+//!
+//! Nothing in this crate reads a clock, touches a socket or file, spawns a thread or draws a
+//! random number: time, node ids and randomness are arguments. That is what lets `starling-sim`
+//! replay any run from its seed, and lets every node compute the same placement from the same
+//! view. `clippy.toml` in this crate forbids the ambient sources by name.
+//!
+//! - [`spec`]: workload specs, parsed from TOML/JSON and validated with field paths.
+//! - [`hlc`]: hybrid logical clock timestamps, the order of all writes.
+//! - [`desired`]: the desired-state CRDT and its Merkle digest for anti-entropy.
+//! - [`placement`]: weighted rendezvous hashing from a fleet view to an assignment.
+//! - [`lease`]: lease records and their merge rule.
+//! - [`wire`]: every message on the wire, in a versioned envelope.
+
+#![forbid(unsafe_code)]
+
+pub mod desired;
+pub mod hash;
+pub mod hlc;
+pub mod lease;
+pub mod names;
+pub mod placement;
+pub mod quantity;
+pub mod spec;
+pub mod wire;
+
+pub use names::{NodeId, WorkloadName};

@@ -1,0 +1,359 @@
+//! Workload specs: what an operator asks the fleet to run.
+//!
+//! Two shapes of the same thing:
+//! - [`SpecDoc`] is the document as written in TOML or JSON, with quantities as text
+//!   (`"256Mi"`) and every field optional where a default exists. It is never sent between nodes.
+//! - [`WorkloadSpec`] is the validated, typed spec: [`SpecDoc::validate`] is the only way to
+//!   build one from user input, and it reports every problem at once, each with its field path.
+//!   It is plain serde data, so it is also the form stored on disk and sent on the wire;
+//!   [`WorkloadSpec::check`] re-validates a spec decoded from untrusted bytes.
+
+mod doc;
+mod error;
+mod validate;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+pub use doc::{
+    ConfigDoc, ConstraintsDoc, HealthDoc, HttpProbeDoc, PortDoc, ResourcesDoc, RestartDoc,
+    ScalingDoc, SecretDoc, SpecDoc, UpdateDoc,
+};
+pub use error::{FieldError, SpecErrors};
+
+use crate::names::WorkloadName;
+use crate::quantity::{Bytes, Millicores};
+
+/// Most replicas one workload may ask for.
+pub const REPLICAS_MAX: u32 = 10_000;
+
+/// The validated description of a workload. Build it with [`SpecDoc::validate`] or
+/// [`WorkloadSpec::from_toml`]; values of this type passed every check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadSpec {
+    /// Unique name in the fleet; also its DNS name.
+    pub name: WorkloadName,
+    /// Which runtime runs it; placement only picks nodes that have it.
+    pub runtime: RuntimeKind,
+    /// Container image (docker/podman).
+    pub image: Option<String>,
+    /// When a container runtime may pull the image.
+    pub image_pull_policy: PullPolicy,
+    /// Program to run (process runtime), or the container's entrypoint override.
+    pub command: Option<String>,
+    /// Arguments to `command`.
+    pub args: Vec<String>,
+    /// How many copies to run (for a singleton: 1 active instance).
+    pub replicas: u32,
+    /// Placement priority: higher priorities are placed first when capacity is short.
+    pub priority: i32,
+    /// CPU and memory requests (what placement reserves) and limits (what the runtime enforces).
+    pub resources: Resources,
+    /// Where the workload may run.
+    pub constraints: Constraints,
+    /// Spread replicas over nodes, or pack them onto as few nodes as possible.
+    pub placement: PlacementStrategy,
+    /// What a side of a network partition may do about replicas it cannot see.
+    pub partition: PartitionPolicy,
+    /// Named ports the workload listens on.
+    pub ports: Vec<PortSpec>,
+    /// Environment variables.
+    pub env: BTreeMap<String, String>,
+    /// Configuration objects mounted into the workload.
+    pub configs: Vec<ConfigRef>,
+    /// Secrets, decrypted only on the node that runs a replica.
+    pub secrets: Vec<SecretRef>,
+    /// How to tell a replica is healthy.
+    pub health: Option<HealthCheck>,
+    /// What to do when a replica exits.
+    pub restart: RestartPolicy,
+    /// How a new revision replaces the old one.
+    pub update: UpdateStrategy,
+    /// Automatic scaling between bounds.
+    pub scaling: Option<ScalingPolicy>,
+    /// Exactly one active instance, elected through a lease.
+    pub singleton: bool,
+}
+
+/// Runtimes a node can offer and a workload can ask for.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    /// A plain child process of the agent (the embedded default, no daemon needed).
+    #[default]
+    Process,
+    /// A container through the Docker Engine API.
+    Docker,
+    /// A container through Podman's Docker-compatible API.
+    Podman,
+}
+
+/// When a container image may be pulled from a registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PullPolicy {
+    /// Never pull: the image must be loaded on the node (`starling image load`).
+    Never,
+    /// Pull only when the node does not have the image.
+    #[default]
+    IfNotPresent,
+    /// Pull before every start.
+    Always,
+}
+
+/// Requests are reserved by placement; limits are enforced by the runtime when it can.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Resources {
+    /// CPU reserved per replica.
+    pub cpu_request: Millicores,
+    /// CPU ceiling per replica, if any.
+    pub cpu_limit: Option<Millicores>,
+    /// Memory reserved per replica.
+    pub memory_request: Bytes,
+    /// Memory ceiling per replica, if any.
+    pub memory_limit: Option<Bytes>,
+}
+
+/// Hard placement constraints; a node must satisfy all of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Constraints {
+    /// Labels the node must carry, with these exact values.
+    pub labels: BTreeMap<String, String>,
+    /// CPU architectures allowed (empty: any), as Rust's `std::env::consts::ARCH` names them.
+    pub arch: BTreeSet<String>,
+}
+
+/// How replicas of one workload are laid out over nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlacementStrategy {
+    /// No two replicas on one node while another node fits (the default).
+    #[default]
+    Spread,
+    /// Fill nodes in one fleet-wide order, so fewer nodes are busy.
+    BinPack,
+}
+
+/// What a partitioned side may do about replicas held by nodes it cannot see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PartitionPolicy {
+    /// Only a side that sees a majority of the known members replaces missing replicas.
+    #[default]
+    Consistency,
+    /// Every side replaces missing replicas; duplicates are accepted while split.
+    Availability,
+}
+
+/// A named port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortSpec {
+    /// Name used by health checks and service discovery (a DNS label).
+    pub name: String,
+    /// Port the workload listens on.
+    pub container_port: u16,
+    /// Fixed host port, or `None` to let the agent pick one.
+    pub host_port: Option<u16>,
+    /// Transport protocol.
+    pub protocol: PortProtocol,
+}
+
+/// Transport protocol of a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PortProtocol {
+    /// TCP (the default).
+    #[default]
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+/// A reference to a configuration object, made available as a file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigRef {
+    /// Name of the config object in the fleet.
+    pub name: String,
+    /// Where the workload sees it.
+    pub path: String,
+}
+
+/// A reference to a secret; delivered as an environment variable and/or a file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretRef {
+    /// Name of the secret in the fleet.
+    pub name: String,
+    /// Environment variable that receives the value.
+    pub env: Option<String>,
+    /// File that receives the value.
+    pub path: Option<String>,
+}
+
+/// A health check and its timing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    /// What to probe.
+    pub probe: Probe,
+    /// Time between probes.
+    pub interval_ms: u64,
+    /// A probe slower than this fails.
+    pub timeout_ms: u64,
+    /// Consecutive failures before the replica is unhealthy.
+    pub failure_threshold: u32,
+    /// Grace after start before failures count.
+    pub initial_delay_ms: u64,
+}
+
+/// The kinds of probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Probe {
+    /// Run a command (inside the container for container runtimes); exit 0 is healthy.
+    Exec {
+        /// Program and arguments.
+        command: Vec<String>,
+    },
+    /// Open a TCP connection to a named port.
+    Tcp {
+        /// Name of a port in `ports`.
+        port: String,
+    },
+    /// GET a path on a named port; a 2xx or 3xx answer is healthy.
+    Http {
+        /// Name of a port in `ports`.
+        port: String,
+        /// Request path, starting with `/`.
+        path: String,
+    },
+}
+
+/// What happens when a replica exits, and how fast it is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartPolicy {
+    /// When to restart.
+    pub mode: RestartMode,
+    /// First back-off delay; doubles on each failure.
+    pub backoff_initial_ms: u64,
+    /// Back-off ceiling.
+    pub backoff_max_ms: u64,
+    /// A replica that has run this long resets its back-off and failure count.
+    pub reset_after_ms: u64,
+}
+
+/// When to restart an exited replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestartMode {
+    /// Always restart, whatever the exit code.
+    Always,
+    /// Restart after a non-zero exit, at most `max_retries` times in a row.
+    OnFailure {
+        /// Consecutive failed restarts before the replica is reported as `CrashLoop`.
+        max_retries: u32,
+    },
+    /// Never restart.
+    Never,
+}
+
+/// How a new revision rolls out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateStrategy {
+    /// Replicas replaced per batch.
+    pub batch_size: u32,
+    /// Replicas that may be unavailable at once during the update.
+    pub max_unavailable: u32,
+    /// Extra replicas that may run above `replicas` during the update.
+    pub max_surge: u32,
+    /// A batch must be healthy within this time, or the update fails.
+    pub health_deadline_ms: u64,
+    /// Roll back to the previous revision when the update fails.
+    pub auto_rollback: bool,
+}
+
+/// Automatic scaling between bounds on a metric.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScalingPolicy {
+    /// Fewest replicas.
+    pub min: u32,
+    /// Most replicas.
+    pub max: u32,
+    /// The metric that drives scaling.
+    pub metric: ScalingMetric,
+    /// Target value of the metric per replica (percent for CPU).
+    pub target: u64,
+}
+
+/// Metrics that can drive scaling.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ScalingMetric {
+    /// Average CPU use as a percent of the request.
+    Cpu,
+    /// A metric the workload reports to its agent, by name.
+    Custom(String),
+}
+
+impl WorkloadSpec {
+    /// Parses and validates a TOML spec. All problems are returned, each with its field path.
+    pub fn from_toml(text: &str) -> Result<Self, SpecErrors> {
+        SpecDoc::from_toml(text)?.validate()
+    }
+
+    /// Parses and validates a JSON spec. All problems are returned, each with its field path.
+    pub fn from_json(text: &str) -> Result<Self, SpecErrors> {
+        SpecDoc::from_json(text)?.validate()
+    }
+
+    /// Checks a spec that did not come through [`SpecDoc::validate`] (e.g. decoded from the
+    /// wire): it must survive a round trip through its document unchanged.
+    pub fn check(&self) -> Result<(), SpecErrors> {
+        let again = self.to_doc().validate()?;
+        if &again != self {
+            return Err(SpecErrors::single(
+                "",
+                "spec is not in canonical form (it changes when validated again)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The spec as a document, with defaults spelled out.
+    pub fn to_doc(&self) -> SpecDoc {
+        doc::to_doc(self)
+    }
+
+    /// The spec as TOML text.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(&self.to_doc()).unwrap_or_else(|e| format!("# not printable: {e}"))
+    }
+
+    /// Replicas counted for placement: a singleton has one active instance.
+    pub fn replicas_to_place(&self) -> u32 {
+        if self.singleton {
+            self.replicas.min(1)
+        } else {
+            self.replicas
+        }
+    }
+}
+
+impl RestartPolicy {
+    /// Defaults: restart always, back-off from 100 ms doubling to 30 s, reset after 60 s of run.
+    pub const DEFAULT: RestartPolicy = RestartPolicy {
+        mode: RestartMode::Always,
+        backoff_initial_ms: 100,
+        backoff_max_ms: 30_000,
+        reset_after_ms: 60_000,
+    };
+}
+
+impl UpdateStrategy {
+    /// Defaults: one replica at a time, none unavailable, one surge, 5 minutes per batch, roll back.
+    pub const DEFAULT: UpdateStrategy = UpdateStrategy {
+        batch_size: 1,
+        max_unavailable: 0,
+        max_surge: 1,
+        health_deadline_ms: 300_000,
+        auto_rollback: true,
+    };
+}
