@@ -1,0 +1,329 @@
+//! The desired state: what the operator asked the fleet to run, as a state-based CRDT.
+//!
+//! Workload name -> last-writer-wins register of `Option<Revision>` marked by an HLC
+//! [`Timestamp`] (`None` is a tombstone: the workload was deleted). The registers are the `crdts`
+//! crate's `LWWReg`, held in a `BTreeMap` and merged entry-wise (crdts' own `Map` needs
+//! `ResetRemove`, which `LWWReg` lacks). Merge is a join: commutative, associative and idempotent,
+//! so nodes converge whatever order, duplication or batching the network delivers writes in.
+//!
+//! Equal markers with different values cannot come from honest HLCs (the node id is part of the
+//! marker) but the merge still picks one deterministically (the larger entry hash), so even then
+//! every node ends with the same state.
+//!
+//! Each entry's 128-bit hash is XOR-folded into one of [`DIGEST_BUCKETS`] buckets by name hash;
+//! [`DesiredState::digest`] builds a Merkle tree over them (see [`digest`]) so two nodes find the
+//! names that differ in O(difference · log buckets) without shipping the whole state.
+
+pub mod digest;
+
+use std::collections::BTreeMap;
+
+use crdts::LWWReg;
+use serde::{Deserialize, Serialize};
+
+pub use digest::{DIGEST_BUCKETS, Digest};
+
+use crate::hash::{hash64, hash128};
+use crate::hlc::Timestamp;
+use crate::names::WorkloadName;
+use crate::spec::{SpecErrors, WorkloadSpec};
+
+/// One version of a workload's spec. It carries the revision before it, so a rollback needs
+/// no history store; only one step back is kept, which bounds the size of every entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revision {
+    /// Counts template changes of this workload since it was created: 1, 2, ...
+    pub number: u64,
+    /// The spec of this revision.
+    pub spec: WorkloadSpec,
+    /// The revision this one replaced, if any.
+    pub previous: Option<PreviousRevision>,
+}
+
+/// The revision a [`Revision`] replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousRevision {
+    /// Its number.
+    pub number: u64,
+    /// Its spec.
+    pub spec: WorkloadSpec,
+}
+
+/// A register's contents: the revision, or `None` for a deleted workload.
+pub type Register = LWWReg<Option<Revision>, Timestamp>;
+
+/// One entry of the desired state, as shipped between nodes and stored on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredEntry {
+    /// The workload.
+    pub name: WorkloadName,
+    /// Its register.
+    pub register: Register,
+}
+
+/// Why an entry received from elsewhere was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    /// The entry's name and its spec's name differ.
+    #[error("entry {entry} holds a spec named {spec}")]
+    NameMismatch {
+        /// Name of the entry.
+        entry: WorkloadName,
+        /// Name inside the spec.
+        spec: WorkloadName,
+    },
+    /// The spec fails validation.
+    #[error("entry {entry}: invalid spec: {errors}")]
+    InvalidSpec {
+        /// Name of the entry.
+        entry: WorkloadName,
+        /// What is wrong.
+        errors: SpecErrors,
+    },
+}
+
+/// The desired-state CRDT. See the module docs for its rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredState {
+    slots: BTreeMap<WorkloadName, Slot>,
+    /// XOR of the hashes of the entries whose names fall in each bucket.
+    buckets: Vec<u128>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Slot {
+    register: Register,
+    hash: u128,
+}
+
+impl Revision {
+    /// The first revision of a new workload.
+    pub fn first(spec: WorkloadSpec) -> Self {
+        Revision { number: 1, spec, previous: None }
+    }
+
+    /// The revision that replaces this one with `spec`. A spec that differs only in its replica
+    /// count is a scale, not a new revision: the number and history stay.
+    pub fn next(&self, spec: WorkloadSpec) -> Self {
+        let mut same_template = spec.clone();
+        same_template.replicas = self.spec.replicas;
+        if same_template == self.spec {
+            return Revision { spec, ..self.clone() };
+        }
+        Revision {
+            number: self.number + 1,
+            spec,
+            previous: Some(PreviousRevision { number: self.number, spec: self.spec.clone() }),
+        }
+    }
+
+    /// A new revision that brings back the previous spec (keeping the current replica count),
+    /// or `None` when there is nothing to roll back to.
+    pub fn rollback(&self) -> Option<Self> {
+        let previous = self.previous.as_ref()?;
+        let mut spec = previous.spec.clone();
+        spec.replicas = self.spec.replicas;
+        Some(Revision {
+            number: self.number + 1,
+            spec,
+            previous: Some(PreviousRevision { number: self.number, spec: self.spec.clone() }),
+        })
+    }
+}
+
+impl DesiredEntry {
+    /// Checks an entry received from a peer or read from disk: names agree and specs validate.
+    pub fn check(&self) -> Result<(), EntryError> {
+        let Some(revision) = &self.register.val else { return Ok(()) };
+        let specs = std::iter::once(&revision.spec).chain(revision.previous.as_ref().map(|p| &p.spec));
+        for spec in specs {
+            if spec.name != self.name {
+                return Err(EntryError::NameMismatch { entry: self.name.clone(), spec: spec.name.clone() });
+            }
+            spec.check().map_err(|errors| EntryError::InvalidSpec { entry: self.name.clone(), errors })?;
+        }
+        Ok(())
+    }
+}
+
+impl Default for DesiredState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DesiredState {
+    /// An empty state.
+    pub fn new() -> Self {
+        DesiredState { slots: BTreeMap::new(), buckets: vec![0; DIGEST_BUCKETS] }
+    }
+
+    /// The live revision of `name`: `None` when unknown or deleted.
+    pub fn get(&self, name: &WorkloadName) -> Option<&Revision> {
+        self.slots.get(name).and_then(|s| s.register.val.as_ref())
+    }
+
+    /// The register of `name`, tombstones included.
+    pub fn register(&self, name: &WorkloadName) -> Option<&Register> {
+        self.slots.get(name).map(|s| &s.register)
+    }
+
+    /// Live workloads in name order.
+    pub fn workloads(&self) -> impl Iterator<Item = (&WorkloadName, &Revision)> {
+        self.slots.iter().filter_map(|(n, s)| s.register.val.as_ref().map(|r| (n, r)))
+    }
+
+    /// Every entry, tombstones included, in name order.
+    pub fn entries(&self) -> impl Iterator<Item = (&WorkloadName, &Register)> {
+        self.slots.iter().map(|(n, s)| (n, &s.register))
+    }
+
+    /// Number of entries, tombstones included.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// True when there are no entries at all.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The newest marker in the state, to resume a node's HLC after a restart.
+    pub fn newest_timestamp(&self) -> Option<&Timestamp> {
+        self.slots.values().map(|s| &s.register.marker).max()
+    }
+
+    /// Records a local write (`None` deletes) stamped `at`. Returns whether the state changed:
+    /// a write older than the entry's current marker loses, exactly as in a merge.
+    pub fn write(&mut self, name: WorkloadName, value: Option<Revision>, at: Timestamp) -> bool {
+        self.merge_entry(DesiredEntry { name, register: LWWReg { val: value, marker: at } })
+    }
+
+    /// Merges one entry. Returns whether the state changed.
+    pub fn merge_entry(&mut self, entry: DesiredEntry) -> bool {
+        let DesiredEntry { name, register } = entry;
+        let hash = entry_hash(&name, &register);
+        let bucket = bucket_of(&name);
+        match self.slots.get_mut(&name) {
+            None => {
+                self.buckets[bucket] ^= hash;
+                self.slots.insert(name, Slot { register, hash });
+                true
+            }
+            Some(slot) => {
+                let wins = match register.marker.cmp(&slot.register.marker) {
+                    std::cmp::Ordering::Greater => true,
+                    std::cmp::Ordering::Less => false,
+                    // Same marker: same write unless a peer is broken; pick deterministically.
+                    std::cmp::Ordering::Equal => hash > slot.hash,
+                };
+                if wins {
+                    self.buckets[bucket] ^= slot.hash ^ hash;
+                    *slot = Slot { register, hash };
+                }
+                wins
+            }
+        }
+    }
+
+    /// Merges another state into this one (the CRDT join). Returns how many entries changed.
+    pub fn merge(&mut self, other: &DesiredState) -> usize {
+        let mut changed = 0;
+        for (name, slot) in &other.slots {
+            let mine = self.slots.get(name);
+            // Skip the clone and rehash when the entry is already identical (the common case).
+            if mine.is_some_and(|m| m.hash == slot.hash && m.register.marker == slot.register.marker) {
+                continue;
+            }
+            let entry = DesiredEntry { name: name.clone(), register: slot.register.clone() };
+            changed += usize::from(self.merge_entry(entry));
+        }
+        changed
+    }
+
+    /// Drops tombstones written more than `grace_ms` before `now_ms`; returns how many.
+    ///
+    /// After this, an old write of the same name that arrives from a node that was away longer
+    /// than the grace period would resurrect the workload: such a node must discard its copy and
+    /// resync before it merges (see DESIGN.md, "Tombstones and long absences").
+    pub fn collect_tombstones(&mut self, now_ms: u64, grace_ms: u64) -> usize {
+        let expired: Vec<WorkloadName> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.register.val.is_none() && s.register.marker.physical_ms.saturating_add(grace_ms) <= now_ms)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in &expired {
+            if let Some(slot) = self.slots.remove(name) {
+                self.buckets[bucket_of(name)] ^= slot.hash;
+            }
+        }
+        expired.len()
+    }
+
+    /// The Merkle digest of the whole state.
+    pub fn digest(&self) -> Digest {
+        Digest::from_buckets(&self.buckets)
+    }
+
+    /// Names and markers of the entries in `buckets` (as found by [`Digest::diff`]), for a peer
+    /// to compare with its own.
+    pub fn summary(&self, buckets: &[usize]) -> Vec<(WorkloadName, Timestamp)> {
+        let wanted: std::collections::BTreeSet<usize> = buckets.iter().copied().collect();
+        self.slots
+            .iter()
+            .filter(|(n, _)| wanted.contains(&bucket_of(n)))
+            .map(|(n, s)| (n.clone(), s.register.marker.clone()))
+            .collect()
+    }
+
+    /// Of a peer's summary, the names whose entry this state lacks or holds differently:
+    /// what to pull from that peer.
+    pub fn wanted(&self, peer_summary: &[(WorkloadName, Timestamp)]) -> Vec<WorkloadName> {
+        peer_summary
+            .iter()
+            .filter(|(name, marker)| self.slots.get(name).is_none_or(|s| s.register.marker != *marker))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// The entries for `names` (those this state has), to ship to a peer.
+    pub fn export(&self, names: &[WorkloadName]) -> Vec<DesiredEntry> {
+        names
+            .iter()
+            .filter_map(|n| self.slots.get(n).map(|s| DesiredEntry { name: n.clone(), register: s.register.clone() }))
+            .collect()
+    }
+}
+
+/// The digest bucket of a workload name.
+pub fn bucket_of(name: &WorkloadName) -> usize {
+    (hash64(name.as_str().as_bytes()) % DIGEST_BUCKETS as u64) as usize
+}
+
+fn entry_hash(name: &WorkloadName, register: &Register) -> u128 {
+    // postcard of plain serde data cannot fail; an empty fallback would only weaken the digest.
+    let bytes = postcard::to_allocvec(&(name, register)).unwrap_or_default();
+    hash128(&bytes)
+}
+
+impl Serialize for DesiredState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.slots.iter().map(|(n, s)| DesiredEntry { name: n.clone(), register: s.register.clone() }))
+    }
+}
+
+impl<'de> Deserialize<'de> for DesiredState {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let entries = Vec::<DesiredEntry>::deserialize(deserializer)?;
+        let mut state = DesiredState::new();
+        for entry in entries {
+            entry.check().map_err(serde::de::Error::custom)?;
+            state.merge_entry(entry);
+        }
+        Ok(state)
+    }
+}
+
+#[cfg(test)]
+mod tests;

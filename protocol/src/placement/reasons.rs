@@ -1,0 +1,98 @@
+//! Node eligibility and the reasons a replica cannot be placed.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Capacity, NodeView};
+use crate::quantity::{Bytes, Millicores};
+use crate::spec::{RuntimeKind, WorkloadSpec};
+
+/// Why no node can take a replica; the first constraint that rules out every node is named.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Unplaceable {
+    /// No node is up.
+    NoNodes,
+    /// No live node offers the runtime.
+    NoRuntime(RuntimeKind),
+    /// No live node with the runtime has an allowed architecture.
+    NoArch(Vec<String>),
+    /// No otherwise eligible node carries this label with this value.
+    NoLabel {
+        /// Label key.
+        key: String,
+        /// Required value.
+        value: String,
+    },
+    /// Eligible nodes exist but none has room left.
+    NoCapacity {
+        /// What one replica requests.
+        needs: Capacity,
+        /// The most CPU free on any eligible node.
+        most_cpu_free: Millicores,
+        /// The most memory free on any eligible node.
+        most_memory_free: Bytes,
+        /// How many nodes were eligible.
+        eligible_nodes: usize,
+    },
+}
+
+impl fmt::Display for Unplaceable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unplaceable::NoNodes => write!(f, "no live nodes"),
+            Unplaceable::NoRuntime(r) => write!(f, "no live node offers the {} runtime", runtime_name(*r)),
+            Unplaceable::NoArch(a) => write!(f, "no live node with the runtime has architecture {}", a.join(" or ")),
+            Unplaceable::NoLabel { key, value } => write!(f, "no eligible node has label {key}={value}"),
+            Unplaceable::NoCapacity { needs, most_cpu_free, most_memory_free, eligible_nodes } => write!(
+                f,
+                "not enough capacity: needs cpu {} and memory {}; most free on {eligible_nodes} eligible node(s): cpu {most_cpu_free}, memory {most_memory_free}",
+                needs.cpu, needs.memory
+            ),
+        }
+    }
+}
+
+fn runtime_name(r: RuntimeKind) -> &'static str {
+    match r {
+        RuntimeKind::Process => "process",
+        RuntimeKind::Docker => "docker",
+        RuntimeKind::Podman => "podman",
+    }
+}
+
+/// Indices of the nodes that satisfy `spec`'s static constraints (runtime, arch, labels), or
+/// the first constraint that leaves none.
+pub(super) fn eligible_nodes(nodes: &[&NodeView], spec: &WorkloadSpec) -> Result<Vec<usize>, Unplaceable> {
+    let mut set: Vec<usize> = (0..nodes.len()).collect();
+    if set.is_empty() {
+        return Err(Unplaceable::NoNodes);
+    }
+    set.retain(|&n| nodes[n].runtimes.contains(&spec.runtime));
+    if set.is_empty() {
+        return Err(Unplaceable::NoRuntime(spec.runtime));
+    }
+    let arch = &spec.constraints.arch;
+    if !arch.is_empty() {
+        set.retain(|&n| arch.contains(&nodes[n].arch));
+        if set.is_empty() {
+            return Err(Unplaceable::NoArch(arch.iter().cloned().collect()));
+        }
+    }
+    for (key, value) in &spec.constraints.labels {
+        set.retain(|&n| nodes[n].labels.get(key) == Some(value));
+        if set.is_empty() {
+            return Err(Unplaceable::NoLabel { key: key.clone(), value: value.clone() });
+        }
+    }
+    Ok(set)
+}
+
+pub(super) fn no_capacity(spec: &WorkloadSpec, eligible: &[usize], free: &[Capacity]) -> Unplaceable {
+    Unplaceable::NoCapacity {
+        needs: Capacity { cpu: spec.resources.cpu_request, memory: spec.resources.memory_request },
+        most_cpu_free: eligible.iter().map(|&n| free[n].cpu).max().unwrap_or_default(),
+        most_memory_free: eligible.iter().map(|&n| free[n].memory).max().unwrap_or_default(),
+        eligible_nodes: eligible.len(),
+    }
+}
