@@ -82,6 +82,17 @@ pub enum EntryError {
     },
 }
 
+/// One line of a [`DesiredState::summary`]: enough to tell whether two entries differ.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SummaryItem {
+    /// The workload.
+    pub name: WorkloadName,
+    /// The marker of its register.
+    pub marker: Timestamp,
+    /// The hash of the whole entry (equal markers with different values still differ here).
+    pub hash: u128,
+}
+
 /// The desired-state CRDT. See the module docs for its rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesiredState {
@@ -266,24 +277,24 @@ impl DesiredState {
         Digest::from_buckets(&self.buckets)
     }
 
-    /// Names and markers of the entries in `buckets` (as found by [`Digest::diff`]), for a peer
-    /// to compare with its own.
-    pub fn summary(&self, buckets: &[usize]) -> Vec<(WorkloadName, Timestamp)> {
+    /// Names, markers and entry hashes of the entries in `buckets` (as found by
+    /// [`Digest::diff`]), for a peer to compare with its own.
+    pub fn summary(&self, buckets: &[usize]) -> Vec<SummaryItem> {
         let wanted: std::collections::BTreeSet<usize> = buckets.iter().copied().collect();
         self.slots
             .iter()
             .filter(|(n, _)| wanted.contains(&bucket_of(n)))
-            .map(|(n, s)| (n.clone(), s.register.marker.clone()))
+            .map(|(n, s)| SummaryItem { name: n.clone(), marker: s.register.marker.clone(), hash: s.hash })
             .collect()
     }
 
     /// Of a peer's summary, the names whose entry this state lacks or holds differently:
     /// what to pull from that peer.
-    pub fn wanted(&self, peer_summary: &[(WorkloadName, Timestamp)]) -> Vec<WorkloadName> {
+    pub fn wanted(&self, peer_summary: &[SummaryItem]) -> Vec<WorkloadName> {
         peer_summary
             .iter()
-            .filter(|(name, marker)| self.slots.get(name).is_none_or(|s| s.register.marker != *marker))
-            .map(|(name, _)| name.clone())
+            .filter(|item| self.slots.get(&item.name).is_none_or(|s| s.hash != item.hash))
+            .map(|item| item.name.clone())
             .collect()
     }
 
