@@ -1,1 +1,320 @@
-//! TODO
+//! Every message on the wire: between nodes, and between the CLI and a node.
+//!
+//! Messages are serde data encoded with postcard inside an [`Envelope`] that starts with the
+//! protocol version, so a node can refuse a peer of another version with a clear error instead
+//! of misreading it (postcard is not self-describing: a new field breaks old readers).
+//!
+//! [`decode`] takes untrusted bytes. It never panics; it refuses input over
+//! [`MESSAGE_BYTES_MAX`], bounds allocation by the input size (postcard reads every length from
+//! the input and serde pre-allocates cautiously), refuses trailing bytes, and then runs each
+//! message's semantic [`Check`] (names, specs, digests), so a decoded message is a valid one.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::desired::{DesiredEntry, SummaryItem};
+use crate::hlc::Timestamp;
+use crate::lease::{Lease, LeaseName};
+use crate::names::{NodeId, WorkloadName};
+use crate::spec::FieldError;
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Largest encoded message accepted (4 MiB): one QUIC stream's worth of desired state.
+pub const MESSAGE_BYTES_MAX: usize = 4 << 20;
+
+/// The frame of every message: version first, then the body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope<M> {
+    /// Protocol version of the sender.
+    pub version: u16,
+    /// The message.
+    pub message: M,
+}
+
+/// Why bytes could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The input is larger than [`MESSAGE_BYTES_MAX`].
+    #[error("message of {bytes} bytes is over the limit of {max} bytes")]
+    TooLarge {
+        /// Size received.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The sender speaks another protocol version.
+    #[error("peer speaks protocol version {theirs}, this node speaks {ours}; upgrade the older one")]
+    Version {
+        /// The sender's version.
+        theirs: u16,
+        /// Ours.
+        ours: u16,
+    },
+    /// The bytes are not a message of the expected type.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// The message decoded but its contents are invalid.
+    #[error("invalid message: {0}")]
+    Invalid(String),
+}
+
+/// Semantic checks run on every decoded message.
+pub trait Check {
+    /// `Err` with a reason when the contents are invalid.
+    fn check(&self) -> Result<(), String>;
+}
+
+/// Encodes a message in an envelope of this build's version.
+pub fn encode<M: Serialize>(message: &M) -> Result<Vec<u8>, WireError> {
+    let bytes = postcard::to_allocvec(&Envelope { version: PROTOCOL_VERSION, message })
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    if bytes.len() > MESSAGE_BYTES_MAX {
+        return Err(WireError::TooLarge { bytes: bytes.len(), max: MESSAGE_BYTES_MAX });
+    }
+    Ok(bytes)
+}
+
+/// Decodes and checks untrusted bytes. See the module docs for the guarantees.
+pub fn decode<M: DeserializeOwned + Check>(bytes: &[u8]) -> Result<M, WireError> {
+    if bytes.len() > MESSAGE_BYTES_MAX {
+        return Err(WireError::TooLarge { bytes: bytes.len(), max: MESSAGE_BYTES_MAX });
+    }
+    let (version, rest) =
+        postcard::take_from_bytes::<u16>(bytes).map_err(|e| WireError::Malformed(format!("no version: {e}")))?;
+    if version != PROTOCOL_VERSION {
+        return Err(WireError::Version { theirs: version, ours: PROTOCOL_VERSION });
+    }
+    let (message, trailing) = postcard::take_from_bytes::<M>(rest).map_err(|e| WireError::Malformed(e.to_string()))?;
+    if !trailing.is_empty() {
+        return Err(WireError::Malformed(format!("{} trailing bytes", trailing.len())));
+    }
+    message.check().map_err(WireError::Invalid)?;
+    Ok(message)
+}
+
+/// A spec as the operator wrote it; the receiving node parses and validates it, so field errors
+/// come back from the node that would store it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpecText {
+    /// TOML or JSON.
+    pub format: SpecFormat,
+    /// The document.
+    pub text: String,
+}
+
+/// Formats a [`SpecText`] may be in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SpecFormat {
+    /// TOML.
+    Toml,
+    /// JSON.
+    Json,
+}
+
+/// What the CLI (or any API client) asks a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApiRequest {
+    /// Create or update a workload; answered once durable here and on `ack_replicas` peers.
+    Apply {
+        /// The spec.
+        spec: SpecText,
+        /// Other peers that must hold the write before the answer.
+        ack_replicas: u32,
+    },
+    /// Delete a workload (writes a tombstone).
+    Delete {
+        /// The workload.
+        name: WorkloadName,
+    },
+    /// Set a workload's replica count.
+    Scale {
+        /// The workload.
+        name: WorkloadName,
+        /// New count.
+        replicas: u32,
+    },
+    /// Go back to the previous revision.
+    Rollback {
+        /// The workload.
+        name: WorkloadName,
+    },
+    /// List objects.
+    Get {
+        /// Which kind.
+        kind: ObjectKind,
+    },
+    /// One workload in detail.
+    Describe {
+        /// The workload.
+        name: WorkloadName,
+    },
+    /// Fleet summary.
+    Status,
+    /// A replica's log.
+    Logs {
+        /// The workload.
+        name: WorkloadName,
+        /// Which replica (all when absent).
+        replica: Option<u32>,
+        /// Keep streaming.
+        follow: bool,
+        /// Lines from the end to start with.
+        tail_lines: u32,
+    },
+    /// Acquire or renew a lease for a script's own election.
+    LeaseAcquire {
+        /// The lease.
+        name: LeaseName,
+        /// Requested duration.
+        duration_ms: u64,
+    },
+}
+
+/// Kinds of object `Get` lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ObjectKind {
+    /// Workloads.
+    Workloads,
+    /// Nodes.
+    Nodes,
+    /// Replicas.
+    Replicas,
+}
+
+/// A node's answer to an [`ApiRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApiResponse {
+    /// A write was stored.
+    Written {
+        /// The workload.
+        name: WorkloadName,
+        /// Its revision after the write (0 for a delete).
+        revision: u64,
+        /// The write's HLC timestamp.
+        at: Timestamp,
+        /// Whether anything changed (an identical re-apply changes nothing).
+        changed: bool,
+    },
+    /// A listing or description, as a table for people and JSON for scripts.
+    Table {
+        /// Column titles.
+        columns: Vec<String>,
+        /// Rows of cells.
+        rows: Vec<Vec<String>>,
+        /// The same data as JSON.
+        json: String,
+    },
+    /// A chunk of log lines; `end` marks the last chunk.
+    LogChunk {
+        /// The lines.
+        lines: Vec<String>,
+        /// No more chunks follow.
+        end: bool,
+    },
+    /// A lease grant.
+    Lease(Lease),
+    /// The request failed.
+    Error(ApiError),
+}
+
+/// A failed request: what went wrong, and for specs every field error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// One line for people.
+    pub message: String,
+    /// Field errors of a refused spec.
+    pub fields: Vec<FieldError>,
+}
+
+/// Messages between nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerMessage {
+    /// Failure detection: are you there?
+    Ping {
+        /// Matches the ack.
+        seq: u64,
+    },
+    /// Failure detection: yes.
+    Ack {
+        /// The ping's seq.
+        seq: u64,
+    },
+    /// Failure detection: please ping `target` for me (indirect probe before suspicion).
+    PingReq {
+        /// The node to probe.
+        target: NodeId,
+        /// Matches the ack.
+        seq: u64,
+    },
+    /// A watcher's verdict on a node, pushed to the nodes that take over its replicas.
+    Verdict {
+        /// The node judged.
+        node: NodeId,
+        /// It is down (true) or alive again (false).
+        down: bool,
+        /// When the verdict was reached.
+        at: Timestamp,
+    },
+    /// Anti-entropy: send me your digest leaves.
+    DigestRequest,
+    /// Anti-entropy: my digest leaves (bucket hashes, in bucket order).
+    DigestLeaves(Vec<u128>),
+    /// Anti-entropy: summarize these buckets.
+    SummaryRequest(Vec<u16>),
+    /// Anti-entropy: names, markers and hashes in the asked buckets.
+    Summary(Vec<SummaryItem>),
+    /// Anti-entropy: send me these entries.
+    Pull(Vec<WorkloadName>),
+    /// Entries, as an answer to `Pull` or pushed after a write.
+    Entries(Vec<DesiredEntry>),
+    /// The pushed entries are durable here.
+    Stored,
+    /// Leader election: grant me `lease` for its epoch.
+    GrantRequest(Lease),
+    /// Leader election: the voter's answer; when refused, the grant it promised instead.
+    GrantReply {
+        /// Granted to the requester.
+        granted: bool,
+        /// The grant the voter currently honours.
+        current: Option<Lease>,
+    },
+}
+
+impl Check for ApiRequest {
+    fn check(&self) -> Result<(), String> {
+        match self {
+            ApiRequest::Apply { spec, .. } if spec.text.len() > MESSAGE_BYTES_MAX / 4 => {
+                Err("spec text is over 1 MiB".into())
+            }
+            ApiRequest::Scale { replicas, .. } if *replicas > crate::spec::REPLICAS_MAX => {
+                Err(format!("replicas: must be between 0 and {}, got {replicas}", crate::spec::REPLICAS_MAX))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Check for ApiResponse {
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl Check for PeerMessage {
+    fn check(&self) -> Result<(), String> {
+        match self {
+            PeerMessage::DigestLeaves(leaves) if leaves.len() != crate::desired::DIGEST_BUCKETS => {
+                Err(format!("digest has {} leaves, expected {}", leaves.len(), crate::desired::DIGEST_BUCKETS))
+            }
+            PeerMessage::SummaryRequest(buckets) if buckets.iter().any(|b| usize::from(*b) >= crate::desired::DIGEST_BUCKETS) => {
+                Err("summary request names a bucket out of range".into())
+            }
+            PeerMessage::Entries(entries) => entries.iter().try_for_each(|e| e.check().map_err(|e| e.to_string())),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,111 @@
+use proptest::prelude::*;
+
+use super::*;
+use crate::desired::Revision;
+use crate::spec::WorkloadSpec;
+
+fn ts() -> Timestamp {
+    Timestamp { physical_ms: 1_700_000_000_000, logical: 3, node: NodeId::new("n1").expect("valid") }
+}
+
+fn entry() -> DesiredEntry {
+    let spec = WorkloadSpec::from_toml("name = \"web\"\ncommand = \"sleep\"\nargs = [\"9\"]\n[health]\nexec = [\"true\"]").expect("valid");
+    DesiredEntry {
+        name: spec.name.clone(),
+        register: crdts::LWWReg { val: Some(Revision::first(spec)), marker: ts() },
+    }
+}
+
+fn samples() -> Vec<Vec<u8>> {
+    let peer = [
+        PeerMessage::Ping { seq: 7 },
+        PeerMessage::PingReq { target: NodeId::new("n2").expect("valid"), seq: 1 },
+        PeerMessage::Entries(vec![entry()]),
+        PeerMessage::Summary(vec![]),
+        PeerMessage::DigestLeaves(vec![0; crate::desired::DIGEST_BUCKETS]),
+    ];
+    let api = [
+        ApiRequest::Apply { spec: SpecText { format: SpecFormat::Toml, text: "name = \"x\"".into() }, ack_replicas: 1 },
+        ApiRequest::Scale { name: WorkloadName::new("web").expect("valid"), replicas: 3 },
+    ];
+    let mut out: Vec<Vec<u8>> = peer.iter().map(|m| encode(m).expect("encodes")).collect();
+    out.extend(api.iter().map(|m| encode(m).expect("encodes")));
+    out
+}
+
+#[test]
+fn messages_round_trip() {
+    let m = PeerMessage::Entries(vec![entry()]);
+    assert_eq!(decode::<PeerMessage>(&encode(&m).expect("encodes")), Ok(m));
+}
+
+#[test]
+fn another_version_is_refused_by_name() {
+    let mut bytes = encode(&PeerMessage::Ping { seq: 1 }).expect("encodes");
+    bytes[0] = 2;
+    assert_eq!(decode::<PeerMessage>(&bytes), Err(WireError::Version { theirs: 2, ours: 1 }));
+}
+
+#[test]
+fn trailing_bytes_and_oversize_input_are_refused() {
+    let mut bytes = encode(&PeerMessage::Ping { seq: 1 }).expect("encodes");
+    bytes.push(0);
+    assert!(matches!(decode::<PeerMessage>(&bytes), Err(WireError::Malformed(_))));
+    let huge = vec![0u8; MESSAGE_BYTES_MAX + 1];
+    assert!(matches!(decode::<PeerMessage>(&huge), Err(WireError::TooLarge { .. })));
+}
+
+#[test]
+fn entries_with_invalid_specs_are_refused_after_decoding() {
+    let mut bad = entry();
+    if let Some(rev) = bad.register.val.as_mut() {
+        rev.spec.replicas = 20_000; // out of range: only reachable by a forged message
+    }
+    let bytes = encode(&PeerMessage::Entries(vec![bad])).expect("encodes");
+    assert!(matches!(decode::<PeerMessage>(&bytes), Err(WireError::Invalid(_))));
+    let mut renamed = entry();
+    renamed.name = WorkloadName::new("other").expect("valid");
+    let bytes = encode(&PeerMessage::Entries(vec![renamed])).expect("encodes");
+    assert!(matches!(decode::<PeerMessage>(&bytes), Err(WireError::Invalid(_))));
+}
+
+#[test]
+fn a_huge_declared_length_does_not_allocate_it() {
+    // Version 1, variant Entries, then a length of u32::MAX entries with no bytes behind it.
+    let mut bytes = encode(&PeerMessage::Entries(vec![])).expect("encodes");
+    bytes.truncate(bytes.len() - 1);
+    bytes.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+    assert!(decode::<PeerMessage>(&bytes).is_err());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+
+    /// Random bytes never panic the decoder.
+    #[test]
+    fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = decode::<PeerMessage>(&bytes);
+        let _ = decode::<ApiRequest>(&bytes);
+        let _ = decode::<ApiResponse>(&bytes);
+    }
+
+    /// Valid messages with bytes flipped, cut or inserted never panic the decoder, and whatever
+    /// decodes passes its checks again.
+    #[test]
+    fn mutated_messages_never_panic(which in 0usize..7, edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..6)) {
+        let mut bytes = samples()[which].clone();
+        for (at, value, kind) in edits {
+            if bytes.is_empty() { break; }
+            let i = at.index(bytes.len());
+            match kind {
+                0 => bytes[i] = value,
+                1 => bytes.truncate(i),
+                _ => bytes.insert(i, value),
+            }
+        }
+        if let Ok(m) = decode::<PeerMessage>(&bytes) {
+            prop_assert!(m.check().is_ok());
+        }
+        let _ = decode::<ApiRequest>(&bytes);
+    }
+}
