@@ -175,19 +175,31 @@ pub fn plan_specs<'a>(view: &FleetView, specs: impl IntoIterator<Item = &'a Work
 struct Planner<'v> {
     nodes: Vec<&'v NodeView>,
     hashes: Vec<u64>,
+    weights: Vec<u32>,
+    /// Index of each node's weight in `classes`.
+    class_of: Vec<usize>,
+    /// The distinct weights in the fleet.
+    classes: Vec<u32>,
     free: Vec<Capacity>,
     /// `used_by[n] == stamp` means node `n` already holds a replica of the current workload.
     used_by: Vec<u32>,
     stamp: u32,
-    eligible: BTreeMap<(RuntimeKind, &'v BTreeSet<String>, &'v BTreeMap<String, String>), Result<Vec<usize>, Unplaceable>>,
+    eligible: BTreeMap<(RuntimeKind, &'v BTreeSet<String>, &'v BTreeMap<String, String>), Result<std::rc::Rc<[u32]>, Unplaceable>>,
     out: Assignment,
 }
 
 impl<'v> Planner<'v> {
     fn new(view: &'v FleetView) -> Self {
         let nodes: Vec<&NodeView> = view.nodes.values().filter(|n| n.liveness != Liveness::Down && n.weight > 0).collect();
+        let weights: Vec<u32> = nodes.iter().map(|n| n.weight).collect();
+        let mut classes = weights.clone();
+        classes.sort_unstable();
+        classes.dedup();
         Planner {
             hashes: nodes.iter().map(|n| node_hash(&n.id)).collect(),
+            class_of: weights.iter().map(|w| classes.binary_search(w).unwrap_or_default()).collect(),
+            classes,
+            weights,
             free: nodes.iter().map(|n| n.capacity).collect(),
             used_by: vec![0; nodes.len()],
             stamp: 0,
@@ -200,11 +212,9 @@ impl<'v> Planner<'v> {
     fn place_workload(&mut self, spec: &'v WorkloadSpec) {
         self.stamp += 1;
         let key = (spec.runtime, &spec.constraints.arch, &spec.constraints.labels);
-        if !self.eligible.contains_key(&key) {
-            let found = reasons::eligible_nodes(&self.nodes, spec);
-            self.eligible.insert(key, found);
-        }
-        let eligible = match &self.eligible[&key] {
+        let nodes = &self.nodes;
+        let eligible = self.eligible.entry(key).or_insert_with(|| reasons::eligible_nodes(nodes, spec).map(Into::into));
+        let eligible = match eligible {
             Ok(list) => list.clone(),
             Err(reason) => {
                 for index in 0..spec.replicas_to_place() {
@@ -232,23 +242,53 @@ impl<'v> Planner<'v> {
 
     /// The best-scoring eligible node that fits, preferring nodes without a replica of this
     /// workload under `spread`.
-    fn place_replica(&self, spec: &WorkloadSpec, index: u32, eligible: &[usize]) -> Option<usize> {
+    fn place_replica(&self, spec: &WorkloadSpec, index: u32, eligible: &[u32]) -> Option<usize> {
         let key = replica_key(spec, index);
         let spread = spec.placement == PlacementStrategy::Spread;
-        let pick = |allow_used: bool| {
-            let mut best: Option<(usize, Score)> = None;
-            for &n in eligible {
-                if (spread && !allow_used && self.used_by[n] == self.stamp) || !self.fits(n, spec) {
-                    continue;
-                }
-                let score = Score::new(self.hashes[n], self.nodes[n].weight, key);
-                if best.as_ref().is_none_or(|(_, b)| score.beats(b)) {
-                    best = Some((n, score));
-                }
+        self.best_node(spec, key, eligible, spread)
+            .or_else(|| if spread { self.best_node(spec, key, eligible, false) } else { None })
+    }
+
+    /// The highest score among eligible nodes that fit (skipping nodes already used by this
+    /// workload when `skip_used`). This is the hot loop of placement: a node is first compared
+    /// by its raw hash against a per-weight-class threshold derived from the best score so far,
+    /// and only candidates that may win pay for the capacity check and the exact comparison.
+    fn best_node(&self, spec: &WorkloadSpec, key: u64, eligible: &[u32], skip_used: bool) -> Option<usize> {
+        let mut best: Option<(usize, Score)> = None;
+        let mut thresholds = vec![0u64; self.classes.len()];
+        for &n in eligible {
+            let n = n as usize;
+            let u = mix64(self.hashes[n] ^ key);
+            if best.is_some() && u <= thresholds[self.class_of[n]] {
+                continue;
             }
-            best.map(|(n, _)| n)
-        };
-        pick(false).or_else(|| if spread { pick(true) } else { None })
+            if (skip_used && self.used_by[n] == self.stamp) || !self.fits(n, spec) {
+                continue;
+            }
+            let score = Score { weight: self.weights[n], u };
+            if best.as_ref().is_none_or(|(_, b)| score.beats(b)) {
+                best = Some((n, score));
+                self.update_thresholds(&score, &mut thresholds);
+            }
+        }
+        best.map(|(n, _)| n)
+    }
+
+    /// For each weight class, a hash value at or below which a node of that class cannot beat
+    /// `best`. Same class: `best.u` exactly. Other classes: from `w / -ln(x) > S` follows
+    /// `x > exp(-w / S)`; the bound is lowered by a margin so float rounding can only let
+    /// extra candidates through to the exact comparison, never keep a winner out.
+    fn update_thresholds(&self, best: &Score, thresholds: &mut [u64]) {
+        let best_value = best.value();
+        for (class, &weight) in self.classes.iter().enumerate() {
+            thresholds[class] = if weight == best.weight {
+                best.u
+            } else {
+                let x = libm::exp(-f64::from(weight) / best_value);
+                let bound = (x * 18_446_744_073_709_551_616.0).min(18_446_744_073_709_549_568.0) as u64;
+                bound.saturating_sub(1 << 24)
+            };
+        }
     }
 
     fn fits(&self, n: usize, spec: &WorkloadSpec) -> bool {

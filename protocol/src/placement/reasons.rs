@@ -63,24 +63,24 @@ fn runtime_name(r: RuntimeKind) -> &'static str {
 
 /// Indices of the nodes that satisfy `spec`'s static constraints (runtime, arch, labels), or
 /// the first constraint that leaves none.
-pub(super) fn eligible_nodes(nodes: &[&NodeView], spec: &WorkloadSpec) -> Result<Vec<usize>, Unplaceable> {
-    let mut set: Vec<usize> = (0..nodes.len()).collect();
+pub(super) fn eligible_nodes(nodes: &[&NodeView], spec: &WorkloadSpec) -> Result<Vec<u32>, Unplaceable> {
+    let mut set: Vec<u32> = (0..nodes.len() as u32).collect();
     if set.is_empty() {
         return Err(Unplaceable::NoNodes);
     }
-    set.retain(|&n| nodes[n].runtimes.contains(&spec.runtime));
+    set.retain(|&n| nodes[n as usize].runtimes.contains(&spec.runtime));
     if set.is_empty() {
         return Err(Unplaceable::NoRuntime(spec.runtime));
     }
     let arch = &spec.constraints.arch;
     if !arch.is_empty() {
-        set.retain(|&n| arch.contains(&nodes[n].arch));
+        set.retain(|&n| arch.contains(&nodes[n as usize].arch));
         if set.is_empty() {
             return Err(Unplaceable::NoArch(arch.iter().cloned().collect()));
         }
     }
     for (key, value) in &spec.constraints.labels {
-        set.retain(|&n| nodes[n].labels.get(key) == Some(value));
+        set.retain(|&n| nodes[n as usize].labels.get(key) == Some(value));
         if set.is_empty() {
             return Err(Unplaceable::NoLabel { key: key.clone(), value: value.clone() });
         }
@@ -88,11 +88,11 @@ pub(super) fn eligible_nodes(nodes: &[&NodeView], spec: &WorkloadSpec) -> Result
     Ok(set)
 }
 
-pub(super) fn no_capacity(spec: &WorkloadSpec, eligible: &[usize], free: &[Capacity]) -> Unplaceable {
+pub(super) fn no_capacity(spec: &WorkloadSpec, eligible: &[u32], free: &[Capacity]) -> Unplaceable {
     Unplaceable::NoCapacity {
         needs: Capacity { cpu: spec.resources.cpu_request, memory: spec.resources.memory_request },
-        most_cpu_free: eligible.iter().map(|&n| free[n].cpu).max().unwrap_or_default(),
-        most_memory_free: eligible.iter().map(|&n| free[n].memory).max().unwrap_or_default(),
+        most_cpu_free: eligible.iter().map(|&n| free[n as usize].cpu).max().unwrap_or_default(),
+        most_memory_free: eligible.iter().map(|&n| free[n as usize].memory).max().unwrap_or_default(),
         eligible_nodes: eligible.len(),
     }
 }

@@ -215,3 +215,29 @@ fn singletons_place_one_instance() {
     let s = spec("leader", 1, 10, "singleton = true");
     assert_eq!(plan_specs(&view, &[s]).placed.len(), 1);
 }
+
+proptest! {
+    /// The threshold prefilter in the hot loop picks exactly the node an exhaustive comparison
+    /// of scores picks, whatever the mix of weights.
+    #[test]
+    fn prefiltered_choice_equals_exhaustive_choice(weights in proptest::collection::vec(1u32..6, 1..40), keys in proptest::collection::vec(any::<u64>(), 1..20)) {
+        let mut view = fleet(weights.len(), 1_000_000, 1 << 20);
+        for (node, w) in view.nodes.values_mut().zip(&weights) {
+            node.weight = *w;
+        }
+        let planner = Planner::new(&view);
+        let s = spec("w", 1, 10, "");
+        let all: Vec<u32> = (0..weights.len() as u32).collect();
+        for key in keys {
+            let fast = planner.best_node(&s, key, &all, false);
+            let mut exhaustive: Option<(usize, Score)> = None;
+            for n in 0..weights.len() {
+                let score = Score::new(planner.hashes[n], planner.weights[n], key);
+                if exhaustive.as_ref().is_none_or(|(_, b)| score.beats(b)) {
+                    exhaustive = Some((n, score));
+                }
+            }
+            prop_assert_eq!(fast, exhaustive.map(|(n, _)| n));
+        }
+    }
+}
