@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 use std::hint::black_box;
 
-use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use crdts::LWWReg;
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use starling_protocol::desired::{DesiredEntry, DesiredState, Revision};
 use starling_protocol::hlc::Timestamp;
 use starling_protocol::placement::{Capacity, FleetView, Liveness, NodeView, plan_specs};
@@ -20,15 +20,24 @@ fn fleet(n: usize) -> FleetView {
         let view = NodeView {
             id: id.clone(),
             labels: BTreeMap::from([("zone".to_string(), ["a", "b", "c", "d"][i % 4].to_string())]),
-            arch: if i % 4 == 0 { "aarch64".into() } else { "x86_64".into() },
+            arch: if i % 4 == 0 {
+                "aarch64".into()
+            } else {
+                "x86_64".into()
+            },
             runtimes: [RuntimeKind::Process, RuntimeKind::Docker].into(),
-            capacity: Capacity { cpu: Millicores(64_000), memory: Bytes(128 << 30) },
+            capacity: Capacity {
+                cpu: Millicores(64_000),
+                memory: Bytes(128 << 30),
+            },
             weight: 1 + (i % 3) as u32,
             liveness: Liveness::Alive,
         };
         (id, view)
     });
-    FleetView { nodes: nodes.collect() }
+    FleetView {
+        nodes: nodes.collect(),
+    }
 }
 
 fn spec(i: usize) -> WorkloadSpec {
@@ -37,7 +46,11 @@ fn spec(i: usize) -> WorkloadSpec {
         1 => "[constraints]\narch = [\"aarch64\"]\n",
         _ => "",
     };
-    let placement = if i % 7 == 0 { "placement = \"bin-pack\"\n" } else { "" };
+    let placement = if i.is_multiple_of(7) {
+        "placement = \"bin-pack\"\n"
+    } else {
+        ""
+    };
     WorkloadSpec::from_toml(&format!(
         "name = \"w{i}\"\ncommand = \"sleep\"\nreplicas = {}\n{placement}{constraint}[resources]\ncpu = \"100m\"\nmemory = \"64Mi\"\n",
         1 + i % 3
@@ -52,7 +65,14 @@ fn desired(n: usize, marker_ms: u64) -> DesiredState {
         let s = spec(i);
         state.merge_entry(DesiredEntry {
             name: s.name.clone(),
-            register: LWWReg { val: Some(Revision::first(s)), marker: Timestamp { physical_ms: marker_ms + i as u64, logical: 0, node: node.clone() } },
+            register: LWWReg {
+                val: Some(Revision::first(s)),
+                marker: Timestamp {
+                    physical_ms: marker_ms + i as u64,
+                    logical: 0,
+                    node: node.clone(),
+                },
+            },
         });
     }
     state
@@ -64,7 +84,9 @@ fn bench_plan(c: &mut Criterion) {
     let replicas: u32 = specs.iter().map(|s| s.replicas).sum();
     let a = plan_specs(&view, &specs);
     assert_eq!(a.placed.len() as u32, replicas, "every replica fits");
-    c.bench_function("plan 10k workloads x 1k nodes", |b| b.iter(|| plan_specs(black_box(&view), black_box(&specs))));
+    c.bench_function("plan 10k workloads x 1k nodes", |b| {
+        b.iter(|| plan_specs(black_box(&view), black_box(&specs)))
+    });
 }
 
 fn bench_merge(c: &mut Criterion) {
@@ -73,13 +95,24 @@ fn bench_merge(c: &mut Criterion) {
     let mut b = desired(10_000, 1_000);
     let later = desired(10_000, 100_000);
     for (name, register) in later.entries().filter(|(n, _)| n.as_str().len() % 2 == 0) {
-        b.merge_entry(DesiredEntry { name: name.clone(), register: register.clone() });
+        b.merge_entry(DesiredEntry {
+            name: name.clone(),
+            register: register.clone(),
+        });
     }
     c.bench_function("merge two 10k-entry states (half differ)", |bench| {
-        bench.iter_batched(|| a.clone(), |mut mine| mine.merge(black_box(&b)), BatchSize::LargeInput)
+        bench.iter_batched(
+            || a.clone(),
+            |mut mine| mine.merge(black_box(&b)),
+            BatchSize::LargeInput,
+        )
     });
     c.bench_function("merge two identical 10k-entry states", |bench| {
-        bench.iter_batched(|| a.clone(), |mut mine| mine.merge(black_box(&a)), BatchSize::LargeInput)
+        bench.iter_batched(
+            || a.clone(),
+            |mut mine| mine.merge(black_box(&a)),
+            BatchSize::LargeInput,
+        )
     });
 }
 
@@ -89,11 +122,21 @@ fn bench_digest(c: &mut Criterion) {
     let node = NodeId::new("n2").expect("valid id");
     for i in 0..10 {
         let name = WorkloadName::new(format!("w{}", i * 997)).expect("valid");
-        b.write(name, None, Timestamp { physical_ms: 1 << 40, logical: 0, node: node.clone() });
+        b.write(
+            name,
+            None,
+            Timestamp {
+                physical_ms: 1 << 40,
+                logical: 0,
+                node: node.clone(),
+            },
+        );
     }
     let (da, db) = (a.digest(), b.digest());
     assert_eq!(da.diff(&db).len(), 10);
-    c.bench_function("digest of a 10k-entry state", |bench| bench.iter(|| black_box(&a).digest()));
+    c.bench_function("digest of a 10k-entry state", |bench| {
+        bench.iter(|| black_box(&a).digest())
+    });
     c.bench_function("diff 10k-entry states differing in 10 names", |bench| {
         bench.iter(|| {
             let buckets = black_box(&da).diff(black_box(&db));

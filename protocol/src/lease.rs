@@ -37,7 +37,14 @@ pub struct Lease {
 impl Lease {
     /// The first grant of a lease.
     pub fn first(name: LeaseName, holder: NodeId, granted_at: Timestamp, duration_ms: u64) -> Self {
-        Lease { name, holder, epoch: 1, granted_at, duration_ms, fencing_token: 1 }
+        Lease {
+            name,
+            holder,
+            epoch: 1,
+            granted_at,
+            duration_ms,
+            fencing_token: 1,
+        }
     }
 
     /// The grant of the next epoch to `holder`; its fencing token is larger than this one's.
@@ -54,7 +61,10 @@ impl Lease {
 
     /// The same grant renewed at `granted_at` (same epoch, same token).
     pub fn renewed(&self, granted_at: Timestamp) -> Self {
-        Lease { granted_at, ..self.clone() }
+        Lease {
+            granted_at,
+            ..self.clone()
+        }
     }
 
     /// Wall-clock millisecond at which the lease lapses.
@@ -79,7 +89,13 @@ impl Lease {
     }
 
     fn order_key(&self) -> (u64, &Timestamp, &NodeId, u64, u64) {
-        (self.epoch, &self.granted_at, &self.holder, self.fencing_token, self.duration_ms)
+        (
+            self.epoch,
+            &self.granted_at,
+            &self.holder,
+            self.fencing_token,
+            self.duration_ms,
+        )
     }
 }
 
@@ -118,7 +134,11 @@ impl LeaseTable {
 
     /// Merges another table (the join); returns how many records changed.
     pub fn merge(&mut self, other: &LeaseTable) -> usize {
-        other.leases.values().filter(|l| self.merge_lease((*l).clone())).count()
+        other
+            .leases
+            .values()
+            .filter(|l| self.merge_lease((*l).clone()))
+            .count()
     }
 }
 
@@ -133,20 +153,26 @@ mod tests {
             name: WorkloadName::new(["db", "cron"][name]).expect("valid"),
             holder: NodeId::new(["n1", "n2", "n3"][holder]).expect("valid"),
             epoch,
-            granted_at: Timestamp { physical_ms: at, logical: 0, node: NodeId::new(["n1", "n2", "n3"][holder]).expect("valid") },
+            granted_at: Timestamp {
+                physical_ms: at,
+                logical: 0,
+                node: NodeId::new(["n1", "n2", "n3"][holder]).expect("valid"),
+            },
             duration_ms: 2_000,
             fencing_token: token,
         }
     }
 
     fn table() -> impl Strategy<Value = LeaseTable> {
-        proptest::collection::vec((0usize..2, 0usize..3, 0u64..4, 0u64..4, 0u64..4), 0..8).prop_map(|ls| {
-            let mut t = LeaseTable::new();
-            for (n, h, e, at, tok) in ls {
-                t.merge_lease(lease(n, h, e, at, tok));
-            }
-            t
-        })
+        proptest::collection::vec((0usize..2, 0usize..3, 0u64..4, 0u64..4, 0u64..4), 0..8).prop_map(
+            |ls| {
+                let mut t = LeaseTable::new();
+                for (n, h, e, at, tok) in ls {
+                    t.merge_lease(lease(n, h, e, at, tok));
+                }
+                t
+            },
+        )
     }
 
     proptest! {
@@ -187,12 +213,19 @@ mod tests {
     #[test]
     fn renewal_extends_within_an_epoch_and_successor_raises_the_token() {
         let first = lease(0, 0, 1, 1_000, 1);
-        let renewed = first.renewed(Timestamp { physical_ms: 2_000, ..first.granted_at.clone() });
+        let renewed = first.renewed(Timestamp {
+            physical_ms: 2_000,
+            ..first.granted_at.clone()
+        });
         assert!(renewed.supersedes(&first));
         assert_eq!(renewed.expires_at_ms(), 4_000);
         assert!(renewed.is_held_at(3_999) && !renewed.is_held_at(4_000));
         assert_eq!(renewed.holder_may_act_until_ms(500), 3_500);
-        let next = renewed.successor(NodeId::new("n2").expect("valid"), renewed.granted_at.clone(), 2_000);
+        let next = renewed.successor(
+            NodeId::new("n2").expect("valid"),
+            renewed.granted_at.clone(),
+            2_000,
+        );
         assert!(next.fencing_token > renewed.fencing_token && next.epoch > renewed.epoch);
     }
 }

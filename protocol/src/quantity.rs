@@ -25,16 +25,14 @@ pub const MILLICORES_MAX: u64 = 4096 * 1000;
 
 /// Parses a CPU quantity: `250m` (millicores), `0.5` or `2` (cores, up to three decimals).
 pub fn parse_cpu(text: &str) -> Result<Millicores, String> {
-    let text = text.trim();
-    let millis = if let Some(m) = text.strip_suffix('m') {
-        parse_integer(m).map_err(|e| format!("{e} in {text:?}"))?
-    } else {
-        parse_decimal(text, 3).map_err(|e| {
-            format!("{e} in {text:?} (write cores like 0.5 or millicores like 500m)")
-        })?
-    };
+    let trimmed = text.trim();
+    let millis = match trimmed.strip_suffix('m') {
+        Some(m) => parse_integer(m),
+        None => parse_decimal(trimmed, 3),
+    }
+    .map_err(|_| format!("must be cores (0.5, 2) or millicores (250m), got {text:?}"))?;
     if millis > MILLICORES_MAX {
-        return Err(format!("{text:?} is more than the maximum of 4096 cores"));
+        return Err(format!("must be at most 4096 cores, got {text:?}"));
     }
     Ok(Millicores(millis as u32))
 }
@@ -57,13 +55,14 @@ pub fn parse_memory(text: &str) -> Result<Bytes, String> {
         .iter()
         .find_map(|(suffix, unit)| text.strip_suffix(suffix).map(|n| (n, *unit)))
         .unwrap_or((text, 1));
-    let (whole, frac, frac_digits) = split_decimal(number, 6)
-        .map_err(|e| format!("{e} in {text:?} (write e.g. 256Mi or 1Gi)"))?;
+    let (whole, frac, frac_digits) = split_decimal(number, 6).map_err(|_| {
+        format!("must be bytes with an optional unit such as 256Mi, 1Gi or 512M, got {text:?}")
+    })?;
     let scale = 10u128.pow(frac_digits);
     let bytes = (whole as u128 * scale + frac as u128) * unit as u128 / scale;
     u64::try_from(bytes)
         .map(Bytes)
-        .map_err(|_| format!("{text:?} is too large"))
+        .map_err(|_| format!("must be less than 16Ei, got {text:?}"))
 }
 
 /// Parses a duration into milliseconds: one or more `<integer><unit>` parts with units `ms`,
@@ -72,17 +71,18 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
     let original = text;
     let mut rest = text.trim();
     if rest.is_empty() {
-        return Err("empty duration (write e.g. 5s or 100ms)".into());
+        return Err("must be a duration such as 5s, 100ms or 1h30m, got \"\"".into());
     }
     let mut total: u64 = 0;
     while !rest.is_empty() {
         let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
         if digits == 0 {
             return Err(format!(
-                "{original:?} is not a duration (write e.g. 5s, 100ms, 1h30m)"
+                "must be a duration such as 5s, 100ms or 1h30m, got {original:?}"
             ));
         }
-        let value = parse_integer(&rest[..digits]).map_err(|e| format!("{e} in {original:?}"))?;
+        let value = parse_integer(&rest[..digits])
+            .map_err(|_| format!("must be at most a few centuries, got {original:?}"))?;
         rest = &rest[digits..];
         let (unit_ms, len) = if rest.starts_with("ms") {
             (1, 2)
@@ -94,14 +94,14 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
             (3_600_000, 1)
         } else {
             return Err(format!(
-                "{original:?} needs a unit after {value} (ms, s, m or h)"
+                "needs a unit (ms, s, m or h) after {value}, got {original:?}"
             ));
         };
         rest = &rest[len..];
         total = value
             .checked_mul(unit_ms)
             .and_then(|v| total.checked_add(v))
-            .ok_or_else(|| format!("{original:?} is too long"))?;
+            .ok_or_else(|| format!("must be at most a few centuries, got {original:?}"))?;
     }
     Ok(total)
 }
@@ -119,7 +119,7 @@ pub fn format_duration_ms(ms: u64) -> String {
 
 impl fmt::Display for Millicores {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 % 1000 == 0 {
+        if self.0.is_multiple_of(1000) {
             write!(f, "{}", self.0 / 1000)
         } else {
             write!(f, "{}m", self.0)
@@ -136,7 +136,7 @@ impl fmt::Display for Bytes {
             ("Ki", 1 << 10),
         ];
         for (suffix, unit) in UNITS {
-            if self.0 >= unit && self.0 % unit == 0 {
+            if self.0 >= unit && self.0.is_multiple_of(unit) {
                 return write!(f, "{}{suffix}", self.0 / unit);
             }
         }

@@ -44,7 +44,9 @@ pub enum WireError {
         max: usize,
     },
     /// The sender speaks another protocol version.
-    #[error("peer speaks protocol version {theirs}, this node speaks {ours}; upgrade the older one")]
+    #[error(
+        "peer speaks protocol version {theirs}, this node speaks {ours}; upgrade the older one"
+    )]
     Version {
         /// The sender's version.
         theirs: u16,
@@ -67,10 +69,16 @@ pub trait Check {
 
 /// Encodes a message in an envelope of this build's version.
 pub fn encode<M: Serialize>(message: &M) -> Result<Vec<u8>, WireError> {
-    let bytes = postcard::to_allocvec(&Envelope { version: PROTOCOL_VERSION, message })
-        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    let bytes = postcard::to_allocvec(&Envelope {
+        version: PROTOCOL_VERSION,
+        message,
+    })
+    .map_err(|e| WireError::Malformed(e.to_string()))?;
     if bytes.len() > MESSAGE_BYTES_MAX {
-        return Err(WireError::TooLarge { bytes: bytes.len(), max: MESSAGE_BYTES_MAX });
+        return Err(WireError::TooLarge {
+            bytes: bytes.len(),
+            max: MESSAGE_BYTES_MAX,
+        });
     }
     Ok(bytes)
 }
@@ -78,16 +86,26 @@ pub fn encode<M: Serialize>(message: &M) -> Result<Vec<u8>, WireError> {
 /// Decodes and checks untrusted bytes. See the module docs for the guarantees.
 pub fn decode<M: DeserializeOwned + Check>(bytes: &[u8]) -> Result<M, WireError> {
     if bytes.len() > MESSAGE_BYTES_MAX {
-        return Err(WireError::TooLarge { bytes: bytes.len(), max: MESSAGE_BYTES_MAX });
+        return Err(WireError::TooLarge {
+            bytes: bytes.len(),
+            max: MESSAGE_BYTES_MAX,
+        });
     }
-    let (version, rest) =
-        postcard::take_from_bytes::<u16>(bytes).map_err(|e| WireError::Malformed(format!("no version: {e}")))?;
+    let (version, rest) = postcard::take_from_bytes::<u16>(bytes)
+        .map_err(|e| WireError::Malformed(format!("no version: {e}")))?;
     if version != PROTOCOL_VERSION {
-        return Err(WireError::Version { theirs: version, ours: PROTOCOL_VERSION });
+        return Err(WireError::Version {
+            theirs: version,
+            ours: PROTOCOL_VERSION,
+        });
     }
-    let (message, trailing) = postcard::take_from_bytes::<M>(rest).map_err(|e| WireError::Malformed(e.to_string()))?;
+    let (message, trailing) =
+        postcard::take_from_bytes::<M>(rest).map_err(|e| WireError::Malformed(e.to_string()))?;
     if !trailing.is_empty() {
-        return Err(WireError::Malformed(format!("{} trailing bytes", trailing.len())));
+        return Err(WireError::Malformed(format!(
+            "{} trailing bytes",
+            trailing.len()
+        )));
     }
     message.check().map_err(WireError::Invalid)?;
     Ok(message)
@@ -288,7 +306,10 @@ impl Check for ApiRequest {
                 Err("spec text is over 1 MiB".into())
             }
             ApiRequest::Scale { replicas, .. } if *replicas > crate::spec::REPLICAS_MAX => {
-                Err(format!("replicas: must be between 0 and {}, got {replicas}", crate::spec::REPLICAS_MAX))
+                Err(format!(
+                    "replicas: must be between 0 and {}, got {replicas}",
+                    crate::spec::REPLICAS_MAX
+                ))
             }
             _ => Ok(()),
         }
@@ -305,12 +326,22 @@ impl Check for PeerMessage {
     fn check(&self) -> Result<(), String> {
         match self {
             PeerMessage::DigestLeaves(leaves) if leaves.len() != crate::desired::DIGEST_BUCKETS => {
-                Err(format!("digest has {} leaves, expected {}", leaves.len(), crate::desired::DIGEST_BUCKETS))
+                Err(format!(
+                    "digest has {} leaves, expected {}",
+                    leaves.len(),
+                    crate::desired::DIGEST_BUCKETS
+                ))
             }
-            PeerMessage::SummaryRequest(buckets) if buckets.iter().any(|b| usize::from(*b) >= crate::desired::DIGEST_BUCKETS) => {
+            PeerMessage::SummaryRequest(buckets)
+                if buckets
+                    .iter()
+                    .any(|b| usize::from(*b) >= crate::desired::DIGEST_BUCKETS) =>
+            {
                 Err("summary request names a bucket out of range".into())
             }
-            PeerMessage::Entries(entries) => entries.iter().try_for_each(|e| e.check().map_err(|e| e.to_string())),
+            PeerMessage::Entries(entries) => entries
+                .iter()
+                .try_for_each(|e| e.check().map_err(|e| e.to_string())),
             _ => Ok(()),
         }
     }

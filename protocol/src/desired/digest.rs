@@ -24,7 +24,11 @@ pub struct Digest {
 impl Digest {
     /// Builds the tree over bucket hashes (`buckets.len()` must be [`DIGEST_BUCKETS`]).
     pub fn from_buckets(buckets: &[u128]) -> Self {
-        assert_eq!(buckets.len(), DIGEST_BUCKETS, "digest needs exactly DIGEST_BUCKETS leaves");
+        assert_eq!(
+            buckets.len(),
+            DIGEST_BUCKETS,
+            "digest needs exactly DIGEST_BUCKETS leaves"
+        );
         let mut nodes = vec![0u128; 2 * DIGEST_BUCKETS];
         nodes[DIGEST_BUCKETS..].copy_from_slice(buckets);
         for i in (1..DIGEST_BUCKETS).rev() {

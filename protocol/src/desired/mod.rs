@@ -110,7 +110,11 @@ struct Slot {
 impl Revision {
     /// The first revision of a new workload.
     pub fn first(spec: WorkloadSpec) -> Self {
-        Revision { number: 1, spec, previous: None }
+        Revision {
+            number: 1,
+            spec,
+            previous: None,
+        }
     }
 
     /// The revision that replaces this one with `spec`. A spec that differs only in its replica
@@ -119,12 +123,18 @@ impl Revision {
         let mut same_template = spec.clone();
         same_template.replicas = self.spec.replicas;
         if same_template == self.spec {
-            return Revision { spec, ..self.clone() };
+            return Revision {
+                spec,
+                ..self.clone()
+            };
         }
         Revision {
             number: self.number + 1,
             spec,
-            previous: Some(PreviousRevision { number: self.number, spec: self.spec.clone() }),
+            previous: Some(PreviousRevision {
+                number: self.number,
+                spec: self.spec.clone(),
+            }),
         }
     }
 
@@ -137,7 +147,10 @@ impl Revision {
         Some(Revision {
             number: self.number + 1,
             spec,
-            previous: Some(PreviousRevision { number: self.number, spec: self.spec.clone() }),
+            previous: Some(PreviousRevision {
+                number: self.number,
+                spec: self.spec.clone(),
+            }),
         })
     }
 }
@@ -145,13 +158,22 @@ impl Revision {
 impl DesiredEntry {
     /// Checks an entry received from a peer or read from disk: names agree and specs validate.
     pub fn check(&self) -> Result<(), EntryError> {
-        let Some(revision) = &self.register.val else { return Ok(()) };
-        let specs = std::iter::once(&revision.spec).chain(revision.previous.as_ref().map(|p| &p.spec));
+        let Some(revision) = &self.register.val else {
+            return Ok(());
+        };
+        let specs =
+            std::iter::once(&revision.spec).chain(revision.previous.as_ref().map(|p| &p.spec));
         for spec in specs {
             if spec.name != self.name {
-                return Err(EntryError::NameMismatch { entry: self.name.clone(), spec: spec.name.clone() });
+                return Err(EntryError::NameMismatch {
+                    entry: self.name.clone(),
+                    spec: spec.name.clone(),
+                });
             }
-            spec.check().map_err(|errors| EntryError::InvalidSpec { entry: self.name.clone(), errors })?;
+            spec.check().map_err(|errors| EntryError::InvalidSpec {
+                entry: self.name.clone(),
+                errors,
+            })?;
         }
         Ok(())
     }
@@ -166,7 +188,10 @@ impl Default for DesiredState {
 impl DesiredState {
     /// An empty state.
     pub fn new() -> Self {
-        DesiredState { slots: BTreeMap::new(), buckets: vec![0; DIGEST_BUCKETS] }
+        DesiredState {
+            slots: BTreeMap::new(),
+            buckets: vec![0; DIGEST_BUCKETS],
+        }
     }
 
     /// The live revision of `name`: `None` when unknown or deleted.
@@ -181,7 +206,9 @@ impl DesiredState {
 
     /// Live workloads in name order.
     pub fn workloads(&self) -> impl Iterator<Item = (&WorkloadName, &Revision)> {
-        self.slots.iter().filter_map(|(n, s)| s.register.val.as_ref().map(|r| (n, r)))
+        self.slots
+            .iter()
+            .filter_map(|(n, s)| s.register.val.as_ref().map(|r| (n, r)))
     }
 
     /// Every entry, tombstones included, in name order.
@@ -207,7 +234,13 @@ impl DesiredState {
     /// Records a local write (`None` deletes) stamped `at`. Returns whether the state changed:
     /// a write older than the entry's current marker loses, exactly as in a merge.
     pub fn write(&mut self, name: WorkloadName, value: Option<Revision>, at: Timestamp) -> bool {
-        self.merge_entry(DesiredEntry { name, register: LWWReg { val: value, marker: at } })
+        self.merge_entry(DesiredEntry {
+            name,
+            register: LWWReg {
+                val: value,
+                marker: at,
+            },
+        })
     }
 
     /// Merges one entry. Returns whether the state changed.
@@ -243,10 +276,15 @@ impl DesiredState {
         for (name, slot) in &other.slots {
             let mine = self.slots.get(name);
             // Skip the clone and rehash when the entry is already identical (the common case).
-            if mine.is_some_and(|m| m.hash == slot.hash && m.register.marker == slot.register.marker) {
+            if mine
+                .is_some_and(|m| m.hash == slot.hash && m.register.marker == slot.register.marker)
+            {
                 continue;
             }
-            let entry = DesiredEntry { name: name.clone(), register: slot.register.clone() };
+            let entry = DesiredEntry {
+                name: name.clone(),
+                register: slot.register.clone(),
+            };
             changed += usize::from(self.merge_entry(entry));
         }
         changed
@@ -261,7 +299,10 @@ impl DesiredState {
         let expired: Vec<WorkloadName> = self
             .slots
             .iter()
-            .filter(|(_, s)| s.register.val.is_none() && s.register.marker.physical_ms.saturating_add(grace_ms) <= now_ms)
+            .filter(|(_, s)| {
+                s.register.val.is_none()
+                    && s.register.marker.physical_ms.saturating_add(grace_ms) <= now_ms
+            })
             .map(|(n, _)| n.clone())
             .collect();
         for name in &expired {
@@ -284,7 +325,11 @@ impl DesiredState {
         self.slots
             .iter()
             .filter(|(n, _)| wanted.contains(&bucket_of(n)))
-            .map(|(n, s)| SummaryItem { name: n.clone(), marker: s.register.marker.clone(), hash: s.hash })
+            .map(|(n, s)| SummaryItem {
+                name: n.clone(),
+                marker: s.register.marker.clone(),
+                hash: s.hash,
+            })
             .collect()
     }
 
@@ -293,7 +338,11 @@ impl DesiredState {
     pub fn wanted(&self, peer_summary: &[SummaryItem]) -> Vec<WorkloadName> {
         peer_summary
             .iter()
-            .filter(|item| self.slots.get(&item.name).is_none_or(|s| s.hash != item.hash))
+            .filter(|item| {
+                self.slots
+                    .get(&item.name)
+                    .is_none_or(|s| s.hash != item.hash)
+            })
             .map(|item| item.name.clone())
             .collect()
     }
@@ -302,7 +351,12 @@ impl DesiredState {
     pub fn export(&self, names: &[WorkloadName]) -> Vec<DesiredEntry> {
         names
             .iter()
-            .filter_map(|n| self.slots.get(n).map(|s| DesiredEntry { name: n.clone(), register: s.register.clone() }))
+            .filter_map(|n| {
+                self.slots.get(n).map(|s| DesiredEntry {
+                    name: n.clone(),
+                    register: s.register.clone(),
+                })
+            })
             .collect()
     }
 }
@@ -320,7 +374,10 @@ fn entry_hash(name: &WorkloadName, register: &Register) -> u128 {
 
 impl Serialize for DesiredState {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.slots.iter().map(|(n, s)| DesiredEntry { name: n.clone(), register: s.register.clone() }))
+        serializer.collect_seq(self.slots.iter().map(|(n, s)| DesiredEntry {
+            name: n.clone(),
+            register: s.register.clone(),
+        }))
     }
 }
 

@@ -4,12 +4,18 @@ use super::*;
 use crate::names::NodeId;
 
 fn spec(name: &str, replicas: u32) -> WorkloadSpec {
-    WorkloadSpec::from_toml(&format!("name = \"{name}\"\ncommand = \"sleep\"\nargs = [\"60\"]\nreplicas = {replicas}"))
-        .expect("valid spec")
+    WorkloadSpec::from_toml(&format!(
+        "name = \"{name}\"\ncommand = \"sleep\"\nargs = [\"60\"]\nreplicas = {replicas}"
+    ))
+    .expect("valid spec")
 }
 
 fn ts(physical_ms: u64, logical: u32, node: &str) -> Timestamp {
-    Timestamp { physical_ms, logical, node: NodeId::new(node).expect("valid id") }
+    Timestamp {
+        physical_ms,
+        logical,
+        node: NodeId::new(node).expect("valid id"),
+    }
 }
 
 fn name(n: &str) -> WorkloadName {
@@ -42,7 +48,16 @@ fn state_of(writes: &[Write]) -> DesiredState {
 }
 
 fn writes() -> impl Strategy<Value = Vec<Write>> {
-    proptest::collection::vec((0..NAMES.len(), proptest::option::of(0u32..4), 0u64..6, 0u32..3, 0..NODES.len()), 0..25)
+    proptest::collection::vec(
+        (
+            0..NAMES.len(),
+            proptest::option::of(0u32..4),
+            0u64..6,
+            0u32..3,
+            0..NODES.len(),
+        ),
+        0..25,
+    )
 }
 
 proptest! {
@@ -126,8 +141,15 @@ proptest! {
 #[test]
 fn later_write_wins_and_tombstone_hides_the_workload() {
     let mut s = DesiredState::new();
-    assert!(s.write(name("web"), Some(Revision::first(spec("web", 3))), ts(10, 0, "n1")));
-    assert!(!s.write(name("web"), None, ts(9, 0, "n2")), "an older delete loses");
+    assert!(s.write(
+        name("web"),
+        Some(Revision::first(spec("web", 3))),
+        ts(10, 0, "n1")
+    ));
+    assert!(
+        !s.write(name("web"), None, ts(9, 0, "n2")),
+        "an older delete loses"
+    );
     assert_eq!(s.get(&name("web")).map(|r| r.spec.replicas), Some(3));
     assert!(s.write(name("web"), None, ts(11, 0, "n2")));
     assert!(s.get(&name("web")).is_none());
@@ -138,16 +160,31 @@ fn later_write_wins_and_tombstone_hides_the_workload() {
 fn tombstones_are_collected_only_after_the_grace_period() {
     let mut s = DesiredState::new();
     s.write(name("web"), None, ts(1_000, 0, "n1"));
-    s.write(name("db"), Some(Revision::first(spec("db", 1))), ts(1_000, 0, "n1"));
+    s.write(
+        name("db"),
+        Some(Revision::first(spec("db", 1))),
+        ts(1_000, 0, "n1"),
+    );
     let before = s.digest().root();
     assert_eq!(s.collect_tombstones(1_999, 1_000), 0);
     assert_eq!(s.collect_tombstones(2_000, 1_000), 1);
     assert_eq!(s.len(), 1);
-    assert!(s.get(&name("db")).is_some(), "live entries are never collected");
+    assert!(
+        s.get(&name("db")).is_some(),
+        "live entries are never collected"
+    );
     assert_ne!(s.digest().root(), before);
     let mut only_db = DesiredState::new();
-    only_db.write(name("db"), Some(Revision::first(spec("db", 1))), ts(1_000, 0, "n1"));
-    assert_eq!(s.digest().root(), only_db.digest().root(), "bucket hashes are updated on removal");
+    only_db.write(
+        name("db"),
+        Some(Revision::first(spec("db", 1))),
+        ts(1_000, 0, "n1"),
+    );
+    assert_eq!(
+        s.digest().root(),
+        only_db.digest().root(),
+        "bucket hashes are updated on removal"
+    );
 }
 
 #[test]
@@ -159,9 +196,15 @@ fn revisions_keep_one_step_of_history_and_scaling_is_not_a_revision() {
     changed.args = vec!["120".into()];
     let r2 = scaled.next(changed.clone());
     assert_eq!(r2.number, 2);
-    assert_eq!(r2.previous.as_ref().map(|p| p.spec.args.clone()), Some(vec!["60".to_string()]));
+    assert_eq!(
+        r2.previous.as_ref().map(|p| p.spec.args.clone()),
+        Some(vec!["60".to_string()])
+    );
     let back = r2.rollback().expect("has a previous revision");
-    assert_eq!((back.number, back.spec.args.clone(), back.spec.replicas), (3, vec!["60".to_string()], 5));
+    assert_eq!(
+        (back.number, back.spec.args.clone(), back.spec.replicas),
+        (3, vec!["60".to_string()], 5)
+    );
     assert_eq!(back.previous.map(|p| p.spec), Some(changed));
     assert!(r1.rollback().is_none());
 }
@@ -170,9 +213,15 @@ fn revisions_keep_one_step_of_history_and_scaling_is_not_a_revision() {
 fn entries_with_mismatched_names_are_refused() {
     let entry = DesiredEntry {
         name: name("web"),
-        register: LWWReg { val: Some(Revision::first(spec("db", 1))), marker: ts(1, 0, "n1") },
+        register: LWWReg {
+            val: Some(Revision::first(spec("db", 1))),
+            marker: ts(1, 0, "n1"),
+        },
     };
-    assert!(matches!(entry.check(), Err(EntryError::NameMismatch { .. })));
+    assert!(matches!(
+        entry.check(),
+        Err(EntryError::NameMismatch { .. })
+    ));
 }
 
 #[test]

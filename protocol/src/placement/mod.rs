@@ -104,7 +104,10 @@ pub struct Assignment {
 impl Assignment {
     /// The replicas assigned to `node`, in replica order.
     pub fn for_node<'a>(&'a self, node: &'a NodeId) -> impl Iterator<Item = &'a ReplicaId> + 'a {
-        self.placed.iter().filter(move |(_, n)| *n == node).map(|(r, _)| r)
+        self.placed
+            .iter()
+            .filter(move |(_, n)| *n == node)
+            .map(|(r, _)| r)
     }
 }
 
@@ -119,7 +122,10 @@ pub struct Score {
 impl Score {
     /// The score of node `node_hash` (see [`node_hash`]) with `weight` for replica `key`.
     pub fn new(node_hash: u64, weight: u32, key: u64) -> Self {
-        Score { weight, u: mix64(node_hash ^ key) }
+        Score {
+            weight,
+            u: mix64(node_hash ^ key),
+        }
     }
 
     /// True when `self` ranks above `other`. Equal weights compare the hash directly; different
@@ -150,7 +156,11 @@ pub fn node_hash(node: &NodeId) -> u64 {
 /// key for `bin-pack`.
 pub fn replica_key(spec: &WorkloadSpec, index: u32) -> u64 {
     match spec.placement {
-        PlacementStrategy::Spread => hash64_parts(&[b"replica", spec.name.as_str().as_bytes(), &index.to_le_bytes()]),
+        PlacementStrategy::Spread => hash64_parts(&[
+            b"replica",
+            spec.name.as_str().as_bytes(),
+            &index.to_le_bytes(),
+        ]),
         PlacementStrategy::BinPack => hash64(b"bin-pack"),
     }
 }
@@ -161,15 +171,29 @@ pub fn plan(view: &FleetView, desired: &DesiredState) -> Assignment {
 }
 
 /// Places the given workloads on `view`. Same input, same output, on every node.
-pub fn plan_specs<'a>(view: &FleetView, specs: impl IntoIterator<Item = &'a WorkloadSpec>) -> Assignment {
+pub fn plan_specs<'a>(
+    view: &FleetView,
+    specs: impl IntoIterator<Item = &'a WorkloadSpec>,
+) -> Assignment {
     let mut specs: Vec<&WorkloadSpec> = specs.into_iter().collect();
-    specs.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.name.cmp(&b.name)));
+    specs.sort_by(|a, b| {
+        b.priority
+            .cmp(&a.priority)
+            .then_with(|| a.name.cmp(&b.name))
+    });
     let mut planner = Planner::new(view);
     for spec in specs {
         planner.place_workload(spec);
     }
     planner.finish()
 }
+
+/// The static constraints of a workload: workloads that share them share an eligible list.
+type ConstraintKey<'v> = (
+    RuntimeKind,
+    &'v BTreeSet<String>,
+    &'v BTreeMap<String, String>,
+);
 
 /// Working state of one [`plan_specs`] call. Nodes are addressed by index in id order.
 struct Planner<'v> {
@@ -181,23 +205,30 @@ struct Planner<'v> {
     /// The distinct weights in the fleet.
     classes: Vec<u32>,
     free: Vec<Capacity>,
+    out: Assignment,
     /// `used_by[n] == stamp` means node `n` already holds a replica of the current workload.
     used_by: Vec<u32>,
     stamp: u32,
-    eligible: BTreeMap<(RuntimeKind, &'v BTreeSet<String>, &'v BTreeMap<String, String>), Result<std::rc::Rc<[u32]>, Unplaceable>>,
-    out: Assignment,
+    eligible: BTreeMap<ConstraintKey<'v>, Result<std::rc::Rc<[u32]>, Unplaceable>>,
 }
 
 impl<'v> Planner<'v> {
     fn new(view: &'v FleetView) -> Self {
-        let nodes: Vec<&NodeView> = view.nodes.values().filter(|n| n.liveness != Liveness::Down && n.weight > 0).collect();
+        let nodes: Vec<&NodeView> = view
+            .nodes
+            .values()
+            .filter(|n| n.liveness != Liveness::Down && n.weight > 0)
+            .collect();
         let weights: Vec<u32> = nodes.iter().map(|n| n.weight).collect();
         let mut classes = weights.clone();
         classes.sort_unstable();
         classes.dedup();
         Planner {
             hashes: nodes.iter().map(|n| node_hash(&n.id)).collect(),
-            class_of: weights.iter().map(|w| classes.binary_search(w).unwrap_or_default()).collect(),
+            class_of: weights
+                .iter()
+                .map(|w| classes.binary_search(w).unwrap_or_default())
+                .collect(),
             classes,
             weights,
             free: nodes.iter().map(|n| n.capacity).collect(),
@@ -211,20 +242,36 @@ impl<'v> Planner<'v> {
 
     fn place_workload(&mut self, spec: &'v WorkloadSpec) {
         self.stamp += 1;
-        let key = (spec.runtime, &spec.constraints.arch, &spec.constraints.labels);
+        let key = (
+            spec.runtime,
+            &spec.constraints.arch,
+            &spec.constraints.labels,
+        );
         let nodes = &self.nodes;
-        let eligible = self.eligible.entry(key).or_insert_with(|| reasons::eligible_nodes(nodes, spec).map(Into::into));
+        let eligible = self
+            .eligible
+            .entry(key)
+            .or_insert_with(|| reasons::eligible_nodes(nodes, spec).map(Into::into));
         let eligible = match eligible {
             Ok(list) => list.clone(),
             Err(reason) => {
                 for index in 0..spec.replicas_to_place() {
-                    self.out.unplaced.insert(ReplicaId { workload: spec.name.clone(), index }, reason.clone());
+                    self.out.unplaced.insert(
+                        ReplicaId {
+                            workload: spec.name.clone(),
+                            index,
+                        },
+                        reason.clone(),
+                    );
                 }
                 return;
             }
         };
         for index in 0..spec.replicas_to_place() {
-            let replica = ReplicaId { workload: spec.name.clone(), index };
+            let replica = ReplicaId {
+                workload: spec.name.clone(),
+                index,
+            };
             match self.place_replica(spec, index, &eligible) {
                 Some(n) => {
                     self.free[n].cpu.0 -= spec.resources.cpu_request.0;
@@ -245,15 +292,26 @@ impl<'v> Planner<'v> {
     fn place_replica(&self, spec: &WorkloadSpec, index: u32, eligible: &[u32]) -> Option<usize> {
         let key = replica_key(spec, index);
         let spread = spec.placement == PlacementStrategy::Spread;
-        self.best_node(spec, key, eligible, spread)
-            .or_else(|| if spread { self.best_node(spec, key, eligible, false) } else { None })
+        self.best_node(spec, key, eligible, spread).or_else(|| {
+            if spread {
+                self.best_node(spec, key, eligible, false)
+            } else {
+                None
+            }
+        })
     }
 
     /// The highest score among eligible nodes that fit (skipping nodes already used by this
     /// workload when `skip_used`). This is the hot loop of placement: a node is first compared
     /// by its raw hash against a per-weight-class threshold derived from the best score so far,
     /// and only candidates that may win pay for the capacity check and the exact comparison.
-    fn best_node(&self, spec: &WorkloadSpec, key: u64, eligible: &[u32], skip_used: bool) -> Option<usize> {
+    fn best_node(
+        &self,
+        spec: &WorkloadSpec,
+        key: u64,
+        eligible: &[u32],
+        skip_used: bool,
+    ) -> Option<usize> {
         let mut best: Option<(usize, Score)> = None;
         let mut thresholds = vec![0u64; self.classes.len()];
         for &n in eligible {
@@ -265,7 +323,10 @@ impl<'v> Planner<'v> {
             if (skip_used && self.used_by[n] == self.stamp) || !self.fits(n, spec) {
                 continue;
             }
-            let score = Score { weight: self.weights[n], u };
+            let score = Score {
+                weight: self.weights[n],
+                u,
+            };
             if best.as_ref().is_none_or(|(_, b)| score.beats(b)) {
                 best = Some((n, score));
                 self.update_thresholds(&score, &mut thresholds);
@@ -285,7 +346,8 @@ impl<'v> Planner<'v> {
                 best.u
             } else {
                 let x = libm::exp(-f64::from(weight) / best_value);
-                let bound = (x * 18_446_744_073_709_551_616.0).min(18_446_744_073_709_549_568.0) as u64;
+                let bound =
+                    (x * 18_446_744_073_709_551_616.0).min(18_446_744_073_709_549_568.0) as u64;
                 bound.saturating_sub(1 << 24)
             };
         }

@@ -41,10 +41,23 @@ impl fmt::Display for Unplaceable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Unplaceable::NoNodes => write!(f, "no live nodes"),
-            Unplaceable::NoRuntime(r) => write!(f, "no live node offers the {} runtime", runtime_name(*r)),
-            Unplaceable::NoArch(a) => write!(f, "no live node with the runtime has architecture {}", a.join(" or ")),
-            Unplaceable::NoLabel { key, value } => write!(f, "no eligible node has label {key}={value}"),
-            Unplaceable::NoCapacity { needs, most_cpu_free, most_memory_free, eligible_nodes } => write!(
+            Unplaceable::NoRuntime(r) => {
+                write!(f, "no live node offers the {} runtime", runtime_name(*r))
+            }
+            Unplaceable::NoArch(a) => write!(
+                f,
+                "no live node with the runtime has architecture {}",
+                a.join(" or ")
+            ),
+            Unplaceable::NoLabel { key, value } => {
+                write!(f, "no eligible node has label {key}={value}")
+            }
+            Unplaceable::NoCapacity {
+                needs,
+                most_cpu_free,
+                most_memory_free,
+                eligible_nodes,
+            } => write!(
                 f,
                 "not enough capacity: needs cpu {} and memory {}; most free on {eligible_nodes} eligible node(s): cpu {most_cpu_free}, memory {most_memory_free}",
                 needs.cpu, needs.memory
@@ -63,7 +76,10 @@ fn runtime_name(r: RuntimeKind) -> &'static str {
 
 /// Indices of the nodes that satisfy `spec`'s static constraints (runtime, arch, labels), or
 /// the first constraint that leaves none.
-pub(super) fn eligible_nodes(nodes: &[&NodeView], spec: &WorkloadSpec) -> Result<Vec<u32>, Unplaceable> {
+pub(super) fn eligible_nodes(
+    nodes: &[&NodeView],
+    spec: &WorkloadSpec,
+) -> Result<Vec<u32>, Unplaceable> {
     let mut set: Vec<u32> = (0..nodes.len() as u32).collect();
     if set.is_empty() {
         return Err(Unplaceable::NoNodes);
@@ -82,7 +98,10 @@ pub(super) fn eligible_nodes(nodes: &[&NodeView], spec: &WorkloadSpec) -> Result
     for (key, value) in &spec.constraints.labels {
         set.retain(|&n| nodes[n as usize].labels.get(key) == Some(value));
         if set.is_empty() {
-            return Err(Unplaceable::NoLabel { key: key.clone(), value: value.clone() });
+            return Err(Unplaceable::NoLabel {
+                key: key.clone(),
+                value: value.clone(),
+            });
         }
     }
     Ok(set)
@@ -90,9 +109,20 @@ pub(super) fn eligible_nodes(nodes: &[&NodeView], spec: &WorkloadSpec) -> Result
 
 pub(super) fn no_capacity(spec: &WorkloadSpec, eligible: &[u32], free: &[Capacity]) -> Unplaceable {
     Unplaceable::NoCapacity {
-        needs: Capacity { cpu: spec.resources.cpu_request, memory: spec.resources.memory_request },
-        most_cpu_free: eligible.iter().map(|&n| free[n as usize].cpu).max().unwrap_or_default(),
-        most_memory_free: eligible.iter().map(|&n| free[n as usize].memory).max().unwrap_or_default(),
+        needs: Capacity {
+            cpu: spec.resources.cpu_request,
+            memory: spec.resources.memory_request,
+        },
+        most_cpu_free: eligible
+            .iter()
+            .map(|&n| free[n as usize].cpu)
+            .max()
+            .unwrap_or_default(),
+        most_memory_free: eligible
+            .iter()
+            .map(|&n| free[n as usize].memory)
+            .max()
+            .unwrap_or_default(),
         eligible_nodes: eligible.len(),
     }
 }

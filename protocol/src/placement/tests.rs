@@ -6,16 +6,32 @@ fn node(i: usize, cpu_m: u32, mem_mi: u64) -> NodeView {
     NodeView {
         id: NodeId::new(format!("node-{i:03}")).expect("valid id"),
         labels: [("zone".to_string(), ["a", "b", "c"][i % 3].to_string())].into(),
-        arch: if i % 4 == 3 { "aarch64".into() } else { "x86_64".into() },
-        runtimes: if i % 2 == 0 { [RuntimeKind::Process, RuntimeKind::Docker].into() } else { [RuntimeKind::Process].into() },
-        capacity: Capacity { cpu: Millicores(cpu_m), memory: Bytes(mem_mi << 20) },
+        arch: if i % 4 == 3 {
+            "aarch64".into()
+        } else {
+            "x86_64".into()
+        },
+        runtimes: if i.is_multiple_of(2) {
+            [RuntimeKind::Process, RuntimeKind::Docker].into()
+        } else {
+            [RuntimeKind::Process].into()
+        },
+        capacity: Capacity {
+            cpu: Millicores(cpu_m),
+            memory: Bytes(mem_mi << 20),
+        },
         weight: 1,
         liveness: Liveness::Alive,
     }
 }
 
 fn fleet(n: usize, cpu_m: u32, mem_mi: u64) -> FleetView {
-    FleetView { nodes: (0..n).map(|i| node(i, cpu_m, mem_mi)).map(|v| (v.id.clone(), v)).collect() }
+    FleetView {
+        nodes: (0..n)
+            .map(|i| node(i, cpu_m, mem_mi))
+            .map(|v| (v.id.clone(), v))
+            .collect(),
+    }
 }
 
 fn spec(name: &str, replicas: u32, cpu_m: u32, extra: &str) -> WorkloadSpec {
@@ -29,7 +45,14 @@ fn workloads(counts: &[(u32, u32, bool)]) -> Vec<WorkloadSpec> {
     counts
         .iter()
         .enumerate()
-        .map(|(i, &(replicas, cpu, pack))| spec(&format!("w{i}"), replicas, cpu, if pack { "placement = \"bin-pack\"" } else { "" }))
+        .map(|(i, &(replicas, cpu, pack))| {
+            spec(
+                &format!("w{i}"),
+                replicas,
+                cpu,
+                if pack { "placement = \"bin-pack\"" } else { "" },
+            )
+        })
         .collect()
 }
 
@@ -41,16 +64,29 @@ fn node_sets(a: &Assignment) -> BTreeMap<WorkloadName, BTreeSet<NodeId>> {
     out
 }
 
-fn assert_capacity_holds(view: &FleetView, specs: &[WorkloadSpec], a: &Assignment) -> Result<(), TestCaseError> {
+fn assert_capacity_holds(
+    view: &FleetView,
+    specs: &[WorkloadSpec],
+    a: &Assignment,
+) -> Result<(), TestCaseError> {
     for (id, node) in &view.nodes {
         let (mut cpu, mut mem) = (0u64, 0u64);
         for r in a.for_node(id) {
-            let s = specs.iter().find(|s| s.name == r.workload).expect("placed workload exists");
+            let s = specs
+                .iter()
+                .find(|s| s.name == r.workload)
+                .expect("placed workload exists");
             cpu += u64::from(s.resources.cpu_request.0);
             mem += s.resources.memory_request.0;
         }
-        prop_assert!(cpu <= u64::from(node.capacity.cpu.0), "{id} over-committed on cpu");
-        prop_assert!(mem <= node.capacity.memory.0, "{id} over-committed on memory");
+        prop_assert!(
+            cpu <= u64::from(node.capacity.cpu.0),
+            "{id} over-committed on cpu"
+        );
+        prop_assert!(
+            mem <= node.capacity.memory.0,
+            "{id} over-committed on memory"
+        );
     }
     Ok(())
 }
@@ -139,33 +175,56 @@ proptest! {
 
 #[test]
 fn a_joining_node_takes_about_one_nth_of_the_replicas() {
-    let specs: Vec<WorkloadSpec> = (0..2000).map(|i| spec(&format!("w{i}"), 1, 10, "")).collect();
+    let specs: Vec<WorkloadSpec> = (0..2000)
+        .map(|i| spec(&format!("w{i}"), 1, 10, ""))
+        .collect();
     let mut view = fleet(20, 1_000_000, 1 << 20);
     let before = plan_specs(&view, &specs);
     let joined = node(20, 1_000_000, 1 << 20);
     view.nodes.insert(joined.id.clone(), joined);
     let after = plan_specs(&view, &specs);
-    let moved = before.placed.iter().filter(|(r, n)| after.placed.get(*r) != Some(*n)).count();
+    let moved = before
+        .placed
+        .iter()
+        .filter(|(r, n)| after.placed.get(*r) != Some(*n))
+        .count();
     // Expected 2000/21 ≈ 95; a fair hash lands well within a factor of 1.5.
-    assert!((63..=143).contains(&moved), "moved {moved} of 2000 replicas");
+    assert!(
+        (63..=143).contains(&moved),
+        "moved {moved} of 2000 replicas"
+    );
 }
 
 #[test]
 fn spread_keeps_replicas_of_one_workload_apart() {
     let view = fleet(5, 100_000, 1 << 16);
     let a = plan_specs(&view, &[spec("web", 5, 100, "")]);
-    assert_eq!(node_sets(&a)[&WorkloadName::new("web").expect("valid")].len(), 5);
+    assert_eq!(
+        node_sets(&a)[&WorkloadName::new("web").expect("valid")].len(),
+        5
+    );
     let crowded = plan_specs(&view, &[spec("web", 8, 100, "")]);
-    assert_eq!(crowded.placed.len(), 8, "spread is soft: it doubles up when nodes run out");
+    assert_eq!(
+        crowded.placed.len(),
+        8,
+        "spread is soft: it doubles up when nodes run out"
+    );
 }
 
 #[test]
 fn bin_pack_fills_one_node_before_the_next() {
     let view = fleet(10, 1000, 1 << 16);
-    let specs = vec![spec("a", 4, 250, "placement = \"bin-pack\""), spec("b", 4, 250, "placement = \"bin-pack\"")];
+    let specs = vec![
+        spec("a", 4, 250, "placement = \"bin-pack\""),
+        spec("b", 4, 250, "placement = \"bin-pack\""),
+    ];
     let a = plan_specs(&view, &specs);
     let used: BTreeSet<&NodeId> = a.placed.values().collect();
-    assert_eq!(used.len(), 2, "8 replicas of 250m fill exactly two 1000m nodes");
+    assert_eq!(
+        used.len(),
+        2,
+        "8 replicas of 250m fill exactly two 1000m nodes"
+    );
 }
 
 #[test]
@@ -173,7 +232,9 @@ fn heavier_nodes_get_more_replicas() {
     let mut view = fleet(10, 1_000_000, 1 << 20);
     let heavy = view.nodes.keys().next().cloned().expect("node");
     view.nodes.get_mut(&heavy).expect("node").weight = 5;
-    let specs: Vec<WorkloadSpec> = (0..1400).map(|i| spec(&format!("w{i}"), 1, 10, "")).collect();
+    let specs: Vec<WorkloadSpec> = (0..1400)
+        .map(|i| spec(&format!("w{i}"), 1, 10, ""))
+        .collect();
     let a = plan_specs(&view, &specs);
     let on_heavy = a.for_node(&heavy).count();
     // Weight 5 of a total 14: expect 500 of 1400.
@@ -187,23 +248,46 @@ fn unplaceable_replicas_name_the_constraint_that_failed() {
         spec("arm", 1, 10, "[constraints]\narch = [\"riscv64\"]"),
         spec("zoned", 1, 10, "[constraints]\nlabels = { zone = \"z\" }"),
         spec("huge", 1, 5000, ""),
-        WorkloadSpec::from_toml("name = \"pod\"\nruntime = \"podman\"\nimage = \"x\"").expect("valid"),
+        WorkloadSpec::from_toml("name = \"pod\"\nruntime = \"podman\"\nimage = \"x\"")
+            .expect("valid"),
     ];
     let a = plan_specs(&view, &specs);
-    let reason = |w: &str| a.unplaced[&ReplicaId { workload: WorkloadName::new(w).expect("valid"), index: 0 }].to_string();
-    assert_eq!(reason("arm"), "no live node with the runtime has architecture riscv64");
+    let reason = |w: &str| {
+        a.unplaced[&ReplicaId {
+            workload: WorkloadName::new(w).expect("valid"),
+            index: 0,
+        }]
+            .to_string()
+    };
+    assert_eq!(
+        reason("arm"),
+        "no live node with the runtime has architecture riscv64"
+    );
     assert_eq!(reason("zoned"), "no eligible node has label zone=z");
-    assert!(reason("huge").starts_with("not enough capacity: needs cpu 5 and memory 16Mi"), "{}", reason("huge"));
+    assert!(
+        reason("huge").starts_with("not enough capacity: needs cpu 5 and memory 16Mi"),
+        "{}",
+        reason("huge")
+    );
     assert_eq!(reason("pod"), "no live node offers the podman runtime");
-    let docker = WorkloadSpec::from_toml("name = \"d\"\nruntime = \"docker\"\nimage = \"x\"\nreplicas = 4").expect("valid");
+    let docker =
+        WorkloadSpec::from_toml("name = \"d\"\nruntime = \"docker\"\nimage = \"x\"\nreplicas = 4")
+            .expect("valid");
     let a = plan_specs(&view, &[docker]);
-    assert!(a.placed.values().all(|n| view.nodes[n].runtimes.contains(&RuntimeKind::Docker)));
+    assert!(
+        a.placed
+            .values()
+            .all(|n| view.nodes[n].runtimes.contains(&RuntimeKind::Docker))
+    );
 }
 
 #[test]
 fn higher_priority_is_placed_first_when_capacity_is_short() {
     let view = fleet(1, 1000, 1024);
-    let specs = vec![spec("aaa", 1, 800, ""), spec("zzz", 1, 800, "priority = 10")];
+    let specs = vec![
+        spec("aaa", 1, 800, ""),
+        spec("zzz", 1, 800, "priority = 10"),
+    ];
     let a = plan_specs(&view, &specs);
     assert!(a.placed.keys().any(|r| r.workload.as_str() == "zzz"));
     assert!(a.unplaced.keys().any(|r| r.workload.as_str() == "aaa"));

@@ -70,7 +70,13 @@ impl SpecDoc {
         let ports = ports(&mut c, self.ports.as_deref().unwrap_or_default());
         let env = env(&mut c, self.env.as_ref());
         let (configs, secrets) = configs_and_secrets(&mut c, self);
-        let health = self.health.as_ref().map(|h| health(&mut c, h, &ports));
+        let port_names: Vec<&str> = self
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| p.name.as_deref())
+            .collect();
+        let health = self.health.as_ref().map(|h| health(&mut c, h, &port_names));
         let restart = restart(&mut c, self.restart.as_ref());
         let update = update(&mut c, self.update.as_ref());
         let scaling = self.scaling.as_ref().map(|s| scaling(&mut c, s));
@@ -91,16 +97,16 @@ impl SpecDoc {
                 );
             }
         }
-        if let (Some(Ok(s)), Some(r)) = (&scaling, replicas) {
-            if r < s.min || r > s.max {
-                c.push(
-                    "replicas",
-                    format!(
-                        "must be within scaling bounds {}..={}, got {r}",
-                        s.min, s.max
-                    ),
-                );
-            }
+        if let (Some(Ok(s)), Some(r)) = (&scaling, replicas)
+            && (r < s.min || r > s.max)
+        {
+            c.push(
+                "replicas",
+                format!(
+                    "must be within scaling bounds {}..={}, got {r}",
+                    s.min, s.max
+                ),
+            );
         }
         let spec = (|| {
             Some(WorkloadSpec {
@@ -254,29 +260,29 @@ fn resources(c: &mut Collector, doc: Option<&ResourcesDoc>) -> Option<Resources>
         memory_limit,
     };
     let mut ok = true;
-    if let Some(limit) = r.cpu_limit {
-        if limit < r.cpu_request || limit.0 == 0 {
-            c.push(
-                "resources.cpu_limit",
-                format!(
-                    "must be at least the request ({}), got {limit}",
-                    r.cpu_request
-                ),
-            );
-            ok = false;
-        }
+    if let Some(limit) = r.cpu_limit
+        && (limit < r.cpu_request || limit.0 == 0)
+    {
+        c.push(
+            "resources.cpu_limit",
+            format!(
+                "must be at least the request ({}), got {limit}",
+                r.cpu_request
+            ),
+        );
+        ok = false;
     }
-    if let Some(limit) = r.memory_limit {
-        if limit < r.memory_request || limit.0 < (4 << 20) {
-            c.push(
-                "resources.memory_limit",
-                format!(
-                    "must be at least the request ({}) and 4Mi, got {limit}",
-                    r.memory_request
-                ),
-            );
-            ok = false;
-        }
+    if let Some(limit) = r.memory_limit
+        && (limit < r.memory_request || limit.0 < (4 << 20))
+    {
+        c.push(
+            "resources.memory_limit",
+            format!(
+                "must be at least the request ({}) and 4Mi, got {limit}",
+                r.memory_request
+            ),
+        );
+        ok = false;
     }
     ok.then_some(r)
 }
@@ -396,14 +402,14 @@ fn ports(c: &mut Collector, docs: &[PortDoc]) -> Option<Vec<PortSpec>> {
                 None
             }
         };
-        if let (Some(hp), Some(proto)) = (host_port, protocol) {
-            if !host_ports.insert((hp, proto)) {
-                c.push(
-                    format!("{path}.host_port"),
-                    format!("{hp} is used by an earlier port"),
-                );
-                ok = false;
-            }
+        if let (Some(hp), Some(proto)) = (host_port, protocol)
+            && !host_ports.insert((hp, proto))
+        {
+            c.push(
+                format!("{path}.host_port"),
+                format!("{hp} is used by an earlier port"),
+            );
+            ok = false;
         }
         match (name, port, protocol) {
             (Some(name), Some(container_port), Some(protocol)) => out.push(PortSpec {
@@ -578,11 +584,9 @@ fn t_or(text: Option<&QuantityText>, ms: u64) -> String {
         .unwrap_or_else(|| crate::quantity::format_duration_ms(ms))
 }
 
-fn health(
-    c: &mut Collector,
-    h: &HealthDoc,
-    ports: &Option<Vec<PortSpec>>,
-) -> Result<HealthCheck, ()> {
+/// `port_names` are the names declared in `[[ports]]`, valid or not, so a probe naming a port
+/// that does not exist is reported even when another port has an error of its own.
+fn health(c: &mut Collector, h: &HealthDoc, port_names: &[&str]) -> Result<HealthCheck, ()> {
     let set = [h.exec.is_some(), h.tcp.is_some(), h.http.is_some()]
         .iter()
         .filter(|b| **b)
@@ -594,9 +598,7 @@ fn health(
         );
     }
     let port_known = |c: &mut Collector, path: &str, name: &str| {
-        let known = ports
-            .as_ref()
-            .is_none_or(|ps| ps.iter().any(|p| p.name == name));
+        let known = port_names.contains(&name);
         if !known {
             c.push(path, format!("no port named {name:?} in [[ports]]"));
         }
@@ -647,18 +649,18 @@ fn health(
         1,
         100,
     );
-    if let (Some(i), Some(t)) = (interval_ms, timeout_ms) {
-        if t > i {
-            c.push(
-                "health.timeout",
-                format!(
-                    "must not exceed the interval ({}), got {}",
-                    t_or(h.interval.as_ref(), i),
-                    t_or(h.timeout.as_ref(), t)
-                ),
-            );
-            return Err(());
-        }
+    if let (Some(i), Some(t)) = (interval_ms, timeout_ms)
+        && t > i
+    {
+        c.push(
+            "health.timeout",
+            format!(
+                "must not exceed the interval ({}), got {}",
+                t_or(h.interval.as_ref(), i),
+                t_or(h.timeout.as_ref(), t)
+            ),
+        );
+        return Err(());
     }
     Ok(HealthCheck {
         probe: probe.filter(|_| set == 1).ok_or(())?,
@@ -713,18 +715,18 @@ fn restart(c: &mut Collector, doc: Option<&RestartDoc>) -> Option<RestartPolicy>
         d.reset_after_ms,
         1_000,
     );
-    if let (Some(i), Some(m)) = (initial, max) {
-        if m < i {
-            c.push(
-                "restart.backoff_max",
-                format!(
-                    "must be at least backoff_initial ({}), got {}",
-                    t_or(doc.backoff_initial.as_ref(), i),
-                    t_or(doc.backoff_max.as_ref(), m)
-                ),
-            );
-            return None;
-        }
+    if let (Some(i), Some(m)) = (initial, max)
+        && m < i
+    {
+        c.push(
+            "restart.backoff_max",
+            format!(
+                "must be at least backoff_initial ({}), got {}",
+                t_or(doc.backoff_initial.as_ref(), i),
+                t_or(doc.backoff_max.as_ref(), m)
+            ),
+        );
+        return None;
     }
     Some(RestartPolicy {
         mode: mode?,
@@ -796,14 +798,14 @@ fn scaling(c: &mut Collector, doc: &ScalingDoc) -> Result<ScalingPolicy, ()> {
         }
         some => count_in(c, "scaling.max", some, 0, 1, REPLICAS_MAX.into()),
     };
-    if let (Some(lo), Some(hi)) = (min, max) {
-        if lo > hi {
-            c.push(
-                "scaling.max",
-                format!("must be at least scaling.min ({lo}), got {hi}"),
-            );
-            return Err(());
-        }
+    if let (Some(lo), Some(hi)) = (min, max)
+        && lo > hi
+    {
+        c.push(
+            "scaling.max",
+            format!("must be at least scaling.min ({lo}), got {hi}"),
+        );
+        return Err(());
     }
     let metric = match doc.metric.as_deref().unwrap_or("cpu") {
         "cpu" => Some(ScalingMetric::Cpu),

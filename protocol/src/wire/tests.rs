@@ -5,28 +5,50 @@ use crate::desired::Revision;
 use crate::spec::WorkloadSpec;
 
 fn ts() -> Timestamp {
-    Timestamp { physical_ms: 1_700_000_000_000, logical: 3, node: NodeId::new("n1").expect("valid") }
+    Timestamp {
+        physical_ms: 1_700_000_000_000,
+        logical: 3,
+        node: NodeId::new("n1").expect("valid"),
+    }
 }
 
 fn entry() -> DesiredEntry {
-    let spec = WorkloadSpec::from_toml("name = \"web\"\ncommand = \"sleep\"\nargs = [\"9\"]\n[health]\nexec = [\"true\"]").expect("valid");
+    let spec = WorkloadSpec::from_toml(
+        "name = \"web\"\ncommand = \"sleep\"\nargs = [\"9\"]\n[health]\nexec = [\"true\"]",
+    )
+    .expect("valid");
     DesiredEntry {
         name: spec.name.clone(),
-        register: crdts::LWWReg { val: Some(Revision::first(spec)), marker: ts() },
+        register: crdts::LWWReg {
+            val: Some(Revision::first(spec)),
+            marker: ts(),
+        },
     }
 }
 
 fn samples() -> Vec<Vec<u8>> {
     let peer = [
         PeerMessage::Ping { seq: 7 },
-        PeerMessage::PingReq { target: NodeId::new("n2").expect("valid"), seq: 1 },
+        PeerMessage::PingReq {
+            target: NodeId::new("n2").expect("valid"),
+            seq: 1,
+        },
         PeerMessage::Entries(vec![entry()]),
         PeerMessage::Summary(vec![]),
         PeerMessage::DigestLeaves(vec![0; crate::desired::DIGEST_BUCKETS]),
     ];
     let api = [
-        ApiRequest::Apply { spec: SpecText { format: SpecFormat::Toml, text: "name = \"x\"".into() }, ack_replicas: 1 },
-        ApiRequest::Scale { name: WorkloadName::new("web").expect("valid"), replicas: 3 },
+        ApiRequest::Apply {
+            spec: SpecText {
+                format: SpecFormat::Toml,
+                text: "name = \"x\"".into(),
+            },
+            ack_replicas: 1,
+        },
+        ApiRequest::Scale {
+            name: WorkloadName::new("web").expect("valid"),
+            replicas: 3,
+        },
     ];
     let mut out: Vec<Vec<u8>> = peer.iter().map(|m| encode(m).expect("encodes")).collect();
     out.extend(api.iter().map(|m| encode(m).expect("encodes")));
@@ -43,16 +65,25 @@ fn messages_round_trip() {
 fn another_version_is_refused_by_name() {
     let mut bytes = encode(&PeerMessage::Ping { seq: 1 }).expect("encodes");
     bytes[0] = 2;
-    assert_eq!(decode::<PeerMessage>(&bytes), Err(WireError::Version { theirs: 2, ours: 1 }));
+    assert_eq!(
+        decode::<PeerMessage>(&bytes),
+        Err(WireError::Version { theirs: 2, ours: 1 })
+    );
 }
 
 #[test]
 fn trailing_bytes_and_oversize_input_are_refused() {
     let mut bytes = encode(&PeerMessage::Ping { seq: 1 }).expect("encodes");
     bytes.push(0);
-    assert!(matches!(decode::<PeerMessage>(&bytes), Err(WireError::Malformed(_))));
+    assert!(matches!(
+        decode::<PeerMessage>(&bytes),
+        Err(WireError::Malformed(_))
+    ));
     let huge = vec![0u8; MESSAGE_BYTES_MAX + 1];
-    assert!(matches!(decode::<PeerMessage>(&huge), Err(WireError::TooLarge { .. })));
+    assert!(matches!(
+        decode::<PeerMessage>(&huge),
+        Err(WireError::TooLarge { .. })
+    ));
 }
 
 #[test]
@@ -62,11 +93,17 @@ fn entries_with_invalid_specs_are_refused_after_decoding() {
         rev.spec.replicas = 20_000; // out of range: only reachable by a forged message
     }
     let bytes = encode(&PeerMessage::Entries(vec![bad])).expect("encodes");
-    assert!(matches!(decode::<PeerMessage>(&bytes), Err(WireError::Invalid(_))));
+    assert!(matches!(
+        decode::<PeerMessage>(&bytes),
+        Err(WireError::Invalid(_))
+    ));
     let mut renamed = entry();
     renamed.name = WorkloadName::new("other").expect("valid");
     let bytes = encode(&PeerMessage::Entries(vec![renamed])).expect("encodes");
-    assert!(matches!(decode::<PeerMessage>(&bytes), Err(WireError::Invalid(_))));
+    assert!(matches!(
+        decode::<PeerMessage>(&bytes),
+        Err(WireError::Invalid(_))
+    ));
 }
 
 #[test]
