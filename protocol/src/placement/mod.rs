@@ -124,7 +124,7 @@ impl Score {
     pub fn new(node_hash: u64, weight: u32, key: u64) -> Self {
         Score {
             weight,
-            u: mix64(node_hash ^ key),
+            u: score_hash(node_hash, key),
         }
     }
 
@@ -145,6 +145,12 @@ impl Score {
         let x = ((self.u >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
         f64::from(self.weight) / -libm::log(x)
     }
+}
+
+/// The per-(node, replica) hash behind a score; forced odd so it is never 0, which lets the
+/// placement loop use 0 as "no bound yet".
+fn score_hash(node_hash: u64, key: u64) -> u64 {
+    mix64(node_hash ^ key) | 1
 }
 
 /// The fixed hash of a node id used in scores.
@@ -198,10 +204,10 @@ type ConstraintKey<'v> = (
 /// Working state of one [`plan_specs`] call. Nodes are addressed by index in id order.
 struct Planner<'v> {
     nodes: Vec<&'v NodeView>,
-    hashes: Vec<u64>,
+    /// Each node's id hash and the index of its weight in `classes`, side by side for the
+    /// hot loop.
+    hash_and_class: Vec<(u64, u32)>,
     weights: Vec<u32>,
-    /// Index of each node's weight in `classes`.
-    class_of: Vec<usize>,
     /// The distinct weights in the fleet.
     classes: Vec<u32>,
     free: Vec<Capacity>,
@@ -224,10 +230,12 @@ impl<'v> Planner<'v> {
         classes.sort_unstable();
         classes.dedup();
         Planner {
-            hashes: nodes.iter().map(|n| node_hash(&n.id)).collect(),
-            class_of: weights
+            hash_and_class: nodes
                 .iter()
-                .map(|w| classes.binary_search(w).unwrap_or_default())
+                .map(|n| {
+                    let class = classes.binary_search(&n.weight).unwrap_or_default();
+                    (node_hash(&n.id), class as u32)
+                })
                 .collect(),
             classes,
             weights,
@@ -313,11 +321,13 @@ impl<'v> Planner<'v> {
         skip_used: bool,
     ) -> Option<usize> {
         let mut best: Option<(usize, Score)> = None;
+        // Every `u` is odd (see `Score::new`), so 0 lets every node through until a best exists.
         let mut thresholds = vec![0u64; self.classes.len()];
         for &n in eligible {
             let n = n as usize;
-            let u = mix64(self.hashes[n] ^ key);
-            if best.is_some() && u <= thresholds[self.class_of[n]] {
+            let (hash, class) = self.hash_and_class[n];
+            let u = score_hash(hash, key);
+            if u <= thresholds[class as usize] {
                 continue;
             }
             if (skip_used && self.used_by[n] == self.stamp) || !self.fits(n, spec) {

@@ -316,7 +316,7 @@ proptest! {
             let fast = planner.best_node(&s, key, &all, false);
             let mut exhaustive: Option<(usize, Score)> = None;
             for n in 0..weights.len() {
-                let score = Score::new(planner.hashes[n], planner.weights[n], key);
+                let score = Score::new(planner.hash_and_class[n].0, planner.weights[n], key);
                 if exhaustive.as_ref().is_none_or(|(_, b)| score.beats(b)) {
                     exhaustive = Some((n, score));
                 }
