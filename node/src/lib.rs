@@ -1,10 +1,20 @@
 //! The Starling agent: a sans-IO node core plus the I/O shell around it.
 //!
-//! Planned modules (see DESIGN.md): `core` (the deterministic reconciler: events in, actions
-//! out, no clocks or sockets), `gossip`, `sync`, `api`, `runtime`, `health`, `discovery`,
-//! `proxy`, `secrets`, `store`, `metrics`. They land with the node-core and fleet issues; this
-//! crate exists now so the workspace's dependency arrows are fixed from the start.
+//! - [`core`]: the deterministic reconciler. Events in (`handle_*`), actions out (`poll_action`),
+//!   one `poll_timeout`; no clocks, sockets, threads or randomness. `sim/` drives it directly.
+//! - [`runtime`]: the `Runtime` trait and the process runtime (the embedded default).
+//! - [`health`]: exec, TCP and HTTP probes, run by the shell, fed back to the core.
+//! - [`store`]: the node's durable state, written atomically (write, fsync, rename, fsync dir).
+//! - [`clock`]: the only place the shell reads the wall clock.
+//!
+//! Gossip, sync, the QUIC API, discovery, proxy and secrets land with their issues.
 
 #![forbid(unsafe_code)]
+
+pub mod clock;
+pub mod core;
+pub mod health;
+pub mod runtime;
+pub mod store;
 
 pub use starling_protocol as protocol;

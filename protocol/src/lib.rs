@@ -10,6 +10,7 @@
 //! - [`desired`]: the desired-state CRDT and its Merkle digest for anti-entropy.
 //! - [`placement`]: weighted rendezvous hashing from a fleet view to an assignment.
 //! - [`lease`]: lease records and their merge rule.
+//! - [`status`]: what a node publishes about its replicas.
 //! - [`wire`]: every message on the wire, in a versioned envelope.
 
 #![forbid(unsafe_code)]
@@ -22,6 +23,7 @@ pub mod names;
 pub mod placement;
 pub mod quantity;
 pub mod spec;
+pub mod status;
 pub mod wire;
 
 pub use names::{NodeId, WorkloadName};
