@@ -1,5 +1,351 @@
-//! The node core: placeholder while the reconciler is written.
+//! The node core: the deterministic brain every node runs.
+//!
+//! A sans-IO state machine in the style of quinn-proto. Feed it with the `handle_*` methods
+//! (each takes `now_ms`), drain what it decided with [`NodeCore::poll_action`], and call
+//! [`NodeCore::handle_timeout`] at [`NodeCore::poll_timeout`]. A spurious timeout is harmless:
+//! every deadline is re-derived from state. It never reads a clock, opens a socket, spawns a
+//! thread or draws a random number, so the simulator can drive many of them from one seed.
+//!
+//! Call order: build with [`NodeCore::new`] (restored state from disk), report instances found
+//! still running with [`RuntimeEvent::Adopted`], then feed view, peer status, desired state and
+//! runtime events as they come.
+//!
+//! The rules it implements (see docs/ARCHITECTURE.md, "node core"):
+//! - Run what `placement::plan` assigns to this node; claim first, start only after a settle
+//!   interval with no higher-ranked competing claim.
+//! - Replicas move only off `Down` nodes; a replica running healthy elsewhere moves here only
+//!   after placement has wanted it here for `move_hold_ms`, and the old copy stops only once the
+//!   new one is healthy (make before break).
+//! - A side of a partition that does not see a majority of the known members replaces nothing
+//!   and keeps running what it ran (persisted), so a reboot with no peers restores it.
+//! - Restart policies with exponential back-off; `CrashLoop` with exit code and log tail.
 
 mod io;
+mod reconcile;
+mod replica;
+
+use std::collections::{BTreeMap, VecDeque};
+
+use starling_protocol::NodeId;
+use starling_protocol::desired::DesiredState;
+use starling_protocol::placement::{Assignment, Capacity, FleetView, ReplicaId};
+use starling_protocol::quantity::{Bytes, Millicores};
+use starling_protocol::status::NodeStatus;
 
 pub use io::{Action, CoreEvent, RuntimeEvent, StopReason};
+use replica::{AfterExit, LocalReplica, Phase};
+
+/// Settings of the core. Defaults suit a LAN; see each field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoreConfig {
+    /// This node.
+    pub node: NodeId,
+    /// How long a claim is published before its replica starts, so that a competing
+    /// higher-ranked claim can be seen. Default 1 s (several gossip rounds on a LAN).
+    pub settle_ms: u64,
+    /// How long placement must keep wanting a replica here before it moves from a node that
+    /// runs it healthy. Damps flapping links. Default 10 s.
+    pub move_hold_ms: u64,
+    /// First instance number; the shell passes something unique across restarts (e.g. the
+    /// start-up time in ms, times 1000), the simulator passes a value from its seed.
+    pub instance_base: u64,
+}
+
+impl CoreConfig {
+    /// LAN defaults for `node`.
+    pub fn new(node: NodeId, instance_base: u64) -> Self {
+        CoreConfig {
+            node,
+            settle_ms: 1_000,
+            move_hold_ms: 10_000,
+            instance_base,
+        }
+    }
+}
+
+/// What a node restores from its own disk at start-up.
+#[derive(Debug, Clone, Default)]
+pub struct Restored {
+    /// The desired state as last stored.
+    pub desired: DesiredState,
+    /// The replicas (and revisions) the node ran before, from `Action::PersistAssignment`.
+    pub last_assignment: Vec<(ReplicaId, u64)>,
+    /// The fleet as last known (members and their resources); liveness as the shell sees it now.
+    pub view: FleetView,
+}
+
+/// The core state machine. See the module docs.
+#[derive(Debug)]
+pub struct NodeCore {
+    config: CoreConfig,
+    view: FleetView,
+    peers: BTreeMap<NodeId, NodeStatus>,
+    desired: DesiredState,
+    replicas: BTreeMap<ReplicaId, LocalReplica>,
+    last_assignment: BTreeMap<ReplicaId, u64>,
+    /// Since when placement has wanted each not-yet-claimed replica here (hysteresis).
+    wanted_since: BTreeMap<ReplicaId, u64>,
+    plan: Option<Assignment>,
+    majority: bool,
+    next_instance: u64,
+    actions: VecDeque<Action>,
+    published: Option<NodeStatus>,
+    persisted: Vec<(ReplicaId, u64)>,
+    deadline_ms: Option<u64>,
+}
+
+impl NodeCore {
+    /// A core for `config.node`, restored from disk.
+    pub fn new(config: CoreConfig, restored: Restored) -> Self {
+        let persisted = restored.last_assignment.clone();
+        NodeCore {
+            next_instance: config.instance_base.max(1),
+            config,
+            view: restored.view,
+            peers: BTreeMap::new(),
+            desired: restored.desired,
+            replicas: BTreeMap::new(),
+            last_assignment: restored.last_assignment.into_iter().collect(),
+            wanted_since: BTreeMap::new(),
+            plan: None,
+            majority: true,
+            actions: VecDeque::new(),
+            published: None,
+            persisted,
+            deadline_ms: None,
+        }
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &NodeId {
+        &self.config.node
+    }
+
+    /// The desired state the core works from.
+    pub fn desired(&self) -> &DesiredState {
+        &self.desired
+    }
+
+    /// The fleet view the core works from.
+    pub fn view(&self) -> &FleetView {
+        &self.view
+    }
+
+    /// Whether this node's side sees a majority of the known members.
+    pub fn has_majority(&self) -> bool {
+        self.majority
+    }
+
+    /// The status this node publishes (also what `starling status` shows for it).
+    pub fn status(&self) -> NodeStatus {
+        let mut reserved = Capacity::default();
+        let mut replicas = BTreeMap::new();
+        for (id, r) in &self.replicas {
+            if r.is_active() {
+                reserved.cpu = Millicores(reserved.cpu.0 + r.spec.resources.cpu_request.0);
+                reserved.memory = Bytes(reserved.memory.0 + r.spec.resources.memory_request.0);
+            }
+            replicas.insert(id.clone(), r.status());
+        }
+        NodeStatus { replicas, reserved }
+    }
+
+    /// The membership and resources of the fleet changed. `view` must include this node.
+    pub fn handle_view(&mut self, now_ms: u64, view: FleetView) {
+        if view != self.view {
+            self.view = view;
+            self.plan = None;
+            self.peers.retain(|id, _| self.view.nodes.contains_key(id));
+        }
+        self.reconcile(now_ms);
+    }
+
+    /// A peer published its status.
+    pub fn handle_peer_status(&mut self, now_ms: u64, node: NodeId, status: NodeStatus) {
+        if node == self.config.node {
+            return;
+        }
+        self.peers.insert(node, status);
+        self.reconcile(now_ms);
+    }
+
+    /// The desired state changed (a local write or a merge from a peer).
+    pub fn handle_desired(&mut self, now_ms: u64, desired: DesiredState) {
+        if desired != self.desired {
+            self.desired = desired;
+            self.plan = None;
+        }
+        self.reconcile(now_ms);
+    }
+
+    /// The runtime observed something. Events about instances the core no longer tracks are
+    /// ignored (a late exit of a replaced instance, say).
+    pub fn handle_runtime(&mut self, now_ms: u64, event: RuntimeEvent) {
+        match event {
+            RuntimeEvent::Adopted {
+                replica,
+                instance,
+                revision,
+            } => self.on_adopted(now_ms, replica, instance, revision),
+            RuntimeEvent::Started { replica, instance } => {
+                if let Some(r) = self.current(&replica, instance) {
+                    r.on_started(now_ms);
+                }
+            }
+            RuntimeEvent::StartFailed {
+                replica,
+                instance,
+                reason,
+            } => self.on_exit(now_ms, replica, instance, None, Some(reason), Vec::new()),
+            RuntimeEvent::Exited {
+                replica,
+                instance,
+                code,
+                log_tail,
+            } => self.on_exit(now_ms, replica, instance, code, None, log_tail),
+            RuntimeEvent::Health {
+                replica,
+                instance,
+                ok,
+                detail,
+            } => {
+                let restart = self
+                    .current(&replica, instance)
+                    .is_some_and(|r| r.on_health(now_ms, ok, detail));
+                if restart {
+                    self.stop(&replica, StopReason::Unhealthy, true);
+                }
+            }
+        }
+        self.reconcile(now_ms);
+    }
+
+    /// Time passed; call at (or after) [`NodeCore::poll_timeout`].
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.reconcile(now_ms);
+    }
+
+    /// The next action for the shell, if any.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When the core next needs [`NodeCore::handle_timeout`], if it waits for time at all.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.deadline_ms
+    }
+
+    fn current(&mut self, replica: &ReplicaId, instance: u64) -> Option<&mut LocalReplica> {
+        self.replicas
+            .get_mut(replica)
+            .filter(|r| r.instance == instance && instance != 0)
+    }
+
+    fn on_adopted(&mut self, now_ms: u64, replica: ReplicaId, instance: u64, revision: u64) {
+        self.next_instance = self.next_instance.max(instance + 1);
+        if self.replicas.contains_key(&replica) {
+            // Already tracked (a second copy): stop the adopted one, keep ours.
+            self.actions.push_back(Action::Stop {
+                replica,
+                instance,
+                reason: StopReason::NotDesired,
+            });
+            return;
+        }
+        let spec = match self.desired.get(&replica.workload) {
+            Some(rev) if rev.number == revision => rev.spec.clone(),
+            Some(rev) => match &rev.previous {
+                Some(p) if p.number == revision => p.spec.clone(),
+                _ => rev.spec.clone(),
+            },
+            None => {
+                self.actions.push_back(Action::Stop {
+                    replica,
+                    instance,
+                    reason: StopReason::NotDesired,
+                });
+                return;
+            }
+        };
+        self.replicas.insert(
+            replica,
+            LocalReplica::adopted(revision, spec, instance, now_ms),
+        );
+    }
+
+    fn on_exit(
+        &mut self,
+        now_ms: u64,
+        replica: ReplicaId,
+        instance: u64,
+        code: Option<i32>,
+        reason: Option<String>,
+        log_tail: Vec<String>,
+    ) {
+        let Some(r) = self.current(&replica, instance) else {
+            return;
+        };
+        match r.on_exit(now_ms, code, reason) {
+            AfterExit::Forget => {
+                self.replicas.remove(&replica);
+            }
+            AfterExit::StartNow => self.start(&replica),
+            AfterExit::Wait => {}
+            AfterExit::ReportCrashLoop { gave_up } => {
+                let exit_code = r.last_exit;
+                self.actions.push_back(Action::Event(CoreEvent::CrashLoop {
+                    replica,
+                    exit_code,
+                    log_tail,
+                    gave_up,
+                }));
+            }
+        }
+    }
+
+    /// Starts a new instance of a tracked replica with its current spec.
+    fn start(&mut self, replica: &ReplicaId) {
+        let instance = self.next_instance;
+        let Some(r) = self.replicas.get_mut(replica) else {
+            return;
+        };
+        self.next_instance += 1;
+        if r.instance != 0 {
+            r.restarts += 1;
+        }
+        r.instance = instance;
+        r.phase = Phase::Starting;
+        self.actions.push_back(Action::Start {
+            replica: replica.clone(),
+            instance,
+            revision: r.revision,
+            spec: Box::new(r.spec.clone()),
+        });
+    }
+
+    /// Stops a tracked replica's instance; `restart` starts a new one after it exits.
+    fn stop(&mut self, replica: &ReplicaId, reason: StopReason, restart: bool) {
+        let Some(r) = self.replicas.get_mut(replica) else {
+            return;
+        };
+        if !r.has_instance() {
+            if !restart {
+                self.replicas.remove(replica);
+            }
+            return;
+        }
+        if matches!(r.phase, Phase::Stopping { .. }) {
+            r.phase = Phase::Stopping { reason, restart };
+            return;
+        }
+        r.phase = Phase::Stopping { reason, restart };
+        self.actions.push_back(Action::Stop {
+            replica: replica.clone(),
+            instance: r.instance,
+            reason,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests;

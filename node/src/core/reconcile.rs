@@ -1,0 +1,296 @@
+//! Reconciliation: from plan, membership and peers' status to claims, starts and stops.
+
+use std::collections::BTreeMap;
+
+use starling_protocol::desired::Revision;
+use starling_protocol::placement::{
+    Assignment, Liveness, ReplicaId, Score, node_hash, plan, plan_specs, replica_key,
+};
+use starling_protocol::spec::{PartitionPolicy, WorkloadSpec};
+use starling_protocol::status::ReplicaState;
+
+use super::replica::{LocalReplica, Phase};
+use super::{Action, CoreEvent, NodeCore, StopReason};
+
+impl NodeCore {
+    /// Brings local replicas in line with what this node should run, then publishes and
+    /// persists what changed and recomputes the next deadline.
+    pub(super) fn reconcile(&mut self, now_ms: u64) {
+        self.update_majority();
+        if self.plan.is_none() {
+            self.plan = Some(self.compute_plan());
+        }
+        let plan = self.plan.take().unwrap_or_default();
+        let wanted = self.wanted(&plan);
+        let mut deadline: Option<u64> = None;
+        let tracked: Vec<ReplicaId> = self.replicas.keys().cloned().collect();
+        for replica in tracked.iter().filter(|r| !wanted.contains_key(*r)) {
+            self.release(replica, &plan);
+        }
+        self.wanted_since.retain(|r, _| wanted.contains_key(r));
+        for (replica, revision) in &wanted {
+            let due = self.pursue(now_ms, replica, revision);
+            deadline = min_some(deadline, due);
+        }
+        self.plan = Some(plan);
+        self.deadline_ms = deadline;
+        self.publish_and_persist();
+    }
+
+    fn update_majority(&mut self) {
+        let known = self.view.nodes.len().max(1);
+        let visible = self
+            .view
+            .nodes
+            .values()
+            .filter(|n| n.liveness != Liveness::Down)
+            .count();
+        let majority = 2 * visible > known;
+        if majority != self.majority {
+            self.majority = majority;
+            self.plan = None;
+            let event = if majority {
+                CoreEvent::MajorityRegained { visible, known }
+            } else {
+                CoreEvent::MinoritySide { visible, known }
+            };
+            self.actions.push_back(Action::Event(event));
+        }
+    }
+
+    /// The plan this node acts on. Without a majority, nodes it cannot see are treated as
+    /// merely suspected, so their replicas stay theirs (no replacement), except for workloads
+    /// that chose `partition = "availability"`.
+    fn compute_plan(&self) -> Assignment {
+        if self.majority {
+            return plan(&self.view, &self.desired);
+        }
+        let mut frozen = self.view.clone();
+        for node in frozen.nodes.values_mut() {
+            if node.liveness == Liveness::Down {
+                node.liveness = Liveness::Suspect;
+            }
+        }
+        let specs: Vec<&WorkloadSpec> = self.desired.workloads().map(|(_, r)| &r.spec).collect();
+        let (available, consistent): (Vec<&WorkloadSpec>, Vec<&WorkloadSpec>) = specs
+            .into_iter()
+            .partition(|s| s.partition == PartitionPolicy::Availability);
+        let mut assignment = plan_specs(&frozen, consistent);
+        let replaced = plan_specs(&self.view, available);
+        assignment.placed.extend(replaced.placed);
+        assignment.unplaced.extend(replaced.unplaced);
+        assignment
+    }
+
+    /// The replicas this node should run, with the revision to run.
+    fn wanted(&self, plan: &Assignment) -> BTreeMap<ReplicaId, Revision> {
+        let me = &self.config.node;
+        let mut wanted = BTreeMap::new();
+        let desired_revision = |r: &ReplicaId| {
+            self.desired
+                .get(&r.workload)
+                .filter(|rev| r.index < rev.spec.replicas_to_place())
+                .cloned()
+        };
+        for (replica, node) in &plan.placed {
+            let may_start = self.majority || !self.maybe_running_elsewhere(replica);
+            if node == me
+                && may_start
+                && let Some(rev) = desired_revision(replica)
+            {
+                wanted.insert(replica.clone(), rev);
+            }
+        }
+        if !self.majority {
+            // A minority side keeps what it ran, including after a reboot with no peers.
+            for replica in self.last_assignment.keys() {
+                if let Some(rev) = desired_revision(replica) {
+                    wanted.insert(replica.clone(), rev);
+                }
+            }
+        }
+        wanted
+    }
+
+    /// Claims, starts or updates one wanted replica. Returns when it next needs attention.
+    fn pursue(&mut self, now_ms: u64, replica: &ReplicaId, revision: &Revision) -> Option<u64> {
+        let settle_ms = self.config.settle_ms;
+        let not_started = self
+            .replicas
+            .get(replica)
+            .is_none_or(|r| matches!(r.phase, Phase::Claimed { .. }));
+        // A move (the replica runs healthy elsewhere) waits out the hold before it claims or
+        // starts; a replacement (nobody runs it) does not.
+        if not_started && self.available_elsewhere(replica) {
+            let since = *self.wanted_since.entry(replica.clone()).or_insert(now_ms);
+            let due = since + self.config.move_hold_ms;
+            if now_ms < due {
+                return Some(due);
+            }
+        }
+        let Some(local) = self.replicas.get_mut(replica) else {
+            let local = LocalReplica::claimed(revision.number, revision.spec.clone(), now_ms);
+            self.replicas.insert(replica.clone(), local);
+            return Some(now_ms + settle_ms);
+        };
+        if local.revision != revision.number || local.spec != revision.spec {
+            let new_template = !same_template(&local.spec, &revision.spec);
+            local.revision = revision.number;
+            local.spec = revision.spec.clone();
+            if new_template {
+                local.failures = 0;
+                local.crash_loop = false;
+                match local.phase {
+                    Phase::Starting | Phase::Running => {
+                        self.stop(replica, StopReason::NewRevision, true);
+                        return None;
+                    }
+                    Phase::Exited => local.phase = Phase::BackingOff { until_ms: now_ms },
+                    _ => {}
+                }
+            }
+        }
+        let local = self.replicas.get(replica)?;
+        match local.phase {
+            Phase::Claimed { since_ms } if now_ms >= since_ms + settle_ms => {
+                if self.outranked_claim(replica) {
+                    // Re-check when the competing claim changes (a peer status arrives).
+                    return None;
+                }
+                self.start(replica);
+                None
+            }
+            Phase::BackingOff { until_ms } if now_ms >= until_ms => {
+                self.start(replica);
+                None
+            }
+            _ => local.deadline_ms(settle_ms),
+        }
+    }
+
+    /// A tracked replica this node should no longer run: stop it if nobody wants it; if it is
+    /// planned elsewhere, release a mere claim at once but keep a running copy until the
+    /// planned node runs it healthy (make before break).
+    fn release(&mut self, replica: &ReplicaId, plan: &Assignment) {
+        let still_desired = self
+            .desired
+            .get(&replica.workload)
+            .is_some_and(|rev| replica.index < rev.spec.replicas_to_place());
+        if !still_desired {
+            self.stop(replica, StopReason::NotDesired, false);
+            return;
+        }
+        let Some(local) = self.replicas.get(replica) else {
+            return;
+        };
+        match local.phase {
+            Phase::Claimed { .. } | Phase::BackingOff { .. } | Phase::Exited => {
+                self.replicas.remove(replica);
+            }
+            Phase::Starting | Phase::Running => {
+                let handed_over = plan
+                    .placed
+                    .get(replica)
+                    .is_some_and(|target| self.peer_has_available(target, replica));
+                if handed_over {
+                    self.stop(replica, StopReason::HandedOver, false);
+                }
+            }
+            Phase::Stopping { .. } => {}
+        }
+    }
+
+    fn is_live(&self, node: &starling_protocol::NodeId) -> bool {
+        self.view
+            .nodes
+            .get(node)
+            .is_some_and(|n| n.liveness != Liveness::Down)
+    }
+
+    fn peer_has_available(&self, node: &starling_protocol::NodeId, replica: &ReplicaId) -> bool {
+        self.is_live(node)
+            && self
+                .peers
+                .get(node)
+                .and_then(|s| s.replicas.get(replica))
+                .is_some_and(|r| r.is_available())
+    }
+
+    fn available_elsewhere(&self, replica: &ReplicaId) -> bool {
+        self.peers
+            .keys()
+            .any(|node| self.peer_has_available(node, replica))
+    }
+
+    /// Whether another node may be running this replica: some node last reported it, or some
+    /// known node never reported at all (a node rebooted with no peers knows nothing of them).
+    /// A minority side starts a planned replica only when this is false: a brand-new one.
+    fn maybe_running_elsewhere(&self, replica: &ReplicaId) -> bool {
+        let me = &self.config.node;
+        let unheard = self
+            .view
+            .nodes
+            .keys()
+            .any(|n| n != me && !self.peers.contains_key(n));
+        unheard
+            || self
+                .peers
+                .values()
+                .any(|s| s.replicas.get(replica).is_some_and(|r| r.is_active()))
+    }
+
+    /// A live peer holds a competing claim (claimed or starting, not yet running) on this
+    /// replica and ranks above this node for it.
+    fn outranked_claim(&self, replica: &ReplicaId) -> bool {
+        let Some(spec) = self.replicas.get(replica).map(|r| &r.spec) else {
+            return false;
+        };
+        let key = replica_key(spec, replica.index);
+        let score_of = |node: &starling_protocol::NodeId| {
+            let weight = self.view.nodes.get(node).map_or(1, |n| n.weight);
+            Score::new(node_hash(node), weight, key)
+        };
+        let mine = score_of(&self.config.node);
+        self.peers.iter().any(|(node, status)| {
+            self.is_live(node)
+                && status.replicas.get(replica).is_some_and(|r| {
+                    matches!(r.state, ReplicaState::Claimed | ReplicaState::Starting)
+                })
+                && score_of(node).beats(&mine)
+        })
+    }
+
+    fn publish_and_persist(&mut self) {
+        let status = self.status();
+        if self.published.as_ref() != Some(&status) {
+            self.published = Some(status.clone());
+            self.actions.push_back(Action::Publish(status));
+        }
+        let active: Vec<(ReplicaId, u64)> = self
+            .replicas
+            .iter()
+            .filter(|(_, r)| r.is_active())
+            .map(|(id, r)| (id.clone(), r.revision))
+            .collect();
+        if active != self.persisted {
+            self.persisted = active.clone();
+            self.last_assignment = active.iter().cloned().collect();
+            self.actions.push_back(Action::PersistAssignment(active));
+        }
+    }
+}
+
+/// Specs equal but for the replica count: a scale, not a new template.
+fn same_template(a: &WorkloadSpec, b: &WorkloadSpec) -> bool {
+    let mut b = b.clone();
+    b.replicas = a.replicas;
+    *a == b
+}
+
+fn min_some(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
