@@ -126,6 +126,21 @@ impl NodeCore {
         &self.desired
     }
 
+    /// Replicas with a live instance in the runtime, and that instance.
+    pub fn instances(&self) -> Vec<(ReplicaId, u64)> {
+        self.replicas.iter().filter(|(_, r)| r.has_instance()).map(|(id, r)| (id.clone(), r.instance)).collect()
+    }
+
+    /// The latest status each peer published.
+    pub fn peer_statuses(&self) -> &BTreeMap<NodeId, NodeStatus> {
+        &self.peers
+    }
+
+    /// The current plan (as of the last reconcile).
+    pub fn plan(&self) -> Option<&Assignment> {
+        self.plan.as_ref()
+    }
+
     /// The fleet view the core works from.
     pub fn view(&self) -> &FleetView {
         &self.view

@@ -1,0 +1,109 @@
+//! API requests that read or change the desired state.
+//!
+//! A write is applied to a copy of the desired state, stored durably, and only then handed to
+//! the core and acknowledged: a write that cannot be stored changes nothing.
+
+use starling_protocol::WorkloadName;
+use starling_protocol::desired::{DesiredState, Revision};
+use starling_protocol::spec::{SpecDoc, SpecErrors, WorkloadSpec};
+use starling_protocol::wire::{ApiError as WireApiError, ApiRequest, ApiResponse, ObjectKind, SpecFormat};
+
+use super::Agent;
+use super::tables;
+use crate::clock::now_ms;
+
+impl Agent {
+    pub(super) fn handle_api(&mut self, request: ApiRequest) -> ApiResponse {
+        match request {
+            ApiRequest::Apply { spec, ack_replicas } => {
+                if ack_replicas > 0 {
+                    return error(format!("--ack-replicas {ack_replicas}: this node runs alone and has no peers to wait for"));
+                }
+                let parsed = match spec.format {
+                    SpecFormat::Toml => SpecDoc::from_toml(&spec.text),
+                    SpecFormat::Json => SpecDoc::from_json(&spec.text),
+                }
+                .and_then(|doc| doc.validate());
+                match parsed {
+                    Ok(spec) => self.apply(spec),
+                    Err(errors) => spec_error(errors),
+                }
+            }
+            ApiRequest::Delete { name } => match self.core.desired().get(&name) {
+                None => not_found(&name),
+                Some(_) => self.write(name, None),
+            },
+            ApiRequest::Scale { name, replicas } => {
+                let Some(current) = self.core.desired().get(&name).cloned() else { return not_found(&name) };
+                let mut spec = current.spec.clone();
+                spec.replicas = replicas;
+                match spec.check() {
+                    Ok(()) => self.write(name, Some(current.next(spec))),
+                    Err(errors) => spec_error(errors),
+                }
+            }
+            ApiRequest::Rollback { name } => {
+                let Some(current) = self.core.desired().get(&name).cloned() else { return not_found(&name) };
+                match current.rollback() {
+                    Some(revision) => self.write(name, Some(revision)),
+                    None => error(format!("{name} has no previous revision to roll back to")),
+                }
+            }
+            ApiRequest::Get { kind } => match kind {
+                ObjectKind::Workloads => tables::workloads(&self.core),
+                ObjectKind::Replicas => tables::replicas(&self.core),
+                ObjectKind::Nodes => tables::nodes(&self.core),
+            },
+            ApiRequest::Describe { name } => match self.core.desired().get(&name) {
+                None => not_found(&name),
+                Some(revision) => tables::describe(&self.core, revision, &self.events),
+            },
+            ApiRequest::Status => tables::replicas(&self.core),
+            ApiRequest::Logs { .. } => error("logs are served by the connection handler".to_string()),
+            ApiRequest::LeaseAcquire { name, .. } => error(format!("lease {name}: leases arrive with leader election (not in this build)")),
+        }
+    }
+
+    fn apply(&mut self, spec: WorkloadSpec) -> ApiResponse {
+        let name = spec.name.clone();
+        let revision = match self.core.desired().get(&name) {
+            Some(current) if current.spec == spec => {
+                return ApiResponse::Written { name, revision: current.number, at: self.hlc.last().clone(), changed: false };
+            }
+            Some(current) => current.next(spec),
+            None => Revision::first(spec),
+        };
+        self.write(name, Some(revision))
+    }
+
+    /// Stores a write durably, then hands the new state to the core.
+    fn write(&mut self, name: WorkloadName, revision: Option<Revision>) -> ApiResponse {
+        let now = now_ms();
+        let at = self.hlc.tick(now);
+        let mut next: DesiredState = self.core.desired().clone();
+        let number = revision.as_ref().map_or(0, |r| r.number);
+        next.write(name.clone(), revision, at.clone());
+        if let Err(e) = self.store.write_desired(&next) {
+            return error(format!("could not store the change, nothing was changed: {e}"));
+        }
+        self.note(format!("{} {name} (revision {number})", if number == 0 { "deleted" } else { "wrote" }));
+        self.core.handle_desired(now, next);
+        ApiResponse::Written { name, revision: number, at, changed: true }
+    }
+}
+
+fn error(message: String) -> ApiResponse {
+    ApiResponse::Error(WireApiError { message, fields: Vec::new() })
+}
+
+fn not_found(name: &WorkloadName) -> ApiResponse {
+    error(format!("no workload named {name}"))
+}
+
+fn spec_error(errors: SpecErrors) -> ApiResponse {
+    let n = errors.errors().len();
+    ApiResponse::Error(WireApiError {
+        message: format!("the spec has {n} problem{}; nothing was changed", if n == 1 { "" } else { "s" }),
+        fields: errors.0,
+    })
+}

@@ -1,0 +1,333 @@
+//! The agent: the I/O shell around the node core.
+//!
+//! One task owns the core, the store and the clock; everything else talks to it through
+//! channels: the runtime's events, API requests from the socket server, and a timer set to the
+//! core's next deadline. That keeps every decision in the deterministic core and every effect
+//! here, in the order the core asked for it.
+
+mod handlers;
+mod host;
+mod tables;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use starling_protocol::NodeId;
+use starling_protocol::hlc::Hlc;
+use starling_protocol::placement::{Capacity, FleetView, Liveness, NodeView, ReplicaId};
+use starling_protocol::spec::RuntimeKind;
+use starling_protocol::wire::{ApiRequest, ApiResponse};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::clock::now_ms;
+use crate::core::{Action, CoreConfig, CoreEvent, NodeCore, Restored, RuntimeEvent};
+use crate::runtime::process::{ProcessConfig, ProcessRuntime};
+use crate::runtime::{Runtime, StartRequest};
+use crate::store::{Identity, Store, StoreError};
+
+/// How an agent runs. Defaults suit a LAN.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The data dir (identity, state, logs, the API socket).
+    pub data_dir: PathBuf,
+    /// The node id to create the data dir with (default: the host name). Ignored when the data
+    /// dir already has an identity: ids never change.
+    pub node_id: Option<NodeId>,
+    /// Labels of this node.
+    pub labels: BTreeMap<String, String>,
+    /// Resources offered (default: all CPUs and memory of the host).
+    pub capacity: Option<Capacity>,
+    /// Grace between SIGTERM and SIGKILL when stopping a replica.
+    pub stop_grace: Duration,
+    /// Stop every replica when the agent exits (default: leave them running for adoption).
+    pub stop_on_exit: bool,
+    /// Largest clock difference accepted from a peer's timestamp.
+    pub max_drift_ms: u64,
+}
+
+impl AgentConfig {
+    /// Defaults for a data dir.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        AgentConfig {
+            data_dir: data_dir.into(),
+            node_id: None,
+            labels: BTreeMap::new(),
+            capacity: None,
+            stop_grace: Duration::from_secs(10),
+            stop_on_exit: false,
+            max_drift_ms: 5_000,
+        }
+    }
+}
+
+/// Why the agent could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The data dir could not be used.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Another agent holds the data dir.
+    #[error("another agent is running on {0} (only one agent per data dir)")]
+    Locked(PathBuf),
+    /// The API socket could not be opened.
+    #[error("cannot listen on {path}: {source}")]
+    Listen {
+        /// The socket path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// No usable node id.
+    #[error("{0}")]
+    Identity(String),
+}
+
+/// An API request with the way back to its caller.
+pub(crate) type ApiCall = (ApiRequest, oneshot::Sender<ApiResponse>);
+
+/// Runs an agent until `shutdown` completes.
+pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    let store = Store::open(&config.data_dir)?;
+    let _lock = host::lock_data_dir(store.dir()).map_err(|_| AgentError::Locked(store.dir().to_path_buf()))?;
+    let identity = load_identity(&store, &config)?;
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let runtime = Arc::new(ProcessRuntime::new(store.dir().join("runtime"), events_tx.clone(), ProcessConfig::default()));
+    tracing::info!(node = %identity.node, data_dir = %store.dir().display(), "agent starting; {}", runtime.limits_status());
+    let (api_tx, api_rx) = mpsc::channel::<ApiCall>(64);
+    let server = host::serve_api(store.dir(), api_tx, runtime.clone()).await?;
+    let mut agent = Agent::new(config, store, identity, runtime.clone(), events_tx)?;
+    let adopted = runtime.adopt().await;
+    if adopted > 0 {
+        tracing::info!(adopted, "adopted replicas left running by the previous agent");
+    }
+    let result = agent.run_loop(events_rx, api_rx, shutdown).await;
+    server.abort();
+    let _ = std::fs::remove_file(crate::api::socket_path(agent.store.dir()));
+    if agent.config.stop_on_exit {
+        agent.stop_everything().await;
+    } else {
+        tracing::info!("agent stopped; replicas keep running and are adopted at the next start");
+    }
+    result
+}
+
+fn load_identity(store: &Store, config: &AgentConfig) -> Result<Identity, AgentError> {
+    if let Some(identity) = store.identity()? {
+        if let Some(asked) = &config.node_id
+            && *asked != identity.node
+        {
+            return Err(AgentError::Identity(format!(
+                "{} belongs to node {}; a node id never changes (asked for {asked})",
+                store.dir().display(),
+                identity.node
+            )));
+        }
+        return Ok(identity);
+    }
+    let node = match &config.node_id {
+        Some(id) => id.clone(),
+        None => host::default_node_id().map_err(AgentError::Identity)?,
+    };
+    let identity = Identity { node, created_ms: now_ms() };
+    store.write_identity(&identity)?;
+    Ok(identity)
+}
+
+/// The agent's state, owned by its one loop.
+pub(crate) struct Agent {
+    config: AgentConfig,
+    store: Store,
+    node: NodeId,
+    core: NodeCore,
+    hlc: Hlc,
+    runtime: Arc<ProcessRuntime>,
+    /// Health probers of running instances.
+    probers: BTreeMap<(ReplicaId, u64), JoinHandle<()>>,
+    /// Specs of instances asked to start, for their probers.
+    starting: BTreeMap<(ReplicaId, u64), starling_protocol::spec::WorkloadSpec>,
+    /// Recent notable events, newest last, for `describe`.
+    events: VecDeque<(u64, String)>,
+    /// Where health probers send their results.
+    probe_tx: mpsc::UnboundedSender<RuntimeEvent>,
+}
+
+/// Most events kept for `describe`.
+const EVENTS_MAX: usize = 200;
+
+impl Agent {
+    fn new(
+        config: AgentConfig,
+        store: Store,
+        identity: Identity,
+        runtime: Arc<ProcessRuntime>,
+        probe_tx: mpsc::UnboundedSender<RuntimeEvent>,
+    ) -> Result<Self, AgentError> {
+        let desired = store.desired()?;
+        let last_assignment = store.assignment()?;
+        let now = now_ms();
+        let hlc = match desired.newest_timestamp() {
+            Some(last) => Hlc::resume(starling_protocol::hlc::Timestamp { node: identity.node.clone(), ..last.clone() }, config.max_drift_ms),
+            None => Hlc::new(identity.node.clone(), config.max_drift_ms),
+        };
+        let view = single_node_view(&identity.node, &config);
+        let core_config = CoreConfig::new(identity.node.clone(), now.saturating_mul(1_000));
+        let core = NodeCore::new(core_config, Restored { desired, last_assignment, view });
+        Ok(Agent {
+            config,
+            store,
+            node: identity.node,
+            core,
+            hlc,
+            runtime,
+            probers: BTreeMap::new(),
+            starting: BTreeMap::new(),
+            events: VecDeque::new(),
+            probe_tx,
+        })
+    }
+
+    async fn run_loop(
+        &mut self,
+        mut events: mpsc::UnboundedReceiver<RuntimeEvent>,
+        mut api: mpsc::Receiver<ApiCall>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), AgentError> {
+        tokio::pin!(shutdown);
+        // Adopted instances were reported before the loop started; feed them first.
+        while let Ok(event) = events.try_recv() {
+            self.on_runtime_event(event);
+        }
+        let view = self.core.view().clone();
+        self.core.handle_view(now_ms(), view);
+        self.execute().await;
+        loop {
+            let sleep = match self.core.poll_timeout() {
+                Some(deadline) => Duration::from_millis(deadline.saturating_sub(now_ms())),
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                Some(event) = events.recv() => self.on_runtime_event(event),
+                Some((request, reply)) = api.recv() => {
+                    let response = self.handle_api(request);
+                    let _ = reply.send(response);
+                }
+                _ = tokio::time::sleep(sleep) => self.core.handle_timeout(now_ms()),
+                _ = &mut shutdown => return Ok(()),
+            }
+            self.execute().await;
+        }
+    }
+
+    fn on_runtime_event(&mut self, event: RuntimeEvent) {
+        match &event {
+            RuntimeEvent::Started { replica, instance } => {
+                let key = (replica.clone(), *instance);
+                if let Some(spec) = self.starting.remove(&key)
+                    && let Some(check) = spec.health.clone()
+                {
+                    let tx = self.probe_tx.clone();
+                    let handle = crate::health::spawn_prober(replica.clone(), *instance, check, spec.ports.clone(), tx);
+                    self.probers.insert(key, handle);
+                }
+            }
+            RuntimeEvent::Exited { replica, instance, code, .. } => {
+                if let Some(handle) = self.probers.remove(&(replica.clone(), *instance)) {
+                    handle.abort();
+                }
+                self.starting.remove(&(replica.clone(), *instance));
+                self.note(format!("{}/{} instance {instance} exited with {}", replica.workload, replica.index, code.map_or("a signal".to_string(), |c| format!("code {c}"))));
+            }
+            RuntimeEvent::StartFailed { replica, reason, .. } => {
+                self.note(format!("{}/{} failed to start: {reason}", replica.workload, replica.index));
+            }
+            RuntimeEvent::Health { .. } | RuntimeEvent::Adopted { .. } => {}
+        }
+        self.core.handle_runtime(now_ms(), event);
+    }
+
+    /// Carries out what the core decided, in order.
+    async fn execute(&mut self) {
+        while let Some(action) = self.core.poll_action() {
+            match action {
+                Action::Start { replica, instance, revision, spec } => {
+                    self.note(format!("starting {}/{} (revision {revision}, instance {instance})", replica.workload, replica.index));
+                    self.starting.insert((replica.clone(), instance), (*spec).clone());
+                    let request = StartRequest { replica, instance, revision, spec: *spec, node: self.node.clone() };
+                    let runtime = self.runtime.clone();
+                    tokio::spawn(async move { runtime.start(request).await });
+                }
+                Action::Stop { replica, instance, reason } => {
+                    self.note(format!("stopping {}/{} instance {instance}: {reason}", replica.workload, replica.index));
+                    if let Some(handle) = self.probers.remove(&(replica.clone(), instance)) {
+                        handle.abort();
+                    }
+                    let (runtime, grace) = (self.runtime.clone(), self.config.stop_grace);
+                    tokio::spawn(async move { runtime.stop(&replica, instance, grace).await });
+                }
+                Action::Publish(_status) => {
+                    // A single agent has nobody to tell; gossip publishes this in the fleet issue.
+                }
+                Action::PersistAssignment(assignment) => {
+                    if let Err(e) = self.store.write_assignment(&assignment) {
+                        tracing::error!("cannot persist the assignment: {e}");
+                    }
+                }
+                Action::Event(event) => self.on_core_event(event),
+            }
+        }
+    }
+
+    fn on_core_event(&mut self, event: CoreEvent) {
+        let text = match event {
+            CoreEvent::CrashLoop { replica, exit_code, log_tail, gave_up } => format!(
+                "{}/{} is in CrashLoop (last exit {}{}); last log lines: {}",
+                replica.workload,
+                replica.index,
+                exit_code.map_or("by signal".into(), |c| format!("code {c}")),
+                if gave_up { ", gave up restarting" } else { ", restarting at the back-off ceiling" },
+                log_tail.join(" | ")
+            ),
+            CoreEvent::MinoritySide { visible, known } => format!("sees {visible} of {known} members: minority side, replacing nothing"),
+            CoreEvent::MajorityRegained { visible, known } => format!("sees {visible} of {known} members again: majority"),
+        };
+        tracing::warn!("{text}");
+        self.note(text);
+    }
+
+    fn note(&mut self, text: String) {
+        tracing::info!("{text}");
+        if self.events.len() == EVENTS_MAX {
+            self.events.pop_front();
+        }
+        self.events.push_back((now_ms(), text));
+    }
+
+    async fn stop_everything(&mut self) {
+        let instances = self.core.instances();
+        tracing::info!(replicas = instances.len(), "stopping every replica before exit");
+        let stops = instances.into_iter().map(|(replica, instance)| {
+            let (runtime, grace) = (self.runtime.clone(), self.config.stop_grace);
+            tokio::spawn(async move { runtime.stop(&replica, instance, grace).await })
+        });
+        for stop in stops.collect::<Vec<_>>() {
+            let _ = stop.await;
+        }
+    }
+}
+
+fn single_node_view(node: &NodeId, config: &AgentConfig) -> FleetView {
+    let view = NodeView {
+        id: node.clone(),
+        labels: config.labels.clone(),
+        arch: std::env::consts::ARCH.to_string(),
+        runtimes: [RuntimeKind::Process].into(),
+        capacity: config.capacity.unwrap_or_else(host::capacity),
+        weight: 1,
+        liveness: Liveness::Alive,
+    };
+    FleetView { nodes: [(node.clone(), view)].into() }
+}

@@ -1,0 +1,135 @@
+//! Listings for `get`, `status` and `describe`: a table for people and the same data as JSON.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde_json::json;
+use starling_protocol::desired::Revision;
+use starling_protocol::quantity::format_duration_ms;
+use starling_protocol::status::{NodeStatus, ReplicaStatus};
+use starling_protocol::wire::ApiResponse;
+use starling_protocol::NodeId;
+
+use crate::clock::now_ms;
+use crate::core::NodeCore;
+
+fn table(columns: &[&str], rows: Vec<Vec<String>>, json: serde_json::Value) -> ApiResponse {
+    ApiResponse::Table { columns: columns.iter().map(|c| c.to_string()).collect(), rows, json: json.to_string() }
+}
+
+/// Every node's status, this node's included.
+fn statuses(core: &NodeCore) -> BTreeMap<NodeId, NodeStatus> {
+    let mut all = core.peer_statuses().clone();
+    all.insert(core.node().clone(), core.status());
+    all
+}
+
+fn health(r: &ReplicaStatus) -> &'static str {
+    match (r.is_available(), r.state) {
+        (true, _) => "healthy",
+        (false, starling_protocol::status::ReplicaState::Running) => "unhealthy",
+        _ => "-",
+    }
+}
+
+pub(super) fn replicas(core: &NodeCore) -> ApiResponse {
+    let mut rows = Vec::new();
+    let mut items = Vec::new();
+    for (node, status) in statuses(core) {
+        for (id, r) in &status.replicas {
+            rows.push(vec![
+                id.workload.to_string(),
+                id.index.to_string(),
+                node.to_string(),
+                r.state.to_string(),
+                health(r).to_string(),
+                r.restarts.to_string(),
+                r.revision.to_string(),
+                r.last_exit_code.map_or("-".into(), |c| c.to_string()),
+                r.reason.clone().unwrap_or_default(),
+            ]);
+            items.push(json!({
+                "workload": id.workload, "replica": id.index, "node": node, "state": r.state.to_string(),
+                "healthy": r.is_available(), "restarts": r.restarts, "revision": r.revision,
+                "last_exit_code": r.last_exit_code, "reason": r.reason,
+            }));
+        }
+    }
+    table(&["WORKLOAD", "REPLICA", "NODE", "STATE", "HEALTH", "RESTARTS", "REVISION", "EXIT", "REASON"], rows, json!(items))
+}
+
+pub(super) fn workloads(core: &NodeCore) -> ApiResponse {
+    let all = statuses(core);
+    let mut rows = Vec::new();
+    let mut items = Vec::new();
+    for (name, revision) in core.desired().workloads() {
+        let states: Vec<&ReplicaStatus> = all.values().flat_map(|s| s.replicas.iter()).filter(|(id, _)| &id.workload == name).map(|(_, r)| r).collect();
+        let available = states.iter().filter(|r| r.is_available()).count();
+        let spec = &revision.spec;
+        let runtime = format!("{:?}", spec.runtime).to_lowercase();
+        rows.push(vec![
+            name.to_string(),
+            revision.number.to_string(),
+            format!("{available}/{}", spec.replicas_to_place()),
+            runtime.clone(),
+            spec.command.clone().or_else(|| spec.image.clone()).unwrap_or_default(),
+        ]);
+        items.push(json!({
+            "name": name, "revision": revision.number, "available": available,
+            "replicas": spec.replicas_to_place(), "runtime": runtime,
+        }));
+    }
+    table(&["NAME", "REVISION", "AVAILABLE", "RUNTIME", "COMMAND/IMAGE"], rows, json!(items))
+}
+
+pub(super) fn nodes(core: &NodeCore) -> ApiResponse {
+    let all = statuses(core);
+    let mut rows = Vec::new();
+    let mut items = Vec::new();
+    for (id, node) in &core.view().nodes {
+        let status = all.get(id).cloned().unwrap_or_default();
+        let liveness = format!("{:?}", node.liveness).to_lowercase();
+        rows.push(vec![
+            id.to_string(),
+            liveness.clone(),
+            node.arch.clone(),
+            format!("{}/{}", status.reserved.cpu, node.capacity.cpu),
+            format!("{}/{}", status.reserved.memory, node.capacity.memory),
+            status.replicas.len().to_string(),
+            node.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+        ]);
+        items.push(json!({
+            "node": id, "state": liveness, "arch": node.arch, "replicas": status.replicas.len(),
+            "cpu_reserved_millicores": status.reserved.cpu.0, "cpu_millicores": node.capacity.cpu.0,
+            "memory_reserved_bytes": status.reserved.memory.0, "memory_bytes": node.capacity.memory.0,
+            "labels": node.labels,
+        }));
+    }
+    table(&["NODE", "STATE", "ARCH", "CPU", "MEMORY", "REPLICAS", "LABELS"], rows, json!(items))
+}
+
+pub(super) fn describe(core: &NodeCore, revision: &Revision, events: &VecDeque<(u64, String)>) -> ApiResponse {
+    let name = &revision.spec.name;
+    let now = now_ms();
+    let mut rows = vec![
+        vec!["name".into(), name.to_string()],
+        vec!["revision".into(), revision.number.to_string()],
+        vec!["previous revision".into(), revision.previous.as_ref().map_or("-".into(), |p| p.number.to_string())],
+    ];
+    for (node, status) in statuses(core) {
+        for (id, r) in status.replicas.iter().filter(|(id, _)| &id.workload == name) {
+            rows.push(vec![format!("replica {}", id.index), format!("{} on {node}, {}, restarts {}", r.state, health(r), r.restarts)]);
+        }
+    }
+    let mine: Vec<&(u64, String)> = events.iter().filter(|(_, text)| text.contains(name.as_str())).collect();
+    for (at, text) in mine.iter().rev().take(20).rev() {
+        rows.push(vec![format!("event {} ago", format_duration_ms(now.saturating_sub(*at) / 1000 * 1000)), text.clone()]);
+    }
+    rows.push(vec!["spec".into(), revision.spec.to_toml()]);
+    let json = json!({
+        "name": name, "revision": revision.number,
+        "previous_revision": revision.previous.as_ref().map(|p| p.number),
+        "events": mine.iter().map(|(at, text)| json!({"at_ms": at, "event": text})).collect::<Vec<_>>(),
+        "spec": revision.spec.to_toml(),
+    });
+    table(&["FIELD", "VALUE"], rows, json)
+}
