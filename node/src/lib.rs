@@ -16,7 +16,7 @@ pub mod core;
 pub mod health;
 pub mod runtime;
 pub mod store;
-pub mod agent;
+// pub mod agent; (enabled once the process runtime lands)
 pub mod api;
 
 pub use starling_protocol as protocol;
