@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use starling_protocol::WorkloadName;
+use starling_protocol::wire::{ApiRequest, ObjectKind};
 
 use crate::output::Format;
 
@@ -19,20 +21,84 @@ use crate::output::Format;
     about = "Masterless container scheduler for edge fleets"
 )]
 struct Cli {
+    /// Data dir of the local agent [default: $STARLING_DATA_DIR or ~/.local/share/starling].
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Output format.
+    #[arg(short, long, value_enum, global = true, default_value_t = Format::Table)]
+    output: Format,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run this machine's agent in the foreground (the process runtime is built in).
+    Agent {
+        /// Node id to create the data dir with [default: the host name].
+        #[arg(long)]
+        node_id: Option<String>,
+        /// A label of this node, KEY=VALUE (repeatable).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// Milliseconds between SIGTERM and SIGKILL when stopping a replica.
+        #[arg(long, default_value_t = 10_000)]
+        stop_grace_ms: u64,
+        /// Stop every replica when the agent exits (default: leave them running; the next
+        /// agent adopts them).
+        #[arg(long)]
+        stop_on_exit: bool,
+    },
+    /// Create or update workloads from spec files.
+    Apply {
+        /// Spec files (`.toml` or `.json`).
+        #[arg(short = 'f', long = "file", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Delete a workload.
+    Delete {
+        /// The workload.
+        name: WorkloadName,
+    },
+    /// Set a workload's replica count: `starling scale web=5`.
+    Scale {
+        /// NAME=REPLICAS.
+        assignment: String,
+    },
+    /// Go back to a workload's previous revision.
+    Rollback {
+        /// The workload.
+        name: WorkloadName,
+    },
+    /// List workloads, replicas or nodes.
+    Get {
+        /// What to list.
+        #[arg(value_enum, default_value_t = Kind::Workloads)]
+        kind: Kind,
+    },
+    /// Show one workload: revisions, replicas, recent events, spec.
+    Describe {
+        /// The workload.
+        name: WorkloadName,
+    },
+    /// Every replica with its state, health and restarts.
+    Status,
+    /// Print the end of a replica's log.
+    Logs {
+        /// The workload.
+        name: WorkloadName,
+        /// Which replica.
+        #[arg(long, default_value_t = 0)]
+        replica: u32,
+        /// Lines from the end.
+        #[arg(long, default_value_t = 100)]
+        tail: u32,
+    },
     /// Check workload specs (TOML or JSON) and list every problem with its field path.
     Validate {
         /// Spec files (`.toml` or `.json`).
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t = Format::Table)]
-        output: Format,
     },
     /// Show where a simulated fleet would place workloads (the built-in examples by default).
     Plan {
@@ -44,22 +110,64 @@ enum Command {
         /// Nodes to mark as down (e.g. `--down node-03`), to see what moves where.
         #[arg(long)]
         down: Vec<String>,
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t = Format::Table)]
-        output: Format,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Kind {
+    Workloads,
+    Replicas,
+    Nodes,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging();
+    let data_dir = cli
+        .data_dir
+        .clone()
+        .unwrap_or_else(cmd::client::default_data_dir);
+    let format = cli.output;
     let result = match cli.command {
-        Command::Validate { files, output } => cmd::validate::run(&files, output),
-        Command::Plan {
-            files,
-            nodes,
-            down,
-            output,
-        } => cmd::plan::run(&files, nodes, &down, output),
+        Command::Agent {
+            node_id,
+            labels,
+            stop_grace_ms,
+            stop_on_exit,
+        } => cmd::agent::main(cmd::agent::AgentArgs {
+            data_dir,
+            node_id,
+            labels,
+            stop_grace_ms,
+            stop_on_exit,
+        }),
+        Command::Apply { files } => cmd::client::apply(&data_dir, &files, format),
+        Command::Delete { name } => {
+            cmd::client::call(&data_dir, ApiRequest::Delete { name }, format)
+        }
+        Command::Scale { assignment } => cmd::client::scale(&data_dir, &assignment, format),
+        Command::Rollback { name } => {
+            cmd::client::call(&data_dir, ApiRequest::Rollback { name }, format)
+        }
+        Command::Get { kind } => {
+            let kind = match kind {
+                Kind::Workloads => ObjectKind::Workloads,
+                Kind::Replicas => ObjectKind::Replicas,
+                Kind::Nodes => ObjectKind::Nodes,
+            };
+            cmd::client::call(&data_dir, ApiRequest::Get { kind }, format)
+        }
+        Command::Describe { name } => {
+            cmd::client::call(&data_dir, ApiRequest::Describe { name }, format)
+        }
+        Command::Status => cmd::client::call(&data_dir, ApiRequest::Status, format),
+        Command::Logs {
+            name,
+            replica,
+            tail,
+        } => cmd::client::logs(&data_dir, name, replica, tail),
+        Command::Validate { files } => cmd::validate::run(&files, format),
+        Command::Plan { files, nodes, down } => cmd::plan::run(&files, nodes, &down, format),
     };
     match result {
         Ok(code) => code,
@@ -68,4 +176,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default: info for Starling, warn for the rest).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,starling=info,starling_node=info")
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

@@ -1,1 +1,369 @@
-//! Health probes.
+//! Health probes: exec, TCP and HTTP, run by the shell on a replica's schedule.
+//!
+//! A prober only reports each result as a [`RuntimeEvent::Health`]; counting failures against
+//! the threshold and deciding to restart is the core's job, so it stays deterministic.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use starling_protocol::placement::ReplicaId;
+use starling_protocol::spec::{HealthCheck, PortSpec, Probe};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::task::JoinHandle;
+
+use crate::core::RuntimeEvent;
+
+/// Most bytes read from an HTTP answer: the status line is all a probe needs.
+const HTTP_READ_BYTES_MAX: usize = 8 << 10;
+
+/// One probe's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeResult {
+    /// Passed.
+    pub ok: bool,
+    /// What was seen (`HTTP 200`, `connection refused`, `exit 1`, `timed out after 1s`).
+    pub detail: String,
+}
+
+/// Runs one probe. `cwd` and `env` apply to exec probes (the replica's directory and
+/// environment, so the check sees what the workload sees).
+pub async fn probe(
+    probe: &Probe,
+    ports: &[PortSpec],
+    timeout: Duration,
+    cwd: Option<&Path>,
+    env: &[(String, String)],
+) -> ProbeResult {
+    let fut = async {
+        match probe {
+            Probe::Exec { command } => exec(command, cwd, env).await,
+            Probe::Tcp { port } => match port_number(ports, port) {
+                Err(r) => r,
+                Ok(p) => match TcpStream::connect(("127.0.0.1", p)).await {
+                    Ok(_) => ProbeResult {
+                        ok: true,
+                        detail: format!("connected to port {p}"),
+                    },
+                    Err(e) => ProbeResult {
+                        ok: false,
+                        detail: format!("port {p}: {}", io_detail(&e)),
+                    },
+                },
+            },
+            Probe::Http { port, path } => match port_number(ports, port) {
+                Err(r) => r,
+                Ok(p) => http(p, path).await,
+            },
+        }
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(result) => result,
+        Err(_) => ProbeResult {
+            ok: false,
+            detail: format!(
+                "timed out after {}",
+                starling_protocol::quantity::format_duration_ms(timeout.as_millis() as u64)
+            ),
+        },
+    }
+}
+
+/// Probes an instance on its schedule until aborted (the agent aborts it when the instance
+/// stops). Each result goes to `events`.
+pub fn spawn_prober(
+    replica: ReplicaId,
+    instance: u64,
+    check: HealthCheck,
+    ports: Vec<PortSpec>,
+    events: UnboundedSender<RuntimeEvent>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(check.initial_delay_ms)).await;
+        let interval = Duration::from_millis(check.interval_ms.max(100));
+        let timeout = Duration::from_millis(check.timeout_ms.max(1));
+        loop {
+            let started = crate::clock::monotonic();
+            let result = probe(&check.probe, &ports, timeout, None, &[]).await;
+            let event = RuntimeEvent::Health {
+                replica: replica.clone(),
+                instance,
+                ok: result.ok,
+                detail: result.detail,
+            };
+            if events.send(event).is_err() {
+                return;
+            }
+            tokio::time::sleep(interval.saturating_sub(started.elapsed())).await;
+        }
+    })
+}
+
+fn port_number(ports: &[PortSpec], name: &str) -> Result<u16, ProbeResult> {
+    ports
+        .iter()
+        .find(|p| p.name == name)
+        .map(|p| p.container_port)
+        .ok_or_else(|| ProbeResult {
+            ok: false,
+            detail: format!("no port named {name:?}"),
+        })
+}
+
+async fn exec(command: &[String], cwd: Option<&Path>, env: &[(String, String)]) -> ProbeResult {
+    let Some((program, args)) = command.split_first() else {
+        return ProbeResult {
+            ok: false,
+            detail: "empty command".into(),
+        };
+    };
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .envs(env.iter().cloned())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
+    match cmd.status().await {
+        Ok(status) if status.success() => ProbeResult {
+            ok: true,
+            detail: "exit 0".into(),
+        },
+        Ok(status) => ProbeResult {
+            ok: false,
+            detail: status
+                .code()
+                .map_or("killed by a signal".into(), |c| format!("exit {c}")),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => ProbeResult {
+            ok: false,
+            detail: format!("command not found: {program}"),
+        },
+        Err(e) => ProbeResult {
+            ok: false,
+            detail: format!("cannot run {program}: {e}"),
+        },
+    }
+}
+
+async fn http(port: u16, path: &str) -> ProbeResult {
+    let mut stream = match TcpStream::connect(("127.0.0.1", port)).await {
+        Ok(s) => s,
+        Err(e) => {
+            return ProbeResult {
+                ok: false,
+                detail: format!("port {port}: {}", io_detail(&e)),
+            };
+        }
+    };
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: starling-probe\r\nConnection: close\r\n\r\n"
+    );
+    if let Err(e) = stream.write_all(request.as_bytes()).await {
+        return ProbeResult {
+            ok: false,
+            detail: format!("port {port}: {}", io_detail(&e)),
+        };
+    }
+    let mut buf = vec![0u8; HTTP_READ_BYTES_MAX];
+    let mut filled = 0;
+    while filled < buf.len() && !buf[..filled].contains(&b'\n') {
+        match stream.read(&mut buf[filled..]).await {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) => {
+                return ProbeResult {
+                    ok: false,
+                    detail: format!("port {port}: {}", io_detail(&e)),
+                };
+            }
+        }
+    }
+    let head = String::from_utf8_lossy(&buf[..filled]);
+    let status = head
+        .lines()
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|code| code.parse::<u16>().ok());
+    match status {
+        Some(code) => ProbeResult {
+            ok: (200..400).contains(&code),
+            detail: format!("HTTP {code}"),
+        },
+        None => ProbeResult {
+            ok: false,
+            detail: "not an HTTP answer".into(),
+        },
+    }
+}
+
+fn io_detail(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        std::io::ErrorKind::ConnectionReset => "connection reset".into(),
+        _ => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use starling_protocol::spec::PortProtocol;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    fn port(name: &str, p: u16) -> PortSpec {
+        PortSpec {
+            name: name.into(),
+            container_port: p,
+            host_port: None,
+            protocol: PortProtocol::Tcp,
+        }
+    }
+
+    async fn server(answer: &'static str) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let p = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(answer.as_bytes()).await;
+            }
+        });
+        p
+    }
+
+    #[tokio::test]
+    async fn http_probe_passes_on_2xx_and_fails_on_5xx() {
+        let ok = server("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
+        let bad = server("HTTP/1.1 503 Service Unavailable\r\n\r\n").await;
+        let second = Duration::from_secs(1);
+        let probe_ok = Probe::Http {
+            port: "web".into(),
+            path: "/healthz".into(),
+        };
+        assert_eq!(
+            probe(&probe_ok, &[port("web", ok)], second, None, &[]).await,
+            ProbeResult {
+                ok: true,
+                detail: "HTTP 200".into()
+            }
+        );
+        assert_eq!(
+            probe(&probe_ok, &[port("web", bad)], second, None, &[]).await,
+            ProbeResult {
+                ok: false,
+                detail: "HTTP 503".into()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn tcp_probe_fails_on_a_closed_port() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let p = listener.local_addr().expect("addr").port();
+        let r = probe(
+            &Probe::Tcp { port: "db".into() },
+            &[port("db", p)],
+            Duration::from_secs(1),
+            None,
+            &[],
+        )
+        .await;
+        assert!(r.ok);
+        drop(listener);
+        let r = probe(
+            &Probe::Tcp { port: "db".into() },
+            &[port("db", p)],
+            Duration::from_secs(1),
+            None,
+            &[],
+        )
+        .await;
+        assert_eq!(
+            r,
+            ProbeResult {
+                ok: false,
+                detail: format!("port {p}: connection refused")
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn exec_probe_follows_the_exit_code_and_times_out() {
+        let second = Duration::from_secs(2);
+        assert!(
+            probe(
+                &Probe::Exec {
+                    command: vec!["true".into()]
+                },
+                &[],
+                second,
+                None,
+                &[]
+            )
+            .await
+            .ok
+        );
+        let r = probe(
+            &Probe::Exec {
+                command: vec!["false".into()],
+            },
+            &[],
+            second,
+            None,
+            &[],
+        )
+        .await;
+        assert_eq!(r.detail, "exit 1");
+        let r = probe(
+            &Probe::Exec {
+                command: vec!["sleep".into(), "5".into()],
+            },
+            &[],
+            Duration::from_millis(200),
+            None,
+            &[],
+        )
+        .await;
+        assert_eq!(
+            r,
+            ProbeResult {
+                ok: false,
+                detail: "timed out after 200ms".into()
+            }
+        );
+        let r = probe(
+            &Probe::Exec {
+                command: vec!["/no/such/check".into()],
+            },
+            &[],
+            second,
+            None,
+            &[],
+        )
+        .await;
+        assert_eq!(r.detail, "command not found: /no/such/check");
+    }
+
+    #[tokio::test]
+    async fn a_probe_naming_an_unknown_port_fails_clearly() {
+        let r = probe(
+            &Probe::Tcp {
+                port: "nope".into(),
+            },
+            &[],
+            Duration::from_secs(1),
+            None,
+            &[],
+        )
+        .await;
+        assert_eq!(r.detail, "no port named \"nope\"");
+    }
+}

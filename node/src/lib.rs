@@ -11,12 +11,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod agent;
+pub mod api;
 pub mod clock;
 pub mod core;
 pub mod health;
 pub mod runtime;
 pub mod store;
-// pub mod agent; (enabled once the process runtime lands)
-pub mod api;
 
 pub use starling_protocol as protocol;

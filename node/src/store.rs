@@ -63,7 +63,10 @@ impl Store {
     /// Opens (creating if needed) the data dir `dir`.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let dir = dir.into();
-        fs::create_dir_all(&dir).map_err(|source| StoreError::Io { path: dir.clone(), source })?;
+        fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+            path: dir.clone(),
+            source,
+        })?;
         Ok(Store { dir })
     }
 
@@ -114,7 +117,10 @@ impl Store {
 
     fn write<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StoreError> {
         let path = self.dir.join(name);
-        let body = postcard::to_allocvec(value).map_err(|e| StoreError::Corrupt { path: path.clone(), why: e.to_string() })?;
+        let body = postcard::to_allocvec(value).map_err(|e| StoreError::Corrupt {
+            path: path.clone(),
+            why: e.to_string(),
+        })?;
         let mut bytes = Vec::with_capacity(body.len() + 14);
         bytes.extend_from_slice(&MAGIC);
         bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -125,15 +131,23 @@ impl Store {
 
     fn read<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StoreError> {
         let path = self.dir.join(name);
-        let io = |source| StoreError::Io { path: path.clone(), source };
-        let corrupt = |why: String| StoreError::Corrupt { path: path.clone(), why };
+        let io = |source| StoreError::Io {
+            path: path.clone(),
+            source,
+        };
+        let corrupt = |why: String| StoreError::Corrupt {
+            path: path.clone(),
+            why,
+        };
         let len = match fs::metadata(&path) {
             Ok(m) => m.len(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io(e)),
         };
         if len > FILE_BYTES_MAX {
-            return Err(corrupt(format!("{len} bytes, over the limit of {FILE_BYTES_MAX}")));
+            return Err(corrupt(format!(
+                "{len} bytes, over the limit of {FILE_BYTES_MAX}"
+            )));
         }
         let bytes = fs::read(&path).map_err(io)?;
         if bytes.len() < 14 || bytes[..4] != MAGIC {
@@ -141,7 +155,9 @@ impl Store {
         }
         let version = u16::from_le_bytes([bytes[4], bytes[5]]);
         if version != FORMAT_VERSION {
-            return Err(corrupt(format!("format version {version}, this build reads {FORMAT_VERSION}")));
+            return Err(corrupt(format!(
+                "format version {version}, this build reads {FORMAT_VERSION}"
+            )));
         }
         let mut sum = [0u8; 8];
         sum.copy_from_slice(&bytes[6..14]);
@@ -149,7 +165,9 @@ impl Store {
         if u64::from_le_bytes(sum) != hash64(body) {
             return Err(corrupt("checksum mismatch".into()));
         }
-        postcard::from_bytes(body).map(Some).map_err(|e| corrupt(e.to_string()))
+        postcard::from_bytes(body)
+            .map(Some)
+            .map_err(|e| corrupt(e.to_string()))
     }
 }
 
@@ -160,13 +178,20 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         move |source| StoreError::Io { path: p, source }
     };
     let tmp = path.with_extension("tmp");
-    let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(io(&tmp))?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
     file.write_all(bytes).map_err(io(&tmp))?;
     file.sync_all().map_err(io(&tmp))?;
     drop(file);
     fs::rename(&tmp, path).map_err(io(path))?;
     let dir = path.parent().unwrap_or(Path::new("."));
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))?;
     Ok(())
 }
 
@@ -181,15 +206,27 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
         assert!(store.identity().expect("read").is_none());
-        let identity = Identity { node: NodeId::new("n1").expect("valid"), created_ms: 5 };
+        let identity = Identity {
+            node: NodeId::new("n1").expect("valid"),
+            created_ms: 5,
+        };
         store.write_identity(&identity).expect("write");
-        let assignment = vec![(ReplicaId { workload: WorkloadName::new("web").expect("valid"), index: 2 }, 7)];
+        let assignment = vec![(
+            ReplicaId {
+                workload: WorkloadName::new("web").expect("valid"),
+                index: 2,
+            },
+            7,
+        )];
         store.write_assignment(&assignment).expect("write");
         let again = Store::open(dir.path()).expect("open");
         assert_eq!(again.identity().expect("read"), Some(identity));
         assert_eq!(again.assignment().expect("read"), assignment);
         assert!(again.desired().expect("read").is_empty());
-        assert!(!dir.path().join("assignment.tmp").exists(), "no temporary file left behind");
+        assert!(
+            !dir.path().join("assignment.tmp").exists(),
+            "no temporary file left behind"
+        );
     }
 
     #[test]
@@ -203,8 +240,18 @@ mod tests {
         bytes[last] ^= 0xff;
         fs::write(&path, &bytes).expect("write");
         let err = store.assignment().expect_err("damaged");
-        assert!(err.to_string().contains("assignment.bin is damaged (checksum mismatch)"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("assignment.bin is damaged (checksum mismatch)"),
+            "{err}"
+        );
         fs::write(&path, b"garbage").expect("write");
-        assert!(store.assignment().expect_err("damaged").to_string().contains("not a Starling state file"));
+        assert!(
+            store
+                .assignment()
+                .expect_err("damaged")
+                .to_string()
+                .contains("not a Starling state file")
+        );
     }
 }

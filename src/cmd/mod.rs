@@ -1,5 +1,7 @@
 //! One module per subcommand.
 
+pub mod agent;
+pub mod client;
 pub mod plan;
 pub mod validate;
 

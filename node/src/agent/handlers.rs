@@ -6,7 +6,9 @@
 use starling_protocol::WorkloadName;
 use starling_protocol::desired::{DesiredState, Revision};
 use starling_protocol::spec::{SpecDoc, SpecErrors, WorkloadSpec};
-use starling_protocol::wire::{ApiError as WireApiError, ApiRequest, ApiResponse, ObjectKind, SpecFormat};
+use starling_protocol::wire::{
+    ApiError as WireApiError, ApiRequest, ApiResponse, ObjectKind, SpecFormat,
+};
 
 use super::Agent;
 use super::tables;
@@ -17,7 +19,9 @@ impl Agent {
         match request {
             ApiRequest::Apply { spec, ack_replicas } => {
                 if ack_replicas > 0 {
-                    return error(format!("--ack-replicas {ack_replicas}: this node runs alone and has no peers to wait for"));
+                    return error(format!(
+                        "--ack-replicas {ack_replicas}: this node runs alone and has no peers to wait for"
+                    ));
                 }
                 let parsed = match spec.format {
                     SpecFormat::Toml => SpecDoc::from_toml(&spec.text),
@@ -34,7 +38,9 @@ impl Agent {
                 Some(_) => self.write(name, None),
             },
             ApiRequest::Scale { name, replicas } => {
-                let Some(current) = self.core.desired().get(&name).cloned() else { return not_found(&name) };
+                let Some(current) = self.core.desired().get(&name).cloned() else {
+                    return not_found(&name);
+                };
                 let mut spec = current.spec.clone();
                 spec.replicas = replicas;
                 match spec.check() {
@@ -43,7 +49,9 @@ impl Agent {
                 }
             }
             ApiRequest::Rollback { name } => {
-                let Some(current) = self.core.desired().get(&name).cloned() else { return not_found(&name) };
+                let Some(current) = self.core.desired().get(&name).cloned() else {
+                    return not_found(&name);
+                };
                 match current.rollback() {
                     Some(revision) => self.write(name, Some(revision)),
                     None => error(format!("{name} has no previous revision to roll back to")),
@@ -59,8 +67,12 @@ impl Agent {
                 Some(revision) => tables::describe(&self.core, revision, &self.events),
             },
             ApiRequest::Status => tables::replicas(&self.core),
-            ApiRequest::Logs { .. } => error("logs are served by the connection handler".to_string()),
-            ApiRequest::LeaseAcquire { name, .. } => error(format!("lease {name}: leases arrive with leader election (not in this build)")),
+            ApiRequest::Logs { .. } => {
+                error("logs are served by the connection handler".to_string())
+            }
+            ApiRequest::LeaseAcquire { name, .. } => error(format!(
+                "lease {name}: leases arrive with leader election (not in this build)"
+            )),
         }
     }
 
@@ -68,7 +80,12 @@ impl Agent {
         let name = spec.name.clone();
         let revision = match self.core.desired().get(&name) {
             Some(current) if current.spec == spec => {
-                return ApiResponse::Written { name, revision: current.number, at: self.hlc.last().clone(), changed: false };
+                return ApiResponse::Written {
+                    name,
+                    revision: current.number,
+                    at: self.hlc.last().clone(),
+                    changed: false,
+                };
             }
             Some(current) => current.next(spec),
             None => Revision::first(spec),
@@ -84,16 +101,29 @@ impl Agent {
         let number = revision.as_ref().map_or(0, |r| r.number);
         next.write(name.clone(), revision, at.clone());
         if let Err(e) = self.store.write_desired(&next) {
-            return error(format!("could not store the change, nothing was changed: {e}"));
+            return error(format!(
+                "could not store the change, nothing was changed: {e}"
+            ));
         }
-        self.note(format!("{} {name} (revision {number})", if number == 0 { "deleted" } else { "wrote" }));
+        self.note(format!(
+            "{} {name} (revision {number})",
+            if number == 0 { "deleted" } else { "wrote" }
+        ));
         self.core.handle_desired(now, next);
-        ApiResponse::Written { name, revision: number, at, changed: true }
+        ApiResponse::Written {
+            name,
+            revision: number,
+            at,
+            changed: true,
+        }
     }
 }
 
 fn error(message: String) -> ApiResponse {
-    ApiResponse::Error(WireApiError { message, fields: Vec::new() })
+    ApiResponse::Error(WireApiError {
+        message,
+        fields: Vec::new(),
+    })
 }
 
 fn not_found(name: &WorkloadName) -> ApiResponse {
@@ -103,7 +133,10 @@ fn not_found(name: &WorkloadName) -> ApiResponse {
 fn spec_error(errors: SpecErrors) -> ApiResponse {
     let n = errors.errors().len();
     ApiResponse::Error(WireApiError {
-        message: format!("the spec has {n} problem{}; nothing was changed", if n == 1 { "" } else { "s" }),
+        message: format!(
+            "the spec has {n} problem{}; nothing was changed",
+            if n == 1 { "" } else { "s" }
+        ),
         fields: errors.0,
     })
 }

@@ -23,8 +23,13 @@ use crate::runtime::process::ProcessRuntime;
 /// Holds an exclusive lock on `<data dir>/agent.lock` for as long as it lives, so two agents
 /// never share a data dir.
 pub(super) fn lock_data_dir(dir: &Path) -> Result<Flock<File>, std::io::Error> {
-    let file = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("agent.lock"))?;
-    let mut lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| std::io::Error::from(errno))?;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("agent.lock"))?;
+    let mut lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, errno)| std::io::Error::from(errno))?;
     lock.set_len(0)?;
     writeln!(lock, "{}", std::process::id())?;
     Ok(lock)
@@ -37,16 +42,28 @@ pub(super) fn default_node_id() -> Result<NodeId, String> {
         .trim()
         .to_ascii_lowercase()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     let cleaned = cleaned.trim_matches(|c| c == '-' || c == '.').to_string();
-    NodeId::new(if cleaned.is_empty() { "node-1".to_string() } else { cleaned.clone() })
-        .map_err(|e| format!("the host name {cleaned:?} is not a usable node id ({e}); pass --node-id"))
+    NodeId::new(if cleaned.is_empty() {
+        "node-1".to_string()
+    } else {
+        cleaned.clone()
+    })
+    .map_err(|e| format!("the host name {cleaned:?} is not a usable node id ({e}); pass --node-id"))
 }
 
 /// All CPUs and memory of the host (CPUs from the scheduler's view, memory from /proc).
 pub(super) fn capacity() -> Capacity {
-    let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
     let mem_kib = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|text| {
@@ -56,7 +73,10 @@ pub(super) fn capacity() -> Capacity {
                 .and_then(|v| v.parse::<u64>().ok())
         })
         .unwrap_or(1 << 20);
-    Capacity { cpu: Millicores(cpus * 1000), memory: Bytes(mem_kib * 1024) }
+    Capacity {
+        cpu: Millicores(cpus * 1000),
+        memory: Bytes(mem_kib * 1024),
+    }
 }
 
 /// Most API connections served at once.
@@ -66,24 +86,45 @@ const LOG_CHUNK_LINES: usize = 500;
 
 /// Listens on the data dir's socket and forwards each request to the agent loop. Logs are
 /// served here directly from the runtime, so a large log never blocks the loop.
-pub(super) async fn serve_api(dir: &Path, calls: mpsc::Sender<ApiCall>, runtime: Arc<ProcessRuntime>) -> Result<JoinHandle<()>, AgentError> {
+pub(super) async fn serve_api(
+    dir: &Path,
+    calls: mpsc::Sender<ApiCall>,
+    runtime: Arc<ProcessRuntime>,
+) -> Result<JoinHandle<()>, AgentError> {
     let path = socket_path(dir);
     // A socket file left by a crashed agent would make bind fail; the lock proves it is stale.
     let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path).map_err(|source| AgentError::Listen { path: path.clone(), source })?;
+    let listener = UnixListener::bind(&path).map_err(|source| AgentError::Listen {
+        path: path.clone(),
+        source,
+    })?;
     let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
     Ok(tokio::spawn(async move {
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else { continue };
-            let Ok(permit) = slots.clone().acquire_owned().await else { return };
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
             let (calls, runtime) = (calls.clone(), runtime.clone());
             tokio::spawn(async move {
                 let _permit = permit;
                 while let Ok(Some(request)) = read_frame::<ApiRequest, _>(&mut stream).await {
                     let ok = match request {
-                        ApiRequest::Logs { name, replica, tail_lines, .. } => {
-                            let replica = starling_protocol::placement::ReplicaId { workload: name, index: replica.unwrap_or(0) };
-                            let lines = runtime.log_tail(&replica, tail_lines.min(100_000) as usize).await;
+                        ApiRequest::Logs {
+                            name,
+                            replica,
+                            tail_lines,
+                            ..
+                        } => {
+                            let replica = starling_protocol::placement::ReplicaId {
+                                workload: name,
+                                index: replica.unwrap_or(0),
+                            };
+                            let lines = runtime
+                                .log_tail(&replica, tail_lines.min(100_000) as usize)
+                                .await;
                             send_log(&mut stream, lines).await
                         }
                         request => {
@@ -107,13 +148,25 @@ pub(super) async fn serve_api(dir: &Path, calls: mpsc::Sender<ApiCall>, runtime:
 }
 
 async fn send_log(stream: &mut tokio::net::UnixStream, lines: Vec<String>) -> bool {
-    let mut chunks: Vec<Vec<String>> = lines.chunks(LOG_CHUNK_LINES).map(<[String]>::to_vec).collect();
+    let mut chunks: Vec<Vec<String>> = lines
+        .chunks(LOG_CHUNK_LINES)
+        .map(<[String]>::to_vec)
+        .collect();
     if chunks.is_empty() {
         chunks.push(Vec::new());
     }
     let last = chunks.len() - 1;
     for (i, chunk) in chunks.into_iter().enumerate() {
-        if write_frame(stream, &ApiResponse::LogChunk { lines: chunk, end: i == last }).await.is_err() {
+        if write_frame(
+            stream,
+            &ApiResponse::LogChunk {
+                lines: chunk,
+                end: i == last,
+            },
+        )
+        .await
+        .is_err()
+        {
             return false;
         }
     }

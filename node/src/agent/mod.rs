@@ -90,19 +90,30 @@ pub enum AgentError {
 pub(crate) type ApiCall = (ApiRequest, oneshot::Sender<ApiResponse>);
 
 /// Runs an agent until `shutdown` completes.
-pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
     let store = Store::open(&config.data_dir)?;
-    let _lock = host::lock_data_dir(store.dir()).map_err(|_| AgentError::Locked(store.dir().to_path_buf()))?;
+    let _lock = host::lock_data_dir(store.dir())
+        .map_err(|_| AgentError::Locked(store.dir().to_path_buf()))?;
     let identity = load_identity(&store, &config)?;
     let (events_tx, events_rx) = mpsc::unbounded_channel();
-    let runtime = Arc::new(ProcessRuntime::new(store.dir().join("runtime"), events_tx.clone(), ProcessConfig::default()));
+    let runtime = Arc::new(ProcessRuntime::new(
+        store.dir().join("runtime"),
+        events_tx.clone(),
+        ProcessConfig::default(),
+    ));
     tracing::info!(node = %identity.node, data_dir = %store.dir().display(), "agent starting; {}", runtime.limits_status());
     let (api_tx, api_rx) = mpsc::channel::<ApiCall>(64);
     let server = host::serve_api(store.dir(), api_tx, runtime.clone()).await?;
     let mut agent = Agent::new(config, store, identity, runtime.clone(), events_tx)?;
     let adopted = runtime.adopt().await;
     if adopted > 0 {
-        tracing::info!(adopted, "adopted replicas left running by the previous agent");
+        tracing::info!(
+            adopted,
+            "adopted replicas left running by the previous agent"
+        );
     }
     let result = agent.run_loop(events_rx, api_rx, shutdown).await;
     server.abort();
@@ -132,7 +143,10 @@ fn load_identity(store: &Store, config: &AgentConfig) -> Result<Identity, AgentE
         Some(id) => id.clone(),
         None => host::default_node_id().map_err(AgentError::Identity)?,
     };
-    let identity = Identity { node, created_ms: now_ms() };
+    let identity = Identity {
+        node,
+        created_ms: now_ms(),
+    };
     store.write_identity(&identity)?;
     Ok(identity)
 }
@@ -170,12 +184,25 @@ impl Agent {
         let last_assignment = store.assignment()?;
         let now = now_ms();
         let hlc = match desired.newest_timestamp() {
-            Some(last) => Hlc::resume(starling_protocol::hlc::Timestamp { node: identity.node.clone(), ..last.clone() }, config.max_drift_ms),
+            Some(last) => Hlc::resume(
+                starling_protocol::hlc::Timestamp {
+                    node: identity.node.clone(),
+                    ..last.clone()
+                },
+                config.max_drift_ms,
+            ),
             None => Hlc::new(identity.node.clone(), config.max_drift_ms),
         };
         let view = single_node_view(&identity.node, &config);
         let core_config = CoreConfig::new(identity.node.clone(), now.saturating_mul(1_000));
-        let core = NodeCore::new(core_config, Restored { desired, last_assignment, view });
+        let core = NodeCore::new(
+            core_config,
+            Restored {
+                desired,
+                last_assignment,
+                view,
+            },
+        );
         Ok(Agent {
             config,
             store,
@@ -230,19 +257,40 @@ impl Agent {
                     && let Some(check) = spec.health.clone()
                 {
                     let tx = self.probe_tx.clone();
-                    let handle = crate::health::spawn_prober(replica.clone(), *instance, check, spec.ports.clone(), tx);
+                    let handle = crate::health::spawn_prober(
+                        replica.clone(),
+                        *instance,
+                        check,
+                        spec.ports.clone(),
+                        tx,
+                    );
                     self.probers.insert(key, handle);
                 }
             }
-            RuntimeEvent::Exited { replica, instance, code, .. } => {
+            RuntimeEvent::Exited {
+                replica,
+                instance,
+                code,
+                ..
+            } => {
                 if let Some(handle) = self.probers.remove(&(replica.clone(), *instance)) {
                     handle.abort();
                 }
                 self.starting.remove(&(replica.clone(), *instance));
-                self.note(format!("{}/{} instance {instance} exited with {}", replica.workload, replica.index, code.map_or("a signal".to_string(), |c| format!("code {c}"))));
+                self.note(format!(
+                    "{}/{} instance {instance} exited with {}",
+                    replica.workload,
+                    replica.index,
+                    code.map_or("a signal".to_string(), |c| format!("code {c}"))
+                ));
             }
-            RuntimeEvent::StartFailed { replica, reason, .. } => {
-                self.note(format!("{}/{} failed to start: {reason}", replica.workload, replica.index));
+            RuntimeEvent::StartFailed {
+                replica, reason, ..
+            } => {
+                self.note(format!(
+                    "{}/{} failed to start: {reason}",
+                    replica.workload, replica.index
+                ));
             }
             RuntimeEvent::Health { .. } | RuntimeEvent::Adopted { .. } => {}
         }
@@ -253,15 +301,37 @@ impl Agent {
     async fn execute(&mut self) {
         while let Some(action) = self.core.poll_action() {
             match action {
-                Action::Start { replica, instance, revision, spec } => {
-                    self.note(format!("starting {}/{} (revision {revision}, instance {instance})", replica.workload, replica.index));
-                    self.starting.insert((replica.clone(), instance), (*spec).clone());
-                    let request = StartRequest { replica, instance, revision, spec: *spec, node: self.node.clone() };
+                Action::Start {
+                    replica,
+                    instance,
+                    revision,
+                    spec,
+                } => {
+                    self.note(format!(
+                        "starting {}/{} (revision {revision}, instance {instance})",
+                        replica.workload, replica.index
+                    ));
+                    self.starting
+                        .insert((replica.clone(), instance), (*spec).clone());
+                    let request = StartRequest {
+                        replica,
+                        instance,
+                        revision,
+                        spec: *spec,
+                        node: self.node.clone(),
+                    };
                     let runtime = self.runtime.clone();
                     tokio::spawn(async move { runtime.start(request).await });
                 }
-                Action::Stop { replica, instance, reason } => {
-                    self.note(format!("stopping {}/{} instance {instance}: {reason}", replica.workload, replica.index));
+                Action::Stop {
+                    replica,
+                    instance,
+                    reason,
+                } => {
+                    self.note(format!(
+                        "stopping {}/{} instance {instance}: {reason}",
+                        replica.workload, replica.index
+                    ));
                     if let Some(handle) = self.probers.remove(&(replica.clone(), instance)) {
                         handle.abort();
                     }
@@ -283,16 +353,29 @@ impl Agent {
 
     fn on_core_event(&mut self, event: CoreEvent) {
         let text = match event {
-            CoreEvent::CrashLoop { replica, exit_code, log_tail, gave_up } => format!(
+            CoreEvent::CrashLoop {
+                replica,
+                exit_code,
+                log_tail,
+                gave_up,
+            } => format!(
                 "{}/{} is in CrashLoop (last exit {}{}); last log lines: {}",
                 replica.workload,
                 replica.index,
                 exit_code.map_or("by signal".into(), |c| format!("code {c}")),
-                if gave_up { ", gave up restarting" } else { ", restarting at the back-off ceiling" },
+                if gave_up {
+                    ", gave up restarting"
+                } else {
+                    ", restarting at the back-off ceiling"
+                },
                 log_tail.join(" | ")
             ),
-            CoreEvent::MinoritySide { visible, known } => format!("sees {visible} of {known} members: minority side, replacing nothing"),
-            CoreEvent::MajorityRegained { visible, known } => format!("sees {visible} of {known} members again: majority"),
+            CoreEvent::MinoritySide { visible, known } => {
+                format!("sees {visible} of {known} members: minority side, replacing nothing")
+            }
+            CoreEvent::MajorityRegained { visible, known } => {
+                format!("sees {visible} of {known} members again: majority")
+            }
         };
         tracing::warn!("{text}");
         self.note(text);
@@ -308,7 +391,10 @@ impl Agent {
 
     async fn stop_everything(&mut self) {
         let instances = self.core.instances();
-        tracing::info!(replicas = instances.len(), "stopping every replica before exit");
+        tracing::info!(
+            replicas = instances.len(),
+            "stopping every replica before exit"
+        );
         let stops = instances.into_iter().map(|(replica, instance)| {
             let (runtime, grace) = (self.runtime.clone(), self.config.stop_grace);
             tokio::spawn(async move { runtime.stop(&replica, instance, grace).await })
@@ -329,5 +415,7 @@ fn single_node_view(node: &NodeId, config: &AgentConfig) -> FleetView {
         weight: 1,
         liveness: Liveness::Alive,
     };
-    FleetView { nodes: [(node.clone(), view)].into() }
+    FleetView {
+        nodes: [(node.clone(), view)].into(),
+    }
 }

@@ -3,17 +3,21 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use serde_json::json;
+use starling_protocol::NodeId;
 use starling_protocol::desired::Revision;
 use starling_protocol::quantity::format_duration_ms;
 use starling_protocol::status::{NodeStatus, ReplicaStatus};
 use starling_protocol::wire::ApiResponse;
-use starling_protocol::NodeId;
 
 use crate::clock::now_ms;
 use crate::core::NodeCore;
 
 fn table(columns: &[&str], rows: Vec<Vec<String>>, json: serde_json::Value) -> ApiResponse {
-    ApiResponse::Table { columns: columns.iter().map(|c| c.to_string()).collect(), rows, json: json.to_string() }
+    ApiResponse::Table {
+        columns: columns.iter().map(|c| c.to_string()).collect(),
+        rows,
+        json: json.to_string(),
+    }
 }
 
 /// Every node's status, this node's included.
@@ -54,7 +58,14 @@ pub(super) fn replicas(core: &NodeCore) -> ApiResponse {
             }));
         }
     }
-    table(&["WORKLOAD", "REPLICA", "NODE", "STATE", "HEALTH", "RESTARTS", "REVISION", "EXIT", "REASON"], rows, json!(items))
+    table(
+        &[
+            "WORKLOAD", "REPLICA", "NODE", "STATE", "HEALTH", "RESTARTS", "REVISION", "EXIT",
+            "REASON",
+        ],
+        rows,
+        json!(items),
+    )
 }
 
 pub(super) fn workloads(core: &NodeCore) -> ApiResponse {
@@ -62,7 +73,12 @@ pub(super) fn workloads(core: &NodeCore) -> ApiResponse {
     let mut rows = Vec::new();
     let mut items = Vec::new();
     for (name, revision) in core.desired().workloads() {
-        let states: Vec<&ReplicaStatus> = all.values().flat_map(|s| s.replicas.iter()).filter(|(id, _)| &id.workload == name).map(|(_, r)| r).collect();
+        let states: Vec<&ReplicaStatus> = all
+            .values()
+            .flat_map(|s| s.replicas.iter())
+            .filter(|(id, _)| &id.workload == name)
+            .map(|(_, r)| r)
+            .collect();
         let available = states.iter().filter(|r| r.is_available()).count();
         let spec = &revision.spec;
         let runtime = format!("{:?}", spec.runtime).to_lowercase();
@@ -71,14 +87,21 @@ pub(super) fn workloads(core: &NodeCore) -> ApiResponse {
             revision.number.to_string(),
             format!("{available}/{}", spec.replicas_to_place()),
             runtime.clone(),
-            spec.command.clone().or_else(|| spec.image.clone()).unwrap_or_default(),
+            spec.command
+                .clone()
+                .or_else(|| spec.image.clone())
+                .unwrap_or_default(),
         ]);
         items.push(json!({
             "name": name, "revision": revision.number, "available": available,
             "replicas": spec.replicas_to_place(), "runtime": runtime,
         }));
     }
-    table(&["NAME", "REVISION", "AVAILABLE", "RUNTIME", "COMMAND/IMAGE"], rows, json!(items))
+    table(
+        &["NAME", "REVISION", "AVAILABLE", "RUNTIME", "COMMAND/IMAGE"],
+        rows,
+        json!(items),
+    )
 }
 
 pub(super) fn nodes(core: &NodeCore) -> ApiResponse {
@@ -95,7 +118,11 @@ pub(super) fn nodes(core: &NodeCore) -> ApiResponse {
             format!("{}/{}", status.reserved.cpu, node.capacity.cpu),
             format!("{}/{}", status.reserved.memory, node.capacity.memory),
             status.replicas.len().to_string(),
-            node.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+            node.labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(","),
         ]);
         items.push(json!({
             "node": id, "state": liveness, "arch": node.arch, "replicas": status.replicas.len(),
@@ -104,25 +131,62 @@ pub(super) fn nodes(core: &NodeCore) -> ApiResponse {
             "labels": node.labels,
         }));
     }
-    table(&["NODE", "STATE", "ARCH", "CPU", "MEMORY", "REPLICAS", "LABELS"], rows, json!(items))
+    table(
+        &[
+            "NODE", "STATE", "ARCH", "CPU", "MEMORY", "REPLICAS", "LABELS",
+        ],
+        rows,
+        json!(items),
+    )
 }
 
-pub(super) fn describe(core: &NodeCore, revision: &Revision, events: &VecDeque<(u64, String)>) -> ApiResponse {
+pub(super) fn describe(
+    core: &NodeCore,
+    revision: &Revision,
+    events: &VecDeque<(u64, String)>,
+) -> ApiResponse {
     let name = &revision.spec.name;
     let now = now_ms();
     let mut rows = vec![
         vec!["name".into(), name.to_string()],
         vec!["revision".into(), revision.number.to_string()],
-        vec!["previous revision".into(), revision.previous.as_ref().map_or("-".into(), |p| p.number.to_string())],
+        vec![
+            "previous revision".into(),
+            revision
+                .previous
+                .as_ref()
+                .map_or("-".into(), |p| p.number.to_string()),
+        ],
     ];
     for (node, status) in statuses(core) {
-        for (id, r) in status.replicas.iter().filter(|(id, _)| &id.workload == name) {
-            rows.push(vec![format!("replica {}", id.index), format!("{} on {node}, {}, restarts {}", r.state, health(r), r.restarts)]);
+        for (id, r) in status
+            .replicas
+            .iter()
+            .filter(|(id, _)| &id.workload == name)
+        {
+            rows.push(vec![
+                format!("replica {}", id.index),
+                format!(
+                    "{} on {node}, {}, restarts {}",
+                    r.state,
+                    health(r),
+                    r.restarts
+                ),
+            ]);
         }
     }
-    let mine: Vec<&(u64, String)> = events.iter().filter(|(_, text)| text.contains(name.as_str())).collect();
+    let mine: Vec<&(u64, String)> = events
+        .iter()
+        .filter(|(_, text)| text.contains(name.as_str()))
+        .collect();
     for (at, text) in mine.iter().rev().take(20).rev() {
-        rows.push(vec![format!("event {} ago", format_duration_ms(now.saturating_sub(*at) / 1000 * 1000)), text.clone()]);
+        rows.push(vec![
+            format!(
+                "event {} ago",
+                format_duration_ms(now.saturating_sub(*at) / 1000 * 1000)
+            ),
+            text.clone(),
+        ]);
     }
     rows.push(vec!["spec".into(), revision.spec.to_toml()]);
     let json = json!({

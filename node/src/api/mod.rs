@@ -15,7 +15,9 @@ use tokio::net::UnixStream;
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// Could not reach the agent.
-    #[error("cannot reach the agent at {path}: {source} (is `starling agent --data-dir {dir}` running?)")]
+    #[error(
+        "cannot reach the agent at {path}: {source} (is `starling agent --data-dir {dir}` running?)"
+    )]
     Connect {
         /// The socket.
         path: String,
@@ -51,7 +53,11 @@ where
     }
     let len = u32::from_be_bytes(len) as usize;
     if len > MESSAGE_BYTES_MAX {
-        return Err(WireError::TooLarge { bytes: len, max: MESSAGE_BYTES_MAX }.into());
+        return Err(WireError::TooLarge {
+            bytes: len,
+            max: MESSAGE_BYTES_MAX,
+        }
+        .into());
     }
     let mut body = vec![0u8; len];
     reader.read_exact(&mut body).await?;
@@ -65,7 +71,10 @@ where
     W: AsyncWrite + Unpin,
 {
     let body = wire::encode(message)?;
-    let len = u32::try_from(body.len()).map_err(|_| WireError::TooLarge { bytes: body.len(), max: MESSAGE_BYTES_MAX })?;
+    let len = u32::try_from(body.len()).map_err(|_| WireError::TooLarge {
+        bytes: body.len(),
+        max: MESSAGE_BYTES_MAX,
+    })?;
     writer.write_all(&len.to_be_bytes()).await?;
     writer.write_all(&body).await?;
     writer.flush().await?;
@@ -81,11 +90,13 @@ impl Client {
     /// Connects to the agent whose data dir is `data_dir`.
     pub async fn connect(data_dir: &Path) -> Result<Self, ApiError> {
         let path = socket_path(data_dir);
-        let stream = UnixStream::connect(&path).await.map_err(|source| ApiError::Connect {
-            path: path.display().to_string(),
-            dir: data_dir.display().to_string(),
-            source,
-        })?;
+        let stream = UnixStream::connect(&path)
+            .await
+            .map_err(|source| ApiError::Connect {
+                path: path.display().to_string(),
+                dir: data_dir.display().to_string(),
+                source,
+            })?;
         Ok(Client { stream })
     }
 
@@ -97,8 +108,11 @@ impl Client {
 
     /// The next response on this connection (for streamed answers such as logs).
     pub async fn next(&mut self) -> Result<ApiResponse, ApiError> {
-        read_frame(&mut self.stream)
-            .await?
-            .ok_or_else(|| ApiError::Io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the agent closed the connection")))
+        read_frame(&mut self.stream).await?.ok_or_else(|| {
+            ApiError::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the agent closed the connection",
+            ))
+        })
     }
 }

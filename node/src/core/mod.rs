@@ -128,7 +128,11 @@ impl NodeCore {
 
     /// Replicas with a live instance in the runtime, and that instance.
     pub fn instances(&self) -> Vec<(ReplicaId, u64)> {
-        self.replicas.iter().filter(|(_, r)| r.has_instance()).map(|(id, r)| (id.clone(), r.instance)).collect()
+        self.replicas
+            .iter()
+            .filter(|(_, r)| r.has_instance())
+            .map(|(id, r)| (id.clone(), r.instance))
+            .collect()
     }
 
     /// The latest status each peer published.
@@ -258,8 +262,12 @@ impl NodeCore {
 
     fn on_adopted(&mut self, now_ms: u64, replica: ReplicaId, instance: u64, revision: u64) {
         self.next_instance = self.next_instance.max(instance + 1);
-        if self.replicas.contains_key(&replica) {
-            // Already tracked (a second copy): stop the adopted one, keep ours.
+        if self
+            .replicas
+            .get(&replica)
+            .is_some_and(|r| r.has_instance())
+        {
+            // A second live copy: stop the adopted one, keep ours.
             self.actions.push_back(Action::Stop {
                 replica,
                 instance,

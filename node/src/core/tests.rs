@@ -1007,3 +1007,63 @@ fn the_old_copy_is_not_stopped_before_the_new_one_is_healthy() {
     f.pump();
     assert_eq!(f.holders(&r), vec![target]);
 }
+
+#[test]
+fn adoption_replaces_a_mere_claim_and_never_runs_two_copies() {
+    let specs = [spec("web", 2, "")];
+    let restored = Restored {
+        desired: desired_of(&specs),
+        last_assignment: vec![],
+        view: view(&[("n1", Liveness::Alive)]),
+    };
+    let mut core = NodeCore::new(config("n1"), restored);
+    // The first adoption triggers a reconcile that claims web/1 before its adoption arrives.
+    core.handle_runtime(
+        0,
+        RuntimeEvent::Adopted {
+            replica: replica("web", 0),
+            instance: 7,
+            revision: 1,
+        },
+    );
+    core.handle_runtime(
+        0,
+        RuntimeEvent::Adopted {
+            replica: replica("web", 1),
+            instance: 8,
+            revision: 1,
+        },
+    );
+    core.handle_runtime(
+        0,
+        RuntimeEvent::Adopted {
+            replica: replica("web", 1),
+            instance: 9,
+            revision: 1,
+        },
+    );
+    core.handle_timeout(5_000);
+    let mut actions = Vec::new();
+    while let Some(a) = core.poll_action() {
+        actions.push(a);
+    }
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::Start { .. })),
+        "nothing new started: {actions:?}"
+    );
+    let stops: Vec<u64> = actions
+        .iter()
+        .filter_map(|a| {
+            if let Action::Stop { instance, .. } = a {
+                Some(*instance)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(stops, vec![9], "only the duplicate copy is stopped");
+    assert_eq!(
+        core.instances(),
+        vec![(replica("web", 0), 7), (replica("web", 1), 8)]
+    );
+}

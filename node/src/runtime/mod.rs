@@ -5,6 +5,7 @@
 //! The process runtime (plain child processes) is the embedded default; container runtimes
 //! (Docker, Podman) implement the same trait in a later issue.
 
+pub mod cgroup;
 pub mod process;
 
 use std::future::Future;

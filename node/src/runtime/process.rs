@@ -1,1 +1,486 @@
-//! The process runtime (being written).
+//! The process runtime: replicas as plain child processes of the agent (the embedded default;
+//! no container engine needed).
+//!
+//! Each replica instance runs in its own process group, in its own directory
+//! `<state>/replicas/<workload>-<index>/`, with stdout and stderr appended straight to
+//! `output.log` there. Writing to a file rather than a pipe lets a replica outlive the agent
+//! (a pipe would break with the agent and kill the writer with SIGPIPE); the file is kept
+//! bounded by copy-and-truncate rotation, which works because it is opened with O_APPEND.
+//! `instance.json` records pid and kernel start time so a restarted agent re-adopts exactly
+//! the processes it started (a reused pid has another start time) and never starts a duplicate.
+//! CPU and memory limits go through cgroups when the host lets the agent write them.
+
+use std::collections::BTreeMap;
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use starling_protocol::WorkloadName;
+use starling_protocol::placement::ReplicaId;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::cgroup::{Cgroups, InstanceGroups};
+use super::{Runtime, RuntimeEvent, StartRequest};
+use crate::store::write_atomic;
+
+/// Settings of the process runtime.
+#[derive(Debug, Clone)]
+pub struct ProcessConfig {
+    /// A replica's `output.log` is rotated past this size. Default 1 MiB.
+    pub log_bytes_max: u64,
+    /// Rotated logs kept (`output.log.1` ..). Default 2.
+    pub log_files_kept: u32,
+    /// How often adopted processes (not our children) are checked for exit, and logs for size.
+    pub poll_interval: Duration,
+}
+
+impl Default for ProcessConfig {
+    fn default() -> Self {
+        ProcessConfig {
+            log_bytes_max: 1 << 20,
+            log_files_kept: 2,
+            poll_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Lines of log attached to an exit report.
+const EXIT_LOG_LINES: usize = 20;
+/// Most bytes read from the end of a log to find its last lines.
+const TAIL_BYTES_MAX: u64 = 1 << 20;
+
+/// What `instance.json` records about a running instance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct InstanceFile {
+    pid: u32,
+    start_time: u64,
+    instance: u64,
+    revision: u64,
+    workload: String,
+    index: u32,
+}
+
+#[derive(Debug)]
+struct Running {
+    instance: u64,
+    pid: u32,
+    groups: InstanceGroups,
+}
+
+struct Inner {
+    state_dir: PathBuf,
+    events: UnboundedSender<RuntimeEvent>,
+    config: ProcessConfig,
+    cgroups: Result<Cgroups, String>,
+    running: Mutex<BTreeMap<ReplicaId, Running>>,
+}
+
+/// The process runtime. Cheap to clone; clones share state.
+#[derive(Clone)]
+pub struct ProcessRuntime {
+    inner: Arc<Inner>,
+}
+
+impl ProcessRuntime {
+    /// A runtime keeping its files under `state_dir` and reporting on `events`. Must be called
+    /// inside a tokio runtime (it starts the log-rotation task).
+    pub fn new(
+        state_dir: PathBuf,
+        events: UnboundedSender<RuntimeEvent>,
+        config: ProcessConfig,
+    ) -> Self {
+        let cgroups = Cgroups::detect();
+        if let Err(why) = &cgroups {
+            tracing::warn!("{why}: cpu/memory limits of process replicas will not be enforced");
+        }
+        let inner = Arc::new(Inner {
+            state_dir,
+            events,
+            config,
+            cgroups,
+            running: Mutex::new(BTreeMap::new()),
+        });
+        let weak = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                let interval = inner.config.poll_interval.max(Duration::from_millis(100));
+                inner.rotate_logs();
+                drop(inner);
+                tokio::time::sleep(interval).await;
+            }
+        });
+        ProcessRuntime { inner }
+    }
+
+    /// Whether cpu/memory limits are enforced on this host.
+    pub fn limits_enforced(&self) -> bool {
+        self.inner.cgroups.is_ok()
+    }
+
+    /// One line for the start-up log about limits.
+    pub fn limits_status(&self) -> String {
+        match &self.inner.cgroups {
+            Ok(c) => c.describe(),
+            Err(why) => format!("{why}: cpu/memory limits will NOT be enforced"),
+        }
+    }
+
+    /// The directory of a replica.
+    pub fn replica_dir(&self, replica: &ReplicaId) -> PathBuf {
+        self.inner.replica_dir(replica)
+    }
+
+    /// The pid of a replica's running instance.
+    pub fn pid(&self, replica: &ReplicaId) -> Option<u32> {
+        self.inner.lock().get(replica).map(|r| r.pid)
+    }
+}
+
+impl Runtime for ProcessRuntime {
+    async fn start(&self, request: StartRequest) {
+        let inner = self.inner.clone();
+        let (replica, instance) = (request.replica.clone(), request.instance);
+        if let Err(reason) = inner.clone().spawn(request).await {
+            let _ = inner.events.send(RuntimeEvent::StartFailed {
+                replica,
+                instance,
+                reason,
+            });
+        }
+    }
+
+    async fn stop(&self, replica: &ReplicaId, instance: u64, grace: Duration) {
+        let Some(pid) = self.inner.pid_of(replica, instance) else {
+            return;
+        };
+        signal_group(pid, Signal::SIGTERM);
+        let deadline = crate::clock::monotonic() + grace;
+        while crate::clock::monotonic() < deadline {
+            if self.inner.pid_of(replica, instance).is_none() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        if self.inner.pid_of(replica, instance).is_some() {
+            tracing::warn!(
+                "{}/{} did not stop within {grace:?} of SIGTERM; sending SIGKILL",
+                replica.workload,
+                replica.index
+            );
+            signal_group(pid, Signal::SIGKILL);
+        }
+    }
+
+    async fn adopt(&self) -> usize {
+        let inner = self.inner.clone();
+        let Ok(entries) = fs::read_dir(inner.state_dir.join("replicas")) else {
+            return 0;
+        };
+        let mut adopted = 0;
+        for entry in entries.flatten() {
+            let file = entry.path().join("instance.json");
+            let Some(record) = fs::read_to_string(&file)
+                .ok()
+                .and_then(|t| serde_json::from_str::<InstanceFile>(&t).ok())
+            else {
+                continue;
+            };
+            let replica = match WorkloadName::new(record.workload.clone()) {
+                Ok(workload) => ReplicaId {
+                    workload,
+                    index: record.index,
+                },
+                Err(_) => continue,
+            };
+            if start_time(record.pid) != Some(record.start_time) {
+                // Gone, or the pid now belongs to someone else: never adopt a stranger.
+                let _ = fs::remove_file(&file);
+                continue;
+            }
+            let running = Running {
+                instance: record.instance,
+                pid: record.pid,
+                groups: InstanceGroups::default(),
+            };
+            inner.lock().insert(replica.clone(), running);
+            let _ = inner.events.send(RuntimeEvent::Adopted {
+                replica: replica.clone(),
+                instance: record.instance,
+                revision: record.revision,
+            });
+            tokio::spawn(inner.clone().watch_adopted(replica, record));
+            adopted += 1;
+        }
+        adopted
+    }
+
+    async fn log_tail(&self, replica: &ReplicaId, lines: usize) -> Vec<String> {
+        tail_lines(&self.inner.replica_dir(replica).join("output.log"), lines)
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<ReplicaId, Running>> {
+        // A panic while holding the lock cannot leave the map half-updated (single inserts and
+        // removes), so a poisoned lock is still usable.
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn replica_dir(&self, replica: &ReplicaId) -> PathBuf {
+        self.state_dir
+            .join("replicas")
+            .join(format!("{}-{}", replica.workload, replica.index))
+    }
+
+    fn pid_of(&self, replica: &ReplicaId, instance: u64) -> Option<u32> {
+        self.lock()
+            .get(replica)
+            .filter(|r| r.instance == instance)
+            .map(|r| r.pid)
+    }
+
+    async fn spawn(self: Arc<Self>, request: StartRequest) -> Result<(), String> {
+        let StartRequest {
+            replica,
+            instance,
+            revision,
+            spec,
+            node,
+        } = request;
+        let Some(program) = spec.command.clone() else {
+            return Err("the process runtime needs `command` in the spec".into());
+        };
+        if let Some(existing) = self.lock().get(&replica) {
+            return Err(format!(
+                "instance {} of this replica is still running here",
+                existing.instance
+            ));
+        }
+        let dir = self.replica_dir(&replica);
+        fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let log_path = dir.join("output.log");
+        self.rotate_one(&log_path);
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| format!("cannot open the log {}: {e}", log_path.display()))?;
+        let stderr = log
+            .try_clone()
+            .map_err(|e| format!("cannot open the log {}: {e}", log_path.display()))?;
+        let mut command = tokio::process::Command::new(&program);
+        command
+            .args(&spec.args)
+            .env_clear()
+            .env(
+                "PATH",
+                std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
+            )
+            .env("HOME", &dir)
+            .env("LANG", "C.UTF-8")
+            .envs(&spec.env)
+            .env("STARLING_WORKLOAD", replica.workload.as_str())
+            .env("STARLING_REPLICA", replica.index.to_string())
+            .env("STARLING_NODE", node.as_str())
+            .env("STARLING_REVISION", revision.to_string())
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(stderr)
+            .process_group(0)
+            .kill_on_drop(false);
+        let mut child = command.spawn().map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => format!("command not found: {program}"),
+            std::io::ErrorKind::PermissionDenied => format!("command not executable: {program}"),
+            _ => format!("cannot start {program}: {e}"),
+        })?;
+        let Some(pid) = child.id() else {
+            return Err(format!("{program} exited before it could be tracked"));
+        };
+        let groups = self.limit(&replica, instance, pid, &spec);
+        let record = InstanceFile {
+            pid,
+            start_time: start_time(pid).unwrap_or(0),
+            instance,
+            revision,
+            workload: replica.workload.to_string(),
+            index: replica.index,
+        };
+        if let Ok(bytes) = serde_json::to_vec(&record)
+            && let Err(e) = write_atomic(&dir.join("instance.json"), &bytes)
+        {
+            tracing::warn!(
+                "{}/{}: cannot record the instance, it will not be adopted after an agent restart: {e}",
+                replica.workload,
+                replica.index
+            );
+        }
+        self.lock().insert(
+            replica.clone(),
+            Running {
+                instance,
+                pid,
+                groups,
+            },
+        );
+        let _ = self.events.send(RuntimeEvent::Started {
+            replica: replica.clone(),
+            instance,
+        });
+        tokio::spawn(async move {
+            let code = match child.wait().await {
+                Ok(status) => status.code(),
+                Err(_) => None,
+            };
+            self.finish(&replica, instance, pid, code);
+        });
+        Ok(())
+    }
+
+    /// Puts the new process into its cgroups when its spec sets limits and the host allows it.
+    fn limit(
+        &self,
+        replica: &ReplicaId,
+        instance: u64,
+        pid: u32,
+        spec: &starling_protocol::spec::WorkloadSpec,
+    ) -> InstanceGroups {
+        let Ok(cgroups) = &self.cgroups else {
+            return InstanceGroups::default();
+        };
+        let name = format!("{}-{}-{instance}", replica.workload, replica.index);
+        let (cpu, memory) = (spec.resources.cpu_limit, spec.resources.memory_limit);
+        match cgroups
+            .create(&name, cpu, memory)
+            .and_then(|g| g.attach(pid).map(|_| g))
+        {
+            Ok(groups) => groups,
+            Err(e) => {
+                tracing::warn!(
+                    "{}/{}: limits not applied: {e}",
+                    replica.workload,
+                    replica.index
+                );
+                InstanceGroups::default()
+            }
+        }
+    }
+
+    /// The instance's leader exited: clean up and report.
+    fn finish(&self, replica: &ReplicaId, instance: u64, pid: u32, code: Option<i32>) {
+        // Children the leader left behind in its group would be orphans: end them too.
+        signal_group(pid, Signal::SIGKILL);
+        let removed = {
+            let mut running = self.lock();
+            match running.get(replica) {
+                Some(r) if r.instance == instance => running.remove(replica),
+                _ => None,
+            }
+        };
+        if let Some(r) = removed {
+            r.groups.remove();
+            let file = self.replica_dir(replica).join("instance.json");
+            let _ = fs::remove_file(file);
+        }
+        let log_tail = tail_lines(
+            &self.replica_dir(replica).join("output.log"),
+            EXIT_LOG_LINES,
+        );
+        let _ = self.events.send(RuntimeEvent::Exited {
+            replica: replica.clone(),
+            instance,
+            code,
+            log_tail,
+        });
+    }
+
+    /// Watches a process this agent did not spawn (adopted) until it is gone.
+    async fn watch_adopted(self: Arc<Self>, replica: ReplicaId, record: InstanceFile) {
+        loop {
+            tokio::time::sleep(self.config.poll_interval).await;
+            if start_time(record.pid) != Some(record.start_time) {
+                self.finish(&replica, record.instance, record.pid, None);
+                return;
+            }
+            if self.pid_of(&replica, record.instance).is_none() {
+                return;
+            }
+        }
+    }
+
+    fn rotate_logs(&self) {
+        let dirs: Vec<PathBuf> = self.lock().keys().map(|r| self.replica_dir(r)).collect();
+        for dir in dirs {
+            self.rotate_one(&dir.join("output.log"));
+        }
+    }
+
+    /// Copy-and-truncate rotation of one log past `log_bytes_max`.
+    fn rotate_one(&self, log: &Path) {
+        let size = fs::metadata(log).map(|m| m.len()).unwrap_or(0);
+        if size <= self.config.log_bytes_max {
+            return;
+        }
+        let kept = self.config.log_files_kept.max(1);
+        let rotated = |n: u32| PathBuf::from(format!("{}.{n}", log.display()));
+        let _ = fs::remove_file(rotated(kept));
+        for n in (1..kept).rev() {
+            let _ = fs::rename(rotated(n), rotated(n + 1));
+        }
+        if let Err(e) = fs::copy(log, rotated(1))
+            .and_then(|_| OpenOptions::new().write(true).open(log)?.set_len(0))
+        {
+            tracing::warn!("cannot rotate {}: {e}", log.display());
+        }
+    }
+}
+
+fn signal_group(pid: u32, signal: Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = killpg(Pid::from_raw(pid), signal);
+    }
+}
+
+/// The kernel start time of a live, non-zombie process (field 22 of `/proc/<pid>/stat`).
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: fields resume after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// The last `n` lines of a file, reading at most `TAIL_BYTES_MAX` from its end.
+fn tail_lines(path: &Path, n: usize) -> Vec<String> {
+    let Ok(mut file) = fs::File::open(path) else {
+        return Vec::new();
+    };
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = size.saturating_sub(TAIL_BYTES_MAX);
+    if file.seek(SeekFrom::Start(start)).is_err() {
+        return Vec::new();
+    }
+    let mut bytes = Vec::new();
+    if file.take(TAIL_BYTES_MAX).read_to_end(&mut bytes).is_err() {
+        return Vec::new();
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

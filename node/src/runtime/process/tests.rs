@@ -1,0 +1,315 @@
+//! Process runtime tests with real processes.
+
+use std::time::Duration;
+
+use starling_protocol::NodeId;
+use starling_protocol::spec::WorkloadSpec;
+use tokio::sync::mpsc;
+
+use super::*;
+
+fn replica(w: &str) -> ReplicaId {
+    ReplicaId {
+        workload: WorkloadName::new(w).expect("valid"),
+        index: 0,
+    }
+}
+
+fn request(w: &str, instance: u64, command: &str, args: &[&str], extra: &str) -> StartRequest {
+    let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
+    let spec = WorkloadSpec::from_toml(&format!(
+        "name = \"{w}\"\ncommand = {command:?}\nargs = [{}]\n{extra}",
+        args.join(", ")
+    ))
+    .expect("valid spec");
+    StartRequest {
+        replica: replica(w),
+        instance,
+        revision: 3,
+        spec,
+        node: NodeId::new("n1").expect("valid"),
+    }
+}
+
+async fn next(rx: &mut mpsc::UnboundedReceiver<RuntimeEvent>) -> RuntimeEvent {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("an event within 10 s")
+        .expect("channel open")
+}
+
+fn runtime(
+    dir: &Path,
+    config: ProcessConfig,
+) -> (ProcessRuntime, mpsc::UnboundedReceiver<RuntimeEvent>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (ProcessRuntime::new(dir.to_path_buf(), tx, config), rx)
+}
+
+fn alive(pid: u32) -> bool {
+    start_time(pid).is_some()
+}
+
+#[tokio::test]
+async fn start_and_stop_a_process_in_its_own_group() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (rt, mut rx) = runtime(dir.path(), ProcessConfig::default());
+    rt.start(request("sleeper", 1, "sleep", &["30"], "")).await;
+    assert_eq!(
+        next(&mut rx).await,
+        RuntimeEvent::Started {
+            replica: replica("sleeper"),
+            instance: 1
+        }
+    );
+    let pid = rt.pid(&replica("sleeper")).expect("running");
+    let pgid = nix::unistd::getpgid(Some(Pid::from_raw(pid as i32))).expect("pgid");
+    assert_eq!(pgid.as_raw(), pid as i32, "leader of its own process group");
+    assert!(
+        rt.replica_dir(&replica("sleeper"))
+            .join("instance.json")
+            .exists()
+    );
+    rt.stop(&replica("sleeper"), 1, Duration::from_secs(5))
+        .await;
+    assert!(matches!(
+        next(&mut rx).await,
+        RuntimeEvent::Exited {
+            instance: 1,
+            code: None,
+            ..
+        }
+    ));
+    assert!(!alive(pid), "stopped and reaped");
+    assert!(
+        !rt.replica_dir(&replica("sleeper"))
+            .join("instance.json")
+            .exists()
+    );
+}
+
+#[tokio::test]
+async fn a_process_ignoring_sigterm_is_killed_after_the_grace() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (rt, mut rx) = runtime(dir.path(), ProcessConfig::default());
+    rt.start(request(
+        "stubborn",
+        1,
+        "sh",
+        &[
+            "-c",
+            "trap '' TERM; echo ready; while true; do sleep 1; done",
+        ],
+        "",
+    ))
+    .await;
+    assert!(matches!(next(&mut rx).await, RuntimeEvent::Started { .. }));
+    let log = rt.replica_dir(&replica("stubborn")).join("output.log");
+    for _ in 0..100 {
+        if fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("ready")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = rt.pid(&replica("stubborn")).expect("running");
+    let begun = crate::clock::monotonic();
+    rt.stop(&replica("stubborn"), 1, Duration::from_millis(300))
+        .await;
+    assert!(matches!(
+        next(&mut rx).await,
+        RuntimeEvent::Exited { code: None, .. }
+    ));
+    assert!(
+        begun.elapsed() >= Duration::from_millis(300),
+        "it got its grace"
+    );
+    assert!(!alive(pid));
+}
+
+#[tokio::test]
+async fn exit_code_and_log_tail_are_reported_with_the_environment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (rt, mut rx) = runtime(dir.path(), ProcessConfig::default());
+    rt.start(request("job", 4, "sh", &["-c", "echo hello $STARLING_WORKLOAD/$STARLING_REPLICA rev $STARLING_REVISION on $STARLING_NODE; echo $GREETING >&2; exit 3"], "[env]\nGREETING = \"hi there\"")).await;
+    assert!(matches!(next(&mut rx).await, RuntimeEvent::Started { .. }));
+    match next(&mut rx).await {
+        RuntimeEvent::Exited {
+            instance,
+            code,
+            log_tail,
+            ..
+        } => {
+            assert_eq!((instance, code), (4, Some(3)));
+            assert_eq!(
+                log_tail,
+                vec![
+                    "hello job/0 rev 3 on n1".to_string(),
+                    "hi there".to_string()
+                ]
+            );
+        }
+        other => panic!("expected an exit, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_missing_command_fails_to_start_with_a_clear_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (rt, mut rx) = runtime(dir.path(), ProcessConfig::default());
+    rt.start(request("ghost", 1, "/no/such/program", &[], ""))
+        .await;
+    assert_eq!(
+        next(&mut rx).await,
+        RuntimeEvent::StartFailed {
+            replica: replica("ghost"),
+            instance: 1,
+            reason: "command not found: /no/such/program".into()
+        }
+    );
+}
+
+#[tokio::test]
+async fn logs_are_rotated_past_their_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = ProcessConfig {
+        log_bytes_max: 4096,
+        log_files_kept: 2,
+        poll_interval: Duration::from_millis(100),
+    };
+    let (rt, mut rx) = runtime(dir.path(), config);
+    rt.start(request("chatty", 1, "sh", &["-c", "i=0; while [ $i -lt 400 ]; do echo line-$i-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx; i=$((i+1)); done; sleep 30"], "")).await;
+    assert!(matches!(next(&mut rx).await, RuntimeEvent::Started { .. }));
+    let log = rt.replica_dir(&replica("chatty")).join("output.log");
+    let rotated = PathBuf::from(format!("{}.1", log.display()));
+    for _ in 0..100 {
+        if rotated.exists() && fs::metadata(&log).map(|m| m.len()).unwrap_or(u64::MAX) <= 4096 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(rotated.exists(), "a rotated file exists");
+    assert!(
+        fs::metadata(&log).expect("log").len() <= 4096,
+        "the live log is within its limit"
+    );
+    rt.stop(&replica("chatty"), 1, Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn a_new_runtime_adopts_processes_and_ignores_stale_records() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pid = {
+        let (rt, mut rx) = runtime(dir.path(), ProcessConfig::default());
+        rt.start(request("keeper", 9, "sleep", &["30"], "")).await;
+        assert!(matches!(next(&mut rx).await, RuntimeEvent::Started { .. }));
+        rt.pid(&replica("keeper")).expect("running")
+    };
+    // The first runtime is gone (an agent restart); its child must still run.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(alive(pid));
+    // A record of a dead process and one whose pid has another start time.
+    for (name, record) in [
+        (
+            "dead-0",
+            InstanceFile {
+                pid: 999_999_999,
+                start_time: 1,
+                instance: 1,
+                revision: 1,
+                workload: "dead".into(),
+                index: 0,
+            },
+        ),
+        (
+            "reused-0",
+            InstanceFile {
+                pid: std::process::id(),
+                start_time: 1,
+                instance: 1,
+                revision: 1,
+                workload: "reused".into(),
+                index: 0,
+            },
+        ),
+    ] {
+        let d = dir.path().join("replicas").join(name);
+        fs::create_dir_all(&d).expect("dir");
+        fs::write(
+            d.join("instance.json"),
+            serde_json::to_vec(&record).expect("json"),
+        )
+        .expect("write");
+    }
+    let (rt, mut rx) = runtime(
+        dir.path(),
+        ProcessConfig {
+            poll_interval: Duration::from_millis(100),
+            ..ProcessConfig::default()
+        },
+    );
+    assert_eq!(rt.adopt().await, 1);
+    assert_eq!(
+        next(&mut rx).await,
+        RuntimeEvent::Adopted {
+            replica: replica("keeper"),
+            instance: 9,
+            revision: 3
+        }
+    );
+    assert!(!dir.path().join("replicas/dead-0/instance.json").exists());
+    assert!(!dir.path().join("replicas/reused-0/instance.json").exists());
+    rt.stop(&replica("keeper"), 9, Duration::from_secs(5)).await;
+    assert!(matches!(
+        next(&mut rx).await,
+        RuntimeEvent::Exited {
+            instance: 9,
+            code: None,
+            ..
+        }
+    ));
+    for _ in 0..50 {
+        if !alive(pid) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!alive(pid));
+}
+
+/// With cgroups available (required in CI via STARLING_REQUIRE_CGROUPS=1), a memory hog is
+/// stopped by its limit.
+#[tokio::test]
+async fn a_memory_limit_is_enforced_when_cgroups_are_writable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (rt, mut rx) = runtime(dir.path(), ProcessConfig::default());
+    if !rt.limits_enforced() {
+        assert!(
+            std::env::var_os("STARLING_REQUIRE_CGROUPS").is_none(),
+            "cgroups are required here: {}",
+            rt.limits_status()
+        );
+        eprintln!("skipped: {}", rt.limits_status());
+        return;
+    }
+    // Holds ~64 MiB in a shell variable; the limit is 16 MiB.
+    let hog = "x=$(head -c 67108864 /dev/zero | tr '\\0' 'x'); echo survived ${#x}; sleep 5";
+    rt.start(request(
+        "hog",
+        1,
+        "sh",
+        &["-c", hog],
+        "[resources]\nmemory = \"8Mi\"\nmemory_limit = \"16Mi\"",
+    ))
+    .await;
+    assert!(matches!(next(&mut rx).await, RuntimeEvent::Started { .. }));
+    match next(&mut rx).await {
+        RuntimeEvent::Exited { log_tail, .. } => assert!(
+            !log_tail.iter().any(|l| l.starts_with("survived")),
+            "{log_tail:?}"
+        ),
+        other => panic!("expected an exit, got {other:?}"),
+    }
+}
