@@ -404,3 +404,39 @@ fn a_malformed_spec_is_refused_with_every_field_error_and_changes_nothing() {
     let workloads = agent.cli(&["get", "workloads", "-o", "json"]);
     assert_eq!(String::from_utf8_lossy(&workloads.stdout).trim(), "[]");
 }
+
+#[test]
+fn a_port_already_taken_shows_as_a_crash_loop_with_the_workload_s_own_words() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let agent = Agent::start(&dir);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let spec = spec_file(
+        tmp.path(),
+        "web",
+        &format!(
+            "name = \"web\"\ncommand = \"python3\"\nargs = [\"-m\", \"http.server\", \"--bind\", \"127.0.0.1\", \"{port}\"]\n[restart]\nbackoff_initial = \"100ms\"\nbackoff_max = \"400ms\"\n"
+        ),
+    );
+    assert!(
+        agent
+            .cli(&["apply", "-f", spec.to_str().expect("utf-8")])
+            .status
+            .success()
+    );
+    let r = wait_for("a crash loop", Duration::from_secs(30), || {
+        agent
+            .replica("web", 0)
+            .filter(|r| r["state"] == "CrashLoop")
+    });
+    let reason = r["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("exited with code 1") && reason.contains("Address already in use"),
+        "{reason}"
+    );
+    assert_eq!(r["last_exit_code"], 1);
+    let logs = agent.cli(&["logs", "web", "--tail", "5"]);
+    assert!(String::from_utf8_lossy(&logs.stdout).contains("Address already in use"));
+    drop(taken);
+}

@@ -308,7 +308,7 @@ impl NodeCore {
         let Some(r) = self.current(&replica, instance) else {
             return;
         };
-        match r.on_exit(now_ms, code, reason) {
+        match r.on_exit(now_ms, code, reason, log_tail.last().map(String::as_str)) {
             AfterExit::Forget => {
                 self.replicas.remove(&replica);
             }

@@ -99,7 +99,14 @@ impl LocalReplica {
     }
 
     /// The instance exited (or failed to start, with `reason`). Applies the restart policy.
-    pub fn on_exit(&mut self, now_ms: u64, code: Option<i32>, reason: Option<String>) -> AfterExit {
+    /// `last_line` is the last line of its log, quoted in the status of a failed exit.
+    pub fn on_exit(
+        &mut self,
+        now_ms: u64,
+        code: Option<i32>,
+        reason: Option<String>,
+        last_line: Option<&str>,
+    ) -> AfterExit {
         self.healthy = false;
         if let Phase::Stopping { restart, .. } = self.phase
             && !restart
@@ -113,9 +120,28 @@ impl LocalReplica {
                 ..
             }
         );
+        let unhealthy = matches!(
+            self.phase,
+            Phase::Stopping {
+                reason: StopReason::Unhealthy,
+                ..
+            }
+        );
+        let success = code == Some(0) && reason.is_none() && !unhealthy;
         self.last_exit = code;
         if reason.is_some() {
             self.reason = reason;
+        } else if success || planned_restart {
+            self.reason = None;
+        } else if !unhealthy {
+            // Keep a health failure's reason; otherwise say how it ended, with its last words.
+            let how = code.map_or("killed by a signal".to_string(), |c| {
+                format!("exited with code {c}")
+            });
+            self.reason = Some(match last_line.map(str::trim).filter(|l| !l.is_empty()) {
+                Some(line) => format!("{how}: {}", truncate(line, 200)),
+                None => how,
+            });
         }
         if planned_restart {
             self.failures = 0;
@@ -128,7 +154,6 @@ impl LocalReplica {
             self.failures = 0;
             self.crash_loop = false;
         }
-        let success = code == Some(0) && self.reason.is_none();
         match policy.mode {
             RestartMode::Never => {
                 self.phase = Phase::Exited;
@@ -244,6 +269,13 @@ impl LocalReplica {
             last_exit_code: self.last_exit,
             reason: self.reason.clone(),
         }
+    }
+}
+
+fn truncate(text: &str, chars_max: usize) -> String {
+    match text.char_indices().nth(chars_max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
     }
 }
 
