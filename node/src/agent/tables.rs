@@ -58,6 +58,27 @@ pub(super) fn replicas(core: &NodeCore) -> ApiResponse {
             }));
         }
     }
+    // Replicas no node can take are shown too, so a shortfall is never silent.
+    let unplaced = core.plan().map(|p| p.unplaced.clone()).unwrap_or_default();
+    for (id, why) in unplaced {
+        let revision = core.desired().get(&id.workload).map_or(0, |r| r.number);
+        let reason = format!("unplaceable: {why}");
+        rows.push(vec![
+            id.workload.to_string(),
+            id.index.to_string(),
+            "-".into(),
+            "Pending".into(),
+            "-".into(),
+            "0".into(),
+            revision.to_string(),
+            "-".into(),
+            reason.clone(),
+        ]);
+        items.push(json!({
+            "workload": id.workload, "replica": id.index, "node": null, "state": "Pending",
+            "healthy": false, "restarts": 0, "revision": revision, "last_exit_code": null, "reason": reason,
+        }));
+    }
     table(
         &[
             "WORKLOAD", "REPLICA", "NODE", "STATE", "HEALTH", "RESTARTS", "REVISION", "EXIT",
@@ -188,7 +209,13 @@ pub(super) fn describe(
             text.clone(),
         ]);
     }
-    rows.push(vec!["spec".into(), revision.spec.to_toml()]);
+    // One row per line, so the table stays aligned.
+    for (i, line) in revision.spec.to_toml().lines().enumerate() {
+        rows.push(vec![
+            if i == 0 { "spec".into() } else { String::new() },
+            line.to_string(),
+        ]);
+    }
     let json = json!({
         "name": name, "revision": revision.number,
         "previous_revision": revision.previous.as_ref().map(|p| p.number),

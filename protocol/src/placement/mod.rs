@@ -9,7 +9,7 @@
 //!
 //! Replicas are placed greedily in a fixed order (priority descending, then name, then replica
 //! index) so that capacity holds: a node is skipped once its remaining CPU or memory cannot fit
-//! the replica's requests. Strategies:
+//! the replica's requests, or a host port the replica binds is already taken there. Strategies:
 //! - `spread`: replica `i` of `w` ranks nodes by hash(node, w, i); a node that already holds a
 //!   replica of `w` is skipped while another node fits.
 //! - `bin-pack`: every replica of every workload ranks nodes by one fleet-wide order, so replicas
@@ -32,7 +32,7 @@ use crate::desired::DesiredState;
 use crate::hash::{hash64, hash64_parts, mix64};
 use crate::names::{NodeId, WorkloadName};
 use crate::quantity::{Bytes, Millicores};
-use crate::spec::{PlacementStrategy, RuntimeKind, WorkloadSpec};
+use crate::spec::{PlacementStrategy, PortProtocol, RuntimeKind, WorkloadSpec};
 
 /// What placement knows of one node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,6 +211,10 @@ struct Planner<'v> {
     /// The distinct weights in the fleet.
     classes: Vec<u32>,
     free: Vec<Capacity>,
+    /// Host ports already taken on each node by replicas placed in this plan.
+    ports: Vec<BTreeSet<(u16, PortProtocol)>>,
+    /// Host ports the workload being placed needs on its node.
+    needs_ports: Vec<(u16, PortProtocol)>,
     out: Assignment,
     /// `used_by[n] == stamp` means node `n` already holds a replica of the current workload.
     used_by: Vec<u32>,
@@ -240,6 +244,8 @@ impl<'v> Planner<'v> {
             classes,
             weights,
             free: nodes.iter().map(|n| n.capacity).collect(),
+            ports: vec![BTreeSet::new(); nodes.len()],
+            needs_ports: Vec::new(),
             used_by: vec![0; nodes.len()],
             stamp: 0,
             nodes,
@@ -250,6 +256,7 @@ impl<'v> Planner<'v> {
 
     fn place_workload(&mut self, spec: &'v WorkloadSpec) {
         self.stamp += 1;
+        self.needs_ports = spec.host_ports();
         let key = (
             spec.runtime,
             &spec.constraints.arch,
@@ -285,10 +292,12 @@ impl<'v> Planner<'v> {
                     self.free[n].cpu.0 -= spec.resources.cpu_request.0;
                     self.free[n].memory.0 -= spec.resources.memory_request.0;
                     self.used_by[n] = self.stamp;
+                    self.ports[n].extend(self.needs_ports.iter().copied());
                     self.out.placed.insert(replica, self.nodes[n].id.clone());
                 }
                 None => {
-                    let reason = reasons::no_capacity(spec, &eligible, &self.free);
+                    let ports_free = |n: usize| self.ports_free(n);
+                    let reason = reasons::no_capacity(spec, &eligible, &self.free, ports_free);
                     self.out.unplaced.insert(replica, reason);
                 }
             }
@@ -365,7 +374,14 @@ impl<'v> Planner<'v> {
 
     fn fits(&self, n: usize, spec: &WorkloadSpec) -> bool {
         let free = &self.free[n];
-        free.cpu >= spec.resources.cpu_request && free.memory >= spec.resources.memory_request
+        free.cpu >= spec.resources.cpu_request
+            && free.memory >= spec.resources.memory_request
+            && self.ports_free(n)
+    }
+
+    /// The host ports the current workload needs are all free on node `n`.
+    fn ports_free(&self, n: usize) -> bool {
+        self.needs_ports.is_empty() || self.needs_ports.iter().all(|p| !self.ports[n].contains(p))
     }
 
     fn finish(mut self) -> Assignment {

@@ -24,6 +24,13 @@ pub enum Unplaceable {
         /// Required value.
         value: String,
     },
+    /// Nodes with room exist, but each already has a replica binding a host port this one needs.
+    PortsTaken {
+        /// The ports, as `8080/tcp`.
+        ports: Vec<String>,
+        /// How many nodes were eligible.
+        eligible_nodes: usize,
+    },
     /// Eligible nodes exist but none has room left.
     NoCapacity {
         /// What one replica requests.
@@ -52,6 +59,14 @@ impl fmt::Display for Unplaceable {
             Unplaceable::NoLabel { key, value } => {
                 write!(f, "no eligible node has label {key}={value}")
             }
+            Unplaceable::PortsTaken {
+                ports,
+                eligible_nodes,
+            } => write!(
+                f,
+                "host port {} already taken on every eligible node ({eligible_nodes}) with room",
+                ports.join(", ")
+            ),
             Unplaceable::NoCapacity {
                 needs,
                 most_cpu_free,
@@ -107,7 +122,38 @@ pub(super) fn eligible_nodes(
     Ok(set)
 }
 
-pub(super) fn no_capacity(spec: &WorkloadSpec, eligible: &[u32], free: &[Capacity]) -> Unplaceable {
+pub(super) fn no_capacity(
+    spec: &WorkloadSpec,
+    eligible: &[u32],
+    free: &[Capacity],
+    ports_free: impl Fn(usize) -> bool,
+) -> Unplaceable {
+    let has_room = |n: usize| {
+        free[n].cpu >= spec.resources.cpu_request && free[n].memory >= spec.resources.memory_request
+    };
+    if eligible
+        .iter()
+        .any(|&n| has_room(n as usize) && !ports_free(n as usize))
+    {
+        let ports = spec
+            .host_ports()
+            .iter()
+            .map(|(p, proto)| {
+                format!(
+                    "{p}/{}",
+                    if *proto == crate::spec::PortProtocol::Udp {
+                        "udp"
+                    } else {
+                        "tcp"
+                    }
+                )
+            })
+            .collect();
+        return Unplaceable::PortsTaken {
+            ports,
+            eligible_nodes: eligible.len(),
+        };
+    }
     Unplaceable::NoCapacity {
         needs: Capacity {
             cpu: spec.resources.cpu_request,

@@ -325,3 +325,46 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn replicas_binding_the_same_host_port_never_share_a_node() {
+    let view = fleet(2, 100_000, 1 << 16);
+    let web = spec("web", 3, 10, "[[ports]]\nname = \"http\"\nport = 8080");
+    let other = spec("other", 1, 10, "[[ports]]\nname = \"http\"\nport = 8080");
+    let udp = spec(
+        "dns",
+        2,
+        10,
+        "[[ports]]\nname = \"dns\"\nport = 8080\nprotocol = \"udp\"",
+    );
+    let a = plan_specs(&view, &[web, other, udp]);
+    // "other" sorts first and takes 8080/tcp on one node; "web" gets the other node only.
+    let tcp_users: Vec<&NodeId> = a
+        .placed
+        .iter()
+        .filter(|(r, _)| r.workload.as_str() != "dns")
+        .map(|(_, n)| n)
+        .collect();
+    assert_eq!(tcp_users.len(), 2);
+    assert_ne!(
+        tcp_users[0], tcp_users[1],
+        "never two 8080/tcp users on one node"
+    );
+    let reason = a.unplaced[&ReplicaId {
+        workload: WorkloadName::new("web").expect("valid"),
+        index: 2,
+    }]
+        .to_string();
+    assert_eq!(
+        reason,
+        "host port 8080/tcp already taken on every eligible node (2) with room"
+    );
+    assert_eq!(
+        a.placed
+            .keys()
+            .filter(|r| r.workload.as_str() == "dns")
+            .count(),
+        2,
+        "udp 8080 does not clash with tcp 8080"
+    );
+}

@@ -327,6 +327,19 @@ impl WorkloadSpec {
         toml::to_string_pretty(&self.to_doc()).unwrap_or_else(|e| format!("# not printable: {e}"))
     }
 
+    /// Host ports a replica binds on its node, which no other replica there may bind: a process
+    /// listens on its ports directly; a container binds only the host ports its spec fixes (the
+    /// agent picks free ones for the rest).
+    pub fn host_ports(&self) -> Vec<(u16, PortProtocol)> {
+        self.ports
+            .iter()
+            .filter_map(|p| match self.runtime {
+                RuntimeKind::Process => Some((p.host_port.unwrap_or(p.container_port), p.protocol)),
+                RuntimeKind::Docker | RuntimeKind::Podman => p.host_port.map(|h| (h, p.protocol)),
+            })
+            .collect()
+    }
+
     /// Replicas counted for placement: a singleton has one active instance.
     pub fn replicas_to_place(&self) -> u32 {
         if self.singleton {
