@@ -153,9 +153,10 @@ impl SpecDoc {
         let deserializer = toml::Deserializer::parse(text).map_err(|e| {
             SpecErrors::single("", format!("not valid TOML: {}", e.to_string().trim()))
         })?;
-        let mut doc: SpecDoc =
-            serde_ignored::deserialize(deserializer, |path| unknown.push(path.to_string()))
-                .map_err(|e| SpecErrors::single("", e.to_string().trim().to_string()))?;
+        let mut doc: SpecDoc = serde_ignored::deserialize(deserializer, |path| {
+            unknown.push(field_path(&path.to_string()))
+        })
+        .map_err(|e| SpecErrors::single("", e.to_string().trim().to_string()))?;
         doc.unknown_fields = unknown;
         Ok(doc)
     }
@@ -164,15 +165,33 @@ impl SpecDoc {
     pub fn from_json(text: &str) -> Result<SpecDoc, SpecErrors> {
         let mut unknown = Vec::new();
         let mut deserializer = serde_json::Deserializer::from_str(text);
-        let mut doc: SpecDoc =
-            serde_ignored::deserialize(&mut deserializer, |path| unknown.push(path.to_string()))
-                .map_err(|e| SpecErrors::single("", format!("not valid JSON: {e}")))?;
+        let mut doc: SpecDoc = serde_ignored::deserialize(&mut deserializer, |path| {
+            unknown.push(field_path(&path.to_string()))
+        })
+        .map_err(|e| SpecErrors::single("", format!("not valid JSON: {e}")))?;
         deserializer
             .end()
             .map_err(|e| SpecErrors::single("", format!("not valid JSON: {e}")))?;
         doc.unknown_fields = unknown;
         Ok(doc)
     }
+}
+
+/// Turns serde_ignored's path (`health.?.intervall`, `ports.0.nme`) into the field paths
+/// validation uses (`health.intervall`, `ports[0].nme`).
+fn field_path(raw: &str) -> String {
+    let mut out = String::new();
+    for segment in raw.split('.').filter(|s| *s != "?") {
+        if !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) {
+            out.push_str(&format!("[{segment}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(segment);
+        }
+    }
+    out
 }
 
 /// The canonical document of a validated spec: every default spelled out, quantities in the
