@@ -46,6 +46,9 @@ pub struct CoreConfig {
     /// How long placement must keep wanting a replica here before it moves from a node that
     /// runs it healthy. Damps flapping links. Default 10 s.
     pub move_hold_ms: u64,
+    /// How long a running copy waits for its handover before it stops anyway (so two full
+    /// nodes swapping replicas cannot wait on each other forever). Default 2 min.
+    pub handover_timeout_ms: u64,
     /// First instance number; the shell passes something unique across restarts (e.g. the
     /// start-up time in ms, times 1000), the simulator passes a value from its seed.
     pub instance_base: u64,
@@ -58,6 +61,7 @@ impl CoreConfig {
             node,
             settle_ms: 1_000,
             move_hold_ms: 10_000,
+            handover_timeout_ms: 120_000,
             instance_base,
         }
     }
@@ -85,6 +89,8 @@ pub struct NodeCore {
     last_assignment: BTreeMap<ReplicaId, u64>,
     /// Since when placement has wanted each not-yet-claimed replica here (hysteresis).
     wanted_since: BTreeMap<ReplicaId, u64>,
+    /// Since when each running replica has been planned on another node (handover timeout).
+    away_since: BTreeMap<ReplicaId, u64>,
     plan: Option<Assignment>,
     majority: bool,
     next_instance: u64,
@@ -107,6 +113,7 @@ impl NodeCore {
             replicas: BTreeMap::new(),
             last_assignment: restored.last_assignment.into_iter().collect(),
             wanted_since: BTreeMap::new(),
+            away_since: BTreeMap::new(),
             plan: None,
             majority: true,
             actions: VecDeque::new(),

@@ -25,9 +25,14 @@ impl NodeCore {
         let mut deadline: Option<u64> = None;
         let tracked: Vec<ReplicaId> = self.replicas.keys().cloned().collect();
         for replica in tracked.iter().filter(|r| !wanted.contains_key(*r)) {
-            self.release(replica, &plan);
+            self.release(now_ms, replica, &plan);
         }
         self.wanted_since.retain(|r, _| wanted.contains_key(r));
+        self.away_since
+            .retain(|r, _| !wanted.contains_key(r) && self.replicas.contains_key(r));
+        for since in self.away_since.values() {
+            deadline = min_some(deadline, Some(since + self.config.handover_timeout_ms));
+        }
         for (replica, revision) in &wanted {
             let due = self.pursue(now_ms, replica, revision);
             deadline = min_some(deadline, due);
@@ -153,8 +158,9 @@ impl NodeCore {
         let local = self.replicas.get(replica)?;
         match local.phase {
             Phase::Claimed { since_ms } if now_ms >= since_ms + settle_ms => {
-                if self.outranked_claim(replica) {
-                    // Re-check when the competing claim changes (a peer status arrives).
+                // Re-checked at the next event: a peer status that drops the competing claim,
+                // or the exit of a handed-over replica that frees room here.
+                if self.outranked_claim(replica) || !self.fits_locally(replica) {
                     return None;
                 }
                 self.start(replica);
@@ -171,7 +177,7 @@ impl NodeCore {
     /// A tracked replica this node should no longer run: stop it if nobody wants it; if it is
     /// planned elsewhere, release a mere claim at once but keep a running copy until the
     /// planned node runs it healthy (make before break).
-    fn release(&mut self, replica: &ReplicaId, plan: &Assignment) {
+    fn release(&mut self, now_ms: u64, replica: &ReplicaId, plan: &Assignment) {
         let still_desired = self
             .desired
             .get(&replica.workload)
@@ -192,12 +198,38 @@ impl NodeCore {
                     .placed
                     .get(replica)
                     .is_some_and(|target| self.peer_has_available(target, replica));
-                if handed_over {
+                // A handover that never completes (the new node cannot start it, e.g. because
+                // it waits for room this copy holds) ends after a timeout rather than deadlock.
+                let since = *self.away_since.entry(replica.clone()).or_insert(now_ms);
+                let timed_out = now_ms >= since + self.config.handover_timeout_ms;
+                if handed_over || timed_out {
+                    self.away_since.remove(replica);
                     self.stop(replica, StopReason::HandedOver, false);
                 }
             }
             Phase::Stopping { .. } => {}
         }
+    }
+
+    /// This node has room for the replica next to everything that occupies it now (running,
+    /// starting, stopping or backing off): the plan counts only planned replicas, but a copy
+    /// kept for a handover still uses its resources until it stops.
+    fn fits_locally(&self, replica: &ReplicaId) -> bool {
+        let (Some(me), Some(wanted)) = (
+            self.view.nodes.get(&self.config.node),
+            self.replicas.get(replica),
+        ) else {
+            return true;
+        };
+        let mut cpu = u64::from(wanted.spec.resources.cpu_request.0);
+        let mut memory = wanted.spec.resources.memory_request.0;
+        for (id, r) in &self.replicas {
+            if id != replica && (r.has_instance() || matches!(r.phase, Phase::BackingOff { .. })) {
+                cpu += u64::from(r.spec.resources.cpu_request.0);
+                memory += r.spec.resources.memory_request.0;
+            }
+        }
+        cpu <= u64::from(me.capacity.cpu.0) && memory <= me.capacity.memory.0
     }
 
     fn is_live(&self, node: &starling_protocol::NodeId) -> bool {

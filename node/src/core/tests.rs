@@ -75,6 +75,7 @@ fn config(n: &str) -> CoreConfig {
         node: id(n),
         settle_ms: 1_000,
         move_hold_ms: 10_000,
+        handover_timeout_ms: 120_000,
         instance_base: 1,
     }
 }
@@ -1065,5 +1066,69 @@ fn adoption_replaces_a_mere_claim_and_never_runs_two_copies() {
     assert_eq!(
         core.instances(),
         vec![(replica("web", 0), 7), (replica("web", 1), 8)]
+    );
+}
+
+#[test]
+fn a_node_never_starts_more_than_it_has_room_for_even_during_a_handover() {
+    // Room for one 100m replica. The plan (name order) gives the node `a`; `b`, adopted from
+    // before, is no longer planned anywhere but keeps running until its handover times out.
+    let mut small = view(&[("n1", Liveness::Alive)]);
+    small.nodes.get_mut(&id("n1")).expect("node").capacity = Capacity {
+        cpu: Millicores(150),
+        memory: Bytes(1 << 30),
+    };
+    let specs = [spec("a", 1, ""), spec("b", 1, "")];
+    let restored = Restored {
+        desired: desired_of(&specs),
+        last_assignment: vec![],
+        view: small,
+    };
+    let mut core = NodeCore::new(config("n1"), restored);
+    core.handle_runtime(
+        0,
+        RuntimeEvent::Adopted {
+            replica: replica("b", 0),
+            instance: 5,
+            revision: 1,
+        },
+    );
+    core.handle_timeout(2_000);
+    let drain = |core: &mut NodeCore| std::iter::from_fn(|| core.poll_action()).collect::<Vec<_>>();
+    let actions = drain(&mut core);
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::Start { .. })),
+        "no room for a while b runs: {actions:?}"
+    );
+    assert_eq!(
+        core.poll_timeout(),
+        Some(120_000),
+        "the handover timeout is the next deadline"
+    );
+    core.handle_timeout(120_000);
+    let actions = drain(&mut core);
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        Action::Stop {
+            instance: 5,
+            reason: StopReason::HandedOver,
+            ..
+        }
+    )));
+    core.handle_runtime(
+        120_010,
+        RuntimeEvent::Exited {
+            replica: replica("b", 0),
+            instance: 5,
+            code: None,
+            log_tail: vec![],
+        },
+    );
+    let actions = drain(&mut core);
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Start { replica: r, .. } if *r == replica("a", 0))),
+        "a starts once b is gone"
     );
 }
