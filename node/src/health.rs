@@ -277,7 +277,12 @@ mod tests {
         )
         .await;
         assert!(r.ok);
-        drop(listener);
+        // Bound but not listening: refused, and no other test can take the port meanwhile.
+        let closed = tokio::net::TcpSocket::new_v4().expect("socket");
+        closed
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind");
+        let p = closed.local_addr().expect("addr").port();
         let r = probe(
             &Probe::Tcp { port: "db".into() },
             &[port("db", p)],
