@@ -100,6 +100,24 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Run a fault scenario on the deterministic simulator (real node cores, simulated world).
+    Sim {
+        /// Scenario file (see sim/scenarios/).
+        scenario: PathBuf,
+        /// The seed (default 1); the same seed replays the same run.
+        #[arg(long, conflicts_with = "seeds")]
+        seed: Option<u64>,
+        /// Many seeds, A..B (end exclusive), run on every core; lists failing seeds.
+        #[arg(long)]
+        seeds: Option<String>,
+        /// Write the run's timeline picture (SVG) here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Turn on a deliberate core bug (a minority side replaces replicas) to see the
+        /// invariants catch it.
+        #[arg(long, hide = true)]
+        bug_minority_takes_over: bool,
+    },
     /// Show where a simulated fleet would place workloads (the built-in examples by default).
     Plan {
         /// Spec files; without any, the example specs built into this binary.
@@ -166,6 +184,19 @@ fn main() -> ExitCode {
             replica,
             tail,
         } => cmd::client::logs(&data_dir, name, replica, tail),
+        Command::Sim {
+            scenario,
+            seed,
+            seeds,
+            report,
+            bug_minority_takes_over,
+        } => cmd::sim::main(cmd::sim::SimArgs {
+            scenario,
+            seed,
+            seeds,
+            report,
+            bug_minority_takes_over,
+        }),
         Command::Validate { files } => cmd::validate::run(&files, format),
         Command::Plan { files, nodes, down } => cmd::plan::run(&files, nodes, &down, format),
     };

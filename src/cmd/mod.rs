@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod client;
 pub mod plan;
+pub mod sim;
 pub mod validate;
 
 use std::path::Path;

@@ -49,6 +49,10 @@ pub struct CoreConfig {
     /// How long a running copy waits for its handover before it stops anyway (so two full
     /// nodes swapping replicas cannot wait on each other forever). Default 2 min.
     pub handover_timeout_ms: u64,
+    /// A deliberate bug for the simulator's self-test: a minority side replaces what it cannot
+    /// see, as if it had a majority. Never set outside that test.
+    #[doc(hidden)]
+    pub bug_minority_takes_over: bool,
     /// First instance number; the shell passes something unique across restarts (e.g. the
     /// start-up time in ms, times 1000), the simulator passes a value from its seed.
     pub instance_base: u64,
@@ -62,6 +66,7 @@ impl CoreConfig {
             settle_ms: 1_000,
             move_hold_ms: 10_000,
             handover_timeout_ms: 120_000,
+            bug_minority_takes_over: false,
             instance_base,
         }
     }

@@ -67,7 +67,7 @@ impl NodeCore {
     /// merely suspected, so their replicas stay theirs (no replacement), except for workloads
     /// that chose `partition = "availability"`.
     fn compute_plan(&self) -> Assignment {
-        if self.majority {
+        if self.majority || self.config.bug_minority_takes_over {
             return plan(&self.view, &self.desired);
         }
         let mut frozen = self.view.clone();
@@ -98,7 +98,9 @@ impl NodeCore {
                 .cloned()
         };
         for (replica, node) in &plan.placed {
-            let may_start = self.majority || !self.maybe_running_elsewhere(replica);
+            let may_start = self.majority
+                || self.config.bug_minority_takes_over
+                || !self.maybe_running_elsewhere(replica);
             if node == me
                 && may_start
                 && let Some(rev) = desired_revision(replica)

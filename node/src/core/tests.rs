@@ -76,6 +76,7 @@ fn config(n: &str) -> CoreConfig {
         settle_ms: 1_000,
         move_hold_ms: 10_000,
         handover_timeout_ms: 120_000,
+        bug_minority_takes_over: false,
         instance_base: 1,
     }
 }

@@ -1,0 +1,282 @@
+//! Invariants, checked as the run goes (safety: at every start, every sample) and against a
+//! deadline (liveness: convergence after the last fault), plus the figures for the report.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use starling_protocol::WorkloadName;
+use starling_protocol::hlc::Timestamp;
+use starling_protocol::placement::{FleetView, Liveness, NodeView, ReplicaId, plan};
+use starling_protocol::spec::{PartitionPolicy, RuntimeKind, WorkloadSpec};
+
+use crate::scenario::Scenario;
+use crate::world::{Power, World};
+
+/// One point of the report's timeline.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// Virtual time.
+    pub at_ms: u64,
+    /// Running replica copies in the fleet.
+    pub running: usize,
+    /// Replicas the desired state asks for.
+    pub desired: usize,
+    /// Surplus copies (beyond one per replica).
+    pub surplus: usize,
+    /// Per node: 0 up, 1 crashed, 2 paused, 3 gone, 4 up but on a minority side.
+    pub node_states: Vec<u8>,
+}
+
+pub(crate) struct Checker {
+    acked: Vec<(WorkloadName, Timestamp)>,
+    violation: Option<(String, String)>,
+    pub last_fault_end_ms: u64,
+    converge_within_ms: u64,
+    pub converged_at_ms: Option<u64>,
+    ever_started: BTreeSet<ReplicaId>,
+    pub samples: Vec<Sample>,
+    pub faults_at: Vec<u64>,
+}
+
+impl Checker {
+    pub fn new(scenario: &Scenario) -> Self {
+        Checker {
+            acked: Vec::new(),
+            violation: None,
+            last_fault_end_ms: 0,
+            converge_within_ms: scenario.converge_within_ms,
+            converged_at_ms: None,
+            ever_started: BTreeSet::new(),
+            samples: Vec::new(),
+            faults_at: Vec::new(),
+        }
+    }
+
+    pub fn acknowledge(&mut self, name: WorkloadName, at: Timestamp) {
+        self.acked.push((name, at));
+    }
+
+    pub fn fault_seen(&mut self, at_ms: u64) {
+        self.faults_at.push(at_ms);
+    }
+
+    fn fail(&mut self, invariant: &str, detail: String) {
+        if self.violation.is_none() {
+            self.violation = Some((invariant.to_string(), detail));
+        }
+    }
+
+    pub fn take_violation(&mut self) -> Option<(String, String)> {
+        self.violation.take()
+    }
+}
+
+/// Safety checks when node `i` starts `replica`.
+pub(crate) fn on_start(world: &mut World, i: usize, replica: &ReplicaId, spec: &WorkloadSpec) {
+    let node = &world.nodes[i];
+    // (3) Capacity is never over-committed.
+    let (mut cpu, mut mem) = (
+        u64::from(spec.resources.cpu_request.0),
+        spec.resources.memory_request.0,
+    );
+    for x in node.instances.values() {
+        cpu += u64::from(x.spec.resources.cpu_request.0);
+        mem += x.spec.resources.memory_request.0;
+    }
+    if cpu > u64::from(node.capacity.cpu.0) || mem > node.capacity.memory.0 {
+        let detail = format!(
+            "{} starts {}/{} with {cpu}m cpu and {mem} bytes reserved, over its capacity",
+            node.id, replica.workload, replica.index
+        );
+        world.checker.fail("capacity-over-committed", detail);
+    }
+    // (5) No replica moves while its node is only suspected.
+    for (y, other) in world.nodes.iter().enumerate() {
+        let runs_it = y != i
+            && other.power == Power::Up
+            && other.instances.get(replica).is_some_and(|x| x.running);
+        let suspected = node
+            .view
+            .nodes
+            .get(&other.id)
+            .is_some_and(|v| v.liveness == Liveness::Suspect);
+        if runs_it && suspected {
+            let detail = format!(
+                "{} starts {}/{} while {} runs it and is only suspected",
+                node.id, replica.workload, replica.index, other.id
+            );
+            world.checker.fail("moved-on-suspicion", detail);
+        }
+    }
+    // (6) A minority side starts no replacements: only its own assignment, or brand-new replicas.
+    let minority = node.core.as_ref().is_some_and(|c| !c.has_majority());
+    if minority && spec.partition == PartitionPolicy::Consistency {
+        let own = node
+            .minority_baseline
+            .as_ref()
+            .is_some_and(|b| b.contains(replica));
+        if !own && world.checker.ever_started.contains(replica) {
+            let detail = format!(
+                "{} sees no majority but starts {}/{}, which it did not run before",
+                node.id, replica.workload, replica.index
+            );
+            world.checker.fail("minority-replacement", detail);
+        }
+    }
+    world.checker.ever_started.insert(replica.clone());
+}
+
+/// Periodic sampling: duplicate-run time, the timeline, and the liveness deadline.
+pub(crate) fn sample(world: &mut World) {
+    let copies = copies(world);
+    let surplus: usize = copies.values().map(|c| c.saturating_sub(1)).sum();
+    world.counters.duplicate_run_ms += surplus as u64 * world.scenario.gossip.interval_ms;
+    let desired = world
+        .up()
+        .next()
+        .map(|i| {
+            world.nodes[i]
+                .disk
+                .desired
+                .workloads()
+                .map(|(_, r)| r.spec.replicas_to_place() as usize)
+                .sum()
+        })
+        .unwrap_or(0);
+    let node_states = world
+        .nodes
+        .iter()
+        .map(|n| match n.power {
+            Power::Up if n.core.as_ref().is_some_and(|c| !c.has_majority()) => 4,
+            Power::Up => 0,
+            Power::Crashed => 1,
+            Power::Paused { .. } => 2,
+            Power::Gone => 3,
+        })
+        .collect();
+    world.checker.samples.push(Sample {
+        at_ms: world.now,
+        running: copies.values().sum(),
+        desired,
+        surplus,
+        node_states,
+    });
+    // Strictly after: a sample at the very instant of the last fault may run before it.
+    if world.now <= world.checker.last_fault_end_ms || world.checker.converged_at_ms.is_some() {
+        return;
+    }
+    match converged(world) {
+        Ok(()) => world.checker.converged_at_ms = Some(world.now),
+        Err(why)
+            if world.now > world.checker.last_fault_end_ms + world.checker.converge_within_ms =>
+        {
+            let detail = format!(
+                "not converged {} ms after the last fault: {why}",
+                world.checker.converge_within_ms
+            );
+            world.checker.fail("no-convergence", detail);
+        }
+        Err(_) => {}
+    }
+}
+
+/// Running copies per replica on up nodes.
+fn copies(world: &World) -> BTreeMap<ReplicaId, usize> {
+    let mut out = BTreeMap::new();
+    for i in world.up() {
+        for (r, x) in &world.nodes[i].instances {
+            if x.running {
+                *out.entry(r.clone()).or_insert(0) += 1;
+            }
+        }
+    }
+    out
+}
+
+/// (2) Views agree with the truth, desired states agree, and every placeable replica runs
+/// exactly once (and nothing else runs).
+fn converged(world: &World) -> Result<(), String> {
+    let up: Vec<usize> = world.up().collect();
+    let Some(&first) = up.first() else {
+        return Ok(());
+    };
+    let root = world.nodes[first].disk.desired.digest().root();
+    if let Some(&i) = up
+        .iter()
+        .find(|&&i| world.nodes[i].disk.desired.digest().root() != root)
+    {
+        return Err(format!(
+            "{} holds a different desired state than {}",
+            world.nodes[i].id, world.nodes[first].id
+        ));
+    }
+    let mut truth = FleetView::default();
+    for (m, node) in world.nodes.iter().enumerate() {
+        if node.power == Power::Gone {
+            continue;
+        }
+        let liveness = if up.contains(&m) {
+            Liveness::Alive
+        } else {
+            Liveness::Down
+        };
+        truth.nodes.insert(
+            node.id.clone(),
+            NodeView {
+                id: node.id.clone(),
+                labels: node.labels.clone(),
+                arch: "x86_64".into(),
+                runtimes: [RuntimeKind::Process, RuntimeKind::Docker].into(),
+                capacity: node.capacity,
+                weight: 1,
+                liveness,
+            },
+        );
+    }
+    for &i in &up {
+        for (id, v) in &world.nodes[i].view.nodes {
+            let truly = truth.nodes.get(id).map(|t| t.liveness);
+            if Some(v.liveness) != truly && !(v.liveness == Liveness::Down && truly.is_none()) {
+                return Err(format!(
+                    "{} sees {id} as {:?}",
+                    world.nodes[i].id, v.liveness
+                ));
+            }
+        }
+    }
+    let assignment = plan(&truth, &world.nodes[first].disk.desired);
+    let copies = copies(world);
+    for r in assignment.placed.keys() {
+        let n = copies.get(r).copied().unwrap_or(0);
+        if n != 1 {
+            return Err(format!("{}/{} runs {n} times", r.workload, r.index));
+        }
+    }
+    if let Some(r) = copies.keys().find(|r| !assignment.placed.contains_key(*r)) {
+        return Err(format!(
+            "{}/{} runs but is not desired",
+            r.workload, r.index
+        ));
+    }
+    Ok(())
+}
+
+/// Checks at the end of the run: (1) no acknowledged write is lost.
+pub(crate) fn final_checks(world: &mut World) {
+    let acked = world.checker.acked.clone();
+    for (name, at) in acked {
+        let kept = world.nodes.iter().any(|n| {
+            n.disk
+                .desired
+                .register(&name)
+                .is_some_and(|r| r.marker >= at)
+        });
+        if !kept {
+            let detail = format!(
+                "the write of {name} at {}ms by {} is on no disk",
+                at.physical_ms, at.node
+            );
+            world.checker.fail("acknowledged-write-lost", detail);
+            return;
+        }
+    }
+}

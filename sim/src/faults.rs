@@ -1,0 +1,336 @@
+//! Applying a scenario's faults to the world.
+//!
+//! Timed faults (rolling reboots, churn) are expanded into single steps at the start; node
+//! selectors are resolved when a step fires, so `holder:web` means "whoever runs web then".
+
+use std::collections::BTreeSet;
+
+use starling_protocol::spec::WorkloadSpec;
+
+use crate::scenario::{FaultKind, Selector};
+use crate::world::{Event, Power, World};
+
+/// One fault action at one time.
+#[derive(Debug, Clone)]
+pub(crate) enum Step {
+    Crash(Selector),
+    Restart(Selector),
+    DiskLoss(Selector),
+    Partition(Vec<Selector>),
+    Cut {
+        from: Selector,
+        to: Selector,
+    },
+    Heal,
+    Skew {
+        nodes: Selector,
+        skew_ms: i64,
+    },
+    Pause {
+        nodes: Selector,
+        duration_ms: u64,
+    },
+    Flap {
+        a: Selector,
+        b: Selector,
+        period_ms: u64,
+        duration_ms: u64,
+    },
+    Join,
+    Leave,
+    Write {
+        node: Selector,
+        spec: Box<WorkloadSpec>,
+    },
+}
+
+/// Expands the scenario's faults into timed steps.
+pub(crate) fn expand(world: &mut World) -> Vec<(u64, Step)> {
+    let mut steps = Vec::new();
+    for fault in &world.scenario.faults {
+        let at = fault.at_ms;
+        match &fault.kind {
+            FaultKind::Crash(s) => steps.push((at, Step::Crash(s.clone()))),
+            FaultKind::Restart(s) => steps.push((at, Step::Restart(s.clone()))),
+            FaultKind::DiskLoss(s) => steps.push((at, Step::DiskLoss(s.clone()))),
+            FaultKind::Partition(groups) => steps.push((at, Step::Partition(groups.clone()))),
+            FaultKind::Cut { from, to } => steps.push((
+                at,
+                Step::Cut {
+                    from: from.clone(),
+                    to: to.clone(),
+                },
+            )),
+            FaultKind::Heal => steps.push((at, Step::Heal)),
+            FaultKind::Skew { nodes, skew_ms } => steps.push((
+                at,
+                Step::Skew {
+                    nodes: nodes.clone(),
+                    skew_ms: *skew_ms,
+                },
+            )),
+            FaultKind::Pause { nodes, duration_ms } => steps.push((
+                at,
+                Step::Pause {
+                    nodes: nodes.clone(),
+                    duration_ms: *duration_ms,
+                },
+            )),
+            FaultKind::Flap {
+                a,
+                b,
+                period_ms,
+                duration_ms,
+            } => steps.push((
+                at,
+                Step::Flap {
+                    a: a.clone(),
+                    b: b.clone(),
+                    period_ms: *period_ms,
+                    duration_ms: *duration_ms,
+                },
+            )),
+            FaultKind::RollingReboot {
+                nodes,
+                downtime_ms,
+                gap_ms,
+            } => {
+                let order = resolve(world, nodes);
+                let mut t = at;
+                for i in order {
+                    let one = vec![world.nodes[i].id.to_string()];
+                    steps.push((t, Step::Crash(one.clone())));
+                    steps.push((t + downtime_ms, Step::Restart(one)));
+                    t += downtime_ms + gap_ms;
+                }
+            }
+            FaultKind::Churn {
+                per_minute,
+                duration_ms,
+            } => {
+                let every = 60_000 / u64::from((*per_minute).max(1));
+                let mut t = at;
+                while t < at + duration_ms {
+                    steps.push((t, Step::Leave));
+                    steps.push((t + every / 2, Step::Join));
+                    t += every;
+                }
+            }
+            FaultKind::Write { node, spec } => steps.push((
+                at,
+                Step::Write {
+                    node: node.clone(),
+                    spec: spec.clone(),
+                },
+            )),
+        }
+    }
+    steps.sort_by_key(|(t, _)| *t);
+    steps
+}
+
+/// When the last step's effect is over (a pause or flap lasts beyond its start).
+pub(crate) fn last_end_ms(steps: &[(u64, Step)]) -> u64 {
+    steps
+        .iter()
+        .map(|(at, step)| match step {
+            Step::Pause { duration_ms, .. } | Step::Flap { duration_ms, .. } => at + duration_ms,
+            _ => *at,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Resolves a selector against the world now. Unknown names resolve to nothing (and are
+/// noted in the trace), so a typo shows in the report instead of stopping the run.
+pub(crate) fn resolve(world: &mut World, selector: &Selector) -> Vec<usize> {
+    let mut out = BTreeSet::new();
+    let present: Vec<usize> = (0..world.nodes.len())
+        .filter(|i| world.nodes[*i].power != Power::Gone)
+        .collect();
+    for item in selector {
+        if item == "all" {
+            out.extend(present.iter().copied());
+        } else if let Some(site) = item.strip_prefix("site=") {
+            out.extend(present.iter().copied().filter(|i| {
+                world.nodes[*i]
+                    .labels
+                    .get("site")
+                    .is_some_and(|s| s == site)
+            }));
+        } else if let Some(name) = item.strip_prefix("holder:") {
+            let workload = World::workload(name);
+            out.extend(present.iter().copied().filter(|i| {
+                world.nodes[*i]
+                    .instances
+                    .keys()
+                    .any(|r| Some(&r.workload) == workload.as_ref())
+            }));
+        } else if let Some(count) = item.strip_prefix("random:") {
+            let n = match count.strip_suffix('%') {
+                Some(p) => p
+                    .parse::<usize>()
+                    .map(|p| present.len() * p / 100)
+                    .unwrap_or(0),
+                None => count.parse::<usize>().unwrap_or(0),
+            };
+            // Drawn among nodes that are up, so "random:30%" crashes 30% of a healthy fleet.
+            let mut pool: Vec<usize> = present
+                .iter()
+                .copied()
+                .filter(|i| world.nodes[*i].power == Power::Up)
+                .collect();
+            for _ in 0..n.min(pool.len()) {
+                let k = world.rng.range(0, pool.len() as u64 - 1) as usize;
+                out.insert(pool.swap_remove(k));
+            }
+        } else if let Some(i) = starling_protocol::NodeId::new(item.clone())
+            .ok()
+            .and_then(|id| world.index.get(&id).copied())
+        {
+            out.insert(i);
+        } else {
+            world.note(format!("selector {item:?} matches no node"));
+        }
+    }
+    out.into_iter().collect()
+}
+
+pub(crate) fn apply(world: &mut World, k: usize) {
+    let step = world.expanded_faults[k].1.clone();
+    world.note(format!("fault: {step:?}"));
+    world.checker.fault_seen(world.now);
+    match step {
+        Step::Crash(s) => {
+            for i in resolve(world, &s) {
+                world.crash(i);
+            }
+        }
+        Step::Restart(s) => {
+            for i in resolve(world, &s) {
+                if world.nodes[i].power == Power::Crashed {
+                    world.boot(i);
+                }
+            }
+        }
+        Step::DiskLoss(s) => {
+            for i in resolve(world, &s) {
+                world.crash(i);
+                world.nodes[i].disk = Default::default();
+            }
+        }
+        Step::Partition(groups) => {
+            let mut sides: Vec<Vec<usize>> = groups.iter().map(|g| resolve(world, g)).collect();
+            let placed: BTreeSet<usize> = sides.iter().flatten().copied().collect();
+            sides.push(
+                (0..world.nodes.len())
+                    .filter(|i| !placed.contains(i))
+                    .collect(),
+            );
+            for (x, side) in sides.iter().enumerate() {
+                for (y, other) in sides.iter().enumerate() {
+                    if x != y {
+                        for &a in side {
+                            for &b in other {
+                                world.blocked.insert((a, b));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Step::Cut { from, to } => {
+            let (from, to) = (resolve(world, &from), resolve(world, &to));
+            for &a in &from {
+                for &b in &to {
+                    world.blocked.insert((a, b));
+                }
+            }
+        }
+        Step::Heal => world.blocked.clear(),
+        Step::Skew { nodes, skew_ms } => {
+            for i in resolve(world, &nodes) {
+                world.nodes[i].skew_ms += skew_ms;
+            }
+        }
+        Step::Pause { nodes, duration_ms } => {
+            for i in resolve(world, &nodes) {
+                if world.nodes[i].power == Power::Up {
+                    world.nodes[i].power = Power::Paused {
+                        until_ms: world.now + duration_ms,
+                    };
+                    world.schedule(world.now + duration_ms, Event::Resume(i));
+                }
+            }
+        }
+        Step::Flap {
+            a,
+            b,
+            period_ms,
+            duration_ms,
+        } => {
+            let (a, b) = (resolve(world, &a), resolve(world, &b));
+            let mut t = world.now;
+            let mut down = true;
+            while t < world.now + duration_ms {
+                world.schedule(
+                    t,
+                    Event::LinkToggle {
+                        a: a.clone(),
+                        b: b.clone(),
+                        down,
+                    },
+                );
+                down = !down;
+                t += period_ms;
+            }
+            world.schedule(
+                world.now + duration_ms,
+                Event::LinkToggle { a, b, down: false },
+            );
+        }
+        Step::Join => {
+            let i = world.add_node();
+            let members: BTreeSet<usize> = (0..world.nodes.len())
+                .filter(|m| world.nodes[*m].power != Power::Gone)
+                .collect();
+            world.nodes[i].known = members;
+            world.boot(i);
+        }
+        Step::Leave => {
+            // The oldest present node leaves for good (a decommission): its peers forget it.
+            let leaving = (0..world.nodes.len()).find(|i| world.nodes[*i].power == Power::Up);
+            if let Some(i) = leaving {
+                world.crash(i);
+                world.nodes[i].power = Power::Gone;
+                for n in 0..world.nodes.len() {
+                    world.nodes[n].known.remove(&i);
+                }
+            }
+        }
+        Step::Write { node, spec } => {
+            // An operator writes to a node that answers: the first selected node that is up.
+            let up = resolve(world, &node)
+                .into_iter()
+                .find(|i| world.nodes[*i].power == Power::Up);
+            match up {
+                Some(i) => world.write(i, *spec),
+                None => world.note("write: no selected node is up; nothing written".into()),
+            }
+        }
+    }
+}
+
+pub(crate) fn toggle_links(world: &mut World, a: &[usize], b: &[usize], down: bool) {
+    for &x in a {
+        for &y in b {
+            for pair in [(x, y), (y, x)] {
+                if down {
+                    world.blocked.insert(pair);
+                } else {
+                    world.blocked.remove(&pair);
+                }
+            }
+        }
+    }
+}

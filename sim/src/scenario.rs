@@ -1,0 +1,499 @@
+//! Scenario files: the fleet, its workloads, a timeline of faults, and how long to run.
+//!
+//! ```toml
+//! name = "site partition and heal"
+//! duration = "5m"
+//! [fleet]
+//! nodes = 9
+//! sites = ["a", "b", "c"]
+//! [[workloads]]            # the same spec format as `starling apply`
+//! name = "web"
+//! command = "web"
+//! replicas = 6
+//! [[faults]]
+//! at = "1m"
+//! kind = "partition"
+//! groups = [["site=a"], ["site=b", "site=c"]]
+//! [[faults]]
+//! at = "3m"
+//! kind = "heal"
+//! ```
+
+use serde::Deserialize;
+use starling_protocol::quantity::{parse_cpu, parse_duration_ms, parse_memory};
+use starling_protocol::spec::{SpecDoc, WorkloadSpec};
+
+/// A parsed, checked scenario (times in ms).
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// Its name.
+    pub name: String,
+    /// How long to run.
+    pub duration_ms: u64,
+    /// Fleet shape.
+    pub fleet: Fleet,
+    /// Network behaviour.
+    pub network: Network,
+    /// Gossip and failure detection.
+    pub gossip: Gossip,
+    /// Simulated runtime.
+    pub runtime: RuntimeModel,
+    /// Workloads applied at time 0 on the first node.
+    pub workloads: Vec<WorkloadSpec>,
+    /// The timeline.
+    pub faults: Vec<Fault>,
+    /// Liveness bound: after the last fault, the fleet must converge within this.
+    pub converge_within_ms: u64,
+}
+
+/// Fleet shape.
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    /// Initial node count.
+    pub nodes: usize,
+    /// Site labels, assigned round-robin (`site=<name>`).
+    pub sites: Vec<String>,
+    /// CPU per node, millicores.
+    pub cpu_millicores: u32,
+    /// Memory per node, bytes.
+    pub memory_bytes: u64,
+}
+
+/// Network model.
+#[derive(Debug, Clone)]
+pub struct Network {
+    /// One-way latency range, uniform.
+    pub latency_ms: (u64, u64),
+    /// Probability a message is lost.
+    pub loss: f64,
+    /// Probability a message is delivered twice.
+    pub duplicate: f64,
+}
+
+/// Gossip model.
+#[derive(Debug, Clone)]
+pub struct Gossip {
+    /// Heartbeat and status round.
+    pub interval_ms: u64,
+    /// Silence after which a peer is suspected.
+    pub suspect_after_ms: u64,
+    /// Silence after which a peer is declared down.
+    pub down_after_ms: u64,
+}
+
+/// Simulated runtime.
+#[derive(Debug, Clone)]
+pub struct RuntimeModel {
+    /// Time from start request to running, range.
+    pub start_delay_ms: (u64, u64),
+    /// Random replica crashes per replica per hour.
+    pub crash_rate_per_hour: f64,
+}
+
+/// One fault at one time.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    /// When.
+    pub at_ms: u64,
+    /// What.
+    pub kind: FaultKind,
+}
+
+/// Which nodes a fault applies to: node ids, `site=X`, `random:N`, `random:30%`,
+/// `holder:<workload>` (nodes running it at that moment), `all`.
+pub type Selector = Vec<String>;
+
+/// The faults a scenario can inject.
+#[derive(Debug, Clone)]
+pub enum FaultKind {
+    /// Processes die, memory is lost, the disk is kept.
+    Crash(Selector),
+    /// Crashed nodes start again from their disks.
+    Restart(Selector),
+    /// Crash and lose the disk; a later restart is a fresh node with the same id.
+    DiskLoss(Selector),
+    /// Split into groups that cannot reach each other (nodes in no group form one more group).
+    Partition(Vec<Selector>),
+    /// `from` stops reaching `to` (one way).
+    Cut {
+        /// Senders.
+        from: Selector,
+        /// Receivers.
+        to: Selector,
+    },
+    /// Every link works again.
+    Heal,
+    /// Clocks jump by `skew_ms` (may be negative).
+    Skew {
+        /// Nodes.
+        nodes: Selector,
+        /// Offset added.
+        skew_ms: i64,
+    },
+    /// The node freezes for a while (no timers, no messages), then resumes.
+    Pause {
+        /// Nodes.
+        nodes: Selector,
+        /// For how long.
+        duration_ms: u64,
+    },
+    /// The links between two sets go down and up every `period_ms` for `duration_ms`.
+    Flap {
+        /// One side.
+        a: Selector,
+        /// Other side.
+        b: Selector,
+        /// Half-period.
+        period_ms: u64,
+        /// Total time.
+        duration_ms: u64,
+    },
+    /// Each node in turn: crash, stay down `downtime_ms`, restart; `gap_ms` between nodes.
+    RollingReboot {
+        /// Nodes, in order.
+        nodes: Selector,
+        /// Downtime each.
+        downtime_ms: u64,
+        /// From one restart to the next crash.
+        gap_ms: u64,
+    },
+    /// Nodes join and leave at `per_minute` each for `duration_ms`.
+    Churn {
+        /// Joins and leaves per minute.
+        per_minute: u32,
+        /// For how long.
+        duration_ms: u64,
+    },
+    /// An API write at a node (acknowledged once stored on its disk).
+    Write {
+        /// Where.
+        node: Selector,
+        /// The spec.
+        spec: Box<WorkloadSpec>,
+    },
+}
+
+/// A scenario that cannot be used, with the field at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ScenarioError(pub String);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Doc {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    duration: String,
+    #[serde(default)]
+    fleet: FleetDoc,
+    #[serde(default)]
+    network: NetworkDoc,
+    #[serde(default)]
+    gossip: GossipDoc,
+    #[serde(default)]
+    runtime: RuntimeDoc,
+    #[serde(default)]
+    workloads: Vec<toml::Table>,
+    #[serde(default)]
+    faults: Vec<FaultDoc>,
+    #[serde(default)]
+    check: CheckDoc,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FleetDoc {
+    nodes: Option<usize>,
+    #[serde(default)]
+    sites: Vec<String>,
+    cpu: Option<String>,
+    memory: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NetworkDoc {
+    latency: Option<[String; 2]>,
+    loss: Option<f64>,
+    duplicate: Option<f64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct GossipDoc {
+    interval: Option<String>,
+    suspect_after: Option<String>,
+    down_after: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RuntimeDoc {
+    start_delay: Option<[String; 2]>,
+    crash_rate_per_hour: Option<f64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CheckDoc {
+    converge_within: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultDoc {
+    at: String,
+    kind: String,
+    #[serde(default)]
+    nodes: Vec<String>,
+    #[serde(default)]
+    groups: Vec<Vec<String>>,
+    #[serde(default)]
+    to: Vec<String>,
+    skew: Option<String>,
+    duration: Option<String>,
+    period: Option<String>,
+    downtime: Option<String>,
+    gap: Option<String>,
+    per_minute: Option<u32>,
+    spec: Option<toml::Table>,
+}
+
+/// Largest fleet a scenario may ask for.
+pub const NODES_MAX: usize = 20_000;
+
+impl Scenario {
+    /// Parses and checks a scenario; errors name the field.
+    pub fn from_toml(text: &str) -> Result<Scenario, ScenarioError> {
+        let doc: Doc = toml::from_str(text).map_err(|e| {
+            ScenarioError(format!("not a valid scenario: {}", e.to_string().trim()))
+        })?;
+        let _ = doc.description;
+        let ms = |field: &str, text: &str| {
+            parse_duration_ms(text).map_err(|e| ScenarioError(format!("{field}: {e}")))
+        };
+        let opt_ms = |field: &str, text: &Option<String>, default: u64| {
+            text.as_deref().map_or(Ok(default), |t| ms(field, t))
+        };
+        let nodes = doc.fleet.nodes.unwrap_or(5);
+        if nodes == 0 || nodes > NODES_MAX {
+            return Err(ScenarioError(format!(
+                "fleet.nodes: must be between 1 and {NODES_MAX}, got {nodes}"
+            )));
+        }
+        let cpu = parse_cpu(doc.fleet.cpu.as_deref().unwrap_or("4"))
+            .map_err(|e| ScenarioError(format!("fleet.cpu: {e}")))?;
+        let memory = parse_memory(doc.fleet.memory.as_deref().unwrap_or("8Gi"))
+            .map_err(|e| ScenarioError(format!("fleet.memory: {e}")))?;
+        let latency = match &doc.network.latency {
+            Some([lo, hi]) => (ms("network.latency[0]", lo)?, ms("network.latency[1]", hi)?),
+            None => (1, 20),
+        };
+        let start_delay = match &doc.runtime.start_delay {
+            Some([lo, hi]) => (
+                ms("runtime.start_delay[0]", lo)?,
+                ms("runtime.start_delay[1]", hi)?,
+            ),
+            None => (100, 400),
+        };
+        let probability = |field: &str, p: Option<f64>| match p.unwrap_or(0.0) {
+            p if (0.0..=0.5).contains(&p) => Ok(p),
+            p => Err(ScenarioError(format!(
+                "{field}: must be between 0 and 0.5, got {p}"
+            ))),
+        };
+        let gossip = Gossip {
+            interval_ms: opt_ms("gossip.interval", &doc.gossip.interval, 500)?.max(10),
+            suspect_after_ms: opt_ms("gossip.suspect_after", &doc.gossip.suspect_after, 1_500)?,
+            down_after_ms: opt_ms("gossip.down_after", &doc.gossip.down_after, 3_000)?,
+        };
+        if gossip.down_after_ms < gossip.suspect_after_ms {
+            return Err(ScenarioError(
+                "gossip.down_after: must be at least gossip.suspect_after".into(),
+            ));
+        }
+        let mut workloads = Vec::new();
+        for (i, table) in doc.workloads.into_iter().enumerate() {
+            workloads.push(spec_of(&format!("workloads[{i}]"), table)?);
+        }
+        let mut faults = Vec::new();
+        for (i, f) in doc.faults.into_iter().enumerate() {
+            faults.push(fault_of(&format!("faults[{i}]"), f)?);
+        }
+        faults.sort_by_key(|f| f.at_ms);
+        Ok(Scenario {
+            name: doc.name,
+            duration_ms: ms("duration", &doc.duration)?,
+            fleet: Fleet {
+                nodes,
+                sites: doc.fleet.sites,
+                cpu_millicores: cpu.0,
+                memory_bytes: memory.0,
+            },
+            network: Network {
+                latency_ms: (latency.0.min(latency.1), latency.0.max(latency.1)),
+                loss: probability("network.loss", doc.network.loss)?,
+                duplicate: probability("network.duplicate", doc.network.duplicate)?,
+            },
+            gossip,
+            runtime: RuntimeModel {
+                start_delay_ms: (
+                    start_delay.0.min(start_delay.1),
+                    start_delay.0.max(start_delay.1),
+                ),
+                crash_rate_per_hour: doc.runtime.crash_rate_per_hour.unwrap_or(0.0).max(0.0),
+            },
+            workloads,
+            faults,
+            converge_within_ms: opt_ms(
+                "check.converge_within",
+                &doc.check.converge_within,
+                60_000,
+            )?,
+        })
+    }
+}
+
+fn spec_of(path: &str, table: toml::Table) -> Result<WorkloadSpec, ScenarioError> {
+    let text = toml::to_string(&table).map_err(|e| ScenarioError(format!("{path}: {e}")))?;
+    SpecDoc::from_toml(&text)
+        .and_then(|d| d.validate())
+        .map_err(|errors| {
+            ScenarioError(
+                errors
+                    .errors()
+                    .iter()
+                    .map(|e| format!("{path}.{e}"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            )
+        })
+}
+
+fn fault_of(path: &str, f: FaultDoc) -> Result<Fault, ScenarioError> {
+    let ms = |field: &str, text: &Option<String>| -> Result<u64, ScenarioError> {
+        let text = text.as_deref().ok_or_else(|| {
+            ScenarioError(format!("{path}.{field}: is required for kind {}", f.kind))
+        })?;
+        parse_duration_ms(text).map_err(|e| ScenarioError(format!("{path}.{field}: {e}")))
+    };
+    let at_ms = parse_duration_ms(&f.at).map_err(|e| ScenarioError(format!("{path}.at: {e}")))?;
+    let nodes = || -> Result<Selector, ScenarioError> {
+        if f.nodes.is_empty() {
+            Err(ScenarioError(format!(
+                "{path}.nodes: is required for kind {}",
+                f.kind
+            )))
+        } else {
+            Ok(f.nodes.clone())
+        }
+    };
+    let kind = match f.kind.as_str() {
+        "crash" => FaultKind::Crash(nodes()?),
+        "restart" => FaultKind::Restart(nodes()?),
+        "disk-loss" => FaultKind::DiskLoss(nodes()?),
+        "partition" if f.groups.is_empty() => {
+            return Err(ScenarioError(format!(
+                "{path}.groups: is required for a partition"
+            )));
+        }
+        "partition" => FaultKind::Partition(f.groups.clone()),
+        "cut" => FaultKind::Cut {
+            from: nodes()?,
+            to: f.to.clone(),
+        },
+        "heal" => FaultKind::Heal,
+        "skew" => {
+            let text = f
+                .skew
+                .clone()
+                .ok_or_else(|| ScenarioError(format!("{path}.skew: is required for kind skew")))?;
+            let (negative, abs) = text
+                .strip_prefix('-')
+                .map_or((false, text.as_str()), |t| (true, t));
+            let v = parse_duration_ms(abs)
+                .map_err(|e| ScenarioError(format!("{path}.skew: {e}")))?
+                as i64;
+            FaultKind::Skew {
+                nodes: nodes()?,
+                skew_ms: if negative { -v } else { v },
+            }
+        }
+        "pause" => FaultKind::Pause {
+            nodes: nodes()?,
+            duration_ms: ms("duration", &f.duration)?,
+        },
+        "flap" => FaultKind::Flap {
+            a: nodes()?,
+            b: f.to.clone(),
+            period_ms: ms("period", &f.period)?.max(1),
+            duration_ms: ms("duration", &f.duration)?,
+        },
+        "rolling-reboot" => FaultKind::RollingReboot {
+            nodes: nodes()?,
+            downtime_ms: ms("downtime", &f.downtime)?,
+            gap_ms: ms("gap", &f.gap)?,
+        },
+        "churn" => FaultKind::Churn {
+            per_minute: f.per_minute.ok_or_else(|| {
+                ScenarioError(format!("{path}.per_minute: is required for kind churn"))
+            })?,
+            duration_ms: ms("duration", &f.duration)?,
+        },
+        "write" => {
+            let table = f
+                .spec
+                .clone()
+                .ok_or_else(|| ScenarioError(format!("{path}.spec: is required for kind write")))?;
+            FaultKind::Write {
+                node: nodes()?,
+                spec: Box::new(spec_of(&format!("{path}.spec"), table)?),
+            }
+        }
+        other => {
+            return Err(ScenarioError(format!(
+                "{path}.kind: unknown fault {other:?}; use crash, restart, disk-loss, partition, cut, heal, skew, pause, flap, rolling-reboot, churn or write"
+            )));
+        }
+    };
+    Ok(Fault { at_ms, kind })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scenario_parses_with_defaults_and_sorted_faults() {
+        let s = Scenario::from_toml(
+            "name = \"t\"\nduration = \"2m\"\n[[workloads]]\nname = \"web\"\ncommand = \"w\"\n[[faults]]\nat = \"90s\"\nkind = \"heal\"\n[[faults]]\nat = \"30s\"\nkind = \"crash\"\nnodes = [\"node-1\"]\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            (s.duration_ms, s.fleet.nodes, s.gossip.interval_ms),
+            (120_000, 5, 500)
+        );
+        assert_eq!(
+            s.faults.iter().map(|f| f.at_ms).collect::<Vec<_>>(),
+            vec![30_000, 90_000]
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = Scenario::from_toml(
+            "name = \"t\"\nduration = \"2m\"\n[[faults]]\nat = \"1m\"\nkind = \"crash\"\n",
+        )
+        .expect_err("no nodes");
+        assert_eq!(e.to_string(), "faults[0].nodes: is required for kind crash");
+        let e = Scenario::from_toml(
+            "name = \"t\"\nduration = \"2m\"\n[[workloads]]\nname = \"Bad\"\ncommand = \"x\"\n",
+        )
+        .expect_err("bad spec");
+        assert!(e.to_string().starts_with("workloads[0].name:"), "{e}");
+        let e =
+            Scenario::from_toml("name = \"t\"\nduration = \"soon\"\n").expect_err("bad duration");
+        assert!(e.to_string().starts_with("duration:"), "{e}");
+    }
+}

@@ -1,0 +1,786 @@
+//! The simulated world: a discrete-event scheduler driving real node cores over a simulated
+//! network and runtime.
+//!
+//! One queue of events ordered by (virtual time, sequence number); the clock jumps to the next
+//! event. Every random draw comes from one [`SimRng`] seeded by the run's seed, and every
+//! collection that decides anything is ordered, so a seed replays bit for bit; a running hash
+//! of the processed events (the trace hash) proves it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use starling_node::core::{Action, CoreConfig, CoreEvent, NodeCore, Restored, RuntimeEvent};
+use starling_protocol::desired::{DesiredState, Digest, Revision};
+use starling_protocol::hash::mix64;
+use starling_protocol::hlc::{Hlc, Timestamp};
+use starling_protocol::placement::{Capacity, FleetView, Liveness, NodeView, ReplicaId};
+use starling_protocol::quantity::{Bytes, Millicores};
+use starling_protocol::spec::{RuntimeKind, WorkloadSpec};
+use starling_protocol::status::NodeStatus;
+use starling_protocol::wire::PeerMessage;
+use starling_protocol::{NodeId, WorkloadName};
+
+use crate::checks::Checker;
+use crate::rng::SimRng;
+use crate::scenario::Scenario;
+
+/// A node's process state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Power {
+    Up,
+    Crashed,
+    Paused {
+        until_ms: u64,
+    },
+    /// Left the fleet for good (churn).
+    Gone,
+}
+
+/// What a node keeps across a crash.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Disk {
+    pub desired: DesiredState,
+    pub assignment: Vec<(ReplicaId, u64)>,
+}
+
+/// A replica instance as the simulated runtime sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct Instance {
+    pub instance: u64,
+    pub running: bool,
+    pub spec: WorkloadSpec,
+}
+
+pub(crate) struct SimNode {
+    pub id: NodeId,
+    pub labels: BTreeMap<String, String>,
+    pub capacity: Capacity,
+    pub power: Power,
+    pub core: Option<NodeCore>,
+    pub disk: Disk,
+    pub hlc: Hlc,
+    pub skew_ms: i64,
+    pub heartbeat: u64,
+    /// When (node clock) each member was last heard from.
+    pub last_heard: BTreeMap<usize, u64>,
+    /// Members this node knows of (persisted with the disk in a real agent).
+    pub known: BTreeSet<usize>,
+    pub view: FleetView,
+    pub status: NodeStatus,
+    pub status_version: u64,
+    pub peer_versions: BTreeMap<usize, u64>,
+    pub instances: BTreeMap<ReplicaId, Instance>,
+    /// Peers with an anti-entropy pull in flight, and since when.
+    pub syncing: BTreeMap<usize, u64>,
+    /// Replicas this node may start while on a minority side (its assignment when it lost
+    /// the majority or booted); `None` while it has a majority.
+    pub minority_baseline: Option<BTreeSet<ReplicaId>>,
+    /// Events queued while paused.
+    pub held: Vec<Event>,
+}
+
+/// Messages between simulated nodes.
+#[derive(Debug, Clone)]
+pub(crate) enum Msg {
+    /// Liveness, status (when changed) and the desired-state digest root.
+    Heartbeat {
+        status: Option<(u64, NodeStatus)>,
+        root: u128,
+    },
+    /// The real anti-entropy messages.
+    Peer(PeerMessage),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Event {
+    GossipTick(usize),
+    Deliver {
+        from: usize,
+        to: usize,
+        msg: Msg,
+    },
+    CoreTimer(usize),
+    Runtime(usize, RuntimeEvent),
+    Fault(usize),
+    Resume(usize),
+    LinkToggle {
+        a: Vec<usize>,
+        b: Vec<usize>,
+        down: bool,
+    },
+    Sample,
+}
+
+/// Counters for the summary.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    /// Messages sent.
+    pub messages: u64,
+    /// Bytes sent (encoded sizes).
+    pub bytes: u64,
+    /// Replica starts.
+    pub starts: u64,
+    /// Starts of a replica that had run on another node before.
+    pub moved: u64,
+    /// Seconds of surplus copies (sum over replicas of copies beyond one).
+    pub duplicate_run_ms: u64,
+    /// Writes acknowledged.
+    pub writes: u64,
+}
+
+pub(crate) struct World<'s> {
+    pub scenario: &'s Scenario,
+    pub now: u64,
+    seq: u64,
+    queue: BTreeMap<(u64, u64), Event>,
+    pub rng: SimRng,
+    pub nodes: Vec<SimNode>,
+    pub index: BTreeMap<NodeId, usize>,
+    /// Directed links that drop everything: (from, to).
+    pub blocked: BTreeSet<(usize, usize)>,
+    pub trace: u64,
+    pub counters: Counters,
+    pub checker: Checker,
+    pub bug_minority_takes_over: bool,
+    /// Replicas and the node each last started on.
+    pub started_on: BTreeMap<ReplicaId, usize>,
+    pub log: Vec<(u64, String)>,
+    pub expanded_faults: Vec<(u64, crate::faults::Step)>,
+    next_instance: u64,
+}
+
+/// Most events a run may process: a guard against a livelock in the model or the core.
+const EVENTS_MAX: u64 = 200_000_000;
+
+impl<'s> World<'s> {
+    pub fn new(scenario: &'s Scenario, seed: u64, bug_minority_takes_over: bool) -> Self {
+        let mut rng = SimRng::new(seed);
+        let mut world = World {
+            scenario,
+            now: 0,
+            seq: 0,
+            queue: BTreeMap::new(),
+            rng: rng.fork(),
+            nodes: Vec::new(),
+            index: BTreeMap::new(),
+            blocked: BTreeSet::new(),
+            trace: seed,
+            counters: Counters::default(),
+            checker: Checker::new(scenario),
+            bug_minority_takes_over,
+            started_on: BTreeMap::new(),
+            log: Vec::new(),
+            expanded_faults: Vec::new(),
+            next_instance: 1,
+        };
+        for _ in 0..scenario.fleet.nodes {
+            world.add_node();
+        }
+        let all: BTreeSet<usize> = (0..world.nodes.len()).collect();
+        for i in 0..world.nodes.len() {
+            world.nodes[i].known = all.clone();
+            world.boot(i);
+        }
+        world.apply_initial_workloads();
+        world.expanded_faults = crate::faults::expand(&mut world);
+        world.checker.last_fault_end_ms = crate::faults::last_end_ms(&world.expanded_faults);
+        for (i, (at, _)) in world.expanded_faults.clone().iter().enumerate() {
+            world.schedule(*at, Event::Fault(i));
+        }
+        world.schedule(scenario.gossip.interval_ms, Event::Sample);
+        world
+    }
+
+    pub fn add_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        let width = self
+            .scenario
+            .fleet
+            .nodes
+            .max(i + 1)
+            .to_string()
+            .len()
+            .max(2);
+        let id =
+            NodeId::new(format!("node-{:0width$}", i + 1)).unwrap_or_else(|_| unreachable_id());
+        let mut labels = BTreeMap::new();
+        if !self.scenario.fleet.sites.is_empty() {
+            let site = &self.scenario.fleet.sites[i % self.scenario.fleet.sites.len()];
+            labels.insert("site".to_string(), site.clone());
+        }
+        self.nodes.push(SimNode {
+            hlc: Hlc::new(id.clone(), 5_000),
+            id: id.clone(),
+            labels,
+            capacity: Capacity {
+                cpu: Millicores(self.scenario.fleet.cpu_millicores),
+                memory: Bytes(self.scenario.fleet.memory_bytes),
+            },
+            power: Power::Crashed,
+            core: None,
+            disk: Disk::default(),
+            skew_ms: 0,
+            heartbeat: 0,
+            last_heard: BTreeMap::new(),
+            known: BTreeSet::new(),
+            view: FleetView::default(),
+            status: NodeStatus::default(),
+            status_version: 0,
+            peer_versions: BTreeMap::new(),
+            instances: BTreeMap::new(),
+            syncing: BTreeMap::new(),
+            minority_baseline: None,
+            held: Vec::new(),
+        });
+        self.index.insert(id, i);
+        i
+    }
+
+    /// Starts (or restarts) node `i` from its disk.
+    pub fn boot(&mut self, i: usize) {
+        let instance_base = self.next_instance;
+        self.next_instance += 1_000_000;
+        let node = &mut self.nodes[i];
+        node.power = Power::Up;
+        node.last_heard.clear();
+        node.peer_versions.clear();
+        node.syncing.clear();
+        node.instances.clear();
+        node.heartbeat += 1;
+        let resume = node.disk.desired.newest_timestamp().cloned();
+        node.hlc = match resume {
+            Some(t) => Hlc::resume(
+                Timestamp {
+                    node: node.id.clone(),
+                    ..t
+                },
+                5_000,
+            ),
+            None => Hlc::new(node.id.clone(), 5_000),
+        };
+        let mut config = CoreConfig::new(node.id.clone(), instance_base);
+        config.bug_minority_takes_over = self.bug_minority_takes_over;
+        let restored = Restored {
+            desired: node.disk.desired.clone(),
+            last_assignment: node.disk.assignment.clone(),
+            view: FleetView::default(),
+        };
+        node.core = Some(NodeCore::new(config, restored));
+        node.minority_baseline = Some(
+            node.disk
+                .assignment
+                .iter()
+                .map(|(r, _)| r.clone())
+                .collect(),
+        );
+        node.view = FleetView::default();
+        self.refresh_view(i);
+        let first_tick = self.now + self.rng.range(1, self.scenario.gossip.interval_ms);
+        self.schedule(first_tick, Event::GossipTick(i));
+    }
+
+    /// Stops node `i`: memory and processes are gone, the disk stays.
+    pub fn crash(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        node.power = Power::Crashed;
+        node.core = None;
+        node.instances.clear();
+        node.held.clear();
+    }
+
+    fn apply_initial_workloads(&mut self) {
+        let specs = self.scenario.workloads.clone();
+        for spec in specs {
+            self.write(0, spec);
+        }
+    }
+
+    /// An API write at node `i`: stored on its disk, then acknowledged.
+    pub fn write(&mut self, i: usize, spec: WorkloadSpec) {
+        let now = self.node_now(i);
+        let node = &mut self.nodes[i];
+        if node.power != Power::Up {
+            return;
+        }
+        let name = spec.name.clone();
+        let revision = match node.disk.desired.get(&name) {
+            Some(current) => current.next(spec),
+            None => Revision::first(spec),
+        };
+        let at = node.hlc.tick(now);
+        node.disk
+            .desired
+            .write(name.clone(), Some(revision), at.clone());
+        self.checker.acknowledge(name, at);
+        self.counters.writes += 1;
+        let desired = self.nodes[i].disk.desired.clone();
+        self.with_core(i, |core, now| core.handle_desired(now, desired));
+    }
+
+    pub fn schedule(&mut self, at: u64, event: Event) {
+        self.seq += 1;
+        self.queue.insert((at.max(self.now), self.seq), event);
+    }
+
+    /// The clock node `i` reads.
+    pub fn node_now(&self, i: usize) -> u64 {
+        (self.now as i64 + self.nodes[i].skew_ms).max(0) as u64
+    }
+
+    /// Runs until the scenario's end or the first invariant violation.
+    pub fn run(&mut self) -> Result<(), crate::Violation> {
+        let mut processed = 0u64;
+        while let Some(((at, _), event)) = self.queue.pop_first() {
+            if at > self.scenario.duration_ms {
+                break;
+            }
+            self.now = at;
+            processed += 1;
+            if processed > EVENTS_MAX {
+                return Err(self.violation("livelock", format!("more than {EVENTS_MAX} events")));
+            }
+            self.trace = mix64(self.trace ^ at.rotate_left(17) ^ event_code(&event));
+            self.handle(event);
+            if let Some(v) = self.checker.take_violation() {
+                return Err(self.violation(&v.0, v.1));
+            }
+        }
+        self.now = self.scenario.duration_ms;
+        crate::checks::final_checks(self);
+        match self.checker.take_violation() {
+            Some(v) => Err(self.violation(&v.0, v.1)),
+            None => Ok(()),
+        }
+    }
+
+    pub fn violation(&self, invariant: &str, detail: String) -> crate::Violation {
+        let trace = self
+            .log
+            .iter()
+            .rev()
+            .take(30)
+            .rev()
+            .map(|(t, s)| format!("{:>9.3}s  {s}", *t as f64 / 1000.0))
+            .collect();
+        crate::Violation {
+            invariant: invariant.to_string(),
+            at_ms: self.now,
+            detail,
+            trace,
+        }
+    }
+
+    pub fn note(&mut self, text: String) {
+        self.log.push((self.now, text));
+        if self.log.len() > 5_000 {
+            self.log.drain(..1_000);
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        let target = match &event {
+            Event::GossipTick(i)
+            | Event::CoreTimer(i)
+            | Event::Runtime(i, _)
+            | Event::Resume(i) => Some(*i),
+            Event::Deliver { to, .. } => Some(*to),
+            _ => None,
+        };
+        if let Some(i) = target {
+            match self.nodes[i].power {
+                Power::Crashed | Power::Gone => return,
+                Power::Paused { .. } if !matches!(event, Event::Resume(_)) => {
+                    self.nodes[i].held.push(event);
+                    return;
+                }
+                _ => {}
+            }
+        }
+        match event {
+            Event::GossipTick(i) => self.gossip_tick(i),
+            Event::Deliver { from, to, msg } => self.deliver(from, to, msg),
+            Event::CoreTimer(i) => self.with_core(i, |core, now| core.handle_timeout(now)),
+            Event::Runtime(i, ev) => self.runtime_event(i, ev),
+            Event::Fault(k) => crate::faults::apply(self, k),
+            Event::Resume(i) => self.resume(i),
+            Event::LinkToggle { a, b, down } => crate::faults::toggle_links(self, &a, &b, down),
+            Event::Sample => {
+                crate::checks::sample(self);
+                let next = self.now + self.scenario.gossip.interval_ms;
+                self.schedule(next, Event::Sample);
+            }
+        }
+    }
+
+    fn resume(&mut self, i: usize) {
+        if let Power::Paused { until_ms } = self.nodes[i].power
+            && until_ms <= self.now
+        {
+            self.nodes[i].power = Power::Up;
+            let held = std::mem::take(&mut self.nodes[i].held);
+            for event in held {
+                self.handle(event);
+            }
+        }
+    }
+
+    fn gossip_tick(&mut self, i: usize) {
+        self.nodes[i].heartbeat += 1;
+        let node = &mut self.nodes[i];
+        let root = node.disk.desired.digest().root();
+        let status_version = node.status_version;
+        let status = node.status.clone();
+        let peers: Vec<usize> = node.known.iter().copied().filter(|p| *p != i).collect();
+        for p in peers {
+            // Status rides along only when the peer has not seen this version (a real gossip
+            // layer sends deltas the same way).
+            let fresh = self.nodes[p].peer_versions.get(&i) != Some(&status_version);
+            let msg = Msg::Heartbeat {
+                status: fresh.then(|| (status_version, status.clone())),
+                root,
+            };
+            self.send(i, p, msg);
+        }
+        self.refresh_view(i);
+        let next = self.now + self.scenario.gossip.interval_ms;
+        self.schedule(next, Event::GossipTick(i));
+    }
+
+    pub fn send(&mut self, from: usize, to: usize, msg: Msg) {
+        self.counters.messages += 1;
+        self.counters.bytes += msg_bytes(&msg);
+        if self.blocked.contains(&(from, to)) || self.rng.chance(self.scenario.network.loss) {
+            return;
+        }
+        let (lo, hi) = self.scenario.network.latency_ms;
+        let at = self.now + self.rng.range(lo, hi);
+        if self.rng.chance(self.scenario.network.duplicate) {
+            let again = at + self.rng.range(lo, hi);
+            self.schedule(
+                again,
+                Event::Deliver {
+                    from,
+                    to,
+                    msg: msg.clone(),
+                },
+            );
+        }
+        self.schedule(at, Event::Deliver { from, to, msg });
+    }
+
+    fn deliver(&mut self, from: usize, to: usize, msg: Msg) {
+        let now = self.node_now(to);
+        match msg {
+            Msg::Heartbeat { status, root } => {
+                let node = &mut self.nodes[to];
+                node.last_heard.insert(from, now);
+                node.known.insert(from);
+                if let Some((version, status)) = status
+                    && node.peer_versions.get(&from).is_none_or(|v| *v < version)
+                {
+                    node.peer_versions.insert(from, version);
+                    let peer = self.nodes[from].id.clone();
+                    self.with_core(to, |core, now| core.handle_peer_status(now, peer, status));
+                }
+                let mine = self.nodes[to].disk.desired.digest();
+                let in_flight = self.nodes[to]
+                    .syncing
+                    .get(&from)
+                    .is_some_and(|since| now < since + 5_000);
+                if mine.root() != root && !in_flight {
+                    self.nodes[to].syncing.insert(from, now);
+                    let leaves = mine
+                        .level(starling_protocol::desired::digest::DIGEST_DEPTH)
+                        .to_vec();
+                    self.send(to, from, Msg::Peer(PeerMessage::DigestLeaves(leaves)));
+                }
+            }
+            Msg::Peer(PeerMessage::DigestLeaves(leaves)) => {
+                let theirs = Digest::from_buckets(&leaves);
+                let desired = &self.nodes[to].disk.desired;
+                let buckets = desired.digest().diff(&theirs);
+                let summary = desired.summary(&buckets);
+                self.send(to, from, Msg::Peer(PeerMessage::Summary(summary)));
+            }
+            Msg::Peer(PeerMessage::Summary(summary)) => {
+                let wanted = self.nodes[to].disk.desired.wanted(&summary);
+                if wanted.is_empty() {
+                    self.nodes[to].syncing.remove(&from);
+                } else {
+                    self.send(to, from, Msg::Peer(PeerMessage::Pull(wanted)));
+                }
+            }
+            Msg::Peer(PeerMessage::Pull(names)) => {
+                let entries = self.nodes[to].disk.desired.export(&names);
+                self.send(to, from, Msg::Peer(PeerMessage::Entries(entries)));
+            }
+            Msg::Peer(PeerMessage::Entries(entries)) => {
+                self.nodes[to].syncing.remove(&from);
+                let mut changed = false;
+                for entry in entries {
+                    // The clock check: a marker too far ahead is refused, as a real node would.
+                    if self.nodes[to]
+                        .hlc
+                        .update(&entry.register.marker, now)
+                        .is_err()
+                    {
+                        self.note(format!(
+                            "{} refused an entry from {}: clock drift",
+                            self.nodes[to].id, self.nodes[from].id
+                        ));
+                        continue;
+                    }
+                    changed |= self.nodes[to].disk.desired.merge_entry(entry);
+                }
+                if changed {
+                    let desired = self.nodes[to].disk.desired.clone();
+                    self.with_core(to, |core, now| core.handle_desired(now, desired));
+                }
+            }
+            Msg::Peer(_) => {}
+        }
+    }
+
+    /// Recomputes node `i`'s view from what it has heard, and tells its core if it changed.
+    pub fn refresh_view(&mut self, i: usize) {
+        let now = self.node_now(i);
+        let g = &self.scenario.gossip;
+        let node = &self.nodes[i];
+        let mut view = FleetView::default();
+        for &m in &node.known {
+            let other = &self.nodes[m];
+            if other.power == Power::Gone && m != i {
+                continue;
+            }
+            let liveness = if m == i {
+                Liveness::Alive
+            } else {
+                match node.last_heard.get(&m) {
+                    Some(t) if now.saturating_sub(*t) < g.suspect_after_ms => Liveness::Alive,
+                    Some(t) if now.saturating_sub(*t) < g.down_after_ms => Liveness::Suspect,
+                    _ => Liveness::Down,
+                }
+            };
+            view.nodes.insert(
+                other.id.clone(),
+                NodeView {
+                    id: other.id.clone(),
+                    labels: other.labels.clone(),
+                    arch: "x86_64".into(),
+                    runtimes: [RuntimeKind::Process, RuntimeKind::Docker].into(),
+                    capacity: other.capacity,
+                    weight: 1,
+                    liveness,
+                },
+            );
+        }
+        if view != self.nodes[i].view {
+            self.nodes[i].view = view.clone();
+            self.with_core(i, |core, now| core.handle_view(now, view));
+        }
+    }
+
+    fn runtime_event(&mut self, i: usize, event: RuntimeEvent) {
+        let current = |w: &World, r: &ReplicaId, instance: u64| {
+            w.nodes[i]
+                .instances
+                .get(r)
+                .is_some_and(|x| x.instance == instance)
+        };
+        match &event {
+            RuntimeEvent::Started { replica, instance } => {
+                if !current(self, replica, *instance) {
+                    return;
+                }
+                if let Some(x) = self.nodes[i].instances.get_mut(replica) {
+                    x.running = true;
+                }
+            }
+            RuntimeEvent::Exited {
+                replica, instance, ..
+            } => {
+                if !current(self, replica, *instance) {
+                    return;
+                }
+                self.nodes[i].instances.remove(replica);
+            }
+            RuntimeEvent::Health {
+                replica, instance, ..
+            } if !current(self, replica, *instance) => return,
+            _ => {}
+        }
+        self.with_core(i, |core, now| core.handle_runtime(now, event));
+    }
+
+    /// Calls node `i`'s core, then carries out its actions and re-arms its timer.
+    pub fn with_core(&mut self, i: usize, f: impl FnOnce(&mut NodeCore, u64)) {
+        let now = self.node_now(i);
+        let Some(core) = self.nodes[i].core.as_mut() else {
+            return;
+        };
+        f(core, now);
+        let mut actions = Vec::new();
+        while let Some(a) = core.poll_action() {
+            actions.push(a);
+        }
+        let deadline = core.poll_timeout();
+        for action in actions {
+            self.act(i, action);
+        }
+        if let Some(d) = deadline {
+            let skew = self.nodes[i].skew_ms;
+            let at = (d as i64 - skew).max(self.now as i64) as u64;
+            self.schedule(at, Event::CoreTimer(i));
+        }
+    }
+
+    fn act(&mut self, i: usize, action: Action) {
+        match action {
+            Action::Start {
+                replica,
+                instance,
+                spec,
+                ..
+            } => {
+                crate::checks::on_start(self, i, &replica, &spec);
+                self.counters.starts += 1;
+                if self.started_on.get(&replica).is_some_and(|n| *n != i) {
+                    self.counters.moved += 1;
+                }
+                self.started_on.insert(replica.clone(), i);
+                self.note(format!(
+                    "{} starts {}/{}",
+                    self.nodes[i].id, replica.workload, replica.index
+                ));
+                let has_health = spec.health.is_some();
+                self.nodes[i].instances.insert(
+                    replica.clone(),
+                    Instance {
+                        instance,
+                        running: false,
+                        spec: *spec,
+                    },
+                );
+                let (lo, hi) = self.scenario.runtime.start_delay_ms;
+                let at = self.now + self.rng.range(lo, hi);
+                self.schedule(
+                    at,
+                    Event::Runtime(
+                        i,
+                        RuntimeEvent::Started {
+                            replica: replica.clone(),
+                            instance,
+                        },
+                    ),
+                );
+                if has_health {
+                    let ok = RuntimeEvent::Health {
+                        replica: replica.clone(),
+                        instance,
+                        ok: true,
+                        detail: String::new(),
+                    };
+                    self.schedule(at + 50, Event::Runtime(i, ok));
+                }
+                self.maybe_crash_later(i, &replica, instance, at);
+            }
+            Action::Stop {
+                replica,
+                instance,
+                reason,
+            } => {
+                self.note(format!(
+                    "{} stops {}/{} ({reason})",
+                    self.nodes[i].id, replica.workload, replica.index
+                ));
+                let exited = RuntimeEvent::Exited {
+                    replica,
+                    instance,
+                    code: None,
+                    log_tail: Vec::new(),
+                };
+                self.schedule(self.now + 50, Event::Runtime(i, exited));
+            }
+            Action::Publish(status) => {
+                self.nodes[i].status = status;
+                self.nodes[i].status_version += 1;
+            }
+            Action::PersistAssignment(assignment) => self.nodes[i].disk.assignment = assignment,
+            Action::Event(event) => {
+                if let CoreEvent::MinoritySide { .. } = event {
+                    let baseline = self.nodes[i]
+                        .disk
+                        .assignment
+                        .iter()
+                        .map(|(r, _)| r.clone())
+                        .collect();
+                    self.nodes[i].minority_baseline = Some(baseline);
+                }
+                if let CoreEvent::MajorityRegained { .. } = event {
+                    self.nodes[i].minority_baseline = None;
+                }
+                self.note(format!("{}: {event:?}", self.nodes[i].id));
+            }
+        }
+    }
+
+    fn maybe_crash_later(&mut self, i: usize, replica: &ReplicaId, instance: u64, started_at: u64) {
+        let rate = self.scenario.runtime.crash_rate_per_hour;
+        if rate <= 0.0 {
+            return;
+        }
+        // Exponential lifetime from a uniform draw: -ln(u) / rate hours.
+        let u = ((self.rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        let life_ms = (-u.ln() / rate * 3_600_000.0) as u64;
+        if started_at + life_ms < self.scenario.duration_ms {
+            let crash = RuntimeEvent::Exited {
+                replica: replica.clone(),
+                instance,
+                code: Some(1),
+                log_tail: vec!["simulated crash".into()],
+            };
+            self.schedule(started_at + life_ms, Event::Runtime(i, crash));
+        }
+    }
+
+    /// Nodes that are up (not crashed, paused or gone).
+    pub fn up(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.nodes.len()).filter(|i| self.nodes[*i].power == Power::Up)
+    }
+
+    /// The name of a workload, for selectors.
+    pub fn workload(name: &str) -> Option<WorkloadName> {
+        WorkloadName::new(name).ok()
+    }
+}
+
+fn unreachable_id() -> NodeId {
+    // Generated ids are always valid; this keeps the code free of a panic path anyway.
+    NodeId::new("node-x").unwrap_or_else(|_| unreachable_id())
+}
+
+fn event_code(event: &Event) -> u64 {
+    match event {
+        Event::GossipTick(i) => 1 | (*i as u64) << 8,
+        Event::Deliver { from, to, .. } => 2 | (*from as u64) << 8 | (*to as u64) << 32,
+        Event::CoreTimer(i) => 3 | (*i as u64) << 8,
+        Event::Runtime(i, _) => 4 | (*i as u64) << 8,
+        Event::Fault(k) => 5 | (*k as u64) << 8,
+        Event::Resume(i) => 6 | (*i as u64) << 8,
+        Event::LinkToggle { down, .. } => 7 | u64::from(*down) << 8,
+        Event::Sample => 8,
+    }
+}
+
+/// Encoded size of a message, for the bytes-per-node figure.
+fn msg_bytes(msg: &Msg) -> u64 {
+    let len = match msg {
+        Msg::Heartbeat { status, .. } => {
+            8 + 16
+                + status.as_ref().map_or(0, |(_, s)| {
+                    postcard::to_allocvec(s).map_or(0, |b| b.len() + 8)
+                })
+        }
+        Msg::Peer(m) => postcard::to_allocvec(m).map_or(0, |b| b.len()),
+    };
+    len as u64 + 28 // UDP/IP header
+}
