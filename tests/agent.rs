@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_starling");
@@ -75,10 +76,7 @@ impl Agent {
     /// Stops the agent with SIGTERM (workloads keep running) and waits for it.
     fn terminate(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
+            signal(i64::from(child.id()), Signal::SIGTERM);
             let _ = child.wait();
         }
     }
@@ -91,11 +89,23 @@ impl Drop for Agent {
             let _ = child.wait();
         }
         for pid in all_pids(&self.dir) {
-            let _ = Command::new("kill")
-                .arg("-KILL")
-                .arg(format!("-{pid}"))
-                .status();
+            // Each workload leads its own process group: end the whole group.
+            if let Ok(pid) = i32::try_from(pid)
+                && pid > 1
+            {
+                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+            }
         }
+    }
+}
+
+/// Signals one process, through the system call: the `kill` program parses a negative pid as
+/// an option on some systems and can end up signalling every process (-1).
+fn signal(pid: i64, sig: Signal) {
+    if let Ok(pid) = i32::try_from(pid)
+        && pid > 1
+    {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
     }
 }
 
@@ -175,10 +185,7 @@ fn an_applied_workload_runs_and_a_killed_process_comes_back() {
         pid_of(&dir, "sleeper", 0)
     });
     assert!(alive(pid));
-    Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .expect("kill");
+    signal(pid, Signal::SIGKILL);
     let new_pid = wait_for("the replica to come back", Duration::from_secs(15), || {
         let r = agent.replica("sleeper", 0)?;
         let p = pid_of(&dir, "sleeper", 0)?;

@@ -127,7 +127,7 @@ fn singleton_health_and_secret_rules() {
 #[test]
 fn ports_arch_and_labels_rules() {
     let e = errors(
-        "name = \"a\"\ncommand = \"x\"\n[[ports]]\nname = \"h\"\nport = 80\nhost_port = 8080\n[[ports]]\nname = \"h\"\nport = 81\nhost_port = 8080\n",
+        "name = \"a\"\nruntime = \"docker\"\nimage = \"x\"\n[[ports]]\nname = \"h\"\nport = 80\nhost_port = 8080\n[[ports]]\nname = \"h\"\nport = 81\nhost_port = 8080\n",
     );
     assert_eq!(
         e,
