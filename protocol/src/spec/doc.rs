@@ -156,7 +156,7 @@ impl SpecDoc {
         let mut doc: SpecDoc = serde_ignored::deserialize(deserializer, |path| {
             unknown.push(field_path(&path.to_string()))
         })
-        .map_err(|e| SpecErrors::single("", e.to_string().trim().to_string()))?;
+        .map_err(|e| SpecErrors::single("", plain_types(e.to_string().trim(), "a table")))?;
         doc.unknown_fields = unknown;
         Ok(doc)
     }
@@ -168,12 +168,39 @@ impl SpecDoc {
         let mut doc: SpecDoc = serde_ignored::deserialize(&mut deserializer, |path| {
             unknown.push(field_path(&path.to_string()))
         })
-        .map_err(|e| SpecErrors::single("", format!("not valid JSON: {e}")))?;
+        .map_err(|e| {
+            SpecErrors::single(
+                "",
+                format!(
+                    "not valid JSON: {}",
+                    plain_types(&e.to_string(), "an object")
+                ),
+            )
+        })?;
         deserializer
             .end()
             .map_err(|e| SpecErrors::single("", format!("not valid JSON: {e}")))?;
         doc.unknown_fields = unknown;
         Ok(doc)
+    }
+}
+
+/// Replaces the Rust type names serde puts in a type error (`expected i64`, `expected struct
+/// HealthDoc`) with what an operator writes instead; `table` is what a section is called in
+/// the document's format.
+fn plain_types(message: &str, table: &str) -> String {
+    let message = message
+        .replace("expected i64", "expected a whole number")
+        .replace("expected a sequence", "expected a list")
+        .replace("expected a map", &format!("expected {table}"));
+    match message.split_once("expected struct ") {
+        Some((before, rest)) => {
+            let name_end = rest
+                .find(|ch: char| !ch.is_ascii_alphanumeric())
+                .unwrap_or(rest.len());
+            format!("{before}expected {table}{}", &rest[name_end..])
+        }
+        None => message,
     }
 }
 

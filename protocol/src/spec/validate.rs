@@ -67,7 +67,7 @@ impl SpecDoc {
         let partition = c.take("partition", parse_partition(self.partition.as_deref()));
         let resources = resources(&mut c, self.resources.as_ref());
         let constraints = constraints(&mut c, self.constraints.as_ref());
-        let ports = ports(&mut c, self.ports.as_deref().unwrap_or_default());
+        let ports = ports(&mut c, self.ports.as_deref().unwrap_or_default(), runtime);
         let env = env(&mut c, self.env.as_ref());
         let (configs, secrets) = configs_and_secrets(&mut c, self);
         let port_names: Vec<&str> = self
@@ -347,7 +347,13 @@ pub(crate) fn check_label_key(key: &str) -> Result<(), String> {
     }
 }
 
-fn ports(c: &mut Collector, docs: &[PortDoc]) -> Option<Vec<PortSpec>> {
+/// `runtime` is `None` when it is itself invalid; the ports are then checked as a container's.
+fn ports(
+    c: &mut Collector,
+    docs: &[PortDoc],
+    runtime: Option<RuntimeKind>,
+) -> Option<Vec<PortSpec>> {
+    let is_process = runtime == Some(RuntimeKind::Process);
     let mut out = Vec::new();
     let mut ok = true;
     let mut names = BTreeSet::new();
@@ -402,11 +408,35 @@ fn ports(c: &mut Collector, docs: &[PortDoc]) -> Option<Vec<PortSpec>> {
                 None
             }
         };
-        if let (Some(hp), Some(proto)) = (host_port, protocol)
-            && !host_ports.insert((hp, proto))
+        // A process listens on `port` itself: nothing maps it, so a different host port could
+        // never be honoured, and `port` is what it binds on the node (`WorkloadSpec::host_ports`).
+        if is_process
+            && let (Some(hp), Some(p)) = (host_port, port)
+            && hp != p
         {
             c.push(
                 format!("{path}.host_port"),
+                format!(
+                    "must equal port ({p}) or be left out: a process listens on its port directly, got {hp}"
+                ),
+            );
+            ok = false;
+        }
+        let bound = if is_process {
+            host_port.or(port)
+        } else {
+            host_port
+        };
+        if let (Some(hp), Some(proto)) = (bound, protocol)
+            && !host_ports.insert((hp, proto))
+        {
+            let field = if host_port.is_some() {
+                "host_port"
+            } else {
+                "port"
+            };
+            c.push(
+                format!("{path}.{field}"),
                 format!("{hp} is used by an earlier port"),
             );
             ok = false;
@@ -467,28 +497,49 @@ fn check_env_name(key: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Also checks that no two of them write the same file, and that a secret's variable is not
+/// also set in `[env]` or by another secret: either would leave the workload with one value
+/// and no way to tell which.
 fn configs_and_secrets(
     c: &mut Collector,
     doc: &SpecDoc,
 ) -> (Option<Vec<ConfigRef>>, Option<Vec<SecretRef>>) {
+    let mut files = BTreeSet::new();
     let mut configs = Some(Vec::new());
     for (i, cfg) in doc.configs.iter().flatten().enumerate() {
         let name = object_name(c, &format!("configs[{i}].name"), cfg.name.as_ref());
-        let path = abs_path(c, &format!("configs[{i}].path"), cfg.path.as_ref(), true);
+        let field = format!("configs[{i}].path");
+        let path = abs_path(c, &field, cfg.path.as_ref(), true)
+            .filter(|_| unique_file(c, &field, cfg.path.as_deref(), &mut files));
         match (name, path, configs.as_mut()) {
             (Some(name), Some(Some(path)), Some(list)) => list.push(ConfigRef { name, path }),
             _ => configs = None,
         }
     }
+    let mut vars = BTreeSet::new();
     let mut secrets = Some(Vec::new());
     for (i, s) in doc.secrets.iter().flatten().enumerate() {
         let path_prefix = format!("secrets[{i}]");
         let name = object_name(c, &format!("{path_prefix}.name"), s.name.as_ref());
-        let path = abs_path(c, &format!("{path_prefix}.path"), s.path.as_ref(), false);
+        let field = format!("{path_prefix}.path");
+        let path = abs_path(c, &field, s.path.as_ref(), false)
+            .filter(|_| unique_file(c, &field, s.path.as_deref(), &mut files));
         let env_ok = match &s.env {
-            Some(e) => c
-                .take(&format!("{path_prefix}.env"), check_env_name(e))
-                .is_some(),
+            Some(e) => {
+                let reason = match check_env_name(e) {
+                    Err(reason) => Some(reason),
+                    Ok(()) if doc.env.as_ref().is_some_and(|m| m.contains_key(e)) => Some(format!(
+                        "{e:?} is also set in [env]; a variable can take only one value"
+                    )),
+                    Ok(()) if !vars.insert(e.as_str()) => {
+                        Some(format!("{e:?} is used by an earlier secret"))
+                    }
+                    Ok(()) => None,
+                };
+                reason
+                    .map(|r| c.push(format!("{path_prefix}.env"), r))
+                    .is_none()
+            }
             None => true,
         };
         if s.env.is_none() && s.path.is_none() {
@@ -511,6 +562,25 @@ fn configs_and_secrets(
         }
     }
     (configs, secrets)
+}
+
+/// Records `path` (an optional file a config or secret is written to), refusing a repeat.
+fn unique_file<'a>(
+    c: &mut Collector,
+    field: &str,
+    path: Option<&'a str>,
+    files: &mut BTreeSet<&'a str>,
+) -> bool {
+    match path {
+        Some(p) if !files.insert(p) => {
+            c.push(
+                field,
+                format!("{p:?} is used by an earlier config or secret"),
+            );
+            false
+        }
+        _ => true,
+    }
 }
 
 fn object_name(c: &mut Collector, path: &str, name: Option<&String>) -> Option<String> {
