@@ -199,6 +199,7 @@ fn converged(world: &World) -> Result<(), String> {
     let Some(&first) = up.first() else {
         return Ok(());
     };
+    // The true digests, not the model's cached roots: the invariant must not trust the model.
     let root = world.nodes[first].disk.desired.digest().root();
     if let Some(&i) = up
         .iter()

@@ -36,10 +36,30 @@ pub(crate) enum Power {
 }
 
 /// What a node keeps across a crash.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct Disk {
     pub desired: DesiredState,
     pub assignment: Vec<(ReplicaId, u64)>,
+    /// The desired state's digest root, kept current by `refresh_root` (every heartbeat
+    /// compares it, and building the tree for each would dominate the run).
+    pub root: u128,
+}
+
+impl Default for Disk {
+    fn default() -> Self {
+        let desired = DesiredState::new();
+        Disk {
+            root: desired.digest().root(),
+            desired,
+            assignment: Vec::new(),
+        }
+    }
+}
+
+impl Disk {
+    pub fn refresh_root(&mut self) {
+        self.root = self.desired.digest().root();
+    }
 }
 
 /// A replica instance as the simulated runtime sees it.
@@ -310,6 +330,7 @@ impl<'s> World<'s> {
         node.disk
             .desired
             .write(name.clone(), Some(revision), at.clone());
+        node.disk.refresh_root();
         self.checker.acknowledge(name, at);
         self.counters.writes += 1;
         let desired = self.nodes[i].disk.desired.clone();
@@ -426,7 +447,7 @@ impl<'s> World<'s> {
     fn gossip_tick(&mut self, i: usize) {
         self.nodes[i].heartbeat += 1;
         let node = &mut self.nodes[i];
-        let root = node.disk.desired.digest().root();
+        let root = node.disk.root;
         let status_version = node.status_version;
         let status = node.status.clone();
         let peers: Vec<usize> = node.known.iter().copied().filter(|p| *p != i).collect();
@@ -481,13 +502,13 @@ impl<'s> World<'s> {
                     let peer = self.nodes[from].id.clone();
                     self.with_core(to, |core, now| core.handle_peer_status(now, peer, status));
                 }
-                let mine = self.nodes[to].disk.desired.digest();
                 let in_flight = self.nodes[to]
                     .syncing
                     .get(&from)
                     .is_some_and(|since| now < since + 5_000);
-                if mine.root() != root && !in_flight {
+                if self.nodes[to].disk.root != root && !in_flight {
                     self.nodes[to].syncing.insert(from, now);
+                    let mine = self.nodes[to].disk.desired.digest();
                     let leaves = mine
                         .level(starling_protocol::desired::digest::DIGEST_DEPTH)
                         .to_vec();
@@ -532,6 +553,7 @@ impl<'s> World<'s> {
                     changed |= self.nodes[to].disk.desired.merge_entry(entry);
                 }
                 if changed {
+                    self.nodes[to].disk.refresh_root();
                     let desired = self.nodes[to].disk.desired.clone();
                     self.with_core(to, |core, now| core.handle_desired(now, desired));
                 }
