@@ -1,0 +1,369 @@
+//! The failure detector state machine (sans-IO).
+//!
+//! Call order: [`Detector::handle_members`] whenever membership changes, feed every probe
+//! message with [`Detector::handle_message`] and every gossiped verdict with
+//! [`Detector::handle_verdict`], call [`Detector::handle_timeout`] at
+//! [`Detector::poll_timeout`], and send what [`Detector::poll_transmit`] yields. Time comes in
+//! as `now_ms`; no clocks, sockets or randomness.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use starling_protocol::NodeId;
+use starling_protocol::placement::Liveness;
+use starling_protocol::wire::PeerMessage;
+
+use super::watchers_of;
+
+/// Settings. Defaults suit a LAN: with 3 watchers each probing every 250 ms, a dead node is
+/// suspected within about 0.6 s (a direct and an indirect probe failed) and declared down once
+/// it stayed unreachable for 1 s more; suspicion alone moves nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DetectorConfig {
+    /// Watchers per node.
+    pub watchers: usize,
+    /// Time between probes of one watchee.
+    pub probe_interval_ms: u64,
+    /// Wait for a direct ack before asking helpers.
+    pub probe_timeout_ms: u64,
+    /// Helpers asked to probe indirectly.
+    pub indirect_helpers: usize,
+    /// Wait for an indirect ack before the probe counts as failed.
+    pub indirect_timeout_ms: u64,
+    /// Failed probes in a row before the watchee is suspected.
+    pub suspect_after_probes: u32,
+    /// Unreachable this long (since its first failed probe) before it is declared down.
+    pub down_after_ms: u64,
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        DetectorConfig {
+            watchers: 3,
+            probe_interval_ms: 250,
+            probe_timeout_ms: 100,
+            indirect_helpers: 2,
+            indirect_timeout_ms: 250,
+            suspect_after_probes: 1,
+            down_after_ms: 1_000,
+        }
+    }
+}
+
+/// A watcher's judgement of a node, at the node's incarnation it judged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// The node judged.
+    pub node: NodeId,
+    /// What the watcher concluded.
+    pub state: Liveness,
+    /// The node's incarnation when judged; a higher incarnation from the node refutes it.
+    pub incarnation: u64,
+    /// Who judged.
+    pub watcher: NodeId,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Probe {
+    /// The outstanding probe: its seq and deadline, and whether helpers were asked already.
+    pending: Option<(u64, u64, bool)>,
+    next_at_ms: u64,
+    failures: u32,
+    failing_since_ms: Option<u64>,
+    state: Option<Liveness>,
+}
+
+/// The failure detector of one node. See the module docs.
+#[derive(Debug)]
+pub struct Detector {
+    config: DetectorConfig,
+    me: NodeId,
+    incarnation: u64,
+    members: BTreeSet<NodeId>,
+    incarnations: BTreeMap<NodeId, u64>,
+    /// Probes of the nodes this node watches.
+    probes: BTreeMap<NodeId, Probe>,
+    /// Verdicts heard from watchers: node -> watcher -> verdict.
+    heard: BTreeMap<NodeId, BTreeMap<NodeId, Verdict>>,
+    /// Indirect probes run for others: our seq -> (requester, their seq).
+    relays: BTreeMap<u64, (NodeId, u64)>,
+    seq: u64,
+    outbox: VecDeque<(NodeId, PeerMessage)>,
+    verdicts_out: VecDeque<Verdict>,
+}
+
+impl Detector {
+    /// A detector for `me`, starting at `incarnation` (pass a value that grows across restarts).
+    pub fn new(config: DetectorConfig, me: NodeId, incarnation: u64) -> Self {
+        Detector {
+            config,
+            me,
+            incarnation,
+            members: BTreeSet::new(),
+            incarnations: BTreeMap::new(),
+            probes: BTreeMap::new(),
+            heard: BTreeMap::new(),
+            relays: BTreeMap::new(),
+            seq: 0,
+            outbox: VecDeque::new(),
+            verdicts_out: VecDeque::new(),
+        }
+    }
+
+    /// This node's incarnation (gossip it; it refutes suspicion).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// The members (including this node) changed: recompute whom this node watches.
+    pub fn handle_members(&mut self, now_ms: u64, members: BTreeSet<NodeId>) {
+        self.members = members;
+        self.members.insert(self.me.clone());
+        let k = self.config.watchers;
+        let mine: BTreeSet<NodeId> = self
+            .members
+            .iter()
+            .filter(|m| **m != self.me && watchers_of(m, &self.members, k).contains(&self.me))
+            .cloned()
+            .collect();
+        self.probes.retain(|n, _| mine.contains(n));
+        for node in mine {
+            self.probes.entry(node).or_insert_with(|| Probe {
+                next_at_ms: now_ms,
+                ..Probe::default()
+            });
+        }
+        self.heard.retain(|n, _| self.members.contains(n));
+    }
+
+    /// A peer's incarnation, as gossiped. A higher one refutes older verdicts about it.
+    pub fn handle_incarnation(&mut self, node: &NodeId, incarnation: u64) {
+        let known = self.incarnations.entry(node.clone()).or_insert(0);
+        *known = (*known).max(incarnation);
+    }
+
+    /// A probe message from `from`.
+    pub fn handle_message(&mut self, now_ms: u64, from: &NodeId, message: &PeerMessage) {
+        match message {
+            PeerMessage::Ping { seq } => self
+                .outbox
+                .push_back((from.clone(), PeerMessage::Ack { seq: *seq })),
+            PeerMessage::PingReq { target, seq } => {
+                self.seq += 1;
+                self.relays.insert(self.seq, (from.clone(), *seq));
+                self.outbox
+                    .push_back((target.clone(), PeerMessage::Ping { seq: self.seq }));
+            }
+            PeerMessage::Ack { seq } => {
+                if let Some((requester, their_seq)) = self.relays.remove(seq) {
+                    self.outbox
+                        .push_back((requester, PeerMessage::Ack { seq: their_seq }));
+                    return;
+                }
+                let watchee = self
+                    .probes
+                    .iter()
+                    .find(|(_, p)| p.pending.is_some_and(|(s, _, _)| s == *seq))
+                    .map(|(n, _)| n.clone());
+                if let Some(node) = watchee {
+                    self.on_alive(now_ms, &node);
+                }
+            }
+            _ => {}
+        }
+        let _ = now_ms;
+    }
+
+    /// A verdict gossiped by a watcher. A verdict about this node is refuted at once by raising
+    /// the incarnation.
+    pub fn handle_verdict(&mut self, verdict: Verdict) {
+        if verdict.node == self.me {
+            if verdict.state != Liveness::Alive && verdict.incarnation >= self.incarnation {
+                self.incarnation = verdict.incarnation + 1;
+            }
+            return;
+        }
+        if self.members.contains(&verdict.node) {
+            self.heard
+                .entry(verdict.node.clone())
+                .or_default()
+                .insert(verdict.watcher.clone(), verdict);
+        }
+    }
+
+    /// Time passed.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        let nodes: Vec<NodeId> = self.probes.keys().cloned().collect();
+        for node in nodes {
+            self.advance_probe(now_ms, &node);
+        }
+    }
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<(NodeId, PeerMessage)> {
+        self.outbox.pop_front()
+    }
+
+    /// The next verdict this node reached, to gossip and to push to the nodes taking over.
+    pub fn poll_verdict(&mut self) -> Option<Verdict> {
+        self.verdicts_out.pop_front()
+    }
+
+    /// When [`Detector::handle_timeout`] is next needed.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.probes
+            .values()
+            .map(|p| p.pending.map_or(p.next_at_ms, |(_, deadline, _)| deadline))
+            .min()
+    }
+
+    /// How this node sees `node`: its own verdict if it watches it, otherwise its watchers'
+    /// verdicts (down when a majority of them say down; suspect when any says so), ignoring
+    /// verdicts refuted by a newer incarnation.
+    pub fn liveness(&self, node: &NodeId) -> Liveness {
+        if *node == self.me {
+            return Liveness::Alive;
+        }
+        if let Some(state) = self.probes.get(node).and_then(|p| p.state) {
+            return state;
+        }
+        let watchers = watchers_of(node, &self.members, self.config.watchers);
+        let current = self.incarnations.get(node).copied().unwrap_or(0);
+        let heard = self.heard.get(node);
+        let verdict_of = |w: &NodeId| {
+            heard
+                .and_then(|h| h.get(w))
+                .filter(|v| v.incarnation >= current)
+                .map(|v| v.state)
+        };
+        let downs = watchers
+            .iter()
+            .filter(|w| verdict_of(w) == Some(Liveness::Down))
+            .count();
+        let suspects = watchers
+            .iter()
+            .filter(|w| verdict_of(w) == Some(Liveness::Suspect))
+            .count();
+        if !watchers.is_empty() && 2 * downs > watchers.len() {
+            Liveness::Down
+        } else if downs + suspects > 0 {
+            Liveness::Suspect
+        } else {
+            Liveness::Alive
+        }
+    }
+
+    fn advance_probe(&mut self, now_ms: u64, node: &NodeId) {
+        let Some(probe) = self.probes.get(node).cloned() else {
+            return;
+        };
+        match probe.pending {
+            None if now_ms >= probe.next_at_ms => {
+                self.seq += 1;
+                let deadline = now_ms + self.config.probe_timeout_ms;
+                self.set_pending(node, Some((self.seq, deadline, false)));
+                self.outbox
+                    .push_back((node.clone(), PeerMessage::Ping { seq: self.seq }));
+            }
+            Some((seq, deadline, false)) if now_ms >= deadline => {
+                // No direct answer: ask helpers before suspecting, so one bad link is not enough.
+                let helpers = self.helpers_for(node);
+                for helper in &helpers {
+                    self.outbox.push_back((
+                        helper.clone(),
+                        PeerMessage::PingReq {
+                            target: node.clone(),
+                            seq,
+                        },
+                    ));
+                }
+                let wait = if helpers.is_empty() {
+                    0
+                } else {
+                    self.config.indirect_timeout_ms
+                };
+                self.set_pending(node, Some((seq, now_ms + wait, true)));
+            }
+            Some((_, deadline, true)) if now_ms >= deadline => self.on_failed(now_ms, node),
+            _ => {}
+        }
+    }
+
+    fn set_pending(&mut self, node: &NodeId, pending: Option<(u64, u64, bool)>) {
+        if let Some(p) = self.probes.get_mut(node) {
+            p.pending = pending;
+        }
+    }
+
+    /// Helpers for an indirect probe: the members ranked next after this node as watchers of
+    /// `node` (deterministic, and spread over the fleet).
+    fn helpers_for(&self, node: &NodeId) -> Vec<NodeId> {
+        let ranked = watchers_of(node, &self.members, self.members.len());
+        ranked
+            .into_iter()
+            .filter(|m| *m != self.me)
+            .take(self.config.indirect_helpers)
+            .collect()
+    }
+
+    fn on_alive(&mut self, now_ms: u64, node: &NodeId) {
+        let interval = self.config.probe_interval_ms;
+        let changed = {
+            let Some(p) = self.probes.get_mut(node) else {
+                return;
+            };
+            p.pending = None;
+            p.next_at_ms = now_ms + interval;
+            p.failures = 0;
+            p.failing_since_ms = None;
+            let changed = p.state != Some(Liveness::Alive);
+            p.state = Some(Liveness::Alive);
+            changed
+        };
+        if changed {
+            self.publish(node, Liveness::Alive);
+        }
+    }
+
+    fn on_failed(&mut self, now_ms: u64, node: &NodeId) {
+        let (interval, suspect_after, down_after) = (
+            self.config.probe_interval_ms,
+            self.config.suspect_after_probes,
+            self.config.down_after_ms,
+        );
+        let new_state = {
+            let Some(p) = self.probes.get_mut(node) else {
+                return;
+            };
+            p.pending = None;
+            p.next_at_ms = now_ms + interval;
+            p.failures += 1;
+            let since = *p.failing_since_ms.get_or_insert(now_ms);
+            let state = if now_ms >= since + down_after {
+                Liveness::Down
+            } else if p.failures >= suspect_after {
+                Liveness::Suspect
+            } else {
+                p.state.unwrap_or(Liveness::Alive)
+            };
+            let changed = p.state != Some(state);
+            p.state = Some(state);
+            changed.then_some(state)
+        };
+        if let Some(state) = new_state {
+            self.publish(node, state);
+        }
+    }
+
+    fn publish(&mut self, node: &NodeId, state: Liveness) {
+        let incarnation = self.incarnations.get(node).copied().unwrap_or(0);
+        self.verdicts_out.push_back(Verdict {
+            node: node.clone(),
+            state,
+            incarnation,
+            watcher: self.me.clone(),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,239 @@
+//! Detectors wired together over an in-memory network with cuttable links, in virtual time.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::*;
+
+fn id(n: usize) -> NodeId {
+    NodeId::new(format!("n{n:02}")).expect("valid id")
+}
+
+struct Net {
+    nodes: BTreeMap<NodeId, Detector>,
+    /// Nodes that are down (answer nothing, send nothing).
+    dead: BTreeSet<NodeId>,
+    /// Directed links that drop messages.
+    cut: BTreeSet<(NodeId, NodeId)>,
+    now: u64,
+    messages: u64,
+}
+
+impl Net {
+    fn new(n: usize) -> Self {
+        let members: BTreeSet<NodeId> = (0..n).map(id).collect();
+        let mut nodes = BTreeMap::new();
+        for m in &members {
+            let mut d = Detector::new(DetectorConfig::default(), m.clone(), 1);
+            d.handle_members(0, members.clone());
+            nodes.insert(m.clone(), d);
+        }
+        Net {
+            nodes,
+            dead: BTreeSet::new(),
+            cut: BTreeSet::new(),
+            now: 0,
+            messages: 0,
+        }
+    }
+
+    /// Delivers every queued message (instantly) and gossips every verdict to everyone alive.
+    fn pump(&mut self) {
+        for _ in 0..10_000 {
+            let mut moved = false;
+            let ids: Vec<NodeId> = self.nodes.keys().cloned().collect();
+            for from in &ids {
+                let mut out = Vec::new();
+                let mut verdicts = Vec::new();
+                let d = self.nodes.get_mut(from).expect("node");
+                while let Some(t) = d.poll_transmit() {
+                    out.push(t);
+                }
+                while let Some(v) = d.poll_verdict() {
+                    verdicts.push(v);
+                }
+                if self.dead.contains(from) {
+                    continue;
+                }
+                for (to, msg) in out {
+                    moved = true;
+                    self.messages += 1;
+                    if self.dead.contains(&to) || self.cut.contains(&(from.clone(), to.clone())) {
+                        continue;
+                    }
+                    let now = self.now;
+                    self.nodes
+                        .get_mut(&to)
+                        .expect("node")
+                        .handle_message(now, from, &msg);
+                }
+                for v in verdicts {
+                    moved = true;
+                    for to in &ids {
+                        if !self.dead.contains(to) && to != from {
+                            self.nodes
+                                .get_mut(to)
+                                .expect("node")
+                                .handle_verdict(v.clone());
+                        }
+                    }
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("messages did not quiesce");
+    }
+
+    fn run_until(&mut self, until: u64) {
+        loop {
+            let next = self
+                .nodes
+                .iter()
+                .filter(|(n, _)| !self.dead.contains(*n))
+                .filter_map(|(_, d)| d.poll_timeout())
+                .min();
+            match next {
+                Some(t) if t <= until => {
+                    self.now = t.max(self.now);
+                    let now = self.now;
+                    for (n, d) in self.nodes.iter_mut() {
+                        if !self.dead.contains(n) {
+                            d.handle_timeout(now);
+                        }
+                    }
+                    self.pump();
+                }
+                _ => break,
+            }
+        }
+        self.now = until;
+    }
+
+    fn seen_by_all(&self, node: &NodeId) -> BTreeSet<Liveness> {
+        self.nodes
+            .iter()
+            .filter(|(n, _)| !self.dead.contains(*n) && *n != node)
+            .map(|(_, d)| d.liveness(node))
+            .collect()
+    }
+}
+
+#[test]
+fn every_node_has_exactly_k_watchers_and_they_are_stable() {
+    let members: Vec<NodeId> = (0..20).map(id).collect();
+    for m in &members {
+        let w = watchers_of(m, &members, 3);
+        assert_eq!(w.len(), 3);
+        assert!(!w.contains(m));
+    }
+    // Removing a node changes only the watcher sets it was part of.
+    let fewer: Vec<NodeId> = members.iter().filter(|m| **m != id(7)).cloned().collect();
+    for m in fewer.iter() {
+        let before = watchers_of(m, &members, 3);
+        let after = watchers_of(m, &fewer, 3);
+        if !before.contains(&id(7)) {
+            assert_eq!(before, after);
+        }
+    }
+}
+
+#[test]
+fn a_dead_node_is_suspected_then_declared_down_by_everyone() {
+    let mut net = Net::new(10);
+    net.run_until(2_000);
+    assert_eq!(net.seen_by_all(&id(4)), [Liveness::Alive].into());
+    net.dead.insert(id(4));
+    let died = net.now;
+    net.run_until(died + 700);
+    assert!(
+        net.seen_by_all(&id(4)).contains(&Liveness::Suspect),
+        "suspected after one failed probe round"
+    );
+    assert!(
+        !net.seen_by_all(&id(4)).contains(&Liveness::Down),
+        "not down yet"
+    );
+    net.run_until(died + 2_500);
+    assert_eq!(
+        net.seen_by_all(&id(4)),
+        [Liveness::Down].into(),
+        "declared down everywhere"
+    );
+    assert_eq!(
+        net.seen_by_all(&id(3)),
+        [Liveness::Alive].into(),
+        "the others stay alive"
+    );
+}
+
+#[test]
+fn a_single_bad_link_is_bridged_by_indirect_probes() {
+    let mut net = Net::new(8);
+    net.run_until(1_000);
+    let target = id(5);
+    let watcher = watchers_of(&target, net.nodes.keys(), 3)[0].clone();
+    net.cut.insert((watcher.clone(), target.clone()));
+    net.cut.insert((target.clone(), watcher.clone()));
+    net.run_until(20_000);
+    assert_eq!(
+        net.nodes[&watcher].liveness(&target),
+        Liveness::Alive,
+        "helpers vouch for it"
+    );
+    assert_eq!(net.seen_by_all(&target), [Liveness::Alive].into());
+}
+
+#[test]
+fn probing_cost_per_node_does_not_grow_with_the_fleet() {
+    let per_node_per_second = |n: usize| {
+        let mut net = Net::new(n);
+        net.run_until(10_000);
+        net.messages as f64 / n as f64 / 10.0
+    };
+    let (small, large) = (per_node_per_second(10), per_node_per_second(60));
+    assert!(
+        large <= small * 1.2,
+        "{small} vs {large} messages per node per second"
+    );
+}
+
+#[test]
+fn a_suspected_node_refutes_with_a_higher_incarnation() {
+    let mut net = Net::new(6);
+    net.run_until(1_000);
+    let target = id(2);
+    let watcher = watchers_of(&target, net.nodes.keys(), 3)[0].clone();
+    let stale = Verdict {
+        node: target.clone(),
+        state: Liveness::Suspect,
+        incarnation: 1,
+        watcher: watcher.clone(),
+    };
+    let bystander = net
+        .nodes
+        .keys()
+        .find(|n| **n != target && !watchers_of(&target, net.nodes.keys(), 3).contains(n))
+        .cloned()
+        .expect("a bystander");
+    net.nodes
+        .get_mut(&bystander)
+        .expect("node")
+        .handle_verdict(stale.clone());
+    assert_eq!(net.nodes[&bystander].liveness(&target), Liveness::Suspect);
+    net.nodes
+        .get_mut(&target)
+        .expect("node")
+        .handle_verdict(stale);
+    let incarnation = net.nodes[&target].incarnation();
+    assert_eq!(incarnation, 2);
+    net.nodes
+        .get_mut(&bystander)
+        .expect("node")
+        .handle_incarnation(&target, incarnation);
+    assert_eq!(
+        net.nodes[&bystander].liveness(&target),
+        Liveness::Alive,
+        "refuted"
+    );
+}
