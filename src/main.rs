@@ -118,6 +118,11 @@ enum Command {
         #[arg(long, hide = true)]
         bug_minority_takes_over: bool,
     },
+    /// Measure a figure (see docs/BENCHMARKS.md).
+    Bench {
+        #[command(subcommand)]
+        what: BenchKind,
+    },
     /// Show where a simulated fleet would place workloads (the built-in examples by default).
     Plan {
         /// Spec files; without any, the example specs built into this binary.
@@ -128,6 +133,22 @@ enum Command {
         /// Nodes to mark as down (e.g. `--down node-03`), to see what moves where.
         #[arg(long)]
         down: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchKind {
+    /// Gossip rounds for one desired-state write to reach every node (real CRDT, push-pull).
+    Dissemination {
+        /// Fleet size.
+        #[arg(long, default_value_t = 10_000)]
+        nodes: usize,
+        /// Peers each node contacts per round.
+        #[arg(long, default_value_t = 1)]
+        fanout: usize,
+        /// Seeds to run (1..=N).
+        #[arg(long, default_value_t = 20)]
+        seeds: u64,
     },
 }
 
@@ -197,6 +218,14 @@ fn main() -> ExitCode {
             report,
             bug_minority_takes_over,
         }),
+        Command::Bench {
+            what:
+                BenchKind::Dissemination {
+                    nodes,
+                    fanout,
+                    seeds,
+                },
+        } => cmd::bench::dissemination(nodes, fanout, seeds),
         Command::Validate { files } => cmd::validate::run(&files, format),
         Command::Plan { files, nodes, down } => cmd::plan::run(&files, nodes, &down, format),
     };

@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 mod checks;
+pub mod epidemic;
 mod faults;
 pub mod report;
 pub mod rng;

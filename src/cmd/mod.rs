@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod agent;
+pub mod bench;
 pub mod client;
 pub mod plan;
 pub mod sim;
