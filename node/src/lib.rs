@@ -4,6 +4,7 @@
 //!   one `poll_timeout`; no clocks, sockets, threads or randomness. `sim/` drives it directly.
 //! - [`runtime`]: the `Runtime` trait and the process runtime (the embedded default).
 //! - [`health`]: exec, TCP and HTTP probes, run by the shell, fed back to the core.
+//! - [`gossip`]: sealing of gossip packets with the cluster keyring (AEAD, rotation, replay).
 //! - [`membership`]: the failure detector (k rendezvous-chosen watchers, indirect probes).
 //! - [`store`]: the node's durable state, written atomically (write, fsync, rename, fsync dir).
 //! - [`clock`]: the only place the shell reads the wall clock.
@@ -16,6 +17,7 @@ pub mod agent;
 pub mod api;
 pub mod clock;
 pub mod core;
+pub mod gossip;
 pub mod health;
 pub mod membership;
 pub mod runtime;
