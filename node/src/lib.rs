@@ -5,6 +5,7 @@
 //! - [`runtime`]: the `Runtime` trait and the process runtime (the embedded default).
 //! - [`health`]: exec, TCP and HTTP probes, run by the shell, fed back to the core.
 //! - [`gossip`]: sealing of gossip packets with the cluster keyring (AEAD, rotation, replay).
+//! - [`identity`]: the cluster CA, node and user certificates, join tokens.
 //! - [`membership`]: the failure detector (k rendezvous-chosen watchers, indirect probes).
 //! - [`store`]: the node's durable state, written atomically (write, fsync, rename, fsync dir).
 //! - [`clock`]: the only place the shell reads the wall clock.
@@ -19,6 +20,7 @@ pub mod clock;
 pub mod core;
 pub mod gossip;
 pub mod health;
+pub mod identity;
 pub mod membership;
 pub mod runtime;
 pub mod store;
