@@ -85,14 +85,7 @@ impl Hlc {
     /// for the receive event. A timestamp more than `max_drift_ms` ahead of `now_ms` is refused
     /// and leaves the clock unchanged.
     pub fn update(&mut self, remote: &Timestamp, now_ms: u64) -> Result<Timestamp, DriftError> {
-        let ahead_ms = remote.physical_ms.saturating_sub(now_ms);
-        if ahead_ms > self.max_drift_ms {
-            return Err(DriftError {
-                node: remote.node.clone(),
-                ahead_ms,
-                max_drift_ms: self.max_drift_ms,
-            });
-        }
+        self.check(remote, now_ms)?;
         let physical_ms = now_ms.max(self.last.physical_ms).max(remote.physical_ms);
         let logical = if physical_ms == self.last.physical_ms && physical_ms == remote.physical_ms {
             self.last.logical.max(remote.logical)
