@@ -1,5 +1,8 @@
-//! Gossip: membership and per-node state between agents (chitchat, pinned to 0.11.1, over an
-//! encrypted transport). This build has the sealing layer ([`seal`]); the chitchat transport
-//! that uses it lands with the fleet issue.
+//! Gossip: membership and per-node state between agents, with chitchat (pinned to 0.11.1, the
+//! last version whose messages can be serialised outside the crate) over a transport that
+//! seals every packet with the cluster keyring.
 
 pub mod seal;
+pub mod transport;
+
+pub use transport::{GossipCounters, SealedUdpTransport};
