@@ -296,6 +296,12 @@ pub(crate) fn apply(world: &mut World, k: usize) {
                 .collect();
             world.nodes[i].known = members;
             world.boot(i);
+            for n in 0..world.nodes.len() {
+                if n != i && world.nodes[n].power != Power::Gone {
+                    world.nodes[n].known.insert(i);
+                    world.update_detector_members(n);
+                }
+            }
         }
         Step::Leave => {
             // The oldest present node leaves for good (a decommission): its peers forget it.
@@ -305,6 +311,7 @@ pub(crate) fn apply(world: &mut World, k: usize) {
                 world.nodes[i].power = Power::Gone;
                 for n in 0..world.nodes.len() {
                     world.nodes[n].known.remove(&i);
+                    world.update_detector_members(n);
                 }
             }
         }

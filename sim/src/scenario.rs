@@ -79,6 +79,19 @@ pub struct Gossip {
     pub suspect_after_ms: u64,
     /// Silence after which a peer is declared down.
     pub down_after_ms: u64,
+    /// How nodes decide who is down.
+    pub detector: DetectorModel,
+}
+
+/// Failure detection in the simulation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DetectorModel {
+    /// Modelled: a peer not heard from (gossip heartbeat) for `suspect_after` is suspected and
+    /// for `down_after` is down.
+    Silence,
+    /// The real `node::membership::Detector`: k watchers with direct and indirect probes over
+    /// the simulated network, verdicts spread to every member.
+    Watchers,
 }
 
 /// Simulated runtime.
@@ -225,6 +238,7 @@ struct GossipDoc {
     interval: Option<String>,
     suspect_after: Option<String>,
     down_after: Option<String>,
+    detector: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -307,6 +321,15 @@ impl Scenario {
             interval_ms: opt_ms("gossip.interval", &doc.gossip.interval, 500)?.max(10),
             suspect_after_ms: opt_ms("gossip.suspect_after", &doc.gossip.suspect_after, 1_500)?,
             down_after_ms: opt_ms("gossip.down_after", &doc.gossip.down_after, 3_000)?,
+            detector: match doc.gossip.detector.as_deref() {
+                None | Some("silence") => DetectorModel::Silence,
+                Some("watchers") => DetectorModel::Watchers,
+                Some(other) => {
+                    return Err(ScenarioError(format!(
+                        "gossip.detector: must be silence or watchers, got {other:?}"
+                    )));
+                }
+            },
         };
         if gossip.down_after_ms < gossip.suspect_after_ms {
             return Err(ScenarioError(

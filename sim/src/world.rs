@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use starling_node::core::{Action, CoreConfig, CoreEvent, NodeCore, Restored, RuntimeEvent};
+use starling_node::membership::{Detector, DetectorConfig, Verdict};
 use starling_protocol::desired::{DesiredState, Digest, Revision};
 use starling_protocol::hash::mix64;
 use starling_protocol::hlc::{Hlc, Timestamp};
@@ -21,7 +22,7 @@ use starling_protocol::{NodeId, WorkloadName};
 
 use crate::checks::Checker;
 use crate::rng::SimRng;
-use crate::scenario::Scenario;
+use crate::scenario::{DetectorModel, Scenario};
 
 /// A node's process state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,23 +97,36 @@ pub(crate) struct SimNode {
     pub minority_baseline: Option<BTreeSet<ReplicaId>>,
     /// Events queued while paused.
     pub held: Vec<Event>,
+    /// The real failure detector, when the scenario uses it.
+    pub detector: Option<Detector>,
+    /// Boots so far: the detector's incarnation.
+    pub boots: u64,
+    /// The earliest pending core and detector timer events, so a deadline is scheduled once
+    /// rather than after every call (which would flood the queue with duplicates).
+    pub core_timer_at: Option<u64>,
+    pub detector_timer_at: Option<u64>,
 }
 
 /// Messages between simulated nodes.
 #[derive(Debug, Clone)]
 pub(crate) enum Msg {
-    /// Liveness, status (when changed) and the desired-state digest root.
+    /// A watcher's verdict, spread to every member.
+    Verdict(Verdict),
+    /// Liveness, status (when changed), the desired-state digest root and the sender's
+    /// incarnation (which refutes suspicion).
     Heartbeat {
         status: Option<(u64, NodeStatus)>,
         root: u128,
+        incarnation: u64,
     },
-    /// The real anti-entropy messages.
+    /// The real anti-entropy and probe messages.
     Peer(PeerMessage),
 }
 
 #[derive(Debug, Clone)]
 pub(crate) enum Event {
     GossipTick(usize),
+    DetectorTimer(usize),
     Deliver {
         from: usize,
         to: usize,
@@ -250,6 +264,10 @@ impl<'s> World<'s> {
             syncing: BTreeMap::new(),
             minority_baseline: None,
             held: Vec::new(),
+            detector: None,
+            boots: 0,
+            core_timer_at: None,
+            detector_timer_at: None,
         });
         self.index.insert(id, i);
         i
@@ -292,7 +310,18 @@ impl<'s> World<'s> {
                 .map(|(r, _)| r.clone())
                 .collect(),
         );
+        node.boots += 1;
+        node.detector = None;
+        if self.scenario.gossip.detector == DetectorModel::Watchers {
+            let config = DetectorConfig {
+                down_after_ms: self.scenario.gossip.down_after_ms,
+                stale_after_ms: self.scenario.gossip.down_after_ms.max(2_000) * 2,
+                ..DetectorConfig::default()
+            };
+            node.detector = Some(Detector::new(config, node.id.clone(), node.boots));
+        }
         node.view = FleetView::default();
+        self.update_detector_members(i);
         self.refresh_view(i);
         let first_tick = self.now + self.rng.range(1, self.scenario.gossip.interval_ms);
         self.schedule(first_tick, Event::GossipTick(i));
@@ -303,6 +332,8 @@ impl<'s> World<'s> {
         let node = &mut self.nodes[i];
         node.power = Power::Crashed;
         node.core = None;
+        node.core_timer_at = None;
+        node.detector_timer_at = None;
         node.instances.clear();
         node.held.clear();
     }
@@ -400,6 +431,7 @@ impl<'s> World<'s> {
     fn handle(&mut self, event: Event) {
         let target = match &event {
             Event::GossipTick(i)
+            | Event::DetectorTimer(i)
             | Event::CoreTimer(i)
             | Event::Runtime(i, _)
             | Event::Resume(i) => Some(*i),
@@ -418,8 +450,23 @@ impl<'s> World<'s> {
         }
         match event {
             Event::GossipTick(i) => self.gossip_tick(i),
+            Event::DetectorTimer(i) => {
+                if self.nodes[i].detector_timer_at == Some(self.now) {
+                    self.nodes[i].detector_timer_at = None;
+                }
+                let now = self.node_now(i);
+                if let Some(d) = self.nodes[i].detector.as_mut() {
+                    d.handle_timeout(now);
+                }
+                self.flush_detector(i);
+            }
             Event::Deliver { from, to, msg } => self.deliver(from, to, msg),
-            Event::CoreTimer(i) => self.with_core(i, |core, now| core.handle_timeout(now)),
+            Event::CoreTimer(i) => {
+                if self.nodes[i].core_timer_at == Some(self.now) {
+                    self.nodes[i].core_timer_at = None;
+                }
+                self.with_core(i, |core, now| core.handle_timeout(now));
+            }
             Event::Runtime(i, ev) => self.runtime_event(i, ev),
             Event::Fault(k) => crate::faults::apply(self, k),
             Event::Resume(i) => self.resume(i),
@@ -455,7 +502,12 @@ impl<'s> World<'s> {
             // Status rides along only when the peer has not seen this version (a real gossip
             // layer sends deltas the same way).
             let fresh = self.nodes[p].peer_versions.get(&i) != Some(&status_version);
+            let incarnation = self.nodes[i]
+                .detector
+                .as_ref()
+                .map_or(0, Detector::incarnation);
             let msg = Msg::Heartbeat {
+                incarnation,
                 status: fresh.then(|| (status_version, status.clone())),
                 root,
             };
@@ -491,8 +543,17 @@ impl<'s> World<'s> {
     fn deliver(&mut self, from: usize, to: usize, msg: Msg) {
         let now = self.node_now(to);
         match msg {
-            Msg::Heartbeat { status, root } => {
+            Msg::Heartbeat {
+                status,
+                root,
+                incarnation,
+            } => {
+                let from_id = self.nodes[from].id.clone();
                 let node = &mut self.nodes[to];
+                if let Some(d) = node.detector.as_mut() {
+                    d.handle_heard(now, &from_id);
+                    d.handle_incarnation(&from_id, incarnation);
+                }
                 node.last_heard.insert(from, now);
                 node.known.insert(from);
                 if let Some((version, status)) = status
@@ -558,8 +619,82 @@ impl<'s> World<'s> {
                     self.with_core(to, |core, now| core.handle_desired(now, desired));
                 }
             }
+            Msg::Peer(
+                probe @ (PeerMessage::Ping { .. }
+                | PeerMessage::Ack { .. }
+                | PeerMessage::PingReq { .. }),
+            ) => {
+                let from_id = self.nodes[from].id.clone();
+                if let Some(d) = self.nodes[to].detector.as_mut() {
+                    d.handle_message(now, &from_id, &probe);
+                }
+                self.flush_detector(to);
+            }
+            Msg::Verdict(verdict) => {
+                if let Some(d) = self.nodes[to].detector.as_mut() {
+                    d.handle_verdict(verdict);
+                }
+                self.flush_detector(to);
+            }
             Msg::Peer(_) => {}
         }
+    }
+
+    /// Sends what node `i`'s detector wants sent and re-arms its timer.
+    fn flush_detector(&mut self, i: usize) {
+        let Some(d) = self.nodes[i].detector.as_mut() else {
+            return;
+        };
+        let mut out = Vec::new();
+        while let Some(t) = d.poll_transmit() {
+            out.push(t);
+        }
+        let mut verdicts = Vec::new();
+        while let Some(v) = d.poll_verdict() {
+            verdicts.push(v);
+        }
+        let deadline = d.poll_timeout();
+        for (to, msg) in out {
+            if let Some(&j) = self.index.get(&to) {
+                self.send(i, j, Msg::Peer(msg));
+            }
+        }
+        let peers: Vec<usize> = self.nodes[i]
+            .known
+            .iter()
+            .copied()
+            .filter(|p| *p != i)
+            .collect();
+        for v in verdicts {
+            for &p in &peers {
+                self.send(i, p, Msg::Verdict(v.clone()));
+            }
+        }
+        if let Some(t) = deadline {
+            let at = (t as i64 - self.nodes[i].skew_ms).max(self.now as i64) as u64;
+            if self.nodes[i]
+                .detector_timer_at
+                .is_none_or(|armed| at < armed || armed < self.now)
+            {
+                self.nodes[i].detector_timer_at = Some(at);
+                self.schedule(at, Event::DetectorTimer(i));
+            }
+        }
+    }
+
+    /// Tells node `i`'s detector who the members are.
+    pub fn update_detector_members(&mut self, i: usize) {
+        let now = self.node_now(i);
+        let members: std::collections::BTreeSet<NodeId> = self.nodes[i]
+            .known
+            .iter()
+            .filter(|m| self.nodes[**m].power != Power::Gone)
+            .map(|m| self.nodes[*m].id.clone())
+            .collect();
+        if let Some(d) = self.nodes[i].detector.as_mut() {
+            d.handle_members(now, members);
+        }
+        self.flush_detector(i);
     }
 
     /// Recomputes node `i`'s view from what it has heard, and tells its core if it changed.
@@ -575,6 +710,8 @@ impl<'s> World<'s> {
             }
             let liveness = if m == i {
                 Liveness::Alive
+            } else if let Some(d) = &node.detector {
+                d.liveness(&other.id, now)
             } else {
                 match node.last_heard.get(&m) {
                     Some(t) if now.saturating_sub(*t) < g.suspect_after_ms => Liveness::Alive,
@@ -651,7 +788,13 @@ impl<'s> World<'s> {
         if let Some(d) = deadline {
             let skew = self.nodes[i].skew_ms;
             let at = (d as i64 - skew).max(self.now as i64) as u64;
-            self.schedule(at, Event::CoreTimer(i));
+            if self.nodes[i]
+                .core_timer_at
+                .is_none_or(|armed| at < armed || armed < self.now)
+            {
+                self.nodes[i].core_timer_at = Some(at);
+                self.schedule(at, Event::CoreTimer(i));
+            }
         }
     }
 
@@ -790,6 +933,7 @@ fn event_code(event: &Event) -> u64 {
         Event::Resume(i) => 6 | (*i as u64) << 8,
         Event::LinkToggle { down, .. } => 7 | u64::from(*down) << 8,
         Event::Sample => 8,
+        Event::DetectorTimer(i) => 9 | (*i as u64) << 8,
     }
 }
 
@@ -803,6 +947,7 @@ fn msg_bytes(msg: &Msg) -> u64 {
                 })
         }
         Msg::Peer(m) => postcard::to_allocvec(m).map_or(0, |b| b.len()),
+        Msg::Verdict(v) => v.node.as_str().len() + v.watcher.as_str().len() + 12,
     };
     len as u64 + 28 // UDP/IP header
 }

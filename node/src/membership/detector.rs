@@ -33,6 +33,10 @@ pub struct DetectorConfig {
     pub suspect_after_probes: u32,
     /// Unreachable this long (since its first failed probe) before it is declared down.
     pub down_after_ms: u64,
+    /// A node this node does not watch, and has heard nothing from (no gossip, no verdict)
+    /// for this long, counts as down: the backstop for a side of a partition that no watcher
+    /// verdict can reach. Keep it a few calm gossip intervals.
+    pub stale_after_ms: u64,
 }
 
 impl Default for DetectorConfig {
@@ -45,6 +49,7 @@ impl Default for DetectorConfig {
             indirect_timeout_ms: 250,
             suspect_after_probes: 1,
             down_after_ms: 1_000,
+            stale_after_ms: 5_000,
         }
     }
 }
@@ -86,6 +91,10 @@ pub struct Detector {
     heard: BTreeMap<NodeId, BTreeMap<NodeId, Verdict>>,
     /// Indirect probes run for others: our seq -> (requester, their seq).
     relays: BTreeMap<u64, (NodeId, u64)>,
+    /// When each member was last heard of (its gossip, or a verdict about it).
+    fresh: BTreeMap<NodeId, u64>,
+    /// When this detector got its first member list (silence is counted from there).
+    started_ms: Option<u64>,
     seq: u64,
     outbox: VecDeque<(NodeId, PeerMessage)>,
     verdicts_out: VecDeque<Verdict>,
@@ -103,6 +112,8 @@ impl Detector {
             probes: BTreeMap::new(),
             heard: BTreeMap::new(),
             relays: BTreeMap::new(),
+            fresh: BTreeMap::new(),
+            started_ms: None,
             seq: 0,
             outbox: VecDeque::new(),
             verdicts_out: VecDeque::new(),
@@ -116,6 +127,7 @@ impl Detector {
 
     /// The members (including this node) changed: recompute whom this node watches.
     pub fn handle_members(&mut self, now_ms: u64, members: BTreeSet<NodeId>) {
+        self.started_ms.get_or_insert(now_ms);
         self.members = members;
         self.members.insert(self.me.clone());
         let k = self.config.watchers;
@@ -133,6 +145,11 @@ impl Detector {
             });
         }
         self.heard.retain(|n, _| self.members.contains(n));
+    }
+
+    /// Gossip brought fresh state from `node` (it is alive somewhere on this side).
+    pub fn handle_heard(&mut self, now_ms: u64, node: &NodeId) {
+        self.fresh.insert(node.clone(), now_ms);
     }
 
     /// A peer's incarnation, as gossiped. A higher one refutes older verdicts about it.
@@ -216,15 +233,25 @@ impl Detector {
             .min()
     }
 
-    /// How this node sees `node`: its own verdict if it watches it, otherwise its watchers'
-    /// verdicts (down when a majority of them say down; suspect when any says so), ignoring
-    /// verdicts refuted by a newer incarnation.
-    pub fn liveness(&self, node: &NodeId) -> Liveness {
+    /// How this node sees `node` at `now_ms`: its own verdict if it watches it; otherwise down
+    /// when nothing was heard of it for `stale_after_ms`, else its watchers' verdicts (down when
+    /// a majority of them say down, suspect when any says so), ignoring verdicts refuted by a
+    /// newer incarnation.
+    pub fn liveness(&self, node: &NodeId, now_ms: u64) -> Liveness {
         if *node == self.me {
             return Liveness::Alive;
         }
         if let Some(state) = self.probes.get(node).and_then(|p| p.state) {
             return state;
+        }
+        let last = self
+            .fresh
+            .get(node)
+            .copied()
+            .or(self.started_ms)
+            .unwrap_or(now_ms);
+        if now_ms.saturating_sub(last) > self.config.stale_after_ms {
+            return Liveness::Down;
         }
         let watchers = watchers_of(node, &self.members, self.config.watchers);
         let current = self.incarnations.get(node).copied().unwrap_or(0);

@@ -97,9 +97,21 @@ impl Net {
                 Some(t) if t <= until => {
                     self.now = t.max(self.now);
                     let now = self.now;
+                    let alive: Vec<NodeId> = self
+                        .nodes
+                        .keys()
+                        .filter(|n| !self.dead.contains(*n))
+                        .cloned()
+                        .collect();
                     for (n, d) in self.nodes.iter_mut() {
                         if !self.dead.contains(n) {
                             d.handle_timeout(now);
+                            // Calm gossip: state from every reachable live node stays fresh.
+                            for m in alive.iter().filter(|m| {
+                                *m != n && !self.cut.contains(&((*m).clone(), n.clone()))
+                            }) {
+                                d.handle_heard(now, m);
+                            }
                         }
                     }
                     self.pump();
@@ -114,7 +126,7 @@ impl Net {
         self.nodes
             .iter()
             .filter(|(n, _)| !self.dead.contains(*n) && *n != node)
-            .map(|(_, d)| d.liveness(node))
+            .map(|(_, d)| d.liveness(node, self.now))
             .collect()
     }
 }
@@ -177,7 +189,7 @@ fn a_single_bad_link_is_bridged_by_indirect_probes() {
     net.cut.insert((target.clone(), watcher.clone()));
     net.run_until(20_000);
     assert_eq!(
-        net.nodes[&watcher].liveness(&target),
+        net.nodes[&watcher].liveness(&target, net.now),
         Liveness::Alive,
         "helpers vouch for it"
     );
@@ -220,7 +232,10 @@ fn a_suspected_node_refutes_with_a_higher_incarnation() {
         .get_mut(&bystander)
         .expect("node")
         .handle_verdict(stale.clone());
-    assert_eq!(net.nodes[&bystander].liveness(&target), Liveness::Suspect);
+    assert_eq!(
+        net.nodes[&bystander].liveness(&target, net.now),
+        Liveness::Suspect
+    );
     net.nodes
         .get_mut(&target)
         .expect("node")
@@ -232,8 +247,33 @@ fn a_suspected_node_refutes_with_a_higher_incarnation() {
         .expect("node")
         .handle_incarnation(&target, incarnation);
     assert_eq!(
-        net.nodes[&bystander].liveness(&target),
+        net.nodes[&bystander].liveness(&target, net.now),
         Liveness::Alive,
         "refuted"
     );
+}
+
+#[test]
+fn a_side_that_hears_nothing_of_a_node_counts_it_down_after_the_stale_time() {
+    let mut net = Net::new(6);
+    net.run_until(1_000);
+    // Cut n00 off from everyone in both directions: no probe and no verdict reaches it.
+    let lone = id(0);
+    for other in (1..6).map(id) {
+        net.cut.insert((lone.clone(), other.clone()));
+        net.cut.insert((other.clone(), lone.clone()));
+    }
+    net.run_until(4_000);
+    let views: Vec<Liveness> = (1..6)
+        .map(|n| net.nodes[&lone].liveness(&id(n), net.now))
+        .collect();
+    assert!(
+        views.contains(&Liveness::Alive),
+        "before the stale time, unwatched nodes still look alive: {views:?}"
+    );
+    net.run_until(8_000);
+    let views: Vec<Liveness> = (1..6)
+        .map(|n| net.nodes[&lone].liveness(&id(n), net.now))
+        .collect();
+    assert!(views.iter().all(|l| *l == Liveness::Down), "{views:?}");
 }
