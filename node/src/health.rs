@@ -7,7 +7,10 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
 use starling_protocol::placement::ReplicaId;
+use starling_protocol::quantity::format_duration_ms;
 use starling_protocol::spec::{HealthCheck, PortSpec, Probe};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -28,8 +31,10 @@ pub struct ProbeResult {
     pub detail: String,
 }
 
-/// Runs one probe. `cwd` and `env` apply to exec probes (the replica's directory and
-/// environment, so the check sees what the workload sees).
+/// Runs one probe, giving up after `timeout`. `cwd` and `env` apply to exec probes (the
+/// replica's directory and environment, so the check sees what the workload sees). Never
+/// panics and never leaves a process behind: an exec probe runs in its own process group,
+/// which is killed when the probe ends or times out.
 pub async fn probe(
     probe: &Probe,
     ports: &[PortSpec],
@@ -37,36 +42,15 @@ pub async fn probe(
     cwd: Option<&Path>,
     env: &[(String, String)],
 ) -> ProbeResult {
-    let fut = async {
-        match probe {
-            Probe::Exec { command } => exec(command, cwd, env).await,
-            Probe::Tcp { port } => match port_number(ports, port) {
-                Err(r) => r,
-                Ok(p) => match TcpStream::connect(("127.0.0.1", p)).await {
-                    Ok(_) => ProbeResult {
-                        ok: true,
-                        detail: format!("connected to port {p}"),
-                    },
-                    Err(e) => ProbeResult {
-                        ok: false,
-                        detail: format!("port {p}: {}", io_detail(&e)),
-                    },
-                },
-            },
-            Probe::Http { port, path } => match port_number(ports, port) {
-                Err(r) => r,
-                Ok(p) => http(p, path).await,
-            },
-        }
-    };
-    match tokio::time::timeout(timeout, fut).await {
-        Ok(result) => result,
-        Err(_) => ProbeResult {
-            ok: false,
-            detail: format!(
-                "timed out after {}",
-                starling_protocol::quantity::format_duration_ms(timeout.as_millis() as u64)
-            ),
+    match probe {
+        Probe::Exec { command } => exec(command, cwd, env, timeout).await,
+        Probe::Tcp { port } => match port_number(ports, port) {
+            Err(r) => r,
+            Ok(p) => within(timeout, tcp(p)).await,
+        },
+        Probe::Http { port, path } => match port_number(ports, port) {
+            Err(r) => r,
+            Ok(p) => within(timeout, http(p, path)).await,
         },
     }
 }
@@ -112,7 +96,53 @@ fn port_number(ports: &[PortSpec], name: &str) -> Result<u16, ProbeResult> {
         })
 }
 
-async fn exec(command: &[String], cwd: Option<&Path>, env: &[(String, String)]) -> ProbeResult {
+/// `fut`'s result, or a failure naming the timeout.
+async fn within(timeout: Duration, fut: impl Future<Output = ProbeResult>) -> ProbeResult {
+    tokio::time::timeout(timeout, fut)
+        .await
+        .unwrap_or_else(|_| timed_out(timeout))
+}
+
+fn timed_out(timeout: Duration) -> ProbeResult {
+    let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    ProbeResult {
+        ok: false,
+        detail: format!("timed out after {}", format_duration_ms(ms)),
+    }
+}
+
+async fn tcp(port: u16) -> ProbeResult {
+    match TcpStream::connect(("127.0.0.1", port)).await {
+        Ok(_) => ProbeResult {
+            ok: true,
+            detail: format!("connected to port {port}"),
+        },
+        Err(e) => ProbeResult {
+            ok: false,
+            detail: format!("port {port}: {}", io_detail(&e)),
+        },
+    }
+}
+
+/// Kills a probe's whole process group when dropped: on every return path, and when the
+/// prober task is aborted mid-probe, so helpers the check started (`sh -c '...'`) die with it.
+struct GroupGuard(Option<i32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            // ESRCH when the group already ended: nothing to do.
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
+    }
+}
+
+async fn exec(
+    command: &[String],
+    cwd: Option<&Path>,
+    env: &[(String, String)],
+    timeout: Duration,
+) -> ProbeResult {
     let Some((program, args)) = command.split_first() else {
         return ProbeResult {
             ok: false,
@@ -125,33 +155,59 @@ async fn exec(command: &[String], cwd: Option<&Path>, env: &[(String, String)]) 
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        .process_group(0)
         .kill_on_drop(true);
     if let Some(dir) = cwd {
         cmd.current_dir(dir);
     }
-    match cmd.status().await {
-        Ok(status) if status.success() => ProbeResult {
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return ProbeResult {
+                ok: false,
+                detail: format!("command not found: {program}"),
+            };
+        }
+        Err(e) => {
+            return ProbeResult {
+                ok: false,
+                detail: format!("cannot run {program}: {e}"),
+            };
+        }
+    };
+    let _group = GroupGuard(child.id().and_then(|pid| i32::try_from(pid).ok()));
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(Ok(status)) if status.success() => ProbeResult {
             ok: true,
             detail: "exit 0".into(),
         },
-        Ok(status) => ProbeResult {
+        Ok(Ok(status)) => ProbeResult {
             ok: false,
             detail: status
                 .code()
                 .map_or("killed by a signal".into(), |c| format!("exit {c}")),
         },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => ProbeResult {
+        Ok(Err(e)) => ProbeResult {
             ok: false,
-            detail: format!("command not found: {program}"),
+            detail: format!("cannot wait for {program}: {e}"),
         },
-        Err(e) => ProbeResult {
-            ok: false,
-            detail: format!("cannot run {program}: {e}"),
-        },
+        Err(_) => {
+            // Kill and reap the leader now (no zombie); the guard then ends the rest.
+            let _ = child.kill().await;
+            timed_out(timeout)
+        }
     }
 }
 
 async fn http(port: u16, path: &str) -> ProbeResult {
+    // Validation refuses such paths, but a spec decoded from elsewhere may skip it, and a
+    // space or line break would let the path rewrite the request.
+    if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return ProbeResult {
+            ok: false,
+            detail: format!("invalid HTTP path {path:?}"),
+        };
+    }
     let mut stream = match TcpStream::connect(("127.0.0.1", port)).await {
         Ok(s) => s,
         Err(e) => {
@@ -188,6 +244,7 @@ async fn http(port: u16, path: &str) -> ProbeResult {
     let status = head
         .lines()
         .next()
+        .filter(|line| line.starts_with("HTTP/"))
         .and_then(|line| line.split_whitespace().nth(1))
         .and_then(|code| code.parse::<u16>().ok());
     match status {
@@ -370,5 +427,131 @@ mod tests {
         )
         .await;
         assert_eq!(r.detail, "no port named \"nope\"");
+    }
+
+    #[tokio::test]
+    async fn http_probe_times_out_on_silence_and_rejects_non_http_answers() {
+        // Accepts and never answers.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let silent = listener.local_addr().expect("addr").port();
+        let _keep = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        let web = Probe::Http {
+            port: "web".into(),
+            path: "/".into(),
+        };
+        let r = probe(
+            &web,
+            &[port("web", silent)],
+            Duration::from_millis(200),
+            None,
+            &[],
+        )
+        .await;
+        assert_eq!(r.detail, "timed out after 200ms");
+        let garbage = server("SSH-2.0-OpenSSH\r\n").await;
+        let r = probe(
+            &web,
+            &[port("web", garbage)],
+            Duration::from_secs(1),
+            None,
+            &[],
+        )
+        .await;
+        assert_eq!((r.ok, r.detail.as_str()), (false, "not an HTTP answer"));
+        let smuggle = Probe::Http {
+            port: "web".into(),
+            path: "/ HTTP/1.1\r\nX: y".into(),
+        };
+        let r = probe(
+            &smuggle,
+            &[port("web", garbage)],
+            Duration::from_secs(1),
+            None,
+            &[],
+        )
+        .await;
+        assert!(!r.ok && r.detail.starts_with("invalid HTTP path"), "{r:?}");
+    }
+
+    /// Dead or a zombie waiting for init: either way, no longer running.
+    fn running(pid: i32) -> bool {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next());
+        matches!(state, Some(s) if s != "Z" && s != "X")
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_exec_probe_kills_the_helpers_it_started() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let check = Probe::Exec {
+            command: ["sh", "-c", "sleep 30 & echo $! > helper.pid; wait"]
+                .map(String::from)
+                .to_vec(),
+        };
+        let env = [("GREETING".to_string(), "hi".to_string())];
+        let r = probe(
+            &check,
+            &[],
+            Duration::from_millis(300),
+            Some(dir.path()),
+            &env,
+        )
+        .await;
+        assert_eq!(r.detail, "timed out after 300ms");
+        let helper: i32 = std::fs::read_to_string(dir.path().join("helper.pid"))
+            .expect("the probe ran in its cwd")
+            .trim()
+            .parse()
+            .expect("pid");
+        let deadline = crate::clock::monotonic() + Duration::from_secs(3);
+        while running(helper) && crate::clock::monotonic() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            !running(helper),
+            "the helper of a timed-out probe was killed"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_prober_reports_every_interval_until_aborted() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let replica = ReplicaId {
+            workload: starling_protocol::WorkloadName::new("web").expect("name"),
+            index: 2,
+        };
+        let check = HealthCheck {
+            probe: Probe::Exec {
+                command: vec!["false".into()],
+            },
+            interval_ms: 100,
+            timeout_ms: 1000,
+            failure_threshold: 3,
+            initial_delay_ms: 0,
+        };
+        let handle = spawn_prober(replica.clone(), 7, check, Vec::new(), tx);
+        for _ in 0..2 {
+            let event = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("a result within 5 s");
+            assert_eq!(
+                event,
+                Some(RuntimeEvent::Health {
+                    replica: replica.clone(),
+                    instance: 7,
+                    ok: false,
+                    detail: "exit 1".into()
+                })
+            );
+        }
+        handle.abort();
+        assert!(handle.await.expect_err("aborted").is_cancelled());
     }
 }

@@ -8,7 +8,18 @@
 //! bounded by copy-and-truncate rotation, which works because it is opened with O_APPEND.
 //! `instance.json` records pid and kernel start time so a restarted agent re-adopts exactly
 //! the processes it started (a reused pid has another start time) and never starts a duplicate.
-//! CPU and memory limits go through cgroups when the host lets the agent write them.
+//! CPU and memory limits go through cgroups when the host lets the agent write them (see
+//! [`super::cgroup`]; a process joins its group just after spawn, a short unlimited window).
+//!
+//! A replica gets a clean environment: its spec's `env`, the `STARLING_*` variables, `PATH`,
+//! `HOME` (its directory) and `LANG`, never the agent's own variables, which may hold paths to
+//! keys or tokens. Dropping the runtime leaves replicas running (they are the next agent's to
+//! adopt); the task waiting on each child keeps reaping and reporting it until it exits.
+//!
+//! When an instance's leader exits, the rest of its process group is killed so nothing it
+//! started lingers as an orphan. That `killpg` runs after the leader was reaped, so in theory
+//! its pid could already name a new group; Linux hands out pids cyclically, which makes that
+//! reuse within microseconds practically impossible.
 
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
@@ -52,8 +63,12 @@ impl Default for ProcessConfig {
 
 /// Lines of log attached to an exit report.
 const EXIT_LOG_LINES: usize = 20;
-/// Most bytes read from the end of a log to find its last lines.
+/// Most bytes of log attached to an exit report (it travels to the core and into events).
+const EXIT_LOG_BYTES_MAX: u64 = 16 << 10;
+/// Most bytes read from the end of a log to answer `log_tail`.
 const TAIL_BYTES_MAX: u64 = 1 << 20;
+/// Bytes read per step when scanning a log backwards for its last lines.
+const TAIL_CHUNK_BYTES: u64 = 8 << 10;
 
 /// What `instance.json` records about a running instance.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -186,28 +201,36 @@ impl Runtime for ProcessRuntime {
         let mut adopted = 0;
         for entry in entries.flatten() {
             let file = entry.path().join("instance.json");
-            let Some(record) = fs::read_to_string(&file)
-                .ok()
-                .and_then(|t| serde_json::from_str::<InstanceFile>(&t).ok())
-            else {
+            let Some((replica, record)) = read_record(&file) else {
                 continue;
             };
-            let replica = match WorkloadName::new(record.workload.clone()) {
-                Ok(workload) => ReplicaId {
-                    workload,
-                    index: record.index,
-                },
-                Err(_) => continue,
-            };
+            let tracked = inner.lock().get(&replica).map(|r| r.instance);
+            if let Some(tracked) = tracked {
+                // Started or adopted by this agent process already: adopting twice is a no-op.
+                // A record of another instance can only be left over from a failed write;
+                // taking it over would lose track of the instance this agent runs.
+                if tracked != record.instance {
+                    tracing::warn!(
+                        "{}: instance {tracked} runs here; not adopting instance {}",
+                        file.display(),
+                        record.instance
+                    );
+                }
+                continue;
+            }
             if start_time(record.pid) != Some(record.start_time) {
                 // Gone, or the pid now belongs to someone else: never adopt a stranger.
                 let _ = fs::remove_file(&file);
                 continue;
             }
+            let groups = match &inner.cgroups {
+                Ok(cgroups) => cgroups.existing(&group_name(&replica, record.instance)),
+                Err(_) => InstanceGroups::default(),
+            };
             let running = Running {
                 instance: record.instance,
                 pid: record.pid,
-                groups: InstanceGroups::default(),
+                groups,
             };
             inner.lock().insert(replica.clone(), running);
             let _ = inner.events.send(RuntimeEvent::Adopted {
@@ -222,7 +245,8 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn log_tail(&self, replica: &ReplicaId, lines: usize) -> Vec<String> {
-        tail_lines(&self.inner.replica_dir(replica).join("output.log"), lines)
+        let log = self.inner.replica_dir(replica).join("output.log");
+        tail_lines(&log, lines, TAIL_BYTES_MAX)
     }
 }
 
@@ -355,7 +379,7 @@ impl Inner {
         let Ok(cgroups) = &self.cgroups else {
             return InstanceGroups::default();
         };
-        let name = format!("{}-{}-{instance}", replica.workload, replica.index);
+        let name = group_name(replica, instance);
         let (cpu, memory) = (spec.resources.cpu_limit, spec.resources.memory_limit);
         match cgroups
             .create(&name, cpu, memory)
@@ -385,14 +409,14 @@ impl Inner {
             }
         };
         if let Some(r) = removed {
-            r.groups.remove();
+            if r.groups.is_limited() {
+                tokio::spawn(r.groups.remove());
+            }
             let file = self.replica_dir(replica).join("instance.json");
             let _ = fs::remove_file(file);
         }
-        let log_tail = tail_lines(
-            &self.replica_dir(replica).join("output.log"),
-            EXIT_LOG_LINES,
-        );
+        let log = self.replica_dir(replica).join("output.log");
+        let log_tail = tail_lines(&log, EXIT_LOG_LINES, EXIT_LOG_BYTES_MAX);
         let _ = self.events.send(RuntimeEvent::Exited {
             replica: replica.clone(),
             instance,
@@ -460,19 +484,64 @@ fn start_time(pid: u32) -> Option<u64> {
     fields.get(19)?.parse().ok()
 }
 
-/// The last `n` lines of a file, reading at most `TAIL_BYTES_MAX` from its end.
-fn tail_lines(path: &Path, n: usize) -> Vec<String> {
+/// Reads an `instance.json` and checks it names the replica whose directory holds it.
+fn read_record(file: &Path) -> Option<(ReplicaId, InstanceFile)> {
+    let text = fs::read_to_string(file).ok()?;
+    let parsed = serde_json::from_str::<InstanceFile>(&text)
+        .map_err(|e| e.to_string())
+        .and_then(|record| {
+            let workload = WorkloadName::new(record.workload.clone()).map_err(|e| e.to_string())?;
+            let replica = ReplicaId {
+                workload,
+                index: record.index,
+            };
+            // A record copied into another replica's directory would mix up logs and groups.
+            let dir = file.parent().and_then(Path::file_name);
+            let expected = format!("{}-{}", replica.workload, replica.index);
+            if dir.and_then(|d| d.to_str()) == Some(expected.as_str()) {
+                Ok((replica, record))
+            } else {
+                Err(format!("it names replica {expected}, not its directory"))
+            }
+        });
+    match parsed {
+        Ok(found) => Some(found),
+        Err(why) => {
+            tracing::warn!("ignoring {}: {why}", file.display());
+            None
+        }
+    }
+}
+
+/// The cgroup name of one instance: unique per instance, so a replacement never meets the
+/// group of its predecessor still being removed.
+fn group_name(replica: &ReplicaId, instance: u64) -> String {
+    format!("{}-{}-{instance}", replica.workload, replica.index)
+}
+
+/// The last `n` lines of a file, read backwards in chunks and at most `bytes_max` from its
+/// end (so a line longer than that comes back cut at its start).
+fn tail_lines(path: &Path, n: usize, bytes_max: u64) -> Vec<String> {
     let Ok(mut file) = fs::File::open(path) else {
         return Vec::new();
     };
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let start = size.saturating_sub(TAIL_BYTES_MAX);
-    if file.seek(SeekFrom::Start(start)).is_err() {
-        return Vec::new();
-    }
-    let mut bytes = Vec::new();
-    if file.take(TAIL_BYTES_MAX).read_to_end(&mut bytes).is_err() {
-        return Vec::new();
+    let floor = size.saturating_sub(bytes_max);
+    let (mut start, mut newlines) = (size, 0usize);
+    let mut bytes: Vec<u8> = Vec::new();
+    // n complete lines need n + 1 newlines: each line's own and the one before the first.
+    while n > 0 && start > floor && newlines <= n {
+        let from = start.saturating_sub(TAIL_CHUNK_BYTES).max(floor);
+        // `start - from` is at most TAIL_CHUNK_BYTES, so the cast cannot truncate.
+        let mut chunk = vec![0u8; (start - from) as usize];
+        // A read cut short by a concurrent rotation (truncate) ends the scan with what we have.
+        if file.seek(SeekFrom::Start(from)).is_err() || file.read_exact(&mut chunk).is_err() {
+            break;
+        }
+        newlines += chunk.iter().filter(|&&b| b == b'\n').count();
+        chunk.extend_from_slice(&bytes);
+        bytes = chunk;
+        start = from;
     }
     let text = String::from_utf8_lossy(&bytes);
     let lines: Vec<&str> = text.lines().collect();

@@ -50,6 +50,11 @@ fn alive(pid: u32) -> bool {
     start_time(pid).is_some()
 }
 
+/// Neither running nor a zombie: the runtime reaped it.
+fn reaped(pid: u32) -> bool {
+    !Path::new(&format!("/proc/{pid}")).exists()
+}
+
 #[tokio::test]
 async fn start_and_stop_a_process_in_its_own_group() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -65,11 +70,11 @@ async fn start_and_stop_a_process_in_its_own_group() {
     let pid = rt.pid(&replica("sleeper")).expect("running");
     let pgid = nix::unistd::getpgid(Some(Pid::from_raw(pid as i32))).expect("pgid");
     assert_eq!(pgid.as_raw(), pid as i32, "leader of its own process group");
-    assert!(
-        rt.replica_dir(&replica("sleeper"))
-            .join("instance.json")
-            .exists()
-    );
+    let record = read_record(&rt.replica_dir(&replica("sleeper")).join("instance.json"))
+        .expect("instance.json")
+        .1;
+    assert_eq!((record.pid, record.instance, record.revision), (pid, 1, 3));
+    assert_eq!(Some(record.start_time), start_time(pid));
     rt.stop(&replica("sleeper"), 1, Duration::from_secs(5))
         .await;
     assert!(matches!(
@@ -80,7 +85,7 @@ async fn start_and_stop_a_process_in_its_own_group() {
             ..
         }
     ));
-    assert!(!alive(pid), "stopped and reaped");
+    assert!(reaped(pid), "stopped and reaped, no zombie");
     assert!(
         !rt.replica_dir(&replica("sleeper"))
             .join("instance.json")
@@ -126,7 +131,7 @@ async fn a_process_ignoring_sigterm_is_killed_after_the_grace() {
         begun.elapsed() >= Duration::from_millis(300),
         "it got its grace"
     );
-    assert!(!alive(pid));
+    assert!(reaped(pid), "killed and reaped, no zombie");
 }
 
 #[tokio::test]
@@ -261,6 +266,8 @@ async fn a_new_runtime_adopts_processes_and_ignores_stale_records() {
     );
     assert!(!dir.path().join("replicas/dead-0/instance.json").exists());
     assert!(!dir.path().join("replicas/reused-0/instance.json").exists());
+    assert_eq!(rt.adopt().await, 0, "adopting again takes nothing twice");
+    assert_eq!(rt.pid(&replica("keeper")), Some(pid));
     rt.stop(&replica("keeper"), 9, Duration::from_secs(5)).await;
     assert!(matches!(
         next(&mut rx).await,
@@ -312,4 +319,144 @@ async fn a_memory_limit_is_enforced_when_cgroups_are_writable() {
         ),
         other => panic!("expected an exit, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_directory_that_cannot_be_made_fails_the_start_with_the_io_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The state dir is a regular file: nothing can be created under it, like a full disk.
+    let blocker = dir.path().join("not-a-dir");
+    fs::write(&blocker, "x").expect("write");
+    let (rt, mut rx) = runtime(&blocker, ProcessConfig::default());
+    rt.start(request("web", 1, "sleep", &["30"], "")).await;
+    match next(&mut rx).await {
+        RuntimeEvent::StartFailed { reason, .. } => {
+            assert!(reason.starts_with("cannot create"), "{reason}");
+            assert!(reason.contains("Not a directory"), "{reason}");
+        }
+        other => panic!("expected a failed start, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_running_replica_is_not_started_twice_and_others_are_unaffected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (rt, mut rx) = runtime(dir.path(), ProcessConfig::default());
+    rt.start(request("solo", 1, "sleep", &["30"], "")).await;
+    assert!(matches!(next(&mut rx).await, RuntimeEvent::Started { .. }));
+    rt.start(request("solo", 2, "sleep", &["30"], "")).await;
+    match next(&mut rx).await {
+        RuntimeEvent::StartFailed {
+            instance, reason, ..
+        } => {
+            assert_eq!(instance, 2);
+            assert!(reason.contains("instance 1"), "{reason}");
+        }
+        other => panic!("expected a refused start, got {other:?}"),
+    }
+    rt.start(request("ghost", 1, "no-such-program-here", &[], ""))
+        .await;
+    assert!(matches!(
+        next(&mut rx).await,
+        RuntimeEvent::StartFailed { .. }
+    ));
+    let pid = rt.pid(&replica("solo")).expect("still running");
+    assert!(alive(pid));
+    // Stopping an unknown instance of it is a no-op.
+    rt.stop(&replica("solo"), 2, Duration::from_millis(100))
+        .await;
+    assert!(alive(pid));
+    rt.stop(&replica("solo"), 1, Duration::from_secs(2)).await;
+    assert!(matches!(
+        next(&mut rx).await,
+        RuntimeEvent::Exited { instance: 1, .. }
+    ));
+}
+
+#[tokio::test]
+async fn log_tail_returns_the_last_lines_of_the_current_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (rt, mut rx) = runtime(dir.path(), ProcessConfig::default());
+    rt.start(request("counter", 1, "seq", &["1", "5000"], ""))
+        .await;
+    assert!(matches!(next(&mut rx).await, RuntimeEvent::Started { .. }));
+    match next(&mut rx).await {
+        RuntimeEvent::Exited { code, log_tail, .. } => {
+            assert_eq!(code, Some(0));
+            let expected: Vec<String> = (4981..=5000).map(|i| i.to_string()).collect();
+            assert_eq!(log_tail, expected);
+        }
+        other => panic!("expected an exit, got {other:?}"),
+    }
+    let expected: Vec<String> = (2001..=5000).map(|i| i.to_string()).collect();
+    assert_eq!(rt.log_tail(&replica("counter"), 3000).await, expected);
+    assert!(rt.log_tail(&replica("nobody"), 10).await.is_empty());
+}
+
+#[test]
+fn tail_lines_reads_backwards_within_its_byte_bound() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("output.log");
+    // Lines straddle the 8 KiB chunks; the last line has no newline yet.
+    let mut text: String = (0..3000).map(|i| format!("line {i}\n")).collect();
+    text.push_str("partial");
+    fs::write(&path, &text).expect("write");
+    assert_eq!(
+        tail_lines(&path, 3, TAIL_BYTES_MAX),
+        vec!["line 2998", "line 2999", "partial"]
+    );
+    assert_eq!(tail_lines(&path, 3000, TAIL_BYTES_MAX).len(), 3000);
+    assert_eq!(tail_lines(&path, 3000, TAIL_BYTES_MAX)[0], "line 1");
+    assert!(tail_lines(&path, 0, TAIL_BYTES_MAX).is_empty());
+    // With a 20-byte bound only the end is read: a cut first line, then whole ones.
+    assert_eq!(
+        tail_lines(&path, 100, 20),
+        vec!["98", "line 2999", "partial"]
+    );
+    assert!(tail_lines(&dir.path().join("missing"), 5, TAIL_BYTES_MAX).is_empty());
+}
+
+/// With cgroups available, the limits land in the instance's group and the group is removed
+/// once the instance is gone.
+#[tokio::test]
+async fn limits_are_written_to_a_group_removed_after_exit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (rt, mut rx) = runtime(dir.path(), ProcessConfig::default());
+    let Ok(cgroups) = rt.inner.cgroups.clone() else {
+        eprintln!("skipped: {}", rt.limits_status());
+        return;
+    };
+    // A name no parallel test or earlier run shares, so the group is ours alone.
+    let name = format!("limited{}", std::process::id());
+    let limits = "[resources]\ncpu = \"100m\"\ncpu_limit = \"250m\"\nmemory_limit = \"64Mi\"";
+    let mut req = request(&name, 1, "sleep", &["30"], limits);
+    req.replica.workload = WorkloadName::new(name.clone()).expect("valid");
+    let id = req.replica.clone();
+    rt.start(req).await;
+    assert!(matches!(next(&mut rx).await, RuntimeEvent::Started { .. }));
+    let pid = rt.pid(&id).expect("running");
+    let groups = cgroups.existing(&group_name(&id, 1));
+    assert!(groups.is_limited());
+    for group in groups.dirs() {
+        let members = fs::read_to_string(group.join("cgroup.procs")).expect("procs");
+        assert!(members.lines().any(|l| l == pid.to_string()), "{members}");
+        let cpu = match &cgroups {
+            Cgroups::V2 { .. } => fs::read_to_string(group.join("cpu.max")).ok(),
+            Cgroups::V1 { .. } => fs::read_to_string(group.join("cpu.cfs_quota_us")).ok(),
+        };
+        if let Some(cpu) = cpu {
+            assert!(cpu.starts_with("25000"), "{cpu}");
+        }
+    }
+    rt.stop(&id, 1, Duration::from_secs(2)).await;
+    assert!(matches!(next(&mut rx).await, RuntimeEvent::Exited { .. }));
+    let deadline = crate::clock::monotonic() + Duration::from_secs(3);
+    while groups.dirs().iter().any(|d| d.exists()) && crate::clock::monotonic() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        groups.dirs().iter().all(|d| !d.exists()),
+        "{:?}",
+        groups.dirs()
+    );
 }
