@@ -91,6 +91,8 @@ pub struct Detector {
     heard: BTreeMap<NodeId, BTreeMap<NodeId, Verdict>>,
     /// Indirect probes run for others: our seq -> (requester, their seq).
     relays: BTreeMap<u64, (NodeId, u64)>,
+    /// Each member's top-ranked watchers (then helpers), from the last membership change.
+    ranked: BTreeMap<NodeId, Vec<NodeId>>,
     /// When each member was last heard of (its gossip, or a verdict about it).
     fresh: BTreeMap<NodeId, u64>,
     /// When this detector got its first member list (silence is counted from there).
@@ -112,6 +114,7 @@ impl Detector {
             probes: BTreeMap::new(),
             heard: BTreeMap::new(),
             relays: BTreeMap::new(),
+            ranked: BTreeMap::new(),
             fresh: BTreeMap::new(),
             started_ms: None,
             seq: 0,
@@ -130,12 +133,19 @@ impl Detector {
         self.started_ms.get_or_insert(now_ms);
         self.members = members;
         self.members.insert(self.me.clone());
-        let k = self.config.watchers;
-        let mine: BTreeSet<NodeId> = self
+        // Rank once per membership change: liveness and probing look these up all the time.
+        let keep = self.config.watchers + self.config.indirect_helpers + 1;
+        self.ranked = self
             .members
             .iter()
-            .filter(|m| **m != self.me && watchers_of(m, &self.members, k).contains(&self.me))
-            .cloned()
+            .map(|m| (m.clone(), watchers_of(m, &self.members, keep)))
+            .collect();
+        let k = self.config.watchers;
+        let mine: BTreeSet<NodeId> = self
+            .ranked
+            .iter()
+            .filter(|(m, ranked)| **m != self.me && ranked.iter().take(k).any(|w| *w == self.me))
+            .map(|(m, _)| m.clone())
             .collect();
         self.probes.retain(|n, _| mine.contains(n));
         for node in mine {
@@ -253,7 +263,10 @@ impl Detector {
         if now_ms.saturating_sub(last) > self.config.stale_after_ms {
             return Liveness::Down;
         }
-        let watchers = watchers_of(node, &self.members, self.config.watchers);
+        let watchers: &[NodeId] = self
+            .ranked
+            .get(node)
+            .map_or(&[], |r| &r[..r.len().min(self.config.watchers)]);
         let current = self.incarnations.get(node).copied().unwrap_or(0);
         let heard = self.heard.get(node);
         let verdict_of = |w: &NodeId| {
@@ -324,7 +337,7 @@ impl Detector {
     /// Helpers for an indirect probe: the members ranked next after this node as watchers of
     /// `node` (deterministic, and spread over the fleet).
     fn helpers_for(&self, node: &NodeId) -> Vec<NodeId> {
-        let ranked = watchers_of(node, &self.members, self.members.len());
+        let ranked = self.ranked.get(node).cloned().unwrap_or_default();
         ranked
             .into_iter()
             .filter(|m| *m != self.me)
