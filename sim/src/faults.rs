@@ -5,43 +5,16 @@
 
 use std::collections::BTreeSet;
 
-use starling_protocol::spec::WorkloadSpec;
-
 use crate::scenario::{FaultKind, Selector};
 use crate::world::{Event, Power, World};
 
-/// One fault action at one time.
+/// One fault action at one time: a scenario fault as written, or one step of an expanded
+/// timed fault (a rolling reboot becomes crashes and restarts; churn becomes joins and leaves).
 #[derive(Debug, Clone)]
 pub(crate) enum Step {
-    Crash(Selector),
-    Restart(Selector),
-    DiskLoss(Selector),
-    Partition(Vec<Selector>),
-    Cut {
-        from: Selector,
-        to: Selector,
-    },
-    Heal,
-    Skew {
-        nodes: Selector,
-        skew_ms: i64,
-    },
-    Pause {
-        nodes: Selector,
-        duration_ms: u64,
-    },
-    Flap {
-        a: Selector,
-        b: Selector,
-        period_ms: u64,
-        duration_ms: u64,
-    },
+    Fault(FaultKind),
     Join,
     Leave,
-    Write {
-        node: Selector,
-        spec: Box<WorkloadSpec>,
-    },
 }
 
 /// Expands the scenario's faults into timed steps.
@@ -50,46 +23,6 @@ pub(crate) fn expand(world: &mut World) -> Vec<(u64, Step)> {
     for fault in &world.scenario.faults {
         let at = fault.at_ms;
         match &fault.kind {
-            FaultKind::Crash(s) => steps.push((at, Step::Crash(s.clone()))),
-            FaultKind::Restart(s) => steps.push((at, Step::Restart(s.clone()))),
-            FaultKind::DiskLoss(s) => steps.push((at, Step::DiskLoss(s.clone()))),
-            FaultKind::Partition(groups) => steps.push((at, Step::Partition(groups.clone()))),
-            FaultKind::Cut { from, to } => steps.push((
-                at,
-                Step::Cut {
-                    from: from.clone(),
-                    to: to.clone(),
-                },
-            )),
-            FaultKind::Heal => steps.push((at, Step::Heal)),
-            FaultKind::Skew { nodes, skew_ms } => steps.push((
-                at,
-                Step::Skew {
-                    nodes: nodes.clone(),
-                    skew_ms: *skew_ms,
-                },
-            )),
-            FaultKind::Pause { nodes, duration_ms } => steps.push((
-                at,
-                Step::Pause {
-                    nodes: nodes.clone(),
-                    duration_ms: *duration_ms,
-                },
-            )),
-            FaultKind::Flap {
-                a,
-                b,
-                period_ms,
-                duration_ms,
-            } => steps.push((
-                at,
-                Step::Flap {
-                    a: a.clone(),
-                    b: b.clone(),
-                    period_ms: *period_ms,
-                    duration_ms: *duration_ms,
-                },
-            )),
             FaultKind::RollingReboot {
                 nodes,
                 downtime_ms,
@@ -99,8 +32,8 @@ pub(crate) fn expand(world: &mut World) -> Vec<(u64, Step)> {
                 let mut t = at;
                 for i in order {
                     let one = vec![world.nodes[i].id.to_string()];
-                    steps.push((t, Step::Crash(one.clone())));
-                    steps.push((t + downtime_ms, Step::Restart(one)));
+                    steps.push((t, Step::Fault(FaultKind::Crash(one.clone()))));
+                    steps.push((t + downtime_ms, Step::Fault(FaultKind::Restart(one))));
                     t += downtime_ms + gap_ms;
                 }
             }
@@ -116,13 +49,7 @@ pub(crate) fn expand(world: &mut World) -> Vec<(u64, Step)> {
                     t += every;
                 }
             }
-            FaultKind::Write { node, spec } => steps.push((
-                at,
-                Step::Write {
-                    node: node.clone(),
-                    spec: spec.clone(),
-                },
-            )),
+            kind => steps.push((at, Step::Fault(kind.clone()))),
         }
     }
     steps.sort_by_key(|(t, _)| *t);
@@ -134,7 +61,9 @@ pub(crate) fn last_end_ms(steps: &[(u64, Step)]) -> u64 {
     steps
         .iter()
         .map(|(at, step)| match step {
-            Step::Pause { duration_ms, .. } | Step::Flap { duration_ms, .. } => at + duration_ms,
+            Step::Fault(
+                FaultKind::Pause { duration_ms, .. } | FaultKind::Flap { duration_ms, .. },
+            ) => at + duration_ms,
             _ => *at,
         })
         .max()
@@ -201,25 +130,25 @@ pub(crate) fn apply(world: &mut World, k: usize) {
     world.note(format!("fault: {step:?}"));
     world.checker.fault_seen(world.now);
     match step {
-        Step::Crash(s) => {
+        Step::Fault(FaultKind::Crash(s)) => {
             for i in resolve(world, &s) {
                 world.crash(i);
             }
         }
-        Step::Restart(s) => {
+        Step::Fault(FaultKind::Restart(s)) => {
             for i in resolve(world, &s) {
                 if world.nodes[i].power == Power::Crashed {
                     world.boot(i);
                 }
             }
         }
-        Step::DiskLoss(s) => {
+        Step::Fault(FaultKind::DiskLoss(s)) => {
             for i in resolve(world, &s) {
                 world.crash(i);
                 world.nodes[i].disk = Default::default();
             }
         }
-        Step::Partition(groups) => {
+        Step::Fault(FaultKind::Partition(groups)) => {
             let mut sides: Vec<Vec<usize>> = groups.iter().map(|g| resolve(world, g)).collect();
             let placed: BTreeSet<usize> = sides.iter().flatten().copied().collect();
             sides.push(
@@ -239,7 +168,7 @@ pub(crate) fn apply(world: &mut World, k: usize) {
                 }
             }
         }
-        Step::Cut { from, to } => {
+        Step::Fault(FaultKind::Cut { from, to }) => {
             let (from, to) = (resolve(world, &from), resolve(world, &to));
             for &a in &from {
                 for &b in &to {
@@ -247,13 +176,13 @@ pub(crate) fn apply(world: &mut World, k: usize) {
                 }
             }
         }
-        Step::Heal => world.blocked.clear(),
-        Step::Skew { nodes, skew_ms } => {
+        Step::Fault(FaultKind::Heal) => world.blocked.clear(),
+        Step::Fault(FaultKind::Skew { nodes, skew_ms }) => {
             for i in resolve(world, &nodes) {
                 world.nodes[i].skew_ms += skew_ms;
             }
         }
-        Step::Pause { nodes, duration_ms } => {
+        Step::Fault(FaultKind::Pause { nodes, duration_ms }) => {
             for i in resolve(world, &nodes) {
                 if world.nodes[i].power == Power::Up {
                     world.nodes[i].power = Power::Paused {
@@ -263,12 +192,12 @@ pub(crate) fn apply(world: &mut World, k: usize) {
                 }
             }
         }
-        Step::Flap {
+        Step::Fault(FaultKind::Flap {
             a,
             b,
             period_ms,
             duration_ms,
-        } => {
+        }) => {
             let (a, b) = (resolve(world, &a), resolve(world, &b));
             let mut t = world.now;
             let mut down = true;
@@ -315,7 +244,9 @@ pub(crate) fn apply(world: &mut World, k: usize) {
                 }
             }
         }
-        Step::Write { node, spec } => {
+        // Expanded into crashes/restarts and joins/leaves by `expand`; never a step of its own.
+        Step::Fault(FaultKind::RollingReboot { .. } | FaultKind::Churn { .. }) => {}
+        Step::Fault(FaultKind::Write { node, spec }) => {
             // An operator writes to a node that answers: the first selected node that is up.
             let up = resolve(world, &node)
                 .into_iter()
