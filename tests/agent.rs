@@ -67,6 +67,28 @@ impl Agent {
             .unwrap_or_default()
     }
 
+    /// Replicas in state Running.
+    fn running(&self) -> usize {
+        self.replicas()
+            .iter()
+            .filter(|r| r["state"] == "Running")
+            .count()
+    }
+
+    /// Applies spec files and asserts the agent accepted them.
+    fn apply(&self, specs: &[&Path]) {
+        let mut args = vec!["apply"];
+        for spec in specs {
+            args.extend(["-f", spec.to_str().expect("utf-8 path")]);
+        }
+        let out = self.cli(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     fn replica(&self, workload: &str, index: u64) -> Option<Value> {
         self.replicas()
             .into_iter()
@@ -209,20 +231,9 @@ fn scale_and_delete_stop_the_processes() {
         "w",
         "name = \"w\"\ncommand = \"sleep\"\nargs = [\"300\"]\nreplicas = 3\n",
     );
-    assert!(
-        agent
-            .cli(&["apply", "-f", spec.to_str().expect("utf-8")])
-            .status
-            .success()
-    );
+    agent.apply(&[&spec]);
     wait_for("3 running", Duration::from_secs(15), || {
-        (agent
-            .replicas()
-            .iter()
-            .filter(|r| r["state"] == "Running")
-            .count()
-            == 3)
-            .then_some(())
+        (agent.running() == 3).then_some(())
     });
     let pid2 = pid_of(&dir, "w", 2).expect("pid of replica 2");
     assert!(agent.cli(&["scale", "w=1"]).status.success());
@@ -255,12 +266,7 @@ fn a_failing_health_check_restarts_the_replica() {
             marker.display()
         ),
     );
-    assert!(
-        agent
-            .cli(&["apply", "-f", spec.to_str().expect("utf-8")])
-            .status
-            .success()
-    );
+    agent.apply(&[&spec]);
     wait_for("healthy", Duration::from_secs(15), || {
         agent
             .replica("checked", 0)
@@ -297,20 +303,9 @@ fn an_agent_restart_adopts_its_processes_without_duplicates() {
         "keeper",
         "name = \"keeper\"\ncommand = \"sleep\"\nargs = [\"300\"]\nreplicas = 2\n",
     );
-    assert!(
-        agent
-            .cli(&["apply", "-f", spec.to_str().expect("utf-8")])
-            .status
-            .success()
-    );
+    agent.apply(&[&spec]);
     wait_for("running", Duration::from_secs(15), || {
-        (agent
-            .replicas()
-            .iter()
-            .filter(|r| r["state"] == "Running")
-            .count()
-            == 2)
-            .then_some(())
+        (agent.running() == 2).then_some(())
     });
     let before = [
         pid_of(&dir, "keeper", 0).expect("pid"),
@@ -323,13 +318,7 @@ fn an_agent_restart_adopts_its_processes_without_duplicates() {
     );
     let agent = Agent::start(&dir);
     wait_for("adopted", Duration::from_secs(15), || {
-        (agent
-            .replicas()
-            .iter()
-            .filter(|r| r["state"] == "Running")
-            .count()
-            == 2)
-            .then_some(())
+        (agent.running() == 2).then_some(())
     });
     std::thread::sleep(Duration::from_secs(2));
     let after = [
@@ -364,18 +353,7 @@ fn a_bad_command_gets_a_clear_status_and_other_replicas_are_unaffected() {
         "good",
         "name = \"good\"\ncommand = \"sleep\"\nargs = [\"300\"]\n",
     );
-    assert!(
-        agent
-            .cli(&[
-                "apply",
-                "-f",
-                bad.to_str().expect("utf-8"),
-                "-f",
-                good.to_str().expect("utf-8")
-            ])
-            .status
-            .success()
-    );
+    agent.apply(&[&bad, &good]);
     let r = wait_for("a crash loop", Duration::from_secs(20), || {
         agent
             .replica("bad", 0)
@@ -426,12 +404,7 @@ fn a_port_already_taken_shows_as_a_crash_loop_with_the_workload_s_own_words() {
             "name = \"web\"\ncommand = \"python3\"\nargs = [\"-m\", \"http.server\", \"--bind\", \"127.0.0.1\", \"{port}\"]\n[restart]\nbackoff_initial = \"100ms\"\nbackoff_max = \"400ms\"\n"
         ),
     );
-    assert!(
-        agent
-            .cli(&["apply", "-f", spec.to_str().expect("utf-8")])
-            .status
-            .success()
-    );
+    agent.apply(&[&spec]);
     let r = wait_for("a crash loop", Duration::from_secs(30), || {
         agent
             .replica("web", 0)
