@@ -123,7 +123,15 @@ impl ClusterCa {
     /// Signs a certificate for a node (server and client auth, SAN = the node id) or a user
     /// (client auth only).
     pub fn issue(&self, role: Role, name: &NodeId) -> Result<Issued, IdentityError> {
-        let mut params = CertificateParams::new(vec![name.to_string()]).map_err(cert_err)?;
+        // DNS names say who the holder is (see `net::tls`); dialers verify `node.starling`.
+        let names = match role {
+            Role::Node => vec![
+                crate::net::tls::NODE_SERVER_NAME.to_string(),
+                format!("{name}.node.starling"),
+            ],
+            Role::User => vec![format!("{name}.user.starling")],
+        };
+        let mut params = CertificateParams::new(names).map_err(cert_err)?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "Starling");
         dn.push(
@@ -155,6 +163,20 @@ pub fn fingerprint_of(der: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(digest(&SHA256, der).as_ref());
     out
+}
+
+/// The DER bytes inside a PEM document (its first block).
+pub fn pem_der(pem: &str) -> Option<Vec<u8>> {
+    let body: String = pem
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    if body.is_empty() {
+        return None;
+    }
+    decode_base64(&body)
 }
 
 fn pem_body(pem: &str) -> Option<Vec<u8>> {
@@ -243,11 +265,11 @@ impl JoinToken {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex(text: &str, out: &mut [u8]) -> Option<()> {
+pub(crate) fn unhex(text: &str, out: &mut [u8]) -> Option<()> {
     if text.len() != out.len() * 2 {
         return None;
     }

@@ -17,11 +17,13 @@
 pub mod agent;
 pub mod api;
 pub mod clock;
+pub mod cluster;
 pub mod core;
 pub mod gossip;
 pub mod health;
 pub mod identity;
 pub mod membership;
+pub mod net;
 pub mod runtime;
 pub mod store;
 

@@ -265,14 +265,14 @@ pub enum PeerMessage {
         /// Matches the ack.
         seq: u64,
     },
-    /// A watcher's verdict on a node, pushed to the nodes that take over its replicas.
+    /// A watcher's verdict on a node (the sender is the watcher), pushed to the members.
     Verdict {
         /// The node judged.
         node: NodeId,
-        /// It is down (true) or alive again (false).
-        down: bool,
-        /// When the verdict was reached.
-        at: Timestamp,
+        /// What the watcher concluded.
+        state: crate::placement::Liveness,
+        /// The node's incarnation when judged; a higher one refutes the verdict.
+        incarnation: u64,
     },
     /// Anti-entropy: send me your digest leaves.
     DigestRequest,
@@ -297,6 +297,72 @@ pub enum PeerMessage {
         /// The grant the voter currently honours.
         current: Option<Lease>,
     },
+}
+
+/// The first frame of every QUIC stream: what the dialer wants. Which requests a dialer may
+/// make depends on its certificate (see `node::net`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// An API call (operators and nodes); answered with [`ApiResponse`] frames.
+    Api(ApiRequest),
+    /// A node-to-node message (nodes only); answered with one [`PeerMessage`].
+    Peer(PeerMessage),
+    /// Enrolment of a node that has no certificate yet; answered with one [`JoinReply`].
+    Join(JoinRequest),
+}
+
+/// A node asking to join with a token's secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The id the node wants.
+    pub node: NodeId,
+    /// The token's secret.
+    pub secret: [u8; 16],
+}
+
+/// The answer to a [`JoinRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JoinReply {
+    /// Welcome: everything a member holds.
+    Accepted(Box<Enrolment>),
+    /// Refused, and why.
+    Refused(String),
+}
+
+/// What a new member receives: the cluster's name, CA (with its key, so every member can enrol
+/// others without a master), gossip keyring, its own certificate, and peers to contact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enrolment {
+    /// The cluster's name.
+    pub cluster: String,
+    /// The CA certificate (PEM).
+    pub ca_pem: String,
+    /// The CA key (PEM).
+    pub ca_key_pem: String,
+    /// The gossip keyring: (key id, key), the first one primary.
+    pub gossip_keys: Vec<(u32, [u8; 32])>,
+    /// The new node's certificate (PEM).
+    pub cert_pem: String,
+    /// Its key (PEM).
+    pub key_pem: String,
+    /// Gossip addresses of current members.
+    pub seeds: Vec<String>,
+}
+
+impl Check for Request {
+    fn check(&self) -> Result<(), String> {
+        match self {
+            Request::Api(request) => request.check(),
+            Request::Peer(message) => message.check(),
+            Request::Join(_) => Ok(()),
+        }
+    }
+}
+
+impl Check for JoinReply {
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 impl Check for ApiRequest {

@@ -1,0 +1,369 @@
+//! A member's cluster material on disk, and the operator's client material.
+//!
+//! A node's data dir holds `cluster/`: the cluster name, the CA certificate and key (every
+//! member can enrol others: there is no master to ask), the gossip keyring, this node's
+//! certificate and key, and the seeds it last knew. An operator's cluster dir (default
+//! `~/.config/starling`) holds the CA certificate, a user certificate and key, and peers.
+//!
+//! Addresses: a node is reached at one base address `host:port`: gossip on `port` (UDP),
+//! QUIC on `port + 1`, probes on `port + 2`.
+
+use std::fs;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
+use starling_protocol::NodeId;
+use starling_protocol::wire::Enrolment;
+
+use crate::gossip::seal::Keyring;
+use crate::identity::{ClusterCa, IdentityError, JoinToken, Role, hex, unhex};
+use crate::net::tls::TlsIdentity;
+use crate::store::{StoreError, write_atomic};
+
+/// The QUIC port of a base address.
+pub fn quic_addr(base: SocketAddr) -> SocketAddr {
+    SocketAddr::new(base.ip(), base.port().wrapping_add(1))
+}
+
+/// The probe port of a base address.
+pub fn probe_addr(base: SocketAddr) -> SocketAddr {
+    SocketAddr::new(base.ip(), base.port().wrapping_add(2))
+}
+
+/// Resolves `host:port`, naming it on failure.
+pub fn resolve(text: &str) -> Result<SocketAddr, ClusterError> {
+    text.to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| ClusterError::Address(text.to_string()))
+}
+
+/// Errors of cluster material.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// Reading or writing failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A file is missing or unreadable.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Certificates or tokens.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// Not a usable address.
+    #[error("{0:?} is not a reachable host:port")]
+    Address(String),
+    /// Already initialised.
+    #[error("{0} already belongs to a cluster (remove it to start over)")]
+    Exists(PathBuf),
+}
+
+/// Everything a member holds.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    /// The cluster's name.
+    pub cluster: String,
+    /// CA certificate (PEM).
+    pub ca_pem: String,
+    /// CA key (PEM).
+    pub ca_key_pem: String,
+    /// Gossip keys, the first primary.
+    pub gossip_keys: Vec<(u32, [u8; 32])>,
+    /// This node's certificate (PEM).
+    pub cert_pem: String,
+    /// Its key (PEM).
+    pub key_pem: String,
+    /// Base addresses to gossip with at start.
+    pub seeds: Vec<String>,
+}
+
+fn dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("cluster")
+}
+
+fn read(path: &Path) -> Result<String, ClusterError> {
+    fs::read_to_string(path).map_err(|e| ClusterError::File {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+fn write(path: &Path, text: &str) -> Result<(), ClusterError> {
+    write_atomic(path, text.as_bytes())?;
+    Ok(())
+}
+
+fn random<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    // The OS generator failing is not recoverable and never happens on Linux after boot; a
+    // zero key would still be refused by nobody, so fail loudly instead.
+    if SystemRandom::new().fill(&mut out).is_err() {
+        tracing::error!("the operating system's random generator failed");
+        std::process::abort();
+    }
+    out
+}
+
+impl Membership {
+    /// Whether `data_dir` belongs to a cluster.
+    pub fn exists(data_dir: &Path) -> bool {
+        dir(data_dir).join("node.pem").exists()
+    }
+
+    /// A new cluster with `node` as its first member.
+    pub fn init(cluster: &str, node: &NodeId) -> Result<Self, ClusterError> {
+        let ca = ClusterCa::create(cluster)?;
+        let issued = ca.issue(Role::Node, node)?;
+        Ok(Membership {
+            cluster: cluster.to_string(),
+            ca_pem: ca.cert_pem().to_string(),
+            ca_key_pem: ca.key_pem(),
+            gossip_keys: vec![(1, random::<32>())],
+            cert_pem: issued.cert_pem,
+            key_pem: issued.key_pem,
+            seeds: Vec::new(),
+        })
+    }
+
+    /// What a joiner received.
+    pub fn from_enrolment(enrolment: Enrolment) -> Self {
+        Membership {
+            cluster: enrolment.cluster,
+            ca_pem: enrolment.ca_pem,
+            ca_key_pem: enrolment.ca_key_pem,
+            gossip_keys: enrolment.gossip_keys,
+            cert_pem: enrolment.cert_pem,
+            key_pem: enrolment.key_pem,
+            seeds: enrolment.seeds,
+        }
+    }
+
+    /// Writes the material into `data_dir/cluster/` (keys readable by the owner only).
+    pub fn save(&self, data_dir: &Path) -> Result<(), ClusterError> {
+        let d = dir(data_dir);
+        fs::create_dir_all(&d).map_err(|e| ClusterError::File {
+            path: d.clone(),
+            reason: e.to_string(),
+        })?;
+        set_private(&d);
+        write(&d.join("name"), &self.cluster)?;
+        write(&d.join("ca.pem"), &self.ca_pem)?;
+        write(&d.join("ca.key"), &self.ca_key_pem)?;
+        let keys: String = self
+            .gossip_keys
+            .iter()
+            .map(|(id, key)| format!("{id} {}\n", hex(key)))
+            .collect();
+        write(&d.join("gossip.keys"), &keys)?;
+        write(&d.join("seeds"), &self.seeds.join("\n"))?;
+        write(&d.join("node.key"), &self.key_pem)?;
+        // The certificate last: its presence marks the dir as a member's.
+        write(&d.join("node.pem"), &self.cert_pem)?;
+        Ok(())
+    }
+
+    /// Reads the material of `data_dir`.
+    pub fn load(data_dir: &Path) -> Result<Self, ClusterError> {
+        let d = dir(data_dir);
+        let keys_path = d.join("gossip.keys");
+        let mut gossip_keys = Vec::new();
+        for line in read(&keys_path)?.lines().filter(|l| !l.trim().is_empty()) {
+            let bad = || ClusterError::File {
+                path: keys_path.clone(),
+                reason: format!("{line:?} is not `<id> <64 hex digits>`"),
+            };
+            let (id, key) = line.trim().split_once(' ').ok_or_else(bad)?;
+            let id = id.parse::<u32>().map_err(|_| bad())?;
+            let mut bytes = [0u8; 32];
+            unhex(key.trim(), &mut bytes).ok_or_else(bad)?;
+            gossip_keys.push((id, bytes));
+        }
+        if gossip_keys.is_empty() {
+            return Err(ClusterError::File {
+                path: keys_path,
+                reason: "holds no key".into(),
+            });
+        }
+        Ok(Membership {
+            cluster: read(&d.join("name"))?.trim().to_string(),
+            ca_pem: read(&d.join("ca.pem"))?,
+            ca_key_pem: read(&d.join("ca.key"))?,
+            gossip_keys,
+            cert_pem: read(&d.join("node.pem"))?,
+            key_pem: read(&d.join("node.key"))?,
+            seeds: read(&d.join("seeds"))?
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect(),
+        })
+    }
+
+    /// The gossip keyring (the first key encrypts, all decrypt).
+    pub fn keyring(&self) -> Keyring {
+        let (first_id, first_key) = self.gossip_keys[0];
+        let mut ring = Keyring::new(first_id, first_key);
+        for (id, key) in &self.gossip_keys[1..] {
+            ring.add(*id, *key);
+        }
+        ring
+    }
+
+    /// The TLS identity of this node.
+    pub fn tls(&self) -> Result<TlsIdentity, ClusterError> {
+        TlsIdentity::from_pem(&self.ca_pem, &self.cert_pem, &self.key_pem).map_err(|e| {
+            ClusterError::File {
+                path: PathBuf::from("cluster/node.pem"),
+                reason: e.to_string(),
+            }
+        })
+    }
+
+    /// The CA, to sign certificates.
+    pub fn ca(&self) -> Result<ClusterCa, ClusterError> {
+        Ok(ClusterCa::load(
+            &self.cluster,
+            &self.ca_pem,
+            &self.ca_key_pem,
+        )?)
+    }
+
+    fn join_key(&self) -> hmac::Key {
+        hmac::Key::new(hmac::HMAC_SHA256, &self.gossip_keys[0].1)
+    }
+
+    /// A join token: a random id and its MAC under the cluster key, so any member can check
+    /// it without a master. `seeds` are base addresses of members to knock at.
+    pub fn token(&self, seeds: Vec<String>) -> Result<JoinToken, ClusterError> {
+        let ca = self.ca()?;
+        let id = random::<8>();
+        let tag = hmac::sign(&self.join_key(), &id);
+        let mut secret = [0u8; 16];
+        secret[..8].copy_from_slice(&id);
+        secret[8..].copy_from_slice(&tag.as_ref()[..8]);
+        Ok(JoinToken {
+            ca_fingerprint: ca.fingerprint(),
+            secret,
+            seeds,
+        })
+    }
+
+    /// Whether `secret` is a token this cluster made; returns its id (to spend it).
+    pub fn check_secret(&self, secret: &[u8; 16]) -> Option<String> {
+        // Only 8 bytes of the tag travel: compare those, in constant time.
+        let tag = hmac::sign(&self.join_key(), &secret[..8]);
+        let differ = tag.as_ref()[..8]
+            .iter()
+            .zip(&secret[8..])
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        (differ == 0).then(|| hex(&secret[..8]))
+    }
+
+    /// Everything a new member `node` receives.
+    pub fn enrol(&self, node: &NodeId, seeds: Vec<String>) -> Result<Enrolment, ClusterError> {
+        let issued = self.ca()?.issue(Role::Node, node)?;
+        Ok(Enrolment {
+            cluster: self.cluster.clone(),
+            ca_pem: self.ca_pem.clone(),
+            ca_key_pem: self.ca_key_pem.clone(),
+            gossip_keys: self.gossip_keys.clone(),
+            cert_pem: issued.cert_pem,
+            key_pem: issued.key_pem,
+            seeds,
+        })
+    }
+}
+
+#[cfg(unix)]
+fn set_private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o700));
+}
+
+/// An operator's client material (`~/.config/starling` or `--cluster-dir`).
+#[derive(Debug, Clone)]
+pub struct ClientDir {
+    /// Where it lives.
+    pub dir: PathBuf,
+}
+
+impl ClientDir {
+    /// Writes a user's certificate for `cluster` with `peers` (base addresses).
+    pub fn write(
+        &self,
+        membership: &Membership,
+        user: &NodeId,
+        peers: &[String],
+    ) -> Result<(), ClusterError> {
+        let issued = membership.ca()?.issue(Role::User, user)?;
+        fs::create_dir_all(&self.dir).map_err(|e| ClusterError::File {
+            path: self.dir.clone(),
+            reason: e.to_string(),
+        })?;
+        set_private(&self.dir);
+        write(&self.dir.join("ca.pem"), &membership.ca_pem)?;
+        write(&self.dir.join("user.key"), &issued.key_pem)?;
+        write(&self.dir.join("user.pem"), &issued.cert_pem)?;
+        write(&self.dir.join("peers"), &peers.join("\n"))?;
+        Ok(())
+    }
+
+    /// Whether a user certificate is there.
+    pub fn exists(&self) -> bool {
+        self.dir.join("user.pem").exists()
+    }
+
+    /// The user's TLS identity.
+    pub fn tls(&self) -> Result<TlsIdentity, ClusterError> {
+        let ca = read(&self.dir.join("ca.pem"))?;
+        let cert = read(&self.dir.join("user.pem"))?;
+        let key = read(&self.dir.join("user.key"))?;
+        TlsIdentity::from_pem(&ca, &cert, &key).map_err(|e| ClusterError::File {
+            path: self.dir.join("user.pem"),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Peers recorded at `user add` time.
+    pub fn peers(&self) -> Vec<String> {
+        fs::read_to_string(self.dir.join("peers"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn material_round_trips_and_tokens_are_checked_by_any_member() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = NodeId::new("n1").expect("id");
+        let m = Membership::init("edge", &node).expect("init");
+        m.save(dir.path()).expect("save");
+        assert!(Membership::exists(dir.path()));
+        let loaded = Membership::load(dir.path()).expect("load");
+        assert_eq!(loaded.gossip_keys, m.gossip_keys);
+        let token = m.token(vec!["127.0.0.1:7946".into()]).expect("token");
+        assert!(loaded.check_secret(&token.secret).is_some(), "a member accepts it");
+        let mut forged = token.secret;
+        forged[12] ^= 1;
+        assert!(loaded.check_secret(&forged).is_none(), "a forged secret is refused");
+        let other = Membership::init("edge", &node).expect("init");
+        assert!(other.check_secret(&token.secret).is_none(), "another cluster refuses it");
+        assert!(m.tls().is_ok());
+    }
+}

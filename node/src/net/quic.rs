@@ -1,0 +1,202 @@
+//! QUIC endpoints: one per agent (serves and dials), one per CLI call (dials).
+//!
+//! Every exchange is one bidirectional stream: the dialer writes one framed
+//! [`Request`], the server answers with frames (see `wire`). Connections to peers are pooled
+//! by address, so probes of the same peer reuse one handshake.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use starling_protocol::wire::{Check, PeerMessage, Request};
+use tokio::sync::Mutex;
+
+use super::tls::{self, NODE_SERVER_NAME, TlsIdentity};
+use crate::api::{ApiError, read_frame, write_frame};
+
+/// Errors of a QUIC exchange.
+#[derive(Debug, thiserror::Error)]
+pub enum QuicError {
+    /// TLS settings could not be built.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The UDP socket could not be bound.
+    #[error("cannot bind {addr}/udp for QUIC: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// No connection to the peer.
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect {
+        /// The peer.
+        addr: SocketAddr,
+        /// Why (TLS refusals say which certificate was refused).
+        reason: String,
+    },
+    /// The stream failed.
+    #[error("exchange with {addr} failed: {reason}")]
+    Exchange {
+        /// The peer.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The peer took too long.
+    #[error("{addr} did not answer within {ms} ms")]
+    Timeout {
+        /// The peer.
+        addr: SocketAddr,
+        /// The limit.
+        ms: u64,
+    },
+}
+
+/// A QUIC endpoint with pooled client connections.
+pub struct Quic {
+    endpoint: quinn::Endpoint,
+    pool: Mutex<BTreeMap<SocketAddr, quinn::Connection>>,
+}
+
+impl Quic {
+    /// An agent's endpoint: serves on `addr` and dials with the node certificate.
+    pub fn serve(addr: SocketAddr, identity: &TlsIdentity) -> Result<Self, QuicError> {
+        let server = tls::server_config(identity)?;
+        let mut endpoint = quinn::Endpoint::server(server, addr)
+            .map_err(|source| QuicError::Bind { addr, source })?;
+        endpoint.set_default_client_config(tls::client_config(identity)?);
+        Ok(Quic {
+            endpoint,
+            pool: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// A dial-only endpoint with `client` settings (a user certificate, or the join verifier).
+    pub fn dialer(client: quinn::ClientConfig) -> Result<Self, QuicError> {
+        let any: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 0));
+        let mut endpoint = quinn::Endpoint::client(any)
+            .map_err(|source| QuicError::Bind { addr: any, source })?;
+        endpoint.set_default_client_config(client);
+        Ok(Quic {
+            endpoint,
+            pool: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.endpoint.local_addr().ok()
+    }
+
+    /// The endpoint, to accept connections.
+    pub fn endpoint(&self) -> &quinn::Endpoint {
+        &self.endpoint
+    }
+
+    /// A connection to `addr`, reused when one is open.
+    pub async fn connect(&self, addr: SocketAddr) -> Result<quinn::Connection, QuicError> {
+        let mut pool = self.pool.lock().await;
+        if let Some(conn) = pool.get(&addr) {
+            if conn.close_reason().is_none() {
+                return Ok(conn.clone());
+            }
+            pool.remove(&addr);
+        }
+        drop(pool);
+        let connecting = self
+            .endpoint
+            .connect(addr, NODE_SERVER_NAME)
+            .map_err(|e| QuicError::Connect {
+                addr,
+                reason: e.to_string(),
+            })?;
+        let conn = tokio::time::timeout(Duration::from_secs(3), connecting)
+            .await
+            .map_err(|_| QuicError::Timeout { addr, ms: 3_000 })?
+            .map_err(|e| QuicError::Connect {
+                addr,
+                reason: e.to_string(),
+            })?;
+        self.pool.lock().await.insert(addr, conn.clone());
+        Ok(conn)
+    }
+
+    /// Opens a stream to `addr` and sends `request`; the caller reads the answer frames.
+    pub async fn open(
+        &self,
+        addr: SocketAddr,
+        request: &Request,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), QuicError> {
+        let conn = self.connect(addr).await?;
+        let (mut send, recv) = conn.open_bi().await.map_err(|e| {
+            // A dead pooled connection: forget it so the next call redials.
+            let pool = &self.pool;
+            if let Ok(mut pool) = pool.try_lock() {
+                pool.remove(&addr);
+            }
+            QuicError::Exchange {
+                addr,
+                reason: e.to_string(),
+            }
+        })?;
+        write_frame(&mut send, request)
+            .await
+            .map_err(|e| exchange(addr, e))?;
+        Ok((send, recv))
+    }
+
+    /// One request, one answer, within `timeout`.
+    pub async fn call<M>(
+        &self,
+        addr: SocketAddr,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<M, QuicError>
+    where
+        M: serde::de::DeserializeOwned + Check,
+    {
+        let exchange_once = async {
+            let (mut send, mut recv) = self.open(addr, request).await?;
+            let answer = read_frame::<M, _>(&mut recv)
+                .await
+                .map_err(|e| exchange(addr, e))?
+                .ok_or_else(|| QuicError::Exchange {
+                    addr,
+                    reason: "the peer closed the stream without an answer".into(),
+                })?;
+            let _ = send.finish();
+            Ok(answer)
+        };
+        tokio::time::timeout(timeout, exchange_once)
+            .await
+            .map_err(|_| QuicError::Timeout {
+                addr,
+                ms: timeout.as_millis() as u64,
+            })?
+    }
+
+    /// A peer message and its one answer.
+    pub async fn peer(
+        &self,
+        addr: SocketAddr,
+        message: PeerMessage,
+        timeout: Duration,
+    ) -> Result<PeerMessage, QuicError> {
+        self.call(addr, &Request::Peer(message), timeout).await
+    }
+
+    /// Closes every connection and waits for the peers to learn of it (briefly).
+    pub async fn close(&self) {
+        self.endpoint.close(0u32.into(), b"bye");
+        let _ = tokio::time::timeout(Duration::from_millis(200), self.endpoint.wait_idle()).await;
+    }
+}
+
+fn exchange(addr: SocketAddr, e: ApiError) -> QuicError {
+    QuicError::Exchange {
+        addr,
+        reason: e.to_string(),
+    }
+}
