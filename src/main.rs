@@ -24,6 +24,12 @@ struct Cli {
     /// Data dir of the local agent [default: $STARLING_DATA_DIR or ~/.local/share/starling].
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
+    /// Talk to this peer (HOST:PORT, its base address) over QUIC instead of the local agent.
+    #[arg(long, global = true)]
+    peer: Option<String>,
+    /// Operator certificate dir [default: $STARLING_CLUSTER_DIR or ~/.config/starling].
+    #[arg(long, global = true)]
+    cluster_dir: Option<PathBuf>,
     /// Output format.
     #[arg(short, long, value_enum, global = true, default_value_t = Format::Table)]
     output: Format,
@@ -48,12 +54,65 @@ enum Command {
         /// agent adopts them).
         #[arg(long)]
         stop_on_exit: bool,
+        #[command(flatten)]
+        fleet: cmd::agent::FleetArgs,
+    },
+    /// Create a cluster with this data dir's node as its first member.
+    Init {
+        /// The cluster's name.
+        #[arg(long, default_value = "starling")]
+        cluster: String,
+        /// The first node's id.
+        #[arg(long)]
+        node_id: Option<String>,
+        /// Base address peers reach this node at (gossip; QUIC is port + 1, probes port + 2).
+        #[arg(long, default_value = "127.0.0.1:7946")]
+        advertise: std::net::SocketAddr,
+    },
+    /// Enrol this data dir's node into a cluster with a join token.
+    Join {
+        /// The token (from `starling init` or `starling token create`).
+        token: String,
+        /// The node's id.
+        #[arg(long)]
+        node_id: Option<String>,
+        /// Base address peers reach this node at.
+        #[arg(long)]
+        advertise: Option<std::net::SocketAddr>,
+    },
+    /// Join tokens.
+    Token {
+        #[command(subcommand)]
+        what: TokenCommand,
+    },
+    /// Operator certificates.
+    User {
+        #[command(subcommand)]
+        what: UserCommand,
+    },
+    /// Start a local fleet of agents on loopback, apply the example specs, show live status.
+    Up {
+        /// Agents to start.
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        /// Spec files or a directory of them [default: the built-in examples].
+        #[arg(long)]
+        specs: Option<PathBuf>,
+        /// Where the fleet's data dirs go [default: a new temporary dir].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Print the status this many times and exit (0: until Ctrl-C).
+        #[arg(long, default_value_t = 0)]
+        rounds: u32,
     },
     /// Create or update workloads from spec files.
     Apply {
         /// Spec files (`.toml` or `.json`).
         #[arg(short = 'f', long = "file", required = true)]
         files: Vec<PathBuf>,
+        /// Answer only once this many other peers hold the write too.
+        #[arg(long, default_value_t = 0)]
+        ack_replicas: u32,
     },
     /// Delete a workload.
     Delete {
@@ -137,6 +196,21 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a new one-time join token (run on a member, with its --data-dir).
+    Create,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Write a client certificate for operator NAME into the cluster dir.
+    Add {
+        /// The operator's name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum BenchKind {
     /// Gossip rounds for one desired-state write to reach every node (real CRDT, push-pull).
     Dissemination {
@@ -167,26 +241,65 @@ fn main() -> ExitCode {
         .clone()
         .unwrap_or_else(cmd::client::default_data_dir);
     let format = cli.output;
+    let cluster_dir = cli
+        .cluster_dir
+        .clone()
+        .unwrap_or_else(cmd::cluster::default_cluster_dir);
+    let target = cmd::client::Target {
+        data_dir: data_dir.clone(),
+        peer: cli.peer.clone(),
+        cluster_dir: cluster_dir.clone(),
+    };
     let result = match cli.command {
         Command::Agent {
             node_id,
             labels,
             stop_grace_ms,
             stop_on_exit,
+            fleet,
         } => cmd::agent::main(cmd::agent::AgentArgs {
             data_dir,
             node_id,
             labels,
             stop_grace_ms,
             stop_on_exit,
+            fleet,
         }),
-        Command::Apply { files } => cmd::client::apply(&data_dir, &files, format),
-        Command::Delete { name } => {
-            cmd::client::call(&data_dir, ApiRequest::Delete { name }, format)
-        }
-        Command::Scale { assignment } => cmd::client::scale(&data_dir, &assignment, format),
+        Command::Init {
+            cluster,
+            node_id,
+            advertise,
+        } => cmd::cluster::init(&data_dir, &cluster_dir, &cluster, node_id, advertise),
+        Command::Join {
+            token,
+            node_id,
+            advertise,
+        } => cmd::cluster::join(&data_dir, &token, node_id, advertise),
+        Command::Token {
+            what: TokenCommand::Create,
+        } => cmd::cluster::token_create(&data_dir),
+        Command::User {
+            what: UserCommand::Add { name },
+        } => cmd::cluster::user_add(&data_dir, &cluster_dir, &name),
+        Command::Up {
+            nodes,
+            specs,
+            dir,
+            rounds,
+        } => cmd::up::main(cmd::up::UpArgs {
+            nodes,
+            specs,
+            dir,
+            rounds,
+        }),
+        Command::Apply {
+            files,
+            ack_replicas,
+        } => cmd::client::apply(&target, &files, ack_replicas, format),
+        Command::Delete { name } => cmd::client::call(&target, ApiRequest::Delete { name }, format),
+        Command::Scale { assignment } => cmd::client::scale(&target, &assignment, format),
         Command::Rollback { name } => {
-            cmd::client::call(&data_dir, ApiRequest::Rollback { name }, format)
+            cmd::client::call(&target, ApiRequest::Rollback { name }, format)
         }
         Command::Get { kind } => {
             let kind = match kind {
@@ -194,17 +307,17 @@ fn main() -> ExitCode {
                 Kind::Replicas => ObjectKind::Replicas,
                 Kind::Nodes => ObjectKind::Nodes,
             };
-            cmd::client::call(&data_dir, ApiRequest::Get { kind }, format)
+            cmd::client::call(&target, ApiRequest::Get { kind }, format)
         }
         Command::Describe { name } => {
-            cmd::client::call(&data_dir, ApiRequest::Describe { name }, format)
+            cmd::client::call(&target, ApiRequest::Describe { name }, format)
         }
-        Command::Status => cmd::client::call(&data_dir, ApiRequest::Status, format),
+        Command::Status => cmd::client::call(&target, ApiRequest::Status, format),
         Command::Logs {
             name,
             replica,
             tail,
-        } => cmd::client::logs(&data_dir, name, replica, tail),
+        } => cmd::client::logs(&target, name, replica, tail),
         Command::Sim {
             scenario,
             seed,

@@ -60,6 +60,9 @@ pub enum ClusterError {
     /// Not a usable address.
     #[error("{0:?} is not a reachable host:port")]
     Address(String),
+    /// The join exchange failed.
+    #[error("join: {0}")]
+    Join(String),
     /// Already initialised.
     #[error("{0} already belongs to a cluster (remove it to start over)")]
     Exists(PathBuf),
@@ -207,6 +210,18 @@ impl Membership {
         })
     }
 
+    /// Records the base address peers reach this node at (for tokens and user files).
+    pub fn write_advertise(data_dir: &Path, addr: SocketAddr) -> Result<(), ClusterError> {
+        write(&dir(data_dir).join("advertise"), &addr.to_string())
+    }
+
+    /// The base address recorded by [`Membership::write_advertise`].
+    pub fn read_advertise(data_dir: &Path) -> Option<SocketAddr> {
+        fs::read_to_string(dir(data_dir).join("advertise"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+    }
+
     /// The gossip keyring (the first key encrypts, all decrypt).
     pub fn keyring(&self) -> Keyring {
         let (first_id, first_key) = self.gossip_keys[0];
@@ -280,6 +295,48 @@ impl Membership {
             seeds,
         })
     }
+}
+
+/// Enrols `node` through the token's seeds (the first that answers): checks each peer holds
+/// the pinned CA, proves the token's secret, receives the cluster material.
+pub async fn join(token: &JoinToken, node: &NodeId) -> Result<Membership, ClusterError> {
+    use starling_protocol::wire::{JoinReply, JoinRequest, Request};
+    let config = crate::net::tls::join_client_config(token.ca_fingerprint).map_err(|e| {
+        ClusterError::Join(format!("cannot set up TLS for the join: {e}"))
+    })?;
+    let quic = crate::net::quic::Quic::dialer(config)
+        .map_err(|e| ClusterError::Join(e.to_string()))?;
+    let request = Request::Join(JoinRequest {
+        node: node.clone(),
+        secret: token.secret,
+    });
+    let mut failures = Vec::new();
+    for seed in &token.seeds {
+        let addr = match resolve(seed) {
+            Ok(addr) => quic_addr(addr),
+            Err(e) => {
+                failures.push(e.to_string());
+                continue;
+            }
+        };
+        match quic
+            .call::<JoinReply>(addr, &request, std::time::Duration::from_secs(10))
+            .await
+        {
+            Ok(JoinReply::Accepted(enrolment)) => {
+                quic.close().await;
+                return Ok(Membership::from_enrolment(*enrolment));
+            }
+            Ok(JoinReply::Refused(reason)) => {
+                return Err(ClusterError::Join(format!("{seed} refused the join: {reason}")));
+            }
+            Err(e) => failures.push(format!("{seed}: {e}")),
+        }
+    }
+    Err(ClusterError::Join(format!(
+        "no peer of the token answered: {}",
+        failures.join("; ")
+    )))
 }
 
 #[cfg(unix)]

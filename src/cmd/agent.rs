@@ -15,6 +15,38 @@ pub struct AgentArgs {
     pub labels: Vec<String>,
     pub stop_grace_ms: u64,
     pub stop_on_exit: bool,
+    pub fleet: FleetArgs,
+}
+
+/// Fleet flags of `starling agent` (used once the data dir belongs to a cluster).
+#[derive(clap::Args, Debug, Clone)]
+pub struct FleetArgs {
+    /// Enrol with this token first, unless the data dir already belongs to a cluster.
+    #[arg(long)]
+    pub join: Option<String>,
+    /// Base address to listen on: gossip on its port (UDP), QUIC on port + 1, probes on
+    /// port + 2.
+    #[arg(long, default_value = "0.0.0.0:7946")]
+    pub listen: std::net::SocketAddr,
+    /// Base address peers reach this node at [default: --listen, or the one recorded at
+    /// init/join when --listen is 0.0.0.0].
+    #[arg(long)]
+    pub advertise: Option<std::net::SocketAddr>,
+    /// A peer's base address to gossip with at start (repeatable).
+    #[arg(long = "seed")]
+    pub seeds: Vec<String>,
+    /// Milliseconds between gossip rounds (state only; liveness comes from probes).
+    #[arg(long, default_value_t = 1_000)]
+    pub gossip_interval_ms: u64,
+    /// Milliseconds between probes of each watched node.
+    #[arg(long, default_value_t = 250)]
+    pub probe_interval_ms: u64,
+    /// Milliseconds a watched node may stay unreachable before it is declared down.
+    #[arg(long, default_value_t = 1_000)]
+    pub down_after_ms: u64,
+    /// Milliseconds a claim waits for competing claims before starting a replica.
+    #[arg(long, default_value_t = 250)]
+    pub settle_ms: u64,
 }
 
 pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
@@ -26,6 +58,38 @@ pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
     config.labels = parse_labels(&args.labels)?;
     config.stop_grace = Duration::from_millis(args.stop_grace_ms);
     config.stop_on_exit = args.stop_on_exit;
+    let fleet = &args.fleet;
+    if let Some(token) = &fleet.join {
+        let advertise = fleet
+            .advertise
+            .or((!fleet.listen.ip().is_unspecified()).then_some(fleet.listen));
+        super::cluster::join_if_needed(&args.data_dir, token, config.node_id.as_ref().map(|n| n.to_string()), advertise)?;
+    }
+    let advertise = fleet
+        .advertise
+        .or_else(|| (!fleet.listen.ip().is_unspecified()).then_some(fleet.listen))
+        .or_else(|| starling_node::cluster::Membership::read_advertise(&args.data_dir))
+        .map(|a| {
+            if a.port() == fleet.listen.port() {
+                a
+            } else {
+                std::net::SocketAddr::new(a.ip(), fleet.listen.port())
+            }
+        });
+    if starling_node::cluster::Membership::exists(&args.data_dir)
+        && let Some(addr) = advertise
+    {
+        starling_node::cluster::Membership::write_advertise(&args.data_dir, addr)?;
+    }
+    config.settle_ms = fleet.settle_ms;
+    config.fleet.listen = fleet.listen;
+    config.fleet.advertise = advertise;
+    config.fleet.seeds = fleet.seeds.clone();
+    config.fleet.gossip_interval = Duration::from_millis(fleet.gossip_interval_ms.max(10));
+    config.fleet.detector.probe_interval_ms = fleet.probe_interval_ms.max(10);
+    config.fleet.detector.down_after_ms = fleet.down_after_ms;
+    // Nodes nobody here watches count as down after several calm gossip rounds of silence.
+    config.fleet.detector.stale_after_ms = (fleet.gossip_interval_ms * 8).max(5_000);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,7 +1,7 @@
 //! Commands that talk to a running agent: apply, delete, scale, rollback, get, describe,
 //! status, logs.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -23,6 +23,52 @@ pub fn default_data_dir() -> PathBuf {
     home.join(".local/share/starling")
 }
 
+/// Which agent a command talks to.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The local agent's data dir.
+    pub data_dir: PathBuf,
+    /// A peer's base address (`--peer`), reached over QUIC.
+    pub peer: Option<String>,
+    /// The operator's certificate dir.
+    pub cluster_dir: PathBuf,
+}
+
+impl Target {
+    /// `--peer` first (QUIC, with the user certificate); else the local agent's socket when
+    /// it is there; else the peers recorded in the cluster dir.
+    pub async fn connect(&self) -> anyhow::Result<Client> {
+        let client_dir = starling_node::cluster::ClientDir {
+            dir: self.cluster_dir.clone(),
+        };
+        let peers = match &self.peer {
+            Some(peer) => vec![peer.clone()],
+            None if starling_node::api::socket_path(&self.data_dir).exists()
+                || !client_dir.exists() =>
+            {
+                return Ok(Client::connect(&self.data_dir).await?);
+            }
+            None => client_dir.peers(),
+        };
+        if !client_dir.exists() {
+            anyhow::bail!(
+                "no operator certificate in {} (run `starling user add NAME --cluster-dir {0}` on a member, or pass --cluster-dir)",
+                self.cluster_dir.display()
+            );
+        }
+        let tls = client_dir.tls()?;
+        let mut failures = Vec::new();
+        for peer in &peers {
+            let addr = starling_node::cluster::quic_addr(starling_node::cluster::resolve(peer)?);
+            match Client::connect_quic(addr, &tls).await {
+                Ok(client) => return Ok(client),
+                Err(e) => failures.push(format!("{peer}: {e}")),
+            }
+        }
+        anyhow::bail!("no peer answered: {}", failures.join("; "))
+    }
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -31,15 +77,20 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Sends one request and prints the answer. Exit code 1 on an error answer.
-pub fn call(data_dir: &Path, request: ApiRequest, format: Format) -> anyhow::Result<ExitCode> {
+pub fn call(target: &Target, request: ApiRequest, format: Format) -> anyhow::Result<ExitCode> {
     let response = runtime()?.block_on(async {
-        let mut client = Client::connect(data_dir).await?;
-        client.call(&request).await
+        let mut client = target.connect().await?;
+        anyhow::Ok(client.call(&request).await?)
     })?;
     Ok(print_response(response, format))
 }
 
-pub fn apply(data_dir: &Path, files: &[PathBuf], format: Format) -> anyhow::Result<ExitCode> {
+pub fn apply(
+    target: &Target,
+    files: &[PathBuf],
+    ack_replicas: u32,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
     let mut code = ExitCode::SUCCESS;
     for path in files {
         let text = std::fs::read_to_string(path)
@@ -67,16 +118,16 @@ pub fn apply(data_dir: &Path, files: &[PathBuf], format: Format) -> anyhow::Resu
                 format: spec_format,
                 text,
             },
-            ack_replicas: 0,
+            ack_replicas,
         };
-        if call(data_dir, request, format)? != ExitCode::SUCCESS {
+        if call(target, request, format)? != ExitCode::SUCCESS {
             code = ExitCode::FAILURE;
         }
     }
     Ok(code)
 }
 
-pub fn scale(data_dir: &Path, assignment: &str, format: Format) -> anyhow::Result<ExitCode> {
+pub fn scale(target: &Target, assignment: &str, format: Format) -> anyhow::Result<ExitCode> {
     let (name, count) = assignment
         .split_once('=')
         .with_context(|| format!("expected NAME=REPLICAS (e.g. web=5), got {assignment:?}"))?;
@@ -85,17 +136,17 @@ pub fn scale(data_dir: &Path, assignment: &str, format: Format) -> anyhow::Resul
     let replicas: u32 = count
         .parse()
         .with_context(|| format!("replicas must be a whole number, got {count:?}"))?;
-    call(data_dir, ApiRequest::Scale { name, replicas }, format)
+    call(target, ApiRequest::Scale { name, replicas }, format)
 }
 
 pub fn logs(
-    data_dir: &Path,
+    target: &Target,
     name: WorkloadName,
     replica: u32,
     tail_lines: u32,
 ) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
-        let mut client = Client::connect(data_dir).await?;
+        let mut client = target.connect().await?;
         let request = ApiRequest::Logs {
             name,
             replica: Some(replica),

@@ -3,8 +3,10 @@
 pub mod agent;
 pub mod bench;
 pub mod client;
+pub mod cluster;
 pub mod plan;
 pub mod sim;
+pub mod up;
 pub mod validate;
 
 use std::path::Path;

@@ -18,7 +18,7 @@ use starling_protocol::{NodeId, hash};
 use crate::output::{Format, Table};
 
 /// The example specs, built in so `starling plan` works from any directory.
-const EXAMPLES: [(&str, &str); 5] = [
+pub const EXAMPLES: [(&str, &str); 5] = [
     ("web.toml", include_str!("../../examples/specs/web.toml")),
     (
         "worker.toml",

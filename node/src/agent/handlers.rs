@@ -18,7 +18,7 @@ impl Agent {
     pub(super) fn handle_api(&mut self, request: ApiRequest) -> ApiResponse {
         match request {
             ApiRequest::Apply { spec, ack_replicas } => {
-                if ack_replicas > 0 {
+                if ack_replicas > 0 && self.fleet.is_none() {
                     return error(format!(
                         "--ack-replicas {ack_replicas}: this node runs alone and has no peers to wait for"
                     ));
@@ -29,7 +29,13 @@ impl Agent {
                 }
                 .and_then(|doc| doc.validate());
                 match parsed {
-                    Ok(spec) => self.apply(spec),
+                    Ok(spec) => {
+                        let response = self.apply(spec);
+                        if let Some(push) = self.push.as_mut() {
+                            push.1 = ack_replicas;
+                        }
+                        response
+                    }
                     Err(errors) => spec_error(errors),
                 }
             }
@@ -110,6 +116,7 @@ impl Agent {
             if number == 0 { "deleted" } else { "wrote" }
         ));
         self.core.handle_desired(now, next);
+        self.push = Some((name.clone(), 0));
         ApiResponse::Written {
             name,
             revision: number,

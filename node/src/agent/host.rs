@@ -117,16 +117,7 @@ pub(super) async fn serve_api(
                             replica,
                             tail_lines,
                             ..
-                        } => {
-                            let replica = starling_protocol::placement::ReplicaId {
-                                workload: name,
-                                index: replica.unwrap_or(0),
-                            };
-                            let lines = runtime
-                                .log_tail(&replica, tail_lines.min(100_000) as usize)
-                                .await;
-                            send_log(&mut stream, lines).await
-                        }
+                        } => serve_logs(&mut stream, &runtime, name, replica, tail_lines).await,
                         request => {
                             let (tx, rx) = oneshot::channel();
                             if calls.send((request, tx)).await.is_err() {
@@ -147,7 +138,25 @@ pub(super) async fn serve_api(
     }))
 }
 
-async fn send_log(stream: &mut tokio::net::UnixStream, lines: Vec<String>) -> bool {
+/// Answers a `Logs` request from the runtime's files, in chunks.
+pub(super) async fn serve_logs<W: tokio::io::AsyncWrite + Unpin>(
+    stream: &mut W,
+    runtime: &ProcessRuntime,
+    name: starling_protocol::WorkloadName,
+    replica: Option<u32>,
+    tail_lines: u32,
+) -> bool {
+    let replica = starling_protocol::placement::ReplicaId {
+        workload: name,
+        index: replica.unwrap_or(0),
+    };
+    let lines = runtime
+        .log_tail(&replica, tail_lines.min(100_000) as usize)
+        .await;
+    send_log(stream, lines).await
+}
+
+async fn send_log<W: tokio::io::AsyncWrite + Unpin>(stream: &mut W, lines: Vec<String>) -> bool {
     let mut chunks: Vec<Vec<String>> = lines
         .chunks(LOG_CHUNK_LINES)
         .map(<[String]>::to_vec)

@@ -5,9 +5,14 @@
 //! core's next deadline. That keeps every decision in the deterministic core and every effect
 //! here, in the order the core asked for it.
 
+mod fleet;
+mod fleet_loop;
 mod handlers;
 mod host;
+mod quic_api;
 mod tables;
+
+pub use fleet::FleetSettings;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -47,6 +52,10 @@ pub struct AgentConfig {
     pub stop_on_exit: bool,
     /// Largest clock difference accepted from a peer's timestamp.
     pub max_drift_ms: u64,
+    /// How long a claim waits for competing claims before starting (see `core`).
+    pub settle_ms: u64,
+    /// Fleet networking, used when the data dir belongs to a cluster (`starling init`/`join`).
+    pub fleet: FleetSettings,
 }
 
 impl AgentConfig {
@@ -60,6 +69,8 @@ impl AgentConfig {
             stop_grace: Duration::from_secs(10),
             stop_on_exit: false,
             max_drift_ms: 5_000,
+            settle_ms: 250,
+            fleet: FleetSettings::default(),
         }
     }
 }
@@ -84,6 +95,9 @@ pub enum AgentError {
     /// No usable node id.
     #[error("{0}")]
     Identity(String),
+    /// Fleet networking could not start.
+    #[error("{0}")]
+    Net(String),
 }
 
 /// An API request with the way back to its caller.
@@ -106,8 +120,47 @@ pub async fn run(
     ));
     tracing::info!(node = %identity.node, data_dir = %store.dir().display(), "agent starting; {}", runtime.limits_status());
     let (api_tx, api_rx) = mpsc::channel::<ApiCall>(64);
-    let server = host::serve_api(store.dir(), api_tx, runtime.clone()).await?;
+    let server = host::serve_api(store.dir(), api_tx.clone(), runtime.clone()).await?;
     let mut agent = Agent::new(config, store, identity, runtime.clone(), events_tx)?;
+    let mut inbox = None;
+    let mut quic_server = None;
+    if crate::cluster::Membership::exists(agent.store.dir()) {
+        let membership = crate::cluster::Membership::load(agent.store.dir())
+            .map_err(|e| AgentError::Net(e.to_string()))?;
+        let me_view = agent.core.view().nodes[&agent.node].clone();
+        let (fleet, fleet_inbox) = fleet::Fleet::start(
+            &agent.config.fleet,
+            membership,
+            agent.node.clone(),
+            me_view,
+            now_ms(),
+        )
+        .await?;
+        let (peer_tx, peer_rx) = mpsc::channel(256);
+        let (join_tx, join_rx) = mpsc::channel(16);
+        quic_server = Some(quic_api::serve(
+            fleet.quic.endpoint().clone(),
+            quic_api::Routes {
+                api: api_tx.clone(),
+                peers: peer_tx,
+                joins: join_tx,
+                runtime: runtime.clone(),
+                revoked: agent.revoked.clone(),
+            },
+        ));
+        tracing::info!(
+            cluster = %fleet.membership.cluster,
+            gossip = %agent.config.fleet.listen,
+            quic = %crate::cluster::quic_addr(agent.config.fleet.listen),
+            "joined the fleet's gossip"
+        );
+        agent.fleet = Some(fleet);
+        inbox = Some(fleet_loop::Inbox {
+            fleet: fleet_inbox,
+            peers: peer_rx,
+            joins: join_rx,
+        });
+    }
     let adopted = runtime.adopt().await;
     if adopted > 0 {
         tracing::info!(
@@ -115,8 +168,14 @@ pub async fn run(
             "adopted replicas left running by the previous agent"
         );
     }
-    let result = agent.run_loop(events_rx, api_rx, shutdown).await;
+    let result = agent.run_loop(events_rx, api_rx, inbox, shutdown).await;
     server.abort();
+    if let Some(server) = quic_server {
+        server.abort();
+    }
+    if let Some(fleet) = &agent.fleet {
+        fleet.leave().await;
+    }
     let _ = std::fs::remove_file(crate::api::socket_path(agent.store.dir()));
     if agent.config.stop_on_exit {
         agent.stop_everything().await;
@@ -167,6 +226,12 @@ pub(crate) struct Agent {
     events: VecDeque<(u64, String)>,
     /// Where health probers send their results.
     probe_tx: mpsc::UnboundedSender<RuntimeEvent>,
+    /// The fleet side, when the data dir belongs to a cluster.
+    fleet: Option<fleet::Fleet>,
+    /// The last write, to push to peers: its name and the acks asked for.
+    push: Option<(starling_protocol::WorkloadName, u32)>,
+    /// Certificate names refused by the QUIC server.
+    revoked: Arc<std::sync::RwLock<std::collections::BTreeSet<String>>>,
 }
 
 /// Most events kept for `describe`.
@@ -194,7 +259,8 @@ impl Agent {
             None => Hlc::new(identity.node.clone(), config.max_drift_ms),
         };
         let view = single_node_view(&identity.node, &config);
-        let core_config = CoreConfig::new(identity.node.clone(), now.saturating_mul(1_000));
+        let mut core_config = CoreConfig::new(identity.node.clone(), now.saturating_mul(1_000));
+        core_config.settle_ms = config.settle_ms;
         let core = NodeCore::new(
             core_config,
             Restored {
@@ -214,6 +280,9 @@ impl Agent {
             starting: BTreeMap::new(),
             events: VecDeque::new(),
             probe_tx,
+            fleet: None,
+            push: None,
+            revoked: Arc::default(),
         })
     }
 
@@ -221,6 +290,7 @@ impl Agent {
         &mut self,
         mut events: mpsc::UnboundedReceiver<RuntimeEvent>,
         mut api: mpsc::Receiver<ApiCall>,
+        mut inbox: Option<fleet_loop::Inbox>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), AgentError> {
         tokio::pin!(shutdown);
@@ -231,18 +301,37 @@ impl Agent {
         let view = self.core.view().clone();
         self.core.handle_view(now_ms(), view);
         self.execute().await;
+        let mut gossip_tick = tokio::time::interval(fleet_loop::GOSSIP_READ_EVERY);
+        gossip_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let sleep = match self.core.poll_timeout() {
+            let deadline = [
+                self.core.poll_timeout(),
+                self.fleet.as_ref().and_then(|f| f.detector.poll_timeout()),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let sleep = match deadline {
                 Some(deadline) => Duration::from_millis(deadline.saturating_sub(now_ms())),
                 None => Duration::from_secs(3600),
             };
+            let fleet_on = inbox.is_some();
             tokio::select! {
                 Some(event) = events.recv() => self.on_runtime_event(event),
                 Some((request, reply)) = api.recv() => {
                     let response = self.handle_api(request);
-                    let _ = reply.send(response);
+                    self.answer(response, reply);
                 }
-                _ = tokio::time::sleep(sleep) => self.core.handle_timeout(now_ms()),
+                Some(input) = fleet_loop::next(&mut inbox) => self.on_fleet_input(input).await,
+                _ = gossip_tick.tick(), if fleet_on => self.on_gossip_tick().await,
+                _ = tokio::time::sleep(sleep) => {
+                    let now = now_ms();
+                    self.core.handle_timeout(now);
+                    if let Some(fleet) = self.fleet.as_mut() {
+                        fleet.detector.handle_timeout(now);
+                        fleet.flush_detector().await;
+                    }
+                }
                 _ = &mut shutdown => return Ok(()),
             }
             self.execute().await;
@@ -338,8 +427,10 @@ impl Agent {
                     let (runtime, grace) = (self.runtime.clone(), self.config.stop_grace);
                     tokio::spawn(async move { runtime.stop(&replica, instance, grace).await });
                 }
-                Action::Publish(_status) => {
-                    // A single agent has nobody to tell; gossip publishes this in the fleet issue.
+                Action::Publish(status) => {
+                    if let Some(fleet) = &self.fleet {
+                        fleet.publish_status(&status).await;
+                    }
                 }
                 Action::PersistAssignment(assignment) => {
                     if let Err(e) = self.store.write_assignment(&assignment) {

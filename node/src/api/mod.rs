@@ -1,6 +1,6 @@
-//! The agent's API transport. For now a Unix socket in the data dir (the local channel the
-//! CLI uses on the same machine); the QUIC API with mutual TLS joins it in the fleet issue and
-//! reuses the same framing and messages.
+//! The agent's API transport: a Unix socket in the data dir (the local channel on the same
+//! machine, guarded by file permissions) and QUIC with mutual TLS (any peer, from anywhere;
+//! see `net`). Both carry the same framing and messages.
 //!
 //! Framing: a 4-byte big-endian length, then a `wire` envelope. A request gets one response,
 //! except `Logs`, answered by `LogChunk`s until one has `end = true`.
@@ -32,6 +32,9 @@ pub enum ApiError {
     /// The peer sent something undecodable.
     #[error(transparent)]
     Wire(#[from] WireError),
+    /// A QUIC exchange failed.
+    #[error("{0}")]
+    Remote(String),
 }
 
 /// The socket file inside a data dir.
@@ -81,9 +84,18 @@ where
     Ok(())
 }
 
-/// A client of a local agent.
+/// A client of an agent: the local one over its socket, or any peer over QUIC.
 pub struct Client {
-    stream: UnixStream,
+    inner: Inner,
+}
+
+enum Inner {
+    Local(UnixStream),
+    Remote {
+        quic: crate::net::quic::Quic,
+        addr: std::net::SocketAddr,
+        stream: Option<(quinn::SendStream, quinn::RecvStream)>,
+    },
 }
 
 impl Client {
@@ -97,22 +109,62 @@ impl Client {
                 dir: data_dir.display().to_string(),
                 source,
             })?;
-        Ok(Client { stream })
+        Ok(Client {
+            inner: Inner::Local(stream),
+        })
+    }
+
+    /// Connects to the agent whose QUIC address is `addr`, with a user (or node) certificate.
+    pub async fn connect_quic(
+        addr: std::net::SocketAddr,
+        identity: &crate::net::tls::TlsIdentity,
+    ) -> Result<Self, ApiError> {
+        let config =
+            crate::net::tls::client_config(identity).map_err(|e| ApiError::Remote(e.to_string()))?;
+        let quic = crate::net::quic::Quic::dialer(config)
+            .map_err(|e| ApiError::Remote(e.to_string()))?;
+        quic.connect(addr)
+            .await
+            .map_err(|e| ApiError::Remote(e.to_string()))?;
+        Ok(Client {
+            inner: Inner::Remote {
+                quic,
+                addr,
+                stream: None,
+            },
+        })
     }
 
     /// Sends a request and returns the first response.
     pub async fn call(&mut self, request: &ApiRequest) -> Result<ApiResponse, ApiError> {
-        write_frame(&mut self.stream, request).await?;
+        match &mut self.inner {
+            Inner::Local(stream) => write_frame(stream, request).await?,
+            Inner::Remote { quic, addr, stream } => {
+                let request = starling_protocol::wire::Request::Api(request.clone());
+                let opened = quic
+                    .open(*addr, &request)
+                    .await
+                    .map_err(|e| ApiError::Remote(e.to_string()))?;
+                *stream = Some(opened);
+            }
+        }
         self.next().await
     }
 
     /// The next response on this connection (for streamed answers such as logs).
     pub async fn next(&mut self) -> Result<ApiResponse, ApiError> {
-        read_frame(&mut self.stream).await?.ok_or_else(|| {
+        let eof = || {
             ApiError::Io(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 "the agent closed the connection",
             ))
-        })
+        };
+        match &mut self.inner {
+            Inner::Local(stream) => read_frame(stream).await?.ok_or_else(eof),
+            Inner::Remote { stream, .. } => {
+                let (_, recv) = stream.as_mut().ok_or_else(eof)?;
+                read_frame(recv).await?.ok_or_else(eof)
+            }
+        }
     }
 }

@@ -1,0 +1,221 @@
+//! The agent loop's fleet inputs: gossip reads, probe messages, peer calls over QUIC, joins,
+//! and the results of background pulls. Every one of them ends in the core or the store here,
+//! in the loop that owns both.
+
+use std::time::Duration;
+
+use starling_protocol::desired::DesiredEntry;
+use starling_protocol::desired::digest::Digest;
+use starling_protocol::wire::{ApiResponse, JoinReply, JoinRequest, PeerMessage};
+use tokio::sync::{mpsc, oneshot};
+
+use super::fleet::{FleetInbox, PeerCall, SyncEvent};
+use super::quic_api::JoinCall;
+use super::Agent;
+use crate::clock::now_ms;
+
+/// How often gossip state is read into the core and the detector.
+pub(super) const GOSSIP_READ_EVERY: Duration = Duration::from_millis(100);
+
+/// Receivers of fleet inputs.
+pub(crate) struct Inbox {
+    pub fleet: FleetInbox,
+    pub peers: mpsc::Receiver<PeerCall>,
+    pub joins: mpsc::Receiver<JoinCall>,
+}
+
+/// One fleet input.
+pub(crate) enum Input {
+    Probe(starling_protocol::NodeId, PeerMessage),
+    Sync(SyncEvent),
+    Peer(PeerCall),
+    Join(JoinCall),
+}
+
+/// The next fleet input; never resolves without a fleet.
+pub(super) async fn next(inbox: &mut Option<Inbox>) -> Option<Input> {
+    let Some(inbox) = inbox.as_mut() else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        Some((from, m)) = inbox.fleet.probes.recv() => Some(Input::Probe(from, m)),
+        Some(e) = inbox.fleet.sync.recv() => Some(Input::Sync(e)),
+        Some(c) = inbox.peers.recv() => Some(Input::Peer(c)),
+        Some(j) = inbox.joins.recv() => Some(Input::Join(j)),
+        else => None,
+    }
+}
+
+impl Agent {
+    /// Sends an API answer; a write is first pushed to peers (and, with `--ack-replicas`,
+    /// answered only once enough of them hold it).
+    pub(super) fn answer(&mut self, response: ApiResponse, reply: oneshot::Sender<ApiResponse>) {
+        let push = self.push.take();
+        let (Some(fleet), Some((name, acks)), ApiResponse::Written { changed: true, .. }) =
+            (&self.fleet, push, &response)
+        else {
+            let _ = reply.send(response);
+            return;
+        };
+        let entries = self.core.desired().export(&[name]);
+        if acks == 0 {
+            let _ = reply.send(response);
+            fleet.push(now_ms(), entries, 0, None);
+        } else {
+            fleet.push(now_ms(), entries, acks, Some((reply, response)));
+        }
+    }
+
+    pub(super) async fn on_fleet_input(&mut self, input: Input) {
+        let now = now_ms();
+        match input {
+            Input::Probe(from, message) => {
+                if let Some(fleet) = self.fleet.as_mut() {
+                    fleet.on_probe(now, from, message);
+                    fleet.flush_detector().await;
+                }
+            }
+            Input::Sync(SyncEvent::Pulled { from, entries }) => {
+                if let Some(fleet) = self.fleet.as_mut() {
+                    fleet.syncing = None;
+                }
+                if !entries.is_empty() {
+                    let merged = self.merge_entries(&from, entries);
+                    tracing::debug!(%from, merged, "pulled desired-state entries");
+                }
+            }
+            Input::Sync(SyncEvent::Failed { from, reason }) => {
+                if let Some(fleet) = self.fleet.as_mut() {
+                    fleet.syncing = None;
+                }
+                tracing::debug!(%from, "pull failed: {reason}");
+            }
+            Input::Peer(call) => {
+                let answer = self.on_peer_message(&call.from, call.message);
+                if let Some(answer) = answer {
+                    let _ = call.reply.send(answer);
+                }
+                if let Some(fleet) = self.fleet.as_mut() {
+                    fleet.flush_detector().await;
+                }
+            }
+            Input::Join((request, reply)) => {
+                let answer = self.on_join(request).await;
+                let _ = reply.send(answer);
+            }
+        }
+    }
+
+    fn on_peer_message(
+        &mut self,
+        from: &starling_protocol::NodeId,
+        message: PeerMessage,
+    ) -> Option<PeerMessage> {
+        let now = now_ms();
+        match message {
+            PeerMessage::DigestLeaves(leaves) => {
+                let desired = self.core.desired();
+                let buckets = desired.digest().diff(&Digest::from_buckets(&leaves));
+                Some(PeerMessage::Summary(desired.summary(&buckets)))
+            }
+            PeerMessage::Pull(names) => Some(PeerMessage::Entries(
+                self.core.desired().export(&names),
+            )),
+            PeerMessage::Entries(entries) => {
+                self.merge_entries(from, entries);
+                Some(PeerMessage::Stored)
+            }
+            message @ (PeerMessage::Verdict { .. }
+            | PeerMessage::Ping { .. }
+            | PeerMessage::Ack { .. }
+            | PeerMessage::PingReq { .. }) => {
+                if let Some(fleet) = self.fleet.as_mut() {
+                    fleet.on_probe(now, from.clone(), message);
+                }
+                Some(PeerMessage::Stored)
+            }
+            _ => None,
+        }
+    }
+
+    /// Merges entries from `from` (refusing those whose clock is too far ahead), stores the
+    /// result durably, then hands it to the core. Returns how many entries changed.
+    fn merge_entries(&mut self, from: &starling_protocol::NodeId, entries: Vec<DesiredEntry>) -> usize {
+        let now = now_ms();
+        let mut next = self.core.desired().clone();
+        let mut changed = 0;
+        for entry in entries {
+            if let Err(e) = entry.check() {
+                tracing::warn!(%from, "refused a desired-state entry: {e}");
+                continue;
+            }
+            if let Err(e) = self.hlc.update(&entry.register.marker, now) {
+                tracing::warn!(%from, workload = %entry.name, "refused a desired-state entry: {e}");
+                continue;
+            }
+            if next.merge_entry(entry) {
+                changed += 1;
+            }
+        }
+        if changed == 0 {
+            return 0;
+        }
+        if let Err(e) = self.store.write_desired(&next) {
+            tracing::error!(%from, "cannot store merged entries, dropping them: {e}");
+            return 0;
+        }
+        self.core.handle_desired(now, next);
+        changed
+    }
+
+    async fn on_join(&mut self, request: JoinRequest) -> JoinReply {
+        let Some(fleet) = self.fleet.as_mut() else {
+            return JoinReply::Refused("this node is not in a cluster".into());
+        };
+        let Some(id) = fleet.membership.check_secret(&request.secret) else {
+            tracing::warn!(node = %request.node, "refused a join with a token this cluster did not make");
+            return JoinReply::Refused(
+                "the join token is not valid for this cluster (make a new one with `starling token create`)".into(),
+            );
+        };
+        if fleet.is_spent(&id) {
+            return JoinReply::Refused(format!(
+                "the join token {id} was already used (tokens are one-time; make a new one with `starling token create`)"
+            ));
+        }
+        let seeds = fleet.seeds();
+        match fleet.membership.enrol(&request.node, seeds) {
+            Ok(enrolment) => {
+                fleet.spent.insert(id);
+                fleet.publish_spent().await;
+                tracing::info!(node = %request.node, "enrolled a new node");
+                self.note(format!("enrolled node {}", request.node));
+                JoinReply::Accepted(Box::new(enrolment))
+            }
+            Err(e) => JoinReply::Refused(format!("could not sign a certificate: {e}")),
+        }
+    }
+
+    /// Reads gossip into the detector and the core, publishes the digest, starts a pull when
+    /// a peer's desired state differs.
+    pub(super) async fn on_gossip_tick(&mut self) {
+        let now = now_ms();
+        let Some(fleet) = self.fleet.as_mut() else {
+            return;
+        };
+        let statuses = fleet.read_gossip(now).await;
+        fleet.detector.handle_timeout(now);
+        fleet.flush_detector().await;
+        let view = fleet.view(now);
+        let root = self.core.desired().digest().root();
+        fleet.publish_digest(root).await;
+        fleet.maybe_pull(now, self.core.desired(), root);
+        if view != *self.core.view() {
+            self.core.handle_view(now, view);
+        }
+        for (node, status) in statuses {
+            self.core.handle_peer_status(now, node, status);
+        }
+    }
+
+}

@@ -1,0 +1,159 @@
+//! The agent's QUIC server: who may ask what, decided by the dialer's certificate.
+//!
+//! - operators (user certificates) and nodes: API requests;
+//! - nodes only: peer messages (anti-entropy, pushed entries, verdicts);
+//! - no certificate (a joiner): only the join exchange, checked against the token secret.
+//!
+//! Certificates from another CA never get this far: the TLS handshake refuses them. Revoked
+//! names are refused after the handshake.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, RwLock};
+
+use starling_protocol::NodeId;
+use starling_protocol::wire::{
+    ApiError as WireApiError, ApiRequest, ApiResponse, JoinReply, JoinRequest, PeerMessage,
+    Request,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::ApiCall;
+use super::fleet::PeerCall;
+use super::host::serve_logs;
+use crate::api::{read_frame, write_frame};
+use crate::identity::Role;
+use crate::net::tls::peer_of;
+use crate::runtime::process::ProcessRuntime;
+
+/// A join request with the way back.
+pub(crate) type JoinCall = (JoinRequest, oneshot::Sender<JoinReply>);
+
+/// Where the server sends what it accepted.
+#[derive(Clone)]
+pub(crate) struct Routes {
+    pub api: mpsc::Sender<ApiCall>,
+    pub peers: mpsc::Sender<PeerCall>,
+    pub joins: mpsc::Sender<JoinCall>,
+    pub runtime: Arc<ProcessRuntime>,
+    pub revoked: Arc<RwLock<BTreeSet<String>>>,
+}
+
+/// Accepts connections on `endpoint` until it closes.
+pub(crate) fn serve(endpoint: quinn::Endpoint, routes: Routes) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(incoming) = endpoint.accept().await {
+            let routes = routes.clone();
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else {
+                    return;
+                };
+                let who = peer_of(&conn);
+                if let Some((_, name)) = &who {
+                    let revoked = routes
+                        .revoked
+                        .read()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .contains(name);
+                    if revoked {
+                        tracing::warn!(%name, "refused a revoked certificate");
+                        conn.close(1u32.into(), b"certificate revoked");
+                        return;
+                    }
+                }
+                while let Ok((send, recv)) = conn.accept_bi().await {
+                    let (routes, who) = (routes.clone(), who.clone());
+                    tokio::spawn(async move { stream(send, recv, who, routes).await });
+                }
+            });
+        }
+    })
+}
+
+fn refused(message: String) -> ApiResponse {
+    ApiResponse::Error(WireApiError {
+        message,
+        fields: Vec::new(),
+    })
+}
+
+async fn stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    who: Option<(Role, String)>,
+    routes: Routes,
+) {
+    let request = match read_frame::<Request, _>(&mut recv).await {
+        Ok(Some(request)) => request,
+        Ok(None) => return,
+        Err(e) => {
+            // A malformed request gets a clear answer and changes nothing.
+            let _ = write_frame(&mut send, &refused(format!("bad request: {e}"))).await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    match (request, who) {
+        (Request::Api(ApiRequest::Logs { name, replica, tail_lines, .. }), Some(_)) => {
+            serve_logs(&mut send, &routes.runtime, name, replica, tail_lines).await;
+        }
+        (Request::Api(request), Some(_)) => {
+            let (tx, rx) = oneshot::channel();
+            if routes.api.send((request, tx)).await.is_err() {
+                return;
+            }
+            if let Ok(response) = rx.await {
+                let _ = write_frame(&mut send, &response).await;
+            }
+        }
+        (Request::Peer(message), Some((Role::Node, name))) => {
+            let Ok(from) = NodeId::new(name) else {
+                return;
+            };
+            let (tx, rx) = oneshot::channel();
+            let call = PeerCall {
+                from,
+                message,
+                reply: tx,
+            };
+            if routes.peers.send(call).await.is_err() {
+                return;
+            }
+            if let Ok(answer) = rx.await {
+                let _ = write_frame::<PeerMessage, _>(&mut send, &answer).await;
+            }
+        }
+        (Request::Join(request), None) => {
+            let (tx, rx) = oneshot::channel();
+            if routes.joins.send((request, tx)).await.is_err() {
+                return;
+            }
+            if let Ok(answer) = rx.await {
+                let _ = write_frame(&mut send, &answer).await;
+            }
+        }
+        (Request::Join(_), Some(_)) => {
+            let _ = write_frame(
+                &mut send,
+                &JoinReply::Refused("this certificate already belongs to the cluster".into()),
+            )
+            .await;
+        }
+        (Request::Peer(_), Some((Role::User, name))) => {
+            tracing::warn!(%name, "refused a peer message from a user certificate");
+            let _ = write_frame(
+                &mut send,
+                &refused(format!("{name} is a user, not a node: peer messages refused")),
+            )
+            .await;
+        }
+        (_, None) => {
+            let _ = write_frame(
+                &mut send,
+                &refused("refused: no client certificate from this cluster".into()),
+            )
+            .await;
+        }
+    }
+    let _ = send.finish();
+}

@@ -1,0 +1,177 @@
+//! Cluster membership commands: `init`, `join`, `token create`, `user add`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use starling_node::cluster::{self, ClientDir, Membership};
+use starling_node::identity::JoinToken;
+use starling_node::store::{Identity, Store};
+use starling_protocol::NodeId;
+
+/// The operator's client dir: `--cluster-dir`, else `$STARLING_CLUSTER_DIR`, else
+/// `~/.config/starling`.
+pub fn default_cluster_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("STARLING_CLUSTER_DIR") {
+        return PathBuf::from(dir);
+    }
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join(".config/starling")
+}
+
+fn node_id(data_dir: &Path, asked: Option<String>) -> anyhow::Result<NodeId> {
+    let store = Store::open(data_dir)?;
+    if let Some(identity) = store.identity()? {
+        if let Some(asked) = asked
+            && asked != identity.node.as_str()
+        {
+            bail!(
+                "{} belongs to node {}; a node id never changes (asked for {asked})",
+                data_dir.display(),
+                identity.node
+            );
+        }
+        return Ok(identity.node);
+    }
+    let id = match asked {
+        Some(id) => NodeId::new(id.clone()).map_err(|e| anyhow::anyhow!("--node-id {id:?}: {e}"))?,
+        None => bail!("--node-id is required for a new data dir"),
+    };
+    store.write_identity(&Identity {
+        node: id.clone(),
+        created_ms: starling_node::clock::now_ms(),
+    })?;
+    Ok(id)
+}
+
+/// `starling init`: a new cluster with this data dir's node as its first member, plus an
+/// `admin` user in the cluster dir.
+pub fn init(
+    data_dir: &Path,
+    cluster_dir: &Path,
+    name: &str,
+    node: Option<String>,
+    advertise: SocketAddr,
+) -> anyhow::Result<ExitCode> {
+    if Membership::exists(data_dir) {
+        bail!(cluster::ClusterError::Exists(data_dir.to_path_buf()));
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let node = node_id(data_dir, node)?;
+    let membership = Membership::init(name, &node)?;
+    membership.save(data_dir)?;
+    Membership::write_advertise(data_dir, advertise)?;
+    let client = ClientDir {
+        dir: cluster_dir.to_path_buf(),
+    };
+    if !client.exists() {
+        client.write(&membership, &NodeId::new("admin")?, &[advertise.to_string()])?;
+        println!(
+            "operator certificate for `admin` written to {}",
+            cluster_dir.display()
+        );
+    }
+    let token = membership.token(vec![advertise.to_string()])?;
+    println!("cluster {name} created; node {node} is its first member");
+    println!("start it:  starling agent --data-dir {} --listen {advertise}", data_dir.display());
+    println!("join more: starling agent --data-dir DIR --node-id ID --listen HOST:PORT --join {}", token.encode());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `starling join`: enrols this data dir's node through any peer of the token.
+pub fn join(
+    data_dir: &Path,
+    token: &str,
+    node: Option<String>,
+    advertise: Option<SocketAddr>,
+) -> anyhow::Result<ExitCode> {
+    join_if_needed(data_dir, token, node, advertise)?;
+    println!("joined; start the agent with `starling agent --data-dir {}`", data_dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Joins unless the data dir already belongs to a cluster.
+pub fn join_if_needed(
+    data_dir: &Path,
+    token: &str,
+    node: Option<String>,
+    advertise: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    if Membership::exists(data_dir) {
+        return Ok(());
+    }
+    let token = JoinToken::parse(token)?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let node = node_id(data_dir, node)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let membership = runtime.block_on(cluster::join(&token, &node))?;
+    membership.save(data_dir)?;
+    if let Some(addr) = advertise {
+        Membership::write_advertise(data_dir, addr)?;
+    }
+    Ok(())
+}
+
+fn advertised(data_dir: &Path) -> anyhow::Result<SocketAddr> {
+    Membership::read_advertise(data_dir).with_context(|| {
+        format!(
+            "{} has no recorded address; start its agent once with --listen/--advertise",
+            data_dir.display()
+        )
+    })
+}
+
+/// `starling token create`: a new one-time join token from a member's data dir.
+pub fn token_create(data_dir: &Path) -> anyhow::Result<ExitCode> {
+    let membership = Membership::load(data_dir)?;
+    let token = membership.token(vec![advertised(data_dir)?.to_string()])?;
+    println!("{}", token.encode());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `starling user add NAME`: a client certificate for an operator, written to the cluster dir.
+pub fn user_add(data_dir: &Path, cluster_dir: &Path, name: &str) -> anyhow::Result<ExitCode> {
+    let membership = Membership::load(data_dir)?;
+    let user = NodeId::new(name).map_err(|e| anyhow::anyhow!("user name {name:?}: {e}"))?;
+    let client = ClientDir {
+        dir: cluster_dir.to_path_buf(),
+    };
+    client.write(&membership, &user, &[advertised(data_dir)?.to_string()])?;
+    println!(
+        "certificate for user {name} written to {} (use it with --cluster-dir {0})",
+        cluster_dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `init` without the printed instructions (for `starling up`).
+pub fn init_quiet(
+    data_dir: &Path,
+    cluster_dir: &Path,
+    name: &str,
+    node: &str,
+    advertise: SocketAddr,
+) -> anyhow::Result<()> {
+    if Membership::exists(data_dir) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let node = node_id(data_dir, Some(node.to_string()))?;
+    let membership = Membership::init(name, &node)?;
+    membership.save(data_dir)?;
+    Membership::write_advertise(data_dir, advertise)?;
+    ClientDir {
+        dir: cluster_dir.to_path_buf(),
+    }
+    .write(&membership, &NodeId::new("admin")?, &[advertise.to_string()])?;
+    Ok(())
+}

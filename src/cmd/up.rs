@@ -1,0 +1,352 @@
+//! `starling up`: a real local fleet on loopback. Every agent is its own process with its own
+//! data dir and ports; the first one creates the cluster, the others join it with one-time
+//! tokens; the specs go in over QUIC with an operator certificate; a live view follows until
+//! Ctrl-C stops everything.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use starling_node::api::Client;
+use starling_node::cluster::{ClientDir, Membership, quic_addr};
+use starling_protocol::spec::RuntimeKind;
+use starling_protocol::wire::{ApiRequest, ApiResponse, ObjectKind, SpecFormat, SpecText};
+
+use crate::output::Table;
+
+pub struct UpArgs {
+    pub nodes: usize,
+    pub specs: Option<PathBuf>,
+    pub dir: Option<PathBuf>,
+    pub rounds: u32,
+}
+
+/// One agent process of the fleet.
+pub struct Agent {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub base: SocketAddr,
+    pub child: Option<Child>,
+}
+
+/// A local fleet; stops its agents when dropped.
+pub struct LocalFleet {
+    pub dir: PathBuf,
+    pub client_dir: PathBuf,
+    pub agents: Vec<Agent>,
+    exe: PathBuf,
+    extra: Vec<String>,
+}
+
+/// Three consecutive free UDP ports on loopback (gossip, QUIC, probes), from `from` upwards.
+fn free_base(from: &mut u16) -> anyhow::Result<SocketAddr> {
+    while *from < 60_000 {
+        let port = *from;
+        *from += 3;
+        let free = (0..3).all(|i| UdpSocket::bind(("127.0.0.1", port + i)).is_ok());
+        if free {
+            return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+    }
+    bail!("no free UDP ports on 127.0.0.1")
+}
+
+impl LocalFleet {
+    /// Creates the cluster in `dir` and starts `nodes` agents. `extra` flags go to every agent.
+    pub fn start(dir: &Path, nodes: usize, extra: Vec<String>) -> anyhow::Result<Self> {
+        if nodes == 0 {
+            bail!("--nodes must be at least 1");
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let exe = std::env::current_exe().context("cannot find the starling binary")?;
+        let client_dir = dir.join("client");
+        let mut port = 17_946 + (std::process::id() % 2_000) as u16 * 3;
+        let mut fleet = LocalFleet {
+            dir: dir.to_path_buf(),
+            client_dir,
+            agents: Vec::new(),
+            exe,
+            extra,
+        };
+        for i in 1..=nodes {
+            let name = format!("node-{i}");
+            let data_dir = dir.join(&name);
+            let base = free_base(&mut port)?;
+            fleet.agents.push(Agent {
+                name,
+                data_dir,
+                base,
+                child: None,
+            });
+        }
+        let first = &fleet.agents[0];
+        super::cluster::init_quiet(
+            &first.data_dir,
+            &fleet.client_dir,
+            "local",
+            &first.name,
+            first.base,
+        )?;
+        for i in 0..nodes {
+            fleet.spawn(i)?;
+            if i == 0 {
+                fleet.wait_for_socket(0)?;
+            }
+        }
+        Ok(fleet)
+    }
+
+    /// Starts agent `i` (joining through the first one when it is new).
+    pub fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let agent = &self.agents[i];
+        std::fs::create_dir_all(&agent.data_dir)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(agent.data_dir.join("agent.log"))
+            .with_context(|| format!("cannot open {}/agent.log", agent.data_dir.display()))?;
+        let mut command = Command::new(&self.exe);
+        command
+            .arg("agent")
+            .arg("--data-dir")
+            .arg(&agent.data_dir)
+            .arg("--node-id")
+            .arg(&agent.name)
+            .arg("--listen")
+            .arg(agent.base.to_string())
+            .arg("--label")
+            .arg(format!("zone={}", ["a", "b", "c"][i % 3]))
+            .arg("--stop-on-exit")
+            .arg("--stop-grace-ms")
+            .arg("2000")
+            .args(&self.extra);
+        if !Membership::exists(&agent.data_dir) {
+            let token = Membership::load(&self.agents[0].data_dir)?
+                .token(vec![self.agents[0].base.to_string()])?;
+            command.arg("--join").arg(token.encode());
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start an agent")?;
+        self.agents[i].child = Some(child);
+        Ok(())
+    }
+
+    fn wait_for_socket(&mut self, i: usize) -> anyhow::Result<()> {
+        let socket = starling_node::api::socket_path(&self.agents[i].data_dir);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !socket.exists() {
+            if let Some(child) = self.agents[i].child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                bail!(
+                    "{} exited at start ({status}); see {}/agent.log",
+                    self.agents[i].name,
+                    self.agents[i].data_dir.display()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not start within 20 s", self.agents[i].name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Sends `signal` to agent `i` and waits for it to exit.
+    pub fn signal(&mut self, i: usize, signal: nix::sys::signal::Signal) {
+        if let Some(mut child) = self.agents[i].child.take() {
+            let pid = child.id() as i32;
+            if pid > 1 {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+            }
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops every agent gracefully (they stop their replicas).
+    pub fn stop(&mut self) {
+        for i in 0..self.agents.len() {
+            if let Some(child) = self.agents[i].child.as_ref() {
+                let pid = child.id() as i32;
+                if pid > 1 {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGTERM,
+                    );
+                }
+            }
+        }
+        for agent in &mut self.agents {
+            if let Some(mut child) = agent.child.take() {
+                let _ = child.wait();
+            }
+        }
+    }
+
+    /// An API client over QUIC to agent `i`, with the fleet's operator certificate.
+    pub async fn client(&self, i: usize) -> anyhow::Result<Client> {
+        let tls = ClientDir {
+            dir: self.client_dir.clone(),
+        }
+        .tls()?;
+        Ok(Client::connect_quic(quic_addr(self.agents[i].base), &tls).await?)
+    }
+}
+
+impl Drop for LocalFleet {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Specs `up` applies: the files given, or the built-in examples that run on one machine.
+fn specs(path: Option<&Path>) -> anyhow::Result<Vec<(String, String)>> {
+    let Some(path) = path else {
+        let mut out = Vec::new();
+        for (name, text) in super::plan::EXAMPLES {
+            let Ok(spec) = super::parse_spec(Path::new(name), text) else {
+                continue;
+            };
+            // All agents share this machine: a fixed host port could be bound only once, and
+            // containers need an engine; those examples are left to real fleets.
+            if spec.runtime != RuntimeKind::Process || !spec.ports.is_empty() {
+                println!("(skipping {name}: it needs a container engine or a fixed host port)");
+                continue;
+            }
+            out.push((name.to_string(), text.to_string()));
+        }
+        return Ok(out);
+    };
+    let files: Vec<PathBuf> = if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "toml" || e == "json"))
+            .collect();
+        files.sort();
+        files
+    } else {
+        vec![path.to_path_buf()]
+    };
+    files
+        .into_iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(&f)
+                .with_context(|| format!("cannot read {}", f.display()))?;
+            Ok((f.display().to_string(), text))
+        })
+        .collect()
+}
+
+fn table(response: ApiResponse) -> String {
+    match response {
+        ApiResponse::Table { columns, rows, .. } => {
+            let mut table = Table::new(&columns.iter().map(String::as_str).collect::<Vec<_>>());
+            for row in rows {
+                table.row(row);
+            }
+            table.render()
+        }
+        ApiResponse::Error(e) => format!("error: {}\n", e.message),
+        other => format!("{other:?}\n"),
+    }
+}
+
+pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("starling-up-{}", std::process::id())));
+    let specs = specs(args.specs.as_deref())?;
+    println!(
+        "starting {} agents in {} (logs: <node>/agent.log)",
+        args.nodes,
+        dir.display()
+    );
+    let mut fleet = LocalFleet::start(&dir, args.nodes, Vec::new())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(async {
+        // Apply through the middle of the fleet, over QUIC: any peer takes writes.
+        let entry = (args.nodes / 2).min(args.nodes - 1);
+        let mut client = connect_retrying(&fleet, entry).await?;
+        for (name, text) in &specs {
+            let format = if name.ends_with(".json") {
+                SpecFormat::Json
+            } else {
+                SpecFormat::Toml
+            };
+            let answer = client
+                .call(&ApiRequest::Apply {
+                    spec: SpecText {
+                        format,
+                        text: text.clone(),
+                    },
+                    ack_replicas: 0,
+                })
+                .await?;
+            match answer {
+                ApiResponse::Written { name, revision, .. } => {
+                    println!("applied {name} (revision {revision}) at {}", fleet.agents[entry].name)
+                }
+                ApiResponse::Error(e) => println!("{name}: {}", e.message),
+                _ => {}
+            }
+        }
+        let mut round = 0;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            round += 1;
+            let nodes = client.call(&ApiRequest::Get { kind: ObjectKind::Nodes }).await;
+            let replicas = client.call(&ApiRequest::Status).await;
+            let (Ok(nodes), Ok(replicas)) = (nodes, replicas) else {
+                client = connect_retrying(&fleet, (entry + round as usize) % args.nodes).await?;
+                continue;
+            };
+            if args.rounds == 0 {
+                // Clear the screen and draw the view again.
+                print!("\x1b[2J\x1b[H");
+            }
+            println!(
+                "Starling local fleet: {} agents, data in {} (Ctrl-C stops everything)\n",
+                args.nodes,
+                dir.display()
+            );
+            print!("{}", table(nodes));
+            println!();
+            print!("{}", table(replicas));
+            if args.rounds > 0 && round >= args.rounds {
+                break;
+            }
+        }
+        anyhow::Ok(())
+    });
+    println!("stopping the fleet...");
+    fleet.stop();
+    println!("stopped; data left in {}", dir.display());
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn connect_retrying(fleet: &LocalFleet, i: usize) -> anyhow::Result<Client> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match fleet.client(i).await {
+            Ok(client) => return Ok(client),
+            Err(e) if Instant::now() > deadline => {
+                return Err(e.context(format!("cannot reach {}", fleet.agents[i].name)));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
