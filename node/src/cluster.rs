@@ -301,11 +301,10 @@ impl Membership {
 /// the pinned CA, proves the token's secret, receives the cluster material.
 pub async fn join(token: &JoinToken, node: &NodeId) -> Result<Membership, ClusterError> {
     use starling_protocol::wire::{JoinReply, JoinRequest, Request};
-    let config = crate::net::tls::join_client_config(token.ca_fingerprint).map_err(|e| {
-        ClusterError::Join(format!("cannot set up TLS for the join: {e}"))
-    })?;
-    let quic = crate::net::quic::Quic::dialer(config)
-        .map_err(|e| ClusterError::Join(e.to_string()))?;
+    let config = crate::net::tls::join_client_config(token.ca_fingerprint)
+        .map_err(|e| ClusterError::Join(format!("cannot set up TLS for the join: {e}")))?;
+    let quic =
+        crate::net::quic::Quic::dialer(config).map_err(|e| ClusterError::Join(e.to_string()))?;
     let request = Request::Join(JoinRequest {
         node: node.clone(),
         secret: token.secret,
@@ -328,7 +327,9 @@ pub async fn join(token: &JoinToken, node: &NodeId) -> Result<Membership, Cluste
                 return Ok(Membership::from_enrolment(*enrolment));
             }
             Ok(JoinReply::Refused(reason)) => {
-                return Err(ClusterError::Join(format!("{seed} refused the join: {reason}")));
+                return Err(ClusterError::Join(format!(
+                    "{seed} refused the join: {reason}"
+                )));
             }
             Err(e) => failures.push(format!("{seed}: {e}")),
         }
@@ -415,12 +416,21 @@ mod tests {
         let loaded = Membership::load(dir.path()).expect("load");
         assert_eq!(loaded.gossip_keys, m.gossip_keys);
         let token = m.token(vec!["127.0.0.1:7946".into()]).expect("token");
-        assert!(loaded.check_secret(&token.secret).is_some(), "a member accepts it");
+        assert!(
+            loaded.check_secret(&token.secret).is_some(),
+            "a member accepts it"
+        );
         let mut forged = token.secret;
         forged[12] ^= 1;
-        assert!(loaded.check_secret(&forged).is_none(), "a forged secret is refused");
+        assert!(
+            loaded.check_secret(&forged).is_none(),
+            "a forged secret is refused"
+        );
         let other = Membership::init("edge", &node).expect("init");
-        assert!(other.check_secret(&token.secret).is_none(), "another cluster refuses it");
+        assert!(
+            other.check_secret(&token.secret).is_none(),
+            "another cluster refuses it"
+        );
         assert!(m.tls().is_ok());
     }
 }

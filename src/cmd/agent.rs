@@ -44,6 +44,9 @@ pub struct FleetArgs {
     /// Milliseconds a watched node may stay unreachable before it is declared down.
     #[arg(long, default_value_t = 1_000)]
     pub down_after_ms: u64,
+    /// Where to serve Prometheus metrics (HTTP) [default: 127.0.0.1 at the --listen port, TCP].
+    #[arg(long)]
+    pub metrics: Option<std::net::SocketAddr>,
     /// Milliseconds a claim waits for competing claims before starting a replica.
     #[arg(long, default_value_t = 250)]
     pub settle_ms: u64,
@@ -63,7 +66,12 @@ pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
         let advertise = fleet
             .advertise
             .or((!fleet.listen.ip().is_unspecified()).then_some(fleet.listen));
-        super::cluster::join_if_needed(&args.data_dir, token, config.node_id.as_ref().map(|n| n.to_string()), advertise)?;
+        super::cluster::join_if_needed(
+            &args.data_dir,
+            token,
+            config.node_id.as_ref().map(|n| n.to_string()),
+            advertise,
+        )?;
     }
     let advertise = fleet
         .advertise
@@ -82,6 +90,7 @@ pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
         starling_node::cluster::Membership::write_advertise(&args.data_dir, addr)?;
     }
     config.settle_ms = fleet.settle_ms;
+    config.metrics = fleet.metrics;
     config.fleet.listen = fleet.listen;
     config.fleet.advertise = advertise;
     config.fleet.seeds = fleet.seeds.clone();

@@ -37,7 +37,9 @@ fn node_id(data_dir: &Path, asked: Option<String>) -> anyhow::Result<NodeId> {
         return Ok(identity.node);
     }
     let id = match asked {
-        Some(id) => NodeId::new(id.clone()).map_err(|e| anyhow::anyhow!("--node-id {id:?}: {e}"))?,
+        Some(id) => {
+            NodeId::new(id.clone()).map_err(|e| anyhow::anyhow!("--node-id {id:?}: {e}"))?
+        }
         None => bail!("--node-id is required for a new data dir"),
     };
     store.write_identity(&Identity {
@@ -69,7 +71,11 @@ pub fn init(
         dir: cluster_dir.to_path_buf(),
     };
     if !client.exists() {
-        client.write(&membership, &NodeId::new("admin")?, &[advertise.to_string()])?;
+        client.write(
+            &membership,
+            &NodeId::new("admin")?,
+            &[advertise.to_string()],
+        )?;
         println!(
             "operator certificate for `admin` written to {}",
             cluster_dir.display()
@@ -77,8 +83,14 @@ pub fn init(
     }
     let token = membership.token(vec![advertise.to_string()])?;
     println!("cluster {name} created; node {node} is its first member");
-    println!("start it:  starling agent --data-dir {} --listen {advertise}", data_dir.display());
-    println!("join more: starling agent --data-dir DIR --node-id ID --listen HOST:PORT --join {}", token.encode());
+    println!(
+        "start it:  starling agent --data-dir {} --listen {advertise}",
+        data_dir.display()
+    );
+    println!(
+        "join more: starling agent --data-dir DIR --node-id ID --listen HOST:PORT --join {}",
+        token.encode()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -90,7 +102,10 @@ pub fn join(
     advertise: Option<SocketAddr>,
 ) -> anyhow::Result<ExitCode> {
     join_if_needed(data_dir, token, node, advertise)?;
-    println!("joined; start the agent with `starling agent --data-dir {}`", data_dir.display());
+    println!(
+        "joined; start the agent with `starling agent --data-dir {}`",
+        data_dir.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -172,6 +187,10 @@ pub fn init_quiet(
     ClientDir {
         dir: cluster_dir.to_path_buf(),
     }
-    .write(&membership, &NodeId::new("admin")?, &[advertise.to_string()])?;
+    .write(
+        &membership,
+        &NodeId::new("admin")?,
+        &[advertise.to_string()],
+    )?;
     Ok(())
 }

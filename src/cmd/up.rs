@@ -258,10 +258,9 @@ fn table(response: ApiResponse) -> String {
 }
 
 pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
-    let dir = args
-        .dir
-        .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("starling-up-{}", std::process::id())));
+    let dir = args.dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("starling-up-{}", std::process::id()))
+    });
     let specs = specs(args.specs.as_deref())?;
     println!(
         "starting {} agents in {} (logs: <node>/agent.log)",
@@ -294,7 +293,10 @@ pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
                 .await?;
             match answer {
                 ApiResponse::Written { name, revision, .. } => {
-                    println!("applied {name} (revision {revision}) at {}", fleet.agents[entry].name)
+                    println!(
+                        "applied {name} (revision {revision}) at {}",
+                        fleet.agents[entry].name
+                    )
                 }
                 ApiResponse::Error(e) => println!("{name}: {}", e.message),
                 _ => {}
@@ -307,7 +309,11 @@ pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
             round += 1;
-            let nodes = client.call(&ApiRequest::Get { kind: ObjectKind::Nodes }).await;
+            let nodes = client
+                .call(&ApiRequest::Get {
+                    kind: ObjectKind::Nodes,
+                })
+                .await;
             let replicas = client.call(&ApiRequest::Status).await;
             let (Ok(nodes), Ok(replicas)) = (nodes, replicas) else {
                 client = connect_retrying(&fleet, (entry + round as usize) % args.nodes).await?;

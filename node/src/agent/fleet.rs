@@ -103,7 +103,6 @@ pub(super) struct Fleet {
     pub detector: Detector,
     probe: ProbeSender,
     pub quic: Arc<Quic>,
-    pub counters: Arc<GossipCounters>,
     pub peers: BTreeMap<NodeId, Peer>,
     me_view: NodeView,
     /// The pull in flight: from whom, since when.
@@ -160,9 +159,9 @@ impl Fleet {
         me: NodeId,
         me_view: NodeView,
         generation: u64,
+        counters: Arc<GossipCounters>,
     ) -> Result<(Fleet, FleetInbox), AgentError> {
         let base = settings.advertise.unwrap_or(settings.listen);
-        let counters = Arc::new(GossipCounters::default());
         let keyring = Arc::new(RwLock::new(membership.keyring()));
         let transport =
             SealedUdpTransport::new(keyring.clone(), counters.clone(), me.as_str(), generation);
@@ -225,7 +224,6 @@ impl Fleet {
             base,
             probe,
             quic: Arc::new(quic),
-            counters,
             peers: BTreeMap::new(),
             me_view,
             syncing: None,
@@ -369,7 +367,11 @@ impl Fleet {
         }
         let mut changed = false;
         while let Some(verdict) = self.detector.poll_verdict() {
-            tracing::info!(node = %verdict.node, state = ?verdict.state, incarnation = verdict.incarnation, "verdict");
+            if verdict.state == Liveness::Alive {
+                tracing::debug!(node = %verdict.node, incarnation = verdict.incarnation, "verdict: alive");
+            } else {
+                tracing::warn!(node = %verdict.node, state = ?verdict.state, incarnation = verdict.incarnation, "verdict");
+            }
             for peer in self.peers.values() {
                 self.probe.send(
                     probe_addr(peer.base),
@@ -382,11 +384,7 @@ impl Fleet {
             }
             self.published_verdicts.insert(
                 verdict.node.clone(),
-                format!(
-                    "{}:{}",
-                    liveness_name(verdict.state),
-                    verdict.incarnation
-                ),
+                format!("{}:{}", liveness_name(verdict.state), verdict.incarnation),
             );
             changed = true;
         }
@@ -536,11 +534,7 @@ impl Fleet {
                 let (quic, entries) = (quic.clone(), entries.clone());
                 tasks.spawn(async move {
                     let answer = quic
-                        .peer(
-                            addr,
-                            PeerMessage::Entries(entries),
-                            Duration::from_secs(5),
-                        )
+                        .peer(addr, PeerMessage::Entries(entries), Duration::from_secs(5))
                         .await;
                     (id, matches!(answer, Ok(PeerMessage::Stored)))
                 });

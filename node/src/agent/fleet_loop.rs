@@ -2,16 +2,20 @@
 //! and the results of background pulls. Every one of them ends in the core or the store here,
 //! in the loop that owns both.
 
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use starling_protocol::desired::DesiredEntry;
 use starling_protocol::desired::digest::Digest;
+use starling_protocol::placement::Liveness;
 use starling_protocol::wire::{ApiResponse, JoinReply, JoinRequest, PeerMessage};
 use tokio::sync::{mpsc, oneshot};
 
+use super::Agent;
 use super::fleet::{FleetInbox, PeerCall, SyncEvent};
 use super::quic_api::JoinCall;
-use super::Agent;
 use crate::clock::now_ms;
 
 /// How often gossip state is read into the core and the detector.
@@ -81,6 +85,7 @@ impl Agent {
                 }
                 if !entries.is_empty() {
                     let merged = self.merge_entries(&from, entries);
+                    self.metrics.pulls.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%from, merged, "pulled desired-state entries");
                 }
             }
@@ -118,9 +123,9 @@ impl Agent {
                 let buckets = desired.digest().diff(&Digest::from_buckets(&leaves));
                 Some(PeerMessage::Summary(desired.summary(&buckets)))
             }
-            PeerMessage::Pull(names) => Some(PeerMessage::Entries(
-                self.core.desired().export(&names),
-            )),
+            PeerMessage::Pull(names) => {
+                Some(PeerMessage::Entries(self.core.desired().export(&names)))
+            }
             PeerMessage::Entries(entries) => {
                 self.merge_entries(from, entries);
                 Some(PeerMessage::Stored)
@@ -140,7 +145,11 @@ impl Agent {
 
     /// Merges entries from `from` (refusing those whose clock is too far ahead), stores the
     /// result durably, then hands it to the core. Returns how many entries changed.
-    fn merge_entries(&mut self, from: &starling_protocol::NodeId, entries: Vec<DesiredEntry>) -> usize {
+    fn merge_entries(
+        &mut self,
+        from: &starling_protocol::NodeId,
+        entries: Vec<DesiredEntry>,
+    ) -> usize {
         let now = now_ms();
         let mut next = self.core.desired().clone();
         let mut changed = 0;
@@ -160,11 +169,14 @@ impl Agent {
         if changed == 0 {
             return 0;
         }
+        self.metrics
+            .merged_entries
+            .fetch_add(changed as u64, Ordering::Relaxed);
         if let Err(e) = self.store.write_desired(&next) {
             tracing::error!(%from, "cannot store merged entries, dropping them: {e}");
             return 0;
         }
-        self.core.handle_desired(now, next);
+        self.decide(|core| core.handle_desired(now, next));
         changed
     }
 
@@ -210,12 +222,72 @@ impl Agent {
         let root = self.core.desired().digest().root();
         fleet.publish_digest(root).await;
         fleet.maybe_pull(now, self.core.desired(), root);
+        let went_down = view
+            .nodes
+            .iter()
+            .filter(|(id, n)| {
+                n.liveness == Liveness::Down
+                    && self
+                        .core
+                        .view()
+                        .nodes
+                        .get(*id)
+                        .is_some_and(|old| old.liveness != Liveness::Down)
+            })
+            .count() as u64;
+        if went_down > 0 {
+            self.metrics
+                .failovers
+                .fetch_add(went_down, Ordering::Relaxed);
+        }
         if view != *self.core.view() {
-            self.core.handle_view(now, view);
+            self.decide(|core| core.handle_view(now, view));
         }
         for (node, status) in statuses {
-            self.core.handle_peer_status(now, node, status);
+            self.decide(|core| core.handle_peer_status(now, node, status));
         }
+        self.render_gauges();
     }
 
+    /// Members and replicas by state, and workloads, for `/metrics`.
+    fn render_gauges(&self) {
+        let mut members: BTreeMap<&str, usize> = [("alive", 0), ("suspect", 0), ("down", 0)].into();
+        for node in self.core.view().nodes.values() {
+            let key = match node.liveness {
+                Liveness::Alive => "alive",
+                Liveness::Suspect => "suspect",
+                Liveness::Down => "down",
+            };
+            *members.entry(key).or_default() += 1;
+        }
+        let mut replicas: BTreeMap<String, usize> = BTreeMap::new();
+        for status in self.core.status().replicas.values() {
+            *replicas.entry(status.state.to_string()).or_default() += 1;
+        }
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP starling_members Members of the fleet as this node sees them, by state.\n# TYPE starling_members gauge"
+        );
+        for (state, n) in members {
+            let _ = writeln!(out, "starling_members{{state=\"{state}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP starling_replicas Replicas on this node, by state.\n# TYPE starling_replicas gauge"
+        );
+        for (state, n) in replicas {
+            let _ = writeln!(out, "starling_replicas{{state=\"{state}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP starling_workloads Workloads in the desired state.\n# TYPE starling_workloads gauge\nstarling_workloads {}",
+            self.core.desired().workloads().count()
+        );
+        *self
+            .metrics
+            .gauges
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = out;
+    }
 }

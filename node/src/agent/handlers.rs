@@ -115,7 +115,7 @@ impl Agent {
             "{} {name} (revision {number})",
             if number == 0 { "deleted" } else { "wrote" }
         ));
-        self.core.handle_desired(now, next);
+        self.decide(|core| core.handle_desired(now, next));
         self.push = Some((name.clone(), 0));
         ApiResponse::Written {
             name,

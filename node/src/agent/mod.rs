@@ -9,6 +9,7 @@ mod fleet;
 mod fleet_loop;
 mod handlers;
 mod host;
+pub mod metrics;
 mod quic_api;
 mod tables;
 
@@ -56,6 +57,9 @@ pub struct AgentConfig {
     pub settle_ms: u64,
     /// Fleet networking, used when the data dir belongs to a cluster (`starling init`/`join`).
     pub fleet: FleetSettings,
+    /// Where to serve Prometheus metrics over HTTP (default in a fleet: 127.0.0.1 at the
+    /// listen port, TCP).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl AgentConfig {
@@ -71,6 +75,7 @@ impl AgentConfig {
             max_drift_ms: 5_000,
             settle_ms: 250,
             fleet: FleetSettings::default(),
+            metrics: None,
         }
     }
 }
@@ -134,6 +139,7 @@ pub async fn run(
             agent.node.clone(),
             me_view,
             now_ms(),
+            agent.metrics.gossip.clone(),
         )
         .await?;
         let (peer_tx, peer_rx) = mpsc::channel(256);
@@ -161,6 +167,22 @@ pub async fn run(
             joins: join_rx,
         });
     }
+    let metrics_addr = agent.config.metrics.or_else(|| {
+        agent
+            .fleet
+            .as_ref()
+            .map(|_| std::net::SocketAddr::from(([127, 0, 0, 1], agent.config.fleet.listen.port())))
+    });
+    let mut metrics_server = None;
+    if let Some(addr) = metrics_addr {
+        match metrics::serve(addr, agent.metrics.clone()).await {
+            Ok(server) => {
+                tracing::info!(%addr, "metrics at http://{addr}/metrics");
+                metrics_server = Some(server);
+            }
+            Err(e) => tracing::warn!(%addr, "cannot serve metrics: {e}"),
+        }
+    }
     let adopted = runtime.adopt().await;
     if adopted > 0 {
         tracing::info!(
@@ -170,6 +192,9 @@ pub async fn run(
     }
     let result = agent.run_loop(events_rx, api_rx, inbox, shutdown).await;
     server.abort();
+    if let Some(server) = metrics_server {
+        server.abort();
+    }
     if let Some(server) = quic_server {
         server.abort();
     }
@@ -232,6 +257,8 @@ pub(crate) struct Agent {
     push: Option<(starling_protocol::WorkloadName, u32)>,
     /// Certificate names refused by the QUIC server.
     revoked: Arc<std::sync::RwLock<std::collections::BTreeSet<String>>>,
+    /// Counters and gauges for `/metrics`.
+    metrics: Arc<metrics::Metrics>,
 }
 
 /// Most events kept for `describe`.
@@ -283,6 +310,7 @@ impl Agent {
             fleet: None,
             push: None,
             revoked: Arc::default(),
+            metrics: Arc::default(),
         })
     }
 
@@ -326,7 +354,7 @@ impl Agent {
                 _ = gossip_tick.tick(), if fleet_on => self.on_gossip_tick().await,
                 _ = tokio::time::sleep(sleep) => {
                     let now = now_ms();
-                    self.core.handle_timeout(now);
+                    self.decide(|core| core.handle_timeout(now));
                     if let Some(fleet) = self.fleet.as_mut() {
                         fleet.detector.handle_timeout(now);
                         fleet.flush_detector().await;
@@ -383,7 +411,8 @@ impl Agent {
             }
             RuntimeEvent::Health { .. } | RuntimeEvent::Adopted { .. } => {}
         }
-        self.core.handle_runtime(now_ms(), event);
+        let now = now_ms();
+        self.decide(|core| core.handle_runtime(now, event));
     }
 
     /// Carries out what the core decided, in order.
@@ -470,6 +499,19 @@ impl Agent {
         };
         tracing::warn!("{text}");
         self.note(text);
+    }
+
+    /// Runs one core decision, timing it for the metrics.
+    fn decide(&mut self, f: impl FnOnce(&mut NodeCore)) {
+        let started = crate::clock::monotonic();
+        f(&mut self.core);
+        let spent = started.elapsed().as_micros() as u64;
+        self.metrics
+            .reconcile_micros
+            .fetch_add(spent, std::sync::atomic::Ordering::Relaxed);
+        self.metrics
+            .reconciles
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn note(&mut self, text: String) {

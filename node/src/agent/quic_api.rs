@@ -12,8 +12,7 @@ use std::sync::{Arc, RwLock};
 
 use starling_protocol::NodeId;
 use starling_protocol::wire::{
-    ApiError as WireApiError, ApiRequest, ApiResponse, JoinReply, JoinRequest, PeerMessage,
-    Request,
+    ApiError as WireApiError, ApiRequest, ApiResponse, JoinReply, JoinRequest, PeerMessage, Request,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -94,7 +93,15 @@ async fn stream(
         }
     };
     match (request, who) {
-        (Request::Api(ApiRequest::Logs { name, replica, tail_lines, .. }), Some(_)) => {
+        (
+            Request::Api(ApiRequest::Logs {
+                name,
+                replica,
+                tail_lines,
+                ..
+            }),
+            Some(_),
+        ) => {
             serve_logs(&mut send, &routes.runtime, name, replica, tail_lines).await;
         }
         (Request::Api(request), Some(_)) => {
@@ -143,7 +150,9 @@ async fn stream(
             tracing::warn!(%name, "refused a peer message from a user certificate");
             let _ = write_frame(
                 &mut send,
-                &refused(format!("{name} is a user, not a node: peer messages refused")),
+                &refused(format!(
+                    "{name} is a user, not a node: peer messages refused"
+                )),
             )
             .await;
         }

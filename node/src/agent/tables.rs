@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, VecDeque};
 use serde_json::json;
 use starling_protocol::NodeId;
 use starling_protocol::desired::Revision;
+use starling_protocol::placement::Liveness;
 use starling_protocol::quantity::format_duration_ms;
 use starling_protocol::status::{NodeStatus, ReplicaStatus};
 use starling_protocol::wire::ApiResponse;
@@ -39,22 +40,42 @@ pub(super) fn replicas(core: &NodeCore) -> ApiResponse {
     let mut rows = Vec::new();
     let mut items = Vec::new();
     for (node, status) in statuses(core) {
+        let liveness = core.view().nodes.get(&node).map(|n| n.liveness);
         for (id, r) in &status.replicas {
+            // A down node's last status is history, not a running replica: say so.
+            let (state, healthy, reason) = match liveness {
+                Some(Liveness::Down) | None => (
+                    "Unknown".to_string(),
+                    false,
+                    Some(format!("node {node} is down (last seen {})", r.state)),
+                ),
+                Some(Liveness::Suspect) => (
+                    r.state.to_string(),
+                    r.is_available(),
+                    Some(format!("node {node} is suspected; left in place")),
+                ),
+                Some(Liveness::Alive) => (r.state.to_string(), r.is_available(), r.reason.clone()),
+            };
             rows.push(vec![
                 id.workload.to_string(),
                 id.index.to_string(),
                 node.to_string(),
-                r.state.to_string(),
-                health(r).to_string(),
+                state.clone(),
+                if liveness == Some(Liveness::Alive) {
+                    health(r)
+                } else {
+                    "-"
+                }
+                .to_string(),
                 r.restarts.to_string(),
                 r.revision.to_string(),
                 r.last_exit_code.map_or("-".into(), |c| c.to_string()),
-                r.reason.clone().unwrap_or_default(),
+                reason.clone().unwrap_or_default(),
             ]);
             items.push(json!({
-                "workload": id.workload, "replica": id.index, "node": node, "state": r.state.to_string(),
-                "healthy": r.is_available(), "restarts": r.restarts, "revision": r.revision,
-                "last_exit_code": r.last_exit_code, "reason": r.reason,
+                "workload": id.workload, "replica": id.index, "node": node, "state": state,
+                "healthy": healthy, "restarts": r.restarts, "revision": r.revision,
+                "last_exit_code": r.last_exit_code, "reason": reason,
             }));
         }
     }
@@ -95,8 +116,14 @@ pub(super) fn workloads(core: &NodeCore) -> ApiResponse {
     let mut items = Vec::new();
     for (name, revision) in core.desired().workloads() {
         let states: Vec<&ReplicaStatus> = all
-            .values()
-            .flat_map(|s| s.replicas.iter())
+            .iter()
+            .filter(|(node, _)| {
+                core.view()
+                    .nodes
+                    .get(*node)
+                    .is_some_and(|n| n.liveness != Liveness::Down)
+            })
+            .flat_map(|(_, s)| s.replicas.iter())
             .filter(|(id, _)| &id.workload == name)
             .map(|(_, r)| r)
             .collect();
@@ -125,6 +152,22 @@ pub(super) fn workloads(core: &NodeCore) -> ApiResponse {
     )
 }
 
+/// Bytes rounded for people: `64Mi`, `23.5Gi`.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 3] = [("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)];
+    for (unit, size) in UNITS {
+        if bytes >= size {
+            let value = bytes as f64 / size as f64;
+            return if bytes % size == 0 || value >= 100.0 {
+                format!("{value:.0}{unit}")
+            } else {
+                format!("{value:.1}{unit}")
+            };
+        }
+    }
+    bytes.to_string()
+}
+
 pub(super) fn nodes(core: &NodeCore) -> ApiResponse {
     let all = statuses(core);
     let mut rows = Vec::new();
@@ -137,7 +180,11 @@ pub(super) fn nodes(core: &NodeCore) -> ApiResponse {
             liveness.clone(),
             node.arch.clone(),
             format!("{}/{}", status.reserved.cpu, node.capacity.cpu),
-            format!("{}/{}", status.reserved.memory, node.capacity.memory),
+            format!(
+                "{}/{}",
+                human_bytes(status.reserved.memory.0),
+                human_bytes(node.capacity.memory.0)
+            ),
             status.replicas.len().to_string(),
             node.labels
                 .iter()

@@ -119,10 +119,10 @@ impl Client {
         addr: std::net::SocketAddr,
         identity: &crate::net::tls::TlsIdentity,
     ) -> Result<Self, ApiError> {
-        let config =
-            crate::net::tls::client_config(identity).map_err(|e| ApiError::Remote(e.to_string()))?;
-        let quic = crate::net::quic::Quic::dialer(config)
+        let config = crate::net::tls::client_config(identity)
             .map_err(|e| ApiError::Remote(e.to_string()))?;
+        let quic =
+            crate::net::quic::Quic::dialer(config).map_err(|e| ApiError::Remote(e.to_string()))?;
         quic.connect(addr)
             .await
             .map_err(|e| ApiError::Remote(e.to_string()))?;

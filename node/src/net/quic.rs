@@ -76,8 +76,8 @@ impl Quic {
     /// A dial-only endpoint with `client` settings (a user certificate, or the join verifier).
     pub fn dialer(client: quinn::ClientConfig) -> Result<Self, QuicError> {
         let any: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 0));
-        let mut endpoint = quinn::Endpoint::client(any)
-            .map_err(|source| QuicError::Bind { addr: any, source })?;
+        let mut endpoint =
+            quinn::Endpoint::client(any).map_err(|source| QuicError::Bind { addr: any, source })?;
         endpoint.set_default_client_config(client);
         Ok(Quic {
             endpoint,
@@ -105,13 +105,13 @@ impl Quic {
             pool.remove(&addr);
         }
         drop(pool);
-        let connecting = self
-            .endpoint
-            .connect(addr, NODE_SERVER_NAME)
-            .map_err(|e| QuicError::Connect {
-                addr,
-                reason: e.to_string(),
-            })?;
+        let connecting =
+            self.endpoint
+                .connect(addr, NODE_SERVER_NAME)
+                .map_err(|e| QuicError::Connect {
+                    addr,
+                    reason: e.to_string(),
+                })?;
         let conn = tokio::time::timeout(Duration::from_secs(3), connecting)
             .await
             .map_err(|_| QuicError::Timeout { addr, ms: 3_000 })?

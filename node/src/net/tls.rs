@@ -81,7 +81,10 @@ pub fn server_config(identity: &TlsIdentity) -> Result<quinn::ServerConfig, TlsE
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(err)?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![identity.cert.clone(), identity.ca.clone()], identity.key())
+        .with_single_cert(
+            vec![identity.cert.clone(), identity.ca.clone()],
+            identity.key(),
+        )
         .map_err(err)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(err)?;
