@@ -212,6 +212,43 @@ enum UserCommand {
 
 #[derive(Subcommand)]
 enum BenchKind {
+    /// Kill an agent (and its replicas) in a local fleet; time until its replicas run
+    /// elsewhere and pass their health checks.
+    Failover {
+        /// Agents in the fleet.
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        /// Kills to time.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// An extra flag for every agent, e.g. `--agent-flag=--down-after-ms=700` (repeatable).
+        #[arg(long = "agent-flag", allow_hyphen_values = true)]
+        agent_flags: Vec<String>,
+    },
+    /// Apply a workload at one agent of a local fleet; time until every replica runs.
+    Apply {
+        /// Agents in the fleet.
+        #[arg(long, default_value_t = 10)]
+        nodes: usize,
+        /// Applies to time.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// An extra flag for every agent (repeatable).
+        #[arg(long = "agent-flag", allow_hyphen_values = true)]
+        agent_flags: Vec<String>,
+    },
+    /// Steady-state gossip and probe bytes per node per second in local fleets.
+    Gossip {
+        /// Fleet sizes, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [5, 20, 100])]
+        nodes: Vec<usize>,
+        /// Seconds to measure each size.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// An extra flag for every agent (repeatable).
+        #[arg(long = "agent-flag", allow_hyphen_values = true)]
+        agent_flags: Vec<String>,
+    },
     /// Gossip rounds for one desired-state write to reach every node (real CRDT, push-pull).
     Dissemination {
         /// Fleet size.
@@ -339,6 +376,30 @@ fn main() -> ExitCode {
                     seeds,
                 },
         } => cmd::bench::dissemination(nodes, fanout, seeds),
+        Command::Bench {
+            what:
+                BenchKind::Failover {
+                    nodes,
+                    runs,
+                    agent_flags,
+                },
+        } => cmd::bench_fleet::failover(nodes, runs, agent_flags),
+        Command::Bench {
+            what:
+                BenchKind::Apply {
+                    nodes,
+                    runs,
+                    agent_flags,
+                },
+        } => cmd::bench_fleet::apply_latency(nodes, runs, agent_flags),
+        Command::Bench {
+            what:
+                BenchKind::Gossip {
+                    nodes,
+                    seconds,
+                    agent_flags,
+                },
+        } => cmd::bench_fleet::gossip(&nodes, seconds, agent_flags),
         Command::Validate { files } => cmd::validate::run(&files, format),
         Command::Plan { files, nodes, down } => cmd::plan::run(&files, nodes, &down, format),
     };

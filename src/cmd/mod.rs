@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod bench_fleet;
 pub mod client;
 pub mod cluster;
 pub mod plan;

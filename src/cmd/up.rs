@@ -33,7 +33,6 @@ pub struct Agent {
 
 /// A local fleet; stops its agents when dropped.
 pub struct LocalFleet {
-    pub dir: PathBuf,
     pub client_dir: PathBuf,
     pub agents: Vec<Agent>,
     exe: PathBuf,
@@ -45,7 +44,9 @@ fn free_base(from: &mut u16) -> anyhow::Result<SocketAddr> {
     while *from < 60_000 {
         let port = *from;
         *from += 3;
-        let free = (0..3).all(|i| UdpSocket::bind(("127.0.0.1", port + i)).is_ok());
+        // UDP for gossip, QUIC and probes; TCP on the first for metrics.
+        let free = (0..3).all(|i| UdpSocket::bind(("127.0.0.1", port + i)).is_ok())
+            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
         if free {
             return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
         }
@@ -64,7 +65,6 @@ impl LocalFleet {
         let client_dir = dir.join("client");
         let mut port = 17_946 + (std::process::id() % 2_000) as u16 * 3;
         let mut fleet = LocalFleet {
-            dir: dir.to_path_buf(),
             client_dir,
             agents: Vec::new(),
             exe,

@@ -158,7 +158,7 @@ fn human_bytes(bytes: u64) -> String {
     for (unit, size) in UNITS {
         if bytes >= size {
             let value = bytes as f64 / size as f64;
-            return if bytes % size == 0 || value >= 100.0 {
+            return if bytes.is_multiple_of(size) || value >= 100.0 {
                 format!("{value:.0}{unit}")
             } else {
                 format!("{value:.1}{unit}")

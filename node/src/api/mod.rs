@@ -92,7 +92,7 @@ pub struct Client {
 enum Inner {
     Local(UnixStream),
     Remote {
-        quic: crate::net::quic::Quic,
+        quic: Box<crate::net::quic::Quic>,
         addr: std::net::SocketAddr,
         stream: Option<(quinn::SendStream, quinn::RecvStream)>,
     },
@@ -128,7 +128,7 @@ impl Client {
             .map_err(|e| ApiError::Remote(e.to_string()))?;
         Ok(Client {
             inner: Inner::Remote {
-                quic,
+                quic: Box::new(quic),
                 addr,
                 stream: None,
             },

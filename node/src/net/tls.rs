@@ -150,15 +150,14 @@ pub fn peer_of(connection: &quinn::Connection) -> Option<(Role, String)> {
 /// Role and name from a certificate's DNS names.
 pub fn name_of(cert: &CertificateDer<'_>) -> Option<(Role, String)> {
     let parsed = webpki::EndEntityCert::try_from(cert).ok()?;
-    let found = parsed.valid_dns_names().find_map(|dns| {
+    parsed.valid_dns_names().find_map(|dns| {
         if let Some(name) = dns.strip_suffix(".node.starling") {
             Some((Role::Node, name.to_string()))
         } else {
             dns.strip_suffix(".user.starling")
                 .map(|name| (Role::User, name.to_string()))
         }
-    });
-    found
+    })
 }
 
 /// Trusts a chain that holds the pinned CA, then verifies the server certificate against it.

@@ -1,0 +1,563 @@
+//! End-to-end tests of a fleet: several real agent processes on loopback, gossiping, probing
+//! and syncing over their sealed sockets and QUIC; the CLI talks to them over QUIC with an
+//! operator certificate, as an operator would.
+
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_starling");
+
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+/// Three free consecutive UDP ports (gossip, QUIC, probes) whose TCP twin (metrics) is free.
+fn free_base() -> String {
+    let _ = NEXT_PORT.compare_exchange(
+        0,
+        21_000 + (std::process::id() % 1_000) as u16 * 30,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let port = NEXT_PORT.fetch_add(3, Ordering::SeqCst);
+        assert!(port < 60_000, "ran out of ports");
+        let free = (0..3).all(|i| UdpSocket::bind(("127.0.0.1", port + i)).is_ok())
+            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if free {
+            return format!("127.0.0.1:{port}");
+        }
+    }
+}
+
+struct Node {
+    name: String,
+    dir: PathBuf,
+    base: String,
+    child: Option<Child>,
+}
+
+/// A fleet in a temp dir; every agent and replica is killed when it drops.
+struct Fleet {
+    tmp: tempfile::TempDir,
+    client: PathBuf,
+    nodes: Vec<Node>,
+}
+
+impl Fleet {
+    fn start(n: usize) -> Fleet {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let client = tmp.path().join("client");
+        let mut fleet = Fleet {
+            client,
+            nodes: Vec::new(),
+            tmp,
+        };
+        for i in 1..=n {
+            let name = format!("node-{i}");
+            fleet.nodes.push(Node {
+                dir: fleet.tmp.path().join(&name),
+                name,
+                base: free_base(),
+                child: None,
+            });
+        }
+        let first = &fleet.nodes[0];
+        let out = Command::new(BIN)
+            .arg("init")
+            .arg("--data-dir")
+            .arg(&first.dir)
+            .arg("--cluster-dir")
+            .arg(&fleet.client)
+            .args(["--node-id", &first.name, "--advertise", &first.base])
+            .output()
+            .expect("init runs");
+        assert!(
+            out.status.success(),
+            "init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for i in 0..n {
+            fleet.spawn(i);
+            if i == 0 {
+                let socket = fleet.nodes[0].dir.join("api.sock");
+                wait_for("the first agent", Duration::from_secs(20), || {
+                    socket.exists().then_some(())
+                });
+            }
+        }
+        fleet.wait_members(n);
+        fleet
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let joined = self.nodes[i].dir.join("cluster/node.pem").exists();
+        let token = if joined {
+            None
+        } else {
+            let out = Command::new(BIN)
+                .args(["token", "create", "--data-dir"])
+                .arg(&self.nodes[0].dir)
+                .output()
+                .expect("token create runs");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        };
+        let node = &mut self.nodes[i];
+        std::fs::create_dir_all(&node.dir).expect("data dir");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.dir.with_extension("log"))
+            .expect("log");
+        let mut command = Command::new(BIN);
+        command.arg("agent").arg("--data-dir").arg(&node.dir).args([
+            "--node-id",
+            &node.name,
+            "--listen",
+            &node.base,
+            "--stop-grace-ms",
+            "500",
+        ]);
+        if let Some(token) = token {
+            command.args(["--join", &token]);
+        }
+        node.child = Some(
+            command
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("agent starts"),
+        );
+    }
+
+    /// The CLI against node `i` over QUIC.
+    fn cli(&self, i: usize, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--cluster-dir")
+            .arg(&self.client)
+            .args(["--peer", &self.nodes[i].base])
+            .args(args)
+            .output()
+            .expect("cli runs")
+    }
+
+    fn json(&self, i: usize, args: &[&str]) -> Option<Value> {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let out = self.cli(i, &all);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    fn wait_members(&self, n: usize) {
+        wait_for(
+            &format!("{n} alive members seen by every node"),
+            Duration::from_secs(30),
+            || {
+                (0..self.nodes.len())
+                    .filter(|i| self.nodes[*i].child.is_some())
+                    .all(|i| {
+                        self.json(i, &["get", "nodes"]).is_some_and(|v| {
+                            v.as_array().is_some_and(|a| {
+                                a.iter().filter(|n| n["state"] == "alive").count() == n
+                            })
+                        })
+                    })
+                    .then_some(())
+            },
+        );
+    }
+
+    /// Running replicas as node `i` reports them: (workload, index, node).
+    fn running(&self, i: usize) -> Option<Vec<(String, u64, String)>> {
+        let v = self.json(i, &["status"])?;
+        Some(
+            v.as_array()?
+                .iter()
+                .filter(|r| r["state"] == "Running")
+                .map(|r| {
+                    (
+                        r["workload"].as_str().unwrap_or_default().to_string(),
+                        r["replica"].as_u64().unwrap_or_default(),
+                        r["node"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    fn node_dir(&self, name: &str) -> &Path {
+        &self
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .expect("node")
+            .dir
+    }
+
+    /// Live replica processes of `workload` over the whole machine, from each node's runtime.
+    fn live_processes(&self, workload: &str) -> usize {
+        self.nodes
+            .iter()
+            .flat_map(|n| pids(&n.dir, workload))
+            .filter(|pid| alive(*pid))
+            .count()
+    }
+
+    /// Kills node `i` as a power cut would: the agent and every replica it started.
+    fn crash(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            signal(i64::from(child.id()), Signal::SIGKILL);
+            let _ = child.wait();
+        }
+        for pid in pids(&self.nodes[i].dir, "") {
+            killpg(pid);
+        }
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.crash(i);
+        }
+    }
+}
+
+fn pids(dir: &Path, workload: &str) -> Vec<i64> {
+    let Ok(entries) = std::fs::read_dir(dir.join("runtime/replicas")) else {
+        return vec![];
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(workload))
+        .filter_map(|e| std::fs::read_to_string(e.path().join("instance.json")).ok())
+        .filter_map(|t| serde_json::from_str::<Value>(&t).ok())
+        .filter_map(|v| v["pid"].as_i64())
+        .collect()
+}
+
+fn alive(pid: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+/// Signals one process through the system call (never the `kill` program: see tests/agent.rs).
+fn signal(pid: i64, sig: Signal) {
+    if let Ok(pid) = i32::try_from(pid)
+        && pid > 1
+    {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+    }
+}
+
+fn killpg(pid: i64) {
+    if let Ok(pid) = i32::try_from(pid)
+        && pid > 1
+    {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+    }
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn spec(dir: &Path, name: &str, body: &str) -> String {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, body).expect("write spec");
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn five_agents_place_fail_over_and_rejoin_without_duplicates() {
+    let mut fleet = Fleet::start(5);
+    let file = spec(
+        fleet.tmp.path(),
+        "sleepers",
+        "name = \"sleepers\"\ncommand = \"sleep\"\nargs = [\"600\"]\nreplicas = 4\n\
+         [resources]\ncpu = \"10m\"\nmemory = \"1Mi\"\n",
+    );
+    // Written at node-3; node-1 reports the fleet.
+    let out = fleet.cli(2, &["apply", "-f", &file]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let placed = wait_for("4 replicas running", Duration::from_secs(30), || {
+        let running = fleet.running(0)?;
+        (running.len() == 4 && fleet.live_processes("sleepers") == 4).then_some(running)
+    });
+    // Each replica runs where the fleet says: its node's runtime holds a live process for it.
+    for (workload, index, node) in &placed {
+        let dir = fleet
+            .node_dir(node)
+            .join(format!("runtime/replicas/{workload}-{index}"));
+        assert!(
+            dir.exists(),
+            "{workload}/{index} is reported on {node} and runs there"
+        );
+    }
+    // Crash a node that runs something (not node-1, which we ask).
+    let victim_name = placed
+        .iter()
+        .map(|(_, _, n)| n.clone())
+        .find(|n| n != "node-1")
+        .expect("a replica off node-1");
+    let victim = fleet
+        .nodes
+        .iter()
+        .position(|n| n.name == victim_name)
+        .expect("victim");
+    fleet.crash(victim);
+    let moved = wait_for(
+        "the crashed node's replicas running elsewhere",
+        Duration::from_secs(30),
+        || {
+            let running = fleet.running(0)?;
+            (running.len() == 4
+                && running.iter().all(|(_, _, n)| *n != victim_name)
+                && fleet.live_processes("sleepers") == 4)
+                .then_some(running)
+        },
+    );
+    assert_eq!(moved.len(), 4);
+    // The node comes back with its data dir: it rejoins, and nothing runs twice.
+    fleet.spawn(victim);
+    fleet.wait_members(5);
+    wait_for("4 replicas, once each", Duration::from_secs(30), || {
+        let running = fleet.running(0)?;
+        (running.len() == 4 && fleet.live_processes("sleepers") == 4).then_some(())
+    });
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(300));
+        let live = fleet.live_processes("sleepers");
+        assert!(
+            live <= 5,
+            "at most one handover copy at a time, saw {live} processes"
+        );
+    }
+    wait_for(
+        "settled at exactly 4 processes",
+        Duration::from_secs(30),
+        || (fleet.live_processes("sleepers") == 4).then_some(()),
+    );
+}
+
+#[test]
+fn writes_at_two_peers_at_once_converge_everywhere() {
+    let fleet = Fleet::start(3);
+    let a = spec(
+        fleet.tmp.path(),
+        "a",
+        "name = \"shared\"\ncommand = \"sleep\"\nargs = [\"600\"]\nreplicas = 1\n[resources]\ncpu = \"10m\"\nmemory = \"1Mi\"\n",
+    );
+    let b = spec(
+        fleet.tmp.path(),
+        "b",
+        "name = \"shared\"\ncommand = \"sleep\"\nargs = [\"601\"]\nreplicas = 2\n[resources]\ncpu = \"10m\"\nmemory = \"1Mi\"\n",
+    );
+    let c = spec(
+        fleet.tmp.path(),
+        "c",
+        "name = \"other\"\ncommand = \"sleep\"\nargs = [\"602\"]\nreplicas = 1\n[resources]\ncpu = \"10m\"\nmemory = \"1Mi\"\n",
+    );
+    let run = |i: usize, files: Vec<String>| {
+        let mut command = Command::new(BIN);
+        command.arg("--cluster-dir").arg(&fleet.client).args([
+            "--peer",
+            &fleet.nodes[i].base,
+            "apply",
+        ]);
+        for f in files {
+            command.args(["-f", &f]);
+        }
+        command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cli")
+    };
+    let first = run(0, vec![a]);
+    let second = run(1, vec![b, c]);
+    for child in [first, second] {
+        let out = child.wait_with_output().expect("cli ends");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    wait_for(
+        "the same desired state on every node",
+        Duration::from_secs(30),
+        || {
+            let views: Vec<Value> = (0..3)
+                .map(|i| fleet.json(i, &["get", "workloads"]))
+                .collect::<Option<Vec<_>>>()?;
+            let names = |v: &Value| {
+                v.as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|w| {
+                                (
+                                    w["name"].clone(),
+                                    w["revision"].clone(),
+                                    w["replicas"].clone(),
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default()
+            };
+            let first = names(&views[0]);
+            (first.len() == 2 && views.iter().all(|v| names(v) == first)).then_some(())
+        },
+    );
+    // The same spec text is behind the name everywhere (last writer wins, the same one).
+    let described: Vec<String> = (0..3)
+        .map(|i| {
+            String::from_utf8_lossy(&fleet.cli(i, &["describe", "shared"]).stdout).into_owned()
+        })
+        .collect();
+    let args_of = |text: &str| text.contains("601");
+    assert!(
+        described
+            .iter()
+            .all(|d| args_of(d) == args_of(&described[0])),
+        "every node holds the same winner:\n{described:#?}"
+    );
+}
+
+#[test]
+fn strangers_are_refused_and_bad_input_changes_nothing() {
+    let fleet = Fleet::start(2);
+    // An operator of another cluster (another CA) is refused at the handshake.
+    let other = fleet.tmp.path().join("other");
+    let other_client = fleet.tmp.path().join("other-client");
+    let out = Command::new(BIN)
+        .arg("init")
+        .arg("--data-dir")
+        .arg(&other)
+        .arg("--cluster-dir")
+        .arg(&other_client)
+        .args(["--node-id", "x", "--advertise", "127.0.0.1:1"])
+        .output()
+        .expect("init");
+    assert!(out.status.success());
+    let out = Command::new(BIN)
+        .arg("--cluster-dir")
+        .arg(&other_client)
+        .args(["--peer", &fleet.nodes[0].base, "get", "nodes"])
+        .output()
+        .expect("cli");
+    assert!(
+        !out.status.success(),
+        "a foreign certificate must be refused"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot connect") || err.contains("certificate") || err.contains("TLS"),
+        "the error names the cause: {err}"
+    );
+
+    // Gossip packets sealed with another key, and plain garbage, are dropped and counted.
+    let gossip: std::net::SocketAddr = fleet.nodes[0].base.parse().expect("addr");
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let forged = starling_node::gossip::seal::Keyring::new(1, [9; 32]).seal(
+        1,
+        1,
+        [7; 24],
+        b"not from this cluster",
+    );
+    socket.send_to(&forged, gossip).expect("send");
+    socket.send_to(b"plain text", gossip).expect("send");
+    wait_for("the drops in /metrics", Duration::from_secs(10), || {
+        let text = http_get(gossip, "/metrics")?;
+        let value = |reason: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with(&format!(
+                        "starling_gossip_dropped_total{{reason=\"{reason}\"}}"
+                    ))
+                })
+                .and_then(|l| l.split_whitespace().last())
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        (value("auth")? >= 1 && value("malformed")? >= 1).then_some(())
+    });
+
+    // A malformed spec sent straight to a peer (no CLI-side check) gets every field error and
+    // changes nothing.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let answer = runtime.block_on(async {
+        let tls = starling_node::cluster::ClientDir {
+            dir: fleet.client.clone(),
+        }
+        .tls()
+        .expect("user certificate");
+        let addr = starling_node::cluster::quic_addr(fleet.nodes[1].base.parse().expect("addr"));
+        let mut client = starling_node::api::Client::connect_quic(addr, &tls)
+            .await
+            .expect("connects");
+        client
+            .call(&starling_protocol::wire::ApiRequest::Apply {
+                spec: starling_protocol::wire::SpecText {
+                    format: starling_protocol::wire::SpecFormat::Toml,
+                    text: "name = \"Bad_Name\"\nreplicas = 5000\n".into(),
+                },
+                ack_replicas: 0,
+            })
+            .await
+            .expect("an answer")
+    });
+    let starling_protocol::wire::ApiResponse::Error(error) = answer else {
+        panic!("a malformed spec must be refused, got {answer:?}");
+    };
+    let fields: Vec<String> = error.fields.iter().map(|f| f.to_string()).collect();
+    assert!(
+        fields.iter().any(|f| f.starts_with("name"))
+            && fields.iter().any(|f| f.starts_with("command")),
+        "every field error is named: {fields:?}"
+    );
+    let workloads = fleet.json(0, &["get", "workloads"]).expect("workloads");
+    assert_eq!(
+        workloads.as_array().map(Vec::len),
+        Some(0),
+        "nothing was stored"
+    );
+}
+
+/// A minimal HTTP GET on loopback.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).ok()?;
+    Some(body)
+}
