@@ -39,16 +39,23 @@ pub struct FleetArgs {
     #[arg(long, default_value_t = 1_000)]
     pub gossip_interval_ms: u64,
     /// Milliseconds between probes of each watched node.
-    #[arg(long, default_value_t = 250)]
+    #[arg(long, default_value_t = 200)]
     pub probe_interval_ms: u64,
-    /// Milliseconds a watched node may stay unreachable before it is declared down.
-    #[arg(long, default_value_t = 1_000)]
+    /// Milliseconds to wait for a direct ack before asking two helpers to probe.
+    #[arg(long, default_value_t = 100)]
+    pub probe_timeout_ms: u64,
+    /// Milliseconds to wait for the helpers' acks before the probe counts as failed.
+    #[arg(long, default_value_t = 150)]
+    pub indirect_timeout_ms: u64,
+    /// Milliseconds a watched node may stay unreachable (from its first failed probe) before
+    /// it is declared down; with the defaults, two failed probe rounds in a row.
+    #[arg(long, default_value_t = 400)]
     pub down_after_ms: u64,
     /// Where to serve Prometheus metrics (HTTP) [default: 127.0.0.1 at the --listen port, TCP].
     #[arg(long)]
     pub metrics: Option<std::net::SocketAddr>,
     /// Milliseconds a claim waits for competing claims before starting a replica.
-    #[arg(long, default_value_t = 250)]
+    #[arg(long, default_value_t = 100)]
     pub settle_ms: u64,
 }
 
@@ -96,6 +103,8 @@ pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
     config.fleet.seeds = fleet.seeds.clone();
     config.fleet.gossip_interval = Duration::from_millis(fleet.gossip_interval_ms.max(10));
     config.fleet.detector.probe_interval_ms = fleet.probe_interval_ms.max(10);
+    config.fleet.detector.probe_timeout_ms = fleet.probe_timeout_ms.max(1);
+    config.fleet.detector.indirect_timeout_ms = fleet.indirect_timeout_ms.max(1);
     config.fleet.detector.down_after_ms = fleet.down_after_ms;
     // Nodes nobody here watches count as down after several calm gossip rounds of silence.
     config.fleet.detector.stale_after_ms = (fleet.gossip_interval_ms * 8).max(5_000);

@@ -98,7 +98,7 @@ fn spec(name: &str, replicas: usize, health: bool) -> SpecText {
          [resources]\ncpu = \"10m\"\nmemory = \"1Mi\"\n"
     );
     if health {
-        text.push_str("[health]\nexec = [\"true\"]\ninterval = \"200ms\"\ntimeout = \"1s\"\n");
+        text.push_str("[health]\nexec = [\"true\"]\ninterval = \"200ms\"\ntimeout = \"200ms\"\n");
     }
     SpecText {
         format: SpecFormat::Toml,

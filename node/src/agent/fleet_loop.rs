@@ -74,9 +74,14 @@ impl Agent {
         let now = now_ms();
         match input {
             Input::Probe(from, message) => {
+                let verdict = matches!(message, PeerMessage::Verdict { .. });
                 if let Some(fleet) = self.fleet.as_mut() {
                     fleet.on_probe(now, from, message);
                     fleet.flush_detector().await;
+                }
+                // A verdict can make a node down: act on it now, not at the next gossip read.
+                if verdict {
+                    self.refresh_view(now);
                 }
             }
             Input::Sync(SyncEvent::Pulled { from, entries }) => {
@@ -218,10 +223,22 @@ impl Agent {
         let statuses = fleet.read_gossip(now).await;
         fleet.detector.handle_timeout(now);
         fleet.flush_detector().await;
-        let view = fleet.view(now);
         let root = self.core.desired().digest().root();
         fleet.publish_digest(root).await;
         fleet.maybe_pull(now, self.core.desired(), root);
+        self.refresh_view(now);
+        for (node, status) in statuses {
+            self.decide(|core| core.handle_peer_status(now, node, status));
+        }
+        self.render_gauges();
+    }
+
+    /// Hands the core the fleet as the detector sees it now, when it changed.
+    fn refresh_view(&mut self, now: u64) {
+        let Some(fleet) = self.fleet.as_ref() else {
+            return;
+        };
+        let view = fleet.view(now);
         let went_down = view
             .nodes
             .iter()
@@ -243,10 +260,6 @@ impl Agent {
         if view != *self.core.view() {
             self.decide(|core| core.handle_view(now, view));
         }
-        for (node, status) in statuses {
-            self.decide(|core| core.handle_peer_status(now, node, status));
-        }
-        self.render_gauges();
     }
 
     /// Members and replicas by state, and workloads, for `/metrics`.
