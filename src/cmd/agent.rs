@@ -106,8 +106,10 @@ pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
     config.fleet.detector.probe_timeout_ms = fleet.probe_timeout_ms.max(1);
     config.fleet.detector.indirect_timeout_ms = fleet.indirect_timeout_ms.max(1);
     config.fleet.detector.down_after_ms = fleet.down_after_ms;
-    // Nodes nobody here watches count as down after several calm gossip rounds of silence.
-    config.fleet.detector.stale_after_ms = (fleet.gossip_interval_ms * 8).max(5_000);
+    // Nodes nobody here watches count as down after this much silence (no gossip heartbeat,
+    // no verdict): the backstop for a partition side no verdict reaches. A heartbeat needs
+    // about log2(N) rounds to cross the fleet, so leave ample room for that.
+    config.fleet.detector.stale_after_ms = (fleet.gossip_interval_ms * 20).max(10_000);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -357,8 +357,8 @@ impl Fleet {
         }
     }
 
-    /// Sends what the detector wants sent, and spreads its verdicts: straight to every member
-    /// over the probe socket (fast), and in gossip (for those the datagram missed).
+    /// Sends what the detector wants sent, and spreads its verdicts: `Down` straight to every
+    /// member over the probe socket (fast), and every verdict in gossip.
     pub async fn flush_detector(&mut self) {
         while let Some((to, message)) = self.detector.poll_transmit() {
             if let Some(peer) = self.peers.get(&to) {
@@ -372,7 +372,10 @@ impl Fleet {
             } else {
                 tracing::warn!(node = %verdict.node, state = ?verdict.state, incarnation = verdict.incarnation, "verdict");
             }
-            for peer in self.peers.values() {
+            // Only `Down` is urgent (replacements wait on it); suspicion and recovery travel in
+            // gossip, so a busy fleet is not flooded with datagrams it does not need.
+            let urgent = verdict.state == Liveness::Down;
+            for peer in self.peers.values().filter(|_| urgent) {
                 self.probe.send(
                     probe_addr(peer.base),
                     PeerMessage::Verdict {
