@@ -142,7 +142,7 @@ enum Command {
     },
     /// Every replica with its state, health and restarts.
     Status,
-    /// Print the end of a replica's log.
+    /// Print the end of a replica's log, from whichever node runs it.
     Logs {
         /// The workload.
         name: WorkloadName,
@@ -152,6 +152,16 @@ enum Command {
         /// Lines from the end.
         #[arg(long, default_value_t = 100)]
         tail: u32,
+        /// Keep streaming new lines (from whichever node runs the replica) until Ctrl-C.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// List the nodes of the fleet (same as `get nodes`).
+    Nodes,
+    /// Fleet membership.
+    Node {
+        #[command(subcommand)]
+        what: NodeCommand,
     },
     /// Check workload specs (TOML or JSON) and list every problem with its field path.
     Validate {
@@ -206,6 +216,21 @@ enum UserCommand {
     /// Write a client certificate for operator NAME into the cluster dir.
     Add {
         /// The operator's name.
+        name: String,
+    },
+    /// Revoke operator NAME's certificate, fleet-wide.
+    Remove {
+        /// The operator's name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Remove node NAME from the fleet: its certificate is refused everywhere and its
+    /// replicas move.
+    Remove {
+        /// The node's id.
         name: String,
     },
 }
@@ -318,6 +343,12 @@ fn main() -> ExitCode {
         Command::User {
             what: UserCommand::Add { name },
         } => cmd::cluster::user_add(&data_dir, &cluster_dir, &name),
+        Command::User {
+            what: UserCommand::Remove { name },
+        }
+        | Command::Node {
+            what: NodeCommand::Remove { name },
+        } => cmd::client::call(&target, ApiRequest::Revoke { name }, format),
         Command::Up {
             nodes,
             specs,
@@ -354,7 +385,15 @@ fn main() -> ExitCode {
             name,
             replica,
             tail,
-        } => cmd::client::logs(&target, name, replica, tail),
+            follow,
+        } => cmd::client::logs(&target, name, replica, tail, follow),
+        Command::Nodes => cmd::client::call(
+            &target,
+            ApiRequest::Get {
+                kind: ObjectKind::Nodes,
+            },
+            format,
+        ),
         Command::Sim {
             scenario,
             seed,

@@ -400,7 +400,7 @@ fn writes_at_two_peers_at_once_converge_everywhere() {
             .expect("cli")
     };
     let first = run(0, vec![a]);
-    let second = run(1, vec![b, c]);
+    let second = run(1, vec![b, c.clone()]);
     for child in [first, second] {
         let out = child.wait_with_output().expect("cli ends");
         assert!(
@@ -433,6 +433,47 @@ fn writes_at_two_peers_at_once_converge_everywhere() {
             };
             let first = names(&views[0]);
             (first.len() == 2 && views.iter().all(|v| names(v) == first)).then_some(())
+        },
+    );
+    // --ack-replicas: answered once that many peers hold the write; more than exist fails
+    // with the count (the write itself is stored and still spreads).
+    let out = fleet.cli(0, &["apply", "--ack-replicas", "2", "-f", &c]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let talker = spec(
+        fleet.tmp.path(),
+        "talker",
+        "name = \"talker\"\ncommand = \"sh\"\nargs = [\"-c\", \"echo hello from the talker; sleep 600\"]\n[resources]\ncpu = \"10m\"\nmemory = \"1Mi\"\n",
+    );
+    let out = fleet.cli(0, &["apply", "--ack-replicas", "5", "-f", &talker]);
+    assert!(!out.status.success(), "5 acks from 2 peers cannot succeed");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("2 of the 5"),
+        "the error gives the count: {err}"
+    );
+    // Logs come from whichever node runs the replica, asked at any node.
+    let host = wait_for("the talker running", Duration::from_secs(30), || {
+        fleet
+            .running(0)?
+            .into_iter()
+            .find(|(w, _, _)| w == "talker")
+            .map(|(_, _, n)| n)
+    });
+    let elsewhere = (0..3)
+        .find(|i| fleet.nodes[*i].name != host)
+        .expect("another node");
+    wait_for(
+        "the talker's log through another node",
+        Duration::from_secs(20),
+        || {
+            let out = fleet.cli(elsewhere, &["logs", "talker"]);
+            String::from_utf8_lossy(&out.stdout)
+                .contains("hello from the talker")
+                .then_some(())
         },
     );
     // The same spec text is behind the name everywhere (last writer wins, the same one).
@@ -480,6 +521,48 @@ fn strangers_are_refused_and_bad_input_changes_nothing() {
     assert!(
         err.contains("cannot connect") || err.contains("certificate") || err.contains("TLS"),
         "the error names the cause: {err}"
+    );
+
+    // A removed operator is refused by every node, from its next request on.
+    let out = Command::new(BIN)
+        .args(["user", "add", "bob", "--data-dir"])
+        .arg(&fleet.nodes[0].dir)
+        .arg("--cluster-dir")
+        .arg(fleet.tmp.path().join("bob"))
+        .output()
+        .expect("user add");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let as_bob = |i: usize| {
+        Command::new(BIN)
+            .arg("--cluster-dir")
+            .arg(fleet.tmp.path().join("bob"))
+            .args(["--peer", &fleet.nodes[i].base, "get", "nodes"])
+            .output()
+            .expect("cli")
+    };
+    assert!(as_bob(1).status.success(), "bob's certificate works");
+    let out = fleet.cli(0, &["user", "remove", "bob"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        "bob refused at the other node",
+        Duration::from_secs(20),
+        || (!as_bob(1).status.success()).then_some(()),
+    );
+    assert!(
+        !as_bob(0).status.success(),
+        "and at the node that revoked him"
+    );
+    assert!(
+        fleet.cli(1, &["get", "nodes"]).status.success(),
+        "admin still works"
     );
 
     // Gossip packets sealed with another key, and plain garbage, are dropped and counted.

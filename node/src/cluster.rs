@@ -222,6 +222,22 @@ impl Membership {
             .and_then(|t| t.trim().parse().ok())
     }
 
+    /// Stores the names whose certificates are refused.
+    pub fn write_revoked(data_dir: &Path, names: &[String]) -> Result<(), ClusterError> {
+        write(&dir(data_dir).join("revoked"), &names.join("\n"))
+    }
+
+    /// The names stored by [`Membership::write_revoked`].
+    pub fn read_revoked(data_dir: &Path) -> Vec<String> {
+        fs::read_to_string(dir(data_dir).join("revoked"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
     /// The gossip keyring (the first key encrypts, all decrypt).
     pub fn keyring(&self) -> Keyring {
         let (first_id, first_key) = self.gossip_keys[0];

@@ -180,6 +180,11 @@ pub enum ApiRequest {
         /// Lines from the end to start with.
         tail_lines: u32,
     },
+    /// Refuse a node's or a user's certificate from now on, fleet-wide.
+    Revoke {
+        /// The certificate's name (node id or user name).
+        name: String,
+    },
     /// Acquire or renew a lease for a script's own election.
     LeaseAcquire {
         /// The lease.

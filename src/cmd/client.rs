@@ -144,13 +144,14 @@ pub fn logs(
     name: WorkloadName,
     replica: u32,
     tail_lines: u32,
+    follow: bool,
 ) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
         let mut client = target.connect().await?;
         let request = ApiRequest::Logs {
             name,
             replica: Some(replica),
-            follow: false,
+            follow,
             tail_lines,
         };
         let mut response = client.call(&request).await?;

@@ -114,6 +114,10 @@ pub(super) struct Fleet {
     pub spent: BTreeSet<String>,
     /// Round-robin position for picking whom to pull from.
     sync_cursor: usize,
+    /// Certificate names refused fleet-wide (shared with the QUIC server).
+    pub revoked: Arc<RwLock<BTreeSet<String>>>,
+    /// How many revoked names this node last published.
+    published_revoked: usize,
     pub sync_tx: mpsc::UnboundedSender<SyncEvent>,
 }
 
@@ -160,6 +164,7 @@ impl Fleet {
         me_view: NodeView,
         generation: u64,
         counters: Arc<GossipCounters>,
+        revoked: Arc<RwLock<BTreeSet<String>>>,
     ) -> Result<(Fleet, FleetInbox), AgentError> {
         let base = settings.advertise.unwrap_or(settings.listen);
         let keyring = Arc::new(RwLock::new(membership.keyring()));
@@ -232,6 +237,8 @@ impl Fleet {
             published_verdicts: BTreeMap::new(),
             spent: BTreeSet::new(),
             sync_cursor: 0,
+            revoked,
+            published_revoked: 0,
             sync_tx,
         };
         Ok((fleet, FleetInbox { probes, sync }))
@@ -245,6 +252,12 @@ impl Fleet {
         let mut heard = Vec::new();
         let mut incarnations = Vec::new();
         let members_before: BTreeSet<NodeId> = self.peers.keys().cloned().collect();
+        let mut revoked = self
+            .revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let known_revoked = revoked.len();
         {
             let chitchat = self.chitchat.lock().await;
             // A restarted node shows up under a new generation; the newest one is the node.
@@ -260,10 +273,24 @@ impl Fleet {
                     newest.insert(&*id.node_id, (id, state));
                 }
             }
+            // Revocations spread first, so a node revoked in this very read is skipped.
+            for (_, state) in newest.values() {
+                if let Some(list) = state.get("revoked") {
+                    revoked.extend(
+                        list.split(',')
+                            .filter(|n| !n.is_empty())
+                            .map(str::to_string),
+                    );
+                }
+            }
             for (name, (id, state)) in newest {
                 let Ok(node) = NodeId::new(name) else {
                     continue;
                 };
+                if revoked.contains(name) {
+                    self.peers.remove(&node);
+                    continue;
+                }
                 let entry = self.peers.entry(node.clone()).or_insert_with(|| Peer {
                     base: id.gossip_advertise_addr,
                     generation: 0,
@@ -318,6 +345,10 @@ impl Fleet {
                     }
                 }
             }
+        }
+        if revoked.len() != known_revoked {
+            tracing::warn!(names = ?revoked, "certificates revoked in the fleet");
+            *self.revoked.write().unwrap_or_else(|e| e.into_inner()) = revoked;
         }
         let members: BTreeSet<NodeId> = self.peers.keys().cloned().collect();
         if members != members_before {
@@ -443,6 +474,28 @@ impl Fleet {
             .await
             .self_node_state()
             .set("digest", format!("{root:032x}"));
+    }
+
+    /// Publishes the revoked names when they changed; returns them when they did (to
+    /// persist).
+    pub async fn publish_revoked(&mut self) -> Option<Vec<String>> {
+        let names: Vec<String> = self
+            .revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        if names.len() == self.published_revoked {
+            return None;
+        }
+        self.published_revoked = names.len();
+        self.chitchat
+            .lock()
+            .await
+            .self_node_state()
+            .set("revoked", names.join(","));
+        Some(names)
     }
 
     /// Publishes the join tokens spent here.

@@ -223,6 +223,11 @@ impl Agent {
         let statuses = fleet.read_gossip(now).await;
         fleet.detector.handle_timeout(now);
         fleet.flush_detector().await;
+        if let Some(names) = fleet.publish_revoked().await
+            && let Err(e) = crate::cluster::Membership::write_revoked(self.store.dir(), &names)
+        {
+            tracing::error!("cannot store the revoked names: {e}");
+        }
         let root = self.core.desired().digest().root();
         fleet.publish_digest(root).await;
         fleet.maybe_pull(now, self.core.desired(), root);
@@ -231,6 +236,36 @@ impl Agent {
             self.decide(|core| core.handle_peer_status(now, node, status));
         }
         self.render_gauges();
+        self.update_locator();
+    }
+
+    /// Where each replica runs on a live peer, for log requests.
+    fn update_locator(&self) {
+        let Some(fleet) = self.fleet.as_ref() else {
+            return;
+        };
+        let mut map = BTreeMap::new();
+        for (node, status) in self.core.peer_statuses() {
+            let live = self
+                .core
+                .view()
+                .nodes
+                .get(node)
+                .is_some_and(|n| n.liveness != Liveness::Down);
+            let Some(peer) = fleet.peers.get(node).filter(|_| live) else {
+                continue;
+            };
+            for (id, r) in &status.replicas {
+                if r.is_active() {
+                    map.insert(id.clone(), crate::cluster::quic_addr(peer.base));
+                }
+            }
+        }
+        // Replicas running here are served from here.
+        for id in self.core.status().replicas.keys() {
+            map.remove(id);
+        }
+        *self.locator.write().unwrap_or_else(|e| e.into_inner()) = map;
     }
 
     /// Hands the core the fleet as the detector sees it now, when it changed.

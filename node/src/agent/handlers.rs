@@ -76,9 +76,39 @@ impl Agent {
             ApiRequest::Logs { .. } => {
                 error("logs are served by the connection handler".to_string())
             }
+            ApiRequest::Revoke { name } => self.revoke(name),
             ApiRequest::LeaseAcquire { name, .. } => error(format!(
                 "lease {name}: leases arrive with leader election (not in this build)"
             )),
+        }
+    }
+
+    /// Refuses a certificate name from now on; gossip spreads it to every member.
+    fn revoke(&mut self, name: String) -> ApiResponse {
+        if self.fleet.is_none() {
+            return error("this node is not in a cluster: nothing to revoke".into());
+        }
+        if let Err(e) = starling_protocol::NodeId::new(name.clone()) {
+            return error(format!("{name:?} is not a node or user name: {e}"));
+        }
+        if name == self.node.as_str() {
+            return error(format!(
+                "{name} is this node: ask another member to remove it"
+            ));
+        }
+        let names: Vec<String> = {
+            let mut set = self.revoked.write().unwrap_or_else(|e| e.into_inner());
+            set.insert(name.clone());
+            set.iter().cloned().collect()
+        };
+        if let Err(e) = crate::cluster::Membership::write_revoked(self.store.dir(), &names) {
+            return error(format!("could not store the revocation: {e}"));
+        }
+        self.note(format!("revoked the certificate of {name}"));
+        ApiResponse::Table {
+            columns: vec!["REVOKED".into()],
+            rows: vec![vec![name.clone()]],
+            json: serde_json::json!({ "revoked": name }).to_string(),
         }
     }
 

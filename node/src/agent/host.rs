@@ -10,15 +10,13 @@ use nix::fcntl::{Flock, FlockArg};
 use starling_protocol::NodeId;
 use starling_protocol::placement::Capacity;
 use starling_protocol::quantity::{Bytes, Millicores};
-use starling_protocol::wire::{ApiRequest, ApiResponse};
+use starling_protocol::wire::ApiRequest;
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::{AgentError, ApiCall};
 use crate::api::{read_frame, socket_path, write_frame};
-use crate::runtime::Runtime;
-use crate::runtime::process::ProcessRuntime;
 
 /// Holds an exclusive lock on `<data dir>/agent.lock` for as long as it lives, so two agents
 /// never share a data dir.
@@ -81,15 +79,13 @@ pub(super) fn capacity() -> Capacity {
 
 /// Most API connections served at once.
 const CONNECTIONS_MAX: usize = 64;
-/// Log lines sent per chunk.
-const LOG_CHUNK_LINES: usize = 500;
 
 /// Listens on the data dir's socket and forwards each request to the agent loop. Logs are
 /// served here directly from the runtime, so a large log never blocks the loop.
 pub(super) async fn serve_api(
     dir: &Path,
     calls: mpsc::Sender<ApiCall>,
-    runtime: Arc<ProcessRuntime>,
+    logs: super::logs::LogSource,
 ) -> Result<JoinHandle<()>, AgentError> {
     let path = socket_path(dir);
     // A socket file left by a crashed agent would make bind fail; the lock proves it is stale.
@@ -107,7 +103,7 @@ pub(super) async fn serve_api(
             let Ok(permit) = slots.clone().acquire_owned().await else {
                 return;
             };
-            let (calls, runtime) = (calls.clone(), runtime.clone());
+            let (calls, logs) = (calls.clone(), logs.clone());
             tokio::spawn(async move {
                 let _permit = permit;
                 while let Ok(Some(request)) = read_frame::<ApiRequest, _>(&mut stream).await {
@@ -115,9 +111,19 @@ pub(super) async fn serve_api(
                         ApiRequest::Logs {
                             name,
                             replica,
+                            follow,
                             tail_lines,
-                            ..
-                        } => serve_logs(&mut stream, &runtime, name, replica, tail_lines).await,
+                        } => {
+                            super::logs::serve(
+                                &mut stream,
+                                &logs,
+                                name,
+                                replica,
+                                follow,
+                                tail_lines,
+                            )
+                            .await
+                        }
                         request => {
                             let (tx, rx) = oneshot::channel();
                             if calls.send((request, tx)).await.is_err() {
@@ -136,48 +142,4 @@ pub(super) async fn serve_api(
             });
         }
     }))
-}
-
-/// Answers a `Logs` request from the runtime's files, in chunks.
-pub(super) async fn serve_logs<W: tokio::io::AsyncWrite + Unpin>(
-    stream: &mut W,
-    runtime: &ProcessRuntime,
-    name: starling_protocol::WorkloadName,
-    replica: Option<u32>,
-    tail_lines: u32,
-) -> bool {
-    let replica = starling_protocol::placement::ReplicaId {
-        workload: name,
-        index: replica.unwrap_or(0),
-    };
-    let lines = runtime
-        .log_tail(&replica, tail_lines.min(100_000) as usize)
-        .await;
-    send_log(stream, lines).await
-}
-
-async fn send_log<W: tokio::io::AsyncWrite + Unpin>(stream: &mut W, lines: Vec<String>) -> bool {
-    let mut chunks: Vec<Vec<String>> = lines
-        .chunks(LOG_CHUNK_LINES)
-        .map(<[String]>::to_vec)
-        .collect();
-    if chunks.is_empty() {
-        chunks.push(Vec::new());
-    }
-    let last = chunks.len() - 1;
-    for (i, chunk) in chunks.into_iter().enumerate() {
-        if write_frame(
-            stream,
-            &ApiResponse::LogChunk {
-                lines: chunk,
-                end: i == last,
-            },
-        )
-        .await
-        .is_err()
-        {
-            return false;
-        }
-    }
-    true
 }

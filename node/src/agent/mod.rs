@@ -9,6 +9,7 @@ mod fleet;
 mod fleet_loop;
 mod handlers;
 mod host;
+mod logs;
 pub mod metrics;
 mod quic_api;
 mod tables;
@@ -125,7 +126,6 @@ pub async fn run(
     ));
     tracing::info!(node = %identity.node, data_dir = %store.dir().display(), "agent starting; {}", runtime.limits_status());
     let (api_tx, api_rx) = mpsc::channel::<ApiCall>(64);
-    let server = host::serve_api(store.dir(), api_tx.clone(), runtime.clone()).await?;
     let mut agent = Agent::new(config, store, identity, runtime.clone(), events_tx)?;
     let mut inbox = None;
     let mut quic_server = None;
@@ -133,6 +133,11 @@ pub async fn run(
         let membership = crate::cluster::Membership::load(agent.store.dir())
             .map_err(|e| AgentError::Net(e.to_string()))?;
         let me_view = agent.core.view().nodes[&agent.node].clone();
+        agent
+            .revoked
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(crate::cluster::Membership::read_revoked(agent.store.dir()));
         let (fleet, fleet_inbox) = fleet::Fleet::start(
             &agent.config.fleet,
             membership,
@@ -140,6 +145,7 @@ pub async fn run(
             me_view,
             now_ms(),
             agent.metrics.gossip.clone(),
+            agent.revoked.clone(),
         )
         .await?;
         let (peer_tx, peer_rx) = mpsc::channel(256);
@@ -150,7 +156,11 @@ pub async fn run(
                 api: api_tx.clone(),
                 peers: peer_tx,
                 joins: join_tx,
-                runtime: runtime.clone(),
+                logs: logs::LogSource {
+                    runtime: runtime.clone(),
+                    locator: agent.locator.clone(),
+                    quic: Some(fleet.quic.clone()),
+                },
                 revoked: agent.revoked.clone(),
             },
         ));
@@ -167,6 +177,12 @@ pub async fn run(
             joins: join_rx,
         });
     }
+    let log_source = logs::LogSource {
+        runtime: runtime.clone(),
+        locator: agent.locator.clone(),
+        quic: agent.fleet.as_ref().map(|f| f.quic.clone()),
+    };
+    let server = host::serve_api(agent.store.dir(), api_tx.clone(), log_source).await?;
     let metrics_addr = agent.config.metrics.or_else(|| {
         agent
             .fleet
@@ -259,6 +275,8 @@ pub(crate) struct Agent {
     revoked: Arc<std::sync::RwLock<std::collections::BTreeSet<String>>>,
     /// Counters and gauges for `/metrics`.
     metrics: Arc<metrics::Metrics>,
+    /// Where peers run replicas, for log requests.
+    locator: logs::Locator,
 }
 
 /// Most events kept for `describe`.
@@ -311,6 +329,7 @@ impl Agent {
             push: None,
             revoked: Arc::default(),
             metrics: Arc::default(),
+            locator: Arc::default(),
         })
     }
 

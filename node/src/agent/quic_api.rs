@@ -19,11 +19,9 @@ use tokio::task::JoinHandle;
 
 use super::ApiCall;
 use super::fleet::PeerCall;
-use super::host::serve_logs;
 use crate::api::{read_frame, write_frame};
 use crate::identity::Role;
 use crate::net::tls::peer_of;
-use crate::runtime::process::ProcessRuntime;
 
 /// A join request with the way back.
 pub(crate) type JoinCall = (JoinRequest, oneshot::Sender<JoinReply>);
@@ -34,7 +32,7 @@ pub(crate) struct Routes {
     pub api: mpsc::Sender<ApiCall>,
     pub peers: mpsc::Sender<PeerCall>,
     pub joins: mpsc::Sender<JoinCall>,
-    pub runtime: Arc<ProcessRuntime>,
+    pub logs: super::logs::LogSource,
     pub revoked: Arc<RwLock<BTreeSet<String>>>,
 }
 
@@ -61,6 +59,17 @@ pub(crate) fn serve(endpoint: quinn::Endpoint, routes: Routes) -> JoinHandle<()>
                     }
                 }
                 while let Ok((send, recv)) = conn.accept_bi().await {
+                    // A revocation applies to open connections too, from their next request.
+                    if let Some((_, name)) = &who
+                        && routes
+                            .revoked
+                            .read()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .contains(name)
+                    {
+                        conn.close(1u32.into(), b"certificate revoked");
+                        return;
+                    }
                     let (routes, who) = (routes.clone(), who.clone());
                     tokio::spawn(async move { stream(send, recv, who, routes).await });
                 }
@@ -97,12 +106,12 @@ async fn stream(
             Request::Api(ApiRequest::Logs {
                 name,
                 replica,
+                follow,
                 tail_lines,
-                ..
             }),
             Some(_),
         ) => {
-            serve_logs(&mut send, &routes.runtime, name, replica, tail_lines).await;
+            super::logs::serve(&mut send, &routes.logs, name, replica, follow, tail_lines).await;
         }
         (Request::Api(request), Some(_)) => {
             let (tx, rx) = oneshot::channel();

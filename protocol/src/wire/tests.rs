@@ -124,6 +124,8 @@ proptest! {
         let _ = decode::<PeerMessage>(&bytes);
         let _ = decode::<ApiRequest>(&bytes);
         let _ = decode::<ApiResponse>(&bytes);
+        let _ = decode::<Request>(&bytes);
+        let _ = decode::<JoinReply>(&bytes);
     }
 
     /// Valid messages with bytes flipped, cut or inserted never panic the decoder, and whatever
@@ -144,5 +146,8 @@ proptest! {
             prop_assert!(m.check().is_ok());
         }
         let _ = decode::<ApiRequest>(&bytes);
+        if let Ok(r) = decode::<Request>(&bytes) {
+            prop_assert!(r.check().is_ok());
+        }
     }
 }
