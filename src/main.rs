@@ -158,6 +158,11 @@ enum Command {
     },
     /// List the nodes of the fleet (same as `get nodes`).
     Nodes,
+    /// The fleet's gossip key.
+    Key {
+        #[command(subcommand)]
+        what: KeyCommand,
+    },
     /// Fleet membership.
     Node {
         #[command(subcommand)]
@@ -223,6 +228,12 @@ enum UserCommand {
         /// The operator's name.
         name: String,
     },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Install a new gossip key on every live node, then seal with it (old keys still open).
+    Rotate,
 }
 
 #[derive(Subcommand)]
@@ -387,6 +398,9 @@ fn main() -> ExitCode {
             tail,
             follow,
         } => cmd::client::logs(&target, name, replica, tail, follow),
+        Command::Key {
+            what: KeyCommand::Rotate,
+        } => cmd::client::call(&target, ApiRequest::RotateGossipKey, format),
         Command::Nodes => cmd::client::call(
             &target,
             ApiRequest::Get {

@@ -367,7 +367,7 @@ fn five_agents_place_fail_over_and_rejoin_without_duplicates() {
 
 #[test]
 fn writes_at_two_peers_at_once_converge_everywhere() {
-    let fleet = Fleet::start(3);
+    let mut fleet = Fleet::start(3);
     let a = spec(
         fleet.tmp.path(),
         "a",
@@ -489,6 +489,51 @@ fn writes_at_two_peers_at_once_converge_everywhere() {
             .all(|d| args_of(d) == args_of(&described[0])),
         "every node holds the same winner:\n{described:#?}"
     );
+
+    // Gossip key rotation while node-3 is down: the live nodes switch, node-3 catches up
+    // over QUIC when it comes back and cannot open the new packets.
+    fleet.crash(2);
+    wait_for("node-3 seen down", Duration::from_secs(20), || {
+        fleet.json(0, &["get", "nodes"]).and_then(|v| {
+            v.as_array()?
+                .iter()
+                .any(|n| n["node"] == "node-3" && n["state"] == "down")
+                .then_some(())
+        })
+    });
+    let out = fleet.cli(0, &["key", "rotate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1/1"),
+        "installed on the live peer: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let dirs: Vec<PathBuf> = fleet.nodes.iter().map(|n| n.dir.clone()).collect();
+    let primary = |i: usize| {
+        std::fs::read_to_string(dirs[i].join("cluster/gossip.keys"))
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .next()
+                    .map(|l| l.split(' ').next().unwrap_or("").to_string())
+            })
+    };
+    wait_for(
+        "both live nodes sealing with key 2",
+        Duration::from_secs(10),
+        || (primary(0).as_deref() == Some("2") && primary(1).as_deref() == Some("2")).then_some(()),
+    );
+    fleet.spawn(2);
+    wait_for(
+        "node-3 fetching the new key",
+        Duration::from_secs(30),
+        || (primary(2).as_deref() == Some("2")).then_some(()),
+    );
+    fleet.wait_members(3);
 }
 
 #[test]

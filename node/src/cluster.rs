@@ -238,6 +238,63 @@ impl Membership {
             .collect()
     }
 
+    /// Stores the gossip keys only (after a rotation).
+    pub fn save_keys(&self, data_dir: &Path) -> Result<(), ClusterError> {
+        let keys: String = self
+            .gossip_keys
+            .iter()
+            .map(|(id, key)| format!("{id} {}\n", hex(key)))
+            .collect();
+        write(&dir(data_dir).join("gossip.keys"), &keys)
+    }
+
+    /// Merges a peer's keyring: adds keys this node lacks and adopts the peer's primary when
+    /// it is newer (higher id) than ours. Keeps the primary and the two newest others. Returns
+    /// whether anything changed.
+    pub fn merge_keys(&mut self, keys: &[(u32, [u8; 32])], primary: u32) -> bool {
+        let before = self.gossip_keys.clone();
+        for (id, key) in keys {
+            if !self.gossip_keys.iter().any(|(have, _)| have == id) {
+                self.gossip_keys.push((*id, *key));
+            }
+        }
+        let mut current = self.gossip_keys[0].0;
+        if primary > current && self.gossip_keys.iter().any(|(id, _)| *id == primary) {
+            current = primary;
+        }
+        let Some(first) = self
+            .gossip_keys
+            .iter()
+            .find(|(id, _)| *id == current)
+            .copied()
+        else {
+            return false;
+        };
+        let mut others: Vec<(u32, [u8; 32])> = self
+            .gossip_keys
+            .iter()
+            .filter(|(id, _)| *id != current)
+            .copied()
+            .collect();
+        others.sort_by_key(|(id, _)| std::cmp::Reverse(*id));
+        others.truncate(2);
+        self.gossip_keys = std::iter::once(first).chain(others).collect();
+        self.gossip_keys != before
+    }
+
+    /// A new key with the next id, added (not yet primary). Returns its id.
+    pub fn new_key(&mut self) -> u32 {
+        let id = self
+            .gossip_keys
+            .iter()
+            .map(|(id, _)| *id)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        self.gossip_keys.push((id, random::<32>()));
+        id
+    }
+
     /// The gossip keyring (the first key encrypts, all decrypt).
     pub fn keyring(&self) -> Keyring {
         let (first_id, first_key) = self.gossip_keys[0];
@@ -441,6 +498,27 @@ mod tests {
         assert!(
             loaded.check_secret(&forged).is_none(),
             "a forged secret is refused"
+        );
+        let mut rotated = m.clone();
+        let id = rotated.new_key();
+        assert_eq!(
+            rotated.gossip_keys[0].0, 1,
+            "a new key is installed, not used"
+        );
+        let mut peer = loaded.clone();
+        assert!(
+            peer.merge_keys(&rotated.gossip_keys, 1),
+            "the peer learns the key"
+        );
+        assert_eq!(peer.gossip_keys[0].0, 1);
+        assert!(
+            peer.merge_keys(&rotated.gossip_keys, id),
+            "then switches to it"
+        );
+        assert_eq!(peer.gossip_keys[0].0, id);
+        assert!(
+            !peer.merge_keys(&m.gossip_keys, 1),
+            "an older primary does not win back"
         );
         let other = Membership::init("edge", &node).expect("init");
         assert!(

@@ -185,6 +185,8 @@ pub enum ApiRequest {
         /// The certificate's name (node id or user name).
         name: String,
     },
+    /// Rotate the fleet's gossip key: a new key is installed everywhere, then used.
+    RotateGossipKey,
     /// Acquire or renew a lease for a script's own election.
     LeaseAcquire {
         /// The lease.
@@ -293,6 +295,16 @@ pub enum PeerMessage {
     Entries(Vec<DesiredEntry>),
     /// The pushed entries are durable here.
     Stored,
+    /// The gossip keyring, over mutual TLS only: the receiver adds keys it lacks and, once it
+    /// holds `primary`, seals with it if it is newer than its own primary (key rotation).
+    Keys {
+        /// (key id, key).
+        keys: Vec<(u32, [u8; 32])>,
+        /// The sender's primary key id.
+        primary: u32,
+    },
+    /// Ask a peer for its gossip keyring (a node that missed a rotation).
+    KeysRequest,
     /// Leader election: grant me `lease` for its epoch.
     GrantRequest(Lease),
     /// Leader election: the voter's answer; when refused, the grant it promised instead.
@@ -413,6 +425,15 @@ impl Check for PeerMessage {
             PeerMessage::Entries(entries) => entries
                 .iter()
                 .try_for_each(|e| e.check().map_err(|e| e.to_string())),
+            PeerMessage::Keys { keys, primary } => {
+                if keys.is_empty() || keys.len() > 16 {
+                    Err(format!("a keyring holds 1 to 16 keys, got {}", keys.len()))
+                } else if !keys.iter().any(|(id, _)| id == primary) {
+                    Err(format!("the primary key {primary} is not in the keyring"))
+                } else {
+                    Ok(())
+                }
+            }
             _ => Ok(()),
         }
     }

@@ -91,6 +91,18 @@ pub(crate) enum SyncEvent {
     },
     /// A pull failed.
     Failed { from: NodeId, reason: String },
+    /// A peer's keyring, fetched after packets failed to open.
+    Keys {
+        keys: Vec<(u32, [u8; 32])>,
+        primary: u32,
+    },
+    /// Phase one of a key rotation is done: `installed` of `asked` live peers hold key `id`.
+    KeyInstalled {
+        id: u32,
+        installed: usize,
+        asked: usize,
+        reply: oneshot::Sender<starling_protocol::wire::ApiResponse>,
+    },
 }
 
 /// The fleet side of an agent.
@@ -114,6 +126,10 @@ pub(super) struct Fleet {
     pub spent: BTreeSet<String>,
     /// Round-robin position for picking whom to pull from.
     sync_cursor: usize,
+    /// The keyring the gossip transport and the probe socket seal and open with.
+    keyring: Arc<RwLock<crate::gossip::seal::Keyring>>,
+    /// When keys were last fetched from a peer, and the auth drops seen then.
+    pub keys_fetched: (u64, u64),
     /// Certificate names refused fleet-wide (shared with the QUIC server).
     pub revoked: Arc<RwLock<BTreeSet<String>>>,
     /// How many revoked names this node last published.
@@ -199,6 +215,7 @@ impl Fleet {
             .await
             .map_err(|e| AgentError::Net(format!("gossip on {}: {e:#}", settings.listen)))?;
         let (probe_tx, probes) = mpsc::unbounded_channel();
+        let keyring_for_fleet = keyring.clone();
         let probe = probe::bind(
             probe_addr(settings.listen),
             keyring,
@@ -237,6 +254,8 @@ impl Fleet {
             published_verdicts: BTreeMap::new(),
             spent: BTreeSet::new(),
             sync_cursor: 0,
+            keyring: keyring_for_fleet,
+            keys_fetched: (0, 0),
             revoked,
             published_revoked: 0,
             sync_tx,
@@ -616,6 +635,98 @@ impl Fleet {
                         fields: Vec::new(),
                     },
                 ));
+            }
+        });
+    }
+
+    /// Merges a keyring (see [`Membership::merge_keys`]) and reseals with the result.
+    /// Returns whether anything changed (the caller persists it).
+    pub fn merge_keys(&mut self, keys: &[(u32, [u8; 32])], primary: u32) -> bool {
+        if !self.membership.merge_keys(keys, primary) {
+            return false;
+        }
+        *self.keyring.write().unwrap_or_else(|e| e.into_inner()) = self.membership.keyring();
+        tracing::info!(
+            primary = self.membership.gossip_keys[0].0,
+            keys = self.membership.gossip_keys.len(),
+            "gossip keyring updated"
+        );
+        true
+    }
+
+    /// Adds a fresh key (not yet sealing with it) and returns its id.
+    pub fn install_new_key(&mut self) -> u32 {
+        let id = self.membership.new_key();
+        *self.keyring.write().unwrap_or_else(|e| e.into_inner()) = self.membership.keyring();
+        id
+    }
+
+    /// The keyring as a peer message.
+    pub fn keys_message(&self) -> PeerMessage {
+        PeerMessage::Keys {
+            keys: self.membership.gossip_keys.clone(),
+            primary: self.membership.gossip_keys[0].0,
+        }
+    }
+
+    /// Sends `message` to every live peer; returns how many answered `Stored`, and how many
+    /// were asked, through `done`.
+    pub fn broadcast<F>(&self, now: u64, message: PeerMessage, done: F)
+    where
+        F: FnOnce(usize, usize) + Send + 'static,
+    {
+        let peers = self.live_peers(now);
+        let quic = self.quic.clone();
+        tokio::spawn(async move {
+            let asked = peers.len();
+            let mut tasks = tokio::task::JoinSet::new();
+            for (_, addr) in peers {
+                let (quic, message) = (quic.clone(), message.clone());
+                tasks.spawn(async move {
+                    matches!(
+                        quic.peer(addr, message, Duration::from_secs(5)).await,
+                        Ok(PeerMessage::Stored)
+                    )
+                });
+            }
+            let mut stored = 0;
+            while let Some(done) = tasks.join_next().await {
+                if matches!(done, Ok(true)) {
+                    stored += 1;
+                }
+            }
+            done(stored, asked);
+        });
+    }
+
+    /// Packets failed to open since the last check: fetch the keyring from a peer (this node
+    /// may have missed a rotation while it was down). At most every 5 s.
+    pub fn maybe_fetch_keys(&mut self, now: u64, dropped_auth: u64) {
+        let (at, seen) = self.keys_fetched;
+        if dropped_auth <= seen || now < at + 5_000 {
+            return;
+        }
+        self.keys_fetched = (now, dropped_auth);
+        let mut addrs: Vec<SocketAddr> = self.peers.values().map(|p| quic_addr(p.base)).collect();
+        addrs.extend(
+            self.membership
+                .seeds
+                .iter()
+                .filter_map(|s| crate::cluster::resolve(s).ok())
+                .map(quic_addr),
+        );
+        if addrs.is_empty() {
+            return;
+        }
+        self.sync_cursor = self.sync_cursor.wrapping_add(1);
+        let addr = addrs[self.sync_cursor % addrs.len()];
+        let (quic, tx) = (self.quic.clone(), self.sync_tx.clone());
+        tokio::spawn(async move {
+            if let Ok(PeerMessage::Keys { keys, primary }) = quic
+                .peer(addr, PeerMessage::KeysRequest, Duration::from_secs(5))
+                .await
+            {
+                let _ = tx.send(SyncEvent::Keys { keys, primary });
             }
         });
     }

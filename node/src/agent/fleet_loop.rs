@@ -94,6 +94,42 @@ impl Agent {
                     tracing::debug!(%from, merged, "pulled desired-state entries");
                 }
             }
+            Input::Sync(SyncEvent::Keys { keys, primary }) => {
+                let changed = self
+                    .fleet
+                    .as_mut()
+                    .is_some_and(|f| f.merge_keys(&keys, primary));
+                if changed {
+                    self.persist_keys();
+                }
+            }
+            Input::Sync(SyncEvent::KeyInstalled {
+                id,
+                installed,
+                asked,
+                reply,
+            }) => {
+                let Some(fleet) = self.fleet.as_mut() else {
+                    return;
+                };
+                let keys = fleet.membership.gossip_keys.clone();
+                fleet.merge_keys(&keys, id);
+                let message = fleet.keys_message();
+                fleet.broadcast(now, message, |_, _| {});
+                self.persist_keys();
+                self.note(format!(
+                    "gossip key {id} now seals; {installed} of {asked} live peers held it first"
+                ));
+                let _ = reply.send(ApiResponse::Table {
+                    columns: vec!["KEY".into(), "INSTALLED ON".into()],
+                    rows: vec![vec![
+                        id.to_string(),
+                        format!("{installed}/{asked} live peers"),
+                    ]],
+                    json: serde_json::json!({"key": id, "installed": installed, "asked": asked})
+                        .to_string(),
+                });
+            }
             Input::Sync(SyncEvent::Failed { from, reason }) => {
                 if let Some(fleet) = self.fleet.as_mut() {
                     fleet.syncing = None;
@@ -135,6 +171,17 @@ impl Agent {
                 self.merge_entries(from, entries);
                 Some(PeerMessage::Stored)
             }
+            PeerMessage::Keys { keys, primary } => {
+                let changed = self
+                    .fleet
+                    .as_mut()
+                    .is_some_and(|f| f.merge_keys(&keys, primary));
+                if changed {
+                    self.persist_keys();
+                }
+                Some(PeerMessage::Stored)
+            }
+            PeerMessage::KeysRequest => self.fleet.as_ref().map(|f| f.keys_message()),
             message @ (PeerMessage::Verdict { .. }
             | PeerMessage::Ping { .. }
             | PeerMessage::Ack { .. }
@@ -185,6 +232,43 @@ impl Agent {
         changed
     }
 
+    fn persist_keys(&self) {
+        if let Some(fleet) = &self.fleet
+            && let Err(e) = fleet.membership.save_keys(self.store.dir())
+        {
+            tracing::error!("cannot store the gossip keyring: {e}");
+        }
+    }
+
+    /// Rotates the gossip key: installs a new key here and on every live peer, then (in
+    /// [`SyncEvent::KeyInstalled`]) seals with it everywhere. Old keys keep opening packets.
+    pub(super) fn rotate_key(&mut self, reply: oneshot::Sender<ApiResponse>) {
+        let now = now_ms();
+        let Some(fleet) = self.fleet.as_mut() else {
+            let _ = reply.send(ApiResponse::Error(starling_protocol::wire::ApiError {
+                message: "this node is not in a cluster: no gossip key to rotate".into(),
+                fields: Vec::new(),
+            }));
+            return;
+        };
+        let id = fleet.install_new_key();
+        let current = fleet.membership.gossip_keys[0].0;
+        let message = PeerMessage::Keys {
+            keys: fleet.membership.gossip_keys.clone(),
+            primary: current,
+        };
+        let tx = fleet.sync_tx.clone();
+        fleet.broadcast(now, message, move |installed, asked| {
+            let _ = tx.send(SyncEvent::KeyInstalled {
+                id,
+                installed,
+                asked,
+                reply,
+            });
+        });
+        self.persist_keys();
+    }
+
     async fn on_join(&mut self, request: JoinRequest) -> JoinReply {
         let Some(fleet) = self.fleet.as_mut() else {
             return JoinReply::Refused("this node is not in a cluster".into());
@@ -221,6 +305,10 @@ impl Agent {
             return;
         };
         let statuses = fleet.read_gossip(now).await;
+        fleet.maybe_fetch_keys(
+            now,
+            self.metrics.gossip.dropped_auth.load(Ordering::Relaxed),
+        );
         fleet.detector.handle_timeout(now);
         fleet.flush_detector().await;
         if let Some(names) = fleet.publish_revoked().await

@@ -77,6 +77,7 @@ impl Agent {
                 error("logs are served by the connection handler".to_string())
             }
             ApiRequest::Revoke { name } => self.revoke(name),
+            ApiRequest::RotateGossipKey => error("key rotation is run by the agent loop".into()),
             ApiRequest::LeaseAcquire { name, .. } => error(format!(
                 "lease {name}: leases arrive with leader election (not in this build)"
             )),

@@ -366,8 +366,12 @@ impl Agent {
             tokio::select! {
                 Some(event) = events.recv() => self.on_runtime_event(event),
                 Some((request, reply)) = api.recv() => {
-                    let response = self.handle_api(request);
-                    self.answer(response, reply);
+                    if request == ApiRequest::RotateGossipKey {
+                        self.rotate_key(reply);
+                    } else {
+                        let response = self.handle_api(request);
+                        self.answer(response, reply);
+                    }
                 }
                 Some(input) = fleet_loop::next(&mut inbox) => self.on_fleet_input(input).await,
                 _ = gossip_tick.tick(), if fleet_on => self.on_gossip_tick().await,
