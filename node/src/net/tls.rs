@@ -232,3 +232,37 @@ impl ServerCertVerifier for PinnedCa {
             .supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use starling_protocol::NodeId;
+
+    use super::*;
+    use crate::identity::ClusterCa;
+
+    #[test]
+    fn certificate_names_say_who_and_what() {
+        let ca = ClusterCa::create("edge").expect("ca");
+        let node = ca
+            .issue(Role::Node, &NodeId::new("gw-7").expect("id"))
+            .expect("node cert");
+        let user = ca
+            .issue(Role::User, &NodeId::new("alice").expect("id"))
+            .expect("user cert");
+        let der = |pem: &str| CertificateDer::from(crate::identity::pem_der(pem).expect("pem"));
+        assert_eq!(
+            name_of(&der(&node.cert_pem)),
+            Some((Role::Node, "gw-7".into()))
+        );
+        assert_eq!(
+            name_of(&der(&user.cert_pem)),
+            Some((Role::User, "alice".into()))
+        );
+        assert!(name_of(&CertificateDer::from(vec![1, 2, 3])).is_none());
+        let identity =
+            TlsIdentity::from_pem(ca.cert_pem(), &node.cert_pem, &node.key_pem).expect("identity");
+        assert!(server_config(&identity).is_ok());
+        assert!(client_config(&identity).is_ok());
+        assert!(join_client_config(ca.fingerprint()).is_ok());
+    }
+}
