@@ -209,9 +209,15 @@ pub fn failover(nodes: usize, runs: usize, extra: Vec<String>) -> anyhow::Result
                 break;
             }
             if settle.elapsed() > Duration::from_secs(60) {
+                let by_node: Vec<String> = placed
+                    .iter()
+                    .map(|(r, n)| format!("{r}@{}", fleet.agents[*n].name))
+                    .collect();
                 bail!(
-                    "run {run}: the fleet did not settle ({} processes)",
-                    placed.len()
+                    "run {run}: the fleet did not settle ({} processes: {}); logs in {}",
+                    placed.len(),
+                    by_node.join(" "),
+                    dir.display()
                 );
             }
             std::thread::sleep(Duration::from_millis(50));

@@ -41,8 +41,14 @@ pub struct FleetSettings {
     pub advertise: Option<SocketAddr>,
     /// Base addresses of peers to join through (added to those stored at join time).
     pub seeds: Vec<String>,
-    /// Chitchat's gossip interval: calm, since liveness comes from the detector.
+    /// Shortest time between gossip rounds. Rounds slow down as the fleet grows (see
+    /// `gossip_ms_per_member`); liveness does not depend on them.
     pub gossip_interval: Duration,
+    /// Round interval per member: a round costs about 300 bytes per member, so 45 ms per
+    /// member keeps gossip near 7 KB/s per node at any size (plus 2.4 KB/s of probes).
+    pub gossip_ms_per_member: u64,
+    /// Longest time between rounds.
+    pub gossip_interval_max: Duration,
     /// The failure detector.
     pub detector: DetectorConfig,
 }
@@ -54,6 +60,8 @@ impl Default for FleetSettings {
             advertise: None,
             seeds: Vec::new(),
             gossip_interval: Duration::from_millis(1_000),
+            gossip_ms_per_member: 45,
+            gossip_interval_max: Duration::from_secs(30),
             detector: DetectorConfig::default(),
         }
     }
@@ -111,7 +119,13 @@ pub(super) struct Fleet {
     me: NodeId,
     pub base: SocketAddr,
     chitchat: Arc<Mutex<Chitchat>>,
-    _handle: ChitchatHandle,
+    handle: ChitchatHandle,
+    /// Round pacing: (shortest, per member in ms, longest) and the next round's time.
+    pacing: (u64, u64, u64),
+    next_round_at: u64,
+    round_cursor: usize,
+    /// Seeds, resolved at start.
+    seed_addrs: Vec<SocketAddr>,
     pub detector: Detector,
     probe: ProbeSender,
     pub quic: Arc<Quic>,
@@ -192,10 +206,16 @@ impl Fleet {
         seeds.dedup();
         let base_text = base.to_string();
         seeds.retain(|s| *s != base_text);
+        let seed_addrs: Vec<SocketAddr> = seeds
+            .iter()
+            .filter_map(|s| crate::cluster::resolve(s).ok())
+            .collect();
         let config = ChitchatConfig {
             chitchat_id: ChitchatId::new(me.to_string(), generation, base),
             cluster_id: membership.cluster.clone(),
-            gossip_interval: settings.gossip_interval,
+            // Chitchat's own rounds are the slow floor; the agent adds rounds at the pace the
+            // fleet size allows (`gossip_round`).
+            gossip_interval: settings.gossip_interval_max,
             listen_addr: settings.listen,
             seed_nodes: seeds,
             failure_detector_config: FailureDetectorConfig {
@@ -239,7 +259,15 @@ impl Fleet {
         let (sync_tx, sync) = mpsc::unbounded_channel();
         let fleet = Fleet {
             chitchat: handle.chitchat(),
-            _handle: handle,
+            handle,
+            pacing: (
+                settings.gossip_interval.as_millis() as u64,
+                settings.gossip_ms_per_member,
+                settings.gossip_interval_max.as_millis() as u64,
+            ),
+            next_round_at: 0,
+            round_cursor: 0,
+            seed_addrs,
             detector: Detector::new(settings.detector.clone(), me.clone(), 0),
             membership,
             me,
@@ -385,6 +413,39 @@ impl Fleet {
             self.detector.handle_verdict(verdict);
         }
         statuses
+    }
+
+    /// The round interval for the current fleet size.
+    pub fn round_interval_ms(&self) -> u64 {
+        let (min, per_member, max) = self.pacing;
+        ((self.peers.len() as u64 + 1) * per_member).clamp(min, max.max(min))
+    }
+
+    /// Runs a gossip round (three exchanges with rotating live peers) when one is due, and
+    /// keeps the silence backstop at 20 rounds (at least 10 s).
+    pub fn gossip_round(&mut self, now: u64) {
+        if now < self.next_round_at {
+            return;
+        }
+        let interval = self.round_interval_ms();
+        self.next_round_at = now + interval;
+        self.detector
+            .set_stale_after_ms((interval * 20).max(10_000));
+        let mut live: Vec<SocketAddr> = self
+            .peers
+            .iter()
+            .filter(|(id, _)| self.detector.liveness(id, now) != Liveness::Down)
+            .map(|(_, p)| p.base)
+            .collect();
+        if live.is_empty() {
+            // Alone so far (a fleet restarting together): keep knocking at the seeds.
+            live = self.seed_addrs.clone();
+        }
+        for k in 0..live.len().min(3) {
+            let addr = live[(self.round_cursor + k * 7) % live.len()];
+            let _ = self.handle.gossip(addr);
+        }
+        self.round_cursor = self.round_cursor.wrapping_add(1);
     }
 
     /// A probe-socket message from `from`.

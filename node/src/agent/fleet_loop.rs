@@ -305,6 +305,7 @@ impl Agent {
             return;
         };
         let statuses = fleet.read_gossip(now).await;
+        fleet.gossip_round(now);
         fleet.maybe_fetch_keys(
             now,
             self.metrics.gossip.dropped_auth.load(Ordering::Relaxed),

@@ -277,6 +277,8 @@ pub(crate) struct Agent {
     metrics: Arc<metrics::Metrics>,
     /// Where peers run replicas, for log requests.
     locator: logs::Locator,
+    /// The last runtime operation per replica, so operations on one replica run in order.
+    operations: BTreeMap<ReplicaId, JoinHandle<()>>,
 }
 
 /// Most events kept for `describe`.
@@ -330,6 +332,7 @@ impl Agent {
             revoked: Arc::default(),
             metrics: Arc::default(),
             locator: Arc::default(),
+            operations: BTreeMap::new(),
         })
     }
 
@@ -462,7 +465,8 @@ impl Agent {
                         node: self.node.clone(),
                     };
                     let runtime = self.runtime.clone();
-                    tokio::spawn(async move { runtime.start(request).await });
+                    let replica = request.replica.clone();
+                    self.in_order(replica, async move { runtime.start(request).await });
                 }
                 Action::Stop {
                     replica,
@@ -477,7 +481,10 @@ impl Agent {
                         handle.abort();
                     }
                     let (runtime, grace) = (self.runtime.clone(), self.config.stop_grace);
-                    tokio::spawn(async move { runtime.stop(&replica, instance, grace).await });
+                    let id = replica.clone();
+                    self.in_order(id, async move {
+                        runtime.stop(&replica, instance, grace).await;
+                    });
                 }
                 Action::Publish(status) => {
                     if let Some(fleet) = &self.fleet {
@@ -522,6 +529,25 @@ impl Agent {
         };
         tracing::warn!("{text}");
         self.note(text);
+    }
+
+    /// Runs a runtime operation on `replica` after the previous one on it finished: a stop
+    /// decided a moment after a start must not overtake it (it would find nothing to stop,
+    /// and the start would then leave a process nobody tracks).
+    fn in_order(
+        &mut self,
+        replica: ReplicaId,
+        operation: impl Future<Output = ()> + Send + 'static,
+    ) {
+        self.operations.retain(|_, h| !h.is_finished());
+        let previous = self.operations.remove(&replica);
+        let handle = tokio::spawn(async move {
+            if let Some(previous) = previous {
+                let _ = previous.await;
+            }
+            operation.await;
+        });
+        self.operations.insert(replica, handle);
     }
 
     /// Runs one core decision, timing it for the metrics.

@@ -123,6 +123,11 @@ impl Detector {
         }
     }
 
+    /// Changes the silence backstop (the shell slows gossip as the fleet grows).
+    pub fn set_stale_after_ms(&mut self, ms: u64) {
+        self.config.stale_after_ms = ms;
+    }
+
     /// This node's incarnation (gossip it; it refutes suspicion).
     pub fn incarnation(&self) -> u64 {
         self.incarnation
