@@ -304,6 +304,7 @@ enum Kind {
     Workloads,
     Replicas,
     Nodes,
+    Endpoints,
 }
 
 fn main() -> ExitCode {
@@ -385,6 +386,7 @@ fn main() -> ExitCode {
                 Kind::Workloads => ObjectKind::Workloads,
                 Kind::Replicas => ObjectKind::Replicas,
                 Kind::Nodes => ObjectKind::Nodes,
+                Kind::Endpoints => ObjectKind::Endpoints,
             };
             cmd::client::call(&target, ApiRequest::Get { kind }, format)
         }

@@ -343,8 +343,21 @@ fn five_agents_place_fail_over_and_rejoin_without_duplicates() {
         },
     );
     assert_eq!(moved.len(), 4);
-    // The node comes back with its data dir: it rejoins, and nothing runs twice.
+    // The node comes back with its data dir: it rejoins, and nothing runs twice. It restarts
+    // with the fleet it last saw, so it never plans every replica onto itself.
     fleet.spawn(victim);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        let own = pids(&fleet.nodes[victim].dir, "sleepers")
+            .into_iter()
+            .filter(|p| alive(*p))
+            .count();
+        assert!(
+            own <= 2,
+            "the restarted node ran {own} of the 4 replicas at once"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     fleet.wait_members(5);
     wait_for("4 replicas, once each", Duration::from_secs(30), || {
         let running = fleet.running(0)?;

@@ -205,6 +205,8 @@ pub enum ObjectKind {
     Nodes,
     /// Replicas.
     Replicas,
+    /// Service endpoints: where each running replica's ports are reachable.
+    Endpoints,
 }
 
 /// A node's answer to an [`ApiRequest`].

@@ -81,6 +81,8 @@ pub(super) struct Peer {
     pub digest: Option<u128>,
     /// Join tokens it accepted.
     pub spent: BTreeSet<String>,
+    /// Its service endpoints: `workload/index/port=host:port`.
+    pub endpoints: Vec<String>,
 }
 
 /// A message from a peer over QUIC, with the way back.
@@ -134,6 +136,8 @@ pub(super) struct Fleet {
     /// The pull in flight: from whom, since when.
     pub syncing: Option<(NodeId, u64)>,
     published_digest: Option<u128>,
+    /// The endpoints last published.
+    pub published_endpoints: Vec<String>,
     published_inc: u64,
     published_verdicts: BTreeMap<NodeId, String>,
     /// Join tokens spent here.
@@ -268,7 +272,9 @@ impl Fleet {
             next_round_at: 0,
             round_cursor: 0,
             seed_addrs,
-            detector: Detector::new(settings.detector.clone(), me.clone(), 0),
+            // The start time as incarnation: a restarted node refutes every verdict about its
+            // previous life at once.
+            detector: Detector::new(settings.detector.clone(), me.clone(), generation),
             membership,
             me,
             base,
@@ -278,6 +284,7 @@ impl Fleet {
             me_view,
             syncing: None,
             published_digest: None,
+            published_endpoints: Vec::new(),
             published_inc: 0,
             published_verdicts: BTreeMap::new(),
             spent: BTreeSet::new(),
@@ -346,6 +353,7 @@ impl Fleet {
                     view: None,
                     digest: None,
                     spent: BTreeSet::new(),
+                    endpoints: Vec::new(),
                 });
                 if entry.generation != id.generation_id || entry.heartbeat != state.heartbeat() {
                     heard.push(node.clone());
@@ -371,6 +379,15 @@ impl Fleet {
                 if let Some(inc) = state.get("inc").and_then(|i| i.parse::<u64>().ok()) {
                     incarnations.push((node.clone(), inc));
                 }
+                entry.endpoints = state
+                    .get("endpoints")
+                    .map(|s| {
+                        s.split(',')
+                            .filter(|e| !e.is_empty())
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 entry.spent = state
                     .get("spent")
                     .map(|s| s.split(',').map(str::to_string).collect())
@@ -541,6 +558,20 @@ impl Fleet {
             .await
             .self_node_state()
             .set("status", text);
+    }
+
+    /// Publishes this node's service endpoints when they changed.
+    pub async fn publish_endpoints(&mut self, endpoints: Vec<String>) {
+        if self.published_endpoints == endpoints {
+            return;
+        }
+        let text = endpoints.join(",");
+        self.published_endpoints = endpoints;
+        self.chitchat
+            .lock()
+            .await
+            .self_node_state()
+            .set("endpoints", text);
     }
 
     /// Publishes the desired-state root when it changed.

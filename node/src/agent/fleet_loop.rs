@@ -382,6 +382,11 @@ impl Agent {
                 .fetch_add(went_down, Ordering::Relaxed);
         }
         if view != *self.core.view() {
+            let members_changed = view.nodes.len() != self.core.view().nodes.len()
+                || view.nodes.keys().ne(self.core.view().nodes.keys());
+            if members_changed && let Err(e) = self.store.write_view(&view) {
+                tracing::error!("cannot store the fleet view: {e}");
+            }
             self.decide(|core| core.handle_view(now, view));
         }
     }

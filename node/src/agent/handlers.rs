@@ -67,6 +67,7 @@ impl Agent {
                 ObjectKind::Workloads => tables::workloads(&self.core),
                 ObjectKind::Replicas => tables::replicas(&self.core),
                 ObjectKind::Nodes => tables::nodes(&self.core),
+                ObjectKind::Endpoints => tables::endpoints(&self.core, self.endpoint_lists()),
             },
             ApiRequest::Describe { name } => match self.core.desired().get(&name) {
                 None => not_found(&name),
@@ -82,6 +83,20 @@ impl Agent {
                 "lease {name}: leases arrive with leader election (not in this build)"
             )),
         }
+    }
+
+    /// Every node's published endpoints (this node's from its current status).
+    fn endpoint_lists(&self) -> Vec<(starling_protocol::NodeId, Vec<String>)> {
+        let mut lists = vec![(self.node.clone(), self.endpoints(&self.core.status()))];
+        if let Some(fleet) = &self.fleet {
+            lists.extend(
+                fleet
+                    .peers
+                    .iter()
+                    .map(|(id, p)| (id.clone(), p.endpoints.clone())),
+            );
+        }
+        lists
     }
 
     /// Refuses a certificate name from now on; gossip spreads it to every member.

@@ -305,7 +305,15 @@ impl Agent {
             ),
             None => Hlc::new(identity.node.clone(), config.max_drift_ms),
         };
-        let view = single_node_view(&identity.node, &config);
+        // A member restarts with the fleet it last saw (not a fleet of one, which would plan
+        // every replica onto itself for the moment before gossip arrives).
+        let mut view = single_node_view(&identity.node, &config);
+        if crate::cluster::Membership::exists(store.dir())
+            && let Some(mut last) = store.view()?
+        {
+            last.nodes.extend(view.nodes);
+            view = last;
+        }
         let mut core_config = CoreConfig::new(identity.node.clone(), now.saturating_mul(1_000));
         core_config.settle_ms = config.settle_ms;
         let core = NodeCore::new(
@@ -487,8 +495,10 @@ impl Agent {
                     });
                 }
                 Action::Publish(status) => {
-                    if let Some(fleet) = &self.fleet {
+                    let endpoints = self.endpoints(&status);
+                    if let Some(fleet) = self.fleet.as_mut() {
                         fleet.publish_status(&status).await;
+                        fleet.publish_endpoints(endpoints).await;
                     }
                 }
                 Action::PersistAssignment(assignment) => {
@@ -548,6 +558,32 @@ impl Agent {
             operation.await;
         });
         self.operations.insert(replica, handle);
+    }
+
+    /// Where this node's running replicas listen: `workload/index/port=host:port`, with the
+    /// address peers reach this node at.
+    fn endpoints(&self, status: &starling_protocol::status::NodeStatus) -> Vec<String> {
+        let host = self
+            .fleet
+            .as_ref()
+            .map_or_else(|| "127.0.0.1".to_string(), |f| f.base.ip().to_string());
+        let mut out = Vec::new();
+        for (id, replica) in &status.replicas {
+            if replica.state != starling_protocol::status::ReplicaState::Running {
+                continue;
+            }
+            let Some(revision) = self.core.desired().get(&id.workload) else {
+                continue;
+            };
+            for port in &revision.spec.ports {
+                let on_host = port.host_port.unwrap_or(port.container_port);
+                out.push(format!(
+                    "{}/{}/{}={host}:{on_host}",
+                    id.workload, id.index, port.name
+                ));
+            }
+        }
+        out
     }
 
     /// Runs one core decision, timing it for the metrics.

@@ -152,6 +152,50 @@ pub(super) fn workloads(core: &NodeCore) -> ApiResponse {
     )
 }
 
+/// Service endpoints of live nodes: `workload/index/port=host:port` as each node publishes.
+pub(super) fn endpoints(core: &NodeCore, lists: Vec<(NodeId, Vec<String>)>) -> ApiResponse {
+    let mut rows = Vec::new();
+    let mut items = Vec::new();
+    for (node, list) in lists {
+        let live = core
+            .view()
+            .nodes
+            .get(&node)
+            .is_some_and(|n| n.liveness != Liveness::Down);
+        if !live {
+            continue;
+        }
+        for entry in list {
+            let Some((key, address)) = entry.split_once('=') else {
+                continue;
+            };
+            let mut parts = key.splitn(3, '/');
+            let (Some(workload), Some(index), Some(port)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            rows.push(vec![
+                workload.to_string(),
+                index.to_string(),
+                port.to_string(),
+                address.to_string(),
+                node.to_string(),
+            ]);
+            items.push(json!({
+                "workload": workload, "replica": index.parse::<u32>().ok(), "port": port,
+                "address": address, "node": node,
+            }));
+        }
+    }
+    rows.sort();
+    table(
+        &["WORKLOAD", "REPLICA", "PORT", "ADDRESS", "NODE"],
+        rows,
+        json!(items),
+    )
+}
+
 /// Bytes rounded for people: `64Mi`, `23.5Gi`.
 fn human_bytes(bytes: u64) -> String {
     const UNITS: [(&str, u64); 3] = [("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)];

@@ -170,7 +170,20 @@ impl Detector {
     /// A peer's incarnation, as gossiped. A higher one refutes older verdicts about it.
     pub fn handle_incarnation(&mut self, node: &NodeId, incarnation: u64) {
         let known = self.incarnations.entry(node.clone()).or_insert(0);
-        *known = (*known).max(incarnation);
+        if incarnation <= *known {
+            return;
+        }
+        *known = incarnation;
+        // Our verdict on a node we watch was made at its old incarnation, which everyone who
+        // has heard the new one ignores. Judge again from fresh probes, so a node that is in
+        // fact down gets a `Down` at its new incarnation instead of a verdict nobody counts.
+        if let Some(p) = self.probes.get_mut(node)
+            && p.state.is_some_and(|s| s != Liveness::Alive)
+        {
+            p.state = None;
+            p.failures = 0;
+            p.failing_since_ms = None;
+        }
     }
 
     /// A probe message from `from`.

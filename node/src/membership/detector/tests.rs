@@ -277,3 +277,30 @@ fn a_side_that_hears_nothing_of_a_node_counts_it_down_after_the_stale_time() {
         .collect();
     assert!(views.iter().all(|l| *l == Liveness::Down), "{views:?}");
 }
+
+#[test]
+fn a_dead_node_whose_new_incarnation_arrives_late_is_still_declared_down() {
+    // The node restarted (a higher incarnation) and died again before its watchers heard of
+    // the new incarnation; the others heard first. The watchers' verdicts at the old
+    // incarnation count for nobody who knows the new one, so they must judge again.
+    let mut net = Net::new(10);
+    net.run_until(2_000);
+    net.dead.insert(id(4));
+    let died = net.now;
+    net.run_until(died + 2_500);
+    assert_eq!(net.seen_by_all(&id(4)), [Liveness::Down].into());
+    for d in net.nodes.values_mut() {
+        d.handle_incarnation(&id(4), 7);
+    }
+    assert!(
+        !net.seen_by_all(&id(4)).contains(&Liveness::Down),
+        "the old verdicts are refuted by the new incarnation"
+    );
+    let learned = net.now;
+    net.run_until(learned + 2_500);
+    assert_eq!(
+        net.seen_by_all(&id(4)),
+        [Liveness::Down].into(),
+        "judged again at the new incarnation and declared down everywhere"
+    );
+}
