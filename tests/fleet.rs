@@ -456,10 +456,14 @@ fn writes_at_two_peers_at_once_converge_everywhere() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let talk_port = 40_000 + (std::process::id() % 10_000);
     let talker = spec(
         fleet.tmp.path(),
         "talker",
-        "name = \"talker\"\ncommand = \"sh\"\nargs = [\"-c\", \"echo hello from the talker; sleep 600\"]\n[resources]\ncpu = \"10m\"\nmemory = \"1Mi\"\n",
+        &format!(
+            "name = \"talker\"\ncommand = \"sh\"\nargs = [\"-c\", \"echo hello from the talker; sleep 600\"]\n\
+             [resources]\ncpu = \"10m\"\nmemory = \"1Mi\"\n[[ports]]\nname = \"talk\"\nport = {talk_port}\n"
+        ),
     );
     let out = fleet.cli(0, &["apply", "--ack-replicas", "5", "-f", &talker]);
     assert!(!out.status.success(), "5 acks from 2 peers cannot succeed");
@@ -486,6 +490,23 @@ fn writes_at_two_peers_at_once_converge_everywhere() {
             let out = fleet.cli(elsewhere, &["logs", "talker"]);
             String::from_utf8_lossy(&out.stdout)
                 .contains("hello from the talker")
+                .then_some(())
+        },
+    );
+    // Its endpoint is published in gossip and listed by every node.
+    wait_for(
+        "the talker's endpoint listed elsewhere",
+        Duration::from_secs(20),
+        || {
+            let v = fleet.json(elsewhere, &["get", "endpoints"])?;
+            v.as_array()?
+                .iter()
+                .any(|e| {
+                    e["workload"] == "talker"
+                        && e["port"] == "talk"
+                        && e["node"] == host.as_str()
+                        && e["address"] == format!("127.0.0.1:{talk_port}").as_str()
+                })
                 .then_some(())
         },
     );
