@@ -133,6 +133,7 @@ pub(super) struct Fleet {
     pub quic: Arc<Quic>,
     pub peers: BTreeMap<NodeId, Peer>,
     me_view: NodeView,
+    me_view_dirty: bool,
     /// The pull in flight: from whom, since when.
     pub syncing: Option<(NodeId, u64)>,
     published_digest: Option<u128>,
@@ -282,6 +283,7 @@ impl Fleet {
             quic: Arc::new(quic),
             peers: BTreeMap::new(),
             me_view,
+            me_view_dirty: false,
             syncing: None,
             published_digest: None,
             published_endpoints: Vec::new(),
@@ -534,6 +536,26 @@ impl Fleet {
                 self.published_inc = inc;
             }
         }
+    }
+
+    /// This node's own description changed (its runtimes): gossip it.
+    pub fn set_me_view(&mut self, view: NodeView) {
+        self.me_view = view;
+        self.me_view_dirty = true;
+    }
+
+    /// Publishes this node's description when it changed.
+    pub async fn publish_me_view(&mut self) {
+        if !self.me_view_dirty {
+            return;
+        }
+        self.me_view_dirty = false;
+        let text = encode(&self.me_view);
+        self.chitchat
+            .lock()
+            .await
+            .self_node_state()
+            .set("node", text);
     }
 
     /// The fleet as this node sees it now.

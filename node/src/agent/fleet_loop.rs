@@ -305,6 +305,7 @@ impl Agent {
             return;
         };
         let statuses = fleet.read_gossip(now).await;
+        fleet.publish_me_view().await;
         fleet.gossip_round(now);
         fleet.maybe_fetch_keys(
             now,

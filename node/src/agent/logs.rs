@@ -17,7 +17,7 @@ use tokio::io::AsyncWrite;
 use crate::api::{read_frame, write_frame};
 use crate::net::quic::Quic;
 use crate::runtime::Runtime;
-use crate::runtime::process::ProcessRuntime;
+use crate::runtime::Runtimes;
 
 /// Where each replica runs on a peer: its QUIC address. Rebuilt by the agent loop.
 pub(crate) type Locator = Arc<RwLock<BTreeMap<ReplicaId, SocketAddr>>>;
@@ -30,7 +30,7 @@ const FOLLOW_BYTES_MAX: u64 = 1 << 20;
 /// What a log request needs besides the request.
 #[derive(Clone)]
 pub(crate) struct LogSource {
-    pub runtime: Arc<ProcessRuntime>,
+    pub runtime: Arc<Runtimes>,
     pub locator: Locator,
     pub quic: Option<Arc<Quic>>,
 }
@@ -57,7 +57,15 @@ pub(crate) async fn serve<W: AsyncWrite + Unpin>(
     if let (Some(addr), Some(quic)) = (remote, &source.quic) {
         return forward(stream, quic, addr, name, replica, follow, tail_lines).await;
     }
-    let path = source.runtime.replica_dir(&id).join("output.log");
+    if source.runtime.container_of(&id).is_some() {
+        // Container logs come from the engine; following them is not supported yet.
+        let lines = source
+            .runtime
+            .log_tail(&id, tail_lines.min(100_000) as usize)
+            .await;
+        return send(stream, lines, true).await;
+    }
+    let path = source.runtime.process.replica_dir(&id).join("output.log");
     if !path.exists() {
         let answer = ApiResponse::Error(ApiError {
             message: format!(

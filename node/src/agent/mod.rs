@@ -5,6 +5,7 @@
 //! core's next deadline. That keeps every decision in the deterministic core and every effect
 //! here, in the order the core asked for it.
 
+mod containers;
 mod fleet;
 mod fleet_loop;
 mod handlers;
@@ -33,7 +34,7 @@ use tokio::task::JoinHandle;
 use crate::clock::now_ms;
 use crate::core::{Action, CoreConfig, CoreEvent, NodeCore, Restored, RuntimeEvent};
 use crate::runtime::process::{ProcessConfig, ProcessRuntime};
-use crate::runtime::{Runtime, StartRequest};
+use crate::runtime::{Runtime, Runtimes, StartRequest};
 use crate::store::{Identity, Store, StoreError};
 
 /// How an agent runs. Defaults suit a LAN.
@@ -61,6 +62,9 @@ pub struct AgentConfig {
     /// Where to serve Prometheus metrics over HTTP (default in a fleet: 127.0.0.1 at the
     /// listen port, TCP).
     pub metrics: Option<std::net::SocketAddr>,
+    /// Container engines to offer when their sockets answer (default: Docker's and Podman's
+    /// default sockets).
+    pub container_engines: Vec<(RuntimeKind, PathBuf)>,
 }
 
 impl AgentConfig {
@@ -77,6 +81,10 @@ impl AgentConfig {
             settle_ms: 250,
             fleet: FleetSettings::default(),
             metrics: None,
+            container_engines: [RuntimeKind::Docker, RuntimeKind::Podman]
+                .into_iter()
+                .filter_map(|k| crate::runtime::docker::default_socket(k).map(|s| (k, s)))
+                .collect(),
         }
     }
 }
@@ -119,14 +127,25 @@ pub async fn run(
         .map_err(|_| AgentError::Locked(store.dir().to_path_buf()))?;
     let identity = load_identity(&store, &config)?;
     let (events_tx, events_rx) = mpsc::unbounded_channel();
-    let runtime = Arc::new(ProcessRuntime::new(
+    let process = ProcessRuntime::new(
         store.dir().join("runtime"),
         events_tx.clone(),
         ProcessConfig::default(),
-    ));
-    tracing::info!(node = %identity.node, data_dir = %store.dir().display(), "agent starting; {}", runtime.limits_status());
+    );
+    tracing::info!(node = %identity.node, data_dir = %store.dir().display(), "agent starting; {}", process.limits_status());
+    let runtime = Arc::new(
+        Runtimes::new(
+            process,
+            &config.container_engines,
+            identity.node.clone(),
+            events_tx.clone(),
+        )
+        .await,
+    );
+    let runtimes_now = runtime.available().await;
     let (api_tx, api_rx) = mpsc::channel::<ApiCall>(64);
     let mut agent = Agent::new(config, store, identity, runtime.clone(), events_tx)?;
+    agent.set_runtimes(runtimes_now);
     let mut inbox = None;
     let mut quic_server = None;
     if crate::cluster::Membership::exists(agent.store.dir()) {
@@ -258,7 +277,7 @@ pub(crate) struct Agent {
     node: NodeId,
     core: NodeCore,
     hlc: Hlc,
-    runtime: Arc<ProcessRuntime>,
+    runtime: Arc<Runtimes>,
     /// Health probers of running instances.
     probers: BTreeMap<(ReplicaId, u64), JoinHandle<()>>,
     /// Specs of instances asked to start, for their probers.
@@ -289,7 +308,7 @@ impl Agent {
         config: AgentConfig,
         store: Store,
         identity: Identity,
-        runtime: Arc<ProcessRuntime>,
+        runtime: Arc<Runtimes>,
         probe_tx: mpsc::UnboundedSender<RuntimeEvent>,
     ) -> Result<Self, AgentError> {
         let desired = store.desired()?;
@@ -359,6 +378,7 @@ impl Agent {
         let view = self.core.view().clone();
         self.core.handle_view(now_ms(), view);
         self.execute().await;
+        let (mut engines, engine_watch) = containers::watch_engines(self.runtime.clone());
         let mut gossip_tick = tokio::time::interval(fleet_loop::GOSSIP_READ_EVERY);
         gossip_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -385,6 +405,7 @@ impl Agent {
                     }
                 }
                 Some(input) = fleet_loop::next(&mut inbox) => self.on_fleet_input(input).await,
+                Some(kinds) = engines.recv() => self.set_runtimes(kinds),
                 _ = gossip_tick.tick(), if fleet_on => self.on_gossip_tick().await,
                 _ = tokio::time::sleep(sleep) => {
                     let now = now_ms();
@@ -394,7 +415,10 @@ impl Agent {
                         fleet.flush_detector().await;
                     }
                 }
-                _ = &mut shutdown => return Ok(()),
+                _ = &mut shutdown => {
+                    engine_watch.abort();
+                    return Ok(());
+                }
             }
             self.execute().await;
         }
@@ -408,13 +432,24 @@ impl Agent {
                     && let Some(check) = spec.health.clone()
                 {
                     let tx = self.probe_tx.clone();
-                    let handle = crate::health::spawn_prober(
-                        replica.clone(),
-                        *instance,
-                        check,
-                        spec.ports.clone(),
-                        tx,
-                    );
+                    let handle = if crate::runtime::docker::is_container(&spec) {
+                        containers::spawn_prober(
+                            self.runtime.clone(),
+                            replica.clone(),
+                            *instance,
+                            check,
+                            spec.ports.clone(),
+                            tx,
+                        )
+                    } else {
+                        crate::health::spawn_prober(
+                            replica.clone(),
+                            *instance,
+                            check,
+                            spec.ports.clone(),
+                            tx,
+                        )
+                    };
                     self.probers.insert(key, handle);
                 }
             }
@@ -584,6 +619,26 @@ impl Agent {
             }
         }
         out
+    }
+
+    /// The runtimes this node offers changed (a container engine went away or came back):
+    /// the core re-plans, and gossip tells the fleet so placement moves container workloads.
+    fn set_runtimes(&mut self, runtimes: std::collections::BTreeSet<RuntimeKind>) {
+        let mut view = self.core.view().clone();
+        let Some(me) = view.nodes.get_mut(&self.node) else {
+            return;
+        };
+        if me.runtimes == runtimes {
+            return;
+        }
+        tracing::info!(?runtimes, "runtimes offered by this node");
+        me.runtimes = runtimes;
+        let mine = me.clone();
+        if let Some(fleet) = self.fleet.as_mut() {
+            fleet.set_me_view(mine);
+        }
+        let now = now_ms();
+        self.decide(|core| core.handle_view(now, view));
     }
 
     /// Runs one core decision, timing it for the metrics.

@@ -6,6 +6,7 @@
 //! (Docker, Podman) implement the same trait in a later issue.
 
 pub mod cgroup;
+pub mod docker;
 pub mod process;
 
 use std::future::Future;
@@ -73,4 +74,114 @@ pub trait Runtime: Send + Sync + 'static {
         replica: &ReplicaId,
         lines: usize,
     ) -> impl Future<Output = Vec<String>> + Send;
+}
+
+/// Every runtime this node has: the process runtime, and the container engines that answered
+/// at start. Requests go to the runtime the spec names; a container workload for an engine
+/// that is not (or no longer) there fails with `RuntimeUnavailable`, which the core reports
+/// and retries at its back-off.
+pub struct Runtimes {
+    /// Plain processes (always there).
+    pub process: process::ProcessRuntime,
+    /// Docker and Podman, when their sockets answered.
+    pub containers: Vec<docker::ContainerRuntime>,
+    events: tokio::sync::mpsc::UnboundedSender<RuntimeEvent>,
+    node: NodeId,
+}
+
+impl Runtimes {
+    /// The process runtime plus every container engine in `engines` that answers.
+    pub async fn new(
+        process: process::ProcessRuntime,
+        engines: &[(spec::RuntimeKind, std::path::PathBuf)],
+        node: NodeId,
+        events: tokio::sync::mpsc::UnboundedSender<RuntimeEvent>,
+    ) -> Self {
+        let mut containers = Vec::new();
+        for (kind, socket) in engines {
+            match docker::ContainerRuntime::connect(*kind, socket, node.clone(), events.clone())
+                .await
+            {
+                Some(c) => {
+                    tracing::info!(runtime = ?kind, socket = %socket.display(), "container engine found");
+                    containers.push(c);
+                }
+                None => tracing::info!(
+                    runtime = ?kind,
+                    socket = %socket.display(),
+                    "no container engine answers there; this node will not run {kind:?} workloads",
+                ),
+            }
+        }
+        Runtimes {
+            process,
+            containers,
+            events,
+            node,
+        }
+    }
+
+    /// Runtimes that can run workloads now (engines are asked each time).
+    pub async fn available(&self) -> std::collections::BTreeSet<spec::RuntimeKind> {
+        let mut kinds: std::collections::BTreeSet<spec::RuntimeKind> =
+            [spec::RuntimeKind::Process].into();
+        for c in &self.containers {
+            if c.available().await {
+                kinds.insert(c.kind());
+            }
+        }
+        kinds
+    }
+
+    /// The container engine running `replica`, if one does.
+    pub fn container_of(&self, replica: &ReplicaId) -> Option<&docker::ContainerRuntime> {
+        self.containers.iter().find(|c| c.holds(replica))
+    }
+}
+
+use starling_protocol::spec;
+
+impl Runtime for Runtimes {
+    async fn start(&self, request: StartRequest) {
+        let kind = request.spec.runtime;
+        if kind == spec::RuntimeKind::Process {
+            return self.process.start(request).await;
+        }
+        match self.containers.iter().find(|c| c.kind() == kind) {
+            Some(engine) if engine.available().await => engine.start(request).await,
+            _ => {
+                let _ = self.events.send(RuntimeEvent::StartFailed {
+                    replica: request.replica,
+                    instance: request.instance,
+                    reason: format!(
+                        "RuntimeUnavailable: {} on node {}",
+                        format!("{kind:?}").to_lowercase(),
+                        self.node
+                    ),
+                });
+            }
+        }
+    }
+
+    async fn stop(&self, replica: &ReplicaId, instance: u64, grace: Duration) {
+        match self.container_of(replica) {
+            Some(engine) => engine.stop(replica, instance, grace).await,
+            None => self.process.stop(replica, instance, grace).await,
+        }
+    }
+
+    async fn adopt(&self) -> usize {
+        let mut adopted = self.process.adopt().await;
+        for c in &self.containers {
+            adopted += c.adopt().await;
+        }
+        adopted
+    }
+
+    async fn log_tail(&self, replica: &ReplicaId, lines: usize) -> Vec<String> {
+        match self.container_of(replica) {
+            Some(engine) => engine.log_tail(replica, lines).await,
+            None => self.process.log_tail(replica, lines).await,
+        }
+    }
 }

@@ -1,0 +1,101 @@
+//! What the agent does differently for container workloads: health probes against the
+//! container (exec inside it; TCP and HTTP on the host ports the engine bound), and watching
+//! whether the engines still answer.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use starling_protocol::placement::ReplicaId;
+use starling_protocol::spec::{HealthCheck, PortSpec, Probe, RuntimeKind};
+use tokio::sync::mpsc::{self, UnboundedSender};
+use tokio::task::JoinHandle;
+
+use crate::core::RuntimeEvent;
+use crate::runtime::Runtimes;
+
+/// How often the engines are asked whether they still answer.
+const ENGINE_CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// Probes a container instance on its schedule until aborted.
+pub(super) fn spawn_prober(
+    runtime: Arc<Runtimes>,
+    replica: ReplicaId,
+    instance: u64,
+    check: HealthCheck,
+    ports: Vec<PortSpec>,
+    events: UnboundedSender<RuntimeEvent>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(check.initial_delay_ms)).await;
+        let interval = Duration::from_millis(check.interval_ms.max(100));
+        let timeout = Duration::from_millis(check.timeout_ms.max(1));
+        loop {
+            let started = crate::clock::monotonic();
+            let (ok, detail) = match &check.probe {
+                Probe::Exec { command } => {
+                    let run = async {
+                        match runtime.container_of(&replica) {
+                            Some(engine) => engine.exec(&replica, command).await,
+                            None => Err("the container is not running".into()),
+                        }
+                    };
+                    match tokio::time::timeout(timeout, run).await {
+                        Ok(Ok(0)) => (true, "exit 0".to_string()),
+                        Ok(Ok(code)) => (false, format!("exit {code}")),
+                        Ok(Err(e)) => (false, e),
+                        Err(_) => (false, format!("timed out after {timeout:?}")),
+                    }
+                }
+                probe => {
+                    // TCP and HTTP checks go to the host ports the engine bound.
+                    let bound = runtime
+                        .container_of(&replica)
+                        .map(|e| e.host_ports(&replica))
+                        .unwrap_or_default();
+                    let mapped: Vec<PortSpec> = ports
+                        .iter()
+                        .map(|p| {
+                            let mut p = p.clone();
+                            if let Some((_, host)) = bound.iter().find(|(n, _)| *n == p.name) {
+                                p.container_port = *host;
+                            }
+                            p
+                        })
+                        .collect();
+                    let r = crate::health::probe(probe, &mapped, timeout, None, &[]).await;
+                    (r.ok, r.detail)
+                }
+            };
+            let event = RuntimeEvent::Health {
+                replica: replica.clone(),
+                instance,
+                ok,
+                detail,
+            };
+            if events.send(event).is_err() {
+                return;
+            }
+            tokio::time::sleep(interval.saturating_sub(started.elapsed())).await;
+        }
+    })
+}
+
+/// Asks the engines every few seconds whether they answer; sends each answer.
+pub(super) fn watch_engines(
+    runtime: Arc<Runtimes>,
+) -> (mpsc::Receiver<BTreeSet<RuntimeKind>>, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(4);
+    let handle = tokio::spawn(async move {
+        if runtime.containers.is_empty() {
+            return;
+        }
+        loop {
+            tokio::time::sleep(ENGINE_CHECK_EVERY).await;
+            if tx.send(runtime.available().await).await.is_err() {
+                return;
+            }
+        }
+    });
+    (rx, handle)
+}

@@ -1,0 +1,567 @@
+//! Containers through the Docker Engine API (bollard); Podman through its Docker-compatible
+//! socket, with the same code.
+//!
+//! Each instance is one container named `starling-<workload>-<index>-<instance>` and labelled
+//! `starling.workload`, `starling.replica`, `starling.revision`, `starling.node` and
+//! `starling.instance`, so an agent that restarts finds its containers again (adoption) and
+//! removes the ones that are no longer planned. Restarts are Starling's (Docker's restart
+//! policy is `no`): an exit is reported and the core decides, with its back-off. Images are
+//! never pulled when the policy says `never` or the image is present; a missing image is a
+//! clear `ImageNotFound` start failure, retried at the core's back-off, not a tight loop.
+
+// bollard's API takes and returns HashMaps (labels, filters, port maps); nothing here
+// iterates them to make a decision.
+#![allow(clippy::disallowed_types)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::models::{
+    ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
+};
+use futures_util::StreamExt as _;
+use starling_protocol::NodeId;
+use starling_protocol::WorkloadName;
+use starling_protocol::placement::ReplicaId;
+use starling_protocol::spec::{PortProtocol, PortSpec, PullPolicy, RuntimeKind, WorkloadSpec};
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::{RuntimeEvent, StartRequest};
+
+/// Label keys.
+const LABEL_WORKLOAD: &str = "starling.workload";
+const LABEL_REPLICA: &str = "starling.replica";
+const LABEL_REVISION: &str = "starling.revision";
+const LABEL_NODE: &str = "starling.node";
+const LABEL_INSTANCE: &str = "starling.instance";
+
+/// A running container instance.
+#[derive(Debug, Clone)]
+struct Instance {
+    instance: u64,
+    container: String,
+    /// Port name -> host port, as the engine bound it.
+    ports: Vec<(String, u16)>,
+}
+
+/// A container engine reached through its Docker-compatible API.
+pub struct ContainerRuntime {
+    docker: Docker,
+    kind: RuntimeKind,
+    node: NodeId,
+    events: UnboundedSender<RuntimeEvent>,
+    running: Arc<Mutex<BTreeMap<ReplicaId, Instance>>>,
+}
+
+/// Where each engine listens by default.
+pub fn default_socket(kind: RuntimeKind) -> Option<PathBuf> {
+    match kind {
+        RuntimeKind::Process => None,
+        RuntimeKind::Docker => Some(
+            std::env::var("DOCKER_HOST")
+                .ok()
+                .and_then(|h| h.strip_prefix("unix://").map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from("/var/run/docker.sock")),
+        ),
+        RuntimeKind::Podman => Some(
+            std::env::var("XDG_RUNTIME_DIR")
+                .ok()
+                .map(|d| PathBuf::from(d).join("podman/podman.sock"))
+                .filter(|p| p.exists())
+                .unwrap_or_else(|| PathBuf::from("/run/podman/podman.sock")),
+        ),
+    }
+}
+
+fn container_name(replica: &ReplicaId, instance: u64) -> String {
+    format!("starling-{}-{}-{instance}", replica.workload, replica.index)
+}
+
+impl ContainerRuntime {
+    /// Connects to the engine at `socket`; `None` when it does not answer (the node then
+    /// does not offer this runtime).
+    pub async fn connect(
+        kind: RuntimeKind,
+        socket: &std::path::Path,
+        node: NodeId,
+        events: UnboundedSender<RuntimeEvent>,
+    ) -> Option<Self> {
+        let path = socket.to_str()?;
+        let docker = Docker::connect_with_unix(path, 30, bollard::API_DEFAULT_VERSION).ok()?;
+        let docker = tokio::time::timeout(Duration::from_secs(3), docker.negotiate_version())
+            .await
+            .ok()?
+            .ok()?;
+        let runtime = ContainerRuntime {
+            docker,
+            kind,
+            node,
+            events,
+            running: Arc::default(),
+        };
+        runtime.available().await.then_some(runtime)
+    }
+
+    /// Whether the engine answers now.
+    pub async fn available(&self) -> bool {
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), self.docker.ping()).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Which runtime this is.
+    pub fn kind(&self) -> RuntimeKind {
+        self.kind
+    }
+
+    /// Whether this runtime runs `replica` now.
+    pub fn holds(&self, replica: &ReplicaId) -> bool {
+        self.lock().contains_key(replica)
+    }
+
+    /// Host ports of a running instance, by port name.
+    pub fn host_ports(&self, replica: &ReplicaId) -> Vec<(String, u16)> {
+        self.lock()
+            .get(replica)
+            .map(|i| i.ports.clone())
+            .unwrap_or_default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<ReplicaId, Instance>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn engine(&self) -> &'static str {
+        match self.kind {
+            RuntimeKind::Podman => "podman",
+            _ => "docker",
+        }
+    }
+
+    /// Starts a replica's container. Reports `Started` or `StartFailed`.
+    pub async fn start(&self, request: StartRequest) {
+        let (replica, instance) = (request.replica.clone(), request.instance);
+        match self.create_and_start(&request).await {
+            Ok(started) => {
+                self.lock().insert(replica.clone(), started.clone());
+                let _ = self.events.send(RuntimeEvent::Started {
+                    replica: replica.clone(),
+                    instance,
+                });
+                self.watch(replica, started);
+            }
+            Err(reason) => {
+                let _ = self.events.send(RuntimeEvent::StartFailed {
+                    replica,
+                    instance,
+                    reason,
+                });
+            }
+        }
+    }
+
+    async fn create_and_start(&self, request: &StartRequest) -> Result<Instance, String> {
+        let spec = &request.spec;
+        let image = spec
+            .image
+            .clone()
+            .ok_or_else(|| "the spec names no image".to_string())?;
+        self.ensure_image(&image, spec.image_pull_policy).await?;
+        let name = container_name(&request.replica, request.instance);
+        // A container left by a crash between create and start would block the name.
+        let _ = self
+            .docker
+            .remove_container(
+                &name,
+                Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+            )
+            .await;
+        let body = self.container_body(request, image);
+        let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        let created = self
+            .docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| self.explain(e))?;
+        if let Err(e) = self.docker.start_container(&created.id, None).await {
+            let _ = self
+                .docker
+                .remove_container(
+                    &created.id,
+                    Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+                )
+                .await;
+            return Err(self.explain(e));
+        }
+        let ports = self.bound_ports(&created.id, &spec.ports).await;
+        Ok(Instance {
+            instance: request.instance,
+            container: created.id,
+            ports,
+        })
+    }
+
+    /// The image is there, or may and can be pulled.
+    async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<(), String> {
+        let present = self.docker.inspect_image(image).await.is_ok();
+        let pull = match policy {
+            PullPolicy::Never => false,
+            PullPolicy::IfNotPresent => !present,
+            PullPolicy::Always => true,
+        };
+        if pull {
+            let options = bollard::query_parameters::CreateImageOptionsBuilder::default()
+                .from_image(image)
+                .build();
+            let mut stream = self.docker.create_image(Some(options), None, None);
+            let mut failure = None;
+            while let Some(step) = stream.next().await {
+                if let Err(e) = step {
+                    failure = Some(e.to_string());
+                    break;
+                }
+            }
+            match (failure, present) {
+                (None, _) => return Ok(()),
+                (Some(_), true) => return Ok(()),
+                (Some(e), false) => {
+                    return Err(format!(
+                        "ImageNotFound: {image} on node {} (pull failed: {e})",
+                        self.node
+                    ));
+                }
+            }
+        }
+        if present {
+            Ok(())
+        } else {
+            Err(format!(
+                "ImageNotFound: {image} on node {} (load it with `starling image load`, pull policy {:?})",
+                self.node, policy
+            ))
+        }
+    }
+
+    fn container_body(&self, request: &StartRequest, image: String) -> ContainerCreateBody {
+        let spec = &request.spec;
+        let replica = &request.replica;
+        let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        env.push(format!("STARLING_WORKLOAD={}", replica.workload));
+        env.push(format!("STARLING_REPLICA={}", replica.index));
+        env.push(format!("STARLING_NODE={}", request.node));
+        env.push(format!("STARLING_REVISION={}", request.revision));
+        let labels: HashMap<String, String> = [
+            (LABEL_WORKLOAD, replica.workload.to_string()),
+            (LABEL_REPLICA, replica.index.to_string()),
+            (LABEL_REVISION, request.revision.to_string()),
+            (LABEL_NODE, self.node.to_string()),
+            (LABEL_INSTANCE, request.instance.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let mut bindings = HashMap::new();
+        let mut exposed = Vec::new();
+        for port in &spec.ports {
+            let key = format!("{}/{}", port.container_port, protocol(port));
+            exposed.push(key.clone());
+            bindings.insert(
+                key,
+                Some(vec![PortBinding {
+                    host_ip: None,
+                    // Empty: the engine picks a free host port.
+                    host_port: Some(port.host_port.map(|p| p.to_string()).unwrap_or_default()),
+                }]),
+            );
+        }
+        let host_config = HostConfig {
+            port_bindings: Some(bindings),
+            memory: spec.resources.memory_limit.map(|m| m.0 as i64),
+            nano_cpus: spec.resources.cpu_limit.map(|c| i64::from(c.0) * 1_000_000),
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::NO),
+                maximum_retry_count: None,
+            }),
+            ..Default::default()
+        };
+        let (entrypoint, cmd) = match &spec.command {
+            Some(command) => (Some(vec![command.clone()]), Some(spec.args.clone())),
+            None if spec.args.is_empty() => (None, None),
+            None => (None, Some(spec.args.clone())),
+        };
+        ContainerCreateBody {
+            image: Some(image),
+            entrypoint,
+            cmd,
+            env: Some(env),
+            labels: Some(labels),
+            exposed_ports: Some(exposed),
+            host_config: Some(host_config),
+            ..Default::default()
+        }
+    }
+
+    /// Host ports the engine bound, by port name.
+    async fn bound_ports(&self, id: &str, ports: &[PortSpec]) -> Vec<(String, u16)> {
+        let Ok(inspect) = self.docker.inspect_container(id, None).await else {
+            return Vec::new();
+        };
+        let map = inspect
+            .network_settings
+            .and_then(|n| n.ports)
+            .unwrap_or_default();
+        ports
+            .iter()
+            .filter_map(|p| {
+                let key = format!("{}/{}", p.container_port, protocol(p));
+                let host = map
+                    .get(&key)?
+                    .as_ref()?
+                    .iter()
+                    .find_map(|b| b.host_port.as_ref()?.parse::<u16>().ok())?;
+                Some((p.name.clone(), host))
+            })
+            .collect()
+    }
+
+    /// Waits for the container to exit, then reports it and removes the container.
+    fn watch(&self, replica: ReplicaId, instance: Instance) {
+        let docker = self.docker.clone();
+        let events = self.events.clone();
+        let running = self.running.clone();
+        tokio::spawn(async move {
+            let options = WaitContainerOptionsBuilder::default()
+                .condition("not-running")
+                .build();
+            let mut wait = docker.wait_container(&instance.container, Some(options));
+            let mut code = None;
+            while let Some(step) = wait.next().await {
+                match step {
+                    Ok(r) => code = i32::try_from(r.status_code).ok(),
+                    // bollard reports a non-zero exit as an error carrying the code.
+                    Err(bollard::errors::Error::DockerContainerWaitError { code: c, .. }) => {
+                        code = i32::try_from(c).ok();
+                    }
+                    Err(_) => {}
+                }
+            }
+            let log_tail = tail(&docker, &instance.container, 5).await;
+            let _ = docker
+                .remove_container(
+                    &instance.container,
+                    Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+                )
+                .await;
+            {
+                let mut map = running.lock().unwrap_or_else(|e| e.into_inner());
+                if map
+                    .get(&replica)
+                    .is_some_and(|i| i.instance == instance.instance)
+                {
+                    map.remove(&replica);
+                }
+            }
+            // Killed by a signal shows as 128 + signal; report it as a signal, like processes.
+            let code = code.filter(|c| *c < 128 || *c > 128 + 64);
+            let _ = events.send(RuntimeEvent::Exited {
+                replica,
+                instance: instance.instance,
+                code,
+                log_tail,
+            });
+        });
+    }
+
+    /// Stops an instance: the engine's stop (SIGTERM, then SIGKILL after `grace`).
+    pub async fn stop(&self, replica: &ReplicaId, instance: u64, grace: Duration) {
+        let container = match self.lock().get(replica) {
+            Some(i) if i.instance == instance => i.container.clone(),
+            _ => return,
+        };
+        let options = StopContainerOptionsBuilder::default()
+            .t(i32::try_from(grace.as_secs()).unwrap_or(i32::MAX).max(1))
+            .build();
+        if let Err(e) = self.docker.stop_container(&container, Some(options)).await {
+            tracing::warn!(
+                "{}/{}: {} stop failed ({e}); removing it by force",
+                replica.workload,
+                replica.index,
+                self.engine()
+            );
+            let _ = self
+                .docker
+                .remove_container(
+                    &container,
+                    Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+                )
+                .await;
+        }
+    }
+
+    /// Finds this node's labelled containers: running ones are taken over (reported as
+    /// `Adopted`), exited ones removed. Returns how many were adopted.
+    pub async fn adopt(&self) -> usize {
+        let filters: HashMap<String, Vec<String>> = [(
+            "label".to_string(),
+            vec![format!("{LABEL_NODE}={}", self.node)],
+        )]
+        .into();
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let Ok(list) = self.docker.list_containers(Some(options)).await else {
+            return 0;
+        };
+        let mut adopted = 0;
+        for summary in list {
+            let Some(id) = summary.id.clone() else {
+                continue;
+            };
+            let labels = summary.labels.clone().unwrap_or_default();
+            let parsed = (|| {
+                let workload = WorkloadName::new(labels.get(LABEL_WORKLOAD)?.as_str()).ok()?;
+                let index = labels.get(LABEL_REPLICA)?.parse::<u32>().ok()?;
+                let instance = labels.get(LABEL_INSTANCE)?.parse::<u64>().ok()?;
+                let revision = labels.get(LABEL_REVISION)?.parse::<u64>().ok()?;
+                Some((ReplicaId { workload, index }, instance, revision))
+            })();
+            let running = summary
+                .state
+                .is_some_and(|s| s == bollard::models::ContainerSummaryStateEnum::RUNNING);
+            let Some((replica, instance, revision)) = parsed.filter(|_| running) else {
+                let _ = self
+                    .docker
+                    .remove_container(
+                        &id,
+                        Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+                    )
+                    .await;
+                continue;
+            };
+            let ports = self.ports_of(&id).await;
+            let record = Instance {
+                instance,
+                container: id,
+                ports,
+            };
+            self.lock().insert(replica.clone(), record.clone());
+            let _ = self.events.send(RuntimeEvent::Adopted {
+                replica: replica.clone(),
+                instance,
+                revision,
+            });
+            self.watch(replica, record);
+            adopted += 1;
+        }
+        adopted
+    }
+
+    /// Every bound host port of a container, by container port (names are not known yet
+    /// when adopting; they are matched to the spec by the agent when probes start).
+    async fn ports_of(&self, id: &str) -> Vec<(String, u16)> {
+        let Ok(inspect) = self.docker.inspect_container(id, None).await else {
+            return Vec::new();
+        };
+        let map = inspect
+            .network_settings
+            .and_then(|n| n.ports)
+            .unwrap_or_default();
+        let mut out: Vec<(String, u16)> = map
+            .into_iter()
+            .filter_map(|(key, bindings)| {
+                let host = bindings?
+                    .iter()
+                    .find_map(|b| b.host_port.as_ref()?.parse::<u16>().ok())?;
+                Some((key, host))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The last `lines` lines of a replica's container log.
+    pub async fn log_tail(&self, replica: &ReplicaId, lines: usize) -> Vec<String> {
+        let container = match self.lock().get(replica) {
+            Some(i) => i.container.clone(),
+            None => return Vec::new(),
+        };
+        tail(&self.docker, &container, lines).await
+    }
+
+    /// Runs `command` inside the replica's container (an exec health check).
+    pub async fn exec(&self, replica: &ReplicaId, command: &[String]) -> Result<i64, String> {
+        let container = match self.lock().get(replica) {
+            Some(i) => i.container.clone(),
+            None => return Err("the container is not running".into()),
+        };
+        let exec = self
+            .docker
+            .create_exec(
+                &container,
+                bollard::models::ExecConfig {
+                    cmd: Some(command.to_vec()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        match self
+            .docker
+            .start_exec(&exec.id, None)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            bollard::exec::StartExecResults::Attached { mut output, .. } => {
+                while output.next().await.is_some() {}
+            }
+            bollard::exec::StartExecResults::Detached => {}
+        }
+        let inspect = self
+            .docker
+            .inspect_exec(&exec.id)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(inspect.exit_code.unwrap_or(-1))
+    }
+
+    fn explain(&self, e: bollard::errors::Error) -> String {
+        format!("{} on node {}: {e}", self.engine(), self.node)
+    }
+}
+
+fn protocol(port: &PortSpec) -> &'static str {
+    match port.protocol {
+        PortProtocol::Udp => "udp",
+        _ => "tcp",
+    }
+}
+
+async fn tail(docker: &Docker, container: &str, lines: usize) -> Vec<String> {
+    let options = LogsOptionsBuilder::default()
+        .stdout(true)
+        .stderr(true)
+        .tail(&lines.to_string())
+        .build();
+    let mut stream = docker.logs(container, Some(options));
+    let mut text = String::new();
+    while let Some(Ok(chunk)) = stream.next().await {
+        text.push_str(&chunk.to_string());
+    }
+    text.lines().map(str::to_string).collect()
+}
+
+/// Whether `spec` runs in a container.
+pub fn is_container(spec: &WorkloadSpec) -> bool {
+    matches!(spec.runtime, RuntimeKind::Docker | RuntimeKind::Podman)
+}
