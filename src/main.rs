@@ -158,6 +158,11 @@ enum Command {
     },
     /// List the nodes of the fleet (same as `get nodes`).
     Nodes,
+    /// Container images on this node.
+    Image {
+        #[command(subcommand)]
+        what: ImageCommand,
+    },
     /// The fleet's gossip key.
     Key {
         #[command(subcommand)]
@@ -227,6 +232,21 @@ enum UserCommand {
     Remove {
         /// The operator's name.
         name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Load images from a `docker save` archive into this node's engine (no registry needed).
+    Load {
+        /// The archive (`docker save -o FILE.tar IMAGE`).
+        file: PathBuf,
+        /// Which engine: docker or podman.
+        #[arg(long, default_value = "docker")]
+        runtime: String,
+        /// The engine's socket [default: the engine's usual one].
+        #[arg(long)]
+        socket: Option<PathBuf>,
     },
 }
 
@@ -400,6 +420,14 @@ fn main() -> ExitCode {
             tail,
             follow,
         } => cmd::client::logs(&target, name, replica, tail, follow),
+        Command::Image {
+            what:
+                ImageCommand::Load {
+                    file,
+                    runtime,
+                    socket,
+                },
+        } => cmd::image::load(&file, &runtime, socket),
         Command::Key {
             what: KeyCommand::Rotate,
         } => cmd::client::call(&target, ApiRequest::RotateGossipKey, format),

@@ -134,14 +134,20 @@ fn signal(pid: u32, sig: Signal) {
 struct Agent {
     node: String,
     dir: PathBuf,
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl Agent {
     fn start(dir: &Path, node: &str) -> Agent {
+        Agent::start_with(dir, node, &[])
+    }
+
+    fn start_with(dir: &Path, node: &str, extra: &[&str]) -> Agent {
         let mut agent = Agent {
             node: node.to_string(),
             dir: dir.to_path_buf(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
         agent.spawn();
@@ -166,6 +172,7 @@ impl Agent {
                     "--data-dir",
                 ])
                 .arg(&self.dir)
+                .args(&self.extra)
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()
@@ -538,4 +545,60 @@ fn free_base() -> String {
             return format!("127.0.0.1:{port}");
         }
     }
+}
+
+#[test]
+fn images_load_from_an_archive_and_a_node_without_an_engine_takes_no_containers() {
+    if !docker_ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // `docker save` on one machine, `starling image load` on another (here: after removal).
+    let tag = format!("starling-test/loaded:{}", std::process::id());
+    assert!(docker(&["tag", IMAGE, &tag]).status.success());
+    let archive = tmp.path().join("image.tar");
+    let archive_text = archive.to_str().expect("utf-8");
+    assert!(docker(&["save", "-o", archive_text, &tag]).status.success());
+    assert!(docker(&["rmi", &tag]).status.success());
+    let out = Command::new(BIN)
+        .args(["image", "load", archive_text])
+        .output()
+        .expect("image load");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        docker(&["image", "inspect", &tag]).status.success(),
+        "the image is on the engine after the load: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let _ = docker(&["rmi", &tag]);
+
+    // An agent whose engine does not answer does not offer docker: the workload is Pending
+    // with the reason, instead of failing on the node.
+    let node = unique("dk3");
+    let agent = Agent::start_with(
+        &tmp.path().join("data"),
+        &node,
+        &["--docker-socket", "/nonexistent/docker.sock"],
+    );
+    let name = unique("nowhere");
+    agent.apply(
+        tmp.path(),
+        &name,
+        &format!(
+            "name = \"{name}\"\nruntime = \"docker\"\nimage = \"{IMAGE}\"\ncommand = \"sleep\"\nargs = [\"600\"]\n"
+        ),
+    );
+    let reason = wait_for("a Pending replica", Duration::from_secs(20), || {
+        let r = agent.replica(&name, 0)?;
+        (r["state"] == "Pending").then(|| r["reason"].as_str().unwrap_or_default().to_string())
+    });
+    assert!(
+        reason.to_lowercase().contains("docker"),
+        "the reason names the runtime: {reason}"
+    );
+    assert!(containers(&name).is_empty());
 }

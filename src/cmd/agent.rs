@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use starling_node::agent::{AgentConfig, run};
 use starling_protocol::NodeId;
+use starling_protocol::spec::RuntimeKind;
 
 pub struct AgentArgs {
     pub data_dir: PathBuf,
@@ -61,6 +62,13 @@ pub struct FleetArgs {
     /// Where to serve Prometheus metrics (HTTP) [default: 127.0.0.1 at the --listen port, TCP].
     #[arg(long)]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Docker's API socket ("none": do not offer Docker) [default: $DOCKER_HOST or
+    /// /var/run/docker.sock].
+    #[arg(long)]
+    pub docker_socket: Option<std::path::PathBuf>,
+    /// Podman's API socket ("none": do not offer Podman) [default: /run/podman/podman.sock].
+    #[arg(long)]
+    pub podman_socket: Option<std::path::PathBuf>,
     /// Milliseconds a claim waits for competing claims before starting a replica.
     #[arg(long, default_value_t = 100)]
     pub settle_ms: u64,
@@ -102,6 +110,17 @@ pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
         && let Some(addr) = advertise
     {
         starling_node::cluster::Membership::write_advertise(&args.data_dir, addr)?;
+    }
+    for (kind, socket) in [
+        (RuntimeKind::Docker, &fleet.docker_socket),
+        (RuntimeKind::Podman, &fleet.podman_socket),
+    ] {
+        if let Some(path) = socket {
+            config.container_engines.retain(|(k, _)| *k != kind);
+            if path.as_os_str() != "none" {
+                config.container_engines.push((kind, path.clone()));
+            }
+        }
     }
     config.settle_ms = fleet.settle_ms;
     config.metrics = fleet.metrics;

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod bench_fleet;
 pub mod client;
 pub mod cluster;
+pub mod image;
 pub mod plan;
 pub mod sim;
 pub mod up;

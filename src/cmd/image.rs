@@ -1,0 +1,35 @@
+//! `starling image load`: container images for nodes that cannot reach a registry.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use starling_node::runtime::docker::{ContainerRuntime, default_socket};
+use starling_protocol::NodeId;
+use starling_protocol::spec::RuntimeKind;
+
+pub fn load(file: &Path, runtime: &str, socket: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let kind = match runtime {
+        "docker" => RuntimeKind::Docker,
+        "podman" => RuntimeKind::Podman,
+        other => bail!("--runtime {other:?}: expected docker or podman"),
+    };
+    let socket = socket
+        .or_else(|| default_socket(kind))
+        .context("no socket for that engine")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async {
+        let (events, _) = tokio::sync::mpsc::unbounded_channel();
+        let engine = ContainerRuntime::connect(kind, &socket, NodeId::new("cli")?, events)
+            .await
+            .with_context(|| format!("no {runtime} engine answers at {}", socket.display()))?;
+        let said = engine.load_image(file).await.map_err(anyhow::Error::msg)?;
+        for line in said {
+            println!("{line}");
+        }
+        anyhow::Ok(ExitCode::SUCCESS)
+    })
+}
