@@ -55,7 +55,7 @@ enum Command {
         #[arg(long)]
         stop_on_exit: bool,
         #[command(flatten)]
-        fleet: cmd::agent::FleetArgs,
+        fleet: Box<cmd::agent::FleetArgs>,
     },
     /// Create a cluster with this data dir's node as its first member.
     Init {
@@ -357,7 +357,7 @@ fn main() -> ExitCode {
             labels,
             stop_grace_ms,
             stop_on_exit,
-            fleet,
+            fleet: *fleet,
         }),
         Command::Init {
             cluster,
