@@ -670,6 +670,24 @@ fn strangers_are_refused_and_bad_input_changes_nothing() {
         (value("auth")? >= 1 && value("malformed")? >= 1).then_some(())
     });
 
+    // Every node publishes what it measures in use, and the runtimes it offers.
+    wait_for(
+        "measured usage of both nodes",
+        Duration::from_secs(30),
+        || {
+            let v = fleet.json(1, &["get", "nodes"])?;
+            let nodes = v.as_array()?;
+            (nodes.len() == 2
+                && nodes.iter().all(|n| {
+                    n["memory_used_bytes"].as_u64().is_some_and(|m| m > 0)
+                        && n["runtimes"]
+                            .as_array()
+                            .is_some_and(|r| r.iter().any(|k| k == "process"))
+                }))
+            .then_some(())
+        },
+    );
+
     // A malformed spec sent straight to a peer (no CLI-side check) gets every field error and
     // changes nothing.
     let runtime = tokio::runtime::Builder::new_current_thread()

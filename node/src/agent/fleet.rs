@@ -83,6 +83,8 @@ pub(super) struct Peer {
     pub spent: BTreeSet<String>,
     /// Its service endpoints: `workload/index/port=host:port`.
     pub endpoints: Vec<String>,
+    /// CPU (millicores) and memory (bytes) in use on it, as it last measured.
+    pub usage: Option<(u32, u64)>,
 }
 
 /// A message from a peer over QUIC, with the way back.
@@ -356,6 +358,7 @@ impl Fleet {
                     digest: None,
                     spent: BTreeSet::new(),
                     endpoints: Vec::new(),
+                    usage: None,
                 });
                 if entry.generation != id.generation_id || entry.heartbeat != state.heartbeat() {
                     heard.push(node.clone());
@@ -381,6 +384,10 @@ impl Fleet {
                 if let Some(inc) = state.get("inc").and_then(|i| i.parse::<u64>().ok()) {
                     incarnations.push((node.clone(), inc));
                 }
+                entry.usage = state.get("usage").and_then(|u| {
+                    let (cpu, mem) = u.split_once(',')?;
+                    Some((cpu.parse().ok()?, mem.parse().ok()?))
+                });
                 entry.endpoints = state
                     .get("endpoints")
                     .map(|s| {
@@ -594,6 +601,15 @@ impl Fleet {
             .await
             .self_node_state()
             .set("endpoints", text);
+    }
+
+    /// Publishes what this node measured in use.
+    pub async fn publish_usage(&self, (cpu, memory): (u32, u64)) {
+        self.chitchat
+            .lock()
+            .await
+            .self_node_state()
+            .set("usage", format!("{cpu},{memory}"));
     }
 
     /// Publishes the desired-state root when it changed.

@@ -3,6 +3,8 @@
 //! A write is applied to a copy of the desired state, stored durably, and only then handed to
 //! the core and acknowledged: a write that cannot be stored changes nothing.
 
+use std::collections::BTreeMap;
+
 use starling_protocol::WorkloadName;
 use starling_protocol::desired::{DesiredState, Revision};
 use starling_protocol::spec::{SpecDoc, SpecErrors, WorkloadSpec};
@@ -66,7 +68,7 @@ impl Agent {
             ApiRequest::Get { kind } => match kind {
                 ObjectKind::Workloads => tables::workloads(&self.core),
                 ObjectKind::Replicas => tables::replicas(&self.core),
-                ObjectKind::Nodes => tables::nodes(&self.core),
+                ObjectKind::Nodes => tables::nodes(&self.core, &self.usages()),
                 ObjectKind::Endpoints => tables::endpoints(&self.core, self.endpoint_lists()),
             },
             ApiRequest::Describe { name } => match self.core.desired().get(&name) {
@@ -83,6 +85,22 @@ impl Agent {
                 "lease {name}: leases arrive with leader election (not in this build)"
             )),
         }
+    }
+
+    /// Measured usage of every node that published one.
+    fn usages(&self) -> BTreeMap<starling_protocol::NodeId, (u32, u64)> {
+        let mut out = BTreeMap::new();
+        if let Some(u) = self.usage {
+            out.insert(self.node.clone(), u);
+        }
+        if let Some(fleet) = &self.fleet {
+            for (id, peer) in &fleet.peers {
+                if let Some(u) = peer.usage {
+                    out.insert(id.clone(), u);
+                }
+            }
+        }
+        out
     }
 
     /// Every node's published endpoints (this node's from its current status).

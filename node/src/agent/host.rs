@@ -143,3 +143,44 @@ pub(super) async fn serve_api(
         }
     }))
 }
+
+/// Measures the host's CPU and memory in use, for the node's published usage (what runs
+/// here, Starling's replicas and everything else).
+#[derive(Debug, Default)]
+pub(super) struct UsageSampler {
+    last: Option<(u64, u64)>,
+}
+
+impl UsageSampler {
+    /// CPU in use (millicores, over the time since the previous sample) and memory in use
+    /// (bytes: total minus available). `None` until two samples exist or when /proc is odd.
+    pub(super) fn sample(&mut self) -> Option<(u32, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let fields: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal ...
+        let idle = fields.get(3)? + fields.get(4).copied().unwrap_or(0);
+        let total: u64 = fields.iter().take(8).sum();
+        let previous = self.last.replace((total - idle, total));
+        let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let field = |name: &str| {
+            meminfo
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        let used = field("MemTotal:")?.saturating_sub(field("MemAvailable:")?) * 1024;
+        let (busy0, total0) = previous?;
+        let (busy, total) = (total - idle, total);
+        let spent = total.checked_sub(total0).filter(|d| *d > 0)?;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+        let millicores = busy.saturating_sub(busy0) * cpus * 1_000 / spent;
+        Some((u32::try_from(millicores).unwrap_or(u32::MAX), used))
+    }
+}

@@ -298,6 +298,9 @@ pub(crate) struct Agent {
     locator: logs::Locator,
     /// The last runtime operation per replica, so operations on one replica run in order.
     operations: BTreeMap<ReplicaId, JoinHandle<()>>,
+    /// Host CPU and memory in use, measured every few seconds.
+    usage_sampler: host::UsageSampler,
+    usage: Option<(u32, u64)>,
 }
 
 /// Most events kept for `describe`.
@@ -360,6 +363,8 @@ impl Agent {
             metrics: Arc::default(),
             locator: Arc::default(),
             operations: BTreeMap::new(),
+            usage_sampler: host::UsageSampler::default(),
+            usage: None,
         })
     }
 
@@ -379,6 +384,7 @@ impl Agent {
         self.core.handle_view(now_ms(), view);
         self.execute().await;
         let (mut engines, engine_watch) = containers::watch_engines(self.runtime.clone());
+        let mut usage_tick = tokio::time::interval(Duration::from_secs(5));
         let mut gossip_tick = tokio::time::interval(fleet_loop::GOSSIP_READ_EVERY);
         gossip_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -406,6 +412,14 @@ impl Agent {
                 }
                 Some(input) = fleet_loop::next(&mut inbox) => self.on_fleet_input(input).await,
                 Some(kinds) = engines.recv() => self.set_runtimes(kinds),
+                _ = usage_tick.tick() => {
+                    if let Some(usage) = self.usage_sampler.sample() {
+                        self.usage = Some(usage);
+                        if let Some(fleet) = &self.fleet {
+                            fleet.publish_usage(usage).await;
+                        }
+                    }
+                }
                 _ = gossip_tick.tick(), if fleet_on => self.on_gossip_tick().await,
                 _ = tokio::time::sleep(sleep) => {
                     let now = now_ms();

@@ -6,7 +6,7 @@ use serde_json::json;
 use starling_protocol::NodeId;
 use starling_protocol::desired::Revision;
 use starling_protocol::placement::Liveness;
-use starling_protocol::quantity::format_duration_ms;
+use starling_protocol::quantity::{Millicores, format_duration_ms};
 use starling_protocol::status::{NodeStatus, ReplicaStatus};
 use starling_protocol::wire::ApiResponse;
 
@@ -212,7 +212,7 @@ fn human_bytes(bytes: u64) -> String {
     bytes.to_string()
 }
 
-pub(super) fn nodes(core: &NodeCore) -> ApiResponse {
+pub(super) fn nodes(core: &NodeCore, usage: &BTreeMap<NodeId, (u32, u64)>) -> ApiResponse {
     let all = statuses(core);
     let mut rows = Vec::new();
     let mut items = Vec::new();
@@ -230,6 +230,9 @@ pub(super) fn nodes(core: &NodeCore) -> ApiResponse {
                 human_bytes(node.capacity.memory.0)
             ),
             status.replicas.len().to_string(),
+            usage.get(id).map_or("-".into(), |(cpu, mem)| {
+                format!("{}/{}", Millicores(*cpu), human_bytes(*mem))
+            }),
             node.labels
                 .iter()
                 .map(|(k, v)| format!("{k}={v}"))
@@ -241,11 +244,14 @@ pub(super) fn nodes(core: &NodeCore) -> ApiResponse {
             "cpu_reserved_millicores": status.reserved.cpu.0, "cpu_millicores": node.capacity.cpu.0,
             "memory_reserved_bytes": status.reserved.memory.0, "memory_bytes": node.capacity.memory.0,
             "labels": node.labels,
+            "cpu_used_millicores": usage.get(id).map(|u| u.0),
+            "memory_used_bytes": usage.get(id).map(|u| u.1),
+            "runtimes": node.runtimes.iter().map(|r| format!("{r:?}").to_lowercase()).collect::<Vec<_>>(),
         }));
     }
     table(
         &[
-            "NODE", "STATE", "ARCH", "CPU", "MEMORY", "REPLICAS", "LABELS",
+            "NODE", "STATE", "ARCH", "CPU", "MEMORY", "REPLICAS", "USED", "LABELS",
         ],
         rows,
         json!(items),
