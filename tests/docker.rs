@@ -258,7 +258,8 @@ fn a_container_restarts_after_docker_kill_and_is_adopted_by_a_restarted_agent() 
         &name,
         &format!(
             "name = \"{name}\"\nruntime = \"docker\"\nimage = \"{IMAGE}\"\nimage_pull_policy = \"never\"\n\
-             command = \"sleep\"\nargs = [\"600\"]\n[resources]\nmemory = \"16Mi\"\nmemory_limit = \"32Mi\"\n\
+             command = \"sh\"\nargs = [\"-c\", \"echo hello from the container; while true; do echo tick; sleep 1; done\"]\n\
+             [resources]\nmemory = \"16Mi\"\nmemory_limit = \"32Mi\"\n\
              [restart]\nbackoff_initial = \"100ms\"\n"
         ),
     );
@@ -307,6 +308,41 @@ fn a_container_restarts_after_docker_kill_and_is_adopted_by_a_restarted_agent() 
         vec![second],
         "adopted: the same container, and only it"
     );
+
+    // Logs come from the engine; -f streams new lines.
+    let out = agent.cli(&["logs", &name, "--tail", "50"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("hello from the container"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let mut follow = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&agent.dir)
+        .args(["logs", &name, "--tail", "0", "-f"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("logs -f");
+    let stdout = follow.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let ticks = (0..3)
+        .filter_map(|_| rx.recv_timeout(Duration::from_secs(10)).ok())
+        .filter(|l| l == "tick")
+        .count();
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(ticks >= 2, "new lines stream with -f (saw {ticks} ticks)");
 }
 
 #[test]

@@ -57,13 +57,25 @@ pub(crate) async fn serve<W: AsyncWrite + Unpin>(
     if let (Some(addr), Some(quic)) = (remote, &source.quic) {
         return forward(stream, quic, addr, name, replica, follow, tail_lines).await;
     }
-    if source.runtime.container_of(&id).is_some() {
-        // Container logs come from the engine; following them is not supported yet.
-        let lines = source
-            .runtime
-            .log_tail(&id, tail_lines.min(100_000) as usize)
-            .await;
-        return send(stream, lines, true).await;
+    if let Some(engine) = source.runtime.container_of(&id) {
+        // Container logs come from the engine.
+        let lines = engine.log_tail(&id, tail_lines.min(100_000) as usize).await;
+        let follow_stream = if follow { engine.follow(&id) } else { None };
+        if !send(stream, lines, follow_stream.is_none()).await {
+            return false;
+        }
+        let Some(new_lines) = follow_stream else {
+            return true;
+        };
+        let mut new_lines = std::pin::pin!(new_lines);
+        while let Some(text) = futures_util::StreamExt::next(&mut new_lines).await {
+            let lines: Vec<String> = text.lines().map(str::to_string).collect();
+            if !send(stream, lines, false).await {
+                return false;
+            }
+        }
+        // The container ended: end the stream.
+        return send(stream, Vec::new(), true).await;
     }
     let path = source.runtime.process.replica_dir(&id).join("output.log");
     if !path.exists() {

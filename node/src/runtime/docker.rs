@@ -497,6 +497,22 @@ impl ContainerRuntime {
         tail(&self.docker, &container, lines).await
     }
 
+    /// New log lines of a replica's container as they come (after the current end).
+    pub fn follow(
+        &self,
+        replica: &ReplicaId,
+    ) -> Option<impl futures_util::Stream<Item = String> + Send + 'static> {
+        let container = self.lock().get(replica)?.container.clone();
+        let options = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .follow(true)
+            .tail("0")
+            .build();
+        let stream = self.docker.logs(&container, Some(options));
+        Some(stream.filter_map(|chunk| async move { chunk.ok().map(|c| c.to_string()) }))
+    }
+
     /// Runs `command` inside the replica's container (an exec health check).
     pub async fn exec(&self, replica: &ReplicaId, command: &[String]) -> Result<i64, String> {
         let container = match self.lock().get(replica) {
