@@ -251,7 +251,7 @@ pub(super) fn nodes(core: &NodeCore, usage: &BTreeMap<NodeId, (u32, u64)>) -> Ap
     }
     table(
         &[
-            "NODE", "STATE", "ARCH", "CPU", "MEMORY", "REPLICAS", "USED", "LABELS",
+            "NODE", "STATE", "ARCH", "CPU", "MEMORY", "REPLICAS", "IN USE", "LABELS",
         ],
         rows,
         json!(items),
