@@ -1,0 +1,346 @@
+//! What travels in gossip and on the probe socket: reading peers' keys, publishing this
+//! node's, pacing rounds, and feeding the failure detector.
+
+use super::*;
+
+impl Fleet {
+    /// Reads gossip: updates peers and feeds the detector. Returns peers whose status
+    /// changed, with the status.
+    pub async fn read_gossip(&mut self, now: u64) -> Vec<(NodeId, NodeStatus)> {
+        let mut statuses = Vec::new();
+        let mut verdicts = Vec::new();
+        let mut heard = Vec::new();
+        let mut incarnations = Vec::new();
+        let members_before: BTreeSet<NodeId> = self.peers.keys().cloned().collect();
+        let mut revoked = self
+            .revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let known_revoked = revoked.len();
+        {
+            let chitchat = self.chitchat.lock().await;
+            // A restarted node shows up under a new generation; the newest one is the node.
+            let mut newest: BTreeMap<&str, (&ChitchatId, &chitchat::NodeState)> = BTreeMap::new();
+            for (id, state) in chitchat.node_states() {
+                if &*id.node_id == self.me.as_str() {
+                    continue;
+                }
+                let keep = newest
+                    .get(&*id.node_id)
+                    .is_none_or(|(old, _)| old.generation_id < id.generation_id);
+                if keep {
+                    newest.insert(&*id.node_id, (id, state));
+                }
+            }
+            // Revocations spread first, so a node revoked in this very read is skipped.
+            for (_, state) in newest.values() {
+                if let Some(list) = state.get("revoked") {
+                    revoked.extend(
+                        list.split(',')
+                            .filter(|n| !n.is_empty())
+                            .map(str::to_string),
+                    );
+                }
+            }
+            for (name, (id, state)) in newest {
+                let Ok(node) = NodeId::new(name) else {
+                    continue;
+                };
+                if revoked.contains(name) {
+                    self.peers.remove(&node);
+                    continue;
+                }
+                let entry = self.peers.entry(node.clone()).or_insert_with(|| Peer {
+                    base: id.gossip_advertise_addr,
+                    generation: 0,
+                    heartbeat: Heartbeat::default(),
+                    version: u64::MAX,
+                    view: None,
+                    digest: None,
+                    spent: BTreeSet::new(),
+                    endpoints: Vec::new(),
+                    usage: None,
+                });
+                if entry.generation != id.generation_id || entry.heartbeat != state.heartbeat() {
+                    heard.push(node.clone());
+                }
+                if entry.generation == id.generation_id && entry.version == state.max_version() {
+                    entry.heartbeat = state.heartbeat();
+                    continue;
+                }
+                entry.generation = id.generation_id;
+                entry.heartbeat = state.heartbeat();
+                entry.version = state.max_version();
+                entry.base = id.gossip_advertise_addr;
+                if let Some(mut view) = state.get("node").and_then(decode::<NodeView>) {
+                    view.id = node.clone();
+                    entry.view = Some(view);
+                }
+                entry.digest = state
+                    .get("digest")
+                    .and_then(|d| u128::from_str_radix(d, 16).ok());
+                if let Some(status) = state.get("status").and_then(decode::<NodeStatus>) {
+                    statuses.push((node.clone(), status));
+                }
+                if let Some(inc) = state.get("inc").and_then(|i| i.parse::<u64>().ok()) {
+                    incarnations.push((node.clone(), inc));
+                }
+                entry.usage = state.get("usage").and_then(|u| {
+                    let (cpu, mem) = u.split_once(',')?;
+                    Some((cpu.parse().ok()?, mem.parse().ok()?))
+                });
+                entry.endpoints = state
+                    .get("endpoints")
+                    .map(|s| {
+                        s.split(',')
+                            .filter(|e| !e.is_empty())
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                entry.spent = state
+                    .get("spent")
+                    .map(|s| s.split(',').map(str::to_string).collect())
+                    .unwrap_or_default();
+                for (key, value) in state.iter_prefix("v.") {
+                    let Ok(judged) = NodeId::new(&key[2..]) else {
+                        continue;
+                    };
+                    let Some((l, inc)) = value.value.split_once(':') else {
+                        continue;
+                    };
+                    if let (Some(state), Ok(incarnation)) = (parse_liveness(l), inc.parse()) {
+                        verdicts.push(Verdict {
+                            node: judged,
+                            state,
+                            incarnation,
+                            watcher: node.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        if revoked.len() != known_revoked {
+            tracing::warn!(names = ?revoked, "certificates revoked in the fleet");
+            *self.revoked.write().unwrap_or_else(|e| e.into_inner()) = revoked;
+        }
+        let members: BTreeSet<NodeId> = self.peers.keys().cloned().collect();
+        if members != members_before {
+            let mut all = members;
+            all.insert(self.me.clone());
+            self.detector.handle_members(now, all);
+        }
+        for node in heard {
+            self.detector.handle_heard(now, &node);
+        }
+        for (node, inc) in incarnations {
+            self.detector.handle_incarnation(&node, inc);
+        }
+        for verdict in verdicts {
+            self.detector.handle_verdict(verdict);
+        }
+        statuses
+    }
+
+    /// The round interval for the current fleet size.
+    pub fn round_interval_ms(&self) -> u64 {
+        let (min, per_member, max) = self.pacing;
+        ((self.peers.len() as u64 + 1) * per_member).clamp(min, max.max(min))
+    }
+
+    /// Runs a gossip round (three exchanges with rotating live peers) when one is due, and
+    /// keeps the silence backstop at 20 rounds (at least 10 s).
+    pub fn gossip_round(&mut self, now: u64) {
+        if now < self.next_round_at {
+            return;
+        }
+        let interval = self.round_interval_ms();
+        self.next_round_at = now + interval;
+        self.detector
+            .set_stale_after_ms((interval * 20).max(10_000));
+        let mut live: Vec<SocketAddr> = self
+            .peers
+            .iter()
+            .filter(|(id, _)| self.detector.liveness(id, now) != Liveness::Down)
+            .map(|(_, p)| p.base)
+            .collect();
+        if live.is_empty() {
+            // Alone so far (a fleet restarting together): keep knocking at the seeds.
+            live = self.seed_addrs.clone();
+        }
+        for k in 0..live.len().min(3) {
+            let addr = live[(self.round_cursor + k * 7) % live.len()];
+            let _ = self.handle.gossip(addr);
+        }
+        self.round_cursor = self.round_cursor.wrapping_add(1);
+    }
+
+    /// A probe-socket message from `from`.
+    pub fn on_probe(&mut self, now: u64, from: NodeId, message: PeerMessage) {
+        match message {
+            PeerMessage::Verdict {
+                node,
+                state,
+                incarnation,
+            } => self.detector.handle_verdict(Verdict {
+                node,
+                state,
+                incarnation,
+                watcher: from,
+            }),
+            other => {
+                self.detector.handle_heard(now, &from);
+                self.detector.handle_message(now, &from, &other);
+            }
+        }
+    }
+
+    /// Sends what the detector wants sent, and spreads its verdicts: `Down` straight to every
+    /// member over the probe socket (fast), and every verdict in gossip.
+    pub async fn flush_detector(&mut self) {
+        while let Some((to, message)) = self.detector.poll_transmit() {
+            if let Some(peer) = self.peers.get(&to) {
+                self.probe.send(probe_addr(peer.base), message);
+            }
+        }
+        let mut changed = false;
+        while let Some(verdict) = self.detector.poll_verdict() {
+            if verdict.state == Liveness::Alive {
+                tracing::debug!(node = %verdict.node, incarnation = verdict.incarnation, "verdict: alive");
+            } else {
+                tracing::warn!(node = %verdict.node, state = ?verdict.state, incarnation = verdict.incarnation, "verdict");
+            }
+            // Only `Down` is urgent (replacements wait on it); suspicion and recovery travel in
+            // gossip, so a busy fleet is not flooded with datagrams it does not need.
+            let urgent = verdict.state == Liveness::Down;
+            for peer in self.peers.values().filter(|_| urgent) {
+                self.probe.send(
+                    probe_addr(peer.base),
+                    PeerMessage::Verdict {
+                        node: verdict.node.clone(),
+                        state: verdict.state,
+                        incarnation: verdict.incarnation,
+                    },
+                );
+            }
+            self.published_verdicts.insert(
+                verdict.node.clone(),
+                format!("{}:{}", liveness_name(verdict.state), verdict.incarnation),
+            );
+            changed = true;
+        }
+        let inc = self.detector.incarnation();
+        if changed || inc != self.published_inc {
+            let mut chitchat = self.chitchat.lock().await;
+            let state = chitchat.self_node_state();
+            for (node, text) in &self.published_verdicts {
+                let key = format!("v.{node}");
+                if state.get(&key) != Some(text.as_str()) {
+                    state.set(key, text);
+                }
+            }
+            if inc != self.published_inc {
+                state.set("inc", inc);
+                self.published_inc = inc;
+            }
+        }
+    }
+
+    /// Publishes this node's description when it changed.
+    pub async fn publish_me_view(&mut self) {
+        if !self.me_view_dirty {
+            return;
+        }
+        self.me_view_dirty = false;
+        let text = encode(&self.me_view);
+        self.chitchat
+            .lock()
+            .await
+            .self_node_state()
+            .set("node", text);
+    }
+
+    /// Publishes this node's status.
+    pub async fn publish_status(&self, status: &NodeStatus) {
+        let text = encode(status);
+        self.chitchat
+            .lock()
+            .await
+            .self_node_state()
+            .set("status", text);
+    }
+
+    /// Publishes this node's service endpoints when they changed.
+    pub async fn publish_endpoints(&mut self, endpoints: Vec<String>) {
+        if self.published_endpoints == endpoints {
+            return;
+        }
+        let text = endpoints.join(",");
+        self.published_endpoints = endpoints;
+        self.chitchat
+            .lock()
+            .await
+            .self_node_state()
+            .set("endpoints", text);
+    }
+
+    /// Publishes what this node measured in use.
+    pub async fn publish_usage(&self, (cpu, memory): (u32, u64)) {
+        self.chitchat
+            .lock()
+            .await
+            .self_node_state()
+            .set("usage", format!("{cpu},{memory}"));
+    }
+
+    /// Publishes the desired-state root when it changed.
+    pub async fn publish_digest(&mut self, root: u128) {
+        if self.published_digest == Some(root) {
+            return;
+        }
+        self.published_digest = Some(root);
+        self.chitchat
+            .lock()
+            .await
+            .self_node_state()
+            .set("digest", format!("{root:032x}"));
+    }
+
+    /// Publishes the revoked names when they changed; returns them when they did (to
+    /// persist).
+    pub async fn publish_revoked(&mut self) -> Option<Vec<String>> {
+        let names: Vec<String> = self
+            .revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        if names.len() == self.published_revoked {
+            return None;
+        }
+        self.published_revoked = names.len();
+        self.chitchat
+            .lock()
+            .await
+            .self_node_state()
+            .set("revoked", names.join(","));
+        Some(names)
+    }
+
+    /// Publishes the join tokens spent here.
+    pub async fn publish_spent(&self) {
+        let text: Vec<&str> = self.spent.iter().map(String::as_str).collect();
+        self.chitchat
+            .lock()
+            .await
+            .self_node_state()
+            .set("spent", text.join(","));
+    }
+
+    /// Whether a join token id was spent anywhere this node heard of.
+    pub fn is_spent(&self, id: &str) -> bool {
+        self.spent.contains(id) || self.peers.values().any(|p| p.spent.contains(id))
+    }
+}

@@ -1,0 +1,350 @@
+//! The agent in a fleet: gossip (chitchat over the sealed transport) carries each node's
+//! description, status, digest root, incarnation and verdicts; the failure detector probes
+//! over its own sealed socket; desired-state entries travel over QUIC.
+//!
+//! Chitchat keys a node writes (values are strings, each well under a UDP packet):
+//! `node` (its [`NodeView`], postcard + base64), `status` (its [`NodeStatus`]), `digest` (the
+//! desired-state root, hex), `inc` (its incarnation), `v.<node>` (its verdict on a node it
+//! watches: `Down:<incarnation>`), `spent` (join token ids it accepted).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD_NO_PAD as B64;
+use chitchat::{
+    Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, Heartbeat,
+    spawn_chitchat,
+};
+use starling_protocol::NodeId;
+use starling_protocol::desired::{DesiredEntry, DesiredState};
+use starling_protocol::placement::{FleetView, Liveness, NodeView};
+use starling_protocol::status::NodeStatus;
+use starling_protocol::wire::PeerMessage;
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+mod gossip;
+mod sync;
+
+use super::AgentError;
+use crate::cluster::{Membership, probe_addr, quic_addr};
+use crate::gossip::{GossipCounters, SealedUdpTransport};
+use crate::membership::{Detector, DetectorConfig, Verdict};
+use crate::net::probe::{self, ProbeSender};
+use crate::net::quic::Quic;
+
+/// How an agent takes part in a fleet. Defaults suit a LAN.
+#[derive(Debug, Clone)]
+pub struct FleetSettings {
+    /// Base address to listen on: gossip on its port, QUIC on port + 1, probes on port + 2.
+    pub listen: SocketAddr,
+    /// Base address peers reach this node at (default: `listen`).
+    pub advertise: Option<SocketAddr>,
+    /// Base addresses of peers to join through (added to those stored at join time).
+    pub seeds: Vec<String>,
+    /// Shortest time between gossip rounds. Rounds slow down as the fleet grows (see
+    /// `gossip_ms_per_member`); liveness does not depend on them.
+    pub gossip_interval: Duration,
+    /// Round interval per member: a round costs about 300 bytes per member, so 45 ms per
+    /// member keeps gossip near 7 KB/s per node at any size (plus 2.4 KB/s of probes).
+    pub gossip_ms_per_member: u64,
+    /// Longest time between rounds.
+    pub gossip_interval_max: Duration,
+    /// The failure detector.
+    pub detector: DetectorConfig,
+}
+
+impl Default for FleetSettings {
+    fn default() -> Self {
+        FleetSettings {
+            listen: SocketAddr::from(([0, 0, 0, 0], 7946)),
+            advertise: None,
+            seeds: Vec::new(),
+            gossip_interval: Duration::from_millis(1_000),
+            gossip_ms_per_member: 45,
+            gossip_interval_max: Duration::from_secs(30),
+            detector: DetectorConfig::default(),
+        }
+    }
+}
+
+/// What gossip tells about one peer.
+#[derive(Debug, Clone)]
+pub(super) struct Peer {
+    /// Its base address.
+    pub base: SocketAddr,
+    generation: u64,
+    heartbeat: Heartbeat,
+    version: u64,
+    /// Its description, once gossiped.
+    pub view: Option<NodeView>,
+    /// Its desired-state root.
+    pub digest: Option<u128>,
+    /// Join tokens it accepted.
+    pub spent: BTreeSet<String>,
+    /// Its service endpoints: `workload/index/port=host:port`.
+    pub endpoints: Vec<String>,
+    /// CPU (millicores) and memory (bytes) in use on it, as it last measured.
+    pub usage: Option<(u32, u64)>,
+}
+
+/// A message from a peer over QUIC, with the way back.
+pub(crate) struct PeerCall {
+    pub from: NodeId,
+    pub message: PeerMessage,
+    pub reply: oneshot::Sender<PeerMessage>,
+}
+
+/// What background sync tasks report to the loop.
+pub(crate) enum SyncEvent {
+    /// Entries pulled from a peer (possibly none).
+    Pulled {
+        from: NodeId,
+        entries: Vec<DesiredEntry>,
+    },
+    /// A pull failed.
+    Failed { from: NodeId, reason: String },
+    /// A peer's keyring, fetched after packets failed to open.
+    Keys {
+        keys: Vec<(u32, [u8; 32])>,
+        primary: u32,
+    },
+    /// Phase one of a key rotation is done: `installed` of `asked` live peers hold key `id`.
+    KeyInstalled {
+        id: u32,
+        installed: usize,
+        asked: usize,
+        reply: oneshot::Sender<starling_protocol::wire::ApiResponse>,
+    },
+}
+
+/// The fleet side of an agent.
+pub(super) struct Fleet {
+    pub membership: Membership,
+    me: NodeId,
+    pub base: SocketAddr,
+    chitchat: Arc<Mutex<Chitchat>>,
+    handle: ChitchatHandle,
+    /// Round pacing: (shortest, per member in ms, longest) and the next round's time.
+    pacing: (u64, u64, u64),
+    next_round_at: u64,
+    round_cursor: usize,
+    /// Seeds, resolved at start.
+    seed_addrs: Vec<SocketAddr>,
+    pub detector: Detector,
+    probe: ProbeSender,
+    pub quic: Arc<Quic>,
+    pub peers: BTreeMap<NodeId, Peer>,
+    me_view: NodeView,
+    me_view_dirty: bool,
+    /// The pull in flight: from whom, since when.
+    pub syncing: Option<(NodeId, u64)>,
+    published_digest: Option<u128>,
+    /// The endpoints last published.
+    pub published_endpoints: Vec<String>,
+    published_inc: u64,
+    published_verdicts: BTreeMap<NodeId, String>,
+    /// Join tokens spent here.
+    pub spent: BTreeSet<String>,
+    /// Round-robin position for picking whom to pull from.
+    sync_cursor: usize,
+    /// The keyring the gossip transport and the probe socket seal and open with.
+    keyring: Arc<RwLock<crate::gossip::seal::Keyring>>,
+    /// When keys were last fetched from a peer, and the auth drops seen then.
+    pub keys_fetched: (u64, u64),
+    /// Certificate names refused fleet-wide (shared with the QUIC server).
+    pub revoked: Arc<RwLock<BTreeSet<String>>>,
+    /// How many revoked names this node last published.
+    published_revoked: usize,
+    pub sync_tx: mpsc::UnboundedSender<SyncEvent>,
+}
+
+/// Channels the fleet feeds into the agent loop.
+pub(crate) struct FleetInbox {
+    pub probes: mpsc::UnboundedReceiver<(NodeId, PeerMessage)>,
+    pub sync: mpsc::UnboundedReceiver<SyncEvent>,
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> String {
+    postcard::to_allocvec(value)
+        .map(|bytes| B64.encode(bytes))
+        .unwrap_or_default()
+}
+
+fn decode<T: serde::de::DeserializeOwned>(text: &str) -> Option<T> {
+    let bytes = B64.decode(text).ok()?;
+    postcard::from_bytes(&bytes).ok()
+}
+
+fn liveness_name(l: Liveness) -> &'static str {
+    match l {
+        Liveness::Alive => "Alive",
+        Liveness::Suspect => "Suspect",
+        Liveness::Down => "Down",
+    }
+}
+
+fn parse_liveness(text: &str) -> Option<Liveness> {
+    match text {
+        "Alive" => Some(Liveness::Alive),
+        "Suspect" => Some(Liveness::Suspect),
+        "Down" => Some(Liveness::Down),
+        _ => None,
+    }
+}
+
+impl Fleet {
+    /// Starts gossip, the probe socket and the QUIC endpoint.
+    pub async fn start(
+        settings: &FleetSettings,
+        membership: Membership,
+        me: NodeId,
+        me_view: NodeView,
+        generation: u64,
+        counters: Arc<GossipCounters>,
+        revoked: Arc<RwLock<BTreeSet<String>>>,
+    ) -> Result<(Fleet, FleetInbox), AgentError> {
+        let base = settings.advertise.unwrap_or(settings.listen);
+        let keyring = Arc::new(RwLock::new(membership.keyring()));
+        let transport =
+            SealedUdpTransport::new(keyring.clone(), counters.clone(), me.as_str(), generation);
+        let mut seeds: Vec<String> = membership.seeds.clone();
+        seeds.extend(settings.seeds.iter().cloned());
+        seeds.sort();
+        seeds.dedup();
+        let base_text = base.to_string();
+        seeds.retain(|s| *s != base_text);
+        let seed_addrs: Vec<SocketAddr> = seeds
+            .iter()
+            .filter_map(|s| crate::cluster::resolve(s).ok())
+            .collect();
+        let config = ChitchatConfig {
+            chitchat_id: ChitchatId::new(me.to_string(), generation, base),
+            cluster_id: membership.cluster.clone(),
+            // Chitchat's own rounds are the slow floor; the agent adds rounds at the pace the
+            // fleet size allows (`gossip_round`).
+            gossip_interval: settings.gossip_interval_max,
+            listen_addr: settings.listen,
+            seed_nodes: seeds,
+            failure_detector_config: FailureDetectorConfig {
+                initial_interval: settings.gossip_interval,
+                dead_node_grace_period: Duration::from_secs(3_600),
+                ..FailureDetectorConfig::default()
+            },
+            marked_for_deletion_grace_period: Duration::from_secs(3_600),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+        };
+        let initial = vec![
+            ("node".to_string(), encode(&me_view)),
+            ("inc".to_string(), "0".to_string()),
+        ];
+        let handle = spawn_chitchat(config, initial, &transport)
+            .await
+            .map_err(|e| AgentError::Net(format!("gossip on {}: {e:#}", settings.listen)))?;
+        let (probe_tx, probes) = mpsc::unbounded_channel();
+        let keyring_for_fleet = keyring.clone();
+        let probe = probe::bind(
+            probe_addr(settings.listen),
+            keyring,
+            counters.clone(),
+            me.clone(),
+            generation,
+            probe_tx,
+        )
+        .await
+        .map_err(|e| {
+            AgentError::Net(format!(
+                "probes on {}/udp: {e}",
+                probe_addr(settings.listen)
+            ))
+        })?;
+        let tls = membership
+            .tls()
+            .map_err(|e| AgentError::Net(e.to_string()))?;
+        let quic = Quic::serve(quic_addr(settings.listen), &tls)
+            .map_err(|e| AgentError::Net(e.to_string()))?;
+        let (sync_tx, sync) = mpsc::unbounded_channel();
+        let fleet = Fleet {
+            chitchat: handle.chitchat(),
+            handle,
+            pacing: (
+                settings.gossip_interval.as_millis() as u64,
+                settings.gossip_ms_per_member,
+                settings.gossip_interval_max.as_millis() as u64,
+            ),
+            next_round_at: 0,
+            round_cursor: 0,
+            seed_addrs,
+            // The start time as incarnation: a restarted node refutes every verdict about its
+            // previous life at once.
+            detector: Detector::new(settings.detector.clone(), me.clone(), generation),
+            membership,
+            me,
+            base,
+            probe,
+            quic: Arc::new(quic),
+            peers: BTreeMap::new(),
+            me_view,
+            me_view_dirty: false,
+            syncing: None,
+            published_digest: None,
+            published_endpoints: Vec::new(),
+            published_inc: 0,
+            published_verdicts: BTreeMap::new(),
+            spent: BTreeSet::new(),
+            sync_cursor: 0,
+            keyring: keyring_for_fleet,
+            keys_fetched: (0, 0),
+            revoked,
+            published_revoked: 0,
+            sync_tx,
+        };
+        Ok((fleet, FleetInbox { probes, sync }))
+    }
+
+    /// This node's own description changed (its runtimes): gossip it.
+    pub fn set_me_view(&mut self, view: NodeView) {
+        self.me_view = view;
+        self.me_view_dirty = true;
+    }
+
+    /// The fleet as this node sees it now.
+    pub fn view(&self, now: u64) -> FleetView {
+        let mut nodes = BTreeMap::new();
+        nodes.insert(self.me.clone(), self.me_view.clone());
+        for (id, peer) in &self.peers {
+            if let Some(view) = &peer.view {
+                let mut view = view.clone();
+                view.liveness = self.detector.liveness(id, now);
+                nodes.insert(id.clone(), view);
+            }
+        }
+        FleetView { nodes }
+    }
+
+    /// Live peers (not suspected or down), with their QUIC addresses.
+    pub fn live_peers(&self, now: u64) -> Vec<(NodeId, SocketAddr)> {
+        self.peers
+            .iter()
+            .filter(|(id, p)| {
+                p.view.is_some() && self.detector.liveness(id, now) == Liveness::Alive
+            })
+            .map(|(id, p)| (id.clone(), quic_addr(p.base)))
+            .collect()
+    }
+
+    /// Base addresses of every known member and this node: seeds for a joiner.
+    pub fn seeds(&self) -> Vec<String> {
+        let mut seeds = vec![self.base.to_string()];
+        seeds.extend(self.peers.values().map(|p| p.base.to_string()));
+        seeds
+    }
+
+    /// Leaves: shuts gossip down and closes QUIC.
+    pub async fn leave(&self) {
+        self.quic.close().await;
+    }
+}

@@ -1,0 +1,218 @@
+//! What travels over QUIC between nodes: anti-entropy pulls, pushed writes, and the gossip
+//! keyring (rotation and catch-up).
+
+use super::*;
+
+impl Fleet {
+    /// Starts a pull from a live peer whose root differs from `mine`, one at a time.
+    pub fn maybe_pull(&mut self, now: u64, desired: &DesiredState, mine: u128) {
+        if let Some((_, since)) = &self.syncing {
+            if now < since + 5_000 {
+                return;
+            }
+            self.syncing = None;
+        }
+        let candidates: Vec<(NodeId, SocketAddr)> = self
+            .live_peers(now)
+            .into_iter()
+            .filter(|(id, _)| {
+                self.peers
+                    .get(id)
+                    .and_then(|p| p.digest)
+                    .is_some_and(|d| d != mine)
+            })
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        self.sync_cursor = self.sync_cursor.wrapping_add(1);
+        let (from, addr) = candidates[self.sync_cursor % candidates.len()].clone();
+        self.syncing = Some((from.clone(), now));
+        let leaves = desired
+            .digest()
+            .level(starling_protocol::desired::digest::DIGEST_DEPTH)
+            .to_vec();
+        let snapshot = desired.clone();
+        let (quic, tx) = (self.quic.clone(), self.sync_tx.clone());
+        tokio::spawn(async move {
+            let event = match pull(&quic, addr, leaves, &snapshot).await {
+                Ok(entries) => SyncEvent::Pulled { from, entries },
+                Err(reason) => SyncEvent::Failed { from, reason },
+            };
+            let _ = tx.send(event);
+        });
+    }
+
+    /// Pushes fresh entries to live peers; answers `reply` once `acks` of them stored them.
+    pub fn push(
+        &self,
+        now: u64,
+        entries: Vec<DesiredEntry>,
+        acks: u32,
+        reply: Option<(
+            oneshot::Sender<starling_protocol::wire::ApiResponse>,
+            starling_protocol::wire::ApiResponse,
+        )>,
+    ) {
+        let peers = self.live_peers(now);
+        let quic = self.quic.clone();
+        tokio::spawn(async move {
+            let available = peers.len();
+            let mut tasks = tokio::task::JoinSet::new();
+            for (id, addr) in peers {
+                let (quic, entries) = (quic.clone(), entries.clone());
+                tasks.spawn(async move {
+                    let answer = quic
+                        .peer(addr, PeerMessage::Entries(entries), Duration::from_secs(5))
+                        .await;
+                    (id, matches!(answer, Ok(PeerMessage::Stored)))
+                });
+            }
+            let mut stored = 0u32;
+            let mut reply = reply;
+            while let Some(done) = tasks.join_next().await {
+                if let Ok((_, true)) = done {
+                    stored += 1;
+                }
+                if stored >= acks
+                    && let Some((tx, response)) = reply.take()
+                {
+                    let _ = tx.send(response);
+                }
+            }
+            if let Some((tx, _)) = reply.take() {
+                let _ = tx.send(starling_protocol::wire::ApiResponse::Error(
+                    starling_protocol::wire::ApiError {
+                        message: format!(
+                            "stored durably here, but only {stored} of the {acks} peers asked for (--ack-replicas) confirmed it ({available} reachable); it will still spread"
+                        ),
+                        fields: Vec::new(),
+                    },
+                ));
+            }
+        });
+    }
+
+    /// Merges a keyring (see [`Membership::merge_keys`]) and reseals with the result.
+    /// Returns whether anything changed (the caller persists it).
+    pub fn merge_keys(&mut self, keys: &[(u32, [u8; 32])], primary: u32) -> bool {
+        if !self.membership.merge_keys(keys, primary) {
+            return false;
+        }
+        *self.keyring.write().unwrap_or_else(|e| e.into_inner()) = self.membership.keyring();
+        tracing::info!(
+            primary = self.membership.gossip_keys[0].0,
+            keys = self.membership.gossip_keys.len(),
+            "gossip keyring updated"
+        );
+        true
+    }
+
+    /// Adds a fresh key (not yet sealing with it) and returns its id.
+    pub fn install_new_key(&mut self) -> u32 {
+        let id = self.membership.new_key();
+        *self.keyring.write().unwrap_or_else(|e| e.into_inner()) = self.membership.keyring();
+        id
+    }
+
+    /// The keyring as a peer message.
+    pub fn keys_message(&self) -> PeerMessage {
+        PeerMessage::Keys {
+            keys: self.membership.gossip_keys.clone(),
+            primary: self.membership.gossip_keys[0].0,
+        }
+    }
+
+    /// Sends `message` to every live peer; returns how many answered `Stored`, and how many
+    /// were asked, through `done`.
+    pub fn broadcast<F>(&self, now: u64, message: PeerMessage, done: F)
+    where
+        F: FnOnce(usize, usize) + Send + 'static,
+    {
+        let peers = self.live_peers(now);
+        let quic = self.quic.clone();
+        tokio::spawn(async move {
+            let asked = peers.len();
+            let mut tasks = tokio::task::JoinSet::new();
+            for (_, addr) in peers {
+                let (quic, message) = (quic.clone(), message.clone());
+                tasks.spawn(async move {
+                    matches!(
+                        quic.peer(addr, message, Duration::from_secs(5)).await,
+                        Ok(PeerMessage::Stored)
+                    )
+                });
+            }
+            let mut stored = 0;
+            while let Some(done) = tasks.join_next().await {
+                if matches!(done, Ok(true)) {
+                    stored += 1;
+                }
+            }
+            done(stored, asked);
+        });
+    }
+
+    /// Packets failed to open since the last check: fetch the keyring from a peer (this node
+    /// may have missed a rotation while it was down). At most every 5 s.
+    pub fn maybe_fetch_keys(&mut self, now: u64, dropped_auth: u64) {
+        let (at, seen) = self.keys_fetched;
+        if dropped_auth <= seen || now < at + 5_000 {
+            return;
+        }
+        self.keys_fetched = (now, dropped_auth);
+        let mut addrs: Vec<SocketAddr> = self.peers.values().map(|p| quic_addr(p.base)).collect();
+        addrs.extend(
+            self.membership
+                .seeds
+                .iter()
+                .filter_map(|s| crate::cluster::resolve(s).ok())
+                .map(quic_addr),
+        );
+        if addrs.is_empty() {
+            return;
+        }
+        self.sync_cursor = self.sync_cursor.wrapping_add(1);
+        let addr = addrs[self.sync_cursor % addrs.len()];
+        let (quic, tx) = (self.quic.clone(), self.sync_tx.clone());
+        tokio::spawn(async move {
+            if let Ok(PeerMessage::Keys { keys, primary }) = quic
+                .peer(addr, PeerMessage::KeysRequest, Duration::from_secs(5))
+                .await
+            {
+                let _ = tx.send(SyncEvent::Keys { keys, primary });
+            }
+        });
+    }
+}
+
+/// Anti-entropy with one peer: send our leaves, get its items in differing buckets, pull the
+/// entries we lack or hold older.
+async fn pull(
+    quic: &Quic,
+    addr: SocketAddr,
+    leaves: Vec<u128>,
+    mine: &DesiredState,
+) -> Result<Vec<DesiredEntry>, String> {
+    let timeout = Duration::from_secs(5);
+    let summary = match quic
+        .peer(addr, PeerMessage::DigestLeaves(leaves), timeout)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        PeerMessage::Summary(items) => items,
+        other => return Err(format!("expected a summary, got {other:?}")),
+    };
+    let wanted = mine.wanted(&summary);
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    match quic
+        .peer(addr, PeerMessage::Pull(wanted), timeout)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        PeerMessage::Entries(entries) => Ok(entries),
+        other => Err(format!("expected entries, got {other:?}")),
+    }
+}
