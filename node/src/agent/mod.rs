@@ -6,6 +6,7 @@
 //! here, in the order the core asked for it.
 
 mod containers;
+mod effects;
 mod fleet;
 mod fleet_loop;
 mod handlers;
@@ -32,9 +33,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::clock::now_ms;
-use crate::core::{Action, CoreConfig, CoreEvent, NodeCore, Restored, RuntimeEvent};
+use crate::core::{CoreConfig, NodeCore, Restored, RuntimeEvent};
 use crate::runtime::process::{ProcessConfig, ProcessRuntime};
-use crate::runtime::{Runtime, Runtimes, StartRequest};
+use crate::runtime::{Runtime, Runtimes};
 use crate::store::{Identity, Store, StoreError};
 
 /// How an agent runs. Defaults suit a LAN.
@@ -438,177 +439,6 @@ impl Agent {
         }
     }
 
-    fn on_runtime_event(&mut self, event: RuntimeEvent) {
-        match &event {
-            RuntimeEvent::Started { replica, instance } => {
-                let key = (replica.clone(), *instance);
-                if let Some(spec) = self.starting.remove(&key)
-                    && let Some(check) = spec.health.clone()
-                {
-                    let tx = self.probe_tx.clone();
-                    let handle = if crate::runtime::docker::is_container(&spec) {
-                        containers::spawn_prober(
-                            self.runtime.clone(),
-                            replica.clone(),
-                            *instance,
-                            check,
-                            spec.ports.clone(),
-                            tx,
-                        )
-                    } else {
-                        crate::health::spawn_prober(
-                            replica.clone(),
-                            *instance,
-                            check,
-                            spec.ports.clone(),
-                            tx,
-                        )
-                    };
-                    self.probers.insert(key, handle);
-                }
-            }
-            RuntimeEvent::Exited {
-                replica,
-                instance,
-                code,
-                ..
-            } => {
-                if let Some(handle) = self.probers.remove(&(replica.clone(), *instance)) {
-                    handle.abort();
-                }
-                self.starting.remove(&(replica.clone(), *instance));
-                self.note(format!(
-                    "{}/{} instance {instance} exited with {}",
-                    replica.workload,
-                    replica.index,
-                    code.map_or("a signal".to_string(), |c| format!("code {c}"))
-                ));
-            }
-            RuntimeEvent::StartFailed {
-                replica, reason, ..
-            } => {
-                self.note(format!(
-                    "{}/{} failed to start: {reason}",
-                    replica.workload, replica.index
-                ));
-            }
-            RuntimeEvent::Health { .. } | RuntimeEvent::Adopted { .. } => {}
-        }
-        let now = now_ms();
-        self.decide(|core| core.handle_runtime(now, event));
-    }
-
-    /// Carries out what the core decided, in order.
-    async fn execute(&mut self) {
-        while let Some(action) = self.core.poll_action() {
-            match action {
-                Action::Start {
-                    replica,
-                    instance,
-                    revision,
-                    spec,
-                } => {
-                    self.note(format!(
-                        "starting {}/{} (revision {revision}, instance {instance})",
-                        replica.workload, replica.index
-                    ));
-                    self.starting
-                        .insert((replica.clone(), instance), (*spec).clone());
-                    let request = StartRequest {
-                        replica,
-                        instance,
-                        revision,
-                        spec: *spec,
-                        node: self.node.clone(),
-                    };
-                    let runtime = self.runtime.clone();
-                    let replica = request.replica.clone();
-                    self.in_order(replica, async move { runtime.start(request).await });
-                }
-                Action::Stop {
-                    replica,
-                    instance,
-                    reason,
-                } => {
-                    self.note(format!(
-                        "stopping {}/{} instance {instance}: {reason}",
-                        replica.workload, replica.index
-                    ));
-                    if let Some(handle) = self.probers.remove(&(replica.clone(), instance)) {
-                        handle.abort();
-                    }
-                    let (runtime, grace) = (self.runtime.clone(), self.config.stop_grace);
-                    let id = replica.clone();
-                    self.in_order(id, async move {
-                        runtime.stop(&replica, instance, grace).await;
-                    });
-                }
-                Action::Publish(status) => {
-                    let endpoints = self.endpoints(&status);
-                    if let Some(fleet) = self.fleet.as_mut() {
-                        fleet.publish_status(&status).await;
-                        fleet.publish_endpoints(endpoints).await;
-                    }
-                }
-                Action::PersistAssignment(assignment) => {
-                    if let Err(e) = self.store.write_assignment(&assignment) {
-                        tracing::error!("cannot persist the assignment: {e}");
-                    }
-                }
-                Action::Event(event) => self.on_core_event(event),
-            }
-        }
-    }
-
-    fn on_core_event(&mut self, event: CoreEvent) {
-        let text = match event {
-            CoreEvent::CrashLoop {
-                replica,
-                exit_code,
-                log_tail,
-                gave_up,
-            } => format!(
-                "{}/{} is in CrashLoop (last exit {}{}); last log lines: {}",
-                replica.workload,
-                replica.index,
-                exit_code.map_or("by signal".into(), |c| format!("code {c}")),
-                if gave_up {
-                    ", gave up restarting"
-                } else {
-                    ", restarting at the back-off ceiling"
-                },
-                log_tail.join(" | ")
-            ),
-            CoreEvent::MinoritySide { visible, known } => {
-                format!("sees {visible} of {known} members: minority side, replacing nothing")
-            }
-            CoreEvent::MajorityRegained { visible, known } => {
-                format!("sees {visible} of {known} members again: majority")
-            }
-        };
-        tracing::warn!("{text}");
-        self.note(text);
-    }
-
-    /// Runs a runtime operation on `replica` after the previous one on it finished: a stop
-    /// decided a moment after a start must not overtake it (it would find nothing to stop,
-    /// and the start would then leave a process nobody tracks).
-    fn in_order(
-        &mut self,
-        replica: ReplicaId,
-        operation: impl Future<Output = ()> + Send + 'static,
-    ) {
-        self.operations.retain(|_, h| !h.is_finished());
-        let previous = self.operations.remove(&replica);
-        let handle = tokio::spawn(async move {
-            if let Some(previous) = previous {
-                let _ = previous.await;
-            }
-            operation.await;
-        });
-        self.operations.insert(replica, handle);
-    }
-
     /// Where this node's running replicas listen: `workload/index/port=host:port`, with the
     /// address peers reach this node at.
     fn endpoints(&self, status: &starling_protocol::status::NodeStatus) -> Vec<String> {
@@ -674,21 +504,6 @@ impl Agent {
             self.events.pop_front();
         }
         self.events.push_back((now_ms(), text));
-    }
-
-    async fn stop_everything(&mut self) {
-        let instances = self.core.instances();
-        tracing::info!(
-            replicas = instances.len(),
-            "stopping every replica before exit"
-        );
-        let stops = instances.into_iter().map(|(replica, instance)| {
-            let (runtime, grace) = (self.runtime.clone(), self.config.stop_grace);
-            tokio::spawn(async move { runtime.stop(&replica, instance, grace).await })
-        });
-        for stop in stops.collect::<Vec<_>>() {
-            let _ = stop.await;
-        }
     }
 }
 
