@@ -8,12 +8,14 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Once;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
+use support::{BIN, free_base, signal, wait_for};
 
-const BIN: &str = env!("CARGO_BIN_EXE_starling");
+mod support;
+
 const IMAGE: &str = "starling-test/busybox:1";
 
 static BUILD: Once = Once::new();
@@ -108,28 +110,6 @@ fn remove_labelled(key: &str, value: &str) {
     }
 }
 
-fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn signal(pid: u32, sig: Signal) {
-    if let Ok(pid) = i32::try_from(pid)
-        && pid > 1
-    {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
-    }
-}
-
 /// A single agent on its own data dir (no cluster).
 struct Agent {
     node: String,
@@ -186,7 +166,7 @@ impl Agent {
 
     fn terminate(&mut self) {
         if let Some(mut child) = self.child.take() {
-            signal(child.id(), Signal::SIGTERM);
+            signal(i64::from(child.id()), Signal::SIGTERM);
             let _ = child.wait();
         }
     }
@@ -535,7 +515,7 @@ fn a_container_workload_fails_over_when_its_agent_dies() {
         .expect("a node of ours");
     // The holder dies with its containers (a power cut).
     if let Some(mut child) = children[victim].take() {
-        signal(child.id(), Signal::SIGKILL);
+        signal(i64::from(child.id()), Signal::SIGKILL);
         let _ = child.wait();
     }
     remove_labelled("starling.node", &holder);
@@ -560,26 +540,6 @@ fn a_container_workload_fails_over_when_its_agent_dies() {
             let _ = c.wait();
         }
         remove_labelled("starling.node", &nodes[i]);
-    }
-}
-
-/// Three free consecutive UDP ports whose TCP twin is free too.
-fn free_base() -> String {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let _ = NEXT.compare_exchange(
-        0,
-        31_000 + (std::process::id() % 1_000) as u16 * 9,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
-    loop {
-        let port = NEXT.fetch_add(3, Ordering::SeqCst);
-        let free = (0..3).all(|i| std::net::UdpSocket::bind(("127.0.0.1", port + i)).is_ok())
-            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
-        if free {
-            return format!("127.0.0.1:{port}");
-        }
     }
 }
 

@@ -1,0 +1,301 @@
+//! Shared harness of the end-to-end tests: real agent processes on loopback, the CLI, and
+//! careful process handling (signals through the system call, never the `kill` program).
+
+#![allow(dead_code)]
+
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_starling");
+
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+/// Three free consecutive UDP ports (gossip, QUIC, probes) whose TCP twin (metrics) is free.
+pub fn free_base() -> String {
+    let _ = NEXT_PORT.compare_exchange(
+        0,
+        21_000 + (std::process::id() % 1_000) as u16 * 30,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let port = NEXT_PORT.fetch_add(3, Ordering::SeqCst);
+        assert!(port < 60_000, "ran out of ports");
+        let free = (0..3).all(|i| UdpSocket::bind(("127.0.0.1", port + i)).is_ok())
+            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if free {
+            return format!("127.0.0.1:{port}");
+        }
+    }
+}
+
+pub struct Node {
+    pub name: String,
+    pub dir: PathBuf,
+    pub base: String,
+    pub child: Option<Child>,
+}
+
+/// A fleet in a temp dir; every agent and replica is killed when it drops.
+pub struct Fleet {
+    pub tmp: tempfile::TempDir,
+    pub client: PathBuf,
+    pub nodes: Vec<Node>,
+}
+
+impl Fleet {
+    pub fn start(n: usize) -> Fleet {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let client = tmp.path().join("client");
+        let mut fleet = Fleet {
+            client,
+            nodes: Vec::new(),
+            tmp,
+        };
+        for i in 1..=n {
+            let name = format!("node-{i}");
+            fleet.nodes.push(Node {
+                dir: fleet.tmp.path().join(&name),
+                name,
+                base: free_base(),
+                child: None,
+            });
+        }
+        let first = &fleet.nodes[0];
+        let out = Command::new(BIN)
+            .arg("init")
+            .arg("--data-dir")
+            .arg(&first.dir)
+            .arg("--cluster-dir")
+            .arg(&fleet.client)
+            .args(["--node-id", &first.name, "--advertise", &first.base])
+            .output()
+            .expect("init runs");
+        assert!(
+            out.status.success(),
+            "init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for i in 0..n {
+            fleet.spawn(i);
+            if i == 0 {
+                let socket = fleet.nodes[0].dir.join("api.sock");
+                wait_for("the first agent", Duration::from_secs(20), || {
+                    socket.exists().then_some(())
+                });
+            }
+        }
+        fleet.wait_members(n);
+        fleet
+    }
+
+    pub fn spawn(&mut self, i: usize) {
+        let joined = self.nodes[i].dir.join("cluster/node.pem").exists();
+        let token = if joined {
+            None
+        } else {
+            let out = Command::new(BIN)
+                .args(["token", "create", "--data-dir"])
+                .arg(&self.nodes[0].dir)
+                .output()
+                .expect("token create runs");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        };
+        let node = &mut self.nodes[i];
+        std::fs::create_dir_all(&node.dir).expect("data dir");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.dir.with_extension("log"))
+            .expect("log");
+        let mut command = Command::new(BIN);
+        command.arg("agent").arg("--data-dir").arg(&node.dir).args([
+            "--node-id",
+            &node.name,
+            "--listen",
+            &node.base,
+            "--stop-grace-ms",
+            "500",
+        ]);
+        if let Some(token) = token {
+            command.args(["--join", &token]);
+        }
+        node.child = Some(
+            command
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("agent starts"),
+        );
+    }
+
+    /// The CLI against node `i` over QUIC.
+    pub fn cli(&self, i: usize, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--cluster-dir")
+            .arg(&self.client)
+            .args(["--peer", &self.nodes[i].base])
+            .args(args)
+            .output()
+            .expect("cli runs")
+    }
+
+    pub fn json(&self, i: usize, args: &[&str]) -> Option<Value> {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let out = self.cli(i, &all);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    pub fn wait_members(&self, n: usize) {
+        wait_for(
+            &format!("{n} alive members seen by every node"),
+            Duration::from_secs(30),
+            || {
+                (0..self.nodes.len())
+                    .filter(|i| self.nodes[*i].child.is_some())
+                    .all(|i| {
+                        self.json(i, &["get", "nodes"]).is_some_and(|v| {
+                            v.as_array().is_some_and(|a| {
+                                a.iter().filter(|n| n["state"] == "alive").count() == n
+                            })
+                        })
+                    })
+                    .then_some(())
+            },
+        );
+    }
+
+    /// Running replicas as node `i` reports them: (workload, index, node).
+    pub fn running(&self, i: usize) -> Option<Vec<(String, u64, String)>> {
+        let v = self.json(i, &["status"])?;
+        Some(
+            v.as_array()?
+                .iter()
+                .filter(|r| r["state"] == "Running")
+                .map(|r| {
+                    (
+                        r["workload"].as_str().unwrap_or_default().to_string(),
+                        r["replica"].as_u64().unwrap_or_default(),
+                        r["node"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    pub fn node_dir(&self, name: &str) -> &Path {
+        &self
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .expect("node")
+            .dir
+    }
+
+    /// Live replica processes of `workload` over the whole machine, from each node's runtime.
+    pub fn live_processes(&self, workload: &str) -> usize {
+        self.nodes
+            .iter()
+            .flat_map(|n| pids(&n.dir, workload))
+            .filter(|pid| alive(*pid))
+            .count()
+    }
+
+    /// Kills node `i` as a power cut would: the agent and every replica it started.
+    pub fn crash(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            signal(i64::from(child.id()), Signal::SIGKILL);
+            let _ = child.wait();
+        }
+        for pid in pids(&self.nodes[i].dir, "") {
+            killpg(pid);
+        }
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.crash(i);
+        }
+    }
+}
+
+pub fn pids(dir: &Path, workload: &str) -> Vec<i64> {
+    let Ok(entries) = std::fs::read_dir(dir.join("runtime/replicas")) else {
+        return vec![];
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(workload))
+        .filter_map(|e| std::fs::read_to_string(e.path().join("instance.json")).ok())
+        .filter_map(|t| serde_json::from_str::<Value>(&t).ok())
+        .filter_map(|v| v["pid"].as_i64())
+        .collect()
+}
+
+pub fn alive(pid: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+/// Signals one process through the system call (never the `kill` program: see tests/agent.rs).
+pub fn signal(pid: i64, sig: Signal) {
+    if let Ok(pid) = i32::try_from(pid)
+        && pid > 1
+    {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+    }
+}
+
+pub fn killpg(pid: i64) {
+    if let Ok(pid) = i32::try_from(pid)
+        && pid > 1
+    {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+    }
+}
+
+pub fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+pub fn spec(dir: &Path, name: &str, body: &str) -> String {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, body).expect("write spec");
+    path.to_string_lossy().into_owned()
+}
+
+/// A minimal HTTP GET on loopback.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).ok()?;
+    Some(body)
+}
