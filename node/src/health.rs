@@ -64,13 +64,33 @@ pub fn spawn_prober(
     ports: Vec<PortSpec>,
     events: UnboundedSender<RuntimeEvent>,
 ) -> JoinHandle<()> {
+    let probe_spec = check.probe.clone();
+    spawn_prober_with(replica, instance, check, events, move |timeout| {
+        let (probe_spec, ports) = (probe_spec.clone(), ports.clone());
+        async move { probe(&probe_spec, &ports, timeout, None, &[]).await }
+    })
+}
+
+/// The probing schedule (initial delay, interval, timeout) around any way of probing: the
+/// process runtime probes on the host, the container runtime inside the container.
+pub fn spawn_prober_with<F, Fut>(
+    replica: ReplicaId,
+    instance: u64,
+    check: HealthCheck,
+    events: UnboundedSender<RuntimeEvent>,
+    run_probe: F,
+) -> JoinHandle<()>
+where
+    F: Fn(Duration) -> Fut + Send + 'static,
+    Fut: Future<Output = ProbeResult> + Send,
+{
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(check.initial_delay_ms)).await;
         let interval = Duration::from_millis(check.interval_ms.max(100));
         let timeout = Duration::from_millis(check.timeout_ms.max(1));
         loop {
             let started = crate::clock::monotonic();
-            let result = probe(&check.probe, &ports, timeout, None, &[]).await;
+            let result = run_probe(timeout).await;
             let event = RuntimeEvent::Health {
                 replica: replica.clone(),
                 instance,

@@ -12,12 +12,14 @@ use tokio::sync::mpsc::{self, UnboundedSender};
 use tokio::task::JoinHandle;
 
 use crate::core::RuntimeEvent;
+use crate::health::ProbeResult;
 use crate::runtime::Runtimes;
 
 /// How often the engines are asked whether they still answer.
 const ENGINE_CHECK_EVERY: Duration = Duration::from_secs(5);
 
-/// Probes a container instance on its schedule until aborted.
+/// Probes a container instance on its schedule until aborted: exec checks run inside the
+/// container, TCP and HTTP checks go to the host ports the engine bound.
 pub(super) fn spawn_prober(
     runtime: Arc<Runtimes>,
     replica: ReplicaId,
@@ -26,59 +28,60 @@ pub(super) fn spawn_prober(
     ports: Vec<PortSpec>,
     events: UnboundedSender<RuntimeEvent>,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(check.initial_delay_ms)).await;
-        let interval = Duration::from_millis(check.interval_ms.max(100));
-        let timeout = Duration::from_millis(check.timeout_ms.max(1));
-        loop {
-            let started = crate::clock::monotonic();
-            let (ok, detail) = match &check.probe {
-                Probe::Exec { command } => {
-                    let run = async {
-                        match runtime.container_of(&replica) {
-                            Some(engine) => engine.exec(&replica, command).await,
-                            None => Err("the container is not running".into()),
-                        }
-                    };
-                    match tokio::time::timeout(timeout, run).await {
-                        Ok(Ok(0)) => (true, "exit 0".to_string()),
-                        Ok(Ok(code)) => (false, format!("exit {code}")),
-                        Ok(Err(e)) => (false, e),
-                        Err(_) => (false, format!("timed out after {timeout:?}")),
-                    }
-                }
-                probe => {
-                    // TCP and HTTP checks go to the host ports the engine bound.
-                    let bound = runtime
-                        .container_of(&replica)
-                        .map(|e| e.host_ports(&replica))
-                        .unwrap_or_default();
-                    let mapped: Vec<PortSpec> = ports
-                        .iter()
-                        .map(|p| {
-                            let mut p = p.clone();
-                            if let Some((_, host)) = bound.iter().find(|(n, _)| *n == p.name) {
-                                p.container_port = *host;
-                            }
-                            p
-                        })
-                        .collect();
-                    let r = crate::health::probe(probe, &mapped, timeout, None, &[]).await;
-                    (r.ok, r.detail)
-                }
-            };
-            let event = RuntimeEvent::Health {
-                replica: replica.clone(),
-                instance,
-                ok,
-                detail,
-            };
-            if events.send(event).is_err() {
-                return;
-            }
-            tokio::time::sleep(interval.saturating_sub(started.elapsed())).await;
-        }
+    let probe = check.probe.clone();
+    let target = replica.clone();
+    crate::health::spawn_prober_with(replica, instance, check, events, move |timeout| {
+        let (runtime, replica, probe, ports) = (
+            runtime.clone(),
+            target.clone(),
+            probe.clone(),
+            ports.clone(),
+        );
+        async move { probe_container(&runtime, &replica, &probe, &ports, timeout).await }
     })
+}
+
+async fn probe_container(
+    runtime: &Runtimes,
+    replica: &ReplicaId,
+    probe: &Probe,
+    ports: &[PortSpec],
+    timeout: Duration,
+) -> ProbeResult {
+    let (ok, detail) = match probe {
+        Probe::Exec { command } => {
+            let run = async {
+                match runtime.container_of(replica) {
+                    Some(engine) => engine.exec(replica, command).await,
+                    None => Err("the container is not running".into()),
+                }
+            };
+            match tokio::time::timeout(timeout, run).await {
+                Ok(Ok(0)) => (true, "exit 0".to_string()),
+                Ok(Ok(code)) => (false, format!("exit {code}")),
+                Ok(Err(e)) => (false, e),
+                Err(_) => (false, format!("timed out after {timeout:?}")),
+            }
+        }
+        probe => {
+            let bound = runtime
+                .container_of(replica)
+                .map(|e| e.host_ports(replica))
+                .unwrap_or_default();
+            let mapped: Vec<PortSpec> = ports
+                .iter()
+                .map(|p| {
+                    let mut p = p.clone();
+                    if let Some((_, host)) = bound.iter().find(|(n, _)| *n == p.name) {
+                        p.container_port = *host;
+                    }
+                    p
+                })
+                .collect();
+            return crate::health::probe(probe, &mapped, timeout, None, &[]).await;
+        }
+    };
+    ProbeResult { ok, detail }
 }
 
 /// Asks the engines every few seconds whether they answer; sends each answer.

@@ -94,15 +94,7 @@ impl Agent {
                     tracing::debug!(%from, merged, "pulled desired-state entries");
                 }
             }
-            Input::Sync(SyncEvent::Keys { keys, primary }) => {
-                let changed = self
-                    .fleet
-                    .as_mut()
-                    .is_some_and(|f| f.merge_keys(&keys, primary));
-                if changed {
-                    self.persist_keys();
-                }
-            }
+            Input::Sync(SyncEvent::Keys { keys, primary }) => self.take_keys(&keys, primary),
             Input::Sync(SyncEvent::KeyInstalled {
                 id,
                 installed,
@@ -172,13 +164,7 @@ impl Agent {
                 Some(PeerMessage::Stored)
             }
             PeerMessage::Keys { keys, primary } => {
-                let changed = self
-                    .fleet
-                    .as_mut()
-                    .is_some_and(|f| f.merge_keys(&keys, primary));
-                if changed {
-                    self.persist_keys();
-                }
+                self.take_keys(&keys, primary);
                 Some(PeerMessage::Stored)
             }
             PeerMessage::KeysRequest => self.fleet.as_ref().map(|f| f.keys_message()),
@@ -230,6 +216,17 @@ impl Agent {
         }
         self.decide(|core| core.handle_desired(now, next));
         changed
+    }
+
+    /// Merges a peer's keyring and stores the result when it changed.
+    fn take_keys(&mut self, keys: &[(u32, [u8; 32])], primary: u32) {
+        let changed = self
+            .fleet
+            .as_mut()
+            .is_some_and(|f| f.merge_keys(keys, primary));
+        if changed {
+            self.persist_keys();
+        }
     }
 
     fn persist_keys(&self) {

@@ -177,13 +177,7 @@ impl ContainerRuntime {
         self.ensure_image(&image, spec.image_pull_policy).await?;
         let name = container_name(&request.replica, request.instance);
         // A container left by a crash between create and start would block the name.
-        let _ = self
-            .docker
-            .remove_container(
-                &name,
-                Some(RemoveContainerOptionsBuilder::default().force(true).build()),
-            )
-            .await;
+        remove(&self.docker, &name).await;
         let body = self.container_body(request, image);
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
         let created = self
@@ -192,13 +186,7 @@ impl ContainerRuntime {
             .await
             .map_err(|e| self.explain(e))?;
         if let Err(e) = self.docker.start_container(&created.id, None).await {
-            let _ = self
-                .docker
-                .remove_container(
-                    &created.id,
-                    Some(RemoveContainerOptionsBuilder::default().force(true).build()),
-                )
-                .await;
+            remove(&self.docker, &created.id).await;
             return Err(self.explain(e));
         }
         let ports = self.bound_ports(&created.id, &spec.ports).await;
@@ -354,12 +342,7 @@ impl ContainerRuntime {
                 }
             }
             let log_tail = tail(&docker, &instance.container, 5).await;
-            let _ = docker
-                .remove_container(
-                    &instance.container,
-                    Some(RemoveContainerOptionsBuilder::default().force(true).build()),
-                )
-                .await;
+            remove(&docker, &instance.container).await;
             {
                 let mut map = running.lock().unwrap_or_else(|e| e.into_inner());
                 if map
@@ -396,13 +379,7 @@ impl ContainerRuntime {
                 replica.index,
                 self.engine()
             );
-            let _ = self
-                .docker
-                .remove_container(
-                    &container,
-                    Some(RemoveContainerOptionsBuilder::default().force(true).build()),
-                )
-                .await;
+            remove(&self.docker, &container).await;
         }
     }
 
@@ -438,13 +415,7 @@ impl ContainerRuntime {
                 .state
                 .is_some_and(|s| s == bollard::models::ContainerSummaryStateEnum::RUNNING);
             let Some((replica, instance, revision)) = parsed.filter(|_| running) else {
-                let _ = self
-                    .docker
-                    .remove_container(
-                        &id,
-                        Some(RemoveContainerOptionsBuilder::default().force(true).build()),
-                    )
-                    .await;
+                remove(&self.docker, &id).await;
                 continue;
             };
             let ports = self.ports_of(&id).await;
@@ -584,6 +555,12 @@ fn protocol(port: &PortSpec) -> &'static str {
         PortProtocol::Udp => "udp",
         _ => "tcp",
     }
+}
+
+/// Removes a container whatever its state; a failure means it is already gone.
+async fn remove(docker: &Docker, container: &str) {
+    let options = RemoveContainerOptionsBuilder::default().force(true).build();
+    let _ = docker.remove_container(container, Some(options)).await;
 }
 
 async fn tail(docker: &Docker, container: &str, lines: usize) -> Vec<String> {
