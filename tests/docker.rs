@@ -573,12 +573,14 @@ fn images_load_from_an_archive_and_a_node_without_an_engine_takes_no_containers(
     let _ = docker(&["rmi", &tag]);
 
     // An agent whose engine does not answer does not offer docker: the workload is Pending
-    // with the reason, instead of failing on the node.
+    // with the reason, instead of failing on the node. The engine's socket appears later (a
+    // daemon that starts after the agent): the node offers docker and the container runs.
     let node = unique("dk3");
+    let late = tmp.path().join("late-docker.sock");
     let agent = Agent::start_with(
         &tmp.path().join("data"),
         &node,
-        &["--docker-socket", "/nonexistent/docker.sock"],
+        &["--docker-socket", late.to_str().expect("utf-8")],
     );
     let name = unique("nowhere");
     agent.apply(
@@ -597,4 +599,13 @@ fn images_load_from_an_archive_and_a_node_without_an_engine_takes_no_containers(
         "the reason names the runtime: {reason}"
     );
     assert!(containers(&name).is_empty());
+    std::os::unix::fs::symlink("/var/run/docker.sock", &late).expect("socket link");
+    wait_for(
+        "the container running once the engine answers",
+        Duration::from_secs(60),
+        || {
+            (state(&agent.replica(&name, 0)) == "Running" && containers(&name).len() == 1)
+                .then_some(())
+        },
+    );
 }

@@ -25,7 +25,10 @@ pub fn load(file: &Path, runtime: &str, socket: Option<PathBuf>) -> anyhow::Resu
         let (events, _) = tokio::sync::mpsc::unbounded_channel();
         let engine = ContainerRuntime::connect(kind, &socket, NodeId::new("cli")?, events)
             .await
-            .with_context(|| format!("no {runtime} engine answers at {}", socket.display()))?;
+            .with_context(|| format!("{} is not a usable socket path", socket.display()))?;
+        if !engine.available().await {
+            bail!("no {runtime} engine answers at {}", socket.display());
+        }
         let said = engine.load_image(file).await.map_err(anyhow::Error::msg)?;
         for line in said {
             println!("{line}");

@@ -53,7 +53,11 @@ struct Instance {
 
 /// A container engine reached through its Docker-compatible API.
 pub struct ContainerRuntime {
-    docker: Docker,
+    /// Where the engine listens.
+    socket: PathBuf,
+    /// The client, once the engine answered and the API version was agreed (an engine that
+    /// was not up when the agent started is picked up when it answers).
+    client: std::sync::RwLock<Option<Docker>>,
     kind: RuntimeKind,
     node: NodeId,
     events: UnboundedSender<RuntimeEvent>,
@@ -85,34 +89,68 @@ fn container_name(replica: &ReplicaId, instance: u64) -> String {
 }
 
 impl ContainerRuntime {
-    /// Connects to the engine at `socket`; `None` when it does not answer (the node then
-    /// does not offer this runtime).
+    /// A client of the engine at `socket`. `None` only when the path cannot be used at all;
+    /// an engine that does not answer yet is kept and asked again (see [`Self::available`]),
+    /// so a daemon that starts after the agent is picked up.
     pub async fn connect(
         kind: RuntimeKind,
         socket: &std::path::Path,
         node: NodeId,
         events: UnboundedSender<RuntimeEvent>,
     ) -> Option<Self> {
-        let path = socket.to_str()?;
-        let docker = Docker::connect_with_unix(path, 30, bollard::API_DEFAULT_VERSION).ok()?;
-        let docker = tokio::time::timeout(Duration::from_secs(3), docker.negotiate_version())
-            .await
-            .ok()?
-            .ok()?;
+        socket.to_str()?;
         let runtime = ContainerRuntime {
-            docker,
+            socket: socket.to_path_buf(),
+            client: std::sync::RwLock::new(None),
             kind,
             node,
             events,
             running: Arc::default(),
         };
-        runtime.available().await.then_some(runtime)
+        runtime.available().await;
+        Some(runtime)
     }
 
-    /// Whether the engine answers now.
+    /// The client, or why there is none (the engine has not answered yet).
+    fn docker(&self) -> Result<Docker, String> {
+        self.client
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                format!(
+                    "RuntimeUnavailable: {} on node {} (no engine at {})",
+                    self.engine(),
+                    self.node,
+                    self.socket.display()
+                )
+            })
+    }
+
+    /// Whether the engine answers now (connecting and agreeing on the API version the first
+    /// time it does).
     pub async fn available(&self) -> bool {
+        let docker = match self.docker() {
+            Ok(docker) => docker,
+            Err(_) => {
+                let Some(path) = self.socket.to_str() else {
+                    return false;
+                };
+                let Ok(fresh) = Docker::connect_with_unix(path, 30, bollard::API_DEFAULT_VERSION)
+                else {
+                    return false;
+                };
+                let Ok(Ok(agreed)) =
+                    tokio::time::timeout(Duration::from_secs(2), fresh.negotiate_version()).await
+                else {
+                    return false;
+                };
+                *self.client.write().unwrap_or_else(|e| e.into_inner()) = Some(agreed.clone());
+                agreed
+            }
+        };
         matches!(
-            tokio::time::timeout(Duration::from_secs(2), self.docker.ping()).await,
+            tokio::time::timeout(Duration::from_secs(2), docker.ping()).await,
             Ok(Ok(_))
         )
     }
@@ -169,6 +207,7 @@ impl ContainerRuntime {
     }
 
     async fn create_and_start(&self, request: &StartRequest) -> Result<Instance, String> {
+        let docker = self.docker()?;
         let spec = &request.spec;
         let image = spec
             .image
@@ -177,16 +216,15 @@ impl ContainerRuntime {
         self.ensure_image(&image, spec.image_pull_policy).await?;
         let name = container_name(&request.replica, request.instance);
         // A container left by a crash between create and start would block the name.
-        remove(&self.docker, &name).await;
+        remove(&docker, &name).await;
         let body = self.container_body(request, image);
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
-        let created = self
-            .docker
+        let created = docker
             .create_container(Some(options), body)
             .await
             .map_err(|e| self.explain(e))?;
-        if let Err(e) = self.docker.start_container(&created.id, None).await {
-            remove(&self.docker, &created.id).await;
+        if let Err(e) = docker.start_container(&created.id, None).await {
+            remove(&docker, &created.id).await;
             return Err(self.explain(e));
         }
         let ports = self.bound_ports(&created.id, &spec.ports).await;
@@ -199,7 +237,8 @@ impl ContainerRuntime {
 
     /// The image is there, or may and can be pulled.
     async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<(), String> {
-        let present = self.docker.inspect_image(image).await.is_ok();
+        let docker = self.docker()?;
+        let present = docker.inspect_image(image).await.is_ok();
         let pull = match policy {
             PullPolicy::Never => false,
             PullPolicy::IfNotPresent => !present,
@@ -209,7 +248,7 @@ impl ContainerRuntime {
             let options = bollard::query_parameters::CreateImageOptionsBuilder::default()
                 .from_image(image)
                 .build();
-            let mut stream = self.docker.create_image(Some(options), None, None);
+            let mut stream = docker.create_image(Some(options), None, None);
             let mut failure = None;
             while let Some(step) = stream.next().await {
                 if let Err(e) = step {
@@ -299,7 +338,10 @@ impl ContainerRuntime {
 
     /// Host ports the engine bound, by port name.
     async fn bound_ports(&self, id: &str, ports: &[PortSpec]) -> Vec<(String, u16)> {
-        let Ok(inspect) = self.docker.inspect_container(id, None).await else {
+        let Ok(docker) = self.docker() else {
+            return Vec::new();
+        };
+        let Ok(inspect) = docker.inspect_container(id, None).await else {
             return Vec::new();
         };
         let map = inspect
@@ -322,7 +364,9 @@ impl ContainerRuntime {
 
     /// Waits for the container to exit, then reports it and removes the container.
     fn watch(&self, replica: ReplicaId, instance: Instance) {
-        let docker = self.docker.clone();
+        let Ok(docker) = self.docker() else {
+            return;
+        };
         let events = self.events.clone();
         let running = self.running.clone();
         tokio::spawn(async move {
@@ -369,23 +413,29 @@ impl ContainerRuntime {
             Some(i) if i.instance == instance => i.container.clone(),
             _ => return,
         };
+        let Ok(docker) = self.docker() else {
+            return;
+        };
         let options = StopContainerOptionsBuilder::default()
             .t(i32::try_from(grace.as_secs()).unwrap_or(i32::MAX).max(1))
             .build();
-        if let Err(e) = self.docker.stop_container(&container, Some(options)).await {
+        if let Err(e) = docker.stop_container(&container, Some(options)).await {
             tracing::warn!(
                 "{}/{}: {} stop failed ({e}); removing it by force",
                 replica.workload,
                 replica.index,
                 self.engine()
             );
-            remove(&self.docker, &container).await;
+            remove(&docker, &container).await;
         }
     }
 
     /// Finds this node's labelled containers: running ones are taken over (reported as
     /// `Adopted`), exited ones removed. Returns how many were adopted.
     pub async fn adopt(&self) -> usize {
+        let Ok(docker) = self.docker() else {
+            return 0;
+        };
         let filters: HashMap<String, Vec<String>> = [(
             "label".to_string(),
             vec![format!("{LABEL_NODE}={}", self.node)],
@@ -395,7 +445,7 @@ impl ContainerRuntime {
             .all(true)
             .filters(&filters)
             .build();
-        let Ok(list) = self.docker.list_containers(Some(options)).await else {
+        let Ok(list) = docker.list_containers(Some(options)).await else {
             return 0;
         };
         let mut adopted = 0;
@@ -415,7 +465,7 @@ impl ContainerRuntime {
                 .state
                 .is_some_and(|s| s == bollard::models::ContainerSummaryStateEnum::RUNNING);
             let Some((replica, instance, revision)) = parsed.filter(|_| running) else {
-                remove(&self.docker, &id).await;
+                remove(&docker, &id).await;
                 continue;
             };
             let ports = self.ports_of(&id).await;
@@ -439,7 +489,10 @@ impl ContainerRuntime {
     /// Every bound host port of a container, by container port (names are not known yet
     /// when adopting; they are matched to the spec by the agent when probes start).
     async fn ports_of(&self, id: &str) -> Vec<(String, u16)> {
-        let Ok(inspect) = self.docker.inspect_container(id, None).await else {
+        let Ok(docker) = self.docker() else {
+            return Vec::new();
+        };
+        let Ok(inspect) = docker.inspect_container(id, None).await else {
             return Vec::new();
         };
         let map = inspect
@@ -465,7 +518,10 @@ impl ContainerRuntime {
             Some(i) => i.container.clone(),
             None => return Vec::new(),
         };
-        tail(&self.docker, &container, lines).await
+        match self.docker() {
+            Ok(docker) => tail(&docker, &container, lines).await,
+            Err(_) => Vec::new(),
+        }
     }
 
     /// New log lines of a replica's container as they come (after the current end).
@@ -480,7 +536,7 @@ impl ContainerRuntime {
             .follow(true)
             .tail("0")
             .build();
-        let stream = self.docker.logs(&container, Some(options));
+        let stream = self.docker().ok()?.logs(&container, Some(options));
         Some(stream.filter_map(|chunk| async move { chunk.ok().map(|c| c.to_string()) }))
     }
 
@@ -490,8 +546,8 @@ impl ContainerRuntime {
             Some(i) => i.container.clone(),
             None => return Err("the container is not running".into()),
         };
-        let exec = self
-            .docker
+        let docker = self.docker()?;
+        let exec = docker
             .create_exec(
                 &container,
                 bollard::models::ExecConfig {
@@ -503,8 +559,7 @@ impl ContainerRuntime {
             )
             .await
             .map_err(|e| e.to_string())?;
-        match self
-            .docker
+        match docker
             .start_exec(&exec.id, None)
             .await
             .map_err(|e| e.to_string())?
@@ -514,8 +569,7 @@ impl ContainerRuntime {
             }
             bollard::exec::StartExecResults::Detached => {}
         }
-        let inspect = self
-            .docker
+        let inspect = docker
             .inspect_exec(&exec.id)
             .await
             .map_err(|e| e.to_string())?;
@@ -528,9 +582,11 @@ impl ContainerRuntime {
         let bytes = std::fs::read(archive)
             .map_err(|e| format!("cannot read {}: {e}", archive.display()))?;
         let options = bollard::query_parameters::ImportImageOptionsBuilder::default().build();
-        let mut stream =
-            self.docker
-                .import_image(options, bollard::body_full(bytes::Bytes::from(bytes)), None);
+        let mut stream = self.docker()?.import_image(
+            options,
+            bollard::body_full(bytes::Bytes::from(bytes)),
+            None,
+        );
         let mut said = Vec::new();
         while let Some(step) = stream.next().await {
             match step {

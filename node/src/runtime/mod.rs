@@ -99,19 +99,22 @@ impl Runtimes {
     ) -> Self {
         let mut containers = Vec::new();
         for (kind, socket) in engines {
-            match docker::ContainerRuntime::connect(*kind, socket, node.clone(), events.clone())
-                .await
-            {
-                Some(c) => {
-                    tracing::info!(runtime = ?kind, socket = %socket.display(), "container engine found");
-                    containers.push(c);
-                }
-                None => tracing::info!(
+            let Some(c) =
+                docker::ContainerRuntime::connect(*kind, socket, node.clone(), events.clone())
+                    .await
+            else {
+                continue;
+            };
+            if c.available().await {
+                tracing::info!(runtime = ?kind, socket = %socket.display(), "container engine found");
+            } else {
+                tracing::info!(
                     runtime = ?kind,
                     socket = %socket.display(),
-                    "no container engine answers there; this node will not run {kind:?} workloads",
-                ),
+                    "no container engine answers there yet; {kind:?} workloads go elsewhere until one does",
+                );
             }
+            containers.push(c);
         }
         Runtimes {
             process,
