@@ -41,7 +41,7 @@ pub struct FleetArgs {
     pub gossip_interval_ms: u64,
     /// Gossip round interval per member, in ms: rounds slow down as the fleet grows so that
     /// gossip costs about the same per node at any size.
-    #[arg(long, default_value_t = 45)]
+    #[arg(long, default_value_t = 50)]
     pub gossip_ms_per_member: u64,
     /// Longest time between gossip rounds, in ms.
     #[arg(long, default_value_t = 30_000)]

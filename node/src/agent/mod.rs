@@ -416,8 +416,8 @@ impl Agent {
                 _ = usage_tick.tick() => {
                     if let Some(usage) = self.usage_sampler.sample() {
                         self.usage = Some(usage);
-                        if let Some(fleet) = &self.fleet {
-                            fleet.publish_usage(usage).await;
+                        if let Some(fleet) = self.fleet.as_mut() {
+                            fleet.publish_usage(now_ms(), usage).await;
                         }
                     }
                 }

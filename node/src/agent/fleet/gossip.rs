@@ -285,13 +285,24 @@ impl Fleet {
             .set("endpoints", text);
     }
 
-    /// Publishes what this node measured in use.
-    pub async fn publish_usage(&self, (cpu, memory): (u32, u64)) {
+    /// Publishes what this node measured in use, rounded (250 millicores, 64 MiB) and at
+    /// most every 15 s when it moved: every published change travels to every member, so a
+    /// jittering gauge must not cost gossip bytes.
+    pub async fn publish_usage(&mut self, now: u64, (cpu, memory): (u32, u64)) {
+        let rounded = (
+            (cpu + 125) / 250 * 250,
+            (memory + (32 << 20)) / (64 << 20) * (64 << 20),
+        );
+        let (last, at) = self.published_usage;
+        if last == Some(rounded) || (last.is_some() && now < at + 15_000) {
+            return;
+        }
+        self.published_usage = (Some(rounded), now);
         self.chitchat
             .lock()
             .await
             .self_node_state()
-            .set("usage", format!("{cpu},{memory}"));
+            .set("usage", format!("{},{}", rounded.0, rounded.1));
     }
 
     /// Publishes the desired-state root when it changed.

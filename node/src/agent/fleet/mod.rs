@@ -47,7 +47,7 @@ pub struct FleetSettings {
     /// Shortest time between gossip rounds. Rounds slow down as the fleet grows (see
     /// `gossip_ms_per_member`); liveness does not depend on them.
     pub gossip_interval: Duration,
-    /// Round interval per member: a round costs about 300 bytes per member, so 45 ms per
+    /// Round interval per member: a round costs about 300 bytes per member, so 50 ms per
     /// member keeps gossip near 7 KB/s per node at any size (plus 2.4 KB/s of probes).
     pub gossip_ms_per_member: u64,
     /// Longest time between rounds.
@@ -63,7 +63,7 @@ impl Default for FleetSettings {
             advertise: None,
             seeds: Vec::new(),
             gossip_interval: Duration::from_millis(1_000),
-            gossip_ms_per_member: 45,
+            gossip_ms_per_member: 50,
             gossip_interval_max: Duration::from_secs(30),
             detector: DetectorConfig::default(),
         }
@@ -144,6 +144,8 @@ pub(super) struct Fleet {
     published_digest: Option<u128>,
     /// The endpoints last published.
     pub published_endpoints: Vec<String>,
+    /// The usage last published (rounded), and when.
+    published_usage: (Option<(u32, u64)>, u64),
     published_inc: u64,
     published_verdicts: BTreeMap<NodeId, String>,
     /// Join tokens spent here.
@@ -292,6 +294,7 @@ impl Fleet {
             syncing: None,
             published_digest: None,
             published_endpoints: Vec::new(),
+            published_usage: (None, 0),
             published_inc: 0,
             published_verdicts: BTreeMap::new(),
             spent: BTreeSet::new(),
