@@ -483,16 +483,30 @@ fn a_container_workload_fails_over_when_its_agent_dies() {
         ),
     )
     .expect("spec");
-    wait_for("three nodes alive", Duration::from_secs(30), || {
-        let out = cli(0, &["get", "nodes", "-o", "json"]);
-        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-        let alive = v
-            .as_array()?
-            .iter()
-            .filter(|n| n["state"] == "alive")
-            .count();
-        (alive == 3).then_some(())
-    });
+    // Every node must know the other two before one dies: a member that joined through the
+    // node that dies and has not heard of the third would see itself in a minority.
+    wait_for(
+        "three nodes alive, seen by each",
+        Duration::from_secs(30),
+        || {
+            (0..3)
+                .all(|i| {
+                    let out = cli(i, &["get", "nodes", "-o", "json"]);
+                    serde_json::from_slice::<Value>(&out.stdout)
+                        .ok()
+                        .and_then(|v| {
+                            let alive = v
+                                .as_array()?
+                                .iter()
+                                .filter(|n| n["state"] == "alive")
+                                .count();
+                            Some(alive == 3)
+                        })
+                        .unwrap_or(false)
+                })
+                .then_some(())
+        },
+    );
     let out = cli(2, &["apply", "-f", spec.to_str().expect("utf-8")]);
     assert!(
         out.status.success(),

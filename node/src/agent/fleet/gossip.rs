@@ -173,6 +173,20 @@ impl Fleet {
             let addr = live[(self.round_cursor + k * 7) % live.len()];
             let _ = self.handle.gossip(addr);
         }
+        // A seed nobody has told us about yet (a member that joined through the node that
+        // just died) is only found by knocking: one such seed per round.
+        let known: BTreeSet<SocketAddr> = self.peers.values().map(|p| p.base).collect();
+        let unknown: Vec<SocketAddr> = self
+            .seed_addrs
+            .iter()
+            .filter(|a| !known.contains(a))
+            .copied()
+            .collect();
+        if !unknown.is_empty() {
+            let _ = self
+                .handle
+                .gossip(unknown[self.round_cursor % unknown.len()]);
+        }
         self.round_cursor = self.round_cursor.wrapping_add(1);
     }
 
