@@ -431,7 +431,11 @@ fn a_container_workload_fails_over_when_its_agent_dies() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut children: Vec<Option<Child>> = Vec::new();
+    // Killed (agents and their containers) when the test ends, also when it fails.
+    let mut children = Agents {
+        children: Vec::new(),
+        nodes: nodes.to_vec(),
+    };
     for i in 0..3 {
         let mut command = Command::new(BIN);
         command.arg("agent").arg("--data-dir").arg(&dirs[i]).args([
@@ -451,7 +455,7 @@ fn a_container_workload_fails_over_when_its_agent_dies() {
             command.args(["--join", String::from_utf8_lossy(&token.stdout).trim()]);
         }
         let log = std::fs::File::create(dirs[i].with_extension("log")).expect("log");
-        children.push(Some(
+        children.children.push(Some(
             command
                 .stdout(Stdio::null())
                 .stderr(log)
@@ -528,7 +532,7 @@ fn a_container_workload_fails_over_when_its_agent_dies() {
         .position(|n| *n == holder)
         .expect("a node of ours");
     // The holder dies with its containers (a power cut).
-    if let Some(mut child) = children[victim].take() {
+    if let Some(mut child) = children.children[victim].take() {
         signal(i64::from(child.id()), Signal::SIGKILL);
         let _ = child.wait();
     }
@@ -548,12 +552,25 @@ fn a_container_workload_fails_over_when_its_agent_dies() {
             (on != holder && nodes.contains(&on)).then_some(())
         },
     );
-    for (i, child) in children.iter_mut().enumerate() {
-        if let Some(mut c) = child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+}
+
+/// Agent processes of a cluster test, with their node ids.
+struct Agents {
+    children: Vec<Option<Child>>,
+    nodes: Vec<String>,
+}
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            if let Some(mut c) = child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
         }
-        remove_labelled("starling.node", &nodes[i]);
+        for node in &self.nodes {
+            remove_labelled("starling.node", node);
+        }
     }
 }
 
