@@ -3,12 +3,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_starling");
+mod support;
+
+use support::{BIN, alive, signal, wait_for};
 
 /// A running agent; killed (SIGKILL) when dropped, so a failing test leaves nothing behind
 /// but its workloads, which `Drop` also stops.
@@ -121,30 +123,6 @@ impl Drop for Agent {
     }
 }
 
-/// Signals one process, through the system call: the `kill` program parses a negative pid as
-/// an option on some systems and can end up signalling every process (-1).
-fn signal(pid: i64, sig: Signal) {
-    if let Ok(pid) = i32::try_from(pid)
-        && pid > 1
-    {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
-    }
-}
-
-fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn spec_file(dir: &Path, name: &str, body: &str) -> PathBuf {
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, body).expect("write spec");
@@ -168,11 +146,6 @@ fn all_pids(dir: &Path) -> Vec<i64> {
         .filter_map(|t| serde_json::from_str::<Value>(&t).ok())
         .filter_map(|v| v["pid"].as_i64())
         .collect()
-}
-
-fn alive(pid: i64) -> bool {
-    // A zombie still has a /proc entry; its state letter is Z.
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
 
 fn state(r: &Option<Value>) -> String {

@@ -98,6 +98,15 @@ fn read(path: &Path) -> Result<String, ClusterError> {
     })
 }
 
+/// The non-empty lines of a list file, trimmed.
+fn lines(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 fn write(path: &Path, text: &str) -> Result<(), ClusterError> {
     write_atomic(path, text.as_bytes())?;
     Ok(())
@@ -201,12 +210,7 @@ impl Membership {
             gossip_keys,
             cert_pem: read(&d.join("node.pem"))?,
             key_pem: read(&d.join("node.key"))?,
-            seeds: read(&d.join("seeds"))?
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(str::to_string)
-                .collect(),
+            seeds: lines(&read(&d.join("seeds"))?),
         })
     }
 
@@ -229,13 +233,7 @@ impl Membership {
 
     /// The names stored by [`Membership::write_revoked`].
     pub fn read_revoked(data_dir: &Path) -> Vec<String> {
-        fs::read_to_string(dir(data_dir).join("revoked"))
-            .unwrap_or_default()
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect()
+        lines(&fs::read_to_string(dir(data_dir).join("revoked")).unwrap_or_default())
     }
 
     /// Stores the gossip keys only (after a rotation).
@@ -465,13 +463,7 @@ impl ClientDir {
 
     /// Peers recorded at `user add` time.
     pub fn peers(&self) -> Vec<String> {
-        fs::read_to_string(self.dir.join("peers"))
-            .unwrap_or_default()
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect()
+        lines(&fs::read_to_string(self.dir.join("peers")).unwrap_or_default())
     }
 }
 

@@ -64,16 +64,15 @@ async fn probe_container(
             }
         }
         probe => {
-            let bound = runtime
-                .container_of(replica)
-                .map(|e| e.host_ports(replica))
-                .unwrap_or_default();
+            // TCP and HTTP checks go to the host ports the engine bound (also for adopted
+            // containers, whose ports are read back from the engine).
+            let engine = runtime.container_of(replica);
             let mapped: Vec<PortSpec> = ports
                 .iter()
                 .map(|p| {
                     let mut p = p.clone();
-                    if let Some((_, host)) = bound.iter().find(|(n, _)| *n == p.name) {
-                        p.container_port = *host;
+                    if let Some(host) = engine.and_then(|e| e.host_port(replica, &p)) {
+                        p.container_port = host;
                     }
                     p
                 })

@@ -38,6 +38,41 @@ pub struct GossipCounters {
     pub dropped_malformed: AtomicU64,
 }
 
+/// Opens a received packet: counts its bytes, checks key, authenticity and freshness, and
+/// counts every drop by reason. The plaintext of an accepted packet, else `None`. Shared by
+/// the gossip transport and the failure detector's socket.
+pub(crate) fn open_counted(
+    keyring: &RwLock<Keyring>,
+    guard: &mut ReplayGuard,
+    counters: &GossipCounters,
+    from: SocketAddr,
+    packet: &[u8],
+) -> Option<Vec<u8>> {
+    counters
+        .bytes_in
+        .fetch_add(packet.len() as u64, Ordering::Relaxed);
+    let opened = {
+        let ring = keyring.read().unwrap_or_else(|e| e.into_inner());
+        ring.open(packet)
+    };
+    match opened.and_then(|o| guard.accept(from, &o).map(|_| o)) {
+        Ok(o) => Some(o.plaintext),
+        Err(OpenError::Replayed) => {
+            counters.dropped_replay.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+        Err(OpenError::Malformed) => {
+            counters.dropped_malformed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+        Err(OpenError::UnknownKey | OpenError::Forged) => {
+            counters.dropped_auth.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%from, "dropped a packet that failed authentication");
+            None
+        }
+    }
+}
+
 /// A chitchat transport that seals every packet.
 pub struct SealedUdpTransport {
     keyring: Arc<RwLock<Keyring>>,
@@ -108,28 +143,8 @@ impl SealedSocket {
 
     fn accept(&mut self, from: SocketAddr, len: usize) -> Option<ChitchatMessage> {
         let c = &self.counters;
-        c.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
-        let opened = {
-            let ring = self.keyring.read().unwrap_or_else(|e| e.into_inner());
-            ring.open(&self.buf[..len])
-        };
-        let opened = match opened.and_then(|o| self.guard.accept(from, &o).map(|_| o)) {
-            Ok(o) => o,
-            Err(OpenError::Replayed) => {
-                c.dropped_replay.fetch_add(1, Ordering::Relaxed);
-                return None;
-            }
-            Err(OpenError::Malformed) => {
-                c.dropped_malformed.fetch_add(1, Ordering::Relaxed);
-                return None;
-            }
-            Err(OpenError::UnknownKey | OpenError::Forged) => {
-                c.dropped_auth.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%from, "dropped a gossip packet that failed authentication");
-                return None;
-            }
-        };
-        let mut body = opened.plaintext.as_slice();
+        let plaintext = open_counted(&self.keyring, &mut self.guard, c, from, &self.buf[..len])?;
+        let mut body = plaintext.as_slice();
         match ChitchatMessage::deserialize(&mut body) {
             Ok(message) => {
                 c.packets_in.fetch_add(1, Ordering::Relaxed);

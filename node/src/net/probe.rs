@@ -15,7 +15,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::gossip::GossipCounters;
-use crate::gossip::seal::{Keyring, NONCE_BYTES, OpenError, ReplayGuard};
+use crate::gossip::seal::{Keyring, NONCE_BYTES, ReplayGuard};
+use crate::gossip::transport::open_counted;
 
 /// A probe datagram's content.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -109,27 +110,11 @@ pub async fn bind(
                     return;
                 }
             };
-            counters.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
-            let opened = {
-                let ring = keyring.read().unwrap_or_else(|e| e.into_inner());
-                ring.open(&buf[..len])
+            let Some(plaintext) = open_counted(&keyring, &mut guard, &counters, from, &buf[..len])
+            else {
+                continue;
             };
-            let opened = match opened.and_then(|o| guard.accept(from, &o).map(|_| o)) {
-                Ok(o) => o,
-                Err(OpenError::Replayed) => {
-                    counters.dropped_replay.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                Err(OpenError::Malformed) => {
-                    counters.dropped_malformed.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                Err(OpenError::UnknownKey | OpenError::Forged) => {
-                    counters.dropped_auth.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-            };
-            match wire::decode::<ProbePacket>(&opened.plaintext) {
+            match wire::decode::<ProbePacket>(&plaintext) {
                 Ok(packet) => {
                     counters.packets_in.fetch_add(1, Ordering::Relaxed);
                     if inbox.send((packet.from, packet.message)).is_err() {

@@ -47,8 +47,8 @@ const LABEL_INSTANCE: &str = "starling.instance";
 struct Instance {
     instance: u64,
     container: String,
-    /// Port name -> host port, as the engine bound it.
-    ports: Vec<(String, u16)>,
+    /// `<container port>/<protocol>` -> host port, as the engine bound it.
+    ports: BTreeMap<String, u16>,
 }
 
 /// A container engine reached through its Docker-compatible API.
@@ -165,12 +165,13 @@ impl ContainerRuntime {
         self.lock().contains_key(replica)
     }
 
-    /// Host ports of a running instance, by port name.
-    pub fn host_ports(&self, replica: &ReplicaId) -> Vec<(String, u16)> {
+    /// The host port a running instance's `port` is reachable at.
+    pub fn host_port(&self, replica: &ReplicaId, port: &PortSpec) -> Option<u16> {
         self.lock()
-            .get(replica)
-            .map(|i| i.ports.clone())
-            .unwrap_or_default()
+            .get(replica)?
+            .ports
+            .get(&port_key(port))
+            .copied()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<ReplicaId, Instance>> {
@@ -227,7 +228,7 @@ impl ContainerRuntime {
             remove(&docker, &created.id).await;
             return Err(self.explain(e));
         }
-        let ports = self.bound_ports(&created.id, &spec.ports).await;
+        let ports = self.ports_of(&docker, &created.id).await;
         Ok(Instance {
             instance: request.instance,
             container: created.id,
@@ -298,7 +299,7 @@ impl ContainerRuntime {
         let mut bindings = HashMap::new();
         let mut exposed = Vec::new();
         for port in &spec.ports {
-            let key = format!("{}/{}", port.container_port, protocol(port));
+            let key = port_key(port);
             exposed.push(key.clone());
             bindings.insert(
                 key,
@@ -334,32 +335,6 @@ impl ContainerRuntime {
             host_config: Some(host_config),
             ..Default::default()
         }
-    }
-
-    /// Host ports the engine bound, by port name.
-    async fn bound_ports(&self, id: &str, ports: &[PortSpec]) -> Vec<(String, u16)> {
-        let Ok(docker) = self.docker() else {
-            return Vec::new();
-        };
-        let Ok(inspect) = docker.inspect_container(id, None).await else {
-            return Vec::new();
-        };
-        let map = inspect
-            .network_settings
-            .and_then(|n| n.ports)
-            .unwrap_or_default();
-        ports
-            .iter()
-            .filter_map(|p| {
-                let key = format!("{}/{}", p.container_port, protocol(p));
-                let host = map
-                    .get(&key)?
-                    .as_ref()?
-                    .iter()
-                    .find_map(|b| b.host_port.as_ref()?.parse::<u16>().ok())?;
-                Some((p.name.clone(), host))
-            })
-            .collect()
     }
 
     /// Waits for the container to exit, then reports it and removes the container.
@@ -468,7 +443,7 @@ impl ContainerRuntime {
                 remove(&docker, &id).await;
                 continue;
             };
-            let ports = self.ports_of(&id).await;
+            let ports = self.ports_of(&docker, &id).await;
             let record = Instance {
                 instance,
                 container: id,
@@ -486,20 +461,16 @@ impl ContainerRuntime {
         adopted
     }
 
-    /// Every bound host port of a container, by container port (names are not known yet
-    /// when adopting; they are matched to the spec by the agent when probes start).
-    async fn ports_of(&self, id: &str) -> Vec<(String, u16)> {
-        let Ok(docker) = self.docker() else {
-            return Vec::new();
-        };
+    /// Every host port the engine bound for a container, by `<container port>/<protocol>`
+    /// (the same key whether the container was started or adopted).
+    async fn ports_of(&self, docker: &Docker, id: &str) -> BTreeMap<String, u16> {
         let Ok(inspect) = docker.inspect_container(id, None).await else {
-            return Vec::new();
+            return BTreeMap::new();
         };
-        let map = inspect
+        inspect
             .network_settings
             .and_then(|n| n.ports)
-            .unwrap_or_default();
-        let mut out: Vec<(String, u16)> = map
+            .unwrap_or_default()
             .into_iter()
             .filter_map(|(key, bindings)| {
                 let host = bindings?
@@ -507,9 +478,7 @@ impl ContainerRuntime {
                     .find_map(|b| b.host_port.as_ref()?.parse::<u16>().ok())?;
                 Some((key, host))
             })
-            .collect();
-        out.sort();
-        out
+            .collect()
     }
 
     /// The last `lines` lines of a replica's container log.
@@ -606,11 +575,13 @@ impl ContainerRuntime {
     }
 }
 
-fn protocol(port: &PortSpec) -> &'static str {
-    match port.protocol {
+/// The engine's name for a container port: `8080/tcp`.
+fn port_key(port: &PortSpec) -> String {
+    let protocol = match port.protocol {
         PortProtocol::Udp => "udp",
         _ => "tcp",
-    }
+    };
+    format!("{}/{protocol}", port.container_port)
 }
 
 /// Removes a container whatever its state; a failure means it is already gone.
