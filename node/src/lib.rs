@@ -19,6 +19,7 @@ pub mod api;
 pub mod clock;
 pub mod cluster;
 pub mod core;
+pub mod election;
 pub mod gossip;
 pub mod health;
 pub mod identity;

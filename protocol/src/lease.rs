@@ -99,6 +99,57 @@ impl Lease {
     }
 }
 
+/// A candidate asks a voter: grant me `lease` (its epoch, start and duration).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantRequest {
+    /// The proposed grant; `holder` is the candidate.
+    pub lease: Lease,
+    /// Version of the voter set the candidate counts its majority in; a voter with another
+    /// version refuses, so a majority is always counted in one set.
+    pub voters: u64,
+}
+
+/// A voter's answer to a [`GrantRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantReply {
+    /// The lease asked for.
+    pub name: LeaseName,
+    /// The proposal answered (epoch and start identify it).
+    pub epoch: u64,
+    /// Start of the proposal answered.
+    pub granted_at: Timestamp,
+    /// Whether the voter granted it.
+    pub granted: bool,
+    /// Why not, for people (empty when granted).
+    pub reason: String,
+    /// The highest epoch the voter has granted for this lease.
+    pub highest_epoch: u64,
+    /// When refused: how long until the voter's current promise lapses (0 if none).
+    pub retry_in_ms: u64,
+}
+
+/// A holder gives a lease up: voters may grant it to another candidate at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    /// The lease.
+    pub name: LeaseName,
+    /// The holder giving it up.
+    pub holder: NodeId,
+    /// Its epoch.
+    pub epoch: u64,
+}
+
+/// Election messages between nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaseMessage {
+    /// Candidate to voter.
+    Request(GrantRequest),
+    /// Voter to candidate.
+    Reply(GrantReply),
+    /// Holder to voters.
+    Release(Release),
+}
+
 /// Every lease a node knows, merged entry-wise by [`Lease::supersedes`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseTable {

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::desired::{DesiredEntry, SummaryItem};
 use crate::hlc::Timestamp;
-use crate::lease::{Lease, LeaseName};
+use crate::lease::{Lease, LeaseMessage, LeaseName};
 use crate::names::{NodeId, WorkloadName};
 use crate::spec::FieldError;
 
@@ -307,15 +307,8 @@ pub enum PeerMessage {
     },
     /// Ask a peer for its gossip keyring (a node that missed a rotation).
     KeysRequest,
-    /// Leader election: grant me `lease` for its epoch.
-    GrantRequest(Lease),
-    /// Leader election: the voter's answer; when refused, the grant it promised instead.
-    GrantReply {
-        /// Granted to the requester.
-        granted: bool,
-        /// The grant the voter currently honours.
-        current: Option<Lease>,
-    },
+    /// Leader election: grant requests, replies and releases.
+    Lease(LeaseMessage),
 }
 
 /// The first frame of every QUIC stream: what the dialer wants. Which requests a dialer may

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::error::SpecErrors;
 use super::{
-    HealthCheck, PartitionPolicy, PlacementStrategy, PortProtocol, Probe, PullPolicy, RestartMode,
-    RuntimeKind, ScalingMetric, WorkloadSpec,
+    HealthCheck, LeaseMode, PartitionPolicy, PlacementStrategy, PortProtocol, Probe, PullPolicy,
+    RestartMode, RuntimeKind, ScalingMetric, WorkloadSpec,
 };
 use crate::quantity::{QuantityText, format_duration_ms};
 
@@ -30,6 +30,9 @@ pub struct SpecDoc {
     pub replicas: Option<i64>,
     pub priority: Option<i64>,
     pub singleton: Option<bool>,
+    pub standbys: Option<i64>,
+    pub lease_mode: Option<String>,
+    pub lease_ttl: Option<QuantityText>,
     pub placement: Option<String>,
     pub partition: Option<String>,
     pub resources: Option<ResourcesDoc>,
@@ -235,6 +238,9 @@ pub(super) fn to_doc(spec: &WorkloadSpec) -> SpecDoc {
         replicas: Some(spec.replicas.into()),
         priority: Some(spec.priority.into()),
         singleton: Some(spec.singleton),
+        standbys: Some(spec.lease.standbys.into()),
+        lease_mode: Some(lease_mode_text(spec.lease.mode).into()),
+        lease_ttl: Some(duration_text(spec.lease.ttl_ms)),
         placement: Some(placement_text(spec.placement).into()),
         partition: Some(partition_text(spec.partition).into()),
         resources: Some(ResourcesDoc {
@@ -339,6 +345,13 @@ fn restart_doc(spec: &WorkloadSpec) -> RestartDoc {
 
 fn duration_text(ms: u64) -> QuantityText {
     QuantityText(format_duration_ms(ms))
+}
+
+pub(super) fn lease_mode_text(m: LeaseMode) -> &'static str {
+    match m {
+        LeaseMode::Quorum => "quorum",
+        LeaseMode::Local => "local",
+    }
 }
 
 pub(super) fn runtime_text(r: RuntimeKind) -> &'static str {

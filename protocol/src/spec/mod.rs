@@ -21,6 +21,7 @@ pub use doc::{
     ScalingDoc, SecretDoc, SpecDoc, UpdateDoc,
 };
 pub use error::{FieldError, SpecErrors};
+pub use validate::{LEASE_TTL_MAX_MS, LEASE_TTL_MIN_MS, STANDBYS_MAX};
 
 use crate::names::WorkloadName;
 use crate::quantity::{Bytes, Millicores};
@@ -74,6 +75,46 @@ pub struct WorkloadSpec {
     pub scaling: Option<ScalingPolicy>,
     /// Exactly one active instance, elected through a lease.
     pub singleton: bool,
+    /// How a singleton's lease is held (ignored unless `singleton`).
+    pub lease: LeaseSettings,
+}
+
+/// A singleton's lease: how it is elected, how long a grant lasts, and how many warm standbys
+/// run beside the active instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseSettings {
+    /// Quorum (at most one holder, needs a majority of voters) or local (one per side).
+    pub mode: LeaseMode,
+    /// How long one grant lasts; a holder that cannot renew stops before this runs out.
+    pub ttl_ms: u64,
+    /// Instances started beside the active one that take over when it goes (not active).
+    pub standbys: u32,
+}
+
+impl Default for LeaseSettings {
+    fn default() -> Self {
+        LeaseSettings {
+            mode: LeaseMode::Quorum,
+            ttl_ms: DEFAULT_LEASE_TTL_MS,
+            standbys: 0,
+        }
+    }
+}
+
+/// A lease's TTL when the spec names none.
+pub const DEFAULT_LEASE_TTL_MS: u64 = 10_000;
+
+/// How a lease is elected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaseMode {
+    /// A majority of the fleet's voters must grant it: never two holders, none on a side
+    /// without a majority (CP).
+    #[default]
+    Quorum,
+    /// Each side of a partition elects its own holder; on heal the higher epoch wins and the
+    /// other steps down (AP).
+    Local,
 }
 
 /// Runtimes a node can offer and a workload can ask for.
@@ -340,10 +381,10 @@ impl WorkloadSpec {
             .collect()
     }
 
-    /// Replicas counted for placement: a singleton has one active instance.
+    /// Replicas counted for placement: a singleton has one active instance plus its standbys.
     pub fn replicas_to_place(&self) -> u32 {
         if self.singleton {
-            self.replicas.min(1)
+            self.replicas.min(1) * (1 + self.lease.standbys)
         } else {
             self.replicas
         }

@@ -7,9 +7,10 @@ use super::doc::{
 };
 use super::error::{Collector, SpecErrors};
 use super::{
-    ConfigRef, Constraints, HealthCheck, PartitionPolicy, PlacementStrategy, PortProtocol,
-    PortSpec, Probe, PullPolicy, REPLICAS_MAX, Resources, RestartMode, RestartPolicy, RuntimeKind,
-    ScalingMetric, ScalingPolicy, SecretRef, UpdateStrategy, WorkloadSpec,
+    ConfigRef, Constraints, DEFAULT_LEASE_TTL_MS, HealthCheck, LeaseMode, LeaseSettings,
+    PartitionPolicy, PlacementStrategy, PortProtocol, PortSpec, Probe, PullPolicy, REPLICAS_MAX,
+    Resources, RestartMode, RestartPolicy, RuntimeKind, ScalingMetric, ScalingPolicy, SecretRef,
+    UpdateStrategy, WorkloadSpec,
 };
 use crate::names::WorkloadName;
 use crate::quantity::{
@@ -63,6 +64,7 @@ impl SpecDoc {
         let replicas = count_in(&mut c, "replicas", self.replicas, 1, 0, REPLICAS_MAX.into());
         let priority = int_in(&mut c, "priority", self.priority, 0, -1000, 1000);
         let singleton = self.singleton.unwrap_or(false);
+        let lease = lease_settings(&mut c, self, singleton);
         let placement = c.take("placement", parse_placement(self.placement.as_deref()));
         let partition = c.take("partition", parse_partition(self.partition.as_deref()));
         let resources = resources(&mut c, self.resources.as_ref());
@@ -131,6 +133,7 @@ impl SpecDoc {
                 update: update?,
                 scaling: scaling.transpose().ok()?,
                 singleton,
+                lease: lease?,
             })
         })();
         c.finish(spec)
@@ -196,6 +199,61 @@ fn parse_placement(text: Option<&str>) -> Result<PlacementStrategy, String> {
         other => Err(format!("must be spread or bin-pack, got {other:?}")),
     }
 }
+
+/// Most warm standbys a singleton may ask for.
+pub const STANDBYS_MAX: i64 = 8;
+
+fn lease_settings(c: &mut Collector, doc: &SpecDoc, singleton: bool) -> Option<LeaseSettings> {
+    if !singleton {
+        for (set, path) in [
+            (doc.standbys.is_some_and(|s| s != 0), "standbys"),
+            (doc.lease_mode.is_some(), "lease_mode"),
+            (doc.lease_ttl.is_some(), "lease_ttl"),
+        ] {
+            if set {
+                c.push(path, "only a singleton has a lease; set singleton = true");
+            }
+        }
+    }
+    let standbys = count_in(c, "standbys", doc.standbys, 0, 0, STANDBYS_MAX);
+    let mode = c.take(
+        "lease_mode",
+        match doc.lease_mode.as_deref().unwrap_or("quorum") {
+            "quorum" => Ok(LeaseMode::Quorum),
+            "local" => Ok(LeaseMode::Local),
+            other => Err(format!("must be quorum or local, got {other:?}")),
+        },
+    );
+    let ttl_ms = duration(
+        c,
+        "lease_ttl",
+        doc.lease_ttl.as_ref(),
+        DEFAULT_LEASE_TTL_MS,
+        LEASE_TTL_MIN_MS,
+    );
+    if let Some(ttl) = ttl_ms
+        && ttl > LEASE_TTL_MAX_MS
+    {
+        c.push(
+            "lease_ttl",
+            format!(
+                "must be at most {}",
+                crate::quantity::format_duration_ms(LEASE_TTL_MAX_MS)
+            ),
+        );
+        return None;
+    }
+    Some(LeaseSettings {
+        mode: mode?,
+        ttl_ms: ttl_ms?,
+        standbys: standbys?,
+    })
+}
+
+/// Shortest lease TTL: renewals every third of it must fit in a LAN round trip and a timer.
+pub const LEASE_TTL_MIN_MS: u64 = 1_000;
+/// Longest lease TTL: a voter that restarts waits this long before it grants anything.
+pub const LEASE_TTL_MAX_MS: u64 = 300_000;
 
 fn parse_partition(text: Option<&str>) -> Result<PartitionPolicy, String> {
     match text.unwrap_or("consistency") {
