@@ -800,6 +800,7 @@ impl<'s> World<'s> {
 
     fn act(&mut self, i: usize, action: Action) {
         match action {
+            Action::Campaign { .. } | Action::Withdraw { .. } => {}
             Action::Start {
                 replica,
                 instance,

@@ -125,6 +125,8 @@ impl Agent {
                     }
                 }
                 Action::Event(event) => self.on_core_event(event),
+                Action::Campaign { lease, want } => self.campaign(lease, want),
+                Action::Withdraw { lease } => self.withdraw(lease),
             }
         }
     }

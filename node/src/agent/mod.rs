@@ -11,6 +11,7 @@ mod fleet;
 mod fleet_loop;
 mod handlers;
 mod host;
+mod leases;
 mod logs;
 pub mod metrics;
 mod quic_api;

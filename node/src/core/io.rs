@@ -86,6 +86,18 @@ pub enum Action {
     PersistAssignment(Vec<(ReplicaId, u64)>),
     /// Something an operator should see in the logs and events.
     Event(CoreEvent),
+    /// Campaign for a singleton's lease (or change its settings).
+    Campaign {
+        /// The lease (the workload's name).
+        lease: starling_protocol::WorkloadName,
+        /// How.
+        want: super::LeaseWant,
+    },
+    /// Stop campaigning; give the lease up if held.
+    Withdraw {
+        /// The lease.
+        lease: starling_protocol::WorkloadName,
+    },
 }
 
 /// Why the core stops an instance.
@@ -99,6 +111,8 @@ pub enum StopReason {
     Unhealthy,
     /// A new revision replaces it.
     NewRevision,
+    /// This node lost the singleton's lease (self-fencing): stop without delay.
+    LeaseLost,
 }
 
 /// Notable things, for logs and `describe`.
@@ -138,6 +152,7 @@ impl std::fmt::Display for StopReason {
             StopReason::HandedOver => "handed over to its planned node",
             StopReason::Unhealthy => "failed its health check",
             StopReason::NewRevision => "replaced by a new revision",
+            StopReason::LeaseLost => "lost its lease",
         })
     }
 }

@@ -23,6 +23,7 @@
 mod io;
 mod reconcile;
 mod replica;
+mod singleton;
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -34,6 +35,7 @@ use starling_protocol::status::NodeStatus;
 
 pub use io::{Action, CoreEvent, RuntimeEvent, StopReason};
 use replica::{AfterExit, LocalReplica, Phase};
+pub use singleton::LeaseWant;
 
 /// Settings of the core. Defaults suit a LAN; see each field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +105,12 @@ pub struct NodeCore {
     published: Option<NodeStatus>,
     persisted: Vec<(ReplicaId, u64)>,
     deadline_ms: Option<u64>,
+    /// Leases this node holds (from the elector), with their fencing tokens.
+    held: BTreeMap<starling_protocol::WorkloadName, u64>,
+    /// Leases the core asked the elector to campaign for.
+    campaigning: BTreeMap<starling_protocol::WorkloadName, LeaseWant>,
+    /// Since when placement has put a held lease's replica elsewhere.
+    lease_away_since: BTreeMap<starling_protocol::WorkloadName, u64>,
 }
 
 impl NodeCore {
@@ -125,6 +133,9 @@ impl NodeCore {
             published: None,
             persisted,
             deadline_ms: None,
+            held: BTreeMap::new(),
+            campaigning: BTreeMap::new(),
+            lease_away_since: BTreeMap::new(),
         }
     }
 

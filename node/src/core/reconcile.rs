@@ -10,6 +10,7 @@ use starling_protocol::spec::{PartitionPolicy, WorkloadSpec};
 use starling_protocol::status::ReplicaState;
 
 use super::replica::{LocalReplica, Phase};
+use super::singleton::follows_lease;
 use super::{Action, CoreEvent, NodeCore, StopReason};
 
 impl NodeCore {
@@ -37,6 +38,8 @@ impl NodeCore {
             let due = self.pursue(now_ms, replica, revision);
             deadline = min_some(deadline, due);
         }
+        let due = self.update_candidacy(now_ms, &plan);
+        deadline = min_some(deadline, due);
         self.plan = Some(plan);
         self.deadline_ms = deadline;
         self.publish_and_persist();
@@ -98,6 +101,9 @@ impl NodeCore {
                 .cloned()
         };
         for (replica, node) in &plan.placed {
+            if desired_revision(replica).is_some_and(|r| follows_lease(&r.spec)) {
+                continue;
+            }
             let may_start = self.majority
                 || self.config.bug_minority_takes_over
                 || !self.maybe_running_elsewhere(replica);
@@ -111,11 +117,12 @@ impl NodeCore {
         if !self.majority {
             // A minority side keeps what it ran, including after a reboot with no peers.
             for replica in self.last_assignment.keys() {
-                if let Some(rev) = desired_revision(replica) {
+                if let Some(rev) = desired_revision(replica).filter(|r| !follows_lease(&r.spec)) {
                     wanted.insert(replica.clone(), rev);
                 }
             }
         }
+        wanted.extend(self.lease_replicas());
         wanted
     }
 
@@ -128,7 +135,8 @@ impl NodeCore {
             .is_none_or(|r| matches!(r.phase, Phase::Claimed { .. }));
         // A move (the replica runs healthy elsewhere) waits out the hold before it claims or
         // starts; a replacement (nobody runs it) does not.
-        if not_started && self.available_elsewhere(replica) {
+        let by_lease = follows_lease(&revision.spec);
+        if not_started && !by_lease && self.available_elsewhere(replica) {
             let since = *self.wanted_since.entry(replica.clone()).or_insert(now_ms);
             let due = since + self.config.move_hold_ms;
             if now_ms < due {
@@ -138,6 +146,14 @@ impl NodeCore {
         let Some(local) = self.replicas.get_mut(replica) else {
             let local = LocalReplica::claimed(revision.number, revision.spec.clone(), now_ms);
             self.replicas.insert(replica.clone(), local);
+            if by_lease {
+                // The lease is the claim: start at once.
+                if self.fits_locally(replica) {
+                    self.start(replica);
+                    return None;
+                }
+                return Some(now_ms + settle_ms);
+            }
             return Some(now_ms + settle_ms);
         };
         if local.revision != revision.number || local.spec != revision.spec {
@@ -162,7 +178,7 @@ impl NodeCore {
             Phase::Claimed { since_ms } if now_ms >= since_ms + settle_ms => {
                 // Re-checked at the next event: a peer status that drops the competing claim,
                 // or the exit of a handed-over replica that frees room here.
-                if self.outranked_claim(replica) || !self.fits_locally(replica) {
+                if (!by_lease && self.outranked_claim(replica)) || !self.fits_locally(replica) {
                     return None;
                 }
                 self.start(replica);
@@ -191,6 +207,11 @@ impl NodeCore {
         let Some(local) = self.replicas.get(replica) else {
             return;
         };
+        if follows_lease(&local.spec) {
+            // Not held here (any more): no handover for a singleton, it stops now.
+            self.stop(replica, StopReason::LeaseLost, false);
+            return;
+        }
         match local.phase {
             Phase::Claimed { .. } | Phase::BackingOff { .. } | Phase::Exited => {
                 self.replicas.remove(replica);
@@ -234,7 +255,7 @@ impl NodeCore {
         cpu <= u64::from(me.capacity.cpu.0) && memory <= me.capacity.memory.0
     }
 
-    fn is_live(&self, node: &starling_protocol::NodeId) -> bool {
+    pub(super) fn is_live(&self, node: &starling_protocol::NodeId) -> bool {
         self.view
             .nodes
             .get(node)

@@ -89,6 +89,8 @@ struct Single {
     starts: Vec<(u64, ReplicaId, u64)>,
     stops: Vec<(ReplicaId, StopReason)>,
     events: Vec<CoreEvent>,
+    /// (lease, campaign or withdraw) in order.
+    campaigns: Vec<(WorkloadName, bool)>,
 }
 
 impl Single {
@@ -100,6 +102,7 @@ impl Single {
             starts: Vec::new(),
             stops: Vec::new(),
             events: Vec::new(),
+            campaigns: Vec::new(),
         };
         s.core.handle_view(0, view(&[("n1", Liveness::Alive)]));
         s.core.handle_desired(0, desired_of(specs));
@@ -137,6 +140,8 @@ impl Single {
                     );
                 }
                 Action::Event(e) => self.events.push(e),
+                Action::Campaign { lease, .. } => self.campaigns.push((lease, true)),
+                Action::Withdraw { lease } => self.campaigns.push((lease, false)),
                 Action::Publish(_) | Action::PersistAssignment(_) => {}
             }
         }
@@ -606,7 +611,10 @@ impl Fleet {
                     }
                 }
             }
-            Action::PersistAssignment(_) | Action::Event(_) => {}
+            Action::PersistAssignment(_)
+            | Action::Event(_)
+            | Action::Campaign { .. }
+            | Action::Withdraw { .. } => {}
         }
     }
 
@@ -1132,4 +1140,80 @@ fn a_node_never_starts_more_than_it_has_room_for_even_during_a_handover() {
             .any(|a| matches!(a, Action::Start { replica: r, .. } if *r == replica("a", 0))),
         "a starts once b is gone"
     );
+}
+
+#[test]
+fn a_singleton_runs_only_while_its_lease_is_held_and_stops_the_moment_it_is_lost() {
+    let s1 = spec("leader", 1, "singleton = true\nlease_ttl = \"2s\"");
+    let mut s = Single::new(&[s1]);
+    let name = s1_name();
+    assert_eq!(
+        s.campaigns,
+        vec![(name.clone(), true)],
+        "the placed node campaigns"
+    );
+    s.advance(5_000);
+    assert!(s.starts.is_empty(), "nothing runs before the lease is held");
+    s.core.handle_lease(5_000, name.clone(), Some(7));
+    s.drain();
+    assert_eq!(s.starts.len(), 1, "starts at once, no claim settle");
+    assert_eq!(s.core.held_token(&name), Some(7));
+    s.core.handle_lease(6_000, name.clone(), None);
+    s.drain();
+    assert_eq!(s.stops.last().map(|x| x.1), Some(StopReason::LeaseLost));
+    s.advance(20_000);
+    assert_eq!(s.starts.len(), 1, "no restart without the lease");
+    assert!(s.running.is_empty());
+}
+
+#[test]
+fn standbys_run_without_the_lease_and_restart_as_standbys_after_losing_it() {
+    let s1 = spec("leader", 1, "singleton = true\nstandbys = 1");
+    let mut s = Single::new(&[s1]);
+    let name = s1_name();
+    s.advance(3_000);
+    assert_eq!(
+        s.running.len(),
+        2,
+        "active + standby both run (one node here)"
+    );
+    assert!(
+        s.campaigns.contains(&(name.clone(), true)),
+        "a running node campaigns"
+    );
+    s.core.handle_lease(3_000, name.clone(), Some(1));
+    s.drain();
+    s.core.handle_lease(4_000, name.clone(), None);
+    s.drain();
+    let lost = s
+        .stops
+        .iter()
+        .filter(|x| x.1 == StopReason::LeaseLost)
+        .count();
+    assert_eq!(lost, 2, "both instances stop when the lease is lost");
+    s.advance(10_000);
+    assert_eq!(s.running.len(), 2, "they come back as standbys");
+}
+
+#[test]
+fn deleting_a_singleton_withdraws_its_campaign() {
+    let s1 = spec("leader", 1, "singleton = true");
+    let mut s = Single::new(&[s1.clone()]);
+    let mut d = desired_of(&[s1]);
+    d.write(
+        s1_name(),
+        None,
+        Timestamp {
+            physical_ms: 100,
+            logical: 0,
+            node: id("n1"),
+        },
+    );
+    s.core.handle_desired(100, d);
+    s.drain();
+    assert_eq!(s.campaigns.last(), Some(&(s1_name(), false)));
+}
+
+fn s1_name() -> WorkloadName {
+    WorkloadName::new("leader").expect("valid")
 }

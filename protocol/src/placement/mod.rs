@@ -171,6 +171,11 @@ pub fn replica_key(spec: &WorkloadSpec, index: u32) -> u64 {
     }
 }
 
+/// The rendezvous key of a lease: candidates for it are ranked by this.
+pub fn lease_key(name: &crate::names::WorkloadName) -> u64 {
+    hash64_parts(&[b"lease", name.as_str().as_bytes()])
+}
+
 /// Places every live workload of `desired` on `view`. See the module docs for the rules.
 pub fn plan(view: &FleetView, desired: &DesiredState) -> Assignment {
     plan_specs(view, desired.workloads().map(|(_, r)| &r.spec))
