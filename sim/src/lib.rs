@@ -2,9 +2,10 @@
 //! seeded discrete-event scheduler, over a simulated network and runtime.
 //!
 //! - [`scenario`]: scenario files (fleet, workloads, timeline of faults).
-//! - `world`: the scheduler, the network (latency, loss, duplication, partitions, one-way
-//!   cuts), gossip (heartbeats and status) with the real anti-entropy messages and digests, node
-//!   clocks with skew, and the simulated runtime.
+//! - `world`: the scheduler, the nodes (boot, crash, node clocks with skew), the core's timers.
+//! - `net`: the network (latency, loss, duplication, partitions, one-way cuts), gossip
+//!   (heartbeats and status) with the real anti-entropy messages and digests, the detectors.
+//! - `runtime`: the simulated runtime that carries out the core's actions.
 //! - `faults`: crash, restart, disk loss, partition, heal, skew, pause, flap, rolling reboot,
 //!   churn, API writes.
 //! - `checks`: the invariants and the timeline.
@@ -18,8 +19,10 @@
 mod checks;
 pub mod epidemic;
 mod faults;
+mod net;
 pub mod report;
 pub mod rng;
+mod runtime;
 pub mod scenario;
 mod world;
 

@@ -1,0 +1,292 @@
+//! The simulated network and gossip: message delivery, heartbeats with status deltas, the
+//! real anti-entropy exchange, the failure detectors and the views they give each node.
+
+use starling_node::membership::{Detector, Verdict};
+use starling_protocol::NodeId;
+use starling_protocol::desired::Digest;
+use starling_protocol::placement::{FleetView, Liveness, NodeView};
+use starling_protocol::spec::RuntimeKind;
+use starling_protocol::status::NodeStatus;
+use starling_protocol::wire::PeerMessage;
+
+use crate::world::{Event, Power, World};
+
+/// Messages between simulated nodes.
+#[derive(Debug, Clone)]
+pub(crate) enum Msg {
+    /// A watcher's verdict, spread to every member.
+    Verdict(Verdict),
+    /// Liveness, status (when changed), the desired-state digest root and the sender's
+    /// incarnation (which refutes suspicion).
+    Heartbeat {
+        status: Option<(u64, NodeStatus)>,
+        root: u128,
+        incarnation: u64,
+    },
+    /// The real anti-entropy and probe messages.
+    Peer(PeerMessage),
+}
+
+impl World<'_> {
+    pub(crate) fn gossip_tick(&mut self, i: usize) {
+        self.nodes[i].heartbeat += 1;
+        let node = &mut self.nodes[i];
+        let root = node.disk.root;
+        let status_version = node.status_version;
+        let status = node.status.clone();
+        let peers: Vec<usize> = node.known.iter().copied().filter(|p| *p != i).collect();
+        for p in peers {
+            // Status rides along only when the peer has not seen this version (a real gossip
+            // layer sends deltas the same way).
+            let fresh = self.nodes[p].peer_versions.get(&i) != Some(&status_version);
+            let incarnation = self.nodes[i]
+                .detector
+                .as_ref()
+                .map_or(0, Detector::incarnation);
+            let msg = Msg::Heartbeat {
+                incarnation,
+                status: fresh.then(|| (status_version, status.clone())),
+                root,
+            };
+            self.send(i, p, msg);
+        }
+        self.refresh_view(i);
+        let next = self.now + self.scenario.gossip.interval_ms;
+        self.schedule(next, Event::GossipTick(i));
+    }
+
+    pub fn send(&mut self, from: usize, to: usize, msg: Msg) {
+        self.counters.messages += 1;
+        self.counters.bytes += msg_bytes(&msg);
+        if self.blocked.contains(&(from, to)) || self.rng.chance(self.scenario.network.loss) {
+            return;
+        }
+        let (lo, hi) = self.scenario.network.latency_ms;
+        let at = self.now + self.rng.range(lo, hi);
+        if self.rng.chance(self.scenario.network.duplicate) {
+            let again = at + self.rng.range(lo, hi);
+            self.schedule(
+                again,
+                Event::Deliver {
+                    from,
+                    to,
+                    msg: msg.clone(),
+                },
+            );
+        }
+        self.schedule(at, Event::Deliver { from, to, msg });
+    }
+
+    pub(crate) fn deliver(&mut self, from: usize, to: usize, msg: Msg) {
+        let now = self.node_now(to);
+        match msg {
+            Msg::Heartbeat {
+                status,
+                root,
+                incarnation,
+            } => {
+                let from_id = self.nodes[from].id.clone();
+                let node = &mut self.nodes[to];
+                if let Some(d) = node.detector.as_mut() {
+                    d.handle_heard(now, &from_id);
+                    d.handle_incarnation(&from_id, incarnation);
+                }
+                node.last_heard.insert(from, now);
+                node.known.insert(from);
+                if let Some((version, status)) = status
+                    && node.peer_versions.get(&from).is_none_or(|v| *v < version)
+                {
+                    node.peer_versions.insert(from, version);
+                    let peer = self.nodes[from].id.clone();
+                    self.with_core(to, |core, now| core.handle_peer_status(now, peer, status));
+                }
+                let in_flight = self.nodes[to]
+                    .syncing
+                    .get(&from)
+                    .is_some_and(|since| now < since + 5_000);
+                if self.nodes[to].disk.root != root && !in_flight {
+                    self.nodes[to].syncing.insert(from, now);
+                    let mine = self.nodes[to].disk.desired.digest();
+                    let leaves = mine
+                        .level(starling_protocol::desired::digest::DIGEST_DEPTH)
+                        .to_vec();
+                    self.send(to, from, Msg::Peer(PeerMessage::DigestLeaves(leaves)));
+                }
+            }
+            Msg::Peer(PeerMessage::DigestLeaves(leaves)) => {
+                let theirs = Digest::from_buckets(&leaves);
+                let desired = &self.nodes[to].disk.desired;
+                let buckets = desired.digest().diff(&theirs);
+                let summary = desired.summary(&buckets);
+                self.send(to, from, Msg::Peer(PeerMessage::Summary(summary)));
+            }
+            Msg::Peer(PeerMessage::Summary(summary)) => {
+                let wanted = self.nodes[to].disk.desired.wanted(&summary);
+                if wanted.is_empty() {
+                    self.nodes[to].syncing.remove(&from);
+                } else {
+                    self.send(to, from, Msg::Peer(PeerMessage::Pull(wanted)));
+                }
+            }
+            Msg::Peer(PeerMessage::Pull(names)) => {
+                let entries = self.nodes[to].disk.desired.export(&names);
+                self.send(to, from, Msg::Peer(PeerMessage::Entries(entries)));
+            }
+            Msg::Peer(PeerMessage::Entries(entries)) => {
+                self.nodes[to].syncing.remove(&from);
+                let mut changed = false;
+                for entry in entries {
+                    // The clock check: a marker too far ahead is refused, as a real node would.
+                    if self.nodes[to]
+                        .hlc
+                        .update(&entry.register.marker, now)
+                        .is_err()
+                    {
+                        self.note(format!(
+                            "{} refused an entry from {}: clock drift",
+                            self.nodes[to].id, self.nodes[from].id
+                        ));
+                        continue;
+                    }
+                    changed |= self.nodes[to].disk.desired.merge_entry(entry);
+                }
+                if changed {
+                    self.nodes[to].disk.refresh_root();
+                    let desired = self.nodes[to].disk.desired.clone();
+                    self.with_core(to, |core, now| core.handle_desired(now, desired));
+                }
+            }
+            Msg::Peer(
+                probe @ (PeerMessage::Ping { .. }
+                | PeerMessage::Ack { .. }
+                | PeerMessage::PingReq { .. }),
+            ) => {
+                let from_id = self.nodes[from].id.clone();
+                if let Some(d) = self.nodes[to].detector.as_mut() {
+                    d.handle_message(now, &from_id, &probe);
+                }
+                self.flush_detector(to);
+            }
+            Msg::Verdict(verdict) => {
+                if let Some(d) = self.nodes[to].detector.as_mut() {
+                    d.handle_verdict(verdict);
+                }
+                self.flush_detector(to);
+            }
+            Msg::Peer(_) => {}
+        }
+    }
+
+    /// Sends what node `i`'s detector wants sent and re-arms its timer.
+    pub(crate) fn flush_detector(&mut self, i: usize) {
+        let Some(d) = self.nodes[i].detector.as_mut() else {
+            return;
+        };
+        let mut out = Vec::new();
+        while let Some(t) = d.poll_transmit() {
+            out.push(t);
+        }
+        let mut verdicts = Vec::new();
+        while let Some(v) = d.poll_verdict() {
+            verdicts.push(v);
+        }
+        let deadline = d.poll_timeout();
+        for (to, msg) in out {
+            if let Some(&j) = self.index.get(&to) {
+                self.send(i, j, Msg::Peer(msg));
+            }
+        }
+        let peers: Vec<usize> = self.nodes[i]
+            .known
+            .iter()
+            .copied()
+            .filter(|p| *p != i)
+            .collect();
+        for v in verdicts {
+            for &p in &peers {
+                self.send(i, p, Msg::Verdict(v.clone()));
+            }
+        }
+        if let Some(t) = deadline {
+            let at = (t as i64 - self.nodes[i].skew_ms).max(self.now as i64) as u64;
+            if self.nodes[i]
+                .detector_timer_at
+                .is_none_or(|armed| at < armed || armed < self.now)
+            {
+                self.nodes[i].detector_timer_at = Some(at);
+                self.schedule(at, Event::DetectorTimer(i));
+            }
+        }
+    }
+
+    /// Tells node `i`'s detector who the members are.
+    pub fn update_detector_members(&mut self, i: usize) {
+        let now = self.node_now(i);
+        let members: std::collections::BTreeSet<NodeId> = self.nodes[i]
+            .known
+            .iter()
+            .filter(|m| self.nodes[**m].power != Power::Gone)
+            .map(|m| self.nodes[*m].id.clone())
+            .collect();
+        if let Some(d) = self.nodes[i].detector.as_mut() {
+            d.handle_members(now, members);
+        }
+        self.flush_detector(i);
+    }
+
+    /// Recomputes node `i`'s view from what it has heard, and tells its core if it changed.
+    pub fn refresh_view(&mut self, i: usize) {
+        let now = self.node_now(i);
+        let g = &self.scenario.gossip;
+        let node = &self.nodes[i];
+        let mut view = FleetView::default();
+        for &m in &node.known {
+            let other = &self.nodes[m];
+            if other.power == Power::Gone && m != i {
+                continue;
+            }
+            let liveness = if m == i {
+                Liveness::Alive
+            } else if let Some(d) = &node.detector {
+                d.liveness(&other.id, now)
+            } else {
+                match node.last_heard.get(&m) {
+                    Some(t) if now.saturating_sub(*t) < g.suspect_after_ms => Liveness::Alive,
+                    Some(t) if now.saturating_sub(*t) < g.down_after_ms => Liveness::Suspect,
+                    _ => Liveness::Down,
+                }
+            };
+            view.nodes.insert(
+                other.id.clone(),
+                NodeView {
+                    id: other.id.clone(),
+                    labels: other.labels.clone(),
+                    arch: "x86_64".into(),
+                    runtimes: [RuntimeKind::Process, RuntimeKind::Docker].into(),
+                    capacity: other.capacity,
+                    weight: 1,
+                    liveness,
+                },
+            );
+        }
+        if view != self.nodes[i].view {
+            self.nodes[i].view = view.clone();
+            self.with_core(i, |core, now| core.handle_view(now, view));
+        }
+    }
+}
+
+/// Encoded size of a message, for the bytes-per-node figure.
+pub(crate) fn msg_bytes(msg: &Msg) -> u64 {
+    let len = match msg {
+        Msg::Heartbeat { status, .. } => {
+            8 + 16
+                + status.as_ref().map_or(0, |(_, s)| {
+                    postcard::to_allocvec(s).map_or(0, |b| b.len() + 8)
+                })
+        }
+        Msg::Peer(m) => postcard::to_allocvec(m).map_or(0, |b| b.len()),
+        Msg::Verdict(v) => v.node.as_str().len() + v.watcher.as_str().len() + 12,
+    };
+    len as u64 + 28 // UDP/IP header
+}
