@@ -158,6 +158,16 @@ enum Command {
     },
     /// List the nodes of the fleet (same as `get nodes`).
     Nodes,
+    /// Leases for scripts that run their own election (the answering node campaigns).
+    Lease {
+        #[command(subcommand)]
+        what: LeaseCommand,
+    },
+    /// The fleet's lease voters (a majority of them elects each quorum lease).
+    Voters {
+        #[command(subcommand)]
+        what: Option<VotersCommand>,
+    },
     /// Container images on this node.
     Image {
         #[command(subcommand)]
@@ -251,6 +261,43 @@ enum ImageCommand {
 }
 
 #[derive(Subcommand)]
+enum LeaseCommand {
+    /// Campaign for lease NAME on the answering node and keep it until released; prints the
+    /// fencing token once held (exit 1 if not held within --wait).
+    Acquire {
+        /// The lease.
+        name: WorkloadName,
+        /// Duration of each grant (renewed every third of it).
+        #[arg(long, default_value = "10s")]
+        ttl: String,
+        /// How long to wait for it.
+        #[arg(long, default_value = "30s")]
+        wait: String,
+    },
+    /// Give up a lease acquired through the answering node.
+    Release {
+        /// The lease.
+        name: WorkloadName,
+    },
+    /// List leases: holder, epoch, fencing token, time left.
+    Get,
+}
+
+#[derive(Subcommand)]
+enum VotersCommand {
+    /// Set the voters (one change at a time unless --force).
+    Set {
+        /// Node ids.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+        /// Change several voters at once (majorities of the old and new sets may not overlap
+        /// while the change spreads).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum KeyCommand {
     /// Install a new gossip key on every live node, then seal with it (old keys still open).
     Rotate,
@@ -325,6 +372,7 @@ enum Kind {
     Replicas,
     Nodes,
     Endpoints,
+    Leases,
 }
 
 fn main() -> ExitCode {
@@ -407,6 +455,7 @@ fn main() -> ExitCode {
                 Kind::Replicas => ObjectKind::Replicas,
                 Kind::Nodes => ObjectKind::Nodes,
                 Kind::Endpoints => ObjectKind::Endpoints,
+                Kind::Leases => ObjectKind::Leases,
             };
             cmd::client::call(&target, ApiRequest::Get { kind }, format)
         }
@@ -428,6 +477,28 @@ fn main() -> ExitCode {
                     socket,
                 },
         } => cmd::image::load(&file, &runtime, socket),
+        Command::Lease {
+            what: LeaseCommand::Acquire { name, ttl, wait },
+        } => cmd::client::lease_acquire(&target, name, &ttl, &wait, format),
+        Command::Lease {
+            what: LeaseCommand::Release { name },
+        } => cmd::client::call(&target, ApiRequest::LeaseRelease { name }, format),
+        Command::Lease {
+            what: LeaseCommand::Get,
+        } => cmd::client::call(
+            &target,
+            ApiRequest::Get {
+                kind: ObjectKind::Leases,
+            },
+            format,
+        ),
+        Command::Voters { what } => {
+            let (set, force) = match what {
+                Some(VotersCommand::Set { nodes, force }) => (Some(nodes), force),
+                None => (None, false),
+            };
+            cmd::client::voters(&target, set, force, format)
+        }
         Command::Key {
             what: KeyCommand::Rotate,
         } => cmd::client::call(&target, ApiRequest::RotateGossipKey, format),

@@ -115,6 +115,16 @@ impl Store {
         self.write("view.bin", view)
     }
 
+    /// A small named state file (checksummed), if present.
+    pub fn read_value<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StoreError> {
+        self.read(name)
+    }
+
+    /// Stores a small named state file durably (write, fsync, rename, fsync dir).
+    pub fn write_value<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StoreError> {
+        self.write(name, value)
+    }
+
     fn write<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StoreError> {
         let path = self.dir.join(name);
         let body = postcard::to_allocvec(value).map_err(|e| StoreError::Corrupt {

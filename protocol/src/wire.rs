@@ -187,12 +187,29 @@ pub enum ApiRequest {
     },
     /// Rotate the fleet's gossip key: a new key is installed everywhere, then used.
     RotateGossipKey,
-    /// Acquire or renew a lease for a script's own election.
+    /// Make the answering node campaign for a lease (a script's own election) and keep it
+    /// until released; answered with [`ApiResponse::Lease`] once held, or an error naming what
+    /// it waits for after `wait_ms`.
     LeaseAcquire {
         /// The lease.
         name: LeaseName,
-        /// Requested duration.
+        /// Duration of each grant.
         duration_ms: u64,
+        /// How long to wait for it (0: answer at once).
+        wait_ms: u64,
+    },
+    /// Give up a lease acquired with `LeaseAcquire` on the answering node.
+    LeaseRelease {
+        /// The lease.
+        name: LeaseName,
+    },
+    /// Show the fleet's lease voters, or set them (`force` allows changing more than one voter
+    /// at a time, which can elect two holders while the change spreads).
+    Voters {
+        /// The new set, if changing it.
+        set: Option<Vec<NodeId>>,
+        /// Allow a change of more than one voter.
+        force: bool,
     },
 }
 
@@ -207,6 +224,8 @@ pub enum ObjectKind {
     Replicas,
     /// Service endpoints: where each running replica's ports are reachable.
     Endpoints,
+    /// Leases: holder, epoch, fencing token, time left.
+    Leases,
 }
 
 /// A node's answer to an [`ApiRequest`].

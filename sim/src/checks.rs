@@ -59,7 +59,7 @@ impl Checker {
         self.faults_at.push(at_ms);
     }
 
-    fn fail(&mut self, invariant: &str, detail: String) {
+    pub fn fail(&mut self, invariant: &str, detail: String) {
         if self.violation.is_none() {
             self.violation = Some((invariant.to_string(), detail));
         }
@@ -108,8 +108,10 @@ pub(crate) fn on_start(world: &mut World, i: usize, replica: &ReplicaId, spec: &
         }
     }
     // (6) A minority side starts no replacements: only its own assignment, or brand-new replicas.
+    // A singleton that follows its lease is the lease's business (invariant 4): it starts
+    // where the lease is held, majority or not, and never from a last assignment.
     let minority = node.core.as_ref().is_some_and(|c| !c.has_majority());
-    if minority && spec.partition == PartitionPolicy::Consistency {
+    if minority && spec.partition == PartitionPolicy::Consistency && !follows_lease(spec) {
         let own = node
             .minority_baseline
             .as_ref()
@@ -123,6 +125,11 @@ pub(crate) fn on_start(world: &mut World, i: usize, replica: &ReplicaId, spec: &
         }
     }
     world.checker.ever_started.insert(replica.clone());
+}
+
+/// A singleton without standbys: its one instance runs on the lease holder only.
+pub(crate) fn follows_lease(spec: &WorkloadSpec) -> bool {
+    spec.singleton && spec.lease.standbys == 0
 }
 
 /// Periodic sampling: duplicate-run time, the timeline, and the liveness deadline.
@@ -193,7 +200,8 @@ fn copies(world: &World) -> BTreeMap<ReplicaId, usize> {
 }
 
 /// (2) Views agree with the truth, desired states agree, and every placeable replica runs
-/// exactly once (and nothing else runs).
+/// exactly once (and nothing else runs). A singleton that follows its lease runs once where
+/// a holder can be elected (a side with a majority of the voters), and not at all elsewhere.
 fn converged(world: &World) -> Result<(), String> {
     let up: Vec<usize> = world.up().collect();
     let Some(&first) = up.first() else {
@@ -246,10 +254,18 @@ fn converged(world: &World) -> Result<(), String> {
     }
     let assignment = plan(&truth, &world.nodes[first].disk.desired);
     let copies = copies(world);
+    let desired = &world.nodes[first].disk.desired;
     for r in assignment.placed.keys() {
         let n = copies.get(r).copied().unwrap_or(0);
-        if n != 1 {
-            return Err(format!("{}/{} runs {n} times", r.workload, r.index));
+        let expected = match desired.get(&r.workload) {
+            Some(rev) if follows_lease(&rev.spec) => usize::from(world.holder_possible(&rev.spec)),
+            _ => 1,
+        };
+        if n != expected {
+            return Err(format!(
+                "{}/{} runs {n} times (expected {expected})",
+                r.workload, r.index
+            ));
         }
     }
     if let Some(r) = copies.keys().find(|r| !assignment.placed.contains_key(*r)) {

@@ -180,6 +180,7 @@ pub(crate) fn apply(world: &mut World, k: usize) {
         Step::Fault(FaultKind::Skew { nodes, skew_ms }) => {
             for i in resolve(world, &nodes) {
                 world.nodes[i].skew_ms += skew_ms;
+                world.skew_changed(i);
             }
         }
         Step::Fault(FaultKind::Pause { nodes, duration_ms }) => {

@@ -8,7 +8,10 @@
 //! - `runtime`: the simulated runtime that carries out the core's actions.
 //! - `faults`: crash, restart, disk loss, partition, heal, skew, pause, flap, rolling reboot,
 //!   churn, API writes.
-//! - `checks`: the invariants and the timeline.
+//! - `leases`: each node's real elector (leader election), wired to its core, the network,
+//!   gossip and its disk.
+//! - `checks`: the invariants and the timeline; `lease_check`: invariant 4 (one valid holder
+//!   per lease at any instant) and the lease facts.
 //! - [`report`]: the summary and the SVG picture.
 //!
 //! The same seed gives the same run, byte for byte: [`RunReport::trace_hash`] is a running hash
@@ -19,6 +22,8 @@
 mod checks;
 pub mod epidemic;
 mod faults;
+mod lease_check;
+mod leases;
 mod net;
 pub mod report;
 pub mod rng;
@@ -27,6 +32,7 @@ pub mod scenario;
 mod world;
 
 pub use checks::Sample;
+pub use lease_check::{HolderSpan, LeaseFacts};
 pub use scenario::{Scenario, ScenarioError};
 pub use world::Counters;
 
@@ -59,6 +65,22 @@ pub struct RunReport {
     pub node_names: Vec<String>,
     /// The violation that stopped the run, if any.
     pub violation: Option<Violation>,
+    /// The invariant the scenario is built to break, if any.
+    pub expected_violation: Option<String>,
+    /// Per lease: holders over time, gaps, tokens.
+    pub leases: Vec<LeaseFacts>,
+}
+
+impl RunReport {
+    /// Whether the run went as the scenario says it should: no violation, or exactly the one
+    /// it is built to provoke.
+    pub fn as_expected(&self) -> bool {
+        match (&self.violation, &self.expected_violation) {
+            (None, None) => true,
+            (Some(v), Some(e)) => &v.invariant == e,
+            _ => false,
+        }
+    }
 }
 
 /// An invariant that failed: what, when, and the events before it.
@@ -99,5 +121,7 @@ pub fn run(scenario: &Scenario, seed: u64, options: RunOptions) -> RunReport {
         faults_at: world.checker.faults_at.clone(),
         node_names: world.nodes.iter().map(|n| n.id.to_string()).collect(),
         violation,
+        expected_violation: scenario.expect_violation.clone(),
+        leases: world.lease_facts(),
     }
 }

@@ -4,6 +4,7 @@
 use starling_node::membership::{Detector, Verdict};
 use starling_protocol::NodeId;
 use starling_protocol::desired::Digest;
+use starling_protocol::lease::{Lease, LeaseMessage};
 use starling_protocol::placement::{FleetView, Liveness, NodeView};
 use starling_protocol::spec::RuntimeKind;
 use starling_protocol::status::NodeStatus;
@@ -22,7 +23,11 @@ pub(crate) enum Msg {
         status: Option<(u64, NodeStatus)>,
         root: u128,
         incarnation: u64,
+        /// The sender's lease records (when changed), with their version.
+        leases: Option<(u64, Vec<Lease>)>,
     },
+    /// Leader election: grant requests, replies and releases.
+    Lease(LeaseMessage),
     /// The real anti-entropy and probe messages.
     Peer(PeerMessage),
 }
@@ -47,6 +52,7 @@ impl World<'_> {
                 incarnation,
                 status: fresh.then(|| (status_version, status.clone())),
                 root,
+                leases: self.records_for(i, p),
             };
             self.send(i, p, msg);
         }
@@ -84,6 +90,7 @@ impl World<'_> {
                 status,
                 root,
                 incarnation,
+                leases,
             } => {
                 let from_id = self.nodes[from].id.clone();
                 let node = &mut self.nodes[to];
@@ -99,6 +106,9 @@ impl World<'_> {
                     node.peer_versions.insert(from, version);
                     let peer = self.nodes[from].id.clone();
                     self.with_core(to, |core, now| core.handle_peer_status(now, peer, status));
+                }
+                if let Some((version, records)) = leases {
+                    self.merge_records(from, to, version, records);
                 }
                 let in_flight = self.nodes[to]
                     .syncing
@@ -173,6 +183,7 @@ impl World<'_> {
                 }
                 self.flush_detector(to);
             }
+            Msg::Lease(message) => self.deliver_lease(from, to, message),
             Msg::Peer(_) => {}
         }
     }
@@ -279,12 +290,16 @@ impl World<'_> {
 /// Encoded size of a message, for the bytes-per-node figure.
 pub(crate) fn msg_bytes(msg: &Msg) -> u64 {
     let len = match msg {
-        Msg::Heartbeat { status, .. } => {
+        Msg::Heartbeat { status, leases, .. } => {
             8 + 16
                 + status.as_ref().map_or(0, |(_, s)| {
                     postcard::to_allocvec(s).map_or(0, |b| b.len() + 8)
                 })
+                + leases.as_ref().map_or(0, |(_, l)| {
+                    postcard::to_allocvec(l).map_or(0, |b| b.len() + 8)
+                })
         }
+        Msg::Lease(m) => postcard::to_allocvec(m).map_or(0, |b| b.len()),
         Msg::Peer(m) => postcard::to_allocvec(m).map_or(0, |b| b.len()),
         Msg::Verdict(v) => v.node.as_str().len() + v.watcher.as_str().len() + 12,
     };

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::RunReport;
+use crate::{LeaseFacts, RunReport};
 
 /// The summary an operator reads first, ending with the command that reproduces the run.
 pub fn summary(report: &RunReport, scenario_path: &str) -> String {
@@ -46,9 +46,18 @@ pub fn summary(report: &RunReport, scenario_path: &str) -> String {
         c.bytes as f64 / per_node
     );
     let _ = writeln!(out, "writes     {} acknowledged", c.writes);
+    for lease in &report.leases {
+        let _ = writeln!(out, "lease      {}", lease_line(report, lease));
+    }
     match &report.violation {
         None => {
             let _ = writeln!(out, "invariants all held");
+            if let Some(e) = &report.expected_violation {
+                let _ = writeln!(
+                    out,
+                    "NOT AS EXPECTED  the scenario is built to break {e}, and the run did not detect it"
+                );
+            }
         }
         Some(v) => {
             let _ = writeln!(
@@ -58,6 +67,22 @@ pub fn summary(report: &RunReport, scenario_path: &str) -> String {
                 v.at_ms as f64 / 1000.0,
                 v.detail
             );
+            match &report.expected_violation {
+                Some(e) if e == &v.invariant => {
+                    let _ = writeln!(
+                        out,
+                        "expected   the scenario is built to break {e}: detected as it should be"
+                    );
+                }
+                Some(e) => {
+                    let _ = writeln!(
+                        out,
+                        "NOT AS EXPECTED  the scenario is built to break {e}, not {}",
+                        v.invariant
+                    );
+                }
+                None => {}
+            }
             let _ = writeln!(out, "trace (last events):");
             for line in &v.trace {
                 let _ = writeln!(out, "  {line}");
@@ -70,6 +95,32 @@ pub fn summary(report: &RunReport, scenario_path: &str) -> String {
         }
     }
     out
+}
+
+/// One line of lease facts: elections, gaps, tokens, and who holds it at the end (or why
+/// nobody does).
+fn lease_line(report: &RunReport, lease: &LeaseFacts) -> String {
+    let name = |i: usize| report.node_names.get(i).map_or("?", String::as_str);
+    let end = match lease.holder_at_end {
+        Some(i) => format!("held by {} at the end", name(i)),
+        None if lease.why_no_holder.is_empty() => "no holder at the end".to_string(),
+        None => format!("no holder at the end: {}", lease.why_no_holder),
+    };
+    format!(
+        "{} ({}): {} elections, {} holder changes, {:.1} s without a holder (longest {:.1} s), max token {}; {end}",
+        lease.name,
+        if lease.quorum { "quorum" } else { "local" },
+        lease.elections,
+        lease.holder_changes,
+        lease.without_holder_ms as f64 / 1000.0,
+        lease.longest_gap_ms as f64 / 1000.0,
+        lease.max_token
+    )
+}
+
+/// A color per node for the lease rows (golden-angle hues: neighbours differ).
+fn holder_color(node: usize) -> String {
+    format!("hsl({},65%,45%)", (node * 137 + 200) % 360)
 }
 
 /// Colors of node states (see `Sample::node_states`).
@@ -85,7 +136,14 @@ pub fn svg(report: &RunReport) -> String {
     let rows = report.node_names.len().min(80);
     let chart_h = 160.0;
     let row_h = 10.0;
-    let height = 60.0 + chart_h + 30.0 + rows as f64 * row_h + 40.0;
+    let lease_h = 14.0;
+    let lease_rows = report.leases.len().min(20);
+    let leases_h = if lease_rows > 0 {
+        10.0 + lease_rows as f64 * lease_h
+    } else {
+        0.0
+    };
+    let height = 60.0 + chart_h + 30.0 + rows as f64 * row_h + leases_h + 40.0;
     let t_max = report.duration_ms.max(1) as f64;
     let x = |t: u64| left + plot * t as f64 / t_max;
     let mut s = String::new();
@@ -195,12 +253,47 @@ pub fn svg(report: &RunReport) -> String {
             }
         }
     }
+    let leases_top = rows_top + rows as f64 * row_h + 10.0;
+    for (k, lease) in report.leases.iter().take(lease_rows).enumerate() {
+        let ry = leases_top + k as f64 * lease_h;
+        let _ = writeln!(
+            s,
+            r##"<text x="4" y="{:.1}" font-size="9">lease {}</text><rect x="{left}" y="{ry:.1}" width="{plot:.1}" height="{:.1}" fill="#f5f5f5"/>"##,
+            ry + 10.0,
+            escape(&lease.name),
+            lease_h - 2.0
+        );
+        for span in &lease.spans {
+            let (x0, x1) = (x(span.from_ms), x(span.until_ms));
+            let holder = report.node_names.get(span.node).map_or("?", String::as_str);
+            let _ = writeln!(
+                s,
+                r#"<rect x="{x0:.1}" y="{ry:.1}" width="{:.1}" height="{:.1}" fill="{}"><title>{} token {} {:.1}-{:.1} s</title></rect>"#,
+                (x1 - x0).max(0.5),
+                lease_h - 2.0,
+                holder_color(span.node),
+                escape(holder),
+                span.token,
+                span.from_ms as f64 / 1000.0,
+                span.until_ms as f64 / 1000.0
+            );
+            if x1 - x0 > 6.0 * holder.len() as f64 {
+                let _ = writeln!(
+                    s,
+                    r#"<text x="{:.1}" y="{:.1}" font-size="9" fill="white">{}</text>"#,
+                    x0 + 2.0,
+                    ry + 10.0,
+                    escape(holder)
+                );
+            }
+        }
+    }
+    let bottom = leases_top - 10.0 + leases_h;
     for t in &report.faults_at {
         let _ = writeln!(
             s,
-            r##"<line x1="{0:.1}" y1="{top}" x2="{0:.1}" y2="{1:.1}" stroke="#6a1b9a" stroke-dasharray="3,3"/>"##,
+            r##"<line x1="{0:.1}" y1="{top}" x2="{0:.1}" y2="{bottom:.1}" stroke="#6a1b9a" stroke-dasharray="3,3"/>"##,
             x(*t),
-            rows_top + rows as f64 * row_h
         );
     }
     if let Some(t) = report.converged_at_ms {
@@ -208,11 +301,11 @@ pub fn svg(report: &RunReport) -> String {
             s,
             r##"<line x1="{0:.1}" y1="{top}" x2="{0:.1}" y2="{1:.1}" stroke="#2e7d32" stroke-width="2"/><text x="{0:.1}" y="{2:.1}" fill="#2e7d32">converged</text>"##,
             x(t),
-            rows_top + rows as f64 * row_h,
+            bottom,
             top - 4.0
         );
     }
-    let legend_y = rows_top + rows as f64 * row_h + 20.0;
+    let legend_y = bottom + 20.0;
     for (k, name) in STATE_NAMES.iter().enumerate() {
         let lx = left + k as f64 * 120.0;
         let _ = writeln!(

@@ -43,7 +43,8 @@ impl World<'_> {
 
     pub(crate) fn act(&mut self, i: usize, action: Action) {
         match action {
-            Action::Campaign { .. } | Action::Withdraw { .. } => {}
+            Action::Campaign { lease, want } => self.campaign(i, lease, want),
+            Action::Withdraw { lease } => self.withdraw(i, lease),
             Action::Start {
                 replica,
                 instance,

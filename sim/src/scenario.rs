@@ -18,6 +18,13 @@
 //! at = "3m"
 //! kind = "heal"
 //! ```
+//!
+//! Leases: `[leases] max_drift = "500ms"` (the electors' clock-drift bound, default 500 ms);
+//! voters are the nodes labelled `voter = "true"` (`[[fleet.labels]] nodes = [...]` with the
+//! labels as keys), else every initial node. `[check] expect_violation = "lease-holders"`
+//! marks a scenario built to break an invariant (the tests assert it is detected).
+
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use starling_protocol::quantity::{parse_cpu, parse_duration_ms, parse_memory};
@@ -44,6 +51,18 @@ pub struct Scenario {
     pub faults: Vec<Fault>,
     /// Liveness bound: after the last fault, the fleet must converge within this.
     pub converge_within_ms: u64,
+    /// Leader election settings.
+    pub leases: LeaseModel,
+    /// The invariant this scenario is built to break (a run that breaks another one, or
+    /// none, is a failure of the scenario).
+    pub expect_violation: Option<String>,
+}
+
+/// Leader election in the simulation.
+#[derive(Debug, Clone)]
+pub struct LeaseModel {
+    /// The electors' bound on clock drift over one lease (`ElectorConfig::max_drift_ms`).
+    pub max_drift_ms: u64,
 }
 
 /// Fleet shape.
@@ -57,6 +76,8 @@ pub struct Fleet {
     pub cpu_millicores: u32,
     /// Memory per node, bytes.
     pub memory_bytes: u64,
+    /// Extra labels: (node ids, labels each of them gets).
+    pub labels: Vec<(Vec<String>, BTreeMap<String, String>)>,
 }
 
 /// Network model.
@@ -212,6 +233,8 @@ struct Doc {
     faults: Vec<FaultDoc>,
     #[serde(default)]
     check: CheckDoc,
+    #[serde(default)]
+    leases: LeasesDoc,
 }
 
 #[derive(Deserialize, Default)]
@@ -222,6 +245,21 @@ struct FleetDoc {
     sites: Vec<String>,
     cpu: Option<String>,
     memory: Option<String>,
+    #[serde(default)]
+    labels: Vec<LabelsDoc>,
+}
+
+#[derive(Deserialize)]
+struct LabelsDoc {
+    nodes: Vec<String>,
+    #[serde(flatten)]
+    labels: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LeasesDoc {
+    max_drift: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -252,6 +290,7 @@ struct RuntimeDoc {
 #[serde(deny_unknown_fields)]
 struct CheckDoc {
     converge_within: Option<String>,
+    expect_violation: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -345,6 +384,15 @@ impl Scenario {
             faults.push(fault_of(&format!("faults[{i}]"), f)?);
         }
         faults.sort_by_key(|f| f.at_ms);
+        let mut labels = Vec::new();
+        for (i, l) in doc.fleet.labels.into_iter().enumerate() {
+            if l.nodes.is_empty() || l.labels.is_empty() {
+                return Err(ScenarioError(format!(
+                    "fleet.labels[{i}]: needs nodes = [...] and at least one label"
+                )));
+            }
+            labels.push((l.nodes, l.labels));
+        }
         Ok(Scenario {
             name: doc.name,
             duration_ms: ms("duration", &doc.duration)?,
@@ -353,6 +401,7 @@ impl Scenario {
                 sites: doc.fleet.sites,
                 cpu_millicores: cpu.0,
                 memory_bytes: memory.0,
+                labels,
             },
             network: Network {
                 latency_ms: (latency.0.min(latency.1), latency.0.max(latency.1)),
@@ -374,6 +423,10 @@ impl Scenario {
                 &doc.check.converge_within,
                 60_000,
             )?,
+            leases: LeaseModel {
+                max_drift_ms: opt_ms("leases.max_drift", &doc.leases.max_drift, 500)?,
+            },
+            expect_violation: doc.check.expect_violation,
         })
     }
 }

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use starling_node::core::{CoreConfig, NodeCore, Restored, RuntimeEvent};
+use starling_node::election::{VoterMemory, Voters};
 use starling_node::membership::{Detector, DetectorConfig};
 use starling_protocol::desired::{DesiredState, Revision};
 use starling_protocol::hash::mix64;
@@ -20,6 +21,8 @@ use starling_protocol::status::NodeStatus;
 use starling_protocol::{NodeId, WorkloadName};
 
 use crate::checks::Checker;
+use crate::lease_check::LeaseLog;
+use crate::leases::NodeLeases;
 pub(crate) use crate::net::Msg;
 use crate::rng::SimRng;
 use crate::scenario::{DetectorModel, Scenario};
@@ -44,6 +47,8 @@ pub(crate) struct Disk {
     /// The desired state's digest root, kept current by `refresh_root` (every heartbeat
     /// compares it, and building the tree for each would dominate the run).
     pub root: u128,
+    /// The elector's voter memory (highest epochs granted, longest grant).
+    pub voter: VoterMemory,
 }
 
 impl Default for Disk {
@@ -53,6 +58,7 @@ impl Default for Disk {
             root: desired.digest().root(),
             desired,
             assignment: Vec::new(),
+            voter: VoterMemory::default(),
         }
     }
 }
@@ -105,12 +111,15 @@ pub(crate) struct SimNode {
     /// rather than after every call (which would flood the queue with duplicates).
     pub core_timer_at: Option<u64>,
     pub detector_timer_at: Option<u64>,
+    /// The elector and what the simulation keeps next to it.
+    pub leases: NodeLeases,
 }
 
 #[derive(Debug, Clone)]
 pub(crate) enum Event {
     GossipTick(usize),
     DetectorTimer(usize),
+    ElectorTimer(usize),
     Deliver {
         from: usize,
         to: usize,
@@ -159,6 +168,10 @@ pub(crate) struct World<'s> {
     pub counters: Counters,
     pub checker: Checker,
     pub bug_minority_takes_over: bool,
+    /// The fleet's voters (fixed for the run).
+    pub voters: Voters,
+    /// Invariant 4: every lease holder's spans.
+    pub lease_log: LeaseLog,
     /// Replicas and the node each last started on.
     pub started_on: BTreeMap<ReplicaId, usize>,
     pub log: Vec<(u64, String)>,
@@ -185,6 +198,8 @@ impl<'s> World<'s> {
             counters: Counters::default(),
             checker: Checker::new(scenario),
             bug_minority_takes_over,
+            voters: Voters::default(),
+            lease_log: LeaseLog::default(),
             started_on: BTreeMap::new(),
             log: Vec::new(),
             expanded_faults: Vec::new(),
@@ -193,6 +208,7 @@ impl<'s> World<'s> {
         for _ in 0..scenario.fleet.nodes {
             world.add_node();
         }
+        world.voters = crate::leases::voters_of(&world);
         let all: BTreeSet<usize> = (0..world.nodes.len()).collect();
         for i in 0..world.nodes.len() {
             world.nodes[i].known = all.clone();
@@ -225,6 +241,11 @@ impl<'s> World<'s> {
             let site = &self.scenario.fleet.sites[i % self.scenario.fleet.sites.len()];
             labels.insert("site".to_string(), site.clone());
         }
+        for (selected, extra) in &self.scenario.fleet.labels {
+            if selected.iter().any(|s| s == id.as_str()) {
+                labels.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+        }
         self.nodes.push(SimNode {
             hlc: Hlc::new(id.clone(), 5_000),
             id: id.clone(),
@@ -252,6 +273,7 @@ impl<'s> World<'s> {
             boots: 0,
             core_timer_at: None,
             detector_timer_at: None,
+            leases: NodeLeases::default(),
         });
         self.index.insert(id, i);
         i
@@ -305,6 +327,7 @@ impl<'s> World<'s> {
             node.detector = Some(Detector::new(config, node.id.clone(), node.boots));
         }
         node.view = FleetView::default();
+        self.boot_elector(i);
         self.update_detector_members(i);
         self.refresh_view(i);
         let first_tick = self.now + self.rng.range(1, self.scenario.gossip.interval_ms);
@@ -320,6 +343,7 @@ impl<'s> World<'s> {
         node.detector_timer_at = None;
         node.instances.clear();
         node.held.clear();
+        self.drop_elector(i);
     }
 
     fn apply_initial_workloads(&mut self) {
@@ -416,6 +440,7 @@ impl<'s> World<'s> {
         let target = match &event {
             Event::GossipTick(i)
             | Event::DetectorTimer(i)
+            | Event::ElectorTimer(i)
             | Event::CoreTimer(i)
             | Event::Runtime(i, _)
             | Event::Resume(i) => Some(*i),
@@ -455,7 +480,9 @@ impl<'s> World<'s> {
             Event::Fault(k) => crate::faults::apply(self, k),
             Event::Resume(i) => self.resume(i),
             Event::LinkToggle { a, b, down } => crate::faults::toggle_links(self, &a, &b, down),
+            Event::ElectorTimer(i) => self.elector_timer(i),
             Event::Sample => {
+                self.check_leases();
                 crate::checks::sample(self);
                 let next = self.now + self.scenario.gossip.interval_ms;
                 self.schedule(next, Event::Sample);
@@ -529,5 +556,6 @@ fn event_code(event: &Event) -> u64 {
         Event::LinkToggle { down, .. } => 7 | u64::from(*down) << 8,
         Event::Sample => 8,
         Event::DetectorTimer(i) => 9 | (*i as u64) << 8,
+        Event::ElectorTimer(i) => 10 | (*i as u64) << 8,
     }
 }

@@ -72,6 +72,10 @@ pub struct FleetArgs {
     /// Milliseconds a claim waits for competing claims before starting a replica.
     #[arg(long, default_value_t = 100)]
     pub settle_ms: u64,
+    /// How far clocks may drift apart over one lease duration: a lease holder stops acting
+    /// this many milliseconds before its grant ends.
+    #[arg(long, default_value_t = 300)]
+    pub lease_max_drift_ms: u64,
 }
 
 pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
@@ -123,6 +127,7 @@ pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
         }
     }
     config.settle_ms = fleet.settle_ms;
+    config.lease_max_drift_ms = fleet.lease_max_drift_ms;
     config.metrics = fleet.metrics;
     config.fleet.listen = fleet.listen;
     config.fleet.advertise = advertise;

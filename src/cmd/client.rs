@@ -85,6 +85,49 @@ pub fn call(target: &Target, request: ApiRequest, format: Format) -> anyhow::Res
     Ok(print_response(response, format))
 }
 
+/// `starling lease acquire NAME --ttl T --wait W`.
+pub fn lease_acquire(
+    target: &Target,
+    name: starling_protocol::WorkloadName,
+    ttl: &str,
+    wait: &str,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    let ttl = starling_protocol::quantity::parse_duration_ms(ttl)
+        .map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
+    let wait = starling_protocol::quantity::parse_duration_ms(wait)
+        .map_err(|e| anyhow::anyhow!("--wait: {e}"))?;
+    call(
+        target,
+        ApiRequest::LeaseAcquire {
+            name,
+            duration_ms: ttl,
+            wait_ms: wait,
+        },
+        format,
+    )
+}
+
+/// `starling voters [set NODE...] [--force]`.
+pub fn voters(
+    target: &Target,
+    set: Option<Vec<String>>,
+    force: bool,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    let set = set
+        .map(|nodes| {
+            nodes
+                .into_iter()
+                .map(|n| {
+                    starling_protocol::NodeId::new(&n).map_err(|e| anyhow::anyhow!("{n:?}: {e}"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()
+        })
+        .transpose()?;
+    call(target, ApiRequest::Voters { set, force }, format)
+}
+
 pub fn apply(
     target: &Target,
     files: &[PathBuf],
@@ -217,10 +260,16 @@ pub fn print_response(response: ApiResponse, format: Format) -> ExitCode {
             ExitCode::SUCCESS
         }
         ApiResponse::Lease(lease) => {
-            println!(
-                "{} held by {} (epoch {}, token {})",
-                lease.name, lease.holder, lease.epoch, lease.fencing_token
-            );
+            match format {
+                Format::Json => println!(
+                    "{}",
+                    serde_json::json!({"name": lease.name.as_str(), "holder": lease.holder.as_str(), "epoch": lease.epoch, "token": lease.fencing_token})
+                ),
+                Format::Table => println!(
+                    "{} held by {} (epoch {}, token {})",
+                    lease.name, lease.holder, lease.epoch, lease.fencing_token
+                ),
+            }
             ExitCode::SUCCESS
         }
         ApiResponse::Error(error) => {

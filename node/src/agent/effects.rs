@@ -4,7 +4,11 @@
 
 use super::*;
 use crate::core::{Action, CoreEvent};
+use crate::core::StopReason;
 use crate::runtime::StartRequest;
+
+/// Grace between SIGTERM and SIGKILL when a lease was lost: well inside the drift margin.
+const LEASE_LOST_GRACE: Duration = Duration::from_millis(100);
 
 impl Agent {
     pub(super) fn on_runtime_event(&mut self, event: RuntimeEvent) {
@@ -83,12 +87,18 @@ impl Agent {
                     ));
                     self.starting
                         .insert((replica.clone(), instance), (*spec).clone());
+                    let env = if spec.singleton {
+                        self.lease_env(&replica.workload)
+                    } else {
+                        Vec::new()
+                    };
                     let request = StartRequest {
                         replica,
                         instance,
                         revision,
                         spec: *spec,
                         node: self.node.clone(),
+                        env,
                     };
                     let runtime = self.runtime.clone();
                     let replica = request.replica.clone();
@@ -106,7 +116,13 @@ impl Agent {
                     if let Some(handle) = self.probers.remove(&(replica.clone(), instance)) {
                         handle.abort();
                     }
-                    let (runtime, grace) = (self.runtime.clone(), self.config.stop_grace);
+                    // Self-fencing cannot wait out a long grace: the lease ends elsewhere soon.
+                    let grace = if reason == StopReason::LeaseLost {
+                        self.config.stop_grace.min(LEASE_LOST_GRACE)
+                    } else {
+                        self.config.stop_grace
+                    };
+                    let runtime = self.runtime.clone();
                     let id = replica.clone();
                     self.in_order(id, async move {
                         runtime.stop(&replica, instance, grace).await;

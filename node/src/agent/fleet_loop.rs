@@ -168,6 +168,7 @@ impl Agent {
                 Some(PeerMessage::Stored)
             }
             PeerMessage::KeysRequest => self.fleet.as_ref().map(|f| f.keys_message()),
+            PeerMessage::Lease(message) => Some(self.on_lease_message(from, message)),
             message @ (PeerMessage::Verdict { .. }
             | PeerMessage::Ping { .. }
             | PeerMessage::Ack { .. }
@@ -303,6 +304,7 @@ impl Agent {
         };
         let statuses = fleet.read_gossip(now).await;
         fleet.publish_me_view().await;
+        fleet.flush_keys().await;
         fleet.gossip_round(now);
         fleet.maybe_fetch_keys(
             now,
@@ -318,9 +320,14 @@ impl Agent {
         let root = self.core.desired().digest().root();
         fleet.publish_digest(root).await;
         fleet.maybe_pull(now, self.core.desired(), root);
+        let records = std::mem::take(&mut fleet.heard_leases);
+        let voters = std::mem::take(&mut fleet.heard_voters);
         self.refresh_view(now);
         for (node, status) in statuses {
             self.decide(|core| core.handle_peer_status(now, node, status));
+        }
+        if !records.is_empty() || !voters.is_empty() {
+            self.on_heard_leases(records, voters);
         }
         self.render_gauges();
         self.update_locator();

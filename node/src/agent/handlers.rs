@@ -70,6 +70,7 @@ impl Agent {
                 ObjectKind::Replicas => tables::replicas(&self.core),
                 ObjectKind::Nodes => tables::nodes(&self.core, &self.usages()),
                 ObjectKind::Endpoints => tables::endpoints(&self.core, self.endpoint_lists()),
+                ObjectKind::Leases => self.lease_table(),
             },
             ApiRequest::Describe { name } => match self.core.desired().get(&name) {
                 None => not_found(&name),
@@ -81,9 +82,9 @@ impl Agent {
             }
             ApiRequest::Revoke { name } => self.revoke(name),
             ApiRequest::RotateGossipKey => error("key rotation is run by the agent loop".into()),
-            ApiRequest::LeaseAcquire { name, .. } => error(format!(
-                "lease {name}: leases arrive with leader election (not in this build)"
-            )),
+            ApiRequest::LeaseAcquire { .. } => error("lease requests are run by the agent loop".into()),
+            ApiRequest::LeaseRelease { name } => self.release(&name),
+            ApiRequest::Voters { set, force } => self.voters_api(set, force),
         }
     }
 
@@ -190,7 +191,7 @@ impl Agent {
     }
 }
 
-fn error(message: String) -> ApiResponse {
+pub(super) fn error(message: String) -> ApiResponse {
     ApiResponse::Error(WireApiError {
         message,
         fields: Vec::new(),

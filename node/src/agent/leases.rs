@@ -1,16 +1,519 @@
-//! The agent's side of leader election: drives `crate::election` over QUIC and gossip.
+//! The agent's side of leader election: drives [`crate::election::Elector`] with the wall
+//! clock, carries its grant requests over QUIC (replies come back into the loop), publishes
+//! held records in gossip (`lease.<name>`), keeps the fleet's voter set (gossip key `voters`,
+//! last writer wins by HLC stamp), tells the core what it holds, and shows workloads their
+//! lease: the token file in the replica's directory and the board behind `/v1/leases/NAME`.
 
-use starling_protocol::WorkloadName;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use starling_protocol::hlc::Timestamp;
+use starling_protocol::lease::{Lease, LeaseMessage, LeaseName};
+use starling_protocol::spec::{LEASE_TTL_MAX_MS, LEASE_TTL_MIN_MS, LeaseMode};
+use starling_protocol::wire::{ApiResponse, PeerMessage};
+use starling_protocol::{NodeId, WorkloadName};
+use tokio::sync::{mpsc, oneshot};
 
 use super::Agent;
+use super::handlers::error;
+use super::metrics::{LeaseBoard, LeaseInfo};
+use crate::clock::now_ms;
 use crate::core::LeaseWant;
+use crate::election::{Candidacy, ElectionOutput, Elector, ElectorConfig, VoterMemory, Voters};
+
+/// How long a voter waits for a grant request's answer over QUIC.
+const GRANT_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// The fleet's voters as written by one node at one instant; the newest stamp wins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoterRecord {
+    /// When and where it was set.
+    pub stamp: Timestamp,
+    /// The voters.
+    pub nodes: BTreeSet<NodeId>,
+}
+
+impl VoterRecord {
+    /// The set with the version grant requests carry.
+    pub fn voters(&self) -> Voters {
+        let bytes = postcard::to_allocvec(self).unwrap_or_default();
+        Voters {
+            version: starling_protocol::hash::hash64(&bytes),
+            nodes: self.nodes.clone(),
+        }
+    }
+}
+
+/// Lease state of the agent.
+pub(super) struct Leases {
+    pub elector: Elector,
+    pub board: Arc<LeaseBoard>,
+    pub replies_tx: mpsc::UnboundedSender<(NodeId, LeaseMessage)>,
+    pub voters: Option<VoterRecord>,
+    /// Leases acquired for scripts through the API, with their TTL.
+    pub scripts: BTreeMap<LeaseName, u64>,
+    /// API calls waiting for a lease: (name, deadline, reply).
+    pub waiters: Vec<(LeaseName, u64, oneshot::Sender<ApiResponse>)>,
+    /// Fencing tokens of the leases held, as last told to the core.
+    pub held: BTreeMap<LeaseName, (Lease, u64)>,
+    /// Where the `/v1/leases` endpoint listens, for workloads' environment.
+    pub url: Option<String>,
+}
+
+impl Leases {
+    pub fn new(
+        node: NodeId,
+        max_drift_ms: u64,
+        memory: VoterMemory,
+        voters: Option<VoterRecord>,
+    ) -> (Self, mpsc::UnboundedReceiver<(NodeId, LeaseMessage)>) {
+        let (replies_tx, replies_rx) = mpsc::unbounded_channel();
+        let mut elector = Elector::new(
+            ElectorConfig {
+                node,
+                max_drift_ms,
+            },
+            memory,
+            now_ms(),
+        );
+        if let Some(record) = &voters {
+            elector.set_voters(record.voters());
+        }
+        let leases = Leases {
+            elector,
+            board: Arc::default(),
+            replies_tx,
+            voters,
+            scripts: BTreeMap::new(),
+            waiters: Vec::new(),
+            held: BTreeMap::new(),
+            url: None,
+        };
+        (leases, replies_rx)
+    }
+}
 
 impl Agent {
+    /// The core wants this node to campaign for a singleton's lease.
     pub(super) fn campaign(&mut self, lease: WorkloadName, want: LeaseWant) {
-        let _ = (lease, want);
+        if want.mode == LeaseMode::Quorum {
+            self.ensure_voters();
+        }
+        self.leases.elector.want(
+            now_ms(),
+            &lease,
+            Candidacy {
+                ttl_ms: want.ttl_ms,
+                mode: want.mode,
+            },
+        );
+        self.note(format!(
+            "campaigning for lease {lease} ({:?}, ttl {} ms)",
+            want.mode, want.ttl_ms
+        ));
     }
 
+    /// The core no longer wants this node to hold the lease.
     pub(super) fn withdraw(&mut self, lease: WorkloadName) {
-        let _ = lease;
+        if self.leases.scripts.contains_key(&lease) {
+            return;
+        }
+        self.leases.elector.unwant(&lease);
+    }
+
+    /// Carries out what the elector decided, in order (a voter's memory is stored before the
+    /// answers that rely on it leave).
+    pub(super) fn drive_elector(&mut self) {
+        let now = now_ms();
+        while let Some(output) = self.leases.elector.poll_output() {
+            match output {
+                ElectionOutput::Persist(memory) => {
+                    if let Err(e) = self.store.write_value("election.bin", &memory) {
+                        tracing::error!("cannot store the voter's memory: {e}");
+                    }
+                }
+                ElectionOutput::Send { to, message } => self.send_lease_message(to, message),
+                ElectionOutput::Holding {
+                    lease,
+                    may_act_until_ms,
+                } => {
+                    let name = lease.name.clone();
+                    let new = self
+                        .leases
+                        .held
+                        .get(&name)
+                        .is_none_or(|(l, _)| l.fencing_token != lease.fencing_token);
+                    self.leases
+                        .held
+                        .insert(name.clone(), (lease.clone(), may_act_until_ms));
+                    if new {
+                        self.note(format!(
+                            "holding lease {name}: epoch {}, fencing token {}",
+                            lease.epoch, lease.fencing_token
+                        ));
+                        let token = lease.fencing_token;
+                        self.decide(|core| core.handle_lease(now, name.clone(), Some(token)));
+                    }
+                    self.answer_waiters(&name, Some(&lease));
+                    self.show_lease(&name);
+                    if let Some(fleet) = self.fleet.as_mut() {
+                        fleet.publish_lease(&lease);
+                    }
+                }
+                ElectionOutput::Lost { name, reason } => {
+                    self.leases.held.remove(&name);
+                    self.note(format!("lost lease {name}: {reason}"));
+                    self.decide(|core| core.handle_lease(now, name.clone(), None));
+                    self.show_lease(&name);
+                }
+            }
+        }
+        let due: Vec<LeaseName> = self
+            .leases
+            .waiters
+            .iter()
+            .filter(|w| now >= w.1)
+            .map(|w| w.0.clone())
+            .collect();
+        for name in due {
+            self.answer_waiters(&name, None);
+        }
+    }
+
+    /// When the elector or a waiting API call next needs the loop.
+    pub(super) fn lease_deadline(&self) -> Option<u64> {
+        let waiter = self.leases.waiters.iter().map(|w| w.1).min();
+        [self.leases.elector.poll_timeout(), waiter]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn send_lease_message(&mut self, to: NodeId, message: LeaseMessage) {
+        let Some(fleet) = self.fleet.as_ref() else {
+            return;
+        };
+        let Some(addr) = fleet.quic_addr_of(&to) else {
+            return;
+        };
+        let quic = fleet.quic.clone();
+        let replies = self.leases.replies_tx.clone();
+        tokio::spawn(async move {
+            let answer = quic
+                .peer(addr, PeerMessage::Lease(message), GRANT_TIMEOUT)
+                .await;
+            if let Ok(PeerMessage::Lease(reply @ LeaseMessage::Reply(_))) = answer {
+                let _ = replies.send((to, reply));
+            }
+        });
+    }
+
+    /// A peer's election message over QUIC; requests are answered on the same stream.
+    pub(super) fn on_lease_message(&mut self, from: &NodeId, message: LeaseMessage) -> PeerMessage {
+        let now = now_ms();
+        let answer = match message {
+            LeaseMessage::Request(request) => {
+                let reply = self.leases.elector.answer(now, from, &request);
+                PeerMessage::Lease(LeaseMessage::Reply(reply))
+            }
+            other => {
+                self.leases.elector.handle_message(now, from, other);
+                PeerMessage::Stored
+            }
+        };
+        // Persist (and anything else) before the answer leaves.
+        self.drive_elector();
+        answer
+    }
+
+    /// A reply to one of this node's grant requests.
+    pub(super) fn on_lease_reply(&mut self, from: NodeId, message: LeaseMessage) {
+        self.leases.elector.handle_message(now_ms(), &from, message);
+        self.drive_elector();
+    }
+
+    /// Lease records and voter sets heard in gossip.
+    pub(super) fn on_heard_leases(&mut self, records: Vec<Lease>, voters: Vec<VoterRecord>) {
+        let now = now_ms();
+        for record in records {
+            let name = record.name.clone();
+            self.leases.elector.handle_record(now, record);
+            self.show_lease(&name);
+        }
+        for record in voters {
+            self.adopt_voters(record, false);
+        }
+        self.drive_elector();
+    }
+
+    /// Defines the voter set if nobody has yet: nodes labelled `voter=true`, else every
+    /// member known now. Fixed from then on until changed with `starling voters set`.
+    fn ensure_voters(&mut self) {
+        if self.leases.voters.is_some() {
+            return;
+        }
+        let view = self.core.view();
+        let labelled: BTreeSet<NodeId> = view
+            .nodes
+            .values()
+            .filter(|n| n.labels.get("voter").is_some_and(|v| v == "true"))
+            .map(|n| n.id.clone())
+            .collect();
+        let nodes = if labelled.is_empty() {
+            view.nodes.keys().cloned().collect()
+        } else {
+            labelled
+        };
+        let stamp = self.hlc.tick(now_ms());
+        self.adopt_voters(VoterRecord { stamp, nodes }, true);
+    }
+
+    /// Takes a voter record if it is newer than ours; stores and publishes it.
+    fn adopt_voters(&mut self, record: VoterRecord, ours: bool) {
+        if self
+            .leases
+            .voters
+            .as_ref()
+            .is_some_and(|v| v.stamp >= record.stamp)
+        {
+            return;
+        }
+        if let Err(e) = self.store.write_value("voters.bin", &record) {
+            tracing::error!("cannot store the voter set: {e}");
+            return;
+        }
+        let names: Vec<&str> = record.nodes.iter().map(|n| n.as_str()).collect();
+        self.note(format!(
+            "lease voters {}: {}",
+            if ours { "defined here" } else { "adopted" },
+            names.join(", ")
+        ));
+        self.leases.elector.set_voters(record.voters());
+        if let Some(fleet) = self.fleet.as_mut() {
+            fleet.publish_voters(&record);
+        }
+        self.leases.voters = Some(record);
+    }
+
+    /// `starling voters [set ...]`.
+    pub(super) fn voters_api(&mut self, set: Option<Vec<NodeId>>, force: bool) -> ApiResponse {
+        if let Some(nodes) = set {
+            let new: BTreeSet<NodeId> = nodes.into_iter().collect();
+            if new.is_empty() {
+                return error("a voter set needs at least one node".into());
+            }
+            let known = self.core.view();
+            if let Some(unknown) = new.iter().find(|n| !known.nodes.contains_key(*n)) {
+                return error(format!("{unknown} is not a member of this fleet"));
+            }
+            if let Some(old) = &self.leases.voters {
+                let changed = old.nodes.symmetric_difference(&new).count();
+                if changed > 1 && !force {
+                    return error(format!(
+                        "this changes {changed} voters at once; change one at a time (so every \
+                         old and new majority overlap), or pass --force"
+                    ));
+                }
+            }
+            let stamp = self.hlc.tick(now_ms());
+            self.adopt_voters(VoterRecord { stamp, nodes: new }, true);
+        }
+        let (rows, nodes) = match &self.leases.voters {
+            Some(v) => (
+                v.nodes
+                    .iter()
+                    .map(|n| {
+                        let live = self
+                            .core
+                            .view()
+                            .nodes
+                            .get(n)
+                            .map_or("unknown".to_string(), |v| format!("{:?}", v.liveness));
+                        vec![n.to_string(), live]
+                    })
+                    .collect(),
+                v.nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            ),
+            None => (Vec::new(), Vec::new()),
+        };
+        ApiResponse::Table {
+            columns: vec!["VOTER".into(), "LIVENESS".into()],
+            rows,
+            json: serde_json::json!({
+                "voters": nodes,
+                "version": self.leases.elector.voters().version,
+            })
+            .to_string(),
+        }
+    }
+
+    /// `starling lease acquire NAME`: campaign on this node until released.
+    pub(super) fn acquire(
+        &mut self,
+        name: LeaseName,
+        ttl_ms: u64,
+        wait_ms: u64,
+        reply: oneshot::Sender<ApiResponse>,
+    ) {
+        if self.core.desired().get(&name).is_some_and(|r| r.spec.singleton) {
+            let _ = reply.send(error(format!(
+                "lease {name} belongs to the singleton workload {name}; pick another name"
+            )));
+            return;
+        }
+        if !(LEASE_TTL_MIN_MS..=LEASE_TTL_MAX_MS).contains(&ttl_ms) {
+            let _ = reply.send(error(format!(
+                "ttl: must be between {LEASE_TTL_MIN_MS} and {LEASE_TTL_MAX_MS} ms, got {ttl_ms}"
+            )));
+            return;
+        }
+        self.ensure_voters();
+        let now = now_ms();
+        self.leases.scripts.insert(name.clone(), ttl_ms);
+        self.leases.elector.want(
+            now,
+            &name,
+            Candidacy {
+                ttl_ms,
+                mode: LeaseMode::Quorum,
+            },
+        );
+        self.leases.waiters.push((name, now + wait_ms, reply));
+        self.drive_elector();
+    }
+
+    /// `starling lease release NAME`.
+    pub(super) fn release(&mut self, name: &LeaseName) -> ApiResponse {
+        if self.leases.scripts.remove(name).is_none() {
+            return error(format!(
+                "lease {name} was not acquired through this node's API"
+            ));
+        }
+        self.leases.elector.unwant(name);
+        self.drive_elector();
+        self.lease_table()
+    }
+
+    /// `starling get leases`.
+    pub(super) fn lease_table(&self) -> ApiResponse {
+        let now = now_ms();
+        let elector = &self.leases.elector;
+        let mut names: BTreeSet<LeaseName> = elector.table().iter().map(|l| l.name.clone()).collect();
+        names.extend(elector.wanted().cloned());
+        let mut rows = Vec::new();
+        let mut json = Vec::new();
+        for name in names {
+            let view = elector.view(&name);
+            let (holder, epoch, token, left) = match &view.record {
+                Some(l) => (
+                    l.holder.to_string(),
+                    l.epoch,
+                    l.fencing_token,
+                    l.expires_at_ms().saturating_sub(now),
+                ),
+                None => ("-".into(), 0, 0, 0),
+            };
+            let here = if elector.holds(&name, now).is_some() {
+                "holder".to_string()
+            } else if view.wanted {
+                format!("candidate: {}", view.waiting_for)
+            } else {
+                "-".to_string()
+            };
+            rows.push(vec![
+                name.to_string(),
+                holder.clone(),
+                epoch.to_string(),
+                token.to_string(),
+                if left > 0 { format!("{:.1}s", left as f64 / 1000.0) } else { "expired".into() },
+                here.clone(),
+            ]);
+            json.push(serde_json::json!({
+                "name": name.as_str(), "holder": holder, "epoch": epoch, "token": token,
+                "expires_in_ms": left, "here": here,
+            }));
+        }
+        ApiResponse::Table {
+            columns: ["LEASE", "HOLDER", "EPOCH", "TOKEN", "EXPIRES IN", "THIS NODE"]
+                .map(String::from)
+                .to_vec(),
+            rows,
+            json: serde_json::Value::Array(json).to_string(),
+        }
+    }
+
+    fn answer_waiters(&mut self, name: &LeaseName, held: Option<&Lease>) {
+        let now = now_ms();
+        let waiting_for = self.leases.elector.view(name).waiting_for;
+        let waiters = std::mem::take(&mut self.leases.waiters);
+        for (n, deadline, reply) in waiters {
+            if &n != name {
+                self.leases.waiters.push((n, deadline, reply));
+                continue;
+            }
+            match held {
+                Some(lease) => {
+                    let _ = reply.send(ApiResponse::Lease(lease.clone()));
+                }
+                None if now >= deadline => {
+                    let _ = reply.send(error(format!(
+                        "lease {name} not held yet (this node keeps campaigning until \
+                         `starling lease release {name}`): {waiting_for}"
+                    )));
+                }
+                None => self.leases.waiters.push((n, deadline, reply)),
+            }
+        }
+    }
+
+    /// Updates what workloads see: the board behind `/v1/leases/NAME` and the `lease` file
+    /// in the directory of every local replica of the workload.
+    fn show_lease(&mut self, name: &LeaseName) {
+        let now = now_ms();
+        let view = self.leases.elector.view(name);
+        let held = self.leases.held.get(name).filter(|(_, until)| now < *until);
+        let info = LeaseInfo {
+            name: name.to_string(),
+            node: self.node.to_string(),
+            active: held.is_some(),
+            holder: view.record.as_ref().map(|l| l.holder.to_string()),
+            epoch: view.record.as_ref().map_or(0, |l| l.epoch),
+            token: held.map_or(0, |(l, _)| l.fencing_token),
+            act_until_unix_ms: held.map_or(0, |(_, until)| *until),
+        };
+        let file = format!(
+            "active={}\ntoken={}\nepoch={}\nholder={}\nact_until_unix_ms={}\n",
+            info.active,
+            info.token,
+            info.epoch,
+            info.holder.as_deref().unwrap_or(""),
+            info.act_until_unix_ms
+        );
+        self.leases.board.set(info);
+        let dirs = self.store.dir().join("runtime").join("replicas");
+        for (replica, _) in self.core.instances() {
+            if &replica.workload == name {
+                let path = dirs.join(format!("{}-{}", replica.workload, replica.index));
+                if path.is_dir() {
+                    let _ = std::fs::write(path.join("lease"), &file);
+                }
+            }
+        }
+    }
+
+    /// Environment for a singleton's instance: its lease, token (if held now) and where to
+    /// poll.
+    pub(super) fn lease_env(&self, name: &WorkloadName) -> Vec<(String, String)> {
+        let mut env = vec![("STARLING_LEASE".to_string(), name.to_string())];
+        if let Some(token) = self.core.held_token(name) {
+            env.push(("STARLING_LEASE_TOKEN".into(), token.to_string()));
+        }
+        if let Some(url) = &self.leases.url {
+            env.push(("STARLING_LEASE_URL".into(), format!("{url}/v1/leases/{name}")));
+        }
+        env.push(("STARLING_LEASE_FILE".into(), "lease".into()));
+        env
     }
 }

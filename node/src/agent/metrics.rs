@@ -1,13 +1,16 @@
-//! The agent's local HTTP endpoint: Prometheus metrics at `/metrics`.
+//! The agent's local HTTP endpoint: Prometheus metrics at `/metrics`, and each lease as this
+//! node sees it at `/v1/leases/NAME` (JSON; `?wait=SECONDS` long-polls until it changes), so a
+//! singleton's instance can learn whether it is active and its fencing token.
 //!
 //! Counters are atomics bumped where things happen; gauges (members and replicas by state)
-//! are rendered by the agent loop at each gossip read, so the server never touches the core.
-//! A tiny HTTP/1.1 responder is enough for a scrape endpoint and keeps the agent small; later
-//! endpoints (leases for workloads) live here too.
+//! are rendered by the agent loop at each gossip read, and the lease board is written by the
+//! loop, so the server never touches the core. A tiny HTTP/1.1 responder is enough for these
+//! and keeps the agent small.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -108,15 +111,107 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` on `addr`.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<JoinHandle<()>> {
+/// A lease as this node sees it, for the workloads it runs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LeaseInfo {
+    /// The lease.
+    pub name: String,
+    /// This node.
+    pub node: String,
+    /// This node holds it and may act now: the instance here is the active one.
+    pub active: bool,
+    /// The holder in the newest record known here.
+    pub holder: Option<String>,
+    /// That record's epoch.
+    pub epoch: u64,
+    /// The fencing token while active here (0 otherwise).
+    pub token: u64,
+    /// Until when (Unix ms) this node may act without renewing; 0 when not active.
+    pub act_until_unix_ms: u64,
+}
+
+/// The leases the loop last showed, with a change counter for long polls.
+#[derive(Debug)]
+pub struct LeaseBoard {
+    leases: RwLock<BTreeMap<String, LeaseInfo>>,
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for LeaseBoard {
+    fn default() -> Self {
+        LeaseBoard {
+            leases: RwLock::default(),
+            changed: tokio::sync::watch::Sender::new(0),
+        }
+    }
+}
+
+impl LeaseBoard {
+    /// Records a lease's state; wakes long polls when it changed.
+    pub fn set(&self, info: LeaseInfo) {
+        let mut leases = self.leases.write().unwrap_or_else(|e| e.into_inner());
+        // Renewals move act_until without changing who is active: not a change for pollers.
+        let same = leases.get(&info.name).is_some_and(|old| {
+            old.active == info.active && old.token == info.token && old.holder == info.holder
+        });
+        leases.insert(info.name.clone(), info);
+        drop(leases);
+        if !same {
+            self.changed.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// The lease's state here.
+    pub fn get(&self, name: &str) -> Option<LeaseInfo> {
+        self.leases
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Answers `/v1/leases/NAME[?wait=SECONDS]`.
+    async fn answer(&self, name: &str, wait_s: u64) -> (&'static str, String) {
+        let mut changes = self.changed.subscribe();
+        let first = self.get(name);
+        if wait_s > 0 {
+            let key = |i: &Option<LeaseInfo>| i.as_ref().map(|i| (i.active, i.token, i.holder.clone()));
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait_s);
+            while tokio::time::timeout_at(deadline, changes.changed()).await.is_ok_and(|r| r.is_ok()) {
+                if key(&self.get(name)) != key(&first) {
+                    break;
+                }
+            }
+        }
+        match self.get(name) {
+            Some(info) => (
+                "200 OK",
+                serde_json::to_string(&info).unwrap_or_default() + "\n",
+            ),
+            None => (
+                "404 Not Found",
+                format!("{{\"error\":\"no lease {name:?} on this node\"}}\n"),
+            ),
+        }
+    }
+}
+
+/// Longest long poll.
+const WAIT_MAX_S: u64 = 300;
+
+/// Serves `/metrics` and `/v1/leases/NAME` on `addr`.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    leases: Arc<LeaseBoard>,
+) -> std::io::Result<JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
     Ok(tokio::spawn(async move {
         loop {
             let Ok((mut stream, _)) = listener.accept().await else {
                 continue;
             };
-            let metrics = metrics.clone();
+            let (metrics, leases) = (metrics.clone(), leases.clone());
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 2048];
                 let mut len = 0;
@@ -137,12 +232,27 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<J
                 }
                 let head = String::from_utf8_lossy(&buf[..len]);
                 let path = head.split_whitespace().nth(1).unwrap_or("");
-                let (status, body) = match path {
-                    "/metrics" => ("200 OK", metrics.render()),
-                    _ => ("404 Not Found", "try /metrics\n".to_string()),
+                let (path, query) = path.split_once('?').unwrap_or((path, ""));
+                let (status, body, kind) = if path == "/metrics" {
+                    ("200 OK", metrics.render(), "text/plain; version=0.0.4")
+                } else if let Some(name) = path.strip_prefix("/v1/leases/") {
+                    let wait = query
+                        .split('&')
+                        .find_map(|kv| kv.strip_prefix("wait="))
+                        .and_then(|w| w.parse::<u64>().ok())
+                        .unwrap_or(0)
+                        .min(WAIT_MAX_S);
+                    let (status, body) = leases.answer(name, wait).await;
+                    (status, body, "application/json")
+                } else {
+                    (
+                        "404 Not Found",
+                        "try /metrics or /v1/leases/NAME\n".to_string(),
+                        "text/plain",
+                    )
                 };
                 let response = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
                 );
                 let _ = stream.write_all(response.as_bytes()).await;

@@ -67,6 +67,9 @@ pub struct AgentConfig {
     /// Container engines to offer when their sockets answer (default: Docker's and Podman's
     /// default sockets).
     pub container_engines: Vec<(RuntimeKind, PathBuf)>,
+    /// How far clocks may drift apart over one lease duration: a lease holder stops acting
+    /// this long before its grant ends (see `election`).
+    pub lease_max_drift_ms: u64,
 }
 
 impl AgentConfig {
@@ -87,6 +90,7 @@ impl AgentConfig {
                 .into_iter()
                 .filter_map(|k| crate::runtime::docker::default_socket(k).map(|s| (k, s)))
                 .collect(),
+            lease_max_drift_ms: 300,
         }
     }
 }
@@ -212,9 +216,10 @@ pub async fn run(
     });
     let mut metrics_server = None;
     if let Some(addr) = metrics_addr {
-        match metrics::serve(addr, agent.metrics.clone()).await {
+        match metrics::serve(addr, agent.metrics.clone(), agent.leases.board.clone()).await {
             Ok(server) => {
                 tracing::info!(%addr, "metrics at http://{addr}/metrics");
+                agent.leases.url = Some(format!("http://{addr}"));
                 metrics_server = Some(server);
             }
             Err(e) => tracing::warn!(%addr, "cannot serve metrics: {e}"),
@@ -303,6 +308,9 @@ pub(crate) struct Agent {
     /// Host CPU and memory in use, measured every few seconds.
     usage_sampler: host::UsageSampler,
     usage: Option<(u32, u64)>,
+    /// Leader election.
+    leases: leases::Leases,
+    lease_replies: Option<mpsc::UnboundedReceiver<(NodeId, starling_protocol::lease::LeaseMessage)>>,
 }
 
 /// Most events kept for `describe`.
@@ -340,6 +348,12 @@ impl Agent {
         }
         let mut core_config = CoreConfig::new(identity.node.clone(), now.saturating_mul(1_000));
         core_config.settle_ms = config.settle_ms;
+        let (leases, lease_replies) = leases::Leases::new(
+            identity.node.clone(),
+            config.lease_max_drift_ms,
+            store.read_value("election.bin")?.unwrap_or_default(),
+            store.read_value("voters.bin")?,
+        );
         let core = NodeCore::new(
             core_config,
             Restored {
@@ -367,6 +381,8 @@ impl Agent {
             operations: BTreeMap::new(),
             usage_sampler: host::UsageSampler::default(),
             usage: None,
+            leases,
+            lease_replies: Some(lease_replies),
         })
     }
 
@@ -389,10 +405,14 @@ impl Agent {
         let mut usage_tick = tokio::time::interval(Duration::from_secs(5));
         let mut gossip_tick = tokio::time::interval(fleet_loop::GOSSIP_READ_EVERY);
         gossip_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let Some(mut lease_replies) = self.lease_replies.take() else {
+            return Ok(());
+        };
         loop {
             let deadline = [
                 self.core.poll_timeout(),
                 self.fleet.as_ref().and_then(|f| f.detector.poll_timeout()),
+                self.lease_deadline(),
             ]
             .into_iter()
             .flatten()
@@ -407,6 +427,8 @@ impl Agent {
                 Some((request, reply)) = api.recv() => {
                     if request == ApiRequest::RotateGossipKey {
                         self.rotate_key(reply);
+                    } else if let ApiRequest::LeaseAcquire { name, duration_ms, wait_ms } = request {
+                        self.acquire(name, duration_ms, wait_ms, reply);
                     } else {
                         let response = self.handle_api(request);
                         self.answer(response, reply);
@@ -414,6 +436,7 @@ impl Agent {
                 }
                 Some(input) = fleet_loop::next(&mut inbox) => self.on_fleet_input(input).await,
                 Some(kinds) = engines.recv() => self.set_runtimes(kinds),
+                Some((from, reply)) = lease_replies.recv() => self.on_lease_reply(from, reply),
                 _ = usage_tick.tick() => {
                     if let Some(usage) = self.usage_sampler.sample() {
                         self.usage = Some(usage);
@@ -426,6 +449,8 @@ impl Agent {
                 _ = tokio::time::sleep(sleep) => {
                     let now = now_ms();
                     self.decide(|core| core.handle_timeout(now));
+                    self.leases.elector.handle_timeout(now);
+                    self.drive_elector();
                     if let Some(fleet) = self.fleet.as_mut() {
                         fleet.detector.handle_timeout(now);
                         fleet.flush_detector().await;

@@ -286,6 +286,7 @@ impl ContainerRuntime {
         env.push(format!("STARLING_REPLICA={}", replica.index));
         env.push(format!("STARLING_NODE={}", request.node));
         env.push(format!("STARLING_REVISION={}", request.revision));
+        env.extend(request.env.iter().map(|(k, v)| format!("{k}={v}")));
         let labels: HashMap<String, String> = [
             (LABEL_WORKLOAD, replica.workload.to_string()),
             (LABEL_REPLICA, replica.index.to_string()),

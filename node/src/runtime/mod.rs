@@ -31,6 +31,8 @@ pub struct StartRequest {
     pub spec: WorkloadSpec,
     /// The node running it (for labels and `STARLING_NODE`).
     pub node: NodeId,
+    /// Variables the agent adds to the environment (a singleton's lease), after the spec's.
+    pub env: Vec<(String, String)>,
 }
 
 /// Errors a runtime reports synchronously (asynchronous outcomes are events).

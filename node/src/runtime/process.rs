@@ -277,6 +277,7 @@ impl Inner {
             revision,
             spec,
             node,
+            env: extra_env,
         } = request;
         let Some(program) = spec.command.clone() else {
             return Err("the process runtime needs `command` in the spec".into());
@@ -314,6 +315,7 @@ impl Inner {
             .env("STARLING_REPLICA", replica.index.to_string())
             .env("STARLING_NODE", node.as_str())
             .env("STARLING_REVISION", revision.to_string())
+            .envs(extra_env)
             .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(log)

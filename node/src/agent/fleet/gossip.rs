@@ -103,6 +103,14 @@ impl Fleet {
                     .get("spent")
                     .map(|s| s.split(',').map(str::to_string).collect())
                     .unwrap_or_default();
+                for (_, value) in state.iter_prefix("lease.") {
+                    if let Some(lease) = decode(&value.value) {
+                        self.heard_leases.push(lease);
+                    }
+                }
+                if let Some(voters) = state.get("voters").and_then(decode) {
+                    self.heard_voters.push(voters);
+                }
                 for (key, value) in state.iter_prefix("v.") {
                     let Ok(judged) = NodeId::new(&key[2..]) else {
                         continue;

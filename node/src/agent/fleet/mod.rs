@@ -161,6 +161,11 @@ pub(super) struct Fleet {
     /// How many revoked names this node last published.
     published_revoked: usize,
     pub sync_tx: mpsc::UnboundedSender<SyncEvent>,
+    /// Keys to set in this node's gossip state at the next gossip tick (set from sync code).
+    pending_keys: BTreeMap<String, String>,
+    /// Lease records and voter sets read from peers' gossip since the agent last took them.
+    pub heard_leases: Vec<starling_protocol::lease::Lease>,
+    pub heard_voters: Vec<crate::agent::leases::VoterRecord>,
 }
 
 /// Channels the fleet feeds into the agent loop.
@@ -304,6 +309,9 @@ impl Fleet {
             revoked,
             published_revoked: 0,
             sync_tx,
+            pending_keys: BTreeMap::new(),
+            heard_leases: Vec::new(),
+            heard_voters: Vec::new(),
         };
         Ok((fleet, FleetInbox { probes, sync }))
     }
@@ -326,6 +334,35 @@ impl Fleet {
             }
         }
         FleetView { nodes }
+    }
+
+    /// A peer's QUIC address, if gossip has told it.
+    pub fn quic_addr_of(&self, node: &NodeId) -> Option<SocketAddr> {
+        self.peers.get(node).map(|p| quic_addr(p.base))
+    }
+
+    /// Publishes a lease this node holds (at the next gossip tick).
+    pub fn publish_lease(&mut self, lease: &starling_protocol::lease::Lease) {
+        self.pending_keys
+            .insert(format!("lease.{}", lease.name), encode(lease));
+    }
+
+    /// Publishes the fleet's voter set as this node knows it.
+    pub fn publish_voters(&mut self, record: &crate::agent::leases::VoterRecord) {
+        self.pending_keys.insert("voters".into(), encode(record));
+    }
+
+    /// Sets the keys queued by `publish_lease` and `publish_voters`.
+    pub async fn flush_keys(&mut self) {
+        if self.pending_keys.is_empty() {
+            return;
+        }
+        let keys = std::mem::take(&mut self.pending_keys);
+        let mut chitchat = self.chitchat.lock().await;
+        let state = chitchat.self_node_state();
+        for (key, value) in keys {
+            state.set(key, value);
+        }
     }
 
     /// Live peers (not suspected or down), with their QUIC addresses.

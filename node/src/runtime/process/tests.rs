@@ -28,6 +28,7 @@ fn request(w: &str, instance: u64, command: &str, args: &[&str], extra: &str) ->
         revision: 3,
         spec,
         node: NodeId::new("n1").expect("valid"),
+        env: Vec::new(),
     }
 }
 
