@@ -62,7 +62,7 @@ cpu = "10m"
 memory = "8Mi"
 "#,
     );
-    let out = fleet.cli(1, &["apply", &file]);
+    let out = fleet.cli(1, &["apply", "-f", &file]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let (holder, token) = wait_for("one active instance", Duration::from_secs(30), || {
         let live = instances(&fleet);
@@ -102,7 +102,7 @@ memory = "8Mi"
     let survivor = (0..3).find(|i| *i != victim && fleet.nodes[*i].name != next).expect("third");
     let other = lease_json(&fleet, &fleet.nodes[survivor].name);
     assert!(
-        other.is_none_or(|v| v["active"] == false),
+        other.as_ref().is_none_or(|v| v["active"] == false),
         "the third node is not active: {other:?}"
     );
     // Stays that way.

@@ -4,7 +4,9 @@
 //! A node is a *valid holder* of a lease from the moment its elector emits `Holding` until its
 //! `may_act_until_ms` (read on its own clock, converted to simulator time with its skew at that
 //! moment, and converted again whenever its clock jumps), or until it emits `Lost` or crashes,
-//! whichever comes first. A renewal extends the open span. Only quorum leases are checked:
+//! whichever comes first. A renewal extends the open span. A clock that jumps back before the
+//! elector noticed the deadline passed (no `Lost` yet) makes the node a holder again — its
+//! elector would say it holds — so that starts a new span. Only quorum leases are checked:
 //! a local-mode lease may have one holder per side of a partition by design.
 //! The fencing token of each new holder must also be larger than every earlier holder's.
 
@@ -62,7 +64,8 @@ struct Span {
     /// The holder's own deadline, on its clock.
     may_act_node_ms: u64,
     token: u64,
-    /// Ended by `Lost` or a crash (`until_ms` is then when).
+    /// Ended by `Lost`, a crash or a newer grant (`until_ms` is then when). A span that is not
+    /// closed but whose `until_ms` passed may come back if the holder's clock jumps back.
     closed: bool,
 }
 
@@ -128,15 +131,15 @@ impl LeaseLog {
             .spans
             .iter_mut()
             .rev()
-            .find(|s| s.node == node && s.valid_at(now_ms))
+            .find(|s| s.node == node && !s.closed)
         {
-            if open.token == token {
+            if open.token == token && open.valid_at(now_ms) {
                 // A renewal: the same grant, acting longer.
                 open.until_ms = until_ms;
                 open.may_act_node_ms = may_act_node_ms;
                 return None;
             }
-            open.until_ms = now_ms;
+            open.until_ms = open.until_ms.min(now_ms);
             open.closed = true;
         }
         let mut broken = None;
@@ -211,12 +214,27 @@ impl LeaseLog {
         ids: &dyn Fn(usize) -> String,
     ) -> Option<Broken> {
         for track in self.leases.values_mut() {
-            for span in track
+            let Some(k) = track
                 .spans
-                .iter_mut()
-                .filter(|s| s.node == node && s.valid_at(now_ms))
-            {
-                span.until_ms = to_sim(span.may_act_node_ms, skew_ms).max(now_ms);
+                .iter()
+                .rposition(|s| s.node == node && !s.closed)
+            else {
+                continue;
+            };
+            let span = &mut track.spans[k];
+            let until_ms = to_sim(span.may_act_node_ms, skew_ms);
+            if span.valid_at(now_ms) {
+                span.until_ms = until_ms.max(now_ms);
+            } else if until_ms > now_ms {
+                // Its deadline had passed, but its elector had not noticed: now it holds again.
+                span.closed = true;
+                let revived = Span {
+                    from_ms: now_ms,
+                    until_ms,
+                    closed: false,
+                    ..span.clone()
+                };
+                track.spans.push(revived);
             }
         }
         self.check(now_ms, ids)
@@ -259,12 +277,8 @@ impl LeaseLog {
 }
 
 fn close(track: &mut Track, now_ms: u64, node: usize) {
-    for span in track
-        .spans
-        .iter_mut()
-        .filter(|s| s.node == node && s.valid_at(now_ms))
-    {
-        span.until_ms = now_ms;
+    for span in track.spans.iter_mut().filter(|s| s.node == node && !s.closed) {
+        span.until_ms = span.until_ms.min(now_ms);
         span.closed = true;
     }
 }
@@ -380,6 +394,13 @@ mod tests {
         // a's clock falls 1 s behind: it acts until 2.5 s of simulator time.
         assert!(log.skewed(1_000, 0, -1_000, &ids).is_none());
         let broken = log.holding(2_000, 1, &lease("b", 3), 3_500, 0, true, &ids);
+        assert_eq!(broken.map(|b| b.0), Some("lease-holders"));
+        // Two jumps at one instant: +2 s (past its deadline) then -7 s: it holds again.
+        let mut log = LeaseLog::default();
+        log.holding(0, 0, &lease("a", 2), 1_500, 0, true, &ids);
+        assert!(log.skewed(1_000, 0, 2_000, &ids).is_none());
+        assert!(log.skewed(1_000, 0, -5_000, &ids).is_none());
+        let broken = log.holding(5_000, 1, &lease("b", 3), 6_500, 0, true, &ids);
         assert_eq!(broken.map(|b| b.0), Some("lease-holders"));
         let mut log = LeaseLog::default();
         log.holding(0, 0, &lease("a", 2), 1_500, 0, true, &ids);

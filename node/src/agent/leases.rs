@@ -495,9 +495,12 @@ impl Agent {
         let dirs = self.store.dir().join("runtime").join("replicas");
         for (replica, _) in self.core.instances() {
             if &replica.workload == name {
+                // The runtime may not have made the directory yet: the start is in flight.
                 let path = dirs.join(format!("{}-{}", replica.workload, replica.index));
-                if path.is_dir() {
-                    let _ = std::fs::write(path.join("lease"), &file);
+                if let Err(e) = std::fs::create_dir_all(&path)
+                    .and_then(|()| std::fs::write(path.join("lease"), &file))
+                {
+                    tracing::warn!("cannot write {}: {e}", path.join("lease").display());
                 }
             }
         }
