@@ -340,6 +340,22 @@ enum BenchKind {
         #[arg(long = "agent-flag", allow_hyphen_values = true)]
         agent_flags: Vec<String>,
     },
+    /// Kill the machine of a singleton's lease holder; time until another node's instance
+    /// runs (with a larger fencing token).
+    Lease {
+        /// Agents in the fleet.
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        /// Kills to time.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// The singleton's lease TTL.
+        #[arg(long, default_value = "2s")]
+        ttl: String,
+        /// An extra flag for every agent (repeatable).
+        #[arg(long = "agent-flag", allow_hyphen_values = true)]
+        agent_flags: Vec<String>,
+    },
     /// Steady-state gossip and probe bytes per node per second in local fleets.
     Gossip {
         /// Fleet sizes, comma-separated.
@@ -538,6 +554,15 @@ fn main() -> ExitCode {
                     agent_flags,
                 },
         } => cmd::bench_fleet::failover(nodes, runs, agent_flags),
+        Command::Bench {
+            what:
+                BenchKind::Lease {
+                    nodes,
+                    runs,
+                    ttl,
+                    agent_flags,
+                },
+        } => cmd::bench_lease::lease(nodes, runs, &ttl, agent_flags),
         Command::Bench {
             what:
                 BenchKind::Apply {

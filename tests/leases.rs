@@ -63,7 +63,11 @@ memory = "8Mi"
 "#,
     );
     let out = fleet.cli(1, &["apply", "-f", &file]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (holder, token) = wait_for("one active instance", Duration::from_secs(30), || {
         let live = instances(&fleet);
         (live.len() == 1 && live[0].1 > 0).then(|| live[0].clone())
@@ -73,22 +77,36 @@ memory = "8Mi"
         lease_json(&fleet, &holder).filter(|v| v["active"] == true)
     });
     assert_eq!(info["token"].as_u64(), Some(token), "{info}");
-    let file_text = std::fs::read_to_string(fleet.node_dir(&holder).join("runtime/replicas/leader-0/lease"))
-        .expect("the lease file in the replica's directory");
+    let file_text = std::fs::read_to_string(
+        fleet
+            .node_dir(&holder)
+            .join("runtime/replicas/leader-0/lease"),
+    )
+    .expect("the lease file in the replica's directory");
     assert!(file_text.contains(&format!("token={token}")), "{file_text}");
-    let leases = wait_for("every node sees the holder", Duration::from_secs(10), || {
-        let all: Vec<Value> = (0..3).filter_map(|i| fleet.json(i, &["get", "leases"])).collect();
-        (all.len() == 3
-            && all
-                .iter()
-                .all(|v| v[0]["holder"] == holder.as_str() && v[0]["token"] == token))
-        .then_some(all)
-    });
+    let leases = wait_for(
+        "every node sees the holder",
+        Duration::from_secs(10),
+        || {
+            let all: Vec<Value> = (0..3)
+                .filter_map(|i| fleet.json(i, &["get", "leases"]))
+                .collect();
+            (all.len() == 3
+                && all
+                    .iter()
+                    .all(|v| v[0]["holder"] == holder.as_str() && v[0]["token"] == token))
+            .then_some(all)
+        },
+    );
     assert_eq!(leases.len(), 3);
 
     // The holder's machine dies: after its grants lapse another node holds a larger token, and
     // only its instance runs.
-    let victim = fleet.nodes.iter().position(|n| n.name == holder).expect("holder");
+    let victim = fleet
+        .nodes
+        .iter()
+        .position(|n| n.name == holder)
+        .expect("holder");
     fleet.crash(victim);
     let (next, next_token) = wait_for("a new active instance", Duration::from_secs(30), || {
         let live = instances(&fleet);
@@ -99,7 +117,9 @@ memory = "8Mi"
         lease_json(&fleet, &next).filter(|v| v["active"] == true)
     });
     assert_eq!(info["token"].as_u64(), Some(next_token));
-    let survivor = (0..3).find(|i| *i != victim && fleet.nodes[*i].name != next).expect("third");
+    let survivor = (0..3)
+        .find(|i| *i != victim && fleet.nodes[*i].name != next)
+        .expect("third");
     let other = lease_json(&fleet, &fleet.nodes[survivor].name);
     assert!(
         other.as_ref().is_none_or(|v| v["active"] == false),
@@ -113,28 +133,48 @@ memory = "8Mi"
 #[test]
 fn scripts_acquire_and_release_leases_through_any_node() {
     let fleet = Fleet::start(3);
-    let first = fleet.json(0, &["lease", "acquire", "jobs", "--ttl", "2s", "--wait", "20s"]);
+    let first = fleet.json(
+        0,
+        &["lease", "acquire", "jobs", "--ttl", "2s", "--wait", "20s"],
+    );
     let first = first.expect("node-1 acquires the lease");
     assert_eq!(first["holder"], "node-1");
     let token = first["token"].as_u64().expect("token");
     // Held by node-1 and renewed: node-2 cannot have it.
-    let out = fleet.cli(1, &["lease", "acquire", "jobs", "--ttl", "2s", "--wait", "3s"]);
+    let out = fleet.cli(
+        1,
+        &["lease", "acquire", "jobs", "--ttl", "2s", "--wait", "3s"],
+    );
     assert!(!out.status.success(), "node-2 must not get a held lease");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not held yet"), "{err}");
     // node-1 releases; node-2 (still campaigning) gets it with a larger token.
     let out = fleet.cli(0, &["lease", "release", "jobs"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let second = wait_for("node-2 holds it", Duration::from_secs(20), || {
         fleet
-            .json(1, &["lease", "acquire", "jobs", "--ttl", "2s", "--wait", "1s"])
+            .json(
+                1,
+                &["lease", "acquire", "jobs", "--ttl", "2s", "--wait", "1s"],
+            )
             .filter(|v| v["holder"] == "node-2")
     });
     assert!(second["token"].as_u64().expect("token") > token);
     // Bad input is refused with the field named.
-    let out = fleet.cli(0, &["lease", "acquire", "jobs", "--ttl", "10ms", "--wait", "0s"]);
+    let out = fleet.cli(
+        0,
+        &["lease", "acquire", "jobs", "--ttl", "10ms", "--wait", "0s"],
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("ttl"));
     let voters = fleet.json(2, &["voters"]).expect("voters");
-    assert_eq!(voters["voters"].as_array().map(Vec::len), Some(3), "{voters}");
+    assert_eq!(
+        voters["voters"].as_array().map(Vec::len),
+        Some(3),
+        "{voters}"
+    );
 }

@@ -44,6 +44,9 @@ pub struct LeaseFacts {
     pub longest_gap_ms: u64,
     /// The largest fencing token granted.
     pub max_token: u64,
+    /// The shortest time from one holder's end to another node becoming holder (how close
+    /// the election came to the safety margin).
+    pub tightest_handover_ms: Option<u64>,
     /// The holder at the end, if any.
     pub holder_at_end: Option<usize>,
     /// Why nobody holds it at the end (empty when somebody does).
@@ -277,7 +280,11 @@ impl LeaseLog {
 }
 
 fn close(track: &mut Track, now_ms: u64, node: usize) {
-    for span in track.spans.iter_mut().filter(|s| s.node == node && !s.closed) {
+    for span in track
+        .spans
+        .iter_mut()
+        .filter(|s| s.node == node && !s.closed)
+    {
         span.until_ms = span.until_ms.min(now_ms);
         span.closed = true;
     }
@@ -316,6 +323,18 @@ fn facts_of(name: &LeaseName, track: &Track, end_ms: u64) -> LeaseFacts {
         without += gap;
         longest = longest.max(gap);
     }
+    let mut tightest: Option<u64> = None;
+    for (k, s) in spans.iter().enumerate() {
+        let before = spans[..k]
+            .iter()
+            .filter(|p| p.node != s.node)
+            .map(|p| p.until_ms)
+            .max();
+        if let Some(end) = before {
+            let gap = s.from_ms.saturating_sub(end);
+            tightest = Some(tightest.map_or(gap, |t| t.min(gap)));
+        }
+    }
     let holder_at_end = track
         .spans
         .iter()
@@ -329,6 +348,7 @@ fn facts_of(name: &LeaseName, track: &Track, end_ms: u64) -> LeaseFacts {
         without_holder_ms: without,
         longest_gap_ms: longest,
         max_token: track.max_token.map_or(0, |(t, _)| t),
+        tightest_handover_ms: tightest,
         holder_at_end,
         why_no_holder: String::new(),
         spans,

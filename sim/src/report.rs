@@ -106,8 +106,11 @@ fn lease_line(report: &RunReport, lease: &LeaseFacts) -> String {
         None if lease.why_no_holder.is_empty() => "no holder at the end".to_string(),
         None => format!("no holder at the end: {}", lease.why_no_holder),
     };
+    let tightest = lease
+        .tightest_handover_ms
+        .map_or(String::new(), |t| format!(" (tightest handover {t} ms)"));
     format!(
-        "{} ({}): {} elections, {} holder changes, {:.1} s without a holder (longest {:.1} s), max token {}; {end}",
+        "{} ({}): {} elections, {} holder changes{tightest}, {:.1} s without a holder (longest {:.1} s), max token {}; {end}",
         lease.name,
         if lease.quorum { "quorum" } else { "local" },
         lease.elections,

@@ -34,17 +34,25 @@ fn print_hashes() {
 #[ignore]
 fn print_one() {
     let path = std::env::var("SCEN").unwrap();
-    let seed: u64 = std::env::var("SEED").map(|s| s.parse().unwrap()).unwrap_or(1);
+    let seed: u64 = std::env::var("SEED")
+        .map(|s| s.parse().unwrap())
+        .unwrap_or(1);
     let s = Scenario::from_toml(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let r = run(&s, seed, RunOptions::default());
     print!("{}", starling_sim::report::summary(&r, &path));
-    if let Ok(out) = std::env::var("SVG") { std::fs::write(out, starling_sim::report::svg(&r)).unwrap(); }
+    if let Ok(out) = std::env::var("SVG") {
+        std::fs::write(out, starling_sim::report::svg(&r)).unwrap();
+    }
 }
 
 #[test]
 #[ignore]
 fn sweep() {
-    let files: Vec<String> = std::env::var("SCENS").unwrap().split_whitespace().map(String::from).collect();
+    let files: Vec<String> = std::env::var("SCENS")
+        .unwrap()
+        .split_whitespace()
+        .map(String::from)
+        .collect();
     let a: u64 = std::env::var("FROM").unwrap().parse().unwrap();
     let b: u64 = std::env::var("TO").unwrap().parse().unwrap();
     for path in files {
@@ -52,14 +60,42 @@ fn sweep() {
         let t = std::time::Instant::now();
         let next = std::sync::atomic::AtomicU64::new(a);
         let fails = std::sync::Mutex::new(Vec::new());
-        std::thread::scope(|sc| for _ in 0..2 { sc.spawn(|| loop {
-            let seed = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if seed >= b { return; }
-            let r = run(&s, seed, RunOptions::default());
-            if !r.as_expected() { fails.lock().unwrap().push((seed, r.violation.map(|v| format!("{} at {:.3}: {}", v.invariant, v.at_ms as f64/1000.0, v.detail)))); }
-        }); });
-        let mut f = fails.into_inner().unwrap(); f.sort();
-        println!("SWEEP {path}: {} seeds, {} failed, {:.1}s", b - a, f.len(), t.elapsed().as_secs_f64());
-        for (seed, v) in f.iter().take(10) { println!("  seed {seed}: {v:?}"); }
+        std::thread::scope(|sc| {
+            for _ in 0..2 {
+                sc.spawn(|| {
+                    loop {
+                        let seed = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if seed >= b {
+                            return;
+                        }
+                        let r = run(&s, seed, RunOptions::default());
+                        if !r.as_expected() {
+                            fails.lock().unwrap().push((
+                                seed,
+                                r.violation.map(|v| {
+                                    format!(
+                                        "{} at {:.3}: {}",
+                                        v.invariant,
+                                        v.at_ms as f64 / 1000.0,
+                                        v.detail
+                                    )
+                                }),
+                            ));
+                        }
+                    }
+                });
+            }
+        });
+        let mut f = fails.into_inner().unwrap();
+        f.sort();
+        println!(
+            "SWEEP {path}: {} seeds, {} failed, {:.1}s",
+            b - a,
+            f.len(),
+            t.elapsed().as_secs_f64()
+        );
+        for (seed, v) in f.iter().take(10) {
+            println!("  seed {seed}: {v:?}");
+        }
     }
 }

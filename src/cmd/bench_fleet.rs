@@ -19,7 +19,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
-fn summary(label: &str, mut values: Vec<f64>) -> String {
+pub(super) fn summary(label: &str, mut values: Vec<f64>) -> String {
     values.sort_by(f64::total_cmp);
     format!(
         "{label}: n={} min {:.0} ms / p50 {:.0} ms / p99 {:.0} ms / max {:.0} ms",
@@ -31,7 +31,7 @@ fn summary(label: &str, mut values: Vec<f64>) -> String {
     )
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -39,7 +39,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Live pids of `workload`'s replicas under a node's data dir, by replica index.
-fn live_replicas(dir: &Path, workload: &str) -> Vec<(u32, i64)> {
+pub(super) fn live_replicas(dir: &Path, workload: &str) -> Vec<(u32, i64)> {
     let Ok(entries) = std::fs::read_dir(dir.join("runtime/replicas")) else {
         return Vec::new();
     };
@@ -70,7 +70,7 @@ fn placement(fleet: &LocalFleet, workload: &str, skip: Option<usize>) -> Vec<(u3
     out
 }
 
-fn kill_replicas(dir: &Path) {
+pub(super) fn kill_replicas(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir.join("runtime/replicas")) else {
         return;
     };
@@ -127,7 +127,11 @@ async fn healthy_on(fleet: &LocalFleet, node: usize, workload: &str, index: u32)
         })
 }
 
-async fn wait_members(fleet: &LocalFleet, n: usize, timeout: Duration) -> anyhow::Result<()> {
+pub(super) async fn wait_members(
+    fleet: &LocalFleet,
+    n: usize,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         let mut all = true;
@@ -166,7 +170,7 @@ async fn wait_members(fleet: &LocalFleet, n: usize, timeout: Duration) -> anyhow
     }
 }
 
-async fn apply(fleet: &LocalFleet, at: usize, spec: SpecText) -> anyhow::Result<()> {
+pub(super) async fn apply(fleet: &LocalFleet, at: usize, spec: SpecText) -> anyhow::Result<()> {
     let mut client = fleet.client(at).await?;
     match client
         .call(&ApiRequest::Apply {

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod bench;
 pub mod bench_fleet;
+pub mod bench_lease;
 pub mod client;
 pub mod cluster;
 pub mod image;

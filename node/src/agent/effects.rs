@@ -3,8 +3,8 @@
 //! feeding back what the runtime saw (starts, exits, health), with health probers alongside.
 
 use super::*;
-use crate::core::{Action, CoreEvent};
 use crate::core::StopReason;
+use crate::core::{Action, CoreEvent};
 use crate::runtime::StartRequest;
 
 /// Grace between SIGTERM and SIGKILL when a lease was lost: well inside the drift margin.

@@ -82,7 +82,9 @@ impl Agent {
             }
             ApiRequest::Revoke { name } => self.revoke(name),
             ApiRequest::RotateGossipKey => error("key rotation is run by the agent loop".into()),
-            ApiRequest::LeaseAcquire { .. } => error("lease requests are run by the agent loop".into()),
+            ApiRequest::LeaseAcquire { .. } => {
+                error("lease requests are run by the agent loop".into())
+            }
             ApiRequest::LeaseRelease { name } => self.release(&name),
             ApiRequest::Voters { set, force } => self.voters_api(set, force),
         }

@@ -70,14 +70,7 @@ impl Leases {
         voters: Option<VoterRecord>,
     ) -> (Self, mpsc::UnboundedReceiver<(NodeId, LeaseMessage)>) {
         let (replies_tx, replies_rx) = mpsc::unbounded_channel();
-        let mut elector = Elector::new(
-            ElectorConfig {
-                node,
-                max_drift_ms,
-            },
-            memory,
-            now_ms(),
-        );
+        let mut elector = Elector::new(ElectorConfig { node, max_drift_ms }, memory, now_ms());
         if let Some(record) = &voters {
             elector.set_voters(record.voters());
         }
@@ -357,7 +350,12 @@ impl Agent {
         wait_ms: u64,
         reply: oneshot::Sender<ApiResponse>,
     ) {
-        if self.core.desired().get(&name).is_some_and(|r| r.spec.singleton) {
+        if self
+            .core
+            .desired()
+            .get(&name)
+            .is_some_and(|r| r.spec.singleton)
+        {
             let _ = reply.send(error(format!(
                 "lease {name} belongs to the singleton workload {name}; pick another name"
             )));
@@ -400,7 +398,8 @@ impl Agent {
     pub(super) fn lease_table(&self) -> ApiResponse {
         let now = now_ms();
         let elector = &self.leases.elector;
-        let mut names: BTreeSet<LeaseName> = elector.table().iter().map(|l| l.name.clone()).collect();
+        let mut names: BTreeSet<LeaseName> =
+            elector.table().iter().map(|l| l.name.clone()).collect();
         names.extend(elector.wanted().cloned());
         let mut rows = Vec::new();
         let mut json = Vec::new();
@@ -427,7 +426,11 @@ impl Agent {
                 holder.clone(),
                 epoch.to_string(),
                 token.to_string(),
-                if left > 0 { format!("{:.1}s", left as f64 / 1000.0) } else { "expired".into() },
+                if left > 0 {
+                    format!("{:.1}s", left as f64 / 1000.0)
+                } else {
+                    "expired".into()
+                },
                 here.clone(),
             ]);
             json.push(serde_json::json!({
@@ -436,9 +439,16 @@ impl Agent {
             }));
         }
         ApiResponse::Table {
-            columns: ["LEASE", "HOLDER", "EPOCH", "TOKEN", "EXPIRES IN", "THIS NODE"]
-                .map(String::from)
-                .to_vec(),
+            columns: [
+                "LEASE",
+                "HOLDER",
+                "EPOCH",
+                "TOKEN",
+                "EXPIRES IN",
+                "THIS NODE",
+            ]
+            .map(String::from)
+            .to_vec(),
             rows,
             json: serde_json::Value::Array(json).to_string(),
         }
@@ -514,7 +524,10 @@ impl Agent {
             env.push(("STARLING_LEASE_TOKEN".into(), token.to_string()));
         }
         if let Some(url) = &self.leases.url {
-            env.push(("STARLING_LEASE_URL".into(), format!("{url}/v1/leases/{name}")));
+            env.push((
+                "STARLING_LEASE_URL".into(),
+                format!("{url}/v1/leases/{name}"),
+            ));
         }
         env.push(("STARLING_LEASE_FILE".into(), "lease".into()));
         env

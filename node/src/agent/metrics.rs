@@ -7,10 +7,10 @@
 //! loop, so the server never touches the core. A tiny HTTP/1.1 responder is enough for these
 //! and keeps the agent small.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -175,9 +175,13 @@ impl LeaseBoard {
         let mut changes = self.changed.subscribe();
         let first = self.get(name);
         if wait_s > 0 {
-            let key = |i: &Option<LeaseInfo>| i.as_ref().map(|i| (i.active, i.token, i.holder.clone()));
+            let key =
+                |i: &Option<LeaseInfo>| i.as_ref().map(|i| (i.active, i.token, i.holder.clone()));
             let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait_s);
-            while tokio::time::timeout_at(deadline, changes.changed()).await.is_ok_and(|r| r.is_ok()) {
+            while tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .is_ok_and(|r| r.is_ok())
+            {
                 if key(&self.get(name)) != key(&first) {
                     break;
                 }

@@ -310,7 +310,8 @@ pub(crate) struct Agent {
     usage: Option<(u32, u64)>,
     /// Leader election.
     leases: leases::Leases,
-    lease_replies: Option<mpsc::UnboundedReceiver<(NodeId, starling_protocol::lease::LeaseMessage)>>,
+    lease_replies:
+        Option<mpsc::UnboundedReceiver<(NodeId, starling_protocol::lease::LeaseMessage)>>,
 }
 
 /// Most events kept for `describe`.
