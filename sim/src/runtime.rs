@@ -39,8 +39,7 @@ impl World<'_> {
         self.with_core(i, |core, now| core.handle_runtime(now, event));
     }
 
-    /// Calls node `i`'s core, then carries out its actions and re-arms its timer.
-
+    /// Carries out one action of node `i`'s core.
     pub(crate) fn act(&mut self, i: usize, action: Action) {
         match action {
             Action::Campaign { lease, want } => self.campaign(i, lease, want),

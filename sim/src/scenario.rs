@@ -557,6 +557,32 @@ mod tests {
     }
 
     #[test]
+    fn labels_leases_and_an_expected_violation_parse() {
+        let s = Scenario::from_toml(
+            "name = \"t\"\nduration = \"1m\"\n[fleet]\nnodes = 4\n[[fleet.labels]]\nnodes = [\"node-01\", \"node-02\"]\nvoter = \"true\"\n[leases]\nmax_drift = \"250ms\"\n[check]\nexpect_violation = \"lease-holders\"\n",
+        )
+        .expect("valid");
+        assert_eq!(s.leases.max_drift_ms, 250);
+        assert_eq!(s.expect_violation.as_deref(), Some("lease-holders"));
+        assert_eq!(s.fleet.labels.len(), 1);
+        assert_eq!(s.fleet.labels[0].0, vec!["node-01", "node-02"]);
+        assert_eq!(
+            s.fleet.labels[0].1.get("voter").map(String::as_str),
+            Some("true")
+        );
+        let e = Scenario::from_toml(
+            "name = \"t\"\nduration = \"1m\"\n[[fleet.labels]]\nnodes = [\"node-01\"]\n",
+        )
+        .expect_err("no label");
+        assert!(e.to_string().starts_with("fleet.labels[0]:"), "{e}");
+        let e = Scenario::from_toml(
+            "name = \"t\"\nduration = \"1m\"\n[leases]\nmax_drift = \"soon\"\n",
+        )
+        .expect_err("bad drift");
+        assert!(e.to_string().starts_with("leases.max_drift:"), "{e}");
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let e = Scenario::from_toml(
             "name = \"t\"\nduration = \"2m\"\n[[faults]]\nat = \"1m\"\nkind = \"crash\"\n",

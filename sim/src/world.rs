@@ -502,6 +502,7 @@ impl<'s> World<'s> {
         }
     }
 
+    /// Calls node `i`'s core, then carries out its actions and re-arms its timer.
     pub fn with_core(&mut self, i: usize, f: impl FnOnce(&mut NodeCore, u64)) {
         let now = self.node_now(i);
         let Some(core) = self.nodes[i].core.as_mut() else {
