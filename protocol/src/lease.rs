@@ -124,6 +124,8 @@ pub struct GrantReply {
     pub reason: String,
     /// The highest epoch the voter has granted for this lease.
     pub highest_epoch: u64,
+    /// To whom it granted that epoch (a candidate may reuse an epoch granted to itself).
+    pub highest_holder: Option<NodeId>,
     /// When refused: how long until the voter's current promise lapses (0 if none).
     pub retry_in_ms: u64,
 }

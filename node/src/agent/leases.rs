@@ -106,6 +106,7 @@ impl Agent {
             "campaigning for lease {lease} ({:?}, ttl {} ms)",
             want.mode, want.ttl_ms
         ));
+        self.drive_elector();
     }
 
     /// The core no longer wants this node to hold the lease.
@@ -114,6 +115,7 @@ impl Agent {
             return;
         }
         self.leases.elector.unwant(&lease);
+        self.drive_elector();
     }
 
     /// Carries out what the elector decided, in order (a voter's memory is stored before the

@@ -116,7 +116,9 @@ impl NodeCore {
                 } else {
                     let since = *self.lease_away_since.entry(name.clone()).or_insert(now_ms);
                     let until = since + self.config.move_hold_ms;
-                    deadline = Some(deadline.map_or(until, |d: u64| d.min(until)));
+                    if now_ms < until {
+                        deadline = Some(deadline.map_or(until, |d: u64| d.min(until)));
+                    }
                     now_ms < until
                 }
             } else {
@@ -127,7 +129,10 @@ impl NodeCore {
                 wanted.insert(name.clone(), want);
             }
         }
-        self.lease_away_since.retain(|n, _| wanted.contains_key(n));
+        // Kept while the lease is held: a withdrawal takes effect when the elector reports the
+        // loss, and the hold must not start over in between.
+        let held = &self.held;
+        self.lease_away_since.retain(|n, _| held.contains_key(n));
         let old = std::mem::take(&mut self.campaigning);
         for (name, want) in &wanted {
             if old.get(name) != Some(want) {

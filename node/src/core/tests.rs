@@ -1217,3 +1217,46 @@ fn deleting_a_singleton_withdraws_its_campaign() {
 fn s1_name() -> WorkloadName {
     WorkloadName::new("leader").expect("valid")
 }
+
+#[test]
+fn a_holder_placed_elsewhere_withdraws_once_after_the_move_hold() {
+    let s1 = spec("leader", 1, "singleton = true");
+    let mut s = Single::new(&[s1]);
+    let name = s1_name();
+    s.core.handle_lease(0, name.clone(), Some(1));
+    s.drain();
+    // A node that ranks first for replica 0 appears: placement moves the singleton there.
+    let mut both = view(&[("n1", Liveness::Alive)]);
+    for candidate in ["a", "b", "c", "d", "e", "f", "g", "h"] {
+        both.nodes
+            .insert(id(candidate), node_view(candidate, Liveness::Alive));
+    }
+    s.core.handle_view(100, both);
+    s.drain();
+    let placed_here = s.core.plan().and_then(|p| {
+        p.placed.get(&ReplicaId {
+            workload: name.clone(),
+            index: 0,
+        })
+    }) == Some(&id("n1"));
+    assert!(!placed_here, "some other node ranks first");
+    s.advance(5_000);
+    assert!(
+        !s.campaigns.contains(&(name.clone(), false)),
+        "held through the move hold"
+    );
+    s.advance(10_200);
+    assert_eq!(
+        s.campaigns.last(),
+        Some(&(name.clone(), false)),
+        "withdrawn after it"
+    );
+    let before = s.campaigns.len();
+    // Until the elector reports the loss, the core does not campaign again.
+    s.advance(12_000);
+    assert_eq!(s.campaigns.len(), before, "{:?}", s.campaigns);
+    s.core.handle_lease(12_000, name.clone(), None);
+    s.drain();
+    s.advance(20_000);
+    assert_eq!(s.campaigns.len(), before, "{:?}", s.campaigns);
+}

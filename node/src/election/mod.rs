@@ -160,6 +160,8 @@ pub struct Elector {
     silent_until_ms: u64,
     /// Highest epoch heard of per lease (replies, records), so a new round outbids it.
     seen_epoch: BTreeMap<LeaseName, u64>,
+    /// The epoch this elector last proposed per lease.
+    proposed: BTreeMap<LeaseName, u64>,
     outputs: VecDeque<ElectionOutput>,
 }
 
@@ -180,6 +182,7 @@ impl Elector {
             memory,
             silent_until_ms,
             seen_epoch: BTreeMap::new(),
+            proposed: BTreeMap::new(),
             outputs: VecDeque::new(),
         }
     }
@@ -279,7 +282,9 @@ impl Elector {
 
     /// A lease record from gossip.
     pub fn handle_record(&mut self, now_ms: u64, lease: Lease) {
-        self.note_epoch(&lease.name, lease.epoch);
+        if lease.holder != self.config.node {
+            self.note_epoch(&lease.name, lease.epoch);
+        }
         let name = lease.name.clone();
         if !self.table.merge_lease(lease) {
             return;
@@ -413,6 +418,7 @@ impl Elector {
             Some(h) => h.lease.renewed(self.stamp(now_ms)),
             None => {
                 let epoch = self.next_epoch(name);
+                self.proposed.insert(name.clone(), epoch);
                 Lease {
                     name: name.clone(),
                     holder: me.clone(),
@@ -429,11 +435,30 @@ impl Elector {
         }
     }
 
+    /// The epoch of a new campaign: above every epoch granted to another node that this
+    /// node heard of; an epoch granted to this node itself may be reused (a retry is not a new
+    /// holder, so a candidate refused for a while does not burn through fencing tokens).
     fn next_epoch(&self, name: &LeaseName) -> u64 {
-        let table = self.table.get(name).map_or(0, |l| l.epoch);
-        let seen = self.seen_epoch.get(name).copied().unwrap_or(0);
-        let granted = self.memory.highest.get(name).map_or(0, |(e, _)| *e);
-        table.max(seen).max(granted) + 1
+        let me = &self.config.node;
+        let others = self
+            .table
+            .get(name)
+            .filter(|l| &l.holder != me)
+            .map_or(0, |l| l.epoch)
+            .max(self.seen_epoch.get(name).copied().unwrap_or(0));
+        // Reuse only what this very elector proposed: after a restart an old instance may
+        // still write with the old token, so a new life takes a new one.
+        let own = match self.memory.highest.get(name) {
+            Some((e, holder)) if holder == me && self.proposed.get(name) == Some(e) => *e,
+            Some((e, _)) => e + 1,
+            None => 0,
+        };
+        let mine = self
+            .table
+            .get(name)
+            .filter(|l| &l.holder == me)
+            .map_or(0, |l| l.epoch + 1);
+        (others + 1).max(own).max(mine)
     }
 
     fn stamp(&self, now_ms: u64) -> Timestamp {
@@ -506,7 +531,9 @@ impl Elector {
     }
 
     fn on_reply(&mut self, now_ms: u64, from: &NodeId, reply: GrantReply) {
-        self.note_epoch(&reply.name, reply.highest_epoch);
+        if reply.highest_holder.as_ref() != Some(&self.config.node) {
+            self.note_epoch(&reply.name, reply.highest_epoch);
+        }
         let Some(campaign) = self.campaigns.get_mut(&reply.name) else {
             return;
         };
@@ -595,6 +622,7 @@ impl Elector {
             granted: false,
             reason: String::new(),
             highest_epoch,
+            highest_holder: highest.as_ref().map(|(_, h)| h.clone()),
             retry_in_ms: 0,
         };
         let ttl = lease.duration_ms.min(LEASE_TTL_MAX_MS);
@@ -665,7 +693,10 @@ impl Elector {
                 .push_back(ElectionOutput::Persist(self.memory.clone()));
         }
         reply.granted = true;
-        reply.highest_epoch = reply.highest_epoch.max(lease.epoch);
+        if lease.epoch >= reply.highest_epoch {
+            reply.highest_epoch = lease.epoch;
+            reply.highest_holder = Some(lease.holder.clone());
+        }
         reply
     }
 

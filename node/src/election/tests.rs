@@ -370,3 +370,25 @@ fn a_grant_for_someone_else_is_refused() {
     );
     assert!(!reply.granted);
 }
+
+#[test]
+fn a_refused_candidate_keeps_its_epoch_instead_of_burning_tokens() {
+    let mut f = Fleet::new(&["a", "b", "c"]);
+    f.want("a");
+    f.want("b");
+    f.run_to(10_000);
+    assert_eq!(f.holders(), vec![id("a")]);
+    // b was refused for 10 s, retrying; it then gets the lease right after a's epoch.
+    if let Some(e) = f.nodes.get_mut(&id("a")) {
+        e.unwant(&lease_name());
+    }
+    f.pump();
+    f.run_to(11_000);
+    assert_eq!(f.holders(), vec![id("b")]);
+    assert_eq!(
+        f.nodes[&id("b")]
+            .holds(&lease_name(), f.now)
+            .map(|l| l.fencing_token),
+        Some(2)
+    );
+}
