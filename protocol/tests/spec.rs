@@ -511,6 +511,39 @@ fn a_singleton_runs_at_most_one_replica_and_does_not_scale() {
 }
 
 #[test]
+fn lease_settings_belong_to_singletons_and_are_checked() {
+    let s = valid(&process(
+        "singleton = true\nstandbys = 2\nlease_mode = \"local\"\nlease_ttl = \"2s\"",
+    ));
+    assert_eq!(s.lease.standbys, 2);
+    assert_eq!(s.lease.ttl_ms, 2_000);
+    assert_eq!(
+        s.replicas_to_place(),
+        3,
+        "the active instance and two standbys"
+    );
+    assert_eq!(
+        paths(&process("standbys = 1\nlease_ttl = \"2s\"")),
+        BTreeSet::from(["standbys".to_string(), "lease_ttl".to_string()])
+    );
+    assert_eq!(
+        paths(&process(
+            "singleton = true\nstandbys = 9\nlease_mode = \"majority\"\nlease_ttl = \"10ms\""
+        )),
+        BTreeSet::from([
+            "standbys".to_string(),
+            "lease_mode".to_string(),
+            "lease_ttl".to_string()
+        ])
+    );
+    let round = valid(&process(
+        "singleton = true\nstandbys = 1\nlease_ttl = \"3s\"",
+    ));
+    let again = WorkloadSpec::from_toml(&round.to_toml()).expect("round trip");
+    assert_eq!(again, round);
+}
+
+#[test]
 fn health_sets_exactly_one_probe() {
     let none = process("[health]\ninterval = \"5s\"");
     assert_eq!(

@@ -331,6 +331,15 @@ pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
             print!("{}", table(nodes));
             println!();
             print!("{}", table(replicas));
+            if let Ok(leases) = client
+                .call(&ApiRequest::Get {
+                    kind: ObjectKind::Leases,
+                })
+                .await
+            {
+                println!();
+                print!("{}", table(leases));
+            }
             if args.rounds > 0 && round >= args.rounds {
                 break;
             }

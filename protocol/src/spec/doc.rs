@@ -238,9 +238,11 @@ pub(super) fn to_doc(spec: &WorkloadSpec) -> SpecDoc {
         replicas: Some(spec.replicas.into()),
         priority: Some(spec.priority.into()),
         singleton: Some(spec.singleton),
-        standbys: Some(spec.lease.standbys.into()),
-        lease_mode: Some(lease_mode_text(spec.lease.mode).into()),
-        lease_ttl: Some(duration_text(spec.lease.ttl_ms)),
+        standbys: spec.singleton.then(|| spec.lease.standbys.into()),
+        lease_mode: spec
+            .singleton
+            .then(|| lease_mode_text(spec.lease.mode).into()),
+        lease_ttl: spec.singleton.then(|| duration_text(spec.lease.ttl_ms)),
         placement: Some(placement_text(spec.placement).into()),
         partition: Some(partition_text(spec.partition).into()),
         resources: Some(ResourcesDoc {
