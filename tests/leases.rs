@@ -178,3 +178,78 @@ fn scripts_acquire_and_release_leases_through_any_node() {
         "{voters}"
     );
 }
+
+#[test]
+fn a_warm_standby_becomes_active_without_a_restart_when_the_holder_dies() {
+    let mut fleet = Fleet::start(3);
+    let file = spec(
+        fleet.tmp.path(),
+        "leader",
+        r#"
+name = "leader"
+singleton = true
+standbys = 1
+lease_ttl = "2s"
+command = "sleep"
+args = ["1000"]
+[resources]
+cpu = "10m"
+memory = "8Mi"
+"#,
+    );
+    let out = fleet.cli(0, &["apply", "-f", &file]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Two instances on two nodes; exactly one of them is active.
+    let (active, standby) = wait_for(
+        "an active instance and a standby",
+        Duration::from_secs(30),
+        || {
+            let live = instances(&fleet);
+            if live.len() != 2 || live[0].0 == live[1].0 {
+                return None;
+            }
+            let states: Vec<(String, bool)> = live
+                .iter()
+                .map(|(node, _)| {
+                    let active = lease_json(&fleet, node).is_some_and(|v| v["active"] == true);
+                    (node.clone(), active)
+                })
+                .collect();
+            let actives: Vec<&(String, bool)> = states.iter().filter(|s| s.1).collect();
+            (actives.len() == 1 && states.iter().filter(|s| !s.1).count() == 1).then(|| {
+                let a = actives[0].0.clone();
+                let b = states
+                    .iter()
+                    .find(|s| !s.1)
+                    .map(|s| s.0.clone())
+                    .unwrap_or_default();
+                (a, b)
+            })
+        },
+    );
+    let token = lease_json(&fleet, &active)
+        .and_then(|v| v["token"].as_u64())
+        .expect("token");
+    let standby_pid = support::pids(fleet.node_dir(&standby), "leader")
+        .into_iter()
+        .find(|p| support::alive(*p))
+        .expect("the standby runs");
+    let victim = fleet
+        .nodes
+        .iter()
+        .position(|n| n.name == active)
+        .expect("active node");
+    fleet.crash(victim);
+    let info = wait_for("the standby active", Duration::from_secs(30), || {
+        lease_json(&fleet, &standby).filter(|v| v["active"] == true)
+    });
+    assert!(info["token"].as_u64().expect("token") > token, "{info}");
+    assert!(
+        support::alive(standby_pid),
+        "the standby took over in place, without a restart"
+    );
+}
