@@ -177,7 +177,8 @@ impl LeaseBoard {
         if wait_s > 0 {
             let key =
                 |i: &Option<LeaseInfo>| i.as_ref().map(|i| (i.active, i.token, i.holder.clone()));
-            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait_s);
+            let deadline = tokio::time::Instant::from_std(crate::clock::monotonic())
+                + std::time::Duration::from_secs(wait_s);
             while tokio::time::timeout_at(deadline, changes.changed())
                 .await
                 .is_ok_and(|r| r.is_ok())

@@ -649,22 +649,21 @@ impl Elector {
                 .is_some_and(|(e, h)| *e == lease.epoch && h != &lease.holder)
         {
             Some((format!("epoch {highest_epoch} is already granted"), 0))
-        } else if let Some(p) = self
-            .promises
-            .get(name)
-            .filter(|p| now_ms < p.until_ms && p.lease.holder != lease.holder)
-        {
-            Some((
-                format!(
-                    "promised to {} (epoch {}) for another {} ms",
-                    p.lease.holder,
-                    p.lease.epoch,
-                    p.until_ms - now_ms
-                ),
-                p.until_ms - now_ms,
-            ))
         } else {
-            None
+            self.promises
+                .get(name)
+                .filter(|p| now_ms < p.until_ms && p.lease.holder != lease.holder)
+                .map(|p| {
+                    (
+                        format!(
+                            "promised to {} (epoch {}) for another {} ms",
+                            p.lease.holder,
+                            p.lease.epoch,
+                            p.until_ms - now_ms
+                        ),
+                        p.until_ms - now_ms,
+                    )
+                })
         };
         if let Some((reason, retry)) = refusal {
             reply.reason = reason;
