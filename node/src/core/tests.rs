@@ -1198,7 +1198,7 @@ fn standbys_run_without_the_lease_and_restart_as_standbys_after_losing_it() {
 #[test]
 fn deleting_a_singleton_withdraws_its_campaign() {
     let s1 = spec("leader", 1, "singleton = true");
-    let mut s = Single::new(&[s1.clone()]);
+    let mut s = Single::new(std::slice::from_ref(&s1));
     let mut d = desired_of(&[s1]);
     d.write(
         s1_name(),

@@ -1,3 +1,5 @@
+use starling_protocol::hlc::Timestamp;
+
 use super::*;
 
 const TTL: u64 = 2_000;
