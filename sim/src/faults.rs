@@ -146,6 +146,7 @@ pub(crate) fn apply(world: &mut World, k: usize) {
             for i in resolve(world, &s) {
                 world.crash(i);
                 world.nodes[i].disk = Default::default();
+                world.nodes[i].disk.voter = None;
             }
         }
         Step::Fault(FaultKind::Partition(groups)) => {

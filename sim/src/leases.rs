@@ -205,7 +205,7 @@ impl World<'_> {
                         self.send(i, j, Msg::Lease(message));
                     }
                 }
-                ElectionOutput::Persist(memory) => self.nodes[i].disk.voter = memory,
+                ElectionOutput::Persist(memory) => self.nodes[i].disk.voter = Some(memory),
                 ElectionOutput::Holding {
                     lease,
                     may_act_until_ms,

@@ -47,8 +47,9 @@ pub(crate) struct Disk {
     /// The desired state's digest root, kept current by `refresh_root` (every heartbeat
     /// compares it, and building the tree for each would dominate the run).
     pub root: u128,
-    /// The elector's voter memory (highest epochs granted, longest grant).
-    pub voter: VoterMemory,
+    /// The elector's voter memory (highest epochs granted, longest grant); `None` once the
+    /// disk was lost (the voter cannot know what it promised before).
+    pub voter: Option<VoterMemory>,
 }
 
 impl Default for Disk {
@@ -58,7 +59,7 @@ impl Default for Disk {
             root: desired.digest().root(),
             desired,
             assignment: Vec::new(),
-            voter: VoterMemory::default(),
+            voter: Some(VoterMemory::default()),
         }
     }
 }

@@ -66,7 +66,7 @@ impl Leases {
     pub fn new(
         node: NodeId,
         max_drift_ms: u64,
-        memory: VoterMemory,
+        memory: Option<VoterMemory>,
         voters: Option<VoterRecord>,
     ) -> (Self, mpsc::UnboundedReceiver<(NodeId, LeaseMessage)>) {
         let (replies_tx, replies_rx) = mpsc::unbounded_channel();

@@ -352,7 +352,8 @@ impl Agent {
         let (leases, lease_replies) = leases::Leases::new(
             identity.node.clone(),
             config.lease_max_drift_ms,
-            store.read_value("election.bin")?.unwrap_or_default(),
+            // Absent (a new node, or a lost one): the voter stays quiet for one lease duration.
+            store.read_value("election.bin")?,
             store.read_value("voters.bin")?,
         );
         let core = NodeCore::new(

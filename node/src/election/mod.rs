@@ -159,6 +159,8 @@ pub struct Elector {
     promises: BTreeMap<LeaseName, Promise>,
     memory: VoterMemory,
     silent_until_ms: u64,
+    /// Started without any memory at this time (see `new`).
+    amnesiac_since_ms: Option<u64>,
     /// Highest epoch heard of per lease (replies, records), so a new round outbids it.
     seen_epoch: BTreeMap<LeaseName, u64>,
     /// The epoch this elector last proposed per lease.
@@ -167,8 +169,13 @@ pub struct Elector {
 }
 
 impl Elector {
-    /// An elector restored from the voter's memory at `now_ms`.
-    pub fn new(config: ElectorConfig, memory: VoterMemory, now_ms: u64) -> Self {
+    /// An elector restored from the voter's memory at `now_ms`. `None` means the memory is
+    /// gone (a lost disk, or a node that cannot tell it never voted): the voter then grants
+    /// nothing until one requested duration (plus the margin) has passed since `now_ms`, in
+    /// case it promised that lease to someone before.
+    pub fn new(config: ElectorConfig, memory: Option<VoterMemory>, now_ms: u64) -> Self {
+        let amnesiac_since_ms = memory.is_none().then_some(now_ms);
+        let memory = memory.unwrap_or_default();
         let silent_until_ms = if memory.longest_grant_ms == 0 {
             0
         } else {
@@ -182,6 +189,7 @@ impl Elector {
             promises: BTreeMap::new(),
             memory,
             silent_until_ms,
+            amnesiac_since_ms,
             seen_epoch: BTreeMap::new(),
             proposed: BTreeMap::new(),
             outputs: VecDeque::new(),

@@ -43,7 +43,7 @@ impl Fleet {
                         node: id(n),
                         max_drift_ms: DRIFT,
                     },
-                    VoterMemory::default(),
+                    Some(VoterMemory::default()),
                     0,
                 );
                 e.set_voters(voters.clone());
@@ -256,7 +256,7 @@ fn a_restarted_voter_grants_nothing_for_the_longest_grant_and_keeps_its_epochs()
             node: id("a"),
             max_drift_ms: DRIFT,
         },
-        memory,
+        Some(memory),
         1_000,
     );
     restarted.set_voters(f.nodes[&id("a")].voters().clone());
@@ -307,7 +307,7 @@ fn local_mode_elects_on_each_side_and_the_higher_epoch_wins_on_heal() {
             node: id("a"),
             max_drift_ms: DRIFT,
         },
-        VoterMemory::default(),
+        Some(VoterMemory::default()),
         0,
     );
     let mut b = Elector::new(
@@ -315,7 +315,7 @@ fn local_mode_elects_on_each_side_and_the_higher_epoch_wins_on_heal() {
             node: id("b"),
             max_drift_ms: DRIFT,
         },
-        VoterMemory::default(),
+        Some(VoterMemory::default()),
         0,
     );
     a.want(0, &lease_name(), local);
@@ -345,7 +345,7 @@ fn a_grant_for_someone_else_is_refused() {
             node: id("v"),
             max_drift_ms: DRIFT,
         },
-        VoterMemory::default(),
+        Some(VoterMemory::default()),
         0,
     );
     e.set_voters(Voters {
@@ -393,4 +393,33 @@ fn a_refused_candidate_keeps_its_epoch_instead_of_burning_tokens() {
             .map(|l| l.fencing_token),
         Some(2)
     );
+}
+
+#[test]
+fn a_voter_without_memory_grants_nothing_for_one_lease_duration() {
+    let mut e = Elector::new(
+        ElectorConfig {
+            node: id("v"),
+            max_drift_ms: DRIFT,
+        },
+        None,
+        10_000,
+    );
+    e.set_voters(Voters {
+        version: 0,
+        nodes: [id("v")].into_iter().collect(),
+    });
+    e.want(10_000, &lease_name(), quorum());
+    assert!(e.holds(&lease_name(), 10_000).is_none());
+    assert!(
+        e.view(&lease_name())
+            .waiting_for
+            .contains("without its voting memory")
+    );
+    let mut t = 10_000;
+    while e.holds(&lease_name(), t).is_none() && t < 20_000 {
+        t = e.poll_timeout().expect("a timer");
+        e.handle_timeout(t);
+    }
+    assert!(t >= 10_000 + TTL + DRIFT, "granted at {t}");
 }

@@ -48,6 +48,16 @@ impl Elector {
                 "restarted recently; grants nothing until its old promises lapsed".to_string(),
                 self.silent_until_ms - now_ms,
             ))
+        } else if let Some(quiet_until) = self
+            .amnesiac_since_ms
+            .map(|since| since + ttl + self.config.max_drift_ms)
+            .filter(|until| now_ms < *until)
+        {
+            Some((
+                "started without its voting memory; grants nothing for one lease duration"
+                    .to_string(),
+                quiet_until - now_ms,
+            ))
         } else if lease.epoch < highest_epoch
             || highest
                 .as_ref()
