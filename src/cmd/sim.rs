@@ -33,7 +33,7 @@ pub fn main(args: SimArgs) -> anyhow::Result<ExitCode> {
                 write_report(out, &r)?;
                 println!("picture    {}", out.display());
             }
-            Ok(if r.violation.is_none() {
+            Ok(if r.as_expected() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -78,7 +78,7 @@ fn many(
                         return;
                     }
                     let r = run(scenario, seed, options);
-                    if r.violation.is_some() {
+                    if !r.as_expected() {
                         failures.lock().unwrap_or_else(|e| e.into_inner()).push(r);
                     }
                 }
@@ -93,7 +93,16 @@ fn many(
         b - a,
         failures.len()
     );
+    if let Some(expected) = &scenario.expect_violation {
+        println!("  (built to fail: a failed seed is one where {expected} was NOT detected)");
+    }
     for r in &failures {
+        if r.violation.is_none() {
+            println!(
+                "  seed {}: the expected violation was not detected  (reproduce: starling sim {path} --seed {})",
+                r.seed, r.seed
+            );
+        }
         if let Some(v) = &r.violation {
             println!(
                 "  seed {}: {} at {:.3} s: {}  (reproduce: starling sim {path} --seed {})",
