@@ -408,6 +408,10 @@ fn fit(id: Identity, mut doc: SpecDoc, health: Option<(HealthDoc, usize)>) -> Sp
     if id.singleton {
         doc.replicas = doc.replicas.map(|r| r.min(1));
         doc.scaling = None;
+        // Lease settings vary with fields already drawn, so the strategy's shape stays put.
+        doc.standbys = doc.priority.map(|p| p.rem_euclid(3));
+        doc.lease_mode = (doc.partition.as_deref() == Some("availability")).then(|| "local".into());
+        doc.lease_ttl = doc.replicas.map(|r| format!("{}s", 1 + r).as_str().into());
     }
     if let Some(s) = &doc.scaling {
         let (lo, hi) = (s.min.unwrap_or(0), s.max.unwrap_or(0));
