@@ -32,6 +32,24 @@ fn instances(fleet: &Fleet) -> Vec<(String, u64)> {
     out
 }
 
+/// Applies the `leader` singleton (TTL 2 s, plus `extra` lines) at node `at`.
+fn apply_leader(fleet: &Fleet, at: usize, extra: &str) {
+    let file = spec(
+        fleet.tmp.path(),
+        "leader",
+        &format!(
+            "name = \"leader\"\nsingleton = true\nlease_ttl = \"2s\"\n{extra}\n\
+             command = \"sleep\"\nargs = [\"1000\"]\n[resources]\ncpu = \"10m\"\nmemory = \"8Mi\"\n"
+        ),
+    );
+    let out = fleet.cli(at, &["apply", "-f", &file]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn lease_json(fleet: &Fleet, node: &str) -> Option<Value> {
     let base: std::net::SocketAddr = fleet
         .nodes
@@ -48,26 +66,7 @@ fn lease_json(fleet: &Fleet, node: &str) -> Option<Value> {
 #[test]
 fn the_holders_instance_is_the_only_one_and_a_new_holder_takes_over_with_a_larger_token() {
     let mut fleet = Fleet::start(3);
-    let file = spec(
-        fleet.tmp.path(),
-        "leader",
-        r#"
-name = "leader"
-singleton = true
-lease_ttl = "2s"
-command = "sleep"
-args = ["1000"]
-[resources]
-cpu = "10m"
-memory = "8Mi"
-"#,
-    );
-    let out = fleet.cli(1, &["apply", "-f", &file]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    apply_leader(&fleet, 1, "");
     let (holder, token) = wait_for("one active instance", Duration::from_secs(30), || {
         let live = instances(&fleet);
         (live.len() == 1 && live[0].1 > 0).then(|| live[0].clone())
@@ -182,27 +181,7 @@ fn scripts_acquire_and_release_leases_through_any_node() {
 #[test]
 fn a_warm_standby_becomes_active_without_a_restart_when_the_holder_dies() {
     let mut fleet = Fleet::start(3);
-    let file = spec(
-        fleet.tmp.path(),
-        "leader",
-        r#"
-name = "leader"
-singleton = true
-standbys = 1
-lease_ttl = "2s"
-command = "sleep"
-args = ["1000"]
-[resources]
-cpu = "10m"
-memory = "8Mi"
-"#,
-    );
-    let out = fleet.cli(0, &["apply", "-f", &file]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    apply_leader(&fleet, 0, "standbys = 1");
     // Two instances on two nodes; exactly one of them is active.
     let (active, standby) = wait_for(
         "an active instance and a standby",

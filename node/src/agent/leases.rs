@@ -4,7 +4,7 @@
 //! last writer wins by HLC stamp), tells the core what it holds, and shows workloads their
 //! lease: the token file in the replica's directory and the board behind `/v1/leases/NAME`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,12 +52,10 @@ pub(super) struct Leases {
     pub board: Arc<LeaseBoard>,
     pub replies_tx: mpsc::UnboundedSender<(NodeId, LeaseMessage)>,
     pub voters: Option<VoterRecord>,
-    /// Leases acquired for scripts through the API, with their TTL.
-    pub scripts: BTreeMap<LeaseName, u64>,
+    /// Leases acquired for scripts through the API (the core must not withdraw them).
+    pub scripts: BTreeSet<LeaseName>,
     /// API calls waiting for a lease: (name, deadline, reply).
     pub waiters: Vec<(LeaseName, u64, oneshot::Sender<ApiResponse>)>,
-    /// Fencing tokens of the leases held, as last told to the core.
-    pub held: BTreeMap<LeaseName, (Lease, u64)>,
     /// Where the `/v1/leases` endpoint listens, for workloads' environment.
     pub url: Option<String>,
 }
@@ -79,9 +77,8 @@ impl Leases {
             board: Arc::default(),
             replies_tx,
             voters,
-            scripts: BTreeMap::new(),
+            scripts: BTreeSet::new(),
             waiters: Vec::new(),
-            held: BTreeMap::new(),
             url: None,
         };
         (leases, replies_rx)
@@ -111,7 +108,7 @@ impl Agent {
 
     /// The core no longer wants this node to hold the lease.
     pub(super) fn withdraw(&mut self, lease: WorkloadName) {
-        if self.leases.scripts.contains_key(&lease) {
+        if self.leases.scripts.contains(&lease) {
             return;
         }
         self.leases.elector.unwant(&lease);
@@ -130,20 +127,10 @@ impl Agent {
                     }
                 }
                 ElectionOutput::Send { to, message } => self.send_lease_message(to, message),
-                ElectionOutput::Holding {
-                    lease,
-                    may_act_until_ms,
-                } => {
+                ElectionOutput::Holding { lease, .. } => {
                     let name = lease.name.clone();
-                    let new = self
-                        .leases
-                        .held
-                        .get(&name)
-                        .is_none_or(|(l, _)| l.fencing_token != lease.fencing_token);
-                    self.leases
-                        .held
-                        .insert(name.clone(), (lease.clone(), may_act_until_ms));
-                    if new {
+                    // Renewals keep the token; only a new grant concerns the core.
+                    if self.core.held_token(&name) != Some(lease.fencing_token) {
                         self.note(format!(
                             "holding lease {name}: epoch {}, fencing token {}",
                             lease.epoch, lease.fencing_token
@@ -158,7 +145,6 @@ impl Agent {
                     }
                 }
                 ElectionOutput::Lost { name, reason } => {
-                    self.leases.held.remove(&name);
                     self.note(format!("lost lease {name}: {reason}"));
                     self.decide(|core| core.handle_lease(now, name.clone(), None));
                     self.show_lease(&name);
@@ -371,7 +357,7 @@ impl Agent {
         }
         self.ensure_voters();
         let now = now_ms();
-        self.leases.scripts.insert(name.clone(), ttl_ms);
+        self.leases.scripts.insert(name.clone());
         self.leases.elector.want(
             now,
             &name,
@@ -386,7 +372,7 @@ impl Agent {
 
     /// `starling lease release NAME`.
     pub(super) fn release(&mut self, name: &LeaseName) -> ApiResponse {
-        if self.leases.scripts.remove(name).is_none() {
+        if !self.leases.scripts.remove(name) {
             return error(format!(
                 "lease {name} was not acquired through this node's API"
             ));
@@ -485,15 +471,15 @@ impl Agent {
     fn show_lease(&mut self, name: &LeaseName) {
         let now = now_ms();
         let view = self.leases.elector.view(name);
-        let held = self.leases.held.get(name).filter(|(_, until)| now < *until);
+        let held = self.leases.elector.holds(name, now);
         let info = LeaseInfo {
             name: name.to_string(),
             node: self.node.to_string(),
             active: held.is_some(),
             holder: view.record.as_ref().map(|l| l.holder.to_string()),
             epoch: view.record.as_ref().map_or(0, |l| l.epoch),
-            token: held.map_or(0, |(l, _)| l.fencing_token),
-            act_until_unix_ms: held.map_or(0, |(_, until)| *until),
+            token: held.map_or(0, |l| l.fencing_token),
+            act_until_unix_ms: held.and(view.may_act_until_ms).unwrap_or(0),
         };
         let file = format!(
             "active={}\ntoken={}\nepoch={}\nholder={}\nact_until_unix_ms={}\n",

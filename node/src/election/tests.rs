@@ -9,6 +9,18 @@ fn id(s: &str) -> NodeId {
     NodeId::new(s).expect("valid")
 }
 
+/// An elector for node `node` restored from `memory` at `now`.
+fn elector(node: &str, memory: Option<VoterMemory>, now: u64) -> Elector {
+    Elector::new(
+        ElectorConfig {
+            node: id(node),
+            max_drift_ms: DRIFT,
+        },
+        memory,
+        now,
+    )
+}
+
 fn lease_name() -> LeaseName {
     LeaseName::new("db").expect("valid")
 }
@@ -38,14 +50,7 @@ impl Fleet {
         let nodes = names
             .iter()
             .map(|n| {
-                let mut e = Elector::new(
-                    ElectorConfig {
-                        node: id(n),
-                        max_drift_ms: DRIFT,
-                    },
-                    Some(VoterMemory::default()),
-                    0,
-                );
+                let mut e = elector(n, Some(VoterMemory::default()), 0);
                 e.set_voters(voters.clone());
                 (id(n), e)
             })
@@ -251,14 +256,7 @@ fn a_restarted_voter_grants_nothing_for_the_longest_grant_and_keeps_its_epochs()
         other => panic!("unexpected {other:?}"),
     };
     assert_eq!(memory.highest.get(&lease_name()).map(|h| h.0), Some(1));
-    let mut restarted = Elector::new(
-        ElectorConfig {
-            node: id("a"),
-            max_drift_ms: DRIFT,
-        },
-        Some(memory),
-        1_000,
-    );
+    let mut restarted = elector("a", Some(memory), 1_000);
     restarted.set_voters(f.nodes[&id("a")].voters().clone());
     restarted.want(1_000, &lease_name(), quorum());
     assert!(restarted.holds(&lease_name(), 1_000).is_none());
@@ -302,22 +300,8 @@ fn local_mode_elects_on_each_side_and_the_higher_epoch_wins_on_heal() {
         ttl_ms: TTL,
         mode: LeaseMode::Local,
     };
-    let mut a = Elector::new(
-        ElectorConfig {
-            node: id("a"),
-            max_drift_ms: DRIFT,
-        },
-        Some(VoterMemory::default()),
-        0,
-    );
-    let mut b = Elector::new(
-        ElectorConfig {
-            node: id("b"),
-            max_drift_ms: DRIFT,
-        },
-        Some(VoterMemory::default()),
-        0,
-    );
+    let mut a = elector("a", Some(VoterMemory::default()), 0);
+    let mut b = elector("b", Some(VoterMemory::default()), 0);
     a.want(0, &lease_name(), local);
     let first = a.holds(&lease_name(), 0).cloned().expect("a holds");
     b.handle_record(0, first.clone());
@@ -340,14 +324,7 @@ fn local_mode_elects_on_each_side_and_the_higher_epoch_wins_on_heal() {
 
 #[test]
 fn a_grant_for_someone_else_is_refused() {
-    let mut e = Elector::new(
-        ElectorConfig {
-            node: id("v"),
-            max_drift_ms: DRIFT,
-        },
-        Some(VoterMemory::default()),
-        0,
-    );
+    let mut e = elector("v", Some(VoterMemory::default()), 0);
     e.set_voters(Voters {
         version: 0,
         nodes: [id("v")].into_iter().collect(),
@@ -397,14 +374,7 @@ fn a_refused_candidate_keeps_its_epoch_instead_of_burning_tokens() {
 
 #[test]
 fn a_voter_without_memory_grants_nothing_for_one_lease_duration() {
-    let mut e = Elector::new(
-        ElectorConfig {
-            node: id("v"),
-            max_drift_ms: DRIFT,
-        },
-        None,
-        10_000,
-    );
+    let mut e = elector("v", None, 10_000);
     e.set_voters(Voters {
         version: 0,
         nodes: [id("v")].into_iter().collect(),
