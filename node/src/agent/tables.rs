@@ -23,7 +23,11 @@ fn table(columns: &[&str], rows: Vec<Vec<String>>, json: serde_json::Value) -> A
 
 /// Every node's status, this node's included.
 fn statuses(core: &NodeCore) -> BTreeMap<NodeId, NodeStatus> {
-    let mut all = core.peer_statuses().clone();
+    let mut all: BTreeMap<NodeId, NodeStatus> = core
+        .peer_statuses()
+        .iter()
+        .map(|(node, status)| (node.clone(), NodeStatus::clone(status)))
+        .collect();
     all.insert(core.node().clone(), core.status());
     all
 }

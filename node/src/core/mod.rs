@@ -21,11 +21,13 @@
 //! - Restart policies with exponential back-off; `CrashLoop` with exit code and log tail.
 
 mod io;
+mod plan;
 mod reconcile;
 mod replica;
 mod singleton;
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use starling_protocol::NodeId;
 use starling_protocol::desired::DesiredState;
@@ -34,6 +36,7 @@ use starling_protocol::quantity::{Bytes, Millicores};
 use starling_protocol::status::NodeStatus;
 
 pub use io::{Action, CoreEvent, RuntimeEvent, StopReason};
+pub use plan::{DirectPlanner, Plan, Planner, census, compute as compute_plan};
 use replica::{AfterExit, LocalReplica, Phase};
 pub use singleton::LeaseWant;
 
@@ -89,17 +92,22 @@ pub struct Restored {
 #[derive(Debug)]
 pub struct NodeCore {
     config: CoreConfig,
-    view: FleetView,
-    peers: BTreeMap<NodeId, NodeStatus>,
-    desired: DesiredState,
+    /// Shared: a host running many cores hands the same view to all that see the same fleet.
+    view: Arc<FleetView>,
+    /// Shared like the view; statuses are shared between the cores of one host, too.
+    peers: BTreeMap<NodeId, Arc<NodeStatus>>,
+    desired: Arc<DesiredState>,
+    planner: Arc<dyn Planner>,
     replicas: BTreeMap<ReplicaId, LocalReplica>,
     last_assignment: BTreeMap<ReplicaId, u64>,
     /// Since when placement has wanted each not-yet-claimed replica here (hysteresis).
     wanted_since: BTreeMap<ReplicaId, u64>,
     /// Since when each running replica has been planned on another node (handover timeout).
     away_since: BTreeMap<ReplicaId, u64>,
-    plan: Option<Assignment>,
+    plan: Option<Arc<Plan>>,
     majority: bool,
+    /// The view changed since the majority was last judged.
+    view_changed: bool,
     next_instance: u64,
     actions: VecDeque<Action>,
     published: Option<NodeStatus>,
@@ -116,19 +124,39 @@ pub struct NodeCore {
 impl NodeCore {
     /// A core for `config.node`, restored from disk.
     pub fn new(config: CoreConfig, restored: Restored) -> Self {
-        let persisted = restored.last_assignment.clone();
+        Self::shared(
+            config,
+            restored.last_assignment,
+            Arc::new(restored.view),
+            Arc::new(restored.desired),
+            Arc::new(DirectPlanner),
+        )
+    }
+
+    /// A core restored from shared state, with plans from `planner`: for hosts that run many
+    /// cores (the simulator) and share one copy of what they all see.
+    pub fn shared(
+        config: CoreConfig,
+        last_assignment: Vec<(ReplicaId, u64)>,
+        view: Arc<FleetView>,
+        desired: Arc<DesiredState>,
+        planner: Arc<dyn Planner>,
+    ) -> Self {
+        let persisted = last_assignment.clone();
         NodeCore {
             next_instance: config.instance_base.max(1),
             config,
-            view: restored.view,
+            view,
             peers: BTreeMap::new(),
-            desired: restored.desired,
+            desired,
+            planner,
             replicas: BTreeMap::new(),
-            last_assignment: restored.last_assignment.into_iter().collect(),
+            last_assignment: last_assignment.into_iter().collect(),
             wanted_since: BTreeMap::new(),
             away_since: BTreeMap::new(),
             plan: None,
             majority: true,
+            view_changed: true,
             actions: VecDeque::new(),
             published: None,
             persisted,
@@ -159,13 +187,13 @@ impl NodeCore {
     }
 
     /// The latest status each peer published.
-    pub fn peer_statuses(&self) -> &BTreeMap<NodeId, NodeStatus> {
+    pub fn peer_statuses(&self) -> &BTreeMap<NodeId, Arc<NodeStatus>> {
         &self.peers
     }
 
     /// The current plan (as of the last reconcile).
     pub fn plan(&self) -> Option<&Assignment> {
-        self.plan.as_ref()
+        self.plan.as_deref().map(|p| &p.assignment)
     }
 
     /// The fleet view the core works from.
@@ -194,28 +222,92 @@ impl NodeCore {
 
     /// The membership and resources of the fleet changed. `view` must include this node.
     pub fn handle_view(&mut self, now_ms: u64, view: FleetView) {
-        if view != self.view {
-            self.view = view;
-            self.plan = None;
-            self.peers.retain(|id, _| self.view.nodes.contains_key(id));
+        if view != *self.view {
+            self.set_view(Arc::new(view));
         }
         self.reconcile(now_ms);
+    }
+
+    /// [`NodeCore::handle_view`] for a host that shares views between cores: a view that is
+    /// not the same allocation counts as changed, without comparing 10,000 members.
+    pub fn handle_shared_view(&mut self, now_ms: u64, view: Arc<FleetView>) {
+        if !Arc::ptr_eq(&view, &self.view) {
+            self.set_view(view);
+        }
+        self.reconcile(now_ms);
+    }
+
+    fn set_view(&mut self, view: Arc<FleetView>) {
+        // Statuses of members that left go with them; a view of the same size or larger
+        // removed nobody worth the walk (a departed member's status is harmless until then:
+        // every use asks the view whether its node is live).
+        let shrank = view.nodes.len() < self.view.nodes.len();
+        self.view = view;
+        self.plan = None;
+        self.view_changed = true;
+        if shrank {
+            let view = &self.view;
+            self.peers.retain(|id, _| view.nodes.contains_key(id));
+        }
     }
 
     /// A peer published its status.
     pub fn handle_peer_status(&mut self, now_ms: u64, node: NodeId, status: NodeStatus) {
+        self.handle_shared_peer_status(now_ms, node, Arc::new(status));
+    }
+
+    /// [`NodeCore::handle_peer_status`] with a status shared between cores. A status that
+    /// touches none of the replicas this node runs, claims or is planned is only stored: in a
+    /// large fleet statuses change all the time, and re-planning for each would cost every
+    /// node the whole fleet's churn.
+    pub fn handle_shared_peer_status(&mut self, now_ms: u64, node: NodeId, status: Arc<NodeStatus>) {
         if node == self.config.node {
             return;
         }
-        self.peers.insert(node, status);
+        let old = self.peers.insert(node, status.clone());
+        if self.majority
+            && self.plan.is_some()
+            && !self.touches_mine(&status)
+            && old.as_deref().is_none_or(|s| !self.touches_mine(s))
+        {
+            return;
+        }
         self.reconcile(now_ms);
+    }
+
+    /// Whether a peer's status names a replica this node's decisions depend on: one it
+    /// tracks, one placed here, or one of a singleton (leases look at every copy).
+    fn touches_mine(&self, status: &NodeStatus) -> bool {
+        let mine = self
+            .plan
+            .as_deref()
+            .map_or(&[][..], |p| p.on(&self.config.node));
+        status.replicas.keys().any(|r| {
+            self.replicas.contains_key(r)
+                || mine.binary_search(r).is_ok()
+                || self
+                    .desired
+                    .get(&r.workload)
+                    .is_some_and(|rev| rev.spec.singleton)
+        })
     }
 
     /// The desired state changed (a local write or a merge from a peer).
     pub fn handle_desired(&mut self, now_ms: u64, desired: DesiredState) {
-        if desired != self.desired {
+        if desired != *self.desired {
+            self.desired = Arc::new(desired);
+            self.plan = None;
+        }
+        self.reconcile(now_ms);
+    }
+
+    /// [`NodeCore::handle_desired`] with a desired state shared between cores.
+    pub fn handle_shared_desired(&mut self, now_ms: u64, desired: Arc<DesiredState>) {
+        if !Arc::ptr_eq(&desired, &self.desired) && *desired != *self.desired {
             self.desired = desired;
             self.plan = None;
+        } else {
+            self.desired = desired;
         }
         self.reconcile(now_ms);
     }

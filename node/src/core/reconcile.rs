@@ -3,12 +3,13 @@
 use std::collections::BTreeMap;
 
 use starling_protocol::desired::Revision;
-use starling_protocol::placement::{
-    Assignment, Liveness, ReplicaId, Score, node_hash, plan, plan_specs, replica_key,
-};
-use starling_protocol::spec::{PartitionPolicy, WorkloadSpec};
+use std::sync::Arc;
+
+use starling_protocol::placement::{Assignment, Liveness, ReplicaId, Score, node_hash, replica_key};
+use starling_protocol::spec::WorkloadSpec;
 use starling_protocol::status::ReplicaState;
 
+use super::plan::Plan;
 use super::replica::{LocalReplica, Phase};
 use super::singleton::follows_lease;
 use super::{Action, CoreEvent, NodeCore, StopReason};
@@ -23,10 +24,11 @@ impl NodeCore {
         }
         let plan = self.plan.take().unwrap_or_default();
         let wanted = self.wanted(&plan);
+        let assignment = &plan.assignment;
         let mut deadline: Option<u64> = None;
         let tracked: Vec<ReplicaId> = self.replicas.keys().cloned().collect();
         for replica in tracked.iter().filter(|r| !wanted.contains_key(*r)) {
-            self.release(now_ms, replica, &plan);
+            self.release(now_ms, replica, assignment);
         }
         self.wanted_since.retain(|r, _| wanted.contains_key(r));
         self.away_since
@@ -38,7 +40,7 @@ impl NodeCore {
             let due = self.pursue(now_ms, replica, revision);
             deadline = min_some(deadline, due);
         }
-        let due = self.update_candidacy(now_ms, &plan);
+        let due = self.update_candidacy(now_ms, assignment);
         deadline = min_some(deadline, due);
         self.plan = Some(plan);
         self.deadline_ms = deadline;
@@ -46,13 +48,13 @@ impl NodeCore {
     }
 
     fn update_majority(&mut self) {
-        let known = self.view.nodes.len().max(1);
-        let visible = self
-            .view
-            .nodes
-            .values()
-            .filter(|n| n.liveness != Liveness::Down)
-            .count();
+        // Only the view decides it, and walking 10,000 members on every event would cost more
+        // than everything else a reconcile does.
+        if !std::mem::take(&mut self.view_changed) {
+            return;
+        }
+        let (known, visible) = self.planner.census(&self.view);
+        let known = known.max(1);
         let majority = 2 * visible > known;
         if majority != self.majority {
             self.majority = majority;
@@ -66,32 +68,17 @@ impl NodeCore {
         }
     }
 
-    /// The plan this node acts on. Without a majority, nodes it cannot see are treated as
-    /// merely suspected, so their replicas stay theirs (no replacement), except for workloads
-    /// that chose `partition = "availability"`.
-    fn compute_plan(&self) -> Assignment {
-        if self.majority || self.config.bug_minority_takes_over {
-            return plan(&self.view, &self.desired);
-        }
-        let mut frozen = self.view.clone();
-        for node in frozen.nodes.values_mut() {
-            if node.liveness == Liveness::Down {
-                node.liveness = Liveness::Suspect;
-            }
-        }
-        let specs: Vec<&WorkloadSpec> = self.desired.workloads().map(|(_, r)| &r.spec).collect();
-        let (available, consistent): (Vec<&WorkloadSpec>, Vec<&WorkloadSpec>) = specs
-            .into_iter()
-            .partition(|s| s.partition == PartitionPolicy::Availability);
-        let mut assignment = plan_specs(&frozen, consistent);
-        let replaced = plan_specs(&self.view, available);
-        assignment.placed.extend(replaced.placed);
-        assignment.unplaced.extend(replaced.unplaced);
-        assignment
+    fn compute_plan(&self) -> Arc<Plan> {
+        self.planner.plan(
+            &self.view,
+            &self.desired,
+            self.majority,
+            self.config.bug_minority_takes_over,
+        )
     }
 
     /// The replicas this node should run, with the revision to run.
-    fn wanted(&self, plan: &Assignment) -> BTreeMap<ReplicaId, Revision> {
+    fn wanted(&self, plan: &Plan) -> BTreeMap<ReplicaId, Revision> {
         let me = &self.config.node;
         let mut wanted = BTreeMap::new();
         let desired_revision = |r: &ReplicaId| {
@@ -100,17 +87,17 @@ impl NodeCore {
                 .filter(|rev| r.index < rev.spec.replicas_to_place())
                 .cloned()
         };
-        for (replica, node) in &plan.placed {
-            if desired_revision(replica).is_some_and(|r| follows_lease(&r.spec)) {
+        for replica in plan.on(me) {
+            let Some(rev) = desired_revision(replica) else {
+                continue;
+            };
+            if follows_lease(&rev.spec) {
                 continue;
             }
             let may_start = self.majority
                 || self.config.bug_minority_takes_over
                 || !self.maybe_running_elsewhere(replica);
-            if node == me
-                && may_start
-                && let Some(rev) = desired_revision(replica)
-            {
+            if may_start {
                 wanted.insert(replica.clone(), rev);
             }
         }
