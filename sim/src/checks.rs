@@ -89,24 +89,8 @@ pub(crate) fn on_start(world: &mut World, i: usize, replica: &ReplicaId, spec: &
         );
         world.checker.fail("capacity-over-committed", detail);
     }
-    // (5) No replica moves while its node is only suspected.
-    for (y, other) in world.nodes.iter().enumerate() {
-        let runs_it = y != i
-            && other.power == Power::Up
-            && other.instances.get(replica).is_some_and(|x| x.running);
-        let suspected = node
-            .view
-            .nodes
-            .get(&other.id)
-            .is_some_and(|v| v.liveness == Liveness::Suspect);
-        if runs_it && suspected {
-            let detail = format!(
-                "{} starts {}/{} while {} runs it and is only suspected",
-                node.id, replica.workload, replica.index, other.id
-            );
-            world.checker.fail("moved-on-suspicion", detail);
-        }
-    }
+    moved_on_suspicion(world, i, replica);
+    let node = &world.nodes[i];
     // (6) A minority side starts no replacements: only its own assignment, or brand-new replicas.
     // A singleton that follows its lease is the lease's business (invariant 4): it starts
     // where the lease is held, majority or not, and never from a last assignment.
@@ -125,6 +109,46 @@ pub(crate) fn on_start(world: &mut World, i: usize, replica: &ReplicaId, spec: &
         }
     }
     world.checker.ever_started.insert(replica.clone());
+}
+
+/// (5) No replica moves while its node is only suspected: node `i` starts `replica` while a
+/// node it suspects runs it. That is a move on suspicion unless placement gives the replica
+/// to `i` even with every suspected node counted alive: then the suspicion changed nothing,
+/// and the start is a planned move (say, a node back from a reboot taking its replica back
+/// after the move hold, make before break: the old copy runs until the new one is healthy).
+fn moved_on_suspicion(world: &mut World, i: usize, replica: &ReplicaId) {
+    let node = &world.nodes[i];
+    let suspected_runner = world.nodes.iter().enumerate().find(|(y, other)| {
+        *y != i
+            && other.power == Power::Up
+            && other.instances.get(replica).is_some_and(|x| x.running)
+            && node
+                .view
+                .nodes
+                .get(&other.id)
+                .is_some_and(|v| v.liveness == Liveness::Suspect)
+    });
+    let Some((_, runner)) = suspected_runner else {
+        return;
+    };
+    let mut trusting = node.view.clone();
+    for v in trusting.nodes.values_mut() {
+        if v.liveness == Liveness::Suspect {
+            v.liveness = Liveness::Alive;
+        }
+    }
+    let desired = node
+        .core
+        .as_ref()
+        .map_or(&node.disk.desired, |c| c.desired());
+    if plan(&trusting, desired).placed.get(replica) == Some(&node.id) {
+        return;
+    }
+    let detail = format!(
+        "{} starts {}/{} while {} runs it and is only suspected",
+        node.id, replica.workload, replica.index, runner.id
+    );
+    world.checker.fail("moved-on-suspicion", detail);
 }
 
 /// A singleton without standbys: its one instance runs on the lease holder only.
