@@ -21,6 +21,7 @@
 
 mod checks;
 pub mod epidemic;
+mod fast;
 mod faults;
 mod lease_check;
 mod leases;
@@ -106,6 +107,9 @@ pub struct RunOptions {
 
 /// Runs `scenario` with `seed`.
 pub fn run(scenario: &Scenario, seed: u64, options: RunOptions) -> RunReport {
+    if scenario.gossip.model != scenario::GossipModel::Mesh {
+        return fast::run(scenario, seed, options);
+    }
     let mut world = world::World::new(scenario, seed, options.bug_minority_takes_over);
     let violation = world.run().err();
     RunReport {

@@ -102,6 +102,23 @@ pub struct Gossip {
     pub down_after_ms: u64,
     /// How nodes decide who is down.
     pub detector: DetectorModel,
+    /// Which level of gossip simulation runs.
+    pub model: GossipModel,
+}
+
+/// The two levels of gossip simulation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GossipModel {
+    /// Every message over the simulated network (heartbeats, statuses, anti-entropy, probes):
+    /// tens of nodes.
+    Mesh,
+    /// Epidemic rounds: each round every node reconciles with `fanout` random peers, and k
+    /// watchers declare a silent node suspect and down after the configured rounds. Scales to
+    /// 10,000+ nodes (see `fast`).
+    Fast {
+        /// Peers contacted per node per round.
+        fanout: usize,
+    },
 }
 
 /// Failure detection in the simulation.
@@ -277,6 +294,8 @@ struct GossipDoc {
     suspect_after: Option<String>,
     down_after: Option<String>,
     detector: Option<String>,
+    model: Option<String>,
+    fanout: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -369,6 +388,27 @@ impl Scenario {
                     )));
                 }
             },
+            model: match (doc.gossip.model.as_deref(), doc.gossip.fanout) {
+                (None | Some("mesh"), None) => GossipModel::Mesh,
+                (None | Some("mesh"), Some(_)) => {
+                    return Err(ScenarioError(
+                        "gossip.fanout: only the fast model has a fanout (model = \"fast\")".into(),
+                    ));
+                }
+                (Some("fast"), fanout) => match fanout.unwrap_or(3) {
+                    f @ 1..=16 => GossipModel::Fast { fanout: f },
+                    f => {
+                        return Err(ScenarioError(format!(
+                            "gossip.fanout: must be between 1 and 16, got {f}"
+                        )));
+                    }
+                },
+                (Some(other), _) => {
+                    return Err(ScenarioError(format!(
+                        "gossip.model: must be mesh or fast, got {other:?}"
+                    )));
+                }
+            },
         };
         if gossip.down_after_ms < gossip.suspect_after_ms {
             return Err(ScenarioError(
@@ -392,6 +432,9 @@ impl Scenario {
                 )));
             }
             labels.push((l.nodes, l.labels));
+        }
+        if gossip.model != GossipModel::Mesh {
+            fast_model_supports(&workloads, &faults)?;
         }
         Ok(Scenario {
             name: doc.name,
@@ -429,6 +472,32 @@ impl Scenario {
             expect_violation: doc.check.expect_violation,
         })
     }
+}
+
+/// The fast model has no network links (so no partitions, cuts or flaps) and no elector (so
+/// no singleton that follows a lease); a scenario that needs them names the field to change.
+fn fast_model_supports(workloads: &[WorkloadSpec], faults: &[Fault]) -> Result<(), ScenarioError> {
+    for (i, w) in workloads.iter().enumerate() {
+        if w.singleton {
+            return Err(ScenarioError(format!(
+                "workloads[{i}].singleton: leases need the mesh model (gossip.model = \"mesh\")"
+            )));
+        }
+    }
+    for (i, f) in faults.iter().enumerate() {
+        let kind = match f.kind {
+            FaultKind::Partition(_) => "partition",
+            FaultKind::Cut { .. } => "cut",
+            FaultKind::Heal => "heal",
+            FaultKind::Flap { .. } => "flap",
+            _ => continue,
+        };
+        return Err(ScenarioError(format!(
+            "faults[{i}].kind: {kind} needs network links, which only the mesh model has \
+             (gossip.model = \"mesh\")"
+        )));
+    }
+    Ok(())
 }
 
 fn spec_of(path: &str, table: toml::Table) -> Result<WorkloadSpec, ScenarioError> {

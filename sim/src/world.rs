@@ -542,7 +542,7 @@ impl<'s> World<'s> {
     }
 }
 
-fn unreachable_id() -> NodeId {
+pub(crate) fn unreachable_id() -> NodeId {
     // Generated ids are always valid; this keeps the code free of a panic path anyway.
     NodeId::new("node-x").unwrap_or_else(|_| unreachable_id())
 }
