@@ -260,7 +260,12 @@ impl NodeCore {
     /// touches none of the replicas this node runs, claims or is planned is only stored: in a
     /// large fleet statuses change all the time, and re-planning for each would cost every
     /// node the whole fleet's churn.
-    pub fn handle_shared_peer_status(&mut self, now_ms: u64, node: NodeId, status: Arc<NodeStatus>) {
+    pub fn handle_shared_peer_status(
+        &mut self,
+        now_ms: u64,
+        node: NodeId,
+        status: Arc<NodeStatus>,
+    ) {
         if node == self.config.node {
             return;
         }

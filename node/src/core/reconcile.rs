@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use starling_protocol::desired::Revision;
 use std::sync::Arc;
 
-use starling_protocol::placement::{Assignment, Liveness, ReplicaId, Score, node_hash, replica_key};
+use starling_protocol::placement::{
+    Assignment, Liveness, ReplicaId, Score, node_hash, replica_key,
+};
 use starling_protocol::spec::WorkloadSpec;
 use starling_protocol::status::ReplicaState;
 
