@@ -1260,3 +1260,81 @@ fn a_holder_placed_elsewhere_withdraws_once_after_the_move_hold() {
     s.advance(20_000);
     assert_eq!(s.campaigns.len(), before, "{:?}", s.campaigns);
 }
+
+#[test]
+fn a_status_about_someone_else_s_replica_is_kept_for_later_decisions() {
+    // A status that touches none of this node's replicas does not re-plan, but it is kept: when
+    // placement later moves the replica here, the copy that status reports running elsewhere
+    // makes it a move (held for move_hold_ms), not a replacement.
+    let specs = [spec("web", 1, "")];
+    let desired = desired_of(&specs);
+    let r = replica("web", 0);
+    let all = view(&[
+        ("n1", Liveness::Alive),
+        ("n2", Liveness::Alive),
+        ("n3", Liveness::Alive),
+    ]);
+    let owner = compute_plan(&all, &desired, true, false).placed[&r].clone();
+    let mut without_owner = all.clone();
+    if let Some(v) = without_owner.nodes.get_mut(&owner) {
+        v.liveness = Liveness::Down;
+    }
+    let me = compute_plan(&without_owner, &desired, true, false).placed[&r].clone();
+    let runner = all
+        .nodes
+        .keys()
+        .find(|n| **n != owner && **n != me)
+        .expect("a third node")
+        .clone();
+    let mut core = NodeCore::new(config(me.as_str()), Restored::default());
+    core.handle_view(0, all);
+    core.handle_desired(0, desired);
+    let running = NodeStatus {
+        replicas: [(
+            r.clone(),
+            starling_protocol::status::ReplicaStatus {
+                revision: 1,
+                state: ReplicaState::Running,
+                healthy: true,
+                restarts: 0,
+                last_exit_code: None,
+                reason: None,
+            },
+        )]
+        .into(),
+        reserved: Capacity::default(),
+    };
+    core.handle_peer_status(0, runner.clone(), running);
+    assert!(core.peer_statuses().contains_key(&runner));
+    core.handle_view(100, without_owner);
+    let mut starts = Vec::new();
+    let mut now = 100;
+    while let Some(t) = core.poll_timeout().filter(|t| *t <= 20_000) {
+        now = t.max(now);
+        core.handle_timeout(now);
+        while let Some(a) = core.poll_action() {
+            if let Action::Start { replica, .. } = a {
+                starts.push((now, replica));
+            }
+        }
+    }
+    assert_eq!(starts.len(), 1, "{starts:?}");
+    assert!(
+        starts[0].0 >= 100 + 10_000,
+        "started at {} ms: the running copy was forgotten",
+        starts[0].0
+    );
+}
+
+#[test]
+fn the_plan_index_lists_each_node_s_replicas_in_order() {
+    let specs = [spec("web", 5, ""), spec("db", 3, "")];
+    let all = view(&[("n1", Liveness::Alive), ("n2", Liveness::Alive)]);
+    let assignment = compute_plan(&all, &desired_of(&specs), true, false);
+    let plan = Plan::new(assignment.clone());
+    for n in ["n1", "n2", "n9"] {
+        let expected: Vec<ReplicaId> = assignment.for_node(&id(n)).cloned().collect();
+        assert_eq!(plan.on(&id(n)), expected.as_slice());
+    }
+    assert_eq!(plan.on(&id("n1")).len() + plan.on(&id("n2")).len(), 8);
+}

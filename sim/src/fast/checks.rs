@@ -76,7 +76,10 @@ fn start_violation(
     // (6) A minority side starts no replacements.
     if !core.has_majority()
         && spec.partition == PartitionPolicy::Consistency
-        && !node.assignment.iter().any(|(r, _)| r == replica)
+        && !node
+            .minority_baseline
+            .as_ref()
+            .is_some_and(|b| b.contains(replica))
         && world.ever_started.contains(replica)
     {
         let detail = format!(

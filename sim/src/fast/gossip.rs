@@ -26,6 +26,7 @@ use starling_protocol::status::NodeStatus;
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Bits {
     words: Vec<u64>,
+    ones: usize,
 }
 
 impl Bits {
@@ -43,13 +44,21 @@ impl Bits {
         let (w, b) = (i / 64, 1u64 << (i % 64));
         let was = self.words[w] & b != 0;
         self.words[w] |= b;
+        self.ones += usize::from(!was);
         !was
     }
 
     pub fn clear(&mut self, i: usize) {
         if let Some(w) = self.words.get_mut(i / 64) {
-            *w &= !(1 << (i % 64));
+            let b = 1u64 << (i % 64);
+            self.ones -= usize::from(*w & b != 0);
+            *w &= !b;
         }
+    }
+
+    /// Bits set.
+    pub fn ones(&self) -> usize {
+        self.ones
     }
 }
 
@@ -397,8 +406,11 @@ mod tests {
         assert!(b.set(700));
         assert!(!b.set(700));
         assert!(b.get(700) && !b.get(699));
+        assert_eq!(b.ones(), 1);
+        b.clear(700);
         b.clear(700);
         assert!(!b.get(700));
+        assert_eq!(b.ones(), 0);
     }
 
     #[test]

@@ -20,7 +20,7 @@ mod gossip;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use starling_node::core::{Action, CoreConfig, NodeCore, RuntimeEvent};
+use starling_node::core::{Action, CoreConfig, CoreEvent, NodeCore, RuntimeEvent};
 use starling_protocol::desired::{DesiredState, Revision};
 use starling_protocol::hash::{hash64, mix64};
 use starling_protocol::hlc::{Hlc, Timestamp};
@@ -100,6 +100,9 @@ struct FastNode {
     instances: BTreeMap<ReplicaId, Instance>,
     /// The assignment persisted on disk.
     assignment: Vec<(ReplicaId, u64)>,
+    /// What it may start while on a minority side: its assignment when it lost the majority
+    /// or booted (a claim made since is persisted too, so the disk alone cannot say).
+    minority_baseline: Option<BTreeSet<ReplicaId>>,
     core_timer_at: Option<u64>,
     /// Whether it ever published a status with replicas (an empty first status is news to
     /// nobody: absent and empty mean the same to a peer in a fleet that has a majority).
@@ -273,6 +276,7 @@ impl<'s> FastWorld<'s> {
             writes: 0,
             instances: BTreeMap::new(),
             assignment: Vec::new(),
+            minority_baseline: None,
             core_timer_at: None,
             published: false,
         });
@@ -311,6 +315,7 @@ impl<'s> FastWorld<'s> {
         let node = &mut self.nodes[i];
         node.power = Power::Up;
         node.published = false;
+        node.minority_baseline = Some(node.assignment.iter().map(|(r, _)| r.clone()).collect());
         node.instances.clear();
         node.hlc = match desired.newest_timestamp().cloned() {
             Some(t) => Hlc::resume(
@@ -651,7 +656,8 @@ impl<'s> FastWorld<'s> {
             .copied()
             .filter(|id| {
                 let knows = &news.rumours[*id as usize].knows;
-                up.iter().all(|n| knows.get(*n))
+                // Counting first: most rounds most rumours are still far from everyone.
+                knows.ones() >= up.len() && up.iter().all(|n| knows.get(*n))
             })
             .collect();
         if !done.is_empty() {
@@ -838,7 +844,18 @@ impl<'s> FastWorld<'s> {
                 self.news.start_status(i, Arc::new(status), bytes);
             }
             Action::PersistAssignment(assignment) => self.nodes[i].assignment = assignment,
-            Action::Event(event) => self.note(format!("{}: {event:?}", self.nodes[i].id)),
+            Action::Event(event) => {
+                match event {
+                    CoreEvent::MinoritySide { .. } => {
+                        let node = &mut self.nodes[i];
+                        node.minority_baseline =
+                            Some(node.assignment.iter().map(|(r, _)| r.clone()).collect());
+                    }
+                    CoreEvent::MajorityRegained { .. } => self.nodes[i].minority_baseline = None,
+                    _ => {}
+                }
+                self.note(format!("{}: {event:?}", self.nodes[i].id));
+            }
             // Scenario validation keeps lease workloads out of the fast model.
             Action::Campaign { .. } | Action::Withdraw { .. } => {}
         }
