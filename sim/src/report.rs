@@ -45,7 +45,18 @@ pub fn summary(report: &RunReport, scenario_path: &str) -> String {
         c.messages as f64 / per_node,
         c.bytes as f64 / per_node
     );
-    let _ = writeln!(out, "writes     {} acknowledged", c.writes);
+    match c.write_rounds {
+        Some(rounds) => {
+            let _ = writeln!(
+                out,
+                "writes     {} acknowledged; the slowest reached every up node in {rounds} rounds",
+                c.writes
+            );
+        }
+        None => {
+            let _ = writeln!(out, "writes     {} acknowledged", c.writes);
+        }
+    }
     for lease in &report.leases {
         let _ = writeln!(out, "lease      {}", lease_line(report, lease));
     }

@@ -153,6 +153,9 @@ pub struct Counters {
     pub duplicate_run_ms: u64,
     /// Writes acknowledged.
     pub writes: u64,
+    /// Fast model: gossip rounds the slowest write made during the run took to reach every
+    /// up node.
+    pub write_rounds: Option<u64>,
 }
 
 pub(crate) struct World<'s> {

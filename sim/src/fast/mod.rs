@@ -158,6 +158,10 @@ struct FastWorld<'s> {
     fanout: usize,
     bug_minority_takes_over: bool,
     sample_ms: u64,
+    /// Gossip rounds so far, and the round each write made during the run started in (by
+    /// its position in the write log), until it reaches every up node.
+    rounds: u64,
+    spreading_writes: BTreeMap<u32, u64>,
 }
 
 impl<'s> FastWorld<'s> {
@@ -195,6 +199,8 @@ impl<'s> FastWorld<'s> {
             fanout,
             bug_minority_takes_over,
             sample_ms: scenario.gossip.interval_ms.max(5_000),
+            rounds: 0,
+            spreading_writes: BTreeMap::new(),
         };
         // The fleet starts formed, with the scenario's workloads applied (the epidemic of one
         // write is measured on its own: `epidemic`, `starling bench dissemination`).
@@ -515,6 +521,8 @@ impl<'s> FastWorld<'s> {
             revision: Some(revision),
             at: at.clone(),
         });
+        self.spreading_writes
+            .insert(self.nodes[i].writes, self.rounds);
         self.acked.push((name, at));
         self.counters.writes += 1;
         let desired = self.news.desired(self.nodes[i].writes);

@@ -93,6 +93,7 @@ impl FastWorld<'_> {
     pub(super) fn round(&mut self) {
         let interval = self.scenario.gossip.interval_ms;
         self.schedule(self.now + interval, Ev::Round);
+        self.rounds += 1;
         let up: Vec<usize> = (0..self.nodes.len())
             .filter(|i| self.nodes[*i].power == Power::Up)
             .collect();
@@ -200,6 +201,14 @@ impl FastWorld<'_> {
         let nodes = &self.nodes;
         self.news
             .fold(members, writes, &self.planner, |m| describe(&nodes[m]));
+        let base = self.news.write_base();
+        while let Some(entry) = self.spreading_writes.first_entry() {
+            if *entry.key() > base {
+                break;
+            }
+            let took = self.rounds - entry.remove();
+            self.counters.write_rounds = Some(self.counters.write_rounds.unwrap_or(0).max(took));
+        }
         self.news.sweep();
         self.planner.sweep();
     }
