@@ -140,3 +140,34 @@ fn the_fast_model_names_what_it_cannot_simulate() {
     let e = Scenario::from_toml(mesh_fanout).expect_err("fanout needs the fast model");
     assert!(e.to_string().contains("gossip.fanout"), "{e}");
 }
+
+#[test]
+fn a_write_reaches_every_node_in_logarithmic_rounds_and_the_cores_act_on_it() {
+    let text = include_str!("../scenarios/churn-10k.toml")
+        .replace("nodes = 10000", "nodes = 2000")
+        .replace("replicas = 300", "replicas = 20")
+        .replace("replicas = 400", "replicas = 20")
+        .replace("replicas = 100", "replicas = 10")
+        .replace("duration = \"60m\"", "duration = \"4m\"");
+    let text = text[..text.find("[[faults]]").expect("faults")].to_string()
+        + r#"
+[[faults]]
+at = "1m"
+kind = "write"
+nodes = ["random:1"]
+[faults.spec]
+name = "worker"
+command = "work"
+args = ["--v2"]
+replicas = 20
+"#;
+    let scenario = Scenario::from_toml(&text).expect("scenario");
+    let r = run(&scenario, 3, RunOptions::default());
+    let summary = report::summary(&r, "write-2k");
+    assert!(r.violation.is_none(), "{summary}");
+    let rounds = r.counters.write_rounds.expect("the write spread");
+    assert!((3..=15).contains(&rounds), "{summary}");
+    // 50 first starts, then the 20 workers restart with the new revision.
+    assert_eq!(r.counters.starts, 70, "{summary}");
+    assert!(summary.contains(&format!("reached every up node in {rounds} rounds")));
+}
