@@ -5,7 +5,10 @@
 
 use std::collections::BTreeSet;
 
-use crate::scenario::{FaultKind, Selector};
+use starling_protocol::NodeId;
+
+use crate::rng::SimRng;
+use crate::scenario::{FaultKind, Scenario, Selector};
 use crate::world::{Event, Power, World};
 
 /// One fault action at one time: a scenario fault as written, or one step of an expanded
@@ -17,10 +20,24 @@ pub(crate) enum Step {
     Leave,
 }
 
+/// What selectors and fault expansion need of a model's world (both gossip models have one).
+pub(crate) trait Fleet {
+    fn scenario(&self) -> &Scenario;
+    fn node_count(&self) -> usize;
+    fn id(&self, i: usize) -> &NodeId;
+    fn power(&self, i: usize) -> Power;
+    fn site(&self, i: usize) -> Option<&str>;
+    /// Whether node `i` has an instance of `workload` now.
+    fn runs(&self, i: usize, workload: &str) -> bool;
+    fn index_of(&self, id: &NodeId) -> Option<usize>;
+    fn rng(&mut self) -> &mut SimRng;
+    fn note(&mut self, text: String);
+}
+
 /// Expands the scenario's faults into timed steps.
-pub(crate) fn expand(world: &mut World) -> Vec<(u64, Step)> {
+pub(crate) fn expand(world: &mut impl Fleet) -> Vec<(u64, Step)> {
     let mut steps = Vec::new();
-    for fault in &world.scenario.faults {
+    for fault in world.scenario().faults.clone() {
         let at = fault.at_ms;
         match &fault.kind {
             FaultKind::RollingReboot {
@@ -31,7 +48,7 @@ pub(crate) fn expand(world: &mut World) -> Vec<(u64, Step)> {
                 let order = resolve(world, nodes);
                 let mut t = at;
                 for i in order {
-                    let one = vec![world.nodes[i].id.to_string()];
+                    let one = vec![world.id(i).to_string()];
                     steps.push((t, Step::Fault(FaultKind::Crash(one.clone()))));
                     steps.push((t + downtime_ms, Step::Fault(FaultKind::Restart(one))));
                     t += downtime_ms + gap_ms;
@@ -72,29 +89,23 @@ pub(crate) fn last_end_ms(steps: &[(u64, Step)]) -> u64 {
 
 /// Resolves a selector against the world now. Unknown names resolve to nothing (and are
 /// noted in the trace), so a typo shows in the report instead of stopping the run.
-pub(crate) fn resolve(world: &mut World, selector: &Selector) -> Vec<usize> {
+pub(crate) fn resolve(world: &mut impl Fleet, selector: &Selector) -> Vec<usize> {
     let mut out = BTreeSet::new();
-    let present: Vec<usize> = (0..world.nodes.len())
-        .filter(|i| world.nodes[*i].power != Power::Gone)
+    let present: Vec<usize> = (0..world.node_count())
+        .filter(|i| world.power(*i) != Power::Gone)
         .collect();
     for item in selector {
         if item == "all" {
             out.extend(present.iter().copied());
         } else if let Some(site) = item.strip_prefix("site=") {
-            out.extend(present.iter().copied().filter(|i| {
-                world.nodes[*i]
-                    .labels
-                    .get("site")
-                    .is_some_and(|s| s == site)
-            }));
+            out.extend(
+                present
+                    .iter()
+                    .copied()
+                    .filter(|i| world.site(*i) == Some(site)),
+            );
         } else if let Some(name) = item.strip_prefix("holder:") {
-            let workload = World::workload(name);
-            out.extend(present.iter().copied().filter(|i| {
-                world.nodes[*i]
-                    .instances
-                    .keys()
-                    .any(|r| Some(&r.workload) == workload.as_ref())
-            }));
+            out.extend(present.iter().copied().filter(|i| world.runs(*i, name)));
         } else if let Some(count) = item.strip_prefix("random:") {
             let n = match count.strip_suffix('%') {
                 Some(p) => p
@@ -107,15 +118,15 @@ pub(crate) fn resolve(world: &mut World, selector: &Selector) -> Vec<usize> {
             let mut pool: Vec<usize> = present
                 .iter()
                 .copied()
-                .filter(|i| world.nodes[*i].power == Power::Up)
+                .filter(|i| world.power(*i) == Power::Up)
                 .collect();
             for _ in 0..n.min(pool.len()) {
-                let k = world.rng.range(0, pool.len() as u64 - 1) as usize;
+                let k = world.rng().range(0, pool.len() as u64 - 1) as usize;
                 out.insert(pool.swap_remove(k));
             }
-        } else if let Some(i) = starling_protocol::NodeId::new(item.clone())
+        } else if let Some(i) = NodeId::new(item.clone())
             .ok()
-            .and_then(|id| world.index.get(&id).copied())
+            .and_then(|id| world.index_of(&id))
         {
             out.insert(i);
         } else {
@@ -123,6 +134,39 @@ pub(crate) fn resolve(world: &mut World, selector: &Selector) -> Vec<usize> {
         }
     }
     out.into_iter().collect()
+}
+
+impl Fleet for World<'_> {
+    fn scenario(&self) -> &Scenario {
+        self.scenario
+    }
+    fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+    fn id(&self, i: usize) -> &NodeId {
+        &self.nodes[i].id
+    }
+    fn power(&self, i: usize) -> Power {
+        self.nodes[i].power
+    }
+    fn site(&self, i: usize) -> Option<&str> {
+        self.nodes[i].labels.get("site").map(String::as_str)
+    }
+    fn runs(&self, i: usize, workload: &str) -> bool {
+        self.nodes[i]
+            .instances
+            .keys()
+            .any(|r| r.workload.as_str() == workload)
+    }
+    fn index_of(&self, id: &NodeId) -> Option<usize> {
+        self.index.get(id).copied()
+    }
+    fn rng(&mut self) -> &mut SimRng {
+        &mut self.rng
+    }
+    fn note(&mut self, text: String) {
+        World::note(self, text);
+    }
 }
 
 pub(crate) fn apply(world: &mut World, k: usize) {

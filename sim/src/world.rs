@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use starling_node::core::{CoreConfig, NodeCore, Restored, RuntimeEvent};
 use starling_node::election::{VoterMemory, Voters};
 use starling_node::membership::{Detector, DetectorConfig};
+use starling_protocol::NodeId;
 use starling_protocol::desired::{DesiredState, Revision};
 use starling_protocol::hash::mix64;
 use starling_protocol::hlc::{Hlc, Timestamp};
@@ -18,7 +19,6 @@ use starling_protocol::placement::{Capacity, FleetView, ReplicaId};
 use starling_protocol::quantity::{Bytes, Millicores};
 use starling_protocol::spec::WorkloadSpec;
 use starling_protocol::status::NodeStatus;
-use starling_protocol::{NodeId, WorkloadName};
 
 use crate::checks::Checker;
 use crate::lease_check::LeaseLog;
@@ -230,26 +230,7 @@ impl<'s> World<'s> {
 
     pub fn add_node(&mut self) -> usize {
         let i = self.nodes.len();
-        let width = self
-            .scenario
-            .fleet
-            .nodes
-            .max(i + 1)
-            .to_string()
-            .len()
-            .max(2);
-        let id =
-            NodeId::new(format!("node-{:0width$}", i + 1)).unwrap_or_else(|_| unreachable_id());
-        let mut labels = BTreeMap::new();
-        if !self.scenario.fleet.sites.is_empty() {
-            let site = &self.scenario.fleet.sites[i % self.scenario.fleet.sites.len()];
-            labels.insert("site".to_string(), site.clone());
-        }
-        for (selected, extra) in &self.scenario.fleet.labels {
-            if selected.iter().any(|s| s == id.as_str()) {
-                labels.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
-            }
-        }
+        let (id, labels) = node_identity(self.scenario, i);
         self.nodes.push(SimNode {
             hlc: Hlc::new(id.clone(), 5_000),
             id: id.clone(),
@@ -538,11 +519,23 @@ impl<'s> World<'s> {
     pub fn up(&self) -> impl Iterator<Item = usize> + '_ {
         (0..self.nodes.len()).filter(|i| self.nodes[*i].power == Power::Up)
     }
+}
 
-    /// The name of a workload, for selectors.
-    pub fn workload(name: &str) -> Option<WorkloadName> {
-        WorkloadName::new(name).ok()
+/// The id and labels of the `i`th node of a scenario's fleet (joiners continue the count).
+pub(crate) fn node_identity(scenario: &Scenario, i: usize) -> (NodeId, BTreeMap<String, String>) {
+    let width = scenario.fleet.nodes.max(i + 1).to_string().len().max(2);
+    let id = NodeId::new(format!("node-{:0width$}", i + 1)).unwrap_or_else(|_| unreachable_id());
+    let mut labels = BTreeMap::new();
+    if !scenario.fleet.sites.is_empty() {
+        let site = &scenario.fleet.sites[i % scenario.fleet.sites.len()];
+        labels.insert("site".to_string(), site.clone());
     }
+    for (selected, extra) in &scenario.fleet.labels {
+        if selected.iter().any(|s| s == id.as_str()) {
+            labels.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+    }
+    (id, labels)
 }
 
 pub(crate) fn unreachable_id() -> NodeId {

@@ -1,120 +1,46 @@
 //! The scenario's faults in the fast model: crashes, restarts, disk loss, pauses, clock skew,
 //! rolling reboots, churn and API writes (links need the mesh model; the scenario says so).
 
-use std::collections::BTreeSet;
+use starling_protocol::NodeId;
 
-use crate::scenario::{FaultKind, Selector};
+use crate::faults::{Fleet, Step, resolve};
+use crate::rng::SimRng;
+use crate::scenario::{FaultKind, Scenario};
 use crate::world::Power;
 
 use super::FastWorld;
 
-#[derive(Debug, Clone)]
-pub(crate) enum Step {
-    Fault(FaultKind),
-    Join,
-    Leave,
-}
-
-/// Expands timed faults into single steps (as the mesh model does).
-pub(super) fn expand(world: &mut FastWorld) -> Vec<(u64, Step)> {
-    let mut steps = Vec::new();
-    for fault in &world.scenario.faults {
-        let at = fault.at_ms;
-        match &fault.kind {
-            FaultKind::RollingReboot {
-                nodes,
-                downtime_ms,
-                gap_ms,
-            } => {
-                let mut t = at;
-                for i in resolve(world, nodes) {
-                    let one = vec![world.nodes[i].id.to_string()];
-                    steps.push((t, Step::Fault(FaultKind::Crash(one.clone()))));
-                    steps.push((t + downtime_ms, Step::Fault(FaultKind::Restart(one))));
-                    t += downtime_ms + gap_ms;
-                }
-            }
-            FaultKind::Churn {
-                per_minute,
-                duration_ms,
-            } => {
-                let every = 60_000 / u64::from((*per_minute).max(1));
-                let mut t = at;
-                while t < at + duration_ms {
-                    steps.push((t, Step::Leave));
-                    steps.push((t + every / 2, Step::Join));
-                    t += every;
-                }
-            }
-            kind => steps.push((at, Step::Fault(kind.clone()))),
-        }
+impl Fleet for FastWorld<'_> {
+    fn scenario(&self) -> &Scenario {
+        self.scenario
     }
-    steps.sort_by_key(|(t, _)| *t);
-    steps
-}
-
-pub(super) fn last_end_ms(steps: &[(u64, Step)]) -> u64 {
-    steps
-        .iter()
-        .map(|(at, step)| match step {
-            Step::Fault(FaultKind::Pause { duration_ms, .. }) => at + duration_ms,
-            _ => *at,
-        })
-        .max()
-        .unwrap_or(0)
-}
-
-/// Resolves a selector as the mesh model does: ids, `all`, `site=X`, `holder:W`, `random:N`,
-/// `random:P%` (drawn among up nodes).
-fn resolve(world: &mut FastWorld, selector: &Selector) -> Vec<usize> {
-    let mut out = BTreeSet::new();
-    let present: Vec<usize> = (0..world.nodes.len())
-        .filter(|i| world.nodes[*i].power != Power::Gone)
-        .collect();
-    for item in selector {
-        if item == "all" {
-            out.extend(present.iter().copied());
-        } else if let Some(site) = item.strip_prefix("site=") {
-            out.extend(present.iter().copied().filter(|i| {
-                world.nodes[*i]
-                    .labels
-                    .get("site")
-                    .is_some_and(|s| s == site)
-            }));
-        } else if let Some(name) = item.strip_prefix("holder:") {
-            out.extend(present.iter().copied().filter(|i| {
-                world.nodes[*i]
-                    .instances
-                    .keys()
-                    .any(|r| r.workload.as_str() == name)
-            }));
-        } else if let Some(count) = item.strip_prefix("random:") {
-            let n = match count.strip_suffix('%') {
-                Some(p) => p
-                    .parse::<usize>()
-                    .map(|p| present.len() * p / 100)
-                    .unwrap_or(0),
-                None => count.parse::<usize>().unwrap_or(0),
-            };
-            let mut pool: Vec<usize> = present
-                .iter()
-                .copied()
-                .filter(|i| world.nodes[*i].power == Power::Up)
-                .collect();
-            for _ in 0..n.min(pool.len()) {
-                let k = world.rng.range(0, pool.len() as u64 - 1) as usize;
-                out.insert(pool.swap_remove(k));
-            }
-        } else if let Some(i) = starling_protocol::NodeId::new(item.clone())
-            .ok()
-            .and_then(|id| world.index.get(&id).copied())
-        {
-            out.insert(i);
-        } else {
-            world.note(format!("selector {item:?} matches no node"));
-        }
+    fn node_count(&self) -> usize {
+        self.nodes.len()
     }
-    out.into_iter().collect()
+    fn id(&self, i: usize) -> &NodeId {
+        &self.nodes[i].id
+    }
+    fn power(&self, i: usize) -> Power {
+        self.nodes[i].power
+    }
+    fn site(&self, i: usize) -> Option<&str> {
+        self.nodes[i].labels.get("site").map(String::as_str)
+    }
+    fn runs(&self, i: usize, workload: &str) -> bool {
+        self.nodes[i]
+            .instances
+            .keys()
+            .any(|r| r.workload.as_str() == workload)
+    }
+    fn index_of(&self, id: &NodeId) -> Option<usize> {
+        self.index.get(id).copied()
+    }
+    fn rng(&mut self) -> &mut SimRng {
+        &mut self.rng
+    }
+    fn note(&mut self, text: String) {
+        FastWorld::note(self, text);
+    }
 }
 
 pub(super) fn apply(world: &mut FastWorld, k: usize) {

@@ -32,11 +32,11 @@ use starling_protocol::spec::{RuntimeKind, WorkloadSpec};
 use starling_protocol::{NodeId, WorkloadName};
 
 use crate::checks::Sample;
+use crate::faults::Step;
 use crate::rng::SimRng;
 use crate::scenario::{GossipModel, Scenario};
 use crate::world::{Counters, Power};
 use crate::{RunOptions, RunReport, Violation};
-use faults::Step;
 use gossip::{Member, News, SharedPlanner, Write};
 
 /// Watchers per node (the agent's default k).
@@ -236,8 +236,8 @@ impl<'s> FastWorld<'s> {
         for i in 0..world.nodes.len() {
             world.boot(i, false);
         }
-        world.steps = faults::expand(&mut world);
-        world.last_fault_end_ms = faults::last_end_ms(&world.steps);
+        world.steps = crate::faults::expand(&mut world);
+        world.last_fault_end_ms = crate::faults::last_end_ms(&world.steps);
         for (k, (at, _)) in world.steps.clone().iter().enumerate() {
             world.schedule(*at, Ev::Fault(k));
         }
@@ -248,26 +248,7 @@ impl<'s> FastWorld<'s> {
 
     fn add_node(&mut self) -> usize {
         let i = self.nodes.len();
-        let width = self
-            .scenario
-            .fleet
-            .nodes
-            .max(i + 1)
-            .to_string()
-            .len()
-            .max(2);
-        let id = NodeId::new(format!("node-{:0width$}", i + 1))
-            .unwrap_or_else(|_| crate::world::unreachable_id());
-        let mut labels = BTreeMap::new();
-        if !self.scenario.fleet.sites.is_empty() {
-            let site = &self.scenario.fleet.sites[i % self.scenario.fleet.sites.len()];
-            labels.insert("site".to_string(), site.clone());
-        }
-        for (selected, extra) in &self.scenario.fleet.labels {
-            if selected.iter().any(|s| s == id.as_str()) {
-                labels.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
-            }
-        }
+        let (id, labels) = crate::world::node_identity(self.scenario, i);
         self.nodes.push(FastNode {
             hlc: Hlc::new(id.clone(), 5_000),
             id: id.clone(),
