@@ -26,6 +26,37 @@ pub struct Sample {
     pub node_states: Vec<u8>,
 }
 
+impl Sample {
+    /// The timeline's code for a node (see `node_states`).
+    pub(crate) fn node_state(power: Power, core: Option<&starling_node::core::NodeCore>) -> u8 {
+        match power {
+            Power::Up if core.is_some_and(|c| !c.has_majority()) => 4,
+            Power::Up => 0,
+            Power::Crashed => 1,
+            Power::Paused { .. } => 2,
+            Power::Gone => 3,
+        }
+    }
+}
+
+/// The view entry of a simulated node (every simulated node offers both runtimes).
+pub(crate) fn node_view(
+    id: &starling_protocol::NodeId,
+    labels: &BTreeMap<String, String>,
+    capacity: starling_protocol::placement::Capacity,
+    liveness: Liveness,
+) -> NodeView {
+    NodeView {
+        id: id.clone(),
+        labels: labels.clone(),
+        arch: "x86_64".into(),
+        runtimes: [RuntimeKind::Process, RuntimeKind::Docker].into(),
+        capacity,
+        weight: 1,
+        liveness,
+    }
+}
+
 pub(crate) struct Checker {
     acked: Vec<(WorkloadName, Timestamp)>,
     violation: Option<(String, String)>,
@@ -176,13 +207,7 @@ pub(crate) fn sample(world: &mut World) {
     let node_states = world
         .nodes
         .iter()
-        .map(|n| match n.power {
-            Power::Up if n.core.as_ref().is_some_and(|c| !c.has_majority()) => 4,
-            Power::Up => 0,
-            Power::Crashed => 1,
-            Power::Paused { .. } => 2,
-            Power::Gone => 3,
-        })
+        .map(|n| Sample::node_state(n.power, n.core.as_ref()))
         .collect();
     world.checker.samples.push(Sample {
         at_ms: world.now,
@@ -254,15 +279,7 @@ fn converged(world: &World) -> Result<(), String> {
         };
         truth.nodes.insert(
             node.id.clone(),
-            NodeView {
-                id: node.id.clone(),
-                labels: node.labels.clone(),
-                arch: "x86_64".into(),
-                runtimes: [RuntimeKind::Process, RuntimeKind::Docker].into(),
-                capacity: node.capacity,
-                weight: 1,
-                liveness,
-            },
+            node_view(&node.id, &node.labels, node.capacity, liveness),
         );
     }
     for &i in &up {

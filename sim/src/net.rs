@@ -5,8 +5,7 @@ use starling_node::membership::{Detector, Verdict};
 use starling_protocol::NodeId;
 use starling_protocol::desired::Digest;
 use starling_protocol::lease::{Lease, LeaseMessage};
-use starling_protocol::placement::{FleetView, Liveness, NodeView};
-use starling_protocol::spec::RuntimeKind;
+use starling_protocol::placement::{FleetView, Liveness};
 use starling_protocol::status::NodeStatus;
 use starling_protocol::wire::PeerMessage;
 
@@ -269,15 +268,7 @@ impl World<'_> {
             };
             view.nodes.insert(
                 other.id.clone(),
-                NodeView {
-                    id: other.id.clone(),
-                    labels: other.labels.clone(),
-                    arch: "x86_64".into(),
-                    runtimes: [RuntimeKind::Process, RuntimeKind::Docker].into(),
-                    capacity: other.capacity,
-                    weight: 1,
-                    liveness,
-                },
+                crate::checks::node_view(&other.id, &other.labels, other.capacity, liveness),
             );
         }
         if view != self.nodes[i].view {

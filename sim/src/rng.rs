@@ -51,6 +51,12 @@ impl SimRng {
         p > 0.0 && ((self.next_u64() >> 11) as f64) < p * (1u64 << 53) as f64
     }
 
+    /// An exponentially distributed lifetime in ms for an event at `rate_per_hour`.
+    pub fn lifetime_ms(&mut self, rate_per_hour: f64) -> u64 {
+        let u = ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        (-u.ln() / rate_per_hour * 3_600_000.0) as u64
+    }
+
     /// A new generator derived from this one (for a sub-system that must not shift the others).
     pub fn fork(&mut self) -> SimRng {
         SimRng::new(self.next_u64())

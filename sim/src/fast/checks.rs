@@ -109,13 +109,7 @@ pub(super) fn sample(world: &mut FastWorld) {
     let node_states = world
         .nodes
         .iter()
-        .map(|n| match n.power {
-            Power::Up if n.core.as_ref().is_some_and(|c| !c.has_majority()) => 4,
-            Power::Up => 0,
-            Power::Crashed => 1,
-            Power::Paused { .. } => 2,
-            Power::Gone => 3,
-        })
+        .map(|n| Sample::node_state(n.power, n.core.as_ref()))
         .collect();
     world.samples.push(Sample {
         at_ms: world.now,

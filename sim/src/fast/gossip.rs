@@ -105,8 +105,6 @@ pub(crate) struct News {
     pub statuses: BTreeMap<usize, Arc<NodeStatus>>,
     pub members: Vec<Member>,
     pub writes: Vec<Write>,
-    /// Each member's current record after the whole member log (for verdict bookkeeping).
-    pub records: BTreeMap<usize, Member>,
     /// The view after each prefix of the member log still in use, and the desired state after
     /// each prefix of the write log. The lowest key is the base: every up node knows it.
     views: BTreeMap<u32, Arc<FleetView>>,
@@ -115,9 +113,8 @@ pub(crate) struct News {
 
 impl News {
     /// Starts with the fleet every node knows.
-    pub fn new(view: FleetView, records: BTreeMap<usize, Member>, desired: DesiredState) -> Self {
+    pub fn new(view: FleetView, desired: DesiredState) -> Self {
         News {
-            records,
             views: [(0, Arc::new(view))].into(),
             desireds: [(0, Arc::new(desired))].into(),
             ..News::default()
@@ -151,7 +148,6 @@ impl News {
 
     /// Appends a membership record; returns the prefix length that includes it.
     pub fn start_member(&mut self, member: Member) -> u32 {
-        apply_member(&mut self.records, member);
         self.members.push(member);
         self.members.len() as u32
     }
@@ -440,7 +436,7 @@ mod tests {
         for i in 0..3 {
             view.nodes.insert(id(i), describe(i));
         }
-        let mut n = News::new(view, BTreeMap::new(), DesiredState::new());
+        let mut n = News::new(view, DesiredState::new());
         let planner = SharedPlanner::default();
         let m = |node, incarnation, liveness| Member {
             node,

@@ -28,7 +28,7 @@ use starling_protocol::hash::mix64;
 use starling_protocol::hlc::{Hlc, Timestamp};
 use starling_protocol::placement::{Capacity, FleetView, Liveness, NodeView, ReplicaId};
 use starling_protocol::quantity::{Bytes, Millicores};
-use starling_protocol::spec::{RuntimeKind, WorkloadSpec};
+use starling_protocol::spec::WorkloadSpec;
 use starling_protocol::{NodeId, WorkloadName};
 
 use crate::checks::Sample;
@@ -205,16 +205,9 @@ impl<'s> FastWorld<'s> {
         // The fleet starts formed, with the scenario's workloads applied (the epidemic of one
         // write is measured on its own: `epidemic`, `starling bench dissemination`).
         let mut view = FleetView::default();
-        let mut records = BTreeMap::new();
         for _ in 0..scenario.fleet.nodes {
             let i = world.add_node();
             world.nodes[i].incarnation = 1;
-            let member = Member {
-                node: i,
-                incarnation: 1,
-                liveness: Liveness::Alive,
-            };
-            records.insert(i, member);
             view.nodes
                 .insert(world.nodes[i].id.clone(), world.describe(i));
         }
@@ -232,7 +225,7 @@ impl<'s> FastWorld<'s> {
                 world.counters.writes += 1;
             }
         }
-        world.news = News::new(view, records, desired);
+        world.news = News::new(view, desired);
         for i in 0..world.nodes.len() {
             world.boot(i, false);
         }
@@ -539,15 +532,7 @@ impl<'s> FastWorld<'s> {
 }
 
 fn describe(node: &FastNode) -> NodeView {
-    NodeView {
-        id: node.id.clone(),
-        labels: node.labels.clone(),
-        arch: "x86_64".into(),
-        runtimes: [RuntimeKind::Process, RuntimeKind::Docker].into(),
-        capacity: node.capacity,
-        weight: 1,
-        liveness: Liveness::Alive,
-    }
+    crate::checks::node_view(&node.id, &node.labels, node.capacity, Liveness::Alive)
 }
 
 fn code(event: &Ev) -> u64 {

@@ -142,8 +142,7 @@ impl FastWorld<'_> {
         if rate <= 0.0 {
             return;
         }
-        let u = ((self.rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-        let life_ms = (-u.ln() / rate * 3_600_000.0) as u64;
+        let life_ms = self.rng.lifetime_ms(rate);
         if started + life_ms < self.scenario.duration_ms {
             let crash = RuntimeEvent::Exited {
                 replica: replica.clone(),
