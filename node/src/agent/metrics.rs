@@ -68,11 +68,25 @@ impl Metrics {
         );
         counter(
             "starling_gossip_dropped_total",
-            "Packets dropped: failed authentication, replayed, or malformed.",
+            "Gossip packets dropped unanswered: failed authentication, unknown key id, replayed (from any address), or malformed.",
             &[
                 ("{reason=\"auth\"}", load(&g.dropped_auth)),
+                ("{reason=\"unknown_key\"}", load(&g.dropped_unknown_key)),
                 ("{reason=\"replay\"}", load(&g.dropped_replay)),
                 ("{reason=\"malformed\"}", load(&g.dropped_malformed)),
+            ],
+        );
+        counter(
+            "starling_probe_dropped_total",
+            "Failure-detector packets dropped unanswered, by the same reasons as gossip.",
+            &[
+                ("{reason=\"auth\"}", load(&g.probe_dropped_auth)),
+                (
+                    "{reason=\"unknown_key\"}",
+                    load(&g.probe_dropped_unknown_key),
+                ),
+                ("{reason=\"replay\"}", load(&g.probe_dropped_replay)),
+                ("{reason=\"malformed\"}", load(&g.probe_dropped_malformed)),
             ],
         );
         let _ = writeln!(
@@ -265,4 +279,29 @@ pub async fn serve(
             });
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drops_are_rendered_by_socket_and_reason() {
+        let metrics = Metrics::default();
+        let g = &metrics.gossip;
+        g.dropped_replay.store(2, Ordering::Relaxed);
+        g.dropped_unknown_key.store(5, Ordering::Relaxed);
+        g.probe_dropped_replay.store(3, Ordering::Relaxed);
+        g.probe_dropped_auth.store(7, Ordering::Relaxed);
+        let text = metrics.render();
+        for line in [
+            "starling_gossip_dropped_total{reason=\"replay\"} 2",
+            "starling_gossip_dropped_total{reason=\"unknown_key\"} 5",
+            "starling_probe_dropped_total{reason=\"replay\"} 3",
+            "starling_probe_dropped_total{reason=\"auth\"} 7",
+            "starling_probe_dropped_total{reason=\"malformed\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+    }
 }

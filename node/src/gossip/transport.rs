@@ -2,7 +2,8 @@
 //!
 //! chitchat 0.11.1 exposes its message (de)serialisation, so this transport can serialise each
 //! message, seal it ([`super::seal`]), and open and check every packet before chitchat sees it.
-//! Forged, damaged, replayed and plaintext packets are dropped and counted in [`GossipCounters`].
+//! Forged, damaged, replayed and plaintext packets are dropped and counted in [`GossipCounters`],
+//! and never reach chitchat, so nothing is ever sent in answer to them.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,62 +13,96 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use chitchat::transport::{Socket, Transport};
 use chitchat::{ChitchatMessage, Deserializable, Serializable};
-use starling_protocol::hash::hash64;
+use ring::rand::{SecureRandom, SystemRandom};
 
-use super::seal::{Keyring, NONCE_BYTES, OpenError, ReplayGuard};
+use super::seal::{Channel, Keyring, NONCE_BYTES, OpenError, Opened, ReplayGuard, Sender};
 
 /// Largest UDP payload chitchat may produce (its own limit).
 const DATAGRAM_BYTES_MAX: usize = 65_507;
 
-/// Gossip traffic counters, exported as metrics.
+/// Gossip and probe traffic counters, exported as metrics.
 #[derive(Debug, Default)]
 pub struct GossipCounters {
-    /// Packets sent.
+    /// Packets sent (both sockets).
     pub packets_out: AtomicU64,
-    /// Bytes sent.
+    /// Bytes sent (both sockets).
     pub bytes_out: AtomicU64,
-    /// Packets received and accepted.
+    /// Packets received and accepted (both sockets).
     pub packets_in: AtomicU64,
-    /// Bytes received (accepted or not).
+    /// Bytes received, accepted or not (both sockets).
     pub bytes_in: AtomicU64,
-    /// Dropped: sealed with an unknown key or failing authentication.
+    /// Gossip socket drops: failing authentication (forged, damaged, another key of that id).
     pub dropped_auth: AtomicU64,
-    /// Dropped: replayed.
+    /// Gossip socket drops: sealed with a key id this node does not hold.
+    pub dropped_unknown_key: AtomicU64,
+    /// Gossip socket drops: replayed, from any address.
     pub dropped_replay: AtomicU64,
-    /// Dropped: malformed (wrong format, or not a chitchat message once opened).
+    /// Gossip socket drops: malformed (wrong format, or not a chitchat message once opened).
     pub dropped_malformed: AtomicU64,
+    /// Probe socket drops: failing authentication.
+    pub probe_dropped_auth: AtomicU64,
+    /// Probe socket drops: unknown key id.
+    pub probe_dropped_unknown_key: AtomicU64,
+    /// Probe socket drops: replayed, from any address.
+    pub probe_dropped_replay: AtomicU64,
+    /// Probe socket drops: malformed (wrong format, or not a probe once opened).
+    pub probe_dropped_malformed: AtomicU64,
 }
 
-/// Opens a received packet: counts its bytes, checks key, authenticity and freshness, and
-/// counts every drop by reason. The plaintext of an accepted packet, else `None`. Shared by
-/// the gossip transport and the failure detector's socket.
+impl GossipCounters {
+    /// Counts a packet dropped at the `channel` socket.
+    pub(crate) fn count_drop(&self, channel: Channel, reason: OpenError) {
+        let counter = match (channel, reason) {
+            (Channel::Gossip, OpenError::Forged) => &self.dropped_auth,
+            (Channel::Gossip, OpenError::UnknownKey) => &self.dropped_unknown_key,
+            (Channel::Gossip, OpenError::Replayed) => &self.dropped_replay,
+            (Channel::Gossip, OpenError::Malformed) => &self.dropped_malformed,
+            (Channel::Probe, OpenError::Forged) => &self.probe_dropped_auth,
+            (Channel::Probe, OpenError::UnknownKey) => &self.probe_dropped_unknown_key,
+            (Channel::Probe, OpenError::Replayed) => &self.probe_dropped_replay,
+            (Channel::Probe, OpenError::Malformed) => &self.probe_dropped_malformed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Opens a packet received at the `channel` socket: counts its bytes, checks key,
+/// authenticity and freshness (per sealed sender, whatever `from` is), and counts every drop
+/// by reason. The accepted packet, else `None`: callers answer nothing to a dropped packet.
+/// Shared by the gossip transport and the failure detector's socket.
 pub(crate) fn open_counted(
     keyring: &RwLock<Keyring>,
     guard: &mut ReplayGuard,
     counters: &GossipCounters,
+    channel: Channel,
     from: SocketAddr,
     packet: &[u8],
-) -> Option<Vec<u8>> {
+) -> Option<Opened> {
     counters
         .bytes_in
         .fetch_add(packet.len() as u64, Ordering::Relaxed);
     let opened = {
         let ring = keyring.read().unwrap_or_else(|e| e.into_inner());
-        ring.open(packet)
+        ring.open(channel, packet)
     };
-    match opened.and_then(|o| guard.accept(from, &o).map(|_| o)) {
-        Ok(o) => Some(o.plaintext),
-        Err(OpenError::Replayed) => {
-            counters.dropped_replay.fetch_add(1, Ordering::Relaxed);
+    match opened.and_then(|o| guard.accept(&o).map(|_| o)) {
+        Ok(o) => Some(o),
+        Err(reason) => {
+            counters.count_drop(channel, reason);
+            tracing::debug!(%from, ?channel, %reason, "dropped a packet");
             None
         }
-        Err(OpenError::Malformed) => {
-            counters.dropped_malformed.fetch_add(1, Ordering::Relaxed);
-            None
-        }
-        Err(OpenError::UnknownKey | OpenError::Forged) => {
-            counters.dropped_auth.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(%from, "dropped a packet that failed authentication");
+    }
+}
+
+/// A fresh nonce from the operating system, or `None` if it has none to give: then the
+/// packet is not sent rather than sealed under a nonce that might repeat.
+pub(crate) fn fresh_nonce(rng: &SystemRandom) -> Option<[u8; NONCE_BYTES]> {
+    let mut nonce = [0u8; NONCE_BYTES];
+    match rng.fill(&mut nonce) {
+        Ok(()) => Some(nonce),
+        Err(_) => {
+            tracing::error!("the operating system's random generator failed; packet not sent");
             None
         }
     }
@@ -77,10 +112,9 @@ pub(crate) fn open_counted(
 pub struct SealedUdpTransport {
     keyring: Arc<RwLock<Keyring>>,
     counters: Arc<GossipCounters>,
-    /// This node's generation (start-up time): part of every nonce and replay sequence.
+    node: String,
+    /// This node's generation (start-up time): the start of its replay sequence.
     generation: u64,
-    /// Distinguishes this sender in nonces.
-    sender_tag: u64,
 }
 
 impl SealedUdpTransport {
@@ -94,8 +128,8 @@ impl SealedUdpTransport {
         SealedUdpTransport {
             keyring,
             counters,
+            node: node.to_string(),
             generation,
-            sender_tag: hash64(node.as_bytes()),
         }
     }
 }
@@ -106,12 +140,14 @@ impl Transport for SealedUdpTransport {
         let socket = tokio::net::UdpSocket::bind(listen_addr)
             .await
             .with_context(|| format!("cannot bind {listen_addr}/udp for gossip"))?;
+        let sender = Sender::new(&self.node, self.generation, Channel::Gossip)
+            .with_context(|| format!("node id {:?} cannot seal gossip", self.node))?;
         Ok(Box::new(SealedSocket {
             socket,
             keyring: self.keyring.clone(),
             counters: self.counters.clone(),
-            generation: self.generation,
-            sender_tag: self.sender_tag,
+            sender,
+            rng: SystemRandom::new(),
             counter: 0,
             guard: ReplayGuard::default(),
             buf: vec![0u8; DATAGRAM_BYTES_MAX + 128],
@@ -123,35 +159,26 @@ struct SealedSocket {
     socket: tokio::net::UdpSocket,
     keyring: Arc<RwLock<Keyring>>,
     counters: Arc<GossipCounters>,
-    generation: u64,
-    sender_tag: u64,
+    sender: Sender,
+    rng: SystemRandom,
     counter: u64,
     guard: ReplayGuard,
     buf: Vec<u8>,
 }
 
 impl SealedSocket {
-    /// Nonces never repeat for a key: (generation, counter) never repeats for a sender, and
-    /// the sender tag separates senders.
-    fn nonce(&self) -> [u8; NONCE_BYTES] {
-        let mut nonce = [0u8; NONCE_BYTES];
-        nonce[..8].copy_from_slice(&self.generation.to_be_bytes());
-        nonce[8..16].copy_from_slice(&self.counter.to_be_bytes());
-        nonce[16..].copy_from_slice(&self.sender_tag.to_be_bytes());
-        nonce
-    }
-
     fn accept(&mut self, from: SocketAddr, len: usize) -> Option<ChitchatMessage> {
-        let c = &self.counters;
-        let plaintext = open_counted(&self.keyring, &mut self.guard, c, from, &self.buf[..len])?;
-        let mut body = plaintext.as_slice();
+        let (c, gossip) = (&self.counters, Channel::Gossip);
+        let packet = &self.buf[..len];
+        let opened = open_counted(&self.keyring, &mut self.guard, c, gossip, from, packet)?;
+        let mut body = opened.plaintext.as_slice();
         match ChitchatMessage::deserialize(&mut body) {
             Ok(message) => {
                 c.packets_in.fetch_add(1, Ordering::Relaxed);
                 Some(message)
             }
             Err(_) => {
-                c.dropped_malformed.fetch_add(1, Ordering::Relaxed);
+                c.count_drop(gossip, OpenError::Malformed);
                 None
             }
         }
@@ -163,10 +190,14 @@ impl Socket for SealedSocket {
     async fn send(&mut self, to: SocketAddr, message: ChitchatMessage) -> anyhow::Result<()> {
         let mut plain = Vec::with_capacity(message.serialized_len());
         message.serialize(&mut plain);
+        // A packet that cannot be sealed safely is a lost packet, which gossip tolerates.
+        let Some(nonce) = fresh_nonce(&self.rng) else {
+            return Ok(());
+        };
         self.counter += 1;
         let packet = {
             let ring = self.keyring.read().unwrap_or_else(|e| e.into_inner());
-            ring.seal(self.generation, self.counter, self.nonce(), &plain)
+            ring.seal_as(&self.sender, self.counter, nonce, &plain)
         };
         match self.socket.send_to(&packet, to).await {
             Ok(_) => {
@@ -195,9 +226,95 @@ impl Socket for SealedSocket {
                 }
                 Err(e) => return Err(e).context("gossip socket failed"),
             };
+            // Only an accepted packet reaches chitchat, the only part that answers.
             if let Some(message) = self.accept(from, len) {
                 return Ok((from, message));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
+    use tokio::net::UdpSocket;
+
+    use super::*;
+
+    fn free_port() -> SocketAddr {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket.local_addr().expect("addr")
+    }
+
+    async fn chitchat_node(
+        name: &str,
+        addr: SocketAddr,
+        seeds: &[SocketAddr],
+        keyring: &Arc<RwLock<Keyring>>,
+    ) -> (ChitchatHandle, Arc<GossipCounters>) {
+        let counters = Arc::new(GossipCounters::default());
+        let transport = SealedUdpTransport::new(keyring.clone(), counters.clone(), name, 1);
+        let config = ChitchatConfig {
+            chitchat_id: ChitchatId::new(name.to_string(), 1, addr),
+            cluster_id: "test".into(),
+            gossip_interval: Duration::from_millis(50),
+            listen_addr: addr,
+            seed_nodes: seeds.iter().map(|s| s.to_string()).collect(),
+            failure_detector_config: FailureDetectorConfig::default(),
+            marked_for_deletion_grace_period: Duration::from_secs(60),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+        };
+        let handle = chitchat::spawn_chitchat(config, Vec::new(), &transport)
+            .await
+            .expect("chitchat starts");
+        (handle, counters)
+    }
+
+    /// The first datagram at `socket` within `wait`.
+    async fn first_datagram(socket: &UdpSocket, wait: Duration) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; DATAGRAM_BYTES_MAX];
+        let (len, _) = tokio::time::timeout(wait, socket.recv_from(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        Some(buf[..len].to_vec())
+    }
+
+    #[tokio::test]
+    async fn a_gossip_packet_replayed_from_a_fresh_port_is_counted_and_unanswered() {
+        let keyring = Arc::new(RwLock::new(Keyring::new(1, [4; 32])));
+        let a_addr = free_port();
+        let (_a, a_counters) = chitchat_node("a", a_addr, &[], &keyring).await;
+        // m's seed is a socket of ours, so its first round hands us a real sealed Syn.
+        let tap = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let seed = tap.local_addr().expect("addr");
+        let (_m, _) = chitchat_node("m", free_port(), &[seed], &keyring).await;
+        let syn = first_datagram(&tap, Duration::from_secs(5))
+            .await
+            .expect("m gossips to its seed");
+
+        // Delivered once, a answers whoever sent it, as chitchat does.
+        let first = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        first.send_to(&syn, a_addr).await.expect("send");
+        assert!(
+            first_datagram(&first, Duration::from_secs(5))
+                .await
+                .is_some(),
+            "a accepts m's Syn and answers it"
+        );
+
+        // The same bytes from a fresh port: counted as a replay and answered by nobody.
+        let stranger = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        stranger.send_to(&syn, a_addr).await.expect("send");
+        assert_eq!(
+            first_datagram(&stranger, Duration::from_millis(300)).await,
+            None,
+            "the stranger gets no answer"
+        );
+        assert_eq!(a_counters.dropped_replay.load(Ordering::Relaxed), 1);
+        assert_eq!(a_counters.probe_dropped_replay.load(Ordering::Relaxed), 0);
     }
 }
