@@ -50,9 +50,15 @@ enum Command {
         /// Milliseconds between SIGTERM and SIGKILL when stopping a replica.
         #[arg(long, default_value_t = 10_000)]
         stop_grace_ms: u64,
-        /// Stop every replica when the agent exits (default: leave them running; the next
-        /// agent adopts them).
-        #[arg(long)]
+        /// What to do with this node's workloads when the agent is asked to stop (SIGTERM,
+        /// SIGINT): `leave` announces a planned restart (peers hold its replicas for
+        /// --restart-window-ms; leases and singleton instances move now; the rest keeps
+        /// running for the next agent to adopt), `drain` moves every replica to other nodes
+        /// first (make before break), `stop` stops everything.
+        #[arg(long, value_enum, default_value_t = cmd::agent::OnStopArg::Leave)]
+        on_stop: cmd::agent::OnStopArg,
+        /// Same as --on-stop stop (kept for scripts written before --on-stop).
+        #[arg(long, hide = true)]
         stop_on_exit: bool,
         #[command(flatten)]
         fleet: Box<cmd::agent::FleetArgs>,
@@ -211,6 +217,23 @@ enum Command {
     Bench {
         #[command(subcommand)]
         what: BenchKind,
+    },
+    /// Run COMMAND and stop it once the lease in a lease file runs out without renewal (the
+    /// process runtime starts singleton instances this way; see docs/OPERATIONS.md).
+    #[command(hide = true)]
+    Fence {
+        /// The lease file the agent keeps in the replica's directory.
+        #[arg(long)]
+        lease_file: PathBuf,
+        /// Milliseconds between SIGTERM and SIGKILL when the lease ran out.
+        #[arg(long, default_value_t = starling_node::runtime::fence::GRACE_MS_DEFAULT)]
+        grace_ms: u64,
+        /// Milliseconds a missing or unreadable lease file is tolerated after the start.
+        #[arg(long, default_value_t = starling_node::runtime::fence::LEASE_WAIT_MS_DEFAULT)]
+        lease_wait_ms: u64,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<std::ffi::OsString>,
     },
     /// Show where a simulated fleet would place workloads (the built-in examples by default).
     Plan {
@@ -413,6 +436,7 @@ fn main() -> ExitCode {
             node_id,
             labels,
             stop_grace_ms,
+            on_stop,
             stop_on_exit,
             fleet,
         } => cmd::agent::main(cmd::agent::AgentArgs {
@@ -420,7 +444,11 @@ fn main() -> ExitCode {
             node_id,
             labels,
             stop_grace_ms,
-            stop_on_exit,
+            on_stop: if stop_on_exit {
+                cmd::agent::OnStopArg::Stop
+            } else {
+                on_stop
+            },
             fleet: *fleet,
         }),
         Command::Init {
@@ -581,6 +609,17 @@ fn main() -> ExitCode {
         } => cmd::bench_fleet::gossip(&nodes, seconds, agent_flags),
         Command::Validate { files } => cmd::validate::run(&files, format),
         Command::Plan { files, nodes, down } => cmd::plan::run(&files, nodes, &down, format),
+        Command::Fence {
+            lease_file,
+            grace_ms,
+            lease_wait_ms,
+            command,
+        } => cmd::fence::run(cmd::fence::FenceArgs {
+            lease_file,
+            grace: std::time::Duration::from_millis(grace_ms),
+            lease_wait: std::time::Duration::from_millis(lease_wait_ms),
+            command,
+        }),
     };
     match result {
         Ok(code) => code,

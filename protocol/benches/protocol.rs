@@ -32,6 +32,7 @@ fn fleet(n: usize) -> FleetView {
             },
             weight: 1 + (i % 3) as u32,
             liveness: Liveness::Alive,
+            departure: Default::default(),
         };
         (id, view)
     });

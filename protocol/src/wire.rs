@@ -328,6 +328,10 @@ pub enum PeerMessage {
     KeysRequest,
     /// Leader election: grant requests, replies and releases.
     Lease(LeaseMessage),
+    /// The sender is about to stop (`starling agent --on-stop`): pushed to every live peer
+    /// before its agent exits, so none of them replaces its replicas in the gap before gossip
+    /// would have told them. Also gossiped under the sender's `departure` key.
+    Departure(crate::placement::Departure),
 }
 
 /// The first frame of every QUIC stream: what the dialer wants. Which requests a dialer may

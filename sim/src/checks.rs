@@ -54,6 +54,7 @@ pub(crate) fn node_view(
         capacity,
         weight: 1,
         liveness,
+        departure: Default::default(),
     }
 }
 

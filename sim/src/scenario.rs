@@ -104,6 +104,9 @@ pub struct Gossip {
     pub detector: DetectorModel,
     /// Which level of gossip simulation runs.
     pub model: GossipModel,
+    /// How long a restarted node waits to hear the fleet before it acts (the agent's
+    /// `--rejoin-wait-ms`).
+    pub rejoin_wait_ms: u64,
 }
 
 /// The two levels of gossip simulation.
@@ -296,6 +299,7 @@ struct GossipDoc {
     detector: Option<String>,
     model: Option<String>,
     fanout: Option<usize>,
+    rejoin_wait: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -379,6 +383,7 @@ impl Scenario {
             interval_ms: opt_ms("gossip.interval", &doc.gossip.interval, 500)?.max(10),
             suspect_after_ms: opt_ms("gossip.suspect_after", &doc.gossip.suspect_after, 1_500)?,
             down_after_ms: opt_ms("gossip.down_after", &doc.gossip.down_after, 3_000)?,
+            rejoin_wait_ms: opt_ms("gossip.rejoin_wait", &doc.gossip.rejoin_wait, 5_000)?,
             detector: match doc.gossip.detector.as_deref() {
                 None | Some("silence") => DetectorModel::Silence,
                 Some("watchers") => DetectorModel::Watchers,

@@ -288,10 +288,15 @@ impl<'s> World<'s> {
         };
         let mut config = CoreConfig::new(node.id.clone(), instance_base);
         config.bug_minority_takes_over = self.bug_minority_takes_over;
+        // A restart listens for the fleet before it acts, as the agent does; the fleet's
+        // first start has nobody to listen for.
+        let rejoin_until_ms = (node.boots > 0)
+            .then(|| (self.now as i64 + node.skew_ms) as u64 + self.scenario.gossip.rejoin_wait_ms);
         let restored = Restored {
             desired: node.disk.desired.clone(),
             last_assignment: node.disk.assignment.clone(),
             view: FleetView::default(),
+            rejoin_until_ms,
         };
         node.core = Some(NodeCore::new(config, restored));
         node.minority_baseline = Some(

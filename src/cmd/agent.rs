@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use starling_node::agent::{AgentConfig, run};
+use starling_node::agent::{AgentConfig, OnStop, run};
 use starling_protocol::NodeId;
 use starling_protocol::spec::RuntimeKind;
 
@@ -15,8 +15,19 @@ pub struct AgentArgs {
     pub node_id: Option<String>,
     pub labels: Vec<String>,
     pub stop_grace_ms: u64,
-    pub stop_on_exit: bool,
+    pub on_stop: OnStopArg,
     pub fleet: FleetArgs,
+}
+
+/// `--on-stop`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStopArg {
+    /// A planned restart (upgrade, reboot): replicas keep running for the next agent.
+    Leave,
+    /// Move every replica to other nodes, then stop.
+    Drain,
+    /// Stop every replica.
+    Stop,
 }
 
 /// Fleet flags of `starling agent` (used once the data dir belongs to a cluster).
@@ -76,6 +87,18 @@ pub struct FleetArgs {
     /// this many milliseconds before its grant ends.
     #[arg(long, default_value_t = 300)]
     pub lease_max_drift_ms: u64,
+    /// With --on-stop leave: how long peers keep this node's replicas for its next start
+    /// before they replace them, in ms.
+    #[arg(long, default_value_t = 60_000)]
+    pub restart_window_ms: u64,
+    /// With --on-stop drain: longest wait for every replica to run healthy elsewhere, in ms;
+    /// what is left then is stopped.
+    #[arg(long, default_value_t = 120_000)]
+    pub drain_timeout_ms: u64,
+    /// After a restart: how long to wait to hear the fleet (where its replicas went) before
+    /// acting, in ms. A node that hears nobody then restarts what it ran before.
+    #[arg(long, default_value_t = 5_000)]
+    pub rejoin_wait_ms: u64,
 }
 
 pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
@@ -86,7 +109,14 @@ pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
     }
     config.labels = parse_labels(&args.labels)?;
     config.stop_grace = Duration::from_millis(args.stop_grace_ms);
-    config.stop_on_exit = args.stop_on_exit;
+    config.departure.on_stop = match args.on_stop {
+        OnStopArg::Leave => OnStop::Leave,
+        OnStopArg::Drain => OnStop::Drain,
+        OnStopArg::Stop => OnStop::Stop,
+    };
+    config.departure.restart_window = Duration::from_millis(args.fleet.restart_window_ms);
+    config.departure.drain_timeout = Duration::from_millis(args.fleet.drain_timeout_ms);
+    config.rejoin_wait = Duration::from_millis(args.fleet.rejoin_wait_ms);
     let fleet = &args.fleet;
     if let Some(token) = &fleet.join {
         let advertise = fleet

@@ -162,6 +162,7 @@ pub fn demo_fleet(n: usize) -> FleetView {
             },
             weight: 1,
             liveness: Liveness::Alive,
+            departure: Default::default(),
             id: id.clone(),
         };
         (id, view)

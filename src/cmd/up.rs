@@ -118,7 +118,7 @@ impl LocalFleet {
             .arg(agent.base.to_string())
             .arg("--label")
             .arg(format!("zone={}", ["a", "b", "c"][i % 3]))
-            .arg("--stop-on-exit")
+            .args(["--on-stop", "stop"])
             .arg("--stop-grace-ms")
             .arg("2000")
             .args(&self.extra);

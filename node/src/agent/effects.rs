@@ -88,6 +88,8 @@ impl Agent {
                     self.starting
                         .insert((replica.clone(), instance), (*spec).clone());
                     let env = if spec.singleton {
+                        // Before the start: a fenced instance reads the file from its first look.
+                        self.prepare_lease_file(&replica);
                         self.lease_env(&replica.workload)
                     } else {
                         Vec::new()
@@ -171,6 +173,16 @@ impl Agent {
             }
             CoreEvent::MajorityRegained { visible, known } => {
                 format!("sees {visible} of {known} members again: majority")
+            }
+            CoreEvent::Rejoined { heard, timed_out } => {
+                if timed_out {
+                    format!(
+                        "rejoin wait over with {heard} peers heard: acting on what it knows \
+                         (a node that hears nobody restarts its last assignment)"
+                    )
+                } else {
+                    format!("rejoined: heard the status of all {heard} peers it sees")
+                }
             }
         };
         tracing::warn!("{text}");

@@ -95,6 +95,9 @@ impl Agent {
                 }
             }
             Input::Sync(SyncEvent::Keys { keys, primary }) => self.take_keys(&keys, primary),
+            Input::Sync(SyncEvent::DepartureAnnounced { acked, asked }) => {
+                self.on_departure_announced(acked, asked);
+            }
             Input::Sync(SyncEvent::KeyInstalled {
                 id,
                 installed,
@@ -168,6 +171,14 @@ impl Agent {
                 Some(PeerMessage::Stored)
             }
             PeerMessage::KeysRequest => self.fleet.as_ref().map(|f| f.keys_message()),
+            PeerMessage::Departure(departure) => {
+                if let Some(fleet) = self.fleet.as_mut() {
+                    fleet.on_departure(from, departure);
+                }
+                self.note(format!("{from} announced it is stopping: {departure:?}"));
+                self.refresh_view(now);
+                Some(PeerMessage::Stored)
+            }
             PeerMessage::Lease(message) => Some(self.on_lease_message(from, message)),
             message @ (PeerMessage::Verdict { .. }
             | PeerMessage::Ping { .. }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use starling_protocol::hlc::Timestamp;
 use starling_protocol::lease::{Lease, LeaseMessage, LeaseName};
+use starling_protocol::placement::ReplicaId;
 use starling_protocol::spec::{LEASE_TTL_MAX_MS, LEASE_TTL_MIN_MS, LeaseMode};
 use starling_protocol::wire::{ApiResponse, PeerMessage};
 use starling_protocol::{NodeId, WorkloadName};
@@ -22,6 +23,7 @@ use super::metrics::{LeaseBoard, LeaseInfo};
 use crate::clock::now_ms;
 use crate::core::LeaseWant;
 use crate::election::{Candidacy, ElectionOutput, Elector, ElectorConfig, VoterMemory, Voters};
+use crate::runtime::fence::{LEASE_FILE_NAME, LeaseFile};
 
 /// How long a voter waits for a grant request's answer over QUIC.
 const GRANT_TIMEOUT: Duration = Duration::from_millis(800);
@@ -58,6 +60,15 @@ pub(super) struct Leases {
     pub waiters: Vec<(LeaseName, u64, oneshot::Sender<ApiResponse>)>,
     /// Where the `/v1/leases` endpoint listens, for workloads' environment.
     pub url: Option<String>,
+    /// Election messages still on their way (a departing agent waits for its releases).
+    pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Leases {
+    /// Election messages sent and not yet answered or failed.
+    pub fn sends_in_flight(&self) -> usize {
+        self.in_flight.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl Leases {
@@ -80,6 +91,7 @@ impl Leases {
             scripts: BTreeSet::new(),
             waiters: Vec::new(),
             url: None,
+            in_flight: Arc::default(),
         };
         (leases, replies_rx)
     }
@@ -181,10 +193,13 @@ impl Agent {
         };
         let quic = fleet.quic.clone();
         let replies = self.leases.replies_tx.clone();
+        let in_flight = self.leases.in_flight.clone();
+        in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(async move {
             let answer = quic
                 .peer(addr, PeerMessage::Lease(message), GRANT_TIMEOUT)
                 .await;
+            in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             if let Ok(PeerMessage::Lease(reply @ LeaseMessage::Reply(_))) = answer {
                 let _ = replies.send((to, reply));
             }
@@ -467,12 +482,32 @@ impl Agent {
     }
 
     /// Updates what workloads see: the board behind `/v1/leases/NAME` and the `lease` file
-    /// in the directory of every local replica of the workload.
+    /// in the directory of every local replica of the workload. Runs at every grant, renewal
+    /// and loss, so the file's deadline moves forward with each renewal: a fenced instance
+    /// (`runtime::fence`) stops itself once that deadline passes unrenewed.
     fn show_lease(&mut self, name: &LeaseName) {
+        let info = self.lease_info(name);
+        let file = lease_file_of(&info).render();
+        self.leases.board.set(info);
+        for (replica, _) in self.core.instances() {
+            if &replica.workload == name {
+                self.write_lease_file(&replica, &file);
+            }
+        }
+    }
+
+    /// Writes the `lease` file of a singleton replica about to start, so its fence reads a
+    /// valid deadline (or `active=false`) from its first look.
+    pub(super) fn prepare_lease_file(&self, replica: &ReplicaId) {
+        let file = lease_file_of(&self.lease_info(&replica.workload)).render();
+        self.write_lease_file(replica, &file);
+    }
+
+    fn lease_info(&self, name: &LeaseName) -> LeaseInfo {
         let now = now_ms();
         let view = self.leases.elector.view(name);
         let held = self.leases.elector.holds(name, now);
-        let info = LeaseInfo {
+        LeaseInfo {
             name: name.to_string(),
             node: self.node.to_string(),
             active: held.is_some(),
@@ -480,27 +515,31 @@ impl Agent {
             epoch: view.record.as_ref().map_or(0, |l| l.epoch),
             token: held.map_or(0, |l| l.fencing_token),
             act_until_unix_ms: held.and(view.may_act_until_ms).unwrap_or(0),
-        };
-        let file = format!(
-            "active={}\ntoken={}\nepoch={}\nholder={}\nact_until_unix_ms={}\n",
-            info.active,
-            info.token,
-            info.epoch,
-            info.holder.as_deref().unwrap_or(""),
-            info.act_until_unix_ms
-        );
-        self.leases.board.set(info);
-        let dirs = self.store.dir().join("runtime").join("replicas");
-        for (replica, _) in self.core.instances() {
-            if &replica.workload == name {
-                // The runtime may not have made the directory yet: the start is in flight.
-                let path = dirs.join(format!("{}-{}", replica.workload, replica.index));
-                if let Err(e) = std::fs::create_dir_all(&path)
-                    .and_then(|()| std::fs::write(path.join("lease"), &file))
-                {
-                    tracing::warn!("cannot write {}: {e}", path.join("lease").display());
-                }
-            }
+        }
+    }
+
+    /// Replaces a replica's `lease` file by renaming a complete one over it: a fence polling
+    /// it must never read half a file. Not fsynced: after a crash of the host the deadline in
+    /// it has passed anyway.
+    fn write_lease_file(&self, replica: &ReplicaId, text: &str) {
+        // The runtime may not have made the directory yet: the start is in flight.
+        let dir = self
+            .store
+            .dir()
+            .join("runtime")
+            .join("replicas")
+            .join(format!("{}-{}", replica.workload, replica.index));
+        let path = dir.join(LEASE_FILE_NAME);
+        // Gossip repeats records often; an unchanged file need not be replaced.
+        if std::fs::read_to_string(&path).is_ok_and(|old| old == text) {
+            return;
+        }
+        let temp = dir.join(format!(".{LEASE_FILE_NAME}.tmp"));
+        if let Err(e) = std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(&temp, text))
+            .and_then(|()| std::fs::rename(&temp, &path))
+        {
+            tracing::warn!("cannot write {}: {e}", path.display());
         }
     }
 
@@ -517,7 +556,18 @@ impl Agent {
                 format!("{url}/v1/leases/{name}"),
             ));
         }
-        env.push(("STARLING_LEASE_FILE".into(), "lease".into()));
+        env.push(("STARLING_LEASE_FILE".into(), LEASE_FILE_NAME.into()));
         env
+    }
+}
+
+/// What the `lease` file says, from what the board says.
+fn lease_file_of(info: &LeaseInfo) -> LeaseFile {
+    LeaseFile {
+        active: info.active,
+        token: info.token,
+        epoch: info.epoch,
+        holder: info.holder.clone(),
+        act_until_unix_ms: info.act_until_unix_ms,
     }
 }

@@ -6,6 +6,7 @@
 //! here, in the order the core asked for it.
 
 mod containers;
+mod depart;
 mod effects;
 mod fleet;
 mod fleet_loop;
@@ -17,6 +18,7 @@ pub mod metrics;
 mod quic_api;
 mod tables;
 
+pub use depart::{DepartureSettings, OnStop};
 pub use fleet::FleetSettings;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -53,8 +55,11 @@ pub struct AgentConfig {
     pub capacity: Option<Capacity>,
     /// Grace between SIGTERM and SIGKILL when stopping a replica.
     pub stop_grace: Duration,
-    /// Stop every replica when the agent exits (default: leave them running for adoption).
-    pub stop_on_exit: bool,
+    /// What happens to the workloads when the agent is asked to stop (see `depart`).
+    pub departure: DepartureSettings,
+    /// After a restart in a fleet, how long to wait to hear every peer before acting (a node
+    /// that hears nobody then restarts its last assignment). Default 5 s.
+    pub rejoin_wait: Duration,
     /// Largest clock difference accepted from a peer's timestamp.
     pub max_drift_ms: u64,
     /// How long a claim waits for competing claims before starting (see `core`).
@@ -70,6 +75,9 @@ pub struct AgentConfig {
     /// How far clocks may drift apart over one lease duration: a lease holder stops acting
     /// this long before its grant ends (see `election`).
     pub lease_max_drift_ms: u64,
+    /// The `starling` binary that runs singleton process instances under `starling fence`
+    /// (default: this executable; none runs them unfenced). See `runtime::fence`.
+    pub fence_program: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -81,7 +89,8 @@ impl AgentConfig {
             labels: BTreeMap::new(),
             capacity: None,
             stop_grace: Duration::from_secs(10),
-            stop_on_exit: false,
+            departure: DepartureSettings::default(),
+            rejoin_wait: Duration::from_secs(5),
             max_drift_ms: 5_000,
             settle_ms: 250,
             fleet: FleetSettings::default(),
@@ -91,6 +100,7 @@ impl AgentConfig {
                 .filter_map(|k| crate::runtime::docker::default_socket(k).map(|s| (k, s)))
                 .collect(),
             lease_max_drift_ms: 300,
+            fence_program: std::env::current_exe().ok(),
         }
     }
 }
@@ -118,6 +128,9 @@ pub enum AgentError {
     /// Fleet networking could not start.
     #[error("{0}")]
     Net(String),
+    /// A key in the data dir is readable or writable by others.
+    #[error(transparent)]
+    ExposedKeys(#[from] crate::cluster::ExposedKeys),
 }
 
 /// An API request with the way back to its caller.
@@ -129,6 +142,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let store = Store::open(&config.data_dir)?;
+    crate::cluster::check_key_permissions(store.dir())?;
     let _lock = host::lock_data_dir(store.dir())
         .map_err(|_| AgentError::Locked(store.dir().to_path_buf()))?;
     let identity = load_identity(&store, &config)?;
@@ -136,7 +150,10 @@ pub async fn run(
     let process = ProcessRuntime::new(
         store.dir().join("runtime"),
         events_tx.clone(),
-        ProcessConfig::default(),
+        ProcessConfig {
+            fence_program: config.fence_program.clone(),
+            ..ProcessConfig::default()
+        },
     );
     tracing::info!(node = %identity.node, data_dir = %store.dir().display(), "agent starting; {}", process.limits_status());
     let runtime = Arc::new(
@@ -244,7 +261,7 @@ pub async fn run(
         fleet.leave().await;
     }
     let _ = std::fs::remove_file(crate::api::socket_path(agent.store.dir()));
-    if agent.config.stop_on_exit {
+    if agent.stops_everything_on_exit() {
         agent.stop_everything().await;
     } else {
         tracing::info!("agent stopped; replicas keep running and are adopted at the next start");
@@ -312,6 +329,8 @@ pub(crate) struct Agent {
     leases: leases::Leases,
     lease_replies:
         Option<mpsc::UnboundedReceiver<(NodeId, starling_protocol::lease::LeaseMessage)>>,
+    /// The departure under way once the agent was asked to stop.
+    departing: Option<depart::Departing>,
 }
 
 /// Most events kept for `describe`.
@@ -341,12 +360,23 @@ impl Agent {
         // A member restarts with the fleet it last saw (not a fleet of one, which would plan
         // every replica onto itself for the moment before gossip arrives).
         let mut view = single_node_view(&identity.node, &config);
-        if crate::cluster::Membership::exists(store.dir())
-            && let Some(mut last) = store.view()?
-        {
+        let in_fleet = crate::cluster::Membership::exists(store.dir());
+        // The stored view is a cache of what gossip will tell again: one this build cannot
+        // read (written by another version) is dropped, not fatal.
+        let stored_view = if in_fleet {
+            store.view().unwrap_or_else(|e| {
+                tracing::warn!("ignoring the stored fleet view: {e}");
+                None
+            })
+        } else {
+            None
+        };
+        if let Some(mut last) = stored_view {
             last.nodes.extend(view.nodes);
             view = last;
         }
+        // A member that restarts first listens for where the fleet put its replicas.
+        let rejoin_until_ms = in_fleet.then(|| now + config.rejoin_wait.as_millis() as u64);
         let mut core_config = CoreConfig::new(identity.node.clone(), now.saturating_mul(1_000));
         core_config.settle_ms = config.settle_ms;
         let (leases, lease_replies) = leases::Leases::new(
@@ -362,6 +392,7 @@ impl Agent {
                 desired,
                 last_assignment,
                 view,
+                rejoin_until_ms,
             },
         );
         Ok(Agent {
@@ -385,6 +416,7 @@ impl Agent {
             usage: None,
             leases,
             lease_replies: Some(lease_replies),
+            departing: None,
         })
     }
 
@@ -415,6 +447,7 @@ impl Agent {
                 self.core.poll_timeout(),
                 self.fleet.as_ref().and_then(|f| f.detector.poll_timeout()),
                 self.lease_deadline(),
+                self.departure_deadline(),
             ]
             .into_iter()
             .flatten()
@@ -458,12 +491,15 @@ impl Agent {
                         fleet.flush_detector().await;
                     }
                 }
-                _ = &mut shutdown => {
-                    engine_watch.abort();
-                    return Ok(());
+                _ = &mut shutdown, if self.departing.is_none() => {
+                    self.begin_departure().await;
                 }
             }
             self.execute().await;
+            if self.departure_done() {
+                engine_watch.abort();
+                return Ok(());
+            }
         }
     }
 
@@ -544,6 +580,7 @@ fn single_node_view(node: &NodeId, config: &AgentConfig) -> FleetView {
         capacity: config.capacity.unwrap_or_else(host::capacity),
         weight: 1,
         liveness: Liveness::Alive,
+        departure: Default::default(),
     };
     FleetView {
         nodes: [(node.clone(), view)].into(),

@@ -136,6 +136,13 @@ pub enum CoreEvent {
         /// Members known.
         known: usize,
     },
+    /// The node heard the fleet after a restart (or stopped waiting) and acts normally now.
+    Rejoined {
+        /// Peers whose status it has heard.
+        heard: usize,
+        /// It stopped waiting at the deadline, before hearing every member it sees.
+        timed_out: bool,
+    },
     /// This side sees a majority again.
     MajorityRegained {
         /// Members visible.

@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use starling_protocol::NodeId;
 use starling_protocol::desired::DesiredState;
-use starling_protocol::placement::{Assignment, Capacity, FleetView, ReplicaId};
+use starling_protocol::placement::{Assignment, Capacity, Departure, FleetView, ReplicaId};
 use starling_protocol::quantity::{Bytes, Millicores};
 use starling_protocol::status::NodeStatus;
 
@@ -86,6 +86,11 @@ pub struct Restored {
     pub last_assignment: Vec<(ReplicaId, u64)>,
     /// The fleet as last known (members and their resources); liveness as the shell sees it now.
     pub view: FleetView,
+    /// A restart in a fleet: until this time (or until every member it sees has reported its
+    /// status, whichever comes first) the core keeps what it adopted and starts, stops and
+    /// claims nothing, so it learns where its replicas went before it acts on a stale view.
+    /// `None` for a node with no peers to hear from.
+    pub rejoin_until_ms: Option<u64>,
 }
 
 /// The core state machine. See the module docs.
@@ -119,18 +124,41 @@ pub struct NodeCore {
     campaigning: BTreeMap<starling_protocol::WorkloadName, LeaseWant>,
     /// Since when placement has put a held lease's replica elsewhere.
     lease_away_since: BTreeMap<starling_protocol::WorkloadName, u64>,
+    /// Rejoining after a restart until then (see [`Restored::rejoin_until_ms`]).
+    rejoin_until_ms: Option<u64>,
 }
 
 impl NodeCore {
     /// A core for `config.node`, restored from disk.
     pub fn new(config: CoreConfig, restored: Restored) -> Self {
-        Self::shared(
+        let mut core = Self::shared(
             config,
             restored.last_assignment,
             Arc::new(restored.view),
             Arc::new(restored.desired),
             Arc::new(DirectPlanner),
-        )
+        );
+        core.rejoin_until_ms = restored.rejoin_until_ms;
+        core
+    }
+
+    /// Makes a core built with [`NodeCore::shared`] rejoin first (see
+    /// [`Restored::rejoin_until_ms`]).
+    pub fn rejoin_until(&mut self, until_ms: u64) {
+        self.rejoin_until_ms = Some(until_ms);
+    }
+
+    /// Whether the core still waits to hear the fleet after a restart.
+    pub fn is_rejoining(&self) -> bool {
+        self.rejoin_until_ms.is_some()
+    }
+
+    /// Whether this node announced that it is about to stop (restart or drain).
+    pub fn departing(&self) -> bool {
+        self.view
+            .nodes
+            .get(&self.config.node)
+            .is_some_and(|n| n.departure != Departure::Staying)
     }
 
     /// A core restored from shared state, with plans from `planner`: for hosts that run many
@@ -164,6 +192,7 @@ impl NodeCore {
             held: BTreeMap::new(),
             campaigning: BTreeMap::new(),
             lease_away_since: BTreeMap::new(),
+            rejoin_until_ms: None,
         }
     }
 

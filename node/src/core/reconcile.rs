@@ -6,7 +6,7 @@ use starling_protocol::desired::Revision;
 use std::sync::Arc;
 
 use starling_protocol::placement::{
-    Assignment, Liveness, ReplicaId, Score, node_hash, replica_key,
+    Assignment, Departure, Liveness, ReplicaId, Score, node_hash, replica_key,
 };
 use starling_protocol::spec::WorkloadSpec;
 use starling_protocol::status::ReplicaState;
@@ -20,6 +20,13 @@ impl NodeCore {
     /// Brings local replicas in line with what this node should run, then publishes and
     /// persists what changed and recomputes the next deadline.
     pub(super) fn reconcile(&mut self, now_ms: u64) {
+        if self.still_rejoining(now_ms) {
+            // Peers learn what it kept running; the stored assignment stays as it was, so a
+            // reboot now still restores it.
+            self.publish_status();
+            self.deadline_ms = self.rejoin_until_ms;
+            return;
+        }
         self.update_majority();
         if self.plan.is_none() {
             self.plan = Some(self.compute_plan());
@@ -47,6 +54,40 @@ impl NodeCore {
         self.plan = Some(plan);
         self.deadline_ms = deadline;
         self.publish_and_persist();
+    }
+
+    /// After a restart, the core waits until every member it does not see as down, and a
+    /// majority of all members, have reported their status (where the replicas went, who runs
+    /// what), or until the deadline.
+    /// Acting earlier, on the view it stored, would start copies of replicas the fleet moved
+    /// elsewhere while this node was away.
+    fn still_rejoining(&mut self, now_ms: u64) -> bool {
+        let Some(until_ms) = self.rejoin_until_ms else {
+            return false;
+        };
+        let me = &self.config.node;
+        let heard_all =
+            self.view.nodes.iter().all(|(id, n)| {
+                id == me || n.liveness == Liveness::Down || self.peers.contains_key(id)
+            });
+        // Peers it has not heard yet may look down only because it has not heard them: it
+        // also waits for a majority of the members (itself included) before it trusts that.
+        let heard = self
+            .peers
+            .keys()
+            .filter(|id| self.view.nodes.contains_key(*id))
+            .count();
+        let heard_majority = 2 * (heard + 1) > self.view.nodes.len();
+        if now_ms < until_ms && !(heard_all && heard_majority) {
+            return true;
+        }
+        let heard_all = heard_all && heard_majority;
+        self.rejoin_until_ms = None;
+        self.actions.push_back(Action::Event(CoreEvent::Rejoined {
+            heard,
+            timed_out: !heard_all,
+        }));
+        false
     }
 
     fn update_majority(&mut self) {
@@ -196,8 +237,9 @@ impl NodeCore {
         let Some(local) = self.replicas.get(replica) else {
             return;
         };
-        if follows_lease(&local.spec) {
-            // Not held here (any more): no handover for a singleton, it stops now.
+        if follows_lease(&local.spec) || (local.spec.singleton && self.departing()) {
+            // Not held here (any more): no handover for a singleton, it stops now. A node
+            // about to stop gives its standbys up too: none may outlive the agent's leases.
             self.stop(replica, StopReason::LeaseLost, false);
             return;
         }
@@ -260,10 +302,17 @@ impl NodeCore {
                 .is_some_and(|r| r.is_available())
     }
 
+    /// A live peer runs the replica healthy and keeps running it: a copy on a draining node
+    /// is about to go, so taking it over is a replacement, not a move that waits out the hold.
     fn available_elsewhere(&self, replica: &ReplicaId) -> bool {
-        self.peers
-            .keys()
-            .any(|node| self.peer_has_available(node, replica))
+        self.peers.keys().any(|node| {
+            self.peer_has_available(node, replica)
+                && self
+                    .view
+                    .nodes
+                    .get(node)
+                    .is_none_or(|n| n.departure != Departure::Draining)
+        })
     }
 
     /// Whether another node may be running this replica: some node last reported it, or some
@@ -304,12 +353,16 @@ impl NodeCore {
         })
     }
 
-    fn publish_and_persist(&mut self) {
+    fn publish_status(&mut self) {
         let status = self.status();
         if self.published.as_ref() != Some(&status) {
             self.published = Some(status.clone());
             self.actions.push_back(Action::Publish(status));
         }
+    }
+
+    fn publish_and_persist(&mut self) {
+        self.publish_status();
         let active: Vec<(ReplicaId, u64)> = self
             .replicas
             .iter()

@@ -73,6 +73,10 @@ impl NodeCore {
     /// The singleton replicas that run because this node holds their lease.
     pub(super) fn lease_replicas(&self) -> BTreeMap<ReplicaId, Revision> {
         let mut wanted = BTreeMap::new();
+        if self.departing() {
+            // Its instances stop before the agent does; the lease follows once they are gone.
+            return wanted;
+        }
         for name in self.held.keys() {
             if let Some(rev) = self.desired.get(name)
                 && follows_lease(&rev.spec)
@@ -104,7 +108,16 @@ impl NodeCore {
                 ttl_ms: spec.lease.ttl_ms,
                 mode: spec.lease.mode,
             };
-            let campaign = if follows_lease(spec) {
+            let campaign = if self.departing() {
+                // A node about to stop gives its leases up, so the next holder need not wait
+                // for them to run out, but only once its instances here have exited: a new
+                // holder must not start next to one that is still stopping.
+                self.held.contains_key(name)
+                    && self
+                        .replicas
+                        .iter()
+                        .any(|(id, r)| &id.workload == name && r.has_instance())
+            } else if follows_lease(spec) {
                 let replica = ReplicaId {
                     workload: name.clone(),
                     index: 0,

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use starling_protocol::desired::{DesiredState, Revision};
 use starling_protocol::hlc::Timestamp;
-use starling_protocol::placement::{Capacity, FleetView, Liveness, NodeView, ReplicaId};
+use starling_protocol::placement::{Capacity, Departure, FleetView, Liveness, NodeView, ReplicaId};
 use starling_protocol::quantity::{Bytes, Millicores};
 use starling_protocol::spec::{RuntimeKind, WorkloadSpec};
 use starling_protocol::status::ReplicaState;
@@ -28,6 +28,7 @@ fn node_view(n: &str, liveness: Liveness) -> NodeView {
         },
         weight: 1,
         liveness,
+        departure: Default::default(),
     }
 }
 
@@ -890,6 +891,7 @@ fn a_rebooted_node_with_no_peers_restarts_exactly_its_last_assignment() {
             ("n2", Liveness::Down),
             ("n3", Liveness::Down),
         ]),
+        rejoin_until_ms: None,
     };
     let mut core = NodeCore::new(config("n1"), restored);
     core.handle_timeout(0);
@@ -1025,6 +1027,7 @@ fn adoption_replaces_a_mere_claim_and_never_runs_two_copies() {
         desired: desired_of(&specs),
         last_assignment: vec![],
         view: view(&[("n1", Liveness::Alive)]),
+        rejoin_until_ms: None,
     };
     let mut core = NodeCore::new(config("n1"), restored);
     // The first adoption triggers a reconcile that claims web/1 before its adoption arrives.
@@ -1092,6 +1095,7 @@ fn a_node_never_starts_more_than_it_has_room_for_even_during_a_handover() {
         desired: desired_of(&specs),
         last_assignment: vec![],
         view: small,
+        rejoin_until_ms: None,
     };
     let mut core = NodeCore::new(config("n1"), restored);
     core.handle_runtime(
@@ -1337,4 +1341,199 @@ fn the_plan_index_lists_each_node_s_replicas_in_order() {
         assert_eq!(plan.on(&id(n)), expected.as_slice());
     }
     assert_eq!(plan.on(&id("n1")).len() + plan.on(&id("n2")).len(), 8);
+}
+
+#[test]
+fn a_restarted_node_hears_the_fleet_before_it_acts_and_takes_back_only_by_the_move_rules() {
+    let names = ["n1", "n2", "n3"];
+    let mut f = Fleet::new(&names, &[spec("web", 1, "")]);
+    f.advance(5_000);
+    let r = replica("web", 0);
+    let home = f.holders(&r)[0].clone();
+    let others: Vec<NodeId> = names.iter().map(|n| id(n)).filter(|n| *n != home).collect();
+    let with_home = |l: Liveness| -> Vec<(&str, Liveness)> {
+        names
+            .iter()
+            .map(|n| (*n, if id(n) == home { l } else { Liveness::Alive }))
+            .collect()
+    };
+    // The home node crashes with its replica; the fleet replaces it.
+    f.running.retain(|(n, _)| *n != home);
+    f.hears.insert(home.clone(), BTreeSet::new());
+    for n in &others {
+        f.hears.insert(n.clone(), others.iter().cloned().collect());
+        f.set_view(n.as_str(), &with_home(Liveness::Down));
+    }
+    f.advance(10_000);
+    let interim = f.holders(&r);
+    assert_eq!(interim.len(), 1);
+    // It restarts from its disk: its last assignment and the fleet as it last saw it, all
+    // alive, so on its own it would start the replica again at once.
+    let restored = Restored {
+        desired: f.cores[&others[0]].desired().clone(),
+        last_assignment: vec![(r.clone(), 1)],
+        view: view(&with_home(Liveness::Alive)),
+        rejoin_until_ms: Some(f.now + 5_000),
+    };
+    f.cores
+        .insert(home.clone(), NodeCore::new(config(home.as_str()), restored));
+    let back_at = f.now;
+    let core = f.cores.get_mut(&home).expect("core");
+    core.handle_view(back_at, view(&with_home(Liveness::Alive)));
+    assert!(core.is_rejoining(), "nothing heard yet");
+    core.handle_timeout(back_at + 3_000);
+    assert!(core.is_rejoining());
+    while let Some(action) = core.poll_action() {
+        assert!(
+            !matches!(action, Action::Start { .. } | Action::PersistAssignment(_)),
+            "acted before hearing the fleet: {action:?}"
+        );
+    }
+    // Gossip reaches it (and it them): it learns the replica runs elsewhere.
+    f.now = back_at + 3_000;
+    f.hears.clear();
+    for n in names {
+        f.set_view(n, &with_home(Liveness::Alive));
+    }
+    assert!(!f.cores[&home].is_rejoining(), "heard every live peer");
+    f.advance(f.now + 9_000);
+    assert_eq!(f.holders(&r), interim, "a move waits out the hold");
+    f.advance(f.now + 10_000);
+    assert_eq!(
+        f.holders(&r),
+        vec![home.clone()],
+        "moved back by the move rules"
+    );
+    assert_eq!(f.handovers, vec![(interim[0].clone(), r.clone())]);
+}
+
+#[test]
+fn a_restarted_node_that_hears_nobody_restarts_its_last_assignment_after_the_wait() {
+    let specs = [spec("web", 3, ""), spec("db", 1, "")];
+    let last = vec![(replica("web", 1), 1), (replica("db", 0), 1)];
+    let all_alive = [
+        ("n1", Liveness::Alive),
+        ("n2", Liveness::Alive),
+        ("n3", Liveness::Alive),
+    ];
+    let restored = Restored {
+        desired: desired_of(&specs),
+        last_assignment: last.clone(),
+        view: view(&all_alive),
+        rejoin_until_ms: Some(5_000),
+    };
+    let mut core = NodeCore::new(config("n1"), restored);
+    core.handle_view(0, view(&all_alive));
+    // Its detector gives up on the peers it cannot reach.
+    let alone = [
+        ("n1", Liveness::Alive),
+        ("n2", Liveness::Down),
+        ("n3", Liveness::Down),
+    ];
+    core.handle_view(1_000, view(&alone));
+    assert_eq!(core.poll_timeout(), Some(5_000), "waits for the deadline");
+    core.handle_timeout(5_000);
+    core.handle_timeout(6_000);
+    let mut started = Vec::new();
+    let mut rejoined = None;
+    while let Some(a) = core.poll_action() {
+        match a {
+            Action::Start { replica, .. } => started.push((replica, 1)),
+            Action::Event(CoreEvent::Rejoined { heard, timed_out }) => {
+                rejoined = Some((heard, timed_out));
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(rejoined, Some((0, true)));
+    started.sort();
+    let mut expected = last;
+    expected.sort();
+    assert_eq!(started, expected, "the offline-reboot rule, after the wait");
+}
+
+#[test]
+fn a_departing_holder_stops_its_singleton_before_it_gives_the_lease_up() {
+    let s1 = spec("leader", 1, "singleton = true\nlease_ttl = \"2s\"");
+    let mut s = Single::new(&[s1]);
+    let name = s1_name();
+    s.core.handle_lease(1_000, name.clone(), Some(7));
+    s.drain();
+    assert_eq!(s.starts.len(), 1);
+    let instance = s.running[&replica("leader", 0)];
+    let mut leaving = view(&[("n1", Liveness::Alive)]);
+    if let Some(me) = leaving.nodes.get_mut(&id("n1")) {
+        me.departure = Departure::Restarting { back_by_ms: 60_000 };
+    }
+    s.core.handle_view(2_000, leaving);
+    let mut actions = Vec::new();
+    while let Some(a) = s.core.poll_action() {
+        actions.push(a);
+    }
+    assert!(
+        actions.iter().any(|a| matches!(
+            a,
+            Action::Stop {
+                reason: StopReason::LeaseLost,
+                ..
+            }
+        )),
+        "the instance stops: {actions:?}"
+    );
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::Withdraw { .. })),
+        "the lease stays until the instance is gone: {actions:?}"
+    );
+    s.core.handle_runtime(
+        2_050,
+        RuntimeEvent::Exited {
+            replica: replica("leader", 0),
+            instance,
+            code: None,
+            log_tail: vec![],
+        },
+    );
+    let mut withdrew = false;
+    while let Some(a) = s.core.poll_action() {
+        withdrew |= matches!(a, Action::Withdraw { ref lease } if *lease == name);
+    }
+    assert!(withdrew, "given up once the instance exited");
+}
+
+#[test]
+fn a_draining_node_s_replicas_start_elsewhere_without_the_move_hold() {
+    let names = ["n1", "n2", "n3"];
+    let mut f = Fleet::new(&names, &[spec("web", 2, "")]);
+    f.advance(5_000);
+    let r = replica("web", 0);
+    let drained = f.holders(&r)[0].clone();
+    let mut draining = view(
+        &names
+            .iter()
+            .map(|n| (*n, Liveness::Alive))
+            .collect::<Vec<_>>(),
+    );
+    if let Some(n) = draining.nodes.get_mut(&drained) {
+        n.departure = Departure::Draining;
+    }
+    let now = f.now;
+    for core in f.cores.values_mut() {
+        core.handle_view(now, draining.clone());
+    }
+    f.pump();
+    f.regossip();
+    f.advance(now + 3_000);
+    assert!(
+        f.running.iter().all(|(n, _)| *n != drained),
+        "the draining node runs nothing within the settle, not the 10 s hold"
+    );
+    assert_eq!(
+        f.copies_per_replica().values().copied().collect::<Vec<_>>(),
+        vec![1, 1]
+    );
+    assert!(
+        f.handovers.iter().all(|(n, _)| *n == drained),
+        "stopped by handover"
+    );
+    assert!(!f.handovers.is_empty());
 }

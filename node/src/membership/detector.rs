@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use starling_protocol::NodeId;
-use starling_protocol::placement::Liveness;
+use starling_protocol::placement::{Departure, Liveness};
 use starling_protocol::wire::PeerMessage;
 
 use super::watchers_of;
@@ -97,6 +97,9 @@ pub struct Detector {
     fresh: BTreeMap<NodeId, u64>,
     /// When this detector got its first member list (silence is counted from there).
     started_ms: Option<u64>,
+    /// Members that announced a planned restart, and until when they count as suspect
+    /// rather than down.
+    departures: BTreeMap<NodeId, u64>,
     seq: u64,
     outbox: VecDeque<(NodeId, PeerMessage)>,
     verdicts_out: VecDeque<Verdict>,
@@ -117,6 +120,7 @@ impl Detector {
             ranked: BTreeMap::new(),
             fresh: BTreeMap::new(),
             started_ms: None,
+            departures: BTreeMap::new(),
             seq: 0,
             outbox: VecDeque::new(),
             verdicts_out: VecDeque::new(),
@@ -183,6 +187,21 @@ impl Detector {
             p.state = None;
             p.failures = 0;
             p.failing_since_ms = None;
+        }
+    }
+
+    /// `node` announced a planned absence (or, with [`Departure::Staying`], that it is back).
+    /// A node restarting on purpose stays `Suspect`, never `Down`, until its announced deadline:
+    /// its replicas keep running for its next agent to adopt, and replacing them would run
+    /// them twice. A draining node is judged as any other.
+    pub fn handle_departure(&mut self, node: &NodeId, departure: Departure) {
+        match departure {
+            Departure::Restarting { back_by_ms } if *node != self.me => {
+                self.departures.insert(node.clone(), back_by_ms);
+            }
+            _ => {
+                self.departures.remove(node);
+            }
         }
     }
 
@@ -264,8 +283,21 @@ impl Detector {
     /// How this node sees `node` at `now_ms`: its own verdict if it watches it; otherwise down
     /// when nothing was heard of it for `stale_after_ms`, else its watchers' verdicts (down when
     /// a majority of them say down, suspect when any says so), ignoring verdicts refuted by a
-    /// newer incarnation.
+    /// newer incarnation. A node restarting on purpose is at worst suspect until its deadline.
     pub fn liveness(&self, node: &NodeId, now_ms: u64) -> Liveness {
+        let judged = self.judge(node, now_ms);
+        let on_leave = self
+            .departures
+            .get(node)
+            .is_some_and(|back_by_ms| now_ms < *back_by_ms);
+        if judged == Liveness::Down && on_leave {
+            Liveness::Suspect
+        } else {
+            judged
+        }
+    }
+
+    fn judge(&self, node: &NodeId, now_ms: u64) -> Liveness {
         if *node == self.me {
             return Liveness::Alive;
         }

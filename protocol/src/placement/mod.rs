@@ -51,6 +51,29 @@ pub struct NodeView {
     pub weight: u32,
     /// Whether the fleet currently sees it.
     pub liveness: Liveness,
+    /// A planned absence the node announced for itself (restart, drain). Gossiped under its
+    /// own key and never stored or encoded with the view, so views written by older agents
+    /// still decode.
+    #[serde(skip)]
+    pub departure: Departure,
+}
+
+/// A planned absence a node announces before its agent stops (`starling agent --on-stop`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Departure {
+    /// No planned absence.
+    #[default]
+    Staying,
+    /// The agent restarts (an upgrade) and leaves its replicas running for its next start:
+    /// peers hold its replicas (the failure detector reports it `Suspect`, not `Down`) until
+    /// `back_by_ms`, and it takes no singleton meanwhile, so a lease moves to another node.
+    Restarting {
+        /// When peers stop waiting (wall clock, ms since the epoch).
+        back_by_ms: u64,
+    },
+    /// The node moves its replicas away (make before break) and then stops: placement gives it
+    /// nothing.
+    Draining,
 }
 
 /// CPU and memory, offered or reserved.
@@ -201,6 +224,7 @@ pub fn plan_specs<'a>(
 
 /// The static constraints of a workload: workloads that share them share an eligible list.
 type ConstraintKey<'v> = (
+    bool,
     RuntimeKind,
     &'v BTreeSet<String>,
     &'v BTreeMap<String, String>,
@@ -232,7 +256,9 @@ impl<'v> Planner<'v> {
         let nodes: Vec<&NodeView> = view
             .nodes
             .values()
-            .filter(|n| n.liveness != Liveness::Down && n.weight > 0)
+            .filter(|n| {
+                n.liveness != Liveness::Down && n.weight > 0 && n.departure != Departure::Draining
+            })
             .collect();
         let weights: Vec<u32> = nodes.iter().map(|n| n.weight).collect();
         let mut classes = weights.clone();
@@ -263,6 +289,7 @@ impl<'v> Planner<'v> {
         self.stamp += 1;
         self.needs_ports = spec.host_ports();
         let key = (
+            spec.singleton,
             spec.runtime,
             &spec.constraints.arch,
             &spec.constraints.labels,

@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Capacity, NodeView};
+use super::{Capacity, Departure, NodeView};
 use crate::quantity::{Bytes, Millicores};
 use crate::spec::{RuntimeKind, WorkloadSpec};
 
@@ -96,6 +96,10 @@ pub(super) fn eligible_nodes(
     spec: &WorkloadSpec,
 ) -> Result<Vec<u32>, Unplaceable> {
     let mut set: Vec<u32> = (0..nodes.len() as u32).collect();
+    if spec.singleton {
+        // A node on its way to a restart would take the lease only to drop it.
+        set.retain(|&n| !matches!(nodes[n as usize].departure, Departure::Restarting { .. }));
+    }
     if set.is_empty() {
         return Err(Unplaceable::NoNodes);
     }

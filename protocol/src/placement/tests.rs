@@ -22,6 +22,7 @@ fn node(i: usize, cpu_m: u32, mem_mi: u64) -> NodeView {
         },
         weight: 1,
         liveness: Liveness::Alive,
+        departure: Default::default(),
     }
 }
 
@@ -298,6 +299,71 @@ fn singletons_place_one_instance() {
     let view = fleet(3, 1000, 1024);
     let s = spec("leader", 1, 10, "singleton = true");
     assert_eq!(plan_specs(&view, &[s]).placed.len(), 1);
+}
+
+#[test]
+fn a_draining_node_gets_nothing_and_only_its_replicas_move() {
+    let view = fleet(6, 10_000, 10_240);
+    let specs = workloads(&[(12, 10, false), (4, 10, true)]);
+    let before = plan_specs(&view, &specs);
+    let drained = NodeId::new("node-002").expect("id");
+    let mut draining = view.clone();
+    if let Some(n) = draining.nodes.get_mut(&drained) {
+        n.departure = Departure::Draining;
+    }
+    let after = plan_specs(&draining, &specs);
+    assert_eq!(
+        after.placed.len(),
+        before.placed.len(),
+        "everything still placed"
+    );
+    let count = |a: &Assignment| {
+        let mut per: BTreeMap<(WorkloadName, NodeId), usize> = BTreeMap::new();
+        for (r, n) in &a.placed {
+            *per.entry((r.workload.clone(), n.clone())).or_default() += 1;
+        }
+        per
+    };
+    let (was, now) = (count(&before), count(&after));
+    for ((workload, node), n) in &was {
+        if *node != drained {
+            // Under spread a replica index may change node (see the module docs); what a
+            // staying node runs of each workload never shrinks.
+            assert!(
+                now.get(&(workload.clone(), node.clone())) >= Some(n),
+                "{workload} moved off {node}"
+            );
+        }
+    }
+    assert!(
+        after.placed.values().all(|n| *n != drained),
+        "a draining node got a replica"
+    );
+}
+
+#[test]
+fn a_restarting_node_keeps_its_replicas_but_takes_no_singleton() {
+    let view = fleet(5, 10_000, 10_240);
+    let leader = spec("leader", 1, 10, "singleton = true");
+    let web = spec("web", 10, 10, "");
+    let before = plan_specs(&view, &[leader.clone(), web.clone()]);
+    let holder = before.placed[&ReplicaId {
+        workload: leader.name.clone(),
+        index: 0,
+    }]
+        .clone();
+    let mut restarting = view.clone();
+    if let Some(n) = restarting.nodes.get_mut(&holder) {
+        n.departure = Departure::Restarting { back_by_ms: 1 };
+    }
+    let after = plan_specs(&restarting, &[leader.clone(), web]);
+    for (replica, node) in &before.placed {
+        if replica.workload == leader.name {
+            assert_ne!(after.placed[replica], holder, "the singleton moves off");
+        } else {
+            assert_eq!(after.placed[replica], *node, "{replica:?} stays put");
+        }
+    }
 }
 
 proptest! {

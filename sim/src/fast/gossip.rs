@@ -431,6 +431,7 @@ mod tests {
             capacity: Default::default(),
             weight: 1,
             liveness: Liveness::Alive,
+            departure: Default::default(),
         };
         let mut view = FleetView::default();
         for i in 0..3 {

@@ -61,6 +61,7 @@ impl Fleet {
                     spent: BTreeSet::new(),
                     endpoints: Vec::new(),
                     usage: None,
+                    departure: Departure::Staying,
                 });
                 if entry.generation != id.generation_id || entry.heartbeat != state.heartbeat() {
                     heard.push(node.clone());
@@ -69,6 +70,8 @@ impl Fleet {
                     entry.heartbeat = state.heartbeat();
                     continue;
                 }
+                let new_life = entry.generation != id.generation_id;
+                let restarted = new_life && entry.generation != 0;
                 entry.generation = id.generation_id;
                 entry.heartbeat = state.heartbeat();
                 entry.version = state.max_version();
@@ -77,11 +80,29 @@ impl Fleet {
                     view.id = node.clone();
                     entry.view = Some(view);
                 }
+                // A departure pushed over QUIC may be ahead of gossip: an older state of the
+                // same generation without the key must not cancel it. A new generation is a new
+                // start, back from whatever it announced.
+                let departure = match state.get("departure").and_then(decode::<Departure>) {
+                    Some(d) => d,
+                    None if new_life => Departure::Staying,
+                    None => entry.departure,
+                };
+                if departure != entry.departure || new_life {
+                    entry.departure = departure;
+                    self.detector.handle_departure(&node, departure);
+                }
                 entry.digest = state
                     .get("digest")
                     .and_then(|d| u128::from_str_radix(d, 16).ok());
-                if let Some(status) = state.get("status").and_then(decode::<NodeStatus>) {
-                    statuses.push((node.clone(), status));
+                match state.get("status").and_then(decode::<NodeStatus>) {
+                    Some(status) => statuses.push((node.clone(), status)),
+                    // A restarted node runs nothing it has told us of yet: what its previous
+                    // life reported must not pass for a running copy (a handover to it would
+                    // stop the only healthy one). A node seen for the first time has told
+                    // nothing, which is not the same as running nothing.
+                    None if restarted => statuses.push((node.clone(), NodeStatus::default())),
+                    None => {}
                 }
                 if let Some(inc) = state.get("inc").and_then(|i| i.parse::<u64>().ok()) {
                     incarnations.push((node.clone(), inc));
@@ -276,11 +297,11 @@ impl Fleet {
         }
         self.me_view_dirty = false;
         let text = encode(&self.me_view);
-        self.chitchat
-            .lock()
-            .await
-            .self_node_state()
-            .set("node", text);
+        let departure = encode(&self.me_view.departure);
+        let mut chitchat = self.chitchat.lock().await;
+        let state = chitchat.self_node_state();
+        state.set("node", text);
+        state.set("departure", departure);
     }
 
     /// Publishes this node's status.

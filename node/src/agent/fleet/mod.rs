@@ -20,7 +20,7 @@ use chitchat::{
 };
 use starling_protocol::NodeId;
 use starling_protocol::desired::{DesiredEntry, DesiredState};
-use starling_protocol::placement::{FleetView, Liveness, NodeView};
+use starling_protocol::placement::{Departure, FleetView, Liveness, NodeView};
 use starling_protocol::status::NodeStatus;
 use starling_protocol::wire::PeerMessage;
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -88,6 +88,8 @@ pub(super) struct Peer {
     pub endpoints: Vec<String>,
     /// CPU (millicores) and memory (bytes) in use on it, as it last measured.
     pub usage: Option<(u32, u64)>,
+    /// A planned absence it announced in this generation (gossip key `departure`, or pushed).
+    pub departure: Departure,
 }
 
 /// A message from a peer over QUIC, with the way back.
@@ -111,6 +113,8 @@ pub(crate) enum SyncEvent {
         keys: Vec<(u32, [u8; 32])>,
         primary: u32,
     },
+    /// The push of this node's departure is done: `acked` of `asked` live peers hold it.
+    DepartureAnnounced { acked: usize, asked: usize },
     /// Phase one of a key rotation is done: `installed` of `asked` live peers hold key `id`.
     KeyInstalled {
         id: u32,
@@ -330,6 +334,7 @@ impl Fleet {
             if let Some(view) = &peer.view {
                 let mut view = view.clone();
                 view.liveness = self.detector.liveness(id, now);
+                view.departure = peer.departure;
                 nodes.insert(id.clone(), view);
             }
         }
@@ -381,6 +386,25 @@ impl Fleet {
         let mut seeds = vec![self.base.to_string()];
         seeds.extend(self.peers.values().map(|p| p.base.to_string()));
         seeds
+    }
+
+    /// A peer announced over QUIC that it is about to stop; gossip brings the same news later.
+    pub fn on_departure(&mut self, from: &NodeId, departure: Departure) {
+        if let Some(peer) = self.peers.get_mut(from) {
+            peer.departure = departure;
+        }
+        self.detector.handle_departure(from, departure);
+    }
+
+    /// Announces that this node is about to stop: in its own view (so its core acts on it),
+    /// in gossip, and pushed to every live peer; `done(acked, asked)` reports the push.
+    pub fn announce_departure<F>(&mut self, now: u64, departure: Departure, done: F)
+    where
+        F: FnOnce(usize, usize) + Send + 'static,
+    {
+        self.me_view.departure = departure;
+        self.me_view_dirty = true;
+        self.broadcast(now, PeerMessage::Departure(departure), done);
     }
 
     /// Leaves: shuts gossip down and closes QUIC.

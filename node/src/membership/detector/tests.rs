@@ -304,3 +304,51 @@ fn a_dead_node_whose_new_incarnation_arrives_late_is_still_declared_down() {
         "judged again at the new incarnation and declared down everywhere"
     );
 }
+
+#[test]
+fn a_node_restarting_on_purpose_is_suspect_not_down_until_its_deadline() {
+    let mut net = Net::new(10);
+    net.run_until(2_000);
+    let back_by = net.now + 5_000;
+    for d in net.nodes.values_mut() {
+        d.handle_departure(
+            &id(4),
+            Departure::Restarting {
+                back_by_ms: back_by,
+            },
+        );
+    }
+    net.dead.insert(id(4));
+    net.run_until(back_by - 100);
+    assert_eq!(
+        net.seen_by_all(&id(4)),
+        [Liveness::Suspect].into(),
+        "held as suspect while it restarts"
+    );
+    net.run_until(back_by + 100);
+    assert_eq!(
+        net.seen_by_all(&id(4)),
+        [Liveness::Down].into(),
+        "down once the deadline passed without it"
+    );
+}
+
+#[test]
+fn a_drain_or_a_return_lifts_the_hold() {
+    let mut net = Net::new(10);
+    net.run_until(2_000);
+    let back_by = net.now + 60_000;
+    for d in net.nodes.values_mut() {
+        d.handle_departure(
+            &id(4),
+            Departure::Restarting {
+                back_by_ms: back_by,
+            },
+        );
+        d.handle_departure(&id(4), Departure::Staying);
+    }
+    net.dead.insert(id(4));
+    let died = net.now;
+    net.run_until(died + 2_500);
+    assert_eq!(net.seen_by_all(&id(4)), [Liveness::Down].into());
+}
