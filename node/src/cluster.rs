@@ -4,12 +4,15 @@
 //! member can enrol others: there is no master to ask), the gossip keyring, this node's
 //! certificate and key, and the seeds it last knew. An operator's cluster dir (default
 //! `~/.config/starling`) holds the CA certificate, a user certificate and key, and peers.
+//! Both dirs are 0700 and every file in them 0600 (written by [`write_atomic`]); the agent
+//! refuses to start while a key is open to others ([`check_key_permissions`]).
 //!
 //! Addresses: a node is reached at one base address `host:port`: gossip on `port` (UDP),
 //! QUIC on `port + 1`, probes on `port + 2`.
 
 use std::fs;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use ring::hmac;
@@ -20,7 +23,11 @@ use starling_protocol::wire::Enrolment;
 use crate::gossip::seal::Keyring;
 use crate::identity::{ClusterCa, IdentityError, JoinToken, Role, hex, unhex};
 use crate::net::tls::TlsIdentity;
-use crate::store::{StoreError, write_atomic};
+use crate::store::{StoreError, create_private_dir, write_atomic};
+
+/// The secret files of a member's `cluster/` dir: whoever reads `ca.key` can mint
+/// certificates, `node.key` can act as this node, `gossip.keys` can forge gossip and probes.
+pub const SECRET_FILES: [&str; 3] = ["ca.key", "node.key", "gossip.keys"];
 
 /// The QUIC port of a base address.
 pub fn quic_addr(base: SocketAddr) -> SocketAddr {
@@ -160,11 +167,10 @@ impl Membership {
     /// Writes the material into `data_dir/cluster/` (keys readable by the owner only).
     pub fn save(&self, data_dir: &Path) -> Result<(), ClusterError> {
         let d = dir(data_dir);
-        fs::create_dir_all(&d).map_err(|e| ClusterError::File {
+        create_private_dir(&d).map_err(|e| ClusterError::File {
             path: d.clone(),
             reason: e.to_string(),
         })?;
-        set_private(&d);
         write(&d.join("name"), &self.cluster)?;
         write(&d.join("ca.pem"), &self.ca_pem)?;
         write(&d.join("ca.key"), &self.ca_key_pem)?;
@@ -411,10 +417,42 @@ pub async fn join(token: &JoinToken, node: &NodeId) -> Result<Membership, Cluste
     )))
 }
 
-#[cfg(unix)]
-fn set_private(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o700));
+/// Secret files that others than their owner may read or write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", exposed_message(.0))]
+pub struct ExposedKeys(pub Vec<(PathBuf, u32)>);
+
+fn exposed_message(exposed: &[(PathBuf, u32)]) -> String {
+    exposed
+        .iter()
+        .map(|(path, mode)| {
+            format!(
+                "{} is mode {mode:04o}: a secret key must be open to its owner only; fix it with `chmod 600 {0}`",
+                path.display()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Checks that no secret file of `data_dir` ([`SECRET_FILES`]) has permission bits for group
+/// or others; call it before the agent uses them. Missing files pass: loading reports those.
+/// The error names every exposed file, its mode and the `chmod` that fixes it.
+pub fn check_key_permissions(data_dir: &Path) -> Result<(), ExposedKeys> {
+    let d = dir(data_dir);
+    let exposed: Vec<(PathBuf, u32)> = SECRET_FILES
+        .iter()
+        .map(|name| d.join(name))
+        .filter_map(|path| {
+            let mode = fs::metadata(&path).ok()?.permissions().mode() & 0o7777;
+            (mode & 0o077 != 0).then_some((path, mode))
+        })
+        .collect();
+    if exposed.is_empty() {
+        Ok(())
+    } else {
+        Err(ExposedKeys(exposed))
+    }
 }
 
 /// An operator's client material (`~/.config/starling` or `--cluster-dir`).
@@ -433,11 +471,10 @@ impl ClientDir {
         peers: &[String],
     ) -> Result<(), ClusterError> {
         let issued = membership.ca()?.issue(Role::User, user)?;
-        fs::create_dir_all(&self.dir).map_err(|e| ClusterError::File {
+        create_private_dir(&self.dir).map_err(|e| ClusterError::File {
             path: self.dir.clone(),
             reason: e.to_string(),
         })?;
-        set_private(&self.dir);
         write(&self.dir.join("ca.pem"), &membership.ca_pem)?;
         write(&self.dir.join("user.key"), &issued.key_pem)?;
         write(&self.dir.join("user.pem"), &issued.cert_pem)?;
@@ -518,5 +555,77 @@ mod tests {
             "another cluster refuses it"
         );
         assert!(m.tls().is_ok());
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).expect("metadata").permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn member_and_operator_material_is_private() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let data = root.path().join("data");
+        let m = Membership::init("edge", &NodeId::new("n1").expect("id")).expect("init");
+        m.save(&data).expect("save");
+        Membership::write_advertise(&data, "127.0.0.1:7946".parse().expect("addr"))
+            .expect("advertise");
+        let cluster = data.join("cluster");
+        assert_eq!(mode(&cluster), 0o700);
+        let mut files = 0;
+        for entry in fs::read_dir(&cluster).expect("list") {
+            let path = entry.expect("entry").path();
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+            files += 1;
+        }
+        assert!(
+            files >= 8,
+            "name, ca.pem, ca.key, gossip.keys, seeds, node.*, advertise"
+        );
+        let client = ClientDir {
+            dir: root.path().join("operator"),
+        };
+        client
+            .write(&m, &NodeId::new("admin").expect("id"), &[])
+            .expect("user");
+        assert_eq!(mode(&client.dir), 0o700);
+        for name in ["user.key", "user.pem", "ca.pem", "peers"] {
+            assert_eq!(mode(&client.dir.join(name)), 0o600, "{name}");
+        }
+        assert!(check_key_permissions(&data).is_ok());
+    }
+
+    #[test]
+    fn a_key_open_to_others_is_refused_by_name_mode_and_fix() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let m = Membership::init("edge", &NodeId::new("n1").expect("id")).expect("init");
+        m.save(root.path()).expect("save");
+        let key = root.path().join("cluster/node.key");
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).expect("chmod");
+        let err = check_key_permissions(root.path()).expect_err("refused");
+        assert_eq!(err.0, vec![(key.clone(), 0o644)]);
+        let text = err.to_string();
+        assert!(text.contains(&key.display().to_string()), "{text}");
+        assert!(text.contains("0644"), "{text}");
+        assert!(
+            text.contains(&format!("chmod 600 {}", key.display())),
+            "{text}"
+        );
+        let ca = root.path().join("cluster/ca.key");
+        fs::set_permissions(&ca, fs::Permissions::from_mode(0o620)).expect("chmod");
+        assert_eq!(
+            check_key_permissions(root.path())
+                .expect_err("refused")
+                .0
+                .len(),
+            2,
+            "every exposed key is named, group-writable ones too"
+        );
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).expect("chmod");
+        fs::set_permissions(&ca, fs::Permissions::from_mode(0o400)).expect("chmod");
+        assert!(check_key_permissions(root.path()).is_ok());
+        assert!(
+            check_key_permissions(&root.path().join("elsewhere")).is_ok(),
+            "nothing to check yet: a node that has not joined"
+        );
     }
 }

@@ -4,9 +4,14 @@
 //! one, fsync the directory. A power cut leaves either the old or the new file, never a torn
 //! one. Each file carries a magic, a format version and a checksum, so a damaged file is
 //! refused with its path instead of being half-read.
+//!
+//! Everything here is private to the agent's user: files are created 0600 (the temporary file
+//! already, so there is no moment when they are readable by others) and the data dir 0700,
+//! because the state holds specs and the dir holds keys and the API socket.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -22,6 +27,12 @@ const MAGIC: [u8; 4] = *b"STRL";
 const FORMAT_VERSION: u16 = 1;
 /// Largest state file read back (64 MiB): far above any real desired state.
 const FILE_BYTES_MAX: u64 = 64 << 20;
+/// Mode of every file written: the owner reads and writes, nobody else anything.
+pub const FILE_MODE: u32 = 0o600;
+/// Mode of the data dir and of the dirs holding keys.
+pub const DIR_MODE: u32 = 0o700;
+/// Permission bits for anyone but the owner.
+const OTHERS_BITS: u32 = 0o077;
 
 /// Errors of the store; each names the file.
 #[derive(Debug, thiserror::Error)]
@@ -60,10 +71,11 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the data dir `dir`.
+    /// Opens the data dir `dir`, creating it 0700 if needed and tightening it to 0700 if
+    /// others have access (see [`create_private_dir`]).
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let dir = dir.into();
-        fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+        create_private_dir(&dir).map_err(|source| StoreError::Io {
             path: dir.clone(),
             source,
         })?;
@@ -181,17 +193,49 @@ impl Store {
     }
 }
 
+/// Creates `dir` private to this user: 0700 when created, and tightened to 0700 when it
+/// exists with bits for others (a dir made by an older version, or by `mkdir`). Missing
+/// parents get the default mode: they hold nothing of ours.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent)?;
+    }
+    match fs::DirBuilder::new().mode(DIR_MODE).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let mode = fs::metadata(dir)?.permissions().mode();
+            if mode & OTHERS_BITS != 0 {
+                fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))?;
+                tracing::info!(
+                    "{} was mode {:04o}; tightened to {DIR_MODE:04o}",
+                    dir.display(),
+                    mode & 0o7777
+                );
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Writes `bytes` to `path` so that a crash at any point leaves the old or the new contents.
+/// The file ends up 0600 whatever mode an older one had: the rename replaces it with the
+/// temporary file, which is created 0600.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let io = |p: &Path| {
         let p = p.to_path_buf();
         move |source| StoreError::Io { path: p, source }
     };
     let tmp = path.with_extension("tmp");
+    // A temporary file left by a crash keeps the mode it was made with: start a new one.
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&tmp)(e)),
+        _ => {}
+    }
     let mut file = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
+        .mode(FILE_MODE)
         .open(&tmp)
         .map_err(io(&tmp))?;
     file.write_all(bytes).map_err(io(&tmp))?;
@@ -237,6 +281,47 @@ mod tests {
             !dir.path().join("assignment.tmp").exists(),
             "no temporary file left behind"
         );
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).expect("metadata").permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn the_data_dir_is_created_0700_and_state_files_0600() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("data");
+        let store = Store::open(&dir).expect("open");
+        assert_eq!(mode(&dir), 0o700);
+        store
+            .write_desired(&DesiredState::default())
+            .expect("write");
+        store.write_assignment(&[]).expect("write");
+        for name in ["desired.bin", "assignment.bin"] {
+            assert_eq!(mode(&dir.join(name)), 0o600, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_wider_data_dir_is_tightened_and_old_files_replaced_private() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("data");
+        fs::create_dir(&dir).expect("mkdir");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod");
+        let desired = dir.join("desired.bin");
+        fs::write(&desired, b"old").expect("write");
+        fs::set_permissions(&desired, fs::Permissions::from_mode(0o644)).expect("chmod");
+        // A temporary file a crash left behind, readable by all.
+        let stale = dir.join("desired.tmp");
+        fs::write(&stale, b"half").expect("write");
+        fs::set_permissions(&stale, fs::Permissions::from_mode(0o666)).expect("chmod");
+        let store = Store::open(&dir).expect("open");
+        assert_eq!(mode(&dir), 0o700);
+        store
+            .write_desired(&DesiredState::default())
+            .expect("write");
+        assert_eq!(mode(&desired), 0o600);
+        assert!(!stale.exists());
     }
 
     #[test]

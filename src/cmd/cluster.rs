@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use starling_node::cluster::{self, ClientDir, Membership};
 use starling_node::identity::JoinToken;
-use starling_node::store::{Identity, Store};
+use starling_node::store::{Identity, Store, create_private_dir};
 use starling_protocol::NodeId;
 
 /// The operator's client dir: `--cluster-dir`, else `$STARLING_CLUSTER_DIR`, else
@@ -61,7 +61,7 @@ pub fn init(
     if Membership::exists(data_dir) {
         bail!(cluster::ClusterError::Exists(data_dir.to_path_buf()));
     }
-    std::fs::create_dir_all(data_dir)
+    create_private_dir(data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let node = node_id(data_dir, node)?;
     let membership = Membership::init(name, &node)?;
@@ -120,7 +120,7 @@ pub fn join_if_needed(
         return Ok(());
     }
     let token = JoinToken::parse(token)?;
-    std::fs::create_dir_all(data_dir)
+    create_private_dir(data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let node = node_id(data_dir, node)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -178,7 +178,7 @@ pub fn init_quiet(
     if Membership::exists(data_dir) {
         return Ok(());
     }
-    std::fs::create_dir_all(data_dir)
+    create_private_dir(data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let node = node_id(data_dir, Some(node.to_string()))?;
     let membership = Membership::init(name, &node)?;

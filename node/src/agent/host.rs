@@ -3,6 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -25,6 +26,7 @@ pub(super) fn lock_data_dir(dir: &Path) -> Result<Flock<File>, std::io::Error> {
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(crate::store::FILE_MODE)
         .open(dir.join("agent.lock"))?;
     let mut lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
         .map_err(|(_, errno)| std::io::Error::from(errno))?;
