@@ -47,16 +47,27 @@ pub struct Fleet {
     pub tmp: tempfile::TempDir,
     pub client: PathBuf,
     pub nodes: Vec<Node>,
+    /// The agent binary `spawn` runs (an upgrade test swaps it).
+    pub bin: PathBuf,
+    /// Extra `starling agent` flags for every spawn.
+    pub agent_args: Vec<String>,
 }
 
 impl Fleet {
     pub fn start(n: usize) -> Fleet {
+        Self::start_with(n, PathBuf::from(BIN), &[])
+    }
+
+    /// A fleet whose agents run `bin` with `agent_args` added.
+    pub fn start_with(n: usize, bin: PathBuf, agent_args: &[&str]) -> Fleet {
         let tmp = tempfile::tempdir().expect("tempdir");
         let client = tmp.path().join("client");
         let mut fleet = Fleet {
             client,
             nodes: Vec::new(),
             tmp,
+            bin,
+            agent_args: agent_args.iter().map(|a| a.to_string()).collect(),
         };
         for i in 1..=n {
             let name = format!("node-{i}");
@@ -119,7 +130,7 @@ impl Fleet {
             .append(true)
             .open(node.dir.with_extension("log"))
             .expect("log");
-        let mut command = Command::new(BIN);
+        let mut command = Command::new(&self.bin);
         command.arg("agent").arg("--data-dir").arg(&node.dir).args([
             "--node-id",
             &node.name,
@@ -128,6 +139,7 @@ impl Fleet {
             "--stop-grace-ms",
             "500",
         ]);
+        command.args(&self.agent_args);
         if let Some(token) = token {
             command.args(["--join", &token]);
         }
@@ -214,6 +226,30 @@ impl Fleet {
             .flat_map(|n| pids(&n.dir, workload))
             .filter(|pid| alive(*pid))
             .count()
+    }
+
+    /// Asks node `i`'s agent to stop (SIGTERM, as systemd does) and waits for it to exit;
+    /// its replicas are left to whatever its `--on-stop` mode does. Returns how long it took.
+    pub fn stop(&mut self, i: usize, timeout: Duration) -> Duration {
+        let started = Instant::now();
+        let Some(mut child) = self.nodes[i].child.take() else {
+            return Duration::ZERO;
+        };
+        signal(i64::from(child.id()), Signal::SIGTERM);
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                return started.elapsed();
+            }
+            if started.elapsed() > timeout {
+                signal(i64::from(child.id()), Signal::SIGKILL);
+                let _ = child.wait();
+                panic!(
+                    "agent {} did not exit within {timeout:?} of SIGTERM",
+                    self.nodes[i].name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Kills node `i` as a power cut would: the agent and every replica it started.

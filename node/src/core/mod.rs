@@ -31,7 +31,9 @@ use std::sync::Arc;
 
 use starling_protocol::NodeId;
 use starling_protocol::desired::DesiredState;
-use starling_protocol::placement::{Assignment, Capacity, Departure, FleetView, ReplicaId};
+use starling_protocol::placement::{
+    Assignment, Capacity, Departure, FleetView, Liveness, ReplicaId,
+};
 use starling_protocol::quantity::{Bytes, Millicores};
 use starling_protocol::status::NodeStatus;
 
@@ -126,6 +128,8 @@ pub struct NodeCore {
     lease_away_since: BTreeMap<starling_protocol::WorkloadName, u64>,
     /// Rejoining after a restart until then (see [`Restored::rejoin_until_ms`]).
     rejoin_until_ms: Option<u64>,
+    /// Peers whose last status predates their last time down (see `handle_view`).
+    stale: std::collections::BTreeSet<NodeId>,
 }
 
 impl NodeCore {
@@ -193,6 +197,7 @@ impl NodeCore {
             campaigning: BTreeMap::new(),
             lease_away_since: BTreeMap::new(),
             rejoin_until_ms: None,
+            stale: std::collections::BTreeSet::new(),
         }
     }
 
@@ -252,13 +257,24 @@ impl NodeCore {
     /// The membership and resources of the fleet changed. `view` must include this node.
     pub fn handle_view(&mut self, now_ms: u64, view: FleetView) {
         if view != *self.view {
+            // What a node reported before it went down says nothing of what it runs after
+            // it comes back (its processes may have died with it): until it reports again,
+            // no copy of ours is handed over to it on the strength of that old report.
+            for (id, n) in &view.nodes {
+                if n.liveness == Liveness::Down && self.peers.contains_key(id) {
+                    self.stale.insert(id.clone());
+                }
+            }
             self.set_view(Arc::new(view));
         }
         self.reconcile(now_ms);
     }
 
     /// [`NodeCore::handle_view`] for a host that shares views between cores: a view that is
-    /// not the same allocation counts as changed, without comparing 10,000 members.
+    /// not the same allocation counts as changed, without comparing 10,000 members. Such a
+    /// host must deliver a returning node's fresh status no later than its liveness (the
+    /// simulator's fast model does): statuses from before an outage are not marked stale here,
+    /// which would cost a walk of the whole fleet per view.
     pub fn handle_shared_view(&mut self, now_ms: u64, view: Arc<FleetView>) {
         if !Arc::ptr_eq(&view, &self.view) {
             self.set_view(view);
@@ -298,6 +314,7 @@ impl NodeCore {
         if node == self.config.node {
             return;
         }
+        self.stale.remove(&node);
         let old = self.peers.insert(node, status.clone());
         if self.majority
             && self.plan.is_some()

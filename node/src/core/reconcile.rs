@@ -295,6 +295,7 @@ impl NodeCore {
 
     fn peer_has_available(&self, node: &starling_protocol::NodeId, replica: &ReplicaId) -> bool {
         self.is_live(node)
+            && !self.stale.contains(node)
             && self
                 .peers
                 .get(node)

@@ -1537,3 +1537,45 @@ fn a_draining_node_s_replicas_start_elsewhere_without_the_move_hold() {
     );
     assert!(!f.handovers.is_empty());
 }
+
+#[test]
+fn a_node_back_from_down_gets_nothing_handed_over_on_its_old_report() {
+    let names = ["n1", "n2", "n3"];
+    let mut f = Fleet::new(&names, &[spec("web", 1, "")]);
+    f.advance(5_000);
+    let r = replica("web", 0);
+    let home = f.holders(&r)[0].clone();
+    let others: Vec<NodeId> = names.iter().map(|n| id(n)).filter(|n| *n != home).collect();
+    let with_home = |l: Liveness| -> Vec<(&str, Liveness)> {
+        names
+            .iter()
+            .map(|n| (*n, if id(n) == home { l } else { Liveness::Alive }))
+            .collect()
+    };
+    // Power cut: the replica dies with its node, which the others cannot hear any more.
+    f.running.retain(|(n, _)| *n != home);
+    f.cores.insert(
+        home.clone(),
+        NodeCore::new(config(home.as_str()), Restored::default()),
+    );
+    for n in &others {
+        f.hears.insert(n.clone(), others.iter().cloned().collect());
+    }
+    for n in &others {
+        f.set_view(n.as_str(), &with_home(Liveness::Down));
+    }
+    f.advance(10_000);
+    let interim = f.holders(&r);
+    assert_eq!(interim.len(), 1);
+    // Its probes answer again before its gossip arrives: the others' last status of it
+    // still says it runs web/0, healthy.
+    for n in &others {
+        f.set_view(n.as_str(), &with_home(Liveness::Alive));
+    }
+    f.advance(f.now + 30_000);
+    assert_eq!(
+        f.holders(&r),
+        interim,
+        "the running copy stays until the returned node reports a copy of its own"
+    );
+}
