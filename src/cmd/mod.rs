@@ -6,6 +6,7 @@ pub mod bench_fleet;
 pub mod bench_lease;
 pub mod client;
 pub mod cluster;
+pub mod fence;
 pub mod image;
 pub mod plan;
 pub mod sim;

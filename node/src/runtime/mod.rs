@@ -7,6 +7,7 @@
 
 pub mod cgroup;
 pub mod docker;
+pub mod fence;
 pub mod process;
 
 use std::future::Future;

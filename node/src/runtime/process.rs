@@ -16,6 +16,12 @@
 //! keys or tokens. Dropping the runtime leaves replicas running (they are the next agent's to
 //! adopt); the task waiting on each child keeps reaping and reporting it until it exits.
 //!
+//! A singleton's instance runs under `starling fence` when `fence_program` is set (see
+//! [`super::fence`]): the fence is the group's leader and the tracked pid, its command runs in
+//! the same group. A stop then sends SIGTERM to the fence alone, which passes it on to the
+//! group once (signalling the group ourselves would hand the command a second SIGTERM, which
+//! many programs take as "quit now"); the SIGKILL after the grace still goes to the group.
+//!
 //! When an instance's leader exits, the rest of its process group is killed so nothing it
 //! started lingers as an orphan. That `killpg` runs after the leader was reaped, so in theory
 //! its pid could already name a new group; Linux hands out pids cyclically, which makes that
@@ -37,6 +43,7 @@ use starling_protocol::placement::ReplicaId;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::cgroup::{Cgroups, InstanceGroups};
+use super::fence::{self, check_program};
 use super::{Runtime, RuntimeEvent, StartRequest};
 use crate::store::write_atomic;
 
@@ -49,6 +56,9 @@ pub struct ProcessConfig {
     pub log_files_kept: u32,
     /// How often adopted processes (not our children) are checked for exit, and logs for size.
     pub poll_interval: Duration,
+    /// The `starling` binary that runs singleton instances under `starling fence`, which stops
+    /// them when their lease runs out even if the agent is gone. Default: none (unfenced).
+    pub fence_program: Option<PathBuf>,
 }
 
 impl Default for ProcessConfig {
@@ -57,6 +67,7 @@ impl Default for ProcessConfig {
             log_bytes_max: 1 << 20,
             log_files_kept: 2,
             poll_interval: Duration::from_millis(500),
+            fence_program: None,
         }
     }
 }
@@ -79,6 +90,9 @@ struct InstanceFile {
     revision: u64,
     workload: String,
     index: u32,
+    /// The pid is a fence's; absent in records written before fences existed.
+    #[serde(default)]
+    fenced: bool,
 }
 
 #[derive(Debug)]
@@ -86,6 +100,7 @@ struct Running {
     instance: u64,
     pid: u32,
     groups: InstanceGroups,
+    fenced: bool,
 }
 
 struct Inner {
@@ -175,7 +190,11 @@ impl Runtime for ProcessRuntime {
         let Some(pid) = self.inner.pid_of(replica, instance) else {
             return;
         };
-        signal_group(pid, Signal::SIGTERM);
+        if self.inner.is_fenced(replica) {
+            signal_one(pid, Signal::SIGTERM);
+        } else {
+            signal_group(pid, Signal::SIGTERM);
+        }
         let deadline = crate::clock::monotonic() + grace;
         while crate::clock::monotonic() < deadline {
             if self.inner.pid_of(replica, instance).is_none() {
@@ -231,6 +250,7 @@ impl Runtime for ProcessRuntime {
                 instance: record.instance,
                 pid: record.pid,
                 groups,
+                fenced: record.fenced,
             };
             inner.lock().insert(replica.clone(), running);
             let _ = inner.events.send(RuntimeEvent::Adopted {
@@ -261,6 +281,10 @@ impl Inner {
         self.state_dir
             .join("replicas")
             .join(format!("{}-{}", replica.workload, replica.index))
+    }
+
+    fn is_fenced(&self, replica: &ReplicaId) -> bool {
+        self.lock().get(replica).is_some_and(|r| r.fenced)
     }
 
     fn pid_of(&self, replica: &ReplicaId, instance: u64) -> Option<u32> {
@@ -300,14 +324,12 @@ impl Inner {
         let stderr = log
             .try_clone()
             .map_err(|e| format!("cannot open the log {}: {e}", log_path.display()))?;
-        let mut command = tokio::process::Command::new(&program);
+        let search_path =
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+        let (mut command, fenced) = self.launcher(&spec, &program, &dir, &search_path)?;
         command
-            .args(&spec.args)
             .env_clear()
-            .env(
-                "PATH",
-                std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
-            )
+            .env("PATH", &search_path)
             .env("HOME", &dir)
             .env("LANG", "C.UTF-8")
             .envs(&spec.env)
@@ -322,15 +344,20 @@ impl Inner {
             .stderr(stderr)
             .process_group(0)
             .kill_on_drop(false);
+        let launched = command
+            .as_std()
+            .get_program()
+            .to_string_lossy()
+            .into_owned();
         let mut child = command.spawn().map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => format!("command not found: {program}"),
-            std::io::ErrorKind::PermissionDenied => format!("command not executable: {program}"),
-            _ => format!("cannot start {program}: {e}"),
+            std::io::ErrorKind::NotFound => format!("command not found: {launched}"),
+            std::io::ErrorKind::PermissionDenied => format!("command not executable: {launched}"),
+            _ => format!("cannot start {launched}: {e}"),
         })?;
         let Some(pid) = child.id() else {
             return Err(format!("{program} exited before it could be tracked"));
         };
-        let groups = self.limit(&replica, instance, pid, &spec);
+        let groups = self.limit(&replica, instance, pid, &spec, fenced);
         let record = InstanceFile {
             pid,
             start_time: start_time(pid).unwrap_or(0),
@@ -338,6 +365,7 @@ impl Inner {
             revision,
             workload: replica.workload.to_string(),
             index: replica.index,
+            fenced,
         };
         if let Ok(bytes) = serde_json::to_vec(&record)
             && let Err(e) = write_atomic(&dir.join("instance.json"), &bytes)
@@ -354,6 +382,7 @@ impl Inner {
                 instance,
                 pid,
                 groups,
+                fenced,
             },
         );
         let _ = self.events.send(RuntimeEvent::Started {
@@ -370,6 +399,36 @@ impl Inner {
         Ok(())
     }
 
+    /// What to execute for an instance: its program, or for a singleton the fence around it
+    /// (then also whether it is fenced).
+    fn launcher(
+        &self,
+        spec: &starling_protocol::spec::WorkloadSpec,
+        program: &str,
+        dir: &Path,
+        search_path: &std::ffi::OsStr,
+    ) -> Result<(tokio::process::Command, bool), String> {
+        match self
+            .config
+            .fence_program
+            .as_ref()
+            .filter(|_| spec.singleton)
+        {
+            Some(fence) => {
+                check_program(program, search_path)?;
+                let lease_file = dir.join(fence::LEASE_FILE_NAME);
+                let mut command = tokio::process::Command::new(fence);
+                command.args(fence::fence_args(&lease_file, program, &spec.args));
+                Ok((command, true))
+            }
+            None => {
+                let mut command = tokio::process::Command::new(program);
+                command.args(&spec.args);
+                Ok((command, false))
+            }
+        }
+    }
+
     /// Puts the new process into its cgroups when its spec sets limits and the host allows it.
     fn limit(
         &self,
@@ -377,6 +436,7 @@ impl Inner {
         instance: u64,
         pid: u32,
         spec: &starling_protocol::spec::WorkloadSpec,
+        fenced: bool,
     ) -> InstanceGroups {
         let Ok(cgroups) = &self.cgroups else {
             return InstanceGroups::default();
@@ -387,7 +447,17 @@ impl Inner {
             .create(&name, cpu, memory)
             .and_then(|g| g.attach(pid).map(|_| g))
         {
-            Ok(groups) => groups,
+            Ok(groups) => {
+                if fenced {
+                    // The fence may have forked its command before it was moved: move that one
+                    // too (whatever the fence forks from now on starts inside the groups). A
+                    // child that is already gone needs no limit, hence no error.
+                    for child in fence::children_of(pid) {
+                        let _ = groups.attach(child);
+                    }
+                }
+                groups
+            }
             Err(e) => {
                 tracing::warn!(
                     "{}/{}: limits not applied: {e}",
@@ -465,6 +535,12 @@ impl Inner {
         {
             tracing::warn!("cannot rotate {}: {e}", log.display());
         }
+    }
+}
+
+fn signal_one(pid: u32, signal: Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), signal);
     }
 }
 

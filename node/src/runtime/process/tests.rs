@@ -184,6 +184,7 @@ async fn logs_are_rotated_past_their_limit() {
         log_bytes_max: 4096,
         log_files_kept: 2,
         poll_interval: Duration::from_millis(100),
+        ..ProcessConfig::default()
     };
     let (rt, mut rx) = runtime(dir.path(), config);
     rt.start(request("chatty", 1, "sh", &["-c", "i=0; while [ $i -lt 400 ]; do echo line-$i-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx; i=$((i+1)); done; sleep 30"], "")).await;
@@ -227,6 +228,7 @@ async fn a_new_runtime_adopts_processes_and_ignores_stale_records() {
                 revision: 1,
                 workload: "dead".into(),
                 index: 0,
+                fenced: false,
             },
         ),
         (
@@ -238,6 +240,7 @@ async fn a_new_runtime_adopts_processes_and_ignores_stale_records() {
                 revision: 1,
                 workload: "reused".into(),
                 index: 0,
+                fenced: false,
             },
         ),
     ] {
@@ -459,5 +462,107 @@ async fn limits_are_written_to_a_group_removed_after_exit() {
         groups.dirs().iter().all(|d| !d.exists()),
         "{:?}",
         groups.dirs()
+    );
+}
+
+/// A stand-in for `starling fence`: records its arguments, runs the command as its child and
+/// passes SIGTERM on, noting each hop in `signals`.
+fn fake_fence(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("fake-fence");
+    fs::write(
+        &path,
+        "#!/bin/sh\necho \"$@\" > fence-args\nshift 4\n\"$@\" &\nchild=$!\n\
+         trap 'echo fence >> signals; kill -TERM $child' TERM\nwait $child\nwait $child\n",
+    )
+    .expect("write the fake fence");
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+#[tokio::test]
+async fn singletons_run_under_the_fence_which_alone_gets_the_stop_signal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = ProcessConfig {
+        fence_program: Some(fake_fence(dir.path())),
+        ..ProcessConfig::default()
+    };
+    let state = dir.path().join("state");
+    let (rt, mut rx) = runtime(&state, config.clone());
+    let script = "trap 'echo command >> signals; exit 0' TERM; while true; do sleep 0.05; done";
+    rt.start(request(
+        "solo",
+        1,
+        "sh",
+        &["-c", script],
+        "singleton = true",
+    ))
+    .await;
+    assert!(matches!(next(&mut rx).await, RuntimeEvent::Started { .. }));
+    let replica_dir = rt.replica_dir(&replica("solo"));
+    let args = replica_dir.join("fence-args");
+    for _ in 0..100 {
+        if args.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lease_file = replica_dir.join("lease");
+    assert_eq!(
+        fs::read_to_string(&args).expect("the fence ran").trim(),
+        format!(
+            "fence --lease-file {} -- sh -c {script}",
+            lease_file.display()
+        )
+    );
+    let record = read_record(&replica_dir.join("instance.json"))
+        .expect("record")
+        .1;
+    assert!(record.fenced);
+    // A restarted agent adopts the fence and stops it the same way.
+    drop(rt);
+    let (rt, mut rx) = runtime(&state, config);
+    assert_eq!(rt.adopt().await, 1);
+    assert!(matches!(next(&mut rx).await, RuntimeEvent::Adopted { .. }));
+    rt.stop(&replica("solo"), 1, Duration::from_secs(5)).await;
+    assert!(matches!(next(&mut rx).await, RuntimeEvent::Exited { .. }));
+    assert_eq!(
+        fs::read_to_string(replica_dir.join("signals")).unwrap_or_default(),
+        "fence\ncommand\n",
+        "SIGTERM went to the fence, which passed it on: the command got it once"
+    );
+}
+
+#[tokio::test]
+async fn only_singletons_are_fenced_and_a_missing_command_still_fails_the_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = ProcessConfig {
+        fence_program: Some(fake_fence(dir.path())),
+        ..ProcessConfig::default()
+    };
+    let (rt, mut rx) = runtime(&dir.path().join("state"), config);
+    rt.start(request("plain", 1, "sleep", &["30"], "")).await;
+    assert!(matches!(next(&mut rx).await, RuntimeEvent::Started { .. }));
+    let record = read_record(&rt.replica_dir(&replica("plain")).join("instance.json"))
+        .expect("record")
+        .1;
+    assert!(!record.fenced, "not a singleton: no fence");
+    rt.stop(&replica("plain"), 1, Duration::from_secs(2)).await;
+    assert!(matches!(next(&mut rx).await, RuntimeEvent::Exited { .. }));
+    rt.start(request(
+        "absent",
+        1,
+        "no-such-command-x",
+        &[],
+        "singleton = true",
+    ))
+    .await;
+    assert_eq!(
+        next(&mut rx).await,
+        RuntimeEvent::StartFailed {
+            replica: replica("absent"),
+            instance: 1,
+            reason: "command not found: no-such-command-x".into()
+        }
     );
 }
