@@ -70,7 +70,7 @@ impl Metrics {
             "starling_gossip_dropped_total",
             "Gossip packets dropped unanswered: failed authentication, unknown key id, replayed (from any address), or malformed.",
             &[
-                ("{reason=\"auth\"}", load(&g.dropped_auth)),
+                ("{reason=\"auth\"}", load(&g.dropped_forged)),
                 ("{reason=\"unknown_key\"}", load(&g.dropped_unknown_key)),
                 ("{reason=\"replay\"}", load(&g.dropped_replay)),
                 ("{reason=\"malformed\"}", load(&g.dropped_malformed)),
@@ -80,7 +80,7 @@ impl Metrics {
             "starling_probe_dropped_total",
             "Failure-detector packets dropped unanswered, by the same reasons as gossip.",
             &[
-                ("{reason=\"auth\"}", load(&g.probe_dropped_auth)),
+                ("{reason=\"auth\"}", load(&g.probe_dropped_forged)),
                 (
                     "{reason=\"unknown_key\"}",
                     load(&g.probe_dropped_unknown_key),
@@ -292,7 +292,7 @@ mod tests {
         g.dropped_replay.store(2, Ordering::Relaxed);
         g.dropped_unknown_key.store(5, Ordering::Relaxed);
         g.probe_dropped_replay.store(3, Ordering::Relaxed);
-        g.probe_dropped_auth.store(7, Ordering::Relaxed);
+        g.probe_dropped_forged.store(7, Ordering::Relaxed);
         let text = metrics.render();
         for line in [
             "starling_gossip_dropped_total{reason=\"replay\"} 2",

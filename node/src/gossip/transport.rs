@@ -31,8 +31,13 @@ pub struct GossipCounters {
     pub packets_in: AtomicU64,
     /// Bytes received, accepted or not (both sockets).
     pub bytes_in: AtomicU64,
-    /// Gossip socket drops: failing authentication (forged, damaged, another key of that id).
+    /// Packets at either socket that no key held here opens (forged, or sealed with a key id
+    /// this node lacks). The agent fetches the keyring from a peer when this grows: a node
+    /// that was down during a rotation sees exactly that. The per-socket, per-reason counters
+    /// below split it; the metrics render those.
     pub dropped_auth: AtomicU64,
+    /// Gossip socket drops: failing authentication (forged, damaged, another key of that id).
+    pub dropped_forged: AtomicU64,
     /// Gossip socket drops: sealed with a key id this node does not hold.
     pub dropped_unknown_key: AtomicU64,
     /// Gossip socket drops: replayed, from any address.
@@ -40,7 +45,7 @@ pub struct GossipCounters {
     /// Gossip socket drops: malformed (wrong format, or not a chitchat message once opened).
     pub dropped_malformed: AtomicU64,
     /// Probe socket drops: failing authentication.
-    pub probe_dropped_auth: AtomicU64,
+    pub probe_dropped_forged: AtomicU64,
     /// Probe socket drops: unknown key id.
     pub probe_dropped_unknown_key: AtomicU64,
     /// Probe socket drops: replayed, from any address.
@@ -52,12 +57,15 @@ pub struct GossipCounters {
 impl GossipCounters {
     /// Counts a packet dropped at the `channel` socket.
     pub(crate) fn count_drop(&self, channel: Channel, reason: OpenError) {
+        if matches!(reason, OpenError::Forged | OpenError::UnknownKey) {
+            self.dropped_auth.fetch_add(1, Ordering::Relaxed);
+        }
         let counter = match (channel, reason) {
-            (Channel::Gossip, OpenError::Forged) => &self.dropped_auth,
+            (Channel::Gossip, OpenError::Forged) => &self.dropped_forged,
             (Channel::Gossip, OpenError::UnknownKey) => &self.dropped_unknown_key,
             (Channel::Gossip, OpenError::Replayed) => &self.dropped_replay,
             (Channel::Gossip, OpenError::Malformed) => &self.dropped_malformed,
-            (Channel::Probe, OpenError::Forged) => &self.probe_dropped_auth,
+            (Channel::Probe, OpenError::Forged) => &self.probe_dropped_forged,
             (Channel::Probe, OpenError::UnknownKey) => &self.probe_dropped_unknown_key,
             (Channel::Probe, OpenError::Replayed) => &self.probe_dropped_replay,
             (Channel::Probe, OpenError::Malformed) => &self.probe_dropped_malformed,
@@ -281,6 +289,24 @@ mod tests {
             .ok()?
             .ok()?;
         Some(buf[..len].to_vec())
+    }
+
+    #[test]
+    fn a_packet_under_a_key_not_held_counts_toward_the_keyring_fetch() {
+        let counters = GossipCounters::default();
+        counters.count_drop(Channel::Gossip, OpenError::UnknownKey);
+        counters.count_drop(Channel::Gossip, OpenError::Replayed);
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        assert_eq!(
+            (
+                load(&counters.dropped_auth),
+                load(&counters.dropped_unknown_key),
+                load(&counters.dropped_forged),
+                load(&counters.dropped_replay),
+            ),
+            (1, 1, 0, 1),
+            "a missed rotation shows as unknown keys, and the agent fetches on dropped_auth"
+        );
     }
 
     #[tokio::test]

@@ -272,12 +272,17 @@ mod tests {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         assert_eq!(
             (
-                load(&counters.probe_dropped_auth),
+                load(&counters.probe_dropped_forged),
                 load(&counters.probe_dropped_unknown_key),
                 load(&counters.probe_dropped_replay),
                 load(&counters.probe_dropped_malformed),
             ),
             (1, 1, 1, 2)
+        );
+        assert_eq!(
+            load(&counters.dropped_auth),
+            2,
+            "what fails to open, at either socket, makes the agent fetch the keyring"
         );
         assert!(inbox.try_recv().is_err());
     }
