@@ -57,6 +57,8 @@ struct Report {
     samples: usize,
     /// The longest time one index ran on two or more nodes at once, with the index.
     longest_twice: (Duration, u32),
+    /// The first few samples with an index on two nodes: when, which, where.
+    twice: Vec<(Duration, u32, Vec<String>)>,
     /// Samples in which some index ran twice.
     samples_twice: usize,
     /// Most copies of one index in one sample.
@@ -109,6 +111,11 @@ impl Sampler {
                     report.most_copies = report.most_copies.max(n);
                     if n >= 2 {
                         any_twice = true;
+                        if report.twice.len() < 5 {
+                            report
+                                .twice
+                                .push((now - started, index, web[&index].clone()));
+                        }
                         let since = *twice_since.entry(index).or_insert(now);
                         let held = now - since;
                         if held > report.longest_twice.0 {
@@ -319,7 +326,7 @@ fn upgrading_the_fleet_agent_by_agent_runs_nothing_twice_and_leaves_no_gap() {
     std::fs::copy(support::BIN, &installed).expect("install the binary");
     let mut fleet = fleet_with_workloads(
         Fleet::start_with(5, installed.clone(), &[]),
-        "[health]\nexec = [\"true\"]\ninterval = \"1s\"\n",
+        "[health]\nexec = [\"true\"]\ninterval = \"1s\"\ntimeout = \"1s\"\n",
     );
     let sampler = Sampler::start(&fleet);
     for i in 0..fleet.nodes.len() {
@@ -334,6 +341,12 @@ fn upgrading_the_fleet_agent_by_agent_runs_nothing_twice_and_leaves_no_gap() {
     std::thread::sleep(Duration::from_secs(5));
     let report = sampler.finish();
     eprintln!("upgrade: {report:?}");
+    if report.samples_twice > 0 {
+        for node in &fleet.nodes {
+            let log = std::fs::read_to_string(node.dir.with_extension("log")).unwrap_or_default();
+            eprintln!("--- {}\n{}", node.name, log);
+        }
+    }
     assert_eq!(report.samples_twice, 0, "a replica ran twice: {report:?}");
     assert_eq!(
         report.samples_gap, 0,

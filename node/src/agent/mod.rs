@@ -175,6 +175,8 @@ pub async fn run(
         let membership = crate::cluster::Membership::load(agent.store.dir())
             .map_err(|e| AgentError::Net(e.to_string()))?;
         let me_view = agent.core.view().nodes[&agent.node].clone();
+        let mut remembered = agent.core.view().nodes.clone();
+        remembered.remove(&agent.node);
         agent
             .revoked
             .write()
@@ -188,6 +190,7 @@ pub async fn run(
             now_ms(),
             agent.metrics.gossip.clone(),
             agent.revoked.clone(),
+            remembered,
         )
         .await?;
         let (peer_tx, peer_rx) = mpsc::channel(256);

@@ -83,10 +83,13 @@ impl Fleet {
                 // A departure pushed over QUIC may be ahead of gossip: an older state of the
                 // same generation without the key must not cancel it. A new generation is a new
                 // start, back from whatever it announced.
-                let departure = match state.get("departure").and_then(decode::<Departure>) {
-                    Some(d) => d,
-                    None if new_life => Departure::Staying,
-                    None => entry.departure,
+                // Within one generation a departure only moves forward (a node that announced
+                // one exits): a gossiped `Staying` older than the push does not undo it.
+                let gossiped = state.get("departure").and_then(decode::<Departure>);
+                let departure = match gossiped {
+                    _ if new_life => gossiped.unwrap_or_default(),
+                    Some(d) if d != Departure::Staying => d,
+                    _ => entry.departure,
                 };
                 if departure != entry.departure || new_life {
                     entry.departure = departure;
@@ -155,6 +158,15 @@ impl Fleet {
             *self.revoked.write().unwrap_or_else(|e| e.into_inner()) = revoked;
         }
         let members: BTreeSet<NodeId> = self.peers.keys().cloned().collect();
+        let revoked_now = self
+            .revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        self.remembered.retain(|id, _| {
+            !revoked_now.contains(id.as_str())
+                && !self.peers.get(id).is_some_and(|p| p.view.is_some())
+        });
         if members != members_before {
             let mut all = members;
             all.insert(self.me.clone());

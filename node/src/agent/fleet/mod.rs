@@ -167,6 +167,10 @@ pub(super) struct Fleet {
     pub sync_tx: mpsc::UnboundedSender<SyncEvent>,
     /// Keys to set in this node's gossip state at the next gossip tick (set from sync code).
     pending_keys: BTreeMap<String, String>,
+    /// Members from the fleet this node last saw (its stored view), until gossip tells of
+    /// them: a restarted node counts them (and waits to hear them) instead of seeing a fleet
+    /// of one and planning every replica onto itself.
+    remembered: BTreeMap<NodeId, NodeView>,
     /// Lease records and voter sets read from peers' gossip since the agent last took them.
     pub heard_leases: Vec<starling_protocol::lease::Lease>,
     pub heard_voters: Vec<crate::agent::leases::VoterRecord>,
@@ -216,6 +220,7 @@ impl Fleet {
         generation: u64,
         counters: Arc<GossipCounters>,
         revoked: Arc<RwLock<BTreeSet<String>>>,
+        remembered: BTreeMap<NodeId, NodeView>,
     ) -> Result<(Fleet, FleetInbox), AgentError> {
         let base = settings.advertise.unwrap_or(settings.listen);
         let keyring = Arc::new(RwLock::new(membership.keyring()));
@@ -314,6 +319,7 @@ impl Fleet {
             published_revoked: 0,
             sync_tx,
             pending_keys: BTreeMap::new(),
+            remembered,
             heard_leases: Vec::new(),
             heard_voters: Vec::new(),
         };
@@ -329,6 +335,13 @@ impl Fleet {
     /// The fleet as this node sees it now.
     pub fn view(&self, now: u64) -> FleetView {
         let mut nodes = BTreeMap::new();
+        for (id, view) in &self.remembered {
+            // Not a detector member (it has no address to probe): alive until the silence
+            // backstop says otherwise, like any member nobody here watches.
+            let mut view = view.clone();
+            view.liveness = self.detector.liveness(id, now);
+            nodes.insert(id.clone(), view);
+        }
         nodes.insert(self.me.clone(), self.me_view.clone());
         for (id, peer) in &self.peers {
             if let Some(view) = &peer.view {
