@@ -129,10 +129,10 @@ impl Sampler {
                 let leaders = copies(&dirs, "leader").remove(&0).unwrap_or_default();
                 report.most_leaders = report.most_leaders.max(leaders.len());
                 report.samples_two_leaders += usize::from(leaders.len() >= 2);
-                if let [one] = &leaders[..] {
-                    if report.leader_nodes.last() != Some(one) {
-                        report.leader_nodes.push(one.clone());
-                    }
+                if let [one] = &leaders[..]
+                    && report.leader_nodes.last() != Some(one)
+                {
+                    report.leader_nodes.push(one.clone());
                 }
                 std::thread::sleep(SAMPLE_EVERY.saturating_sub(now.elapsed()));
             }

@@ -174,9 +174,7 @@ pub async fn run(
     if crate::cluster::Membership::exists(agent.store.dir()) {
         let membership = crate::cluster::Membership::load(agent.store.dir())
             .map_err(|e| AgentError::Net(e.to_string()))?;
-        let me_view = agent.core.view().nodes[&agent.node].clone();
-        let mut remembered = agent.core.view().nodes.clone();
-        remembered.remove(&agent.node);
+
         agent
             .revoked
             .write()
@@ -186,11 +184,10 @@ pub async fn run(
             &agent.config.fleet,
             membership,
             agent.node.clone(),
-            me_view,
+            agent.core.view(),
             now_ms(),
             agent.metrics.gossip.clone(),
             agent.revoked.clone(),
-            remembered,
         )
         .await?;
         let (peer_tx, peer_rx) = mpsc::channel(256);

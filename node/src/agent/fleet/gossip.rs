@@ -165,7 +165,7 @@ impl Fleet {
             .clone();
         self.remembered.retain(|id, _| {
             !revoked_now.contains(id.as_str())
-                && !self.peers.get(id).is_some_and(|p| p.view.is_some())
+                && self.peers.get(id).is_none_or(|p| p.view.is_none())
         });
         if members != members_before {
             let mut all = members;

@@ -211,17 +211,21 @@ fn parse_liveness(text: &str) -> Option<Liveness> {
 }
 
 impl Fleet {
-    /// Starts gossip, the probe socket and the QUIC endpoint.
+    /// Starts gossip, the probe socket and the QUIC endpoint. `last_seen` is the fleet as
+    /// this node last saw it, this node included.
     pub async fn start(
         settings: &FleetSettings,
         membership: Membership,
         me: NodeId,
-        me_view: NodeView,
+        last_seen: &FleetView,
         generation: u64,
         counters: Arc<GossipCounters>,
         revoked: Arc<RwLock<BTreeSet<String>>>,
-        remembered: BTreeMap<NodeId, NodeView>,
     ) -> Result<(Fleet, FleetInbox), AgentError> {
+        let mut remembered = last_seen.nodes.clone();
+        let me_view = remembered
+            .remove(&me)
+            .ok_or_else(|| AgentError::Net(format!("{me} is not in its own fleet view")))?;
         let base = settings.advertise.unwrap_or(settings.listen);
         let keyring = Arc::new(RwLock::new(membership.keyring()));
         let transport =
