@@ -110,6 +110,10 @@ impl Agent {
             fleet.publish_me_view().await;
             fleet.gossip_round(now);
             announced = false;
+        }
+        if let Some(departure) = departure {
+            // The core decides what leaves with the node (singletons, leases; a drain's
+            // handovers) from its own view, as it would from a peer's.
             let mut view = self.core.view().clone();
             if let Some(me) = view.nodes.get_mut(&self.node) {
                 me.departure = departure;
