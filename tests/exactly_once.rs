@@ -263,6 +263,16 @@ fn a_stopping_agent_leaves_its_replicas_to_itself_and_its_singleton_to_another_n
     // `systemctl restart starling`: SIGTERM, default --on-stop leave.
     let took = fleet.stop(holder, Duration::from_secs(10));
     eprintln!("the agent exited {took:?} after SIGTERM");
+    // Every peer shows it as restarting, not down.
+    let others: Vec<usize> = (0..fleet.nodes.len()).filter(|i| *i != holder).collect();
+    let asked = others[0];
+    let nodes = fleet.json(asked, &["get", "nodes"]).expect("get nodes");
+    let row = nodes
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["node"] == holder_name.as_str()))
+        .cloned()
+        .expect("the stopped node is listed");
+    assert_eq!(row["departure"], "restarting", "{row}");
     wait_for(
         "the singleton active on another node",
         Duration::from_secs(15),

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, VecDeque};
 use serde_json::json;
 use starling_protocol::NodeId;
 use starling_protocol::desired::Revision;
-use starling_protocol::placement::Liveness;
+use starling_protocol::placement::{Departure, Liveness};
 use starling_protocol::quantity::{Millicores, format_duration_ms};
 use starling_protocol::status::{NodeStatus, ReplicaStatus};
 use starling_protocol::wire::ApiResponse;
@@ -223,9 +223,14 @@ pub(super) fn nodes(core: &NodeCore, usage: &BTreeMap<NodeId, (u32, u64)>) -> Ap
     for (id, node) in &core.view().nodes {
         let status = all.get(id).cloned().unwrap_or_default();
         let liveness = format!("{:?}", node.liveness).to_lowercase();
+        let departure = match node.departure {
+            Departure::Staying => None,
+            Departure::Restarting { .. } => Some("restarting"),
+            Departure::Draining => Some("draining"),
+        };
         rows.push(vec![
             id.to_string(),
-            liveness.clone(),
+            departure.map_or_else(|| liveness.clone(), |d| format!("{liveness}, {d}")),
             node.arch.clone(),
             format!("{}/{}", status.reserved.cpu, node.capacity.cpu),
             format!(
@@ -244,7 +249,7 @@ pub(super) fn nodes(core: &NodeCore, usage: &BTreeMap<NodeId, (u32, u64)>) -> Ap
                 .join(","),
         ]);
         items.push(json!({
-            "node": id, "state": liveness, "arch": node.arch, "replicas": status.replicas.len(),
+            "node": id, "state": liveness, "departure": departure, "arch": node.arch, "replicas": status.replicas.len(),
             "cpu_reserved_millicores": status.reserved.cpu.0, "cpu_millicores": node.capacity.cpu.0,
             "memory_reserved_bytes": status.reserved.memory.0, "memory_bytes": node.capacity.memory.0,
             "labels": node.labels,
