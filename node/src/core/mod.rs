@@ -314,7 +314,19 @@ impl NodeCore {
         if node == self.config.node {
             return;
         }
-        self.stale.remove(&node);
+        // A report that reaches this node while it sees the reporter down is its last word
+        // before the outage (gossip is slower than the probes that declared it down): it
+        // stays stale like any report from before.
+        if self
+            .view
+            .nodes
+            .get(&node)
+            .is_some_and(|n| n.liveness == Liveness::Down)
+        {
+            self.stale.insert(node.clone());
+        } else {
+            self.stale.remove(&node);
+        }
         let old = self.peers.insert(node, status.clone());
         if self.majority
             && self.plan.is_some()
