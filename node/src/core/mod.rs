@@ -31,9 +31,7 @@ use std::sync::Arc;
 
 use starling_protocol::NodeId;
 use starling_protocol::desired::DesiredState;
-use starling_protocol::placement::{
-    Assignment, Capacity, Departure, FleetView, Liveness, ReplicaId,
-};
+use starling_protocol::placement::{Assignment, Capacity, Departure, FleetView, ReplicaId};
 use starling_protocol::quantity::{Bytes, Millicores};
 use starling_protocol::status::NodeStatus;
 
@@ -128,8 +126,6 @@ pub struct NodeCore {
     lease_away_since: BTreeMap<starling_protocol::WorkloadName, u64>,
     /// Rejoining after a restart until then (see [`Restored::rejoin_until_ms`]).
     rejoin_until_ms: Option<u64>,
-    /// Peers whose last status predates their last time down (see `handle_view`).
-    stale: std::collections::BTreeSet<NodeId>,
 }
 
 impl NodeCore {
@@ -197,7 +193,6 @@ impl NodeCore {
             campaigning: BTreeMap::new(),
             lease_away_since: BTreeMap::new(),
             rejoin_until_ms: None,
-            stale: std::collections::BTreeSet::new(),
         }
     }
 
@@ -257,24 +252,13 @@ impl NodeCore {
     /// The membership and resources of the fleet changed. `view` must include this node.
     pub fn handle_view(&mut self, now_ms: u64, view: FleetView) {
         if view != *self.view {
-            // What a node reported before it went down says nothing of what it runs after
-            // it comes back (its processes may have died with it): until it reports again,
-            // no copy of ours is handed over to it on the strength of that old report.
-            for (id, n) in &view.nodes {
-                if n.liveness == Liveness::Down && self.peers.contains_key(id) {
-                    self.stale.insert(id.clone());
-                }
-            }
             self.set_view(Arc::new(view));
         }
         self.reconcile(now_ms);
     }
 
     /// [`NodeCore::handle_view`] for a host that shares views between cores: a view that is
-    /// not the same allocation counts as changed, without comparing 10,000 members. Such a
-    /// host must deliver a returning node's fresh status no later than its liveness (the
-    /// simulator's fast model does): statuses from before an outage are not marked stale here,
-    /// which would cost a walk of the whole fleet per view.
+    /// not the same allocation counts as changed, without comparing 10,000 members.
     pub fn handle_shared_view(&mut self, now_ms: u64, view: Arc<FleetView>) {
         if !Arc::ptr_eq(&view, &self.view) {
             self.set_view(view);
@@ -313,19 +297,6 @@ impl NodeCore {
     ) {
         if node == self.config.node {
             return;
-        }
-        // A report that reaches this node while it sees the reporter down is its last word
-        // before the outage (gossip is slower than the probes that declared it down): it
-        // stays stale like any report from before.
-        if self
-            .view
-            .nodes
-            .get(&node)
-            .is_some_and(|n| n.liveness == Liveness::Down)
-        {
-            self.stale.insert(node.clone());
-        } else {
-            self.stale.remove(&node);
         }
         let old = self.peers.insert(node, status.clone());
         if self.majority

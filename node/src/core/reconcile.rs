@@ -293,19 +293,8 @@ impl NodeCore {
             .is_some_and(|n| n.liveness != Liveness::Down)
     }
 
-    /// A live peer runs the replica healthy, by a report made since it was last down: the
-    /// test for handing a copy over to it.
+    /// A live peer's last report says it runs the replica healthy.
     fn peer_has_available(&self, node: &starling_protocol::NodeId, replica: &ReplicaId) -> bool {
-        !self.stale.contains(node) && self.peer_reports_available(node, replica)
-    }
-
-    /// A live peer's last report says it runs the replica healthy (perhaps from before an
-    /// outage: enough to hold back a second copy, not to stop ours).
-    fn peer_reports_available(
-        &self,
-        node: &starling_protocol::NodeId,
-        replica: &ReplicaId,
-    ) -> bool {
         self.is_live(node)
             && self
                 .peers
@@ -318,7 +307,7 @@ impl NodeCore {
     /// is about to go, so taking it over is a replacement, not a move that waits out the hold.
     fn available_elsewhere(&self, replica: &ReplicaId) -> bool {
         self.peers.keys().any(|node| {
-            self.peer_reports_available(node, replica)
+            self.peer_has_available(node, replica)
                 && self
                     .view
                     .nodes
