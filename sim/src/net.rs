@@ -272,6 +272,26 @@ impl World<'_> {
             );
         }
         if view != self.nodes[i].view {
+            // A node back from an outage reports its status again (the agent hands a peer's
+            // status to its core whenever that peer's gossip state moves, and a returning
+            // node's does: it refutes the verdicts on it). The core counts what it reported
+            // before the outage as stale until then, so its next heartbeat carries the status.
+            let old = &self.nodes[i].view;
+            let back: Vec<usize> = old
+                .nodes
+                .iter()
+                .filter(|(id, was)| {
+                    was.liveness == Liveness::Down
+                        && view
+                            .nodes
+                            .get(*id)
+                            .is_some_and(|v| v.liveness != Liveness::Down)
+                })
+                .filter_map(|(id, _)| self.index.get(id).copied())
+                .collect();
+            for m in back {
+                self.nodes[i].peer_versions.remove(&m);
+            }
             self.nodes[i].view = view.clone();
             self.with_core(i, |core, now| core.handle_view(now, view));
         }
