@@ -5,8 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use starling_protocol::WorkloadName;
 use starling_protocol::hlc::Timestamp;
-use starling_protocol::placement::{FleetView, Liveness, NodeView, ReplicaId, plan};
+use starling_protocol::placement::{Departure, FleetView, Liveness, NodeView, ReplicaId, plan};
 use starling_protocol::spec::{PartitionPolicy, RuntimeKind, WorkloadSpec};
+
+use starling_node::core::CoreConfig;
 
 use crate::scenario::Scenario;
 use crate::world::{Power, World};
@@ -22,7 +24,8 @@ pub struct Sample {
     pub desired: usize,
     /// Surplus copies (beyond one per replica).
     pub surplus: usize,
-    /// Per node: 0 up, 1 crashed, 2 paused, 3 gone, 4 up but on a minority side.
+    /// Per node: 0 up, 1 crashed, 2 paused, 3 gone, 4 up but on a minority side, 5 agent
+    /// away (its replicas run on).
     pub node_states: Vec<u8>,
 }
 
@@ -35,6 +38,7 @@ impl Sample {
             Power::Crashed => 1,
             Power::Paused { .. } => 2,
             Power::Gone => 3,
+            Power::AgentDown => 5,
         }
     }
 }
@@ -122,6 +126,8 @@ pub(crate) fn on_start(world: &mut World, i: usize, replica: &ReplicaId, spec: &
         world.checker.fail("capacity-over-committed", detail);
     }
     moved_on_suspicion(world, i, replica);
+    replaced_during_planned_restart(world, i, replica, spec);
+    moved_back_early(world, i, replica, spec);
     let node = &world.nodes[i];
     // (6) A minority side starts no replacements: only its own assignment, or brand-new replicas.
     // A singleton that follows its lease is the lease's business (invariant 4): it starts
@@ -152,7 +158,7 @@ fn moved_on_suspicion(world: &mut World, i: usize, replica: &ReplicaId) {
     let node = &world.nodes[i];
     let suspected_runner = world.nodes.iter().enumerate().find(|(y, other)| {
         *y != i
-            && other.power == Power::Up
+            && matches!(other.power, Power::Up | Power::AgentDown)
             && other.instances.get(replica).is_some_and(|x| x.running)
             && node
                 .view
@@ -181,6 +187,111 @@ fn moved_on_suspicion(world: &mut World, i: usize, replica: &ReplicaId) {
         node.id, replica.workload, replica.index, runner.id
     );
     world.checker.fail("moved-on-suspicion", detail);
+}
+
+/// (8) A planned restart replaces nothing: node `i` starts `replica` while a node runs it
+/// whose restart `i` has heard of, before the deadline announced (on `i`'s clock). A node
+/// that never heard of it (cut off from every node that did) replaces it as after a crash,
+/// rightly. Singletons are exempt: a restarting node gives them up, and they move by design.
+fn replaced_during_planned_restart(
+    world: &mut World,
+    i: usize,
+    replica: &ReplicaId,
+    spec: &WorkloadSpec,
+) {
+    if spec.singleton {
+        return;
+    }
+    let now = world.node_now(i);
+    let heard = &world.nodes[i].departures_heard;
+    let restarting = world.nodes.iter().enumerate().find(|(y, other)| {
+        *y != i
+            && matches!(other.power, Power::Up | Power::AgentDown)
+            && matches!(heard.get(y), Some(Departure::Restarting { back_by_ms }) if now < *back_by_ms)
+            && other.instances.get(replica).is_some_and(|x| x.running)
+    });
+    if let Some((_, other)) = restarting {
+        let detail = format!(
+            "{} starts {}/{} while {} runs it and restarts as announced",
+            world.nodes[i].id, replica.workload, replica.index, other.id
+        );
+        world.checker.fail("planned-restart-replaced", detail);
+    }
+}
+
+/// (9) A node back from a restart takes a replica back only by the move rules: it starts a
+/// replica that a node it can reach has run since before its return only once placement has
+/// wanted it there for the move hold, so no earlier than `move_hold_ms` after the return.
+/// Earlier means it acted before it heard where the fleet put its replicas (the rejoin wait
+/// is there to prevent it). A singleton that follows its lease is exempt: the lease moves it.
+fn moved_back_early(world: &mut World, i: usize, replica: &ReplicaId, spec: &WorkloadSpec) {
+    let Some(back_at_ms) = world.returns.back_at_ms(i) else {
+        return;
+    };
+    let hold_ms = CoreConfig::new(world.nodes[i].id.clone(), 0).move_hold_ms;
+    if follows_lease(spec) || world.now >= back_at_ms + hold_ms {
+        return;
+    }
+    let blocked = &world.blocked;
+    let runner = world.nodes.iter().enumerate().find(|(y, other)| {
+        *y != i
+            && other.power == Power::Up
+            && !blocked.contains(&(i, *y))
+            && !blocked.contains(&(*y, i))
+            && other
+                .instances
+                .get(replica)
+                .is_some_and(|x| x.running && x.running_since_ms <= back_at_ms)
+    });
+    if let Some((_, other)) = runner {
+        let detail = format!(
+            "{}, back at {:.3} s, starts {}/{} {} ms later while {} has run it since before: \
+             a move back waits out the move hold ({hold_ms} ms)",
+            world.nodes[i].id,
+            back_at_ms as f64 / 1000.0,
+            replica.workload,
+            replica.index,
+            world.now - back_at_ms,
+            other.id
+        );
+        world.checker.fail("moved-back-early", detail);
+    }
+}
+
+/// After running copies may have changed: (10) the instance of a singleton that follows its
+/// lease, left running by an agent that went away, never runs next to another node's (its
+/// fence stops it at the lease deadline; with its agent up, the lease and invariant 4 are the
+/// judges), and invariant 7's counts.
+pub(crate) fn copies_changed(world: &mut World) {
+    let mut runners: BTreeMap<&ReplicaId, Vec<(&str, bool)>> = BTreeMap::new();
+    for node in &world.nodes {
+        if !matches!(node.power, Power::Up | Power::AgentDown) {
+            continue;
+        }
+        for (r, x) in &node.instances {
+            if x.running && follows_lease(&x.spec) {
+                let orphan = node.power == Power::AgentDown;
+                runners
+                    .entry(r)
+                    .or_default()
+                    .push((node.id.as_str(), orphan));
+            }
+        }
+    }
+    let outlived = runners
+        .into_iter()
+        .find(|(_, nodes)| nodes.len() > 1 && nodes.iter().any(|(_, orphan)| *orphan));
+    if let Some((r, nodes)) = outlived {
+        let names: Vec<&str> = nodes.iter().map(|(n, _)| *n).collect();
+        let detail = format!(
+            "singleton {}/{} runs on {} at once, one of them left by an agent that went away",
+            r.workload,
+            r.index,
+            names.join(" and ")
+        );
+        world.checker.fail("singleton-outlived-its-agent", detail);
+    }
+    crate::return_check::track(world);
 }
 
 /// A singleton without standbys: its one instance runs on the lease holder only.
@@ -236,11 +347,16 @@ pub(crate) fn sample(world: &mut World) {
     }
 }
 
-/// Running copies per replica on up nodes.
+/// Running copies per replica on nodes that are up or whose agent is away (a paused node's
+/// processes are frozen).
 fn copies(world: &World) -> BTreeMap<ReplicaId, usize> {
     let mut out = BTreeMap::new();
-    for i in world.up() {
-        for (r, x) in &world.nodes[i].instances {
+    let running = world
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.power, Power::Up | Power::AgentDown));
+    for node in running {
+        for (r, x) in &node.instances {
             if x.running {
                 *out.entry(r.clone()).or_insert(0) += 1;
             }
@@ -290,6 +406,13 @@ fn converged(world: &World) -> Result<(), String> {
                 return Err(format!(
                     "{} sees {id} as {:?}",
                     world.nodes[i].id, v.liveness
+                ));
+            }
+            let announced = world.index.get(id).map(|&m| world.nodes[m].departure);
+            if announced.is_some_and(|d| d != v.departure) {
+                return Err(format!(
+                    "{} sees {id} as {:?}",
+                    world.nodes[i].id, v.departure
                 ));
             }
         }

@@ -73,7 +73,8 @@ pub(crate) fn expand(world: &mut impl Fleet) -> Vec<(u64, Step)> {
     steps
 }
 
-/// When the last step's effect is over (a pause or flap lasts beyond its start).
+/// When the last step's effect is over (a pause, flap or agent restart lasts beyond its
+/// start; a planned agent restart may first take the agent's whole departure bound).
 pub(crate) fn last_end_ms(steps: &[(u64, Step)]) -> u64 {
     steps
         .iter()
@@ -81,6 +82,18 @@ pub(crate) fn last_end_ms(steps: &[(u64, Step)]) -> u64 {
             Step::Fault(
                 FaultKind::Pause { duration_ms, .. } | FaultKind::Flap { duration_ms, .. },
             ) => at + duration_ms,
+            Step::Fault(FaultKind::AgentRestart {
+                downtime_ms,
+                planned,
+                ..
+            }) => {
+                let leaving_ms = if *planned {
+                    crate::agent::LEAVE_BOUND_MS
+                } else {
+                    0
+                };
+                at + leaving_ms + downtime_ms
+            }
             _ => *at,
         })
         .max()
@@ -173,6 +186,7 @@ pub(crate) fn apply(world: &mut World, k: usize) {
     let step = world.expanded_faults[k].1.clone();
     world.note(format!("fault: {step:?}"));
     world.checker.fault_seen(world.now);
+    crate::return_check::fault(world);
     match step {
         Step::Fault(FaultKind::Crash(s)) => {
             for i in resolve(world, &s) {
@@ -184,6 +198,15 @@ pub(crate) fn apply(world: &mut World, k: usize) {
                 if world.nodes[i].power == Power::Crashed {
                     world.boot(i);
                 }
+            }
+        }
+        Step::Fault(FaultKind::AgentRestart {
+            nodes,
+            downtime_ms,
+            planned,
+        }) => {
+            for i in resolve(world, &nodes) {
+                world.agent_restart(i, downtime_ms, planned);
             }
         }
         Step::Fault(FaultKind::DiskLoss(s)) => {

@@ -6,12 +6,14 @@
 //! - `net`: the network (latency, loss, duplication, partitions, one-way cuts), gossip
 //!   (heartbeats and status) with the real anti-entropy messages and digests, the detectors.
 //! - `runtime`: the simulated runtime that carries out the core's actions.
-//! - `faults`: crash, restart, disk loss, partition, heal, skew, pause, flap, rolling reboot,
-//!   churn, API writes.
+//! - `faults`: crash, restart, agent restart, disk loss, partition, heal, skew, pause, flap,
+//!   rolling reboot, churn, API writes; `agent`: agent restarts (replicas outlive the agent,
+//!   the next one adopts them) and planned restarts announced as departures.
 //! - `leases`: each node's real elector (leader election), wired to its core, the network,
 //!   gossip and its disk.
 //! - `checks`: the invariants and the timeline; `lease_check`: invariant 4 (one valid holder
-//!   per lease at any instant) and the lease facts.
+//!   per lease at any instant) and the lease facts; `return_check`: invariant 7 (a node back
+//!   from a restart makes no replica run twice beyond one handover).
 //! - [`report`]: the summary and the SVG picture.
 //!
 //! The same seed gives the same run, byte for byte: [`RunReport::trace_hash`] is a running hash
@@ -19,6 +21,7 @@
 
 #![forbid(unsafe_code)]
 
+mod agent;
 mod checks;
 pub mod epidemic;
 mod fast;
@@ -27,6 +30,7 @@ mod lease_check;
 mod leases;
 mod net;
 pub mod report;
+mod return_check;
 pub mod rng;
 mod runtime;
 pub mod scenario;
@@ -70,6 +74,20 @@ pub struct RunReport {
     pub expected_violation: Option<String>,
     /// Per lease: holders over time, gaps, tokens.
     pub leases: Vec<LeaseFacts>,
+    /// Nodes back from restarts and the duplicate time next to them (invariant 7).
+    pub returns: ReturnFacts,
+}
+
+/// What invariant 7 saw: nodes back from a restart, and how long a replica ran twice next to
+/// one of them at most, against the bound.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReturnFacts {
+    /// Returns counted (restarts from disk, agent restarts).
+    pub returns: u64,
+    /// The most duplicate time one replica had next to one returned node.
+    pub duplicate_ms_max: u64,
+    /// One make-before-break handover: what each replica may have.
+    pub bound_ms: u64,
 }
 
 impl RunReport {
@@ -127,5 +145,10 @@ pub fn run(scenario: &Scenario, seed: u64, options: RunOptions) -> RunReport {
         violation,
         expected_violation: scenario.expect_violation.clone(),
         leases: world.lease_facts(),
+        returns: ReturnFacts {
+            returns: world.returns.returns,
+            duplicate_ms_max: world.returns.overlap_ms_max,
+            bound_ms: world.returns.bound_ms(),
+        },
     }
 }

@@ -5,7 +5,7 @@ use starling_node::membership::{Detector, Verdict};
 use starling_protocol::NodeId;
 use starling_protocol::desired::Digest;
 use starling_protocol::lease::{Lease, LeaseMessage};
-use starling_protocol::placement::{FleetView, Liveness};
+use starling_protocol::placement::{Departure, FleetView, Liveness};
 use starling_protocol::status::NodeStatus;
 use starling_protocol::wire::PeerMessage;
 
@@ -24,6 +24,9 @@ pub(crate) enum Msg {
         incarnation: u64,
         /// The sender's lease records (when changed), with their version.
         leases: Option<(u64, Vec<Lease>)>,
+        /// The sender's planned absence, when the receiver has not heard it yet (a key of
+        /// its gossip state, like its status).
+        departure: Option<Departure>,
     },
     /// Leader election: grant requests, replies and releases.
     Lease(LeaseMessage),
@@ -47,17 +50,21 @@ impl World<'_> {
                 .detector
                 .as_ref()
                 .map_or(0, Detector::incarnation);
+            let departure = self.nodes[i].departure;
+            let heard = self.nodes[p].departures_heard.get(&i).copied();
             let msg = Msg::Heartbeat {
                 incarnation,
                 status: fresh.then(|| (status_version, status.clone())),
                 root,
                 leases: self.records_for(i, p),
+                departure: (heard.unwrap_or_default() != departure).then_some(departure),
             };
             self.send(i, p, msg);
         }
         self.refresh_view(i);
         let next = self.now + self.scenario.gossip.interval_ms;
-        self.schedule(next, Event::GossipTick(i));
+        let boots = self.nodes[i].boots;
+        self.schedule(next, Event::GossipTick(i, boots));
     }
 
     pub fn send(&mut self, from: usize, to: usize, msg: Msg) {
@@ -90,7 +97,11 @@ impl World<'_> {
                 root,
                 incarnation,
                 leases,
+                departure,
             } => {
+                if let Some(departure) = departure {
+                    self.hear_departure(to, from, departure);
+                }
                 let from_id = self.nodes[from].id.clone();
                 let node = &mut self.nodes[to];
                 if let Some(d) = node.detector.as_mut() {
@@ -266,10 +277,14 @@ impl World<'_> {
                     _ => Liveness::Down,
                 }
             };
-            view.nodes.insert(
-                other.id.clone(),
-                crate::checks::node_view(&other.id, &other.labels, other.capacity, liveness),
-            );
+            let mut entry =
+                crate::checks::node_view(&other.id, &other.labels, other.capacity, liveness);
+            entry.departure = if m == i {
+                node.departure
+            } else {
+                node.departures_heard.get(&m).copied().unwrap_or_default()
+            };
+            view.nodes.insert(other.id.clone(), entry);
         }
         if view != self.nodes[i].view {
             // A node back from an outage reports its status again (the agent hands a peer's
@@ -293,6 +308,7 @@ impl World<'_> {
                 self.nodes[i].peer_versions.remove(&m);
             }
             self.nodes[i].view = view.clone();
+            self.nodes[i].disk.view = view.clone();
             self.with_core(i, |core, now| core.handle_view(now, view));
         }
     }
@@ -301,8 +317,14 @@ impl World<'_> {
 /// Encoded size of a message, for the bytes-per-node figure.
 pub(crate) fn msg_bytes(msg: &Msg) -> u64 {
     let len = match msg {
-        Msg::Heartbeat { status, leases, .. } => {
+        Msg::Heartbeat {
+            status,
+            leases,
+            departure,
+            ..
+        } => {
             8 + 16
+                + departure.map_or(0, |d| postcard::to_allocvec(&d).map_or(0, |b| b.len() + 8))
                 + status.as_ref().map_or(0, |(_, s)| {
                     postcard::to_allocvec(s).map_or(0, |b| b.len() + 8)
                 })

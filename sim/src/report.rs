@@ -57,6 +57,14 @@ pub fn summary(report: &RunReport, scenario_path: &str) -> String {
             let _ = writeln!(out, "writes     {} acknowledged", c.writes);
         }
     }
+    if report.returns.returns > 0 {
+        let r = &report.returns;
+        let _ = writeln!(
+            out,
+            "returns    {} nodes back from a restart; a replica ran twice next to one for at most {} ms (one handover: {} ms)",
+            r.returns, r.duplicate_ms_max, r.bound_ms
+        );
+    }
     for lease in &report.leases {
         let _ = writeln!(out, "lease      {}", lease_line(report, lease));
     }
@@ -138,8 +146,17 @@ fn holder_color(node: usize) -> String {
 }
 
 /// Colors of node states (see `Sample::node_states`).
-const STATE_COLORS: [&str; 5] = ["#4caf50", "#9e9e9e", "#ffc107", "#eeeeee", "#ff7043"];
-const STATE_NAMES: [&str; 5] = ["up", "crashed", "paused", "gone", "minority side"];
+const STATE_COLORS: [&str; 6] = [
+    "#4caf50", "#9e9e9e", "#ffc107", "#eeeeee", "#ff7043", "#64b5f6",
+];
+const STATE_NAMES: [&str; 6] = [
+    "up",
+    "crashed",
+    "paused",
+    "gone",
+    "minority side",
+    "agent restarting",
+];
 
 /// A self-contained SVG: replica counts over time on top, one row per node below, fault
 /// markers across both.
@@ -260,7 +277,7 @@ pub fn svg(report: &RunReport) -> String {
                         r#"<rect x="{x0:.1}" y="{ry:.1}" width="{:.1}" height="{:.1}" fill="{}"/>"#,
                         (x1 - x0).max(0.5),
                         row_h - 2.0,
-                        STATE_COLORS[usize::from(st).min(4)]
+                        STATE_COLORS[usize::from(st).min(STATE_COLORS.len() - 1)]
                     );
                 }
                 start = k;
@@ -321,7 +338,7 @@ pub fn svg(report: &RunReport) -> String {
     }
     let legend_y = bottom + 20.0;
     for (k, name) in STATE_NAMES.iter().enumerate() {
-        let lx = left + k as f64 * 120.0;
+        let lx = left + k as f64 * 105.0;
         let _ = writeln!(
             s,
             r#"<rect x="{lx}" y="{:.1}" width="10" height="10" fill="{}"/><text x="{:.1}" y="{:.1}">{name}</text>"#,
@@ -334,7 +351,7 @@ pub fn svg(report: &RunReport) -> String {
     let _ = writeln!(
         s,
         r##"<text x="{:.1}" y="{legend_y:.1}" fill="#6a1b9a">- - fault</text>"##,
-        left + 620.0
+        left + 640.0
     );
     let _ = writeln!(
         s,

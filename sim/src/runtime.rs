@@ -21,6 +21,7 @@ impl World<'_> {
                 }
                 if let Some(x) = self.nodes[i].instances.get_mut(replica) {
                     x.running = true;
+                    x.running_since_ms = self.now;
                 }
             }
             RuntimeEvent::Exited {
@@ -47,8 +48,8 @@ impl World<'_> {
             Action::Start {
                 replica,
                 instance,
+                revision,
                 spec,
-                ..
             } => {
                 crate::checks::on_start(self, i, &replica, &spec);
                 self.counters.starts += 1;
@@ -65,7 +66,9 @@ impl World<'_> {
                     replica.clone(),
                     Instance {
                         instance,
+                        revision,
                         running: false,
+                        running_since_ms: 0,
                         spec: *spec,
                     },
                 );

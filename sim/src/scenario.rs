@@ -19,6 +19,7 @@
 //! kind = "heal"
 //! ```
 //!
+//! Cores: `[core] settle = "100ms"` (the claim settle; default 1 s, the agent's is 100 ms).
 //! Leases: `[leases] max_drift = "500ms"` (the electors' clock-drift bound, default 500 ms);
 //! voters are the nodes labelled `voter = "true"` (`[[fleet.labels]] nodes = [...]` with the
 //! labels as keys), else every initial node. `[check] expect_violation = "lease-holders"`
@@ -53,9 +54,19 @@ pub struct Scenario {
     pub converge_within_ms: u64,
     /// Leader election settings.
     pub leases: LeaseModel,
+    /// Settings of every node's core.
+    pub core: CoreModel,
     /// The invariant this scenario is built to break (a run that breaks another one, or
     /// none, is a failure of the scenario).
     pub expect_violation: Option<String>,
+}
+
+/// The node cores' settings a scenario may change (the rest are `CoreConfig`'s defaults).
+#[derive(Debug, Clone)]
+pub struct CoreModel {
+    /// How long a claim waits for competing claims before its replica starts
+    /// (`CoreConfig::settle_ms`, default 1 s; the agent's `--settle-ms` defaults to 100 ms).
+    pub settle_ms: u64,
 }
 
 /// Leader election in the simulation.
@@ -107,6 +118,9 @@ pub struct Gossip {
     /// How long a restarted node waits to hear the fleet before it acts (the agent's
     /// `--rejoin-wait-ms`).
     pub rejoin_wait_ms: u64,
+    /// How long peers hold the replicas of a node that announced a planned restart (the
+    /// agent's `--restart-window-ms`; `agent-restart` faults with `planned = true`).
+    pub restart_window_ms: u64,
 }
 
 /// The two levels of gossip simulation.
@@ -211,6 +225,18 @@ pub enum FaultKind {
         /// From one restart to the next crash.
         gap_ms: u64,
     },
+    /// The agent process stops and starts again `downtime_ms` later; its replicas keep running
+    /// and the new agent adopts them. `planned`: it first announces a restart
+    /// (`Departure::Restarting`, as `--on-stop leave` does), gives its singletons and leases
+    /// up, then goes.
+    AgentRestart {
+        /// Nodes.
+        nodes: Selector,
+        /// From the agent going away to its new start.
+        downtime_ms: u64,
+        /// Announced first (`--on-stop leave`), or killed outright.
+        planned: bool,
+    },
     /// Nodes join and leave at `per_minute` each for `duration_ms`.
     Churn {
         /// Joins and leaves per minute.
@@ -255,6 +281,14 @@ struct Doc {
     check: CheckDoc,
     #[serde(default)]
     leases: LeasesDoc,
+    #[serde(default)]
+    core: CoreDoc,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CoreDoc {
+    settle: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -300,6 +334,7 @@ struct GossipDoc {
     model: Option<String>,
     fanout: Option<usize>,
     rejoin_wait: Option<String>,
+    restart_window: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -334,6 +369,7 @@ struct FaultDoc {
     gap: Option<String>,
     per_minute: Option<u32>,
     spec: Option<toml::Table>,
+    planned: Option<bool>,
 }
 
 /// Largest fleet a scenario may ask for.
@@ -384,6 +420,7 @@ impl Scenario {
             suspect_after_ms: opt_ms("gossip.suspect_after", &doc.gossip.suspect_after, 1_500)?,
             down_after_ms: opt_ms("gossip.down_after", &doc.gossip.down_after, 3_000)?,
             rejoin_wait_ms: opt_ms("gossip.rejoin_wait", &doc.gossip.rejoin_wait, 5_000)?,
+            restart_window_ms: opt_ms("gossip.restart_window", &doc.gossip.restart_window, 60_000)?,
             detector: match doc.gossip.detector.as_deref() {
                 None | Some("silence") => DetectorModel::Silence,
                 Some("watchers") => DetectorModel::Watchers,
@@ -474,13 +511,17 @@ impl Scenario {
             leases: LeaseModel {
                 max_drift_ms: opt_ms("leases.max_drift", &doc.leases.max_drift, 500)?,
             },
+            core: CoreModel {
+                settle_ms: opt_ms("core.settle", &doc.core.settle, 1_000)?,
+            },
             expect_violation: doc.check.expect_violation,
         })
     }
 }
 
-/// The fast model has no network links (so no partitions, cuts or flaps) and no elector (so
-/// no singleton that follows a lease); a scenario that needs them names the field to change.
+/// The fast model has no network links (so no partitions, cuts or flaps), no elector (so
+/// no singleton that follows a lease) and no agent apart from its core (so no agent restart);
+/// a scenario that needs them names the field to change.
 fn fast_model_supports(workloads: &[WorkloadSpec], faults: &[Fault]) -> Result<(), ScenarioError> {
     for (i, w) in workloads.iter().enumerate() {
         if w.singleton {
@@ -495,6 +536,12 @@ fn fast_model_supports(workloads: &[WorkloadSpec], faults: &[Fault]) -> Result<(
             FaultKind::Cut { .. } => "cut",
             FaultKind::Heal => "heal",
             FaultKind::Flap { .. } => "flap",
+            FaultKind::AgentRestart { .. } => {
+                return Err(ScenarioError(format!(
+                    "faults[{i}].kind: agent-restart needs agents whose replicas outlive them, \
+                     which only the mesh model has (gossip.model = \"mesh\")"
+                )));
+            }
             _ => continue,
         };
         return Err(ScenarioError(format!(
@@ -539,6 +586,12 @@ fn fault_of(path: &str, f: FaultDoc) -> Result<Fault, ScenarioError> {
             Ok(f.nodes.clone())
         }
     };
+    if f.planned.is_some() && f.kind != "agent-restart" {
+        return Err(ScenarioError(format!(
+            "{path}.planned: only kind agent-restart has it, not {}",
+            f.kind
+        )));
+    }
     let kind = match f.kind.as_str() {
         "crash" => FaultKind::Crash(nodes()?),
         "restart" => FaultKind::Restart(nodes()?),
@@ -580,6 +633,11 @@ fn fault_of(path: &str, f: FaultDoc) -> Result<Fault, ScenarioError> {
             period_ms: ms("period", &f.period)?.max(1),
             duration_ms: ms("duration", &f.duration)?,
         },
+        "agent-restart" => FaultKind::AgentRestart {
+            nodes: nodes()?,
+            downtime_ms: ms("downtime", &f.downtime)?,
+            planned: f.planned.unwrap_or(false),
+        },
         "rolling-reboot" => FaultKind::RollingReboot {
             nodes: nodes()?,
             downtime_ms: ms("downtime", &f.downtime)?,
@@ -603,7 +661,7 @@ fn fault_of(path: &str, f: FaultDoc) -> Result<Fault, ScenarioError> {
         }
         other => {
             return Err(ScenarioError(format!(
-                "{path}.kind: unknown fault {other:?}; use crash, restart, disk-loss, partition, cut, heal, skew, pause, flap, rolling-reboot, churn or write"
+                "{path}.kind: unknown fault {other:?}; use crash, restart, agent-restart, disk-loss, partition, cut, heal, skew, pause, flap, rolling-reboot, churn or write"
             )));
         }
     };
@@ -654,6 +712,45 @@ mod tests {
         )
         .expect_err("bad drift");
         assert!(e.to_string().starts_with("leases.max_drift:"), "{e}");
+    }
+
+    #[test]
+    fn agent_restarts_and_core_settings_parse_and_the_fast_model_refuses_them() {
+        let text = "name = \"t\"\nduration = \"2m\"\n[gossip]\nrestart_window = \"30s\"\n[core]\nsettle = \"100ms\"\n[[faults]]\nat = \"1m\"\nkind = \"agent-restart\"\nnodes = [\"node-01\"]\ndowntime = \"20s\"\nplanned = true\n";
+        let s = Scenario::from_toml(text).expect("valid");
+        assert_eq!(
+            (s.gossip.restart_window_ms, s.core.settle_ms),
+            (30_000, 100)
+        );
+        assert!(matches!(
+            s.faults[0].kind,
+            FaultKind::AgentRestart {
+                downtime_ms: 20_000,
+                planned: true,
+                ..
+            }
+        ));
+        let defaults = Scenario::from_toml("name = \"t\"\nduration = \"1m\"\n").expect("valid");
+        assert_eq!(
+            (defaults.gossip.restart_window_ms, defaults.core.settle_ms),
+            (60_000, 1_000)
+        );
+        let fast = text.replace("[gossip]\n", "[gossip]\nmodel = \"fast\"\n");
+        let e = Scenario::from_toml(&fast).expect_err("fast model");
+        assert!(
+            e.to_string()
+                .starts_with("faults[0].kind: agent-restart needs"),
+            "{e}"
+        );
+        let e = Scenario::from_toml(&text.replace("agent-restart", "restart"))
+            .expect_err("planned on a crash restart");
+        assert!(e.to_string().starts_with("faults[0].planned:"), "{e}");
+        let e = Scenario::from_toml(&text.replace("downtime = \"20s\"\n", ""))
+            .expect_err("no downtime");
+        assert_eq!(
+            e.to_string(),
+            "faults[0].downtime: is required for kind agent-restart"
+        );
     }
 
     #[test]

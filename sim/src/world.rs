@@ -15,7 +15,7 @@ use starling_protocol::NodeId;
 use starling_protocol::desired::{DesiredState, Revision};
 use starling_protocol::hash::mix64;
 use starling_protocol::hlc::{Hlc, Timestamp};
-use starling_protocol::placement::{Capacity, FleetView, ReplicaId};
+use starling_protocol::placement::{Capacity, Departure, FleetView, Liveness, ReplicaId};
 use starling_protocol::quantity::{Bytes, Millicores};
 use starling_protocol::spec::WorkloadSpec;
 use starling_protocol::status::NodeStatus;
@@ -37,6 +37,9 @@ pub(crate) enum Power {
     },
     /// Left the fleet for good (churn).
     Gone,
+    /// The agent process is gone (an agent restart): no core, detector or elector, nothing
+    /// answered, but its replicas keep running for the next agent to adopt.
+    AgentDown,
 }
 
 /// What a node keeps across a crash.
@@ -50,6 +53,8 @@ pub(crate) struct Disk {
     /// The elector's voter memory (highest epochs granted, longest grant); `None` once the
     /// disk was lost (the voter cannot know what it promised before).
     pub voter: Option<VoterMemory>,
+    /// The fleet as the node last saw it (the agent's `view.bin`): a restart starts from it.
+    pub view: FleetView,
 }
 
 impl Default for Disk {
@@ -60,6 +65,7 @@ impl Default for Disk {
             desired,
             assignment: Vec::new(),
             voter: Some(VoterMemory::default()),
+            view: FleetView::default(),
         }
     }
 }
@@ -74,7 +80,11 @@ impl Disk {
 #[derive(Debug, Clone)]
 pub(crate) struct Instance {
     pub instance: u64,
+    /// The revision it runs, reported when a new agent adopts it.
+    pub revision: u64,
     pub running: bool,
+    /// When it began to run (valid once `running`).
+    pub running_since_ms: u64,
     pub spec: WorkloadSpec,
 }
 
@@ -114,11 +124,20 @@ pub(crate) struct SimNode {
     pub detector_timer_at: Option<u64>,
     /// The elector and what the simulation keeps next to it.
     pub leases: NodeLeases,
+    /// The planned absence this node announced in this life (its own view carries it).
+    pub departure: Departure,
+    /// The planned absences other nodes announced, as this node heard them (pushed at the
+    /// announcement, then carried by their heartbeats).
+    pub departures_heard: BTreeMap<usize, Departure>,
+    /// A planned restart under way: when the agent stops waiting for its singletons and
+    /// leases to go, and how long it stays away.
+    pub leaving: Option<crate::agent::Leaving>,
 }
 
 #[derive(Debug, Clone)]
 pub(crate) enum Event {
-    GossipTick(usize),
+    /// A node's gossip round (its boot count stops the round chain of an earlier life).
+    GossipTick(usize, u64),
     DetectorTimer(usize),
     ElectorTimer(usize),
     Deliver {
@@ -136,6 +155,10 @@ pub(crate) enum Event {
         down: bool,
     },
     Sample,
+    /// A departing agent checks whether it may go (its boot count guards a stale check).
+    DepartCheck(usize, u64),
+    /// An agent that went away starts again (its boot count guards a stale return).
+    AgentReturn(usize, u64),
 }
 
 /// Counters for the summary.
@@ -181,6 +204,8 @@ pub(crate) struct World<'s> {
     pub log: Vec<(u64, String)>,
     pub expanded_faults: Vec<(u64, crate::faults::Step)>,
     next_instance: u64,
+    /// Duplicate copies next to nodes back from a restart (`return_check`).
+    pub returns: crate::return_check::ReturnLog,
 }
 
 /// Most events a run may process: a guard against a livelock in the model or the core.
@@ -208,6 +233,7 @@ impl<'s> World<'s> {
             log: Vec::new(),
             expanded_faults: Vec::new(),
             next_instance: 1,
+            returns: crate::return_check::ReturnLog::new(scenario),
         };
         for _ in 0..scenario.fleet.nodes {
             world.add_node();
@@ -259,12 +285,17 @@ impl<'s> World<'s> {
             core_timer_at: None,
             detector_timer_at: None,
             leases: NodeLeases::default(),
+            departure: Departure::Staying,
+            departures_heard: BTreeMap::new(),
+            leaving: None,
         });
         self.index.insert(id, i);
         i
     }
 
-    /// Starts (or restarts) node `i` from its disk.
+    /// Starts (or restarts) node `i` from its disk. Replicas still running there (the agent
+    /// restarted, its processes did not) are reported to the new core as adopted before
+    /// anything else, as the agent does.
     pub fn boot(&mut self, i: usize) {
         let instance_base = self.next_instance;
         self.next_instance += 1_000_000;
@@ -273,8 +304,9 @@ impl<'s> World<'s> {
         node.last_heard.clear();
         node.peer_versions.clear();
         node.syncing.clear();
-        node.instances.clear();
         node.heartbeat += 1;
+        node.departure = Departure::Staying;
+        node.leaving = None;
         let resume = node.disk.desired.newest_timestamp().cloned();
         node.hlc = match resume {
             Some(t) => Hlc::resume(
@@ -288,14 +320,21 @@ impl<'s> World<'s> {
         };
         let mut config = CoreConfig::new(node.id.clone(), instance_base);
         config.bug_minority_takes_over = self.bug_minority_takes_over;
+        config.settle_ms = self.scenario.core.settle_ms;
         // A restart listens for the fleet before it acts, as the agent does; the fleet's
         // first start has nobody to listen for.
         let rejoin_until_ms = (node.boots > 0)
             .then(|| (self.now as i64 + node.skew_ms) as u64 + self.scenario.gossip.rejoin_wait_ms);
+        // The agent restores the fleet as it last saw it, with itself back and staying.
+        let mut view = node.disk.view.clone();
+        if let Some(me) = view.nodes.get_mut(&node.id) {
+            me.liveness = Liveness::Alive;
+            me.departure = Departure::Staying;
+        }
         let restored = Restored {
             desired: node.disk.desired.clone(),
             last_assignment: node.disk.assignment.clone(),
-            view: FleetView::default(),
+            view,
             rejoin_until_ms,
         };
         node.core = Some(NodeCore::new(config, restored));
@@ -317,15 +356,23 @@ impl<'s> World<'s> {
             node.detector = Some(Detector::new(config, node.id.clone(), node.boots));
         }
         node.view = FleetView::default();
+        // The elector first, as the agent builds it before the core: a core that acts on its
+        // first adoption (no rejoin wait) may campaign at once.
         self.boot_elector(i);
+        self.adopt(i);
+        self.learn_departures(i);
         self.update_detector_members(i);
         self.refresh_view(i);
+        self.returns.back(self.now, i, self.nodes[i].boots);
         let first_tick = self.now + self.rng.range(1, self.scenario.gossip.interval_ms);
-        self.schedule(first_tick, Event::GossipTick(i));
+        let boots = self.nodes[i].boots;
+        self.schedule(first_tick, Event::GossipTick(i, boots));
     }
 
     /// Stops node `i`: memory and processes are gone, the disk stays.
     pub fn crash(&mut self, i: usize) {
+        crate::return_check::track(self);
+        self.returns.left(i);
         let node = &mut self.nodes[i];
         node.power = Power::Crashed;
         node.core = None;
@@ -333,6 +380,7 @@ impl<'s> World<'s> {
         node.detector_timer_at = None;
         node.instances.clear();
         node.held.clear();
+        node.leaving = None;
         self.drop_elector(i);
     }
 
@@ -428,18 +476,27 @@ impl<'s> World<'s> {
 
     fn handle(&mut self, event: Event) {
         let target = match &event {
-            Event::GossipTick(i)
+            Event::GossipTick(i, _)
             | Event::DetectorTimer(i)
             | Event::ElectorTimer(i)
             | Event::CoreTimer(i)
             | Event::Runtime(i, _)
-            | Event::Resume(i) => Some(*i),
+            | Event::Resume(i)
+            | Event::DepartCheck(i, _)
+            | Event::AgentReturn(i, _) => Some(*i),
             Event::Deliver { to, .. } => Some(*to),
             _ => None,
         };
         if let Some(i) = target {
             match self.nodes[i].power {
                 Power::Crashed | Power::Gone => return,
+                // Its replicas run on without the agent (the runtime's events still change
+                // them); nothing else reaches it until the agent starts again.
+                Power::AgentDown
+                    if !matches!(event, Event::Runtime(..) | Event::AgentReturn(..)) =>
+                {
+                    return;
+                }
                 Power::Paused { .. } if !matches!(event, Event::Resume(_)) => {
                     self.nodes[i].held.push(event);
                     return;
@@ -447,8 +504,27 @@ impl<'s> World<'s> {
                 _ => {}
             }
         }
+        let copies_may_change = matches!(
+            event,
+            Event::Runtime(..)
+                | Event::Fault(_)
+                | Event::Resume(_)
+                | Event::DepartCheck(..)
+                | Event::AgentReturn(..)
+        );
+        self.dispatch(event);
+        if copies_may_change {
+            crate::checks::copies_changed(self);
+        }
+    }
+
+    fn dispatch(&mut self, event: Event) {
         match event {
-            Event::GossipTick(i) => self.gossip_tick(i),
+            Event::GossipTick(i, boots) => {
+                if boots == self.nodes[i].boots {
+                    self.gossip_tick(i);
+                }
+            }
             Event::DetectorTimer(i) => {
                 if self.nodes[i].detector_timer_at == Some(self.now) {
                     self.nodes[i].detector_timer_at = None;
@@ -473,10 +549,13 @@ impl<'s> World<'s> {
             Event::ElectorTimer(i) => self.elector_timer(i),
             Event::Sample => {
                 self.check_leases();
+                crate::return_check::sample(self);
                 crate::checks::sample(self);
                 let next = self.now + self.scenario.gossip.interval_ms;
                 self.schedule(next, Event::Sample);
             }
+            Event::DepartCheck(i, boots) => self.departure_check(i, boots),
+            Event::AgentReturn(i, boots) => self.agent_return(i, boots),
         }
     }
 
@@ -485,6 +564,8 @@ impl<'s> World<'s> {
             && until_ms <= self.now
         {
             self.nodes[i].power = Power::Up;
+            // Its first gossip exchanges bring every member's state, announcements included.
+            self.learn_departures(i);
             let held = std::mem::take(&mut self.nodes[i].held);
             for event in held {
                 self.handle(event);
@@ -550,7 +631,7 @@ pub(crate) fn unreachable_id() -> NodeId {
 
 fn event_code(event: &Event) -> u64 {
     match event {
-        Event::GossipTick(i) => 1 | (*i as u64) << 8,
+        Event::GossipTick(i, _) => 1 | (*i as u64) << 8,
         Event::Deliver { from, to, .. } => 2 | (*from as u64) << 8 | (*to as u64) << 32,
         Event::CoreTimer(i) => 3 | (*i as u64) << 8,
         Event::Runtime(i, _) => 4 | (*i as u64) << 8,
@@ -560,5 +641,7 @@ fn event_code(event: &Event) -> u64 {
         Event::Sample => 8,
         Event::DetectorTimer(i) => 9 | (*i as u64) << 8,
         Event::ElectorTimer(i) => 10 | (*i as u64) << 8,
+        Event::DepartCheck(i, _) => 11 | (*i as u64) << 8,
+        Event::AgentReturn(i, _) => 12 | (*i as u64) << 8,
     }
 }

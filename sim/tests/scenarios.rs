@@ -75,6 +75,7 @@ fn the_same_seed_replays_the_same_run() {
         p.ends_with("site-partition.toml")
             || p.ends_with("churn.toml")
             || p.ends_with("lease-skew-within-bound.toml")
+            || p.ends_with("planned-restart.toml")
     }) {
         let a = run(scenario, 7, RunOptions::default());
         let b = run(scenario, 7, RunOptions::default());
@@ -288,4 +289,94 @@ fn quorum_lease_scenarios_hold_for_a_thousand_seeds() {
     });
     let failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn nodes_back_from_a_restart_run_nothing_twice_beyond_one_handover() {
+    let (path, s) = scenario("restart-with-peers.toml");
+    for seed in seeds() {
+        let r = run(&s, seed, RunOptions::default());
+        let summary = report::summary(&r, &path);
+        assert!(r.violation.is_none(), "{summary}");
+        // node-01 restarts from its disk, node-02's and node-03's agents restart.
+        assert_eq!(r.returns.returns, 3, "{summary}");
+        assert!(
+            r.returns.duplicate_ms_max > 0,
+            "node-01 takes its replicas back make before break: {summary}"
+        );
+        assert!(
+            r.returns.duplicate_ms_max <= r.returns.bound_ms,
+            "{summary}"
+        );
+        assert!(r.converged_at_ms.is_some(), "{summary}");
+        assert!(
+            summary.contains("returns    3 nodes back from a restart"),
+            "{summary}"
+        );
+    }
+}
+
+#[test]
+fn a_planned_restart_replaces_nothing_and_runs_nothing_twice() {
+    let (path, s) = scenario("planned-restart.toml");
+    for seed in seeds() {
+        let r = run(&s, seed, RunOptions::default());
+        let summary = report::summary(&r, &path);
+        assert!(
+            r.violation.is_none() && r.converged_at_ms.is_some(),
+            "{summary}"
+        );
+        assert_eq!(r.returns.returns, 5, "{summary}");
+        assert_eq!(
+            r.returns.duplicate_ms_max, 0,
+            "not one copy twice: {summary}"
+        );
+        // 11 first starts; afterwards only the singleton starts again: on another node while
+        // its holder restarts, and back home after it (the other replicas are adopted).
+        let db = r.leases.first().unwrap_or_else(|| panic!("{summary}"));
+        assert!(
+            db.holder_changes >= 2,
+            "the singleton moved and came back: {summary}"
+        );
+        assert_eq!(
+            r.counters.starts,
+            11 + db.holder_changes as u64,
+            "only the singleton moves: {summary}"
+        );
+        assert!(db.holder_at_end.is_some(), "{summary}");
+        assert!(
+            r.samples.iter().any(|p| p.node_states.contains(&5)),
+            "the timeline shows agents away: {summary}"
+        );
+    }
+}
+
+#[test]
+fn the_restart_checks_catch_what_they_are_built_for_and_nothing_else() {
+    // Without the rejoin wait, a restarted node takes its replicas back before it heard where
+    // they went; a planned restart that outlasts its window has its replicas replaced while
+    // they still run. With the wait, and with an honest window, the same runs are clean.
+    let cases = [
+        ("restart-without-rejoin-wait.toml", "moved-back-early"),
+        ("planned-restart-beyond-window.toml", "returning-duplicates"),
+    ];
+    for (file, invariant) in cases {
+        let (path, s) = scenario(file);
+        assert_eq!(s.expect_violation.as_deref(), Some(invariant));
+        for seed in (1..=20).chain(fresh_seeds(2)) {
+            let r = run(&s, seed, RunOptions::default());
+            let summary = report::summary(&r, &path);
+            let v = r.violation.as_ref().unwrap_or_else(|| panic!("{summary}"));
+            assert_eq!(v.invariant, invariant, "{summary}");
+            assert!(summary.contains("detected as it should be"), "{summary}");
+        }
+        let mut fixed = s.clone();
+        fixed.expect_violation = None;
+        fixed.gossip.rejoin_wait_ms = 5_000;
+        fixed.gossip.restart_window_ms = 60_000;
+        for seed in 1..=5 {
+            let r = run(&fixed, seed, RunOptions::default());
+            assert!(r.violation.is_none(), "{}", report::summary(&r, &path));
+        }
+    }
 }

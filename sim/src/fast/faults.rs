@@ -127,6 +127,7 @@ pub(super) fn apply(world: &mut FastWorld, k: usize) {
             | FaultKind::Cut { .. }
             | FaultKind::Heal
             | FaultKind::Flap { .. }
+            | FaultKind::AgentRestart { .. }
             | FaultKind::RollingReboot { .. }
             | FaultKind::Churn { .. },
         ) => {}

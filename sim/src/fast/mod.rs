@@ -76,6 +76,7 @@ pub(crate) fn run(scenario: &Scenario, seed: u64, options: RunOptions) -> RunRep
         violation,
         expected_violation: scenario.expect_violation.clone(),
         leases: Vec::new(),
+        returns: crate::ReturnFacts::default(),
     }
 }
 
@@ -311,6 +312,7 @@ impl<'s> FastWorld<'s> {
         };
         let mut config = CoreConfig::new(node.id.clone(), instance_base);
         config.bug_minority_takes_over = self.bug_minority_takes_over;
+        config.settle_ms = self.scenario.core.settle_ms;
         node.core = Some(NodeCore::shared(
             config,
             node.assignment.clone(),
@@ -426,7 +428,8 @@ impl<'s> FastWorld<'s> {
         };
         if let Some(i) = target {
             match self.nodes[i].power {
-                Power::Crashed | Power::Gone => return,
+                // The fast model refuses agent restarts (scenario check): never `AgentDown`.
+                Power::Crashed | Power::Gone | Power::AgentDown => return,
                 Power::Paused { until_ms } => {
                     // A frozen agent handles nothing; its replicas' events wait for it.
                     self.schedule(until_ms, event);
