@@ -3,7 +3,7 @@
 
 use starling_node::membership::{Detector, Verdict};
 use starling_protocol::NodeId;
-use starling_protocol::desired::Digest;
+use starling_protocol::desired::{Digest, PullPlan};
 use starling_protocol::lease::{Lease, LeaseMessage};
 use starling_protocol::placement::{Departure, FleetView, Liveness};
 use starling_protocol::status::NodeStatus;
@@ -142,35 +142,45 @@ impl World<'_> {
             }
             Msg::Peer(PeerMessage::Summary(summary)) => {
                 let wanted = self.nodes[to].disk.desired.wanted(&summary);
-                if wanted.is_empty() {
-                    self.nodes[to].syncing.remove(&from);
-                } else {
-                    self.send(to, from, Msg::Peer(PeerMessage::Pull(wanted)));
+                let mut plan = PullPlan::new(wanted);
+                match plan.next_request() {
+                    None => {
+                        self.nodes[to].syncing.remove(&from);
+                    }
+                    Some(names) => {
+                        self.nodes[to].pulls.insert(from, plan);
+                        self.send(to, from, Msg::Peer(PeerMessage::Pull(names)));
+                    }
                 }
             }
             Msg::Peer(PeerMessage::Pull(names)) => {
-                let entries = self.nodes[to].disk.desired.export(&names);
+                let budget = self.scenario.gossip.page_bytes;
+                let entries = self.nodes[to].disk.desired.export_page(&names, budget);
                 self.send(to, from, Msg::Peer(PeerMessage::Entries(entries)));
             }
             Msg::Peer(PeerMessage::Entries(entries)) => {
-                self.nodes[to].syncing.remove(&from);
-                let mut changed = false;
-                for entry in entries {
-                    // The clock check: a marker too far ahead is refused, as a real node would.
-                    if self.nodes[to]
-                        .hlc
-                        .update(&entry.register.marker, now)
-                        .is_err()
-                    {
-                        self.note(format!(
-                            "{} refused an entry from {}: clock drift",
-                            self.nodes[to].id, self.nodes[from].id
-                        ));
-                        continue;
+                // The same paging and the same checked merge as the agent's sync.
+                let next = self.nodes[to].pulls.get_mut(&from).and_then(|plan| {
+                    plan.received(&entries);
+                    plan.next_request()
+                });
+                match next {
+                    Some(names) => {
+                        self.nodes[to].syncing.insert(from, now);
+                        self.send(to, from, Msg::Peer(PeerMessage::Pull(names)));
                     }
-                    changed |= self.nodes[to].disk.desired.merge_entry(entry);
+                    None => {
+                        self.nodes[to].syncing.remove(&from);
+                        self.nodes[to].pulls.remove(&from);
+                    }
                 }
-                if changed {
+                let node = &mut self.nodes[to];
+                let report = node.disk.desired.merge_checked(entries, &mut node.hlc, now);
+                for (workload, why) in report.refused {
+                    let (me, peer) = (self.nodes[to].id.clone(), self.nodes[from].id.clone());
+                    self.note(format!("{me} refused {workload} from {peer}: {why}"));
+                }
+                if report.changed > 0 {
                     self.nodes[to].disk.refresh_root();
                     let desired = self.nodes[to].disk.desired.clone();
                     self.with_core(to, |core, now| core.handle_desired(now, desired));

@@ -121,6 +121,9 @@ pub struct Gossip {
     /// How long peers hold the replicas of a node that announced a planned restart (the
     /// agent's `--restart-window-ms`; `agent-restart` faults with `planned = true`).
     pub restart_window_ms: u64,
+    /// Encoded bytes of desired-state entries per anti-entropy page (the agent's
+    /// `starling_protocol::desired::PAGE_BYTES`); small values exercise paging.
+    pub page_bytes: usize,
 }
 
 /// The two levels of gossip simulation.
@@ -335,6 +338,7 @@ struct GossipDoc {
     fanout: Option<usize>,
     rejoin_wait: Option<String>,
     restart_window: Option<String>,
+    page_bytes: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -421,6 +425,15 @@ impl Scenario {
             down_after_ms: opt_ms("gossip.down_after", &doc.gossip.down_after, 3_000)?,
             rejoin_wait_ms: opt_ms("gossip.rejoin_wait", &doc.gossip.rejoin_wait, 5_000)?,
             restart_window_ms: opt_ms("gossip.restart_window", &doc.gossip.restart_window, 60_000)?,
+            page_bytes: match doc.gossip.page_bytes {
+                None => starling_protocol::desired::PAGE_BYTES,
+                Some(0) => {
+                    return Err(ScenarioError(
+                        "gossip.page_bytes: must be at least 1 (one entry always travels)".into(),
+                    ));
+                }
+                Some(n) => n.min(starling_protocol::desired::PAGE_BYTES),
+            },
             detector: match doc.gossip.detector.as_deref() {
                 None | Some("silence") => DetectorModel::Silence,
                 Some("watchers") => DetectorModel::Watchers,

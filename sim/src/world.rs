@@ -109,6 +109,8 @@ pub(crate) struct SimNode {
     pub instances: BTreeMap<ReplicaId, Instance>,
     /// Peers with an anti-entropy pull in flight, and since when.
     pub syncing: BTreeMap<usize, u64>,
+    /// What each of those pulls still wants, page after page.
+    pub pulls: BTreeMap<usize, starling_protocol::desired::PullPlan>,
     /// Replicas this node may start while on a minority side (its assignment when it lost
     /// the majority or booted); `None` while it has a majority.
     pub minority_baseline: Option<BTreeSet<ReplicaId>>,
@@ -278,6 +280,7 @@ impl<'s> World<'s> {
             peer_versions: BTreeMap::new(),
             instances: BTreeMap::new(),
             syncing: BTreeMap::new(),
+            pulls: BTreeMap::new(),
             minority_baseline: None,
             held: Vec::new(),
             detector: None,
@@ -304,6 +307,7 @@ impl<'s> World<'s> {
         node.last_heard.clear();
         node.peer_versions.clear();
         node.syncing.clear();
+        node.pulls.clear();
         node.heartbeat += 1;
         node.departure = Departure::Staying;
         node.leaving = None;

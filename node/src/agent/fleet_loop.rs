@@ -7,8 +7,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use starling_protocol::desired::DesiredEntry;
 use starling_protocol::desired::digest::Digest;
+use starling_protocol::desired::{DesiredEntry, PAGE_BYTES};
 use starling_protocol::placement::Liveness;
 use starling_protocol::wire::{ApiResponse, JoinReply, JoinRequest, PeerMessage};
 use tokio::sync::{mpsc, oneshot};
@@ -84,9 +84,15 @@ impl Agent {
                     self.refresh_view(now);
                 }
             }
-            Input::Sync(SyncEvent::Pulled { from, entries }) => {
+            Input::Sync(SyncEvent::Pulled {
+                from,
+                entries,
+                more,
+            }) => {
                 if let Some(fleet) = self.fleet.as_mut() {
-                    fleet.syncing = None;
+                    // Pages still coming keep the pull in flight (and refresh its guard).
+                    fleet.syncing = more.then(|| (from.clone(), now));
+                    fleet.pull_failures.remove(&from);
                 }
                 if !entries.is_empty() {
                     let merged = self.merge_entries(&from, entries);
@@ -126,10 +132,23 @@ impl Agent {
                 });
             }
             Input::Sync(SyncEvent::Failed { from, reason }) => {
-                if let Some(fleet) = self.fleet.as_mut() {
-                    fleet.syncing = None;
+                self.metrics.pull_failures.fetch_add(1, Ordering::Relaxed);
+                let Some(fleet) = self.fleet.as_mut() else {
+                    return;
+                };
+                fleet.syncing = None;
+                // Warn at the first failure from a peer and then once a minute while it lasts:
+                // a node that cannot catch up must say so at the default log level.
+                let failures = fleet.pull_failures.entry(from.clone()).or_insert((0, 0));
+                failures.0 += 1;
+                if failures.0 == 1 || now >= failures.1 + 60_000 {
+                    failures.1 = now;
+                    tracing::warn!(
+                        %from,
+                        failures = failures.0,
+                        "anti-entropy pull failed: {reason}; this node may be missing desired-state entries until a pull succeeds"
+                    );
                 }
-                tracing::debug!(%from, "pull failed: {reason}");
             }
             Input::Peer(call) => {
                 let answer = self.on_peer_message(&call.from, call.message);
@@ -159,9 +178,9 @@ impl Agent {
                 let buckets = desired.digest().diff(&Digest::from_buckets(&leaves));
                 Some(PeerMessage::Summary(desired.summary(&buckets)))
             }
-            PeerMessage::Pull(names) => {
-                Some(PeerMessage::Entries(self.core.desired().export(&names)))
-            }
+            PeerMessage::Pull(names) => Some(PeerMessage::Entries(
+                self.core.desired().export_page(&names, PAGE_BYTES),
+            )),
             PeerMessage::Entries(entries) => {
                 self.merge_entries(from, entries);
                 Some(PeerMessage::Stored)
@@ -202,20 +221,11 @@ impl Agent {
     ) -> usize {
         let now = now_ms();
         let mut next = self.core.desired().clone();
-        let mut changed = 0;
-        for entry in entries {
-            if let Err(e) = entry.check() {
-                tracing::warn!(%from, "refused a desired-state entry: {e}");
-                continue;
-            }
-            if let Err(e) = self.hlc.update(&entry.register.marker, now) {
-                tracing::warn!(%from, workload = %entry.name, "refused a desired-state entry: {e}");
-                continue;
-            }
-            if next.merge_entry(entry) {
-                changed += 1;
-            }
+        let report = next.merge_checked(entries, &mut self.hlc, now);
+        for (workload, why) in &report.refused {
+            tracing::warn!(%from, %workload, "refused a desired-state entry: {why}");
         }
+        let changed = report.changed;
         if changed == 0 {
             return 0;
         }

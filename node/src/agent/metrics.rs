@@ -32,6 +32,8 @@ pub struct Metrics {
     pub failovers: AtomicU64,
     /// Anti-entropy pulls that brought entries.
     pub pulls: AtomicU64,
+    /// Anti-entropy pulls that failed (peer unreachable, timed out, or answered wrongly).
+    pub pull_failures: AtomicU64,
     /// Desired-state entries merged from peers.
     pub merged_entries: AtomicU64,
     /// Gauges rendered by the loop.
@@ -114,6 +116,11 @@ impl Metrics {
             "starling_sync_pulls_total",
             "Anti-entropy pulls that brought entries.",
             load(&self.pulls),
+        );
+        counter(
+            "starling_sync_pull_failures_total",
+            "Anti-entropy pulls that failed (the peer is named in a warning).",
+            load(&self.pull_failures),
         );
         counter(
             "starling_sync_merged_entries_total",

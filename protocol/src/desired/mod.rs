@@ -15,6 +15,7 @@
 //! names that differ in O(difference · log buckets) without shipping the whole state.
 
 pub mod digest;
+pub mod sync;
 
 use std::collections::BTreeMap;
 
@@ -22,6 +23,7 @@ use crdts::LWWReg;
 use serde::{Deserialize, Serialize};
 
 pub use digest::{DIGEST_BUCKETS, Digest};
+pub use sync::{MergeReport, PAGE_BYTES, PullPlan};
 
 use crate::hash::{hash64, hash128};
 use crate::hlc::Timestamp;

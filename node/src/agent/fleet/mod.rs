@@ -101,10 +101,11 @@ pub(crate) struct PeerCall {
 
 /// What background sync tasks report to the loop.
 pub(crate) enum SyncEvent {
-    /// Entries pulled from a peer (possibly none).
+    /// One page of entries pulled from a peer (possibly none); `more` while pages follow.
     Pulled {
         from: NodeId,
         entries: Vec<DesiredEntry>,
+        more: bool,
     },
     /// A pull failed.
     Failed { from: NodeId, reason: String },
@@ -145,6 +146,8 @@ pub(super) struct Fleet {
     me_view_dirty: bool,
     /// The pull in flight: from whom, since when.
     pub syncing: Option<(NodeId, u64)>,
+    /// Consecutive failed pulls per peer, and when the last warning about them was logged.
+    pub pull_failures: BTreeMap<NodeId, (u64, u64)>,
     published_digest: Option<u128>,
     /// The endpoints last published.
     pub published_endpoints: Vec<String>,
@@ -310,6 +313,7 @@ impl Fleet {
             me_view,
             me_view_dirty: false,
             syncing: None,
+            pull_failures: BTreeMap::new(),
             published_digest: None,
             published_endpoints: Vec::new(),
             published_usage: (None, 0),

@@ -1,13 +1,17 @@
 //! What travels over QUIC between nodes: anti-entropy pulls, pushed writes, and the gossip
 //! keyring (rotation and catch-up).
 
+use starling_protocol::desired::{PAGE_BYTES, PullPlan};
+
 use super::*;
 
 impl Fleet {
-    /// Starts a pull from a live peer whose root differs from `mine`, one at a time.
+    /// Starts a pull from a live peer whose root differs from `mine`, one at a time. A pull
+    /// runs page after page (see [`starling_protocol::desired::sync`]); each page refreshes
+    /// the guard, so a long backlog on a slow link is not pulled twice at once.
     pub fn maybe_pull(&mut self, now: u64, desired: &DesiredState, mine: u128) {
         if let Some((_, since)) = &self.syncing {
-            if now < since + 5_000 {
+            if now < since + PULL_STALL_MS {
                 return;
             }
             self.syncing = None;
@@ -35,11 +39,9 @@ impl Fleet {
         let snapshot = desired.clone();
         let (quic, tx) = (self.quic.clone(), self.sync_tx.clone());
         tokio::spawn(async move {
-            let event = match pull(&quic, addr, leaves, &snapshot).await {
-                Ok(entries) => SyncEvent::Pulled { from, entries },
-                Err(reason) => SyncEvent::Failed { from, reason },
-            };
-            let _ = tx.send(event);
+            if let Err(reason) = pull(&quic, addr, leaves, &snapshot, &from, &tx).await {
+                let _ = tx.send(SyncEvent::Failed { from, reason });
+            }
         });
     }
 
@@ -59,13 +61,20 @@ impl Fleet {
         tokio::spawn(async move {
             let available = peers.len();
             let mut tasks = tokio::task::JoinSet::new();
+            let pages = DesiredState::paginate(entries, PAGE_BYTES);
             for (id, addr) in peers {
-                let (quic, entries) = (quic.clone(), entries.clone());
+                let (quic, pages) = (quic.clone(), pages.clone());
                 tasks.spawn(async move {
-                    let answer = quic
-                        .peer(addr, PeerMessage::Entries(entries), Duration::from_secs(5))
-                        .await;
-                    (id, matches!(answer, Ok(PeerMessage::Stored)))
+                    // A peer holds the write once it stored every page.
+                    for page in pages {
+                        let answer = quic
+                            .peer(addr, PeerMessage::Entries(page), PAGE_TIMEOUT)
+                            .await;
+                        if !matches!(answer, Ok(PeerMessage::Stored)) {
+                            return (id, false);
+                        }
+                    }
+                    (id, true)
                 });
             }
             let mut stored = 0u32;
@@ -186,33 +195,61 @@ impl Fleet {
     }
 }
 
-/// Anti-entropy with one peer: send our leaves, get its items in differing buckets, pull the
-/// entries we lack or hold older.
+/// Longest wait for one page (or one summary) from a peer: 256 KiB at ~20 KB/s.
+const PAGE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A pull that brought no page for this long is given up and another peer may be tried.
+const PULL_STALL_MS: u64 = 20_000;
+
+/// Anti-entropy with one peer: send our leaves, get its items in differing buckets, then pull
+/// the entries we lack or hold older, page after page; each page goes to the loop as it
+/// arrives (merged and stored there), so a pull cut short keeps what it brought.
 async fn pull(
     quic: &Quic,
     addr: SocketAddr,
     leaves: Vec<u128>,
     mine: &DesiredState,
-) -> Result<Vec<DesiredEntry>, String> {
-    let timeout = Duration::from_secs(5);
+    from: &NodeId,
+    tx: &mpsc::UnboundedSender<SyncEvent>,
+) -> Result<(), String> {
     let summary = match quic
-        .peer(addr, PeerMessage::DigestLeaves(leaves), timeout)
+        .peer(addr, PeerMessage::DigestLeaves(leaves), PAGE_TIMEOUT)
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("summary: {e}"))?
     {
         PeerMessage::Summary(items) => items,
         other => return Err(format!("expected a summary, got {other:?}")),
     };
-    let wanted = mine.wanted(&summary);
-    if wanted.is_empty() {
-        return Ok(Vec::new());
-    }
-    match quic
-        .peer(addr, PeerMessage::Pull(wanted), timeout)
-        .await
-        .map_err(|e| e.to_string())?
-    {
-        PeerMessage::Entries(entries) => Ok(entries),
-        other => Err(format!("expected entries, got {other:?}")),
+    let mut plan = PullPlan::new(mine.wanted(&summary));
+    let mut pages = 0usize;
+    loop {
+        let Some(names) = plan.next_request() else {
+            // Nothing (more) to pull: tell the loop the pull is over.
+            let _ = tx.send(SyncEvent::Pulled {
+                from: from.clone(),
+                entries: Vec::new(),
+                more: false,
+            });
+            return Ok(());
+        };
+        let asked = names.len();
+        let page = match quic
+            .peer(addr, PeerMessage::Pull(names), PAGE_TIMEOUT)
+            .await
+            .map_err(|e| format!("page {} ({asked} names asked): {e}", pages + 1))?
+        {
+            PeerMessage::Entries(entries) => entries,
+            other => return Err(format!("expected entries, got {other:?}")),
+        };
+        pages += 1;
+        let more = plan.received(&page);
+        let _ = tx.send(SyncEvent::Pulled {
+            from: from.clone(),
+            entries: page,
+            more,
+        });
+        if !more {
+            return Ok(());
+        }
     }
 }
