@@ -127,6 +127,18 @@ impl Store {
         self.write("view.bin", view)
     }
 
+    /// The generation of a new start of this node: the wall clock, but always above the
+    /// generation of the start before (kept in `generation.bin`). Peers refuse packets from an
+    /// older generation than one they heard (replay protection) and gossip ignores it, so a
+    /// start on a clock set back (a device without a real-time clock, before NTP) would
+    /// otherwise leave the node unheard until the clock caught up with its previous start.
+    pub fn next_generation(&self, now_ms: u64) -> Result<u64, StoreError> {
+        let last: Option<u64> = self.read("generation.bin")?;
+        let next = now_ms.max(last.map_or(0, |l| l.saturating_add(1)));
+        self.write("generation.bin", &next)?;
+        Ok(next)
+    }
+
     /// A small named state file (checksummed), if present.
     pub fn read_value<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StoreError> {
         self.read(name)
@@ -254,6 +266,19 @@ mod tests {
     use starling_protocol::WorkloadName;
 
     use super::*;
+
+    #[test]
+    fn generations_grow_across_starts_whatever_the_clock_did() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        assert_eq!(store.next_generation(1_000_000).expect("first"), 1_000_000);
+        // The clock was set back ten minutes before the next start.
+        assert_eq!(store.next_generation(400_000).expect("second"), 1_000_001);
+        let again = Store::open(dir.path()).expect("open");
+        assert_eq!(again.next_generation(400_100).expect("third"), 1_000_002);
+        // Once the clock is ahead again it leads.
+        assert_eq!(again.next_generation(2_000_000).expect("fourth"), 2_000_000);
+    }
 
     #[test]
     fn state_survives_a_reopen() {

@@ -107,6 +107,11 @@ impl Fleet {
     }
 
     pub fn spawn(&mut self, i: usize) {
+        self.spawn_env(i, &[]);
+    }
+
+    /// Starts node `i` with extra environment variables.
+    pub fn spawn_env(&mut self, i: usize, env: &[(&str, &str)]) {
         let joined = self.nodes[i].dir.join("cluster/node.pem").exists();
         let token = if joined {
             None
@@ -140,6 +145,7 @@ impl Fleet {
             "500",
         ]);
         command.args(&self.agent_args);
+        command.envs(env.iter().copied());
         if let Some(token) = token {
             command.args(["--join", &token]);
         }

@@ -180,12 +180,13 @@ pub async fn run(
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .extend(crate::cluster::Membership::read_revoked(agent.store.dir()));
+        let generation = agent.store.next_generation(now_ms())?;
         let (fleet, fleet_inbox) = fleet::Fleet::start(
             &agent.config.fleet,
             membership,
             agent.node.clone(),
             agent.core.view(),
-            now_ms(),
+            generation,
             agent.metrics.gossip.clone(),
             agent.revoked.clone(),
         )
