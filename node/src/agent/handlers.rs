@@ -68,7 +68,10 @@ impl Agent {
             ApiRequest::Get { kind } => match kind {
                 ObjectKind::Workloads => tables::workloads(&self.core),
                 ObjectKind::Replicas => tables::replicas(&self.core),
-                ObjectKind::Nodes => tables::nodes(&self.core, &self.usages()),
+                ObjectKind::Nodes => {
+                    let problem = self.store.health().problem();
+                    tables::nodes(&self.core, &self.usages(), problem.map(|p| (&self.node, p)))
+                }
                 ObjectKind::Endpoints => tables::endpoints(&self.core, self.endpoint_lists()),
                 ObjectKind::Leases => self.lease_table(),
             },

@@ -79,6 +79,41 @@ pub(super) fn capacity() -> Capacity {
     }
 }
 
+/// Raises the soft limit on open descriptors to the hard limit and returns the limit in
+/// force. The default soft limit (often 1,024) is what a flood of local HTTP clients or many
+/// replicas' logs exhausts; the hard limit is what the administrator allows, so take it all
+/// and say so. On failure the current soft limit stays and is returned.
+pub(super) fn raise_fd_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        tracing::warn!("cannot read the open-file limit; assuming 1024");
+        return 1024;
+    };
+    // An unlimited hard limit is still bounded by the kernel's nr_open (2^20 by default).
+    let target = hard.min(1 << 20);
+    if soft >= target {
+        tracing::info!(limit = soft, "open-file limit");
+        return soft;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, target, hard) {
+        Ok(()) => {
+            tracing::info!(
+                from = soft,
+                to = target,
+                "raised the open-file limit to the hard limit"
+            );
+            target
+        }
+        Err(e) => {
+            tracing::warn!(limit = soft, hard, "cannot raise the open-file limit: {e}");
+            soft
+        }
+    }
+}
+
+/// Pause after a failed accept on the API socket: see `http::ACCEPT_BACKOFF`.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Most API connections served at once.
 const CONNECTIONS_MAX: usize = 64;
 
@@ -99,8 +134,13 @@ pub(super) async fn serve_api(
     let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
     Ok(tokio::spawn(async move {
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                continue;
+            let mut stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::debug!("API socket accept failed: {e}");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
             };
             let Ok(permit) = slots.clone().acquire_owned().await else {
                 return;
