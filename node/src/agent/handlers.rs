@@ -90,6 +90,26 @@ impl Agent {
             }
             ApiRequest::LeaseRelease { name } => self.release(&name),
             ApiRequest::Voters { set, force } => self.voters_api(set, force),
+            ApiRequest::TokenCreate => self.token_create(),
+        }
+    }
+
+    /// A one-time join token naming this node as the seed to join through. Who may ask is
+    /// decided before: the local socket (the data dir's owner) or an operator over QUIC.
+    fn token_create(&self) -> ApiResponse {
+        let Some(fleet) = &self.fleet else {
+            return error("this node is not in a cluster: there is nothing to join".into());
+        };
+        match fleet.membership.token(vec![fleet.base.to_string()]) {
+            Ok(token) => {
+                let token = token.encode();
+                ApiResponse::Table {
+                    columns: vec!["TOKEN".into()],
+                    rows: vec![vec![token.clone()]],
+                    json: serde_json::json!({ "token": token }).to_string(),
+                }
+            }
+            Err(e) => error(format!("cannot make a join token: {e}")),
         }
     }
 

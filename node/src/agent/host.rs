@@ -148,7 +148,18 @@ pub(super) async fn serve_api(
             let (calls, logs) = (calls.clone(), logs.clone());
             tokio::spawn(async move {
                 let _permit = permit;
-                while let Ok(Some(request)) = read_frame::<ApiRequest, _>(&mut stream).await {
+                loop {
+                    let request = match read_frame::<ApiRequest, _>(&mut stream).await {
+                        Ok(Some(request)) => request,
+                        Ok(None) => return,
+                        Err(e) => {
+                            // A malformed request gets a clear answer (as over QUIC), changes
+                            // nothing, and ends the connection: its framing is lost.
+                            let answer = super::handlers::error(format!("bad request: {e}"));
+                            let _ = write_frame(&mut stream, &answer).await;
+                            return;
+                        }
+                    };
                     let ok = match request {
                         ApiRequest::Logs {
                             name,
