@@ -16,8 +16,10 @@ use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::{AgentError, ApiCall};
+use super::{AgentConfig, AgentError, ApiCall};
 use crate::api::{read_frame, socket_path, write_frame};
+use crate::clock::now_ms;
+use crate::store::{Identity, Store};
 
 /// Holds an exclusive lock on `<data dir>/agent.lock` for as long as it lives, so two agents
 /// never share a data dir.
@@ -33,6 +35,32 @@ pub(super) fn lock_data_dir(dir: &Path) -> Result<Flock<File>, std::io::Error> {
     lock.set_len(0)?;
     writeln!(lock, "{}", std::process::id())?;
     Ok(lock)
+}
+
+/// The data dir's identity, or a new one (the asked id, else the host name) stored in it.
+pub(super) fn load_identity(store: &Store, config: &AgentConfig) -> Result<Identity, AgentError> {
+    if let Some(identity) = store.identity()? {
+        if let Some(asked) = &config.node_id
+            && *asked != identity.node
+        {
+            return Err(AgentError::Identity(format!(
+                "{} belongs to node {}; a node id never changes (asked for {asked})",
+                store.dir().display(),
+                identity.node
+            )));
+        }
+        return Ok(identity);
+    }
+    let node = match &config.node_id {
+        Some(id) => id.clone(),
+        None => default_node_id().map_err(AgentError::Identity)?,
+    };
+    let identity = Identity {
+        node,
+        created_ms: now_ms(),
+    };
+    store.write_identity(&identity)?;
+    Ok(identity)
 }
 
 /// The host name made into a node id (lowercase, other characters as '-').

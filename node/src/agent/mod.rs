@@ -155,7 +155,7 @@ pub async fn run(
     crate::cluster::check_key_permissions(store.dir())?;
     let _lock = host::lock_data_dir(store.dir())
         .map_err(|_| AgentError::Locked(store.dir().to_path_buf()))?;
-    let identity = load_identity(&store, &config)?;
+    let identity = host::load_identity(&store, &config)?;
     let http_limits = http::HttpLimits::for_fd_limit(host::raise_fd_limit());
     // Bound before anything starts, so a taken port stops the agent before it joins.
     let http_addr = config.metrics.or_else(|| {
@@ -281,31 +281,6 @@ pub async fn run(
         tracing::info!("agent stopped; replicas keep running and are adopted at the next start");
     }
     result
-}
-
-fn load_identity(store: &Store, config: &AgentConfig) -> Result<Identity, AgentError> {
-    if let Some(identity) = store.identity()? {
-        if let Some(asked) = &config.node_id
-            && *asked != identity.node
-        {
-            return Err(AgentError::Identity(format!(
-                "{} belongs to node {}; a node id never changes (asked for {asked})",
-                store.dir().display(),
-                identity.node
-            )));
-        }
-        return Ok(identity);
-    }
-    let node = match &config.node_id {
-        Some(id) => id.clone(),
-        None => host::default_node_id().map_err(AgentError::Identity)?,
-    };
-    let identity = Identity {
-        node,
-        created_ms: now_ms(),
-    };
-    store.write_identity(&identity)?;
-    Ok(identity)
 }
 
 /// The agent's state, owned by its one loop.
