@@ -250,7 +250,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum TokenCommand {
-    /// Print a new one-time join token (run on a member, with its --data-dir).
+    /// Print a new one-time join token: from a member's --data-dir, or with --peer from that
+    /// peer over QUIC (operator certificates only; the token names the peer as the seed).
     Create,
 }
 
@@ -463,7 +464,10 @@ fn main() -> ExitCode {
         } => cmd::cluster::join(&data_dir, &token, node_id, advertise),
         Command::Token {
             what: TokenCommand::Create,
-        } => cmd::cluster::token_create(&data_dir),
+        } => match &target.peer {
+            Some(_) => cmd::client::token_create(&target),
+            None => cmd::cluster::token_create(&data_dir),
+        },
         Command::User {
             what: UserCommand::Add { name },
         } => cmd::cluster::user_add(&data_dir, &cluster_dir, &name),

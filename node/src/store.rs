@@ -13,6 +13,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -68,6 +70,49 @@ pub struct Identity {
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
+    health: Arc<StoreHealth>,
+}
+
+/// Whether the node's state can be written. A store that cannot write refuses every API write
+/// and leaves lease files stale, so its failures are counted and kept for `/metrics`, the log
+/// and `starling get nodes` rather than only answered to the caller who hit them.
+#[derive(Debug, Default)]
+pub struct StoreHealth {
+    errors: AtomicU64,
+    /// The last failure, until a write succeeds again.
+    problem: Mutex<Option<String>>,
+}
+
+impl StoreHealth {
+    /// Failed writes since the agent started.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    /// The last failure while writes still fail; `None` once one succeeds.
+    pub fn problem(&self) -> Option<String> {
+        self.lock().clone()
+    }
+
+    /// Counts and logs a failed write (of the store's files or of a file it looks after,
+    /// such as a replica's lease file).
+    pub fn record_failure(&self, error: &dyn std::fmt::Display) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        tracing::error!("cannot write this node's state: {error}");
+        *self.lock() = Some(error.to_string());
+    }
+
+    /// Marks the store healthy again after a successful write.
+    pub fn record_success(&self) {
+        let mut problem = self.lock();
+        if problem.take().is_some() {
+            tracing::info!("this node's state can be written again");
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.problem.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Store {
@@ -79,7 +124,15 @@ impl Store {
             path: dir.clone(),
             source,
         })?;
-        Ok(Store { dir })
+        Ok(Store {
+            dir,
+            health: Arc::default(),
+        })
+    }
+
+    /// Its write failures, shared with whoever reports them.
+    pub fn health(&self) -> Arc<StoreHealth> {
+        self.health.clone()
     }
 
     /// The data dir.
@@ -160,7 +213,12 @@ impl Store {
         bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         bytes.extend_from_slice(&hash64(&body).to_le_bytes());
         bytes.extend_from_slice(&body);
-        write_atomic(&path, &bytes)
+        let written = write_atomic(&path, &bytes);
+        match &written {
+            Ok(()) => self.health.record_success(),
+            Err(e) => self.health.record_failure(e),
+        }
+        written
     }
 
     fn read<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StoreError> {
@@ -347,6 +405,28 @@ mod tests {
             .expect("write");
         assert_eq!(mode(&desired), 0o600);
         assert!(!stale.exists());
+    }
+
+    #[test]
+    fn a_failed_write_is_counted_and_kept_until_a_write_succeeds() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("data");
+        let store = Store::open(&dir).expect("open");
+        let health = store.health();
+        // The dir vanishing makes the temporary file impossible to create, as EMFILE would.
+        fs::remove_dir(&dir).expect("rmdir");
+        let err = store.write_assignment(&[]).expect_err("no dir");
+        assert_eq!(health.errors(), 1);
+        let problem = health.problem().expect("failing");
+        assert!(
+            problem.contains("assignment.tmp"),
+            "{problem} names the file"
+        );
+        assert_eq!(problem, err.to_string());
+        create_private_dir(&dir).expect("mkdir");
+        store.write_assignment(&[]).expect("write");
+        assert_eq!(health.problem(), None, "healthy again");
+        assert_eq!(health.errors(), 1, "the count stays");
     }
 
     #[test]

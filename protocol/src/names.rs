@@ -92,11 +92,15 @@ fn check_label(label: &str, bytes_max: usize) -> Result<(), NameError> {
 }
 
 macro_rules! string_newtype_impls {
-    ($ty:ident) => {
+    ($ty:ident, $what:literal) => {
+        /// The way serde builds one: a refusal is also left for `wire::decode`, whose codec
+        /// drops the text of custom errors, so a bad name on the wire is reported as such.
         impl TryFrom<String> for $ty {
             type Error = NameError;
             fn try_from(value: String) -> Result<Self, Self::Error> {
-                Self::new(value)
+                Self::new(value.clone()).inspect_err(|e| {
+                    crate::wire::note_refused(format!(concat!($what, " {:?}: {}"), value, e))
+                })
             }
         }
         impl From<$ty> for String {
@@ -117,8 +121,8 @@ macro_rules! string_newtype_impls {
         }
     };
 }
-string_newtype_impls!(WorkloadName);
-string_newtype_impls!(NodeId);
+string_newtype_impls!(WorkloadName, "workload name");
+string_newtype_impls!(NodeId, "node id");
 
 #[cfg(test)]
 mod tests {

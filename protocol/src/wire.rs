@@ -83,8 +83,25 @@ pub fn encode<M: Serialize>(message: &M) -> Result<Vec<u8>, WireError> {
     Ok(bytes)
 }
 
+thread_local! {
+    /// Why a value of the message being decoded on this thread was refused. postcard drops
+    /// the text of custom serde errors ("Serde Deserialization Error"), so the newtypes that
+    /// refuse values (names) leave it here for [`decode`] to report. Cleared by every decode.
+    static REFUSED: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Records why a value was refused while deserializing (see `REFUSED`).
+pub(crate) fn note_refused(why: String) {
+    REFUSED.with(|r| *r.borrow_mut() = Some(why));
+}
+
+fn take_refused() -> Option<String> {
+    REFUSED.with(|r| r.borrow_mut().take())
+}
+
 /// Decodes and checks untrusted bytes. See the module docs for the guarantees.
 pub fn decode<M: DeserializeOwned + Check>(bytes: &[u8]) -> Result<M, WireError> {
+    take_refused();
     if bytes.len() > MESSAGE_BYTES_MAX {
         return Err(WireError::TooLarge {
             bytes: bytes.len(),
@@ -100,7 +117,10 @@ pub fn decode<M: DeserializeOwned + Check>(bytes: &[u8]) -> Result<M, WireError>
         });
     }
     let (message, trailing) =
-        postcard::take_from_bytes::<M>(rest).map_err(|e| WireError::Malformed(e.to_string()))?;
+        postcard::take_from_bytes::<M>(rest).map_err(|e| match take_refused() {
+            Some(why) => WireError::Invalid(why),
+            None => WireError::Malformed(e.to_string()),
+        })?;
     if !trailing.is_empty() {
         return Err(WireError::Malformed(format!(
             "{} trailing bytes",
@@ -211,6 +231,10 @@ pub enum ApiRequest {
         /// Allow a change of more than one voter.
         force: bool,
     },
+    /// A new one-time join token from the answering node (`starling token create --peer`).
+    /// Operators and the local socket only: a node's certificate may not mint tokens.
+    /// (Variants are numbered by position on the wire: new ones go last.)
+    TokenCreate,
 }
 
 /// Kinds of object `Get` lists.

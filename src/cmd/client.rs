@@ -14,7 +14,9 @@ use crate::output::{Format, Table};
 /// The data dir of the local agent: `--data-dir`, else `$STARLING_DATA_DIR`, else
 /// `~/.local/share/starling`.
 pub fn default_data_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("STARLING_DATA_DIR") {
+    // Set but empty (`STARLING_DATA_DIR= starling ...`, an unset shell variable in a unit
+    // file) means unset: an empty path would name the working directory.
+    if let Some(dir) = std::env::var_os("STARLING_DATA_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir);
     }
     let home = std::env::var_os("HOME")
@@ -83,6 +85,23 @@ pub fn call(target: &Target, request: ApiRequest, format: Format) -> anyhow::Res
         anyhow::Ok(client.call(&request).await?)
     })?;
     Ok(print_response(response, format))
+}
+
+/// `starling token create --peer X`: the peer makes the token (it refuses node
+/// certificates). Prints the bare token, as the local `token create` does, so scripts can
+/// use either.
+pub fn token_create(target: &Target) -> anyhow::Result<ExitCode> {
+    let response = runtime()?.block_on(async {
+        let mut client = target.connect().await?;
+        anyhow::Ok(client.call(&ApiRequest::TokenCreate).await?)
+    })?;
+    if let ApiResponse::Table { rows, .. } = &response
+        && let Some(token) = rows.first().and_then(|row| row.first())
+    {
+        println!("{token}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    Ok(print_response(response, Format::Table))
 }
 
 /// `starling lease acquire NAME --ttl T --wait W`.

@@ -11,9 +11,10 @@ use starling_node::store::{Identity, Store, create_private_dir};
 use starling_protocol::NodeId;
 
 /// The operator's client dir: `--cluster-dir`, else `$STARLING_CLUSTER_DIR`, else
-/// `~/.config/starling`.
+/// `~/.config/starling`. An empty `$STARLING_CLUSTER_DIR` counts as unset: an empty path
+/// names no dir, and errors about it would print a blank where the path belongs.
 pub fn default_cluster_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("STARLING_CLUSTER_DIR") {
+    if let Some(dir) = std::env::var_os("STARLING_CLUSTER_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir);
     }
     std::env::var_os("HOME")
@@ -144,7 +145,8 @@ fn advertised(data_dir: &Path) -> anyhow::Result<SocketAddr> {
     })
 }
 
-/// `starling token create`: a new one-time join token from a member's data dir.
+/// `starling token create`: a new one-time join token from a member's data dir (with
+/// `--peer`, see `client::token_create`).
 pub fn token_create(data_dir: &Path) -> anyhow::Result<ExitCode> {
     let membership = Membership::load(data_dir)?;
     let token = membership.token(vec![advertised(data_dir)?.to_string()])?;

@@ -68,7 +68,10 @@ impl Agent {
             ApiRequest::Get { kind } => match kind {
                 ObjectKind::Workloads => tables::workloads(&self.core),
                 ObjectKind::Replicas => tables::replicas(&self.core),
-                ObjectKind::Nodes => tables::nodes(&self.core, &self.usages()),
+                ObjectKind::Nodes => {
+                    let problem = self.store.health().problem();
+                    tables::nodes(&self.core, &self.usages(), problem.map(|p| (&self.node, p)))
+                }
                 ObjectKind::Endpoints => tables::endpoints(&self.core, self.endpoint_lists()),
                 ObjectKind::Leases => self.lease_table(),
             },
@@ -87,6 +90,26 @@ impl Agent {
             }
             ApiRequest::LeaseRelease { name } => self.release(&name),
             ApiRequest::Voters { set, force } => self.voters_api(set, force),
+            ApiRequest::TokenCreate => self.token_create(),
+        }
+    }
+
+    /// A one-time join token naming this node as the seed to join through. Who may ask is
+    /// decided before: the local socket (the data dir's owner) or an operator over QUIC.
+    fn token_create(&self) -> ApiResponse {
+        let Some(fleet) = &self.fleet else {
+            return error("this node is not in a cluster: there is nothing to join".into());
+        };
+        match fleet.membership.token(vec![fleet.base.to_string()]) {
+            Ok(token) => {
+                let token = token.encode();
+                ApiResponse::Table {
+                    columns: vec!["TOKEN".into()],
+                    rows: vec![vec![token.clone()]],
+                    json: serde_json::json!({ "token": token }).to_string(),
+                }
+            }
+            Err(e) => error(format!("cannot make a join token: {e}")),
         }
     }
 

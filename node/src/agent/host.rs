@@ -16,8 +16,10 @@ use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::{AgentError, ApiCall};
+use super::{AgentConfig, AgentError, ApiCall};
 use crate::api::{read_frame, socket_path, write_frame};
+use crate::clock::now_ms;
+use crate::store::{Identity, Store};
 
 /// Holds an exclusive lock on `<data dir>/agent.lock` for as long as it lives, so two agents
 /// never share a data dir.
@@ -33,6 +35,32 @@ pub(super) fn lock_data_dir(dir: &Path) -> Result<Flock<File>, std::io::Error> {
     lock.set_len(0)?;
     writeln!(lock, "{}", std::process::id())?;
     Ok(lock)
+}
+
+/// The data dir's identity, or a new one (the asked id, else the host name) stored in it.
+pub(super) fn load_identity(store: &Store, config: &AgentConfig) -> Result<Identity, AgentError> {
+    if let Some(identity) = store.identity()? {
+        if let Some(asked) = &config.node_id
+            && *asked != identity.node
+        {
+            return Err(AgentError::Identity(format!(
+                "{} belongs to node {}; a node id never changes (asked for {asked})",
+                store.dir().display(),
+                identity.node
+            )));
+        }
+        return Ok(identity);
+    }
+    let node = match &config.node_id {
+        Some(id) => id.clone(),
+        None => default_node_id().map_err(AgentError::Identity)?,
+    };
+    let identity = Identity {
+        node,
+        created_ms: now_ms(),
+    };
+    store.write_identity(&identity)?;
+    Ok(identity)
 }
 
 /// The host name made into a node id (lowercase, other characters as '-').
@@ -79,6 +107,41 @@ pub(super) fn capacity() -> Capacity {
     }
 }
 
+/// Raises the soft limit on open descriptors to the hard limit and returns the limit in
+/// force. The default soft limit (often 1,024) is what a flood of local HTTP clients or many
+/// replicas' logs exhausts; the hard limit is what the administrator allows, so take it all
+/// and say so. On failure the current soft limit stays and is returned.
+pub(super) fn raise_fd_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        tracing::warn!("cannot read the open-file limit; assuming 1024");
+        return 1024;
+    };
+    // An unlimited hard limit is still bounded by the kernel's nr_open (2^20 by default).
+    let target = hard.min(1 << 20);
+    if soft >= target {
+        tracing::info!(limit = soft, "open-file limit");
+        return soft;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, target, hard) {
+        Ok(()) => {
+            tracing::info!(
+                from = soft,
+                to = target,
+                "raised the open-file limit to the hard limit"
+            );
+            target
+        }
+        Err(e) => {
+            tracing::warn!(limit = soft, hard, "cannot raise the open-file limit: {e}");
+            soft
+        }
+    }
+}
+
+/// Pause after a failed accept on the API socket: see `http::ACCEPT_BACKOFF`.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Most API connections served at once.
 const CONNECTIONS_MAX: usize = 64;
 
@@ -99,8 +162,13 @@ pub(super) async fn serve_api(
     let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
     Ok(tokio::spawn(async move {
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                continue;
+            let mut stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::debug!("API socket accept failed: {e}");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
             };
             let Ok(permit) = slots.clone().acquire_owned().await else {
                 return;
@@ -108,7 +176,18 @@ pub(super) async fn serve_api(
             let (calls, logs) = (calls.clone(), logs.clone());
             tokio::spawn(async move {
                 let _permit = permit;
-                while let Ok(Some(request)) = read_frame::<ApiRequest, _>(&mut stream).await {
+                loop {
+                    let request = match read_frame::<ApiRequest, _>(&mut stream).await {
+                        Ok(Some(request)) => request,
+                        Ok(None) => return,
+                        Err(e) => {
+                            // A malformed request gets a clear answer (as over QUIC), changes
+                            // nothing, and ends the connection: its framing is lost.
+                            let answer = super::handlers::error(format!("bad request: {e}"));
+                            let _ = write_frame(&mut stream, &answer).await;
+                            return;
+                        }
+                    };
                     let ok = match request {
                         ApiRequest::Logs {
                             name,

@@ -539,7 +539,9 @@ impl Agent {
             .and_then(|()| std::fs::write(&temp, text))
             .and_then(|()| std::fs::rename(&temp, &path))
         {
-            tracing::warn!("cannot write {}: {e}", path.display());
+            // A stale lease file misleads the instance: as loud as a failed state write.
+            let failure = format!("{}: {e}", path.display());
+            self.store.health().record_failure(&failure);
         }
     }
 

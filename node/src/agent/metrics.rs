@@ -4,20 +4,16 @@
 //!
 //! Counters are atomics bumped where things happen; gauges (members and replicas by state)
 //! are rendered by the agent loop at each gossip read, and the lease board is written by the
-//! loop, so the server never touches the core. A tiny HTTP/1.1 responder is enough for these
-//! and keeps the agent small.
+//! loop, so the server (`http`) never touches the core.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-
+use super::http::HttpCounters;
 use crate::gossip::GossipCounters;
+use crate::store::StoreHealth;
 
 /// Counters and the latest gauges.
 #[derive(Debug, Default)]
@@ -36,6 +32,10 @@ pub struct Metrics {
     pub pull_failures: AtomicU64,
     /// Desired-state entries merged from peers.
     pub merged_entries: AtomicU64,
+    /// The local HTTP server's connections, long polls and refusals.
+    pub http: Arc<HttpCounters>,
+    /// Failed writes of the node's state (shared with the store).
+    pub store: Arc<StoreHealth>,
     /// Gauges rendered by the loop.
     pub gauges: RwLock<String>,
 }
@@ -127,8 +127,61 @@ impl Metrics {
             "Desired-state entries merged from peers.",
             load(&self.merged_entries),
         );
+        self.render_local(&mut out);
         out.push_str(&self.gauges.read().unwrap_or_else(|e| e.into_inner()));
         out
+    }
+
+    /// The store's and the HTTP server's own health.
+    fn render_local(&self, out: &mut String) {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let h = &self.http;
+        let mut metric = |name: &str, kind: &str, help: &str, series: &[(&str, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in series {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        metric(
+            "starling_store_errors_total",
+            "counter",
+            "Failed writes of this node's state files (desired state, assignment, lease files); API writes are refused while they fail.",
+            &[("", self.store.errors())],
+        );
+        metric(
+            "starling_store_healthy",
+            "gauge",
+            "1 when the last write of this node's state succeeded, 0 while writes fail.",
+            &[("", u64::from(self.store.problem().is_none()))],
+        );
+        metric(
+            "starling_http_accept_errors_total",
+            "counter",
+            "Failed accepts on the local HTTP port (mostly: out of descriptors); each pauses the server 100 ms.",
+            &[("", load(&h.accept_errors))],
+        );
+        metric(
+            "starling_http_refused_total",
+            "counter",
+            "HTTP connections and long polls answered 503 because a cap was reached.",
+            &[
+                ("{reason=\"connections\"}", load(&h.refused_connections)),
+                ("{reason=\"client\"}", load(&h.refused_client)),
+                ("{reason=\"long_polls\"}", load(&h.refused_long_polls)),
+            ],
+        );
+        metric(
+            "starling_http_connections",
+            "gauge",
+            "HTTP connections open now.",
+            &[("", load(&h.connections))],
+        );
+        metric(
+            "starling_http_long_polls",
+            "gauge",
+            "Lease long polls (?wait=) waiting now.",
+            &[("", load(&h.long_polls))],
+        );
     }
 }
 
@@ -192,7 +245,7 @@ impl LeaseBoard {
     }
 
     /// Answers `/v1/leases/NAME[?wait=SECONDS]`.
-    async fn answer(&self, name: &str, wait_s: u64) -> (&'static str, String) {
+    pub(super) async fn answer(&self, name: &str, wait_s: u64) -> (&'static str, String) {
         let mut changes = self.changed.subscribe();
         let first = self.get(name);
         if wait_s > 0 {
@@ -220,72 +273,6 @@ impl LeaseBoard {
             ),
         }
     }
-}
-
-/// Longest long poll.
-const WAIT_MAX_S: u64 = 300;
-
-/// Serves `/metrics` and `/v1/leases/NAME` on `addr`.
-pub async fn serve(
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    leases: Arc<LeaseBoard>,
-) -> std::io::Result<JoinHandle<()>> {
-    let listener = TcpListener::bind(addr).await?;
-    Ok(tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let (metrics, leases) = (metrics.clone(), leases.clone());
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 2048];
-                let mut len = 0;
-                // Read the request head (bounded); only the request line matters.
-                while len < buf.len() {
-                    match tokio::time::timeout(
-                        std::time::Duration::from_secs(5),
-                        stream.read(&mut buf[len..]),
-                    )
-                    .await
-                    {
-                        Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
-                        Ok(Ok(n)) => len += n,
-                    }
-                    if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
-                }
-                let head = String::from_utf8_lossy(&buf[..len]);
-                let path = head.split_whitespace().nth(1).unwrap_or("");
-                let (path, query) = path.split_once('?').unwrap_or((path, ""));
-                let (status, body, kind) = if path == "/metrics" {
-                    ("200 OK", metrics.render(), "text/plain; version=0.0.4")
-                } else if let Some(name) = path.strip_prefix("/v1/leases/") {
-                    let wait = query
-                        .split('&')
-                        .find_map(|kv| kv.strip_prefix("wait="))
-                        .and_then(|w| w.parse::<u64>().ok())
-                        .unwrap_or(0)
-                        .min(WAIT_MAX_S);
-                    let (status, body) = leases.answer(name, wait).await;
-                    (status, body, "application/json")
-                } else {
-                    (
-                        "404 Not Found",
-                        "try /metrics or /v1/leases/NAME\n".to_string(),
-                        "text/plain",
-                    )
-                };
-                let response = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(response.as_bytes()).await;
-                let _ = stream.shutdown().await;
-            });
-        }
-    }))
 }
 
 #[cfg(test)]

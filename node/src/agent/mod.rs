@@ -12,6 +12,7 @@ mod fleet;
 mod fleet_loop;
 mod handlers;
 mod host;
+pub mod http;
 mod leases;
 mod logs;
 pub mod metrics;
@@ -128,6 +129,15 @@ pub enum AgentError {
     /// Fleet networking could not start.
     #[error("{0}")]
     Net(String),
+    /// The local HTTP port (metrics, and the lease endpoint singletons are told to poll)
+    /// could not be opened.
+    #[error("cannot serve metrics and leases on http://{addr}: {why}")]
+    Http {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// What went wrong and what to do.
+        why: String,
+    },
     /// A key in the data dir is readable or writable by others.
     #[error(transparent)]
     ExposedKeys(#[from] crate::cluster::ExposedKeys),
@@ -145,7 +155,17 @@ pub async fn run(
     crate::cluster::check_key_permissions(store.dir())?;
     let _lock = host::lock_data_dir(store.dir())
         .map_err(|_| AgentError::Locked(store.dir().to_path_buf()))?;
-    let identity = load_identity(&store, &config)?;
+    let identity = host::load_identity(&store, &config)?;
+    let http_limits = http::HttpLimits::for_fd_limit(host::raise_fd_limit());
+    // Bound before anything starts, so a taken port stops the agent before it joins.
+    let http_addr = config.metrics.or_else(|| {
+        crate::cluster::Membership::exists(store.dir())
+            .then(|| std::net::SocketAddr::from(([127, 0, 0, 1], config.fleet.listen.port())))
+    });
+    let http_listener = match http_addr {
+        Some(addr) => Some((addr, http::bind(addr, config.metrics.is_some()).await?)),
+        None => None,
+    };
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let process = ProcessRuntime::new(
         store.dir().join("runtime"),
@@ -226,23 +246,17 @@ pub async fn run(
         quic: agent.fleet.as_ref().map(|f| f.quic.clone()),
     };
     let server = host::serve_api(agent.store.dir(), api_tx.clone(), log_source).await?;
-    let metrics_addr = agent.config.metrics.or_else(|| {
-        agent
-            .fleet
-            .as_ref()
-            .map(|_| std::net::SocketAddr::from(([127, 0, 0, 1], agent.config.fleet.listen.port())))
+    let metrics_server = http_listener.map(|(addr, listener)| {
+        let limiter = http::Limiter::new(http_limits, agent.metrics.http.clone());
+        tracing::info!(%addr, ?http_limits, "metrics at http://{addr}/metrics");
+        agent.leases.url = Some(format!("http://{addr}"));
+        http::serve(
+            listener,
+            limiter,
+            agent.metrics.clone(),
+            agent.leases.board.clone(),
+        )
     });
-    let mut metrics_server = None;
-    if let Some(addr) = metrics_addr {
-        match metrics::serve(addr, agent.metrics.clone(), agent.leases.board.clone()).await {
-            Ok(server) => {
-                tracing::info!(%addr, "metrics at http://{addr}/metrics");
-                agent.leases.url = Some(format!("http://{addr}"));
-                metrics_server = Some(server);
-            }
-            Err(e) => tracing::warn!(%addr, "cannot serve metrics: {e}"),
-        }
-    }
     let adopted = runtime.adopt().await;
     if adopted > 0 {
         tracing::info!(
@@ -268,31 +282,6 @@ pub async fn run(
         tracing::info!("agent stopped; replicas keep running and are adopted at the next start");
     }
     result
-}
-
-fn load_identity(store: &Store, config: &AgentConfig) -> Result<Identity, AgentError> {
-    if let Some(identity) = store.identity()? {
-        if let Some(asked) = &config.node_id
-            && *asked != identity.node
-        {
-            return Err(AgentError::Identity(format!(
-                "{} belongs to node {}; a node id never changes (asked for {asked})",
-                store.dir().display(),
-                identity.node
-            )));
-        }
-        return Ok(identity);
-    }
-    let node = match &config.node_id {
-        Some(id) => id.clone(),
-        None => host::default_node_id().map_err(AgentError::Identity)?,
-    };
-    let identity = Identity {
-        node,
-        created_ms: now_ms(),
-    };
-    store.write_identity(&identity)?;
-    Ok(identity)
 }
 
 /// The agent's state, owned by its one loop.
@@ -396,6 +385,10 @@ impl Agent {
                 rejoin_until_ms,
             },
         );
+        let metrics = Arc::new(metrics::Metrics {
+            store: store.health(),
+            ..Default::default()
+        });
         Ok(Agent {
             config,
             store,
@@ -410,7 +403,7 @@ impl Agent {
             fleet: None,
             push: None,
             revoked: Arc::default(),
-            metrics: Arc::default(),
+            metrics,
             locator: Arc::default(),
             operations: BTreeMap::new(),
             usage_sampler: host::UsageSampler::default(),

@@ -1,6 +1,6 @@
 //! The agent's QUIC server: who may ask what, decided by the dialer's certificate.
 //!
-//! - operators (user certificates) and nodes: API requests;
+//! - operators (user certificates) and nodes: API requests, except join tokens (operators only);
 //! - nodes only: peer messages (anti-entropy, pushed entries, verdicts);
 //! - no certificate (a joiner): only the join exchange, checked against the token secret.
 //!
@@ -112,6 +112,17 @@ async fn stream(
             Some(_),
         ) => {
             super::logs::serve(&mut send, &routes.logs, name, replica, follow, tail_lines).await;
+        }
+        (Request::Api(ApiRequest::TokenCreate), Some((Role::Node, name))) => {
+            // A token lets a machine into the fleet: an operator's decision, not a node's.
+            tracing::warn!(%name, "refused a join token to a node certificate");
+            let _ = write_frame(
+                &mut send,
+                &refused(format!(
+                    "{name} is a node, not an operator: only operators may create join tokens"
+                )),
+            )
+            .await;
         }
         (Request::Api(request), Some(_)) => {
             let (tx, rx) = oneshot::channel();

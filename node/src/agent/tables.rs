@@ -216,7 +216,13 @@ fn human_bytes(bytes: u64) -> String {
     bytes.to_string()
 }
 
-pub(super) fn nodes(core: &NodeCore, usage: &BTreeMap<NodeId, (u32, u64)>) -> ApiResponse {
+/// `store_problem`: this node's failing store, if it fails (only the answering node knows
+/// its own; it shows as `store failing` in its state).
+pub(super) fn nodes(
+    core: &NodeCore,
+    usage: &BTreeMap<NodeId, (u32, u64)>,
+    store_problem: Option<(&NodeId, String)>,
+) -> ApiResponse {
     let all = statuses(core);
     let mut rows = Vec::new();
     let mut items = Vec::new();
@@ -228,9 +234,17 @@ pub(super) fn nodes(core: &NodeCore, usage: &BTreeMap<NodeId, (u32, u64)>) -> Ap
             Departure::Restarting { .. } => Some("restarting"),
             Departure::Draining => Some("draining"),
         };
+        let store_error = store_problem
+            .as_ref()
+            .filter(|(node, _)| *node == id)
+            .map(|(_, problem)| problem.clone());
+        let mut state = departure.map_or_else(|| liveness.clone(), |d| format!("{liveness}, {d}"));
+        if store_error.is_some() {
+            state.push_str(", store failing");
+        }
         rows.push(vec![
             id.to_string(),
-            departure.map_or_else(|| liveness.clone(), |d| format!("{liveness}, {d}")),
+            state,
             node.arch.clone(),
             format!("{}/{}", status.reserved.cpu, node.capacity.cpu),
             format!(
@@ -256,6 +270,7 @@ pub(super) fn nodes(core: &NodeCore, usage: &BTreeMap<NodeId, (u32, u64)>) -> Ap
             "cpu_used_millicores": usage.get(id).map(|u| u.0),
             "memory_used_bytes": usage.get(id).map(|u| u.1),
             "runtimes": node.runtimes.iter().map(|r| format!("{r:?}").to_lowercase()).collect::<Vec<_>>(),
+            "store_error": store_error,
         }));
     }
     table(

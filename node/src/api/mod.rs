@@ -49,10 +49,18 @@ where
     R: AsyncRead + Unpin,
 {
     let mut len = [0u8; 4];
-    match reader.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
+    let mut got = 0;
+    while got < len.len() {
+        match reader.read(&mut len[got..]).await? {
+            // Only an end between frames is clean.
+            0 if got == 0 => return Ok(None),
+            0 => {
+                return Err(truncated(format!(
+                    "the stream ended {got} bytes into a frame's length"
+                )));
+            }
+            n => got += n,
+        }
     }
     let len = u32::from_be_bytes(len) as usize;
     if len > MESSAGE_BYTES_MAX {
@@ -63,8 +71,20 @@ where
         .into());
     }
     let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).await?;
+    match reader.read_exact(&mut body).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(truncated(format!(
+                "the stream ended inside a frame of {len} bytes"
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    }
     Ok(Some(wire::decode(&body)?))
+}
+
+fn truncated(why: String) -> ApiError {
+    WireError::Malformed(format!("truncated: {why}")).into()
 }
 
 /// Writes one framed message.

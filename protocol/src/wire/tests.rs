@@ -107,6 +107,32 @@ fn entries_with_invalid_specs_are_refused_after_decoding() {
 }
 
 #[test]
+fn an_invalid_name_on_the_wire_is_refused_naming_the_name_and_the_rule() {
+    // Version 1, ApiRequest::Delete (variant 1), then a name no client may send.
+    let mut bytes = vec![1, 1, 8];
+    bytes.extend_from_slice(b"Bad Name");
+    let err = decode::<ApiRequest>(&bytes).expect_err("refused");
+    let text = err.to_string();
+    assert!(matches!(err, WireError::Invalid(_)), "{err:?}");
+    assert!(text.contains("workload name \"Bad Name\""), "{text}");
+    assert!(text.contains("lowercase letters"), "{text}");
+    // The note does not outlive its decode: a later malformed message says only that.
+    let err = decode::<ApiRequest>(&[1, 200]).expect_err("refused");
+    assert!(!err.to_string().contains("Bad Name"), "{err}");
+}
+
+#[test]
+fn token_create_keeps_the_variant_numbers_before_it() {
+    // Appended last: every older request keeps its number on the wire (postcard numbers
+    // enum variants by position).
+    assert_eq!(encode(&ApiRequest::Status).expect("encodes"), vec![1, 6]);
+    assert_eq!(
+        encode(&ApiRequest::TokenCreate).expect("encodes"),
+        vec![1, 13]
+    );
+}
+
+#[test]
 fn a_huge_declared_length_does_not_allocate_it() {
     // Version 1, variant Entries, then a length of u32::MAX entries with no bytes behind it.
     let mut bytes = encode(&PeerMessage::Entries(vec![])).expect("encodes");
