@@ -293,9 +293,16 @@ impl Agent {
                 "the join token {id} was already used (tokens are one-time; make a new one with `starling token create`)"
             ));
         }
+        // Checked after the token (strangers learn nothing about ids) and before spending it,
+        // so the operator can retry under another id with the same token.
+        if let Some(reason) = fleet.join_clash(&request.node, now_ms()) {
+            tracing::warn!(node = %request.node, "refused a join: {reason}");
+            return JoinReply::Refused(reason);
+        }
         let seeds = fleet.seeds();
         match fleet.membership.enrol(&request.node, seeds) {
             Ok(enrolment) => {
+                fleet.enrolled.insert(request.node.clone());
                 fleet.spent.insert(id);
                 fleet.publish_spent().await;
                 tracing::info!(node = %request.node, "enrolled a new node");

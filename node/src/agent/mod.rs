@@ -46,8 +46,9 @@ use crate::store::{Identity, Store, StoreError};
 pub struct AgentConfig {
     /// The data dir (identity, state, logs, the API socket).
     pub data_dir: PathBuf,
-    /// The node id to create the data dir with (default: the host name). Ignored when the data
-    /// dir already has an identity: ids never change.
+    /// The node id to create the data dir with (default: the host's short name and a random
+    /// suffix, see `identity::default_node_id`). Ignored when the data dir already has an
+    /// identity: ids never change.
     pub node_id: Option<NodeId>,
     /// Labels of this node.
     pub labels: BTreeMap<String, String>,
@@ -284,7 +285,7 @@ fn load_identity(store: &Store, config: &AgentConfig) -> Result<Identity, AgentE
     }
     let node = match &config.node_id {
         Some(id) => id.clone(),
-        None => host::default_node_id().map_err(AgentError::Identity)?,
+        None => crate::identity::host_node_id(),
     };
     let identity = Identity {
         node,
