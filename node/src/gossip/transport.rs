@@ -15,7 +15,8 @@ use chitchat::transport::{Socket, Transport};
 use chitchat::{ChitchatMessage, Deserializable, Serializable};
 use ring::rand::{SecureRandom, SystemRandom};
 
-use super::seal::{Channel, Keyring, NONCE_BYTES, OpenError, Opened, ReplayGuard, Sender};
+use super::replay::ReplayGuard;
+use super::seal::{Channel, Keyring, NONCE_BYTES, OpenError, Opened, Sender};
 
 /// Largest UDP payload chitchat may produce (its own limit).
 const DATAGRAM_BYTES_MAX: usize = 65_507;

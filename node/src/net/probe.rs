@@ -20,7 +20,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::gossip::GossipCounters;
-use crate::gossip::seal::{Channel, Keyring, OpenError, ReplayGuard, Sender};
+use crate::gossip::replay::ReplayGuard;
+use crate::gossip::seal::{Channel, Keyring, OpenError, Sender};
 use crate::gossip::transport::{fresh_nonce, open_counted};
 
 /// A probe datagram's content.
