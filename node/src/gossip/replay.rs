@@ -11,8 +11,23 @@ const REPLAY_WINDOW: u64 = 64;
 /// forgotten beyond this. Far above any fleet, so in practice nothing is ever forgotten.
 pub const SENDERS_MAX: usize = 65_536;
 
-/// Remembers, per sealed sender, its newest generation, the newest counter in it and a
-/// 64-packet window behind that counter. One guard per socket.
+/// Generations of one sender kept open at once: the node's current life plus a few more, so
+/// that a second process sealing under the same id (a cloned device, an id used twice) cannot
+/// shut the first one out by starting later (see `membership::lives` for who the fleet then
+/// follows). A restart loop of such a process moves through this many generations before the
+/// quietest one, never the live one, is forgotten.
+pub const GENERATIONS_MAX: usize = 4;
+
+/// Remembers, per sealed sender, the newest generation it ever sealed with, and for each of
+/// its last few generations ([`GENERATIONS_MAX`], the ones heard most recently) the newest
+/// counter and a 64-packet window behind it. One guard per socket.
+///
+/// A generation never heard before is accepted only if it is newer than every generation
+/// heard from that sender, so a packet of a life that ended before this guard heard a newer
+/// one, or of a life forgotten here, is refused. Packets of a kept older generation are
+/// accepted within their window: a restarted node's previous life sends nothing any more,
+/// and a second live process under the same id must still be heard, so that the fleet can
+/// keep following the first one and the second one learns it is not alone.
 ///
 /// Bounded by a cap on senders: beyond it, the sender heard least recently is forgotten (a
 /// forgotten sender's old packets would open once more). Only authenticated, accepted packets
@@ -21,10 +36,19 @@ pub const SENDERS_MAX: usize = 65_536;
 /// members carry sender ids at all.
 #[derive(Debug)]
 pub struct ReplayGuard {
-    senders: BTreeMap<String, Window>,
+    senders: BTreeMap<String, Lives>,
     senders_max: usize,
-    /// Packets accepted so far; a sender's `heard_at` orders eviction deterministically.
+    /// Packets accepted so far; `heard_at` stamps order eviction deterministically.
     accepted: u64,
+}
+
+/// One sender's kept generations.
+#[derive(Debug, Clone)]
+struct Lives {
+    newest_generation: u64,
+    /// At most [`GENERATIONS_MAX`].
+    windows: Vec<Window>,
+    heard_at: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -52,30 +76,34 @@ impl ReplayGuard {
         }
     }
 
-    /// Accepts an authenticated packet unless its sender's window saw it, it is too old, or
-    /// it belongs to an older generation than one heard from that sender. The source address
-    /// plays no part.
+    /// Accepts an authenticated packet unless its generation's window saw it or it is too
+    /// old, or its generation is neither kept nor newer than every one heard from that sender.
+    /// The source address plays no part.
     pub fn accept(&mut self, opened: &Opened) -> Result<(), OpenError> {
         let heard_at = self.accepted + 1;
-        if let Some(window) = self.senders.get_mut(&opened.sender) {
-            window.admit(opened.generation, opened.counter)?;
-            window.heard_at = heard_at;
+        let window = Window {
+            generation: opened.generation,
+            newest: opened.counter,
+            seen: 1,
+            heard_at,
+        };
+        if let Some(lives) = self.senders.get_mut(&opened.sender) {
+            lives.admit(window)?;
         } else {
             if self.senders.len() >= self.senders_max
                 && let Some(quietest) = self
                     .senders
                     .iter()
-                    .min_by_key(|(_, w)| w.heard_at)
+                    .min_by_key(|(_, l)| l.heard_at)
                     .map(|(node, _)| node.clone())
             {
                 self.senders.remove(&quietest);
             }
             self.senders.insert(
                 opened.sender.clone(),
-                Window {
-                    generation: opened.generation,
-                    newest: opened.counter,
-                    seen: 1,
+                Lives {
+                    newest_generation: opened.generation,
+                    windows: vec![window],
                     heard_at,
                 },
             );
@@ -85,18 +113,40 @@ impl ReplayGuard {
     }
 }
 
-impl Window {
-    fn admit(&mut self, generation: u64, counter: u64) -> Result<(), OpenError> {
-        if generation < self.generation {
+impl Lives {
+    /// `packet` is a one-packet window: its generation, counter and stamp.
+    fn admit(&mut self, packet: Window) -> Result<(), OpenError> {
+        if let Some(window) = self
+            .windows
+            .iter_mut()
+            .find(|w| w.generation == packet.generation)
+        {
+            window.admit(packet.newest)?;
+            window.heard_at = packet.heard_at;
+        } else if packet.generation > self.newest_generation {
+            // A new life of the sender: its counter starts again.
+            self.newest_generation = packet.generation;
+            if self.windows.len() >= GENERATIONS_MAX
+                && let Some(quietest) = self
+                    .windows
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, w)| w.heard_at)
+                    .map(|(i, _)| i)
+            {
+                self.windows.swap_remove(quietest);
+            }
+            self.windows.push(packet);
+        } else {
             return Err(OpenError::Replayed);
         }
-        if generation > self.generation {
-            // The sender restarted: its counter starts again.
-            self.generation = generation;
-            self.newest = counter;
-            self.seen = 1;
-            return Ok(());
-        }
+        self.heard_at = packet.heard_at;
+        Ok(())
+    }
+}
+
+impl Window {
+    fn admit(&mut self, counter: u64) -> Result<(), OpenError> {
         if counter > self.newest {
             let shift = counter - self.newest;
             self.seen = if shift >= REPLAY_WINDOW {
@@ -183,7 +233,7 @@ mod tests {
     }
 
     #[test]
-    fn a_new_generation_is_accepted_and_an_older_one_refused() {
+    fn a_new_generation_is_accepted_and_an_unknown_older_one_refused() {
         let ring = Keyring::new(1, [7; 32]);
         let mut guard = ReplayGuard::default();
         assert!(guard.accept(&opened(&ring, "a", 10, 500)).is_ok());
@@ -193,14 +243,43 @@ mod tests {
         );
         assert!(guard.accept(&opened(&ring, "a", 11, 2)).is_ok());
         assert_eq!(
-            guard.accept(&opened(&ring, "a", 10, 501)),
+            guard.accept(&opened(&ring, "a", 9, 1)),
             Err(OpenError::Replayed),
-            "a packet of the previous generation, even with a newer counter"
+            "a generation older than the newest heard, and never heard itself"
         );
         assert_eq!(
             guard.accept(&opened(&ring, "a", 11, 1)),
             Err(OpenError::Replayed)
         );
+        assert_eq!(
+            guard.accept(&opened(&ring, "a", 10, 500)),
+            Err(OpenError::Replayed),
+            "a kept generation keeps its window"
+        );
+    }
+
+    #[test]
+    fn a_later_start_under_the_same_id_does_not_shut_the_live_one_out() {
+        let ring = Keyring::new(1, [7; 32]);
+        let mut guard = ReplayGuard::default();
+        assert!(guard.accept(&opened(&ring, "n3", 10, 1)).is_ok());
+        // A clone of n3 starts, and restarts in a loop: four newer generations.
+        for (i, generation) in (20..24).enumerate() {
+            assert!(guard.accept(&opened(&ring, "n3", generation, 1)).is_ok());
+            // The original keeps talking between the clone's lives.
+            let counter = 2 + i as u64;
+            assert!(
+                guard.accept(&opened(&ring, "n3", 10, counter)).is_ok(),
+                "the original is still heard after clone generation {generation}"
+            );
+        }
+        assert_eq!(guard.senders["n3"].windows.len(), GENERATIONS_MAX, "bounded");
+        assert_eq!(
+            guard.accept(&opened(&ring, "n3", 20, 2)),
+            Err(OpenError::Replayed),
+            "the quietest generation, the clone's first life, is the one forgotten"
+        );
+        assert!(guard.accept(&opened(&ring, "n3", 10, 9)).is_ok());
     }
 
     #[test]

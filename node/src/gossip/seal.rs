@@ -15,8 +15,9 @@
 //! packet replayed to the probe socket cannot advance the probe window of its sender.
 //!
 //! `(generation, counter)` is the sender's strictly increasing sequence: a receiver drops a
-//! replayed or re-ordered-too-far packet with a 64-packet sliding window per sender, and never
-//! goes back to an older generation of a sender it has heard. Nonces are 24 random bytes from
+//! replayed or re-ordered-too-far packet with a 64-packet sliding window per sender and
+//! generation, and opens no generation older than the newest it heard from a sender unless it
+//! kept that generation's window (`replay`). Nonces are 24 random bytes from
 //! the caller: with XChaCha20's 192-bit nonces they never collide, whatever the clock did.
 //! No clock, no randomness here: the caller passes the nonce, the generation (start-up time)
 //! and the counter.
@@ -49,8 +50,9 @@ pub enum OpenError {
     /// Authentication failed: forged, corrupted, or sealed with another key of that id.
     #[error("authentication failed")]
     Forged,
-    /// Seen before, too old, from an older generation of its sender, or sealed for the other
-    /// socket (members never send that, so it was captured and re-sent).
+    /// Seen before, too old, from an older generation of its sender that the receiver does not
+    /// keep, or sealed for the other socket (members never send that, so it was captured and
+    /// re-sent).
     #[error("replayed packet")]
     Replayed,
 }
