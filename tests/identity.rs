@@ -127,7 +127,14 @@ fn a_join_under_a_members_id_is_refused_and_a_retry_under_a_new_default_id_works
         .arg("agent")
         .arg("--data-dir")
         .arg(&dir)
-        .args(["--node-id", "node-2", "--listen", &free_base(), "--join", &token])
+        .args([
+            "--node-id",
+            "node-2",
+            "--listen",
+            &free_base(),
+            "--join",
+            &token,
+        ])
         .output()
         .expect("agent runs");
     assert!(!out.status.success());
@@ -191,6 +198,103 @@ fn a_join_under_a_members_id_is_refused_and_a_retry_under_a_new_default_id_works
     );
     std::thread::sleep(Duration::from_secs(2));
     let ids = alive_ids(&fleet, 1);
-    assert!(ids.len() == 4 && ids.contains(&id), "no fifth member: {ids:?}");
+    assert!(
+        ids.len() == 4 && ids.contains(&id),
+        "no fifth member: {ids:?}"
+    );
     stop(&mut child);
+}
+
+/// Node `i`'s view of `node`'s state (`alive`, `suspect`, `down`).
+fn state_of(fleet: &Fleet, i: usize, node: &str) -> Option<String> {
+    let nodes = fleet.json(i, &["get", "nodes"])?;
+    nodes
+        .as_array()?
+        .iter()
+        .find(|n| n["node"] == node)
+        .and_then(|n| n["state"].as_str().map(str::to_string))
+}
+
+#[test]
+fn a_clone_of_a_members_data_dir_gives_way_and_the_member_keeps_its_place() {
+    let mut fleet = Fleet::start(3);
+    let file = spec(fleet.tmp.path(), "sleepers", SLEEPERS);
+    let out = fleet.cli(0, &["apply", "-f", &file]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_for("4 replicas running", Duration::from_secs(30), || {
+        placement(&fleet, 0).filter(|r| r.len() == 4)
+    });
+    // The disk of node-3 is copied while its agent is stopped (an image made from a device
+    // that already joined), then node-3 runs again from its own.
+    fleet.stop(2, Duration::from_secs(15));
+    let copy = fleet.tmp.path().join("clone");
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(&fleet.nodes[2].dir)
+        .arg(&copy)
+        .output()
+        .expect("cp runs");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    fleet.spawn(2);
+    fleet.wait_members(3);
+    let before = wait_for(
+        "4 replicas, seen alike by every node",
+        Duration::from_secs(30),
+        || {
+            let first = placement(&fleet, 0).filter(|r| r.len() == 4)?;
+            (1..3)
+                .all(|i| placement(&fleet, i).as_ref() == Some(&first))
+                .then_some(first)
+        },
+    );
+    let original_pids = support::pids(&fleet.nodes[2].dir, "sleepers");
+
+    // The clone starts on another address while node-3 runs.
+    let log = fleet.tmp.path().join("clone.log");
+    let mut clone = agent(&copy, &free_base(), &log);
+    let started = Instant::now();
+    let mut exit = None;
+    while started.elapsed() < Duration::from_secs(12) {
+        for i in 0..2 {
+            let state = state_of(&fleet, i, "node-3");
+            assert_ne!(
+                state.as_deref(),
+                Some("down"),
+                "node-{} saw node-3 down {:?} after the clone started",
+                i + 1,
+                started.elapsed()
+            );
+            if let Some(now) = placement(&fleet, i) {
+                assert_eq!(now, before, "node-{} saw replicas move", i + 1);
+            }
+        }
+        if exit.is_none()
+            && let Ok(Some(status)) = clone.try_wait()
+        {
+            exit = Some((status, started.elapsed()));
+        }
+    }
+    let Some((status, after)) = exit else {
+        stop(&mut clone);
+        panic!("the clone still runs 12 s after it started");
+    };
+    assert!(!status.success(), "the clone exits with an error");
+    let said = std::fs::read_to_string(&log).expect("clone log");
+    assert!(
+        said.contains("another live agent runs as node node-3")
+            && said.contains(&fleet.nodes[2].base),
+        "the clone names the id and the other address: {said}"
+    );
+    eprintln!("the clone gave way after {after:?}");
+    // It started nothing of its own, and left node-3's replicas alone.
+    let own: Vec<i64> = support::pids(&copy, "sleepers")
+        .into_iter()
+        .filter(|p| support::alive(*p) && !original_pids.contains(p))
+        .collect();
+    assert!(own.is_empty(), "the clone started replicas: {own:?}");
+    assert_eq!(fleet.live_processes("sleepers"), 4);
+    for i in 0..3 {
+        assert_eq!(state_of(&fleet, i, "node-3").as_deref(), Some("alive"));
+        assert_eq!(placement(&fleet, i).as_ref(), Some(&before));
+    }
 }

@@ -281,7 +281,11 @@ pub fn default_node_id(host_name: &str, suffix: [u8; 2]) -> NodeId {
         .take(room)
         .collect();
     let cleaned = cleaned.trim_matches('-');
-    let base = if cleaned.is_empty() { FALLBACK } else { cleaned };
+    let base = if cleaned.is_empty() {
+        FALLBACK
+    } else {
+        cleaned
+    };
     // Lowercase letters, digits and inner dashes within one DNS label: a valid node id by
     // construction, so this cannot fail.
     NodeId::new(format!("{base}-{}", hex(&suffix))).expect("a DNS label is a valid node id")

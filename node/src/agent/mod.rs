@@ -129,6 +129,9 @@ pub enum AgentError {
     /// Fleet networking could not start.
     #[error("{0}")]
     Net(String),
+    /// Another live agent runs under this node's id.
+    #[error("{0}")]
+    IdentityClash(String),
     /// A key in the data dir is readable or writable by others.
     #[error(transparent)]
     ExposedKeys(#[from] crate::cluster::ExposedKeys),
@@ -262,7 +265,9 @@ pub async fn run(
         fleet.leave().await;
     }
     let _ = std::fs::remove_file(crate::api::socket_path(agent.store.dir()));
-    if agent.stops_everything_on_exit() {
+    // An agent that gives way to another under its id touches nothing: what it adopted may
+    // be the other agent's (a copied data dir on the same host names the same processes).
+    if result.is_ok() && agent.stops_everything_on_exit() {
         agent.stop_everything().await;
     } else {
         tracing::info!("agent stopped; replicas keep running and are adopted at the next start");
@@ -332,6 +337,9 @@ pub(crate) struct Agent {
         Option<mpsc::UnboundedReceiver<(NodeId, starling_protocol::lease::LeaseMessage)>>,
     /// The departure under way once the agent was asked to stop.
     departing: Option<depart::Departing>,
+    /// Set when another live agent holds this node's id and this one must give way: the loop
+    /// ends with this error, touching nothing.
+    identity_clash: Option<String>,
 }
 
 /// Most events kept for `describe`.
@@ -418,6 +426,7 @@ impl Agent {
             leases,
             lease_replies: Some(lease_replies),
             departing: None,
+            identity_clash: None,
         })
     }
 
@@ -495,6 +504,10 @@ impl Agent {
                 _ = &mut shutdown, if self.departing.is_none() => {
                     self.begin_departure().await;
                 }
+            }
+            if let Some(reason) = self.identity_clash.take() {
+                engine_watch.abort();
+                return Err(AgentError::IdentityClash(reason));
             }
             self.execute().await;
             if self.departure_done() {

@@ -1474,7 +1474,11 @@ fn a_held_rejoin_wait_acts_on_nothing_until_the_shell_releases_it() {
     core.handle_timeout(5_000);
     core.handle_timeout(9_000);
     assert!(core.is_rejoining(), "the deadline does not end a held wait");
-    assert_eq!(core.poll_timeout(), None, "no deadline to spin on while held");
+    assert_eq!(
+        core.poll_timeout(),
+        None,
+        "no deadline to spin on while held"
+    );
     while let Some(a) = core.poll_action() {
         assert!(
             !matches!(a, Action::Start { .. } | Action::PersistAssignment(_)),
@@ -1482,7 +1486,10 @@ fn a_held_rejoin_wait_acts_on_nothing_until_the_shell_releases_it() {
         );
     }
     core.handle_rejoin_hold(9_500, false);
-    assert!(!core.is_rejoining(), "released past its deadline: the wait is over");
+    assert!(
+        !core.is_rejoining(),
+        "released past its deadline: the wait is over"
+    );
     core.handle_timeout(12_000);
     let started: Vec<_> = std::iter::from_fn(|| core.poll_action())
         .filter_map(|a| match a {

@@ -273,7 +273,11 @@ mod tests {
                 "the original is still heard after clone generation {generation}"
             );
         }
-        assert_eq!(guard.senders["n3"].windows.len(), GENERATIONS_MAX, "bounded");
+        assert_eq!(
+            guard.senders["n3"].windows.len(),
+            GENERATIONS_MAX,
+            "bounded"
+        );
         assert_eq!(
             guard.accept(&opened(&ring, "n3", 20, 2)),
             Err(OpenError::Replayed),

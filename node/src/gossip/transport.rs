@@ -53,6 +53,9 @@ pub struct GossipCounters {
     pub probe_dropped_replay: AtomicU64,
     /// Probe socket drops: malformed (wrong format, or not a probe once opened).
     pub probe_dropped_malformed: AtomicU64,
+    /// Probe socket drops: sealed by another life of its sender than the one the fleet
+    /// follows (a second process under the same node id).
+    pub probe_dropped_other_life: AtomicU64,
 }
 
 impl GossipCounters {

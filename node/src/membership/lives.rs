@@ -73,7 +73,10 @@ impl Lives {
     pub fn follow(&mut self, now_ms: u64, quiet_ms: u64) -> Option<(u64, Life)> {
         let moving = |l: &Life| now_ms.saturating_sub(l.moved_at_ms) < quiet_ms;
         let newest = self.lives.iter().next_back().map(|(g, l)| (*g, *l))?;
-        let chosen = match self.followed.and_then(|g| self.lives.get(&g).map(|l| (g, *l))) {
+        let chosen = match self
+            .followed
+            .and_then(|g| self.lives.get(&g).map(|l| (g, *l)))
+        {
             None => newest,
             Some((g, life)) => {
                 let in_place = self
@@ -216,6 +219,9 @@ mod tests {
         assert!(probe_is_followed(followed, 100, addr(9999)));
         assert!(probe_is_followed(followed, 101, addr(7002)), "a restart");
         assert!(!probe_is_followed(followed, 101, addr(7102)), "a clone");
-        assert!(!probe_is_followed(followed, 99, addr(7002)), "an older life");
+        assert!(
+            !probe_is_followed(followed, 99, addr(7002)),
+            "an older life"
+        );
     }
 }

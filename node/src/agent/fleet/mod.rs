@@ -31,6 +31,7 @@ mod sync;
 use super::AgentError;
 use crate::cluster::{Membership, probe_addr, quic_addr};
 use crate::gossip::{GossipCounters, SealedUdpTransport};
+use crate::membership::lives::Lives;
 use crate::membership::{Detector, DetectorConfig, Verdict};
 use crate::net::probe::{self, ProbeSender};
 use crate::net::quic::Quic;
@@ -115,6 +116,13 @@ pub(crate) enum SyncEvent {
     },
     /// The push of this node's departure is done: `acked` of `asked` live peers hold it.
     DepartureAnnounced { acked: usize, asked: usize },
+    /// Whether another live agent answers under this node's id at `base` (life
+    /// `generation`): a QUIC handshake there presented this node's certificate.
+    Rival {
+        generation: u64,
+        base: SocketAddr,
+        live: bool,
+    },
     /// Phase one of a key rotation is done: `installed` of `asked` live peers hold key `id`.
     KeyInstalled {
         id: u32,
@@ -174,6 +182,17 @@ pub(super) struct Fleet {
     /// them: a restarted node counts them (and waits to hear them) instead of seeing a fleet
     /// of one and planning every replica onto itself.
     remembered: BTreeMap<NodeId, NodeView>,
+    /// This node's generation (its start-up time): its own life in gossip.
+    pub generation: u64,
+    /// Every life gossip tells of, per node id, and the one followed (`membership::lives`).
+    lives: BTreeMap<String, Lives>,
+    /// Other lives of this node's own id.
+    own_lives: Lives,
+    /// The followed life per node id, shared with the probe receiver.
+    followed: probe::Followed,
+    /// Lives of this node's id being checked over QUIC, and when each was last checked.
+    pub rivals_checking: BTreeSet<u64>,
+    rivals_checked: BTreeMap<u64, u64>,
     /// Lease records and voter sets read from peers' gossip since the agent last took them.
     pub heard_leases: Vec<starling_protocol::lease::Lease>,
     pub heard_voters: Vec<crate::agent::leases::VoterRecord>,
@@ -288,12 +307,14 @@ impl Fleet {
             .map_err(|e| AgentError::Net(format!("gossip on {}: {e:#}", settings.listen)))?;
         let (probe_tx, probes) = mpsc::unbounded_channel();
         let keyring_for_fleet = keyring.clone();
+        let followed = probe::Followed::default();
         let probe = probe::bind(
             probe_addr(settings.listen),
             keyring,
             counters.clone(),
             me.clone(),
             generation,
+            followed.clone(),
             probe_tx,
         )
         .await
@@ -347,6 +368,12 @@ impl Fleet {
             sync_tx,
             pending_keys: BTreeMap::new(),
             remembered,
+            generation,
+            lives: BTreeMap::new(),
+            own_lives: Lives::default(),
+            followed,
+            rivals_checking: BTreeSet::new(),
+            rivals_checked: BTreeMap::new(),
             heard_leases: Vec::new(),
             heard_voters: Vec::new(),
         };
@@ -497,6 +524,9 @@ mod tests {
         assert!(text.contains("--node-id"), "{text}");
         assert!(text.contains("starling node remove n3"), "{text}");
         let removed = clash_message(&n3, None, true).expect("a removed id is refused");
-        assert!(removed.contains("n3") && removed.contains("another id"), "{removed}");
+        assert!(
+            removed.contains("n3") && removed.contains("another id"),
+            "{removed}"
+        );
     }
 }
