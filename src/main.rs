@@ -41,7 +41,8 @@ struct Cli {
 enum Command {
     /// Run this machine's agent in the foreground (the process runtime is built in).
     Agent {
-        /// Node id to create the data dir with [default: the host name].
+        /// Node id to create the data dir with [default: the host's short name and a random
+        /// suffix, e.g. gw-3f9a, stored in the data dir].
         #[arg(long)]
         node_id: Option<String>,
         /// A label of this node, KEY=VALUE (repeatable).
@@ -68,7 +69,7 @@ enum Command {
         /// The cluster's name.
         #[arg(long, default_value = "starling")]
         cluster: String,
-        /// The first node's id.
+        /// The first node's id [default: the host's short name and a random suffix].
         #[arg(long)]
         node_id: Option<String>,
         /// Base address peers reach this node at (gossip; QUIC is port + 1, probes port + 2).
@@ -79,7 +80,8 @@ enum Command {
     Join {
         /// The token (from `starling init` or `starling token create`).
         token: String,
-        /// The node's id.
+        /// The node's id [default: the host's short name and a random suffix]; it must not be
+        /// the id of a member of the fleet.
         #[arg(long)]
         node_id: Option<String>,
         /// Base address peers reach this node at.

@@ -265,6 +265,47 @@ impl JoinToken {
     }
 }
 
+/// The node id a new data dir gets when none is asked for: the host's short name, a dash and
+/// four random hex digits (`gw-3f9a`). Devices flashed from one image share their host name
+/// and `/etc/machine-id`, so neither alone tells them apart; the random part is drawn once,
+/// when the data dir is created, and stored with the id, so it never changes afterwards.
+pub fn default_node_id(host_name: &str, suffix: [u8; 2]) -> NodeId {
+    const FALLBACK: &str = "node";
+    // Room for the dash and four digits within one DNS label.
+    let room = starling_protocol::names::WORKLOAD_NAME_BYTES_MAX - 5;
+    let short = host_name.trim().split('.').next().unwrap_or_default();
+    let cleaned: String = short
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(room)
+        .collect();
+    let cleaned = cleaned.trim_matches('-');
+    let base = if cleaned.is_empty() {
+        FALLBACK
+    } else {
+        cleaned
+    };
+    // Lowercase letters, digits and inner dashes within one DNS label: a valid node id by
+    // construction, so this cannot fail.
+    NodeId::new(format!("{base}-{}", hex(&suffix))).expect("a DNS label is a valid node id")
+}
+
+/// [`default_node_id`] for this host: its name from the kernel, a suffix from the operating
+/// system's random generator. Call it only when a data dir is created.
+pub fn host_node_id() -> NodeId {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_default();
+    let mut suffix = [0u8; 2];
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut suffix).is_err() {
+        // Without the OS generator, the process id still differs between most devices.
+        let pid = std::process::id();
+        suffix = [(pid >> 8) as u8, pid as u8];
+    }
+    default_node_id(&name, suffix)
+}
+
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -310,6 +351,24 @@ mod tests {
         assert!(
             format!("{ca:?}").contains("edge") && !format!("{ca:?}").contains("PRIVATE"),
             "no key in debug output"
+        );
+    }
+
+    #[test]
+    fn the_default_node_id_is_the_short_host_name_with_a_suffix() {
+        let id = |host: &str| default_node_id(host, [0x3f, 0x9a]).to_string();
+        assert_eq!(id("gw-17\n"), "gw-17-3f9a");
+        assert_eq!(id("Edge_Box.example.com"), "edge-box-3f9a");
+        assert_eq!(id(""), "node-3f9a", "no host name");
+        assert_eq!(id("--"), "node-3f9a");
+        let long = "a".repeat(200);
+        let long_id = id(&long);
+        assert_eq!(long_id.len(), 63, "one DNS label: {long_id}");
+        assert!(long_id.ends_with("-3f9a"));
+        assert_ne!(
+            default_node_id("gw", [0, 1]),
+            default_node_id("gw", [0, 2]),
+            "two devices with one host name differ"
         );
     }
 

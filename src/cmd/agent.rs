@@ -122,12 +122,14 @@ pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
         let advertise = fleet
             .advertise
             .or((!fleet.listen.ip().is_unspecified()).then_some(fleet.listen));
-        super::cluster::join_if_needed(
+        if let Some(node) = super::cluster::join_if_needed(
             &args.data_dir,
             token,
             config.node_id.as_ref().map(|n| n.to_string()),
             advertise,
-        )?;
+        )? {
+            eprintln!("joined the cluster as node {node}");
+        }
     }
     let advertise = fleet
         .advertise

@@ -23,7 +23,11 @@ pub fn default_cluster_dir() -> PathBuf {
         .join(".config/starling")
 }
 
-fn node_id(data_dir: &Path, asked: Option<String>) -> anyhow::Result<NodeId> {
+/// The node id of `data_dir`: the stored one, else `asked`, else a new default (host name and
+/// a random suffix). Nothing is written: the caller stores a new id with [`keep_node_id`] only
+/// once the data dir really belongs to a cluster, so a failed join leaves nothing that a retry
+/// would inherit.
+fn node_id(data_dir: &Path, asked: Option<String>) -> anyhow::Result<(NodeId, bool)> {
     let store = Store::open(data_dir)?;
     if let Some(identity) = store.identity()? {
         if let Some(asked) = asked
@@ -35,19 +39,26 @@ fn node_id(data_dir: &Path, asked: Option<String>) -> anyhow::Result<NodeId> {
                 identity.node
             );
         }
-        return Ok(identity.node);
+        return Ok((identity.node, false));
     }
     let id = match asked {
         Some(id) => {
             NodeId::new(id.clone()).map_err(|e| anyhow::anyhow!("--node-id {id:?}: {e}"))?
         }
-        None => bail!("--node-id is required for a new data dir"),
+        None => starling_node::identity::host_node_id(),
     };
-    store.write_identity(&Identity {
-        node: id.clone(),
-        created_ms: starling_node::clock::now_ms(),
-    })?;
-    Ok(id)
+    Ok((id, true))
+}
+
+/// Stores a node id chosen by [`node_id`] (`new` says whether it is new to the data dir).
+fn keep_node_id(data_dir: &Path, node: &NodeId, new: bool) -> anyhow::Result<()> {
+    if new {
+        Store::open(data_dir)?.write_identity(&Identity {
+            node: node.clone(),
+            created_ms: starling_node::clock::now_ms(),
+        })?;
+    }
+    Ok(())
 }
 
 /// `starling init`: a new cluster with this data dir's node as its first member, plus an
@@ -64,8 +75,9 @@ pub fn init(
     }
     create_private_dir(data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
-    let node = node_id(data_dir, node)?;
+    let (node, new) = node_id(data_dir, node)?;
     let membership = Membership::init(name, &node)?;
+    keep_node_id(data_dir, &node, new)?;
     membership.save(data_dir)?;
     Membership::write_advertise(data_dir, advertise)?;
     let client = ClientDir {
@@ -89,7 +101,7 @@ pub fn init(
         data_dir.display()
     );
     println!(
-        "join more: starling agent --data-dir DIR --node-id ID --listen HOST:PORT --join {}",
+        "join more: starling agent --data-dir DIR --listen HOST:PORT --join {}",
         token.encode()
     );
     Ok(ExitCode::SUCCESS)
@@ -102,38 +114,45 @@ pub fn join(
     node: Option<String>,
     advertise: Option<SocketAddr>,
 ) -> anyhow::Result<ExitCode> {
-    join_if_needed(data_dir, token, node, advertise)?;
-    println!(
-        "joined; start the agent with `starling agent --data-dir {}`",
-        data_dir.display()
-    );
+    match join_if_needed(data_dir, token, node, advertise)? {
+        Some(node) => println!(
+            "joined as node {node}; start the agent with `starling agent --data-dir {}`",
+            data_dir.display()
+        ),
+        None => println!(
+            "{} already belongs to a cluster; start the agent with `starling agent --data-dir {0}`",
+            data_dir.display()
+        ),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Joins unless the data dir already belongs to a cluster.
+/// Joins unless the data dir already belongs to a cluster; returns the node id it joined as.
+/// A refused or failed join writes nothing into the data dir.
 pub fn join_if_needed(
     data_dir: &Path,
     token: &str,
     node: Option<String>,
     advertise: Option<SocketAddr>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<NodeId>> {
     if Membership::exists(data_dir) {
-        return Ok(());
+        return Ok(None);
     }
     let token = JoinToken::parse(token)?;
     create_private_dir(data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
-    let node = node_id(data_dir, node)?;
+    let (node, new) = node_id(data_dir, node)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let membership = runtime.block_on(cluster::join(&token, &node))?;
+    keep_node_id(data_dir, &node, new)?;
     membership.save(data_dir)?;
     if let Some(addr) = advertise {
         Membership::write_advertise(data_dir, addr)?;
     }
-    Ok(())
+    Ok(Some(node))
 }
 
 fn advertised(data_dir: &Path) -> anyhow::Result<SocketAddr> {
@@ -182,8 +201,9 @@ pub fn init_quiet(
     }
     create_private_dir(data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
-    let node = node_id(data_dir, Some(node.to_string()))?;
+    let (node, new) = node_id(data_dir, Some(node.to_string()))?;
     let membership = Membership::init(name, &node)?;
+    keep_node_id(data_dir, &node, new)?;
     membership.save(data_dir)?;
     Membership::write_advertise(data_dir, advertise)?;
     ClientDir {

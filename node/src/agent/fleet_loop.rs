@@ -101,6 +101,11 @@ impl Agent {
                 }
             }
             Input::Sync(SyncEvent::Keys { keys, primary }) => self.take_keys(&keys, primary),
+            Input::Sync(SyncEvent::Rival {
+                generation,
+                base,
+                live,
+            }) => self.on_rival(now, generation, base, live),
             Input::Sync(SyncEvent::DepartureAnnounced { acked, asked }) => {
                 self.on_departure_announced(acked, asked);
             }
@@ -303,9 +308,16 @@ impl Agent {
                 "the join token {id} was already used (tokens are one-time; make a new one with `starling token create`)"
             ));
         }
+        // Checked after the token (strangers learn nothing about ids) and before spending it,
+        // so the operator can retry under another id with the same token.
+        if let Some(reason) = fleet.join_clash(&request.node, now_ms()) {
+            tracing::warn!(node = %request.node, "refused a join: {reason}");
+            return JoinReply::Refused(reason);
+        }
         let seeds = fleet.seeds();
         match fleet.membership.enrol(&request.node, seeds) {
             Ok(enrolment) => {
+                fleet.enrolled.insert(request.node.clone());
                 fleet.spent.insert(id);
                 fleet.publish_spent().await;
                 tracing::info!(node = %request.node, "enrolled a new node");
@@ -313,6 +325,50 @@ impl Agent {
                 JoinReply::Accepted(Box::new(enrolment))
             }
             Err(e) => JoinReply::Refused(format!("could not sign a certificate: {e}")),
+        }
+    }
+
+    /// The answer of a check of another life of this node's id at `base`. A live one means
+    /// two agents run under one id. The later start gives way: an agent still in its rejoin
+    /// wait has acted on nothing and exits; past it, the agent with the newer generation
+    /// exits (both sides decide alike, so one stays); the other one logs an error and keeps
+    /// its id, and peers keep following it (`membership::lives`).
+    fn on_rival(&mut self, now: u64, generation: u64, base: std::net::SocketAddr, live: bool) {
+        let Some(fleet) = self.fleet.as_mut() else {
+            return;
+        };
+        fleet.rival_checked(now, generation);
+        let (mine, here, checking) = (
+            fleet.generation,
+            fleet.base,
+            !fleet.rivals_checking.is_empty(),
+        );
+        if live {
+            let me = self.node.clone();
+            if self.core.is_rejoining() || generation < mine {
+                self.identity_clash = Some(format!(
+                    "another live agent runs as node {me} at {base} (started at {generation} ms, \
+                     this one at {mine} ms at {here}); two agents under one id would take each \
+                     other's replicas, so this one refuses to run. If this data dir is a copy of \
+                     {me}'s (a cloned disk or image), give this device its own: start it with a \
+                     new data dir and a new token (`starling token create` on a member, then \
+                     `starling join TOKEN`, which picks a new id). If {me} moved to this machine, \
+                     stop the agent at {base} first."
+                ));
+            } else {
+                tracing::error!(
+                    node = %me,
+                    other = %base,
+                    "another agent claims this node's id (started later, at {generation} ms); \
+                     this agent keeps the id and the fleet keeps following it; stop the other one"
+                );
+                self.note(format!(
+                    "another agent at {base} claims node id {me}; it must stop"
+                ));
+            }
+        }
+        if !checking {
+            self.decide(|core| core.handle_rejoin_hold(now, false));
         }
     }
 
@@ -324,6 +380,13 @@ impl Agent {
             return;
         };
         let statuses = fleet.read_gossip(now).await;
+        // Before anything heard here can end the rejoin wait: a second live agent under this
+        // id must be ruled out first (or this one exits, having done nothing).
+        let checking = fleet.check_rivals(now);
+        self.decide(|core| core.handle_rejoin_hold(now, checking));
+        let Some(fleet) = self.fleet.as_mut() else {
+            return;
+        };
         fleet.publish_me_view().await;
         fleet.flush_keys().await;
         fleet.gossip_round(now);

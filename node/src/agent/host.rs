@@ -1,5 +1,5 @@
-//! What the agent needs from its host: a lock on the data dir, a default node id, the
-//! machine's capacity, and the API socket server.
+//! What the agent needs from its host: a lock on the data dir, the machine's capacity, and
+//! the API socket server.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -8,7 +8,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use nix::fcntl::{Flock, FlockArg};
-use starling_protocol::NodeId;
 use starling_protocol::placement::Capacity;
 use starling_protocol::quantity::{Bytes, Millicores};
 use starling_protocol::wire::ApiRequest;
@@ -37,7 +36,8 @@ pub(super) fn lock_data_dir(dir: &Path) -> Result<Flock<File>, std::io::Error> {
     Ok(lock)
 }
 
-/// The data dir's identity, or a new one (the asked id, else the host name) stored in it.
+/// The data dir's identity, or a new one (the asked id, else the host name with a random
+/// suffix) stored in it.
 pub(super) fn load_identity(store: &Store, config: &AgentConfig) -> Result<Identity, AgentError> {
     if let Some(identity) = store.identity()? {
         if let Some(asked) = &config.node_id
@@ -53,7 +53,7 @@ pub(super) fn load_identity(store: &Store, config: &AgentConfig) -> Result<Ident
     }
     let node = match &config.node_id {
         Some(id) => id.clone(),
-        None => default_node_id().map_err(AgentError::Identity)?,
+        None => crate::identity::host_node_id(),
     };
     let identity = Identity {
         node,
@@ -61,30 +61,6 @@ pub(super) fn load_identity(store: &Store, config: &AgentConfig) -> Result<Ident
     };
     store.write_identity(&identity)?;
     Ok(identity)
-}
-
-/// The host name made into a node id (lowercase, other characters as '-').
-pub(super) fn default_node_id() -> Result<NodeId, String> {
-    let raw = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
-    let cleaned: String = raw
-        .trim()
-        .to_ascii_lowercase()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    let cleaned = cleaned.trim_matches(|c| c == '-' || c == '.').to_string();
-    NodeId::new(if cleaned.is_empty() {
-        "node-1".to_string()
-    } else {
-        cleaned.clone()
-    })
-    .map_err(|e| format!("the host name {cleaned:?} is not a usable node id ({e}); pass --node-id"))
 }
 
 /// All CPUs and memory of the host (CPUs from the scheduler's view, memory from /proc).

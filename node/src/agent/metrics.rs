@@ -80,7 +80,7 @@ impl Metrics {
         );
         counter(
             "starling_probe_dropped_total",
-            "Failure-detector packets dropped unanswered, by the same reasons as gossip.",
+            "Failure-detector packets dropped unanswered, by the same reasons as gossip, and from another life of a node id than the one followed (a second process under that id).",
             &[
                 ("{reason=\"auth\"}", load(&g.probe_dropped_forged)),
                 (
@@ -89,6 +89,7 @@ impl Metrics {
                 ),
                 ("{reason=\"replay\"}", load(&g.probe_dropped_replay)),
                 ("{reason=\"malformed\"}", load(&g.probe_dropped_malformed)),
+                ("{reason=\"other_life\"}", load(&g.probe_dropped_other_life)),
             ],
         );
         let _ = writeln!(

@@ -47,8 +47,9 @@ use crate::store::{Identity, Store, StoreError};
 pub struct AgentConfig {
     /// The data dir (identity, state, logs, the API socket).
     pub data_dir: PathBuf,
-    /// The node id to create the data dir with (default: the host name). Ignored when the data
-    /// dir already has an identity: ids never change.
+    /// The node id to create the data dir with (default: the host's short name and a random
+    /// suffix, see `identity::default_node_id`). Ignored when the data dir already has an
+    /// identity: ids never change.
     pub node_id: Option<NodeId>,
     /// Labels of this node.
     pub labels: BTreeMap<String, String>,
@@ -138,6 +139,9 @@ pub enum AgentError {
         /// What went wrong and what to do.
         why: String,
     },
+    /// Another live agent runs under this node's id.
+    #[error("{0}")]
+    IdentityClash(String),
     /// A key in the data dir is readable or writable by others.
     #[error(transparent)]
     ExposedKeys(#[from] crate::cluster::ExposedKeys),
@@ -276,7 +280,9 @@ pub async fn run(
         fleet.leave().await;
     }
     let _ = std::fs::remove_file(crate::api::socket_path(agent.store.dir()));
-    if agent.stops_everything_on_exit() {
+    // An agent that gives way to another under its id touches nothing: what it adopted may
+    // be the other agent's (a copied data dir on the same host names the same processes).
+    if result.is_ok() && agent.stops_everything_on_exit() {
         agent.stop_everything().await;
     } else {
         tracing::info!("agent stopped; replicas keep running and are adopted at the next start");
@@ -321,6 +327,9 @@ pub(crate) struct Agent {
         Option<mpsc::UnboundedReceiver<(NodeId, starling_protocol::lease::LeaseMessage)>>,
     /// The departure under way once the agent was asked to stop.
     departing: Option<depart::Departing>,
+    /// Set when another live agent holds this node's id and this one must give way: the loop
+    /// ends with this error, touching nothing.
+    identity_clash: Option<String>,
 }
 
 /// Most events kept for `describe`.
@@ -411,6 +420,7 @@ impl Agent {
             leases,
             lease_replies: Some(lease_replies),
             departing: None,
+            identity_clash: None,
         })
     }
 
@@ -488,6 +498,10 @@ impl Agent {
                 _ = &mut shutdown, if self.departing.is_none() => {
                     self.begin_departure().await;
                 }
+            }
+            if let Some(reason) = self.identity_clash.take() {
+                engine_watch.abort();
+                return Err(AgentError::IdentityClash(reason));
             }
             self.execute().await;
             if self.departure_done() {

@@ -126,6 +126,8 @@ pub struct NodeCore {
     lease_away_since: BTreeMap<starling_protocol::WorkloadName, u64>,
     /// Rejoining after a restart until then (see [`Restored::rejoin_until_ms`]).
     rejoin_until_ms: Option<u64>,
+    /// The shell holds the rejoin wait open (see [`NodeCore::handle_rejoin_hold`]).
+    rejoin_held: bool,
 }
 
 impl NodeCore {
@@ -146,6 +148,18 @@ impl NodeCore {
     /// [`Restored::rejoin_until_ms`]).
     pub fn rejoin_until(&mut self, until_ms: u64) {
         self.rejoin_until_ms = Some(until_ms);
+    }
+
+    /// Holds the rejoin wait open while the shell checks something this node must know before
+    /// it acts: that no other live process runs under its id (a cloned data dir). While held,
+    /// the wait ends neither by hearing the fleet nor at its deadline; the shell releases the
+    /// hold within its check's own bound. Does nothing once the wait is over.
+    pub fn handle_rejoin_hold(&mut self, now_ms: u64, held: bool) {
+        if self.rejoin_until_ms.is_none() || self.rejoin_held == held {
+            return;
+        }
+        self.rejoin_held = held;
+        self.reconcile(now_ms);
     }
 
     /// Whether the core still waits to hear the fleet after a restart.
@@ -193,6 +207,7 @@ impl NodeCore {
             campaigning: BTreeMap::new(),
             lease_away_since: BTreeMap::new(),
             rejoin_until_ms: None,
+            rejoin_held: false,
         }
     }
 

@@ -24,7 +24,8 @@ impl NodeCore {
             // Peers learn what it kept running; the stored assignment stays as it was, so a
             // reboot now still restores it.
             self.publish_status();
-            self.deadline_ms = self.rejoin_until_ms;
+            // A held wait has no deadline here: the shell's release wakes the core.
+            self.deadline_ms = self.rejoin_until_ms.filter(|_| !self.rejoin_held);
             return;
         }
         self.update_majority();
@@ -65,6 +66,9 @@ impl NodeCore {
         let Some(until_ms) = self.rejoin_until_ms else {
             return false;
         };
+        if self.rejoin_held {
+            return true;
+        }
         let me = &self.config.node;
         let heard_all =
             self.view.nodes.iter().all(|(id, n)| {

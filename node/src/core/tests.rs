@@ -1453,6 +1453,54 @@ fn a_restarted_node_that_hears_nobody_restarts_its_last_assignment_after_the_wai
 }
 
 #[test]
+fn a_held_rejoin_wait_acts_on_nothing_until_the_shell_releases_it() {
+    let specs = [spec("web", 3, "")];
+    let last = vec![(replica("web", 1), 1)];
+    let alone = [
+        ("n1", Liveness::Alive),
+        ("n2", Liveness::Down),
+        ("n3", Liveness::Down),
+    ];
+    let restored = Restored {
+        desired: desired_of(&specs),
+        last_assignment: last.clone(),
+        view: view(&alone),
+        rejoin_until_ms: Some(5_000),
+    };
+    let mut core = NodeCore::new(config("n1"), restored);
+    // The shell heard its own id from another live process and checks it.
+    core.handle_rejoin_hold(0, true);
+    core.handle_view(0, view(&alone));
+    core.handle_timeout(5_000);
+    core.handle_timeout(9_000);
+    assert!(core.is_rejoining(), "the deadline does not end a held wait");
+    assert_eq!(
+        core.poll_timeout(),
+        None,
+        "no deadline to spin on while held"
+    );
+    while let Some(a) = core.poll_action() {
+        assert!(
+            !matches!(a, Action::Start { .. } | Action::PersistAssignment(_)),
+            "acted while held: {a:?}"
+        );
+    }
+    core.handle_rejoin_hold(9_500, false);
+    assert!(
+        !core.is_rejoining(),
+        "released past its deadline: the wait is over"
+    );
+    core.handle_timeout(12_000);
+    let started: Vec<_> = std::iter::from_fn(|| core.poll_action())
+        .filter_map(|a| match a {
+            Action::Start { replica, .. } => Some((replica, 1)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(started, last, "then the ordinary rules apply");
+}
+
+#[test]
 fn a_departing_holder_stops_its_singleton_before_it_gives_the_lease_up() {
     let s1 = spec("leader", 1, "singleton = true\nlease_ttl = \"2s\"");
     let mut s = Single::new(&[s1]);

@@ -2,6 +2,7 @@
 //! last version whose messages can be serialised outside the crate) over a transport that
 //! seals every packet with the cluster keyring.
 
+pub mod replay;
 pub mod seal;
 pub mod transport;
 

@@ -15,7 +15,8 @@ use chitchat::transport::{Socket, Transport};
 use chitchat::{ChitchatMessage, Deserializable, Serializable};
 use ring::rand::{SecureRandom, SystemRandom};
 
-use super::seal::{Channel, Keyring, NONCE_BYTES, OpenError, Opened, ReplayGuard, Sender};
+use super::replay::ReplayGuard;
+use super::seal::{Channel, Keyring, NONCE_BYTES, OpenError, Opened, Sender};
 
 /// Largest UDP payload chitchat may produce (its own limit).
 const DATAGRAM_BYTES_MAX: usize = 65_507;
@@ -52,6 +53,9 @@ pub struct GossipCounters {
     pub probe_dropped_replay: AtomicU64,
     /// Probe socket drops: malformed (wrong format, or not a probe once opened).
     pub probe_dropped_malformed: AtomicU64,
+    /// Probe socket drops: sealed by another life of its sender than the one the fleet
+    /// follows (a second process under the same node id).
+    pub probe_dropped_other_life: AtomicU64,
 }
 
 impl GossipCounters {

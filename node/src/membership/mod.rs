@@ -9,6 +9,7 @@
 //! as in SWIM. See [`Detector`].
 
 mod detector;
+pub mod lives;
 
 pub use detector::{Detector, DetectorConfig, Verdict};
 

@@ -20,7 +20,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::gossip::GossipCounters;
-use crate::gossip::seal::{Channel, Keyring, OpenError, ReplayGuard, Sender};
+use crate::gossip::replay::ReplayGuard;
+use crate::gossip::seal::{Channel, Keyring, OpenError, Sender};
 use crate::gossip::transport::{fresh_nonce, open_counted};
 
 /// A probe datagram's content.
@@ -80,14 +81,20 @@ impl ProbeSender {
     }
 }
 
+/// The life the fleet follows per node id: generation and probe address (see
+/// `membership::lives`). Set by the fleet, read by the probe receiver.
+pub type Followed = Arc<RwLock<std::collections::BTreeMap<String, (u64, SocketAddr)>>>;
+
 /// Binds the probe socket; returns the sender and spawns a receiver that forwards every
-/// authentic, fresh message as `(sender, message)`.
+/// authentic, fresh message as `(sender, message)`, unless it comes from another life of its
+/// sender than the one in `followed` (another process under the same id).
 pub async fn bind(
     addr: SocketAddr,
     keyring: Arc<RwLock<Keyring>>,
     counters: Arc<GossipCounters>,
     me: NodeId,
     generation: u64,
+    followed: Followed,
     inbox: mpsc::UnboundedSender<(NodeId, PeerMessage)>,
 ) -> std::io::Result<ProbeSender> {
     let sealed_as = Sender::new(me.as_str(), generation, Channel::Probe)
@@ -102,7 +109,7 @@ pub async fn bind(
         rng: SystemRandom::new(),
         counter: Arc::new(AtomicU64::new(0)),
     };
-    tokio::spawn(receive(socket, keyring, counters, inbox));
+    tokio::spawn(receive(socket, keyring, counters, followed, inbox));
     Ok(sender)
 }
 
@@ -111,6 +118,7 @@ async fn receive(
     socket: Arc<UdpSocket>,
     keyring: Arc<RwLock<Keyring>>,
     counters: Arc<GossipCounters>,
+    followed: Followed,
     inbox: mpsc::UnboundedSender<(NodeId, PeerMessage)>,
 ) {
     let mut buf = vec![0u8; 65_536];
@@ -137,6 +145,18 @@ async fn receive(
         else {
             continue;
         };
+        let life = followed
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&opened.sender)
+            .copied();
+        if !crate::membership::lives::probe_is_followed(life, opened.generation, from) {
+            counters
+                .probe_dropped_other_life
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(sender = %opened.sender, %from, "dropped a probe from another life of its sender");
+            continue;
+        }
         match wire::decode::<ProbePacket>(&opened.plaintext) {
             // A member naming another node inside its own sealed packet is not a probe.
             Ok(packet) if packet.from.as_str() == opened.sender => {
@@ -168,9 +188,17 @@ mod tests {
         let (tx, inbox) = mpsc::unbounded_channel();
         let me = NodeId::new(name).expect("node id");
         let addr = "127.0.0.1:0".parse().expect("addr");
-        let sender = bind(addr, keyring.clone(), counters.clone(), me, 7, tx)
-            .await
-            .expect("probe socket binds");
+        let sender = bind(
+            addr,
+            keyring.clone(),
+            counters.clone(),
+            me,
+            7,
+            Followed::default(),
+            tx,
+        )
+        .await
+        .expect("probe socket binds");
         (sender, counters, inbox)
     }
 

@@ -13,6 +13,7 @@ use tokio::sync::Mutex;
 
 use super::tls::{self, NODE_SERVER_NAME, TlsIdentity};
 use crate::api::{ApiError, read_frame, write_frame};
+use crate::identity::Role;
 
 /// Errors of a QUIC exchange.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +59,9 @@ pub enum QuicError {
 pub struct Quic {
     endpoint: quinn::Endpoint,
     pool: Mutex<BTreeMap<SocketAddr, quinn::Connection>>,
+    /// The node each address is known to belong to: every dialer verifies only that a peer
+    /// is a node of the cluster (`node.starling`), so this checks it is the node meant.
+    expected: std::sync::RwLock<BTreeMap<SocketAddr, String>>,
 }
 
 impl Quic {
@@ -70,6 +74,7 @@ impl Quic {
         Ok(Quic {
             endpoint,
             pool: Mutex::new(BTreeMap::new()),
+            expected: std::sync::RwLock::default(),
         })
     }
 
@@ -82,6 +87,7 @@ impl Quic {
         Ok(Quic {
             endpoint,
             pool: Mutex::new(BTreeMap::new()),
+            expected: std::sync::RwLock::default(),
         })
     }
 
@@ -93,6 +99,20 @@ impl Quic {
     /// The endpoint, to accept connections.
     pub fn endpoint(&self) -> &quinn::Endpoint {
         &self.endpoint
+    }
+
+    /// From now on, a connection to `addr` must present the certificate of node `name`.
+    pub fn expect_node(&self, addr: SocketAddr, name: &str) {
+        let mut expected = self.expected.write().unwrap_or_else(|e| e.into_inner());
+        if expected.get(&addr).is_none_or(|n| n != name) {
+            expected.insert(addr, name.to_string());
+        }
+    }
+
+    /// The role and name in the certificate of whoever answers at `addr` (a pooled
+    /// connection is reused), or why nobody does.
+    pub async fn identify(&self, addr: SocketAddr) -> Result<Option<(Role, String)>, QuicError> {
+        Ok(tls::peer_of(&self.connect(addr).await?))
     }
 
     /// A connection to `addr`, reused when one is open.
@@ -119,6 +139,25 @@ impl Quic {
                 addr,
                 reason: e.to_string(),
             })?;
+        let expected = self
+            .expected
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&addr)
+            .cloned();
+        if let Some(name) = expected {
+            let presented = tls::peer_of(&conn).map(|(_, n)| n);
+            if presented.as_deref() != Some(name.as_str()) {
+                conn.close(1u32.into(), b"not the node expected at this address");
+                return Err(QuicError::Connect {
+                    addr,
+                    reason: format!(
+                        "expected node {name} there, but it presented the certificate of {}",
+                        presented.as_deref().unwrap_or("nobody")
+                    ),
+                });
+            }
+        }
         self.pool.lock().await.insert(addr, conn.clone());
         Ok(conn)
     }

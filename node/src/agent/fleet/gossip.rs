@@ -20,17 +20,39 @@ impl Fleet {
         let known_revoked = revoked.len();
         {
             let chitchat = self.chitchat.lock().await;
-            // A restarted node shows up under a new generation; the newest one is the node.
-            let mut newest: BTreeMap<&str, (&ChitchatId, &chitchat::NodeState)> = BTreeMap::new();
+            // A node shows up under a new generation at every start; which one is the node is
+            // `membership::lives`' call: not simply the newest, or a second process under the
+            // same id (a cloned data dir) would take the id from the live one.
+            let quiet_ms = self.quiet_ms();
+            let mut by_id: BTreeMap<&str, Vec<(&ChitchatId, &chitchat::NodeState)>> =
+                BTreeMap::new();
             for (id, state) in chitchat.node_states() {
                 if &*id.node_id == self.me.as_str() {
+                    if id.generation_id != self.generation {
+                        let heartbeat = u64::from(state.heartbeat());
+                        let base = id.gossip_advertise_addr;
+                        self.own_lives
+                            .handle_heard(now, id.generation_id, base, heartbeat);
+                    }
                     continue;
                 }
-                let keep = newest
-                    .get(&*id.node_id)
-                    .is_none_or(|(old, _)| old.generation_id < id.generation_id);
-                if keep {
-                    newest.insert(&*id.node_id, (id, state));
+                by_id.entry(&*id.node_id).or_default().push((id, state));
+            }
+            let mut newest: BTreeMap<&str, (&ChitchatId, &chitchat::NodeState)> = BTreeMap::new();
+            for (name, candidates) in by_id {
+                let lives = self.lives.entry(name.to_string()).or_default();
+                for (id, state) in &candidates {
+                    let heartbeat = u64::from(state.heartbeat());
+                    lives.handle_heard(now, id.generation_id, id.gossip_advertise_addr, heartbeat);
+                }
+                let Some((generation, _)) = lives.follow(now, quiet_ms) else {
+                    continue;
+                };
+                if let Some(chosen) = candidates
+                    .into_iter()
+                    .find(|(id, _)| id.generation_id == generation)
+                {
+                    newest.insert(name, chosen);
                 }
             }
             // Revocations spread first, so a node revoked in this very read is skipped.
@@ -153,6 +175,7 @@ impl Fleet {
                 }
             }
         }
+        self.share_followed();
         if revoked.len() != known_revoked {
             tracing::warn!(names = ?revoked, "certificates revoked in the fleet");
             *self.revoked.write().unwrap_or_else(|e| e.into_inner()) = revoked;
@@ -182,6 +205,61 @@ impl Fleet {
             self.detector.handle_verdict(verdict);
         }
         statuses
+    }
+
+    /// How long a followed life may stay quiet before another life of its id is followed: five
+    /// rounds (a live node's heartbeat moves at every exchange), at least 5 s.
+    fn quiet_ms(&self) -> u64 {
+        (self.round_interval_ms() * 5).max(5_000)
+    }
+
+    /// Tells the probe receiver and the QUIC dialer which life, at which address, each peer is.
+    fn share_followed(&self) {
+        let mut followed = self.followed.write().unwrap_or_else(|e| e.into_inner());
+        for (node, peer) in &self.peers {
+            followed.insert(node.to_string(), (peer.generation, probe_addr(peer.base)));
+            self.quic.expect_node(quic_addr(peer.base), node.as_str());
+        }
+    }
+
+    /// Checks, over QUIC, every other life of this node's id that gossip shows moving at
+    /// another address: whoever answers there with this node's certificate is a second live
+    /// agent under this id. Each is checked at most every 10 s; the answers come back as
+    /// [`SyncEvent::Rival`]. Returns whether a check is in flight.
+    pub fn check_rivals(&mut self, now: u64) -> bool {
+        let quiet_ms = self.quiet_ms();
+        let rivals = self
+            .own_lives
+            .moving_besides(self.generation, now, quiet_ms);
+        for (generation, life) in rivals {
+            let recent = self
+                .rivals_checked
+                .get(&generation)
+                .is_some_and(|at| now.saturating_sub(*at) < 10_000);
+            if life.base == self.base || recent || !self.rivals_checking.insert(generation) {
+                continue;
+            }
+            let (quic, tx, me) = (self.quic.clone(), self.sync_tx.clone(), self.me.clone());
+            tokio::spawn(async move {
+                let answer = quic.identify(quic_addr(life.base)).await;
+                let live = matches!(
+                    &answer,
+                    Ok(Some((crate::identity::Role::Node, name))) if name == me.as_str()
+                );
+                let _ = tx.send(SyncEvent::Rival {
+                    generation,
+                    base: life.base,
+                    live,
+                });
+            });
+        }
+        !self.rivals_checking.is_empty()
+    }
+
+    /// A check of [`Fleet::check_rivals`] is done.
+    pub fn rival_checked(&mut self, now: u64, generation: u64) {
+        self.rivals_checking.remove(&generation);
+        self.rivals_checked.insert(generation, now);
     }
 
     /// The round interval for the current fleet size.

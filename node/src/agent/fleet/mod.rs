@@ -31,6 +31,7 @@ mod sync;
 use super::AgentError;
 use crate::cluster::{Membership, probe_addr, quic_addr};
 use crate::gossip::{GossipCounters, SealedUdpTransport};
+use crate::membership::lives::Lives;
 use crate::membership::{Detector, DetectorConfig, Verdict};
 use crate::net::probe::{self, ProbeSender};
 use crate::net::quic::Quic;
@@ -116,6 +117,13 @@ pub(crate) enum SyncEvent {
     },
     /// The push of this node's departure is done: `acked` of `asked` live peers hold it.
     DepartureAnnounced { acked: usize, asked: usize },
+    /// Whether another live agent answers under this node's id at `base` (life
+    /// `generation`): a QUIC handshake there presented this node's certificate.
+    Rival {
+        generation: u64,
+        base: SocketAddr,
+        live: bool,
+    },
     /// Phase one of a key rotation is done: `installed` of `asked` live peers hold key `id`.
     KeyInstalled {
         id: u32,
@@ -157,6 +165,9 @@ pub(super) struct Fleet {
     published_verdicts: BTreeMap<NodeId, String>,
     /// Join tokens spent here.
     pub spent: BTreeSet<String>,
+    /// Node ids enrolled here, so a second join under one of them is refused before the
+    /// first one's gossip arrives.
+    pub enrolled: BTreeSet<NodeId>,
     /// Round-robin position for picking whom to pull from.
     sync_cursor: usize,
     /// The keyring the gossip transport and the probe socket seal and open with.
@@ -174,6 +185,17 @@ pub(super) struct Fleet {
     /// them: a restarted node counts them (and waits to hear them) instead of seeing a fleet
     /// of one and planning every replica onto itself.
     remembered: BTreeMap<NodeId, NodeView>,
+    /// This node's generation (its start-up time): its own life in gossip.
+    pub generation: u64,
+    /// Every life gossip tells of, per node id, and the one followed (`membership::lives`).
+    lives: BTreeMap<String, Lives>,
+    /// Other lives of this node's own id.
+    own_lives: Lives,
+    /// The followed life per node id, shared with the probe receiver.
+    followed: probe::Followed,
+    /// Lives of this node's id being checked over QUIC, and when each was last checked.
+    pub rivals_checking: BTreeSet<u64>,
+    rivals_checked: BTreeMap<u64, u64>,
     /// Lease records and voter sets read from peers' gossip since the agent last took them.
     pub heard_leases: Vec<starling_protocol::lease::Lease>,
     pub heard_voters: Vec<crate::agent::leases::VoterRecord>,
@@ -194,6 +216,25 @@ fn encode<T: serde::Serialize>(value: &T) -> String {
 fn decode<T: serde::de::DeserializeOwned>(text: &str) -> Option<T> {
     let bytes = B64.decode(text).ok()?;
     postcard::from_bytes(&bytes).ok()
+}
+
+/// The refusal of a join under `node`: `member` says how the fleet knows it (if it does),
+/// `revoked` whether it was removed. The message names the id and what to do.
+fn clash_message(node: &NodeId, member: Option<&str>, revoked: bool) -> Option<String> {
+    if revoked {
+        return Some(format!(
+            "node id {node} belonged to a node removed from the fleet (`starling node remove`); \
+             removed ids are never used again: join with another id (--node-id, or none for a \
+             new default)"
+        ));
+    }
+    let how = member?;
+    Some(format!(
+        "node id {node} is already a member of the fleet ({how}); two nodes under one id would \
+         take each other's replicas. Join this device with another id (--node-id, or none for a \
+         new default), or, if {node} is gone for good, remove it with `starling node remove \
+         {node}` (its id is then retired)"
+    ))
 }
 
 fn liveness_name(l: Liveness) -> &'static str {
@@ -269,12 +310,14 @@ impl Fleet {
             .map_err(|e| AgentError::Net(format!("gossip on {}: {e:#}", settings.listen)))?;
         let (probe_tx, probes) = mpsc::unbounded_channel();
         let keyring_for_fleet = keyring.clone();
+        let followed = probe::Followed::default();
         let probe = probe::bind(
             probe_addr(settings.listen),
             keyring,
             counters.clone(),
             me.clone(),
             generation,
+            followed.clone(),
             probe_tx,
         )
         .await
@@ -320,6 +363,7 @@ impl Fleet {
             published_inc: 0,
             published_verdicts: BTreeMap::new(),
             spent: BTreeSet::new(),
+            enrolled: BTreeSet::new(),
             sync_cursor: 0,
             keyring: keyring_for_fleet,
             keys_fetched: (0, 0),
@@ -328,6 +372,12 @@ impl Fleet {
             sync_tx,
             pending_keys: BTreeMap::new(),
             remembered,
+            generation,
+            lives: BTreeMap::new(),
+            own_lives: Lives::default(),
+            followed,
+            rivals_checking: BTreeSet::new(),
+            rivals_checked: BTreeMap::new(),
             heard_leases: Vec::new(),
             heard_voters: Vec::new(),
         };
@@ -428,8 +478,59 @@ impl Fleet {
         self.broadcast(now, PeerMessage::Departure(departure), done);
     }
 
+    /// Why a join under `node` must be refused, if it must: the id is this node's, a member's
+    /// this node knows of (alive or not: only `starling node remove` retires a member), one
+    /// it enrolled a moment ago (not gossiping yet), or a removed node's (its certificate name
+    /// is refused everywhere, so the id cannot be used again).
+    pub fn join_clash(&self, node: &NodeId, now: u64) -> Option<String> {
+        let revoked = self
+            .revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(node.as_str());
+        let member = if *node == self.me {
+            Some(format!("alive at {}", self.base))
+        } else if let Some(peer) = self.peers.get(node) {
+            let state = match self.detector.liveness(node, now) {
+                Liveness::Down => "down, not removed",
+                Liveness::Suspect => "suspected",
+                Liveness::Alive => "alive",
+            };
+            Some(format!("{state}, last at {}", peer.base))
+        } else if self.remembered.contains_key(node) {
+            Some("known from the fleet's last view".to_string())
+        } else if self.enrolled.contains(node) {
+            Some("enrolled here a moment ago".to_string())
+        } else {
+            None
+        };
+        clash_message(node, member.as_deref(), revoked)
+    }
+
     /// Leaves: shuts gossip down and closes QUIC.
     pub async fn leave(&self) {
         self.quic.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_join_under_a_members_id_is_refused_with_the_id_and_the_way_out() {
+        let n3 = NodeId::new("n3").expect("id");
+        assert_eq!(clash_message(&n3, None, false), None, "a new id joins");
+        let text = clash_message(&n3, Some("alive, last at 127.0.0.1:7946"), false)
+            .expect("a member's id is refused");
+        assert!(text.contains("node id n3 is already a member"), "{text}");
+        assert!(text.contains("127.0.0.1:7946"), "{text}");
+        assert!(text.contains("--node-id"), "{text}");
+        assert!(text.contains("starling node remove n3"), "{text}");
+        let removed = clash_message(&n3, None, true).expect("a removed id is refused");
+        assert!(
+            removed.contains("n3") && removed.contains("another id"),
+            "{removed}"
+        );
     }
 }
