@@ -121,6 +121,11 @@ enum Command {
         /// Answer only once this many other peers hold the write too.
         #[arg(long, default_value_t = 0)]
         ack_replicas: u32,
+        /// Write only if the workload is at this revision on the answering peer: a number
+        /// (0: it must not exist yet) or a revision id as apply and describe print it
+        /// (2@node-1:1764867785123.0). One spec file only.
+        #[arg(long, value_name = "REVISION")]
+        if_revision: Option<String>,
     },
     /// Delete a workload.
     Delete {
@@ -493,7 +498,8 @@ fn main() -> ExitCode {
         Command::Apply {
             files,
             ack_replicas,
-        } => cmd::client::apply(&target, &files, ack_replicas, format),
+            if_revision,
+        } => cmd::client::apply(&target, &files, ack_replicas, if_revision, format),
         Command::Delete { name } => cmd::client::call(&target, ApiRequest::Delete { name }, format),
         Command::Scale { assignment } => cmd::client::scale(&target, &assignment, format),
         Command::Rollback { name } => {

@@ -170,7 +170,7 @@ fn an_applied_workload_runs_and_a_killed_process_comes_back() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("sleeper written (revision 1)"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sleeper written (revision 1@"));
     for index in 0..2 {
         wait_for("both replicas running", Duration::from_secs(15), || {
             (state(&agent.replica("sleeper", index)) == "Running").then_some(())

@@ -27,6 +27,8 @@ use starling_protocol::placement::{FleetView, ReplicaId};
 const MAGIC: [u8; 4] = *b"STRL";
 /// On-disk format version.
 const FORMAT_VERSION: u16 = 1;
+/// Format of `desired.bin`: 2 since revision ids and write records (1 is still read).
+const DESIRED_VERSION: u16 = 2;
 /// Largest state file read back (64 MiB): far above any real desired state.
 const FILE_BYTES_MAX: u64 = 64 << 20;
 /// Mode of every file written: the owner reads and writes, nobody else anything.
@@ -150,14 +152,24 @@ impl Store {
         self.write("identity.bin", identity)
     }
 
-    /// The desired state (empty when never written).
+    /// The desired state (empty when never written). A state stored by an earlier build
+    /// (format 1, before revision ids) is converted as it is read.
     pub fn desired(&self) -> Result<DesiredState, StoreError> {
-        Ok(self.read("desired.bin")?.unwrap_or_default())
+        let path = self.dir.join("desired.bin");
+        match self.read_body("desired.bin", &[FORMAT_VERSION, DESIRED_VERSION])? {
+            None => Ok(DesiredState::default()),
+            Some((1, body)) => starling_protocol::desired::legacy::decode_v1(&body)
+                .map_err(|why| StoreError::Corrupt { path, why }),
+            Some((_, body)) => postcard::from_bytes(&body).map_err(|e| StoreError::Corrupt {
+                path,
+                why: e.to_string(),
+            }),
+        }
     }
 
     /// Stores the desired state durably; the API answers only after this returns.
     pub fn write_desired(&self, desired: &DesiredState) -> Result<(), StoreError> {
-        self.write("desired.bin", desired)
+        self.write_as("desired.bin", DESIRED_VERSION, desired)
     }
 
     /// The replicas this node ran, with revisions.
@@ -203,6 +215,15 @@ impl Store {
     }
 
     fn write<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StoreError> {
+        self.write_as(name, FORMAT_VERSION, value)
+    }
+
+    fn write_as<T: Serialize>(
+        &self,
+        name: &str,
+        version: u16,
+        value: &T,
+    ) -> Result<(), StoreError> {
         let path = self.dir.join(name);
         let body = postcard::to_allocvec(value).map_err(|e| StoreError::Corrupt {
             path: path.clone(),
@@ -210,7 +231,7 @@ impl Store {
         })?;
         let mut bytes = Vec::with_capacity(body.len() + 14);
         bytes.extend_from_slice(&MAGIC);
-        bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        bytes.extend_from_slice(&version.to_le_bytes());
         bytes.extend_from_slice(&hash64(&body).to_le_bytes());
         bytes.extend_from_slice(&body);
         let written = write_atomic(&path, &bytes);
@@ -222,6 +243,23 @@ impl Store {
     }
 
     fn read<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StoreError> {
+        let Some((_, body)) = self.read_body(name, &[FORMAT_VERSION])? else {
+            return Ok(None);
+        };
+        postcard::from_bytes(&body)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                path: self.dir.join(name),
+                why: e.to_string(),
+            })
+    }
+
+    /// The checked body of a state file and its format version, one of `versions`.
+    fn read_body(
+        &self,
+        name: &str,
+        versions: &[u16],
+    ) -> Result<Option<(u16, Vec<u8>)>, StoreError> {
         let path = self.dir.join(name);
         let io = |source| StoreError::Io {
             path: path.clone(),
@@ -246,9 +284,9 @@ impl Store {
             return Err(corrupt("not a Starling state file".into()));
         }
         let version = u16::from_le_bytes([bytes[4], bytes[5]]);
-        if version != FORMAT_VERSION {
+        if !versions.contains(&version) {
             return Err(corrupt(format!(
-                "format version {version}, this build reads {FORMAT_VERSION}"
+                "format version {version}, this build reads {versions:?}"
             )));
         }
         let mut sum = [0u8; 8];
@@ -257,9 +295,7 @@ impl Store {
         if u64::from_le_bytes(sum) != hash64(body) {
             return Err(corrupt("checksum mismatch".into()));
         }
-        postcard::from_bytes(body)
-            .map(Some)
-            .map_err(|e| corrupt(e.to_string()))
+        Ok(Some((version, body.to_vec())))
     }
 }
 

@@ -74,6 +74,7 @@ fn desired(n: usize, marker_ms: u64) -> DesiredState {
                     node: node.clone(),
                 },
             },
+            writes: Vec::new(),
         });
     }
     state
@@ -99,6 +100,7 @@ fn bench_merge(c: &mut Criterion) {
         b.merge_entry(DesiredEntry {
             name: name.clone(),
             register: register.clone(),
+            writes: Vec::new(),
         });
     }
     c.bench_function("merge two 10k-entry states (half differ)", |bench| {

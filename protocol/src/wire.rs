@@ -235,6 +235,17 @@ pub enum ApiRequest {
     /// Operators and the local socket only: a node's certificate may not mint tokens.
     /// (Variants are numbered by position on the wire: new ones go last.)
     TokenCreate,
+    /// `Apply` only if the workload's current write at the answering peer is `if_revision`
+    /// (compare-and-set: a number, `0` for "does not exist yet", or a whole revision id
+    /// `N@NODE:MS.LOGICAL`, see [`crate::desired::RevisionMatch`]).
+    ApplyIf {
+        /// The spec.
+        spec: SpecText,
+        /// Other peers that must hold the write before the answer.
+        ack_replicas: u32,
+        /// The revision the caller last saw.
+        if_revision: String,
+    },
 }
 
 /// Kinds of object `Get` lists.
@@ -427,7 +438,9 @@ impl Check for JoinReply {
 impl Check for ApiRequest {
     fn check(&self) -> Result<(), String> {
         match self {
-            ApiRequest::Apply { spec, .. } if spec.text.len() > MESSAGE_BYTES_MAX / 4 => {
+            ApiRequest::Apply { spec, .. } | ApiRequest::ApplyIf { spec, .. }
+                if spec.text.len() > MESSAGE_BYTES_MAX / 4 =>
+            {
                 Err("spec text is over 1 MiB".into())
             }
             ApiRequest::Scale { replicas, .. } if *replicas > crate::spec::REPLICAS_MAX => {
@@ -436,6 +449,10 @@ impl Check for ApiRequest {
                     crate::spec::REPLICAS_MAX
                 ))
             }
+            ApiRequest::ApplyIf { if_revision, .. } => if_revision
+                .parse::<crate::desired::RevisionMatch>()
+                .map(|_| ())
+                .map_err(|e| format!("if_revision: {e}")),
             _ => Ok(()),
         }
     }

@@ -151,8 +151,20 @@ pub fn apply(
     target: &Target,
     files: &[PathBuf],
     ack_replicas: u32,
+    if_revision: Option<String>,
     format: Format,
 ) -> anyhow::Result<ExitCode> {
+    if let Some(wanted) = &if_revision {
+        if files.len() != 1 {
+            anyhow::bail!(
+                "--if-revision {wanted}: give exactly one spec file (got {})",
+                files.len()
+            );
+        }
+        wanted
+            .parse::<starling_protocol::desired::RevisionMatch>()
+            .map_err(|e| anyhow::anyhow!("--if-revision: {e}"))?;
+    }
     let mut code = ExitCode::SUCCESS;
     for path in files {
         let text = std::fs::read_to_string(path)
@@ -175,12 +187,17 @@ pub fn apply(
             code = ExitCode::FAILURE;
             continue;
         }
-        let request = ApiRequest::Apply {
-            spec: SpecText {
-                format: spec_format,
-                text,
+        let spec = SpecText {
+            format: spec_format,
+            text,
+        };
+        let request = match &if_revision {
+            Some(wanted) => ApiRequest::ApplyIf {
+                spec,
+                ack_replicas,
+                if_revision: wanted.clone(),
             },
-            ack_replicas,
+            None => ApiRequest::Apply { spec, ack_replicas },
         };
         if call(target, request, format)? != ExitCode::SUCCESS {
             code = ExitCode::FAILURE;
@@ -241,16 +258,24 @@ pub fn print_response(response: ApiResponse, format: Format) -> ExitCode {
             name,
             revision,
             changed,
-            ..
+            at,
         } => {
+            // The number alone can name two writes made at two peers at once; the id cannot.
+            let id = starling_protocol::desired::RevisionId {
+                number: revision,
+                at,
+            };
             match (format, changed, revision) {
                 (Format::Json, ..) => println!(
                     "{}",
-                    serde_json::json!({"name": name, "revision": revision, "changed": changed})
+                    serde_json::json!({
+                        "name": name, "revision": revision, "revision_id": id.to_string(),
+                        "changed": changed,
+                    })
                 ),
-                (_, false, _) => println!("{name} unchanged (revision {revision})"),
+                (_, false, _) => println!("{name} unchanged (revision {id})"),
                 (_, true, 0) => println!("{name} deleted"),
-                (_, true, r) => println!("{name} written (revision {r})"),
+                (_, true, _) => println!("{name} written (revision {id})"),
             }
             ExitCode::SUCCESS
         }

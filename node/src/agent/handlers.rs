@@ -6,10 +6,10 @@
 use std::collections::BTreeMap;
 
 use starling_protocol::WorkloadName;
-use starling_protocol::desired::{DesiredState, Revision};
+use starling_protocol::desired::{DesiredState, Revision, RevisionId, RevisionMatch};
 use starling_protocol::spec::{SpecDoc, SpecErrors, WorkloadSpec};
 use starling_protocol::wire::{
-    ApiError as WireApiError, ApiRequest, ApiResponse, ObjectKind, SpecFormat,
+    ApiError as WireApiError, ApiRequest, ApiResponse, ObjectKind, SpecFormat, SpecText,
 };
 
 use super::Agent;
@@ -17,33 +17,24 @@ use super::tables;
 use crate::clock::now_ms;
 
 impl Agent {
-    pub(super) fn handle_api(&mut self, request: ApiRequest) -> ApiResponse {
+    /// Answers an API request made by `by` (an operator's certificate name, a node, or the
+    /// local socket): writes record it.
+    pub(super) fn handle_api(&mut self, request: ApiRequest, by: &str) -> ApiResponse {
         match request {
             ApiRequest::Apply { spec, ack_replicas } => {
-                if ack_replicas > 0 && self.fleet.is_none() {
-                    return error(format!(
-                        "--ack-replicas {ack_replicas}: this node runs alone and has no peers to wait for"
-                    ));
-                }
-                let parsed = match spec.format {
-                    SpecFormat::Toml => SpecDoc::from_toml(&spec.text),
-                    SpecFormat::Json => SpecDoc::from_json(&spec.text),
-                }
-                .and_then(|doc| doc.validate());
-                match parsed {
-                    Ok(spec) => {
-                        let response = self.apply(spec);
-                        if let Some(push) = self.push.as_mut() {
-                            push.1 = ack_replicas;
-                        }
-                        response
-                    }
-                    Err(errors) => spec_error(errors),
-                }
+                self.apply_text(spec, ack_replicas, None, by)
             }
+            ApiRequest::ApplyIf {
+                spec,
+                ack_replicas,
+                if_revision,
+            } => match if_revision.parse::<RevisionMatch>() {
+                Ok(wanted) => self.apply_text(spec, ack_replicas, Some(wanted), by),
+                Err(e) => error(format!("--if-revision: {e}")),
+            },
             ApiRequest::Delete { name } => match self.core.desired().get(&name) {
                 None => not_found(&name),
-                Some(_) => self.write(name, None),
+                Some(_) => self.write(name, None, by),
             },
             ApiRequest::Scale { name, replicas } => {
                 let Some(current) = self.core.desired().get(&name).cloned() else {
@@ -52,7 +43,7 @@ impl Agent {
                 let mut spec = current.spec.clone();
                 spec.replicas = replicas;
                 match spec.check() {
-                    Ok(()) => self.write(name, Some(current.next(spec))),
+                    Ok(()) => self.write(name, Some(current.next(spec)), by),
                     Err(errors) => spec_error(errors),
                 }
             }
@@ -61,7 +52,7 @@ impl Agent {
                     return not_found(&name);
                 };
                 match current.rollback() {
-                    Some(revision) => self.write(name, Some(revision)),
+                    Some(revision) => self.write(name, Some(revision), by),
                     None => error(format!("{name} has no previous revision to roll back to")),
                 }
             }
@@ -172,37 +163,102 @@ impl Agent {
         }
     }
 
-    fn apply(&mut self, spec: WorkloadSpec) -> ApiResponse {
+    /// Parses and applies a spec sent as text; with `wanted`, only if the workload's
+    /// current write here is that one (compare-and-set).
+    fn apply_text(
+        &mut self,
+        spec: SpecText,
+        ack_replicas: u32,
+        wanted: Option<RevisionMatch>,
+        by: &str,
+    ) -> ApiResponse {
+        if ack_replicas > 0 && self.fleet.is_none() {
+            return error(format!(
+                "--ack-replicas {ack_replicas}: this node runs alone and has no peers to wait for"
+            ));
+        }
+        let parsed = match spec.format {
+            SpecFormat::Toml => SpecDoc::from_toml(&spec.text),
+            SpecFormat::Json => SpecDoc::from_json(&spec.text),
+        }
+        .and_then(|doc| doc.validate());
+        let spec = match parsed {
+            Ok(spec) => spec,
+            Err(errors) => return spec_error(errors),
+        };
+        if let Some(wanted) = wanted {
+            let current = self.core.desired().revision_id(&spec.name);
+            if !wanted.matches(current.as_ref()) {
+                let now = match &current {
+                    Some(id) => format!("is at revision {id}"),
+                    None => "does not exist".to_string(),
+                };
+                let lost = self.core.desired().overwritten(&spec.name).len();
+                return error(format!(
+                    "{} {now} on {}, not the revision you gave (--if-revision {}); nothing was changed{}",
+                    spec.name,
+                    self.node,
+                    match &wanted {
+                        RevisionMatch::Number(n) => n.to_string(),
+                        RevisionMatch::Id(id) => id.to_string(),
+                    },
+                    if lost > 0 {
+                        format!(
+                            " ({lost} concurrent write(s) were overwritten: see starling describe)"
+                        )
+                    } else {
+                        String::new()
+                    }
+                ));
+            }
+        }
+        let response = self.apply(spec, by);
+        if let Some(push) = self.push.as_mut() {
+            push.1 = ack_replicas;
+        }
+        response
+    }
+
+    fn apply(&mut self, spec: WorkloadSpec, by: &str) -> ApiResponse {
         let name = spec.name.clone();
         let revision = match self.core.desired().get(&name) {
             Some(current) if current.spec == spec => {
+                let at = self
+                    .core
+                    .desired()
+                    .revision_id(&name)
+                    .map_or_else(|| self.hlc.last().clone(), |id| id.at);
                 return ApiResponse::Written {
                     name,
                     revision: current.number,
-                    at: self.hlc.last().clone(),
+                    at,
                     changed: false,
                 };
             }
             Some(current) => current.next(spec),
             None => Revision::first(spec),
         };
-        self.write(name, Some(revision))
+        self.write(name, Some(revision), by)
     }
 
     /// Stores a write durably, then hands the new state to the core.
-    fn write(&mut self, name: WorkloadName, revision: Option<Revision>) -> ApiResponse {
+    fn write(&mut self, name: WorkloadName, revision: Option<Revision>, by: &str) -> ApiResponse {
         let now = now_ms();
         let at = self.hlc.tick(now);
         let mut next: DesiredState = self.core.desired().clone();
         let number = revision.as_ref().map_or(0, |r| r.number);
-        next.write(name.clone(), revision, at.clone());
+        next.write_by(name.clone(), revision, at.clone(), by);
         if let Err(e) = self.store.write_desired(&next) {
             return error(format!(
                 "could not store the change, nothing was changed: {e}"
             ));
         }
+        let id = RevisionId {
+            number,
+            at: at.clone(),
+        };
         self.note(format!(
-            "{} {name} (revision {number})",
+            "{} {name} (revision {id}, by {by})",
             if number == 0 { "deleted" } else { "wrote" }
         ));
         self.decide(|core| core.handle_desired(now, next));

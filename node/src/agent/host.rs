@@ -150,6 +150,11 @@ pub(super) async fn serve_api(
                 return;
             };
             let (calls, logs) = (calls.clone(), logs.clone());
+            // Writes record who asked: on the socket, the caller's user id.
+            let caller = match stream.peer_cred() {
+                Ok(cred) => format!("local socket (uid {})", cred.uid()),
+                Err(_) => "local socket".to_string(),
+            };
             tokio::spawn(async move {
                 let _permit = permit;
                 loop {
@@ -183,7 +188,7 @@ pub(super) async fn serve_api(
                         }
                         request => {
                             let (tx, rx) = oneshot::channel();
-                            if calls.send((request, tx)).await.is_err() {
+                            if calls.send((request, caller.clone(), tx)).await.is_err() {
                                 return;
                             }
                             match rx.await {

@@ -148,7 +148,8 @@ pub enum AgentError {
 }
 
 /// An API request with the way back to its caller.
-pub(crate) type ApiCall = (ApiRequest, oneshot::Sender<ApiResponse>);
+/// An API request, who made it (for the record a write keeps), and the way back.
+pub(crate) type ApiCall = (ApiRequest, String, oneshot::Sender<ApiResponse>);
 
 /// Runs an agent until `shutdown` completes.
 pub async fn run(
@@ -463,13 +464,13 @@ impl Agent {
             let fleet_on = inbox.is_some();
             tokio::select! {
                 Some(event) = events.recv() => self.on_runtime_event(event),
-                Some((request, reply)) = api.recv() => {
+                Some((request, by, reply)) = api.recv() => {
                     if request == ApiRequest::RotateGossipKey {
                         self.rotate_key(reply);
                     } else if let ApiRequest::LeaseAcquire { name, duration_ms, wait_ms } = request {
                         self.acquire(name, duration_ms, wait_ms, reply);
                     } else {
-                        let response = self.handle_api(request);
+                        let response = self.handle_api(request, &by);
                         self.answer(response, reply);
                     }
                 }

@@ -124,9 +124,13 @@ async fn stream(
             )
             .await;
         }
-        (Request::Api(request), Some(_)) => {
+        (Request::Api(request), Some((role, name))) => {
             let (tx, rx) = oneshot::channel();
-            if routes.api.send((request, tx)).await.is_err() {
+            let caller = match role {
+                Role::Node => format!("node {name}"),
+                Role::User => format!("operator {name}"),
+            };
+            if routes.api.send((request, caller, tx)).await.is_err() {
                 return;
             }
             if let Ok(response) = rx.await {

@@ -289,9 +289,32 @@ pub(super) fn describe(
 ) -> ApiResponse {
     let name = &revision.spec.name;
     let now = now_ms();
+    let desired = core.desired();
+    let id = desired.revision_id(name);
+    let written = |at: &starling_protocol::hlc::Timestamp, by: &str| {
+        format!(
+            "at peer {} {} ago{}",
+            at.node,
+            format_duration_ms(now.saturating_sub(at.physical_ms) / 1000 * 1000),
+            if by.is_empty() {
+                String::new()
+            } else {
+                format!(", by {by}")
+            }
+        )
+    };
     let mut rows = vec![
         vec!["name".into(), name.to_string()],
-        vec!["revision".into(), revision.number.to_string()],
+        vec![
+            "revision".into(),
+            id.as_ref()
+                .map_or_else(|| revision.number.to_string(), |id| id.to_string()),
+        ],
+        vec![
+            "written".into(),
+            id.as_ref()
+                .map_or_else(|| "-".into(), |id| written(&id.at, &revision.by)),
+        ],
         vec![
             "previous revision".into(),
             revision
@@ -300,6 +323,28 @@ pub(super) fn describe(
                 .map_or("-".into(), |p| p.number.to_string()),
         ],
     ];
+    // Writes that lost to a concurrent write: what a racing operator should know was dropped.
+    let overwritten = desired.overwritten(name);
+    for w in &overwritten {
+        rows.push(vec![
+            "overwritten".into(),
+            format!(
+                "{} {} (a concurrent write won)",
+                if w.number == 0 {
+                    format!("delete {}", w.at.physical_ms)
+                } else {
+                    format!(
+                        "revision {}",
+                        starling_protocol::desired::RevisionId {
+                            number: w.number,
+                            at: w.at.clone(),
+                        }
+                    )
+                },
+                written(&w.at, &w.by)
+            ),
+        ]);
+    }
     for (node, status) in statuses(core) {
         for (id, r) in status
             .replicas
@@ -339,6 +384,17 @@ pub(super) fn describe(
     }
     let json = json!({
         "name": name, "revision": revision.number,
+        "revision_id": id.as_ref().map(|id| id.to_string()),
+        "written_at_ms": id.as_ref().map(|id| id.at.physical_ms),
+        "written_at_peer": id.as_ref().map(|id| id.at.node.to_string()),
+        "written_by": revision.by,
+        "overwritten": overwritten.iter().map(|w| json!({
+            "revision": w.number,
+            "revision_id": starling_protocol::desired::RevisionId { number: w.number, at: w.at.clone() }.to_string(),
+            "at_ms": w.at.physical_ms,
+            "peer": w.at.node.to_string(),
+            "by": w.by,
+        })).collect::<Vec<_>>(),
         "previous_revision": revision.previous.as_ref().map(|p| p.number),
         "events": mine.iter().map(|(at, text)| json!({"at_ms": at, "event": text})).collect::<Vec<_>>(),
         "spec": revision.spec.to_toml(),

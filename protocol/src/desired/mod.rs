@@ -15,6 +15,7 @@
 //! names that differ in O(difference · log buckets) without shipping the whole state.
 
 pub mod digest;
+pub mod legacy;
 pub mod sync;
 
 use std::collections::BTreeMap;
@@ -32,6 +33,10 @@ use crate::spec::{SpecErrors, WorkloadSpec};
 
 /// One version of a workload's spec. It carries the revision before it, so a rollback needs
 /// no history store; only one step back is kept, which bounds the size of every entry.
+///
+/// A revision's number counts template changes; two peers that take a write of the same
+/// workload at once both make number N+1. What names one write is the number together with
+/// its register's HLC marker ([`RevisionId`]), which no two writers share.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Revision {
     /// Counts template changes of this workload since it was created: 1, 2, ...
@@ -40,6 +45,97 @@ pub struct Revision {
     pub spec: WorkloadSpec,
     /// The revision this one replaced, if any.
     pub previous: Option<PreviousRevision>,
+    /// Markers of the writes this one was made over (the register the writer held, then that
+    /// one's lineage), newest first, at most [`LINEAGE_MAX`]: a write seen by a node that is
+    /// neither this one nor in its lineage was overwritten without its writer knowing.
+    pub lineage: Vec<Timestamp>,
+    /// Who asked for this write (an operator's certificate name, a node, or the local socket).
+    pub by: String,
+}
+
+/// Ancestors a revision remembers ([`Revision::lineage`]).
+pub const LINEAGE_MAX: usize = 8;
+/// Writes an entry remembers ([`DesiredEntry::writes`]).
+pub const WRITES_KEPT: usize = 8;
+/// Longest [`Revision::by`] and [`WriteRecord::by`].
+pub const BY_MAX: usize = 128;
+
+/// One write of a workload as every node remembers it (newest [`WRITES_KEPT`] per workload).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct WriteRecord {
+    /// The write's HLC stamp: when, and which peer took it.
+    pub at: Timestamp,
+    /// The revision number it wrote (0: it deleted the workload).
+    pub number: u64,
+    /// Who asked for it ([`Revision::by`]; empty when not known).
+    pub by: String,
+}
+
+/// The identity of one write: revision number and HLC stamp, shown `N@NODE:MS.LOGICAL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevisionId {
+    /// The revision number.
+    pub number: u64,
+    /// The register's marker.
+    pub at: Timestamp,
+}
+
+impl std::fmt::Display for RevisionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}@{}:{}.{}",
+            self.number, self.at.node, self.at.physical_ms, self.at.logical
+        )
+    }
+}
+
+/// What `apply --if-revision` compares with: a number alone, or a whole [`RevisionId`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevisionMatch {
+    /// The current revision number (0: the workload must not exist).
+    Number(u64),
+    /// The exact write.
+    Id(RevisionId),
+}
+
+impl std::str::FromStr for RevisionMatch {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "{text:?} is not a revision: give a number (2) or a revision id as shown by \
+                 apply and describe (2@node-1:1764867785123.0)"
+            )
+        };
+        let Some((number, rest)) = text.split_once('@') else {
+            return text.parse().map(RevisionMatch::Number).map_err(|_| bad());
+        };
+        let number = number.parse().map_err(|_| bad())?;
+        let (node, stamp) = rest.rsplit_once(':').ok_or_else(bad)?;
+        let (physical, logical) = stamp.split_once('.').ok_or_else(bad)?;
+        Ok(RevisionMatch::Id(RevisionId {
+            number,
+            at: Timestamp {
+                physical_ms: physical.parse().map_err(|_| bad())?,
+                logical: logical.parse().map_err(|_| bad())?,
+                node: crate::names::NodeId::new(node).map_err(|_| bad())?,
+            },
+        }))
+    }
+}
+
+impl RevisionMatch {
+    /// Whether the current write (`None`: no live workload) is the one asked for.
+    pub fn matches(&self, current: Option<&RevisionId>) -> bool {
+        match (self, current) {
+            (RevisionMatch::Number(0), None) => true,
+            (RevisionMatch::Number(n), Some(id)) => id.number == *n,
+            (RevisionMatch::Id(want), Some(id)) => want == id,
+            _ => false,
+        }
+    }
 }
 
 /// The revision a [`Revision`] replaced.
@@ -61,6 +157,10 @@ pub struct DesiredEntry {
     pub name: WorkloadName,
     /// Its register.
     pub register: Register,
+    /// The newest writes of this workload any node has seen (the register's own included),
+    /// newest first, at most [`WRITES_KEPT`]; merged as a set, so a write that lost to a
+    /// concurrent one is still on record everywhere (see [`DesiredState::overwritten`]).
+    pub writes: Vec<WriteRecord>,
 }
 
 /// Why an entry received from elsewhere was refused.
@@ -73,6 +173,14 @@ pub enum EntryError {
         entry: WorkloadName,
         /// Name inside the spec.
         spec: WorkloadName,
+    },
+    /// A list or text in the entry is over its bound.
+    #[error("entry {entry}: {what}")]
+    Oversized {
+        /// Name of the entry.
+        entry: WorkloadName,
+        /// Which field, how long, and its bound.
+        what: String,
     },
     /// The spec fails validation.
     #[error("entry {entry}: invalid spec: {errors}")]
@@ -106,6 +214,7 @@ pub struct DesiredState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Slot {
     register: Register,
+    writes: Vec<WriteRecord>,
     hash: u128,
 }
 
@@ -116,6 +225,8 @@ impl Revision {
             number: 1,
             spec,
             previous: None,
+            lineage: Vec::new(),
+            by: String::new(),
         }
     }
 
@@ -137,6 +248,8 @@ impl Revision {
                 number: self.number,
                 spec: self.spec.clone(),
             }),
+            lineage: Vec::new(),
+            by: String::new(),
         }
     }
 
@@ -153,6 +266,8 @@ impl Revision {
                 number: self.number,
                 spec: self.spec.clone(),
             }),
+            lineage: Vec::new(),
+            by: String::new(),
         })
     }
 }
@@ -160,9 +275,25 @@ impl Revision {
 impl DesiredEntry {
     /// Checks an entry received from a peer or read from disk: names agree and specs validate.
     pub fn check(&self) -> Result<(), EntryError> {
+        let bounded = |what: &str, len: usize, max: usize| {
+            if len > max {
+                Err(EntryError::Oversized {
+                    entry: self.name.clone(),
+                    what: format!("{what}: {len}, at most {max}"),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        bounded("writes", self.writes.len(), WRITES_KEPT)?;
+        for w in &self.writes {
+            bounded("writes[].by (bytes)", w.by.len(), BY_MAX)?;
+        }
         let Some(revision) = &self.register.val else {
             return Ok(());
         };
+        bounded("lineage", revision.lineage.len(), LINEAGE_MAX)?;
+        bounded("by (bytes)", revision.by.len(), BY_MAX)?;
         let specs =
             std::iter::once(&revision.spec).chain(revision.previous.as_ref().map(|p| &p.spec));
         for spec in specs {
@@ -233,43 +364,148 @@ impl DesiredState {
         self.slots.values().map(|s| &s.register.marker).max()
     }
 
-    /// Records a local write (`None` deletes) stamped `at`. Returns whether the state changed:
-    /// a write older than the entry's current marker loses, exactly as in a merge.
+    /// Records a local write (`None` deletes) stamped `at`. Returns whether it won: a write
+    /// older than the entry's current marker loses, exactly as in a merge (and stays on
+    /// record among the entry's writes).
     pub fn write(&mut self, name: WorkloadName, value: Option<Revision>, at: Timestamp) -> bool {
+        self.write_by(name, value, at, "")
+    }
+
+    /// [`DesiredState::write`] on behalf of `by` (truncated to [`BY_MAX`]): the revision
+    /// records who asked and the lineage of writes it was made over.
+    pub fn write_by(
+        &mut self,
+        name: WorkloadName,
+        mut value: Option<Revision>,
+        at: Timestamp,
+        by: &str,
+    ) -> bool {
+        let by = truncate(by, BY_MAX);
+        if let Some(revision) = value.as_mut() {
+            revision.by = by.clone();
+            revision.lineage = match self.slots.get(&name) {
+                None => Vec::new(),
+                Some(slot) => std::iter::once(slot.register.marker.clone())
+                    .chain(slot.register.val.iter().flat_map(|r| r.lineage.clone()))
+                    .take(LINEAGE_MAX)
+                    .collect(),
+            };
+        }
+        let number = value.as_ref().map_or(0, |r| r.number);
         self.merge_entry(DesiredEntry {
-            name,
+            name: name.clone(),
             register: LWWReg {
                 val: value,
-                marker: at,
+                marker: at.clone(),
             },
-        })
+            writes: vec![WriteRecord {
+                at: at.clone(),
+                number,
+                by,
+            }],
+        });
+        self.slots
+            .get(&name)
+            .is_some_and(|s| s.register.marker == at)
     }
 
     /// Merges one entry. Returns whether the state changed.
+    ///
+    /// The register is last-writer-wins by marker; the write records are a set (keyed by
+    /// marker) of which the newest [`WRITES_KEPT`] stay. Both are joins, so the merge is too.
     pub fn merge_entry(&mut self, entry: DesiredEntry) -> bool {
-        let DesiredEntry { name, register } = entry;
-        let hash = entry_hash(&name, &register);
+        let DesiredEntry {
+            name,
+            register,
+            writes,
+        } = entry;
         let bucket = bucket_of(&name);
-        match self.slots.get_mut(&name) {
-            None => {
-                self.buckets[bucket] ^= hash;
-                self.slots.insert(name, Slot { register, hash });
-                true
+        let Some(slot) = self.slots.get_mut(&name) else {
+            let writes = keep_newest(writes.into_iter().chain([record_of(&register)]));
+            let hash = entry_hash(&name, &register, &writes);
+            self.buckets[bucket] ^= hash;
+            self.slots.insert(
+                name,
+                Slot {
+                    register,
+                    writes,
+                    hash,
+                },
+            );
+            return true;
+        };
+        let wins = match register.marker.cmp(&slot.register.marker) {
+            std::cmp::Ordering::Greater => true,
+            std::cmp::Ordering::Less => false,
+            // Same marker: same write unless a peer is broken; pick deterministically.
+            std::cmp::Ordering::Equal => {
+                register != slot.register
+                    && register_hash(&name, &register) > register_hash(&name, &slot.register)
             }
-            Some(slot) => {
-                let wins = match register.marker.cmp(&slot.register.marker) {
-                    std::cmp::Ordering::Greater => true,
-                    std::cmp::Ordering::Less => false,
-                    // Same marker: same write unless a peer is broken; pick deterministically.
-                    std::cmp::Ordering::Equal => hash > slot.hash,
-                };
-                if wins {
-                    self.buckets[bucket] ^= slot.hash ^ hash;
-                    *slot = Slot { register, hash };
-                }
-                wins
-            }
+        };
+        let writes = keep_newest(
+            slot.writes
+                .iter()
+                .cloned()
+                .chain(writes)
+                .chain([record_of(&register)]),
+        );
+        if !wins && writes == slot.writes {
+            return false;
         }
+        let register = if wins {
+            register
+        } else {
+            slot.register.clone()
+        };
+        let hash = entry_hash(&name, &register, &writes);
+        self.buckets[bucket] ^= slot.hash ^ hash;
+        *slot = Slot {
+            register,
+            writes,
+            hash,
+        };
+        true
+    }
+
+    /// The identity of `name`'s current write, if it is live.
+    pub fn revision_id(&self, name: &WorkloadName) -> Option<RevisionId> {
+        let register = &self.slots.get(name)?.register;
+        register.val.as_ref().map(|r| RevisionId {
+            number: r.number,
+            at: register.marker.clone(),
+        })
+    }
+
+    /// Writes of `name` that were overwritten by a concurrent write (one whose writer had not
+    /// seen them), newest first: what two operators racing each other lost. Writes older than
+    /// what the current revision's lineage reaches back to, or than a delete it was made over,
+    /// are history, not races.
+    pub fn overwritten(&self, name: &WorkloadName) -> Vec<WriteRecord> {
+        let Some(slot) = self.slots.get(name) else {
+            return Vec::new();
+        };
+        let current = &slot.register;
+        let lineage: &[Timestamp] = current.val.as_ref().map_or(&[], |r| &r.lineage);
+        let deleted_before = slot
+            .writes
+            .iter()
+            .filter(|w| w.number == 0 && lineage.contains(&w.at))
+            .map(|w| &w.at)
+            .max();
+        let reach = (lineage.len() >= LINEAGE_MAX)
+            .then(|| lineage.last())
+            .flatten();
+        slot.writes
+            .iter()
+            .filter(|w| {
+                w.at != current.marker
+                    && !lineage.contains(&w.at)
+                    && deleted_before.is_none_or(|d| w.at > *d)
+                    && reach.is_none_or(|r| w.at > *r)
+            })
+            .cloned()
+            .collect()
     }
 
     /// Merges another state into this one (the CRDT join). Returns how many entries changed.
@@ -286,6 +522,7 @@ impl DesiredState {
             let entry = DesiredEntry {
                 name: name.clone(),
                 register: slot.register.clone(),
+                writes: slot.writes.clone(),
             };
             changed += usize::from(self.merge_entry(entry));
         }
@@ -351,15 +588,16 @@ impl DesiredState {
 
     /// The entries for `names` (those this state has), to ship to a peer.
     pub fn export(&self, names: &[WorkloadName]) -> Vec<DesiredEntry> {
-        names
-            .iter()
-            .filter_map(|n| {
-                self.slots.get(n).map(|s| DesiredEntry {
-                    name: n.clone(),
-                    register: s.register.clone(),
-                })
-            })
-            .collect()
+        names.iter().filter_map(|n| self.entry(n)).collect()
+    }
+
+    /// The entry of `name` as it travels, if this state has one.
+    pub fn entry(&self, name: &WorkloadName) -> Option<DesiredEntry> {
+        self.slots.get(name).map(|s| DesiredEntry {
+            name: name.clone(),
+            register: s.register.clone(),
+            writes: s.writes.clone(),
+        })
     }
 }
 
@@ -368,10 +606,45 @@ pub fn bucket_of(name: &WorkloadName) -> usize {
     (hash64(name.as_str().as_bytes()) % DIGEST_BUCKETS as u64) as usize
 }
 
-fn entry_hash(name: &WorkloadName, register: &Register) -> u128 {
+fn entry_hash(name: &WorkloadName, register: &Register, writes: &[WriteRecord]) -> u128 {
     // postcard of plain serde data cannot fail; an empty fallback would only weaken the digest.
+    let bytes = postcard::to_allocvec(&(name, register, writes)).unwrap_or_default();
+    hash128(&bytes)
+}
+
+fn register_hash(name: &WorkloadName, register: &Register) -> u128 {
     let bytes = postcard::to_allocvec(&(name, register)).unwrap_or_default();
     hash128(&bytes)
+}
+
+/// The record of the write a register holds.
+fn record_of(register: &Register) -> WriteRecord {
+    WriteRecord {
+        at: register.marker.clone(),
+        number: register.val.as_ref().map_or(0, |r| r.number),
+        by: register
+            .val
+            .as_ref()
+            .map_or_else(String::new, |r| r.by.clone()),
+    }
+}
+
+/// The newest [`WRITES_KEPT`] records by marker, one per marker (the greatest record when
+/// two disagree, so every node keeps the same one).
+fn keep_newest(records: impl Iterator<Item = WriteRecord>) -> Vec<WriteRecord> {
+    let mut all: Vec<WriteRecord> = records.collect();
+    all.sort_by(|a, b| b.cmp(a));
+    all.dedup_by(|later, kept| later.at == kept.at);
+    all.truncate(WRITES_KEPT);
+    all
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
 }
 
 impl Serialize for DesiredState {
@@ -379,6 +652,7 @@ impl Serialize for DesiredState {
         serializer.collect_seq(self.slots.iter().map(|(n, s)| DesiredEntry {
             name: n.clone(),
             register: s.register.clone(),
+            writes: s.writes.clone(),
         }))
     }
 }

@@ -65,13 +65,6 @@ impl DesiredState {
         }
         pages
     }
-
-    fn entry(&self, name: &WorkloadName) -> Option<DesiredEntry> {
-        self.register(name).map(|register| DesiredEntry {
-            name: name.clone(),
-            register: register.clone(),
-        })
-    }
 }
 
 /// What a puller still wants from one peer, asked page after page.
@@ -204,6 +197,7 @@ mod tests {
                     node: NodeId::new("n1").expect("valid id"),
                 },
             },
+            writes: Vec::new(),
         }
     }
 

@@ -23,6 +23,7 @@ fn entry() -> DesiredEntry {
             val: Some(Revision::first(spec)),
             marker: ts(),
         },
+        writes: Vec::new(),
     }
 }
 
