@@ -7,11 +7,11 @@ use super::{DesiredState, Register};
 use crate::hlc::Timestamp;
 use crate::names::WorkloadName;
 
-/// Ancestors a revision remembers ([`Revision::lineage`]).
+/// Ancestors a revision remembers ([`super::Revision::lineage`]).
 pub const LINEAGE_MAX: usize = 8;
-/// Writes an entry remembers ([`DesiredEntry::writes`]).
+/// Writes an entry remembers ([`super::DesiredEntry::writes`]).
 pub const WRITES_KEPT: usize = 8;
-/// Longest [`Revision::by`] and [`WriteRecord::by`].
+/// Longest [`super::Revision::by`] and [`WriteRecord::by`].
 pub const BY_MAX: usize = 128;
 
 /// One write of a workload as every node remembers it (newest [`WRITES_KEPT`] per workload).
@@ -21,7 +21,7 @@ pub struct WriteRecord {
     pub at: Timestamp,
     /// The revision number it wrote (0: it deleted the workload).
     pub number: u64,
-    /// Who asked for it ([`Revision::by`]; empty when not known).
+    /// Who asked for it ([`super::Revision::by`]; empty when not known).
     pub by: String,
 }
 
