@@ -50,6 +50,14 @@ fn samples() -> Vec<Vec<u8>> {
             name: WorkloadName::new("web").expect("valid"),
             replicas: 3,
         },
+        ApiRequest::ApplyIf {
+            spec: SpecText {
+                format: SpecFormat::Toml,
+                text: "name = \"x\"".into(),
+            },
+            ack_replicas: 0,
+            if_revision: "2@n1:17.0".into(),
+        },
     ];
     let mut out: Vec<Vec<u8>> = peer.iter().map(|m| encode(m).expect("encodes")).collect();
     out.extend(api.iter().map(|m| encode(m).expect("encodes")));
@@ -105,6 +113,30 @@ fn entries_with_invalid_specs_are_refused_after_decoding() {
         decode::<PeerMessage>(&bytes),
         Err(WireError::Invalid(_))
     ));
+}
+
+#[test]
+fn unbounded_write_records_and_bad_revisions_are_refused_after_decoding() {
+    let mut e = entry();
+    let record = crate::desired::WriteRecord {
+        at: ts(),
+        number: 1,
+        by: String::new(),
+    };
+    e.writes = vec![record; crate::desired::WRITES_KEPT + 1];
+    let bytes = encode(&PeerMessage::Entries(vec![e])).expect("encodes");
+    let err = decode::<PeerMessage>(&bytes).expect_err("refused");
+    assert!(err.to_string().contains("writes"), "{err}");
+    let request = ApiRequest::ApplyIf {
+        spec: SpecText {
+            format: SpecFormat::Toml,
+            text: "name = \"x\"".into(),
+        },
+        ack_replicas: 0,
+        if_revision: "two".into(),
+    };
+    let err = decode::<ApiRequest>(&encode(&request).expect("encodes")).expect_err("refused");
+    assert!(err.to_string().contains("if_revision"), "{err}");
 }
 
 #[test]
