@@ -28,6 +28,7 @@ mod fast;
 mod faults;
 mod lease_check;
 mod leases;
+mod lifecycle;
 mod net;
 pub mod report;
 mod return_check;

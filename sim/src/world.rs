@@ -8,15 +8,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use starling_node::core::{CoreConfig, NodeCore, Restored, RuntimeEvent};
+use starling_node::core::{NodeCore, RuntimeEvent};
 use starling_node::election::{VoterMemory, Voters};
-use starling_node::membership::{Detector, DetectorConfig};
+use starling_node::membership::Detector;
 use starling_protocol::NodeId;
 use starling_protocol::desired::{DesiredState, Revision};
 use starling_protocol::hash::mix64;
-use starling_protocol::hlc::{Hlc, Timestamp};
-use starling_protocol::placement::{Capacity, Departure, FleetView, Liveness, ReplicaId};
-use starling_protocol::quantity::{Bytes, Millicores};
+use starling_protocol::hlc::Hlc;
+use starling_protocol::placement::{Capacity, Departure, FleetView, ReplicaId};
 use starling_protocol::spec::WorkloadSpec;
 use starling_protocol::status::NodeStatus;
 
@@ -25,7 +24,7 @@ use crate::lease_check::LeaseLog;
 use crate::leases::NodeLeases;
 pub(crate) use crate::net::Msg;
 use crate::rng::SimRng;
-use crate::scenario::{DetectorModel, Scenario};
+use crate::scenario::Scenario;
 
 /// A node's process state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,7 +204,7 @@ pub(crate) struct World<'s> {
     pub started_on: BTreeMap<ReplicaId, usize>,
     pub log: Vec<(u64, String)>,
     pub expanded_faults: Vec<(u64, crate::faults::Step)>,
-    next_instance: u64,
+    pub(crate) next_instance: u64,
     /// Duplicate copies next to nodes back from a restart (`return_check`).
     pub returns: crate::return_check::ReturnLog,
 }
@@ -254,138 +253,6 @@ impl<'s> World<'s> {
         }
         world.schedule(scenario.gossip.interval_ms, Event::Sample);
         world
-    }
-
-    pub fn add_node(&mut self) -> usize {
-        let i = self.nodes.len();
-        let (id, labels) = node_identity(self.scenario, i);
-        self.nodes.push(SimNode {
-            hlc: Hlc::new(id.clone(), 5_000),
-            id: id.clone(),
-            labels,
-            capacity: Capacity {
-                cpu: Millicores(self.scenario.fleet.cpu_millicores),
-                memory: Bytes(self.scenario.fleet.memory_bytes),
-            },
-            power: Power::Crashed,
-            core: None,
-            disk: Disk::default(),
-            skew_ms: 0,
-            heartbeat: 0,
-            last_heard: BTreeMap::new(),
-            known: BTreeSet::new(),
-            view: FleetView::default(),
-            status: NodeStatus::default(),
-            status_version: 0,
-            peer_versions: BTreeMap::new(),
-            instances: BTreeMap::new(),
-            syncing: BTreeMap::new(),
-            pulls: BTreeMap::new(),
-            minority_baseline: None,
-            held: Vec::new(),
-            detector: None,
-            boots: 0,
-            core_timer_at: None,
-            detector_timer_at: None,
-            leases: NodeLeases::default(),
-            departure: Departure::Staying,
-            departures_heard: BTreeMap::new(),
-            leaving: None,
-        });
-        self.index.insert(id, i);
-        i
-    }
-
-    /// Starts (or restarts) node `i` from its disk. Replicas still running there (the agent
-    /// restarted, its processes did not) are reported to the new core as adopted before
-    /// anything else, as the agent does.
-    pub fn boot(&mut self, i: usize) {
-        let instance_base = self.next_instance;
-        self.next_instance += 1_000_000;
-        let node = &mut self.nodes[i];
-        node.power = Power::Up;
-        node.last_heard.clear();
-        node.peer_versions.clear();
-        node.syncing.clear();
-        node.pulls.clear();
-        node.heartbeat += 1;
-        node.departure = Departure::Staying;
-        node.leaving = None;
-        let resume = node.disk.desired.newest_timestamp().cloned();
-        node.hlc = match resume {
-            Some(t) => Hlc::resume(
-                Timestamp {
-                    node: node.id.clone(),
-                    ..t
-                },
-                5_000,
-            ),
-            None => Hlc::new(node.id.clone(), 5_000),
-        };
-        let mut config = CoreConfig::new(node.id.clone(), instance_base);
-        config.bug_minority_takes_over = self.bug_minority_takes_over;
-        config.settle_ms = self.scenario.core.settle_ms;
-        // A restart listens for the fleet before it acts, as the agent does; the fleet's
-        // first start has nobody to listen for.
-        let rejoin_until_ms = (node.boots > 0)
-            .then(|| (self.now as i64 + node.skew_ms) as u64 + self.scenario.gossip.rejoin_wait_ms);
-        // The agent restores the fleet as it last saw it, with itself back and staying.
-        let mut view = node.disk.view.clone();
-        if let Some(me) = view.nodes.get_mut(&node.id) {
-            me.liveness = Liveness::Alive;
-            me.departure = Departure::Staying;
-        }
-        let restored = Restored {
-            desired: node.disk.desired.clone(),
-            last_assignment: node.disk.assignment.clone(),
-            view,
-            rejoin_until_ms,
-        };
-        node.core = Some(NodeCore::new(config, restored));
-        node.minority_baseline = Some(
-            node.disk
-                .assignment
-                .iter()
-                .map(|(r, _)| r.clone())
-                .collect(),
-        );
-        node.boots += 1;
-        node.detector = None;
-        if self.scenario.gossip.detector == DetectorModel::Watchers {
-            let config = DetectorConfig {
-                down_after_ms: self.scenario.gossip.down_after_ms,
-                stale_after_ms: self.scenario.gossip.down_after_ms.max(2_000) * 2,
-                ..DetectorConfig::default()
-            };
-            node.detector = Some(Detector::new(config, node.id.clone(), node.boots));
-        }
-        node.view = FleetView::default();
-        // The elector first, as the agent builds it before the core: a core that acts on its
-        // first adoption (no rejoin wait) may campaign at once.
-        self.boot_elector(i);
-        self.adopt(i);
-        self.learn_departures(i);
-        self.update_detector_members(i);
-        self.refresh_view(i);
-        self.returns.back(self.now, i, self.nodes[i].boots);
-        let first_tick = self.now + self.rng.range(1, self.scenario.gossip.interval_ms);
-        let boots = self.nodes[i].boots;
-        self.schedule(first_tick, Event::GossipTick(i, boots));
-    }
-
-    /// Stops node `i`: memory and processes are gone, the disk stays.
-    pub fn crash(&mut self, i: usize) {
-        crate::return_check::track(self);
-        self.returns.left(i);
-        let node = &mut self.nodes[i];
-        node.power = Power::Crashed;
-        node.core = None;
-        node.core_timer_at = None;
-        node.detector_timer_at = None;
-        node.instances.clear();
-        node.held.clear();
-        node.leaving = None;
-        self.drop_elector(i);
     }
 
     fn apply_initial_workloads(&mut self) {
