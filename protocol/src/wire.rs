@@ -429,8 +429,48 @@ impl Check for Request {
     }
 }
 
+/// Largest PEM text (certificate or key) an enrolment may carry.
+const PEM_BYTES_MAX: usize = 64 << 10;
+/// Most seeds an enrolment may name.
+const SEEDS_MAX: usize = 256;
+
 impl Check for JoinReply {
+    /// A new member indexes the keyring and parses the PEMs it is given: an enrolment that is
+    /// empty or unbounded is refused here, naming the field, before anything is stored.
     fn check(&self) -> Result<(), String> {
+        let JoinReply::Accepted(e) = self else {
+            return Ok(());
+        };
+        if e.gossip_keys.is_empty() || e.gossip_keys.len() > 16 {
+            return Err(format!(
+                "enrolment.gossip_keys: a keyring holds 1 to 16 keys, got {}",
+                e.gossip_keys.len()
+            ));
+        }
+        if e.cluster.is_empty() || e.cluster.len() > 63 {
+            return Err(format!(
+                "enrolment.cluster: 1 to 63 bytes, got {}",
+                e.cluster.len()
+            ));
+        }
+        for (field, pem) in [
+            ("ca_pem", &e.ca_pem),
+            ("ca_key_pem", &e.ca_key_pem),
+            ("cert_pem", &e.cert_pem),
+            ("key_pem", &e.key_pem),
+        ] {
+            if pem.is_empty() || pem.len() > PEM_BYTES_MAX {
+                return Err(format!(
+                    "enrolment.{field}: 1 to {PEM_BYTES_MAX} bytes, got {}",
+                    pem.len()
+                ));
+            }
+        }
+        if e.seeds.len() > SEEDS_MAX || e.seeds.iter().any(|s| s.is_empty() || s.len() > 255) {
+            return Err(format!(
+                "enrolment.seeds: at most {SEEDS_MAX} addresses of 1 to 255 bytes"
+            ));
+        }
         Ok(())
     }
 }

@@ -90,6 +90,7 @@ impl Metrics {
                 ("{reason=\"replay\"}", load(&g.probe_dropped_replay)),
                 ("{reason=\"malformed\"}", load(&g.probe_dropped_malformed)),
                 ("{reason=\"other_life\"}", load(&g.probe_dropped_other_life)),
+                ("{reason=\"overload\"}", load(&g.probe_dropped_overload)),
             ],
         );
         let _ = writeln!(

@@ -56,6 +56,8 @@ pub struct GossipCounters {
     /// Probe socket drops: sealed by another life of its sender than the one the fleet
     /// follows (a second process under the same node id).
     pub probe_dropped_other_life: AtomicU64,
+    /// Probe socket drops: authentic, but the agent loop was this many probes behind.
+    pub probe_dropped_overload: AtomicU64,
 }
 
 impl GossipCounters {

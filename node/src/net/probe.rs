@@ -24,6 +24,9 @@ use crate::gossip::replay::ReplayGuard;
 use crate::gossip::seal::{Channel, Keyring, OpenError, Sender};
 use crate::gossip::transport::{fresh_nonce, open_counted};
 
+/// Probes queued for the agent loop at most (a few seconds of a large fleet's probing); more
+/// are dropped and counted as `overload`.
+pub const PROBE_QUEUE: usize = 1024;
 /// A probe datagram's content.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct ProbePacket {
@@ -95,7 +98,7 @@ pub async fn bind(
     me: NodeId,
     generation: u64,
     followed: Followed,
-    inbox: mpsc::UnboundedSender<(NodeId, PeerMessage)>,
+    inbox: mpsc::Sender<(NodeId, PeerMessage)>,
 ) -> std::io::Result<ProbeSender> {
     let sealed_as = Sender::new(me.as_str(), generation, Channel::Probe)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
@@ -119,7 +122,7 @@ async fn receive(
     keyring: Arc<RwLock<Keyring>>,
     counters: Arc<GossipCounters>,
     followed: Followed,
-    inbox: mpsc::UnboundedSender<(NodeId, PeerMessage)>,
+    inbox: mpsc::Sender<(NodeId, PeerMessage)>,
 ) {
     let mut buf = vec![0u8; 65_536];
     let mut guard = ReplayGuard::default();
@@ -161,8 +164,16 @@ async fn receive(
             // A member naming another node inside its own sealed packet is not a probe.
             Ok(packet) if packet.from.as_str() == opened.sender => {
                 counters.packets_in.fetch_add(1, Ordering::Relaxed);
-                if inbox.send((packet.from, packet.message)).is_err() {
-                    return;
+                // Bounded: a loop that falls behind drops probes (the detector retries them)
+                // instead of queueing without limit what the socket can deliver.
+                match inbox.try_send((packet.from, packet.message)) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        counters
+                            .probe_dropped_overload
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return,
                 }
             }
             Ok(_) | Err(_) => counters.count_drop(probe, OpenError::Malformed),
@@ -182,10 +193,10 @@ mod tests {
     ) -> (
         ProbeSender,
         Arc<GossipCounters>,
-        mpsc::UnboundedReceiver<(NodeId, PeerMessage)>,
+        mpsc::Receiver<(NodeId, PeerMessage)>,
     ) {
         let counters = Arc::new(GossipCounters::default());
-        let (tx, inbox) = mpsc::unbounded_channel();
+        let (tx, inbox) = mpsc::channel(PROBE_QUEUE);
         let me = NodeId::new(name).expect("node id");
         let addr = "127.0.0.1:0".parse().expect("addr");
         let sender = bind(

@@ -140,6 +140,34 @@ fn unbounded_write_records_and_bad_revisions_are_refused_after_decoding() {
 }
 
 #[test]
+fn an_enrolment_with_an_empty_keyring_is_refused_naming_the_field() {
+    let enrolment = Enrolment {
+        cluster: "c".into(),
+        ca_pem: "ca".into(),
+        ca_key_pem: "ca key".into(),
+        gossip_keys: vec![(1, [7; 32])],
+        cert_pem: "cert".into(),
+        key_pem: "key".into(),
+        seeds: vec!["127.0.0.1:7946".into()],
+    };
+    let good = JoinReply::Accepted(Box::new(enrolment.clone()));
+    assert_eq!(
+        decode::<JoinReply>(&encode(&good).expect("encodes")).expect("decodes"),
+        good
+    );
+    let mut empty = enrolment.clone();
+    empty.gossip_keys.clear();
+    let bytes = encode(&JoinReply::Accepted(Box::new(empty))).expect("encodes");
+    let err = decode::<JoinReply>(&bytes).expect_err("refused");
+    assert!(err.to_string().contains("enrolment.gossip_keys"), "{err}");
+    let mut no_cert = enrolment;
+    no_cert.cert_pem.clear();
+    let bytes = encode(&JoinReply::Accepted(Box::new(no_cert))).expect("encodes");
+    let err = decode::<JoinReply>(&bytes).expect_err("refused");
+    assert!(err.to_string().contains("enrolment.cert_pem"), "{err}");
+}
+
+#[test]
 fn an_invalid_name_on_the_wire_is_refused_naming_the_name_and_the_rule() {
     // Version 1, ApiRequest::Delete (variant 1), then a name no client may send.
     let mut bytes = vec![1, 1, 8];

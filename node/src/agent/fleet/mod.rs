@@ -203,7 +203,7 @@ pub(super) struct Fleet {
 
 /// Channels the fleet feeds into the agent loop.
 pub(crate) struct FleetInbox {
-    pub probes: mpsc::UnboundedReceiver<(NodeId, PeerMessage)>,
+    pub probes: mpsc::Receiver<(NodeId, PeerMessage)>,
     pub sync: mpsc::UnboundedReceiver<SyncEvent>,
 }
 
@@ -308,7 +308,7 @@ impl Fleet {
         let handle = spawn_chitchat(config, initial, &transport)
             .await
             .map_err(|e| AgentError::Net(format!("gossip on {}: {e:#}", settings.listen)))?;
-        let (probe_tx, probes) = mpsc::unbounded_channel();
+        let (probe_tx, probes) = mpsc::channel(probe::PROBE_QUEUE);
         let keyring_for_fleet = keyring.clone();
         let followed = probe::Followed::default();
         let probe = probe::bind(
