@@ -205,16 +205,6 @@ fn a_join_under_a_members_id_is_refused_and_a_retry_under_a_new_default_id_works
     stop(&mut child);
 }
 
-/// Node `i`'s view of `node`'s state (`alive`, `suspect`, `down`).
-fn state_of(fleet: &Fleet, i: usize, node: &str) -> Option<String> {
-    let nodes = fleet.json(i, &["get", "nodes"])?;
-    nodes
-        .as_array()?
-        .iter()
-        .find(|n| n["node"] == node)
-        .and_then(|n| n["state"].as_str().map(str::to_string))
-}
-
 #[test]
 fn a_clone_of_a_members_data_dir_gives_way_and_the_member_keeps_its_place() {
     let mut fleet = Fleet::start(3);
@@ -256,7 +246,7 @@ fn a_clone_of_a_members_data_dir_gives_way_and_the_member_keeps_its_place() {
     let mut exit = None;
     while started.elapsed() < Duration::from_secs(12) {
         for i in 0..2 {
-            let state = state_of(&fleet, i, "node-3");
+            let state = fleet.state_of(i, "node-3");
             assert_ne!(
                 state.as_deref(),
                 Some("down"),
@@ -294,7 +284,7 @@ fn a_clone_of_a_members_data_dir_gives_way_and_the_member_keeps_its_place() {
     assert!(own.is_empty(), "the clone started replicas: {own:?}");
     assert_eq!(fleet.live_processes("sleepers"), 4);
     for i in 0..3 {
-        assert_eq!(state_of(&fleet, i, "node-3").as_deref(), Some("alive"));
+        assert_eq!(fleet.state_of(i, "node-3").as_deref(), Some("alive"));
         assert_eq!(placement(&fleet, i).as_ref(), Some(&before));
     }
 }

@@ -198,6 +198,16 @@ impl Fleet {
         );
     }
 
+    /// Node `i`'s view of `node`'s state (`alive`, `suspect`, `down`).
+    pub fn state_of(&self, i: usize, node: &str) -> Option<String> {
+        let nodes = self.json(i, &["get", "nodes"])?;
+        nodes
+            .as_array()?
+            .iter()
+            .find(|n| n["node"] == node)
+            .and_then(|n| n["state"].as_str().map(str::to_string))
+    }
+
     /// Running replicas as node `i` reports them: (workload, index, node).
     pub fn running(&self, i: usize) -> Option<Vec<(String, u64, String)>> {
         let v = self.json(i, &["status"])?;
