@@ -1,16 +1,25 @@
-//! The Starling agent: a sans-IO node core plus the I/O shell around it.
+//! The Starling agent: a sans-IO node core plus the I/O shell around it. Every module:
 //!
 //! - [`core`]: the deterministic reconciler. Events in (`handle_*`), actions out (`poll_action`),
 //!   one `poll_timeout`; no clocks, sockets, threads or randomness. `sim/` drives it directly.
-//! - [`runtime`]: the `Runtime` trait and the process runtime (the embedded default).
+//! - [`election`]: leases and leader election, the sans-IO elector every node runs (voter and
+//!   candidate sides).
+//! - [`membership`]: the failure detector (k rendezvous-chosen watchers, indirect probes) and
+//!   which life of a node id the fleet follows (`lives`).
+//! - [`agent`]: the I/O shell: the one loop that owns the core, the fleet (gossip, sync,
+//!   departures), the API handlers, the local HTTP port (metrics, leases) and the effects.
+//! - [`api`]: the API framing shared by the Unix socket and QUIC.
+//! - [`net`]: QUIC with mutual TLS (API, sync, joins) and the failure detector's UDP socket.
+//! - [`gossip`]: sealing of gossip and probe packets with the cluster keyring (AEAD, rotation,
+//!   per-sender replay windows) and the sealed UDP transport chitchat runs on.
+//! - [`cluster`]: a member's cluster material on disk (CA, keyring, certificate, seeds), joins
+//!   and tokens; the operator's client material.
+//! - [`identity`]: certificates (cluster CA, nodes, users), join tokens, default node ids.
+//! - [`runtime`]: the `Runtime` trait, the process runtime (the embedded default), Docker and
+//!   Podman containers, cgroups, and the fence for singletons.
 //! - [`health`]: exec, TCP and HTTP probes, run by the shell, fed back to the core.
-//! - [`gossip`]: sealing of gossip packets with the cluster keyring (AEAD, rotation, replay).
-//! - [`identity`]: the cluster CA, node and user certificates, join tokens.
-//! - [`membership`]: the failure detector (k rendezvous-chosen watchers, indirect probes).
 //! - [`store`]: the node's durable state, written atomically (write, fsync, rename, fsync dir).
 //! - [`clock`]: the only place the shell reads the wall clock.
-//!
-//! Gossip, sync, the QUIC API, discovery, proxy and secrets land with their issues.
 
 #![forbid(unsafe_code)]
 

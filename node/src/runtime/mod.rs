@@ -2,8 +2,9 @@
 //!
 //! A runtime starts and stops replicas on request and reports what happens to them as
 //! [`RuntimeEvent`]s on the channel it was built with; the core turns those into decisions.
-//! The process runtime (plain child processes) is the embedded default; container runtimes
-//! (Docker, Podman) implement the same trait in a later issue.
+//! The process runtime (plain child processes, in cgroups where the host allows) is the
+//! embedded default; `docker` runs containers through the Docker or Podman API behind the same
+//! trait; `fence` stops a singleton's instance when its lease can no longer be renewed.
 
 pub mod cgroup;
 pub mod docker;
