@@ -279,7 +279,7 @@ impl Store {
                 "{len} bytes, over the limit of {FILE_BYTES_MAX}"
             )));
         }
-        let bytes = fs::read(&path).map_err(io)?;
+        let mut bytes = fs::read(&path).map_err(io)?;
         if bytes.len() < 14 || bytes[..4] != MAGIC {
             return Err(corrupt("not a Starling state file".into()));
         }
@@ -291,11 +291,12 @@ impl Store {
         }
         let mut sum = [0u8; 8];
         sum.copy_from_slice(&bytes[6..14]);
-        let body = &bytes[14..];
-        if u64::from_le_bytes(sum) != hash64(body) {
+        if u64::from_le_bytes(sum) != hash64(&bytes[14..]) {
             return Err(corrupt("checksum mismatch".into()));
         }
-        Ok(Some((version, body.to_vec())))
+        // The body in place: the desired state can be tens of MiB, no second copy.
+        bytes.drain(..14);
+        Ok(Some((version, bytes)))
     }
 }
 

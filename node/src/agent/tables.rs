@@ -333,13 +333,7 @@ pub(super) fn describe(
                 if w.number == 0 {
                     format!("delete {}", w.at.physical_ms)
                 } else {
-                    format!(
-                        "revision {}",
-                        starling_protocol::desired::RevisionId {
-                            number: w.number,
-                            at: w.at.clone(),
-                        }
-                    )
+                    format!("revision {}", w.id())
                 },
                 written(&w.at, &w.by)
             ),
@@ -390,7 +384,7 @@ pub(super) fn describe(
         "written_by": revision.by,
         "overwritten": overwritten.iter().map(|w| json!({
             "revision": w.number,
-            "revision_id": starling_protocol::desired::RevisionId { number: w.number, at: w.at.clone() }.to_string(),
+            "revision_id": w.id().to_string(),
             "at_ms": w.at.physical_ms,
             "peer": w.at.node.to_string(),
             "by": w.by,

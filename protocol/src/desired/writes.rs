@@ -25,6 +25,16 @@ pub struct WriteRecord {
     pub by: String,
 }
 
+impl WriteRecord {
+    /// The identity of the write this records.
+    pub fn id(&self) -> RevisionId {
+        RevisionId {
+            number: self.number,
+            at: self.at.clone(),
+        }
+    }
+}
+
 /// The identity of one write: revision number and HLC stamp, shown `N@NODE:MS.LOGICAL`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RevisionId {
