@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
 
-use crate::core::RuntimeEvent;
+use starling_core::node::RuntimeEvent;
 
 /// Most bytes read from an HTTP answer: the status line is all a probe needs.
 const HTTP_READ_BYTES_MAX: usize = 8 << 10;

@@ -1,11 +1,7 @@
-//! The Starling agent: a sans-IO node core plus the I/O shell around it. Every module:
+//! The Starling agent: the I/O shell around the sans-IO machines of `starling-core` (the node
+//! core, the elector, the failure detector, desired-state sync), which the simulator drives
+//! too. This crate feeds them events and executes what they output. Every module:
 //!
-//! - [`core`]: the deterministic reconciler. Events in (`handle_*`), actions out (`poll_action`),
-//!   one `poll_timeout`; no clocks, sockets, threads or randomness. `sim/` drives it directly.
-//! - [`election`]: leases and leader election, the sans-IO elector every node runs (voter and
-//!   candidate sides).
-//! - [`membership`]: the failure detector (k rendezvous-chosen watchers, indirect probes) and
-//!   which life of a node id the fleet follows (`lives`).
 //! - [`agent`]: the I/O shell: the one loop that owns the core, the fleet (gossip, sync,
 //!   departures), the API handlers, the local HTTP port (metrics, leases) and the effects.
 //! - [`api`]: the API framing shared by the Unix socket and QUIC.
@@ -27,14 +23,12 @@ pub mod agent;
 pub mod api;
 pub mod clock;
 pub mod cluster;
-pub mod core;
-pub mod election;
 pub mod gossip;
 pub mod health;
 pub mod identity;
-pub mod membership;
 pub mod net;
 pub mod runtime;
 pub mod store;
 
+pub use starling_core as core;
 pub use starling_protocol as protocol;

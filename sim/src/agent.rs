@@ -19,7 +19,7 @@
 //!   view included): a new generation, `Departure::Staying` again (its heartbeats tell the
 //!   peers).
 
-use starling_node::core::RuntimeEvent;
+use starling_core::node::RuntimeEvent;
 use starling_protocol::placement::{Departure, Liveness};
 
 use crate::world::{Event, Power, World};

@@ -8,7 +8,7 @@ use starling_protocol::hlc::Timestamp;
 use starling_protocol::placement::{Departure, FleetView, Liveness, NodeView, ReplicaId, plan};
 use starling_protocol::spec::{PartitionPolicy, RuntimeKind, WorkloadSpec};
 
-use starling_node::core::CoreConfig;
+use starling_core::node::CoreConfig;
 
 use crate::scenario::Scenario;
 use crate::world::{Power, World};
@@ -31,7 +31,7 @@ pub struct Sample {
 
 impl Sample {
     /// The timeline's code for a node (see `node_states`).
-    pub(crate) fn node_state(power: Power, core: Option<&starling_node::core::NodeCore>) -> u8 {
+    pub(crate) fn node_state(power: Power, core: Option<&starling_core::node::NodeCore>) -> u8 {
         match power {
             Power::Up if core.is_some_and(|c| !c.has_majority()) => 4,
             Power::Up => 0,

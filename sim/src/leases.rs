@@ -15,8 +15,8 @@
 
 use std::collections::BTreeMap;
 
-use starling_node::core::LeaseWant;
-use starling_node::election::{Candidacy, ElectionOutput, Elector, ElectorConfig, Voters};
+use starling_core::election::{Candidacy, ElectionOutput, Elector, ElectorConfig, Voters};
+use starling_core::node::LeaseWant;
 use starling_protocol::lease::{Lease, LeaseMessage, LeaseName};
 use starling_protocol::spec::{LeaseMode, WorkloadSpec};
 

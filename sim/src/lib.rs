@@ -42,7 +42,7 @@ pub use lease_check::{HolderSpan, LeaseFacts};
 pub use scenario::{Scenario, ScenarioError};
 pub use world::Counters;
 
-pub use starling_node as node;
+pub use starling_core as core;
 
 /// What a run found.
 #[derive(Debug, Clone)]

@@ -3,8 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use starling_node::core::{CoreConfig, NodeCore, Restored};
-use starling_node::membership::{Detector, DetectorConfig};
+use starling_core::membership::{Detector, DetectorConfig};
+use starling_core::node::{CoreConfig, NodeCore, Restored};
 use starling_protocol::hlc::{Hlc, Timestamp};
 use starling_protocol::placement::{Capacity, Departure, FleetView, Liveness};
 use starling_protocol::quantity::{Bytes, Millicores};

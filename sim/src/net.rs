@@ -1,7 +1,7 @@
 //! The simulated network and gossip: message delivery, heartbeats with status deltas, the
 //! real anti-entropy exchange, the failure detectors and the views they give each node.
 
-use starling_node::membership::{Detector, Verdict};
+use starling_core::membership::{Detector, Verdict};
 use starling_protocol::NodeId;
 use starling_protocol::desired::{Digest, PullPlan};
 use starling_protocol::lease::{Lease, LeaseMessage};

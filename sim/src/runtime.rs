@@ -1,7 +1,7 @@
 //! The simulated runtime: carrying out the core's actions (starts, stops, publishing,
 //! persisting) and feeding runtime events back.
 
-use starling_node::core::{Action, CoreEvent, RuntimeEvent};
+use starling_core::node::{Action, CoreEvent, RuntimeEvent};
 use starling_protocol::placement::ReplicaId;
 
 use crate::world::{Event, Instance, World};

@@ -8,9 +8,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use starling_node::core::{NodeCore, RuntimeEvent};
-use starling_node::election::{VoterMemory, Voters};
-use starling_node::membership::Detector;
+use starling_core::election::{VoterMemory, Voters};
+use starling_core::membership::Detector;
+use starling_core::node::{NodeCore, RuntimeEvent};
 use starling_protocol::NodeId;
 use starling_protocol::desired::{DesiredState, Revision};
 use starling_protocol::hash::mix64;

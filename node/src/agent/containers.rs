@@ -11,9 +11,9 @@ use starling_protocol::spec::{HealthCheck, PortSpec, Probe, RuntimeKind};
 use tokio::sync::mpsc::{self, UnboundedSender};
 use tokio::task::JoinHandle;
 
-use crate::core::RuntimeEvent;
 use crate::health::ProbeResult;
 use crate::runtime::Runtimes;
+use starling_core::node::RuntimeEvent;
 
 /// How often the engines are asked whether they still answer.
 const ENGINE_CHECK_EVERY: Duration = Duration::from_secs(5);

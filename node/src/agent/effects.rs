@@ -3,9 +3,9 @@
 //! feeding back what the runtime saw (starts, exits, health), with health probers alongside.
 
 use super::*;
-use crate::core::StopReason;
-use crate::core::{Action, CoreEvent};
 use crate::runtime::StartRequest;
+use starling_core::node::StopReason;
+use starling_core::node::{Action, CoreEvent};
 
 /// Grace between SIGTERM and SIGKILL when a lease was lost: well inside the drift margin.
 const LEASE_LOST_GRACE: Duration = Duration::from_millis(100);

@@ -1,4 +1,4 @@
-//! The agent's side of leader election: drives [`crate::election::Elector`] with the wall
+//! The agent's side of leader election: drives [`starling_core::election::Elector`] with the wall
 //! clock, carries its grant requests over QUIC (replies come back into the loop), publishes
 //! held records in gossip (`lease.<name>`), keeps the fleet's voter set (gossip key `voters`,
 //! last writer wins by HLC stamp), tells the core what it holds, and shows workloads their
@@ -21,9 +21,11 @@ use super::Agent;
 use super::handlers::error;
 use super::metrics::{LeaseBoard, LeaseInfo};
 use crate::clock::now_ms;
-use crate::core::LeaseWant;
-use crate::election::{Candidacy, ElectionOutput, Elector, ElectorConfig, VoterMemory, Voters};
 use crate::runtime::fence::{LEASE_FILE_NAME, LeaseFile};
+use starling_core::election::{
+    Candidacy, ElectionOutput, Elector, ElectorConfig, VoterMemory, Voters,
+};
+use starling_core::node::LeaseWant;
 
 /// How long a voter waits for a grant request's answer over QUIC.
 const GRANT_TIMEOUT: Duration = Duration::from_millis(800);

@@ -37,10 +37,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::clock::now_ms;
-use crate::core::{CoreConfig, NodeCore, Restored, RuntimeEvent};
 use crate::runtime::process::{ProcessConfig, ProcessRuntime};
 use crate::runtime::{Runtime, Runtimes};
 use crate::store::{Identity, Store, StoreError};
+use starling_core::node::{CoreConfig, NodeCore, Restored, RuntimeEvent};
 
 /// How an agent runs. Defaults suit a LAN.
 #[derive(Debug, Clone)]

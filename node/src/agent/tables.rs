@@ -11,7 +11,7 @@ use starling_protocol::status::{NodeStatus, ReplicaStatus};
 use starling_protocol::wire::ApiResponse;
 
 use crate::clock::now_ms;
-use crate::core::NodeCore;
+use starling_core::node::NodeCore;
 
 fn table(columns: &[&str], rows: Vec<Vec<String>>, json: serde_json::Value) -> ApiResponse {
     ApiResponse::Table {

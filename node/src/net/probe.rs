@@ -153,7 +153,7 @@ async fn receive(
             .unwrap_or_else(|e| e.into_inner())
             .get(&opened.sender)
             .copied();
-        if !crate::membership::lives::probe_is_followed(life, opened.generation, from) {
+        if !starling_core::membership::lives::probe_is_followed(life, opened.generation, from) {
             counters
                 .probe_dropped_other_life
                 .fetch_add(1, Ordering::Relaxed);

@@ -18,7 +18,7 @@ use starling_protocol::NodeId;
 use starling_protocol::placement::ReplicaId;
 use starling_protocol::spec::WorkloadSpec;
 
-pub use crate::core::RuntimeEvent;
+pub use starling_core::node::RuntimeEvent;
 
 /// What the core asked a runtime to start.
 #[derive(Debug, Clone, PartialEq, Eq)]

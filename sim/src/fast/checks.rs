@@ -64,7 +64,7 @@ fn start_violation(
                 v.liveness = Liveness::Alive;
             }
         }
-        let planned = starling_node::core::compute_plan(&trusting, core.desired(), true, false);
+        let planned = starling_core::node::compute_plan(&trusting, core.desired(), true, false);
         if planned.placed.get(replica) != Some(&node.id) {
             let detail = format!(
                 "{} starts {}/{} while {} runs it and is only suspected",
@@ -158,7 +158,7 @@ fn converged(world: &FastWorld) -> Result<(), String> {
         }
     }
     let desired = news.base_desired();
-    let plan = starling_node::core::compute_plan(&view, &desired, true, false);
+    let plan = starling_core::node::compute_plan(&view, &desired, true, false);
     for r in plan.placed.keys() {
         let n = world.running.get(r).map_or(0, |on| on.len());
         if n != 1 {

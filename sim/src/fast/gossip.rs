@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
-use starling_node::core::{Plan, Planner, compute_plan};
+use starling_core::node::{Plan, Planner, compute_plan};
 use starling_protocol::WorkloadName;
 use starling_protocol::desired::{DesiredState, Revision};
 use starling_protocol::hlc::Timestamp;
@@ -356,7 +356,7 @@ impl Planner for SharedPlanner {
         let mut censuses = self.censuses.lock().unwrap_or_else(PoisonError::into_inner);
         let entry = censuses
             .entry(Arc::as_ptr(view) as usize)
-            .or_insert_with(|| (Arc::downgrade(view), starling_node::core::census(view)));
+            .or_insert_with(|| (Arc::downgrade(view), starling_core::node::census(view)));
         entry.1
     }
 

@@ -22,7 +22,7 @@ mod runtime;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use starling_node::core::{CoreConfig, NodeCore, RuntimeEvent};
+use starling_core::node::{CoreConfig, NodeCore, RuntimeEvent};
 use starling_protocol::desired::{DesiredState, Revision};
 use starling_protocol::hash::mix64;
 use starling_protocol::hlc::{Hlc, Timestamp};

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use starling_node::core::{Action, CoreEvent, RuntimeEvent};
+use starling_core::node::{Action, CoreEvent, RuntimeEvent};
 use starling_protocol::placement::ReplicaId;
 
 use super::{Ev, FastWorld, Instance, checks};

@@ -31,10 +31,10 @@ mod sync;
 use super::AgentError;
 use crate::cluster::{Membership, probe_addr, quic_addr};
 use crate::gossip::{GossipCounters, SealedUdpTransport};
-use crate::membership::lives::Lives;
-use crate::membership::{Detector, DetectorConfig, Verdict};
 use crate::net::probe::{self, ProbeSender};
 use crate::net::quic::Quic;
+use starling_core::membership::lives::Lives;
+use starling_core::membership::{Detector, DetectorConfig, Verdict};
 
 /// How an agent takes part in a fleet. Defaults suit a LAN.
 #[derive(Debug, Clone)]
