@@ -10,11 +10,14 @@
 //!   candidate sides).
 //! - [`membership`]: the failure detector (k rendezvous-chosen watchers, indirect probes) and
 //!   which life of a node id the fleet follows (`lives`).
+//! - [`sync`]: desired-state sync: anti-entropy pulls page by page, pushes of fresh writes
+//!   and their acks, request timeouts, the checked merge of what peers send.
 
 #![forbid(unsafe_code)]
 
 pub mod election;
 pub mod membership;
 pub mod node;
+pub mod sync;
 
 pub use starling_protocol as protocol;

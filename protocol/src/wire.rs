@@ -369,6 +369,30 @@ pub enum PeerMessage {
     Departure(crate::placement::Departure),
 }
 
+impl PeerMessage {
+    /// The message's kind, for errors and logs (entries can be megabytes: never print them
+    /// whole).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PeerMessage::Ping { .. } => "ping",
+            PeerMessage::Ack { .. } => "ack",
+            PeerMessage::PingReq { .. } => "ping-req",
+            PeerMessage::Verdict { .. } => "verdict",
+            PeerMessage::DigestRequest => "digest request",
+            PeerMessage::DigestLeaves(_) => "digest leaves",
+            PeerMessage::SummaryRequest(_) => "summary request",
+            PeerMessage::Summary(_) => "summary",
+            PeerMessage::Pull(_) => "pull",
+            PeerMessage::Entries(_) => "entries",
+            PeerMessage::Stored => "stored",
+            PeerMessage::Keys { .. } => "keys",
+            PeerMessage::KeysRequest => "keys request",
+            PeerMessage::Lease(_) => "lease",
+            PeerMessage::Departure(_) => "departure",
+        }
+    }
+}
+
 /// The first frame of every QUIC stream: what the dialer wants. Which requests a dialer may
 /// make depends on its certificate (see `node::net`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
