@@ -38,8 +38,8 @@ impl World<'_> {
             status_version: 0,
             peer_versions: BTreeMap::new(),
             instances: BTreeMap::new(),
-            syncing: BTreeMap::new(),
-            pulls: BTreeMap::new(),
+            sync: starling_core::sync::Sync::new(self.sync_config()),
+            roots: BTreeMap::new(),
             minority_baseline: None,
             held: Vec::new(),
             detector: None,
@@ -61,12 +61,14 @@ impl World<'_> {
     pub fn boot(&mut self, i: usize) {
         let instance_base = self.next_instance;
         self.next_instance += 1_000_000;
+        let sync = starling_core::sync::Sync::new(self.sync_config());
         let node = &mut self.nodes[i];
         node.power = Power::Up;
         node.last_heard.clear();
         node.peer_versions.clear();
-        node.syncing.clear();
-        node.pulls.clear();
+        // A new agent: no pull or push of the old one survives.
+        node.sync = sync;
+        node.roots.clear();
         node.heartbeat += 1;
         node.departure = Departure::Staying;
         node.leaving = None;

@@ -1,9 +1,9 @@
 //! The simulated network and gossip: message delivery, heartbeats with status deltas, the
-//! real anti-entropy exchange, the failure detectors and the views they give each node.
+//! real sync machine's requests and answers (anti-entropy pulls, pushed writes), the failure detectors and the views they give each node.
 
 use starling_core::membership::{Detector, Verdict};
+use starling_core::sync::{self, RequestId, SyncOutput};
 use starling_protocol::NodeId;
-use starling_protocol::desired::{Digest, PullPlan};
 use starling_protocol::lease::{Lease, LeaseMessage};
 use starling_protocol::placement::{Departure, FleetView, Liveness};
 use starling_protocol::status::NodeStatus;
@@ -30,8 +30,21 @@ pub(crate) enum Msg {
     },
     /// Leader election: grant requests, replies and releases.
     Lease(LeaseMessage),
-    /// The real anti-entropy and probe messages.
+    /// The real probe messages.
     Peer(PeerMessage),
+    /// A request of the sender's sync machine (`boots` names the sender's life: an answer
+    /// that reaches a later life is dropped, as a restarted agent has no such call open).
+    SyncRequest {
+        id: RequestId,
+        boots: u64,
+        message: PeerMessage,
+    },
+    /// The answer to a `SyncRequest`.
+    SyncAnswer {
+        id: RequestId,
+        boots: u64,
+        message: PeerMessage,
+    },
 }
 
 impl World<'_> {
@@ -62,6 +75,19 @@ impl World<'_> {
             self.send(i, p, msg);
         }
         self.refresh_view(i);
+        // The agent hands its sync machine the live peers' roots at every gossip read.
+        let now = self.node_now(i);
+        let roots: Vec<(NodeId, u128)> = self
+            .live_peers(i)
+            .into_iter()
+            .filter_map(|id| {
+                let j = *self.index.get(&id)?;
+                Some((id, *self.nodes[i].roots.get(&j)?))
+            })
+            .collect();
+        let node = &mut self.nodes[i];
+        node.sync.handle_tick(now, &node.disk.desired, &roots);
+        self.drain_sync(i);
         let next = self.now + self.scenario.gossip.interval_ms;
         let boots = self.nodes[i].boots;
         self.schedule(next, Event::GossipTick(i, boots));
@@ -120,70 +146,31 @@ impl World<'_> {
                 if let Some((version, records)) = leases {
                     self.merge_records(from, to, version, records);
                 }
-                let in_flight = self.nodes[to]
-                    .syncing
-                    .get(&from)
-                    .is_some_and(|since| now < since + 5_000);
-                if self.nodes[to].disk.root != root && !in_flight {
-                    self.nodes[to].syncing.insert(from, now);
-                    let mine = self.nodes[to].disk.desired.digest();
-                    let leaves = mine
-                        .level(starling_protocol::desired::digest::DIGEST_DEPTH)
-                        .to_vec();
-                    self.send(to, from, Msg::Peer(PeerMessage::DigestLeaves(leaves)));
+                self.nodes[to].roots.insert(from, root);
+            }
+            Msg::SyncRequest { id, boots, message } => {
+                let node = &self.nodes[to];
+                let answer = match message {
+                    PeerMessage::Entries(entries) => {
+                        self.merge_into(to, from, entries);
+                        Some(PeerMessage::Stored)
+                    }
+                    message => sync::answer(
+                        &node.disk.desired,
+                        &message,
+                        self.scenario.gossip.page_bytes,
+                    ),
+                };
+                if let Some(message) = answer {
+                    self.send(to, from, Msg::SyncAnswer { id, boots, message });
                 }
             }
-            Msg::Peer(PeerMessage::DigestLeaves(leaves)) => {
-                let theirs = Digest::from_buckets(&leaves);
-                let desired = &self.nodes[to].disk.desired;
-                let buckets = desired.digest().diff(&theirs);
-                let summary = desired.summary(&buckets);
-                self.send(to, from, Msg::Peer(PeerMessage::Summary(summary)));
-            }
-            Msg::Peer(PeerMessage::Summary(summary)) => {
-                let wanted = self.nodes[to].disk.desired.wanted(&summary);
-                let mut plan = PullPlan::new(wanted);
-                match plan.next_request() {
-                    None => {
-                        self.nodes[to].syncing.remove(&from);
-                    }
-                    Some(names) => {
-                        self.nodes[to].pulls.insert(from, plan);
-                        self.send(to, from, Msg::Peer(PeerMessage::Pull(names)));
-                    }
-                }
-            }
-            Msg::Peer(PeerMessage::Pull(names)) => {
-                let budget = self.scenario.gossip.page_bytes;
-                let entries = self.nodes[to].disk.desired.export_page(&names, budget);
-                self.send(to, from, Msg::Peer(PeerMessage::Entries(entries)));
-            }
-            Msg::Peer(PeerMessage::Entries(entries)) => {
-                // The same paging and the same checked merge as the agent's sync.
-                let next = self.nodes[to].pulls.get_mut(&from).and_then(|plan| {
-                    plan.received(&entries);
-                    plan.next_request()
-                });
-                match next {
-                    Some(names) => {
-                        self.nodes[to].syncing.insert(from, now);
-                        self.send(to, from, Msg::Peer(PeerMessage::Pull(names)));
-                    }
-                    None => {
-                        self.nodes[to].syncing.remove(&from);
-                        self.nodes[to].pulls.remove(&from);
-                    }
-                }
+            Msg::SyncAnswer { id, boots, message } => {
                 let node = &mut self.nodes[to];
-                let report = node.disk.desired.merge_checked(entries, &mut node.hlc, now);
-                for (workload, why) in report.refused {
-                    let (me, peer) = (self.nodes[to].id.clone(), self.nodes[from].id.clone());
-                    self.note(format!("{me} refused {workload} from {peer}: {why}"));
-                }
-                if report.changed > 0 {
-                    self.nodes[to].disk.refresh_root();
-                    let desired = self.nodes[to].disk.desired.clone();
-                    self.with_core(to, |core, now| core.handle_desired(now, desired));
+                if boots == node.boots {
+                    node.sync
+                        .handle_answer(now, id, Ok(message), &node.disk.desired);
+                    self.drain_sync(to);
                 }
             }
             Msg::Peer(
@@ -324,6 +311,82 @@ impl World<'_> {
     }
 }
 
+impl World<'_> {
+    /// The scenario's settings for every node's sync machine.
+    pub(crate) fn sync_config(&self) -> sync::SyncConfig {
+        sync::SyncConfig {
+            page_bytes: self.scenario.gossip.page_bytes,
+            request_timeout_ms: self.scenario.gossip.sync_timeout_ms,
+            ..sync::SyncConfig::default()
+        }
+    }
+
+    /// The peers node `i` sees live (its view), as its sync machine's peers.
+    pub(crate) fn live_peers(&self, i: usize) -> Vec<NodeId> {
+        let me = &self.nodes[i].id;
+        self.nodes[i]
+            .view
+            .nodes
+            .iter()
+            .filter(|(id, n)| *id != me && n.liveness != Liveness::Down)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Carries out what node `i`'s sync machine decided, as the agent's `drain_sync` does.
+    pub(crate) fn drain_sync(&mut self, i: usize) {
+        while let Some(output) = self.nodes[i].sync.poll_output() {
+            match output {
+                SyncOutput::Send { id, to, message } => {
+                    let boots = self.nodes[i].boots;
+                    match self.index.get(&to).copied() {
+                        Some(j) => self.send(i, j, Msg::SyncRequest { id, boots, message }),
+                        None => {
+                            let now = self.node_now(i);
+                            let node = &mut self.nodes[i];
+                            let no_address = Err(format!("no address known for {to}"));
+                            node.sync
+                                .handle_answer(now, id, no_address, &node.disk.desired);
+                        }
+                    }
+                }
+                SyncOutput::Merge { from, entries } => {
+                    if let Some(j) = self.index.get(&from).copied() {
+                        self.merge_into(i, j, entries);
+                    }
+                }
+                SyncOutput::PullDone { .. }
+                | SyncOutput::PullFailed { .. }
+                | SyncOutput::PushAcked { .. }
+                | SyncOutput::PushShort { .. } => {}
+            }
+        }
+    }
+
+    /// Entries from node `from` reach node `to`: the agent's one checked merge, stored (the
+    /// disk), then handed to the core.
+    fn merge_into(
+        &mut self,
+        to: usize,
+        from: usize,
+        entries: Vec<starling_protocol::desired::DesiredEntry>,
+    ) {
+        let now = self.node_now(to);
+        let node = &mut self.nodes[to];
+        let merged = sync::merge(&node.disk.desired, entries, &mut node.hlc, now);
+        for (workload, why) in merged.report.refused {
+            let (me, peer) = (self.nodes[to].id.clone(), self.nodes[from].id.clone());
+            self.note(format!("{me} refused {workload} from {peer}: {why}"));
+        }
+        if let Some(next) = merged.next {
+            self.nodes[to].disk.desired = next;
+            self.nodes[to].disk.refresh_root();
+            let desired = self.nodes[to].disk.desired.clone();
+            self.with_core(to, |core, now| core.handle_desired(now, desired));
+        }
+    }
+}
+
 /// Encoded size of a message, for the bytes-per-node figure.
 pub(crate) fn msg_bytes(msg: &Msg) -> u64 {
     let len = match msg {
@@ -344,6 +407,10 @@ pub(crate) fn msg_bytes(msg: &Msg) -> u64 {
         }
         Msg::Lease(m) => postcard::to_allocvec(m).map_or(0, |b| b.len()),
         Msg::Peer(m) => postcard::to_allocvec(m).map_or(0, |b| b.len()),
+        // The request id rides along (QUIC framing is not counted, as for every message).
+        Msg::SyncRequest { message, .. } | Msg::SyncAnswer { message, .. } => {
+            8 + postcard::to_allocvec(message).map_or(0, |b| b.len())
+        }
         Msg::Verdict(v) => v.node.as_str().len() + v.watcher.as_str().len() + 12,
     };
     len as u64 + 28 // UDP/IP header

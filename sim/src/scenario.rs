@@ -124,6 +124,10 @@ pub struct Gossip {
     /// Encoded bytes of desired-state entries per anti-entropy page (the agent's
     /// `starling_protocol::desired::PAGE_BYTES`); small values exercise paging.
     pub page_bytes: usize,
+    /// How long a sync request waits for its answer (the sync machine's
+    /// `request_timeout_ms`). The agent waits 15 s because QUIC retransmits what the link
+    /// loses; here a lost message is gone, so the default is 5 s.
+    pub sync_timeout_ms: u64,
 }
 
 /// The two levels of gossip simulation.
@@ -339,6 +343,7 @@ struct GossipDoc {
     rejoin_wait: Option<String>,
     restart_window: Option<String>,
     page_bytes: Option<usize>,
+    sync_timeout: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -434,6 +439,7 @@ impl Scenario {
                 }
                 Some(n) => n.min(starling_protocol::desired::PAGE_BYTES),
             },
+            sync_timeout_ms: opt_ms("gossip.sync_timeout", &doc.gossip.sync_timeout, 5_000)?.max(1),
             detector: match doc.gossip.detector.as_deref() {
                 None | Some("silence") => DetectorModel::Silence,
                 Some("watchers") => DetectorModel::Watchers,

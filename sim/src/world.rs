@@ -106,10 +106,10 @@ pub(crate) struct SimNode {
     pub status_version: u64,
     pub peer_versions: BTreeMap<usize, u64>,
     pub instances: BTreeMap<ReplicaId, Instance>,
-    /// Peers with an anti-entropy pull in flight, and since when.
-    pub syncing: BTreeMap<usize, u64>,
-    /// What each of those pulls still wants, page after page.
-    pub pulls: BTreeMap<usize, starling_protocol::desired::PullPlan>,
+    /// The real sync machine (pulls, pushes); a restart starts a new one.
+    pub sync: starling_core::sync::Sync,
+    /// The desired-state root each peer last gossiped.
+    pub roots: BTreeMap<usize, u128>,
     /// Replicas this node may start while on a minority side (its assignment when it lost
     /// the majority or booted); `None` while it has a majority.
     pub minority_baseline: Option<BTreeSet<ReplicaId>>,
@@ -279,10 +279,15 @@ impl<'s> World<'s> {
             .desired
             .write(name.clone(), Some(revision), at.clone());
         node.disk.refresh_root();
-        self.checker.acknowledge(name, at);
+        self.checker.acknowledge(name.clone(), at);
         self.counters.writes += 1;
         let desired = self.nodes[i].disk.desired.clone();
         self.with_core(i, |core, now| core.handle_desired(now, desired));
+        // Pushed to the live peers as the agent does (an operator's write asks no acks here).
+        let entries = self.nodes[i].disk.desired.export(&[name]);
+        let peers = self.live_peers(i);
+        self.nodes[i].sync.push(now, entries, 0, &peers);
+        self.drain_sync(i);
     }
 
     pub fn schedule(&mut self, at: u64, event: Event) {

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use starling_protocol::desired::digest::Digest;
+use starling_core::sync::SyncOutput;
 use starling_protocol::desired::{DesiredEntry, PAGE_BYTES};
 use starling_protocol::placement::Liveness;
 use starling_protocol::wire::{ApiResponse, JoinReply, JoinRequest, PeerMessage};
@@ -56,17 +56,89 @@ impl Agent {
     pub(super) fn answer(&mut self, response: ApiResponse, reply: oneshot::Sender<ApiResponse>) {
         let push = self.push.take();
         let (Some(fleet), Some((name, acks)), ApiResponse::Written { changed: true, .. }) =
-            (&self.fleet, push, &response)
+            (self.fleet.as_mut(), push, &response)
         else {
             let _ = reply.send(response);
             return;
         };
+        let now = now_ms();
         let entries = self.core.desired().export(&[name]);
+        let peers = fleet.live_ids(now);
+        let push = fleet.sync.push(now, entries, acks, &peers);
         if acks == 0 {
             let _ = reply.send(response);
-            fleet.push(now_ms(), entries, 0, None);
         } else {
-            fleet.push(now_ms(), entries, acks, Some((reply, response)));
+            fleet.push_replies.insert(push, (reply, response));
+        }
+        self.drain_sync();
+    }
+
+    /// Carries out what the sync machine decided: sends its requests, merges and stores the
+    /// pages it pulled, answers writes whose pushes were acked or fell short.
+    pub(super) fn drain_sync(&mut self) {
+        loop {
+            let Some(output) = self.fleet.as_mut().and_then(|f| f.sync.poll_output()) else {
+                return;
+            };
+            match output {
+                SyncOutput::Send { id, to, message } => {
+                    if let Some(fleet) = &self.fleet {
+                        fleet.send_sync(id, &to, message);
+                    }
+                }
+                SyncOutput::Merge { from, entries } => {
+                    let merged = self.merge_entries(&from, entries);
+                    self.metrics.pulls.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%from, merged, "pulled desired-state entries");
+                }
+                SyncOutput::PullDone { from, pages } => {
+                    tracing::trace!(%from, pages, "anti-entropy pull done");
+                }
+                SyncOutput::PullFailed {
+                    from,
+                    reason,
+                    failures,
+                    warn,
+                } => {
+                    self.metrics.pull_failures.fetch_add(1, Ordering::Relaxed);
+                    // A node that cannot catch up must say so at the default log level.
+                    if warn {
+                        tracing::warn!(
+                            %from,
+                            failures,
+                            "anti-entropy pull failed: {reason}; this node may be missing desired-state entries until a pull succeeds"
+                        );
+                    }
+                }
+                SyncOutput::PushAcked { push, .. } => {
+                    if let Some((reply, response)) = self
+                        .fleet
+                        .as_mut()
+                        .and_then(|f| f.push_replies.remove(&push))
+                    {
+                        let _ = reply.send(response);
+                    }
+                }
+                SyncOutput::PushShort {
+                    push,
+                    stored,
+                    wanted,
+                    asked,
+                } => {
+                    if let Some((reply, _)) = self
+                        .fleet
+                        .as_mut()
+                        .and_then(|f| f.push_replies.remove(&push))
+                    {
+                        let _ = reply.send(ApiResponse::Error(starling_protocol::wire::ApiError {
+                            message: format!(
+                                "stored durably here, but only {stored} of the {wanted} peers asked for (--ack-replicas) confirmed it ({asked} reachable); it will still spread"
+                            ),
+                            fields: Vec::new(),
+                        }));
+                    }
+                }
+            }
         }
     }
 
@@ -84,21 +156,13 @@ impl Agent {
                     self.refresh_view(now);
                 }
             }
-            Input::Sync(SyncEvent::Pulled {
-                from,
-                entries,
-                more,
-            }) => {
+            Input::Sync(SyncEvent::Answer { id, answer }) => {
                 if let Some(fleet) = self.fleet.as_mut() {
-                    // Pages still coming keep the pull in flight (and refresh its guard).
-                    fleet.syncing = more.then(|| (from.clone(), now));
-                    fleet.pull_failures.remove(&from);
+                    fleet
+                        .sync
+                        .handle_answer(now, id, answer, self.core.desired());
                 }
-                if !entries.is_empty() {
-                    let merged = self.merge_entries(&from, entries);
-                    self.metrics.pulls.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%from, merged, "pulled desired-state entries");
-                }
+                self.drain_sync();
             }
             Input::Sync(SyncEvent::Keys { keys, primary }) => self.take_keys(&keys, primary),
             Input::Sync(SyncEvent::Rival {
@@ -136,25 +200,6 @@ impl Agent {
                         .to_string(),
                 });
             }
-            Input::Sync(SyncEvent::Failed { from, reason }) => {
-                self.metrics.pull_failures.fetch_add(1, Ordering::Relaxed);
-                let Some(fleet) = self.fleet.as_mut() else {
-                    return;
-                };
-                fleet.syncing = None;
-                // Warn at the first failure from a peer and then once a minute while it lasts:
-                // a node that cannot catch up must say so at the default log level.
-                let failures = fleet.pull_failures.entry(from.clone()).or_insert((0, 0));
-                failures.0 += 1;
-                if failures.0 == 1 || now >= failures.1 + 60_000 {
-                    failures.1 = now;
-                    tracing::warn!(
-                        %from,
-                        failures = failures.0,
-                        "anti-entropy pull failed: {reason}; this node may be missing desired-state entries until a pull succeeds"
-                    );
-                }
-            }
             Input::Peer(call) => {
                 let answer = self.on_peer_message(&call.from, call.message);
                 if let Some(answer) = answer {
@@ -178,14 +223,13 @@ impl Agent {
     ) -> Option<PeerMessage> {
         let now = now_ms();
         match message {
-            PeerMessage::DigestLeaves(leaves) => {
-                let desired = self.core.desired();
-                let buckets = desired.digest().diff(&Digest::from_buckets(&leaves));
-                Some(PeerMessage::Summary(desired.summary(&buckets)))
+            message @ (PeerMessage::DigestLeaves(_) | PeerMessage::Pull(_)) => {
+                let page_bytes = self
+                    .fleet
+                    .as_ref()
+                    .map_or(PAGE_BYTES, |f| f.sync.config().page_bytes);
+                starling_core::sync::answer(self.core.desired(), &message, page_bytes)
             }
-            PeerMessage::Pull(names) => Some(PeerMessage::Entries(
-                self.core.desired().export_page(&names, PAGE_BYTES),
-            )),
             PeerMessage::Entries(entries) => {
                 self.merge_entries(from, entries);
                 Some(PeerMessage::Stored)
@@ -225,15 +269,14 @@ impl Agent {
         entries: Vec<DesiredEntry>,
     ) -> usize {
         let now = now_ms();
-        let mut next = self.core.desired().clone();
-        let report = next.merge_checked(entries, &mut self.hlc, now);
-        for (workload, why) in &report.refused {
+        let merged = starling_core::sync::merge(self.core.desired(), entries, &mut self.hlc, now);
+        for (workload, why) in &merged.report.refused {
             tracing::warn!(%from, %workload, "refused a desired-state entry: {why}");
         }
-        let changed = report.changed;
-        if changed == 0 {
+        let changed = merged.report.changed;
+        let Some(next) = merged.next else {
             return 0;
-        }
+        };
         self.metrics
             .merged_entries
             .fetch_add(changed as u64, Ordering::Relaxed);
@@ -403,7 +446,8 @@ impl Agent {
         }
         let root = self.core.desired().digest().root();
         fleet.publish_digest(root).await;
-        fleet.maybe_pull(now, self.core.desired(), root);
+        let peers = fleet.live_roots(now);
+        fleet.sync.handle_tick(now, self.core.desired(), &peers);
         let records = std::mem::take(&mut fleet.heard_leases);
         let voters = std::mem::take(&mut fleet.heard_voters);
         self.refresh_view(now);
@@ -413,6 +457,7 @@ impl Agent {
         if !records.is_empty() || !voters.is_empty() {
             self.on_heard_leases(records, voters);
         }
+        self.drain_sync();
         self.render_gauges();
         self.update_locator();
     }

@@ -18,11 +18,11 @@ use chitchat::{
     Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, Heartbeat,
     spawn_chitchat,
 };
+use starling_core::sync::{PushId, Sync, SyncConfig};
 use starling_protocol::NodeId;
-use starling_protocol::desired::{DesiredEntry, DesiredState};
 use starling_protocol::placement::{Departure, FleetView, Liveness, NodeView};
 use starling_protocol::status::NodeStatus;
-use starling_protocol::wire::PeerMessage;
+use starling_protocol::wire::{ApiResponse, PeerMessage};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 mod gossip;
@@ -102,14 +102,11 @@ pub(crate) struct PeerCall {
 
 /// What background sync tasks report to the loop.
 pub(crate) enum SyncEvent {
-    /// One page of entries pulled from a peer (possibly none); `more` while pages follow.
-    Pulled {
-        from: NodeId,
-        entries: Vec<DesiredEntry>,
-        more: bool,
+    /// The answer to a request of the sync machine, or why there is none.
+    Answer {
+        id: starling_core::sync::RequestId,
+        answer: Result<PeerMessage, String>,
     },
-    /// A pull failed.
-    Failed { from: NodeId, reason: String },
     /// A peer's keyring, fetched after packets failed to open.
     Keys {
         keys: Vec<(u32, [u8; 32])>,
@@ -152,10 +149,10 @@ pub(super) struct Fleet {
     pub peers: BTreeMap<NodeId, Peer>,
     me_view: NodeView,
     me_view_dirty: bool,
-    /// The pull in flight: from whom, since when.
-    pub syncing: Option<(NodeId, u64)>,
-    /// Consecutive failed pulls per peer, and when the last warning about them was logged.
-    pub pull_failures: BTreeMap<NodeId, (u64, u64)>,
+    /// Desired-state sync: pulls, pushes and their acks (decided in `starling_core::sync`).
+    pub sync: Sync,
+    /// The API answers waiting for a push's acks (`--ack-replicas`).
+    pub push_replies: BTreeMap<PushId, (oneshot::Sender<ApiResponse>, ApiResponse)>,
     published_digest: Option<u128>,
     /// The endpoints last published.
     pub published_endpoints: Vec<String>,
@@ -168,8 +165,8 @@ pub(super) struct Fleet {
     /// Node ids enrolled here, so a second join under one of them is refused before the
     /// first one's gossip arrives.
     pub enrolled: BTreeSet<NodeId>,
-    /// Round-robin position for picking whom to pull from.
-    sync_cursor: usize,
+    /// Round-robin position for picking whom to fetch keys from.
+    keys_cursor: usize,
     /// The keyring the gossip transport and the probe socket seal and open with.
     keyring: Arc<RwLock<crate::gossip::seal::Keyring>>,
     /// When keys were last fetched from a peer, and the auth drops seen then.
@@ -355,8 +352,8 @@ impl Fleet {
             peers: BTreeMap::new(),
             me_view,
             me_view_dirty: false,
-            syncing: None,
-            pull_failures: BTreeMap::new(),
+            sync: Sync::new(SyncConfig::default()),
+            push_replies: BTreeMap::new(),
             published_digest: None,
             published_endpoints: Vec::new(),
             published_usage: (None, 0),
@@ -364,7 +361,7 @@ impl Fleet {
             published_verdicts: BTreeMap::new(),
             spent: BTreeSet::new(),
             enrolled: BTreeSet::new(),
-            sync_cursor: 0,
+            keys_cursor: 0,
             keyring: keyring_for_fleet,
             keys_fetched: (0, 0),
             revoked,
