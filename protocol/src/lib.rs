@@ -12,10 +12,12 @@
 //! - [`lease`]: lease records and their merge rule.
 //! - [`status`]: what a node publishes about its replicas.
 //! - [`wire`]: every message on the wire, in a versioned envelope.
+//! - [`gossip`]: the keys a node publishes in its gossip state and their checked values.
 
 #![forbid(unsafe_code)]
 
 pub mod desired;
+pub mod gossip;
 pub mod hash;
 pub mod hlc;
 pub mod lease;

@@ -200,6 +200,8 @@ fn parse_labels(labels: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
         };
         out.insert(k.to_string(), v.to_string());
     }
+    // Peers refuse a description whose labels break these bounds: refuse them here instead.
+    starling_protocol::gossip::check_labels(out.iter()).map_err(|e| anyhow::anyhow!("--{e}"))?;
     Ok(out)
 }
 

@@ -39,6 +39,21 @@ pub struct VoterRecord {
     pub nodes: BTreeSet<NodeId>,
 }
 
+impl starling_protocol::wire::Check for VoterRecord {
+    fn check(&self) -> Result<(), String> {
+        if self.nodes.len() > VOTERS_MAX {
+            return Err(format!(
+                "voters: at most {VOTERS_MAX}, got {}",
+                self.nodes.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Most nodes in a voter set (an odd handful is what a quorum wants; this bounds a peer's).
+const VOTERS_MAX: usize = 1_024;
+
 impl VoterRecord {
     /// The set with the version grant requests carry.
     pub fn voters(&self) -> Voters {

@@ -1,7 +1,35 @@
 //! What travels in gossip and on the probe socket: reading peers' keys, publishing this
 //! node's, pacing rounds, and feeding the failure detector.
 
+use starling_protocol::gossip::{self as keys, Names, Usage, VerdictValue};
+use starling_protocol::quantity::{Bytes, Millicores};
+use starling_protocol::wire::Check;
+
 use super::*;
+
+/// The checked value of `key` in a peer's gossip state; a value that does not decode is
+/// logged naming the peer and the key, and read as absent.
+fn value<T: serde::de::DeserializeOwned + Check>(
+    peer: &(impl std::fmt::Display + ?Sized),
+    state: &chitchat::NodeState,
+    key: &str,
+) -> Option<T> {
+    checked(peer, key, state.get(key)?)
+}
+
+fn checked<T: serde::de::DeserializeOwned + Check>(
+    peer: &(impl std::fmt::Display + ?Sized),
+    key: &str,
+    text: &str,
+) -> Option<T> {
+    match keys::decode(key, text) {
+        Ok(value) => Some(value),
+        Err(e) => {
+            tracing::warn!(%peer, "refused a gossip value: {e}");
+            None
+        }
+    }
+}
 
 impl Fleet {
     /// Reads gossip: updates peers and feeds the detector. Returns peers whose status
@@ -56,13 +84,9 @@ impl Fleet {
                 }
             }
             // Revocations spread first, so a node revoked in this very read is skipped.
-            for (_, state) in newest.values() {
-                if let Some(list) = state.get("revoked") {
-                    revoked.extend(
-                        list.split(',')
-                            .filter(|n| !n.is_empty())
-                            .map(str::to_string),
-                    );
+            for (name, (_, state)) in &newest {
+                if let Some(list) = value::<Names>(name, state, keys::REVOKED) {
+                    revoked.extend(list.0);
                 }
             }
             for (name, (id, state)) in newest {
@@ -98,7 +122,7 @@ impl Fleet {
                 entry.heartbeat = state.heartbeat();
                 entry.version = state.max_version();
                 entry.base = id.gossip_advertise_addr;
-                if let Some(mut view) = state.get("node").and_then(decode::<NodeView>) {
+                if let Some(mut view) = value::<NodeView>(&node, state, keys::NODE) {
                     view.id = node.clone();
                     entry.view = Some(view);
                 }
@@ -107,7 +131,7 @@ impl Fleet {
                 // start, back from whatever it announced.
                 // Within one generation a departure only moves forward (a node that announced
                 // one exits): a gossiped `Staying` older than the push does not undo it.
-                let gossiped = state.get("departure").and_then(decode::<Departure>);
+                let gossiped = value::<Departure>(&node, state, keys::DEPARTURE);
                 let departure = match gossiped {
                     _ if new_life => gossiped.unwrap_or_default(),
                     Some(d) if d != Departure::Staying => d,
@@ -117,10 +141,8 @@ impl Fleet {
                     entry.departure = departure;
                     self.detector.handle_departure(&node, departure);
                 }
-                entry.digest = state
-                    .get("digest")
-                    .and_then(|d| u128::from_str_radix(d, 16).ok());
-                match state.get("status").and_then(decode::<NodeStatus>) {
+                entry.digest = value::<u128>(&node, state, keys::DIGEST);
+                match value::<NodeStatus>(&node, state, keys::STATUS) {
                     Some(status) => statuses.push((node.clone(), status)),
                     // A restarted node runs nothing it has told us of yet: what its previous
                     // life reported must not pass for a running copy (a handover to it would
@@ -129,46 +151,35 @@ impl Fleet {
                     None if restarted => statuses.push((node.clone(), NodeStatus::default())),
                     None => {}
                 }
-                if let Some(inc) = state.get("inc").and_then(|i| i.parse::<u64>().ok()) {
+                if let Some(inc) = value::<u64>(&node, state, keys::INCARNATION) {
                     incarnations.push((node.clone(), inc));
                 }
-                entry.usage = state.get("usage").and_then(|u| {
-                    let (cpu, mem) = u.split_once(',')?;
-                    Some((cpu.parse().ok()?, mem.parse().ok()?))
-                });
-                entry.endpoints = state
-                    .get("endpoints")
-                    .map(|s| {
-                        s.split(',')
-                            .filter(|e| !e.is_empty())
-                            .map(str::to_string)
-                            .collect()
-                    })
+                entry.usage =
+                    value::<Usage>(&node, state, keys::USAGE).map(|u| (u.cpu.0, u.memory.0));
+                entry.endpoints = value::<Names>(&node, state, keys::ENDPOINTS)
+                    .map(|n| n.0)
                     .unwrap_or_default();
-                entry.spent = state
-                    .get("spent")
-                    .map(|s| s.split(',').map(str::to_string).collect())
+                entry.spent = value::<Names>(&node, state, keys::SPENT)
+                    .map(|n| n.0.into_iter().collect())
                     .unwrap_or_default();
-                for (_, value) in state.iter_prefix("lease.") {
-                    if let Some(lease) = decode(&value.value) {
+                for (key, text) in state.iter_prefix(keys::LEASE_PREFIX) {
+                    if let Some(lease) = checked(&node, key, &text.value) {
                         self.heard_leases.push(lease);
                     }
                 }
-                if let Some(voters) = state.get("voters").and_then(decode) {
+                if let Some(voters) = value(&node, state, keys::VOTERS) {
                     self.heard_voters.push(voters);
                 }
-                for (key, value) in state.iter_prefix("v.") {
-                    let Ok(judged) = NodeId::new(&key[2..]) else {
+                for (key, text) in state.iter_prefix(keys::VERDICT_PREFIX) {
+                    let Ok(judged) = NodeId::new(&key[keys::VERDICT_PREFIX.len()..]) else {
+                        tracing::warn!(peer = %node, key, "refused a gossip key: not a node id");
                         continue;
                     };
-                    let Some((l, inc)) = value.value.split_once(':') else {
-                        continue;
-                    };
-                    if let (Some(state), Ok(incarnation)) = (parse_liveness(l), inc.parse()) {
+                    if let Some(v) = checked::<VerdictValue>(&node, key, &text.value) {
                         verdicts.push(Verdict {
                             node: judged,
-                            state,
-                            incarnation,
+                            state: v.state,
+                            incarnation: v.incarnation,
                             watcher: node.clone(),
                         });
                     }
@@ -359,7 +370,10 @@ impl Fleet {
             }
             self.published_verdicts.insert(
                 verdict.node.clone(),
-                format!("{}:{}", liveness_name(verdict.state), verdict.incarnation),
+                keys::encode(&VerdictValue {
+                    state: verdict.state,
+                    incarnation: verdict.incarnation,
+                }),
             );
             changed = true;
         }
@@ -368,13 +382,13 @@ impl Fleet {
             let mut chitchat = self.chitchat.lock().await;
             let state = chitchat.self_node_state();
             for (node, text) in &self.published_verdicts {
-                let key = format!("v.{node}");
+                let key = format!("{}{node}", keys::VERDICT_PREFIX);
                 if state.get(&key) != Some(text.as_str()) {
                     state.set(key, text);
                 }
             }
             if inc != self.published_inc {
-                state.set("inc", inc);
+                state.set(keys::INCARNATION, keys::encode(&inc));
                 self.published_inc = inc;
             }
         }
@@ -386,22 +400,22 @@ impl Fleet {
             return;
         }
         self.me_view_dirty = false;
-        let text = encode(&self.me_view);
-        let departure = encode(&self.me_view.departure);
+        let text = keys::encode(&self.me_view);
+        let departure = keys::encode(&self.me_view.departure);
         let mut chitchat = self.chitchat.lock().await;
         let state = chitchat.self_node_state();
-        state.set("node", text);
-        state.set("departure", departure);
+        state.set(keys::NODE, text);
+        state.set(keys::DEPARTURE, departure);
     }
 
     /// Publishes this node's status.
     pub async fn publish_status(&self, status: &NodeStatus) {
-        let text = encode(status);
+        let text = keys::encode(status);
         self.chitchat
             .lock()
             .await
             .self_node_state()
-            .set("status", text);
+            .set(keys::STATUS, text);
     }
 
     /// Publishes this node's service endpoints when they changed.
@@ -409,23 +423,24 @@ impl Fleet {
         if self.published_endpoints == endpoints {
             return;
         }
-        let text = endpoints.join(",");
+        let text = keys::encode(&Names(endpoints.clone()));
         self.published_endpoints = endpoints;
         self.chitchat
             .lock()
             .await
             .self_node_state()
-            .set("endpoints", text);
+            .set(keys::ENDPOINTS, text);
     }
 
     /// Publishes what this node measured in use, rounded (250 millicores, 64 MiB) and at
     /// most every 15 s when it moved: every published change travels to every member, so a
     /// jittering gauge must not cost gossip bytes.
     pub async fn publish_usage(&mut self, now: u64, (cpu, memory): (u32, u64)) {
-        let rounded = (
-            (cpu + 125) / 250 * 250,
-            (memory + (32 << 20)) / (64 << 20) * (64 << 20),
-        );
+        let rounded = Usage {
+            cpu: Millicores(cpu),
+            memory: Bytes(memory),
+        }
+        .rounded();
         let (last, at) = self.published_usage;
         if last == Some(rounded) || (last.is_some() && now < at + 15_000) {
             return;
@@ -435,7 +450,7 @@ impl Fleet {
             .lock()
             .await
             .self_node_state()
-            .set("usage", format!("{},{}", rounded.0, rounded.1));
+            .set(keys::USAGE, keys::encode(&rounded));
     }
 
     /// Publishes the desired-state root when it changed.
@@ -448,7 +463,7 @@ impl Fleet {
             .lock()
             .await
             .self_node_state()
-            .set("digest", format!("{root:032x}"));
+            .set(keys::DIGEST, keys::encode(&root));
     }
 
     /// Publishes the revoked names when they changed; returns them when they did (to
@@ -469,18 +484,18 @@ impl Fleet {
             .lock()
             .await
             .self_node_state()
-            .set("revoked", names.join(","));
+            .set(keys::REVOKED, keys::encode(&Names(names.clone())));
         Some(names)
     }
 
     /// Publishes the join tokens spent here.
     pub async fn publish_spent(&self) {
-        let text: Vec<&str> = self.spent.iter().map(String::as_str).collect();
+        let text = keys::encode(&Names(self.spent.iter().cloned().collect()));
         self.chitchat
             .lock()
             .await
             .self_node_state()
-            .set("spent", text.join(","));
+            .set(keys::SPENT, text);
     }
 
     /// Whether a join token id was spent anywhere this node heard of.

@@ -2,24 +2,22 @@
 //! description, status, digest root, incarnation and verdicts; the failure detector probes
 //! over its own sealed socket; desired-state entries travel over QUIC.
 //!
-//! Chitchat keys a node writes (values are strings, each well under a UDP packet):
-//! `node` (its [`NodeView`], postcard + base64), `status` (its [`NodeStatus`]), `digest` (the
-//! desired-state root, hex), `inc` (its incarnation), `v.<node>` (its verdict on a node it
-//! watches: `Down:<incarnation>`), `spent` (join token ids it accepted).
+//! The chitchat keys a node writes and their values are [`starling_protocol::gossip`]'s: one
+//! checked encoding per value (the wire envelope in base64), so a peer's bad value is refused
+//! naming the peer and the key.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD_NO_PAD as B64;
 use chitchat::{
     Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, Heartbeat,
     spawn_chitchat,
 };
 use starling_core::sync::{PushId, Sync, SyncConfig};
 use starling_protocol::NodeId;
+use starling_protocol::gossip as keys;
 use starling_protocol::placement::{Departure, FleetView, Liveness, NodeView};
 use starling_protocol::status::NodeStatus;
 use starling_protocol::wire::{ApiResponse, PeerMessage};
@@ -157,7 +155,7 @@ pub(super) struct Fleet {
     /// The endpoints last published.
     pub published_endpoints: Vec<String>,
     /// The usage last published (rounded), and when.
-    published_usage: (Option<(u32, u64)>, u64),
+    published_usage: (Option<starling_protocol::gossip::Usage>, u64),
     published_inc: u64,
     published_verdicts: BTreeMap<NodeId, String>,
     /// Join tokens spent here.
@@ -204,17 +202,6 @@ pub(crate) struct FleetInbox {
     pub sync: mpsc::UnboundedReceiver<SyncEvent>,
 }
 
-fn encode<T: serde::Serialize>(value: &T) -> String {
-    postcard::to_allocvec(value)
-        .map(|bytes| B64.encode(bytes))
-        .unwrap_or_default()
-}
-
-fn decode<T: serde::de::DeserializeOwned>(text: &str) -> Option<T> {
-    let bytes = B64.decode(text).ok()?;
-    postcard::from_bytes(&bytes).ok()
-}
-
 /// The refusal of a join under `node`: `member` says how the fleet knows it (if it does),
 /// `revoked` whether it was removed. The message names the id and what to do.
 fn clash_message(node: &NodeId, member: Option<&str>, revoked: bool) -> Option<String> {
@@ -232,23 +219,6 @@ fn clash_message(node: &NodeId, member: Option<&str>, revoked: bool) -> Option<S
          new default), or, if {node} is gone for good, remove it with `starling node remove \
          {node}` (its id is then retired)"
     ))
-}
-
-fn liveness_name(l: Liveness) -> &'static str {
-    match l {
-        Liveness::Alive => "Alive",
-        Liveness::Suspect => "Suspect",
-        Liveness::Down => "Down",
-    }
-}
-
-fn parse_liveness(text: &str) -> Option<Liveness> {
-    match text {
-        "Alive" => Some(Liveness::Alive),
-        "Suspect" => Some(Liveness::Suspect),
-        "Down" => Some(Liveness::Down),
-        _ => None,
-    }
 }
 
 impl Fleet {
@@ -299,7 +269,7 @@ impl Fleet {
             extra_liveness_predicate: None,
         };
         let initial = vec![
-            ("node".to_string(), encode(&me_view)),
+            (keys::NODE.to_string(), keys::encode(&me_view)),
             ("inc".to_string(), "0".to_string()),
         ];
         let handle = spawn_chitchat(config, initial, &transport)
@@ -416,13 +386,16 @@ impl Fleet {
 
     /// Publishes a lease this node holds (at the next gossip tick).
     pub fn publish_lease(&mut self, lease: &starling_protocol::lease::Lease) {
-        self.pending_keys
-            .insert(format!("lease.{}", lease.name), encode(lease));
+        self.pending_keys.insert(
+            format!("{}{}", keys::LEASE_PREFIX, lease.name),
+            keys::encode(lease),
+        );
     }
 
     /// Publishes the fleet's voter set as this node knows it.
     pub fn publish_voters(&mut self, record: &crate::agent::leases::VoterRecord) {
-        self.pending_keys.insert("voters".into(), encode(record));
+        self.pending_keys
+            .insert(keys::VOTERS.into(), keys::encode(record));
     }
 
     /// Sets the keys queued by `publish_lease` and `publish_voters`.
