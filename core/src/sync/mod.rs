@@ -15,6 +15,9 @@
 //!   [`SyncOutput::PushShort`]).
 //! - **Timeouts**: a request unanswered after [`SyncConfig::request_timeout_ms`] counts as
 //!   failed (a late answer is ignored), so a lost message never wedges a pull.
+//! - **Bounds**: at most [`SyncConfig::in_flight_per_peer`] requests in flight per peer and
+//!   [`SyncConfig::queued_per_peer`] waiting behind them; past that a push to that peer fails
+//!   at once and anti-entropy brings the write later.
 //! - **Failure reports**: a failed pull says whether to warn now (the first failure from a
 //!   peer, then once per [`SyncConfig::warn_every_ms`] while it lasts).
 //! - **The answers** a node gives to a peer's sync requests ([`answer`]) and the one checked
@@ -41,6 +44,11 @@ pub struct SyncConfig {
     pub request_timeout_ms: u64,
     /// A peer whose pulls keep failing is warned about at most this often.
     pub warn_every_ms: u64,
+    /// Requests sent to one peer and not yet answered; more wait in its queue.
+    pub in_flight_per_peer: usize,
+    /// Requests waiting for one peer; past this a new one fails at once (a write burst to a
+    /// slow peer is left to anti-entropy instead of piling up).
+    pub queued_per_peer: usize,
 }
 
 impl Default for SyncConfig {
@@ -49,6 +57,8 @@ impl Default for SyncConfig {
             page_bytes: PAGE_BYTES,
             request_timeout_ms: 15_000,
             warn_every_ms: 60_000,
+            in_flight_per_peer: 4,
+            queued_per_peer: 64,
         }
     }
 }
@@ -133,7 +143,8 @@ enum Purpose {
 struct InFlight {
     to: NodeId,
     purpose: Purpose,
-    sent_at: u64,
+    /// `None` while it waits in the peer's queue.
+    sent_at: Option<u64>,
 }
 
 /// The pull in flight.
@@ -170,6 +181,12 @@ pub struct Sync {
     config: SyncConfig,
     next_id: u64,
     in_flight: BTreeMap<RequestId, InFlight>,
+    /// Requests sent and unanswered, per peer.
+    sent_to: BTreeMap<NodeId, usize>,
+    /// Requests waiting for a slot, per peer, in order.
+    queued: BTreeMap<NodeId, VecDeque<(RequestId, PeerMessage)>>,
+    /// Requests refused because their peer's queue was full, failed at the end of the call.
+    refused: VecDeque<RequestId>,
     pull: Option<Pull>,
     /// Round-robin position over the peers to pull from.
     cursor: usize,
@@ -185,6 +202,9 @@ impl Sync {
             config,
             next_id: 1,
             in_flight: BTreeMap::new(),
+            sent_to: BTreeMap::new(),
+            queued: BTreeMap::new(),
+            refused: VecDeque::new(),
             pull: None,
             cursor: 0,
             pushes: BTreeMap::new(),
@@ -203,7 +223,7 @@ impl Sync {
         self.pull.as_ref().map(|p| &p.from)
     }
 
-    /// Requests sent and not yet answered.
+    /// Requests sent or queued and not yet answered.
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
     }
@@ -241,6 +261,7 @@ impl Sync {
             Purpose::Leaves,
             PeerMessage::DigestLeaves(leaves),
         );
+        self.fail_refused(now);
     }
 
     /// Fails every request older than the timeout.
@@ -249,7 +270,10 @@ impl Sync {
         let overdue: Vec<RequestId> = self
             .in_flight
             .iter()
-            .filter(|(_, r)| now >= r.sent_at.saturating_add(timeout))
+            .filter(|(_, r)| {
+                r.sent_at
+                    .is_some_and(|at| now >= at.saturating_add(timeout))
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in overdue {
@@ -266,7 +290,8 @@ impl Sync {
     pub fn poll_timeout(&self) -> Option<u64> {
         self.in_flight
             .values()
-            .map(|r| r.sent_at.saturating_add(self.config.request_timeout_ms))
+            .filter_map(|r| r.sent_at)
+            .map(|at| at.saturating_add(self.config.request_timeout_ms))
             .min()
     }
 
@@ -303,6 +328,7 @@ impl Sync {
                 PeerMessage::Entries(first.clone()),
             );
         }
+        self.fail_refused(now);
         self.settle_push(push);
         push
     }
@@ -320,12 +346,19 @@ impl Sync {
         let Some(request) = self.in_flight.remove(&id) else {
             return;
         };
+        if request.sent_at.is_some() {
+            // Its slot frees: the peer's next queued request goes out.
+            self.release_slot(now, &request.to);
+        } else if let Some(queue) = self.queued.get_mut(&request.to) {
+            queue.retain(|(queued, _)| *queued != id);
+        }
         match request.purpose {
             Purpose::Leaves | Purpose::Page => self.on_pull_answer(now, request, answer, desired),
             Purpose::Push { push, page } => {
                 self.on_push_answer(now, request.to, push, page, answer)
             }
         }
+        self.fail_refused(now);
     }
 
     /// The next decision, if any.
@@ -333,18 +366,68 @@ impl Sync {
         self.out.pop_front()
     }
 
+    /// Sends a request, or queues it behind the peer's requests in flight, or (its queue
+    /// full) refuses it: it then fails at the end of the public call (`fail_refused`).
     fn send(&mut self, now: u64, to: NodeId, purpose: Purpose, message: PeerMessage) {
         let id = self.next_id;
         self.next_id += 1;
+        let busy = self.sent_to.get(&to).copied().unwrap_or(0);
+        let sent_at = if busy < self.config.in_flight_per_peer {
+            *self.sent_to.entry(to.clone()).or_default() += 1;
+            self.out.push_back(SyncOutput::Send {
+                id,
+                to: to.clone(),
+                message,
+            });
+            Some(now)
+        } else {
+            let queue = self.queued.entry(to.clone()).or_default();
+            if queue.len() >= self.config.queued_per_peer {
+                self.refused.push_back(id);
+            } else {
+                queue.push_back((id, message));
+            }
+            None
+        };
         self.in_flight.insert(
             id,
             InFlight {
-                to: to.clone(),
+                to,
                 purpose,
-                sent_at: now,
+                sent_at,
             },
         );
-        self.out.push_back(SyncOutput::Send { id, to, message });
+    }
+
+    /// A request to `to` was answered or failed: send the next one queued for it.
+    fn release_slot(&mut self, now: u64, to: &NodeId) {
+        let busy = self.sent_to.entry(to.clone()).or_default();
+        *busy = busy.saturating_sub(1);
+        if *busy == 0 {
+            self.sent_to.remove(to);
+        }
+        let Some((id, message)) = self.queued.get_mut(to).and_then(VecDeque::pop_front) else {
+            self.queued.remove(to);
+            return;
+        };
+        if let Some(request) = self.in_flight.get_mut(&id) {
+            request.sent_at = Some(now);
+            *self.sent_to.entry(to.clone()).or_default() += 1;
+            self.out.push_back(SyncOutput::Send {
+                id,
+                to: to.clone(),
+                message,
+            });
+        }
+    }
+
+    /// Fails the requests refused for a full queue.
+    fn fail_refused(&mut self, now: u64) {
+        while let Some(id) = self.refused.pop_front() {
+            let limit = self.config.queued_per_peer;
+            let reason = format!("{limit} requests already wait for this peer");
+            self.handle_answer(now, id, Err(reason), &DesiredState::new());
+        }
     }
 
     fn on_pull_answer(

@@ -376,3 +376,56 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_write_burst_to_one_peer_is_bounded_in_flight_and_queued() {
+    let config = SyncConfig {
+        in_flight_per_peer: 2,
+        queued_per_peer: 3,
+        ..SyncConfig::default()
+    };
+    let mut sync = Sync::new(config);
+    let entries = state(&["a"], 1, "me", 10).export(&[WorkloadName::new("a").expect("name")]);
+    let peer = [id("slow")];
+    let pushes: Vec<PushId> = (0..7)
+        .map(|_| sync.push(0, entries.clone(), 1, &peer))
+        .collect();
+    let batch = outputs(&mut sync);
+    let sends: Vec<RequestId> = batch
+        .iter()
+        .filter_map(|o| match o {
+            SyncOutput::Send { id, .. } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    // Two go out, three wait, the last two fail at once (left to anti-entropy).
+    assert_eq!(sends.len(), 2);
+    let short: Vec<PushId> = batch
+        .iter()
+        .filter_map(|o| match o {
+            SyncOutput::PushShort { push, stored: 0, .. } => Some(*push),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(short, pushes[5..].to_vec());
+    assert_eq!(sync.in_flight(), 5);
+    // Each answer lets the next queued request out, in order.
+    let mut acked = Vec::new();
+    let mut next = sends;
+    while let Some(id) = next.pop() {
+        sync.handle_answer(1, id, Ok(PeerMessage::Stored), &DesiredState::new());
+        for output in outputs(&mut sync) {
+            match output {
+                SyncOutput::Send { id, .. } => next.insert(0, id),
+                SyncOutput::PushAcked { push, .. } => acked.push(push),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(sync.in_flight() <= 5);
+    }
+    acked.sort_unstable();
+    assert_eq!(acked, pushes[..5].to_vec());
+    assert_eq!(sync.in_flight(), 0);
+    // Queued requests time out only from when they were sent: none is left to time out.
+    assert_eq!(sync.poll_timeout(), None);
+}
