@@ -10,6 +10,7 @@
 //!   candidate sides).
 //! - [`membership`]: the failure detector (k rendezvous-chosen watchers, indirect probes) and
 //!   which life of a node id the fleet follows (`lives`).
+//! - [`pacing`]: gossip round pacing and targets, and when to fetch the keyring.
 //! - [`sync`]: desired-state sync: anti-entropy pulls page by page, pushes of fresh writes
 //!   and their acks, request timeouts, the checked merge of what peers send.
 
@@ -18,6 +19,7 @@
 pub mod election;
 pub mod membership;
 pub mod node;
+pub mod pacing;
 pub mod sync;
 
 pub use starling_protocol as protocol;

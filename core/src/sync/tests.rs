@@ -403,7 +403,9 @@ fn a_write_burst_to_one_peer_is_bounded_in_flight_and_queued() {
     let short: Vec<PushId> = batch
         .iter()
         .filter_map(|o| match o {
-            SyncOutput::PushShort { push, stored: 0, .. } => Some(*push),
+            SyncOutput::PushShort {
+                push, stored: 0, ..
+            } => Some(*push),
             _ => None,
         })
         .collect();

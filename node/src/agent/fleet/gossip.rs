@@ -275,20 +275,13 @@ impl Fleet {
 
     /// The round interval for the current fleet size.
     pub fn round_interval_ms(&self) -> u64 {
-        let (min, per_member, max) = self.pacing;
-        ((self.peers.len() as u64 + 1) * per_member).clamp(min, max.max(min))
+        self.rounds.interval_ms(self.peers.len() + 1)
     }
 
-    /// Runs a gossip round (three exchanges with rotating live peers) when one is due, and
-    /// keeps the silence backstop at 20 rounds (at least 10 s).
+    /// Runs a gossip round when [`starling_core::pacing::Rounds`] says one is due: exchanges
+    /// with the live peers it picks (the seeds while none is live: a fleet restarting
+    /// together) and a knock at one seed no gossip told of yet.
     pub fn gossip_round(&mut self, now: u64) {
-        if now < self.next_round_at {
-            return;
-        }
-        let interval = self.round_interval_ms();
-        self.next_round_at = now + interval;
-        self.detector
-            .set_stale_after_ms((interval * 20).max(10_000));
         let mut live: Vec<SocketAddr> = self
             .peers
             .iter()
@@ -296,15 +289,8 @@ impl Fleet {
             .map(|(_, p)| p.base)
             .collect();
         if live.is_empty() {
-            // Alone so far (a fleet restarting together): keep knocking at the seeds.
             live = self.seed_addrs.clone();
         }
-        for k in 0..live.len().min(3) {
-            let addr = live[(self.round_cursor + k * 7) % live.len()];
-            let _ = self.handle.gossip(addr);
-        }
-        // A seed nobody has told us about yet (a member that joined through the node that
-        // just died) is only found by knocking: one such seed per round.
         let known: BTreeSet<SocketAddr> = self.peers.values().map(|p| p.base).collect();
         let unknown: Vec<SocketAddr> = self
             .seed_addrs
@@ -312,12 +298,20 @@ impl Fleet {
             .filter(|a| !known.contains(a))
             .copied()
             .collect();
-        if !unknown.is_empty() {
-            let _ = self
-                .handle
-                .gossip(unknown[self.round_cursor % unknown.len()]);
+        let members = self.peers.len() + 1;
+        let Some(round) = self
+            .rounds
+            .handle_tick(now, members, live.len(), unknown.len())
+        else {
+            return;
+        };
+        self.detector.set_stale_after_ms(round.stale_after_ms);
+        for k in round.targets {
+            let _ = self.handle.gossip(live[k]);
         }
-        self.round_cursor = self.round_cursor.wrapping_add(1);
+        if let Some(k) = round.seed {
+            let _ = self.handle.gossip(unknown[k]);
+        }
     }
 
     /// A probe-socket message from `from`.

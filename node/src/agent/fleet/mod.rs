@@ -15,6 +15,7 @@ use chitchat::{
     Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, Heartbeat,
     spawn_chitchat,
 };
+use starling_core::pacing::{KeyFetch, Pacing, Rounds};
 use starling_core::sync::{PushId, Sync, SyncConfig};
 use starling_protocol::NodeId;
 use starling_protocol::gossip as keys;
@@ -135,10 +136,8 @@ pub(super) struct Fleet {
     pub base: SocketAddr,
     chitchat: Arc<Mutex<Chitchat>>,
     handle: ChitchatHandle,
-    /// Round pacing: (shortest, per member in ms, longest) and the next round's time.
-    pacing: (u64, u64, u64),
-    next_round_at: u64,
-    round_cursor: usize,
+    /// When gossip rounds are due and with whom (`starling_core::pacing`).
+    rounds: Rounds,
     /// Seeds, resolved at start.
     seed_addrs: Vec<SocketAddr>,
     pub detector: Detector,
@@ -168,7 +167,7 @@ pub(super) struct Fleet {
     /// The keyring the gossip transport and the probe socket seal and open with.
     keyring: Arc<RwLock<crate::gossip::seal::Keyring>>,
     /// When keys were last fetched from a peer, and the auth drops seen then.
-    pub keys_fetched: (u64, u64),
+    pub keys_fetched: KeyFetch,
     /// Certificate names refused fleet-wide (shared with the QUIC server).
     pub revoked: Arc<RwLock<BTreeSet<String>>>,
     /// How many revoked names this node last published.
@@ -303,13 +302,11 @@ impl Fleet {
         let fleet = Fleet {
             chitchat: handle.chitchat(),
             handle,
-            pacing: (
-                settings.gossip_interval.as_millis() as u64,
-                settings.gossip_ms_per_member,
-                settings.gossip_interval_max.as_millis() as u64,
-            ),
-            next_round_at: 0,
-            round_cursor: 0,
+            rounds: Rounds::new(Pacing {
+                shortest_ms: settings.gossip_interval.as_millis() as u64,
+                per_member_ms: settings.gossip_ms_per_member,
+                longest_ms: settings.gossip_interval_max.as_millis() as u64,
+            }),
             seed_addrs,
             // The start time as incarnation: a restarted node refutes every verdict about its
             // previous life at once.
@@ -333,7 +330,7 @@ impl Fleet {
             enrolled: BTreeSet::new(),
             keys_cursor: 0,
             keyring: keyring_for_fleet,
-            keys_fetched: (0, 0),
+            keys_fetched: KeyFetch::default(),
             revoked,
             published_revoked: 0,
             sync_tx,

@@ -109,11 +109,9 @@ impl Fleet {
     /// Packets failed to open since the last check: fetch the keyring from a peer (this node
     /// may have missed a rotation while it was down). At most every 5 s.
     pub fn maybe_fetch_keys(&mut self, now: u64, dropped_auth: u64) {
-        let (at, seen) = self.keys_fetched;
-        if dropped_auth <= seen || now < at + 5_000 {
+        if !self.keys_fetched.due(now, dropped_auth) {
             return;
         }
-        self.keys_fetched = (now, dropped_auth);
         let mut addrs: Vec<SocketAddr> = self.peers.values().map(|p| quic_addr(p.base)).collect();
         addrs.extend(
             self.membership
