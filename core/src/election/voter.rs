@@ -106,6 +106,18 @@ impl Elector {
             self.outputs
                 .push_back(ElectionOutput::Persist(self.memory.clone()));
         }
+        // A grant never goes back: an epoch below the highest granted, or the highest one for
+        // another holder, was refused above.
+        debug_assert!(
+            self.memory
+                .highest
+                .get(name)
+                .is_some_and(|(e, h)| *e > lease.epoch || (*e == lease.epoch && h == &lease.holder)),
+            "granted {name} epoch {} to {} over {:?}",
+            lease.epoch,
+            lease.holder,
+            self.memory.highest.get(name)
+        );
         reply.granted = true;
         if lease.epoch >= reply.highest_epoch {
             reply.highest_epoch = lease.epoch;

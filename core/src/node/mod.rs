@@ -496,6 +496,26 @@ impl NodeCore {
         let Some(r) = self.replicas.get_mut(replica) else {
             return;
         };
+        // One instance per replica at a time: a start comes only from a claim, a back-off or
+        // an exit (a restart once its instance exited), never over an instance that may still
+        // run.
+        debug_assert!(
+            matches!(
+                r.phase,
+                Phase::Claimed { .. }
+                    | Phase::BackingOff { .. }
+                    | Phase::Exited
+                    | Phase::Stopping { restart: true, .. }
+            ),
+            "start of {replica:?} in phase {:?}",
+            r.phase
+        );
+        // Instance numbers only grow, so a late event of an old instance is told apart.
+        debug_assert!(
+            instance > r.instance,
+            "instance {instance} after {}",
+            r.instance
+        );
         self.next_instance += 1;
         if r.instance != 0 {
             r.restarts += 1;

@@ -543,6 +543,14 @@ impl Sync {
         let Some(state) = self.pushes.get_mut(&push) else {
             return;
         };
+        // Every peer asked is counted once: stored, failed or still open.
+        debug_assert!(
+            state.stored as usize + state.open <= state.asked,
+            "push {push}: {} stored + {} open of {} asked",
+            state.stored,
+            state.open,
+            state.asked
+        );
         if !state.acked && state.stored >= state.wanted {
             state.acked = true;
             self.out.push_back(SyncOutput::PushAcked {
