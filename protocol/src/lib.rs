@@ -12,9 +12,11 @@
 //! - [`lease`]: lease records and their merge rule.
 //! - [`status`]: what a node publishes about its replicas.
 //! - [`wire`]: every message on the wire, in a versioned envelope.
+//! - [`api`]: the typed rows and records of a node's API answers.
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod desired;
 pub mod hash;
 pub mod hlc;
