@@ -78,7 +78,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Sends one request and returns the answer.
-pub fn request(target: &Target, request: &ApiRequest) -> anyhow::Result<ApiResponse> {
+fn ask(target: &Target, request: &ApiRequest) -> anyhow::Result<ApiResponse> {
     runtime()?.block_on(async {
         let mut client = target.connect().await?;
         anyhow::Ok(client.call(request).await?)
@@ -87,14 +87,14 @@ pub fn request(target: &Target, request: &ApiRequest) -> anyhow::Result<ApiRespo
 
 /// Sends one request and prints the answer. Exit code 1 on an error answer.
 pub fn call(target: &Target, request: ApiRequest, format: Format) -> anyhow::Result<ExitCode> {
-    Ok(output::print(&self::request(target, &request)?, format))
+    Ok(output::print(&ask(target, &request)?, format))
 }
 
 /// `starling token create --peer X`: the peer makes the token (it refuses node
 /// certificates). Prints the bare token, as the local `token create` does, so scripts can
 /// use either.
 pub fn token_create(target: &Target) -> anyhow::Result<ExitCode> {
-    match request(target, &ApiRequest::TokenCreate)? {
+    match ask(target, &ApiRequest::TokenCreate)? {
         ApiResponse::Token(token) => {
             println!("{token}");
             Ok(ExitCode::SUCCESS)
