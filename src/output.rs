@@ -1,6 +1,14 @@
-//! Output for people (aligned tables) and for scripts (`-o json`).
+//! Output for people (aligned tables) and for scripts (`-o json`). A node answers with typed
+//! data ([`ApiResponse`]); how it reads is decided here, and only here.
+
+mod answers;
 
 use std::fmt::Write as _;
+use std::process::ExitCode;
+
+use serde_json::json;
+use starling_protocol::desired::RevisionId;
+use starling_protocol::wire::ApiResponse;
 
 /// How a command prints its result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -9,6 +17,92 @@ pub enum Format {
     Table,
     /// JSON for scripts.
     Json,
+}
+
+/// Prints an answer for people or scripts; returns the exit code it implies (1 for an error).
+/// An error for people goes to stderr with one line per field error.
+pub fn print(response: &ApiResponse, format: Format) -> ExitCode {
+    match (response, format) {
+        (ApiResponse::Error(error), Format::Table) => {
+            eprintln!("error: {}", error.message);
+            for field in &error.fields {
+                eprintln!("  {field}");
+            }
+        }
+        (ApiResponse::LogChunk { lines, .. }, _) => {
+            for line in lines {
+                println!("{line}");
+            }
+        }
+        (_, Format::Json) => println!("{}", json(response)),
+        (_, Format::Table) => print!("{}", text(response)),
+    }
+    if matches!(response, ApiResponse::Error(_)) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// An answer as people read it: a table, or a sentence for a write or a lease.
+pub fn text(response: &ApiResponse) -> String {
+    match response {
+        ApiResponse::Written {
+            name,
+            revision,
+            at,
+            changed,
+        } => {
+            // The number alone can name two writes made at two peers at once; the id cannot.
+            let id = RevisionId {
+                number: *revision,
+                at: at.clone(),
+            };
+            match (changed, revision) {
+                (false, _) => format!("{name} unchanged (revision {id})\n"),
+                (true, 0) => format!("{name} deleted\n"),
+                (true, _) => format!("{name} written (revision {id})\n"),
+            }
+        }
+        ApiResponse::Lease(lease) => format!(
+            "{} held by {} (epoch {}, token {})\n",
+            lease.name, lease.holder, lease.epoch, lease.fencing_token
+        ),
+        ApiResponse::LogChunk { lines, .. } => lines.iter().map(|l| format!("{l}\n")).collect(),
+        ApiResponse::Error(error) => format!("error: {}\n", error.message),
+        listing => answers::table(listing).map_or_else(String::new, |t| t.render()),
+    }
+}
+
+/// An answer as scripts read it. The keys are an interface: scripts and tests depend on them.
+pub fn json(response: &ApiResponse) -> serde_json::Value {
+    match response {
+        ApiResponse::Written {
+            name,
+            revision,
+            at,
+            changed,
+        } => {
+            let id = RevisionId {
+                number: *revision,
+                at: at.clone(),
+            };
+            json!({
+                "name": name, "revision": revision, "revision_id": id.to_string(),
+                "changed": changed,
+            })
+        }
+        ApiResponse::Lease(lease) => json!({
+            "name": lease.name.as_str(), "holder": lease.holder.as_str(), "epoch": lease.epoch,
+            "token": lease.fencing_token,
+        }),
+        ApiResponse::LogChunk { lines, end } => json!({ "lines": lines, "end": end }),
+        ApiResponse::Error(error) => json!({
+            "error": error.message,
+            "fields": error.fields.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
+        }),
+        listing => answers::json(listing),
+    }
 }
 
 /// A table: a header row and rows of cells, printed with columns aligned.

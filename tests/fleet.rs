@@ -411,8 +411,8 @@ fn strangers_are_refused_and_bad_input_changes_nothing() {
         },
     );
 
-    // A malformed spec sent straight to a peer (no CLI-side check) gets every field error and
-    // changes nothing.
+    // A spec that fails its checks, sent straight to a peer (no CLI-side check), gets every
+    // field error and changes nothing.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -427,12 +427,16 @@ fn strangers_are_refused_and_bad_input_changes_nothing() {
         let mut client = starling_node::api::Client::connect_quic(addr, &tls)
             .await
             .expect("connects");
+        // What the types let through and only the spec's own check refuses.
+        let mut spec = starling_protocol::spec::WorkloadSpec::from_toml(
+            "name = \"forged\"\ncommand = \"sleep\"\n",
+        )
+        .expect("valid");
+        spec.replicas = 50_000;
+        spec.command = None;
         client
             .call(&starling_protocol::wire::ApiRequest::Apply {
-                spec: starling_protocol::wire::SpecText {
-                    format: starling_protocol::wire::SpecFormat::Toml,
-                    text: "name = \"Bad_Name\"\nreplicas = 5000\n".into(),
-                },
+                spec: Box::new(spec),
                 ack_replicas: 0,
             })
             .await
@@ -443,7 +447,7 @@ fn strangers_are_refused_and_bad_input_changes_nothing() {
     };
     let fields: Vec<String> = error.fields.iter().map(|f| f.to_string()).collect();
     assert!(
-        fields.iter().any(|f| f.starts_with("name"))
+        fields.iter().any(|f| f.starts_with("replicas"))
             && fields.iter().any(|f| f.starts_with("command")),
         "every field error is named: {fields:?}"
     );

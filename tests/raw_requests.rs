@@ -8,9 +8,8 @@ mod support;
 use std::process::Command;
 
 use starling_node::api::read_frame;
-use starling_protocol::wire::{
-    self, ApiRequest, ApiResponse, ObjectKind, Request, SpecFormat, SpecText,
-};
+use starling_protocol::spec::WorkloadSpec;
+use starling_protocol::wire::{self, ApiRequest, ApiResponse, ObjectKind, Request};
 use support::{BIN, Fleet};
 use tokio::io::AsyncWriteExt;
 
@@ -27,14 +26,44 @@ struct Bad {
 const RESOURCES: &str = "command = \"sleep\"\nargs = [\"600\"]\nreplicas = 0\n\
                          [resources]\ncpu = \"10m\"\nmemory = \"1Mi\"\n";
 
-fn apply(text: String) -> ApiRequest {
+fn apply(spec: WorkloadSpec) -> ApiRequest {
     ApiRequest::Apply {
-        spec: SpecText {
-            format: SpecFormat::Toml,
-            text,
-        },
+        spec: Box::new(spec),
         ack_replicas: 0,
     }
+}
+
+fn valid_spec(name: &str) -> WorkloadSpec {
+    WorkloadSpec::from_toml(&format!("name = \"{name}\"\n{RESOURCES}")).expect("valid")
+}
+
+/// A postcard length prefix (varint), for names no client can build.
+fn varint(mut n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+    out
+}
+
+/// An encoded `Apply` of a valid spec with its name replaced by `name` (the types refuse to
+/// build such a spec, so it is spliced into the bytes; the name is the spec's first field).
+fn apply_named(body: Vec<u8>, name: &[u8]) -> Vec<u8> {
+    let placeholder = b"placeholder-name";
+    let mut old = varint(placeholder.len());
+    old.extend_from_slice(placeholder);
+    let at = body
+        .windows(old.len())
+        .position(|w| w == old.as_slice())
+        .expect("the name is in the encoding");
+    let mut new = varint(name.len());
+    new.extend_from_slice(name);
+    let mut out = body[..at].to_vec();
+    out.extend(new);
+    out.extend_from_slice(&body[at + old.len()..]);
+    out
 }
 
 fn framed(body: &[u8]) -> Vec<u8> {
@@ -48,14 +77,25 @@ fn framed(body: &[u8]) -> Vec<u8> {
 
 /// The bad requests; `quic` wraps them as the first frame of a QUIC stream (`Request::Api`).
 fn bad_requests(quic: bool) -> Vec<Bad> {
-    let encode = |request: ApiRequest| {
-        let body = if quic {
+    let body = |request: ApiRequest| {
+        if quic {
             wire::encode(&Request::Api(request))
         } else {
             wire::encode(&request)
-        };
-        framed(&body.expect("encodes"))
+        }
+        .expect("encodes")
     };
+    let encode = |request: ApiRequest| framed(&body(request));
+    let named = |name: &[u8]| {
+        framed(&apply_named(
+            body(apply(valid_spec("placeholder-name"))),
+            name,
+        ))
+    };
+    // What the types let through and only the spec's own check refuses.
+    let mut unchecked = valid_spec("unchecked");
+    unchecked.replicas = 20_000;
+    unchecked.command = None;
     // postcard by hand for what no client can build: version 1, [Request::Api = 0,]
     // ApiRequest::Delete = 1, then a name the types refuse.
     let delete = |name: &[u8]| {
@@ -75,28 +115,21 @@ fn bad_requests(quic: bool) -> Vec<Bad> {
     vec![
         Bad {
             what: "a spec with an invalid name",
-            bytes: encode(apply(format!("name = \"Bad_Name\"\n{RESOURCES}"))),
-            says: vec!["nothing was changed".into()],
-            field: Some("name"),
-        },
-        Bad {
-            what: "a spec with an invalid body",
-            bytes: encode(apply(
-                "name = \"ok\"\ncommand = \"sleep\"\nreplicas = \"many\"\n".into(),
-            )),
-            // A type error comes from the TOML parser, which names the key in its excerpt.
-            says: vec![
-                "nothing was changed".into(),
-                "replicas = \"many\"".into(),
-                "expected a whole number".into(),
-            ],
+            bytes: named(b"Bad_Name"),
+            says: vec!["bad request".into(), "workload name \"Bad_Name\"".into()],
             field: None,
         },
         Bad {
+            what: "a spec that fails its checks",
+            bytes: encode(apply(unchecked)),
+            says: vec!["nothing was changed".into(), "between 0 and 10000".into()],
+            field: Some("replicas"),
+        },
+        Bad {
             what: "a spec with an over-long name",
-            bytes: encode(apply(format!("name = \"{long}\"\n{RESOURCES}"))),
-            says: vec!["nothing was changed".into()],
-            field: Some("name"),
+            bytes: named(long.as_bytes()),
+            says: vec!["bad request".into(), "at most 63".into()],
+            field: None,
         },
         Bad {
             what: "a delete of an invalid name",
@@ -162,7 +195,7 @@ fn check_answer(bad: &Bad, door: &str, answer: Option<ApiResponse>) {
 }
 
 /// The desired state as the agent lists it (names and revisions), over its socket.
-async fn workloads(fleet: &Fleet) -> String {
+async fn workloads(fleet: &Fleet) -> Vec<starling_protocol::api::WorkloadRow> {
     let mut client = starling_node::api::Client::connect(&fleet.nodes[0].dir)
         .await
         .expect("the agent still serves its socket");
@@ -173,7 +206,7 @@ async fn workloads(fleet: &Fleet) -> String {
         .await
         .expect("answer")
     {
-        ApiResponse::Table { json, .. } => json,
+        ApiResponse::Workloads(rows) => rows,
         other => panic!("get workloads: {other:?}"),
     }
 }
@@ -201,7 +234,10 @@ fn bad_requests_on_the_socket_and_over_quic_are_refused_by_name_and_change_nothi
     );
     runtime().block_on(async {
         let before = workloads(&fleet).await;
-        assert!(before.contains("\"keep\""), "{before}");
+        assert!(
+            before.iter().any(|w| w.name.as_str() == "keep"),
+            "{before:?}"
+        );
         let socket = starling_node::api::socket_path(&fleet.nodes[0].dir);
         for bad in bad_requests(false) {
             let mut stream = tokio::net::UnixStream::connect(&socket)
@@ -296,7 +332,7 @@ fn join_tokens_come_from_a_peer_for_operators_and_never_for_nodes() {
         send.finish().expect("finish");
         let status = read_frame::<ApiResponse, _>(&mut recv).await.ok().flatten();
         assert!(
-            matches!(status, Some(ApiResponse::Table { .. })),
+            matches!(status, Some(ApiResponse::Replicas(_))),
             "{status:?}"
         );
     });

@@ -13,9 +13,11 @@
 //! - [`status`]: what a node publishes about its replicas.
 //! - [`wire`]: every message on the wire, in a versioned envelope.
 //! - [`gossip`]: the keys a node publishes in its gossip state and their checked values.
+//! - [`api`]: the typed rows and records of a node's API answers.
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod desired;
 pub mod gossip;
 pub mod hash;

@@ -8,15 +8,19 @@
 //! [`MESSAGE_BYTES_MAX`], bounds allocation by the input size (postcard reads every length from
 //! the input and serde pre-allocates cautiously), refuses trailing bytes, and then runs each
 //! message's semantic [`Check`] (names, specs, digests), so a decoded message is a valid one.
+//! One exception, on purpose: the spec of an [`ApiRequest::Apply`] is only bounded here; the
+//! node that would store it checks it ([`WorkloadSpec::check`]) and answers every field error,
+//! which a refused decode could not carry back to the caller.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::api::{Description, EndpointRow, LeaseRow, NodeRow, ReplicaRow, Voter, WorkloadRow};
 use crate::desired::{DesiredEntry, SummaryItem};
 use crate::hlc::Timestamp;
 use crate::lease::{Lease, LeaseMessage, LeaseName};
 use crate::names::{NodeId, WorkloadName};
-use crate::spec::FieldError;
+use crate::spec::{FieldError, WorkloadSpec};
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -131,32 +135,15 @@ pub fn decode<M: DeserializeOwned + Check>(bytes: &[u8]) -> Result<M, WireError>
     Ok(message)
 }
 
-/// A spec as the operator wrote it; the receiving node parses and validates it, so field errors
-/// come back from the node that would store it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SpecText {
-    /// TOML or JSON.
-    pub format: SpecFormat,
-    /// The document.
-    pub text: String,
-}
-
-/// Formats a [`SpecText`] may be in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SpecFormat {
-    /// TOML.
-    Toml,
-    /// JSON.
-    Json,
-}
-
 /// What the CLI (or any API client) asks a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ApiRequest {
     /// Create or update a workload; answered once durable here and on `ack_replicas` peers.
+    /// The node checks the spec again ([`WorkloadSpec::check`]) before it stores it and
+    /// answers every field error: decoding does not, so those errors reach the caller.
     Apply {
-        /// The spec.
-        spec: SpecText,
+        /// The spec, as the caller validated it.
+        spec: Box<WorkloadSpec>,
         /// Other peers that must hold the write before the answer.
         ack_replicas: u32,
     },
@@ -239,8 +226,8 @@ pub enum ApiRequest {
     /// (compare-and-set: a number, `0` for "does not exist yet", or a whole revision id
     /// `N@NODE:MS.LOGICAL`, see [`crate::desired::RevisionMatch`]).
     ApplyIf {
-        /// The spec.
-        spec: SpecText,
+        /// The spec, as the caller validated it (checked again as for `Apply`).
+        spec: Box<WorkloadSpec>,
         /// Other peers that must hold the write before the answer.
         ack_replicas: u32,
         /// The revision the caller last saw.
@@ -277,14 +264,37 @@ pub enum ApiResponse {
         /// Whether anything changed (an identical re-apply changes nothing).
         changed: bool,
     },
-    /// A listing or description, as a table for people and JSON for scripts.
-    Table {
-        /// Column titles.
-        columns: Vec<String>,
-        /// Rows of cells.
-        rows: Vec<Vec<String>>,
-        /// The same data as JSON.
-        json: String,
+    /// Workloads (`get workloads`).
+    Workloads(Vec<WorkloadRow>),
+    /// Replicas (`status`, `get replicas`), unplaceable ones included.
+    Replicas(Vec<ReplicaRow>),
+    /// Nodes (`get nodes`).
+    Nodes(Vec<NodeRow>),
+    /// Service endpoints of live nodes (`get endpoints`), sorted.
+    Endpoints(Vec<EndpointRow>),
+    /// Leases known to the answering node (`get leases`, `lease release`).
+    Leases(Vec<LeaseRow>),
+    /// One workload in detail (`describe`).
+    Described(Box<Description>),
+    /// The fleet's lease voters (`voters`) and the version of their set.
+    Voters {
+        /// The voters (empty while none are defined).
+        voters: Vec<Voter>,
+        /// The version grant requests carry.
+        version: u64,
+    },
+    /// A new one-time join token (`token create --peer`).
+    Token(String),
+    /// A certificate name refused from now on (`user remove`, `node remove`).
+    Revoked(NodeId),
+    /// A gossip key rotation (`key rotate`): the new key seals everywhere from now on.
+    KeyRotated {
+        /// The new key's id.
+        key: u32,
+        /// Live peers that held it before it sealed.
+        installed: u64,
+        /// Live peers asked to install it.
+        asked: u64,
     },
     /// A chunk of log lines; `end` marks the last chunk.
     LogChunk {
@@ -503,9 +513,9 @@ impl Check for ApiRequest {
     fn check(&self) -> Result<(), String> {
         match self {
             ApiRequest::Apply { spec, .. } | ApiRequest::ApplyIf { spec, .. }
-                if spec.text.len() > MESSAGE_BYTES_MAX / 4 =>
+                if spec_bytes(spec) > SPEC_BYTES_MAX =>
             {
-                Err("spec text is over 1 MiB".into())
+                Err("spec is over 1 MiB".into())
             }
             ApiRequest::Scale { replicas, .. } if *replicas > crate::spec::REPLICAS_MAX => {
                 Err(format!(
@@ -520,6 +530,14 @@ impl Check for ApiRequest {
             _ => Ok(()),
         }
     }
+}
+
+/// Largest spec an `Apply` may carry, encoded: a quarter of a message, so a write and its
+/// previous revision fit in the entry every peer is pushed.
+const SPEC_BYTES_MAX: usize = MESSAGE_BYTES_MAX / 4;
+
+fn spec_bytes(spec: &WorkloadSpec) -> usize {
+    postcard::to_allocvec(spec).map_or(usize::MAX, |bytes| bytes.len())
 }
 
 impl Check for ApiResponse {

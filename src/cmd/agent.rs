@@ -1,7 +1,7 @@
 //! `starling agent`: run this machine's agent in the foreground.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -10,18 +10,36 @@ use starling_node::agent::{AgentConfig, OnStop, run};
 use starling_protocol::NodeId;
 use starling_protocol::spec::RuntimeKind;
 
+/// `starling agent`.
+#[derive(clap::Args)]
 pub struct AgentArgs {
-    pub data_dir: PathBuf,
-    pub node_id: Option<String>,
-    pub labels: Vec<String>,
-    pub stop_grace_ms: u64,
-    pub on_stop: OnStopArg,
-    pub fleet: FleetArgs,
+    /// Node id to create the data dir with [default: the host's short name and a random
+    /// suffix, e.g. gw-3f9a, stored in the data dir].
+    #[arg(long)]
+    node_id: Option<String>,
+    /// A label of this node, KEY=VALUE (repeatable).
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// Milliseconds between SIGTERM and SIGKILL when stopping a replica.
+    #[arg(long, default_value_t = 10_000)]
+    stop_grace_ms: u64,
+    /// What to do with this node's workloads when the agent is asked to stop (SIGTERM,
+    /// SIGINT): `leave` announces a planned restart (peers hold its replicas for
+    /// --restart-window-ms; leases and singleton instances move now; the rest keeps
+    /// running for the next agent to adopt), `drain` moves every replica to other nodes
+    /// first (make before break), `stop` stops everything.
+    #[arg(long, value_enum, default_value_t = OnStopArg::Leave)]
+    on_stop: OnStopArg,
+    /// Same as --on-stop stop (kept for scripts written before --on-stop).
+    #[arg(long, hide = true)]
+    stop_on_exit: bool,
+    #[command(flatten)]
+    fleet: FleetArgs,
 }
 
 /// `--on-stop`.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnStopArg {
+enum OnStopArg {
     /// A planned restart (upgrade, reboot): replicas keep running for the next agent.
     Leave,
     /// Move every replica to other nodes, then stop.
@@ -32,77 +50,78 @@ pub enum OnStopArg {
 
 /// Fleet flags of `starling agent` (used once the data dir belongs to a cluster).
 #[derive(clap::Args, Debug, Clone)]
-pub struct FleetArgs {
+struct FleetArgs {
     /// Enrol with this token first, unless the data dir already belongs to a cluster.
     #[arg(long)]
-    pub join: Option<String>,
+    join: Option<String>,
     /// Base address to listen on: gossip on its port (UDP), QUIC on port + 1, probes on
     /// port + 2.
     #[arg(long, default_value = "0.0.0.0:7946")]
-    pub listen: std::net::SocketAddr,
+    listen: std::net::SocketAddr,
     /// Base address peers reach this node at [default: --listen, or the one recorded at
     /// init/join when --listen is 0.0.0.0].
     #[arg(long)]
-    pub advertise: Option<std::net::SocketAddr>,
+    advertise: Option<std::net::SocketAddr>,
     /// A peer's base address to gossip with at start (repeatable).
     #[arg(long = "seed")]
-    pub seeds: Vec<String>,
+    seeds: Vec<String>,
     /// Shortest time between gossip rounds, in ms (state only; liveness comes from probes).
     #[arg(long, default_value_t = 1_000)]
-    pub gossip_interval_ms: u64,
+    gossip_interval_ms: u64,
     /// Gossip round interval per member, in ms: rounds slow down as the fleet grows so that
     /// gossip costs about the same per node at any size.
     #[arg(long, default_value_t = 50)]
-    pub gossip_ms_per_member: u64,
+    gossip_ms_per_member: u64,
     /// Longest time between gossip rounds, in ms.
     #[arg(long, default_value_t = 30_000)]
-    pub gossip_interval_max_ms: u64,
+    gossip_interval_max_ms: u64,
     /// Milliseconds between probes of each watched node.
     #[arg(long, default_value_t = 200)]
-    pub probe_interval_ms: u64,
+    probe_interval_ms: u64,
     /// Milliseconds to wait for a direct ack before asking two helpers to probe.
     #[arg(long, default_value_t = 100)]
-    pub probe_timeout_ms: u64,
+    probe_timeout_ms: u64,
     /// Milliseconds to wait for the helpers' acks before the probe counts as failed.
     #[arg(long, default_value_t = 150)]
-    pub indirect_timeout_ms: u64,
+    indirect_timeout_ms: u64,
     /// Milliseconds a watched node may stay unreachable (from its first failed probe) before
     /// it is declared down; with the defaults, two failed probe rounds in a row.
     #[arg(long, default_value_t = 400)]
-    pub down_after_ms: u64,
+    down_after_ms: u64,
     /// Where to serve Prometheus metrics (HTTP) [default: 127.0.0.1 at the --listen port, TCP].
     #[arg(long)]
-    pub metrics: Option<std::net::SocketAddr>,
+    metrics: Option<std::net::SocketAddr>,
     /// Docker's API socket ("none": do not offer Docker) [default: $DOCKER_HOST or
     /// /var/run/docker.sock].
     #[arg(long)]
-    pub docker_socket: Option<std::path::PathBuf>,
+    docker_socket: Option<std::path::PathBuf>,
     /// Podman's API socket ("none": do not offer Podman) [default: /run/podman/podman.sock].
     #[arg(long)]
-    pub podman_socket: Option<std::path::PathBuf>,
+    podman_socket: Option<std::path::PathBuf>,
     /// Milliseconds a claim waits for competing claims before starting a replica.
     #[arg(long, default_value_t = 100)]
-    pub settle_ms: u64,
+    settle_ms: u64,
     /// How far clocks may drift apart over one lease duration: a lease holder stops acting
     /// this many milliseconds before its grant ends.
     #[arg(long, default_value_t = 300)]
-    pub lease_max_drift_ms: u64,
+    lease_max_drift_ms: u64,
     /// With --on-stop leave: how long peers keep this node's replicas for its next start
     /// before they replace them, in ms.
     #[arg(long, default_value_t = 60_000)]
-    pub restart_window_ms: u64,
+    restart_window_ms: u64,
     /// With --on-stop drain: longest wait for every replica to run healthy elsewhere, in ms;
     /// what is left then is stopped.
     #[arg(long, default_value_t = 120_000)]
-    pub drain_timeout_ms: u64,
+    drain_timeout_ms: u64,
     /// After a restart: how long to wait to hear the fleet (where its replicas went) before
     /// acting, in ms. A node that hears nobody then restarts what it ran before.
     #[arg(long, default_value_t = 5_000)]
-    pub rejoin_wait_ms: u64,
+    rejoin_wait_ms: u64,
 }
 
-pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
-    let mut config = AgentConfig::new(&args.data_dir);
+/// Runs the agent of `data_dir` until SIGINT or SIGTERM.
+pub fn main(data_dir: &Path, args: AgentArgs) -> anyhow::Result<ExitCode> {
+    let mut config = AgentConfig::new(data_dir);
     if let Some(id) = args.node_id {
         config.node_id =
             Some(NodeId::new(id.clone()).map_err(|e| anyhow::anyhow!("--node-id {id:?}: {e}"))?);
@@ -110,6 +129,7 @@ pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
     config.labels = parse_labels(&args.labels)?;
     config.stop_grace = Duration::from_millis(args.stop_grace_ms);
     config.departure.on_stop = match args.on_stop {
+        _ if args.stop_on_exit => OnStop::Stop,
         OnStopArg::Leave => OnStop::Leave,
         OnStopArg::Drain => OnStop::Drain,
         OnStopArg::Stop => OnStop::Stop,
@@ -123,7 +143,7 @@ pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
             .advertise
             .or((!fleet.listen.ip().is_unspecified()).then_some(fleet.listen));
         if let Some(node) = super::cluster::join_if_needed(
-            &args.data_dir,
+            data_dir,
             token,
             config.node_id.as_ref().map(|n| n.to_string()),
             advertise,
@@ -134,7 +154,7 @@ pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let advertise = fleet
         .advertise
         .or_else(|| (!fleet.listen.ip().is_unspecified()).then_some(fleet.listen))
-        .or_else(|| starling_node::cluster::Membership::read_advertise(&args.data_dir))
+        .or_else(|| starling_node::cluster::Membership::read_advertise(data_dir))
         .map(|a| {
             if a.port() == fleet.listen.port() {
                 a
@@ -142,10 +162,10 @@ pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
                 std::net::SocketAddr::new(a.ip(), fleet.listen.port())
             }
         });
-    if starling_node::cluster::Membership::exists(&args.data_dir)
+    if starling_node::cluster::Membership::exists(data_dir)
         && let Some(addr) = advertise
     {
-        starling_node::cluster::Membership::write_advertise(&args.data_dir, addr)?;
+        starling_node::cluster::Membership::write_advertise(data_dir, addr)?;
     }
     for (kind, socket) in [
         (RuntimeKind::Docker, &fleet.docker_socket),

@@ -5,8 +5,110 @@ use std::process::ExitCode;
 use anyhow::bail;
 use starling_sim::epidemic::disseminate;
 
+/// `starling bench`.
+#[derive(clap::Subcommand)]
+pub enum BenchKind {
+    /// Kill an agent (and its replicas) in a local fleet; time until its replicas run
+    /// elsewhere and pass their health checks.
+    Failover {
+        /// Agents in the fleet.
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        /// Kills to time.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// An extra flag for every agent, e.g. `--agent-flag=--down-after-ms=700` (repeatable).
+        #[arg(long = "agent-flag", allow_hyphen_values = true)]
+        agent_flags: Vec<String>,
+    },
+    /// Apply a workload at one agent of a local fleet; time until every replica runs.
+    Apply {
+        /// Agents in the fleet.
+        #[arg(long, default_value_t = 10)]
+        nodes: usize,
+        /// Applies to time.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// An extra flag for every agent (repeatable).
+        #[arg(long = "agent-flag", allow_hyphen_values = true)]
+        agent_flags: Vec<String>,
+    },
+    /// Kill the machine of a singleton's lease holder; time until another node's instance
+    /// runs (with a larger fencing token).
+    Lease {
+        /// Agents in the fleet.
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        /// Kills to time.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// The singleton's lease TTL.
+        #[arg(long, default_value = "2s")]
+        ttl: String,
+        /// An extra flag for every agent (repeatable).
+        #[arg(long = "agent-flag", allow_hyphen_values = true)]
+        agent_flags: Vec<String>,
+    },
+    /// Steady-state gossip and probe bytes per node per second in local fleets.
+    Gossip {
+        /// Fleet sizes, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [5, 20, 100])]
+        nodes: Vec<usize>,
+        /// Seconds to measure each size.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// An extra flag for every agent (repeatable).
+        #[arg(long = "agent-flag", allow_hyphen_values = true)]
+        agent_flags: Vec<String>,
+    },
+    /// Gossip rounds for one desired-state write to reach every node (real CRDT, push-pull).
+    Dissemination {
+        /// Fleet size.
+        #[arg(long, default_value_t = 10_000)]
+        nodes: usize,
+        /// Peers each node contacts per round.
+        #[arg(long, default_value_t = 1)]
+        fanout: usize,
+        /// Seeds to run (1..=N).
+        #[arg(long, default_value_t = 20)]
+        seeds: u64,
+    },
+}
+
+/// Runs one benchmark.
+pub fn run(what: BenchKind) -> anyhow::Result<ExitCode> {
+    match what {
+        BenchKind::Failover {
+            nodes,
+            runs,
+            agent_flags,
+        } => super::bench_fleet::failover(nodes, runs, agent_flags),
+        BenchKind::Apply {
+            nodes,
+            runs,
+            agent_flags,
+        } => super::bench_fleet::apply_latency(nodes, runs, agent_flags),
+        BenchKind::Lease {
+            nodes,
+            runs,
+            ttl,
+            agent_flags,
+        } => super::bench_lease::lease(nodes, runs, &ttl, agent_flags),
+        BenchKind::Gossip {
+            nodes,
+            seconds,
+            agent_flags,
+        } => super::bench_fleet::gossip(&nodes, seconds, agent_flags),
+        BenchKind::Dissemination {
+            nodes,
+            fanout,
+            seeds,
+        } => dissemination(nodes, fanout, seeds),
+    }
+}
+
 /// Rounds for one desired-state write to reach every node, over `seeds` seeds.
-pub fn dissemination(nodes: usize, fanout: usize, seeds: u64) -> anyhow::Result<ExitCode> {
+fn dissemination(nodes: usize, fanout: usize, seeds: u64) -> anyhow::Result<ExitCode> {
     if nodes == 0 || nodes > 1_000_000 || seeds == 0 {
         bail!("--nodes must be 1..=1000000 and --seeds at least 1");
     }

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use serde_json::Value;
-use starling_protocol::wire::{ApiRequest, ApiResponse, ObjectKind, SpecFormat, SpecText};
+use starling_protocol::api::ReplicaPlace;
+use starling_protocol::placement::Liveness;
+use starling_protocol::spec::WorkloadSpec;
+use starling_protocol::wire::{ApiRequest, ApiResponse, ObjectKind};
 
 use super::up::LocalFleet;
 
@@ -92,7 +95,7 @@ pub(super) fn kill_replicas(dir: &Path) {
     }
 }
 
-fn spec(name: &str, replicas: usize, health: bool) -> SpecText {
+fn spec(name: &str, replicas: usize, health: bool) -> anyhow::Result<WorkloadSpec> {
     let mut text = format!(
         "name = \"{name}\"\ncommand = \"sleep\"\nargs = [\"3600\"]\nreplicas = {replicas}\n\
          [resources]\ncpu = \"10m\"\nmemory = \"1Mi\"\n"
@@ -100,31 +103,23 @@ fn spec(name: &str, replicas: usize, health: bool) -> SpecText {
     if health {
         text.push_str("[health]\nexec = [\"true\"]\ninterval = \"200ms\"\ntimeout = \"200ms\"\n");
     }
-    SpecText {
-        format: SpecFormat::Toml,
-        text,
-    }
+    WorkloadSpec::from_toml(&text).map_err(|e| anyhow::anyhow!("the benchmark's spec: {e}"))
 }
 
 async fn healthy_on(fleet: &LocalFleet, node: usize, workload: &str, index: u32) -> bool {
     let Ok(mut client) = fleet.client(node).await else {
         return false;
     };
-    let Ok(ApiResponse::Table { json, .. }) = client.call(&ApiRequest::Status).await else {
+    let Ok(ApiResponse::Replicas(rows)) = client.call(&ApiRequest::Status).await else {
         return false;
     };
     let name = &fleet.agents[node].name;
-    serde_json::from_str::<Value>(&json)
-        .ok()
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default()
-        .iter()
-        .any(|r| {
-            r["workload"] == workload
-                && r["replica"] == index
-                && r["node"] == name.as_str()
-                && r["healthy"] == true
-        })
+    rows.iter().any(|r| {
+        r.replica.workload.as_str() == workload
+            && r.replica.index == index
+            && matches!(&r.place, ReplicaPlace::On { node, liveness: Some(Liveness::Alive | Liveness::Suspect), status }
+                if node.as_str() == name.as_str() && status.is_available())
+    })
 }
 
 pub(super) async fn wait_members(
@@ -146,11 +141,10 @@ pub(super) async fn wait_members(
                     })
                     .await
                 {
-                    Ok(ApiResponse::Table { json, .. }) => serde_json::from_str::<Value>(&json)
-                        .ok()
-                        .and_then(|v| v.as_array().cloned())
-                        .map(|a| a.iter().filter(|n| n["state"] == "alive").count())
-                        .unwrap_or(0),
+                    Ok(ApiResponse::Nodes(rows)) => rows
+                        .iter()
+                        .filter(|n| n.view.liveness == Liveness::Alive)
+                        .count(),
                     _ => 0,
                 },
                 Err(_) => 0,
@@ -170,11 +164,11 @@ pub(super) async fn wait_members(
     }
 }
 
-pub(super) async fn apply(fleet: &LocalFleet, at: usize, spec: SpecText) -> anyhow::Result<()> {
+pub(super) async fn apply(fleet: &LocalFleet, at: usize, spec: WorkloadSpec) -> anyhow::Result<()> {
     let mut client = fleet.client(at).await?;
     match client
         .call(&ApiRequest::Apply {
-            spec,
+            spec: Box::new(spec),
             ack_replicas: 0,
         })
         .await?
@@ -199,7 +193,7 @@ pub fn failover(nodes: usize, runs: usize, extra: Vec<String>) -> anyhow::Result
     let replicas = (nodes * 2).min(20);
     rt.block_on(async {
         wait_members(&fleet, nodes, Duration::from_secs(60)).await?;
-        apply(&fleet, 0, spec(workload, replicas, true)).await
+        apply(&fleet, 0, spec(workload, replicas, true)?).await
     })?;
     let mut running = Vec::new();
     let mut healthy = Vec::new();
@@ -310,7 +304,7 @@ pub fn apply_latency(nodes: usize, runs: usize, extra: Vec<String>) -> anyhow::R
         let name = format!("bench-{run}");
         let at = run % nodes;
         let started = Instant::now();
-        rt.block_on(apply(&fleet, at, spec(&name, nodes, false)))?;
+        rt.block_on(apply(&fleet, at, spec(&name, nodes, false)?))?;
         loop {
             let placed = placement(&fleet, &name, None);
             let distinct: BTreeSet<u32> = placed.iter().map(|(r, _)| *r).collect();

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use starling_protocol::wire::{SpecFormat, SpecText};
+use starling_protocol::spec::WorkloadSpec;
 
 use super::bench_fleet::{apply, kill_replicas, live_replicas, runtime, summary, wait_members};
 use super::up::LocalFleet;
@@ -77,13 +77,11 @@ pub fn lease(nodes: usize, runs: usize, ttl: &str, extra: Vec<String>) -> anyhow
     let _ = std::fs::remove_dir_all(&dir);
     let mut fleet = LocalFleet::start(&dir, nodes, extra)?;
     let rt = runtime()?;
-    let spec = SpecText {
-        format: SpecFormat::Toml,
-        text: format!(
-            "name = \"{WORKLOAD}\"\nsingleton = true\nlease_ttl = \"{ttl}\"\ncommand = \"sleep\"\n\
-             args = [\"3600\"]\n[resources]\ncpu = \"10m\"\nmemory = \"1Mi\"\n"
-        ),
-    };
+    let spec = WorkloadSpec::from_toml(&format!(
+        "name = \"{WORKLOAD}\"\nsingleton = true\nlease_ttl = \"{ttl}\"\ncommand = \"sleep\"\n\
+         args = [\"3600\"]\n[resources]\ncpu = \"10m\"\nmemory = \"1Mi\"\n"
+    ))
+    .map_err(|e| anyhow::anyhow!("--ttl {ttl}: {e}"))?;
     rt.block_on(async {
         wait_members(&fleet, nodes, Duration::from_secs(60)).await?;
         apply(&fleet, 0, spec).await

@@ -1,15 +1,14 @@
-//! Commands that talk to a running agent: apply, delete, scale, rollback, get, describe,
-//! status, logs.
+//! How commands reach a running agent: the local socket, `--peer`, or the peers recorded in
+//! the cluster dir; one request, its answer printed.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use starling_node::api::Client;
-use starling_protocol::WorkloadName;
-use starling_protocol::wire::{ApiRequest, ApiResponse, SpecFormat, SpecText};
+use starling_protocol::wire::{ApiRequest, ApiResponse};
 
-use crate::output::{Format, Table};
+use crate::output::{self, Format};
 
 /// The data dir of the local agent: `--data-dir`, else `$STARLING_DATA_DIR`, else
 /// `~/.local/share/starling`.
@@ -78,162 +77,37 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// Sends one request and returns the answer.
+fn ask(target: &Target, request: &ApiRequest) -> anyhow::Result<ApiResponse> {
+    runtime()?.block_on(async {
+        let mut client = target.connect().await?;
+        anyhow::Ok(client.call(request).await?)
+    })
+}
+
 /// Sends one request and prints the answer. Exit code 1 on an error answer.
 pub fn call(target: &Target, request: ApiRequest, format: Format) -> anyhow::Result<ExitCode> {
-    let response = runtime()?.block_on(async {
-        let mut client = target.connect().await?;
-        anyhow::Ok(client.call(&request).await?)
-    })?;
-    Ok(print_response(response, format))
+    Ok(output::print(&ask(target, &request)?, format))
 }
 
 /// `starling token create --peer X`: the peer makes the token (it refuses node
 /// certificates). Prints the bare token, as the local `token create` does, so scripts can
 /// use either.
 pub fn token_create(target: &Target) -> anyhow::Result<ExitCode> {
-    let response = runtime()?.block_on(async {
-        let mut client = target.connect().await?;
-        anyhow::Ok(client.call(&ApiRequest::TokenCreate).await?)
-    })?;
-    if let ApiResponse::Table { rows, .. } = &response
-        && let Some(token) = rows.first().and_then(|row| row.first())
-    {
-        println!("{token}");
-        return Ok(ExitCode::SUCCESS);
-    }
-    Ok(print_response(response, Format::Table))
-}
-
-/// `starling lease acquire NAME --ttl T --wait W`.
-pub fn lease_acquire(
-    target: &Target,
-    name: starling_protocol::WorkloadName,
-    ttl: &str,
-    wait: &str,
-    format: Format,
-) -> anyhow::Result<ExitCode> {
-    let ttl = starling_protocol::quantity::parse_duration_ms(ttl)
-        .map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
-    let wait = starling_protocol::quantity::parse_duration_ms(wait)
-        .map_err(|e| anyhow::anyhow!("--wait: {e}"))?;
-    call(
-        target,
-        ApiRequest::LeaseAcquire {
-            name,
-            duration_ms: ttl,
-            wait_ms: wait,
-        },
-        format,
-    )
-}
-
-/// `starling voters [set NODE...] [--force]`.
-pub fn voters(
-    target: &Target,
-    set: Option<Vec<String>>,
-    force: bool,
-    format: Format,
-) -> anyhow::Result<ExitCode> {
-    let set = set
-        .map(|nodes| {
-            nodes
-                .into_iter()
-                .map(|n| {
-                    starling_protocol::NodeId::new(&n).map_err(|e| anyhow::anyhow!("{n:?}: {e}"))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()
-        })
-        .transpose()?;
-    call(target, ApiRequest::Voters { set, force }, format)
-}
-
-pub fn apply(
-    target: &Target,
-    files: &[PathBuf],
-    ack_replicas: u32,
-    if_revision: Option<String>,
-    format: Format,
-) -> anyhow::Result<ExitCode> {
-    if let Some(wanted) = &if_revision {
-        if files.len() != 1 {
-            anyhow::bail!(
-                "--if-revision {wanted}: give exactly one spec file (got {})",
-                files.len()
-            );
+    match ask(target, &ApiRequest::TokenCreate)? {
+        ApiResponse::Token(token) => {
+            println!("{token}");
+            Ok(ExitCode::SUCCESS)
         }
-        wanted
-            .parse::<starling_protocol::desired::RevisionMatch>()
-            .map_err(|e| anyhow::anyhow!("--if-revision: {e}"))?;
+        other => Ok(output::print(&other, Format::Table)),
     }
-    let mut code = ExitCode::SUCCESS;
-    for path in files {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let spec_format = if path.extension().is_some_and(|e| e == "json") {
-            SpecFormat::Json
-        } else {
-            SpecFormat::Toml
-        };
-        // Validate here first, so mistakes are listed without a round trip; the agent checks again.
-        if let Err(errors) = super::parse_spec(path, &text) {
-            println!(
-                "{}: the spec has {} problem(s); nothing was sent",
-                path.display(),
-                errors.errors().len()
-            );
-            for e in errors.errors() {
-                println!("  {e}");
-            }
-            code = ExitCode::FAILURE;
-            continue;
-        }
-        let spec = SpecText {
-            format: spec_format,
-            text,
-        };
-        let request = match &if_revision {
-            Some(wanted) => ApiRequest::ApplyIf {
-                spec,
-                ack_replicas,
-                if_revision: wanted.clone(),
-            },
-            None => ApiRequest::Apply { spec, ack_replicas },
-        };
-        if call(target, request, format)? != ExitCode::SUCCESS {
-            code = ExitCode::FAILURE;
-        }
-    }
-    Ok(code)
 }
 
-pub fn scale(target: &Target, assignment: &str, format: Format) -> anyhow::Result<ExitCode> {
-    let (name, count) = assignment
-        .split_once('=')
-        .with_context(|| format!("expected NAME=REPLICAS (e.g. web=5), got {assignment:?}"))?;
-    let name = WorkloadName::new(name)
-        .map_err(|e| anyhow::anyhow!("{name:?} is not a workload name: {e}"))?;
-    let replicas: u32 = count
-        .parse()
-        .with_context(|| format!("replicas must be a whole number, got {count:?}"))?;
-    call(target, ApiRequest::Scale { name, replicas }, format)
-}
-
-pub fn logs(
-    target: &Target,
-    name: WorkloadName,
-    replica: u32,
-    tail_lines: u32,
-    follow: bool,
-) -> anyhow::Result<ExitCode> {
+/// Streams an answer of log chunks to stdout until its last chunk.
+pub fn stream_logs(target: &Target, request: &ApiRequest) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
         let mut client = target.connect().await?;
-        let request = ApiRequest::Logs {
-            name,
-            replica: Some(replica),
-            follow,
-            tail_lines,
-        };
-        let mut response = client.call(&request).await?;
+        let mut response = client.call(request).await?;
         loop {
             match response {
                 ApiResponse::LogChunk { lines, end } => {
@@ -244,92 +118,9 @@ pub fn logs(
                         return Ok(ExitCode::SUCCESS);
                     }
                 }
-                other => return Ok(print_response(other, Format::Table)),
+                other => return Ok(output::print(&other, Format::Table)),
             }
             response = client.next().await?;
         }
     })
-}
-
-/// Prints an answer for people or scripts; returns the exit code it implies.
-pub fn print_response(response: ApiResponse, format: Format) -> ExitCode {
-    match response {
-        ApiResponse::Written {
-            name,
-            revision,
-            changed,
-            at,
-        } => {
-            // The number alone can name two writes made at two peers at once; the id cannot.
-            let id = starling_protocol::desired::RevisionId {
-                number: revision,
-                at,
-            };
-            match (format, changed, revision) {
-                (Format::Json, ..) => println!(
-                    "{}",
-                    serde_json::json!({
-                        "name": name, "revision": revision, "revision_id": id.to_string(),
-                        "changed": changed,
-                    })
-                ),
-                (_, false, _) => println!("{name} unchanged (revision {id})"),
-                (_, true, 0) => println!("{name} deleted"),
-                (_, true, _) => println!("{name} written (revision {id})"),
-            }
-            ExitCode::SUCCESS
-        }
-        ApiResponse::Table {
-            columns,
-            rows,
-            json,
-        } => {
-            match format {
-                Format::Json => println!("{json}"),
-                Format::Table => {
-                    let mut table =
-                        Table::new(&columns.iter().map(String::as_str).collect::<Vec<_>>());
-                    for row in rows {
-                        table.row(row);
-                    }
-                    print!("{}", table.render());
-                }
-            }
-            ExitCode::SUCCESS
-        }
-        ApiResponse::LogChunk { lines, .. } => {
-            for line in lines {
-                println!("{line}");
-            }
-            ExitCode::SUCCESS
-        }
-        ApiResponse::Lease(lease) => {
-            match format {
-                Format::Json => println!(
-                    "{}",
-                    serde_json::json!({"name": lease.name.as_str(), "holder": lease.holder.as_str(), "epoch": lease.epoch, "token": lease.fencing_token})
-                ),
-                Format::Table => println!(
-                    "{} held by {} (epoch {}, token {})",
-                    lease.name, lease.holder, lease.epoch, lease.fencing_token
-                ),
-            }
-            ExitCode::SUCCESS
-        }
-        ApiResponse::Error(error) => {
-            match format {
-                Format::Json => println!(
-                    "{}",
-                    serde_json::json!({"error": error.message, "fields": error.fields.iter().map(|f| f.to_string()).collect::<Vec<_>>()})
-                ),
-                Format::Table => {
-                    eprintln!("error: {}", error.message);
-                    for field in &error.fields {
-                        eprintln!("  {field}");
-                    }
-                }
-            }
-            ExitCode::FAILURE
-        }
-    }
 }

@@ -1,4 +1,5 @@
-//! Cluster membership commands: `init`, `join`, `token create`, `user add`.
+//! Cluster membership commands: `init`, `join`, `token create`, `user add|remove`,
+//! `node remove`, `key rotate`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,107 @@ use starling_node::cluster::{self, ClientDir, Membership};
 use starling_node::identity::JoinToken;
 use starling_node::store::{Identity, Store, create_private_dir};
 use starling_protocol::NodeId;
+use starling_protocol::wire::ApiRequest;
+
+use super::client::{Target, call};
+use crate::output::Format;
+
+/// `starling init`.
+#[derive(clap::Args)]
+pub struct InitArgs {
+    /// The cluster's name.
+    #[arg(long, default_value = "starling")]
+    cluster: String,
+    /// The first node's id [default: the host's short name and a random suffix].
+    #[arg(long)]
+    node_id: Option<String>,
+    /// Base address peers reach this node at (gossip; QUIC is port + 1, probes port + 2).
+    #[arg(long, default_value = "127.0.0.1:7946")]
+    advertise: SocketAddr,
+}
+
+/// `starling join`.
+#[derive(clap::Args)]
+pub struct JoinArgs {
+    /// The token (from `starling init` or `starling token create`).
+    token: String,
+    /// The node's id [default: the host's short name and a random suffix]; it must not be
+    /// the id of a member of the fleet.
+    #[arg(long)]
+    node_id: Option<String>,
+    /// Base address peers reach this node at.
+    #[arg(long)]
+    advertise: Option<SocketAddr>,
+}
+
+/// `starling token`.
+#[derive(clap::Subcommand)]
+pub enum TokenCommand {
+    /// Print a new one-time join token: from a member's --data-dir, or with --peer from that
+    /// peer over QUIC (operator certificates only; the token names the peer as the seed).
+    Create,
+}
+
+/// `starling user`.
+#[derive(clap::Subcommand)]
+pub enum UserCommand {
+    /// Write a client certificate for operator NAME into the cluster dir.
+    Add {
+        /// The operator's name.
+        name: String,
+    },
+    /// Revoke operator NAME's certificate, fleet-wide.
+    Remove {
+        /// The operator's name.
+        name: String,
+    },
+}
+
+/// `starling node`.
+#[derive(clap::Subcommand)]
+pub enum NodeCommand {
+    /// Remove node NAME from the fleet: its certificate is refused everywhere and its
+    /// replicas move.
+    Remove {
+        /// The node's id.
+        name: String,
+    },
+}
+
+/// `starling key`.
+#[derive(clap::Subcommand)]
+pub enum KeyCommand {
+    /// Install a new gossip key on every live node, then seal with it (old keys still open).
+    Rotate,
+}
+
+/// `starling token create`: from the peer with `--peer`, else from the local data dir.
+pub fn token(target: &Target, what: TokenCommand) -> anyhow::Result<ExitCode> {
+    match what {
+        TokenCommand::Create if target.peer.is_some() => super::client::token_create(target),
+        TokenCommand::Create => token_create(&target.data_dir),
+    }
+}
+
+/// `starling user add|remove NAME`.
+pub fn user(target: &Target, what: UserCommand, format: Format) -> anyhow::Result<ExitCode> {
+    match what {
+        UserCommand::Add { name } => user_add(&target.data_dir, &target.cluster_dir, &name),
+        UserCommand::Remove { name } => call(target, ApiRequest::Revoke { name }, format),
+    }
+}
+
+/// `starling node remove NAME`.
+pub fn node(target: &Target, what: NodeCommand, format: Format) -> anyhow::Result<ExitCode> {
+    let NodeCommand::Remove { name } = what;
+    call(target, ApiRequest::Revoke { name }, format)
+}
+
+/// `starling key rotate`.
+pub fn key(target: &Target, what: KeyCommand, format: Format) -> anyhow::Result<ExitCode> {
+    let KeyCommand::Rotate = what;
+    call(target, ApiRequest::RotateGossipKey, format)
+}
 
 /// The operator's client dir: `--cluster-dir`, else `$STARLING_CLUSTER_DIR`, else
 /// `~/.config/starling`. An empty `$STARLING_CLUSTER_DIR` counts as unset: an empty path
@@ -63,20 +165,20 @@ fn keep_node_id(data_dir: &Path, node: &NodeId, new: bool) -> anyhow::Result<()>
 
 /// `starling init`: a new cluster with this data dir's node as its first member, plus an
 /// `admin` user in the cluster dir.
-pub fn init(
-    data_dir: &Path,
-    cluster_dir: &Path,
-    name: &str,
-    node: Option<String>,
-    advertise: SocketAddr,
-) -> anyhow::Result<ExitCode> {
+pub fn init(target: &Target, args: InitArgs) -> anyhow::Result<ExitCode> {
+    let (data_dir, cluster_dir) = (target.data_dir.as_path(), target.cluster_dir.as_path());
+    let InitArgs {
+        cluster: name,
+        node_id: node,
+        advertise,
+    } = args;
     if Membership::exists(data_dir) {
         bail!(cluster::ClusterError::Exists(data_dir.to_path_buf()));
     }
     create_private_dir(data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let (node, new) = node_id(data_dir, node)?;
-    let membership = Membership::init(name, &node)?;
+    let membership = Membership::init(&name, &node)?;
     keep_node_id(data_dir, &node, new)?;
     membership.save(data_dir)?;
     Membership::write_advertise(data_dir, advertise)?;
@@ -108,13 +210,9 @@ pub fn init(
 }
 
 /// `starling join`: enrols this data dir's node through any peer of the token.
-pub fn join(
-    data_dir: &Path,
-    token: &str,
-    node: Option<String>,
-    advertise: Option<SocketAddr>,
-) -> anyhow::Result<ExitCode> {
-    match join_if_needed(data_dir, token, node, advertise)? {
+pub fn join(target: &Target, args: JoinArgs) -> anyhow::Result<ExitCode> {
+    let data_dir = &target.data_dir;
+    match join_if_needed(data_dir, &args.token, args.node_id, args.advertise)? {
         Some(node) => println!(
             "joined as node {node}; start the agent with `starling agent --data-dir {}`",
             data_dir.display()
@@ -166,7 +264,7 @@ fn advertised(data_dir: &Path) -> anyhow::Result<SocketAddr> {
 
 /// `starling token create`: a new one-time join token from a member's data dir (with
 /// `--peer`, see `client::token_create`).
-pub fn token_create(data_dir: &Path) -> anyhow::Result<ExitCode> {
+fn token_create(data_dir: &Path) -> anyhow::Result<ExitCode> {
     let membership = Membership::load(data_dir)?;
     let token = membership.token(vec![advertised(data_dir)?.to_string()])?;
     println!("{}", token.encode());
@@ -174,7 +272,7 @@ pub fn token_create(data_dir: &Path) -> anyhow::Result<ExitCode> {
 }
 
 /// `starling user add NAME`: a client certificate for an operator, written to the cluster dir.
-pub fn user_add(data_dir: &Path, cluster_dir: &Path, name: &str) -> anyhow::Result<ExitCode> {
+fn user_add(data_dir: &Path, cluster_dir: &Path, name: &str) -> anyhow::Result<ExitCode> {
     let membership = Membership::load(data_dir)?;
     let user = NodeId::new(name).map_err(|e| anyhow::anyhow!("user name {name:?}: {e}"))?;
     let client = ClientDir {

@@ -51,15 +51,32 @@ const LATE: Duration = Duration::from_millis(20);
 const REAP_WAIT: Duration = Duration::from_secs(5);
 
 /// What `starling fence` was asked to do.
+#[derive(clap::Args)]
 pub struct FenceArgs {
-    /// The lease file the agent keeps.
-    pub lease_file: PathBuf,
+    /// The lease file the agent keeps in the replica's directory.
+    #[arg(long)]
+    lease_file: PathBuf,
+    /// Milliseconds between SIGTERM and SIGKILL when the lease ran out.
+    #[arg(long, default_value_t = starling_node::runtime::fence::GRACE_MS_DEFAULT)]
+    grace_ms: u64,
+    /// Milliseconds a missing or unreadable lease file is tolerated after the start.
+    #[arg(long, default_value_t = starling_node::runtime::fence::LEASE_WAIT_MS_DEFAULT)]
+    lease_wait_ms: u64,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true)]
+    command: Vec<OsString>,
+}
+
+impl FenceArgs {
     /// Between SIGTERM and SIGKILL when the lease ran out.
-    pub grace: Duration,
+    fn grace(&self) -> Duration {
+        Duration::from_millis(self.grace_ms)
+    }
+
     /// How long a missing or unreadable file is tolerated after the start.
-    pub lease_wait: Duration,
-    /// The command and its arguments.
-    pub command: Vec<OsString>,
+    fn lease_wait(&self) -> Duration {
+        Duration::from_millis(self.lease_wait_ms)
+    }
 }
 
 /// Runs the command fenced; returns when it is gone (or never, when the fence ends by the
@@ -103,7 +120,7 @@ pub fn run(args: FenceArgs) -> anyhow::Result<ExitCode> {
                 program.to_string_lossy(),
                 command.child
             );
-            Ok(command.fence(&exits, args.grace))
+            Ok(command.fence(&exits, args.grace()))
         }
     }
 }
@@ -169,11 +186,11 @@ fn watch(args: &FenceArgs, exits: &Receiver<nix::Result<WaitStatus>>) -> Watched
                     deadline_ms = deadline_ms.max(Some(lease.act_until_unix_ms));
                 }
             }
-            Err(why) if !read_once && started.elapsed() >= args.lease_wait => {
+            Err(why) if !read_once && started.elapsed() >= args.lease_wait() => {
                 return Watched::Fence(format!(
                     "no readable lease file within {} ms of the start ({why}): nothing shows \
                      this instance may act",
-                    args.lease_wait.as_millis()
+                    args.lease_wait().as_millis()
                 ));
             }
             Err(_) => {}

@@ -8,7 +8,33 @@ use starling_node::runtime::docker::{ContainerRuntime, default_socket};
 use starling_protocol::NodeId;
 use starling_protocol::spec::RuntimeKind;
 
-pub fn load(file: &Path, runtime: &str, socket: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+/// `starling image`.
+#[derive(clap::Subcommand)]
+pub enum ImageCommand {
+    /// Load images from a `docker save` archive into this node's engine (no registry needed).
+    Load {
+        /// The archive (`docker save -o FILE.tar IMAGE`).
+        file: PathBuf,
+        /// Which engine: docker or podman.
+        #[arg(long, default_value = "docker")]
+        runtime: String,
+        /// The engine's socket [default: the engine's usual one].
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+}
+
+/// `starling image load FILE`.
+pub fn run(what: ImageCommand) -> anyhow::Result<ExitCode> {
+    let ImageCommand::Load {
+        file,
+        runtime,
+        socket,
+    } = what;
+    load(&file, &runtime, socket)
+}
+
+fn load(file: &Path, runtime: &str, socket: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let kind = match runtime {
         "docker" => RuntimeKind::Docker,
         "podman" => RuntimeKind::Podman,

@@ -8,10 +8,12 @@ pub mod client;
 pub mod cluster;
 pub mod fence;
 pub mod image;
+pub mod lease;
 pub mod plan;
 pub mod sim;
 pub mod up;
 pub mod validate;
+pub mod workloads;
 
 use std::path::Path;
 

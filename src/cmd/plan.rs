@@ -50,19 +50,29 @@ struct PlacedRow {
     reason: Option<String>,
 }
 
-pub fn run(
-    files: &[PathBuf],
+/// `starling plan`.
+#[derive(clap::Args)]
+pub struct PlanArgs {
+    /// Spec files; without any, the example specs built into this binary.
+    files: Vec<PathBuf>,
+    /// Size of the simulated fleet.
+    #[arg(long, default_value_t = 12)]
     nodes: usize,
-    down: &[String],
-    format: Format,
-) -> anyhow::Result<ExitCode> {
+    /// Nodes to mark as down (e.g. `--down node-03`), to see what moves where.
+    #[arg(long)]
+    down: Vec<String>,
+}
+
+/// `starling plan [FILE...]`.
+pub fn run(args: PlanArgs, format: Format) -> anyhow::Result<ExitCode> {
+    let PlanArgs { files, nodes, down } = args;
     if nodes == 0 || nodes > NODES_MAX {
         bail!("--nodes must be between 1 and {NODES_MAX}, got {nodes}");
     }
-    let specs = load_specs(files)?;
+    let specs = load_specs(&files)?;
     let healthy = demo_fleet(nodes);
     let mut view = healthy.clone();
-    for id in down {
+    for id in &down {
         let node = NodeId::new(id.clone())
             .ok()
             .and_then(|id| view.nodes.get_mut(&id));

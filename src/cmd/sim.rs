@@ -6,12 +6,24 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use starling_sim::{RunOptions, RunReport, Scenario, report, run};
 
+/// `starling sim`.
+#[derive(clap::Args)]
 pub struct SimArgs {
-    pub scenario: PathBuf,
-    pub seed: Option<u64>,
-    pub seeds: Option<String>,
-    pub report: Option<PathBuf>,
-    pub bug_minority_takes_over: bool,
+    /// Scenario file (see sim/scenarios/).
+    scenario: PathBuf,
+    /// The seed (default 1); the same seed replays the same run.
+    #[arg(long, conflicts_with = "seeds")]
+    seed: Option<u64>,
+    /// Many seeds, A..B (end exclusive), run on every core; lists failing seeds.
+    #[arg(long)]
+    seeds: Option<String>,
+    /// Write the run's timeline picture (SVG) here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Turn on a deliberate core bug (a minority side replaces replicas) to see the
+    /// invariants catch it.
+    #[arg(long, hide = true)]
+    bug_minority_takes_over: bool,
 }
 
 pub fn main(args: SimArgs) -> anyhow::Result<ExitCode> {

@@ -11,16 +11,26 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use starling_node::api::Client;
 use starling_node::cluster::{ClientDir, Membership, quic_addr};
-use starling_protocol::spec::RuntimeKind;
-use starling_protocol::wire::{ApiRequest, ApiResponse, ObjectKind, SpecFormat, SpecText};
+use starling_protocol::spec::{RuntimeKind, SpecErrors, WorkloadSpec};
+use starling_protocol::wire::{ApiRequest, ApiResponse, ObjectKind};
 
-use crate::output::Table;
+use crate::output;
 
+/// `starling up`.
+#[derive(clap::Args)]
 pub struct UpArgs {
-    pub nodes: usize,
-    pub specs: Option<PathBuf>,
-    pub dir: Option<PathBuf>,
-    pub rounds: u32,
+    /// Agents to start.
+    #[arg(long, default_value_t = 5)]
+    nodes: usize,
+    /// Spec files or a directory of them [default: the built-in examples].
+    #[arg(long)]
+    specs: Option<PathBuf>,
+    /// Where the fleet's data dirs go [default: a new temporary dir].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Print the status this many times and exit (0: until Ctrl-C).
+    #[arg(long, default_value_t = 0)]
+    rounds: u32,
 }
 
 /// One agent process of the fleet.
@@ -205,8 +215,11 @@ impl Drop for LocalFleet {
     }
 }
 
+/// A spec file `up` applies, parsed and validated: its name, and the spec or its problems.
+type SpecFile = (String, Result<WorkloadSpec, SpecErrors>);
+
 /// Specs `up` applies: the files given, or the built-in examples that run on one machine.
-fn specs(path: Option<&Path>) -> anyhow::Result<Vec<(String, String)>> {
+fn specs(path: Option<&Path>) -> anyhow::Result<Vec<SpecFile>> {
     let Some(path) = path else {
         let mut out = Vec::new();
         for (name, text) in super::plan::EXAMPLES {
@@ -219,7 +232,7 @@ fn specs(path: Option<&Path>) -> anyhow::Result<Vec<(String, String)>> {
                 println!("(skipping {name}: it needs a container engine or a fixed host port)");
                 continue;
             }
-            out.push((name.to_string(), text.to_string()));
+            out.push((name.to_string(), Ok(spec)));
         }
         return Ok(out);
     };
@@ -235,26 +248,8 @@ fn specs(path: Option<&Path>) -> anyhow::Result<Vec<(String, String)>> {
     };
     files
         .into_iter()
-        .map(|f| {
-            let text = std::fs::read_to_string(&f)
-                .with_context(|| format!("cannot read {}", f.display()))?;
-            Ok((f.display().to_string(), text))
-        })
+        .map(|f| Ok((f.display().to_string(), super::load_spec(&f)?)))
         .collect()
-}
-
-fn table(response: ApiResponse) -> String {
-    match response {
-        ApiResponse::Table { columns, rows, .. } => {
-            let mut table = Table::new(&columns.iter().map(String::as_str).collect::<Vec<_>>());
-            for row in rows {
-                table.row(row);
-            }
-            table.render()
-        }
-        ApiResponse::Error(e) => format!("error: {}\n", e.message),
-        other => format!("{other:?}\n"),
-    }
 }
 
 pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
@@ -276,18 +271,18 @@ pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
         // Apply through the middle of the fleet, over QUIC: any peer takes writes.
         let entry = (args.nodes / 2).min(args.nodes - 1);
         let mut client = connect_retrying(&fleet, entry).await?;
-        for (name, text) in &specs {
-            let format = if name.ends_with(".json") {
-                SpecFormat::Json
-            } else {
-                SpecFormat::Toml
+        for (name, spec) in specs {
+            let spec = match spec {
+                Ok(spec) => Box::new(spec),
+                Err(errors) => {
+                    let n = errors.errors().len();
+                    println!("{name}: the spec has {n} problem(s); nothing was sent");
+                    continue;
+                }
             };
             let answer = client
                 .call(&ApiRequest::Apply {
-                    spec: SpecText {
-                        format,
-                        text: text.clone(),
-                    },
+                    spec,
                     ack_replicas: 0,
                 })
                 .await?;
@@ -328,9 +323,9 @@ pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
                 args.nodes,
                 dir.display()
             );
-            print!("{}", table(nodes));
+            print!("{}", output::text(&nodes));
             println!();
-            print!("{}", table(replicas));
+            print!("{}", output::text(&replicas));
             if let Ok(leases) = client
                 .call(&ApiRequest::Get {
                     kind: ObjectKind::Leases,
@@ -338,7 +333,7 @@ pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
                 .await
             {
                 println!();
-                print!("{}", table(leases));
+                print!("{}", output::text(&leases));
             }
             if args.rounds > 0 && round >= args.rounds {
                 break;

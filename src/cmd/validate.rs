@@ -15,9 +15,18 @@ struct FileReport {
     errors: Vec<String>,
 }
 
-pub fn run(files: &[PathBuf], format: Format) -> anyhow::Result<ExitCode> {
+/// `starling validate`.
+#[derive(clap::Args)]
+pub struct ValidateArgs {
+    /// Spec files (`.toml` or `.json`).
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+}
+
+/// `starling validate FILE...`.
+pub fn run(args: ValidateArgs, format: Format) -> anyhow::Result<ExitCode> {
     let mut reports = Vec::new();
-    for path in files {
+    for path in &args.files {
         let report = match super::load_spec(path) {
             Err(io) => FileReport {
                 file: path.display().to_string(),

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::Agent;
 use super::fleet::{FleetInbox, PeerCall, SyncEvent};
+use super::handlers::{Push, WriteOutcome};
 use super::quic_api::JoinCall;
 use crate::clock::now_ms;
 
@@ -53,11 +54,9 @@ pub(super) async fn next(inbox: &mut Option<Inbox>) -> Option<Input> {
 impl Agent {
     /// Sends an API answer; a write is first pushed to peers (and, with `--ack-replicas`,
     /// answered only once enough of them hold it).
-    pub(super) fn answer(&mut self, response: ApiResponse, reply: oneshot::Sender<ApiResponse>) {
-        let push = self.push.take();
-        let (Some(fleet), Some((name, acks)), ApiResponse::Written { changed: true, .. }) =
-            (self.fleet.as_mut(), push, &response)
-        else {
+    pub(super) fn answer(&mut self, outcome: WriteOutcome, reply: oneshot::Sender<ApiResponse>) {
+        let WriteOutcome { response, push } = outcome;
+        let (Some(fleet), Some(Push { name, acks })) = (self.fleet.as_mut(), push) else {
             let _ = reply.send(response);
             return;
         };
@@ -190,14 +189,10 @@ impl Agent {
                 self.note(format!(
                     "gossip key {id} now seals; {installed} of {asked} live peers held it first"
                 ));
-                let _ = reply.send(ApiResponse::Table {
-                    columns: vec!["KEY".into(), "INSTALLED ON".into()],
-                    rows: vec![vec![
-                        id.to_string(),
-                        format!("{installed}/{asked} live peers"),
-                    ]],
-                    json: serde_json::json!({"key": id, "installed": installed, "asked": asked})
-                        .to_string(),
+                let _ = reply.send(ApiResponse::KeyRotated {
+                    key: id,
+                    installed: installed as u64,
+                    asked: asked as u64,
                 });
             }
             Input::Peer(call) => {

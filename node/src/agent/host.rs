@@ -1,5 +1,5 @@
 //! What the agent needs from its host: a lock on the data dir, the machine's capacity, and
-//! the API socket server.
+//! the API socket's door.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -12,10 +12,10 @@ use starling_protocol::placement::Capacity;
 use starling_protocol::quantity::{Bytes, Millicores};
 use starling_protocol::wire::ApiRequest;
 use tokio::net::UnixListener;
-use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::{AgentConfig, AgentError, ApiCall};
+use super::dispatch::{ApiDoor, Caller};
+use super::{AgentConfig, AgentError};
 use crate::api::{read_frame, socket_path, write_frame};
 use crate::clock::now_ms;
 use crate::store::{Identity, Store};
@@ -121,13 +121,8 @@ const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100
 /// Most API connections served at once.
 const CONNECTIONS_MAX: usize = 64;
 
-/// Listens on the data dir's socket and forwards each request to the agent loop. Logs are
-/// served here directly from the runtime, so a large log never blocks the loop.
-pub(super) async fn serve_api(
-    dir: &Path,
-    calls: mpsc::Sender<ApiCall>,
-    logs: super::logs::LogSource,
-) -> Result<JoinHandle<()>, AgentError> {
+/// Listens on the data dir's socket and serves each request through `door`.
+pub(super) async fn serve_api(dir: &Path, door: ApiDoor) -> Result<JoinHandle<()>, AgentError> {
     let path = socket_path(dir);
     // A socket file left by a crashed agent would make bind fail; the lock proves it is stale.
     let _ = std::fs::remove_file(&path);
@@ -149,11 +144,9 @@ pub(super) async fn serve_api(
             let Ok(permit) = slots.clone().acquire_owned().await else {
                 return;
             };
-            let (calls, logs) = (calls.clone(), logs.clone());
-            // Writes record who asked: on the socket, the caller's user id.
-            let caller = match stream.peer_cred() {
-                Ok(cred) => format!("local socket (uid {})", cred.uid()),
-                Err(_) => "local socket".to_string(),
+            let door = door.clone();
+            let caller = Caller::Socket {
+                uid: stream.peer_cred().ok().map(|cred| cred.uid()),
             };
             tokio::spawn(async move {
                 let _permit = permit;
@@ -169,35 +162,7 @@ pub(super) async fn serve_api(
                             return;
                         }
                     };
-                    let ok = match request {
-                        ApiRequest::Logs {
-                            name,
-                            replica,
-                            follow,
-                            tail_lines,
-                        } => {
-                            super::logs::serve(
-                                &mut stream,
-                                &logs,
-                                name,
-                                replica,
-                                follow,
-                                tail_lines,
-                            )
-                            .await
-                        }
-                        request => {
-                            let (tx, rx) = oneshot::channel();
-                            if calls.send((request, caller.clone(), tx)).await.is_err() {
-                                return;
-                            }
-                            match rx.await {
-                                Ok(response) => write_frame(&mut stream, &response).await.is_ok(),
-                                Err(_) => false,
-                            }
-                        }
-                    };
-                    if !ok {
+                    if !door.serve(request, &caller, &mut stream).await {
                         return;
                     }
                 }

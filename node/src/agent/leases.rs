@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use starling_protocol::api::{LeaseHere, LeaseRow, Voter};
 use starling_protocol::hlc::Timestamp;
 use starling_protocol::lease::{Lease, LeaseMessage, LeaseName};
 use starling_protocol::placement::ReplicaId;
@@ -333,32 +334,18 @@ impl Agent {
             let stamp = self.hlc.tick(now_ms());
             self.adopt_voters(VoterRecord { stamp, nodes: new }, true);
         }
-        let (rows, nodes) = match &self.leases.voters {
-            Some(v) => (
-                v.nodes
-                    .iter()
-                    .map(|n| {
-                        let live = self
-                            .core
-                            .view()
-                            .nodes
-                            .get(n)
-                            .map_or("unknown".to_string(), |v| format!("{:?}", v.liveness));
-                        vec![n.to_string(), live]
-                    })
-                    .collect(),
-                v.nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
-            ),
-            None => (Vec::new(), Vec::new()),
-        };
-        ApiResponse::Table {
-            columns: vec!["VOTER".into(), "LIVENESS".into()],
-            rows,
-            json: serde_json::json!({
-                "voters": nodes,
-                "version": self.leases.elector.voters().version,
-            })
-            .to_string(),
+        let voters = self.leases.voters.as_ref().map_or_else(Vec::new, |v| {
+            v.nodes
+                .iter()
+                .map(|n| Voter {
+                    node: n.clone(),
+                    liveness: self.core.view().nodes.get(n).map(|v| v.liveness),
+                })
+                .collect()
+        });
+        ApiResponse::Voters {
+            voters,
+            version: self.leases.elector.voters().version,
         }
     }
 
@@ -411,67 +398,40 @@ impl Agent {
         }
         self.leases.elector.unwant(name);
         self.drive_elector();
-        self.lease_table()
+        ApiResponse::Leases(self.lease_rows())
     }
 
-    /// `starling get leases`.
-    pub(super) fn lease_table(&self) -> ApiResponse {
+    /// `starling get leases`: every lease known here or wanted here.
+    pub(super) fn lease_rows(&self) -> Vec<LeaseRow> {
         let now = now_ms();
         let elector = &self.leases.elector;
         let mut names: BTreeSet<LeaseName> =
             elector.table().iter().map(|l| l.name.clone()).collect();
         names.extend(elector.wanted().cloned());
-        let mut rows = Vec::new();
-        let mut json = Vec::new();
-        for name in names {
-            let view = elector.view(&name);
-            let (holder, epoch, token, left) = match &view.record {
-                Some(l) => (
-                    l.holder.to_string(),
-                    l.epoch,
-                    l.fencing_token,
-                    l.expires_at_ms().saturating_sub(now),
-                ),
-                None => ("-".into(), 0, 0, 0),
-            };
-            let here = if elector.holds(&name, now).is_some() {
-                "holder".to_string()
-            } else if view.wanted {
-                format!("candidate: {}", view.waiting_for)
-            } else {
-                "-".to_string()
-            };
-            rows.push(vec![
-                name.to_string(),
-                holder.clone(),
-                epoch.to_string(),
-                token.to_string(),
-                if left > 0 {
-                    format!("{:.1}s", left as f64 / 1000.0)
+        names
+            .into_iter()
+            .map(|name| {
+                let view = elector.view(&name);
+                let here = if elector.holds(&name, now).is_some() {
+                    LeaseHere::Holder
+                } else if view.wanted {
+                    LeaseHere::Candidate {
+                        waiting_for: view.waiting_for,
+                    }
                 } else {
-                    "expired".into()
-                },
-                here.clone(),
-            ]);
-            json.push(serde_json::json!({
-                "name": name.as_str(), "holder": holder, "epoch": epoch, "token": token,
-                "expires_in_ms": left, "here": here,
-            }));
-        }
-        ApiResponse::Table {
-            columns: [
-                "LEASE",
-                "HOLDER",
-                "EPOCH",
-                "TOKEN",
-                "EXPIRES IN",
-                "THIS NODE",
-            ]
-            .map(String::from)
-            .to_vec(),
-            rows,
-            json: serde_json::Value::Array(json).to_string(),
-        }
+                    LeaseHere::Bystander
+                };
+                let record = view.record.as_ref();
+                LeaseRow {
+                    holder: record.map(|l| l.holder.clone()),
+                    epoch: record.map_or(0, |l| l.epoch),
+                    fencing_token: record.map_or(0, |l| l.fencing_token),
+                    expires_in_ms: record.map_or(0, |l| l.expires_at_ms().saturating_sub(now)),
+                    here,
+                    name,
+                }
+            })
+            .collect()
     }
 
     fn answer_waiters(&mut self, name: &LeaseName, held: Option<&Lease>) {

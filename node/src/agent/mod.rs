@@ -7,6 +7,7 @@
 
 mod containers;
 mod depart;
+mod dispatch;
 mod effects;
 mod fleet;
 mod fleet_loop;
@@ -14,10 +15,10 @@ mod handlers;
 mod host;
 pub mod http;
 mod leases;
+mod listings;
 mod logs;
 pub mod metrics;
 mod quic_api;
-mod tables;
 
 pub use depart::{DepartureSettings, OnStop};
 pub use fleet::FleetSettings;
@@ -32,8 +33,7 @@ use starling_protocol::NodeId;
 use starling_protocol::hlc::Hlc;
 use starling_protocol::placement::{Capacity, FleetView, Liveness, NodeView, ReplicaId};
 use starling_protocol::spec::RuntimeKind;
-use starling_protocol::wire::{ApiRequest, ApiResponse};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::clock::now_ms;
@@ -147,10 +147,6 @@ pub enum AgentError {
     ExposedKeys(#[from] crate::cluster::ExposedKeys),
 }
 
-/// An API request with the way back to its caller.
-/// An API request, who made it (for the record a write keeps), and the way back.
-pub(crate) type ApiCall = (ApiRequest, String, oneshot::Sender<ApiResponse>);
-
 /// Runs an agent until `shutdown` completes.
 pub async fn run(
     config: AgentConfig,
@@ -191,7 +187,7 @@ pub async fn run(
         .await,
     );
     let runtimes_now = runtime.available().await;
-    let (api_tx, api_rx) = mpsc::channel::<ApiCall>(64);
+    let (api_tx, api_rx) = mpsc::channel::<dispatch::LoopCall>(64);
     let mut agent = Agent::new(config, store, identity, runtime.clone(), events_tx)?;
     agent.set_runtimes(runtimes_now);
     let mut inbox = None;
@@ -221,14 +217,16 @@ pub async fn run(
         quic_server = Some(quic_api::serve(
             fleet.quic.endpoint().clone(),
             quic_api::Routes {
-                api: api_tx.clone(),
+                api: dispatch::ApiDoor {
+                    calls: api_tx.clone(),
+                    logs: logs::LogSource {
+                        runtime: runtime.clone(),
+                        locator: agent.locator.clone(),
+                        quic: Some(fleet.quic.clone()),
+                    },
+                },
                 peers: peer_tx,
                 joins: join_tx,
-                logs: logs::LogSource {
-                    runtime: runtime.clone(),
-                    locator: agent.locator.clone(),
-                    quic: Some(fleet.quic.clone()),
-                },
                 revoked: agent.revoked.clone(),
             },
         ));
@@ -245,12 +243,15 @@ pub async fn run(
             joins: join_rx,
         });
     }
-    let log_source = logs::LogSource {
-        runtime: runtime.clone(),
-        locator: agent.locator.clone(),
-        quic: agent.fleet.as_ref().map(|f| f.quic.clone()),
+    let socket_door = dispatch::ApiDoor {
+        calls: api_tx.clone(),
+        logs: logs::LogSource {
+            runtime: runtime.clone(),
+            locator: agent.locator.clone(),
+            quic: agent.fleet.as_ref().map(|f| f.quic.clone()),
+        },
     };
-    let server = host::serve_api(agent.store.dir(), api_tx.clone(), log_source).await?;
+    let server = host::serve_api(agent.store.dir(), socket_door).await?;
     let metrics_server = http_listener.map(|(addr, listener)| {
         let limiter = http::Limiter::new(http_limits, agent.metrics.http.clone());
         tracing::info!(%addr, ?http_limits, "metrics at http://{addr}/metrics");
@@ -309,8 +310,6 @@ pub(crate) struct Agent {
     probe_tx: mpsc::UnboundedSender<RuntimeEvent>,
     /// The fleet side, when the data dir belongs to a cluster.
     fleet: Option<fleet::Fleet>,
-    /// The last write, to push to peers: its name and the acks asked for.
-    push: Option<(starling_protocol::WorkloadName, u32)>,
     /// Certificate names refused by the QUIC server.
     revoked: Arc<std::sync::RwLock<std::collections::BTreeSet<String>>>,
     /// Counters and gauges for `/metrics`.
@@ -411,7 +410,6 @@ impl Agent {
             events: VecDeque::new(),
             probe_tx,
             fleet: None,
-            push: None,
             revoked: Arc::default(),
             metrics,
             locator: Arc::default(),
@@ -428,7 +426,7 @@ impl Agent {
     async fn run_loop(
         &mut self,
         mut events: mpsc::UnboundedReceiver<RuntimeEvent>,
-        mut api: mpsc::Receiver<ApiCall>,
+        mut api: mpsc::Receiver<dispatch::LoopCall>,
         mut inbox: Option<fleet_loop::Inbox>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), AgentError> {
@@ -464,16 +462,7 @@ impl Agent {
             let fleet_on = inbox.is_some();
             tokio::select! {
                 Some(event) = events.recv() => self.on_runtime_event(event),
-                Some((request, by, reply)) = api.recv() => {
-                    if request == ApiRequest::RotateGossipKey {
-                        self.rotate_key(reply);
-                    } else if let ApiRequest::LeaseAcquire { name, duration_ms, wait_ms } = request {
-                        self.acquire(name, duration_ms, wait_ms, reply);
-                    } else {
-                        let response = self.handle_api(request, &by);
-                        self.answer(response, reply);
-                    }
-                }
+                Some(call) = api.recv() => call.run(self),
                 Some(input) = fleet_loop::next(&mut inbox) => self.on_fleet_input(input).await,
                 Some(kinds) = engines.recv() => self.set_runtimes(kinds),
                 Some((from, reply)) = lease_replies.recv() => self.on_lease_reply(from, reply),

@@ -1,6 +1,7 @@
 //! The agent's QUIC server: who may ask what, decided by the dialer's certificate.
 //!
-//! - operators (user certificates) and nodes: API requests, except join tokens (operators only);
+//! - operators (user certificates) and nodes: API requests, served by `dispatch` (which keeps
+//!   join tokens for operators);
 //! - nodes only: peer messages (anti-entropy, pushed entries, verdicts);
 //! - no certificate (a joiner): only the join exchange, checked against the token secret.
 //!
@@ -11,14 +12,13 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock};
 
 use starling_protocol::NodeId;
-use starling_protocol::wire::{
-    ApiError as WireApiError, ApiRequest, ApiResponse, JoinReply, JoinRequest, PeerMessage, Request,
-};
+use starling_protocol::wire::{JoinReply, JoinRequest, PeerMessage, Request};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::ApiCall;
+use super::dispatch::{ApiDoor, Caller};
 use super::fleet::PeerCall;
+use super::handlers::error as refused;
 use crate::api::{read_frame, write_frame};
 use crate::identity::Role;
 use crate::net::tls::peer_of;
@@ -29,10 +29,9 @@ pub(crate) type JoinCall = (JoinRequest, oneshot::Sender<JoinReply>);
 /// Where the server sends what it accepted.
 #[derive(Clone)]
 pub(crate) struct Routes {
-    pub api: mpsc::Sender<ApiCall>,
+    pub api: ApiDoor,
     pub peers: mpsc::Sender<PeerCall>,
     pub joins: mpsc::Sender<JoinCall>,
-    pub logs: super::logs::LogSource,
     pub revoked: Arc<RwLock<BTreeSet<String>>>,
 }
 
@@ -78,13 +77,6 @@ pub(crate) fn serve(endpoint: quinn::Endpoint, routes: Routes) -> JoinHandle<()>
     })
 }
 
-fn refused(message: String) -> ApiResponse {
-    ApiResponse::Error(WireApiError {
-        message,
-        fields: Vec::new(),
-    })
-}
-
 async fn stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
@@ -102,40 +94,12 @@ async fn stream(
         }
     };
     match (request, who) {
-        (
-            Request::Api(ApiRequest::Logs {
-                name,
-                replica,
-                follow,
-                tail_lines,
-            }),
-            Some(_),
-        ) => {
-            super::logs::serve(&mut send, &routes.logs, name, replica, follow, tail_lines).await;
-        }
-        (Request::Api(ApiRequest::TokenCreate), Some((Role::Node, name))) => {
-            // A token lets a machine into the fleet: an operator's decision, not a node's.
-            tracing::warn!(%name, "refused a join token to a node certificate");
-            let _ = write_frame(
-                &mut send,
-                &refused(format!(
-                    "{name} is a node, not an operator: only operators may create join tokens"
-                )),
-            )
-            .await;
-        }
         (Request::Api(request), Some((role, name))) => {
-            let (tx, rx) = oneshot::channel();
             let caller = match role {
-                Role::Node => format!("node {name}"),
-                Role::User => format!("operator {name}"),
+                Role::Node => Caller::Node(name),
+                Role::User => Caller::Operator(name),
             };
-            if routes.api.send((request, caller, tx)).await.is_err() {
-                return;
-            }
-            if let Ok(response) = rx.await {
-                let _ = write_frame(&mut send, &response).await;
-            }
+            routes.api.serve(request, &caller, &mut send).await;
         }
         (Request::Peer(message), Some((Role::Node, name))) => {
             let Ok(from) = NodeId::new(name) else {

@@ -36,7 +36,7 @@ impl WriteRecord {
 }
 
 /// The identity of one write: revision number and HLC stamp, shown `N@NODE:MS.LOGICAL`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RevisionId {
     /// The revision number.
     pub number: u64,

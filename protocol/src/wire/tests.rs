@@ -27,6 +27,81 @@ fn entry() -> DesiredEntry {
     }
 }
 
+fn spec() -> Box<WorkloadSpec> {
+    Box::new(WorkloadSpec::from_toml("name = \"x\"\ncommand = \"sleep\"").expect("valid"))
+}
+
+fn responses() -> Vec<ApiResponse> {
+    use crate::api::{LeaseHere, LeaseRow, NodeRow, ReplicaPlace, ReplicaRow, Usage};
+    let node = NodeId::new("n1").expect("valid");
+    let replica = crate::placement::ReplicaId {
+        workload: WorkloadName::new("web").expect("valid"),
+        index: 2,
+    };
+    vec![
+        ApiResponse::Replicas(vec![
+            ReplicaRow {
+                replica: replica.clone(),
+                place: ReplicaPlace::On {
+                    node: node.clone(),
+                    liveness: Some(crate::placement::Liveness::Suspect),
+                    status: crate::status::ReplicaStatus {
+                        revision: 3,
+                        state: crate::status::ReplicaState::Running,
+                        healthy: true,
+                        restarts: 1,
+                        last_exit_code: Some(2),
+                        reason: Some("why".into()),
+                    },
+                },
+            },
+            ReplicaRow {
+                replica,
+                place: ReplicaPlace::Unplaced {
+                    revision: 3,
+                    why: crate::placement::Unplaceable::NoNodes,
+                },
+            },
+        ]),
+        ApiResponse::Nodes(vec![NodeRow {
+            view: crate::placement::NodeView {
+                id: node.clone(),
+                labels: [("zone".to_string(), "a".to_string())].into(),
+                arch: "x86_64".into(),
+                runtimes: [crate::spec::RuntimeKind::Process].into(),
+                capacity: crate::placement::Capacity::default(),
+                weight: 1,
+                liveness: crate::placement::Liveness::Alive,
+                departure: crate::placement::Departure::Staying,
+            },
+            departure: crate::placement::Departure::Draining,
+            replicas: 4,
+            reserved: crate::placement::Capacity::default(),
+            usage: Some(Usage {
+                cpu: crate::quantity::Millicores(250),
+                memory: crate::quantity::Bytes(1 << 20),
+            }),
+            store_error: None,
+        }]),
+        ApiResponse::Leases(vec![LeaseRow {
+            name: WorkloadName::new("lock").expect("valid"),
+            holder: Some(node.clone()),
+            epoch: 2,
+            fencing_token: 9,
+            expires_in_ms: 1_500,
+            here: LeaseHere::Candidate {
+                waiting_for: "a majority".into(),
+            },
+        }]),
+        ApiResponse::KeyRotated {
+            key: 3,
+            installed: 4,
+            asked: 4,
+        },
+        ApiResponse::Revoked(node),
+    ]
+}
+
 fn samples() -> Vec<Vec<u8>> {
     let peer = [
         PeerMessage::Ping { seq: 7 },
@@ -40,10 +115,7 @@ fn samples() -> Vec<Vec<u8>> {
     ];
     let api = [
         ApiRequest::Apply {
-            spec: SpecText {
-                format: SpecFormat::Toml,
-                text: "name = \"x\"".into(),
-            },
+            spec: spec(),
             ack_replicas: 1,
         },
         ApiRequest::Scale {
@@ -51,16 +123,14 @@ fn samples() -> Vec<Vec<u8>> {
             replicas: 3,
         },
         ApiRequest::ApplyIf {
-            spec: SpecText {
-                format: SpecFormat::Toml,
-                text: "name = \"x\"".into(),
-            },
+            spec: spec(),
             ack_replicas: 0,
             if_revision: "2@n1:17.0".into(),
         },
     ];
     let mut out: Vec<Vec<u8>> = peer.iter().map(|m| encode(m).expect("encodes")).collect();
     out.extend(api.iter().map(|m| encode(m).expect("encodes")));
+    out.extend(responses().iter().map(|m| encode(m).expect("encodes")));
     out
 }
 
@@ -128,15 +198,54 @@ fn unbounded_write_records_and_bad_revisions_are_refused_after_decoding() {
     let err = decode::<PeerMessage>(&bytes).expect_err("refused");
     assert!(err.to_string().contains("writes"), "{err}");
     let request = ApiRequest::ApplyIf {
-        spec: SpecText {
-            format: SpecFormat::Toml,
-            text: "name = \"x\"".into(),
-        },
+        spec: spec(),
         ack_replicas: 0,
         if_revision: "two".into(),
     };
     let err = decode::<ApiRequest>(&encode(&request).expect("encodes")).expect_err("refused");
     assert!(err.to_string().contains("if_revision"), "{err}");
+}
+
+#[test]
+fn typed_answers_round_trip() {
+    for response in responses() {
+        let bytes = encode(&response).expect("encodes");
+        assert_eq!(decode::<ApiResponse>(&bytes), Ok(response));
+    }
+}
+
+#[test]
+fn an_applied_spec_is_bounded_by_decode_and_checked_by_the_node() {
+    // Field errors are the storing node's to report (`WorkloadSpec::check`): decoding lets an
+    // invalid spec through so the node can answer every one of them.
+    let mut forged = spec();
+    forged.replicas = crate::spec::REPLICAS_MAX + 1;
+    forged.command = None;
+    let request = ApiRequest::Apply {
+        spec: forged.clone(),
+        ack_replicas: 0,
+    };
+    let decoded = decode::<ApiRequest>(&encode(&request).expect("encodes")).expect("decodes");
+    assert_eq!(decoded, request);
+    let errors = forged.check().expect_err("refused by the node's check");
+    assert!(
+        errors.errors().iter().any(|e| e.path == "replicas"),
+        "{errors:?}"
+    );
+    assert!(
+        errors.errors().iter().any(|e| e.path == "command"),
+        "{errors:?}"
+    );
+    // An oversize one is refused by decoding itself.
+    let mut huge = spec();
+    huge.args = vec!["x".repeat(64 << 10); 20];
+    let bytes = encode(&ApiRequest::Apply {
+        spec: huge,
+        ack_replicas: 0,
+    })
+    .expect("encodes");
+    let err = decode::<ApiRequest>(&bytes).expect_err("refused");
+    assert!(err.to_string().contains("over 1 MiB"), "{err}");
 }
 
 #[test]
@@ -218,7 +327,7 @@ proptest! {
     /// Valid messages with bytes flipped, cut or inserted never panic the decoder, and whatever
     /// decodes passes its checks again.
     #[test]
-    fn mutated_messages_never_panic(which in 0usize..7, edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..6)) {
+    fn mutated_messages_never_panic(which in 0usize..13, edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..6)) {
         let mut bytes = samples()[which].clone();
         for (at, value, kind) in edits {
             if bytes.is_empty() { break; }
@@ -233,6 +342,7 @@ proptest! {
             prop_assert!(m.check().is_ok());
         }
         let _ = decode::<ApiRequest>(&bytes);
+        let _ = decode::<ApiResponse>(&bytes);
         if let Ok(r) = decode::<Request>(&bytes) {
             prop_assert!(r.check().is_ok());
         }

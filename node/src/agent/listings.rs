@@ -1,0 +1,222 @@
+//! What `get`, `status` and `describe` answer: typed rows from the core's view of the fleet.
+//! The CLI renders them (`src/output.rs`).
+
+use std::collections::BTreeMap;
+
+use starling_protocol::api::{
+    Description, EndpointRow, NodeEvent, NodeRow, ReplicaPlace, ReplicaRow, Usage, WorkloadRow,
+};
+use starling_protocol::placement::{Liveness, ReplicaId};
+use starling_protocol::quantity::{Bytes, Millicores};
+use starling_protocol::status::NodeStatus;
+use starling_protocol::wire::{ApiResponse, ObjectKind};
+use starling_protocol::{NodeId, WorkloadName};
+
+use super::Agent;
+use super::handlers::not_found;
+use crate::clock::now_ms;
+use starling_core::node::NodeCore;
+
+impl Agent {
+    /// `starling get KIND` (and `status`, which lists replicas).
+    pub(super) fn get(&self, kind: ObjectKind) -> ApiResponse {
+        match kind {
+            ObjectKind::Workloads => ApiResponse::Workloads(workloads(&self.core)),
+            ObjectKind::Replicas => ApiResponse::Replicas(replicas(&self.core)),
+            ObjectKind::Nodes => ApiResponse::Nodes(self.nodes()),
+            ObjectKind::Endpoints => ApiResponse::Endpoints(self.endpoint_rows()),
+            ObjectKind::Leases => ApiResponse::Leases(self.lease_rows()),
+        }
+    }
+
+    /// `starling describe NAME`.
+    pub(super) fn describe(&self, name: &WorkloadName) -> ApiResponse {
+        let desired = self.core.desired();
+        let Some(revision) = desired.get(name) else {
+            return not_found(name);
+        };
+        let replicas = replicas(&self.core)
+            .into_iter()
+            .filter(|r| &r.replica.workload == name && matches!(r.place, ReplicaPlace::On { .. }))
+            .collect();
+        let events = self
+            .events
+            .iter()
+            .filter(|(_, text)| text.contains(name.as_str()))
+            .map(|(at_ms, text)| NodeEvent {
+                at_ms: *at_ms,
+                text: text.clone(),
+            })
+            .collect();
+        ApiResponse::Described(Box::new(Description {
+            now_ms: now_ms(),
+            spec: revision.spec.clone(),
+            revision: revision.number,
+            id: desired.revision_id(name),
+            by: revision.by.clone(),
+            previous_revision: revision.previous.as_ref().map(|p| p.number),
+            overwritten: desired.overwritten(name),
+            replicas,
+            events,
+        }))
+    }
+
+    /// Every node of the view, with what it reports and its measured usage.
+    fn nodes(&self) -> Vec<NodeRow> {
+        let usage = |u: (u32, u64)| Usage {
+            cpu: Millicores(u.0),
+            memory: Bytes(u.1),
+        };
+        let mut usages: BTreeMap<NodeId, Usage> = BTreeMap::new();
+        if let Some(u) = self.usage {
+            usages.insert(self.node.clone(), usage(u));
+        }
+        if let Some(fleet) = &self.fleet {
+            for (id, peer) in &fleet.peers {
+                if let Some(u) = peer.usage {
+                    usages.insert(id.clone(), usage(u));
+                }
+            }
+        }
+        let store_problem = self.store.health().problem();
+        let all = statuses(&self.core);
+        self.core
+            .view()
+            .nodes
+            .iter()
+            .map(|(id, view)| {
+                let status = all.get(id).cloned().unwrap_or_default();
+                NodeRow {
+                    view: view.clone(),
+                    departure: view.departure,
+                    replicas: u32::try_from(status.replicas.len()).unwrap_or(u32::MAX),
+                    reserved: status.reserved,
+                    usage: usages.get(id).copied(),
+                    store_error: store_problem.clone().filter(|_| *id == self.node),
+                }
+            })
+            .collect()
+    }
+
+    /// Service endpoints of live nodes, as each publishes them (this node's from its current
+    /// status), sorted.
+    fn endpoint_rows(&self) -> Vec<EndpointRow> {
+        let mut lists = vec![(self.node.clone(), self.endpoints(&self.core.status()))];
+        if let Some(fleet) = &self.fleet {
+            lists.extend(
+                fleet
+                    .peers
+                    .iter()
+                    .map(|(id, p)| (id.clone(), p.endpoints.clone())),
+            );
+        }
+        let mut rows = Vec::new();
+        for (node, list) in lists {
+            let live = self
+                .core
+                .view()
+                .nodes
+                .get(&node)
+                .is_some_and(|n| n.liveness != Liveness::Down);
+            if live {
+                rows.extend(list.iter().filter_map(|entry| endpoint(&node, entry)));
+            }
+        }
+        rows.sort();
+        rows
+    }
+}
+
+/// One published endpoint, `workload/index/port=host:port`; `None` when it does not read so.
+fn endpoint(node: &NodeId, entry: &str) -> Option<EndpointRow> {
+    let (key, address) = entry.split_once('=')?;
+    let mut parts = key.splitn(3, '/');
+    let (workload, index, port) = (parts.next()?, parts.next()?, parts.next()?);
+    Some(EndpointRow {
+        replica: ReplicaId {
+            workload: WorkloadName::new(workload).ok()?,
+            index: index.parse().ok()?,
+        },
+        port: port.to_string(),
+        address: address.to_string(),
+        node: node.clone(),
+    })
+}
+
+/// Every node's status, this node's included.
+fn statuses(core: &NodeCore) -> BTreeMap<NodeId, NodeStatus> {
+    let mut all: BTreeMap<NodeId, NodeStatus> = core
+        .peer_statuses()
+        .iter()
+        .map(|(node, status)| (node.clone(), NodeStatus::clone(status)))
+        .collect();
+    all.insert(core.node().clone(), core.status());
+    all
+}
+
+/// Every replica a node reports, then those no node can take.
+fn replicas(core: &NodeCore) -> Vec<ReplicaRow> {
+    let mut rows = Vec::new();
+    for (node, status) in statuses(core) {
+        let liveness = core.view().nodes.get(&node).map(|n| n.liveness);
+        rows.extend(
+            status
+                .replicas
+                .into_iter()
+                .map(|(replica, status)| ReplicaRow {
+                    replica,
+                    place: ReplicaPlace::On {
+                        node: node.clone(),
+                        liveness,
+                        status,
+                    },
+                }),
+        );
+    }
+    let unplaced = core.plan().map(|p| p.unplaced.clone()).unwrap_or_default();
+    rows.extend(unplaced.into_iter().map(|(replica, why)| {
+        ReplicaRow {
+            place: ReplicaPlace::Unplaced {
+                revision: core
+                    .desired()
+                    .get(&replica.workload)
+                    .map_or(0, |r| r.number),
+                why,
+            },
+            replica,
+        }
+    }));
+    rows
+}
+
+/// Every workload with its replicas available on nodes that are not down.
+fn workloads(core: &NodeCore) -> Vec<WorkloadRow> {
+    let all = statuses(core);
+    let up = |node: &NodeId| {
+        core.view()
+            .nodes
+            .get(node)
+            .is_some_and(|n| n.liveness != Liveness::Down)
+    };
+    core.desired()
+        .workloads()
+        .map(|(name, revision)| {
+            let available = all
+                .iter()
+                .filter(|(node, _)| up(node))
+                .flat_map(|(_, s)| s.replicas.iter())
+                .filter(|(id, r)| &id.workload == name && r.is_available())
+                .count();
+            let spec = &revision.spec;
+            WorkloadRow {
+                name: name.clone(),
+                revision: revision.number,
+                available: u32::try_from(available).unwrap_or(u32::MAX),
+                replicas: spec.replicas_to_place(),
+                runtime: spec.runtime,
+                command: spec.command.clone(),
+                image: spec.image.clone(),
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,178 @@
+//! What a node's API answers carry ([`crate::wire::ApiResponse`]): rows and records as typed
+//! data. The node says what it knows (a replica's status and its node's liveness as seen from
+//! here); the CLI decides how that reads, as a table for people or JSON for scripts.
+
+use serde::{Deserialize, Serialize};
+
+use crate::desired::{RevisionId, WriteRecord};
+use crate::lease::LeaseName;
+use crate::names::{NodeId, WorkloadName};
+use crate::placement::{Capacity, Departure, Liveness, NodeView, ReplicaId, Unplaceable};
+use crate::quantity::{Bytes, Millicores};
+use crate::spec::{RuntimeKind, WorkloadSpec};
+use crate::status::ReplicaStatus;
+
+/// One workload of `starling get workloads`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadRow {
+    /// The workload.
+    pub name: WorkloadName,
+    /// Its current revision number.
+    pub revision: u64,
+    /// Replicas running and healthy on nodes that are not down.
+    pub available: u32,
+    /// Replicas placement counts (a singleton: its active instance and its standbys).
+    pub replicas: u32,
+    /// The runtime that runs it.
+    pub runtime: RuntimeKind,
+    /// The program (process runtime) or entrypoint override (containers).
+    pub command: Option<String>,
+    /// The container image.
+    pub image: Option<String>,
+}
+
+/// One replica of `starling status` and `get replicas`, and of a description.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaRow {
+    /// The replica.
+    pub replica: ReplicaId,
+    /// Where it is, as the answering node knows.
+    pub place: ReplicaPlace,
+}
+
+/// Where a replica of a [`ReplicaRow`] is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplicaPlace {
+    /// A node reports it: `status` is what that node last published, and `liveness` how the
+    /// answering node sees that node (`None`: not a member it knows). A down node's status is
+    /// history, not a running replica.
+    On {
+        /// The node that reports it.
+        node: NodeId,
+        /// That node's liveness as seen from the answering node.
+        liveness: Option<Liveness>,
+        /// What that node published about the replica.
+        status: ReplicaStatus,
+    },
+    /// No node can take it, so a shortfall is never silent.
+    Unplaced {
+        /// The revision it would run.
+        revision: u64,
+        /// Why no node can take it.
+        why: Unplaceable,
+    },
+}
+
+/// One node of `starling get nodes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRow {
+    /// The node as the answering node sees it: liveness, arch, labels, runtimes and capacity.
+    pub view: NodeView,
+    /// The absence it announced (a view never encodes it, see [`NodeView::departure`]).
+    pub departure: Departure,
+    /// Replicas it reports.
+    pub replicas: u32,
+    /// Resources its replicas reserve.
+    pub reserved: Capacity,
+    /// CPU and memory in use on its host, when it published a measure.
+    pub usage: Option<Usage>,
+    /// Why its store fails, when it does. Only the answering node knows its own store, so
+    /// only its own row can carry one.
+    pub store_error: Option<String>,
+}
+
+/// CPU and memory in use on a host (everything on it, not only Starling's replicas).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// CPU in use.
+    pub cpu: Millicores,
+    /// Memory in use.
+    pub memory: Bytes,
+}
+
+/// One service endpoint of `starling get endpoints`: where a running replica's port is
+/// reachable.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct EndpointRow {
+    /// The replica.
+    pub replica: ReplicaId,
+    /// The port's name in the spec.
+    pub port: String,
+    /// `host:port` to reach it at.
+    pub address: String,
+    /// The node that runs it.
+    pub node: NodeId,
+}
+
+/// One lease of `starling get leases`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRow {
+    /// The lease.
+    pub name: LeaseName,
+    /// Its holder in the newest record known here (`None`: never granted).
+    pub holder: Option<NodeId>,
+    /// The record's epoch (0 without a record).
+    pub epoch: u64,
+    /// The record's fencing token (0 without a record).
+    pub fencing_token: u64,
+    /// Time left of the record's grant, by the answering node's clock (0: expired).
+    pub expires_in_ms: u64,
+    /// What the answering node does about it.
+    pub here: LeaseHere,
+}
+
+/// What the answering node does about a lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaseHere {
+    /// It holds it.
+    Holder,
+    /// It campaigns for it and does not hold it yet.
+    Candidate {
+        /// The last reason its campaign did not succeed.
+        waiting_for: String,
+    },
+    /// It neither holds nor wants it.
+    Bystander,
+}
+
+/// One workload in detail, for `starling describe`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Description {
+    /// The answering node's wall clock when it answered (ms since the epoch): ages are
+    /// measured against it, not against the caller's clock.
+    pub now_ms: u64,
+    /// The current spec.
+    pub spec: WorkloadSpec,
+    /// The current revision number.
+    pub revision: u64,
+    /// The current write's id.
+    pub id: Option<RevisionId>,
+    /// Who asked for the current write.
+    pub by: String,
+    /// The number of the revision it replaced.
+    pub previous_revision: Option<u64>,
+    /// Writes that lost to a concurrent write: what a racing operator should know was dropped.
+    pub overwritten: Vec<WriteRecord>,
+    /// Its replicas as their nodes report them.
+    pub replicas: Vec<ReplicaRow>,
+    /// Recent events of the answering node that name it, oldest first.
+    pub events: Vec<NodeEvent>,
+}
+
+/// A notable event an agent recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeEvent {
+    /// When (wall clock, ms since the epoch).
+    pub at_ms: u64,
+    /// What happened, in a sentence.
+    pub text: String,
+}
+
+/// One lease voter of `starling voters`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Voter {
+    /// The node.
+    pub node: NodeId,
+    /// Its liveness as the answering node sees it (`None`: not a member it knows).
+    pub liveness: Option<Liveness>,
+}

@@ -1,0 +1,160 @@
+//! Commands on workloads: `apply`, `delete`, `scale`, `rollback`, `get`, `describe`, `logs`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use starling_protocol::WorkloadName;
+use starling_protocol::desired::RevisionMatch;
+use starling_protocol::wire::{ApiRequest, ObjectKind};
+
+use super::client::{Target, call};
+use crate::output::Format;
+
+/// `starling apply`.
+#[derive(clap::Args)]
+pub struct ApplyArgs {
+    /// Spec files (`.toml` or `.json`).
+    #[arg(short = 'f', long = "file", required = true)]
+    files: Vec<PathBuf>,
+    /// Answer only once this many other peers hold the write too.
+    #[arg(long, default_value_t = 0)]
+    ack_replicas: u32,
+    /// Write only if the workload is at this revision on the answering peer: a number
+    /// (0: it must not exist yet) or a revision id as apply and describe print it
+    /// (2@node-1:1764867785123.0). One spec file only.
+    #[arg(long, value_name = "REVISION")]
+    if_revision: Option<String>,
+}
+
+/// A command on one workload (`delete`, `rollback`, `describe`).
+#[derive(clap::Args)]
+pub struct WorkloadArg {
+    /// The workload.
+    pub name: WorkloadName,
+}
+
+/// `starling scale`.
+#[derive(clap::Args)]
+pub struct ScaleArgs {
+    /// NAME=REPLICAS.
+    assignment: String,
+}
+
+/// `starling get`.
+#[derive(clap::Args)]
+pub struct GetArgs {
+    /// What to list.
+    #[arg(value_enum, default_value_t = Kind::Workloads)]
+    pub kind: Kind,
+}
+
+/// What `starling get` lists.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Kind {
+    Workloads,
+    Replicas,
+    Nodes,
+    Endpoints,
+    Leases,
+}
+
+impl From<Kind> for ObjectKind {
+    fn from(kind: Kind) -> Self {
+        match kind {
+            Kind::Workloads => ObjectKind::Workloads,
+            Kind::Replicas => ObjectKind::Replicas,
+            Kind::Nodes => ObjectKind::Nodes,
+            Kind::Endpoints => ObjectKind::Endpoints,
+            Kind::Leases => ObjectKind::Leases,
+        }
+    }
+}
+
+/// `starling logs`.
+#[derive(clap::Args)]
+pub struct LogsArgs {
+    /// The workload.
+    name: WorkloadName,
+    /// Which replica.
+    #[arg(long, default_value_t = 0)]
+    replica: u32,
+    /// Lines from the end.
+    #[arg(long, default_value_t = 100)]
+    tail: u32,
+    /// Keep streaming new lines (from whichever node runs the replica) until Ctrl-C.
+    #[arg(short, long)]
+    follow: bool,
+}
+
+/// `starling apply -f FILE...`: each file is parsed and validated here, so mistakes are
+/// listed without a round trip, and sent as a typed spec (the node checks it again).
+pub fn apply(target: &Target, args: ApplyArgs, format: Format) -> anyhow::Result<ExitCode> {
+    if let Some(wanted) = &args.if_revision {
+        if args.files.len() != 1 {
+            anyhow::bail!(
+                "--if-revision {wanted}: give exactly one spec file (got {})",
+                args.files.len()
+            );
+        }
+        wanted
+            .parse::<RevisionMatch>()
+            .map_err(|e| anyhow::anyhow!("--if-revision: {e}"))?;
+    }
+    let mut code = ExitCode::SUCCESS;
+    for path in &args.files {
+        let spec = match super::load_spec(path)? {
+            Ok(spec) => Box::new(spec),
+            Err(errors) => {
+                println!(
+                    "{}: the spec has {} problem(s); nothing was sent",
+                    path.display(),
+                    errors.errors().len()
+                );
+                for e in errors.errors() {
+                    println!("  {e}");
+                }
+                code = ExitCode::FAILURE;
+                continue;
+            }
+        };
+        let ack_replicas = args.ack_replicas;
+        let request = match &args.if_revision {
+            Some(wanted) => ApiRequest::ApplyIf {
+                spec,
+                ack_replicas,
+                if_revision: wanted.clone(),
+            },
+            None => ApiRequest::Apply { spec, ack_replicas },
+        };
+        if call(target, request, format)? != ExitCode::SUCCESS {
+            code = ExitCode::FAILURE;
+        }
+    }
+    Ok(code)
+}
+
+/// `starling scale NAME=REPLICAS`.
+pub fn scale(target: &Target, args: ScaleArgs, format: Format) -> anyhow::Result<ExitCode> {
+    let assignment = &args.assignment;
+    let (name, count) = assignment
+        .split_once('=')
+        .with_context(|| format!("expected NAME=REPLICAS (e.g. web=5), got {assignment:?}"))?;
+    let name = WorkloadName::new(name)
+        .map_err(|e| anyhow::anyhow!("{name:?} is not a workload name: {e}"))?;
+    let replicas: u32 = count
+        .parse()
+        .with_context(|| format!("replicas must be a whole number, got {count:?}"))?;
+    call(target, ApiRequest::Scale { name, replicas }, format)
+}
+
+/// `starling logs NAME`: printed as the chunks arrive.
+pub fn logs(target: &Target, args: LogsArgs) -> anyhow::Result<ExitCode> {
+    let request = ApiRequest::Logs {
+        name: args.name,
+        replica: Some(args.replica),
+        follow: args.follow,
+        tail_lines: args.tail,
+    };
+    super::client::stream_logs(target, &request)
+}
