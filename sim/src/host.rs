@@ -6,7 +6,7 @@
 //! gives its hosts the scheduler, the seed's generator and the run's books, and takes what
 //! leaves a host for the network (a published status, a lease campaign). Everything a host
 //! does on its own is here, once:
-//! - [`Fleet::with_core`]: call a core, carry out its actions through
+//! - [`Fleet::with_core`]: call a core, carry out its actions (each hashed into the trace) through
 //!   [`Runtime`], the simulator's [`Effects`], and arm its timer once per deadline;
 //! - [`Fleet::handle_host`]: a host's own events (its core's timer, its runtime's reports);
 //! - the runtime: a start runs after a random delay from the scenario's range, then passes one
@@ -95,11 +95,14 @@ pub(crate) enum HostEvent {
 }
 
 impl HostEvent {
-    /// The event's kind and node for the trace hash.
-    pub fn code(&self, i: usize) -> u64 {
+    /// Node `i`'s event into the trace: its kind and node, and the runtime's report.
+    pub fn trace(&self, i: usize, at_ms: u64, trace: &mut Trace) {
         match self {
-            HostEvent::CoreTimer => 3 | (i as u64) << 8,
-            HostEvent::Runtime(_) => 4 | (i as u64) << 8,
+            HostEvent::CoreTimer => trace.event(at_ms, 3 | (i as u64) << 8),
+            HostEvent::Runtime(report) => {
+                trace.event(at_ms, 4 | (i as u64) << 8);
+                trace.payload(report);
+            }
         }
     }
 }
@@ -197,7 +200,7 @@ pub(crate) struct CoreSettings {
 impl CoreSettings {
     pub fn new(scenario: &Scenario, options: RunOptions) -> Self {
         CoreSettings {
-            next_instance: 1,
+            next_instance: 1 + options.instance_offset,
             settle_ms: scenario.core.settle_ms,
             bug_minority_takes_over: options.bug_minority_takes_over,
         }
@@ -285,6 +288,7 @@ pub(crate) trait Fleet: Sized {
         }
         let deadline = core.poll_timeout();
         for action in actions {
+            self.trace().action(i, &action);
             action.execute(&mut Runtime { fleet: self, i });
         }
         if let Some(d) = deadline {

@@ -20,7 +20,8 @@
 //! - [`report`]: the summary and the SVG picture.
 //!
 //! The same seed gives the same run, byte for byte: [`RunReport::trace_hash`] is a running hash
-//! of every processed event (`trace`), and the report text is a function of the run alone.
+//! of every processed event, its payload and every core's decisions (`trace`), and the report
+//! text is a function of the run alone.
 
 #![forbid(unsafe_code)]
 
@@ -57,8 +58,13 @@ pub struct RunReport {
     pub scenario: String,
     /// The seed.
     pub seed: u64,
-    /// Hash of every processed event: equal for equal runs.
+    /// Hash of every processed event, what it carried and what each core decided: equal for
+    /// equal runs, and different when any decision differs.
     pub trace_hash: u64,
+    /// Hash of the processed events' times, kinds and nodes alone: equal for runs that do the
+    /// same things at the same moments, whatever they decide (against `trace_hash`, it tells a
+    /// changed decision from a changed schedule).
+    pub schedule_hash: u64,
     /// Virtual time simulated.
     pub duration_ms: u64,
     /// Nodes at the start.
@@ -128,6 +134,10 @@ pub struct RunOptions {
     /// Turn on the core's deliberate bug (a minority side replaces replicas), to show the
     /// invariants can fail.
     pub bug_minority_takes_over: bool,
+    /// Added to every instance number the cores hand out (default 0). It changes what the
+    /// cores decide (the instances they start and stop) and nothing of when anything happens,
+    /// to show the trace hash sees decisions, not only the schedule.
+    pub instance_offset: u64,
 }
 
 /// Runs `scenario` with `seed`.
@@ -159,13 +169,15 @@ impl RunReport {
         let node_names = (0..fleet.node_count())
             .map(|i| fleet.id(i).to_string())
             .collect();
-        let (trace_hash, duration_ms) = (fleet.trace().hash(), fleet.now());
+        let (trace_hash, schedule_hash) = (fleet.trace().hash(), fleet.trace().schedule());
+        let duration_ms = fleet.now();
         let counters = fleet.counters().clone();
         let checker = fleet.checker();
         RunReport {
             scenario: name,
             seed,
             trace_hash,
+            schedule_hash,
             duration_ms,
             nodes,
             last_fault_end_ms: checker.last_fault_end_ms,

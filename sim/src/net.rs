@@ -12,8 +12,8 @@ use starling_protocol::wire::PeerMessage;
 use crate::host::{Fleet, Power};
 use crate::world::{Event, World};
 
-/// Messages between simulated nodes.
-#[derive(Debug, Clone)]
+/// Messages between simulated nodes (serializable so the trace can hash what is delivered).
+#[derive(Debug, Clone, serde::Serialize)]
 pub(crate) enum Msg {
     /// A watcher's verdict, spread to every member.
     Verdict(Verdict),

@@ -4,7 +4,8 @@
 //! One queue of events ordered by (virtual time, sequence number); the clock jumps to the next
 //! event. Every random draw comes from one [`SimRng`] seeded by the run's seed, and every
 //! collection that decides anything is ordered, so a seed replays bit for bit; a running hash
-//! of the processed events (the trace hash) proves it.
+//! of the processed events, the messages delivered and the cores' decisions (the trace hash,
+//! `trace`) proves it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -258,7 +259,7 @@ impl<'s> World<'s> {
             if processed > EVENTS_MAX {
                 return Err(self.violation("livelock", format!("more than {EVENTS_MAX} events")));
             }
-            self.trace.event(at, event_code(&event));
+            trace_event(&mut self.trace, at, &event);
             self.handle(event);
             if let Some(v) = self.checker.take_violation() {
                 return Err(self.violation(&v.0, v.1));
@@ -377,20 +378,31 @@ impl<'s> World<'s> {
     }
 }
 
-fn event_code(event: &Event) -> u64 {
-    match event {
+/// An event into the trace: its time, kind and node, and what it carries (the message
+/// delivered, the runtime's report, the links cut or mended).
+fn trace_event(trace: &mut Trace, at_ms: u64, event: &Event) {
+    let code = match event {
         Event::GossipTick(i, _) => 1 | (*i as u64) << 8,
-        Event::Deliver { from, to, .. } => 2 | (*from as u64) << 8 | (*to as u64) << 32,
-        Event::Host(i, event) => event.code(*i),
+        Event::Deliver { from, to, msg } => {
+            trace.event(at_ms, 2 | (*from as u64) << 8 | (*to as u64) << 32);
+            trace.payload(msg);
+            return;
+        }
+        Event::Host(i, event) => return event.trace(*i, at_ms, trace),
         Event::Fault(k) => 5 | (*k as u64) << 8,
         Event::Resume(i) => 6 | (*i as u64) << 8,
-        Event::LinkToggle { down, .. } => 7 | u64::from(*down) << 8,
+        Event::LinkToggle { a, b, down } => {
+            trace.event(at_ms, 7 | u64::from(*down) << 8);
+            trace.payload(&(a, b));
+            return;
+        }
         Event::Sample => 8,
         Event::DetectorTimer(i) => 9 | (*i as u64) << 8,
         Event::ElectorTimer(i) => 10 | (*i as u64) << 8,
         Event::DepartCheck(i, _) => 11 | (*i as u64) << 8,
         Event::AgentReturn(i, _) => 12 | (*i as u64) << 8,
-    }
+    };
+    trace.event(at_ms, code);
 }
 
 impl Fleet for World<'_> {

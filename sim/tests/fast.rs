@@ -75,6 +75,14 @@ fn the_fast_model_replays_a_seed_byte_for_byte() {
     assert_eq!(report::svg(&a), report::svg(&b));
     let c = run(&scenario, 8, RunOptions::default());
     assert_ne!(a.trace_hash, c.trace_hash, "another seed is another run");
+    // Other instance numbers: the same moments, other decisions (see `scenarios.rs`).
+    let shifted = RunOptions {
+        instance_offset: 1_000,
+        ..RunOptions::default()
+    };
+    let d = run(&scenario, 7, shifted);
+    assert_eq!(a.schedule_hash, d.schedule_hash);
+    assert_ne!(a.trace_hash, d.trace_hash);
 }
 
 #[test]
@@ -111,6 +119,7 @@ fn an_injected_bug_is_caught_in_the_fast_model() {
                 seed,
                 RunOptions {
                     bug_minority_takes_over: true,
+                    ..RunOptions::default()
                 },
             )
         })

@@ -293,7 +293,7 @@ impl<'s> FastWorld<'s> {
             if processed > EVENTS_MAX {
                 return Err(self.violation("livelock", format!("more than {EVENTS_MAX} events")));
             }
-            self.trace.event(at, code(&event));
+            trace_event(&mut self.trace, at, &event);
             self.handle(event);
             if let Some((invariant, detail)) = self.checker.take_violation() {
                 return Err(self.violation(&invariant, detail));
@@ -469,15 +469,25 @@ fn describe(node: &FastNode) -> NodeView {
     )
 }
 
-fn code(event: &Ev) -> u64 {
-    match event {
+/// An event into the trace: its time, kind and node, and what it carries (the runtime's
+/// report, the verdict). What a round delivers goes in as the round runs.
+fn trace_event(trace: &mut Trace, at_ms: u64, event: &Ev) {
+    let code = match event {
         Ev::Round => 1,
-        Ev::Host(i, event) => event.code(*i),
+        Ev::Host(i, event) => return event.trace(*i, at_ms, trace),
         Ev::Fault(k) => 5 | (*k as u64) << 8,
         Ev::Resume(i) => 6 | (*i as u64) << 8,
         Ev::Verdict {
-            target, watcher, ..
-        } => 7 | (*target as u64) << 8 | (*watcher as u64) << 32,
+            target,
+            incarnation,
+            watcher,
+            liveness,
+        } => {
+            trace.event(at_ms, 7 | (*target as u64) << 8 | (*watcher as u64) << 32);
+            trace.payload(&(incarnation, liveness));
+            return;
+        }
         Ev::Sample => 8,
-    }
+    };
+    trace.event(at_ms, code);
 }

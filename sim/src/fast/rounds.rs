@@ -163,11 +163,10 @@ impl FastWorld<'_> {
             }
         }
         for (node, news) in learned {
-            self.trace.mix(
-                (node as u64) << 20
-                    ^ u64::from(news.members.unwrap_or(0)) << 40
-                    ^ news.statuses.len() as u64,
-            );
+            // What node learned: the log prefixes and the statuses (their contents are the
+            // publishing cores' decisions, hashed as those were made).
+            let delivered = (node as u64, news.members, news.writes, &news.statuses);
+            self.trace.payload(&delivered);
             self.deliver(node, news.members, news.writes, &news.statuses);
         }
         self.retire(&up);
