@@ -237,8 +237,7 @@ impl World<'_> {
         }
         let node = &mut self.nodes[i];
         node.host.power = Power::AgentDown;
-        node.host.core = None;
-        node.host.core_timer_at = None;
+        node.host.lose_agent();
         node.detector = None;
         node.detector_timer_at = None;
         node.held.clear();

@@ -383,7 +383,6 @@ pub(crate) fn follows_lease(spec: &WorkloadSpec) -> bool {
 pub(crate) fn sample(world: &mut World) {
     let copies = copies(world);
     let surplus: usize = copies.values().map(|c| c.saturating_sub(1)).sum();
-    world.counters.duplicate_run_ms += surplus as u64 * world.scenario.gossip.interval_ms;
     let desired = world
         .up()
         .next()
@@ -396,21 +395,34 @@ pub(crate) fn sample(world: &mut World) {
                 .sum()
         })
         .unwrap_or(0);
-    let node_states = world
-        .nodes
-        .iter()
-        .map(|n| Sample::node_state(n.host.power, n.host.core.as_ref()))
-        .collect();
-    world.checker.samples.push(Sample {
-        at_ms: world.now,
-        running: copies.values().sum(),
+    let running = copies.values().sum();
+    let every_ms = world.scenario.gossip.interval_ms;
+    record_sample(world, (running, surplus), desired, every_ms, converged);
+}
+
+/// Puts a sample on the timeline, taken every `every_ms`: the copies running and the surplus
+/// among them (beyond one per replica), the replicas desired. Once the faults are over, it
+/// asks `converged` whether the fleet has.
+pub(crate) fn record_sample<F: Fleet>(
+    world: &mut F,
+    (running, surplus): (usize, usize),
+    desired: usize,
+    every_ms: u64,
+    converged: fn(&F) -> Result<(), String>,
+) {
+    world.counters().duplicate_run_ms += surplus as u64 * every_ms;
+    let now = world.now();
+    let sample = Sample {
+        at_ms: now,
+        running,
         desired,
         surplus,
-        node_states,
-    });
-    if world.checker.awaits_convergence(world.now) {
+        node_states: world.node_states(),
+    };
+    world.checker().samples.push(sample);
+    if world.checker().awaits_convergence(now) {
         let found = converged(world);
-        world.checker.convergence(world.now, found);
+        world.checker().convergence(now, found);
     }
 }
 

@@ -20,6 +20,17 @@ pub(crate) enum Step {
     Leave,
 }
 
+/// The node an operator's write goes to: the first selected node that is up (none: noted).
+pub(crate) fn writer(world: &mut impl Fleet, selector: &Selector) -> Option<usize> {
+    let up = resolve(world, selector)
+        .into_iter()
+        .find(|i| world.power(*i) == Power::Up);
+    if up.is_none() {
+        world.note("write: no selected node is up; nothing written".into());
+    }
+    up
+}
+
 /// Expands the scenario's faults into timed steps.
 pub(crate) fn expand(world: &mut impl Fleet) -> Vec<(u64, Step)> {
     let mut steps = Vec::new();
@@ -270,13 +281,8 @@ pub(crate) fn apply(world: &mut World, k: usize) {
         // Expanded into crashes/restarts and joins/leaves by `expand`; never a step of its own.
         Step::Fault(FaultKind::RollingReboot { .. } | FaultKind::Churn { .. }) => {}
         Step::Fault(FaultKind::Write { node, spec }) => {
-            // An operator writes to a node that answers: the first selected node that is up.
-            let up = resolve(world, &node)
-                .into_iter()
-                .find(|i| world.nodes[*i].host.power == Power::Up);
-            match up {
-                Some(i) => world.write(i, *spec),
-                None => world.note("write: no selected node is up; nothing written".into()),
+            if let Some(i) = writer(world, &node) {
+                world.write(i, *spec);
             }
         }
     }

@@ -269,6 +269,13 @@ pub(crate) trait Fleet: Sized {
             .any(|r| r.workload.as_str() == workload)
     }
 
+    /// Each node's state on the report's timeline (see [`crate::Sample::node_states`]).
+    fn node_states(&self) -> Vec<u8> {
+        (0..self.node_count())
+            .map(|i| crate::Sample::node_state(self.power(i), self.host(i).core.as_ref()))
+            .collect()
+    }
+
     /// Keeps `text` for the report of a violation (the events before it).
     fn note(&mut self, text: String) {
         let now = self.now();

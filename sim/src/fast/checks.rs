@@ -6,7 +6,7 @@ use starling_protocol::desired::DesiredState;
 use starling_protocol::placement::{Liveness, ReplicaId};
 use starling_protocol::spec::WorkloadSpec;
 
-use crate::checks::{Sample, minority_replacement};
+use crate::checks::{minority_replacement, record_sample};
 use crate::host::Power;
 
 use super::FastWorld;
@@ -77,29 +77,14 @@ pub(super) fn sample(world: &mut FastWorld) {
         .values()
         .map(|on| on.len().saturating_sub(1))
         .sum();
-    world.counters.duplicate_run_ms += surplus as u64 * world.sample_ms;
     let desired = world
         .news
         .base_desired()
         .workloads()
         .map(|(_, r)| r.spec.replicas_to_place() as usize)
         .sum();
-    let node_states = world
-        .nodes
-        .iter()
-        .map(|n| Sample::node_state(n.host.power, n.host.core.as_ref()))
-        .collect();
-    world.checker.samples.push(Sample {
-        at_ms: world.now,
-        running,
-        desired,
-        surplus,
-        node_states,
-    });
-    if world.checker.awaits_convergence(world.now) {
-        let found = converged(world);
-        world.checker.convergence(world.now, found);
-    }
+    let every_ms = world.sample_ms;
+    record_sample(world, (running, surplus), desired, every_ms, converged);
 }
 
 /// (2) Every membership verdict and write has reached every up node, the agreed membership is

@@ -1,7 +1,7 @@
 //! The scenario's faults in the fast model: crashes, restarts, disk loss, pauses, clock skew,
 //! rolling reboots, churn and API writes (links need the mesh model; the scenario says so).
 
-use crate::faults::{Step, resolve};
+use crate::faults::{Step, resolve, writer};
 use crate::host::{Fleet, Power};
 use crate::scenario::FaultKind;
 
@@ -55,12 +55,8 @@ pub(super) fn apply(world: &mut FastWorld, k: usize) {
             }
         }
         Step::Fault(FaultKind::Write { node, spec }) => {
-            let up = resolve(world, &node)
-                .into_iter()
-                .find(|i| world.nodes[*i].host.power == Power::Up);
-            match up {
-                Some(i) => world.write(i, *spec),
-                None => world.note("write: no selected node is up; nothing written".into()),
+            if let Some(i) = writer(world, &node) {
+                world.write(i, *spec);
             }
         }
         Step::Join => {
