@@ -22,7 +22,8 @@
 use starling_core::node::RuntimeEvent;
 use starling_protocol::placement::{Departure, Liveness};
 
-use crate::world::{Event, Power, World};
+use crate::host::{Fleet, HostEvent, Power};
+use crate::world::{Event, World};
 
 /// A planned restart under way on a node.
 #[derive(Debug, Clone, Copy)]
@@ -49,8 +50,8 @@ const FENCE_GRACE_MS: u64 = 100;
 impl World<'_> {
     /// The fault: node `i`'s agent restarts, announced first when `planned`.
     pub(crate) fn agent_restart(&mut self, i: usize, downtime_ms: u64, planned: bool) {
-        if self.nodes[i].power != Power::Up {
-            let id = &self.nodes[i].id;
+        if self.nodes[i].host.power != Power::Up {
+            let id = &self.nodes[i].host.id;
             self.note(format!("agent-restart: {id} is not up; nothing restarts"));
             return;
         }
@@ -72,7 +73,7 @@ impl World<'_> {
         } else {
             self.nodes[j].departures_heard.insert(from, departure);
         }
-        let id = self.nodes[from].id.clone();
+        let id = self.nodes[from].host.id.clone();
         if let Some(d) = self.nodes[j].detector.as_mut() {
             d.handle_departure(&id, departure);
         }
@@ -81,7 +82,7 @@ impl World<'_> {
     /// A booting node `i` learns the announcements of every member at once.
     pub(crate) fn learn_departures(&mut self, i: usize) {
         let departing: Vec<(usize, Departure)> = (0..self.nodes.len())
-            .filter(|m| *m != i && self.nodes[*m].power != Power::Gone)
+            .filter(|m| *m != i && self.nodes[*m].host.power != Power::Gone)
             .map(|m| (m, self.nodes[m].departure))
             .filter(|(_, d)| *d != Departure::Staying)
             .collect();
@@ -95,6 +96,7 @@ impl World<'_> {
     /// passing health probe shortly after (the agent probes what it adopts).
     pub(crate) fn adopt(&mut self, i: usize) {
         let found: Vec<_> = self.nodes[i]
+            .host
             .instances
             .iter()
             .map(|(r, x)| (r.clone(), x.instance, x.revision, x.spec.health.is_some()))
@@ -102,7 +104,7 @@ impl World<'_> {
         for (replica, instance, revision, probed) in found {
             self.note(format!(
                 "{} adopts {}/{}",
-                self.nodes[i].id, replica.workload, replica.index
+                self.nodes[i].host.id, replica.workload, replica.index
             ));
             let adopted = RuntimeEvent::Adopted {
                 replica: replica.clone(),
@@ -117,7 +119,7 @@ impl World<'_> {
                     ok: true,
                     detail: String::new(),
                 };
-                self.schedule(self.now + 50, Event::Runtime(i, ok));
+                self.schedule(self.now + 50, Event::Host(i, HostEvent::Runtime(ok)));
             }
         }
     }
@@ -132,7 +134,7 @@ impl World<'_> {
         });
         self.note(format!(
             "{} announces a restart, back by {back_by_ms} ms on its clock",
-            self.nodes[i].id
+            self.nodes[i].host.id
         ));
         for j in self.told_of_departure(i) {
             self.hear_departure(j, i, departure);
@@ -150,7 +152,7 @@ impl World<'_> {
     /// sees alive over a working link, and gossip relays it to every node those reach in turn
     /// (a node that could not hear it then learns it from `i`'s heartbeats, or at its boot).
     fn told_of_departure(&self, i: usize) -> Vec<usize> {
-        let listening = |j: usize| self.nodes[j].power == Power::Up;
+        let listening = |j: usize| self.nodes[j].host.power == Power::Up;
         let mut told: std::collections::BTreeSet<usize> = (0..self.nodes.len())
             .filter(|j| {
                 *j != i
@@ -159,7 +161,7 @@ impl World<'_> {
                     && self.nodes[i]
                         .view
                         .nodes
-                        .get(&self.nodes[*j].id)
+                        .get(&self.nodes[*j].host.id)
                         .is_some_and(|v| v.liveness == Liveness::Alive)
             })
             .collect();
@@ -180,7 +182,7 @@ impl World<'_> {
         let Some(leaving) = self.nodes[i].leaving else {
             return;
         };
-        if boots != self.nodes[i].boots || self.nodes[i].power != Power::Up {
+        if boots != self.nodes[i].boots || self.nodes[i].host.power != Power::Up {
             return;
         }
         let done = self.singletons_and_leases_gone(i);
@@ -194,7 +196,7 @@ impl World<'_> {
         if !done {
             self.note(format!(
                 "{} stops before its departure finished: a singleton or a lease is still here",
-                self.nodes[i].id
+                self.nodes[i].host.id
             ));
         }
         self.agent_stop(i, leaving.downtime_ms);
@@ -206,7 +208,7 @@ impl World<'_> {
     fn singletons_and_leases_gone(&self, i: usize) -> bool {
         let node = &self.nodes[i];
         let now = self.node_now(i);
-        let runs_singleton = node.core.as_ref().is_some_and(|core| {
+        let runs_singleton = node.host.core.as_ref().is_some_and(|core| {
             core.instances().iter().any(|(replica, _)| {
                 core.desired()
                     .get(&replica.workload)
@@ -225,8 +227,8 @@ impl World<'_> {
     fn agent_stop(&mut self, i: usize, downtime_ms: u64) {
         self.note(format!(
             "{} agent stops; {} replicas keep running",
-            self.nodes[i].id,
-            self.nodes[i].instances.len()
+            self.nodes[i].host.id,
+            self.nodes[i].host.instances.len()
         ));
         self.fence(i);
         crate::return_check::track(self);
@@ -234,9 +236,8 @@ impl World<'_> {
             self.returns.left(i);
         }
         let node = &mut self.nodes[i];
-        node.power = Power::AgentDown;
-        node.core = None;
-        node.core_timer_at = None;
+        node.host.power = Power::AgentDown;
+        node.host.lose_agent();
         node.detector = None;
         node.detector_timer_at = None;
         node.held.clear();
@@ -250,8 +251,9 @@ impl World<'_> {
     /// the agent last knew (at once if it held none): its fence sees no renewal.
     fn fence(&mut self, i: usize) {
         let now = self.node_now(i);
-        let skew = self.nodes[i].skew_ms;
+        let skew = self.nodes[i].host.skew_ms;
         let fenced: Vec<_> = self.nodes[i]
+            .host
             .instances
             .iter()
             .filter(|(_, x)| crate::checks::follows_lease(&x.spec))
@@ -271,14 +273,17 @@ impl World<'_> {
                 code: Some(75),
                 log_tail: vec!["fenced: the lease was not renewed".into()],
             };
-            self.schedule(until + FENCE_GRACE_MS, Event::Runtime(i, exited));
+            self.schedule(
+                until + FENCE_GRACE_MS,
+                Event::Host(i, HostEvent::Runtime(exited)),
+            );
         }
     }
 
     /// The next agent of node `i` starts (unless the node crashed or went meanwhile).
     pub(crate) fn agent_return(&mut self, i: usize, boots: u64) {
-        if self.nodes[i].power == Power::AgentDown && self.nodes[i].boots == boots {
-            self.note(format!("{} agent starts again", self.nodes[i].id));
+        if self.nodes[i].host.power == Power::AgentDown && self.nodes[i].boots == boots {
+            self.note(format!("{} agent starts again", self.nodes[i].host.id));
             self.boot(i);
         }
     }

@@ -1,7 +1,7 @@
 //! Invariants, checked as the run goes (safety: at every start, every sample) and against a
 //! deadline (liveness: convergence after the last fault), plus the figures for the report.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, VecDeque};
 
 use starling_protocol::WorkloadName;
 use starling_protocol::hlc::Timestamp;
@@ -10,8 +10,9 @@ use starling_protocol::spec::{PartitionPolicy, RuntimeKind, WorkloadSpec};
 
 use starling_core::node::CoreConfig;
 
+use crate::host::{Fleet, Host, Power};
 use crate::scenario::Scenario;
-use crate::world::{Power, World};
+use crate::world::World;
 
 /// One point of the report's timeline.
 #[derive(Debug, Clone)]
@@ -62,16 +63,25 @@ pub(crate) fn node_view(
     }
 }
 
+/// What both models check and report the same way: the first violation, acknowledged
+/// writes, where each replica started, the timeline, and the last events before a violation.
 pub(crate) struct Checker {
     acked: Vec<(WorkloadName, Timestamp)>,
     violation: Option<(String, String)>,
     pub last_fault_end_ms: u64,
     converge_within_ms: u64,
     pub converged_at_ms: Option<u64>,
-    ever_started: BTreeSet<ReplicaId>,
+    /// Replicas started so far, and the node each last started on.
+    started_on: BTreeMap<ReplicaId, usize>,
     pub samples: Vec<Sample>,
     pub faults_at: Vec<u64>,
+    /// The last events (virtual ms, what), for a violation's report.
+    log: VecDeque<(u64, String)>,
 }
+
+/// Events a violation's report shows, and events kept for it.
+const REPORTED_EVENTS: usize = 30;
+const KEPT_EVENTS_MAX: usize = 5_000;
 
 impl Checker {
     pub fn new(scenario: &Scenario) -> Self {
@@ -81,9 +91,61 @@ impl Checker {
             last_fault_end_ms: 0,
             converge_within_ms: scenario.converge_within_ms,
             converged_at_ms: None,
-            ever_started: BTreeSet::new(),
+            started_on: BTreeMap::new(),
             samples: Vec::new(),
             faults_at: Vec::new(),
+            log: VecDeque::new(),
+        }
+    }
+
+    /// (1) No acknowledged write is lost: `kept` says whether one is still on some disk.
+    pub fn check_acknowledged_writes(
+        &mut self,
+        mut kept: impl FnMut(&WorkloadName, &Timestamp) -> bool,
+    ) {
+        let lost = self.acked.iter().find(|(name, at)| !kept(name, at));
+        if let Some((name, at)) = lost {
+            let detail = format!(
+                "the write of {name} at {}ms by {} is on no disk",
+                at.physical_ms, at.node
+            );
+            self.fail("acknowledged-write-lost", detail);
+        }
+    }
+
+    /// Node `i` starts `replica`: whether that moves it (it last started on another node).
+    pub fn started(&mut self, replica: &ReplicaId, i: usize) -> bool {
+        self.started_on
+            .insert(replica.clone(), i)
+            .is_some_and(|before| before != i)
+    }
+
+    pub fn ever_started(&self, replica: &ReplicaId) -> bool {
+        self.started_on.contains_key(replica)
+    }
+
+    /// Keeps `text` (at virtual `now_ms`) for a violation's report.
+    pub fn note(&mut self, now_ms: u64, text: String) {
+        if self.log.len() == KEPT_EVENTS_MAX {
+            self.log.pop_front();
+        }
+        self.log.push_back((now_ms, text));
+    }
+
+    /// The report of a violation found at `now_ms`, with the events before it.
+    pub fn violation(&self, invariant: &str, detail: String, now_ms: u64) -> crate::Violation {
+        let skip = self.log.len().saturating_sub(REPORTED_EVENTS);
+        let trace = self
+            .log
+            .iter()
+            .skip(skip)
+            .map(|(t, s)| format!("{:>9.3}s  {s}", *t as f64 / 1000.0))
+            .collect();
+        crate::Violation {
+            invariant: invariant.to_string(),
+            at_ms: now_ms,
+            detail,
+            trace,
         }
     }
 
@@ -104,49 +166,65 @@ impl Checker {
     pub fn take_violation(&mut self) -> Option<(String, String)> {
         self.violation.take()
     }
+
+    /// Whether a sample at `now_ms` looks for convergence: after the last fault (strictly: a
+    /// sample at the very instant of the last fault may run before it), until it is seen.
+    pub fn awaits_convergence(&self, now_ms: u64) -> bool {
+        now_ms > self.last_fault_end_ms && self.converged_at_ms.is_none()
+    }
+
+    /// What a convergence check found at `now_ms`: converged, or not yet (a violation once
+    /// the deadline after the last fault passed).
+    pub fn convergence(&mut self, now_ms: u64, found: Result<(), String>) {
+        match found {
+            Ok(()) => self.converged_at_ms = Some(now_ms),
+            Err(why) if now_ms > self.last_fault_end_ms + self.converge_within_ms => {
+                let detail = format!(
+                    "not converged {} ms after the last fault: {why}",
+                    self.converge_within_ms
+                );
+                self.fail("no-convergence", detail);
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 /// Safety checks when node `i` starts `replica`.
 pub(crate) fn on_start(world: &mut World, i: usize, replica: &ReplicaId, spec: &WorkloadSpec) {
-    let node = &world.nodes[i];
-    // (3) Capacity is never over-committed.
-    let (mut cpu, mut mem) = (
-        u64::from(spec.resources.cpu_request.0),
-        spec.resources.memory_request.0,
-    );
-    for x in node.instances.values() {
-        cpu += u64::from(x.spec.resources.cpu_request.0);
-        mem += x.spec.resources.memory_request.0;
-    }
-    if cpu > u64::from(node.capacity.cpu.0) || mem > node.capacity.memory.0 {
-        let detail = format!(
-            "{} starts {}/{} with {cpu}m cpu and {mem} bytes reserved, over its capacity",
-            node.id, replica.workload, replica.index
-        );
+    if let Some(detail) = world.nodes[i].host.over_committed_by(replica, spec) {
         world.checker.fail("capacity-over-committed", detail);
     }
     moved_on_suspicion(world, i, replica);
     replaced_during_planned_restart(world, i, replica, spec);
     moved_back_early(world, i, replica, spec);
-    let node = &world.nodes[i];
-    // (6) A minority side starts no replacements: only its own assignment, or brand-new replicas.
-    // A singleton that follows its lease is the lease's business (invariant 4): it starts
-    // where the lease is held, majority or not, and never from a last assignment.
-    let minority = node.core.as_ref().is_some_and(|c| !c.has_majority());
-    if minority && spec.partition == PartitionPolicy::Consistency && !follows_lease(spec) {
-        let own = node
-            .minority_baseline
-            .as_ref()
-            .is_some_and(|b| b.contains(replica));
-        if !own && world.checker.ever_started.contains(replica) {
-            let detail = format!(
-                "{} sees no majority but starts {}/{}, which it did not run before",
-                node.id, replica.workload, replica.index
-            );
-            world.checker.fail("minority-replacement", detail);
-        }
+    if let Some(detail) = minority_replacement(&world.nodes[i].host, &world.checker, replica, spec)
+    {
+        world.checker.fail("minority-replacement", detail);
     }
-    world.checker.ever_started.insert(replica.clone());
+}
+
+/// (6) A minority side starts no replacements: only its own assignment, or brand-new replicas.
+/// A singleton that follows its lease is the lease's business (invariant 4): it starts where
+/// the lease is held, majority or not, and never from a last assignment.
+pub(crate) fn minority_replacement(
+    host: &Host,
+    checker: &Checker,
+    replica: &ReplicaId,
+    spec: &WorkloadSpec,
+) -> Option<String> {
+    let minority = host.core.as_ref().is_some_and(|c| !c.has_majority());
+    let replaces = minority
+        && spec.partition == PartitionPolicy::Consistency
+        && !follows_lease(spec)
+        && !host.ran_before_minority(replica)
+        && checker.ever_started(replica);
+    replaces.then(|| {
+        format!(
+            "{} sees no majority but starts {}/{}, which it did not run before",
+            host.id, replica.workload, replica.index
+        )
+    })
 }
 
 /// (5) No replica moves while its node is only suspected: node `i` starts `replica` while a
@@ -158,12 +236,12 @@ fn moved_on_suspicion(world: &mut World, i: usize, replica: &ReplicaId) {
     let node = &world.nodes[i];
     let suspected_runner = world.nodes.iter().enumerate().find(|(y, other)| {
         *y != i
-            && matches!(other.power, Power::Up | Power::AgentDown)
-            && other.instances.get(replica).is_some_and(|x| x.running)
+            && matches!(other.host.power, Power::Up | Power::AgentDown)
+            && other.host.instances.get(replica).is_some_and(|x| x.running)
             && node
                 .view
                 .nodes
-                .get(&other.id)
+                .get(&other.host.id)
                 .is_some_and(|v| v.liveness == Liveness::Suspect)
     });
     let Some((_, runner)) = suspected_runner else {
@@ -176,15 +254,16 @@ fn moved_on_suspicion(world: &mut World, i: usize, replica: &ReplicaId) {
         }
     }
     let desired = node
+        .host
         .core
         .as_ref()
         .map_or(&node.disk.desired, |c| c.desired());
-    if plan(&trusting, desired).placed.get(replica) == Some(&node.id) {
+    if plan(&trusting, desired).placed.get(replica) == Some(&node.host.id) {
         return;
     }
     let detail = format!(
         "{} starts {}/{} while {} runs it and is only suspected",
-        node.id, replica.workload, replica.index, runner.id
+        node.host.id, replica.workload, replica.index, runner.host.id
     );
     world.checker.fail("moved-on-suspicion", detail);
 }
@@ -206,14 +285,14 @@ fn replaced_during_planned_restart(
     let heard = &world.nodes[i].departures_heard;
     let restarting = world.nodes.iter().enumerate().find(|(y, other)| {
         *y != i
-            && matches!(other.power, Power::Up | Power::AgentDown)
+            && matches!(other.host.power, Power::Up | Power::AgentDown)
             && matches!(heard.get(y), Some(Departure::Restarting { back_by_ms }) if now < *back_by_ms)
-            && other.instances.get(replica).is_some_and(|x| x.running)
+            && other.host.instances.get(replica).is_some_and(|x| x.running)
     });
     if let Some((_, other)) = restarting {
         let detail = format!(
             "{} starts {}/{} while {} runs it and restarts as announced",
-            world.nodes[i].id, replica.workload, replica.index, other.id
+            world.nodes[i].host.id, replica.workload, replica.index, other.host.id
         );
         world.checker.fail("planned-restart-replaced", detail);
     }
@@ -228,17 +307,18 @@ fn moved_back_early(world: &mut World, i: usize, replica: &ReplicaId, spec: &Wor
     let Some(back_at_ms) = world.returns.back_at_ms(i) else {
         return;
     };
-    let hold_ms = CoreConfig::new(world.nodes[i].id.clone(), 0).move_hold_ms;
+    let hold_ms = CoreConfig::new(world.nodes[i].host.id.clone(), 0).move_hold_ms;
     if follows_lease(spec) || world.now >= back_at_ms + hold_ms {
         return;
     }
     let blocked = &world.blocked;
     let runner = world.nodes.iter().enumerate().find(|(y, other)| {
         *y != i
-            && other.power == Power::Up
+            && other.host.power == Power::Up
             && !blocked.contains(&(i, *y))
             && !blocked.contains(&(*y, i))
             && other
+                .host
                 .instances
                 .get(replica)
                 .is_some_and(|x| x.running && x.running_since_ms <= back_at_ms)
@@ -247,12 +327,12 @@ fn moved_back_early(world: &mut World, i: usize, replica: &ReplicaId, spec: &Wor
         let detail = format!(
             "{}, back at {:.3} s, starts {}/{} {} ms later while {} has run it since before: \
              a move back waits out the move hold ({hold_ms} ms)",
-            world.nodes[i].id,
+            world.nodes[i].host.id,
             back_at_ms as f64 / 1000.0,
             replica.workload,
             replica.index,
             world.now - back_at_ms,
-            other.id
+            other.host.id
         );
         world.checker.fail("moved-back-early", detail);
     }
@@ -265,16 +345,16 @@ fn moved_back_early(world: &mut World, i: usize, replica: &ReplicaId, spec: &Wor
 pub(crate) fn copies_changed(world: &mut World) {
     let mut runners: BTreeMap<&ReplicaId, Vec<(&str, bool)>> = BTreeMap::new();
     for node in &world.nodes {
-        if !matches!(node.power, Power::Up | Power::AgentDown) {
+        if !matches!(node.host.power, Power::Up | Power::AgentDown) {
             continue;
         }
-        for (r, x) in &node.instances {
+        for (r, x) in &node.host.instances {
             if x.running && follows_lease(&x.spec) {
-                let orphan = node.power == Power::AgentDown;
+                let orphan = node.host.power == Power::AgentDown;
                 runners
                     .entry(r)
                     .or_default()
-                    .push((node.id.as_str(), orphan));
+                    .push((node.host.id.as_str(), orphan));
             }
         }
     }
@@ -303,7 +383,6 @@ pub(crate) fn follows_lease(spec: &WorkloadSpec) -> bool {
 pub(crate) fn sample(world: &mut World) {
     let copies = copies(world);
     let surplus: usize = copies.values().map(|c| c.saturating_sub(1)).sum();
-    world.counters.duplicate_run_ms += surplus as u64 * world.scenario.gossip.interval_ms;
     let desired = world
         .up()
         .next()
@@ -316,34 +395,34 @@ pub(crate) fn sample(world: &mut World) {
                 .sum()
         })
         .unwrap_or(0);
-    let node_states = world
-        .nodes
-        .iter()
-        .map(|n| Sample::node_state(n.power, n.core.as_ref()))
-        .collect();
-    world.checker.samples.push(Sample {
-        at_ms: world.now,
-        running: copies.values().sum(),
+    let running = copies.values().sum();
+    let every_ms = world.scenario.gossip.interval_ms;
+    record_sample(world, (running, surplus), desired, every_ms, converged);
+}
+
+/// Puts a sample on the timeline, taken every `every_ms`: the copies running and the surplus
+/// among them (beyond one per replica), the replicas desired. Once the faults are over, it
+/// asks `converged` whether the fleet has.
+pub(crate) fn record_sample<F: Fleet>(
+    world: &mut F,
+    (running, surplus): (usize, usize),
+    desired: usize,
+    every_ms: u64,
+    converged: fn(&F) -> Result<(), String>,
+) {
+    world.counters().duplicate_run_ms += surplus as u64 * every_ms;
+    let now = world.now();
+    let sample = Sample {
+        at_ms: now,
+        running,
         desired,
         surplus,
-        node_states,
-    });
-    // Strictly after: a sample at the very instant of the last fault may run before it.
-    if world.now <= world.checker.last_fault_end_ms || world.checker.converged_at_ms.is_some() {
-        return;
-    }
-    match converged(world) {
-        Ok(()) => world.checker.converged_at_ms = Some(world.now),
-        Err(why)
-            if world.now > world.checker.last_fault_end_ms + world.checker.converge_within_ms =>
-        {
-            let detail = format!(
-                "not converged {} ms after the last fault: {why}",
-                world.checker.converge_within_ms
-            );
-            world.checker.fail("no-convergence", detail);
-        }
-        Err(_) => {}
+        node_states: world.node_states(),
+    };
+    world.checker().samples.push(sample);
+    if world.checker().awaits_convergence(now) {
+        let found = converged(world);
+        world.checker().convergence(now, found);
     }
 }
 
@@ -354,9 +433,9 @@ fn copies(world: &World) -> BTreeMap<ReplicaId, usize> {
     let running = world
         .nodes
         .iter()
-        .filter(|n| matches!(n.power, Power::Up | Power::AgentDown));
+        .filter(|n| matches!(n.host.power, Power::Up | Power::AgentDown));
     for node in running {
-        for (r, x) in &node.instances {
+        for (r, x) in &node.host.instances {
             if x.running {
                 *out.entry(r.clone()).or_insert(0) += 1;
             }
@@ -381,12 +460,12 @@ fn converged(world: &World) -> Result<(), String> {
     {
         return Err(format!(
             "{} holds a different desired state than {}",
-            world.nodes[i].id, world.nodes[first].id
+            world.nodes[i].host.id, world.nodes[first].host.id
         ));
     }
     let mut truth = FleetView::default();
     for (m, node) in world.nodes.iter().enumerate() {
-        if node.power == Power::Gone {
+        if node.host.power == Power::Gone {
             continue;
         }
         let liveness = if up.contains(&m) {
@@ -395,8 +474,13 @@ fn converged(world: &World) -> Result<(), String> {
             Liveness::Down
         };
         truth.nodes.insert(
-            node.id.clone(),
-            node_view(&node.id, &node.labels, node.capacity, liveness),
+            node.host.id.clone(),
+            node_view(
+                &node.host.id,
+                &node.host.labels,
+                node.host.capacity,
+                liveness,
+            ),
         );
     }
     for &i in &up {
@@ -405,14 +489,14 @@ fn converged(world: &World) -> Result<(), String> {
             if Some(v.liveness) != truly && !(v.liveness == Liveness::Down && truly.is_none()) {
                 return Err(format!(
                     "{} sees {id} as {:?}",
-                    world.nodes[i].id, v.liveness
+                    world.nodes[i].host.id, v.liveness
                 ));
             }
             let announced = world.index.get(id).map(|&m| world.nodes[m].departure);
             if announced.is_some_and(|d| d != v.departure) {
                 return Err(format!(
                     "{} sees {id} as {:?}",
-                    world.nodes[i].id, v.departure
+                    world.nodes[i].host.id, v.departure
                 ));
             }
         }
@@ -444,21 +528,13 @@ fn converged(world: &World) -> Result<(), String> {
 
 /// Checks at the end of the run: (1) no acknowledged write is lost.
 pub(crate) fn final_checks(world: &mut World) {
-    let acked = world.checker.acked.clone();
-    for (name, at) in acked {
-        let kept = world.nodes.iter().any(|n| {
+    let nodes = &world.nodes;
+    world.checker.check_acknowledged_writes(|name, at| {
+        nodes.iter().any(|n| {
             n.disk
                 .desired
-                .register(&name)
-                .is_some_and(|r| r.marker >= at)
-        });
-        if !kept {
-            let detail = format!(
-                "the write of {name} at {}ms by {} is on no disk",
-                at.physical_ms, at.node
-            );
-            world.checker.fail("acknowledged-write-lost", detail);
-            return;
-        }
-    }
+                .register(name)
+                .is_some_and(|r| r.marker >= *at)
+        })
+    });
 }

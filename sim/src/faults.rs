@@ -7,9 +7,9 @@ use std::collections::BTreeSet;
 
 use starling_protocol::NodeId;
 
-use crate::rng::SimRng;
-use crate::scenario::{FaultKind, Scenario, Selector};
-use crate::world::{Event, Power, World};
+use crate::host::{Fleet, Power};
+use crate::scenario::{FaultKind, Selector};
+use crate::world::{Event, World};
 
 /// One fault action at one time: a scenario fault as written, or one step of an expanded
 /// timed fault (a rolling reboot becomes crashes and restarts; churn becomes joins and leaves).
@@ -20,18 +20,15 @@ pub(crate) enum Step {
     Leave,
 }
 
-/// What selectors and fault expansion need of a model's world (both gossip models have one).
-pub(crate) trait Fleet {
-    fn scenario(&self) -> &Scenario;
-    fn node_count(&self) -> usize;
-    fn id(&self, i: usize) -> &NodeId;
-    fn power(&self, i: usize) -> Power;
-    fn site(&self, i: usize) -> Option<&str>;
-    /// Whether node `i` has an instance of `workload` now.
-    fn runs(&self, i: usize, workload: &str) -> bool;
-    fn index_of(&self, id: &NodeId) -> Option<usize>;
-    fn rng(&mut self) -> &mut SimRng;
-    fn note(&mut self, text: String);
+/// The node an operator's write goes to: the first selected node that is up (none: noted).
+pub(crate) fn writer(world: &mut impl Fleet, selector: &Selector) -> Option<usize> {
+    let up = resolve(world, selector)
+        .into_iter()
+        .find(|i| world.power(*i) == Power::Up);
+    if up.is_none() {
+        world.note("write: no selected node is up; nothing written".into());
+    }
+    up
 }
 
 /// Expands the scenario's faults into timed steps.
@@ -149,39 +146,6 @@ pub(crate) fn resolve(world: &mut impl Fleet, selector: &Selector) -> Vec<usize>
     out.into_iter().collect()
 }
 
-impl Fleet for World<'_> {
-    fn scenario(&self) -> &Scenario {
-        self.scenario
-    }
-    fn node_count(&self) -> usize {
-        self.nodes.len()
-    }
-    fn id(&self, i: usize) -> &NodeId {
-        &self.nodes[i].id
-    }
-    fn power(&self, i: usize) -> Power {
-        self.nodes[i].power
-    }
-    fn site(&self, i: usize) -> Option<&str> {
-        self.nodes[i].labels.get("site").map(String::as_str)
-    }
-    fn runs(&self, i: usize, workload: &str) -> bool {
-        self.nodes[i]
-            .instances
-            .keys()
-            .any(|r| r.workload.as_str() == workload)
-    }
-    fn index_of(&self, id: &NodeId) -> Option<usize> {
-        self.index.get(id).copied()
-    }
-    fn rng(&mut self) -> &mut SimRng {
-        &mut self.rng
-    }
-    fn note(&mut self, text: String) {
-        World::note(self, text);
-    }
-}
-
 pub(crate) fn apply(world: &mut World, k: usize) {
     let step = world.expanded_faults[k].1.clone();
     world.note(format!("fault: {step:?}"));
@@ -195,7 +159,7 @@ pub(crate) fn apply(world: &mut World, k: usize) {
         }
         Step::Fault(FaultKind::Restart(s)) => {
             for i in resolve(world, &s) {
-                if world.nodes[i].power == Power::Crashed {
+                if world.nodes[i].host.power == Power::Crashed {
                     world.boot(i);
                 }
             }
@@ -212,6 +176,7 @@ pub(crate) fn apply(world: &mut World, k: usize) {
         Step::Fault(FaultKind::DiskLoss(s)) => {
             for i in resolve(world, &s) {
                 world.crash(i);
+                world.nodes[i].host.assignment.clear();
                 world.nodes[i].disk = Default::default();
                 world.nodes[i].disk.voter = None;
             }
@@ -247,14 +212,14 @@ pub(crate) fn apply(world: &mut World, k: usize) {
         Step::Fault(FaultKind::Heal) => world.blocked.clear(),
         Step::Fault(FaultKind::Skew { nodes, skew_ms }) => {
             for i in resolve(world, &nodes) {
-                world.nodes[i].skew_ms += skew_ms;
+                world.nodes[i].host.skew_ms += skew_ms;
                 world.skew_changed(i);
             }
         }
         Step::Fault(FaultKind::Pause { nodes, duration_ms }) => {
             for i in resolve(world, &nodes) {
-                if world.nodes[i].power == Power::Up {
-                    world.nodes[i].power = Power::Paused {
+                if world.nodes[i].host.power == Power::Up {
+                    world.nodes[i].host.power = Power::Paused {
                         until_ms: world.now + duration_ms,
                     };
                     world.schedule(world.now + duration_ms, Event::Resume(i));
@@ -290,12 +255,12 @@ pub(crate) fn apply(world: &mut World, k: usize) {
         Step::Join => {
             let i = world.add_node();
             let members: BTreeSet<usize> = (0..world.nodes.len())
-                .filter(|m| world.nodes[*m].power != Power::Gone)
+                .filter(|m| world.nodes[*m].host.power != Power::Gone)
                 .collect();
             world.nodes[i].known = members;
             world.boot(i);
             for n in 0..world.nodes.len() {
-                if n != i && world.nodes[n].power != Power::Gone {
+                if n != i && world.nodes[n].host.power != Power::Gone {
                     world.nodes[n].known.insert(i);
                     world.update_detector_members(n);
                 }
@@ -303,10 +268,10 @@ pub(crate) fn apply(world: &mut World, k: usize) {
         }
         Step::Leave => {
             // The oldest present node leaves for good (a decommission): its peers forget it.
-            let leaving = (0..world.nodes.len()).find(|i| world.nodes[*i].power == Power::Up);
+            let leaving = (0..world.nodes.len()).find(|i| world.nodes[*i].host.power == Power::Up);
             if let Some(i) = leaving {
                 world.crash(i);
-                world.nodes[i].power = Power::Gone;
+                world.nodes[i].host.power = Power::Gone;
                 for n in 0..world.nodes.len() {
                     world.nodes[n].known.remove(&i);
                     world.update_detector_members(n);
@@ -316,13 +281,8 @@ pub(crate) fn apply(world: &mut World, k: usize) {
         // Expanded into crashes/restarts and joins/leaves by `expand`; never a step of its own.
         Step::Fault(FaultKind::RollingReboot { .. } | FaultKind::Churn { .. }) => {}
         Step::Fault(FaultKind::Write { node, spec }) => {
-            // An operator writes to a node that answers: the first selected node that is up.
-            let up = resolve(world, &node)
-                .into_iter()
-                .find(|i| world.nodes[*i].power == Power::Up);
-            match up {
-                Some(i) => world.write(i, *spec),
-                None => world.note("write: no selected node is up; nothing written".into()),
+            if let Some(i) = writer(world, &node) {
+                world.write(i, *spec);
             }
         }
     }

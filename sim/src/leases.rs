@@ -20,6 +20,7 @@ use starling_core::node::LeaseWant;
 use starling_protocol::lease::{Lease, LeaseMessage, LeaseName};
 use starling_protocol::spec::{LeaseMode, WorkloadSpec};
 
+use crate::host::Fleet;
 use crate::world::{Event, Msg, World};
 
 /// A node's lease state next to its elector.
@@ -45,12 +46,12 @@ pub(crate) fn voters_of(world: &World) -> Voters {
     let labelled: Vec<&crate::world::SimNode> = world
         .nodes
         .iter()
-        .filter(|n| n.labels.get("voter").is_some_and(|v| v == "true"))
+        .filter(|n| n.host.labels.get("voter").is_some_and(|v| v == "true"))
         .collect();
     let nodes = if labelled.is_empty() {
-        world.nodes.iter().map(|n| n.id.clone()).collect()
+        world.nodes.iter().map(|n| n.host.id.clone()).collect()
     } else {
-        labelled.iter().map(|n| n.id.clone()).collect()
+        labelled.iter().map(|n| n.host.id.clone()).collect()
     };
     Voters { version: 1, nodes }
 }
@@ -60,7 +61,7 @@ impl World<'_> {
     pub(crate) fn boot_elector(&mut self, i: usize) {
         let now = self.node_now(i);
         let config = ElectorConfig {
-            node: self.nodes[i].id.clone(),
+            node: self.nodes[i].host.id.clone(),
             max_drift_ms: self.scenario.leases.max_drift_ms,
         };
         let mut elector = Elector::new(config, self.nodes[i].disk.voter.clone(), now);
@@ -125,7 +126,7 @@ impl World<'_> {
     /// An election message from `from` reached `to`.
     pub(crate) fn deliver_lease(&mut self, from: usize, to: usize, message: LeaseMessage) {
         let now = self.node_now(to);
-        let from_id = self.nodes[from].id.clone();
+        let from_id = self.nodes[from].host.id.clone();
         if let Some(e) = self.nodes[to].leases.elector.as_mut() {
             e.handle_message(now, &from_id, message);
         }
@@ -168,10 +169,10 @@ impl World<'_> {
     /// Node `i`'s clock jumped: move its hold to the new simulator time, check, re-arm.
     pub(crate) fn skew_changed(&mut self, i: usize) {
         let nodes = &self.nodes;
-        let skew = nodes[i].skew_ms;
+        let skew = nodes[i].host.skew_ms;
         if let Some((invariant, detail)) = self
             .lease_log
-            .skewed(self.now, i, skew, &|j| nodes[j].id.to_string())
+            .skewed(self.now, i, skew, &|j| nodes[j].host.id.to_string())
         {
             self.checker.fail(invariant, detail);
         }
@@ -181,8 +182,9 @@ impl World<'_> {
     /// Invariant 4 at a sample.
     pub(crate) fn check_leases(&mut self) {
         let nodes = &self.nodes;
-        if let Some((invariant, detail)) =
-            self.lease_log.check(self.now, &|j| nodes[j].id.to_string())
+        if let Some((invariant, detail)) = self
+            .lease_log
+            .check(self.now, &|j| nodes[j].host.id.to_string())
         {
             self.checker.fail(invariant, detail);
         }
@@ -214,7 +216,7 @@ impl World<'_> {
             }
         }
         if let Some(t) = deadline {
-            let at = (t as i64 - self.nodes[i].skew_ms).max(self.now as i64) as u64;
+            let at = (t as i64 - self.nodes[i].host.skew_ms).max(self.now as i64) as u64;
             if self.nodes[i]
                 .leases
                 .timer_at
@@ -236,9 +238,9 @@ impl World<'_> {
             i,
             &lease,
             may_act_until_ms,
-            nodes[i].skew_ms,
+            nodes[i].host.skew_ms,
             quorum,
-            &|j| nodes[j].id.to_string(),
+            &|j| nodes[j].host.id.to_string(),
         );
         if let Some((invariant, detail)) = broken {
             self.checker.fail(invariant, detail);
@@ -250,7 +252,7 @@ impl World<'_> {
             leases.told.insert(name.clone(), token);
             self.note(format!(
                 "{} holds lease {name} (token {token}, may act until {} ms on its clock)",
-                self.nodes[i].id, may_act_until_ms
+                self.nodes[i].host.id, may_act_until_ms
             ));
             self.with_core(i, |core, now| core.handle_lease(now, name, Some(token)));
         }
@@ -259,7 +261,10 @@ impl World<'_> {
     fn on_lost(&mut self, i: usize, name: LeaseName, reason: &str) {
         self.lease_log.lost(self.now, i, &name);
         if self.nodes[i].leases.told.remove(&name).is_some() {
-            self.note(format!("{} lost lease {name}: {reason}", self.nodes[i].id));
+            self.note(format!(
+                "{} lost lease {name}: {reason}",
+                self.nodes[i].host.id
+            ));
             self.with_core(i, |core, now| core.handle_lease(now, name, None));
         }
     }
@@ -293,7 +298,7 @@ impl World<'_> {
         }
         let mut voters_on: BTreeMap<usize, usize> = BTreeMap::new();
         for &i in &up {
-            if self.voters.nodes.contains(&self.nodes[i].id) {
+            if self.voters.nodes.contains(&self.nodes[i].host.id) {
                 *voters_on.entry(root(&side, i)).or_default() += 1;
             }
         }
@@ -325,7 +330,7 @@ impl World<'_> {
             .filter_map(|i| {
                 let view = self.nodes[i].leases.elector.as_ref()?.view(&lease);
                 view.wanted
-                    .then(|| format!("{} waits ({})", self.nodes[i].id, view.waiting_for))
+                    .then(|| format!("{} waits ({})", self.nodes[i].host.id, view.waiting_for))
             })
             .collect();
         if waiting.is_empty() {

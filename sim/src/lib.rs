@@ -2,10 +2,13 @@
 //! seeded discrete-event scheduler, over a simulated network and runtime.
 //!
 //! - [`scenario`]: scenario files (fleet, workloads, timeline of faults).
-//! - `world`: the scheduler, the nodes (boot, crash, node clocks with skew), the core's timers.
+//! - `world`: the mesh model: its scheduler and its nodes (a host each, with the gossip,
+//!   detector and elector state next to it); `lifecycle`: boot and crash.
 //! - `net`: the network (latency, loss, duplication, partitions, one-way cuts), gossip
 //!   (heartbeats and status) with the real anti-entropy messages and digests, the detectors.
-//! - `runtime`: the simulated runtime that carries out the core's actions.
+//! - `host`: one simulated node, shared by both models: its core, the simulated runtime that
+//!   carries out the core's actions (the simulator's `Effects`), its disk's assignment.
+//! - `fast`: the fast model (epidemic rounds at fleet scale) over the same hosts.
 //! - `faults`: crash, restart, agent restart, disk loss, partition, heal, skew, pause, flap,
 //!   rolling reboot, churn, API writes; `agent`: agent restarts (replicas outlive the agent,
 //!   the next one adopts them) and planned restarts announced as departures.
@@ -17,7 +20,8 @@
 //! - [`report`]: the summary and the SVG picture.
 //!
 //! The same seed gives the same run, byte for byte: [`RunReport::trace_hash`] is a running hash
-//! of every processed event, and the report text is a function of the run alone.
+//! of every processed event, its payload and every core's decisions (`trace`), and the report
+//! text is a function of the run alone.
 
 #![forbid(unsafe_code)]
 
@@ -26,6 +30,7 @@ mod checks;
 pub mod epidemic;
 mod fast;
 mod faults;
+mod host;
 mod lease_check;
 mod leases;
 mod lifecycle;
@@ -33,14 +38,16 @@ mod net;
 pub mod report;
 mod return_check;
 pub mod rng;
-mod runtime;
 pub mod scenario;
+mod trace;
 mod world;
 
 pub use checks::Sample;
 pub use lease_check::{HolderSpan, LeaseFacts};
 pub use scenario::{Scenario, ScenarioError};
 pub use world::Counters;
+
+use host::Fleet;
 
 pub use starling_core as core;
 
@@ -51,8 +58,13 @@ pub struct RunReport {
     pub scenario: String,
     /// The seed.
     pub seed: u64,
-    /// Hash of every processed event: equal for equal runs.
+    /// Hash of every processed event, what it carried and what each core decided: equal for
+    /// equal runs, and different when any decision differs.
     pub trace_hash: u64,
+    /// Hash of the processed events' times, kinds and nodes alone: equal for runs that do the
+    /// same things at the same moments, whatever they decide (against `trace_hash`, it tells a
+    /// changed decision from a changed schedule).
+    pub schedule_hash: u64,
     /// Virtual time simulated.
     pub duration_ms: u64,
     /// Nodes at the start.
@@ -122,6 +134,10 @@ pub struct RunOptions {
     /// Turn on the core's deliberate bug (a minority side replaces replicas), to show the
     /// invariants can fail.
     pub bug_minority_takes_over: bool,
+    /// Added to every instance number the cores hand out (default 0). It changes what the
+    /// cores decide (the instances they start and stop) and nothing of when anything happens,
+    /// to show the trace hash sees decisions, not only the schedule.
+    pub instance_offset: u64,
 }
 
 /// Runs `scenario` with `seed`.
@@ -129,27 +145,51 @@ pub fn run(scenario: &Scenario, seed: u64, options: RunOptions) -> RunReport {
     if scenario.gossip.model != scenario::GossipModel::Mesh {
         return fast::run(scenario, seed, options);
     }
-    let mut world = world::World::new(scenario, seed, options.bug_minority_takes_over);
+    let mut world = world::World::new(scenario, seed, options);
     let violation = world.run().err();
+    let leases = world.lease_facts();
+    let returns = ReturnFacts {
+        returns: world.returns.returns,
+        duplicate_ms_max: world.returns.overlap_ms_max,
+        bound_ms: world.returns.bound_ms(),
+    };
     RunReport {
-        scenario: scenario.name.clone(),
-        seed,
-        trace_hash: world.trace,
-        duration_ms: world.now,
-        nodes: scenario.fleet.nodes,
-        last_fault_end_ms: world.checker.last_fault_end_ms,
-        converged_at_ms: world.checker.converged_at_ms,
-        counters: world.counters.clone(),
-        samples: std::mem::take(&mut world.checker.samples),
-        faults_at: world.checker.faults_at.clone(),
-        node_names: world.nodes.iter().map(|n| n.id.to_string()).collect(),
-        violation,
-        expected_violation: scenario.expect_violation.clone(),
-        leases: world.lease_facts(),
-        returns: ReturnFacts {
-            returns: world.returns.returns,
-            duplicate_ms_max: world.returns.overlap_ms_max,
-            bound_ms: world.returns.bound_ms(),
-        },
+        leases,
+        returns,
+        ..RunReport::of(&mut world, seed, violation)
+    }
+}
+
+impl RunReport {
+    /// What a run of either model found, but the leases and returns (the mesh model's).
+    fn of(fleet: &mut impl Fleet, seed: u64, violation: Option<Violation>) -> Self {
+        let scenario = fleet.scenario();
+        let (name, nodes) = (scenario.name.clone(), scenario.fleet.nodes);
+        let expected_violation = scenario.expect_violation.clone();
+        let node_names = (0..fleet.node_count())
+            .map(|i| fleet.id(i).to_string())
+            .collect();
+        let (trace_hash, schedule_hash) = (fleet.trace().hash(), fleet.trace().schedule());
+        let duration_ms = fleet.now();
+        let counters = fleet.counters().clone();
+        let checker = fleet.checker();
+        RunReport {
+            scenario: name,
+            seed,
+            trace_hash,
+            schedule_hash,
+            duration_ms,
+            nodes,
+            last_fault_end_ms: checker.last_fault_end_ms,
+            converged_at_ms: checker.converged_at_ms,
+            counters,
+            samples: std::mem::take(&mut checker.samples),
+            faults_at: std::mem::take(&mut checker.faults_at),
+            node_names,
+            violation,
+            expected_violation,
+            leases: Vec::new(),
+            returns: ReturnFacts::default(),
+        }
     }
 }

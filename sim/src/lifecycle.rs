@@ -4,12 +4,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use starling_core::membership::{Detector, DetectorConfig};
-use starling_core::node::{CoreConfig, NodeCore, Restored};
-use starling_protocol::hlc::{Hlc, Timestamp};
-use starling_protocol::placement::{Capacity, Departure, FleetView, Liveness};
-use starling_protocol::quantity::{Bytes, Millicores};
+use starling_core::node::{NodeCore, Restored};
+use starling_protocol::placement::{Departure, FleetView, Liveness};
 use starling_protocol::status::NodeStatus;
 
+use crate::host::Host;
 use crate::leases::NodeLeases;
 use crate::scenario::DetectorModel;
 use crate::world::*;
@@ -17,19 +16,11 @@ use crate::world::*;
 impl World<'_> {
     pub fn add_node(&mut self) -> usize {
         let i = self.nodes.len();
-        let (id, labels) = node_identity(self.scenario, i);
+        let host = Host::new(self.scenario, i);
+        self.index.insert(host.id.clone(), i);
         self.nodes.push(SimNode {
-            hlc: Hlc::new(id.clone(), 5_000),
-            id: id.clone(),
-            labels,
-            capacity: Capacity {
-                cpu: Millicores(self.scenario.fleet.cpu_millicores),
-                memory: Bytes(self.scenario.fleet.memory_bytes),
-            },
-            power: Power::Crashed,
-            core: None,
+            host,
             disk: Disk::default(),
-            skew_ms: 0,
             heartbeat: 0,
             last_heard: BTreeMap::new(),
             known: BTreeSet::new(),
@@ -37,21 +28,17 @@ impl World<'_> {
             status: NodeStatus::default(),
             status_version: 0,
             peer_versions: BTreeMap::new(),
-            instances: BTreeMap::new(),
             sync: starling_core::sync::Sync::new(self.sync_config()),
             roots: BTreeMap::new(),
-            minority_baseline: None,
             held: Vec::new(),
             detector: None,
             boots: 0,
-            core_timer_at: None,
             detector_timer_at: None,
             leases: NodeLeases::default(),
             departure: Departure::Staying,
             departures_heard: BTreeMap::new(),
             leaving: None,
         });
-        self.index.insert(id, i);
         i
     }
 
@@ -59,11 +46,9 @@ impl World<'_> {
     /// restarted, its processes did not) are reported to the new core as adopted before
     /// anything else, as the agent does.
     pub fn boot(&mut self, i: usize) {
-        let instance_base = self.next_instance;
-        self.next_instance += 1_000_000;
+        let config = self.cores.next(&self.nodes[i].host.id);
         let sync = starling_core::sync::Sync::new(self.sync_config());
         let node = &mut self.nodes[i];
-        node.power = Power::Up;
         node.last_heard.clear();
         node.peer_versions.clear();
         // A new agent: no pull or push of the old one survives.
@@ -72,44 +57,25 @@ impl World<'_> {
         node.heartbeat += 1;
         node.departure = Departure::Staying;
         node.leaving = None;
-        let resume = node.disk.desired.newest_timestamp().cloned();
-        node.hlc = match resume {
-            Some(t) => Hlc::resume(
-                Timestamp {
-                    node: node.id.clone(),
-                    ..t
-                },
-                5_000,
-            ),
-            None => Hlc::new(node.id.clone(), 5_000),
-        };
-        let mut config = CoreConfig::new(node.id.clone(), instance_base);
-        config.bug_minority_takes_over = self.bug_minority_takes_over;
-        config.settle_ms = self.scenario.core.settle_ms;
         // A restart listens for the fleet before it acts, as the agent does; the fleet's
         // first start has nobody to listen for.
-        let rejoin_until_ms = (node.boots > 0)
-            .then(|| (self.now as i64 + node.skew_ms) as u64 + self.scenario.gossip.rejoin_wait_ms);
+        let rejoin_until_ms = (node.boots > 0).then(|| {
+            (self.now as i64 + node.host.skew_ms) as u64 + self.scenario.gossip.rejoin_wait_ms
+        });
         // The agent restores the fleet as it last saw it, with itself back and staying.
         let mut view = node.disk.view.clone();
-        if let Some(me) = view.nodes.get_mut(&node.id) {
+        if let Some(me) = view.nodes.get_mut(&node.host.id) {
             me.liveness = Liveness::Alive;
             me.departure = Departure::Staying;
         }
         let restored = Restored {
             desired: node.disk.desired.clone(),
-            last_assignment: node.disk.assignment.clone(),
+            last_assignment: node.host.assignment.clone(),
             view,
             rejoin_until_ms,
         };
-        node.core = Some(NodeCore::new(config, restored));
-        node.minority_baseline = Some(
-            node.disk
-                .assignment
-                .iter()
-                .map(|(r, _)| r.clone())
-                .collect(),
-        );
+        let core = NodeCore::new(config, restored);
+        node.host.boot(core, &node.disk.desired);
         node.boots += 1;
         node.detector = None;
         if self.scenario.gossip.detector == DetectorModel::Watchers {
@@ -118,7 +84,7 @@ impl World<'_> {
                 stale_after_ms: self.scenario.gossip.down_after_ms.max(2_000) * 2,
                 ..DetectorConfig::default()
             };
-            node.detector = Some(Detector::new(config, node.id.clone(), node.boots));
+            node.detector = Some(Detector::new(config, node.host.id.clone(), node.boots));
         }
         node.view = FleetView::default();
         // The elector first, as the agent builds it before the core: a core that acts on its
@@ -139,11 +105,8 @@ impl World<'_> {
         crate::return_check::track(self);
         self.returns.left(i);
         let node = &mut self.nodes[i];
-        node.power = Power::Crashed;
-        node.core = None;
-        node.core_timer_at = None;
+        node.host.crash();
         node.detector_timer_at = None;
-        node.instances.clear();
         node.held.clear();
         node.leaving = None;
         self.drop_elector(i);

@@ -9,10 +9,11 @@ use starling_protocol::placement::{Departure, FleetView, Liveness};
 use starling_protocol::status::NodeStatus;
 use starling_protocol::wire::PeerMessage;
 
-use crate::world::{Event, Power, World};
+use crate::host::{Fleet, Power};
+use crate::world::{Event, World};
 
-/// Messages between simulated nodes.
-#[derive(Debug, Clone)]
+/// Messages between simulated nodes (serializable so the trace can hash what is delivered).
+#[derive(Debug, Clone, serde::Serialize)]
 pub(crate) enum Msg {
     /// A watcher's verdict, spread to every member.
     Verdict(Verdict),
@@ -128,7 +129,7 @@ impl World<'_> {
                 if let Some(departure) = departure {
                     self.hear_departure(to, from, departure);
                 }
-                let from_id = self.nodes[from].id.clone();
+                let from_id = self.nodes[from].host.id.clone();
                 let node = &mut self.nodes[to];
                 if let Some(d) = node.detector.as_mut() {
                     d.handle_heard(now, &from_id);
@@ -140,7 +141,7 @@ impl World<'_> {
                     && node.peer_versions.get(&from).is_none_or(|v| *v < version)
                 {
                     node.peer_versions.insert(from, version);
-                    let peer = self.nodes[from].id.clone();
+                    let peer = self.nodes[from].host.id.clone();
                     self.with_core(to, |core, now| core.handle_peer_status(now, peer, status));
                 }
                 if let Some((version, records)) = leases {
@@ -178,7 +179,7 @@ impl World<'_> {
                 | PeerMessage::Ack { .. }
                 | PeerMessage::PingReq { .. }),
             ) => {
-                let from_id = self.nodes[from].id.clone();
+                let from_id = self.nodes[from].host.id.clone();
                 if let Some(d) = self.nodes[to].detector.as_mut() {
                     d.handle_message(now, &from_id, &probe);
                 }
@@ -226,7 +227,7 @@ impl World<'_> {
             }
         }
         if let Some(t) = deadline {
-            let at = (t as i64 - self.nodes[i].skew_ms).max(self.now as i64) as u64;
+            let at = (t as i64 - self.nodes[i].host.skew_ms).max(self.now as i64) as u64;
             if self.nodes[i]
                 .detector_timer_at
                 .is_none_or(|armed| at < armed || armed < self.now)
@@ -243,8 +244,8 @@ impl World<'_> {
         let members: std::collections::BTreeSet<NodeId> = self.nodes[i]
             .known
             .iter()
-            .filter(|m| self.nodes[**m].power != Power::Gone)
-            .map(|m| self.nodes[*m].id.clone())
+            .filter(|m| self.nodes[**m].host.power != Power::Gone)
+            .map(|m| self.nodes[*m].host.id.clone())
             .collect();
         if let Some(d) = self.nodes[i].detector.as_mut() {
             d.handle_members(now, members);
@@ -260,13 +261,13 @@ impl World<'_> {
         let mut view = FleetView::default();
         for &m in &node.known {
             let other = &self.nodes[m];
-            if other.power == Power::Gone && m != i {
+            if other.host.power == Power::Gone && m != i {
                 continue;
             }
             let liveness = if m == i {
                 Liveness::Alive
             } else if let Some(d) = &node.detector {
-                d.liveness(&other.id, now)
+                d.liveness(&other.host.id, now)
             } else {
                 match node.last_heard.get(&m) {
                     Some(t) if now.saturating_sub(*t) < g.suspect_after_ms => Liveness::Alive,
@@ -274,14 +275,18 @@ impl World<'_> {
                     _ => Liveness::Down,
                 }
             };
-            let mut entry =
-                crate::checks::node_view(&other.id, &other.labels, other.capacity, liveness);
+            let mut entry = crate::checks::node_view(
+                &other.host.id,
+                &other.host.labels,
+                other.host.capacity,
+                liveness,
+            );
             entry.departure = if m == i {
                 node.departure
             } else {
                 node.departures_heard.get(&m).copied().unwrap_or_default()
             };
-            view.nodes.insert(other.id.clone(), entry);
+            view.nodes.insert(other.host.id.clone(), entry);
         }
         if view != self.nodes[i].view {
             // A node back from an outage reports its status again (the agent hands a peer's
@@ -323,7 +328,7 @@ impl World<'_> {
 
     /// The peers node `i` sees live (its view), as its sync machine's peers.
     pub(crate) fn live_peers(&self, i: usize) -> Vec<NodeId> {
-        let me = &self.nodes[i].id;
+        let me = &self.nodes[i].host.id;
         self.nodes[i]
             .view
             .nodes
@@ -373,9 +378,12 @@ impl World<'_> {
     ) {
         let now = self.node_now(to);
         let node = &mut self.nodes[to];
-        let merged = sync::merge(&node.disk.desired, entries, &mut node.hlc, now);
+        let merged = sync::merge(&node.disk.desired, entries, &mut node.host.hlc, now);
         for (workload, why) in merged.report.refused {
-            let (me, peer) = (self.nodes[to].id.clone(), self.nodes[from].id.clone());
+            let (me, peer) = (
+                self.nodes[to].host.id.clone(),
+                self.nodes[from].host.id.clone(),
+            );
             self.note(format!("{me} refused {workload} from {peer}: {why}"));
         }
         if let Some(next) = merged.next {

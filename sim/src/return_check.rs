@@ -30,8 +30,9 @@ use std::collections::BTreeMap;
 
 use starling_protocol::placement::{Departure, ReplicaId};
 
+use crate::host::Power;
 use crate::scenario::Scenario;
-use crate::world::{Power, SimNode, World};
+use crate::world::{SimNode, World};
 
 /// The duplicate time each replica may have next to one returned node: one make-before-break
 /// handover, from the new copy running to the old copy gone. In the simulation that is the new
@@ -135,7 +136,7 @@ impl ReturnLog {
 
 /// Whether a node's running copies count: it is up, or only its agent is away and it said so.
 fn counts(node: &SimNode) -> bool {
-    match node.power {
+    match node.host.power {
         Power::Up => true,
         Power::AgentDown => node.departure != Departure::Staying,
         _ => false,
@@ -143,7 +144,7 @@ fn counts(node: &SimNode) -> bool {
 }
 
 fn runs(node: &SimNode, replica: &ReplicaId) -> bool {
-    counts(node) && node.instances.get(replica).is_some_and(|x| x.running)
+    counts(node) && node.host.instances.get(replica).is_some_and(|x| x.running)
 }
 
 /// Brings the overlaps up to date after running copies may have changed, then checks.
@@ -158,7 +159,12 @@ pub(crate) fn track(world: &mut World) {
     // that came back last among its runners.
     let mut doubled: BTreeMap<ReplicaId, usize> = BTreeMap::new();
     for &i in log.episodes.keys() {
-        for r in nodes[i].instances.keys().filter(|r| runs(&nodes[i], r)) {
+        for r in nodes[i]
+            .host
+            .instances
+            .keys()
+            .filter(|r| runs(&nodes[i], r))
+        {
             if doubled.contains_key(r) {
                 continue;
             }
@@ -236,12 +242,12 @@ fn check(world: &mut World) {
         .iter()
         .enumerate()
         .filter(|(j, n)| *j != i && runs(n, &replica))
-        .map(|(_, n)| n.id.to_string())
+        .map(|(_, n)| n.host.id.to_string())
         .collect();
     let detail = format!(
         "{} (counted from {:.3} s) has run {}/{} next to another copy for {total} ms, over \
          one handover ({bound} ms); now also on: {}",
-        world.nodes[i].id,
+        world.nodes[i].host.id,
         since_ms as f64 / 1000.0,
         replica.workload,
         replica.index,

@@ -4,48 +4,34 @@
 //! One queue of events ordered by (virtual time, sequence number); the clock jumps to the next
 //! event. Every random draw comes from one [`SimRng`] seeded by the run's seed, and every
 //! collection that decides anything is ordered, so a seed replays bit for bit; a running hash
-//! of the processed events (the trace hash) proves it.
+//! of the processed events, the messages delivered and the cores' decisions (the trace hash,
+//! `trace`) proves it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use starling_core::election::{VoterMemory, Voters};
 use starling_core::membership::Detector;
-use starling_core::node::{NodeCore, RuntimeEvent};
-use starling_protocol::NodeId;
+use starling_core::node::LeaseWant;
 use starling_protocol::desired::{DesiredState, Revision};
-use starling_protocol::hash::mix64;
-use starling_protocol::hlc::Hlc;
-use starling_protocol::placement::{Capacity, Departure, FleetView, ReplicaId};
+use starling_protocol::placement::{Departure, FleetView, ReplicaId};
 use starling_protocol::spec::WorkloadSpec;
 use starling_protocol::status::NodeStatus;
+use starling_protocol::{NodeId, WorkloadName};
 
+use crate::RunOptions;
 use crate::checks::Checker;
+use crate::host::{CoreSettings, Fleet, Host, HostEvent, Power};
 use crate::lease_check::LeaseLog;
 use crate::leases::NodeLeases;
 pub(crate) use crate::net::Msg;
 use crate::rng::SimRng;
 use crate::scenario::Scenario;
+use crate::trace::Trace;
 
-/// A node's process state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Power {
-    Up,
-    Crashed,
-    Paused {
-        until_ms: u64,
-    },
-    /// Left the fleet for good (churn).
-    Gone,
-    /// The agent process is gone (an agent restart): no core, detector or elector, nothing
-    /// answered, but its replicas keep running for the next agent to adopt.
-    AgentDown,
-}
-
-/// What a node keeps across a crash.
+/// What a node keeps across a crash, beyond the assignment its host keeps.
 #[derive(Debug, Clone)]
 pub(crate) struct Disk {
     pub desired: DesiredState,
-    pub assignment: Vec<(ReplicaId, u64)>,
     /// The desired state's digest root, kept current by `refresh_root` (every heartbeat
     /// compares it, and building the tree for each would dominate the run).
     pub root: u128,
@@ -62,7 +48,6 @@ impl Default for Disk {
         Disk {
             root: desired.digest().root(),
             desired,
-            assignment: Vec::new(),
             voter: Some(VoterMemory::default()),
             view: FleetView::default(),
         }
@@ -75,27 +60,11 @@ impl Disk {
     }
 }
 
-/// A replica instance as the simulated runtime sees it.
-#[derive(Debug, Clone)]
-pub(crate) struct Instance {
-    pub instance: u64,
-    /// The revision it runs, reported when a new agent adopts it.
-    pub revision: u64,
-    pub running: bool,
-    /// When it began to run (valid once `running`).
-    pub running_since_ms: u64,
-    pub spec: WorkloadSpec,
-}
-
+/// A node of the mesh model: its host, and what the mesh keeps next to it (gossip, the
+/// detector, the elector, departures).
 pub(crate) struct SimNode {
-    pub id: NodeId,
-    pub labels: BTreeMap<String, String>,
-    pub capacity: Capacity,
-    pub power: Power,
-    pub core: Option<NodeCore>,
+    pub host: Host,
     pub disk: Disk,
-    pub hlc: Hlc,
-    pub skew_ms: i64,
     pub heartbeat: u64,
     /// When (node clock) each member was last heard from.
     pub last_heard: BTreeMap<usize, u64>,
@@ -105,23 +74,18 @@ pub(crate) struct SimNode {
     pub status: NodeStatus,
     pub status_version: u64,
     pub peer_versions: BTreeMap<usize, u64>,
-    pub instances: BTreeMap<ReplicaId, Instance>,
     /// The real sync machine (pulls, pushes); a restart starts a new one.
     pub sync: starling_core::sync::Sync,
     /// The desired-state root each peer last gossiped.
     pub roots: BTreeMap<usize, u128>,
-    /// Replicas this node may start while on a minority side (its assignment when it lost
-    /// the majority or booted); `None` while it has a majority.
-    pub minority_baseline: Option<BTreeSet<ReplicaId>>,
     /// Events queued while paused.
     pub held: Vec<Event>,
     /// The real failure detector, when the scenario uses it.
     pub detector: Option<Detector>,
     /// Boots so far: the detector's incarnation.
     pub boots: u64,
-    /// The earliest pending core and detector timer events, so a deadline is scheduled once
-    /// rather than after every call (which would flood the queue with duplicates).
-    pub core_timer_at: Option<u64>,
+    /// The earliest pending detector timer event, so a deadline is scheduled once rather
+    /// than after every call (which would flood the queue with duplicates).
     pub detector_timer_at: Option<u64>,
     /// The elector and what the simulation keeps next to it.
     pub leases: NodeLeases,
@@ -146,8 +110,8 @@ pub(crate) enum Event {
         to: usize,
         msg: Msg,
     },
-    CoreTimer(usize),
-    Runtime(usize, RuntimeEvent),
+    /// A node's own event (its core's timer, its runtime's reports).
+    Host(usize, HostEvent),
     Fault(usize),
     Resume(usize),
     LinkToggle {
@@ -192,19 +156,15 @@ pub(crate) struct World<'s> {
     pub index: BTreeMap<NodeId, usize>,
     /// Directed links that drop everything: (from, to).
     pub blocked: BTreeSet<(usize, usize)>,
-    pub trace: u64,
+    pub trace: Trace,
     pub counters: Counters,
     pub checker: Checker,
-    pub bug_minority_takes_over: bool,
     /// The fleet's voters (fixed for the run).
     pub voters: Voters,
     /// Invariant 4: every lease holder's spans.
     pub lease_log: LeaseLog,
-    /// Replicas and the node each last started on.
-    pub started_on: BTreeMap<ReplicaId, usize>,
-    pub log: Vec<(u64, String)>,
     pub expanded_faults: Vec<(u64, crate::faults::Step)>,
-    pub(crate) next_instance: u64,
+    pub cores: CoreSettings,
     /// Duplicate copies next to nodes back from a restart (`return_check`).
     pub returns: crate::return_check::ReturnLog,
 }
@@ -213,7 +173,7 @@ pub(crate) struct World<'s> {
 const EVENTS_MAX: u64 = 200_000_000;
 
 impl<'s> World<'s> {
-    pub fn new(scenario: &'s Scenario, seed: u64, bug_minority_takes_over: bool) -> Self {
+    pub fn new(scenario: &'s Scenario, seed: u64, options: RunOptions) -> Self {
         let mut rng = SimRng::new(seed);
         let mut world = World {
             scenario,
@@ -224,16 +184,13 @@ impl<'s> World<'s> {
             nodes: Vec::new(),
             index: BTreeMap::new(),
             blocked: BTreeSet::new(),
-            trace: seed,
+            trace: Trace::new(seed),
             counters: Counters::default(),
             checker: Checker::new(scenario),
-            bug_minority_takes_over,
             voters: Voters::default(),
             lease_log: LeaseLog::default(),
-            started_on: BTreeMap::new(),
-            log: Vec::new(),
             expanded_faults: Vec::new(),
-            next_instance: 1,
+            cores: CoreSettings::new(scenario, options),
             returns: crate::return_check::ReturnLog::new(scenario),
         };
         for _ in 0..scenario.fleet.nodes {
@@ -266,7 +223,7 @@ impl<'s> World<'s> {
     pub fn write(&mut self, i: usize, spec: WorkloadSpec) {
         let now = self.node_now(i);
         let node = &mut self.nodes[i];
-        if node.power != Power::Up {
+        if node.host.power != Power::Up {
             return;
         }
         let name = spec.name.clone();
@@ -274,7 +231,7 @@ impl<'s> World<'s> {
             Some(current) => current.next(spec),
             None => Revision::first(spec),
         };
-        let at = node.hlc.tick(now);
+        let at = node.host.hlc.tick(now);
         node.disk
             .desired
             .write(name.clone(), Some(revision), at.clone());
@@ -295,11 +252,6 @@ impl<'s> World<'s> {
         self.queue.insert((at.max(self.now), self.seq), event);
     }
 
-    /// The clock node `i` reads.
-    pub fn node_now(&self, i: usize) -> u64 {
-        (self.now as i64 + self.nodes[i].skew_ms).max(0) as u64
-    }
-
     /// Runs until the scenario's end or the first invariant violation.
     pub fn run(&mut self) -> Result<(), crate::Violation> {
         let mut processed = 0u64;
@@ -312,7 +264,7 @@ impl<'s> World<'s> {
             if processed > EVENTS_MAX {
                 return Err(self.violation("livelock", format!("more than {EVENTS_MAX} events")));
             }
-            self.trace = mix64(self.trace ^ at.rotate_left(17) ^ event_code(&event));
+            trace_event(&mut self.trace, at, &event);
             self.handle(event);
             if let Some(v) = self.checker.take_violation() {
                 return Err(self.violation(&v.0, v.1));
@@ -327,27 +279,7 @@ impl<'s> World<'s> {
     }
 
     pub fn violation(&self, invariant: &str, detail: String) -> crate::Violation {
-        let trace = self
-            .log
-            .iter()
-            .rev()
-            .take(30)
-            .rev()
-            .map(|(t, s)| format!("{:>9.3}s  {s}", *t as f64 / 1000.0))
-            .collect();
-        crate::Violation {
-            invariant: invariant.to_string(),
-            at_ms: self.now,
-            detail,
-            trace,
-        }
-    }
-
-    pub fn note(&mut self, text: String) {
-        self.log.push((self.now, text));
-        if self.log.len() > 5_000 {
-            self.log.drain(..1_000);
-        }
+        self.checker.violation(invariant, detail, self.now)
     }
 
     fn handle(&mut self, event: Event) {
@@ -355,8 +287,7 @@ impl<'s> World<'s> {
             Event::GossipTick(i, _)
             | Event::DetectorTimer(i)
             | Event::ElectorTimer(i)
-            | Event::CoreTimer(i)
-            | Event::Runtime(i, _)
+            | Event::Host(i, _)
             | Event::Resume(i)
             | Event::DepartCheck(i, _)
             | Event::AgentReturn(i, _) => Some(*i),
@@ -364,12 +295,15 @@ impl<'s> World<'s> {
             _ => None,
         };
         if let Some(i) = target {
-            match self.nodes[i].power {
+            match self.nodes[i].host.power {
                 Power::Crashed | Power::Gone => return,
                 // Its replicas run on without the agent (the runtime's events still change
                 // them); nothing else reaches it until the agent starts again.
                 Power::AgentDown
-                    if !matches!(event, Event::Runtime(..) | Event::AgentReturn(..)) =>
+                    if !matches!(
+                        event,
+                        Event::Host(_, HostEvent::Runtime(_)) | Event::AgentReturn(..)
+                    ) =>
                 {
                     return;
                 }
@@ -382,7 +316,7 @@ impl<'s> World<'s> {
         }
         let copies_may_change = matches!(
             event,
-            Event::Runtime(..)
+            Event::Host(_, HostEvent::Runtime(_))
                 | Event::Fault(_)
                 | Event::Resume(_)
                 | Event::DepartCheck(..)
@@ -412,13 +346,7 @@ impl<'s> World<'s> {
                 self.flush_detector(i);
             }
             Event::Deliver { from, to, msg } => self.deliver(from, to, msg),
-            Event::CoreTimer(i) => {
-                if self.nodes[i].core_timer_at == Some(self.now) {
-                    self.nodes[i].core_timer_at = None;
-                }
-                self.with_core(i, |core, now| core.handle_timeout(now));
-            }
-            Event::Runtime(i, ev) => self.runtime_event(i, ev),
+            Event::Host(i, event) => self.handle_host(i, event),
             Event::Fault(k) => crate::faults::apply(self, k),
             Event::Resume(i) => self.resume(i),
             Event::LinkToggle { a, b, down } => crate::faults::toggle_links(self, &a, &b, down),
@@ -436,10 +364,10 @@ impl<'s> World<'s> {
     }
 
     fn resume(&mut self, i: usize) {
-        if let Power::Paused { until_ms } = self.nodes[i].power
+        if let Power::Paused { until_ms } = self.nodes[i].host.power
             && until_ms <= self.now
         {
-            self.nodes[i].power = Power::Up;
+            self.nodes[i].host.power = Power::Up;
             // Its first gossip exchanges bring every member's state, announcements included.
             self.learn_departures(i);
             let held = std::mem::take(&mut self.nodes[i].held);
@@ -449,75 +377,85 @@ impl<'s> World<'s> {
         }
     }
 
-    /// Calls node `i`'s core, then carries out its actions and re-arms its timer.
-    pub fn with_core(&mut self, i: usize, f: impl FnOnce(&mut NodeCore, u64)) {
-        let now = self.node_now(i);
-        let Some(core) = self.nodes[i].core.as_mut() else {
-            return;
-        };
-        f(core, now);
-        let mut actions = Vec::new();
-        while let Some(a) = core.poll_action() {
-            actions.push(a);
-        }
-        let deadline = core.poll_timeout();
-        for action in actions {
-            self.act(i, action);
-        }
-        if let Some(d) = deadline {
-            let skew = self.nodes[i].skew_ms;
-            let at = (d as i64 - skew).max(self.now as i64) as u64;
-            if self.nodes[i]
-                .core_timer_at
-                .is_none_or(|armed| at < armed || armed < self.now)
-            {
-                self.nodes[i].core_timer_at = Some(at);
-                self.schedule(at, Event::CoreTimer(i));
-            }
-        }
-    }
-
     /// Nodes that are up (not crashed, paused or gone).
     pub fn up(&self) -> impl Iterator<Item = usize> + '_ {
-        (0..self.nodes.len()).filter(|i| self.nodes[*i].power == Power::Up)
+        (0..self.nodes.len()).filter(|i| self.nodes[*i].host.power == Power::Up)
     }
 }
 
-/// The id and labels of the `i`th node of a scenario's fleet (joiners continue the count).
-pub(crate) fn node_identity(scenario: &Scenario, i: usize) -> (NodeId, BTreeMap<String, String>) {
-    let width = scenario.fleet.nodes.max(i + 1).to_string().len().max(2);
-    let id = NodeId::new(format!("node-{:0width$}", i + 1)).unwrap_or_else(|_| unreachable_id());
-    let mut labels = BTreeMap::new();
-    if !scenario.fleet.sites.is_empty() {
-        let site = &scenario.fleet.sites[i % scenario.fleet.sites.len()];
-        labels.insert("site".to_string(), site.clone());
-    }
-    for (selected, extra) in &scenario.fleet.labels {
-        if selected.iter().any(|s| s == id.as_str()) {
-            labels.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
-        }
-    }
-    (id, labels)
-}
-
-pub(crate) fn unreachable_id() -> NodeId {
-    // Generated ids are always valid; this keeps the code free of a panic path anyway.
-    NodeId::new("node-x").unwrap_or_else(|_| unreachable_id())
-}
-
-fn event_code(event: &Event) -> u64 {
-    match event {
+/// An event into the trace: its time, kind and node, and what it carries (the message
+/// delivered, the runtime's report, the links cut or mended).
+fn trace_event(trace: &mut Trace, at_ms: u64, event: &Event) {
+    let code = match event {
         Event::GossipTick(i, _) => 1 | (*i as u64) << 8,
-        Event::Deliver { from, to, .. } => 2 | (*from as u64) << 8 | (*to as u64) << 32,
-        Event::CoreTimer(i) => 3 | (*i as u64) << 8,
-        Event::Runtime(i, _) => 4 | (*i as u64) << 8,
+        Event::Deliver { from, to, msg } => {
+            trace.event(at_ms, 2 | (*from as u64) << 8 | (*to as u64) << 32);
+            trace.payload(msg);
+            return;
+        }
+        Event::Host(i, event) => return event.trace(*i, at_ms, trace),
         Event::Fault(k) => 5 | (*k as u64) << 8,
         Event::Resume(i) => 6 | (*i as u64) << 8,
-        Event::LinkToggle { down, .. } => 7 | u64::from(*down) << 8,
+        Event::LinkToggle { a, b, down } => {
+            trace.event(at_ms, 7 | u64::from(*down) << 8);
+            trace.payload(&(a, b));
+            return;
+        }
         Event::Sample => 8,
         Event::DetectorTimer(i) => 9 | (*i as u64) << 8,
         Event::ElectorTimer(i) => 10 | (*i as u64) << 8,
         Event::DepartCheck(i, _) => 11 | (*i as u64) << 8,
         Event::AgentReturn(i, _) => 12 | (*i as u64) << 8,
+    };
+    trace.event(at_ms, code);
+}
+
+impl Fleet for World<'_> {
+    fn scenario(&self) -> &Scenario {
+        self.scenario
+    }
+    fn now(&self) -> u64 {
+        self.now
+    }
+    fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+    fn host(&self, i: usize) -> &Host {
+        &self.nodes[i].host
+    }
+    fn host_mut(&mut self, i: usize) -> &mut Host {
+        &mut self.nodes[i].host
+    }
+    fn index_of(&self, id: &NodeId) -> Option<usize> {
+        self.index.get(id).copied()
+    }
+    fn rng(&mut self) -> &mut SimRng {
+        &mut self.rng
+    }
+    fn trace(&mut self) -> &mut Trace {
+        &mut self.trace
+    }
+    fn counters(&mut self) -> &mut Counters {
+        &mut self.counters
+    }
+    fn checker(&mut self) -> &mut Checker {
+        &mut self.checker
+    }
+    fn schedule_host(&mut self, at: u64, i: usize, event: HostEvent) {
+        self.schedule(at, Event::Host(i, event));
+    }
+
+    fn check_start(&mut self, i: usize, replica: &ReplicaId, spec: &WorkloadSpec) {
+        crate::checks::on_start(self, i, replica, spec);
+    }
+    fn publish(&mut self, i: usize, status: NodeStatus) {
+        self.nodes[i].status = status;
+        self.nodes[i].status_version += 1;
+    }
+    fn campaign(&mut self, i: usize, lease: WorkloadName, want: LeaseWant) {
+        World::campaign(self, i, lease, want);
+    }
+    fn withdraw(&mut self, i: usize, lease: WorkloadName) {
+        World::withdraw(self, i, lease);
     }
 }

@@ -75,6 +75,17 @@ fn the_fast_model_replays_a_seed_byte_for_byte() {
     assert_eq!(report::svg(&a), report::svg(&b));
     let c = run(&scenario, 8, RunOptions::default());
     assert_ne!(a.trace_hash, c.trace_hash, "another seed is another run");
+    // Other instance numbers: the same moments, other decisions (see `scenarios.rs`).
+    let shifted = run(
+        &scenario,
+        7,
+        RunOptions {
+            instance_offset: 1_000,
+            ..RunOptions::default()
+        },
+    );
+    assert_eq!(a.schedule_hash, shifted.schedule_hash, "the same moments");
+    assert_ne!(a.trace_hash, shifted.trace_hash, "other decisions");
 }
 
 #[test]
@@ -111,6 +122,7 @@ fn an_injected_bug_is_caught_in_the_fast_model() {
                 seed,
                 RunOptions {
                     bug_minority_takes_over: true,
+                    ..RunOptions::default()
                 },
             )
         })

@@ -88,6 +88,36 @@ fn the_same_seed_replays_the_same_run() {
 }
 
 #[test]
+fn the_trace_hash_sees_decisions_not_only_the_schedule() {
+    // Shifting every instance number changes what the cores decide (the instances they start
+    // and stop, as the runtime then reports them) and nothing of when anything happens: the
+    // schedule hash stays, the trace hash moves. A hash of times, kinds and nodes alone would
+    // call the two runs equal.
+    for file in [
+        "site-partition.toml",
+        "planned-restart.toml",
+        "lease-holder-crash.toml",
+    ] {
+        let (path, s) = scenario(file);
+        let a = run(&s, 7, RunOptions::default());
+        let b = run(&s, 7, RunOptions::default());
+        assert_eq!(
+            (a.trace_hash, a.schedule_hash),
+            (b.trace_hash, b.schedule_hash),
+            "{path}"
+        );
+        let shifted = RunOptions {
+            instance_offset: 1_000,
+            ..RunOptions::default()
+        };
+        let c = run(&s, 7, shifted);
+        assert_eq!(a.schedule_hash, c.schedule_hash, "{path}: the same moments");
+        assert_eq!(a.counters.starts, c.counters.starts, "{path}");
+        assert_ne!(a.trace_hash, c.trace_hash, "{path}: other decisions");
+    }
+}
+
+#[test]
 fn an_injected_bug_is_caught_by_the_invariants() {
     let (path, scenario) = scenarios()
         .into_iter()
@@ -100,6 +130,7 @@ fn an_injected_bug_is_caught_by_the_invariants() {
                 seed,
                 RunOptions {
                     bug_minority_takes_over: true,
+                    ..RunOptions::default()
                 },
             )
         })

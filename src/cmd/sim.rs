@@ -33,6 +33,7 @@ pub fn main(args: SimArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.scenario.display()))?;
     let options = RunOptions {
         bug_minority_takes_over: args.bug_minority_takes_over,
+        ..RunOptions::default()
     };
     let path = args.scenario.display().to_string();
     match (&args.seeds, args.seed) {

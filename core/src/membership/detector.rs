@@ -54,8 +54,9 @@ impl Default for DetectorConfig {
     }
 }
 
-/// A watcher's judgement of a node, at the node's incarnation it judged.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A watcher's judgement of a node, at the node's incarnation it judged. Serializable so a
+/// simulator can hash the verdicts it delivers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Verdict {
     /// The node judged.
     pub node: NodeId,

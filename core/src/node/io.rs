@@ -1,12 +1,70 @@
-//! The core's inputs from the runtime and its outputs (actions).
+//! The core's inputs from the runtime and its outputs: the actions, and [`Effects`], the one
+//! shape every shell that carries them out implements.
 
+use serde::Serialize;
+use starling_protocol::WorkloadName;
 use starling_protocol::placement::ReplicaId;
 use starling_protocol::spec::WorkloadSpec;
 use starling_protocol::status::NodeStatus;
 
+use super::LeaseWant;
+
+/// What carries out the core's decisions: one method per kind of [`Action`], like quinn's
+/// `Runtime` or foca's. The agent implements it over real processes, its disk and gossip; the
+/// simulator over its simulated runtime and network. Both go through [`Action::execute`], so a
+/// new kind of action is a new method that neither can leave unhandled.
+///
+/// Call it with each action from `NodeCore::poll_action`, in the order they come: the core
+/// decided them in that order (a stop after the start it follows, a publish after the claim it
+/// carries). A method starts or records the work and returns; what comes of a start or a stop
+/// returns to the core as [`RuntimeEvent`]s.
+pub trait Effects {
+    /// Start `instance` of `replica`, running `spec` at `revision`.
+    fn start(&mut self, replica: ReplicaId, instance: u64, revision: u64, spec: Box<WorkloadSpec>);
+    /// Stop `instance` of `replica`; `reason` says how urgently (a lost lease cannot wait out a
+    /// long grace) and what to tell the operator.
+    fn stop(&mut self, replica: ReplicaId, instance: u64, reason: StopReason);
+    /// Publish this node's status to the fleet.
+    fn publish(&mut self, status: NodeStatus);
+    /// Store the assignment on disk before anything relies on it surviving a reboot.
+    fn persist_assignment(&mut self, assignment: Vec<(ReplicaId, u64)>);
+    /// Tell the operator (logs, events); the minority and majority events also move what the
+    /// shell keeps next to the core.
+    fn notify(&mut self, event: CoreEvent);
+    /// Campaign for `lease` (or change the candidacy's settings).
+    fn campaign(&mut self, lease: WorkloadName, want: LeaseWant);
+    /// Stop campaigning for `lease`; give it up if held.
+    fn withdraw(&mut self, lease: WorkloadName);
+}
+
+impl Action {
+    /// Hands the action to the method of `effects` for its kind.
+    pub fn execute(self, effects: &mut (impl Effects + ?Sized)) {
+        match self {
+            Action::Start {
+                replica,
+                instance,
+                revision,
+                spec,
+            } => effects.start(replica, instance, revision, spec),
+            Action::Stop {
+                replica,
+                instance,
+                reason,
+            } => effects.stop(replica, instance, reason),
+            Action::Publish(status) => effects.publish(status),
+            Action::PersistAssignment(assignment) => effects.persist_assignment(assignment),
+            Action::Event(event) => effects.notify(event),
+            Action::Campaign { lease, want } => effects.campaign(lease, want),
+            Action::Withdraw { lease } => effects.withdraw(lease),
+        }
+    }
+}
+
 /// What a runtime observed about a replica instance. `instance` is the number the core gave
 /// in [`Action::Start`]; events about an instance the core no longer tracks are ignored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Serializable so a simulator can hash what it feeds the core.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum RuntimeEvent {
     /// The instance is running.
     Started {
@@ -57,8 +115,9 @@ pub enum RuntimeEvent {
     },
 }
 
-/// What the core asks the shell to do. Drain with `NodeCore::poll_action`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the core asks the shell to do. Drain with `NodeCore::poll_action` and carry out with
+/// [`Action::execute`]. Serializable so a simulator can hash what each core decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum Action {
     /// Start an instance of a replica with this spec.
     Start {
@@ -89,19 +148,19 @@ pub enum Action {
     /// Campaign for a singleton's lease (or change its settings).
     Campaign {
         /// The lease (the workload's name).
-        lease: starling_protocol::WorkloadName,
+        lease: WorkloadName,
         /// How.
-        want: super::LeaseWant,
+        want: LeaseWant,
     },
     /// Stop campaigning; give the lease up if held.
     Withdraw {
         /// The lease.
-        lease: starling_protocol::WorkloadName,
+        lease: WorkloadName,
     },
 }
 
 /// Why the core stops an instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum StopReason {
     /// The workload was deleted or scaled below this replica.
     NotDesired,
@@ -116,7 +175,7 @@ pub enum StopReason {
 }
 
 /// Notable things, for logs and `describe`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum CoreEvent {
     /// A replica keeps failing.
     CrashLoop {

@@ -1,7 +1,8 @@
 //! The node core: the deterministic brain every node runs.
 //!
 //! A sans-IO state machine in the style of quinn-proto. Feed it with the `handle_*` methods
-//! (each takes `now_ms`), drain what it decided with [`NodeCore::poll_action`], and call
+//! (each takes `now_ms`), drain what it decided with [`NodeCore::poll_action`] and carry each
+//! action out with [`Action::execute`] on the shell's [`Effects`], and call
 //! [`NodeCore::handle_timeout`] at [`NodeCore::poll_timeout`]. A spurious timeout is harmless:
 //! every deadline is re-derived from state. It never reads a clock, opens a socket, spawns a
 //! thread or draws a random number, so the simulator can drive many of them from one seed.
@@ -35,7 +36,7 @@ use starling_protocol::placement::{Assignment, Capacity, Departure, FleetView, R
 use starling_protocol::quantity::{Bytes, Millicores};
 use starling_protocol::status::NodeStatus;
 
-pub use io::{Action, CoreEvent, RuntimeEvent, StopReason};
+pub use io::{Action, CoreEvent, Effects, RuntimeEvent, StopReason};
 pub use plan::{DirectPlanner, Plan, Planner, census, compute as compute_plan};
 use replica::{AfterExit, LocalReplica, Phase};
 pub use singleton::LeaseWant;

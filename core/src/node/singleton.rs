@@ -25,7 +25,7 @@ use super::replica::Phase;
 use super::{Action, NodeCore, StopReason};
 
 /// A lease the core wants the shell's elector to campaign for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct LeaseWant {
     /// Duration of each grant.
     pub ttl_ms: u64,

@@ -4,8 +4,10 @@
 
 use super::*;
 use crate::runtime::StartRequest;
-use starling_core::node::StopReason;
-use starling_core::node::{Action, CoreEvent};
+use starling_core::node::{CoreEvent, Effects, LeaseWant, StopReason};
+use starling_protocol::WorkloadName;
+use starling_protocol::spec::WorkloadSpec;
+use starling_protocol::status::NodeStatus;
 
 /// Grace between SIGTERM and SIGKILL when a lease was lost: well inside the drift margin.
 const LEASE_LOST_GRACE: Duration = Duration::from_millis(100);
@@ -71,80 +73,21 @@ impl Agent {
         self.decide(|core| core.handle_runtime(now, event));
     }
 
-    /// Carries out what the core decided, in order.
+    /// Carries out what the core decided, in order. A status to publish is published before
+    /// the next action is taken (the gossip layer is awaited; everything else is sync).
     pub(super) async fn execute(&mut self) {
         while let Some(action) = self.core.poll_action() {
-            match action {
-                Action::Start {
-                    replica,
-                    instance,
-                    revision,
-                    spec,
-                } => {
-                    self.note(format!(
-                        "starting {}/{} (revision {revision}, instance {instance})",
-                        replica.workload, replica.index
-                    ));
-                    self.starting
-                        .insert((replica.clone(), instance), (*spec).clone());
-                    let env = if spec.singleton {
-                        // Before the start: a fenced instance reads the file from its first look.
-                        self.prepare_lease_file(&replica);
-                        self.lease_env(&replica.workload)
-                    } else {
-                        Vec::new()
-                    };
-                    let request = StartRequest {
-                        replica,
-                        instance,
-                        revision,
-                        spec: *spec,
-                        node: self.node.clone(),
-                        env,
-                    };
-                    let runtime = self.runtime.clone();
-                    let replica = request.replica.clone();
-                    self.in_order(replica, async move { runtime.start(request).await });
+            let mut shell = Shell {
+                agent: self,
+                publish: None,
+            };
+            action.execute(&mut shell);
+            if let Some(status) = shell.publish {
+                let endpoints = self.endpoints(&status);
+                if let Some(fleet) = self.fleet.as_mut() {
+                    fleet.publish_status(&status).await;
+                    fleet.publish_endpoints(endpoints).await;
                 }
-                Action::Stop {
-                    replica,
-                    instance,
-                    reason,
-                } => {
-                    self.note(format!(
-                        "stopping {}/{} instance {instance}: {reason}",
-                        replica.workload, replica.index
-                    ));
-                    if let Some(handle) = self.probers.remove(&(replica.clone(), instance)) {
-                        handle.abort();
-                    }
-                    // Self-fencing cannot wait out a long grace: the lease ends elsewhere soon.
-                    let grace = if reason == StopReason::LeaseLost {
-                        self.config.stop_grace.min(LEASE_LOST_GRACE)
-                    } else {
-                        self.config.stop_grace
-                    };
-                    let runtime = self.runtime.clone();
-                    let id = replica.clone();
-                    self.in_order(id, async move {
-                        runtime.stop(&replica, instance, grace).await;
-                    });
-                }
-                Action::Publish(status) => {
-                    let endpoints = self.endpoints(&status);
-                    if let Some(fleet) = self.fleet.as_mut() {
-                        fleet.publish_status(&status).await;
-                        fleet.publish_endpoints(endpoints).await;
-                    }
-                }
-                Action::PersistAssignment(assignment) => {
-                    if let Err(e) = self.store.write_assignment(&assignment) {
-                        tracing::error!("cannot persist the assignment: {e}");
-                    }
-                }
-                Action::Event(event) => self.on_core_event(event),
-                Action::Campaign { lease, want } => self.campaign(lease, want),
-                Action::Withdraw { lease } => self.withdraw(lease),
             }
         }
     }
@@ -221,5 +164,87 @@ impl Agent {
         for stop in stops.collect::<Vec<_>>() {
             let _ = stop.await;
         }
+    }
+}
+
+/// The agent as the core's [`Effects`], for one action. A status to publish is handed back to
+/// `execute`, which awaits the gossip layer before it takes the next action.
+struct Shell<'a> {
+    agent: &'a mut Agent,
+    publish: Option<NodeStatus>,
+}
+
+impl Effects for Shell<'_> {
+    fn start(&mut self, replica: ReplicaId, instance: u64, revision: u64, spec: Box<WorkloadSpec>) {
+        let agent = &mut *self.agent;
+        agent.note(format!(
+            "starting {}/{} (revision {revision}, instance {instance})",
+            replica.workload, replica.index
+        ));
+        agent
+            .starting
+            .insert((replica.clone(), instance), (*spec).clone());
+        let env = if spec.singleton {
+            // Before the start: a fenced instance reads the file from its first look.
+            agent.prepare_lease_file(&replica);
+            agent.lease_env(&replica.workload)
+        } else {
+            Vec::new()
+        };
+        let request = StartRequest {
+            replica,
+            instance,
+            revision,
+            spec: *spec,
+            node: agent.node.clone(),
+            env,
+        };
+        let runtime = agent.runtime.clone();
+        let replica = request.replica.clone();
+        agent.in_order(replica, async move { runtime.start(request).await });
+    }
+
+    fn stop(&mut self, replica: ReplicaId, instance: u64, reason: StopReason) {
+        let agent = &mut *self.agent;
+        agent.note(format!(
+            "stopping {}/{} instance {instance}: {reason}",
+            replica.workload, replica.index
+        ));
+        if let Some(handle) = agent.probers.remove(&(replica.clone(), instance)) {
+            handle.abort();
+        }
+        // Self-fencing cannot wait out a long grace: the lease ends elsewhere soon.
+        let grace = if reason == StopReason::LeaseLost {
+            agent.config.stop_grace.min(LEASE_LOST_GRACE)
+        } else {
+            agent.config.stop_grace
+        };
+        let runtime = agent.runtime.clone();
+        let id = replica.clone();
+        agent.in_order(id, async move {
+            runtime.stop(&replica, instance, grace).await;
+        });
+    }
+
+    fn publish(&mut self, status: NodeStatus) {
+        self.publish = Some(status);
+    }
+
+    fn persist_assignment(&mut self, assignment: Vec<(ReplicaId, u64)>) {
+        if let Err(e) = self.agent.store.write_assignment(&assignment) {
+            tracing::error!("cannot persist the assignment: {e}");
+        }
+    }
+
+    fn notify(&mut self, event: CoreEvent) {
+        self.agent.on_core_event(event);
+    }
+
+    fn campaign(&mut self, lease: WorkloadName, want: LeaseWant) {
+        self.agent.campaign(lease, want);
+    }
+
+    fn withdraw(&mut self, lease: WorkloadName) {
+        self.agent.withdraw(lease);
     }
 }

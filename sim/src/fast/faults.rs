@@ -1,108 +1,68 @@
 //! The scenario's faults in the fast model: crashes, restarts, disk loss, pauses, clock skew,
 //! rolling reboots, churn and API writes (links need the mesh model; the scenario says so).
 
-use starling_protocol::NodeId;
-
-use crate::faults::{Fleet, Step, resolve};
-use crate::rng::SimRng;
-use crate::scenario::{FaultKind, Scenario};
-use crate::world::Power;
+use crate::faults::{Step, resolve, writer};
+use crate::host::{Fleet, Power};
+use crate::scenario::FaultKind;
 
 use super::FastWorld;
-
-impl Fleet for FastWorld<'_> {
-    fn scenario(&self) -> &Scenario {
-        self.scenario
-    }
-    fn node_count(&self) -> usize {
-        self.nodes.len()
-    }
-    fn id(&self, i: usize) -> &NodeId {
-        &self.nodes[i].id
-    }
-    fn power(&self, i: usize) -> Power {
-        self.nodes[i].power
-    }
-    fn site(&self, i: usize) -> Option<&str> {
-        self.nodes[i].labels.get("site").map(String::as_str)
-    }
-    fn runs(&self, i: usize, workload: &str) -> bool {
-        self.nodes[i]
-            .instances
-            .keys()
-            .any(|r| r.workload.as_str() == workload)
-    }
-    fn index_of(&self, id: &NodeId) -> Option<usize> {
-        self.index.get(id).copied()
-    }
-    fn rng(&mut self) -> &mut SimRng {
-        &mut self.rng
-    }
-    fn note(&mut self, text: String) {
-        FastWorld::note(self, text);
-    }
-}
 
 pub(super) fn apply(world: &mut FastWorld, k: usize) {
     let step = world.steps[k].1.clone();
     world.note(format!("fault: {step:?}"));
-    world.faults_at.push(world.now);
+    world.checker.fault_seen(world.now);
     match step {
         Step::Fault(FaultKind::Crash(s)) => {
             for i in resolve(world, &s) {
-                if world.nodes[i].power != Power::Crashed {
+                if world.nodes[i].host.power != Power::Crashed {
                     world.crash(i);
                 }
             }
         }
         Step::Fault(FaultKind::Restart(s)) => {
             for i in resolve(world, &s) {
-                if world.nodes[i].power == Power::Crashed {
+                if world.nodes[i].host.power == Power::Crashed {
                     world.boot(i, true);
                 }
             }
         }
         Step::Fault(FaultKind::DiskLoss(s)) => {
             for i in resolve(world, &s) {
-                if world.nodes[i].power != Power::Crashed {
+                if world.nodes[i].host.power != Power::Crashed {
                     world.crash(i);
                 }
                 // A fresh disk: no assignment, no fleet, no desired state beyond what every
                 // up node agreed on (it learns that from its first peer).
                 let node = &mut world.nodes[i];
-                node.assignment.clear();
+                node.host.assignment.clear();
                 node.members = 0;
                 node.writes = 0;
             }
         }
         Step::Fault(FaultKind::Skew { nodes, skew_ms }) => {
             for i in resolve(world, &nodes) {
-                world.nodes[i].skew_ms += skew_ms;
+                world.nodes[i].host.skew_ms += skew_ms;
             }
         }
         Step::Fault(FaultKind::Pause { nodes, duration_ms }) => {
             for i in resolve(world, &nodes) {
-                if world.nodes[i].power == Power::Up {
+                if world.nodes[i].host.power == Power::Up {
                     let until_ms = world.now + duration_ms;
-                    world.nodes[i].power = Power::Paused { until_ms };
+                    world.nodes[i].host.power = Power::Paused { until_ms };
                     world.silence(i);
                     world.schedule(until_ms, super::Ev::Resume(i));
                 }
             }
         }
         Step::Fault(FaultKind::Write { node, spec }) => {
-            let up = resolve(world, &node)
-                .into_iter()
-                .find(|i| world.nodes[*i].power == Power::Up);
-            match up {
-                Some(i) => world.write(i, *spec),
-                None => world.note("write: no selected node is up; nothing written".into()),
+            if let Some(i) = writer(world, &node) {
+                world.write(i, *spec);
             }
         }
         Step::Join => {
             // A new device joins through a random up member and starts from what it knows.
             let up: Vec<usize> = (0..world.nodes.len())
-                .filter(|i| world.nodes[*i].power == Power::Up)
+                .filter(|i| world.nodes[*i].host.power == Power::Up)
                 .collect();
             let i = world.add_node();
             if !up.is_empty() {
@@ -114,10 +74,10 @@ pub(super) fn apply(world: &mut FastWorld, k: usize) {
         }
         Step::Leave => {
             // The oldest present node leaves for good; its watchers declare it down.
-            let leaving = (0..world.nodes.len()).find(|i| world.nodes[*i].power == Power::Up);
+            let leaving = (0..world.nodes.len()).find(|i| world.nodes[*i].host.power == Power::Up);
             if let Some(i) = leaving {
                 world.crash(i);
-                world.nodes[i].power = Power::Gone;
+                world.nodes[i].host.power = Power::Gone;
             }
         }
         // Links are the mesh model's (the scenario refuses them here); timed faults were

@@ -17,25 +17,24 @@ mod checks;
 mod faults;
 mod gossip;
 mod rounds;
-mod runtime;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use starling_core::node::{CoreConfig, NodeCore, RuntimeEvent};
+use starling_core::node::{LeaseWant, NodeCore};
 use starling_protocol::desired::{DesiredState, Revision};
-use starling_protocol::hash::mix64;
-use starling_protocol::hlc::{Hlc, Timestamp};
-use starling_protocol::placement::{Capacity, FleetView, Liveness, NodeView, ReplicaId};
-use starling_protocol::quantity::{Bytes, Millicores};
+use starling_protocol::placement::{FleetView, Liveness, NodeView, ReplicaId};
 use starling_protocol::spec::WorkloadSpec;
+use starling_protocol::status::NodeStatus;
 use starling_protocol::{NodeId, WorkloadName};
 
-use crate::checks::Sample;
+use crate::checks::Checker;
 use crate::faults::Step;
+use crate::host::{CoreSettings, Fleet, Host, HostEvent, Power};
 use crate::rng::SimRng;
 use crate::scenario::{GossipModel, Scenario};
-use crate::world::{Counters, Power};
+use crate::trace::Trace;
+use crate::world::Counters;
 use crate::{RunOptions, RunReport, Violation};
 use gossip::{Member, News, SharedPlanner, Write};
 
@@ -59,54 +58,19 @@ const EVENTS_MAX: u64 = 400_000_000;
 
 /// Runs a fast-model scenario.
 pub(crate) fn run(scenario: &Scenario, seed: u64, options: RunOptions) -> RunReport {
-    let mut world = FastWorld::new(scenario, seed, options.bug_minority_takes_over);
+    let mut world = FastWorld::new(scenario, seed, options);
     let violation = world.run().err();
-    RunReport {
-        scenario: scenario.name.clone(),
-        seed,
-        trace_hash: world.trace,
-        duration_ms: world.now,
-        nodes: scenario.fleet.nodes,
-        last_fault_end_ms: world.last_fault_end_ms,
-        converged_at_ms: world.converged_at_ms,
-        counters: world.counters.clone(),
-        samples: std::mem::take(&mut world.samples),
-        faults_at: world.faults_at.clone(),
-        node_names: world.nodes.iter().map(|n| n.id.to_string()).collect(),
-        violation,
-        expected_violation: scenario.expect_violation.clone(),
-        leases: Vec::new(),
-        returns: crate::ReturnFacts::default(),
-    }
+    RunReport::of(&mut world, seed, violation)
 }
 
-struct Instance {
-    instance: u64,
-    running: bool,
-    cpu: u64,
-    memory: u64,
-}
-
+/// A node of the fast model: its host, and what the rounds keep next to it.
 struct FastNode {
-    id: NodeId,
-    labels: BTreeMap<String, String>,
-    capacity: Capacity,
-    power: Power,
-    core: Option<NodeCore>,
-    skew_ms: i64,
+    host: Host,
     incarnation: u64,
-    hlc: Hlc,
     /// How much of the membership and write logs this node knows (prefix lengths). Kept
     /// across a crash, like the agent's disk.
     members: u32,
     writes: u32,
-    instances: BTreeMap<ReplicaId, Instance>,
-    /// The assignment persisted on disk.
-    assignment: Vec<(ReplicaId, u64)>,
-    /// What it may start while on a minority side: its assignment when it lost the majority
-    /// or booted (a claim made since is persisted too, so the disk alone cannot say).
-    minority_baseline: Option<BTreeSet<ReplicaId>>,
-    core_timer_at: Option<u64>,
     /// Whether it ever published a status with replicas (an empty first status is news to
     /// nobody: absent and empty mean the same to a peer in a fleet that has a majority).
     published: bool,
@@ -115,8 +79,8 @@ struct FastNode {
 #[derive(Debug, Clone)]
 enum Ev {
     Round,
-    CoreTimer(usize),
-    Runtime(usize, RuntimeEvent),
+    /// A node's own event (its core's timer, its runtime's reports).
+    Host(usize, HostEvent),
     Fault(usize),
     Resume(usize),
     Verdict {
@@ -134,7 +98,7 @@ struct FastWorld<'s> {
     seq: u64,
     queue: BTreeMap<(u64, u64), Ev>,
     rng: SimRng,
-    trace: u64,
+    trace: Trace,
     nodes: Vec<FastNode>,
     index: BTreeMap<NodeId, usize>,
     news: News,
@@ -144,20 +108,11 @@ struct FastWorld<'s> {
     verdicts: BTreeMap<(usize, u64, Liveness), u32>,
     /// The nodes each replica runs on (instances that reported running).
     running: BTreeMap<ReplicaId, BTreeSet<usize>>,
-    started_on: BTreeMap<ReplicaId, usize>,
-    ever_started: BTreeSet<ReplicaId>,
     counters: Counters,
-    samples: Vec<Sample>,
-    faults_at: Vec<u64>,
-    last_fault_end_ms: u64,
-    converged_at_ms: Option<u64>,
-    acked: Vec<(WorkloadName, Timestamp)>,
-    violation: Option<(String, String)>,
-    log: Vec<(u64, String)>,
+    checker: Checker,
     steps: Vec<(u64, Step)>,
-    next_instance: u64,
+    cores: CoreSettings,
     fanout: usize,
-    bug_minority_takes_over: bool,
     sample_ms: u64,
     /// Gossip rounds so far, and the round each write made during the run started in (by
     /// its position in the write log), until it reaches every up node.
@@ -166,7 +121,7 @@ struct FastWorld<'s> {
 }
 
 impl<'s> FastWorld<'s> {
-    fn new(scenario: &'s Scenario, seed: u64, bug_minority_takes_over: bool) -> Self {
+    fn new(scenario: &'s Scenario, seed: u64, options: RunOptions) -> Self {
         let mut rng = SimRng::new(seed);
         let fanout = match scenario.gossip.model {
             GossipModel::Fast { fanout } => fanout,
@@ -178,27 +133,18 @@ impl<'s> FastWorld<'s> {
             seq: 0,
             queue: BTreeMap::new(),
             rng: rng.fork(),
-            trace: seed,
+            trace: Trace::new(seed),
             nodes: Vec::new(),
             index: BTreeMap::new(),
             news: News::default(),
             planner: Arc::new(SharedPlanner::default()),
             verdicts: BTreeMap::new(),
             running: BTreeMap::new(),
-            started_on: BTreeMap::new(),
-            ever_started: BTreeSet::new(),
             counters: Counters::default(),
-            samples: Vec::new(),
-            faults_at: Vec::new(),
-            last_fault_end_ms: 0,
-            converged_at_ms: None,
-            acked: Vec::new(),
-            violation: None,
-            log: Vec::new(),
+            checker: Checker::new(scenario),
             steps: Vec::new(),
-            next_instance: 1,
+            cores: CoreSettings::new(scenario, options),
             fanout,
-            bug_minority_takes_over,
             sample_ms: scenario.gossip.interval_ms.max(5_000),
             rounds: 0,
             spreading_writes: BTreeMap::new(),
@@ -210,19 +156,19 @@ impl<'s> FastWorld<'s> {
             let i = world.add_node();
             world.nodes[i].incarnation = 1;
             view.nodes
-                .insert(world.nodes[i].id.clone(), world.describe(i));
+                .insert(world.nodes[i].host.id.clone(), world.describe(i));
         }
         let mut desired = DesiredState::new();
         if !world.nodes.is_empty() {
             for spec in &scenario.workloads {
-                let at = world.nodes[0].hlc.tick(0);
+                let at = world.nodes[0].host.hlc.tick(0);
                 let name = spec.name.clone();
                 desired.write(
                     name.clone(),
                     Some(Revision::first(spec.clone())),
                     at.clone(),
                 );
-                world.acked.push((name, at));
+                world.checker.acknowledge(name, at);
                 world.counters.writes += 1;
             }
         }
@@ -231,7 +177,7 @@ impl<'s> FastWorld<'s> {
             world.boot(i, false);
         }
         world.steps = crate::faults::expand(&mut world);
-        world.last_fault_end_ms = crate::faults::last_end_ms(&world.steps);
+        world.checker.last_fault_end_ms = crate::faults::last_end_ms(&world.steps);
         for (k, (at, _)) in world.steps.clone().iter().enumerate() {
             world.schedule(*at, Ev::Fault(k));
         }
@@ -242,28 +188,15 @@ impl<'s> FastWorld<'s> {
 
     fn add_node(&mut self) -> usize {
         let i = self.nodes.len();
-        let (id, labels) = crate::world::node_identity(self.scenario, i);
+        let host = Host::new(self.scenario, i);
+        self.index.insert(host.id.clone(), i);
         self.nodes.push(FastNode {
-            hlc: Hlc::new(id.clone(), 5_000),
-            id: id.clone(),
-            labels,
-            capacity: Capacity {
-                cpu: Millicores(self.scenario.fleet.cpu_millicores),
-                memory: Bytes(self.scenario.fleet.memory_bytes),
-            },
-            power: Power::Crashed,
-            core: None,
-            skew_ms: 0,
+            host,
             incarnation: 0,
             members: 0,
             writes: 0,
-            instances: BTreeMap::new(),
-            assignment: Vec::new(),
-            minority_baseline: None,
-            core_timer_at: None,
             published: false,
         });
-        self.index.insert(id, i);
         i
     }
 
@@ -273,8 +206,6 @@ impl<'s> FastWorld<'s> {
 
     /// Starts (or restarts) node `i` from its disk; `announce` spreads its new incarnation.
     fn boot(&mut self, i: usize, announce: bool) {
-        let instance_base = self.next_instance;
-        self.next_instance += 1_000_000;
         if announce {
             self.nodes[i].incarnation += 1;
             let member = Member {
@@ -290,42 +221,25 @@ impl<'s> FastWorld<'s> {
         }
         // What every up node agreed on meanwhile it hears in its first exchange.
         self.catch_up(i);
-        let nodes = &self.nodes;
-        let view = self
-            .news
-            .view(nodes[i].members, &self.planner, |m| describe(&nodes[m]));
-        let desired = self.news.desired(nodes[i].writes);
+        let (view, desired) = self.knowledge(i);
+        let config = self.cores.next(&self.nodes[i].host.id);
         let node = &mut self.nodes[i];
-        node.power = Power::Up;
         node.published = false;
-        node.minority_baseline = Some(node.assignment.iter().map(|(r, _)| r.clone()).collect());
-        node.instances.clear();
-        node.hlc = match desired.newest_timestamp().cloned() {
-            Some(t) => Hlc::resume(
-                Timestamp {
-                    node: node.id.clone(),
-                    ..t
-                },
-                5_000,
-            ),
-            None => Hlc::new(node.id.clone(), 5_000),
-        };
-        let mut config = CoreConfig::new(node.id.clone(), instance_base);
-        config.bug_minority_takes_over = self.bug_minority_takes_over;
-        config.settle_ms = self.scenario.core.settle_ms;
-        node.core = Some(NodeCore::shared(
+        let assignment = node.host.assignment.clone();
+        let core = NodeCore::shared(
             config,
-            node.assignment.clone(),
+            assignment,
             view,
-            desired,
+            desired.clone(),
             self.planner.clone(),
-        ));
+        );
+        node.host.boot(core, &desired);
         let statuses: Vec<(NodeId, Arc<_>)> = self
             .news
             .statuses
             .iter()
             .filter(|(o, _)| **o != i)
-            .map(|(o, s)| (self.nodes[*o].id.clone(), s.clone()))
+            .map(|(o, s)| (self.nodes[*o].host.id.clone(), s.clone()))
             .collect();
         self.with_core(i, |core, now| {
             for (node, status) in statuses {
@@ -337,16 +251,22 @@ impl<'s> FastWorld<'s> {
 
     /// Node `i` stops: memory and processes gone, disk kept; its watchers will notice.
     fn crash(&mut self, i: usize) {
-        let node = &mut self.nodes[i];
-        node.power = Power::Crashed;
-        node.core = None;
-        node.core_timer_at = None;
-        let gone: Vec<ReplicaId> = node.instances.keys().cloned().collect();
-        node.instances.clear();
+        let host = &mut self.nodes[i].host;
+        let gone: Vec<ReplicaId> = host.instances.keys().cloned().collect();
+        host.crash();
         for r in gone {
             self.not_running(&r, i);
         }
         self.silence(i);
+    }
+
+    /// The fleet and the desired state as node `i` knows them (its log prefixes).
+    fn knowledge(&mut self, i: usize) -> (Arc<FleetView>, Arc<DesiredState>) {
+        let nodes = &self.nodes;
+        let view = self
+            .news
+            .view(nodes[i].members, &self.planner, |m| describe(&nodes[m]));
+        (view, self.news.desired(nodes[i].writes))
     }
 
     /// Node `i` learns the base (what every up node knows): a booting or resuming node gets it
@@ -362,10 +282,6 @@ impl<'s> FastWorld<'s> {
         self.queue.insert((at.max(self.now), self.seq), event);
     }
 
-    fn node_now(&self, i: usize) -> u64 {
-        (self.now as i64 + self.nodes[i].skew_ms).max(0) as u64
-    }
-
     fn run(&mut self) -> Result<(), Violation> {
         let mut processed = 0u64;
         while let Some(((at, _), event)) = self.queue.pop_first() {
@@ -377,57 +293,31 @@ impl<'s> FastWorld<'s> {
             if processed > EVENTS_MAX {
                 return Err(self.violation("livelock", format!("more than {EVENTS_MAX} events")));
             }
-            self.trace = mix64(self.trace ^ at.rotate_left(17) ^ code(&event));
+            trace_event(&mut self.trace, at, &event);
             self.handle(event);
-            if let Some((invariant, detail)) = self.violation.take() {
+            if let Some((invariant, detail)) = self.checker.take_violation() {
                 return Err(self.violation(&invariant, detail));
             }
         }
         self.now = self.scenario.duration_ms;
         checks::final_checks(self);
-        match self.violation.take() {
+        match self.checker.take_violation() {
             Some((invariant, detail)) => Err(self.violation(&invariant, detail)),
             None => Ok(()),
         }
     }
 
     fn violation(&self, invariant: &str, detail: String) -> Violation {
-        let trace = self
-            .log
-            .iter()
-            .rev()
-            .take(30)
-            .rev()
-            .map(|(t, s)| format!("{:>9.3}s  {s}", *t as f64 / 1000.0))
-            .collect();
-        Violation {
-            invariant: invariant.to_string(),
-            at_ms: self.now,
-            detail,
-            trace,
-        }
-    }
-
-    fn fail(&mut self, invariant: &str, detail: String) {
-        if self.violation.is_none() {
-            self.violation = Some((invariant.to_string(), detail));
-        }
-    }
-
-    fn note(&mut self, text: String) {
-        self.log.push((self.now, text));
-        if self.log.len() > 5_000 {
-            self.log.drain(..1_000);
-        }
+        self.checker.violation(invariant, detail, self.now)
     }
 
     fn handle(&mut self, event: Ev) {
         let target = match &event {
-            Ev::CoreTimer(i) | Ev::Runtime(i, _) => Some(*i),
+            Ev::Host(i, _) => Some(*i),
             _ => None,
         };
         if let Some(i) = target {
-            match self.nodes[i].power {
+            match self.nodes[i].host.power {
                 // The fast model refuses agent restarts (scenario check): never `AgentDown`.
                 Power::Crashed | Power::Gone | Power::AgentDown => return,
                 Power::Paused { until_ms } => {
@@ -440,13 +330,7 @@ impl<'s> FastWorld<'s> {
         }
         match event {
             Ev::Round => self.round(),
-            Ev::CoreTimer(i) => {
-                if self.nodes[i].core_timer_at == Some(self.now) {
-                    self.nodes[i].core_timer_at = None;
-                }
-                self.with_core(i, |core, now| core.handle_timeout(now));
-            }
-            Ev::Runtime(i, ev) => self.runtime_event(i, ev),
+            Ev::Host(i, event) => self.handle_host(i, event),
             Ev::Fault(k) => faults::apply(self, k),
             Ev::Resume(i) => self.resume(i),
             Ev::Verdict {
@@ -463,16 +347,12 @@ impl<'s> FastWorld<'s> {
     }
 
     fn resume(&mut self, i: usize) {
-        if let Power::Paused { until_ms } = self.nodes[i].power
+        if let Power::Paused { until_ms } = self.nodes[i].host.power
             && until_ms <= self.now
         {
-            self.nodes[i].power = Power::Up;
+            self.nodes[i].host.power = Power::Up;
             self.catch_up(i);
-            let nodes = &self.nodes;
-            let view = self
-                .news
-                .view(nodes[i].members, &self.planner, |m| describe(&nodes[m]));
-            let desired = self.news.desired(nodes[i].writes);
+            let (view, desired) = self.knowledge(i);
             self.with_core(i, |core, now| {
                 core.handle_shared_view(now, view);
                 core.handle_shared_desired(now, desired);
@@ -482,7 +362,7 @@ impl<'s> FastWorld<'s> {
 
     /// An API write at node `i`, acknowledged once on its disk.
     fn write(&mut self, i: usize, spec: WorkloadSpec) {
-        if self.nodes[i].power != Power::Up {
+        if self.nodes[i].host.power != Power::Up {
             return;
         }
         let current = self.news.desired(self.nodes[i].writes);
@@ -492,7 +372,7 @@ impl<'s> FastWorld<'s> {
             None => Revision::first(spec),
         };
         let now = self.node_now(i);
-        let at = self.nodes[i].hlc.tick(now);
+        let at = self.nodes[i].host.hlc.tick(now);
         self.nodes[i].writes = self.news.start_write(Write {
             name: name.clone(),
             revision: Some(revision),
@@ -500,54 +380,114 @@ impl<'s> FastWorld<'s> {
         });
         self.spreading_writes
             .insert(self.nodes[i].writes, self.rounds);
-        self.acked.push((name, at));
+        self.checker.acknowledge(name, at);
         self.counters.writes += 1;
         let desired = self.news.desired(self.nodes[i].writes);
         self.with_core(i, |core, now| core.handle_shared_desired(now, desired));
     }
+}
 
-    /// Calls node `i`'s core, then carries out its actions and re-arms its timer.
-    fn with_core(&mut self, i: usize, f: impl FnOnce(&mut NodeCore, u64)) {
-        let now = self.node_now(i);
-        let Some(core) = self.nodes[i].core.as_mut() else {
+impl Fleet for FastWorld<'_> {
+    fn scenario(&self) -> &Scenario {
+        self.scenario
+    }
+    fn now(&self) -> u64 {
+        self.now
+    }
+    fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+    fn host(&self, i: usize) -> &Host {
+        &self.nodes[i].host
+    }
+    fn host_mut(&mut self, i: usize) -> &mut Host {
+        &mut self.nodes[i].host
+    }
+    fn index_of(&self, id: &NodeId) -> Option<usize> {
+        self.index.get(id).copied()
+    }
+    fn rng(&mut self) -> &mut SimRng {
+        &mut self.rng
+    }
+    fn trace(&mut self) -> &mut Trace {
+        &mut self.trace
+    }
+    fn counters(&mut self) -> &mut Counters {
+        &mut self.counters
+    }
+    fn checker(&mut self) -> &mut Checker {
+        &mut self.checker
+    }
+    fn schedule_host(&mut self, at: u64, i: usize, event: HostEvent) {
+        self.schedule(at, Ev::Host(i, event));
+    }
+
+    fn check_start(&mut self, i: usize, replica: &ReplicaId, spec: &WorkloadSpec) {
+        checks::on_start(self, i, replica, spec);
+    }
+
+    fn publish(&mut self, i: usize, status: NodeStatus) {
+        if status.replicas.is_empty() && !self.nodes[i].published {
             return;
-        };
-        f(core, now);
-        let mut actions = Vec::new();
-        while let Some(a) = core.poll_action() {
-            actions.push(a);
         }
-        let deadline = core.poll_timeout();
-        for action in actions {
-            self.act(i, action);
+        self.nodes[i].published = true;
+        let bytes = 48 + 64 * status.replicas.len() as u64;
+        self.news.start_status(i, Arc::new(status), bytes);
+    }
+
+    // Scenario validation keeps lease workloads out of the fast model.
+    fn campaign(&mut self, _i: usize, _lease: WorkloadName, _want: LeaseWant) {}
+    fn withdraw(&mut self, _i: usize, _lease: WorkloadName) {}
+
+    fn runs_changed(&mut self, i: usize, replica: &ReplicaId, running: bool) {
+        if running {
+            self.running.entry(replica.clone()).or_default().insert(i);
+        } else {
+            self.not_running(replica, i);
         }
-        if let Some(d) = deadline {
-            let at = (d as i64 - self.nodes[i].skew_ms).max(self.now as i64) as u64;
-            if self.nodes[i]
-                .core_timer_at
-                .is_none_or(|armed| at < armed || armed < self.now)
-            {
-                self.nodes[i].core_timer_at = Some(at);
-                self.schedule(at, Ev::CoreTimer(i));
+    }
+}
+
+impl FastWorld<'_> {
+    /// Node `i` no longer runs `replica`.
+    fn not_running(&mut self, replica: &ReplicaId, i: usize) {
+        if let Some(on) = self.running.get_mut(replica) {
+            on.remove(&i);
+            if on.is_empty() {
+                self.running.remove(replica);
             }
         }
     }
 }
 
 fn describe(node: &FastNode) -> NodeView {
-    crate::checks::node_view(&node.id, &node.labels, node.capacity, Liveness::Alive)
+    crate::checks::node_view(
+        &node.host.id,
+        &node.host.labels,
+        node.host.capacity,
+        Liveness::Alive,
+    )
 }
 
-fn code(event: &Ev) -> u64 {
-    match event {
+/// An event into the trace: its time, kind and node, and what it carries (the runtime's
+/// report, the verdict). What a round delivers goes in as the round runs.
+fn trace_event(trace: &mut Trace, at_ms: u64, event: &Ev) {
+    let code = match event {
         Ev::Round => 1,
-        Ev::CoreTimer(i) => 3 | (*i as u64) << 8,
-        Ev::Runtime(i, _) => 4 | (*i as u64) << 8,
+        Ev::Host(i, event) => return event.trace(*i, at_ms, trace),
         Ev::Fault(k) => 5 | (*k as u64) << 8,
         Ev::Resume(i) => 6 | (*i as u64) << 8,
         Ev::Verdict {
-            target, watcher, ..
-        } => 7 | (*target as u64) << 8 | (*watcher as u64) << 32,
+            target,
+            incarnation,
+            watcher,
+            liveness,
+        } => {
+            trace.event(at_ms, 7 | (*target as u64) << 8 | (*watcher as u64) << 32);
+            trace.payload(&(incarnation, liveness));
+            return;
+        }
         Ev::Sample => 8,
-    }
+    };
+    trace.event(at_ms, code);
 }

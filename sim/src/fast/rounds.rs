@@ -12,18 +12,18 @@ use super::gossip::{self, Member};
 use super::{
     EXCHANGE_BYTES, Ev, FastWorld, Learned, MEMBER_BYTES, WATCHERS, WRITE_BYTES, describe,
 };
-use crate::world::Power;
+use crate::host::{Fleet, Power};
 
 impl FastWorld<'_> {
     /// Node `i` fell silent: its watchers (the up nodes that rank highest for it) suspect it and
     /// then declare it down after the configured rounds, unless it speaks again first.
     pub(super) fn silence(&mut self, i: usize) {
-        let target = hash64(self.nodes[i].id.as_str().as_bytes());
+        let target = hash64(self.nodes[i].host.id.as_str().as_bytes());
         let mut ranked: Vec<(u64, usize)> = (0..self.nodes.len())
-            .filter(|w| *w != i && self.nodes[*w].power == Power::Up)
+            .filter(|w| *w != i && self.nodes[*w].host.power == Power::Up)
             .map(|w| {
                 (
-                    mix64(target ^ hash64(self.nodes[w].id.as_str().as_bytes())),
+                    mix64(target ^ hash64(self.nodes[w].host.id.as_str().as_bytes())),
                     w,
                 )
             })
@@ -62,8 +62,8 @@ impl FastWorld<'_> {
         liveness: Liveness,
     ) {
         let t = &self.nodes[target];
-        let still_silent = t.power != Power::Up && t.incarnation == incarnation;
-        if !still_silent || self.nodes[watcher].power != Power::Up {
+        let still_silent = t.host.power != Power::Up && t.incarnation == incarnation;
+        if !still_silent || self.nodes[watcher].host.power != Power::Up {
             return;
         }
         let key = (target, incarnation, liveness);
@@ -79,7 +79,7 @@ impl FastWorld<'_> {
                 self.verdicts.insert(key, upto);
                 self.note(format!(
                     "{} declares {} {liveness:?}",
-                    self.nodes[watcher].id, self.nodes[target].id
+                    self.nodes[watcher].host.id, self.nodes[target].host.id
                 ));
                 upto
             }
@@ -95,7 +95,7 @@ impl FastWorld<'_> {
         self.schedule(self.now + interval, Ev::Round);
         self.rounds += 1;
         let up: Vec<usize> = (0..self.nodes.len())
-            .filter(|i| self.nodes[*i].power == Power::Up)
+            .filter(|i| self.nodes[*i].host.power == Power::Up)
             .collect();
         if up.len() < 2 {
             return;
@@ -163,12 +163,10 @@ impl FastWorld<'_> {
             }
         }
         for (node, news) in learned {
-            self.trace = mix64(
-                self.trace
-                    ^ (node as u64) << 20
-                    ^ u64::from(news.members.unwrap_or(0)) << 40
-                    ^ news.statuses.len() as u64,
-            );
+            // What node learned: the log prefixes and the statuses (their contents are the
+            // publishing cores' decisions, hashed as those were made).
+            let delivered = (node as u64, news.members, news.writes, &news.statuses);
+            self.trace.payload(&delivered);
             self.deliver(node, news.members, news.writes, &news.statuses);
         }
         self.retire(&up);
@@ -251,7 +249,7 @@ impl FastWorld<'_> {
             .iter()
             .map(|id| &self.news.rumours[*id as usize])
             .filter(|r| r.origin != n)
-            .map(|r| (self.nodes[r.origin].id.clone(), r.status.clone()))
+            .map(|r| (self.nodes[r.origin].host.id.clone(), r.status.clone()))
             .collect();
         let nodes = &self.nodes;
         let view = members.map(|_| {
