@@ -14,13 +14,15 @@
 //!   stop ends it 50 ms later. A report about an instance the runtime no longer has is dropped.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use starling_core::node::{
-    CoreConfig, CoreEvent, Effects, LeaseWant, NodeCore, RuntimeEvent, StopReason,
+    CoreConfig, CoreEvent, DirectPlanner, Effects, LeaseWant, NodeCore, Planner, RuntimeEvent,
+    StopReason,
 };
 use starling_protocol::desired::DesiredState;
 use starling_protocol::hlc::{Hlc, Timestamp};
-use starling_protocol::placement::{Capacity, ReplicaId};
+use starling_protocol::placement::{Capacity, FleetView, ReplicaId};
 use starling_protocol::quantity::{Bytes, Millicores};
 use starling_protocol::spec::WorkloadSpec;
 use starling_protocol::status::NodeStatus;
@@ -211,9 +213,37 @@ impl CoreSettings {
         // A million instances per life: more than any run starts.
         let mut config = CoreConfig::new(node.clone(), self.next_instance);
         self.next_instance += 1_000_000;
-        config.bug_minority_takes_over = self.bug_minority_takes_over;
         config.settle_ms = self.settle_ms;
         config
+    }
+
+    /// The planner a core of this run plans with: the agent's, or the self-test's bug.
+    pub fn planner(&self) -> Arc<dyn Planner> {
+        if self.bug_minority_takes_over {
+            Arc::new(MinorityTakesOver)
+        } else {
+            Arc::new(DirectPlanner)
+        }
+    }
+}
+
+/// The simulator's self-test bug: the agent's planner, except that a side without a majority
+/// replaces what it cannot see. The invariants must catch it.
+#[derive(Debug)]
+struct MinorityTakesOver;
+
+impl Planner for MinorityTakesOver {
+    fn plan(
+        &self,
+        view: &Arc<FleetView>,
+        desired: &Arc<DesiredState>,
+        majority: bool,
+    ) -> Arc<starling_core::node::Plan> {
+        DirectPlanner.plan(view, desired, majority)
+    }
+
+    fn minority_may_replace(&self) -> bool {
+        true
     }
 }
 

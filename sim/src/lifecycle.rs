@@ -74,7 +74,7 @@ impl World<'_> {
             view,
             rejoin_until_ms,
         };
-        let core = NodeCore::new(config, restored);
+        let core = NodeCore::with_planner(config, restored, self.cores.planner());
         node.host.boot(core, &node.disk.desired);
         node.boots += 1;
         node.detector = None;

@@ -55,10 +55,6 @@ pub struct CoreConfig {
     /// How long a running copy waits for its handover before it stops anyway (so two full
     /// nodes swapping replicas cannot wait on each other forever). Default 2 min.
     pub handover_timeout_ms: u64,
-    /// A deliberate bug for the simulator's self-test: a minority side replaces what it cannot
-    /// see, as if it had a majority. Never set outside that test.
-    #[doc(hidden)]
-    pub bug_minority_takes_over: bool,
     /// First instance number; the shell passes something unique across restarts (e.g. the
     /// start-up time in ms, times 1000), the simulator passes a value from its seed.
     pub instance_base: u64,
@@ -72,7 +68,6 @@ impl CoreConfig {
             settle_ms: 1_000,
             move_hold_ms: 10_000,
             handover_timeout_ms: 120_000,
-            bug_minority_takes_over: false,
             instance_base,
         }
     }
@@ -134,12 +129,17 @@ pub struct NodeCore {
 impl NodeCore {
     /// A core for `config.node`, restored from disk.
     pub fn new(config: CoreConfig, restored: Restored) -> Self {
+        Self::with_planner(config, restored, Arc::new(DirectPlanner))
+    }
+
+    /// A core restored from disk whose plans come from `planner`.
+    pub fn with_planner(config: CoreConfig, restored: Restored, planner: Arc<dyn Planner>) -> Self {
         let mut core = Self::shared(
             config,
             restored.last_assignment,
             Arc::new(restored.view),
             Arc::new(restored.desired),
-            Arc::new(DirectPlanner),
+            planner,
         );
         core.rejoin_until_ms = restored.rejoin_until_ms;
         core

@@ -48,16 +48,18 @@ impl Plan {
 }
 
 /// Computes plans (and other fleet-wide functions of a view) for a core. Implementations must return exactly
-/// [`compute`]`(view, desired, majority, bug)`: sharing is allowed, a different answer is not.
+/// [`compute`]`(view, desired, majority)`: sharing is allowed, a different answer is not.
 pub trait Planner: Send + Sync + std::fmt::Debug {
     /// The plan for this view and desired state.
-    fn plan(
-        &self,
-        view: &Arc<FleetView>,
-        desired: &Arc<DesiredState>,
-        majority: bool,
-        bug_minority_takes_over: bool,
-    ) -> Arc<Plan>;
+    fn plan(&self, view: &Arc<FleetView>, desired: &Arc<DesiredState>, majority: bool)
+    -> Arc<Plan>;
+
+    /// Whether a side without a majority may replace what it cannot see. Never, by the
+    /// design's partition rule; the simulator's self-test injects a planner that says yes (a
+    /// deliberate bug its invariants must catch), so no flag for it rides in production code.
+    fn minority_may_replace(&self) -> bool {
+        false
+    }
 
     /// How many members the view holds and how many of them are not down (the majority
     /// rule's inputs), which [`census`] computes; a host may share the answer like the plan.
@@ -86,27 +88,16 @@ impl Planner for DirectPlanner {
         view: &Arc<FleetView>,
         desired: &Arc<DesiredState>,
         majority: bool,
-        bug_minority_takes_over: bool,
     ) -> Arc<Plan> {
-        Arc::new(Plan::new(compute(
-            view,
-            desired,
-            majority,
-            bug_minority_takes_over,
-        )))
+        Arc::new(Plan::new(compute(view, desired, majority)))
     }
 }
 
 /// The plan a node acts on. Without a majority, nodes it cannot see are treated as merely
 /// suspected, so their replicas stay theirs (no replacement), except for workloads that chose
 /// `partition = "availability"`.
-pub fn compute(
-    view: &FleetView,
-    desired: &DesiredState,
-    majority: bool,
-    bug_minority_takes_over: bool,
-) -> Assignment {
-    if majority || bug_minority_takes_over {
+pub fn compute(view: &FleetView, desired: &DesiredState, majority: bool) -> Assignment {
+    if majority {
         return place(view, desired);
     }
     let mut frozen = view.clone();

@@ -116,12 +116,9 @@ impl NodeCore {
     }
 
     fn compute_plan(&self) -> Arc<Plan> {
-        self.planner.plan(
-            &self.view,
-            &self.desired,
-            self.majority,
-            self.config.bug_minority_takes_over,
-        )
+        let acts_as_majority = self.majority || self.planner.minority_may_replace();
+        self.planner
+            .plan(&self.view, &self.desired, acts_as_majority)
     }
 
     /// The replicas this node should run, with the revision to run.
@@ -142,7 +139,7 @@ impl NodeCore {
                 continue;
             }
             let may_start = self.majority
-                || self.config.bug_minority_takes_over
+                || self.planner.minority_may_replace()
                 || !self.maybe_running_elsewhere(replica);
             if may_start {
                 wanted.insert(replica.clone(), rev);

@@ -77,7 +77,6 @@ fn config(n: &str) -> CoreConfig {
         settle_ms: 1_000,
         move_hold_ms: 10_000,
         handover_timeout_ms: 120_000,
-        bug_minority_takes_over: false,
         instance_base: 1,
     }
 }
@@ -1278,12 +1277,12 @@ fn a_status_about_someone_else_s_replica_is_kept_for_later_decisions() {
         ("n2", Liveness::Alive),
         ("n3", Liveness::Alive),
     ]);
-    let owner = compute_plan(&all, &desired, true, false).placed[&r].clone();
+    let owner = compute_plan(&all, &desired, true).placed[&r].clone();
     let mut without_owner = all.clone();
     if let Some(v) = without_owner.nodes.get_mut(&owner) {
         v.liveness = Liveness::Down;
     }
-    let me = compute_plan(&without_owner, &desired, true, false).placed[&r].clone();
+    let me = compute_plan(&without_owner, &desired, true).placed[&r].clone();
     let runner = all
         .nodes
         .keys()
@@ -1334,7 +1333,7 @@ fn a_status_about_someone_else_s_replica_is_kept_for_later_decisions() {
 fn the_plan_index_lists_each_node_s_replicas_in_order() {
     let specs = [spec("web", 5, ""), spec("db", 3, "")];
     let all = view(&[("n1", Liveness::Alive), ("n2", Liveness::Alive)]);
-    let assignment = compute_plan(&all, &desired_of(&specs), true, false);
+    let assignment = compute_plan(&all, &desired_of(&specs), true);
     let plan = Plan::new(assignment.clone());
     for n in ["n1", "n2", "n9"] {
         let expected: Vec<ReplicaId> = assignment.for_node(&id(n)).cloned().collect();

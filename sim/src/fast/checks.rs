@@ -55,7 +55,7 @@ fn start_violation(
                 v.liveness = Liveness::Alive;
             }
         }
-        let planned = starling_core::node::compute_plan(&trusting, core.desired(), true, false);
+        let planned = starling_core::node::compute_plan(&trusting, core.desired(), true);
         if planned.placed.get(replica) != Some(&node.id) {
             let detail = format!(
                 "{} starts {}/{} while {} runs it and is only suspected",
@@ -111,7 +111,7 @@ fn converged(world: &FastWorld) -> Result<(), String> {
         }
     }
     let desired = news.base_desired();
-    let plan = starling_core::node::compute_plan(&view, &desired, true, false);
+    let plan = starling_core::node::compute_plan(&view, &desired, true);
     for r in plan.placed.keys() {
         let n = world.running.get(r).map_or(0, |on| on.len());
         if n != 1 {

@@ -298,10 +298,13 @@ fn apply_member(records: &mut BTreeMap<usize, Member>, m: Member) {
 /// changes no decision; it turns 10,000 identical computations into one.
 #[derive(Debug, Default)]
 pub(crate) struct SharedPlanner {
-    memo: Mutex<BTreeMap<(usize, usize, bool, bool), Memo>>,
+    memo: Mutex<BTreeMap<(usize, usize, bool), Memo>>,
     censuses: Mutex<BTreeMap<usize, Census>>,
     /// Views that place exactly like another (they differ only in suspects), by address.
     aliases: Mutex<BTreeMap<usize, Alias>>,
+    /// The self-test's deliberate bug (`RunOptions::bug_minority_takes_over`): a minority
+    /// side replaces what it cannot see.
+    minority_may_replace: bool,
 }
 
 /// A view (weakly held, see [`Memo`]) and its (known, not down) counts.
@@ -319,6 +322,14 @@ struct Memo {
 }
 
 impl SharedPlanner {
+    /// A planner with nothing shared yet; `minority_may_replace` injects the self-test's bug.
+    pub fn new(minority_may_replace: bool) -> Self {
+        SharedPlanner {
+            minority_may_replace,
+            ..SharedPlanner::default()
+        }
+    }
+
     /// `view` places exactly like `like`: plan it as `like`.
     pub fn alias(&self, view: &Arc<FleetView>, like: &Arc<FleetView>) {
         let mut aliases = self.aliases.lock().unwrap_or_else(PoisonError::into_inner);
@@ -351,6 +362,10 @@ impl SharedPlanner {
 }
 
 impl Planner for SharedPlanner {
+    fn minority_may_replace(&self) -> bool {
+        self.minority_may_replace
+    }
+
     fn census(&self, view: &Arc<FleetView>) -> (usize, usize) {
         let view = &self.representative(view);
         let mut censuses = self.censuses.lock().unwrap_or_else(PoisonError::into_inner);
@@ -365,20 +380,18 @@ impl Planner for SharedPlanner {
         view: &Arc<FleetView>,
         desired: &Arc<DesiredState>,
         majority: bool,
-        bug: bool,
     ) -> Arc<Plan> {
         let view = &self.representative(view);
         let key = (
             Arc::as_ptr(view) as usize,
             Arc::as_ptr(desired) as usize,
             majority,
-            bug,
         );
         let mut memo = self.memo.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(m) = memo.get(&key) {
             return m.plan.clone();
         }
-        let plan = Arc::new(Plan::new(compute_plan(view, desired, majority, bug)));
+        let plan = Arc::new(Plan::new(compute_plan(view, desired, majority)));
         memo.insert(
             key,
             Memo {
@@ -475,16 +488,11 @@ mod tests {
         // A suspect places like the view it was built on: one plan for both.
         let suspected = n.start_member(m(2, 1, Liveness::Suspect));
         let desired = Arc::new(DesiredState::new());
-        let a = planner.plan(&before, &desired, true, false);
-        let b = planner.plan(
-            &n.view(suspected, &planner, describe),
-            &desired,
-            true,
-            false,
-        );
+        let a = planner.plan(&before, &desired, true);
+        let b = planner.plan(&n.view(suspected, &planner, describe), &desired, true);
         assert!(Arc::ptr_eq(&a, &b));
         let gone = n.start_member(m(2, 1, Liveness::Down));
-        let c = planner.plan(&n.view(gone, &planner, describe), &desired, true, false);
+        let c = planner.plan(&n.view(gone, &planner, describe), &desired, true);
         assert!(!Arc::ptr_eq(&a, &c), "a node going down is planned afresh");
     }
 

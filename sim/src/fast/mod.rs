@@ -137,7 +137,7 @@ impl<'s> FastWorld<'s> {
             nodes: Vec::new(),
             index: BTreeMap::new(),
             news: News::default(),
-            planner: Arc::new(SharedPlanner::default()),
+            planner: Arc::new(SharedPlanner::new(options.bug_minority_takes_over)),
             verdicts: BTreeMap::new(),
             running: BTreeMap::new(),
             counters: Counters::default(),
