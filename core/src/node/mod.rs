@@ -55,8 +55,9 @@ pub struct CoreConfig {
     /// How long a running copy waits for its handover before it stops anyway (so two full
     /// nodes swapping replicas cannot wait on each other forever). Default 2 min.
     pub handover_timeout_ms: u64,
-    /// First instance number; the shell passes something unique across restarts (e.g. the
-    /// start-up time in ms, times 1000), the simulator passes a value from its seed.
+    /// First instance number, above every instance of the node's earlier lives: the agent
+    /// passes its generation (start time in ms, growing across restarts even when the clock
+    /// steps back) times 1,000; the simulator a value from its seed.
     pub instance_base: u64,
 }
 

@@ -201,7 +201,7 @@ pub async fn run(
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .extend(crate::cluster::Membership::read_revoked(agent.store.dir()));
-        let generation = agent.store.next_generation(now_ms())?;
+        let generation = agent.generation;
         let (fleet, fleet_inbox) = fleet::Fleet::start(
             &agent.config.fleet,
             membership,
@@ -295,6 +295,11 @@ pub async fn run(
 /// The agent's state, owned by its one loop.
 pub(crate) struct Agent {
     config: AgentConfig,
+    /// This life of the node: its start time in ms, growing across restarts even when the
+    /// clock stepped back (`Store::next_generation`). Its gossip identity, the failure
+    /// detector's first incarnation, and (× 1,000) the core's first instance number all derive
+    /// from it, so each is newer than anything the previous life published or started.
+    generation: u64,
     store: Store,
     node: NodeId,
     core: NodeCore,
@@ -376,7 +381,9 @@ impl Agent {
         }
         // A member that restarts first listens for where the fleet put its replicas.
         let rejoin_until_ms = in_fleet.then(|| now + config.rejoin_wait.as_millis() as u64);
-        let mut core_config = CoreConfig::new(identity.node.clone(), now.saturating_mul(1_000));
+        let generation = store.next_generation(now)?;
+        let mut core_config =
+            CoreConfig::new(identity.node.clone(), generation.saturating_mul(1_000));
         core_config.settle_ms = config.settle_ms;
         let (leases, lease_replies) = leases::Leases::new(
             identity.node.clone(),
@@ -400,6 +407,7 @@ impl Agent {
         });
         Ok(Agent {
             config,
+            generation,
             store,
             node: identity.node,
             core,
