@@ -32,9 +32,9 @@ pub struct WorkloadRow {
 }
 
 /// One replica of `starling status` and `get replicas`, and of a description.
+#[allow(missing_docs)] // a field named for what it holds has no doc to add
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaRow {
-    /// The replica.
     pub replica: ReplicaId,
     /// Where it is, as the answering node knows.
     pub place: ReplicaPlace,
@@ -92,9 +92,9 @@ pub struct Usage {
 
 /// One service endpoint of `starling get endpoints`: where a running replica's port is
 /// reachable.
+#[allow(missing_docs)] // a field named for what it holds has no doc to add
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct EndpointRow {
-    /// The replica.
     pub replica: ReplicaId,
     /// The port's name in the spec.
     pub port: String,
@@ -169,9 +169,9 @@ pub struct NodeEvent {
 }
 
 /// One lease voter of `starling voters`.
+#[allow(missing_docs)] // a field named for what it holds has no doc to add
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Voter {
-    /// The node.
     pub node: NodeId,
     /// Its liveness as the answering node sees it (`None`: not a member it knows).
     pub liveness: Option<Liveness>,

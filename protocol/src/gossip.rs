@@ -41,10 +41,10 @@ pub const LEASE_PREFIX: &str = "lease.";
 pub const VOTERS: &str = "voters";
 
 /// A gossip value refused, naming the key.
+#[allow(missing_docs)] // a field named for what it holds has no doc to add
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("gossip key {key}: {reason}")]
 pub struct ValueError {
-    /// The key.
     pub key: String,
     /// Why.
     pub reason: String,

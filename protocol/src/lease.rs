@@ -131,13 +131,13 @@ pub struct GrantReply {
 }
 
 /// A holder gives a lease up: voters may grant it to another candidate at once.
+#[allow(missing_docs)] // a field named for what it holds has no doc to add
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Release {
     /// The lease.
     pub name: LeaseName,
     /// The holder giving it up.
     pub holder: NodeId,
-    /// Its epoch.
     pub epoch: u64,
 }
 

@@ -28,11 +28,11 @@ pub const PROTOCOL_VERSION: u16 = 1;
 pub const MESSAGE_BYTES_MAX: usize = 4 << 20;
 
 /// The frame of every message: version first, then the body.
+#[allow(missing_docs)] // a field named for what it holds has no doc to add
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope<M> {
     /// Protocol version of the sender.
     pub version: u16,
-    /// The message.
     pub message: M,
 }
 
@@ -251,6 +251,7 @@ pub enum ObjectKind {
 }
 
 /// A node's answer to an [`ApiRequest`].
+#[allow(missing_docs)] // a field named for what it holds has no doc to add
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ApiResponse {
     /// A write was stored.
@@ -298,7 +299,6 @@ pub enum ApiResponse {
     },
     /// A chunk of log lines; `end` marks the last chunk.
     LogChunk {
-        /// The lines.
         lines: Vec<String>,
         /// No more chunks follow.
         end: bool,

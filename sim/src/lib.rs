@@ -52,11 +52,11 @@ use host::Fleet;
 pub use starling_core as core;
 
 /// What a run found.
+#[allow(missing_docs)] // a field named for what it holds has no doc to add
 #[derive(Debug, Clone)]
 pub struct RunReport {
     /// The scenario's name.
     pub scenario: String,
-    /// The seed.
     pub seed: u64,
     /// Hash of every processed event, what it carried and what each core decided: equal for
     /// equal runs, and different when any decision differs.

@@ -32,9 +32,9 @@ use starling_protocol::quantity::{parse_cpu, parse_duration_ms, parse_memory};
 use starling_protocol::spec::{SpecDoc, WorkloadSpec};
 
 /// A parsed, checked scenario (times in ms).
+#[allow(missing_docs)] // a field named for what it holds has no doc to add
 #[derive(Debug, Clone)]
 pub struct Scenario {
-    /// Its name.
     pub name: String,
     /// How long to run.
     pub duration_ms: u64,
@@ -179,6 +179,7 @@ pub struct Fault {
 pub type Selector = Vec<String>;
 
 /// The faults a scenario can inject.
+#[allow(missing_docs)] // a field named for what it holds has no doc to add
 #[derive(Debug, Clone)]
 pub enum FaultKind {
     /// Processes die, memory is lost, the disk is kept.
@@ -255,7 +256,6 @@ pub enum FaultKind {
     Write {
         /// Where.
         node: Selector,
-        /// The spec.
         spec: Box<WorkloadSpec>,
     },
 }

@@ -77,13 +77,13 @@ pub struct VoterMemory {
 }
 
 /// What the elector asks the shell to do, in order.
+#[allow(missing_docs)] // a field named for what it holds has no doc to add
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ElectionOutput {
     /// Send a message to a node.
     Send {
         /// The receiver.
         to: NodeId,
-        /// The message.
         message: LeaseMessage,
     },
     /// Store the voter's memory durably before sending anything that follows.

@@ -64,29 +64,21 @@ impl Action {
 /// What a runtime observed about a replica instance. `instance` is the number the core gave
 /// in [`Action::Start`]; events about an instance the core no longer tracks are ignored.
 /// Serializable so a simulator can hash what it feeds the core.
+#[allow(missing_docs)] // a field named for what it holds has no doc to add
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum RuntimeEvent {
     /// The instance is running.
-    Started {
-        /// The replica.
-        replica: ReplicaId,
-        /// The instance.
-        instance: u64,
-    },
+    Started { replica: ReplicaId, instance: u64 },
     /// The instance could not be started (e.g. `command not found: foo`, `port 8080 in use`).
     StartFailed {
-        /// The replica.
         replica: ReplicaId,
-        /// The instance.
         instance: u64,
         /// Why, in plain English.
         reason: String,
     },
     /// The instance exited (or was found gone).
     Exited {
-        /// The replica.
         replica: ReplicaId,
-        /// The instance.
         instance: u64,
         /// Exit code; `None` when killed by a signal or when the code is unknown (adopted).
         code: Option<i32>,
@@ -95,9 +87,7 @@ pub enum RuntimeEvent {
     },
     /// One health probe's result.
     Health {
-        /// The replica.
         replica: ReplicaId,
-        /// The instance.
         instance: u64,
         /// Passed.
         ok: bool,
@@ -106,35 +96,30 @@ pub enum RuntimeEvent {
     },
     /// An instance left running by a previous agent process was found and taken over.
     Adopted {
-        /// The replica.
         replica: ReplicaId,
         /// Its instance number from before.
         instance: u64,
-        /// Its revision.
         revision: u64,
     },
 }
 
 /// What the core asks the shell to do. Drain with `NodeCore::poll_action` and carry out with
 /// [`Action::execute`]. Serializable so a simulator can hash what each core decided.
+#[allow(missing_docs)] // a field named for what it holds has no doc to add
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum Action {
     /// Start an instance of a replica with this spec.
     Start {
-        /// The replica.
         replica: ReplicaId,
         /// A number unique on this node; the runtime reports events with it.
         instance: u64,
         /// Revision of `spec`.
         revision: u64,
-        /// The spec.
         spec: Box<WorkloadSpec>,
     },
     /// Stop an instance.
     Stop {
-        /// The replica.
         replica: ReplicaId,
-        /// The instance.
         instance: u64,
         /// Why.
         reason: StopReason,
@@ -153,10 +138,7 @@ pub enum Action {
         want: LeaseWant,
     },
     /// Stop campaigning; give the lease up if held.
-    Withdraw {
-        /// The lease.
-        lease: WorkloadName,
-    },
+    Withdraw { lease: WorkloadName },
 }
 
 /// Why the core stops an instance.
@@ -175,11 +157,11 @@ pub enum StopReason {
 }
 
 /// Notable things, for logs and `describe`.
+#[allow(missing_docs)] // a field named for what it holds has no doc to add
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum CoreEvent {
     /// A replica keeps failing.
     CrashLoop {
-        /// The replica.
         replica: ReplicaId,
         /// Its last exit code.
         exit_code: Option<i32>,

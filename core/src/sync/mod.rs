@@ -70,6 +70,7 @@ pub type RequestId = u64;
 pub type PushId = u64;
 
 /// What the machine decided; drain with [`Sync::poll_output`].
+#[allow(missing_docs)] // a field named for what it holds has no doc to add
 #[derive(Debug, Clone, PartialEq)]
 pub enum SyncOutput {
     /// Send `message` to `to`, then report its answer (or why there is none) with
@@ -110,14 +111,12 @@ pub enum SyncOutput {
     },
     /// `push` reached the peers it wanted: that many stored every page.
     PushAcked {
-        /// The push.
         push: PushId,
         /// Peers that stored it so far.
         stored: u32,
     },
     /// `push` ended without reaching the peers it wanted.
     PushShort {
-        /// The push.
         push: PushId,
         /// Peers that stored it.
         stored: u32,

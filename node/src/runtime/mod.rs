@@ -21,9 +21,9 @@ use starling_protocol::spec::WorkloadSpec;
 pub use starling_core::node::RuntimeEvent;
 
 /// What the core asked a runtime to start.
+#[allow(missing_docs)] // a field named for what it holds has no doc to add
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StartRequest {
-    /// The replica.
     pub replica: ReplicaId,
     /// The core's instance number for this start; every event about it carries it back.
     pub instance: u64,

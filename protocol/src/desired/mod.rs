@@ -57,11 +57,10 @@ pub struct Revision {
 }
 
 /// The revision a [`Revision`] replaced.
+#[allow(missing_docs)] // a field named for what it holds has no doc to add
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PreviousRevision {
-    /// Its number.
     pub number: u64,
-    /// Its spec.
     pub spec: WorkloadSpec,
 }
 
@@ -69,11 +68,11 @@ pub struct PreviousRevision {
 pub type Register = LWWReg<Option<Revision>, Timestamp>;
 
 /// One entry of the desired state, as shipped between nodes and stored on disk.
+#[allow(missing_docs)] // a field named for what it holds has no doc to add
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredEntry {
     /// The workload.
     pub name: WorkloadName,
-    /// Its register.
     pub register: Register,
     /// The newest writes of this workload any node has seen (the register's own included),
     /// newest first, at most [`WRITES_KEPT`]; merged as a set, so a write that lost to a

@@ -105,9 +105,9 @@ pub struct FleetView {
 }
 
 /// One replica of a workload.
+#[allow(missing_docs)] // a field named for what it holds has no doc to add
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ReplicaId {
-    /// The workload.
     pub workload: WorkloadName,
     /// Its index, `0..replicas`.
     pub index: u32,
