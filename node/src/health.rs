@@ -14,7 +14,6 @@ use starling_protocol::quantity::format_duration_ms;
 use starling_protocol::spec::{HealthCheck, PortSpec, Probe};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
 
 use starling_core::node::RuntimeEvent;
@@ -62,7 +61,7 @@ pub fn spawn_prober(
     instance: u64,
     check: HealthCheck,
     ports: Vec<PortSpec>,
-    events: UnboundedSender<RuntimeEvent>,
+    events: crate::runtime::EventSender,
 ) -> JoinHandle<()> {
     let probe_spec = check.probe.clone();
     spawn_prober_with(replica, instance, check, events, move |timeout| {
@@ -77,7 +76,7 @@ pub fn spawn_prober_with<F, Fut>(
     replica: ReplicaId,
     instance: u64,
     check: HealthCheck,
-    events: UnboundedSender<RuntimeEvent>,
+    events: crate::runtime::EventSender,
     run_probe: F,
 ) -> JoinHandle<()>
 where
@@ -97,7 +96,7 @@ where
                 ok: result.ok,
                 detail: result.detail,
             };
-            if events.send(event).is_err() {
+            if !events.send(event).await {
                 return;
             }
             tokio::time::sleep(interval.saturating_sub(started.elapsed())).await;
@@ -542,7 +541,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_prober_reports_every_interval_until_aborted() {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let counts = std::sync::Arc::default();
+        let (tx, mut rx) = crate::channel::bounded(16, counts);
         let replica = ReplicaId {
             workload: starling_protocol::WorkloadName::new("web").expect("name"),
             index: 2,
@@ -573,5 +573,49 @@ mod tests {
         }
         handle.abort();
         assert!(handle.await.expect_err("aborted").is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_prober_waits_for_a_full_loop_and_loses_no_result() {
+        use std::sync::atomic::Ordering;
+        let counts: std::sync::Arc<crate::channel::ChannelCounts> = std::sync::Arc::default();
+        let (tx, mut rx) = crate::channel::bounded(1, counts.clone());
+        let replica = ReplicaId {
+            workload: starling_protocol::WorkloadName::new("web").expect("name"),
+            index: 0,
+        };
+        let check = HealthCheck {
+            probe: Probe::Exec {
+                command: vec!["true".into()],
+            },
+            interval_ms: 100,
+            timeout_ms: 1000,
+            failure_threshold: 3,
+            initial_delay_ms: 0,
+        };
+        let handle = spawn_prober(replica, 1, check, Vec::new(), tx);
+        // Nobody reads: the first result fills the queue, the second waits for room.
+        let deadline = crate::clock::monotonic() + Duration::from_secs(5);
+        while counts.full_waits.load(Ordering::Relaxed) == 0 {
+            assert!(
+                crate::clock::monotonic() < deadline,
+                "the prober met the full queue within 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            counts.full_waits.load(Ordering::Relaxed),
+            1,
+            "a waiting prober probes no further"
+        );
+        for _ in 0..3 {
+            let event = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("results flow again once the loop reads");
+            assert!(matches!(event, Some(RuntimeEvent::Health { ok: true, .. })));
+        }
+        assert_eq!(counts.dropped.load(Ordering::Relaxed), 0, "nothing dropped");
+        handle.abort();
     }
 }

@@ -48,7 +48,7 @@ fn load(file: &Path, runtime: &str, socket: Option<PathBuf>) -> anyhow::Result<E
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async {
-        let (events, _) = tokio::sync::mpsc::unbounded_channel();
+        let (events, _) = starling_node::channel::bounded(1, Default::default());
         let engine = ContainerRuntime::connect(kind, &socket, NodeId::new("cli")?, events)
             .await
             .with_context(|| format!("{} is not a usable socket path", socket.display()))?;

@@ -8,12 +8,11 @@ use std::time::Duration;
 
 use starling_protocol::placement::ReplicaId;
 use starling_protocol::spec::{HealthCheck, PortSpec, Probe, RuntimeKind};
-use tokio::sync::mpsc::{self, UnboundedSender};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::health::ProbeResult;
 use crate::runtime::Runtimes;
-use starling_core::node::RuntimeEvent;
 
 /// How often the engines are asked whether they still answer.
 const ENGINE_CHECK_EVERY: Duration = Duration::from_secs(5);
@@ -26,7 +25,7 @@ pub(super) fn spawn_prober(
     instance: u64,
     check: HealthCheck,
     ports: Vec<PortSpec>,
-    events: UnboundedSender<RuntimeEvent>,
+    events: crate::runtime::EventSender,
 ) -> JoinHandle<()> {
     let probe = check.probe.clone();
     let target = replica.clone();

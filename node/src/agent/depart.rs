@@ -104,8 +104,9 @@ impl Agent {
         let mut announced = true;
         if let (Some(departure), Some(fleet)) = (departure, self.fleet.as_mut()) {
             let tx = fleet.sync_tx.clone();
-            fleet.announce_departure(now, departure, move |acked, asked| {
-                let _ = tx.send(SyncEvent::DepartureAnnounced { acked, asked });
+            fleet.announce_departure(now, departure, move |acked, asked| async move {
+                tx.send(SyncEvent::DepartureAnnounced { acked, asked })
+                    .await;
             });
             fleet.publish_me_view().await;
             fleet.gossip_round(now);

@@ -184,7 +184,7 @@ impl Agent {
                 let keys = fleet.membership.gossip_keys.clone();
                 fleet.merge_keys(&keys, id);
                 let message = fleet.keys_message();
-                fleet.broadcast(now, message, |_, _| {});
+                fleet.broadcast(now, message, |_, _| async {});
                 self.persist_keys();
                 self.note(format!(
                     "gossip key {id} now seals; {installed} of {asked} live peers held it first"
@@ -320,13 +320,15 @@ impl Agent {
             primary: current,
         };
         let tx = fleet.sync_tx.clone();
-        fleet.broadcast(now, message, move |installed, asked| {
-            let _ = tx.send(SyncEvent::KeyInstalled {
+        // Waits for room in the loop's queue: the operator's `key rotate` waits for `reply`.
+        fleet.broadcast(now, message, move |installed, asked| async move {
+            tx.send(SyncEvent::KeyInstalled {
                 id,
                 installed,
                 asked,
                 reply,
-            });
+            })
+            .await;
         });
         self.persist_keys();
     }

@@ -167,7 +167,9 @@ pub async fn run(
         Some(addr) => Some((addr, http::bind(addr, config.metrics.is_some()).await?)),
         None => None,
     };
-    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let channels = metrics::ChannelMetrics::default();
+    let (events_tx, mut events_rx) =
+        crate::channel::bounded(RUNTIME_EVENTS_QUEUE, channels.runtime_events.clone());
     let process = ProcessRuntime::new(
         store.dir().join("runtime"),
         events_tx.clone(),
@@ -188,7 +190,14 @@ pub async fn run(
     );
     let runtimes_now = runtime.available().await;
     let (api_tx, api_rx) = mpsc::channel::<dispatch::LoopCall>(64);
-    let mut agent = Agent::new(config, store, identity, runtime.clone(), events_tx)?;
+    let mut agent = Agent::new(
+        config,
+        store,
+        identity,
+        runtime.clone(),
+        events_tx,
+        channels,
+    )?;
     agent.set_runtimes(runtimes_now);
     let mut inbox = None;
     let mut quic_server = None;
@@ -208,7 +217,7 @@ pub async fn run(
             agent.node.clone(),
             agent.core.view(),
             generation,
-            agent.metrics.gossip.clone(),
+            &agent.metrics,
             agent.revoked.clone(),
         )
         .await?;
@@ -263,14 +272,17 @@ pub async fn run(
             agent.leases.board.clone(),
         )
     });
-    let adopted = runtime.adopt().await;
+    let (adopted, adoption_events) =
+        crate::runtime::adopt_draining(runtime.as_ref(), &mut events_rx).await;
     if adopted > 0 {
         tracing::info!(
             adopted,
             "adopted replicas left running by the previous agent"
         );
     }
-    let result = agent.run_loop(events_rx, api_rx, inbox, shutdown).await;
+    let result = agent
+        .run_loop(adoption_events, events_rx, api_rx, inbox, shutdown)
+        .await;
     server.abort();
     if let Some(server) = metrics_server {
         server.abort();
@@ -307,7 +319,7 @@ pub(crate) struct Agent {
     /// Recent notable events, newest last, for `describe`.
     events: VecDeque<(u64, String)>,
     /// Where health probers send their results.
-    probe_tx: mpsc::UnboundedSender<RuntimeEvent>,
+    probe_tx: crate::runtime::EventSender,
     /// The fleet side, when the data dir belongs to a cluster.
     fleet: Option<fleet::Fleet>,
     /// Certificate names refused by the QUIC server.
@@ -323,8 +335,7 @@ pub(crate) struct Agent {
     usage: Option<(u32, u64)>,
     /// Leader election.
     leases: leases::Leases,
-    lease_replies:
-        Option<mpsc::UnboundedReceiver<(NodeId, starling_protocol::lease::LeaseMessage)>>,
+    lease_replies: Option<mpsc::Receiver<(NodeId, starling_protocol::lease::LeaseMessage)>>,
     /// The departure under way once the agent was asked to stop.
     departing: Option<depart::Departing>,
     /// Set when another live agent holds this node's id and this one must give way: the loop
@@ -335,13 +346,22 @@ pub(crate) struct Agent {
 /// Most events kept for `describe`.
 const EVENTS_MAX: usize = 200;
 
+/// Runtime and health-probe events queued for the loop. A burst of one event per replica (an
+/// adoption after a restart, an engine restart that ends every container) fits for a node
+/// running a few hundred replicas; past it runtimes and probers wait for the loop
+/// (back-pressure), which loses nothing: a lost `Exited` would leave the core believing the
+/// replica still runs. An `Exited` carries at most 16 KiB of log, so a full queue holds at
+/// most 4 MiB.
+const RUNTIME_EVENTS_QUEUE: usize = 256;
+
 impl Agent {
     fn new(
         config: AgentConfig,
         store: Store,
         identity: Identity,
         runtime: Arc<Runtimes>,
-        probe_tx: mpsc::UnboundedSender<RuntimeEvent>,
+        probe_tx: crate::runtime::EventSender,
+        channels: metrics::ChannelMetrics,
     ) -> Result<Self, AgentError> {
         let desired = store.desired()?;
         let last_assignment = store.assignment()?;
@@ -384,6 +404,7 @@ impl Agent {
             // Absent (a new node, or a lost one): the voter stays quiet for one lease duration.
             store.read_value("election.bin")?,
             store.read_value("voters.bin")?,
+            channels.lease_replies.clone(),
         );
         let core = NodeCore::new(
             core_config,
@@ -396,6 +417,7 @@ impl Agent {
         );
         let metrics = Arc::new(metrics::Metrics {
             store: store.health(),
+            channels,
             ..Default::default()
         });
         Ok(Agent {
@@ -425,13 +447,17 @@ impl Agent {
 
     async fn run_loop(
         &mut self,
-        mut events: mpsc::UnboundedReceiver<RuntimeEvent>,
+        adoption_events: Vec<RuntimeEvent>,
+        mut events: mpsc::Receiver<RuntimeEvent>,
         mut api: mpsc::Receiver<dispatch::LoopCall>,
         mut inbox: Option<fleet_loop::Inbox>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), AgentError> {
         tokio::pin!(shutdown);
         // Adopted instances were reported before the loop started; feed them first.
+        for event in adoption_events {
+            self.on_runtime_event(event);
+        }
         while let Ok(event) = events.try_recv() {
             self.on_runtime_event(event);
         }

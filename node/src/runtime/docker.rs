@@ -31,7 +31,6 @@ use starling_protocol::NodeId;
 use starling_protocol::WorkloadName;
 use starling_protocol::placement::ReplicaId;
 use starling_protocol::spec::{PortProtocol, PortSpec, PullPolicy, RuntimeKind, WorkloadSpec};
-use tokio::sync::mpsc::UnboundedSender;
 
 use super::{RuntimeEvent, StartRequest};
 
@@ -60,7 +59,7 @@ pub struct ContainerRuntime {
     client: std::sync::RwLock<Option<Docker>>,
     kind: RuntimeKind,
     node: NodeId,
-    events: UnboundedSender<RuntimeEvent>,
+    events: super::EventSender,
     running: Arc<Mutex<BTreeMap<ReplicaId, Instance>>>,
 }
 
@@ -96,7 +95,7 @@ impl ContainerRuntime {
         kind: RuntimeKind,
         socket: &std::path::Path,
         node: NodeId,
-        events: UnboundedSender<RuntimeEvent>,
+        events: super::EventSender,
     ) -> Option<Self> {
         socket.to_str()?;
         let runtime = ContainerRuntime {
@@ -191,18 +190,24 @@ impl ContainerRuntime {
         match self.create_and_start(&request).await {
             Ok(started) => {
                 self.lock().insert(replica.clone(), started.clone());
-                let _ = self.events.send(RuntimeEvent::Started {
-                    replica: replica.clone(),
-                    instance,
-                });
+                let _ = self
+                    .events
+                    .send(RuntimeEvent::Started {
+                        replica: replica.clone(),
+                        instance,
+                    })
+                    .await;
                 self.watch(replica, started);
             }
             Err(reason) => {
-                let _ = self.events.send(RuntimeEvent::StartFailed {
-                    replica,
-                    instance,
-                    reason,
-                });
+                let _ = self
+                    .events
+                    .send(RuntimeEvent::StartFailed {
+                        replica,
+                        instance,
+                        reason,
+                    })
+                    .await;
             }
         }
     }
@@ -374,12 +379,14 @@ impl ContainerRuntime {
             }
             // Killed by a signal shows as 128 + signal; report it as a signal, like processes.
             let code = code.filter(|c| *c < 128 || *c > 128 + 64);
-            let _ = events.send(RuntimeEvent::Exited {
-                replica,
-                instance: instance.instance,
-                code,
-                log_tail,
-            });
+            let _ = events
+                .send(RuntimeEvent::Exited {
+                    replica,
+                    instance: instance.instance,
+                    code,
+                    log_tail,
+                })
+                .await;
         });
     }
 
@@ -451,11 +458,14 @@ impl ContainerRuntime {
                 ports,
             };
             self.lock().insert(replica.clone(), record.clone());
-            let _ = self.events.send(RuntimeEvent::Adopted {
-                replica: replica.clone(),
-                instance,
-                revision,
-            });
+            let _ = self
+                .events
+                .send(RuntimeEvent::Adopted {
+                    replica: replica.clone(),
+                    instance,
+                    revision,
+                })
+                .await;
             self.watch(replica, record);
             adopted += 1;
         }

@@ -40,11 +40,10 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use starling_protocol::WorkloadName;
 use starling_protocol::placement::ReplicaId;
-use tokio::sync::mpsc::UnboundedSender;
 
 use super::cgroup::{Cgroups, InstanceGroups};
 use super::fence::{self, check_program};
-use super::{Runtime, RuntimeEvent, StartRequest};
+use super::{EventSender, Runtime, RuntimeEvent, StartRequest};
 use crate::store::write_atomic;
 
 /// Settings of the process runtime.
@@ -105,7 +104,7 @@ struct Running {
 
 struct Inner {
     state_dir: PathBuf,
-    events: UnboundedSender<RuntimeEvent>,
+    events: EventSender,
     config: ProcessConfig,
     cgroups: Result<Cgroups, String>,
     running: Mutex<BTreeMap<ReplicaId, Running>>,
@@ -120,11 +119,7 @@ pub struct ProcessRuntime {
 impl ProcessRuntime {
     /// A runtime keeping its files under `state_dir` and reporting on `events`. Must be called
     /// inside a tokio runtime (it starts the log-rotation task).
-    pub fn new(
-        state_dir: PathBuf,
-        events: UnboundedSender<RuntimeEvent>,
-        config: ProcessConfig,
-    ) -> Self {
+    pub fn new(state_dir: PathBuf, events: EventSender, config: ProcessConfig) -> Self {
         let cgroups = Cgroups::detect();
         if let Err(why) = &cgroups {
             tracing::warn!("{why}: cpu/memory limits of process replicas will not be enforced");
@@ -178,11 +173,14 @@ impl Runtime for ProcessRuntime {
         let inner = self.inner.clone();
         let (replica, instance) = (request.replica.clone(), request.instance);
         if let Err(reason) = inner.clone().spawn(request).await {
-            let _ = inner.events.send(RuntimeEvent::StartFailed {
-                replica,
-                instance,
-                reason,
-            });
+            let _ = inner
+                .events
+                .send(RuntimeEvent::StartFailed {
+                    replica,
+                    instance,
+                    reason,
+                })
+                .await;
         }
     }
 
@@ -253,11 +251,14 @@ impl Runtime for ProcessRuntime {
                 fenced: record.fenced,
             };
             inner.lock().insert(replica.clone(), running);
-            let _ = inner.events.send(RuntimeEvent::Adopted {
-                replica: replica.clone(),
-                instance: record.instance,
-                revision: record.revision,
-            });
+            let _ = inner
+                .events
+                .send(RuntimeEvent::Adopted {
+                    replica: replica.clone(),
+                    instance: record.instance,
+                    revision: record.revision,
+                })
+                .await;
             tokio::spawn(inner.clone().watch_adopted(replica, record));
             adopted += 1;
         }
@@ -385,16 +386,19 @@ impl Inner {
                 fenced,
             },
         );
-        let _ = self.events.send(RuntimeEvent::Started {
-            replica: replica.clone(),
-            instance,
-        });
+        let _ = self
+            .events
+            .send(RuntimeEvent::Started {
+                replica: replica.clone(),
+                instance,
+            })
+            .await;
         tokio::spawn(async move {
             let code = match child.wait().await {
                 Ok(status) => status.code(),
                 Err(_) => None,
             };
-            self.finish(&replica, instance, pid, code);
+            self.finish(&replica, instance, pid, code).await;
         });
         Ok(())
     }
@@ -470,7 +474,7 @@ impl Inner {
     }
 
     /// The instance's leader exited: clean up and report.
-    fn finish(&self, replica: &ReplicaId, instance: u64, pid: u32, code: Option<i32>) {
+    async fn finish(&self, replica: &ReplicaId, instance: u64, pid: u32, code: Option<i32>) {
         // Children the leader left behind in its group would be orphans: end them too.
         signal_group(pid, Signal::SIGKILL);
         let removed = {
@@ -489,12 +493,15 @@ impl Inner {
         }
         let log = self.replica_dir(replica).join("output.log");
         let log_tail = tail_lines(&log, EXIT_LOG_LINES, EXIT_LOG_BYTES_MAX);
-        let _ = self.events.send(RuntimeEvent::Exited {
-            replica: replica.clone(),
-            instance,
-            code,
-            log_tail,
-        });
+        let _ = self
+            .events
+            .send(RuntimeEvent::Exited {
+                replica: replica.clone(),
+                instance,
+                code,
+                log_tail,
+            })
+            .await;
     }
 
     /// Watches a process this agent did not spawn (adopted) until it is gone.
@@ -502,7 +509,8 @@ impl Inner {
         loop {
             tokio::time::sleep(self.config.poll_interval).await;
             if start_time(record.pid) != Some(record.start_time) {
-                self.finish(&replica, record.instance, record.pid, None);
+                self.finish(&replica, record.instance, record.pid, None)
+                    .await;
                 return;
             }
             if self.pid_of(&replica, record.instance).is_none() {

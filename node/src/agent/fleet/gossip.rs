@@ -257,11 +257,14 @@ impl Fleet {
                     &answer,
                     Ok(Some((crate::identity::Role::Node, name))) if name == me.as_str()
                 );
-                let _ = tx.send(SyncEvent::Rival {
+                // Waits for room: a lost answer would leave the check in flight for good,
+                // and the rejoin wait held with it.
+                tx.send(SyncEvent::Rival {
                     generation,
                     base: life.base,
                     live,
-                });
+                })
+                .await;
             });
         }
         !self.rivals_checking.is_empty()

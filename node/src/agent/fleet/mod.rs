@@ -29,7 +29,7 @@ mod sync;
 
 use super::AgentError;
 use crate::cluster::{Membership, probe_addr, quic_addr};
-use crate::gossip::{GossipCounters, SealedUdpTransport};
+use crate::gossip::SealedUdpTransport;
 use crate::net::probe::{self, ProbeSender};
 use crate::net::quic::Quic;
 use starling_core::membership::lives::Lives;
@@ -129,6 +129,15 @@ pub(crate) enum SyncEvent {
     },
 }
 
+/// Reports of background fleet tasks queued for the loop. Mostly answers of the sync
+/// machine's requests, of which at most `in_flight_per_peer` (4) per peer are out at once, so
+/// a fleet of 64 nodes answering together fits; rival checks, keyrings, departures and key
+/// installs are rare. Tasks wait when it is full (back-pressure: a lost rival answer would
+/// hold the rejoin wait forever, a lost key install would leave the CLI waiting); only the
+/// loop's own report of a request it could not send is dropped when full, counted, and
+/// recovered by the sync machine's request timeout.
+pub(super) const SYNC_QUEUE: usize = 256;
+
 /// The fleet side of an agent.
 pub(super) struct Fleet {
     pub membership: Membership,
@@ -172,7 +181,8 @@ pub(super) struct Fleet {
     pub revoked: Arc<RwLock<BTreeSet<String>>>,
     /// How many revoked names this node last published.
     published_revoked: usize,
-    pub sync_tx: mpsc::UnboundedSender<SyncEvent>,
+    /// Where background tasks report to the loop (see [`SYNC_QUEUE`]).
+    pub sync_tx: crate::channel::Sender<SyncEvent>,
     /// Keys to set in this node's gossip state at the next gossip tick (set from sync code).
     pending_keys: BTreeMap<String, String>,
     /// Members from the fleet this node last saw (its stored view), until gossip tells of
@@ -198,7 +208,7 @@ pub(super) struct Fleet {
 /// Channels the fleet feeds into the agent loop.
 pub(crate) struct FleetInbox {
     pub probes: mpsc::Receiver<(NodeId, PeerMessage)>,
-    pub sync: mpsc::UnboundedReceiver<SyncEvent>,
+    pub sync: mpsc::Receiver<SyncEvent>,
 }
 
 /// The refusal of a join under `node`: `member` says how the fleet knows it (if it does),
@@ -229,13 +239,14 @@ impl Fleet {
         me: NodeId,
         last_seen: &FleetView,
         generation: u64,
-        counters: Arc<GossipCounters>,
+        metrics: &super::metrics::Metrics,
         revoked: Arc<RwLock<BTreeSet<String>>>,
     ) -> Result<(Fleet, FleetInbox), AgentError> {
         let mut remembered = last_seen.nodes.clone();
         let me_view = remembered
             .remove(&me)
             .ok_or_else(|| AgentError::Net(format!("{me} is not in its own fleet view")))?;
+        let counters = metrics.gossip.clone();
         let base = settings.advertise.unwrap_or(settings.listen);
         let keyring = Arc::new(RwLock::new(membership.keyring()));
         let transport =
@@ -298,7 +309,7 @@ impl Fleet {
             .map_err(|e| AgentError::Net(e.to_string()))?;
         let quic = Quic::serve(quic_addr(settings.listen), &tls)
             .map_err(|e| AgentError::Net(e.to_string()))?;
-        let (sync_tx, sync) = mpsc::unbounded_channel();
+        let (sync_tx, sync) = crate::channel::bounded(SYNC_QUEUE, metrics.channels.sync.clone());
         let fleet = Fleet {
             chitchat: handle.chitchat(),
             handle,
@@ -436,9 +447,10 @@ impl Fleet {
 
     /// Announces that this node is about to stop: in its own view (so its core acts on it),
     /// in gossip, and pushed to every live peer; `done(acked, asked)` reports the push.
-    pub fn announce_departure<F>(&mut self, now: u64, departure: Departure, done: F)
+    pub fn announce_departure<F, Fut>(&mut self, now: u64, departure: Departure, done: F)
     where
-        F: FnOnce(usize, usize) + Send + 'static,
+        F: FnOnce(usize, usize) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
     {
         self.me_view.departure = departure;
         self.me_view_dirty = true;

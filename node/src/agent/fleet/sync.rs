@@ -31,7 +31,9 @@ impl Fleet {
         let (quic, tx) = (self.quic.clone(), self.sync_tx.clone());
         let timeout = Duration::from_millis(self.sync.config().request_timeout_ms);
         let Some(addr) = self.peers.get(to).map(|p| quic_addr(p.base)) else {
-            let _ = tx.send(SyncEvent::Answer {
+            // The loop itself sends this one, so it must not wait for room in its own queue:
+            // when full it is dropped and counted, and the request times out in the machine.
+            tx.try_send(SyncEvent::Answer {
                 id,
                 answer: Err(format!("no address known for {to}")),
             });
@@ -42,7 +44,7 @@ impl Fleet {
                 .peer(addr, message, timeout)
                 .await
                 .map_err(|e| e.to_string());
-            let _ = tx.send(SyncEvent::Answer { id, answer });
+            tx.send(SyncEvent::Answer { id, answer }).await;
         });
     }
 
@@ -77,10 +79,12 @@ impl Fleet {
     }
 
     /// Sends `message` to every live peer; returns how many answered `Stored`, and how many
-    /// were asked, through `done`.
-    pub fn broadcast<F>(&self, now: u64, message: PeerMessage, done: F)
+    /// were asked, through `done` (awaited in the broadcast's task, so it may wait for room
+    /// in the loop's queue).
+    pub fn broadcast<F, Fut>(&self, now: u64, message: PeerMessage, done: F)
     where
-        F: FnOnce(usize, usize) + Send + 'static,
+        F: FnOnce(usize, usize) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
     {
         let peers = self.live_peers(now);
         let quic = self.quic.clone();
@@ -102,7 +106,7 @@ impl Fleet {
                     stored += 1;
                 }
             }
-            done(stored, asked);
+            done(stored, asked).await;
         });
     }
 
@@ -131,7 +135,7 @@ impl Fleet {
                 .peer(addr, PeerMessage::KeysRequest, Duration::from_secs(5))
                 .await
             {
-                let _ = tx.send(SyncEvent::Keys { keys, primary });
+                tx.send(SyncEvent::Keys { keys, primary }).await;
             }
         });
     }
