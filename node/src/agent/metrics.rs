@@ -35,6 +35,8 @@ pub struct Metrics {
     pub merged_entries: AtomicU64,
     /// The local HTTP server's connections, long polls and refusals.
     pub http: Arc<HttpCounters>,
+    /// The QUIC server's connections and refusals.
+    pub quic: Arc<super::quic_api::QuicCounters>,
     /// Failed writes of the node's state (shared with the store).
     pub store: Arc<StoreHealth>,
     /// The bounded channels into the agent loop: how often they were full.
@@ -227,6 +229,29 @@ impl Metrics {
                 ("{reason=\"client\"}", load(&h.refused_client)),
                 ("{reason=\"long_polls\"}", load(&h.refused_long_polls)),
             ],
+        );
+        let q = &self.quic;
+        metric(
+            "starling_quic_refused_total",
+            "counter",
+            "QUIC connections refused because a cap was reached: all connections taken, the dialer's address holding its share, or all joiner (no certificate) slots taken.",
+            &[
+                ("{reason=\"connections\"}", load(&q.refused_connections)),
+                ("{reason=\"address\"}", load(&q.refused_address)),
+                ("{reason=\"joiners\"}", load(&q.refused_anonymous)),
+            ],
+        );
+        metric(
+            "starling_quic_connections",
+            "gauge",
+            "QUIC connections held by the server now, handshakes included.",
+            &[("", load(&q.connections))],
+        );
+        metric(
+            "starling_quic_joiner_connections",
+            "gauge",
+            "QUIC connections without a certificate (joiners) held by the server now.",
+            &[("", load(&q.anonymous))],
         );
         metric(
             "starling_http_connections",

@@ -238,6 +238,8 @@ pub async fn run(
                 joins: join_tx,
                 revoked: agent.revoked.clone(),
             },
+            quic_api::Limiter::new(&agent.config.fleet.quic, agent.metrics.quic.clone()),
+            agent.config.fleet.quic.request_timeout,
         ));
         tracing::info!(
             cluster = %fleet.membership.cluster,

@@ -31,7 +31,7 @@ use super::AgentError;
 use crate::cluster::{Membership, probe_addr, quic_addr};
 use crate::gossip::SealedUdpTransport;
 use crate::net::probe::{self, ProbeSender};
-use crate::net::quic::Quic;
+use crate::net::quic::{Quic, QuicSettings};
 use starling_core::membership::lives::Lives;
 use starling_core::membership::{Detector, DetectorConfig, Verdict};
 
@@ -54,6 +54,8 @@ pub struct FleetSettings {
     pub gossip_interval_max: Duration,
     /// The failure detector.
     pub detector: DetectorConfig,
+    /// QUIC's timeouts and the QUIC server's caps.
+    pub quic: QuicSettings,
 }
 
 impl Default for FleetSettings {
@@ -66,6 +68,7 @@ impl Default for FleetSettings {
             gossip_ms_per_member: 50,
             gossip_interval_max: Duration::from_secs(30),
             detector: DetectorConfig::default(),
+            quic: QuicSettings::default(),
         }
     }
 }
@@ -307,7 +310,7 @@ impl Fleet {
         let tls = membership
             .tls()
             .map_err(|e| AgentError::Net(e.to_string()))?;
-        let quic = Quic::serve(quic_addr(settings.listen), &tls)
+        let quic = Quic::serve(quic_addr(settings.listen), &tls, &settings.quic)
             .map_err(|e| AgentError::Net(e.to_string()))?;
         let (sync_tx, sync) = crate::channel::bounded(SYNC_QUEUE, metrics.channels.sync.clone());
         let fleet = Fleet {
