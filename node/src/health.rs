@@ -18,6 +18,12 @@ use tokio::task::JoinHandle;
 
 use starling_core::node::RuntimeEvent;
 
+/// Shortest interval between probes of one instance, whatever its spec says: a probe costs a
+/// process or a connection, and the spec's own check allows no less.
+const PROBE_INTERVAL_MIN: Duration = Duration::from_millis(100);
+/// Shortest probe timeout: a zero timeout would fail every probe before it started.
+const PROBE_TIMEOUT_MIN: Duration = Duration::from_millis(1);
+
 /// Most bytes read from an HTTP answer: the status line is all a probe needs.
 const HTTP_READ_BYTES_MAX: usize = 8 << 10;
 
@@ -85,8 +91,8 @@ where
 {
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(check.initial_delay_ms)).await;
-        let interval = Duration::from_millis(check.interval_ms.max(100));
-        let timeout = Duration::from_millis(check.timeout_ms.max(1));
+        let interval = Duration::from_millis(check.interval_ms).max(PROBE_INTERVAL_MIN);
+        let timeout = Duration::from_millis(check.timeout_ms).max(PROBE_TIMEOUT_MIN);
         loop {
             let started = crate::clock::monotonic();
             let result = run_probe(timeout).await;

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use starling_core::sync::SyncOutput;
 use starling_protocol::desired::{DesiredEntry, PAGE_BYTES};
@@ -18,9 +17,6 @@ use super::fleet::{FleetInbox, PeerCall, SyncEvent};
 use super::handlers::{Push, WriteOutcome};
 use super::quic_api::JoinCall;
 use crate::clock::now_ms;
-
-/// How often gossip state is read into the core and the detector.
-pub(super) const GOSSIP_READ_EVERY: Duration = Duration::from_millis(100);
 
 /// Receivers of fleet inputs.
 pub(crate) struct Inbox {

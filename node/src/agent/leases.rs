@@ -6,7 +6,6 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use starling_protocol::api::{LeaseHere, LeaseRow, Voter};
@@ -27,9 +26,6 @@ use starling_core::election::{
     Candidacy, ElectionOutput, Elector, ElectorConfig, VoterMemory, Voters,
 };
 use starling_core::node::LeaseWant;
-
-/// How long a voter waits for a grant request's answer over QUIC.
-const GRANT_TIMEOUT: Duration = Duration::from_millis(800);
 
 /// The fleet's voters as written by one node at one instant; the newest stamp wins.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -218,11 +214,10 @@ impl Agent {
         let quic = fleet.quic.clone();
         let replies = self.leases.replies_tx.clone();
         let in_flight = self.leases.in_flight.clone();
+        let timeout = self.config.fleet.exchanges.lease_grant_timeout;
         in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(async move {
-            let answer = quic
-                .peer(addr, PeerMessage::Lease(message), GRANT_TIMEOUT)
-                .await;
+            let answer = quic.peer(addr, PeerMessage::Lease(message), timeout).await;
             in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             if let Ok(PeerMessage::Lease(reply @ LeaseMessage::Reply(_))) = answer {
                 // A task can wait for room; a late reply is judged by the elector, which

@@ -19,9 +19,11 @@ mod listings;
 mod logs;
 pub mod metrics;
 mod quic_api;
+mod settings;
 
 pub use depart::{DepartureSettings, OnStop};
-pub use fleet::FleetSettings;
+pub use fleet::{ExchangeTimeouts, FleetSettings, GossipTimings};
+pub use settings::{HostSettings, LocalSettings};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -57,6 +59,11 @@ pub struct AgentConfig {
     pub capacity: Option<Capacity>,
     /// Grace between SIGTERM and SIGKILL when stopping a replica.
     pub stop_grace: Duration,
+    /// Grace between SIGTERM and SIGKILL when a singleton's lease was lost (default 100 ms,
+    /// and never more than `stop_grace`): the instance must be gone well inside the lease's
+    /// drift margin, before another node's instance may act. `starling fence` uses the same
+    /// grace by default.
+    pub lease_lost_grace: Duration,
     /// What happens to the workloads when the agent is asked to stop (see `depart`).
     pub departure: DepartureSettings,
     /// After a restart in a fleet, how long to wait to hear every peer before acting (a node
@@ -80,6 +87,10 @@ pub struct AgentConfig {
     /// The `starling` binary that runs singleton process instances under `starling fence`
     /// (default: this executable; none runs them unfenced). See `runtime::fence`.
     pub fence_program: Option<PathBuf>,
+    /// How often the agent looks at its host and how long it waits for container engines.
+    pub host: HostSettings,
+    /// How long the local doors (API socket, HTTP port, log streams) wait.
+    pub local: LocalSettings,
 }
 
 impl AgentConfig {
@@ -91,6 +102,7 @@ impl AgentConfig {
             labels: BTreeMap::new(),
             capacity: None,
             stop_grace: Duration::from_secs(10),
+            lease_lost_grace: Duration::from_millis(100),
             departure: DepartureSettings::default(),
             rejoin_wait: Duration::from_secs(5),
             max_drift_ms: 5_000,
@@ -103,6 +115,8 @@ impl AgentConfig {
                 .collect(),
             lease_max_drift_ms: 300,
             fence_program: std::env::current_exe().ok(),
+            host: HostSettings::default(),
+            local: LocalSettings::default(),
         }
     }
 }
@@ -183,6 +197,7 @@ pub async fn run(
         Runtimes::new(
             process,
             &config.container_engines,
+            config.host.engine,
             identity.node.clone(),
             events_tx.clone(),
         )
@@ -232,6 +247,7 @@ pub async fn run(
                         runtime: runtime.clone(),
                         locator: agent.locator.clone(),
                         quic: Some(fleet.quic.clone()),
+                        follow_interval: agent.config.local.log_follow_interval,
                     },
                 },
                 peers: peer_tx,
@@ -260,9 +276,15 @@ pub async fn run(
             runtime: runtime.clone(),
             locator: agent.locator.clone(),
             quic: agent.fleet.as_ref().map(|f| f.quic.clone()),
+            follow_interval: agent.config.local.log_follow_interval,
         },
     };
-    let server = host::serve_api(agent.store.dir(), socket_door).await?;
+    let server = host::serve_api(
+        agent.store.dir(),
+        socket_door,
+        agent.config.local.accept_backoff,
+    )
+    .await?;
     let metrics_server = http_listener.map(|(addr, listener)| {
         let limiter = http::Limiter::new(http_limits, agent.metrics.http.clone());
         tracing::info!(%addr, ?http_limits, "metrics at http://{addr}/metrics");
@@ -270,6 +292,7 @@ pub async fn run(
         http::serve(
             listener,
             limiter,
+            agent.config.local,
             agent.metrics.clone(),
             agent.leases.board.clone(),
         )
@@ -347,6 +370,10 @@ pub(crate) struct Agent {
 
 /// Most events kept for `describe`.
 const EVENTS_MAX: usize = 200;
+
+/// How long the loop sleeps when nothing has a deadline: it wakes for every input anyway, so
+/// this bounds nothing but the sleep's own length.
+const IDLE_WAKE: Duration = Duration::from_secs(3600);
 
 /// Runtime and health-probe events queued for the loop. A burst of one event per replica (an
 /// adoption after a restart, an engine restart that ends every container) fits for a node
@@ -466,9 +493,10 @@ impl Agent {
         let view = self.core.view().clone();
         self.core.handle_view(now_ms(), view);
         self.execute().await;
-        let (mut engines, engine_watch) = containers::watch_engines(self.runtime.clone());
-        let mut usage_tick = tokio::time::interval(Duration::from_secs(5));
-        let mut gossip_tick = tokio::time::interval(fleet_loop::GOSSIP_READ_EVERY);
+        let (mut engines, engine_watch) =
+            containers::watch_engines(self.runtime.clone(), self.config.host.engine_check_interval);
+        let mut usage_tick = tokio::time::interval(self.config.host.usage_sample_interval);
+        let mut gossip_tick = tokio::time::interval(self.config.fleet.gossip_timing.read_interval);
         gossip_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let Some(mut lease_replies) = self.lease_replies.take() else {
             return Ok(());
@@ -485,7 +513,7 @@ impl Agent {
             .min();
             let sleep = match deadline {
                 Some(deadline) => Duration::from_millis(deadline.saturating_sub(now_ms())),
-                None => Duration::from_secs(3600),
+                None => IDLE_WAKE,
             };
             let fleet_on = inbox.is_some();
             tokio::select! {

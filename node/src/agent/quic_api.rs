@@ -574,7 +574,7 @@ mod tests {
             events.clone(),
             ProcessConfig::default(),
         );
-        let runtime = Arc::new(Runtimes::new(process, &[], me, events).await);
+        let runtime = Arc::new(Runtimes::new(process, &[], Default::default(), me, events).await);
         let (calls, calls_rx) = mpsc::channel(1);
         let (peers, peers_rx) = mpsc::channel(1);
         let (joins, mut joins_rx) = mpsc::channel::<JoinCall>(4);
@@ -591,6 +591,7 @@ mod tests {
                     runtime,
                     locator: Arc::default(),
                     quic: None,
+                    follow_interval: Duration::from_millis(250),
                 },
             },
             peers,

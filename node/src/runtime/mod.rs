@@ -123,18 +123,25 @@ pub struct Runtimes {
 }
 
 impl Runtimes {
-    /// The process runtime plus every container engine in `engines` that answers.
+    /// The process runtime plus every container engine in `engines` that answers, each
+    /// waited for as `settings` says.
     pub async fn new(
         process: process::ProcessRuntime,
         engines: &[(spec::RuntimeKind, std::path::PathBuf)],
+        settings: docker::EngineSettings,
         node: NodeId,
         events: EventSender,
     ) -> Self {
         let mut containers = Vec::new();
         for (kind, socket) in engines {
-            let Some(c) =
-                docker::ContainerRuntime::connect(*kind, socket, node.clone(), events.clone())
-                    .await
+            let Some(c) = docker::ContainerRuntime::connect(
+                *kind,
+                socket,
+                node.clone(),
+                events.clone(),
+                settings,
+            )
+            .await
             else {
                 continue;
             };

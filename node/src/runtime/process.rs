@@ -53,8 +53,12 @@ pub struct ProcessConfig {
     pub log_bytes_max: u64,
     /// Rotated logs kept (`output.log.1` ..). Default 2.
     pub log_files_kept: u32,
-    /// How often adopted processes (not our children) are checked for exit, and logs for size.
+    /// How often adopted processes (not our children) are checked for exit, and logs for
+    /// size (default 500 ms; at least [`POLL_INTERVAL_MIN`] for logs).
     pub poll_interval: Duration,
+    /// How often a stop checks whether the instance is gone before its grace runs out
+    /// (default 25 ms): the delay between an exit and the stop returning.
+    pub stop_check_interval: Duration,
     /// The `starling` binary that runs singleton instances under `starling fence`, which stops
     /// them when their lease runs out even if the agent is gone. Default: none (unfenced).
     pub fence_program: Option<PathBuf>,
@@ -66,10 +70,15 @@ impl Default for ProcessConfig {
             log_bytes_max: 1 << 20,
             log_files_kept: 2,
             poll_interval: Duration::from_millis(500),
+            stop_check_interval: Duration::from_millis(25),
             fence_program: None,
         }
     }
 }
+
+/// Shortest interval of the log-rotation task, whatever `poll_interval` says: rotation reads
+/// every replica's log size, which must not become a busy loop.
+pub const POLL_INTERVAL_MIN: Duration = Duration::from_millis(100);
 
 /// Lines of log attached to an exit report.
 const EXIT_LOG_LINES: usize = 20;
@@ -135,7 +144,7 @@ impl ProcessRuntime {
         tokio::spawn(async move {
             loop {
                 let Some(inner) = weak.upgrade() else { return };
-                let interval = inner.config.poll_interval.max(Duration::from_millis(100));
+                let interval = inner.config.poll_interval.max(POLL_INTERVAL_MIN);
                 inner.rotate_logs();
                 drop(inner);
                 tokio::time::sleep(interval).await;
@@ -198,7 +207,7 @@ impl Runtime for ProcessRuntime {
             if self.inner.pid_of(replica, instance).is_none() {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            tokio::time::sleep(self.inner.config.stop_check_interval).await;
         }
         if self.inner.pid_of(replica, instance).is_some() {
             tracing::warn!(

@@ -56,6 +56,70 @@ pub struct FleetSettings {
     pub detector: DetectorConfig,
     /// QUIC's timeouts and the QUIC server's caps.
     pub quic: QuicSettings,
+    /// Timeouts of exchanges with peers over QUIC (the sync machine times its own).
+    pub exchanges: ExchangeTimeouts,
+    /// How often gossip is read, and how long what it told counts.
+    pub gossip_timing: GossipTimings,
+}
+
+/// How long an exchange with a peer over QUIC may take, connection included; past it the
+/// exchange has failed. Anti-entropy pulls and pushes are timed by the sync machine
+/// (`starling_core::sync::SyncConfig::request_timeout_ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExchangeTimeouts {
+    /// A message pushed to every live peer: a departure, a gossip keyring (default 5 s).
+    /// Whoever has not answered by then counts as not holding it.
+    pub broadcast_timeout: Duration,
+    /// Fetching a peer's keyring after gossip packets failed to open (default 5 s).
+    pub keys_fetch_timeout: Duration,
+    /// A lease grant request to a voter (default 800 ms): well inside the shortest lease, so
+    /// a campaign round learns its outcome while the grant it asks for is still worth having.
+    pub lease_grant_timeout: Duration,
+}
+
+impl Default for ExchangeTimeouts {
+    fn default() -> Self {
+        ExchangeTimeouts {
+            broadcast_timeout: Duration::from_secs(5),
+            keys_fetch_timeout: Duration::from_secs(5),
+            lease_grant_timeout: Duration::from_millis(800),
+        }
+    }
+}
+
+/// How often the agent reads gossip and how long what it heard there counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GossipTimings {
+    /// How often gossip state is read into the core and the detector (default 100 ms): the
+    /// delay between a peer's news arriving and this node acting on it.
+    pub read_interval: Duration,
+    /// Shortest quiet time after which another life of a node id is followed instead of the
+    /// one followed so far (default 5 s; five round intervals when rounds are slower).
+    pub life_quiet_min: Duration,
+    /// Another live agent under this node's id at one address is checked over QUIC at most
+    /// this often (default 10 s).
+    pub rival_recheck_interval: Duration,
+    /// This node's measured CPU and memory use is published at most this often when it
+    /// moved (default 15 s): every published change travels to every member.
+    pub usage_publish_interval_min: Duration,
+    /// How long chitchat keeps the state of a node it considers dead (default 1 h). Liveness
+    /// is the failure detector's; this only bounds how long a gone node's keys are kept.
+    pub dead_node_grace: Duration,
+    /// How long chitchat keeps keys marked for deletion (default 1 h).
+    pub deleted_key_grace: Duration,
+}
+
+impl Default for GossipTimings {
+    fn default() -> Self {
+        GossipTimings {
+            read_interval: Duration::from_millis(100),
+            life_quiet_min: Duration::from_secs(5),
+            rival_recheck_interval: Duration::from_secs(10),
+            usage_publish_interval_min: Duration::from_secs(15),
+            dead_node_grace: Duration::from_secs(3_600),
+            deleted_key_grace: Duration::from_secs(3_600),
+        }
+    }
 }
 
 impl Default for FleetSettings {
@@ -69,6 +133,8 @@ impl Default for FleetSettings {
             gossip_interval_max: Duration::from_secs(30),
             detector: DetectorConfig::default(),
             quic: QuicSettings::default(),
+            exchanges: ExchangeTimeouts::default(),
+            gossip_timing: GossipTimings::default(),
         }
     }
 }
@@ -176,6 +242,10 @@ pub(super) struct Fleet {
     pub enrolled: BTreeSet<NodeId>,
     /// Round-robin position for picking whom to fetch keys from.
     keys_cursor: usize,
+    /// Timeouts of broadcasts and keyring fetches (see [`FleetSettings::exchanges`]).
+    exchanges: ExchangeTimeouts,
+    /// Gossip's timings (see [`FleetSettings::gossip_timing`]).
+    timing: GossipTimings,
     /// The keyring the gossip transport and the probe socket seal and open with.
     keyring: Arc<RwLock<crate::gossip::seal::Keyring>>,
     /// When keys were last fetched from a peer, and the auth drops seen then.
@@ -274,10 +344,10 @@ impl Fleet {
             seed_nodes: seeds,
             failure_detector_config: FailureDetectorConfig {
                 initial_interval: settings.gossip_interval,
-                dead_node_grace_period: Duration::from_secs(3_600),
+                dead_node_grace_period: settings.gossip_timing.dead_node_grace,
                 ..FailureDetectorConfig::default()
             },
-            marked_for_deletion_grace_period: Duration::from_secs(3_600),
+            marked_for_deletion_grace_period: settings.gossip_timing.deleted_key_grace,
             catchup_callback: None,
             extra_liveness_predicate: None,
         };
@@ -343,6 +413,8 @@ impl Fleet {
             spent: BTreeSet::new(),
             enrolled: BTreeSet::new(),
             keys_cursor: 0,
+            exchanges: settings.exchanges,
+            timing: settings.gossip_timing,
             keyring: keyring_for_fleet,
             keys_fetched: KeyFetch::default(),
             revoked,

@@ -88,6 +88,7 @@ impl Fleet {
     {
         let peers = self.live_peers(now);
         let quic = self.quic.clone();
+        let timeout = self.exchanges.broadcast_timeout;
         tokio::spawn(async move {
             let asked = peers.len();
             let mut tasks = tokio::task::JoinSet::new();
@@ -95,7 +96,7 @@ impl Fleet {
                 let (quic, message) = (quic.clone(), message.clone());
                 tasks.spawn(async move {
                     matches!(
-                        quic.peer(addr, message, Duration::from_secs(5)).await,
+                        quic.peer(addr, message, timeout).await,
                         Ok(PeerMessage::Stored)
                     )
                 });
@@ -130,10 +131,10 @@ impl Fleet {
         self.keys_cursor = self.keys_cursor.wrapping_add(1);
         let addr = addrs[self.keys_cursor % addrs.len()];
         let (quic, tx) = (self.quic.clone(), self.sync_tx.clone());
+        let timeout = self.exchanges.keys_fetch_timeout;
         tokio::spawn(async move {
-            if let Ok(PeerMessage::Keys { keys, primary }) = quic
-                .peer(addr, PeerMessage::KeysRequest, Duration::from_secs(5))
-                .await
+            if let Ok(PeerMessage::Keys { keys, primary }) =
+                quic.peer(addr, PeerMessage::KeysRequest, timeout).await
             {
                 tx.send(SyncEvent::Keys { keys, primary }).await;
             }
