@@ -242,6 +242,12 @@ impl Metrics {
             ],
         );
         metric(
+            "starling_quic_address_validations_total",
+            "counter",
+            "New QUIC dialers asked to prove their address first (a retry) because a cap was half taken.",
+            &[("", load(&q.validations))],
+        );
+        metric(
             "starling_quic_connections",
             "gauge",
             "QUIC connections held by the server now, handshakes included.",

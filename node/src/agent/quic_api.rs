@@ -12,8 +12,15 @@
 //! ([`QuicSettings`]): connections in total and per IP address (refused before the handshake,
 //! which costs the server nothing but one packet), connections without a certificate (closed
 //! right after theirs), streams per connection (the transport's flow control), and the time
-//! a stream may take to say what it wants. A connection proven by a node certificate leaves
-//! its address's count, so a fleet behind one NAT address is not mistaken for a flood.
+//! a stream may take to say what it wants. A connection proven by a certificate of the
+//! cluster (a node's or an operator's) leaves its address's count: the per-address cap is
+//! against hosts that hold handshakes or joins open, and must not mistake a fleet behind one
+//! NAT address, or an operator's script, for a flood.
+//!
+//! A handshake from a spoofed address never completes but holds its slot until it times out.
+//! So once a cap is half taken, a new dialer must first prove its address (a stateless retry,
+//! one round trip, which QUIC clients follow by themselves): spoofed handshakes can then take
+//! at most half of a cap, and dialers that can prove their address keep the other half.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -59,6 +66,8 @@ pub struct QuicCounters {
     pub connections: AtomicU64,
     /// Connections without a certificate held now.
     pub anonymous: AtomicU64,
+    /// Dialers asked to prove their address first (a retry) because a cap was half taken.
+    pub validations: AtomicU64,
 }
 
 /// Which cap refused a connection.
@@ -167,6 +176,16 @@ impl Limiter {
         })
     }
 
+    /// Whether a dialer from `remote` must prove its address before it is admitted: the
+    /// total or its address's share is half taken.
+    pub fn wants_validation(&self, remote: SocketAddr) -> bool {
+        let address = remote.ip().to_canonical();
+        let held = self.lock();
+        let of_address = held.per_address.get(&address).copied().unwrap_or(0);
+        held.connections * 2 >= self.caps.connections_max
+            || of_address * 2 >= self.caps.per_address_max
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
         // Counts are updated under the lock in one step each, so a poisoned lock is whole.
         self.held.lock().unwrap_or_else(|e| e.into_inner())
@@ -210,9 +229,9 @@ impl Limiter {
 }
 
 impl Slot {
-    /// The connection proved a node certificate of the cluster: it no longer counts against
-    /// its address (the fleet's size bounds how many of these there are).
-    pub fn proven_node(&mut self) {
+    /// The connection proved a certificate of the cluster (a node's or an operator's): it no
+    /// longer counts against its address, only in the total.
+    pub fn proven(&mut self) {
         let Some(address) = self.address.take() else {
             return;
         };
@@ -276,8 +295,15 @@ pub(crate) fn serve(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         while let Some(incoming) = endpoint.accept().await {
+            let remote = incoming.remote_address();
+            if incoming.may_retry() && limiter.wants_validation(remote) {
+                limiter.counters.validations.fetch_add(1, Ordering::Relaxed);
+                // Cannot fail: `may_retry` said the address is not validated yet.
+                let _ = incoming.retry();
+                continue;
+            }
             // Refused before the handshake: a flood costs one packet each, no task, no crypto.
-            let Ok(mut slot) = limiter.admit(incoming.remote_address()) else {
+            let Ok(mut slot) = limiter.admit(remote) else {
                 incoming.refuse();
                 continue;
             };
@@ -288,8 +314,7 @@ pub(crate) fn serve(
                 };
                 let who = peer_of(&conn);
                 match &who {
-                    Some((Role::Node, _)) => slot.proven_node(),
-                    Some((Role::User, _)) => {}
+                    Some(_) => slot.proven(),
                     None => {
                         if slot.anonymous(conn.remote_address()).is_err() {
                             conn.close(2u32.into(), b"too many joiners at once; retry in a moment");
@@ -490,14 +515,14 @@ mod tests {
     }
 
     #[test]
-    fn a_proven_node_leaves_its_address_count_but_not_the_total() {
+    fn a_proven_dialer_leaves_its_address_count_but_not_the_total() {
         let (limiter, counters) = limiter(&small());
         let nat = [192, 0, 2, 1];
         // More nodes behind one address than its share: each proves itself after admission.
         let nodes: Vec<Slot> = (0..5)
             .map(|port| {
                 let mut slot = limiter.admit(addr(nat, port)).expect("room");
-                slot.proven_node();
+                slot.proven();
                 slot
             })
             .collect();
@@ -534,6 +559,24 @@ mod tests {
         drop(first);
         assert_eq!(counters.anonymous.load(Ordering::Relaxed), 1);
         assert!(third.anonymous(addr([10, 1, 0, 3], 1)).is_ok());
+    }
+
+    #[test]
+    fn dialers_prove_their_address_once_a_cap_is_half_taken() {
+        let (limiter, _) = limiter(&small());
+        let dialer = addr([10, 2, 0, 1], 1);
+        assert!(!limiter.wants_validation(dialer));
+        let _first = limiter.admit(dialer).expect("room");
+        assert!(
+            !limiter.wants_validation(dialer),
+            "1 of 3 from this address"
+        );
+        let _second = limiter.admit(dialer).expect("room");
+        assert!(limiter.wants_validation(dialer), "2 of 3 from this address");
+        let elsewhere = addr([10, 2, 0, 2], 1);
+        assert!(!limiter.wants_validation(elsewhere), "2 of 6 in total");
+        let _third = limiter.admit(elsewhere).expect("room");
+        assert!(limiter.wants_validation(elsewhere), "3 of 6 in total");
     }
 
     #[test]
@@ -689,19 +732,35 @@ mod tests {
             ..QuicSettings::default()
         })
         .await;
+        // Joiners prove nothing, so they stay in their address's count.
         let mut held = Vec::new();
         for _ in 0..3 {
-            let (endpoint, conn) = dial([127, 0, 0, 1], srv.client(Role::User, "ops"), srv.addr)
+            let (endpoint, conn) = dial([127, 0, 0, 1], srv.joiner(), srv.addr)
                 .await
                 .expect("within the share");
             assert!(exchange(&conn).await.is_ok(), "served");
             held.push((endpoint, conn));
         }
-        let refused = dial([127, 0, 0, 1], srv.client(Role::User, "ops"), srv.addr).await;
-        assert!(refused.is_err(), "a fourth from one address is refused");
-        assert_eq!(srv.counters.refused_address.load(Ordering::Relaxed), 1);
+        for refused in [srv.joiner(), srv.client(Role::Node, "n1")] {
+            assert!(
+                dial([127, 0, 0, 1], refused, srv.addr).await.is_err(),
+                "a fourth from one address is refused before its handshake, whoever it is"
+            );
+        }
+        assert_eq!(srv.counters.refused_address.load(Ordering::Relaxed), 2);
+        assert!(
+            srv.counters.validations.load(Ordering::Relaxed) >= 2,
+            "past half its share, each dialer proved its address first"
+        );
 
-        // Another address is served meanwhile, operator and node alike.
+        // Another address is served meanwhile: a joiner, an operator, a node.
+        let (_endpoint, conn) = dial([127, 0, 0, 2], srv.joiner(), srv.addr)
+            .await
+            .expect("another address gets in");
+        assert!(matches!(
+            exchange(&conn).await,
+            Ok(JoinReply::Refused(why)) if why.contains("not in this test")
+        ));
         for role in [Role::User, Role::Node] {
             let (_endpoint, conn) = dial([127, 0, 0, 2], srv.client(role, "n2"), srv.addr)
                 .await
@@ -716,33 +775,35 @@ mod tests {
         let (endpoint, conn) = held.pop().expect("held");
         conn.close(0u32.into(), b"done");
         endpoint.wait_idle().await;
+        // Three joiners were left: two here, one from the other address.
         until("the server notices the close", || {
-            srv.counters.connections.load(Ordering::Relaxed) == 2
+            srv.counters.anonymous.load(Ordering::Relaxed) == 3
         })
         .await;
-        let (_endpoint, conn) = dial([127, 0, 0, 1], srv.client(Role::User, "ops"), srv.addr)
+        let (_endpoint, conn) = dial([127, 0, 0, 1], srv.client(Role::Node, "n1"), srv.addr)
             .await
             .expect("room again");
         assert!(exchange(&conn).await.is_ok());
     }
 
     #[tokio::test]
-    async fn nodes_behind_one_address_are_not_capped_by_its_share() {
+    async fn members_and_operators_behind_one_address_are_not_capped_by_its_share() {
         let srv = server(QuicSettings {
             per_address_max: 2,
             ..QuicSettings::default()
         })
         .await;
         let mut held = Vec::new();
-        for i in 0..5 {
+        for i in 0..6 {
+            let role = if i % 2 == 0 { Role::Node } else { Role::User };
             let name = format!("n{i}");
-            let (endpoint, conn) = dial([127, 0, 0, 1], srv.client(Role::Node, &name), srv.addr)
+            let (endpoint, conn) = dial([127, 0, 0, 1], srv.client(role, &name), srv.addr)
                 .await
-                .expect("a proven node is not counted against its address");
+                .expect("a proven dialer is not counted against its address");
             assert!(exchange(&conn).await.is_ok());
             held.push((endpoint, conn));
         }
-        assert_eq!(srv.counters.connections.load(Ordering::Relaxed), 5);
+        assert_eq!(srv.counters.connections.load(Ordering::Relaxed), 6);
         assert_eq!(srv.counters.refused_address.load(Ordering::Relaxed), 0);
     }
 

@@ -81,10 +81,11 @@ pub struct QuicSettings {
     /// Connections the agent's server holds at once, handshakes included, all dialers
     /// together (default 1024). Beyond it a new connection is refused before its handshake.
     pub connections_max: usize,
-    /// Connections from one IP address at once (default 32), handshakes included. A
-    /// connection that proves a node certificate of the cluster leaves this count: a fleet
-    /// behind one NAT address reaches a peer with one connection per node, bounded by the
-    /// fleet's size. Operators and joiners stay in it.
+    /// Connections from one IP address at once that have not proven a certificate of the
+    /// cluster (default 32): handshakes and joiners. A node's or an operator's connection
+    /// leaves this count once its handshake proves it (it stays in the total): a fleet behind
+    /// one NAT address reaches a peer with one connection per node, and an operator's script
+    /// may run many commands.
     pub per_address_max: usize,
     /// Connections without a certificate (joiners) at once, all addresses together (default
     /// 16). A joiner over it is closed right after its handshake, told to retry.
