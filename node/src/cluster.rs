@@ -374,6 +374,10 @@ impl Membership {
     }
 }
 
+/// How long a joiner waits for one seed's answer to its join (connection included) before it
+/// tries the next seed: the seed signs a certificate and stores the enrolment first.
+pub const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Enrols `node` through the token's seeds (the first that answers): checks each peer holds
 /// the pinned CA, proves the token's secret, receives the cluster material.
 pub async fn join(token: &JoinToken, node: &NodeId) -> Result<Membership, ClusterError> {
@@ -395,10 +399,7 @@ pub async fn join(token: &JoinToken, node: &NodeId) -> Result<Membership, Cluste
                 continue;
             }
         };
-        match quic
-            .call::<JoinReply>(addr, &request, std::time::Duration::from_secs(10))
-            .await
-        {
+        match quic.call::<JoinReply>(addr, &request, JOIN_TIMEOUT).await {
             Ok(JoinReply::Accepted(enrolment)) => {
                 quic.close().await;
                 return Ok(Membership::from_enrolment(*enrolment));

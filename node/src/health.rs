@@ -14,10 +14,15 @@ use starling_protocol::quantity::format_duration_ms;
 use starling_protocol::spec::{HealthCheck, PortSpec, Probe};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
 
 use starling_core::node::RuntimeEvent;
+
+/// Shortest interval between probes of one instance, whatever its spec says: a probe costs a
+/// process or a connection, and the spec's own check allows no less.
+const PROBE_INTERVAL_MIN: Duration = Duration::from_millis(100);
+/// Shortest probe timeout: a zero timeout would fail every probe before it started.
+const PROBE_TIMEOUT_MIN: Duration = Duration::from_millis(1);
 
 /// Most bytes read from an HTTP answer: the status line is all a probe needs.
 const HTTP_READ_BYTES_MAX: usize = 8 << 10;
@@ -62,7 +67,7 @@ pub fn spawn_prober(
     instance: u64,
     check: HealthCheck,
     ports: Vec<PortSpec>,
-    events: UnboundedSender<RuntimeEvent>,
+    events: crate::runtime::EventSender,
 ) -> JoinHandle<()> {
     let probe_spec = check.probe.clone();
     spawn_prober_with(replica, instance, check, events, move |timeout| {
@@ -77,7 +82,7 @@ pub fn spawn_prober_with<F, Fut>(
     replica: ReplicaId,
     instance: u64,
     check: HealthCheck,
-    events: UnboundedSender<RuntimeEvent>,
+    events: crate::runtime::EventSender,
     run_probe: F,
 ) -> JoinHandle<()>
 where
@@ -86,8 +91,8 @@ where
 {
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(check.initial_delay_ms)).await;
-        let interval = Duration::from_millis(check.interval_ms.max(100));
-        let timeout = Duration::from_millis(check.timeout_ms.max(1));
+        let interval = Duration::from_millis(check.interval_ms).max(PROBE_INTERVAL_MIN);
+        let timeout = Duration::from_millis(check.timeout_ms).max(PROBE_TIMEOUT_MIN);
         loop {
             let started = crate::clock::monotonic();
             let result = run_probe(timeout).await;
@@ -97,7 +102,7 @@ where
                 ok: result.ok,
                 detail: result.detail,
             };
-            if events.send(event).is_err() {
+            if !events.send(event).await {
                 return;
             }
             tokio::time::sleep(interval.saturating_sub(started.elapsed())).await;
@@ -542,7 +547,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_prober_reports_every_interval_until_aborted() {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let counts = std::sync::Arc::default();
+        let (tx, mut rx) = crate::channel::bounded(16, counts);
         let replica = ReplicaId {
             workload: starling_protocol::WorkloadName::new("web").expect("name"),
             index: 2,
@@ -573,5 +579,49 @@ mod tests {
         }
         handle.abort();
         assert!(handle.await.expect_err("aborted").is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_prober_waits_for_a_full_loop_and_loses_no_result() {
+        use std::sync::atomic::Ordering;
+        let counts: std::sync::Arc<crate::channel::ChannelCounts> = std::sync::Arc::default();
+        let (tx, mut rx) = crate::channel::bounded(1, counts.clone());
+        let replica = ReplicaId {
+            workload: starling_protocol::WorkloadName::new("web").expect("name"),
+            index: 0,
+        };
+        let check = HealthCheck {
+            probe: Probe::Exec {
+                command: vec!["true".into()],
+            },
+            interval_ms: 100,
+            timeout_ms: 1000,
+            failure_threshold: 3,
+            initial_delay_ms: 0,
+        };
+        let handle = spawn_prober(replica, 1, check, Vec::new(), tx);
+        // Nobody reads: the first result fills the queue, the second waits for room.
+        let deadline = crate::clock::monotonic() + Duration::from_secs(5);
+        while counts.full_waits.load(Ordering::Relaxed) == 0 {
+            assert!(
+                crate::clock::monotonic() < deadline,
+                "the prober met the full queue within 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            counts.full_waits.load(Ordering::Relaxed),
+            1,
+            "a waiting prober probes no further"
+        );
+        for _ in 0..3 {
+            let event = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("results flow again once the loop reads");
+            assert!(matches!(event, Some(RuntimeEvent::Health { ok: true, .. })));
+        }
+        assert_eq!(counts.dropped.load(Ordering::Relaxed), 0, "nothing dropped");
+        handle.abort();
     }
 }

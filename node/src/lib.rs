@@ -5,6 +5,7 @@
 //! - [`agent`]: the I/O shell: the one loop that owns the core, the fleet (gossip, sync,
 //!   departures), the API handlers, the local HTTP port (metrics, leases) and the effects.
 //! - [`api`]: the API framing shared by the Unix socket and QUIC.
+//! - [`channel`]: bounded channels into the agent loop (wait or drop-and-count when full).
 //! - [`net`]: QUIC with mutual TLS (API, sync, joins) and the failure detector's UDP socket.
 //! - [`gossip`]: sealing of gossip and probe packets with the cluster keyring (AEAD, rotation,
 //!   per-sender replay windows) and the sealed UDP transport chitchat runs on.
@@ -21,6 +22,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod channel;
 pub mod clock;
 pub mod cluster;
 pub mod gossip;

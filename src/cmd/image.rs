@@ -48,10 +48,16 @@ fn load(file: &Path, runtime: &str, socket: Option<PathBuf>) -> anyhow::Result<E
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async {
-        let (events, _) = tokio::sync::mpsc::unbounded_channel();
-        let engine = ContainerRuntime::connect(kind, &socket, NodeId::new("cli")?, events)
-            .await
-            .with_context(|| format!("{} is not a usable socket path", socket.display()))?;
+        let (events, _) = starling_node::channel::bounded(1, Default::default());
+        let engine = ContainerRuntime::connect(
+            kind,
+            &socket,
+            NodeId::new("cli")?,
+            events,
+            Default::default(),
+        )
+        .await
+        .with_context(|| format!("{} is not a usable socket path", socket.display()))?;
         if !engine.available().await {
             bail!("no {runtime} engine answers at {}", socket.display());
         }

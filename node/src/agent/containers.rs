@@ -8,15 +8,11 @@ use std::time::Duration;
 
 use starling_protocol::placement::ReplicaId;
 use starling_protocol::spec::{HealthCheck, PortSpec, Probe, RuntimeKind};
-use tokio::sync::mpsc::{self, UnboundedSender};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::health::ProbeResult;
 use crate::runtime::Runtimes;
-use starling_core::node::RuntimeEvent;
-
-/// How often the engines are asked whether they still answer.
-const ENGINE_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// Probes a container instance on its schedule until aborted: exec checks run inside the
 /// container, TCP and HTTP checks go to the host ports the engine bound.
@@ -26,7 +22,7 @@ pub(super) fn spawn_prober(
     instance: u64,
     check: HealthCheck,
     ports: Vec<PortSpec>,
-    events: UnboundedSender<RuntimeEvent>,
+    events: crate::runtime::EventSender,
 ) -> JoinHandle<()> {
     let probe = check.probe.clone();
     let target = replica.clone();
@@ -83,9 +79,10 @@ async fn probe_container(
     ProbeResult { ok, detail }
 }
 
-/// Asks the engines every few seconds whether they answer; sends each answer.
+/// Asks the engines every `interval` whether they answer; sends each answer.
 pub(super) fn watch_engines(
     runtime: Arc<Runtimes>,
+    interval: Duration,
 ) -> (mpsc::Receiver<BTreeSet<RuntimeKind>>, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(4);
     let handle = tokio::spawn(async move {
@@ -93,7 +90,7 @@ pub(super) fn watch_engines(
             return;
         }
         loop {
-            tokio::time::sleep(ENGINE_CHECK_EVERY).await;
+            tokio::time::sleep(interval).await;
             if tx.send(runtime.available().await).await.is_err() {
                 return;
             }

@@ -46,6 +46,9 @@ pub struct DepartureSettings {
     pub drain_timeout: Duration,
     /// Longest wait for the departure push to be acknowledged (default 2 s).
     pub announce_timeout: Duration,
+    /// `leave`: longest wait, after the announcement, for singleton instances to stop and
+    /// leases to be released (default 5 s, and never more than the stop grace).
+    pub leave_stop_wait_max: Duration,
 }
 
 impl Default for DepartureSettings {
@@ -55,6 +58,7 @@ impl Default for DepartureSettings {
             restart_window: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(120),
             announce_timeout: Duration::from_secs(2),
+            leave_stop_wait_max: Duration::from_secs(5),
         }
     }
 }
@@ -97,15 +101,16 @@ impl Agent {
             // Singleton instances stop with the lease-lost grace; leases go with one round
             // of release messages.
             OnStop::Leave => {
-                settings.announce_timeout + self.config.stop_grace.min(Duration::from_secs(5))
+                settings.announce_timeout + self.config.stop_grace.min(settings.leave_stop_wait_max)
             }
             OnStop::Drain => settings.announce_timeout + settings.drain_timeout,
         };
         let mut announced = true;
         if let (Some(departure), Some(fleet)) = (departure, self.fleet.as_mut()) {
             let tx = fleet.sync_tx.clone();
-            fleet.announce_departure(now, departure, move |acked, asked| {
-                let _ = tx.send(SyncEvent::DepartureAnnounced { acked, asked });
+            fleet.announce_departure(now, departure, move |acked, asked| async move {
+                tx.send(SyncEvent::DepartureAnnounced { acked, asked })
+                    .await;
             });
             fleet.publish_me_view().await;
             fleet.gossip_round(now);

@@ -9,9 +9,6 @@ use starling_protocol::WorkloadName;
 use starling_protocol::spec::WorkloadSpec;
 use starling_protocol::status::NodeStatus;
 
-/// Grace between SIGTERM and SIGKILL when a lease was lost: well inside the drift margin.
-const LEASE_LOST_GRACE: Duration = Duration::from_millis(100);
-
 impl Agent {
     pub(super) fn on_runtime_event(&mut self, event: RuntimeEvent) {
         match &event {
@@ -215,7 +212,7 @@ impl Effects for Shell<'_> {
         }
         // Self-fencing cannot wait out a long grace: the lease ends elsewhere soon.
         let grace = if reason == StopReason::LeaseLost {
-            agent.config.stop_grace.min(LEASE_LOST_GRACE)
+            agent.config.stop_grace.min(agent.config.lease_lost_grace)
         } else {
             agent.config.stop_grace
         };

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use starling_core::sync::SyncOutput;
 use starling_protocol::desired::{DesiredEntry, PAGE_BYTES};
@@ -18,9 +17,6 @@ use super::fleet::{FleetInbox, PeerCall, SyncEvent};
 use super::handlers::{Push, WriteOutcome};
 use super::quic_api::JoinCall;
 use crate::clock::now_ms;
-
-/// How often gossip state is read into the core and the detector.
-pub(super) const GOSSIP_READ_EVERY: Duration = Duration::from_millis(100);
 
 /// Receivers of fleet inputs.
 pub(crate) struct Inbox {
@@ -184,7 +180,7 @@ impl Agent {
                 let keys = fleet.membership.gossip_keys.clone();
                 fleet.merge_keys(&keys, id);
                 let message = fleet.keys_message();
-                fleet.broadcast(now, message, |_, _| {});
+                fleet.broadcast(now, message, |_, _| async {});
                 self.persist_keys();
                 self.note(format!(
                     "gossip key {id} now seals; {installed} of {asked} live peers held it first"
@@ -320,13 +316,15 @@ impl Agent {
             primary: current,
         };
         let tx = fleet.sync_tx.clone();
-        fleet.broadcast(now, message, move |installed, asked| {
-            let _ = tx.send(SyncEvent::KeyInstalled {
+        // Waits for room in the loop's queue: the operator's `key rotate` waits for `reply`.
+        fleet.broadcast(now, message, move |installed, asked| async move {
+            tx.send(SyncEvent::KeyInstalled {
                 id,
                 installed,
                 asked,
                 reply,
-            });
+            })
+            .await;
         });
         self.persist_keys();
     }

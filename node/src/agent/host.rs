@@ -115,14 +115,16 @@ pub(super) fn raise_fd_limit() -> u64 {
     }
 }
 
-/// Pause after a failed accept on the API socket: see `http::ACCEPT_BACKOFF`.
-const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
-
 /// Most API connections served at once.
 const CONNECTIONS_MAX: usize = 64;
 
-/// Listens on the data dir's socket and serves each request through `door`.
-pub(super) async fn serve_api(dir: &Path, door: ApiDoor) -> Result<JoinHandle<()>, AgentError> {
+/// Listens on the data dir's socket and serves each request through `door`, pausing
+/// `accept_backoff` after a failed accept (see [`super::LocalSettings::accept_backoff`]).
+pub(super) async fn serve_api(
+    dir: &Path,
+    door: ApiDoor,
+    accept_backoff: std::time::Duration,
+) -> Result<JoinHandle<()>, AgentError> {
     let path = socket_path(dir);
     // A socket file left by a crashed agent would make bind fail; the lock proves it is stale.
     let _ = std::fs::remove_file(&path);
@@ -137,7 +139,7 @@ pub(super) async fn serve_api(dir: &Path, door: ApiDoor) -> Result<JoinHandle<()
                 Ok((stream, _)) => stream,
                 Err(e) => {
                     tracing::debug!("API socket accept failed: {e}");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    tokio::time::sleep(accept_backoff).await;
                     continue;
                 }
             };

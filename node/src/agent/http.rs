@@ -8,6 +8,9 @@
 //! before the caps: 1,100 long polls took all 1,024 descriptors and every API write failed
 //! with `desired.tmp: Too many open files`). A long poll ends when its client closes, so a
 //! flood that goes away gives its slots back at once rather than when its waits run out.
+//! Time is capped too: a client has [`LocalSettings::http_head_timeout`] to send its whole
+//! request head and [`LocalSettings::http_write_timeout`] to take its answer, so trickling
+//! bytes holds a slot no longer than that.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -19,8 +22,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use super::AgentError;
 use super::metrics::{LeaseBoard, Metrics};
+use super::{AgentError, LocalSettings};
 
 /// Caps of the HTTP server. Defaults ([`HttpLimits::for_fd_limit`] at a large descriptor
 /// limit): 256 connections, 32 per client address, 128 long polls of at most 60 s.
@@ -209,11 +212,6 @@ impl Drop for LongPollSlot {
     }
 }
 
-/// Pause after a failed accept: the usual cause is no free descriptor, and retrying at once
-/// would spin a core until one frees (seen: 112-119 % CPU).
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-/// How long a client may take to send its request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest request head read; only the request line matters.
 const HEAD_BYTES_MAX: usize = 2048;
 
@@ -238,10 +236,12 @@ pub(super) async fn bind(
     })
 }
 
-/// Serves `/metrics` and `/v1/leases/NAME` on `listener` within `limiter`'s caps.
+/// Serves `/metrics` and `/v1/leases/NAME` on `listener` within `limiter`'s caps and
+/// `local`'s timeouts.
 pub(super) fn serve(
     listener: TcpListener,
     limiter: Arc<Limiter>,
+    local: LocalSettings,
     metrics: Arc<Metrics>,
     leases: Arc<LeaseBoard>,
 ) -> JoinHandle<()> {
@@ -257,7 +257,7 @@ pub(super) fn serve(
                         tracing::warn!("HTTP accept failed, pausing between retries: {e}");
                         warned = true;
                     }
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    tokio::time::sleep(local.accept_backoff).await;
                     continue;
                 }
             };
@@ -268,7 +268,7 @@ pub(super) fn serve(
                         (limiter.clone(), metrics.clone(), leases.clone());
                     tokio::spawn(async move {
                         let _slot = slot;
-                        handle(stream, &limiter, &metrics, &leases).await;
+                        handle(stream, &limiter, &local, &metrics, &leases).await;
                     });
                 }
                 Err(why) => refuse_now(&stream, why, limiter.limits()),
@@ -316,10 +316,11 @@ fn response(status: &str, kind: &str, body: &str, extra: &str) -> String {
 async fn handle(
     mut stream: TcpStream,
     limiter: &Arc<Limiter>,
+    local: &LocalSettings,
     metrics: &Metrics,
     leases: &LeaseBoard,
 ) {
-    let head = read_head(&mut stream).await;
+    let head = read_head(&mut stream, local.http_head_timeout).await;
     let path = head.split_whitespace().nth(1).unwrap_or("");
     let (path, query) = path.split_once('?').unwrap_or((path, ""));
     let text = if path == "/metrics" {
@@ -338,7 +339,7 @@ async fn handle(
                 Ok(slot) => slot,
                 Err(why) => {
                     let text = unavailable(why, limiter.limits());
-                    let _ = stream.write_all(text.as_bytes()).await;
+                    write(&mut stream, &text, local.http_write_timeout).await;
                     return;
                 }
             };
@@ -353,16 +354,27 @@ async fn handle(
         let body = "try /metrics or /v1/leases/NAME\n";
         response("404 Not Found", "text/plain", body, "")
     };
-    let _ = stream.write_all(text.as_bytes()).await;
-    let _ = stream.shutdown().await;
+    write(&mut stream, &text, local.http_write_timeout).await;
 }
 
-/// Reads the request head, bounded in bytes and time.
-async fn read_head(stream: &mut TcpStream) -> String {
+/// Writes an answer and closes, within `timeout` in all: a client that does not read it
+/// loses it rather than holding its slot.
+async fn write(stream: &mut TcpStream, text: &str, timeout: Duration) {
+    let _ = tokio::time::timeout(timeout, async {
+        let _ = stream.write_all(text.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+/// Reads the request head, bounded in bytes and in time: `timeout` for the whole head, so a
+/// client sending a byte at a time holds its slot no longer than a silent one.
+async fn read_head(stream: &mut TcpStream, timeout: Duration) -> String {
     let mut buf = vec![0u8; HEAD_BYTES_MAX];
     let mut len = 0;
+    let deadline = tokio::time::Instant::from_std(crate::clock::monotonic()) + timeout;
     while len < buf.len() {
-        match tokio::time::timeout(HEAD_TIMEOUT, stream.read(&mut buf[len..])).await {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf[len..])).await {
             Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
             Ok(Ok(n)) => len += n,
         }
@@ -468,5 +480,40 @@ mod tests {
         assert_eq!(at_256.connections_max, 64);
         assert!(at_256.long_polls_max <= at_256.connections_max);
         assert_eq!(HttpLimits::for_fd_limit(1 << 20).connections_max, 256);
+    }
+
+    #[tokio::test]
+    async fn a_client_trickling_its_head_is_cut_at_the_head_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (limiter, counters) = limiter(SMALL);
+        let local = LocalSettings {
+            http_head_timeout: Duration::from_millis(300),
+            ..LocalSettings::default()
+        };
+        let server = serve(listener, limiter, local, Arc::default(), Arc::default());
+        let mut client = TcpStream::connect(addr).await.expect("connect");
+        let started = crate::clock::monotonic();
+        // One byte every 50 ms: each read alone is quick, the head never ends.
+        let trickle = async {
+            for byte in b"GET /metrics HTTP/1.1\r\nX-Slow: ".iter().cycle() {
+                if client.write_all(&[*byte]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), trickle).await;
+        let held = started.elapsed();
+        assert!(
+            held < Duration::from_secs(2),
+            "the server stopped reading within its head timeout, not per byte: {held:?}"
+        );
+        let deadline = crate::clock::monotonic() + Duration::from_secs(2);
+        while counters.connections.load(Ordering::Relaxed) > 0 {
+            assert!(crate::clock::monotonic() < deadline, "the slot was freed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        server.abort();
     }
 }

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use starling_protocol::api::{LeaseHere, LeaseRow, Voter};
@@ -27,9 +26,6 @@ use starling_core::election::{
     Candidacy, ElectionOutput, Elector, ElectorConfig, VoterMemory, Voters,
 };
 use starling_core::node::LeaseWant;
-
-/// How long a voter waits for a grant request's answer over QUIC.
-const GRANT_TIMEOUT: Duration = Duration::from_millis(800);
 
 /// The fleet's voters as written by one node at one instant; the newest stamp wins.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +51,11 @@ impl starling_protocol::wire::Check for VoterRecord {
 /// Most nodes in a voter set (an odd handful is what a quorum wants; this bounds a peer's).
 const VOTERS_MAX: usize = 1_024;
 
+/// Grant replies queued for the loop: one per voter per lease per round, so a node holding a
+/// few dozen leases against five voters fits a whole round; past it the exchange tasks wait
+/// for the loop (back-pressure; each task ends by its grant timeout's answer at the latest).
+const LEASE_REPLIES_QUEUE: usize = 256;
+
 impl VoterRecord {
     /// The set with the version grant requests carry.
     pub fn voters(&self) -> Voters {
@@ -70,7 +71,7 @@ impl VoterRecord {
 pub(super) struct Leases {
     pub elector: Elector,
     pub board: Arc<LeaseBoard>,
-    pub replies_tx: mpsc::UnboundedSender<(NodeId, LeaseMessage)>,
+    pub replies_tx: crate::channel::Sender<(NodeId, LeaseMessage)>,
     pub voters: Option<VoterRecord>,
     /// Leases acquired for scripts through the API (the core must not withdraw them).
     pub scripts: BTreeSet<LeaseName>,
@@ -95,8 +96,9 @@ impl Leases {
         max_drift_ms: u64,
         memory: Option<VoterMemory>,
         voters: Option<VoterRecord>,
-    ) -> (Self, mpsc::UnboundedReceiver<(NodeId, LeaseMessage)>) {
-        let (replies_tx, replies_rx) = mpsc::unbounded_channel();
+        counts: Arc<crate::channel::ChannelCounts>,
+    ) -> (Self, mpsc::Receiver<(NodeId, LeaseMessage)>) {
+        let (replies_tx, replies_rx) = crate::channel::bounded(LEASE_REPLIES_QUEUE, counts);
         let mut elector = Elector::new(ElectorConfig { node, max_drift_ms }, memory, now_ms());
         if let Some(record) = &voters {
             elector.set_voters(record.voters());
@@ -212,14 +214,15 @@ impl Agent {
         let quic = fleet.quic.clone();
         let replies = self.leases.replies_tx.clone();
         let in_flight = self.leases.in_flight.clone();
+        let timeout = self.config.fleet.exchanges.lease_grant_timeout;
         in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(async move {
-            let answer = quic
-                .peer(addr, PeerMessage::Lease(message), GRANT_TIMEOUT)
-                .await;
+            let answer = quic.peer(addr, PeerMessage::Lease(message), timeout).await;
             in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             if let Ok(PeerMessage::Lease(reply @ LeaseMessage::Reply(_))) = answer {
-                let _ = replies.send((to, reply));
+                // A task can wait for room; a late reply is judged by the elector, which
+                // counts a grant from when it was asked for.
+                let _ = replies.send((to, reply)).await;
             }
         });
     }

@@ -33,6 +33,8 @@ pub(crate) struct LogSource {
     pub runtime: Arc<Runtimes>,
     pub locator: Locator,
     pub quic: Option<Arc<Quic>>,
+    /// How often a followed process log is checked for new lines.
+    pub follow_interval: Duration,
 }
 
 /// Answers a `Logs` request on `stream`. Returns false when the client is gone.
@@ -97,7 +99,7 @@ pub(crate) async fn serve<W: AsyncWrite + Unpin>(
         return false;
     }
     if follow {
-        follow_file(stream, &path, start).await
+        follow_file(stream, &path, start, source.follow_interval).await
     } else {
         true
     }
@@ -123,10 +125,15 @@ async fn send<W: AsyncWrite + Unpin>(stream: &mut W, lines: Vec<String>, last: b
 
 /// Streams lines appended to `path` after byte `offset`; a shrinking file (copy-truncate
 /// rotation) restarts from its beginning.
-async fn follow_file<W: AsyncWrite + Unpin>(stream: &mut W, path: &Path, mut offset: u64) -> bool {
+async fn follow_file<W: AsyncWrite + Unpin>(
+    stream: &mut W,
+    path: &Path,
+    mut offset: u64,
+    interval: Duration,
+) -> bool {
     let mut partial = String::new();
     loop {
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(interval).await;
         let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         if len < offset {
             offset = 0;

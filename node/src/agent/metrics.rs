@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use super::http::HttpCounters;
+use crate::channel::ChannelCounts;
 use crate::gossip::GossipCounters;
 use crate::store::StoreHealth;
 
@@ -34,10 +35,38 @@ pub struct Metrics {
     pub merged_entries: AtomicU64,
     /// The local HTTP server's connections, long polls and refusals.
     pub http: Arc<HttpCounters>,
+    /// The QUIC server's connections and refusals.
+    pub quic: Arc<super::quic_api::QuicCounters>,
     /// Failed writes of the node's state (shared with the store).
     pub store: Arc<StoreHealth>,
+    /// The bounded channels into the agent loop: how often they were full.
+    pub channels: ChannelMetrics,
     /// Gauges rendered by the loop.
     pub gauges: RwLock<String>,
+}
+
+/// The bounded channels into the agent loop, each with its counts (see [`crate::channel`]).
+#[derive(Debug, Default)]
+pub struct ChannelMetrics {
+    /// Runtime and health-probe events (senders wait when full).
+    pub runtime_events: Arc<ChannelCounts>,
+    /// Answers of sync requests, keyrings, rival checks, departures and key installs (tasks
+    /// wait when full; the loop's own sends drop and count, and the sync machine's timeout
+    /// recovers them).
+    pub sync: Arc<ChannelCounts>,
+    /// Replies to this node's lease grant requests (senders wait when full).
+    pub lease_replies: Arc<ChannelCounts>,
+}
+
+impl ChannelMetrics {
+    /// Each channel with its metric label.
+    fn labelled(&self) -> [(&'static str, &ChannelCounts); 3] {
+        [
+            ("runtime_events", &self.runtime_events),
+            ("sync", &self.sync),
+            ("lease_replies", &self.lease_replies),
+        ]
+    }
 }
 
 impl Metrics {
@@ -130,8 +159,37 @@ impl Metrics {
             load(&self.merged_entries),
         );
         self.render_local(&mut out);
+        self.render_channels(&mut out);
         out.push_str(&self.gauges.read().unwrap_or_else(|e| e.into_inner()));
         out
+    }
+
+    /// How often the bounded channels into the loop were full.
+    fn render_channels(&self, out: &mut String) {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let channels = self.channels.labelled();
+        let _ = writeln!(
+            out,
+            "# HELP starling_channel_full_total Sends into the agent loop that found its queue full and waited (the loop is behind), by channel.\n# TYPE starling_channel_full_total counter"
+        );
+        for (name, counts) in &channels {
+            let _ = writeln!(
+                out,
+                "starling_channel_full_total{{channel=\"{name}\"}} {}",
+                load(&counts.full_waits)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP starling_channel_dropped_total Messages into the agent loop dropped because its queue was full (only those whose loss is recovered, such as sync answers), by channel.\n# TYPE starling_channel_dropped_total counter"
+        );
+        for (name, counts) in &channels {
+            let _ = writeln!(
+                out,
+                "starling_channel_dropped_total{{channel=\"{name}\"}} {}",
+                load(&counts.dropped)
+            );
+        }
     }
 
     /// The store's and the HTTP server's own health.
@@ -171,6 +229,35 @@ impl Metrics {
                 ("{reason=\"client\"}", load(&h.refused_client)),
                 ("{reason=\"long_polls\"}", load(&h.refused_long_polls)),
             ],
+        );
+        let q = &self.quic;
+        metric(
+            "starling_quic_refused_total",
+            "counter",
+            "QUIC connections refused because a cap was reached: all connections taken, the dialer's address holding its share, or all joiner (no certificate) slots taken.",
+            &[
+                ("{reason=\"connections\"}", load(&q.refused_connections)),
+                ("{reason=\"address\"}", load(&q.refused_address)),
+                ("{reason=\"joiners\"}", load(&q.refused_anonymous)),
+            ],
+        );
+        metric(
+            "starling_quic_address_validations_total",
+            "counter",
+            "New QUIC dialers asked to prove their address first (a retry) because a cap was half taken.",
+            &[("", load(&q.validations))],
+        );
+        metric(
+            "starling_quic_connections",
+            "gauge",
+            "QUIC connections held by the server now, handshakes included.",
+            &[("", load(&q.connections))],
+        );
+        metric(
+            "starling_quic_joiner_connections",
+            "gauge",
+            "QUIC connections without a certificate (joiners) held by the server now.",
+            &[("", load(&q.anonymous))],
         );
         metric(
             "starling_http_connections",
@@ -289,8 +376,17 @@ mod tests {
         g.dropped_unknown_key.store(5, Ordering::Relaxed);
         g.probe_dropped_replay.store(3, Ordering::Relaxed);
         g.probe_dropped_forged.store(7, Ordering::Relaxed);
+        metrics.channels.sync.dropped.store(4, Ordering::Relaxed);
+        metrics
+            .channels
+            .runtime_events
+            .full_waits
+            .store(6, Ordering::Relaxed);
         let text = metrics.render();
         for line in [
+            "starling_channel_dropped_total{channel=\"sync\"} 4",
+            "starling_channel_dropped_total{channel=\"runtime_events\"} 0",
+            "starling_channel_full_total{channel=\"runtime_events\"} 6",
             "starling_gossip_dropped_total{reason=\"replay\"} 2",
             "starling_gossip_dropped_total{reason=\"unknown_key\"} 5",
             "starling_probe_dropped_total{reason=\"replay\"} 3",

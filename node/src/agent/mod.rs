@@ -19,9 +19,11 @@ mod listings;
 mod logs;
 pub mod metrics;
 mod quic_api;
+mod settings;
 
 pub use depart::{DepartureSettings, OnStop};
-pub use fleet::FleetSettings;
+pub use fleet::{ExchangeTimeouts, FleetSettings, GossipTimings};
+pub use settings::{HostSettings, LocalSettings};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -57,6 +59,11 @@ pub struct AgentConfig {
     pub capacity: Option<Capacity>,
     /// Grace between SIGTERM and SIGKILL when stopping a replica.
     pub stop_grace: Duration,
+    /// Grace between SIGTERM and SIGKILL when a singleton's lease was lost (default 100 ms,
+    /// and never more than `stop_grace`): the instance must be gone well inside the lease's
+    /// drift margin, before another node's instance may act. `starling fence` uses the same
+    /// grace by default.
+    pub lease_lost_grace: Duration,
     /// What happens to the workloads when the agent is asked to stop (see `depart`).
     pub departure: DepartureSettings,
     /// After a restart in a fleet, how long to wait to hear every peer before acting (a node
@@ -80,6 +87,10 @@ pub struct AgentConfig {
     /// The `starling` binary that runs singleton process instances under `starling fence`
     /// (default: this executable; none runs them unfenced). See `runtime::fence`.
     pub fence_program: Option<PathBuf>,
+    /// How often the agent looks at its host and how long it waits for container engines.
+    pub host: HostSettings,
+    /// How long the local doors (API socket, HTTP port, log streams) wait.
+    pub local: LocalSettings,
 }
 
 impl AgentConfig {
@@ -91,6 +102,7 @@ impl AgentConfig {
             labels: BTreeMap::new(),
             capacity: None,
             stop_grace: Duration::from_secs(10),
+            lease_lost_grace: Duration::from_millis(100),
             departure: DepartureSettings::default(),
             rejoin_wait: Duration::from_secs(5),
             max_drift_ms: 5_000,
@@ -103,6 +115,8 @@ impl AgentConfig {
                 .collect(),
             lease_max_drift_ms: 300,
             fence_program: std::env::current_exe().ok(),
+            host: HostSettings::default(),
+            local: LocalSettings::default(),
         }
     }
 }
@@ -167,7 +181,9 @@ pub async fn run(
         Some(addr) => Some((addr, http::bind(addr, config.metrics.is_some()).await?)),
         None => None,
     };
-    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let channels = metrics::ChannelMetrics::default();
+    let (events_tx, mut events_rx) =
+        crate::channel::bounded(RUNTIME_EVENTS_QUEUE, channels.runtime_events.clone());
     let process = ProcessRuntime::new(
         store.dir().join("runtime"),
         events_tx.clone(),
@@ -181,6 +197,7 @@ pub async fn run(
         Runtimes::new(
             process,
             &config.container_engines,
+            config.host.engine,
             identity.node.clone(),
             events_tx.clone(),
         )
@@ -188,7 +205,14 @@ pub async fn run(
     );
     let runtimes_now = runtime.available().await;
     let (api_tx, api_rx) = mpsc::channel::<dispatch::LoopCall>(64);
-    let mut agent = Agent::new(config, store, identity, runtime.clone(), events_tx)?;
+    let mut agent = Agent::new(
+        config,
+        store,
+        identity,
+        runtime.clone(),
+        events_tx,
+        channels,
+    )?;
     agent.set_runtimes(runtimes_now);
     let mut inbox = None;
     let mut quic_server = None;
@@ -208,7 +232,7 @@ pub async fn run(
             agent.node.clone(),
             agent.core.view(),
             generation,
-            agent.metrics.gossip.clone(),
+            &agent.metrics,
             agent.revoked.clone(),
         )
         .await?;
@@ -223,12 +247,15 @@ pub async fn run(
                         runtime: runtime.clone(),
                         locator: agent.locator.clone(),
                         quic: Some(fleet.quic.clone()),
+                        follow_interval: agent.config.local.log_follow_interval,
                     },
                 },
                 peers: peer_tx,
                 joins: join_tx,
                 revoked: agent.revoked.clone(),
             },
+            quic_api::Limiter::new(&agent.config.fleet.quic, agent.metrics.quic.clone()),
+            agent.config.fleet.quic.request_timeout,
         ));
         tracing::info!(
             cluster = %fleet.membership.cluster,
@@ -249,9 +276,15 @@ pub async fn run(
             runtime: runtime.clone(),
             locator: agent.locator.clone(),
             quic: agent.fleet.as_ref().map(|f| f.quic.clone()),
+            follow_interval: agent.config.local.log_follow_interval,
         },
     };
-    let server = host::serve_api(agent.store.dir(), socket_door).await?;
+    let server = host::serve_api(
+        agent.store.dir(),
+        socket_door,
+        agent.config.local.accept_backoff,
+    )
+    .await?;
     let metrics_server = http_listener.map(|(addr, listener)| {
         let limiter = http::Limiter::new(http_limits, agent.metrics.http.clone());
         tracing::info!(%addr, ?http_limits, "metrics at http://{addr}/metrics");
@@ -259,18 +292,22 @@ pub async fn run(
         http::serve(
             listener,
             limiter,
+            agent.config.local,
             agent.metrics.clone(),
             agent.leases.board.clone(),
         )
     });
-    let adopted = runtime.adopt().await;
+    let (adopted, adoption_events) =
+        crate::runtime::adopt_draining(runtime.as_ref(), &mut events_rx).await;
     if adopted > 0 {
         tracing::info!(
             adopted,
             "adopted replicas left running by the previous agent"
         );
     }
-    let result = agent.run_loop(events_rx, api_rx, inbox, shutdown).await;
+    let result = agent
+        .run_loop(adoption_events, events_rx, api_rx, inbox, shutdown)
+        .await;
     server.abort();
     if let Some(server) = metrics_server {
         server.abort();
@@ -312,7 +349,7 @@ pub(crate) struct Agent {
     /// Recent notable events, newest last, for `describe`.
     events: VecDeque<(u64, String)>,
     /// Where health probers send their results.
-    probe_tx: mpsc::UnboundedSender<RuntimeEvent>,
+    probe_tx: crate::runtime::EventSender,
     /// The fleet side, when the data dir belongs to a cluster.
     fleet: Option<fleet::Fleet>,
     /// Certificate names refused by the QUIC server.
@@ -328,8 +365,7 @@ pub(crate) struct Agent {
     usage: Option<(u32, u64)>,
     /// Leader election.
     leases: leases::Leases,
-    lease_replies:
-        Option<mpsc::UnboundedReceiver<(NodeId, starling_protocol::lease::LeaseMessage)>>,
+    lease_replies: Option<mpsc::Receiver<(NodeId, starling_protocol::lease::LeaseMessage)>>,
     /// The departure under way once the agent was asked to stop.
     departing: Option<depart::Departing>,
     /// Set when another live agent holds this node's id and this one must give way: the loop
@@ -340,13 +376,26 @@ pub(crate) struct Agent {
 /// Most events kept for `describe`.
 const EVENTS_MAX: usize = 200;
 
+/// How long the loop sleeps when nothing has a deadline: it wakes for every input anyway, so
+/// this bounds nothing but the sleep's own length.
+const IDLE_WAKE: Duration = Duration::from_secs(3600);
+
+/// Runtime and health-probe events queued for the loop. A burst of one event per replica (an
+/// adoption after a restart, an engine restart that ends every container) fits for a node
+/// running a few hundred replicas; past it runtimes and probers wait for the loop
+/// (back-pressure), which loses nothing: a lost `Exited` would leave the core believing the
+/// replica still runs. An `Exited` carries at most 16 KiB of log, so a full queue holds at
+/// most 4 MiB.
+const RUNTIME_EVENTS_QUEUE: usize = 256;
+
 impl Agent {
     fn new(
         config: AgentConfig,
         store: Store,
         identity: Identity,
         runtime: Arc<Runtimes>,
-        probe_tx: mpsc::UnboundedSender<RuntimeEvent>,
+        probe_tx: crate::runtime::EventSender,
+        channels: metrics::ChannelMetrics,
     ) -> Result<Self, AgentError> {
         let desired = store.desired()?;
         let last_assignment = store.assignment()?;
@@ -391,6 +440,7 @@ impl Agent {
             // Absent (a new node, or a lost one): the voter stays quiet for one lease duration.
             store.read_value("election.bin")?,
             store.read_value("voters.bin")?,
+            channels.lease_replies.clone(),
         );
         let core = NodeCore::new(
             core_config,
@@ -403,6 +453,7 @@ impl Agent {
         );
         let metrics = Arc::new(metrics::Metrics {
             store: store.health(),
+            channels,
             ..Default::default()
         });
         Ok(Agent {
@@ -433,22 +484,27 @@ impl Agent {
 
     async fn run_loop(
         &mut self,
-        mut events: mpsc::UnboundedReceiver<RuntimeEvent>,
+        adoption_events: Vec<RuntimeEvent>,
+        mut events: mpsc::Receiver<RuntimeEvent>,
         mut api: mpsc::Receiver<dispatch::LoopCall>,
         mut inbox: Option<fleet_loop::Inbox>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), AgentError> {
         tokio::pin!(shutdown);
         // Adopted instances were reported before the loop started; feed them first.
+        for event in adoption_events {
+            self.on_runtime_event(event);
+        }
         while let Ok(event) = events.try_recv() {
             self.on_runtime_event(event);
         }
         let view = self.core.view().clone();
         self.core.handle_view(now_ms(), view);
         self.execute().await;
-        let (mut engines, engine_watch) = containers::watch_engines(self.runtime.clone());
-        let mut usage_tick = tokio::time::interval(Duration::from_secs(5));
-        let mut gossip_tick = tokio::time::interval(fleet_loop::GOSSIP_READ_EVERY);
+        let (mut engines, engine_watch) =
+            containers::watch_engines(self.runtime.clone(), self.config.host.engine_check_interval);
+        let mut usage_tick = tokio::time::interval(self.config.host.usage_sample_interval);
+        let mut gossip_tick = tokio::time::interval(self.config.fleet.gossip_timing.read_interval);
         gossip_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let Some(mut lease_replies) = self.lease_replies.take() else {
             return Ok(());
@@ -465,7 +521,7 @@ impl Agent {
             .min();
             let sleep = match deadline {
                 Some(deadline) => Duration::from_millis(deadline.saturating_sub(now_ms())),
-                None => Duration::from_secs(3600),
+                None => IDLE_WAKE,
             };
             let fleet_on = inbox.is_some();
             tokio::select! {

@@ -55,9 +55,69 @@ pub enum QuicError {
     },
 }
 
+/// Timeouts and caps of QUIC: the transport's (both sides), and the agent's server's (who may
+/// hold how many connections). Defaults suit a LAN; a later network profile sets them per
+/// network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuicSettings {
+    /// Longest wait for a new connection's handshake when dialing (default 3 s).
+    pub connect_timeout: Duration,
+    /// How long closing an endpoint waits for its peers to learn of it (default 200 ms).
+    pub close_wait: Duration,
+    /// Keep-alive interval on open connections, so pooled peer connections stay open between
+    /// exchanges (default 5 s).
+    pub keep_alive_interval: Duration,
+    /// A connection that hears nothing this long is closed (default 30 s).
+    pub idle_timeout: Duration,
+    /// Bidirectional streams the other side may have open at once on one connection (default
+    /// 64): every exchange is one stream, so this bounds the requests one connection has in
+    /// progress (further ones wait for a stream). Unidirectional streams are not used and
+    /// refused (0).
+    pub streams_per_connection_max: u32,
+    /// How long a dialer has to send its request once it opened a stream (default 60 s): a
+    /// stream that never says what it wants is answered with an error and closed. Generous,
+    /// because a request can be large: a 256 KiB sync page takes 13 s at 20 KB/s.
+    pub request_timeout: Duration,
+    /// Connections the agent's server holds at once, handshakes included, all dialers
+    /// together (default 1024). Beyond it a new connection is refused before its handshake.
+    pub connections_max: usize,
+    /// Connections from one IP address at once that have not proven a certificate of the
+    /// cluster (default 32): handshakes and joiners. A node's or an operator's connection
+    /// leaves this count once its handshake proves it (it stays in the total): a fleet behind
+    /// one NAT address reaches a peer with one connection per node, and an operator's script
+    /// may run many commands.
+    pub per_address_max: usize,
+    /// Connections without a certificate (joiners) at once, all addresses together (default
+    /// 16). A joiner over it is closed right after its handshake, told to retry.
+    pub anonymous_max: usize,
+    /// Refused connections are logged at most this often (default 10 s); the metric
+    /// `starling_quic_refused_total` counts every one.
+    pub refusal_log_every: Duration,
+}
+
+impl Default for QuicSettings {
+    fn default() -> Self {
+        QuicSettings {
+            connect_timeout: Duration::from_secs(3),
+            close_wait: Duration::from_millis(200),
+            keep_alive_interval: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            streams_per_connection_max: 64,
+            request_timeout: Duration::from_secs(60),
+            connections_max: 1024,
+            per_address_max: 32,
+            anonymous_max: 16,
+            refusal_log_every: Duration::from_secs(10),
+        }
+    }
+}
+
 /// A QUIC endpoint with pooled client connections.
 pub struct Quic {
     endpoint: quinn::Endpoint,
+    /// Handshake wait and close wait (see [`QuicSettings`]).
+    connect_timeout: Duration,
+    close_wait: Duration,
     pool: Mutex<BTreeMap<SocketAddr, quinn::Connection>>,
     /// The node each address is known to belong to: every dialer verifies only that a peer
     /// is a node of the cluster (`node.starling`), so this checks it is the node meant.
@@ -65,14 +125,21 @@ pub struct Quic {
 }
 
 impl Quic {
-    /// An agent's endpoint: serves on `addr` and dials with the node certificate.
-    pub fn serve(addr: SocketAddr, identity: &TlsIdentity) -> Result<Self, QuicError> {
-        let server = tls::server_config(identity)?;
+    /// An agent's endpoint: serves on `addr` and dials with the node certificate, both with
+    /// `settings`' transport.
+    pub fn serve(
+        addr: SocketAddr,
+        identity: &TlsIdentity,
+        settings: &QuicSettings,
+    ) -> Result<Self, QuicError> {
+        let server = tls::server_config(identity, settings)?;
         let mut endpoint = quinn::Endpoint::server(server, addr)
             .map_err(|source| QuicError::Bind { addr, source })?;
-        endpoint.set_default_client_config(tls::client_config(identity)?);
+        endpoint.set_default_client_config(tls::client_config_with(identity, settings)?);
         Ok(Quic {
             endpoint,
+            connect_timeout: settings.connect_timeout,
+            close_wait: settings.close_wait,
             pool: Mutex::new(BTreeMap::new()),
             expected: std::sync::RwLock::default(),
         })
@@ -84,8 +151,11 @@ impl Quic {
         let mut endpoint =
             quinn::Endpoint::client(any).map_err(|source| QuicError::Bind { addr: any, source })?;
         endpoint.set_default_client_config(client);
+        let defaults = QuicSettings::default();
         Ok(Quic {
             endpoint,
+            connect_timeout: defaults.connect_timeout,
+            close_wait: defaults.close_wait,
             pool: Mutex::new(BTreeMap::new()),
             expected: std::sync::RwLock::default(),
         })
@@ -132,9 +202,12 @@ impl Quic {
                     addr,
                     reason: e.to_string(),
                 })?;
-        let conn = tokio::time::timeout(Duration::from_secs(3), connecting)
+        let conn = tokio::time::timeout(self.connect_timeout, connecting)
             .await
-            .map_err(|_| QuicError::Timeout { addr, ms: 3_000 })?
+            .map_err(|_| QuicError::Timeout {
+                addr,
+                ms: self.connect_timeout.as_millis() as u64,
+            })?
             .map_err(|e| QuicError::Connect {
                 addr,
                 reason: e.to_string(),
@@ -229,7 +302,7 @@ impl Quic {
     /// Closes every connection and waits for the peers to learn of it (briefly).
     pub async fn close(&self) {
         self.endpoint.close(0u32.into(), b"bye");
-        let _ = tokio::time::timeout(Duration::from_millis(200), self.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(self.close_wait, self.endpoint.wait_idle()).await;
     }
 }
 

@@ -15,6 +15,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
+use super::quic::QuicSettings;
 use crate::identity::{Role, fingerprint_of};
 
 /// The name every node certificate is valid for; dialers verify it.
@@ -72,7 +73,10 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// Server side: requires a client certificate from the CA, except that a client without one
 /// may connect (the handler then only answers the join exchange).
-pub fn server_config(identity: &TlsIdentity) -> Result<quinn::ServerConfig, TlsError> {
+pub fn server_config(
+    identity: &TlsIdentity,
+    settings: &QuicSettings,
+) -> Result<quinn::ServerConfig, TlsError> {
     let verifier = WebPkiClientVerifier::builder_with_provider(identity.roots()?, provider())
         .allow_unauthenticated()
         .build()
@@ -89,12 +93,20 @@ pub fn server_config(identity: &TlsIdentity) -> Result<quinn::ServerConfig, TlsE
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(err)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(transport());
+    config.transport_config(transport(settings));
     Ok(config)
 }
 
-/// Client side: trusts the CA, presents this side's certificate.
+/// Client side: trusts the CA, presents this side's certificate; the default transport.
 pub fn client_config(identity: &TlsIdentity) -> Result<quinn::ClientConfig, TlsError> {
+    client_config_with(identity, &QuicSettings::default())
+}
+
+/// [`client_config`] with `settings`' transport (the agent's own dialing).
+pub fn client_config_with(
+    identity: &TlsIdentity,
+    settings: &QuicSettings,
+) -> Result<quinn::ClientConfig, TlsError> {
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(err)?
@@ -102,7 +114,7 @@ pub fn client_config(identity: &TlsIdentity) -> Result<quinn::ClientConfig, TlsE
         .with_client_auth_cert(vec![identity.cert.clone()], identity.key())
         .map_err(err)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    finish_client(tls)
+    finish_client(tls, settings)
 }
 
 /// Client side for joining: no certificate yet; trusts a server whose chain holds the CA with
@@ -119,23 +131,30 @@ pub fn join_client_config(ca_fingerprint: [u8; 32]) -> Result<quinn::ClientConfi
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    finish_client(tls)
+    finish_client(tls, &QuicSettings::default())
 }
 
-fn finish_client(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, TlsError> {
+fn finish_client(
+    tls: rustls::ClientConfig,
+    settings: &QuicSettings,
+) -> Result<quinn::ClientConfig, TlsError> {
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(err)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport());
+    config.transport_config(transport(settings));
     Ok(config)
 }
 
-/// Idle connections close after 30 s; keep-alives every 5 s keep pooled peer connections open.
-fn transport() -> Arc<quinn::TransportConfig> {
+/// Idle connections close after `idle_timeout`; keep-alives keep pooled peer connections
+/// open. The other side may open `streams_per_connection_max` bidirectional streams at once
+/// (every exchange is one) and no unidirectional ones (none are used).
+fn transport(settings: &QuicSettings) -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(std::time::Duration::from_secs(5)));
-    if let Ok(idle) = quinn::IdleTimeout::try_from(std::time::Duration::from_secs(30)) {
+    transport.keep_alive_interval(Some(settings.keep_alive_interval));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(settings.idle_timeout) {
         transport.max_idle_timeout(Some(idle));
     }
+    transport.max_concurrent_bidi_streams(settings.streams_per_connection_max.into());
+    transport.max_concurrent_uni_streams(0u32.into());
     Arc::new(transport)
 }
 
@@ -261,7 +280,7 @@ mod tests {
         assert!(name_of(&CertificateDer::from(vec![1, 2, 3])).is_none());
         let identity =
             TlsIdentity::from_pem(ca.cert_pem(), &node.cert_pem, &node.key_pem).expect("identity");
-        assert!(server_config(&identity).is_ok());
+        assert!(server_config(&identity, &QuicSettings::default()).is_ok());
         assert!(client_config(&identity).is_ok());
         assert!(join_client_config(ca.fingerprint()).is_ok());
     }

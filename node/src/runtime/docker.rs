@@ -31,7 +31,6 @@ use starling_protocol::NodeId;
 use starling_protocol::WorkloadName;
 use starling_protocol::placement::ReplicaId;
 use starling_protocol::spec::{PortProtocol, PortSpec, PullPolicy, RuntimeKind, WorkloadSpec};
-use tokio::sync::mpsc::UnboundedSender;
 
 use super::{RuntimeEvent, StartRequest};
 
@@ -51,8 +50,30 @@ struct Instance {
     ports: BTreeMap<String, u16>,
 }
 
+/// How long the agent waits for a container engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineSettings {
+    /// Longest wait for the engine to answer whether it is there (version negotiation, ping;
+    /// default 2 s): an engine that does not answer in time counts as absent for now.
+    pub answer_timeout: Duration,
+    /// Longest wait for any other request to the engine (the API client's timeout; default
+    /// 30 s). Whole seconds; at least one.
+    pub request_timeout: Duration,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            answer_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 /// A container engine reached through its Docker-compatible API.
 pub struct ContainerRuntime {
+    /// Its timeouts.
+    settings: EngineSettings,
     /// Where the engine listens.
     socket: PathBuf,
     /// The client, once the engine answered and the API version was agreed (an engine that
@@ -60,7 +81,7 @@ pub struct ContainerRuntime {
     client: std::sync::RwLock<Option<Docker>>,
     kind: RuntimeKind,
     node: NodeId,
-    events: UnboundedSender<RuntimeEvent>,
+    events: super::EventSender,
     running: Arc<Mutex<BTreeMap<ReplicaId, Instance>>>,
 }
 
@@ -96,10 +117,12 @@ impl ContainerRuntime {
         kind: RuntimeKind,
         socket: &std::path::Path,
         node: NodeId,
-        events: UnboundedSender<RuntimeEvent>,
+        events: super::EventSender,
+        settings: EngineSettings,
     ) -> Option<Self> {
         socket.to_str()?;
         let runtime = ContainerRuntime {
+            settings,
             socket: socket.to_path_buf(),
             client: std::sync::RwLock::new(None),
             kind,
@@ -136,12 +159,17 @@ impl ContainerRuntime {
                 let Some(path) = self.socket.to_str() else {
                     return false;
                 };
-                let Ok(fresh) = Docker::connect_with_unix(path, 30, bollard::API_DEFAULT_VERSION)
-                else {
+                let request_timeout_s = self.settings.request_timeout.as_secs().max(1);
+                let Ok(fresh) = Docker::connect_with_unix(
+                    path,
+                    request_timeout_s,
+                    bollard::API_DEFAULT_VERSION,
+                ) else {
                     return false;
                 };
+                let answer_timeout = self.settings.answer_timeout;
                 let Ok(Ok(agreed)) =
-                    tokio::time::timeout(Duration::from_secs(2), fresh.negotiate_version()).await
+                    tokio::time::timeout(answer_timeout, fresh.negotiate_version()).await
                 else {
                     return false;
                 };
@@ -150,7 +178,7 @@ impl ContainerRuntime {
             }
         };
         matches!(
-            tokio::time::timeout(Duration::from_secs(2), docker.ping()).await,
+            tokio::time::timeout(self.settings.answer_timeout, docker.ping()).await,
             Ok(Ok(_))
         )
     }
@@ -191,18 +219,24 @@ impl ContainerRuntime {
         match self.create_and_start(&request).await {
             Ok(started) => {
                 self.lock().insert(replica.clone(), started.clone());
-                let _ = self.events.send(RuntimeEvent::Started {
-                    replica: replica.clone(),
-                    instance,
-                });
+                let _ = self
+                    .events
+                    .send(RuntimeEvent::Started {
+                        replica: replica.clone(),
+                        instance,
+                    })
+                    .await;
                 self.watch(replica, started);
             }
             Err(reason) => {
-                let _ = self.events.send(RuntimeEvent::StartFailed {
-                    replica,
-                    instance,
-                    reason,
-                });
+                let _ = self
+                    .events
+                    .send(RuntimeEvent::StartFailed {
+                        replica,
+                        instance,
+                        reason,
+                    })
+                    .await;
             }
         }
     }
@@ -374,12 +408,14 @@ impl ContainerRuntime {
             }
             // Killed by a signal shows as 128 + signal; report it as a signal, like processes.
             let code = code.filter(|c| *c < 128 || *c > 128 + 64);
-            let _ = events.send(RuntimeEvent::Exited {
-                replica,
-                instance: instance.instance,
-                code,
-                log_tail,
-            });
+            let _ = events
+                .send(RuntimeEvent::Exited {
+                    replica,
+                    instance: instance.instance,
+                    code,
+                    log_tail,
+                })
+                .await;
         });
     }
 
@@ -451,11 +487,14 @@ impl ContainerRuntime {
                 ports,
             };
             self.lock().insert(replica.clone(), record.clone());
-            let _ = self.events.send(RuntimeEvent::Adopted {
-                replica: replica.clone(),
-                instance,
-                revision,
-            });
+            let _ = self
+                .events
+                .send(RuntimeEvent::Adopted {
+                    replica: replica.clone(),
+                    instance,
+                    revision,
+                })
+                .await;
             self.watch(replica, record);
             adopted += 1;
         }

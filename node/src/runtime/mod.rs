@@ -20,6 +20,11 @@ use starling_protocol::spec::WorkloadSpec;
 
 pub use starling_core::node::RuntimeEvent;
 
+/// Where runtimes and health probers report to the agent loop: a bounded channel whose
+/// senders wait when it is full ([`crate::channel::Sender::send`]). Never dropped: a lost
+/// `Exited` would leave the core believing the replica still runs.
+pub type EventSender = crate::channel::Sender<RuntimeEvent>;
+
 /// What the core asked a runtime to start.
 #[allow(missing_docs)] // a field named for what it holds has no doc to add
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +85,30 @@ pub trait Runtime: Send + Sync + 'static {
     ) -> impl Future<Output = Vec<String>> + Send;
 }
 
+/// Runs `runtime.adopt()` while taking the events it reports off `events`, and returns how
+/// many it adopted with those events (in order). The queue is bounded and its reader (the
+/// agent loop) does not run yet during adoption, so awaiting `adopt` alone would wedge once
+/// more replicas are adopted than the queue holds. What is returned is bounded by what the
+/// previous agent left running.
+pub async fn adopt_draining<R: Runtime>(
+    runtime: &R,
+    events: &mut tokio::sync::mpsc::Receiver<RuntimeEvent>,
+) -> (usize, Vec<RuntimeEvent>) {
+    let mut taken = Vec::new();
+    let adoption = runtime.adopt();
+    tokio::pin!(adoption);
+    let adopted = loop {
+        tokio::select! {
+            adopted = &mut adoption => break adopted,
+            Some(event) = events.recv() => taken.push(event),
+        }
+    };
+    while let Ok(event) = events.try_recv() {
+        taken.push(event);
+    }
+    (adopted, taken)
+}
+
 /// Every runtime this node has: the process runtime, and the container engines that answered
 /// at start. Requests go to the runtime the spec names; a container workload for an engine
 /// that is not (or no longer) there fails with `RuntimeUnavailable`, which the core reports
@@ -89,23 +118,30 @@ pub struct Runtimes {
     pub process: process::ProcessRuntime,
     /// Docker and Podman, when their sockets answered.
     pub containers: Vec<docker::ContainerRuntime>,
-    events: tokio::sync::mpsc::UnboundedSender<RuntimeEvent>,
+    events: EventSender,
     node: NodeId,
 }
 
 impl Runtimes {
-    /// The process runtime plus every container engine in `engines` that answers.
+    /// The process runtime plus every container engine in `engines` that answers, each
+    /// waited for as `settings` says.
     pub async fn new(
         process: process::ProcessRuntime,
         engines: &[(spec::RuntimeKind, std::path::PathBuf)],
+        settings: docker::EngineSettings,
         node: NodeId,
-        events: tokio::sync::mpsc::UnboundedSender<RuntimeEvent>,
+        events: EventSender,
     ) -> Self {
         let mut containers = Vec::new();
         for (kind, socket) in engines {
-            let Some(c) =
-                docker::ContainerRuntime::connect(*kind, socket, node.clone(), events.clone())
-                    .await
+            let Some(c) = docker::ContainerRuntime::connect(
+                *kind,
+                socket,
+                node.clone(),
+                events.clone(),
+                settings,
+            )
+            .await
             else {
                 continue;
             };
@@ -157,15 +193,18 @@ impl Runtime for Runtimes {
         match self.containers.iter().find(|c| c.kind() == kind) {
             Some(engine) if engine.available().await => engine.start(request).await,
             _ => {
-                let _ = self.events.send(RuntimeEvent::StartFailed {
-                    replica: request.replica,
-                    instance: request.instance,
-                    reason: format!(
-                        "RuntimeUnavailable: {} on node {}",
-                        format!("{kind:?}").to_lowercase(),
-                        self.node
-                    ),
-                });
+                let _ = self
+                    .events
+                    .send(RuntimeEvent::StartFailed {
+                        replica: request.replica,
+                        instance: request.instance,
+                        reason: format!(
+                            "RuntimeUnavailable: {} on node {}",
+                            format!("{kind:?}").to_lowercase(),
+                            self.node
+                        ),
+                    })
+                    .await;
             }
         }
     }

@@ -40,11 +40,10 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use starling_protocol::WorkloadName;
 use starling_protocol::placement::ReplicaId;
-use tokio::sync::mpsc::UnboundedSender;
 
 use super::cgroup::{Cgroups, InstanceGroups};
 use super::fence::{self, check_program};
-use super::{Runtime, RuntimeEvent, StartRequest};
+use super::{EventSender, Runtime, RuntimeEvent, StartRequest};
 use crate::store::write_atomic;
 
 /// Settings of the process runtime.
@@ -54,8 +53,12 @@ pub struct ProcessConfig {
     pub log_bytes_max: u64,
     /// Rotated logs kept (`output.log.1` ..). Default 2.
     pub log_files_kept: u32,
-    /// How often adopted processes (not our children) are checked for exit, and logs for size.
+    /// How often adopted processes (not our children) are checked for exit, and logs for
+    /// size (default 500 ms; at least [`POLL_INTERVAL_MIN`] for logs).
     pub poll_interval: Duration,
+    /// How often a stop checks whether the instance is gone before its grace runs out
+    /// (default 25 ms): the delay between an exit and the stop returning.
+    pub stop_check_interval: Duration,
     /// The `starling` binary that runs singleton instances under `starling fence`, which stops
     /// them when their lease runs out even if the agent is gone. Default: none (unfenced).
     pub fence_program: Option<PathBuf>,
@@ -67,10 +70,15 @@ impl Default for ProcessConfig {
             log_bytes_max: 1 << 20,
             log_files_kept: 2,
             poll_interval: Duration::from_millis(500),
+            stop_check_interval: Duration::from_millis(25),
             fence_program: None,
         }
     }
 }
+
+/// Shortest interval of the log-rotation task, whatever `poll_interval` says: rotation reads
+/// every replica's log size, which must not become a busy loop.
+pub const POLL_INTERVAL_MIN: Duration = Duration::from_millis(100);
 
 /// Lines of log attached to an exit report.
 const EXIT_LOG_LINES: usize = 20;
@@ -105,7 +113,7 @@ struct Running {
 
 struct Inner {
     state_dir: PathBuf,
-    events: UnboundedSender<RuntimeEvent>,
+    events: EventSender,
     config: ProcessConfig,
     cgroups: Result<Cgroups, String>,
     running: Mutex<BTreeMap<ReplicaId, Running>>,
@@ -120,11 +128,7 @@ pub struct ProcessRuntime {
 impl ProcessRuntime {
     /// A runtime keeping its files under `state_dir` and reporting on `events`. Must be called
     /// inside a tokio runtime (it starts the log-rotation task).
-    pub fn new(
-        state_dir: PathBuf,
-        events: UnboundedSender<RuntimeEvent>,
-        config: ProcessConfig,
-    ) -> Self {
+    pub fn new(state_dir: PathBuf, events: EventSender, config: ProcessConfig) -> Self {
         let cgroups = Cgroups::detect();
         if let Err(why) = &cgroups {
             tracing::warn!("{why}: cpu/memory limits of process replicas will not be enforced");
@@ -140,7 +144,7 @@ impl ProcessRuntime {
         tokio::spawn(async move {
             loop {
                 let Some(inner) = weak.upgrade() else { return };
-                let interval = inner.config.poll_interval.max(Duration::from_millis(100));
+                let interval = inner.config.poll_interval.max(POLL_INTERVAL_MIN);
                 inner.rotate_logs();
                 drop(inner);
                 tokio::time::sleep(interval).await;
@@ -178,11 +182,14 @@ impl Runtime for ProcessRuntime {
         let inner = self.inner.clone();
         let (replica, instance) = (request.replica.clone(), request.instance);
         if let Err(reason) = inner.clone().spawn(request).await {
-            let _ = inner.events.send(RuntimeEvent::StartFailed {
-                replica,
-                instance,
-                reason,
-            });
+            let _ = inner
+                .events
+                .send(RuntimeEvent::StartFailed {
+                    replica,
+                    instance,
+                    reason,
+                })
+                .await;
         }
     }
 
@@ -200,7 +207,7 @@ impl Runtime for ProcessRuntime {
             if self.inner.pid_of(replica, instance).is_none() {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            tokio::time::sleep(self.inner.config.stop_check_interval).await;
         }
         if self.inner.pid_of(replica, instance).is_some() {
             tracing::warn!(
@@ -253,11 +260,14 @@ impl Runtime for ProcessRuntime {
                 fenced: record.fenced,
             };
             inner.lock().insert(replica.clone(), running);
-            let _ = inner.events.send(RuntimeEvent::Adopted {
-                replica: replica.clone(),
-                instance: record.instance,
-                revision: record.revision,
-            });
+            let _ = inner
+                .events
+                .send(RuntimeEvent::Adopted {
+                    replica: replica.clone(),
+                    instance: record.instance,
+                    revision: record.revision,
+                })
+                .await;
             tokio::spawn(inner.clone().watch_adopted(replica, record));
             adopted += 1;
         }
@@ -385,16 +395,19 @@ impl Inner {
                 fenced,
             },
         );
-        let _ = self.events.send(RuntimeEvent::Started {
-            replica: replica.clone(),
-            instance,
-        });
+        let _ = self
+            .events
+            .send(RuntimeEvent::Started {
+                replica: replica.clone(),
+                instance,
+            })
+            .await;
         tokio::spawn(async move {
             let code = match child.wait().await {
                 Ok(status) => status.code(),
                 Err(_) => None,
             };
-            self.finish(&replica, instance, pid, code);
+            self.finish(&replica, instance, pid, code).await;
         });
         Ok(())
     }
@@ -470,7 +483,7 @@ impl Inner {
     }
 
     /// The instance's leader exited: clean up and report.
-    fn finish(&self, replica: &ReplicaId, instance: u64, pid: u32, code: Option<i32>) {
+    async fn finish(&self, replica: &ReplicaId, instance: u64, pid: u32, code: Option<i32>) {
         // Children the leader left behind in its group would be orphans: end them too.
         signal_group(pid, Signal::SIGKILL);
         let removed = {
@@ -489,12 +502,15 @@ impl Inner {
         }
         let log = self.replica_dir(replica).join("output.log");
         let log_tail = tail_lines(&log, EXIT_LOG_LINES, EXIT_LOG_BYTES_MAX);
-        let _ = self.events.send(RuntimeEvent::Exited {
-            replica: replica.clone(),
-            instance,
-            code,
-            log_tail,
-        });
+        let _ = self
+            .events
+            .send(RuntimeEvent::Exited {
+                replica: replica.clone(),
+                instance,
+                code,
+                log_tail,
+            })
+            .await;
     }
 
     /// Watches a process this agent did not spawn (adopted) until it is gone.
@@ -502,7 +518,8 @@ impl Inner {
         loop {
             tokio::time::sleep(self.config.poll_interval).await;
             if start_time(record.pid) != Some(record.start_time) {
-                self.finish(&replica, record.instance, record.pid, None);
+                self.finish(&replica, record.instance, record.pid, None)
+                    .await;
                 return;
             }
             if self.pid_of(&replica, record.instance).is_none() {

@@ -219,9 +219,10 @@ impl Fleet {
     }
 
     /// How long a followed life may stay quiet before another life of its id is followed: five
-    /// rounds (a live node's heartbeat moves at every exchange), at least 5 s.
+    /// rounds (a live node's heartbeat moves at every exchange), at least
+    /// [`GossipTimings::life_quiet_min`](super::GossipTimings::life_quiet_min).
     fn quiet_ms(&self) -> u64 {
-        (self.round_interval_ms() * 5).max(5_000)
+        (self.round_interval_ms() * 5).max(self.timing.life_quiet_min.as_millis() as u64)
     }
 
     /// Tells the probe receiver and the QUIC dialer which life, at which address, each peer is.
@@ -235,10 +236,12 @@ impl Fleet {
 
     /// Checks, over QUIC, every other life of this node's id that gossip shows moving at
     /// another address: whoever answers there with this node's certificate is a second live
-    /// agent under this id. Each is checked at most every 10 s; the answers come back as
-    /// [`SyncEvent::Rival`]. Returns whether a check is in flight.
+    /// agent under this id. Each is checked at most every
+    /// [`GossipTimings::rival_recheck_interval`](super::GossipTimings::rival_recheck_interval);
+    /// the answers come back as [`SyncEvent::Rival`]. Returns whether a check is in flight.
     pub fn check_rivals(&mut self, now: u64) -> bool {
         let quiet_ms = self.quiet_ms();
+        let recheck_ms = self.timing.rival_recheck_interval.as_millis() as u64;
         let rivals = self
             .own_lives
             .moving_besides(self.generation, now, quiet_ms);
@@ -246,7 +249,7 @@ impl Fleet {
             let recent = self
                 .rivals_checked
                 .get(&generation)
-                .is_some_and(|at| now.saturating_sub(*at) < 10_000);
+                .is_some_and(|at| now.saturating_sub(*at) < recheck_ms);
             if life.base == self.base || recent || !self.rivals_checking.insert(generation) {
                 continue;
             }
@@ -257,11 +260,14 @@ impl Fleet {
                     &answer,
                     Ok(Some((crate::identity::Role::Node, name))) if name == me.as_str()
                 );
-                let _ = tx.send(SyncEvent::Rival {
+                // Waits for room: a lost answer would leave the check in flight for good,
+                // and the rejoin wait held with it.
+                tx.send(SyncEvent::Rival {
                     generation,
                     base: life.base,
                     live,
-                });
+                })
+                .await;
             });
         }
         !self.rivals_checking.is_empty()
@@ -427,8 +433,10 @@ impl Fleet {
     }
 
     /// Publishes what this node measured in use, rounded (250 millicores, 64 MiB) and at
-    /// most every 15 s when it moved: every published change travels to every member, so a
-    /// jittering gauge must not cost gossip bytes.
+    /// most every
+    /// [`GossipTimings::usage_publish_interval_min`](super::GossipTimings::usage_publish_interval_min)
+    /// when it moved: every published change travels to every member, so a jittering gauge
+    /// must not cost gossip bytes.
     pub async fn publish_usage(&mut self, now: u64, (cpu, memory): (u32, u64)) {
         let rounded = Usage {
             cpu: Millicores(cpu),
@@ -436,7 +444,8 @@ impl Fleet {
         }
         .rounded();
         let (last, at) = self.published_usage;
-        if last == Some(rounded) || (last.is_some() && now < at + 15_000) {
+        let interval_min_ms = self.timing.usage_publish_interval_min.as_millis() as u64;
+        if last == Some(rounded) || (last.is_some() && now < at + interval_min_ms) {
             return;
         }
         self.published_usage = (Some(rounded), now);

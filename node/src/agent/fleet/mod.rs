@@ -29,9 +29,9 @@ mod sync;
 
 use super::AgentError;
 use crate::cluster::{Membership, probe_addr, quic_addr};
-use crate::gossip::{GossipCounters, SealedUdpTransport};
+use crate::gossip::SealedUdpTransport;
 use crate::net::probe::{self, ProbeSender};
-use crate::net::quic::Quic;
+use crate::net::quic::{Quic, QuicSettings};
 use starling_core::membership::lives::Lives;
 use starling_core::membership::{Detector, DetectorConfig, Verdict};
 
@@ -54,6 +54,72 @@ pub struct FleetSettings {
     pub gossip_interval_max: Duration,
     /// The failure detector.
     pub detector: DetectorConfig,
+    /// QUIC's timeouts and the QUIC server's caps.
+    pub quic: QuicSettings,
+    /// Timeouts of exchanges with peers over QUIC (the sync machine times its own).
+    pub exchanges: ExchangeTimeouts,
+    /// How often gossip is read, and how long what it told counts.
+    pub gossip_timing: GossipTimings,
+}
+
+/// How long an exchange with a peer over QUIC may take, connection included; past it the
+/// exchange has failed. Anti-entropy pulls and pushes are timed by the sync machine
+/// (`starling_core::sync::SyncConfig::request_timeout_ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExchangeTimeouts {
+    /// A message pushed to every live peer: a departure, a gossip keyring (default 5 s).
+    /// Whoever has not answered by then counts as not holding it.
+    pub broadcast_timeout: Duration,
+    /// Fetching a peer's keyring after gossip packets failed to open (default 5 s).
+    pub keys_fetch_timeout: Duration,
+    /// A lease grant request to a voter (default 800 ms): well inside the shortest lease, so
+    /// a campaign round learns its outcome while the grant it asks for is still worth having.
+    pub lease_grant_timeout: Duration,
+}
+
+impl Default for ExchangeTimeouts {
+    fn default() -> Self {
+        ExchangeTimeouts {
+            broadcast_timeout: Duration::from_secs(5),
+            keys_fetch_timeout: Duration::from_secs(5),
+            lease_grant_timeout: Duration::from_millis(800),
+        }
+    }
+}
+
+/// How often the agent reads gossip and how long what it heard there counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GossipTimings {
+    /// How often gossip state is read into the core and the detector (default 100 ms): the
+    /// delay between a peer's news arriving and this node acting on it.
+    pub read_interval: Duration,
+    /// Shortest quiet time after which another life of a node id is followed instead of the
+    /// one followed so far (default 5 s; five round intervals when rounds are slower).
+    pub life_quiet_min: Duration,
+    /// Another live agent under this node's id at one address is checked over QUIC at most
+    /// this often (default 10 s).
+    pub rival_recheck_interval: Duration,
+    /// This node's measured CPU and memory use is published at most this often when it
+    /// moved (default 15 s): every published change travels to every member.
+    pub usage_publish_interval_min: Duration,
+    /// How long chitchat keeps the state of a node it considers dead (default 1 h). Liveness
+    /// is the failure detector's; this only bounds how long a gone node's keys are kept.
+    pub dead_node_grace: Duration,
+    /// How long chitchat keeps keys marked for deletion (default 1 h).
+    pub deleted_key_grace: Duration,
+}
+
+impl Default for GossipTimings {
+    fn default() -> Self {
+        GossipTimings {
+            read_interval: Duration::from_millis(100),
+            life_quiet_min: Duration::from_secs(5),
+            rival_recheck_interval: Duration::from_secs(10),
+            usage_publish_interval_min: Duration::from_secs(15),
+            dead_node_grace: Duration::from_secs(3_600),
+            deleted_key_grace: Duration::from_secs(3_600),
+        }
+    }
 }
 
 impl Default for FleetSettings {
@@ -66,6 +132,9 @@ impl Default for FleetSettings {
             gossip_ms_per_member: 50,
             gossip_interval_max: Duration::from_secs(30),
             detector: DetectorConfig::default(),
+            quic: QuicSettings::default(),
+            exchanges: ExchangeTimeouts::default(),
+            gossip_timing: GossipTimings::default(),
         }
     }
 }
@@ -129,6 +198,15 @@ pub(crate) enum SyncEvent {
     },
 }
 
+/// Reports of background fleet tasks queued for the loop. Mostly answers of the sync
+/// machine's requests, of which at most `in_flight_per_peer` (4) per peer are out at once, so
+/// a fleet of 64 nodes answering together fits; rival checks, keyrings, departures and key
+/// installs are rare. Tasks wait when it is full (back-pressure: a lost rival answer would
+/// hold the rejoin wait forever, a lost key install would leave the CLI waiting); only the
+/// loop's own report of a request it could not send is dropped when full, counted, and
+/// recovered by the sync machine's request timeout.
+pub(super) const SYNC_QUEUE: usize = 256;
+
 /// The fleet side of an agent.
 pub(super) struct Fleet {
     pub membership: Membership,
@@ -164,6 +242,10 @@ pub(super) struct Fleet {
     pub enrolled: BTreeSet<NodeId>,
     /// Round-robin position for picking whom to fetch keys from.
     keys_cursor: usize,
+    /// Timeouts of broadcasts and keyring fetches (see [`FleetSettings::exchanges`]).
+    exchanges: ExchangeTimeouts,
+    /// Gossip's timings (see [`FleetSettings::gossip_timing`]).
+    timing: GossipTimings,
     /// The keyring the gossip transport and the probe socket seal and open with.
     keyring: Arc<RwLock<crate::gossip::seal::Keyring>>,
     /// When keys were last fetched from a peer, and the auth drops seen then.
@@ -172,7 +254,8 @@ pub(super) struct Fleet {
     pub revoked: Arc<RwLock<BTreeSet<String>>>,
     /// How many revoked names this node last published.
     published_revoked: usize,
-    pub sync_tx: mpsc::UnboundedSender<SyncEvent>,
+    /// Where background tasks report to the loop (see [`SYNC_QUEUE`]).
+    pub sync_tx: crate::channel::Sender<SyncEvent>,
     /// Keys to set in this node's gossip state at the next gossip tick (set from sync code).
     pending_keys: BTreeMap<String, String>,
     /// Members from the fleet this node last saw (its stored view), until gossip tells of
@@ -198,7 +281,7 @@ pub(super) struct Fleet {
 /// Channels the fleet feeds into the agent loop.
 pub(crate) struct FleetInbox {
     pub probes: mpsc::Receiver<(NodeId, PeerMessage)>,
-    pub sync: mpsc::UnboundedReceiver<SyncEvent>,
+    pub sync: mpsc::Receiver<SyncEvent>,
 }
 
 /// The refusal of a join under `node`: `member` says how the fleet knows it (if it does),
@@ -229,13 +312,14 @@ impl Fleet {
         me: NodeId,
         last_seen: &FleetView,
         generation: u64,
-        counters: Arc<GossipCounters>,
+        metrics: &super::metrics::Metrics,
         revoked: Arc<RwLock<BTreeSet<String>>>,
     ) -> Result<(Fleet, FleetInbox), AgentError> {
         let mut remembered = last_seen.nodes.clone();
         let me_view = remembered
             .remove(&me)
             .ok_or_else(|| AgentError::Net(format!("{me} is not in its own fleet view")))?;
+        let counters = metrics.gossip.clone();
         let base = settings.advertise.unwrap_or(settings.listen);
         let keyring = Arc::new(RwLock::new(membership.keyring()));
         let transport =
@@ -260,10 +344,10 @@ impl Fleet {
             seed_nodes: seeds,
             failure_detector_config: FailureDetectorConfig {
                 initial_interval: settings.gossip_interval,
-                dead_node_grace_period: Duration::from_secs(3_600),
+                dead_node_grace_period: settings.gossip_timing.dead_node_grace,
                 ..FailureDetectorConfig::default()
             },
-            marked_for_deletion_grace_period: Duration::from_secs(3_600),
+            marked_for_deletion_grace_period: settings.gossip_timing.deleted_key_grace,
             catchup_callback: None,
             extra_liveness_predicate: None,
         };
@@ -296,9 +380,9 @@ impl Fleet {
         let tls = membership
             .tls()
             .map_err(|e| AgentError::Net(e.to_string()))?;
-        let quic = Quic::serve(quic_addr(settings.listen), &tls)
+        let quic = Quic::serve(quic_addr(settings.listen), &tls, &settings.quic)
             .map_err(|e| AgentError::Net(e.to_string()))?;
-        let (sync_tx, sync) = mpsc::unbounded_channel();
+        let (sync_tx, sync) = crate::channel::bounded(SYNC_QUEUE, metrics.channels.sync.clone());
         let fleet = Fleet {
             chitchat: handle.chitchat(),
             handle,
@@ -329,6 +413,8 @@ impl Fleet {
             spent: BTreeSet::new(),
             enrolled: BTreeSet::new(),
             keys_cursor: 0,
+            exchanges: settings.exchanges,
+            timing: settings.gossip_timing,
             keyring: keyring_for_fleet,
             keys_fetched: KeyFetch::default(),
             revoked,
@@ -436,9 +522,10 @@ impl Fleet {
 
     /// Announces that this node is about to stop: in its own view (so its core acts on it),
     /// in gossip, and pushed to every live peer; `done(acked, asked)` reports the push.
-    pub fn announce_departure<F>(&mut self, now: u64, departure: Departure, done: F)
+    pub fn announce_departure<F, Fut>(&mut self, now: u64, departure: Departure, done: F)
     where
-        F: FnOnce(usize, usize) + Send + 'static,
+        F: FnOnce(usize, usize) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
     {
         self.me_view.departure = departure;
         self.me_view_dirty = true;

@@ -31,7 +31,9 @@ impl Fleet {
         let (quic, tx) = (self.quic.clone(), self.sync_tx.clone());
         let timeout = Duration::from_millis(self.sync.config().request_timeout_ms);
         let Some(addr) = self.peers.get(to).map(|p| quic_addr(p.base)) else {
-            let _ = tx.send(SyncEvent::Answer {
+            // The loop itself sends this one, so it must not wait for room in its own queue:
+            // when full it is dropped and counted, and the request times out in the machine.
+            tx.try_send(SyncEvent::Answer {
                 id,
                 answer: Err(format!("no address known for {to}")),
             });
@@ -42,7 +44,7 @@ impl Fleet {
                 .peer(addr, message, timeout)
                 .await
                 .map_err(|e| e.to_string());
-            let _ = tx.send(SyncEvent::Answer { id, answer });
+            tx.send(SyncEvent::Answer { id, answer }).await;
         });
     }
 
@@ -77,13 +79,16 @@ impl Fleet {
     }
 
     /// Sends `message` to every live peer; returns how many answered `Stored`, and how many
-    /// were asked, through `done`.
-    pub fn broadcast<F>(&self, now: u64, message: PeerMessage, done: F)
+    /// were asked, through `done` (awaited in the broadcast's task, so it may wait for room
+    /// in the loop's queue).
+    pub fn broadcast<F, Fut>(&self, now: u64, message: PeerMessage, done: F)
     where
-        F: FnOnce(usize, usize) + Send + 'static,
+        F: FnOnce(usize, usize) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
     {
         let peers = self.live_peers(now);
         let quic = self.quic.clone();
+        let timeout = self.exchanges.broadcast_timeout;
         tokio::spawn(async move {
             let asked = peers.len();
             let mut tasks = tokio::task::JoinSet::new();
@@ -91,7 +96,7 @@ impl Fleet {
                 let (quic, message) = (quic.clone(), message.clone());
                 tasks.spawn(async move {
                     matches!(
-                        quic.peer(addr, message, Duration::from_secs(5)).await,
+                        quic.peer(addr, message, timeout).await,
                         Ok(PeerMessage::Stored)
                     )
                 });
@@ -102,7 +107,7 @@ impl Fleet {
                     stored += 1;
                 }
             }
-            done(stored, asked);
+            done(stored, asked).await;
         });
     }
 
@@ -126,12 +131,12 @@ impl Fleet {
         self.keys_cursor = self.keys_cursor.wrapping_add(1);
         let addr = addrs[self.keys_cursor % addrs.len()];
         let (quic, tx) = (self.quic.clone(), self.sync_tx.clone());
+        let timeout = self.exchanges.keys_fetch_timeout;
         tokio::spawn(async move {
-            if let Ok(PeerMessage::Keys { keys, primary }) = quic
-                .peer(addr, PeerMessage::KeysRequest, Duration::from_secs(5))
-                .await
+            if let Ok(PeerMessage::Keys { keys, primary }) =
+                quic.peer(addr, PeerMessage::KeysRequest, timeout).await
             {
-                let _ = tx.send(SyncEvent::Keys { keys, primary });
+                tx.send(SyncEvent::Keys { keys, primary }).await;
             }
         });
     }

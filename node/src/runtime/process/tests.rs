@@ -32,18 +32,15 @@ fn request(w: &str, instance: u64, command: &str, args: &[&str], extra: &str) ->
     }
 }
 
-async fn next(rx: &mut mpsc::UnboundedReceiver<RuntimeEvent>) -> RuntimeEvent {
+async fn next(rx: &mut mpsc::Receiver<RuntimeEvent>) -> RuntimeEvent {
     tokio::time::timeout(Duration::from_secs(10), rx.recv())
         .await
         .expect("an event within 10 s")
         .expect("channel open")
 }
 
-fn runtime(
-    dir: &Path,
-    config: ProcessConfig,
-) -> (ProcessRuntime, mpsc::UnboundedReceiver<RuntimeEvent>) {
-    let (tx, rx) = mpsc::unbounded_channel();
+fn runtime(dir: &Path, config: ProcessConfig) -> (ProcessRuntime, mpsc::Receiver<RuntimeEvent>) {
+    let (tx, rx) = crate::channel::bounded(64, std::sync::Arc::default());
     (ProcessRuntime::new(dir.to_path_buf(), tx, config), rx)
 }
 
@@ -565,4 +562,42 @@ async fn only_singletons_are_fenced_and_a_missing_command_still_fails_the_start(
             reason: "command not found: no-such-command-x".into()
         }
     );
+}
+
+/// The agent adopts before its loop reads events: adoption must finish even when it reports
+/// more replicas than the bounded event queue holds.
+#[tokio::test]
+async fn adopting_more_replicas_than_the_event_queue_holds_finishes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let names = ["one", "two", "three"];
+    let (first, mut first_rx) = runtime(dir.path(), ProcessConfig::default());
+    for name in names {
+        first.start(request(name, 1, "sleep", &["30"], "")).await;
+        assert!(matches!(
+            next(&mut first_rx).await,
+            RuntimeEvent::Started { .. }
+        ));
+    }
+    // A second runtime on the same directory: a restarted agent, with a queue of one.
+    let (tx, mut rx) = crate::channel::bounded(1, std::sync::Arc::default());
+    let second = ProcessRuntime::new(dir.path().to_path_buf(), tx, ProcessConfig::default());
+    let (adopted, events) = tokio::time::timeout(
+        Duration::from_secs(10),
+        crate::runtime::adopt_draining(&second, &mut rx),
+    )
+    .await
+    .expect("adoption does not wait for a loop that is not running yet");
+    assert_eq!(adopted, 3);
+    let mut seen: Vec<String> = events
+        .iter()
+        .map(|e| match e {
+            RuntimeEvent::Adopted { replica, .. } => replica.workload.to_string(),
+            other => panic!("only adoptions: {other:?}"),
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen, ["one", "three", "two"]);
+    for name in names {
+        second.stop(&replica(name), 1, Duration::from_secs(5)).await;
+    }
 }
