@@ -183,3 +183,26 @@ fn a_fleet_agent_whose_default_http_port_is_taken_fails_naming_it() {
     assert!(stderr.contains("--listen port"), "{stderr}");
     assert!(stderr.contains("--metrics"), "{stderr}");
 }
+
+/// The CLI closes its QUIC connection when its call ends: the agent's slot (out of 1,024, see
+/// `QuicSettings`) frees at once, not at the 30 s idle timeout, so a script calling in a
+/// loop cannot fill the server.
+#[test]
+fn cli_calls_over_quic_leave_no_connection_held() {
+    let fleet = Fleet::start(1);
+    let addr: SocketAddr = fleet.nodes[0].base.parse().expect("address");
+    for _ in 0..10 {
+        let out = fleet.cli(0, &["get", "nodes"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let held = wait_for(
+        "the CLI's connections to close",
+        Duration::from_secs(3),
+        || metric(addr, "starling_quic_connections").filter(|n| *n == 0),
+    );
+    assert_eq!(held, 0);
+}

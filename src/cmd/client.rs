@@ -81,7 +81,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn ask(target: &Target, request: &ApiRequest) -> anyhow::Result<ApiResponse> {
     runtime()?.block_on(async {
         let mut client = target.connect().await?;
-        anyhow::Ok(client.call(request).await?)
+        let answer = client.call(request).await;
+        client.close().await;
+        anyhow::Ok(answer?)
     })
 }
 
@@ -115,6 +117,7 @@ pub fn stream_logs(target: &Target, request: &ApiRequest) -> anyhow::Result<Exit
                         println!("{line}");
                     }
                     if end {
+                        client.close().await;
                         return Ok(ExitCode::SUCCESS);
                     }
                 }

@@ -171,6 +171,14 @@ impl Client {
         self.next().await
     }
 
+    /// Ends the call: a QUIC connection is closed at once (the agent frees its slot now, not
+    /// at its idle timeout); the local socket just drops.
+    pub async fn close(self) {
+        if let Inner::Remote { quic, .. } = self.inner {
+            quic.close_now().await;
+        }
+    }
+
     /// The next response on this connection (for streamed answers such as logs).
     pub async fn next(&mut self) -> Result<ApiResponse, ApiError> {
         let eof = || {

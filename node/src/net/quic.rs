@@ -112,6 +112,9 @@ impl Default for QuicSettings {
     }
 }
 
+/// How long a one-shot client waits for its close packet to leave ([`Quic::close_now`]).
+const CLOSE_SEND_WAIT: Duration = Duration::from_millis(20);
+
 /// A QUIC endpoint with pooled client connections.
 pub struct Quic {
     endpoint: quinn::Endpoint,
@@ -303,6 +306,14 @@ impl Quic {
     pub async fn close(&self) {
         self.endpoint.close(0u32.into(), b"bye");
         let _ = tokio::time::timeout(self.close_wait, self.endpoint.wait_idle()).await;
+    }
+
+    /// Closes every connection and gives the close packet a moment to leave, without waiting
+    /// out the draining period: a one-shot client (the CLI) must not leave its connection
+    /// open on the agent until the idle timeout, nor pay 200 ms per call.
+    pub async fn close_now(&self) {
+        self.endpoint.close(0u32.into(), b"bye");
+        let _ = tokio::time::timeout(CLOSE_SEND_WAIT, self.endpoint.wait_idle()).await;
     }
 }
 
