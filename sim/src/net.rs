@@ -326,14 +326,15 @@ impl World<'_> {
         }
     }
 
-    /// The peers node `i` sees live (its view), as its sync machine's peers.
+    /// The peers node `i` sees alive (its view), as its sync machine's peers: like the
+    /// agent's `live_peers`, a suspect is neither pulled from nor pushed to.
     pub(crate) fn live_peers(&self, i: usize) -> Vec<NodeId> {
         let me = &self.nodes[i].host.id;
         self.nodes[i]
             .view
             .nodes
             .iter()
-            .filter(|(id, n)| *id != me && n.liveness != Liveness::Down)
+            .filter(|(id, n)| *id != me && n.liveness == Liveness::Alive)
             .map(|(id, _)| id.clone())
             .collect()
     }
