@@ -26,6 +26,7 @@ pub mod lease;
 pub mod names;
 pub mod placement;
 pub mod quantity;
+pub mod rollout;
 pub mod spec;
 pub mod status;
 pub mod wire;

@@ -31,6 +31,19 @@ pub struct ReplicaStatus {
     pub last_exit_code: Option<i32>,
     /// Why it is not running as it should, in plain English (`command not found: foo`).
     pub reason: Option<String>,
+    /// Healthy without a break for its spec's `update.min_healthy`: counts as updated.
+    pub settled: bool,
+    /// An instance of an older revision still running beside this one (start-first update).
+    pub outgoing: Option<Outgoing>,
+}
+
+/// The older instance of a replica that runs beside its new one until the new one settles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outgoing {
+    /// The revision it runs.
+    pub revision: u64,
+    /// Whether it passes its health check (it still serves).
+    pub healthy: bool,
 }
 
 /// Where a replica is in its life on a node.
@@ -56,6 +69,11 @@ impl ReplicaStatus {
     /// Counts as an available instance (for handover and updates): running and healthy.
     pub fn is_available(&self) -> bool {
         self.state == ReplicaState::Running && self.healthy
+    }
+
+    /// Some instance of the replica serves: the current one, or the old one beside it.
+    pub fn is_serving(&self) -> bool {
+        self.is_available() || self.outgoing.is_some_and(|o| o.healthy)
     }
 
     /// Occupies or is about to occupy the node (claimed, starting, running, restarting).

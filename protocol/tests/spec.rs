@@ -217,7 +217,7 @@ fn broken_spec_reports_every_error_with_its_path() {
         "secrets[0]",
         "health.http.port",
         "restart.max_retries",
-        "update",
+        "update.max_surge",
         "scaling.max",
     ]);
     assert_eq!(paths.iter().copied().collect::<BTreeSet<_>>(), expected);
@@ -238,7 +238,7 @@ fn broken_spec_reports_every_error_with_its_path() {
         "secrets[0]: needs `env`, `path` or both, to say where the workload receives it",
         "health.http.port: no port named \"admin\" in [[ports]]",
         "restart.max_retries: only applies to policy = \"on-failure\"",
-        "update: max_unavailable and max_surge cannot both be 0: the update could never replace a replica",
+        "update.max_surge: must be at least 1 for order = \"start-first\" (the new instance runs beside the old one); or use order = \"stop-first\" with max_unavailable >= 1",
         "scaling.max: must be at least scaling.min (5), got 2",
     ] {
         assert!(

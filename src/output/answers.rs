@@ -452,6 +452,8 @@ mod tests {
             restarts: 1,
             last_exit_code: None,
             reason: None,
+            settled: healthy,
+            outgoing: None,
         }
     }
 

@@ -268,6 +268,8 @@ impl LocalReplica {
             restarts: self.restarts,
             last_exit_code: self.last_exit,
             reason: self.reason.clone(),
+            settled: false,
+            outgoing: None,
         }
     }
 }

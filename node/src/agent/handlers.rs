@@ -148,7 +148,7 @@ impl Agent {
         let Some(current) = self.core.desired().get(&name).cloned() else {
             return not_found(&name).into();
         };
-        match current.rollback() {
+        match current.rollback(None) {
             Some(revision) => self.write(name, Some(revision), by),
             None => error(format!("{name} has no previous revision to roll back to")).into(),
         }

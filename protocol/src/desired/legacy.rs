@@ -3,20 +3,170 @@
 //!
 //! Format 1 (before revision ids): revisions had no lineage and no author, entries no write
 //! records. Converted entries start with the record of their own write only.
+//!
+//! Format 2 (before rollouts): specs' `[update]` had no order, minimum healthy time or canary,
+//! and revisions no rollout control. Converted specs get the defaults `validate` would give
+//! them (stop-first where two instances cannot share a node), revisions an empty control.
+
+use std::collections::BTreeMap;
 
 use crdts::LWWReg;
 use serde::Deserialize;
 
-use super::{DesiredEntry, DesiredState, PreviousRevision, Revision};
+use super::{DesiredEntry, DesiredState, PreviousRevision, Revision, RolloutControl, WriteRecord};
 use crate::hlc::Timestamp;
 use crate::names::WorkloadName;
-use crate::spec::WorkloadSpec;
+use crate::spec::{
+    ConfigRef, Constraints, HealthCheck, LeaseSettings, PartitionPolicy, PlacementStrategy,
+    PortSpec, PullPolicy, Resources, RestartPolicy, RuntimeKind, ScalingPolicy, SecretRef,
+    UpdateOrder, UpdateStrategy, WorkloadSpec,
+};
+
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+struct UpdateV2 {
+    batch_size: u32,
+    max_unavailable: u32,
+    max_surge: u32,
+    health_deadline_ms: u64,
+    auto_rollback: bool,
+}
+
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+struct SpecV2 {
+    name: WorkloadName,
+    runtime: RuntimeKind,
+    image: Option<String>,
+    image_pull_policy: PullPolicy,
+    command: Option<String>,
+    args: Vec<String>,
+    replicas: u32,
+    priority: i32,
+    resources: Resources,
+    constraints: Constraints,
+    placement: PlacementStrategy,
+    partition: PartitionPolicy,
+    ports: Vec<PortSpec>,
+    env: BTreeMap<String, String>,
+    configs: Vec<ConfigRef>,
+    secrets: Vec<SecretRef>,
+    health: Option<HealthCheck>,
+    restart: RestartPolicy,
+    update: UpdateV2,
+    scaling: Option<ScalingPolicy>,
+    singleton: bool,
+    lease: LeaseSettings,
+}
+
+impl SpecV2 {
+    fn convert(self) -> WorkloadSpec {
+        let stop_first_only = self.singleton || self.ports.iter().any(|p| p.host_port.is_some());
+        let u = self.update;
+        let (order, max_unavailable, max_surge) = if stop_first_only || u.max_surge == 0 {
+            (UpdateOrder::StopFirst, u.max_unavailable.max(1), 0)
+        } else {
+            (UpdateOrder::StartFirst, u.max_unavailable, u.max_surge)
+        };
+        WorkloadSpec {
+            name: self.name,
+            runtime: self.runtime,
+            image: self.image,
+            image_pull_policy: self.image_pull_policy,
+            command: self.command,
+            args: self.args,
+            replicas: self.replicas,
+            priority: self.priority,
+            resources: self.resources,
+            constraints: self.constraints,
+            placement: self.placement,
+            partition: self.partition,
+            ports: self.ports,
+            env: self.env,
+            configs: self.configs,
+            secrets: self.secrets,
+            health: self.health,
+            restart: self.restart,
+            update: UpdateStrategy {
+                batch_size: u.batch_size,
+                max_unavailable,
+                max_surge,
+                min_healthy_ms: UpdateStrategy::DEFAULT.min_healthy_ms,
+                health_deadline_ms: u.health_deadline_ms,
+                auto_rollback: u.auto_rollback,
+                order,
+                canary: None,
+            },
+            scaling: self.scaling,
+            singleton: self.singleton,
+            lease: self.lease,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+struct PreviousV2 {
+    number: u64,
+    spec: SpecV2,
+}
+
+impl PreviousV2 {
+    fn convert(self) -> PreviousRevision {
+        PreviousRevision {
+            number: self.number,
+            spec: self.spec.convert(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RevisionV2 {
+    number: u64,
+    spec: SpecV2,
+    previous: Option<PreviousV2>,
+    lineage: Vec<Timestamp>,
+    by: String,
+}
+
+#[derive(Deserialize)]
+struct EntryV2 {
+    name: WorkloadName,
+    register: LWWReg<Option<RevisionV2>, Timestamp>,
+    writes: Vec<WriteRecord>,
+}
+
+/// Decodes a desired state stored in format 2 (postcard of its entries).
+pub fn decode_v2(bytes: &[u8]) -> Result<DesiredState, String> {
+    let entries: Vec<EntryV2> = postcard::from_bytes(bytes).map_err(|e| e.to_string())?;
+    let mut state = DesiredState::new();
+    for old in entries {
+        let entry = DesiredEntry {
+            name: old.name,
+            register: LWWReg {
+                val: old.register.val.map(|r| Revision {
+                    number: r.number,
+                    spec: r.spec.convert(),
+                    previous: r.previous.map(PreviousV2::convert),
+                    lineage: r.lineage,
+                    by: r.by,
+                    rollout: RolloutControl::default(),
+                }),
+                marker: old.register.marker,
+            },
+            writes: old.writes,
+        };
+        entry.check().map_err(|e| e.to_string())?;
+        state.merge_entry(entry);
+    }
+    Ok(state)
+}
 
 #[derive(Deserialize)]
 struct RevisionV1 {
     number: u64,
-    spec: WorkloadSpec,
-    previous: Option<PreviousRevision>,
+    spec: SpecV2,
+    previous: Option<PreviousV2>,
 }
 
 #[derive(Deserialize)]
@@ -35,10 +185,11 @@ pub fn decode_v1(bytes: &[u8]) -> Result<DesiredState, String> {
             register: LWWReg {
                 val: old.register.val.map(|r| Revision {
                     number: r.number,
-                    spec: r.spec,
-                    previous: r.previous,
+                    spec: r.spec.convert(),
+                    previous: r.previous.map(PreviousV2::convert),
                     lineage: Vec::new(),
                     by: String::new(),
+                    rollout: RolloutControl::default(),
                 }),
                 marker: old.register.marker,
             },
@@ -60,8 +211,107 @@ mod tests {
     #[derive(Serialize)]
     struct RevisionV1Out {
         number: u64,
-        spec: WorkloadSpec,
-        previous: Option<PreviousRevision>,
+        spec: SpecV2,
+        previous: Option<PreviousV2>,
+    }
+
+    #[derive(Serialize)]
+    struct RevisionV2Out {
+        number: u64,
+        spec: SpecV2,
+        previous: Option<PreviousV2>,
+        lineage: Vec<Timestamp>,
+        by: String,
+    }
+
+    #[derive(Serialize)]
+    struct EntryV2Out {
+        name: WorkloadName,
+        register: LWWReg<Option<RevisionV2Out>, Timestamp>,
+        writes: Vec<WriteRecord>,
+    }
+
+    /// A spec as format 2 stored it.
+    fn v2(spec: &WorkloadSpec) -> SpecV2 {
+        let s = spec.clone();
+        SpecV2 {
+            name: s.name,
+            runtime: s.runtime,
+            image: s.image,
+            image_pull_policy: s.image_pull_policy,
+            command: s.command,
+            args: s.args,
+            replicas: s.replicas,
+            priority: s.priority,
+            resources: s.resources,
+            constraints: s.constraints,
+            placement: s.placement,
+            partition: s.partition,
+            ports: s.ports,
+            env: s.env,
+            configs: s.configs,
+            secrets: s.secrets,
+            health: s.health,
+            restart: s.restart,
+            update: UpdateV2 {
+                batch_size: s.update.batch_size,
+                max_unavailable: s.update.max_unavailable,
+                max_surge: s.update.max_surge,
+                health_deadline_ms: s.update.health_deadline_ms,
+                auto_rollback: s.update.auto_rollback,
+            },
+            scaling: s.scaling,
+            singleton: s.singleton,
+            lease: s.lease,
+        }
+    }
+
+    #[test]
+    fn a_format_2_state_reads_back_with_rollout_defaults() {
+        let web = WorkloadSpec::from_toml("name = \"web\"\ncommand = \"sleep\"\nreplicas = 2")
+            .expect("valid");
+        let fixed = WorkloadSpec::from_toml(
+            "name = \"db\"\ncommand = \"sleep\"\n[[ports]]\nname = \"pg\"\nport = 5432\nhost_port = 5432",
+        )
+        .expect("valid");
+        let marker = Timestamp {
+            physical_ms: 42,
+            logical: 1,
+            node: NodeId::new("n1").expect("valid"),
+        };
+        let record = WriteRecord {
+            at: marker.clone(),
+            number: 2,
+            by: "alice".into(),
+        };
+        let entry = |spec: &WorkloadSpec| EntryV2Out {
+            name: spec.name.clone(),
+            register: LWWReg {
+                val: Some(RevisionV2Out {
+                    number: 2,
+                    spec: v2(spec),
+                    previous: Some(PreviousV2 {
+                        number: 1,
+                        spec: v2(spec),
+                    }),
+                    lineage: vec![marker.clone()],
+                    by: "alice".into(),
+                }),
+                marker: marker.clone(),
+            },
+            writes: vec![record.clone()],
+        };
+        let bytes = postcard::to_allocvec(&vec![entry(&web), entry(&fixed)]).expect("encodes");
+        let state = decode_v2(&bytes).expect("decodes");
+        let got = state.get(&web.name).expect("web is there");
+        assert_eq!(got.spec, web, "defaults of today: start-first");
+        assert_eq!(got.by, "alice");
+        assert_eq!(got.lineage, vec![marker.clone()]);
+        let db = state.get(&fixed.name).expect("db is there");
+        assert_eq!(db.spec, fixed, "a fixed host port converts to stop-first");
+        assert_eq!(db.spec.update.order, UpdateOrder::StopFirst);
+        assert_eq!(state.overwritten(&web.name), Vec::new());
+        assert!(decode_v2(b"\x01\x02garbage").is_err());
     }
 
     #[derive(Serialize)]
@@ -85,7 +335,7 @@ mod tests {
                 register: LWWReg {
                     val: Some(RevisionV1Out {
                         number: 3,
-                        spec: spec.clone(),
+                        spec: v2(&spec),
                         previous: None,
                     }),
                     marker: marker.clone(),

@@ -54,7 +54,33 @@ pub struct Revision {
     pub lineage: Vec<Timestamp>,
     /// Who asked for this write (an operator's certificate name, a node, or the local socket).
     pub by: String,
+    /// What operators and failed health gates said about this revision's rollout.
+    pub rollout: RolloutControl,
 }
+
+/// The rollout state that lives in the desired state (progress itself is not written: every
+/// node derives it from the replicas' gossiped status, see `protocol::rollout`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutControl {
+    /// `rollout pause`: no replica moves to this revision until `rollout resume`.
+    pub paused: bool,
+    /// `rollout promote` of a canary rollout: the replicas past the canaries may move.
+    pub promoted: bool,
+    /// This revision brings back the one before the one it replaced.
+    pub rollback_of: Option<RollbackOf>,
+}
+
+/// The revision a rollback replaced, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackOf {
+    /// Number of the revision rolled back.
+    pub number: u64,
+    /// Why its rollout failed (at most [`FAILURE_MAX`] bytes); `None` for a rollback by hand.
+    pub failure: Option<String>,
+}
+
+/// Longest [`RollbackOf::failure`].
+pub const FAILURE_MAX: usize = 256;
 
 /// The revision a [`Revision`] replaced.
 #[allow(missing_docs)] // a field named for what it holds has no doc to add
@@ -144,15 +170,14 @@ impl Revision {
             previous: None,
             lineage: Vec::new(),
             by: String::new(),
+            rollout: RolloutControl::default(),
         }
     }
 
     /// The revision that replaces this one with `spec`. A spec that differs only in its replica
     /// count is a scale, not a new revision: the number and history stay.
     pub fn next(&self, spec: WorkloadSpec) -> Self {
-        let mut same_template = spec.clone();
-        same_template.replicas = self.spec.replicas;
-        if same_template == self.spec {
+        if same_template(&self.spec, &spec) {
             return Revision {
                 spec,
                 ..self.clone()
@@ -167,12 +192,14 @@ impl Revision {
             }),
             lineage: Vec::new(),
             by: String::new(),
+            rollout: RolloutControl::default(),
         }
     }
 
     /// A new revision that brings back the previous spec (keeping the current replica count),
-    /// or `None` when there is nothing to roll back to.
-    pub fn rollback(&self) -> Option<Self> {
+    /// or `None` when there is nothing to roll back to. `failure` says why the rollout of this
+    /// one failed (`None`: rolled back by hand).
+    pub fn rollback(&self, failure: Option<String>) -> Option<Self> {
         let previous = self.previous.as_ref()?;
         let mut spec = previous.spec.clone();
         spec.replicas = self.spec.replicas;
@@ -185,8 +212,31 @@ impl Revision {
             }),
             lineage: Vec::new(),
             by: String::new(),
+            rollout: RolloutControl {
+                rollback_of: Some(RollbackOf {
+                    number: self.number,
+                    failure: failure.map(|f| truncate(&f, FAILURE_MAX)),
+                }),
+                ..RolloutControl::default()
+            },
         })
     }
+
+    /// The spec of a revision whose rollout failed and was rolled back, when `spec` would
+    /// bring that same template back: re-applying it needs `--force`.
+    pub fn failed_template(&self, spec: &WorkloadSpec) -> Option<&RollbackOf> {
+        let rollback = self.rollout.rollback_of.as_ref()?;
+        rollback.failure.as_ref()?;
+        let previous = self.previous.as_ref()?;
+        same_template(&previous.spec, spec).then_some(rollback)
+    }
+}
+
+/// Specs equal but for the replica count: a scale, not a new template.
+pub fn same_template(a: &WorkloadSpec, b: &WorkloadSpec) -> bool {
+    let mut b = b.clone();
+    b.replicas = a.replicas;
+    *a == b
 }
 
 impl DesiredEntry {
@@ -211,6 +261,14 @@ impl DesiredEntry {
         };
         bounded("lineage", revision.lineage.len(), LINEAGE_MAX)?;
         bounded("by (bytes)", revision.by.len(), BY_MAX)?;
+        if let Some(failure) = revision
+            .rollout
+            .rollback_of
+            .as_ref()
+            .and_then(|r| r.failure.as_ref())
+        {
+            bounded("rollback_of.failure (bytes)", failure.len(), FAILURE_MAX)?;
+        }
         let specs =
             std::iter::once(&revision.spec).chain(revision.previous.as_ref().map(|p| &p.spec));
         for spec in specs {

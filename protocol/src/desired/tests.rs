@@ -201,13 +201,13 @@ fn revisions_keep_one_step_of_history_and_scaling_is_not_a_revision() {
         r2.previous.as_ref().map(|p| p.spec.args.clone()),
         Some(vec!["60".to_string()])
     );
-    let back = r2.rollback().expect("has a previous revision");
+    let back = r2.rollback(None).expect("has a previous revision");
     assert_eq!(
         (back.number, back.spec.args.clone(), back.spec.replicas),
         (3, vec!["60".to_string()], 5)
     );
     assert_eq!(back.previous.map(|p| p.spec), Some(changed));
-    assert!(r1.rollback().is_none());
+    assert!(r1.rollback(None).is_none());
 }
 
 #[test]

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::error::SpecErrors;
 use super::{
     HealthCheck, LeaseMode, PartitionPolicy, PlacementStrategy, PortProtocol, Probe, PullPolicy,
-    RestartMode, RuntimeKind, ScalingMetric, WorkloadSpec,
+    RestartMode, RuntimeKind, ScalingMetric, UpdateOrder, WorkloadSpec,
 };
 use crate::quantity::{QuantityText, format_duration_ms};
 
@@ -131,11 +131,16 @@ pub struct RestartDoc {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[allow(missing_docs)]
 pub struct UpdateDoc {
+    pub strategy: Option<String>,
     pub batch_size: Option<i64>,
     pub max_unavailable: Option<i64>,
     pub max_surge: Option<i64>,
+    pub min_healthy: Option<QuantityText>,
     pub health_deadline: Option<QuantityText>,
     pub auto_rollback: Option<bool>,
+    pub order: Option<String>,
+    pub canary: Option<i64>,
+    pub auto_promote_after: Option<QuantityText>,
 }
 
 /// `[scaling]`: automatic scaling bounds and metric.
@@ -289,11 +294,26 @@ pub(super) fn to_doc(spec: &WorkloadSpec) -> SpecDoc {
         health: spec.health.as_ref().map(health_doc),
         restart: Some(restart_doc(spec)),
         update: Some(UpdateDoc {
+            strategy: Some(if spec.update.canary.is_some() { "canary" } else { "rolling" }.into()),
             batch_size: Some(spec.update.batch_size.into()),
             max_unavailable: Some(spec.update.max_unavailable.into()),
             max_surge: Some(spec.update.max_surge.into()),
+            min_healthy: Some(duration_text(spec.update.min_healthy_ms)),
             health_deadline: Some(duration_text(spec.update.health_deadline_ms)),
             auto_rollback: Some(spec.update.auto_rollback),
+            order: Some(
+                match spec.update.order {
+                    UpdateOrder::StartFirst => "start-first",
+                    UpdateOrder::StopFirst => "stop-first",
+                }
+                .into(),
+            ),
+            canary: spec.update.canary.map(|c| c.count.into()),
+            auto_promote_after: spec
+                .update
+                .canary
+                .and_then(|c| c.auto_promote_after_ms)
+                .map(duration_text),
         }),
         scaling: spec.scaling.as_ref().map(|s| ScalingDoc {
             min: Some(s.min.into()),

@@ -297,19 +297,45 @@ pub enum RestartMode {
     Never,
 }
 
-/// How a new revision rolls out.
+/// How a new revision rolls out (see `protocol::rollout` for the gate every node applies).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpdateStrategy {
-    /// Replicas replaced per batch.
+    /// Replicas moved to the new revision together, in index order.
     pub batch_size: u32,
-    /// Replicas that may be unavailable at once during the update.
+    /// Replicas the update may take below `replicas` available at once (stop-first).
     pub max_unavailable: u32,
-    /// Extra replicas that may run above `replicas` during the update.
+    /// Instances the update may run above `replicas` at once (start-first).
     pub max_surge: u32,
-    /// A batch must be healthy within this time, or the update fails.
+    /// How long a new instance must stay healthy before it counts as updated.
+    pub min_healthy_ms: u64,
+    /// A new instance not healthy within this time (or crash looping) fails the rollout.
     pub health_deadline_ms: u64,
-    /// Roll back to the previous revision when the update fails.
+    /// Roll back to the previous revision when the rollout fails.
     pub auto_rollback: bool,
+    /// Whether a replica's new instance starts before its old one stops.
+    pub order: UpdateOrder,
+    /// `Some`: a canary rollout that stops after this many replicas until promoted.
+    pub canary: Option<Canary>,
+}
+
+/// The order of stop and start when one replica moves to a new revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateOrder {
+    /// Start the new instance beside the old one; stop the old once the new is healthy.
+    #[default]
+    StartFirst,
+    /// Stop the old instance, then start the new one.
+    StopFirst,
+}
+
+/// A canary rollout: the first `count` replicas (by index) move, then the rollout waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Canary {
+    /// Replicas on the new revision before the rollout waits for a promote.
+    pub count: u32,
+    /// Promote by itself once the canaries have been healthy this long (`None`: by hand).
+    pub auto_promote_after_ms: Option<u64>,
 }
 
 /// Automatic scaling between bounds on a metric.
@@ -402,12 +428,25 @@ impl RestartPolicy {
 }
 
 impl UpdateStrategy {
-    /// Defaults: one replica at a time, none unavailable, one surge, 5 minutes per batch, roll back.
+    /// Defaults: one replica at a time, start-first with one surge and none unavailable,
+    /// healthy for 5 s to count, 5 minutes to get healthy, roll back on failure.
     pub const DEFAULT: UpdateStrategy = UpdateStrategy {
         batch_size: 1,
         max_unavailable: 0,
         max_surge: 1,
+        min_healthy_ms: 5_000,
         health_deadline_ms: 300_000,
         auto_rollback: true,
+        order: UpdateOrder::StartFirst,
+        canary: None,
+    };
+
+    /// Defaults for a workload whose instances cannot run two at once on a node (a singleton,
+    /// or a fixed host port): stop-first, one replica unavailable at a time.
+    pub const STOP_FIRST: UpdateStrategy = UpdateStrategy {
+        max_unavailable: 1,
+        max_surge: 0,
+        order: UpdateOrder::StopFirst,
+        ..UpdateStrategy::DEFAULT
     };
 }

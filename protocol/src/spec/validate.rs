@@ -10,7 +10,7 @@ use super::{
     ConfigRef, Constraints, DEFAULT_LEASE_TTL_MS, HealthCheck, LeaseMode, LeaseSettings,
     PartitionPolicy, PlacementStrategy, PortProtocol, PortSpec, Probe, PullPolicy, REPLICAS_MAX,
     Resources, RestartMode, RestartPolicy, RuntimeKind, ScalingMetric, ScalingPolicy, SecretRef,
-    UpdateStrategy, WorkloadSpec,
+    Canary, UpdateOrder, UpdateStrategy, WorkloadSpec,
 };
 use crate::names::WorkloadName;
 use crate::quantity::{
@@ -80,7 +80,6 @@ impl SpecDoc {
             .collect();
         let health = self.health.as_ref().map(|h| health(&mut c, h, &port_names));
         let restart = restart(&mut c, self.restart.as_ref());
-        let update = update(&mut c, self.update.as_ref());
         let scaling = self.scaling.as_ref().map(|s| scaling(&mut c, s));
         if let Some(runtime) = runtime {
             command_and_image(&mut c, self, runtime);
@@ -110,6 +109,13 @@ impl SpecDoc {
                 ),
             );
         }
+        let fixed_port = ports.as_ref().and_then(|ports| {
+            ports
+                .iter()
+                .find(|p| p.host_port.is_some())
+                .map(|p| p.name.clone())
+        });
+        let update = update(&mut c, self.update.as_ref(), singleton, fixed_port.as_deref());
         let spec = (|| {
             Some(WorkloadSpec {
                 name: name?,
@@ -864,8 +870,21 @@ fn restart(c: &mut Collector, doc: Option<&RestartDoc>) -> Option<RestartPolicy>
     })
 }
 
-fn update(c: &mut Collector, doc: Option<&UpdateDoc>) -> Option<UpdateStrategy> {
-    let d = UpdateStrategy::DEFAULT;
+/// `side_by_side_forbidden`: why two instances of one replica cannot run at once on a node
+/// (a singleton, or the name of a port with a fixed host port), which makes stop-first the
+/// default and start-first an error.
+fn update(
+    c: &mut Collector,
+    doc: Option<&UpdateDoc>,
+    singleton: bool,
+    fixed_port: Option<&str>,
+) -> Option<UpdateStrategy> {
+    let stop_first_only = singleton || fixed_port.is_some();
+    let d = if stop_first_only {
+        UpdateStrategy::STOP_FIRST
+    } else {
+        UpdateStrategy::DEFAULT
+    };
     let Some(doc) = doc else { return Some(d) };
     let batch_size = count_in(
         c,
@@ -875,11 +894,30 @@ fn update(c: &mut Collector, doc: Option<&UpdateDoc>) -> Option<UpdateStrategy> 
         1,
         REPLICAS_MAX.into(),
     );
+    let order = match doc.order.as_deref() {
+        None => Some(d.order),
+        Some("start-first") => Some(UpdateOrder::StartFirst),
+        Some("stop-first") => Some(UpdateOrder::StopFirst),
+        Some(other) => {
+            c.push(
+                "update.order",
+                format!("must be \"start-first\" or \"stop-first\", got {other:?}"),
+            );
+            None
+        }
+    };
+    // An order given by hand brings its own budget default, so `order = "stop-first"` alone
+    // is a valid spec.
+    let (unavailable_default, surge_default) = match order {
+        Some(UpdateOrder::StopFirst) if doc.order.is_some() => (1, 0),
+        Some(UpdateOrder::StartFirst) if doc.order.is_some() => (0, 1),
+        _ => (d.max_unavailable, d.max_surge),
+    };
     let max_unavailable = count_in(
         c,
         "update.max_unavailable",
         doc.max_unavailable,
-        d.max_unavailable.into(),
+        unavailable_default.into(),
         0,
         REPLICAS_MAX.into(),
     );
@@ -887,9 +925,16 @@ fn update(c: &mut Collector, doc: Option<&UpdateDoc>) -> Option<UpdateStrategy> 
         c,
         "update.max_surge",
         doc.max_surge,
-        d.max_surge.into(),
+        surge_default.into(),
         0,
         REPLICAS_MAX.into(),
+    );
+    let min_healthy_ms = duration(
+        c,
+        "update.min_healthy",
+        doc.min_healthy.as_ref(),
+        d.min_healthy_ms,
+        0,
     );
     let health_deadline_ms = duration(
         c,
@@ -898,16 +943,71 @@ fn update(c: &mut Collector, doc: Option<&UpdateDoc>) -> Option<UpdateStrategy> 
         d.health_deadline_ms,
         1_000,
     );
-    if max_unavailable == Some(0) && max_surge == Some(0) {
-        c.push("update", "max_unavailable and max_surge cannot both be 0: the update could never replace a replica");
-        return None;
+    match (order, max_unavailable, max_surge) {
+        (Some(UpdateOrder::StartFirst), _, _) if stop_first_only => {
+            let why = match fixed_port {
+                Some(port) if !singleton => format!("port {port:?} has a fixed host_port, which two instances cannot both bind"),
+                _ => "a singleton never runs two instances at once".to_owned(),
+            };
+            c.push("update.order", format!("start-first runs a replica's new instance beside its old one on the same node, but {why}: use order = \"stop-first\""));
+        }
+        (Some(UpdateOrder::StartFirst), _, Some(0)) => c.push(
+            "update.max_surge",
+            "must be at least 1 for order = \"start-first\" (the new instance runs beside the old one); or use order = \"stop-first\" with max_unavailable >= 1",
+        ),
+        (Some(UpdateOrder::StopFirst), Some(0), _) => c.push(
+            "update.max_unavailable",
+            "must be at least 1 for order = \"stop-first\" (a replica is down while it restarts); or use order = \"start-first\" with max_surge >= 1",
+        ),
+        _ => {}
     }
+    let canary = match doc.strategy.as_deref().unwrap_or("rolling") {
+        "rolling" => {
+            if doc.canary.is_some() || doc.auto_promote_after.is_some() {
+                c.push(
+                    "update.canary",
+                    "is only for strategy = \"canary\"",
+                );
+            }
+            Some(None)
+        }
+        "canary" => {
+            let count = match doc.canary {
+                None => {
+                    c.push("update.canary", "is required for strategy = \"canary\" (replicas on the new revision before it waits for a promote)");
+                    None
+                }
+                some => count_in(c, "update.canary", some, 1, 1, REPLICAS_MAX.into()),
+            };
+            let after = match &doc.auto_promote_after {
+                None => Some(None),
+                Some(text) => duration(c, "update.auto_promote_after", Some(text), 0, 1_000).map(Some),
+            };
+            match (count, after) {
+                (Some(count), Some(auto_promote_after_ms)) => Some(Some(Canary {
+                    count,
+                    auto_promote_after_ms,
+                })),
+                _ => None,
+            }
+        }
+        other => {
+            c.push(
+                "update.strategy",
+                format!("must be \"rolling\" or \"canary\", got {other:?}"),
+            );
+            None
+        }
+    };
     Some(UpdateStrategy {
         batch_size: batch_size?,
         max_unavailable: max_unavailable?,
         max_surge: max_surge?,
+        min_healthy_ms: min_healthy_ms?,
         health_deadline_ms: health_deadline_ms?,
         auto_rollback: doc.auto_rollback.unwrap_or(d.auto_rollback),
+        order: order?,
+        canary: canary?,
     })
 }
 

@@ -52,6 +52,11 @@ fn responses() -> Vec<ApiResponse> {
                         restarts: 1,
                         last_exit_code: Some(2),
                         reason: Some("why".into()),
+                        settled: true,
+                        outgoing: Some(crate::status::Outgoing {
+                            revision: 2,
+                            healthy: true,
+                        }),
                     },
                 },
             },

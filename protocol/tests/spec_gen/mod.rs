@@ -195,20 +195,29 @@ fn restart() -> impl Strategy<Value = RestartDoc> {
 }
 
 fn update() -> impl Strategy<Value = UpdateDoc> {
+    // Both budgets at least 1, so either order (the default depends on ports and singleton)
+    // is valid.
     (
         proptest::option::of(1i64..5),
-        proptest::option::of(0i64..3),
+        proptest::option::of(1i64..3),
         proptest::option::of(1i64..3),
         proptest::option::of(duration(1_000..3_600_000)),
         proptest::option::of(any::<bool>()),
+        proptest::option::of(duration(0..60_000)),
+        proptest::option::of((1i64..4, proptest::option::of(duration(1_000..600_000)))),
     )
         .prop_map(
-            |(batch, unavailable, surge, deadline, rollback)| UpdateDoc {
+            |(batch, unavailable, surge, deadline, rollback, min_healthy, canary)| UpdateDoc {
+                strategy: canary.as_ref().map(|_| "canary".to_owned()),
                 batch_size: batch,
-                max_unavailable: unavailable,
-                max_surge: surge,
+                max_unavailable: unavailable.or(Some(1)),
+                max_surge: surge.or(Some(1)),
+                min_healthy,
                 health_deadline: deadline,
                 auto_rollback: rollback,
+                order: None,
+                canary: canary.as_ref().map(|(count, _)| *count),
+                auto_promote_after: canary.and_then(|(_, after)| after),
             },
         )
 }
