@@ -1302,6 +1302,8 @@ fn a_status_about_someone_else_s_replica_is_kept_for_later_decisions() {
                 restarts: 0,
                 last_exit_code: None,
                 reason: None,
+                settled: true,
+                outgoing: None,
             },
         )]
         .into(),
