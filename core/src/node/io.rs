@@ -35,6 +35,11 @@ pub trait Effects {
     fn campaign(&mut self, lease: WorkloadName, want: LeaseWant);
     /// Stop campaigning for `lease`; give it up if held.
     fn withdraw(&mut self, lease: WorkloadName);
+    /// Write the rollback of `workload`'s revision `revision` into the desired state (an
+    /// ordinary write, [`Revision::rollback`](starling_protocol::desired::Revision::rollback)
+    /// with `reason`), if that revision is still the current one: detectors on several nodes
+    /// may ask at once, and the desired state keeps one of their writes.
+    fn roll_back(&mut self, workload: WorkloadName, revision: u64, reason: String);
 }
 
 impl Action {
@@ -57,6 +62,11 @@ impl Action {
             Action::Event(event) => effects.notify(event),
             Action::Campaign { lease, want } => effects.campaign(lease, want),
             Action::Withdraw { lease } => effects.withdraw(lease),
+            Action::RollBack {
+                workload,
+                revision,
+                reason,
+            } => effects.roll_back(workload, revision, reason),
         }
     }
 }
@@ -139,6 +149,14 @@ pub enum Action {
     },
     /// Stop campaigning; give the lease up if held.
     Withdraw { lease: WorkloadName },
+    /// A replica failed the health gate of `revision`'s rollout: roll the workload back.
+    RollBack {
+        workload: WorkloadName,
+        /// The revision that failed (nothing to do once it is no longer current).
+        revision: u64,
+        /// Why, for the operator (`replica web/2 not healthy within 2m`).
+        reason: String,
+    },
 }
 
 /// Why the core stops an instance.
@@ -183,6 +201,17 @@ pub enum CoreEvent {
         heard: usize,
         /// It stopped waiting at the deadline, before hearing every member it sees.
         timed_out: bool,
+    },
+    /// A replica on this node failed the health gate of its workload's rollout.
+    RolloutFailed {
+        replica: ReplicaId,
+        /// The revision that failed.
+        revision: u64,
+        /// Why.
+        reason: String,
+        /// Whether this node asked for a rollback (`auto_rollback`, and the revision is not
+        /// itself a rollback: a rollback that fails stops there rather than flip-flop).
+        rolling_back: bool,
     },
     /// This side sees a majority again.
     MajorityRegained {

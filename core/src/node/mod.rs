@@ -125,6 +125,14 @@ pub struct NodeCore {
     rejoin_until_ms: Option<u64>,
     /// The shell holds the rejoin wait open (see [`NodeCore::handle_rejoin_hold`]).
     rejoin_held: bool,
+    /// Workloads with a replica here held back by the rollout gate: a peer's status about
+    /// any of their replicas may open it.
+    rollout_waiting: std::collections::BTreeSet<starling_protocol::WorkloadName>,
+    /// Per workload, the revision whose canaries this node saw all settled, and since when
+    /// (`update.canary.auto_promote_after` counts from then).
+    canaries_settled: BTreeMap<starling_protocol::WorkloadName, (u64, u64)>,
+    /// Rollbacks this node asked for (workload, failed revision): asked once each.
+    rollbacks_asked: std::collections::BTreeSet<(starling_protocol::WorkloadName, u64)>,
 }
 
 impl NodeCore {
@@ -210,6 +218,9 @@ impl NodeCore {
             lease_away_since: BTreeMap::new(),
             rejoin_until_ms: None,
             rejoin_held: false,
+            rollout_waiting: Default::default(),
+            canaries_settled: BTreeMap::new(),
+            rollbacks_asked: Default::default(),
         }
     }
 
@@ -223,13 +234,19 @@ impl NodeCore {
         &self.desired
     }
 
-    /// Replicas with a live instance in the runtime, and that instance.
+    /// Replicas with a live instance in the runtime, and that instance (a replica moving
+    /// start-first has two: its old one first).
     pub fn instances(&self) -> Vec<(ReplicaId, u64)> {
-        self.replicas
-            .iter()
-            .filter(|(_, r)| r.has_instance())
-            .map(|(id, r)| (id.clone(), r.instance))
-            .collect()
+        let mut live = Vec::new();
+        for (id, r) in &self.replicas {
+            if let Some(o) = &r.outgoing {
+                live.push((id.clone(), o.instance));
+            }
+            if r.has_instance() {
+                live.push((id.clone(), r.instance));
+            }
+        }
+        live
     }
 
     /// The latest status each peer published.
@@ -335,6 +352,7 @@ impl NodeCore {
             .map_or(&[][..], |p| p.on(&self.config.node));
         status.replicas.keys().any(|r| {
             self.replicas.contains_key(r)
+                || self.rollout_waiting.contains(&r.workload)
                 || mine.binary_search(r).is_ok()
                 || self
                     .desired
@@ -366,6 +384,10 @@ impl NodeCore {
     /// The runtime observed something. Events about instances the core no longer tracks are
     /// ignored (a late exit of a replaced instance, say).
     pub fn handle_runtime(&mut self, now_ms: u64, event: RuntimeEvent) {
+        if self.on_outgoing(&event) {
+            self.reconcile(now_ms);
+            return;
+        }
         match event {
             RuntimeEvent::Adopted {
                 replica,
@@ -424,6 +446,36 @@ impl NodeCore {
         self.replicas
             .get_mut(replica)
             .filter(|r| r.instance == instance && instance != 0)
+    }
+
+    /// An event about the old instance a start-first update keeps beside the new one.
+    /// Returns whether it was one.
+    fn on_outgoing(&mut self, event: &RuntimeEvent) -> bool {
+        let (replica, instance) = match event {
+            RuntimeEvent::Started { replica, instance }
+            | RuntimeEvent::StartFailed {
+                replica, instance, ..
+            }
+            | RuntimeEvent::Exited {
+                replica, instance, ..
+            }
+            | RuntimeEvent::Health {
+                replica, instance, ..
+            } => (replica, *instance),
+            RuntimeEvent::Adopted { .. } => return false,
+        };
+        let Some(r) = self.replicas.get_mut(replica) else {
+            return false;
+        };
+        let Some(old) = r.outgoing.as_mut().filter(|o| o.instance == instance) else {
+            return false;
+        };
+        match event {
+            RuntimeEvent::Health { ok, .. } => old.healthy = *ok,
+            RuntimeEvent::Exited { .. } | RuntimeEvent::StartFailed { .. } => r.outgoing = None,
+            _ => {}
+        }
+        true
     }
 
     fn on_adopted(&mut self, now_ms: u64, replica: ReplicaId, instance: u64, revision: u64) {
@@ -537,6 +589,15 @@ impl NodeCore {
         let Some(r) = self.replicas.get_mut(replica) else {
             return;
         };
+        // The replica goes for good: an old instance kept beside the new one goes too.
+        if !restart && let Some(old) = r.outgoing.as_mut().filter(|o| !o.stopping) {
+            old.stopping = true;
+            self.actions.push_back(Action::Stop {
+                replica: replica.clone(),
+                instance: old.instance,
+                reason,
+            });
+        }
         if !r.has_instance() {
             if !restart {
                 self.replicas.remove(replica);

@@ -2,17 +2,20 @@
 
 use std::collections::BTreeMap;
 
-use starling_protocol::desired::Revision;
+use starling_protocol::WorkloadName;
+use starling_protocol::desired::{Revision, same_template};
+use starling_protocol::rollout::{Gate, Observations, canaries_settled, gate, observe};
+use starling_protocol::spec::UpdateOrder;
+use starling_protocol::status::ReplicaStatus;
 use std::sync::Arc;
 
 use starling_protocol::placement::{
     Assignment, Departure, Liveness, ReplicaId, Score, node_hash, replica_key,
 };
-use starling_protocol::spec::WorkloadSpec;
 use starling_protocol::status::ReplicaState;
 
 use super::plan::Plan;
-use super::replica::{LocalReplica, Phase};
+use super::replica::{LocalReplica, OutgoingInstance, Phase};
 use super::singleton::follows_lease;
 use super::{Action, CoreEvent, NodeCore, StopReason};
 
@@ -46,6 +49,7 @@ impl NodeCore {
         for since in self.away_since.values() {
             deadline = min_some(deadline, Some(since + self.config.handover_timeout_ms));
         }
+        self.rollout_waiting.clear();
         for (replica, revision) in &wanted {
             let due = self.pursue(now_ms, replica, revision);
             deadline = min_some(deadline, due);
@@ -188,22 +192,32 @@ impl NodeCore {
             return Some(now_ms + settle_ms);
         };
         if local.revision != revision.number || local.spec != revision.spec {
-            let new_template = !same_template(&local.spec, &revision.spec);
-            local.revision = revision.number;
-            local.spec = revision.spec.clone();
-            if new_template {
-                local.failures = 0;
-                local.crash_loop = false;
-                match local.phase {
-                    Phase::Starting | Phase::Running => {
-                        self.stop(replica, StopReason::NewRevision, true);
-                        return None;
-                    }
-                    Phase::Exited => local.phase = Phase::BackingOff { until_ms: now_ms },
-                    _ => {}
+            if same_template(&local.spec, &revision.spec) {
+                local.revision = revision.number;
+                local.spec = revision.spec.clone();
+            } else {
+                let moved = self.move_to(now_ms, replica, revision, by_lease);
+                if let Err(due) = moved {
+                    return due;
                 }
             }
         }
+        let local = self.replicas.get_mut(replica)?;
+        let settle_due = local.refresh_settled(now_ms);
+        let mut due = settle_due;
+        if local.settled
+            && let Some(old) = local.outgoing.as_mut().filter(|o| !o.stopping)
+        {
+            // The new instance has settled: the old one has served its turn.
+            old.stopping = true;
+            let instance = old.instance;
+            self.actions.push_back(Action::Stop {
+                replica: replica.clone(),
+                instance,
+                reason: StopReason::NewRevision,
+            });
+        }
+        due = min_some(due, self.check_health_gate(now_ms, replica, revision));
         let local = self.replicas.get(replica)?;
         match local.phase {
             Phase::Claimed { since_ms } if now_ms >= since_ms + settle_ms => {
@@ -219,8 +233,246 @@ impl NodeCore {
                 self.start(replica);
                 None
             }
-            _ => local.deadline_ms(settle_ms),
+            _ => min_some(local.deadline_ms(settle_ms), due),
         }
+    }
+
+    /// A tracked replica runs an older template than `revision`: moves it when the rollout
+    /// gate lets it (stop-first: restart on the new template; start-first: start the new
+    /// instance beside the old one). `Err` carries when to look again while it waits.
+    fn move_to(
+        &mut self,
+        now_ms: u64,
+        replica: &ReplicaId,
+        revision: &Revision,
+        by_lease: bool,
+    ) -> Result<(), Option<u64>> {
+        let Some(local) = self.replicas.get_mut(replica) else {
+            return Ok(());
+        };
+        let back_to_old = local
+            .outgoing
+            .as_ref()
+            .is_some_and(|o| !o.stopping && same_template(&o.spec, &revision.spec));
+        if back_to_old {
+            // Rolled back while the old instance still runs beside the new one: keep the old
+            // one, stop the new one.
+            let Some(old) = local.outgoing.take() else {
+                return Ok(());
+            };
+            let new = OutgoingInstance {
+                instance: local.instance,
+                revision: local.revision,
+                spec: std::mem::replace(&mut local.spec, revision.spec.clone()),
+                healthy: false,
+                stopping: true,
+            };
+            let had_instance = local.has_instance();
+            local.instance = old.instance;
+            local.revision = revision.number;
+            local.phase = Phase::Running;
+            local.healthy = old.healthy;
+            local.healthy_since_ms = None;
+            local.settled = false;
+            local.failures = 0;
+            local.crash_loop = false;
+            local.reason = None;
+            local.updating_since_ms = None;
+            if had_instance {
+                self.actions.push_back(Action::Stop {
+                    replica: replica.clone(),
+                    instance: new.instance,
+                    reason: StopReason::NewRevision,
+                });
+                local.outgoing = Some(new);
+            }
+            return Ok(());
+        }
+        let serving = local.phase == Phase::Running && local.healthy;
+        if matches!(local.phase, Phase::Starting | Phase::Running) && !by_lease {
+            let hold = self.rollout_gate(now_ms, replica, revision);
+            if let Err(due) = hold {
+                self.rollout_waiting.insert(replica.workload.clone());
+                return Err(due);
+            }
+        }
+        let Some(local) = self.replicas.get_mut(replica) else {
+            return Ok(());
+        };
+        let old = OutgoingInstance {
+            instance: local.instance,
+            revision: local.revision,
+            spec: std::mem::replace(&mut local.spec, revision.spec.clone()),
+            healthy: serving,
+            stopping: false,
+        };
+        local.revision = revision.number;
+        local.failures = 0;
+        local.crash_loop = false;
+        local.updating_since_ms = Some(now_ms);
+        match local.phase {
+            Phase::Starting | Phase::Running => {
+                let beside = revision.spec.update.order == UpdateOrder::StartFirst
+                    && serving
+                    && !by_lease
+                    && local.outgoing.is_none();
+                if beside {
+                    local.outgoing = Some(old);
+                    local.phase = Phase::Claimed { since_ms: now_ms };
+                    local.healthy = false;
+                    local.healthy_since_ms = None;
+                    local.settled = false;
+                    self.start(replica);
+                } else {
+                    self.stop(replica, StopReason::NewRevision, true);
+                }
+                Err(None)
+            }
+            // A new template starts with a fresh back-off.
+            Phase::Exited | Phase::BackingOff { .. } => {
+                local.phase = Phase::BackingOff { until_ms: now_ms };
+                Ok(())
+            }
+            Phase::Claimed { .. } | Phase::Stopping { .. } => Ok(()),
+        }
+    }
+
+    /// What the fleet reports of `workload`'s replicas: this node's own and every live
+    /// peer's last status.
+    fn observe(&self, workload: &WorkloadName, target: u64) -> Observations {
+        let mine: Vec<(u32, ReplicaStatus)> = self
+            .replicas
+            .iter()
+            .filter(|(id, _)| &id.workload == workload)
+            .map(|(id, r)| (id.index, r.status()))
+            .collect();
+        let theirs = self
+            .peers
+            .iter()
+            .filter(|(node, _)| self.is_live(node))
+            .flat_map(|(_, status)| {
+                status
+                    .replicas
+                    .iter()
+                    .filter(|(id, _)| &id.workload == workload)
+                    .map(|(id, r)| (id.index, r))
+            });
+        observe(target, mine.iter().map(|(i, r)| (*i, r)).chain(theirs))
+    }
+
+    /// The rollout gate for one replica (see `protocol::rollout`). `Err` while it waits,
+    /// with when to look again (an auto-promote timer) if time alone can open it.
+    fn rollout_gate(
+        &mut self,
+        now_ms: u64,
+        replica: &ReplicaId,
+        revision: &Revision,
+    ) -> Result<(), Option<u64>> {
+        let seen = self.observe(&replica.workload, revision.number);
+        let mut auto_promoted = false;
+        let mut due = None;
+        if let Some(after) = revision
+            .spec
+            .update
+            .canary
+            .and_then(|c| c.auto_promote_after_ms)
+        {
+            if canaries_settled(revision, &seen) {
+                let since = self
+                    .canaries_settled
+                    .entry(replica.workload.clone())
+                    .or_insert((revision.number, now_ms));
+                if since.0 != revision.number {
+                    *since = (revision.number, now_ms);
+                }
+                auto_promoted = now_ms >= since.1 + after;
+                due = Some(since.1 + after);
+            } else {
+                self.canaries_settled.remove(&replica.workload);
+            }
+        }
+        match gate(revision, replica.index, &seen, auto_promoted) {
+            Gate::Go => Ok(()),
+            Gate::Wait(_) => Err(due.filter(|_| !auto_promoted)),
+        }
+    }
+
+    /// A replica moving to a new revision must get healthy within the spec's
+    /// `update.health_deadline` and must not crash loop; if it fails, the rollout fails and
+    /// (with `auto_rollback`) this node asks for the rollback. Returns when to check again.
+    fn check_health_gate(
+        &mut self,
+        now_ms: u64,
+        replica: &ReplicaId,
+        revision: &Revision,
+    ) -> Option<u64> {
+        let local = self.replicas.get_mut(replica)?;
+        let since = local.updating_since_ms?;
+        if local.settled || local.revision != revision.number {
+            local.updating_since_ms = None;
+            return None;
+        }
+        let deadline = since.saturating_add(revision.spec.update.health_deadline_ms);
+        let why = if local.crash_loop || local.failures >= ROLLOUT_FAILURES_MAX {
+            let last = local
+                .reason
+                .clone()
+                .unwrap_or_else(|| "it keeps exiting".into());
+            format!(
+                "replica {}/{} failed {} times on revision {}: {last}",
+                replica.workload, replica.index, local.failures, revision.number
+            )
+        } else if now_ms >= deadline && !(local.healthy && local.phase == Phase::Running) {
+            format!(
+                "replica {}/{} not healthy within {} on revision {}{}",
+                replica.workload,
+                replica.index,
+                starling_protocol::quantity::format_duration_ms(
+                    revision.spec.update.health_deadline_ms
+                ),
+                revision.number,
+                local
+                    .reason
+                    .as_ref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            )
+        } else if now_ms >= deadline {
+            // Healthy by the deadline: the gate passed; settling is the rollout's business.
+            local.updating_since_ms = None;
+            return None;
+        } else {
+            return Some(deadline);
+        };
+        local.updating_since_ms = None;
+        let is_rollback = revision.rollout.rollback_of.is_some();
+        let rolling_back = revision.spec.update.auto_rollback
+            && !is_rollback
+            && revision.previous.is_some()
+            && self
+                .rollbacks_asked
+                .insert((replica.workload.clone(), revision.number));
+        let asked_before = self
+            .rollbacks_asked
+            .contains(&(replica.workload.clone(), revision.number))
+            && !rolling_back;
+        if rolling_back {
+            self.actions.push_back(Action::RollBack {
+                workload: replica.workload.clone(),
+                revision: revision.number,
+                reason: why.clone(),
+            });
+        }
+        if !asked_before {
+            self.actions
+                .push_back(Action::Event(CoreEvent::RolloutFailed {
+                    replica: replica.clone(),
+                    revision: revision.number,
+                    reason: why,
+                    rolling_back,
+                }));
+        }
+        None
     }
 
     /// A tracked replica this node should no longer run: stop it if nobody wants it; if it is
@@ -379,12 +631,9 @@ impl NodeCore {
     }
 }
 
-/// Specs equal but for the replica count: a scale, not a new template.
-fn same_template(a: &WorkloadSpec, b: &WorkloadSpec) -> bool {
-    let mut b = b.clone();
-    b.replicas = a.replicas;
-    *a == b
-}
+/// Failures in a row of a replica moving to a new revision that fail its rollout (before
+/// the restart policy would call it a crash loop: a bad revision is rolled back in seconds).
+pub(crate) const ROLLOUT_FAILURES_MAX: u32 = 3;
 
 fn min_some(a: Option<u64>, b: Option<u64>) -> Option<u64> {
     match (a, b) {

@@ -4,7 +4,7 @@
 //! replicas this node should run at all is decided in `reconcile`.
 
 use starling_protocol::spec::{RestartMode, WorkloadSpec};
-use starling_protocol::status::{ReplicaState, ReplicaStatus};
+use starling_protocol::status::{Outgoing, ReplicaState, ReplicaStatus};
 
 use super::io::StopReason;
 
@@ -43,6 +43,26 @@ pub(crate) struct LocalReplica {
     pub reason: Option<String>,
     pub healthy: bool,
     pub health_failures: u32,
+    /// Since when the current instance has passed its health check without a break.
+    pub healthy_since_ms: Option<u64>,
+    /// Healthy for the spec's `update.min_healthy`: counts as updated for a rollout.
+    pub settled: bool,
+    /// The old instance that keeps serving beside the new one (start-first update).
+    pub outgoing: Option<OutgoingInstance>,
+    /// Since when this replica has been moving to a new revision: a failed health gate then
+    /// fails the rollout. Cleared once it settles.
+    pub updating_since_ms: Option<u64>,
+}
+
+/// An instance of an older revision kept running until the replica's new instance settles.
+#[derive(Debug, Clone)]
+pub(crate) struct OutgoingInstance {
+    pub instance: u64,
+    pub revision: u64,
+    pub spec: WorkloadSpec,
+    pub healthy: bool,
+    /// Its stop was asked; it is gone at its `Exited`.
+    pub stopping: bool,
 }
 
 /// What the core should do after an exit.
@@ -73,6 +93,10 @@ impl LocalReplica {
             reason: None,
             healthy: false,
             health_failures: 0,
+            healthy_since_ms: None,
+            settled: false,
+            outgoing: None,
+            updating_since_ms: None,
         }
     }
 
@@ -83,6 +107,7 @@ impl LocalReplica {
         r.phase = Phase::Running;
         r.started_ms = now_ms;
         r.healthy = r.spec.health.is_none();
+        r.healthy_since_ms = r.healthy.then_some(now_ms);
         r
     }
 
@@ -95,6 +120,8 @@ impl LocalReplica {
             self.health_failures = 0;
             // Without a health check, running is healthy; with one, the first probe decides.
             self.healthy = self.spec.health.is_none();
+            self.healthy_since_ms = self.healthy.then_some(now_ms);
+            self.settled = false;
         }
     }
 
@@ -108,6 +135,8 @@ impl LocalReplica {
         last_line: Option<&str>,
     ) -> AfterExit {
         self.healthy = false;
+        self.healthy_since_ms = None;
+        self.settled = false;
         if let Phase::Stopping { restart, .. } = self.phase
             && !restart
         {
@@ -208,6 +237,9 @@ impl LocalReplica {
             return false;
         }
         if ok {
+            if !self.healthy {
+                self.healthy_since_ms = Some(now_ms);
+            }
             self.healthy = true;
             self.health_failures = 0;
             self.reason = None;
@@ -220,9 +252,24 @@ impl LocalReplica {
         self.reason = Some(format!("health check failed: {detail}"));
         if self.health_failures >= check.failure_threshold {
             self.healthy = false;
+            self.healthy_since_ms = None;
+            self.settled = false;
             return true;
         }
         false
+    }
+
+    /// Marks the replica settled once it has been healthy for `update.min_healthy`; returns
+    /// when to look again if it is healthy but not settled yet.
+    pub fn refresh_settled(&mut self, now_ms: u64) -> Option<u64> {
+        if self.phase != Phase::Running || !self.healthy {
+            self.settled = false;
+            return None;
+        }
+        let since = *self.healthy_since_ms.get_or_insert(now_ms);
+        let at = since.saturating_add(self.spec.update.min_healthy_ms);
+        self.settled = now_ms >= at;
+        (!self.settled).then_some(at)
     }
 
     /// The next instant this replica needs attention, if it waits for time.
@@ -268,8 +315,11 @@ impl LocalReplica {
             restarts: self.restarts,
             last_exit_code: self.last_exit,
             reason: self.reason.clone(),
-            settled: false,
-            outgoing: None,
+            settled: self.settled && self.healthy && self.phase == Phase::Running,
+            outgoing: self.outgoing.as_ref().map(|o| Outgoing {
+                revision: o.revision,
+                healthy: o.healthy && !o.stopping,
+            }),
         }
     }
 }

@@ -91,6 +91,11 @@ struct Single {
     events: Vec<CoreEvent>,
     /// (lease, campaign or withdraw) in order.
     campaigns: Vec<(WorkloadName, bool)>,
+    rollbacks: Vec<(WorkloadName, u64)>,
+    /// Every instance the runtime runs (a start-first move runs two of one replica).
+    live: std::collections::BTreeSet<(ReplicaId, u64)>,
+    /// Most instances live at once since the last reset.
+    peak: usize,
 }
 
 impl Single {
@@ -103,6 +108,9 @@ impl Single {
             stops: Vec::new(),
             events: Vec::new(),
             campaigns: Vec::new(),
+            rollbacks: Vec::new(),
+            live: Default::default(),
+            peak: 0,
         };
         s.core.handle_view(0, view(&[("n1", Liveness::Alive)]));
         s.core.handle_desired(0, desired_of(specs));
@@ -119,6 +127,8 @@ impl Single {
                 } => {
                     self.starts.push((self.now, replica.clone(), instance));
                     self.running.insert(replica.clone(), instance);
+                    self.live.insert((replica.clone(), instance));
+                    self.peak = self.peak.max(self.live.len());
                     self.core
                         .handle_runtime(self.now, RuntimeEvent::Started { replica, instance });
                 }
@@ -128,7 +138,10 @@ impl Single {
                     reason,
                 } => {
                     self.stops.push((replica.clone(), reason));
-                    self.running.remove(&replica);
+                    if self.running.get(&replica) == Some(&instance) {
+                        self.running.remove(&replica);
+                    }
+                    self.live.remove(&(replica.clone(), instance));
                     self.core.handle_runtime(
                         self.now,
                         RuntimeEvent::Exited {
@@ -142,6 +155,9 @@ impl Single {
                 Action::Event(e) => self.events.push(e),
                 Action::Campaign { lease, .. } => self.campaigns.push((lease, true)),
                 Action::Withdraw { lease } => self.campaigns.push((lease, false)),
+                Action::RollBack {
+                    workload, revision, ..
+                } => self.rollbacks.push((workload, revision)),
                 Action::Publish(_) | Action::PersistAssignment(_) => {}
             }
         }
@@ -161,6 +177,7 @@ impl Single {
 
     fn exit(&mut self, r: &ReplicaId, code: i32) {
         let instance = self.running.remove(r).expect("running");
+        self.live.remove(&(r.clone(), instance));
         self.core.handle_runtime(
             self.now,
             RuntimeEvent::Exited {
@@ -384,53 +401,6 @@ fn failing_health_checks_restart_the_replica_and_it_is_not_available_meanwhile()
     assert_eq!(s.starts.len(), 2);
 }
 
-#[test]
-fn a_new_revision_restarts_and_a_scale_does_not() {
-    let mut s = Single::new(&[spec("web", 2, "")]);
-    s.advance(1_000);
-    let first = s.desired_rev("web");
-    s.core
-        .handle_desired(s.now, desired_at(&[first.next(spec("web", 3, ""))], 100));
-    s.drain();
-    assert!(s.stops.is_empty(), "scaling up restarts nothing");
-    s.advance(s.now + 1_000);
-    assert_eq!(s.starts.len(), 3);
-    let scaled = s.desired_rev("web");
-    s.core.handle_desired(
-        s.now,
-        desired_at(&[scaled.next(spec("web", 3, "args = [\"10\"]"))], 200),
-    );
-    s.drain();
-    assert_eq!(
-        s.stops
-            .iter()
-            .filter(|(_, why)| *why == StopReason::NewRevision)
-            .count(),
-        3
-    );
-    assert_eq!(
-        s.starts.len(),
-        6,
-        "each replica restarts with the new revision"
-    );
-    s.core.handle_desired(
-        s.now,
-        desired_at(
-            &[s.desired_rev("web").next(spec("web", 1, "args = [\"10\"]"))],
-            300,
-        ),
-    );
-    s.drain();
-    assert_eq!(
-        s.stops
-            .iter()
-            .filter(|(_, why)| *why == StopReason::NotDesired)
-            .count(),
-        2,
-        "scaled down"
-    );
-}
-
 impl Single {
     fn desired_rev(&self, w: &str) -> Revision {
         self.core
@@ -614,7 +584,8 @@ impl Fleet {
             Action::PersistAssignment(_)
             | Action::Event(_)
             | Action::Campaign { .. }
-            | Action::Withdraw { .. } => {}
+            | Action::Withdraw { .. }
+            | Action::RollBack { .. } => {}
         }
     }
 
@@ -1586,3 +1557,5 @@ fn a_draining_node_s_replicas_start_elsewhere_without_the_move_hold() {
     );
     assert!(!f.handovers.is_empty());
 }
+
+mod rollouts;

@@ -84,7 +84,11 @@ fn stop_first_keeps_the_floor_even_with_a_replica_already_down() {
     assert_eq!(goes(&rev, &seen), vec![0, 1]);
     // Replica 5 crashed (not the rollout's doing): only one may go now.
     seen.get_mut(&5).expect("there").serving = false;
-    assert_eq!(goes(&rev, &seen), vec![0], "5 waits for its batch all the same");
+    assert_eq!(
+        goes(&rev, &seen),
+        vec![0],
+        "5 waits for its batch all the same"
+    );
 }
 
 #[test]
@@ -127,7 +131,11 @@ fn a_canary_rollout_waits_for_a_promote_and_a_paused_one_for_resume() {
     );
     assert_eq!(gate(&rev, 2, &seen, true), Gate::Go, "auto-promoted");
     rev.rollout.promoted = true;
-    assert_eq!(goes(&rev, &seen), vec![2], "batches of one after the canaries");
+    assert_eq!(
+        goes(&rev, &seen),
+        vec![2],
+        "batches of one after the canaries"
+    );
     rev.rollout.paused = true;
     assert!(goes(&rev, &seen).is_empty());
 }
@@ -163,21 +171,31 @@ fn progress_counts_each_replica_once() {
 }
 
 fn arb_strategy() -> impl Strategy<Value = UpdateStrategy> {
-    (any::<bool>(), 1u32..5, 0u32..4, 0u32..4, prop::option::of(1u32..4)).prop_map(
-        |(stop_first, batch, unavailable, surge, canary)| {
+    (
+        any::<bool>(),
+        1u32..5,
+        0u32..4,
+        0u32..4,
+        prop::option::of(1u32..4),
+    )
+        .prop_map(|(stop_first, batch, unavailable, surge, canary)| {
             let order = if stop_first {
                 UpdateOrder::StopFirst
             } else {
                 UpdateOrder::StartFirst
             };
-            let mut s = strategy(order, batch, unavailable.max(u32::from(stop_first)), surge.max(u32::from(!stop_first)));
+            let mut s = strategy(
+                order,
+                batch,
+                unavailable.max(u32::from(stop_first)),
+                surge.max(u32::from(!stop_first)),
+            );
             s.canary = canary.map(|count| Canary {
                 count,
                 auto_promote_after_ms: None,
             });
             s
-        },
-    )
+        })
 }
 
 /// (on_target, settled, serving) per replica; `updated` needs all three.

@@ -294,7 +294,14 @@ pub(super) fn to_doc(spec: &WorkloadSpec) -> SpecDoc {
         health: spec.health.as_ref().map(health_doc),
         restart: Some(restart_doc(spec)),
         update: Some(UpdateDoc {
-            strategy: Some(if spec.update.canary.is_some() { "canary" } else { "rolling" }.into()),
+            strategy: Some(
+                if spec.update.canary.is_some() {
+                    "canary"
+                } else {
+                    "rolling"
+                }
+                .into(),
+            ),
             batch_size: Some(spec.update.batch_size.into()),
             max_unavailable: Some(spec.update.max_unavailable.into()),
             max_surge: Some(spec.update.max_surge.into()),

@@ -7,10 +7,10 @@ use super::doc::{
 };
 use super::error::{Collector, SpecErrors};
 use super::{
-    ConfigRef, Constraints, DEFAULT_LEASE_TTL_MS, HealthCheck, LeaseMode, LeaseSettings,
+    Canary, ConfigRef, Constraints, DEFAULT_LEASE_TTL_MS, HealthCheck, LeaseMode, LeaseSettings,
     PartitionPolicy, PlacementStrategy, PortProtocol, PortSpec, Probe, PullPolicy, REPLICAS_MAX,
     Resources, RestartMode, RestartPolicy, RuntimeKind, ScalingMetric, ScalingPolicy, SecretRef,
-    Canary, UpdateOrder, UpdateStrategy, WorkloadSpec,
+    UpdateOrder, UpdateStrategy, WorkloadSpec,
 };
 use crate::names::WorkloadName;
 use crate::quantity::{
@@ -115,7 +115,12 @@ impl SpecDoc {
                 .find(|p| p.host_port.is_some())
                 .map(|p| p.name.clone())
         });
-        let update = update(&mut c, self.update.as_ref(), singleton, fixed_port.as_deref());
+        let update = update(
+            &mut c,
+            self.update.as_ref(),
+            singleton,
+            fixed_port.as_deref(),
+        );
         let spec = (|| {
             Some(WorkloadSpec {
                 name: name?,
@@ -964,10 +969,7 @@ fn update(
     let canary = match doc.strategy.as_deref().unwrap_or("rolling") {
         "rolling" => {
             if doc.canary.is_some() || doc.auto_promote_after.is_some() {
-                c.push(
-                    "update.canary",
-                    "is only for strategy = \"canary\"",
-                );
+                c.push("update.canary", "is only for strategy = \"canary\"");
             }
             Some(None)
         }
@@ -981,7 +983,9 @@ fn update(
             };
             let after = match &doc.auto_promote_after {
                 None => Some(None),
-                Some(text) => duration(c, "update.auto_promote_after", Some(text), 0, 1_000).map(Some),
+                Some(text) => {
+                    duration(c, "update.auto_promote_after", Some(text), 0, 1_000).map(Some)
+                }
             };
             match (count, after) {
                 (Some(count), Some(auto_promote_after_ms)) => Some(Some(Canary {
