@@ -67,6 +67,8 @@ pub(crate) struct Host {
     /// The simulated runtime's instances. They outlive the agent (the next one adopts them),
     /// not the node.
     pub instances: BTreeMap<ReplicaId, Instance>,
+    /// Old instances a start-first update keeps beside a replica's new one until it settles.
+    pub outgoing: BTreeMap<ReplicaId, Instance>,
     /// The assignment the core persisted: on disk, so it outlives a crash (not a disk loss).
     pub assignment: Vec<(ReplicaId, u64)>,
     /// Replicas this node may start while on a minority side: its assignment when it lost the
@@ -127,6 +129,7 @@ impl Host {
             core: None,
             core_timer_at: None,
             instances: BTreeMap::new(),
+            outgoing: BTreeMap::new(),
             assignment: Vec::new(),
             minority_baseline: None,
         }
@@ -161,6 +164,7 @@ impl Host {
         self.power = Power::Crashed;
         self.lose_agent();
         self.instances.clear();
+        self.outgoing.clear();
     }
 
     fn replicas_on_disk(&self) -> BTreeSet<ReplicaId> {
@@ -197,6 +201,7 @@ pub(crate) struct CoreSettings {
     next_instance: u64,
     settle_ms: u64,
     bug_minority_takes_over: bool,
+    bug_rollout_ignores_budget: bool,
 }
 
 impl CoreSettings {
@@ -205,6 +210,7 @@ impl CoreSettings {
             next_instance: 1 + options.instance_offset,
             settle_ms: scenario.core.settle_ms,
             bug_minority_takes_over: options.bug_minority_takes_over,
+            bug_rollout_ignores_budget: options.bug_rollout_ignores_budget,
         }
     }
 
@@ -221,6 +227,8 @@ impl CoreSettings {
     pub fn planner(&self) -> Arc<dyn Planner> {
         if self.bug_minority_takes_over {
             Arc::new(MinorityTakesOver)
+        } else if self.bug_rollout_ignores_budget {
+            Arc::new(RolloutIgnoresBudget)
         } else {
             Arc::new(DirectPlanner)
         }
@@ -243,6 +251,26 @@ impl Planner for MinorityTakesOver {
     }
 
     fn minority_may_replace(&self) -> bool {
+        true
+    }
+}
+
+/// The self-test's rollout bug: the agent's planner, except that replicas move to a new
+/// revision without the rollout gate. Invariant 12 must catch it.
+#[derive(Debug)]
+struct RolloutIgnoresBudget;
+
+impl Planner for RolloutIgnoresBudget {
+    fn plan(
+        &self,
+        view: &Arc<FleetView>,
+        desired: &Arc<DesiredState>,
+        majority: bool,
+    ) -> Arc<starling_core::node::Plan> {
+        DirectPlanner.plan(view, desired, majority)
+    }
+
+    fn rollout_ignores_budget(&self) -> bool {
         true
     }
 }
@@ -271,6 +299,9 @@ pub(crate) trait Fleet: Sized {
     fn campaign(&mut self, i: usize, lease: WorkloadName, want: LeaseWant);
     /// Node `i`'s core withdraws from `lease`.
     fn withdraw(&mut self, i: usize, lease: WorkloadName);
+    /// Node `i`'s core asks for the rollback of `workload`'s `revision` (a write, when that
+    /// revision is still current). A model without rollouts ignores it.
+    fn roll_back(&mut self, _i: usize, _workload: WorkloadName, _revision: u64, _reason: String) {}
     /// An instance of `replica` on node `i` began to run (`running`) or is gone.
     fn runs_changed(&mut self, _i: usize, _replica: &ReplicaId, _running: bool) {}
 
@@ -380,6 +411,17 @@ pub(crate) trait Fleet: Sized {
             .get_mut(replica)
             .filter(|x| x.instance == instance)
         else {
+            let host = self.host_mut(i);
+            if host
+                .outgoing
+                .get(replica)
+                .is_some_and(|x| x.instance == instance)
+            {
+                if matches!(event, RuntimeEvent::Exited { .. }) {
+                    host.outgoing.remove(replica);
+                }
+                self.with_core(i, |core, now| core.handle_runtime(now, event));
+            }
             return;
         };
         match &event {
@@ -390,7 +432,17 @@ pub(crate) trait Fleet: Sized {
             }
             RuntimeEvent::Exited { .. } => {
                 instances.remove(replica);
-                self.runs_changed(i, replica, false);
+                // The old instance a start-first update kept (a rollback swapped back to it,
+                // or the new one crashed) is now the replica's only one here.
+                let host = self.host_mut(i);
+                let kept = host.outgoing.remove(replica);
+                let still_runs = kept.as_ref().is_some_and(|x| x.running);
+                if let Some(old) = kept {
+                    host.instances.insert(replica.clone(), old);
+                }
+                if !still_runs {
+                    self.runs_changed(i, replica, false);
+                }
             }
             _ => {}
         }
@@ -448,7 +500,11 @@ impl<F: Fleet> Effects for Runtime<'_, F> {
             running_since_ms: 0,
             spec,
         };
-        fleet.host_mut(i).instances.insert(replica.clone(), x);
+        let fails = spec_fails(&x.spec);
+        if let Some(old) = fleet.host_mut(i).instances.insert(replica.clone(), x) {
+            // A start-first update: the old instance runs on beside the new one.
+            fleet.host_mut(i).outgoing.insert(replica.clone(), old);
+        }
         let (lo, hi) = fleet.scenario().runtime.start_delay_ms;
         let at = fleet.now() + fleet.rng().range(lo, hi);
         let started = RuntimeEvent::Started {
@@ -456,7 +512,16 @@ impl<F: Fleet> Effects for Runtime<'_, F> {
             instance,
         };
         fleet.schedule_host(at, i, HostEvent::Runtime(started));
-        if probed {
+        if fails {
+            // A revision that does not work: it exits soon after it starts.
+            let exited = RuntimeEvent::Exited {
+                replica: replica.clone(),
+                instance,
+                code: Some(1),
+                log_tail: vec!["simulated bad revision".into()],
+            };
+            fleet.schedule_host(at + 200, i, HostEvent::Runtime(exited));
+        } else if probed {
             let ok = RuntimeEvent::Health {
                 replica: replica.clone(),
                 instance,
@@ -514,6 +579,16 @@ impl<F: Fleet> Effects for Runtime<'_, F> {
     fn withdraw(&mut self, lease: WorkloadName) {
         self.fleet.withdraw(self.i, lease);
     }
+
+    fn roll_back(&mut self, workload: WorkloadName, revision: u64, reason: String) {
+        self.fleet.roll_back(self.i, workload, revision, reason);
+    }
+}
+
+/// A scenario marks a revision that cannot run with the env variable `SIM_FAILS`: its
+/// instances exit 200 ms after they start, so the rollout's health gate fails.
+fn spec_fails(spec: &WorkloadSpec) -> bool {
+    spec.env.contains_key("SIM_FAILS")
 }
 
 /// The id and labels of the `i`th node of a scenario's fleet (joiners continue the count).

@@ -38,6 +38,7 @@ mod net;
 pub mod report;
 mod return_check;
 pub mod rng;
+mod rollout_check;
 pub mod scenario;
 mod trace;
 mod world;
@@ -134,6 +135,9 @@ pub struct RunOptions {
     /// Turn on the core's deliberate bug (a minority side replaces replicas), to show the
     /// invariants can fail.
     pub bug_minority_takes_over: bool,
+    /// Turn on the core's deliberate rollout bug (replicas move to a new revision all at
+    /// once, past the budget), to show invariant 12 catches it.
+    pub bug_rollout_ignores_budget: bool,
     /// Added to every instance number the cores hand out (default 0). It changes what the
     /// cores decide (the instances they start and stop) and nothing of when anything happens,
     /// to show the trace hash sees decisions, not only the schedule.

@@ -57,6 +57,13 @@ pub fn summary(report: &RunReport, scenario_path: &str) -> String {
             let _ = writeln!(out, "writes     {} acknowledged", c.writes);
         }
     }
+    if c.rollbacks > 0 {
+        let _ = writeln!(
+            out,
+            "rollbacks  {} written by failed health gates",
+            c.rollbacks
+        );
+    }
     if report.returns.returns > 0 {
         let r = &report.returns;
         let _ = writeln!(

@@ -141,6 +141,8 @@ pub struct Counters {
     pub duplicate_run_ms: u64,
     /// Writes acknowledged.
     pub writes: u64,
+    /// Rollbacks written by cores whose rollout failed its health gate.
+    pub rollbacks: u64,
     /// Fast model: gossip rounds the slowest write made during the run took to reach every
     /// up node.
     pub write_rounds: Option<u64>,
@@ -167,6 +169,8 @@ pub(crate) struct World<'s> {
     pub cores: CoreSettings,
     /// Duplicate copies next to nodes back from a restart (`return_check`).
     pub returns: crate::return_check::ReturnLog,
+    /// Invariant 12: the rollout budget (`rollout_check`).
+    pub rollouts: crate::rollout_check::RolloutLog,
 }
 
 /// Most events a run may process: a guard against a livelock in the model or the core.
@@ -192,6 +196,7 @@ impl<'s> World<'s> {
             expanded_faults: Vec::new(),
             cores: CoreSettings::new(scenario, options),
             returns: crate::return_check::ReturnLog::new(scenario),
+            rollouts: Default::default(),
         };
         for _ in 0..scenario.fleet.nodes {
             world.add_node();
@@ -221,16 +226,26 @@ impl<'s> World<'s> {
 
     /// An API write at node `i`: stored on its disk, then acknowledged.
     pub fn write(&mut self, i: usize, spec: WorkloadSpec) {
+        let node = &mut self.nodes[i];
+        if node.host.power != Power::Up {
+            return;
+        }
+        let revision = match node.disk.desired.get(&spec.name) {
+            Some(current) => current.next(spec),
+            None => Revision::first(spec),
+        };
+        self.write_revision(i, revision);
+    }
+
+    /// Stores `revision` on node `i`'s disk, hands it to its core and pushes it to its live
+    /// peers, as the agent does with an operator's write.
+    fn write_revision(&mut self, i: usize, revision: Revision) {
         let now = self.node_now(i);
         let node = &mut self.nodes[i];
         if node.host.power != Power::Up {
             return;
         }
-        let name = spec.name.clone();
-        let revision = match node.disk.desired.get(&name) {
-            Some(current) => current.next(spec),
-            None => Revision::first(spec),
-        };
+        let name = revision.spec.name.clone();
         let at = node.host.hlc.tick(now);
         node.disk
             .desired
@@ -354,6 +369,7 @@ impl<'s> World<'s> {
             Event::Sample => {
                 self.check_leases();
                 crate::return_check::sample(self);
+                crate::rollout_check::sample(self);
                 crate::checks::sample(self);
                 let next = self.now + self.scenario.gossip.interval_ms;
                 self.schedule(next, Event::Sample);
@@ -457,5 +473,18 @@ impl Fleet for World<'_> {
     }
     fn withdraw(&mut self, i: usize, lease: WorkloadName) {
         World::withdraw(self, i, lease);
+    }
+    fn roll_back(&mut self, i: usize, workload: WorkloadName, revision: u64, reason: String) {
+        let Some(current) = self.nodes[i].disk.desired.get(&workload) else {
+            return;
+        };
+        if current.number != revision || current.rollout.rollback_of.is_some() {
+            return;
+        }
+        let Some(back) = current.rollback(Some(reason)) else {
+            return;
+        };
+        self.counters.rollbacks += 1;
+        self.write_revision(i, back);
     }
 }

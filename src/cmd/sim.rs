@@ -24,6 +24,10 @@ pub struct SimArgs {
     /// invariants catch it.
     #[arg(long, hide = true)]
     bug_minority_takes_over: bool,
+    /// Turn on the core's deliberate rollout bug (every replica moves to a new revision at
+    /// once) to show the rollout-budget invariant catches it.
+    #[arg(long, hide = true)]
+    bug_rollout_ignores_budget: bool,
 }
 
 pub fn main(args: SimArgs) -> anyhow::Result<ExitCode> {
@@ -33,6 +37,7 @@ pub fn main(args: SimArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.scenario.display()))?;
     let options = RunOptions {
         bug_minority_takes_over: args.bug_minority_takes_over,
+        bug_rollout_ignores_budget: args.bug_rollout_ignores_budget,
         ..RunOptions::default()
     };
     let path = args.scenario.display().to_string();

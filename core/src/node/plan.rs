@@ -61,6 +61,13 @@ pub trait Planner: Send + Sync + std::fmt::Debug {
         false
     }
 
+    /// Whether replicas move to a new revision without the rollout gate (all at once).
+    /// Never; the simulator's self-test injects a planner that says yes, to show its
+    /// rollout-budget invariant catches it.
+    fn rollout_ignores_budget(&self) -> bool {
+        false
+    }
+
     /// How many members the view holds and how many of them are not down (the majority
     /// rule's inputs), which [`census`] computes; a host may share the answer like the plan.
     fn census(&self, view: &Arc<FleetView>) -> (usize, usize) {

@@ -289,7 +289,8 @@ impl NodeCore {
             return Ok(());
         }
         let serving = local.phase == Phase::Running && local.healthy;
-        if matches!(local.phase, Phase::Starting | Phase::Running) && !by_lease {
+        let gated = !by_lease && !self.planner.rollout_ignores_budget();
+        if matches!(local.phase, Phase::Starting | Phase::Running) && gated {
             let hold = self.rollout_gate(now_ms, replica, revision);
             if let Err(due) = hold {
                 self.rollout_waiting.insert(replica.workload.clone());

@@ -73,6 +73,17 @@ impl Agent {
     /// Carries out what the core decided, in order. A status to publish is published before
     /// the next action is taken (the gossip layer is awaited; everything else is sync).
     pub(super) async fn execute(&mut self) {
+        loop {
+            self.execute_core_actions().await;
+            // A rollback is a write, which the core answers with more actions.
+            let Some((workload, revision, reason)) = self.rollbacks_due.pop() else {
+                return;
+            };
+            self.roll_back(workload, revision, reason);
+        }
+    }
+
+    async fn execute_core_actions(&mut self) {
         while let Some(action) = self.core.poll_action() {
             let mut shell = Shell {
                 agent: self,
@@ -114,6 +125,21 @@ impl Agent {
             CoreEvent::MajorityRegained { visible, known } => {
                 format!("sees {visible} of {known} members again: majority")
             }
+            CoreEvent::RolloutFailed {
+                replica,
+                revision,
+                reason,
+                rolling_back,
+            } => format!(
+                "rollout of {} revision {revision} failed at replica {}: {reason}{}",
+                replica.workload,
+                replica.index,
+                if rolling_back {
+                    "; rolling back"
+                } else {
+                    " (no automatic rollback: auto_rollback = false, or it is a rollback)"
+                }
+            ),
             CoreEvent::Rejoined { heard, timed_out } => {
                 if timed_out {
                     format!(
@@ -243,5 +269,9 @@ impl Effects for Shell<'_> {
 
     fn withdraw(&mut self, lease: WorkloadName) {
         self.agent.withdraw(lease);
+    }
+
+    fn roll_back(&mut self, workload: WorkloadName, revision: u64, reason: String) {
+        self.agent.rollbacks_due.push((workload, revision, reason));
     }
 }

@@ -193,7 +193,12 @@ impl Agent {
     }
 
     /// Stores a write durably, then hands the new state to the core.
-    fn write(&mut self, name: WorkloadName, revision: Option<Revision>, by: &str) -> WriteOutcome {
+    pub(super) fn write(
+        &mut self,
+        name: WorkloadName,
+        revision: Option<Revision>,
+        by: &str,
+    ) -> WriteOutcome {
         let now = now_ms();
         let at = self.hlc.tick(now);
         let mut next: DesiredState = self.core.desired().clone();

@@ -19,6 +19,7 @@ mod listings;
 mod logs;
 pub mod metrics;
 mod quic_api;
+mod rollouts;
 mod settings;
 
 pub use depart::{DepartureSettings, OnStop};
@@ -363,6 +364,8 @@ pub(crate) struct Agent {
     /// Host CPU and memory in use, measured every few seconds.
     usage_sampler: host::UsageSampler,
     usage: Option<(u32, u64)>,
+    /// Rollbacks the core asked for, written once its actions are carried out.
+    rollbacks_due: Vec<(starling_protocol::WorkloadName, u64, String)>,
     /// Leader election.
     leases: leases::Leases,
     lease_replies: Option<mpsc::Receiver<(NodeId, starling_protocol::lease::LeaseMessage)>>,
@@ -475,6 +478,7 @@ impl Agent {
             operations: BTreeMap::new(),
             usage_sampler: host::UsageSampler::default(),
             usage: None,
+            rollbacks_due: Vec::new(),
             leases,
             lease_replies: Some(lease_replies),
             departing: None,
