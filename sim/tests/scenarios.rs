@@ -118,6 +118,44 @@ fn the_trace_hash_sees_decisions_not_only_the_schedule() {
 }
 
 #[test]
+fn a_rollout_past_its_budget_is_caught_and_the_real_gate_holds() {
+    let (path, scenario) = scenarios()
+        .into_iter()
+        .find(|(p, _)| p.ends_with("rollout.toml"))
+        .expect("scenario");
+    let buggy = run(
+        &scenario,
+        1,
+        RunOptions {
+            bug_rollout_ignores_budget: true,
+            ..RunOptions::default()
+        },
+    );
+    let v = buggy
+        .violation
+        .as_ref()
+        .expect("every replica moving at once breaks the budget");
+    assert_eq!(
+        v.invariant,
+        "rollout-budget",
+        "{}",
+        report::summary(&buggy, &path.display().to_string())
+    );
+    for seed in 1..=3 {
+        let r = run(&scenario, seed, RunOptions::default());
+        assert!(
+            r.violation.is_none(),
+            "{}",
+            report::summary(&r, &path.display().to_string())
+        );
+        assert_eq!(
+            r.counters.rollbacks, 1,
+            "the bad revision is rolled back once"
+        );
+    }
+}
+
+#[test]
 fn an_injected_bug_is_caught_by_the_invariants() {
     let (path, scenario) = scenarios()
         .into_iter()
