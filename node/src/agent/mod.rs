@@ -16,9 +16,11 @@ mod host;
 pub mod http;
 mod leases;
 mod listings;
+mod load;
 mod logs;
 pub mod metrics;
 mod quic_api;
+pub mod report;
 mod settings;
 
 pub use depart::{DepartureSettings, OnStop};
@@ -289,12 +291,14 @@ pub async fn run(
         let limiter = http::Limiter::new(http_limits, agent.metrics.http.clone());
         tracing::info!(%addr, ?http_limits, "metrics at http://{addr}/metrics");
         agent.leases.url = Some(format!("http://{addr}"));
+        agent.report_url = Some(format!("http://{addr}/v1/report"));
         http::serve(
             listener,
             limiter,
             agent.config.local,
             agent.metrics.clone(),
             agent.leases.board.clone(),
+            agent.reports.clone(),
         )
     });
     let (adopted, adoption_events) =
@@ -363,6 +367,12 @@ pub(crate) struct Agent {
     /// Host CPU and memory in use, measured every few seconds.
     usage_sampler: host::UsageSampler,
     usage: Option<(u32, u64)>,
+    /// Custom metrics replicas reported on the HTTP port (`report`).
+    reports: Arc<report::Reports>,
+    /// Where replicas report them (`STARLING_METRICS_URL`), when the HTTP port is served.
+    report_url: Option<String>,
+    /// The load of this node's autoscaled replicas (`load`).
+    load: load::LoadState,
     /// Leader election.
     leases: leases::Leases,
     lease_replies: Option<mpsc::Receiver<(NodeId, starling_protocol::lease::LeaseMessage)>>,
@@ -475,6 +485,9 @@ impl Agent {
             operations: BTreeMap::new(),
             usage_sampler: host::UsageSampler::default(),
             usage: None,
+            reports: Arc::default(),
+            report_url: None,
+            load: load::LoadState::default(),
             leases,
             lease_replies: Some(lease_replies),
             departing: None,
@@ -537,6 +550,7 @@ impl Agent {
                             fleet.publish_usage(now_ms(), usage).await;
                         }
                     }
+                    self.sample_load(now_ms()).await;
                 }
                 _ = gossip_tick.tick(), if fleet_on => self.on_gossip_tick().await,
                 _ = tokio::time::sleep(sleep) => {
