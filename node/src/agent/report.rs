@@ -337,6 +337,65 @@ mod tests {
         );
     }
 
+    /// One request to a served HTTP port, written in `parts` with pauses; the answer.
+    async fn post(addr: std::net::SocketAddr, parts: &[&str]) -> String {
+        use tokio::io::AsyncWriteExt as _;
+        let mut client = TcpStream::connect(addr).await.expect("connect");
+        for part in parts {
+            client.write_all(part.as_bytes()).await.expect("write");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.expect("read");
+        answer
+    }
+
+    #[tokio::test]
+    async fn the_http_port_takes_reports_and_refuses_bad_ones_with_the_reason() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let limits = super::super::http::HttpLimits::for_fd_limit(1_024);
+        let limiter = super::super::http::Limiter::new(limits, std::sync::Arc::default());
+        let reports = std::sync::Arc::new(Reports::default());
+        reports.set_running([web(0)].into());
+        let local = super::super::LocalSettings::default();
+        let server = super::super::http::serve(
+            listener,
+            limiter,
+            local,
+            std::sync::Arc::default(),
+            std::sync::Arc::default(),
+            reports.clone(),
+        );
+        let body = r#"{"replica":"web/0","metrics":{"queue":12}}"#;
+        let head = format!(
+            "POST /v1/report HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        // The body split over writes, after the head.
+        let answer = post(addr, &[&head, &body[..10], &body[10..]]).await;
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+        assert!(answer.ends_with("kept 1 metric(s) of web/0\n"), "{answer}");
+        assert_eq!(
+            reports.value(&web(0), "queue", crate::clock::now_ms(), 60_000),
+            Some(12)
+        );
+        let answer = post(addr, &[&format!("{head}{{\"replica\":\"web/0\"}}")]).await;
+        assert!(answer.starts_with("HTTP/1.1 400 Bad Request"), "{answer}");
+        assert!(answer.contains("body: "), "{answer}");
+        let huge = "POST /v1/report HTTP/1.1\r\nContent-Length: 100000\r\n\r\n";
+        let answer = post(addr, &[huge]).await;
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(answer.contains("at most 4096 bytes"), "{answer}");
+        let answer = post(addr, &["POST /v1/report HTTP/1.1\r\n\r\n"]).await;
+        assert!(answer.starts_with("HTTP/1.1 411"), "{answer}");
+        let answer = post(addr, &["GET /v1/report HTTP/1.1\r\n\r\n"]).await;
+        assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+        server.abort();
+    }
+
     #[test]
     fn values_of_replicas_that_stopped_here_are_dropped_and_names_are_capped() {
         let reports = Reports::default();
