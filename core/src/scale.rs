@@ -88,12 +88,12 @@ pub struct Decision {
     pub why: String,
 }
 
-/// The load the scaler sees now.
+/// The load the scaler sees now: the average over the replicas with a fresh sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Load {
-    /// Average value over the replicas with a fresh sample (rounded to nearest).
-    pub average: u64,
-    /// How many replicas had one.
+pub struct Average {
+    /// The average value (rounded to nearest), in the policy's unit.
+    pub value: u64,
+    /// How many replicas had a fresh sample.
     pub replicas: u32,
 }
 
@@ -177,15 +177,17 @@ impl Scaler {
         }
         self.count_seen = Some(current);
         if current < min {
-            return Some(self.take(now_ms, current, min, format!("below scaling.min {min}")));
+            let why = format!("below scaling.min {min}: {current} -> {min}");
+            return Some(self.take(now_ms, current, min, why));
         }
         if current > max {
-            return Some(self.take(now_ms, current, max, format!("above scaling.max {max}")));
+            let why = format!("above scaling.max {max}: {current} -> {max}");
+            return Some(self.take(now_ms, current, max, why));
         }
         let settling = self
             .changed_at_ms
             .is_some_and(|at| now_ms < at.saturating_add(self.config.settle_ms));
-        let load = self.load(now_ms, current)?;
+        let load = self.average(now_ms, current)?;
         if settling {
             return None;
         }
@@ -195,8 +197,8 @@ impl Scaler {
             .or_else(|| self.scale_down(now_ms, policy, current, load))
     }
 
-    /// The load over the replicas with a fresh sample, `None` when none has one.
-    pub fn load(&self, now_ms: u64, current: u32) -> Option<Load> {
+    /// The average over the replicas with a fresh sample, `None` when none has one.
+    pub fn average(&self, now_ms: u64, current: u32) -> Option<Average> {
         let max_age = self.config.sample_max_age_ms;
         let fresh = self
             .samples
@@ -209,8 +211,8 @@ impl Scaler {
             return None;
         }
         let average = (sum + u128::from(n) / 2) / u128::from(n);
-        Some(Load {
-            average: u64::try_from(average).unwrap_or(u64::MAX),
+        Some(Average {
+            value: u64::try_from(average).unwrap_or(u64::MAX),
             replicas: n,
         })
     }
@@ -260,10 +262,10 @@ impl Scaler {
     }
 
     /// `ceil(current * average / target)` within `[min, max]`, or `current` in the band.
-    fn recommend(&self, policy: &ScalingPolicy, current: u32, load: Load) -> u32 {
+    fn recommend(&self, policy: &ScalingPolicy, current: u32, load: Average) -> u32 {
         let (min, max) = (policy.min, policy.max.max(policy.min));
         let target = u128::from(policy.target.max(1));
-        let average = u128::from(load.average);
+        let average = u128::from(load.value);
         let off = average.abs_diff(target);
         if off * 100 <= u128::from(self.config.tolerance_percent) * target {
             return current.clamp(min, max);
@@ -316,7 +318,7 @@ impl Scaler {
         now_ms: u64,
         policy: &ScalingPolicy,
         current: u32,
-        load: Load,
+        load: Average,
     ) -> Option<Decision> {
         let window = self.window(now_ms, self.config.up_window_ms);
         let (lowest, since_ms) = window.fold((u32::MAX, now_ms), |(lowest, since), s| {
@@ -338,7 +340,7 @@ impl Scaler {
         };
         let why = format!(
             "{} > target {} over {}{lasted}: {current} -> {to}{capped}",
-            measure(&policy.metric, load.average),
+            measure(&policy.metric, load.value),
             target(&policy.metric, policy.target),
             replicas(load.replicas, current),
         );
@@ -350,7 +352,7 @@ impl Scaler {
         now_ms: u64,
         policy: &ScalingPolicy,
         current: u32,
-        load: Load,
+        load: Average,
     ) -> Option<Decision> {
         let window_ms = self.config.down_window_ms;
         let watched = self
@@ -368,7 +370,7 @@ impl Scaler {
         }
         let why = format!(
             "{} < target {} over {}, highest need over the last {} s {highest}: {current} -> {highest}",
-            measure(&policy.metric, load.average),
+            measure(&policy.metric, load.value),
             target(&policy.metric, policy.target),
             replicas(load.replicas, current),
             window_ms / 1_000,

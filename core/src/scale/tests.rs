@@ -165,15 +165,15 @@ fn stale_samples_and_removed_replicas_are_left_out() {
     let policy = cpu(1, 10, 50);
     scaler.observe(0, 3, [(0, 200), (1, 200), (2, 200), (7, 999)]);
     assert_eq!(
-        scaler.load(0, 3),
-        Some(Load {
-            average: 200,
+        scaler.average(0, 3),
+        Some(Average {
+            value: 200,
             replicas: 3
         })
     );
     // 31 s later nothing was heard again: blind, no decision.
     scaler.observe(31_000, 3, []);
-    assert_eq!(scaler.load(31_000, 3), None);
+    assert_eq!(scaler.average(31_000, 3), None);
     assert_eq!(scaler.decide(31_000, &policy, 3), None);
 }
 
@@ -181,9 +181,9 @@ fn stale_samples_and_removed_replicas_are_left_out() {
 fn a_count_outside_the_bounds_is_brought_back_at_once() {
     let mut scaler = Scaler::new(ScaleConfig::default());
     let d = scaler.decide(0, &cpu(2, 5, 70), 0).expect("below min");
-    assert_eq!((d.to, d.why.as_str()), (2, "below scaling.min 2"));
+    assert_eq!((d.to, d.why.as_str()), (2, "below scaling.min 2: 0 -> 2"));
     let d = scaler.decide(1, &cpu(2, 5, 70), 9).expect("above max");
-    assert_eq!((d.to, d.why.as_str()), (5, "above scaling.max 5"));
+    assert_eq!((d.to, d.why.as_str()), (5, "above scaling.max 5: 9 -> 5"));
 }
 
 #[test]
