@@ -356,9 +356,8 @@ async fn handle(
     } else if path == "/v1/report" {
         let early = &raw[head_end..];
         let timeout = local.http_head_timeout;
-        let now = crate::clock::now_ms;
         let (status, body) =
-            super::report::answer(&mut stream, &head, early, timeout, reports, now).await;
+            super::report::answer(&mut stream, &head, early, timeout, reports).await;
         response(status, "text/plain", &body, "")
     } else if let Some(name) = path.strip_prefix("/v1/leases/") {
         let wait_s = query

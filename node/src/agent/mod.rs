@@ -20,7 +20,7 @@ mod load;
 mod logs;
 pub mod metrics;
 mod quic_api;
-pub mod report;
+mod report;
 mod settings;
 
 pub use depart::{DepartureSettings, OnStop};

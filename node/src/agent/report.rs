@@ -1,9 +1,10 @@
 //! Custom metrics a replica reports to its own agent, for `[scaling] metric = "<name>"`.
 //!
 //! A replica finds the URL in `STARLING_METRICS_URL` and posts
-//! `{"replica":"web/0","metrics":{"queue":12}}` to it (`POST /v1/report`, at most
-//! [`REPORT_BYTES_MAX`] bytes, at most [`METRICS_PER_REPORT_MAX`] metrics, names as in the
-//! spec: lowercase letters, digits and '-'). Values are non-negative numbers, rounded to whole
+//! `{"replica":"web/0","metrics":{"queue":12}}` to it (`POST /v1/report` with a
+//! `Content-Length`, at most [`REPORT_BYTES_MAX`] bytes, at most [`METRICS_PER_REPORT_MAX`]
+//! metrics, names as in the spec: lowercase letters, digits and '-'), e.g.
+//! `curl -d '{"replica":"web/0","metrics":{"queue":12}}' "$STARLING_METRICS_URL"`. Values are non-negative numbers, rounded to whole
 //! units (report milliseconds, not seconds, when fractions matter). Only replicas running on
 //! this node may report; anything else is refused with a 4xx naming the problem. Each value is
 //! kept with the time it arrived and read only while younger than
@@ -16,7 +17,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use starling_protocol::WorkloadName;
 use starling_protocol::placement::ReplicaId;
-use tokio::io::AsyncReadExt as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 /// Largest report body.
@@ -35,9 +36,12 @@ pub enum ReportError {
     /// The replica does not run here: 404.
     #[error("{0}")]
     NotHere(String),
-    /// The body is over [`REPORT_BYTES_MAX`] or without a length: 413 or 411.
-    #[error("{0}")]
-    Size(String),
+    /// The request has no `Content-Length` (a chunked body is not taken): 411.
+    #[error("Content-Length is required (at most {REPORT_BYTES_MAX} bytes)")]
+    NoLength,
+    /// The body is over [`REPORT_BYTES_MAX`]: 413.
+    #[error("body: at most {REPORT_BYTES_MAX} bytes, got {0}")]
+    TooLarge(usize),
 }
 
 impl ReportError {
@@ -46,8 +50,8 @@ impl ReportError {
         match self {
             ReportError::Bad(_) => "400 Bad Request",
             ReportError::NotHere(_) => "404 Not Found",
-            ReportError::Size(why) if why.starts_with("Content-Length") => "411 Length Required",
-            ReportError::Size(_) => "413 Content Too Large",
+            ReportError::NoLength => "411 Length Required",
+            ReportError::TooLarge(_) => "413 Content Too Large",
         }
     }
 }
@@ -202,13 +206,13 @@ pub(super) async fn answer(
     early: &[u8],
     timeout: Duration,
     reports: &Reports,
-    now_ms: impl FnOnce() -> u64,
 ) -> (&'static str, String) {
     if !head.starts_with("POST ") {
         return ("405 Method Not Allowed", "use POST /v1/report\n".into());
     }
     let outcome = match read_body(stream, head, early, timeout).await {
-        Ok(body) => reports.handle_report(now_ms(), &body),
+        // Stamped when the whole body is in: a slow client does not make its values older.
+        Ok(body) => reports.handle_report(crate::clock::now_ms(), &body),
         Err(e) => Err(e),
     };
     match outcome {
@@ -237,12 +241,21 @@ async fn read_body(
                 .eq_ignore_ascii_case("content-length")
                 .then(|| value.trim().parse::<usize>().ok())
         })
-        .ok_or_else(|| ReportError::Size("Content-Length is required".into()))?
+        .ok_or(ReportError::NoLength)?
         .ok_or_else(|| ReportError::Bad("Content-Length: not a number".into()))?;
     if length > REPORT_BYTES_MAX {
-        return Err(ReportError::Size(format!(
-            "body: at most {REPORT_BYTES_MAX} bytes, got {length}"
-        )));
+        return Err(ReportError::TooLarge(length));
+    }
+    // curl and others hold a larger body back until told to go on (or for a second).
+    let expects = head.lines().any(|l| {
+        l.split_once(':').is_some_and(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("expect")
+                && value.trim().eq_ignore_ascii_case("100-continue")
+        })
+    });
+    if expects && early.len() < length {
+        let go_on = stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+        let _ = tokio::time::timeout(timeout, go_on).await;
     }
     let mut body = early[..early.len().min(length)].to_vec();
     let read = async {
@@ -339,7 +352,6 @@ mod tests {
 
     /// One request to a served HTTP port, written in `parts` with pauses; the answer.
     async fn post(addr: std::net::SocketAddr, parts: &[&str]) -> String {
-        use tokio::io::AsyncWriteExt as _;
         let mut client = TcpStream::connect(addr).await.expect("connect");
         for part in parts {
             client.write_all(part.as_bytes()).await.expect("write");
@@ -382,15 +394,27 @@ mod tests {
             reports.value(&web(0), "queue", crate::clock::now_ms(), 60_000),
             Some(12)
         );
-        let answer = post(addr, &[&format!("{head}{{\"replica\":\"web/0\"}}")]).await;
+        let bad = r#"{"replica":"web/0"}"#;
+        let request = format!(
+            "POST /v1/report HTTP/1.1\r\nContent-Length: {}\r\n\r\n{bad}",
+            bad.len()
+        );
+        let answer = post(addr, &[&request]).await;
         assert!(answer.starts_with("HTTP/1.1 400 Bad Request"), "{answer}");
-        assert!(answer.contains("body: "), "{answer}");
+        assert!(answer.contains("body: missing field `metrics`"), "{answer}");
         let huge = "POST /v1/report HTTP/1.1\r\nContent-Length: 100000\r\n\r\n";
         let answer = post(addr, &[huge]).await;
         assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
         assert!(answer.contains("at most 4096 bytes"), "{answer}");
         let answer = post(addr, &["POST /v1/report HTTP/1.1\r\n\r\n"]).await;
         assert!(answer.starts_with("HTTP/1.1 411"), "{answer}");
+        // A client that waits for `100 Continue` is told to go on.
+        let waiting = format!("{}Expect: 100-continue\r\n\r\n", &head[..head.len() - 2]);
+        let answer = post(addr, &[&waiting, body]).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK"),
+            "{answer}"
+        );
         let answer = post(addr, &["GET /v1/report HTTP/1.1\r\n\r\n"]).await;
         assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
         server.abort();
