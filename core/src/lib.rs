@@ -11,6 +11,8 @@
 //! - [`membership`]: the failure detector (k rendezvous-chosen watchers, indirect probes) and
 //!   which life of a node id the fleet follows (`lives`).
 //! - [`pacing`]: gossip round pacing and targets, and when to fetch the keyring.
+//! - [`scale`]: the autoscaler of one workload: per-replica load in, a new replica count
+//!   out, up fast, down only after a cool-down.
 //! - [`sync`]: desired-state sync: anti-entropy pulls page by page, pushes of fresh writes
 //!   and their acks, request timeouts, the checked merge of what peers send.
 
@@ -20,6 +22,7 @@ pub mod election;
 pub mod membership;
 pub mod node;
 pub mod pacing;
+pub mod scale;
 pub mod sync;
 
 pub use starling_protocol as protocol;

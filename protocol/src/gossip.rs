@@ -9,7 +9,10 @@ use base64::engine::general_purpose::STANDARD_NO_PAD as B64;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use std::collections::BTreeMap;
+
 use crate::lease::Lease;
+use crate::names::WorkloadName;
 use crate::placement::{Departure, Liveness, NodeView};
 use crate::quantity::{Bytes, Millicores};
 use crate::status::NodeStatus;
@@ -27,6 +30,9 @@ pub const INCARNATION: &str = "inc";
 pub const DEPARTURE: &str = "departure";
 /// What it measured in use ([`Usage`]).
 pub const USAGE: &str = "usage";
+/// The load of its replicas of workloads with `[scaling]` ([`Load`]); absent when it runs
+/// none, so a fleet without autoscaling pays nothing for it.
+pub const LOAD: &str = "load";
 /// Its service endpoints ([`Names`]: `workload/index/port=host:port`).
 pub const ENDPOINTS: &str = "endpoints";
 /// Join token ids it accepted ([`Names`]).
@@ -96,6 +102,56 @@ impl Usage {
             cpu: Millicores((self.cpu.0.saturating_add(125)) / 250 * 250),
             memory: Bytes((self.memory.0.saturating_add(32 << 20)) / (64 << 20) * (64 << 20)),
         }
+    }
+}
+
+/// The load of a node's replicas of workloads with `[scaling]`, in each policy's unit
+/// (percent of the CPU request, or the value of the custom metric), per workload and replica
+/// index. Grouped by workload so a name travels once, not once per replica.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Load(pub BTreeMap<WorkloadName, BTreeMap<u32, u64>>);
+
+impl Load {
+    /// How many replicas it tells of.
+    pub fn replicas(&self) -> usize {
+        self.0.values().map(BTreeMap::len).sum()
+    }
+
+    /// Rounded to two significant digits (at most 5 % off, half the scaler's tolerance band),
+    /// so a jittering gauge is not republished at every sample.
+    pub fn rounded(mut self) -> Load {
+        for values in self.0.values_mut() {
+            for value in values.values_mut() {
+                *value = two_digits(*value);
+            }
+        }
+        self
+    }
+}
+
+/// `value` rounded to its two leading decimal digits (half up): 142 -> 140, 1_250 -> 1_300.
+pub fn two_digits(value: u64) -> u64 {
+    let mut step = 1u64;
+    while value / step >= 100 {
+        step *= 10;
+    }
+    let half = step / 2;
+    (value.saturating_add(half) / step).saturating_mul(step)
+}
+
+impl Check for Load {
+    fn check(&self) -> Result<(), String> {
+        if self.0.len() > REPLICAS_MAX {
+            return Err(format!(
+                "workloads: at most {REPLICAS_MAX}, got {}",
+                self.0.len()
+            ));
+        }
+        let replicas = self.replicas();
+        if replicas > REPLICAS_MAX {
+            return Err(format!("replicas: at most {REPLICAS_MAX}, got {replicas}"));
+        }
+        Ok(())
     }
 }
 
@@ -275,6 +331,21 @@ mod tests {
         );
     }
 
+    #[test]
+    fn load_is_rounded_to_two_digits_and_bounded_on_decode() {
+        assert_eq!(
+            [0, 7, 99, 142, 145, 1_249, 1_250, u64::MAX].map(two_digits),
+            [0, 7, 99, 140, 150, 1_200, 1_300, 18_000_000_000_000_000_000]
+        );
+        let web = WorkloadName::new("web").expect("name");
+        let load = Load([(web.clone(), [(0, 142), (1, 71)].into())].into()).rounded();
+        assert_eq!(load.0[&web], [(0, 140), (1, 71)].into());
+        assert_eq!(decode::<Load>(LOAD, &encode(&load)), Ok(load));
+        let many = Load([(web, (0..=REPLICAS_MAX as u32).map(|i| (i, 1)).collect())].into());
+        let e = decode::<Load>(LOAD, &encode(&many)).expect_err("too many replicas");
+        assert!(e.reason.contains("at most 10000"), "{e}");
+    }
+
     proptest! {
         /// Any text a peer gossips decodes to a value or an error, never a panic.
         #[test]
@@ -287,6 +358,7 @@ mod tests {
             let _ = decode::<Names>(ENDPOINTS, &b64);
             let _ = decode::<Lease>("lease.x", &b64);
             let _ = decode::<Usage>(USAGE, &b64);
+            let _ = decode::<Load>(LOAD, &b64);
         }
     }
 }

@@ -207,13 +207,14 @@ impl Effects for Shell<'_> {
         agent
             .starting
             .insert((replica.clone(), instance), (*spec).clone());
-        let env = if spec.singleton {
+        let mut env = if spec.singleton {
             // Before the start: a fenced instance reads the file from its first look.
             agent.prepare_lease_file(&replica);
             agent.lease_env(&replica.workload)
         } else {
             Vec::new()
         };
+        env.extend(agent.report_env());
         let request = StartRequest {
             replica,
             instance,

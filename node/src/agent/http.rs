@@ -1,4 +1,5 @@
-//! The agent's local HTTP server: `/metrics` and `/v1/leases/NAME` (see `metrics`).
+//! The agent's local HTTP server: `/metrics`, `/v1/leases/NAME` (see `metrics`) and
+//! `POST /v1/report`, where replicas report custom metrics (see `report`).
 //!
 //! Anyone who can reach the port may connect, without credentials, so everything a client can
 //! hold is capped: connections in total and per client address, long polls in total and in
@@ -23,6 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use super::metrics::{LeaseBoard, Metrics};
+use super::report::Reports;
 use super::{AgentError, LocalSettings};
 
 /// Caps of the HTTP server. Defaults ([`HttpLimits::for_fd_limit`] at a large descriptor
@@ -236,14 +238,15 @@ pub(super) async fn bind(
     })
 }
 
-/// Serves `/metrics` and `/v1/leases/NAME` on `listener` within `limiter`'s caps and
-/// `local`'s timeouts.
+/// Serves `/metrics`, `/v1/leases/NAME` and `/v1/report` on `listener` within `limiter`'s
+/// caps and `local`'s timeouts.
 pub(super) fn serve(
     listener: TcpListener,
     limiter: Arc<Limiter>,
     local: LocalSettings,
     metrics: Arc<Metrics>,
     leases: Arc<LeaseBoard>,
+    reports: Arc<Reports>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut warned = false;
@@ -264,11 +267,20 @@ pub(super) fn serve(
             warned = false;
             match limiter.admit(client.ip()) {
                 Ok(slot) => {
-                    let (limiter, metrics, leases) =
-                        (limiter.clone(), metrics.clone(), leases.clone());
+                    let (limiter, metrics, leases, reports) = (
+                        limiter.clone(),
+                        metrics.clone(),
+                        leases.clone(),
+                        reports.clone(),
+                    );
                     tokio::spawn(async move {
                         let _slot = slot;
-                        handle(stream, &limiter, &local, &metrics, &leases).await;
+                        let state = State {
+                            metrics: &metrics,
+                            leases: &leases,
+                            reports: &reports,
+                        };
+                        handle(stream, &limiter, &local, state).await;
                     });
                 }
                 Err(why) => refuse_now(&stream, why, limiter.limits()),
@@ -313,18 +325,40 @@ fn response(status: &str, kind: &str, body: &str, extra: &str) -> String {
     )
 }
 
+/// What the server answers from.
+#[derive(Clone, Copy)]
+struct State<'a> {
+    metrics: &'a Metrics,
+    leases: &'a LeaseBoard,
+    reports: &'a Reports,
+}
+
 async fn handle(
     mut stream: TcpStream,
     limiter: &Arc<Limiter>,
     local: &LocalSettings,
-    metrics: &Metrics,
-    leases: &LeaseBoard,
+    State {
+        metrics,
+        leases,
+        reports,
+    }: State<'_>,
 ) {
-    let head = read_head(&mut stream, local.http_head_timeout).await;
+    let raw = read_head(&mut stream, local.http_head_timeout).await;
+    let head_end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(raw.len(), |i| i + 4);
+    let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
     let path = head.split_whitespace().nth(1).unwrap_or("");
     let (path, query) = path.split_once('?').unwrap_or((path, ""));
     let text = if path == "/metrics" {
         response("200 OK", "text/plain; version=0.0.4", &metrics.render(), "")
+    } else if path == "/v1/report" {
+        let early = &raw[head_end..];
+        let timeout = local.http_head_timeout;
+        let (status, body) =
+            super::report::answer(&mut stream, &head, early, timeout, reports).await;
+        response(status, "text/plain", &body, "")
     } else if let Some(name) = path.strip_prefix("/v1/leases/") {
         let wait_s = query
             .split('&')
@@ -351,7 +385,7 @@ async fn handle(
         let (status, body) = answer;
         response(status, "application/json", &body, "")
     } else {
-        let body = "try /metrics or /v1/leases/NAME\n";
+        let body = "try /metrics, /v1/leases/NAME or POST /v1/report\n";
         response("404 Not Found", "text/plain", body, "")
     };
     write(&mut stream, &text, local.http_write_timeout).await;
@@ -368,8 +402,9 @@ async fn write(stream: &mut TcpStream, text: &str, timeout: Duration) {
 }
 
 /// Reads the request head, bounded in bytes and in time: `timeout` for the whole head, so a
-/// client sending a byte at a time holds its slot no longer than a silent one.
-async fn read_head(stream: &mut TcpStream, timeout: Duration) -> String {
+/// client sending a byte at a time holds its slot no longer than a silent one. What came
+/// after the head in the same reads (the start of a body) is returned with it.
+async fn read_head(stream: &mut TcpStream, timeout: Duration) -> Vec<u8> {
     let mut buf = vec![0u8; HEAD_BYTES_MAX];
     let mut len = 0;
     let deadline = tokio::time::Instant::from_std(crate::clock::monotonic()) + timeout;
@@ -382,7 +417,8 @@ async fn read_head(stream: &mut TcpStream, timeout: Duration) -> String {
             break;
         }
     }
-    String::from_utf8_lossy(&buf[..len]).into_owned()
+    buf.truncate(len);
+    buf
 }
 
 /// Completes when the client closes its side (or the connection fails). Bytes it sends
@@ -491,7 +527,14 @@ mod tests {
             http_head_timeout: Duration::from_millis(300),
             ..LocalSettings::default()
         };
-        let server = serve(listener, limiter, local, Arc::default(), Arc::default());
+        let server = serve(
+            listener,
+            limiter,
+            local,
+            Arc::default(),
+            Arc::default(),
+            Arc::default(),
+        );
         let mut client = TcpStream::connect(addr).await.expect("connect");
         let started = crate::clock::monotonic();
         // One byte every 50 ms: each read alone is quick, the head never ends.

@@ -16,10 +16,12 @@ mod host;
 pub mod http;
 mod leases;
 mod listings;
+mod load;
 mod logs;
 pub mod metrics;
 mod quic_api;
 mod rollouts;
+mod report;
 mod settings;
 
 pub use depart::{DepartureSettings, OnStop};
@@ -290,12 +292,14 @@ pub async fn run(
         let limiter = http::Limiter::new(http_limits, agent.metrics.http.clone());
         tracing::info!(%addr, ?http_limits, "metrics at http://{addr}/metrics");
         agent.leases.url = Some(format!("http://{addr}"));
+        agent.report_url = Some(format!("http://{addr}/v1/report"));
         http::serve(
             listener,
             limiter,
             agent.config.local,
             agent.metrics.clone(),
             agent.leases.board.clone(),
+            agent.reports.clone(),
         )
     });
     let (adopted, adoption_events) =
@@ -366,6 +370,12 @@ pub(crate) struct Agent {
     usage: Option<(u32, u64)>,
     /// Rollbacks the core asked for, written once its actions are carried out.
     rollbacks_due: Vec<(starling_protocol::WorkloadName, u64, String)>,
+    /// Custom metrics replicas reported on the HTTP port (`report`).
+    reports: Arc<report::Reports>,
+    /// Where replicas report them (`STARLING_METRICS_URL`), when the HTTP port is served.
+    report_url: Option<String>,
+    /// The load of this node's autoscaled replicas (`load`).
+    load: load::LoadState,
     /// Leader election.
     leases: leases::Leases,
     lease_replies: Option<mpsc::Receiver<(NodeId, starling_protocol::lease::LeaseMessage)>>,
@@ -479,6 +489,9 @@ impl Agent {
             usage_sampler: host::UsageSampler::default(),
             usage: None,
             rollbacks_due: Vec::new(),
+            reports: Arc::default(),
+            report_url: None,
+            load: load::LoadState::default(),
             leases,
             lease_replies: Some(lease_replies),
             departing: None,
@@ -541,6 +554,7 @@ impl Agent {
                             fleet.publish_usage(now_ms(), usage).await;
                         }
                     }
+                    self.sample_load(now_ms()).await;
                 }
                 _ = gossip_tick.tick(), if fleet_on => self.on_gossip_tick().await,
                 _ = tokio::time::sleep(sleep) => {

@@ -10,14 +10,20 @@ use crate::runtime::docker::EngineSettings;
 /// How often the agent looks at its host, and how long it waits for its container engines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HostSettings {
-    /// How often host CPU and memory in use are measured (default 5 s); gossip carries a
-    /// change at most every [`super::GossipTimings::usage_publish_interval_min`].
+    /// How often host CPU and memory in use, and the load of autoscaled replicas, are
+    /// measured (default 5 s); gossip carries a change at most every
+    /// [`super::GossipTimings::usage_publish_interval_min`] (the host's) and
+    /// [`super::GossipTimings::load_publish_interval_min`] (the replicas').
     pub usage_sample_interval: Duration,
     /// How often the container engines are asked whether they still answer (default 5 s): an
     /// engine that went away or came back changes what the node offers within this.
     pub engine_check_interval: Duration,
     /// The container engines' timeouts.
     pub engine: EngineSettings,
+    /// How long a custom metric a replica reported (`POST /v1/report`) counts (default
+    /// 30 s): a replica that stops reporting stops counting, rather than holding its last
+    /// value for good.
+    pub report_max_age: Duration,
 }
 
 impl Default for HostSettings {
@@ -26,6 +32,7 @@ impl Default for HostSettings {
             usage_sample_interval: Duration::from_secs(5),
             engine_check_interval: Duration::from_secs(5),
             engine: EngineSettings::default(),
+            report_max_age: Duration::from_secs(30),
         }
     }
 }

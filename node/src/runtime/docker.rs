@@ -202,6 +202,12 @@ impl ContainerRuntime {
             .copied()
     }
 
+    /// The client and container to ask for a replica's stats (`runtime::usage`).
+    pub fn stats_target(&self, replica: &ReplicaId) -> Option<(Docker, String)> {
+        let container = self.lock().get(replica)?.container.clone();
+        Some((self.docker().ok()?, container))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<ReplicaId, Instance>> {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }

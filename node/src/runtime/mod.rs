@@ -10,6 +10,7 @@ pub mod cgroup;
 pub mod docker;
 pub mod fence;
 pub mod process;
+pub mod usage;
 
 use std::future::Future;
 use std::time::Duration;

@@ -175,6 +175,15 @@ impl ProcessRuntime {
     pub fn pid(&self, replica: &ReplicaId) -> Option<u32> {
         self.inner.lock().get(replica).map(|r| r.pid)
     }
+
+    /// The cgroup directories of a replica's running instance (none without limits), where
+    /// `runtime::usage` reads its CPU time.
+    pub fn cgroup_dirs(&self, replica: &ReplicaId) -> Vec<PathBuf> {
+        let running = self.inner.lock();
+        running
+            .get(replica)
+            .map_or_else(Vec::new, |r| r.groups.dirs().to_vec())
+    }
 }
 
 impl Runtime for ProcessRuntime {

@@ -107,6 +107,7 @@ impl Fleet {
                     spent: BTreeSet::new(),
                     endpoints: Vec::new(),
                     usage: None,
+                    load: keys::Load::default(),
                     departure: Departure::Staying,
                 });
                 if entry.generation != id.generation_id || entry.heartbeat != state.heartbeat() {
@@ -156,6 +157,7 @@ impl Fleet {
                 }
                 entry.usage =
                     value::<Usage>(&node, state, keys::USAGE).map(|u| (u.cpu.0, u.memory.0));
+                entry.load = value(&node, state, keys::LOAD).unwrap_or_default();
                 entry.endpoints = value::<Names>(&node, state, keys::ENDPOINTS)
                     .map(|n| n.0)
                     .unwrap_or_default();

@@ -25,7 +25,10 @@ use starling_protocol::wire::{ApiResponse, PeerMessage};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 mod gossip;
+mod load;
 mod sync;
+
+pub(super) use load::by_replica;
 
 use super::AgentError;
 use crate::cluster::{Membership, probe_addr, quic_addr};
@@ -102,6 +105,10 @@ pub struct GossipTimings {
     /// This node's measured CPU and memory use is published at most this often when it
     /// moved (default 15 s): every published change travels to every member.
     pub usage_publish_interval_min: Duration,
+    /// The load of this node's autoscaled replicas is published at most this often when it
+    /// moved (default 5 s): the scaler's reaction time, against gossip bytes. Nodes running no
+    /// autoscaled replica publish nothing.
+    pub load_publish_interval_min: Duration,
     /// How long chitchat keeps the state of a node it considers dead (default 1 h). Liveness
     /// is the failure detector's; this only bounds how long a gone node's keys are kept.
     pub dead_node_grace: Duration,
@@ -116,6 +123,7 @@ impl Default for GossipTimings {
             life_quiet_min: Duration::from_secs(5),
             rival_recheck_interval: Duration::from_secs(10),
             usage_publish_interval_min: Duration::from_secs(15),
+            load_publish_interval_min: Duration::from_secs(5),
             dead_node_grace: Duration::from_secs(3_600),
             deleted_key_grace: Duration::from_secs(3_600),
         }
@@ -157,6 +165,8 @@ pub(super) struct Peer {
     pub endpoints: Vec<String>,
     /// CPU (millicores) and memory (bytes) in use on it, as it last measured.
     pub usage: Option<(u32, u64)>,
+    /// The load of its autoscaled replicas, as it last published (empty: none).
+    pub load: keys::Load,
     /// A planned absence it announced in this generation (gossip key `departure`, or pushed).
     pub departure: Departure,
 }
@@ -233,6 +243,8 @@ pub(super) struct Fleet {
     pub published_endpoints: Vec<String>,
     /// The usage last published (rounded), and when.
     published_usage: (Option<starling_protocol::gossip::Usage>, u64),
+    /// The load last published (rounded), and when.
+    published_load: (keys::Load, u64),
     published_inc: u64,
     published_verdicts: BTreeMap<NodeId, String>,
     /// Join tokens spent here.
@@ -408,6 +420,7 @@ impl Fleet {
             published_digest: None,
             published_endpoints: Vec::new(),
             published_usage: (None, 0),
+            published_load: (keys::Load::default(), 0),
             published_inc: 0,
             published_verdicts: BTreeMap::new(),
             spent: BTreeSet::new(),

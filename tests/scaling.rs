@@ -1,0 +1,107 @@
+//! Autoscaling's inputs end to end: a replica started by a real agent finds
+//! `STARLING_METRICS_URL` in its environment and reports a custom metric that the agent takes
+//! (and refuses a report for a replica it does not run).
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+mod support;
+
+use support::{BIN, wait_for};
+
+/// The agent and its replicas' process groups, killed when dropped.
+struct Running {
+    agent: Child,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.agent.kill();
+        let _ = self.agent.wait();
+        let file = self.dir.join("runtime/replicas/web-0/instance.json");
+        let pid = std::fs::read_to_string(file)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["pid"].as_i64())
+            .and_then(|p| i32::try_from(p).ok());
+        if let Some(pid) = pid.filter(|p| *p > 1) {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+fn free_tcp_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+fn post(url: &str, body: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-s", "-d", body, url])
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_replica_reports_a_custom_metric_to_its_own_agent() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("n1");
+    std::fs::create_dir_all(&dir).expect("data dir");
+    let metrics = format!("127.0.0.1:{}", free_tcp_port());
+    let log = std::fs::File::create(tmp.path().join("agent.log")).expect("agent log");
+    let agent = Command::new(BIN)
+        .args(["agent", "--node-id", "n1", "--stop-grace-ms", "500"])
+        .args(["--metrics", &metrics, "--data-dir"])
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("agent starts");
+    let _running = Running {
+        agent,
+        dir: dir.clone(),
+    };
+    wait_for("the agent's API socket", Duration::from_secs(20), || {
+        dir.join("api.sock").exists().then_some(())
+    });
+    // The replica reports every second; it is known to the report door from the agent's
+    // next load tick on (5 s), so the first reports may be refused as not running here.
+    let script = r#"echo "url=$STARLING_METRICS_URL"; while :; do curl -s -d "{\"replica\":\"$STARLING_WORKLOAD/$STARLING_REPLICA\",\"metrics\":{\"queue\":12}}" "$STARLING_METRICS_URL"; sleep 1; done"#;
+    let spec = format!(
+        "name = \"web\"\ncommand = \"sh\"\nargs = [\"-c\", {script:?}]\n\
+         [scaling]\nmin = 1\nmax = 3\nmetric = \"queue\"\ntarget = 5\n"
+    );
+    let spec_path = tmp.path().join("web.toml");
+    std::fs::write(&spec_path, spec).expect("spec");
+    let out = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&dir)
+        .args(["apply", "--file"])
+        .arg(&spec_path)
+        .output()
+        .expect("cli");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let output = Path::new(&dir).join("runtime/replicas/web-0/output.log");
+    let url = format!("http://{metrics}/v1/report");
+    let text = wait_for("a report kept", Duration::from_secs(30), || {
+        let text = std::fs::read_to_string(&output).ok()?;
+        text.contains("kept 1 metric(s) of web/0").then_some(text)
+    });
+    assert!(text.contains(&format!("url={url}")), "{text}");
+    let refused = post(&url, r#"{"replica":"web/7","metrics":{"queue":1}}"#);
+    assert!(
+        refused.starts_with("replica web/7 does not run on this node"),
+        "{refused}"
+    );
+    let refused = post(&url, r#"{"replica":"web/0","metrics":{"queue":"many"}}"#);
+    assert!(refused.starts_with("body: invalid type"), "{refused}");
+}
