@@ -172,6 +172,10 @@ name = "worker"
 command = "work"
 args = ["--v2"]
 replicas = 20
+[faults.spec.update]
+batch_size = 20
+max_surge = 20
+min_healthy = "0s"
 "#;
     let scenario = Scenario::from_toml(&text).expect("scenario");
     let r = run(&scenario, 3, RunOptions::default());
