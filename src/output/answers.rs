@@ -12,7 +12,7 @@ use starling_protocol::spec::RuntimeKind;
 use starling_protocol::status::{ReplicaState, ReplicaStatus};
 use starling_protocol::wire::ApiResponse;
 
-use super::Table;
+use super::{Table, rollout};
 
 /// One answer, both ways.
 struct Listing {
@@ -56,6 +56,7 @@ fn listing(response: &ApiResponse) -> Option<Listing> {
             Listing { table, json }
         }
         ApiResponse::Written { .. }
+        | ApiResponse::Rollout(_)
         | ApiResponse::LogChunk { .. }
         | ApiResponse::Lease(_)
         | ApiResponse::Error(_) => return None,
@@ -382,6 +383,21 @@ fn describe(d: &Description) -> Listing {
         "previous revision".into(),
         d.previous_revision.map_or("-".into(), |n| n.to_string()),
     );
+    row("rollout".into(), rollout::summary(&d.rollout));
+    row("update".into(), rollout::update_text(&d.spec.update));
+    row(
+        "scaling".into(),
+        rollout::scaling_text(d.spec.scaling.as_ref(), d.spec.replicas),
+    );
+    let (history, history_json) = rollout::history(
+        &d.writes,
+        &d.overwritten,
+        d.rollout.rollback_of.as_ref(),
+        d.now_ms,
+    );
+    for (label, text) in history {
+        row(label, text);
+    }
     for w in &d.overwritten {
         let what = if w.number == 0 {
             format!("delete {}", w.at.physical_ms)
@@ -432,6 +448,10 @@ fn describe(d: &Description) -> Listing {
             "by": w.by,
         })).collect::<Vec<_>>(),
         "previous_revision": d.previous_revision,
+        "rollout": rollout::json(&d.rollout),
+        "history": history_json,
+        "update": serde_json::to_value(d.spec.update).unwrap_or(Value::Null),
+        "scaling": serde_json::to_value(&d.spec.scaling).unwrap_or(Value::Null),
         "events": d.events.iter().map(|e| json!({"at_ms": e.at_ms, "event": e.text})).collect::<Vec<_>>(),
         "spec": spec,
     });
