@@ -126,6 +126,17 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// The last line a follower prints for scripts.
+    pub fn json(&self) -> serde_json::Value {
+        let (verdict, message) = match self {
+            Verdict::Going => ("going", None),
+            Verdict::Complete => ("complete", None),
+            Verdict::RolledBack(why) => ("rolled_back", Some(why)),
+            Verdict::Failed(why) => ("failed", Some(why)),
+        };
+        json!({ "verdict": verdict, "message": message, "exit_code": self.code() })
+    }
+
     /// The exit code of a follower that ends here.
     pub fn code(&self) -> u8 {
         match self {
@@ -217,10 +228,7 @@ pub fn follow(
                 (Verdict::RolledBack(why) | Verdict::Failed(why), Format::Table) => {
                     eprintln!("{why}");
                 }
-                (Verdict::RolledBack(why) | Verdict::Failed(why), Format::Json) => {
-                    println!("{}", json!({ "verdict": why, "exit_code": verdict.code() }));
-                }
-                (Verdict::Complete, Format::Json) => {}
+                (_, Format::Json) => println!("{}", verdict.json()),
             }
             poller.close().await;
             return Ok(ExitCode::from(verdict.code()));

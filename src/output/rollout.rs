@@ -46,7 +46,10 @@ fn states(r: &RolloutReport) -> Vec<String> {
     if let Some(canary) = r.canary.filter(|c| !c.promoted) {
         states.push(if r.waiting_for_promote() {
             let by_itself = canary.auto_promote_after_ms.map_or_else(String::new, |ms| {
-                format!(", or by itself {} after they settled", format_duration_ms(ms))
+                format!(
+                    ", or by itself {} after they settled",
+                    format_duration_ms(ms)
+                )
             });
             format!(
                 "canaries settled: waiting for starling rollout promote {}{by_itself}",
@@ -211,9 +214,8 @@ pub fn history(
     now_ms: u64,
 ) -> (Vec<(String, String)>, Value) {
     // Ages by the answering node's clock, to the second, as the rest of `describe`.
-    let ago = |w: &WriteRecord| {
-        format_duration_ms(now_ms.saturating_sub(w.at.physical_ms) / 1000 * 1000)
-    };
+    let ago =
+        |w: &WriteRecord| format_duration_ms(now_ms.saturating_sub(w.at.physical_ms) / 1000 * 1000);
     let by = |w: &WriteRecord| {
         if w.by.is_empty() {
             String::new()

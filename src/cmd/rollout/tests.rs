@@ -39,6 +39,7 @@ fn a_rollout_is_followed_until_every_replica_is_updated() {
     assert_eq!(verdict(&report(3, 2, 0), 3), Verdict::Going);
     assert_eq!(verdict(&report(3, 3, 0), 3), Verdict::Complete);
     assert_eq!(Verdict::Complete.code(), 0);
+    assert_eq!(Verdict::Complete.json()["verdict"], "complete");
 }
 
 #[test]
@@ -58,6 +59,8 @@ fn paused_and_canary_rollouts_are_waited_for() {
 fn a_rollback_of_the_followed_revision_ends_with_code_2_and_its_reason() {
     let v = verdict(&rollback(3, Some("replica 1 crash loops")), 3);
     assert_eq!(v.code(), 2);
+    assert_eq!(v.json()["verdict"], "rolled_back");
+    assert_eq!(v.json()["exit_code"], 2);
     assert_eq!(
         v,
         Verdict::RolledBack(

@@ -162,5 +162,9 @@ fn a_manual_rollback_of_an_older_revision_reads_as_a_replacement() {
     };
     let (rows, _) = history(&writes, &[], Some(&rollback), 60_000);
     assert!(rows[0].1.contains("replaced by revision 3"));
-    assert!(rows[1].1.ends_with("(revision 4): by hand"), "{}", rows[1].1);
+    assert!(
+        rows[1].1.ends_with("(revision 4): by hand"),
+        "{}",
+        rows[1].1
+    );
 }
