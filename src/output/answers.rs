@@ -383,19 +383,8 @@ fn describe(d: &Description) -> Listing {
         "previous revision".into(),
         d.previous_revision.map_or("-".into(), |n| n.to_string()),
     );
-    row("rollout".into(), rollout::summary(&d.rollout));
-    row("update".into(), rollout::update_text(&d.spec.update));
-    row(
-        "scaling".into(),
-        rollout::scaling_text(d.spec.scaling.as_ref(), d.spec.replicas),
-    );
-    let (history, history_json) = rollout::history(
-        &d.writes,
-        &d.overwritten,
-        d.rollout.rollback_of.as_ref(),
-        d.now_ms,
-    );
-    for (label, text) in history {
+    let (rollout_rows, rollout_keys) = rollout::description(d);
+    for (label, text) in rollout_rows {
         row(label, text);
     }
     for w in &d.overwritten {
@@ -434,7 +423,7 @@ fn describe(d: &Description) -> Listing {
             line.to_string(),
         );
     }
-    let json = json!({
+    let mut json = json!({
         "name": name, "revision": d.revision,
         "revision_id": id.map(|id| id.to_string()),
         "written_at_ms": id.map(|id| id.at.physical_ms),
@@ -448,13 +437,12 @@ fn describe(d: &Description) -> Listing {
             "by": w.by,
         })).collect::<Vec<_>>(),
         "previous_revision": d.previous_revision,
-        "rollout": rollout::json(&d.rollout),
-        "history": history_json,
-        "update": serde_json::to_value(d.spec.update).unwrap_or(Value::Null),
-        "scaling": serde_json::to_value(&d.spec.scaling).unwrap_or(Value::Null),
         "events": d.events.iter().map(|e| json!({"at_ms": e.at_ms, "event": e.text})).collect::<Vec<_>>(),
         "spec": spec,
     });
+    if let Value::Object(keys) = &mut json {
+        keys.extend(rollout_keys);
+    }
     Listing { table, json }
 }
 

@@ -1,8 +1,8 @@
 //! How a rollout reads: the one line `rollout status` prints (and `--watch` prints again
 //! whenever it changes), and the revision history `describe` shows, both ways.
 
-use serde_json::{Value, json};
-use starling_protocol::api::RolloutReport;
+use serde_json::{Map, Value, json};
+use starling_protocol::api::{Description, RolloutReport};
 use starling_protocol::desired::{RollbackOf, WRITES_KEPT, WriteRecord};
 use starling_protocol::quantity::format_duration_ms;
 use starling_protocol::spec::{ScalingMetric, ScalingPolicy, UpdateOrder, UpdateStrategy};
@@ -213,42 +213,85 @@ pub fn history(
     rollback_of: Option<&RollbackOf>,
     now_ms: u64,
 ) -> (Vec<(String, String)>, Value) {
-    // Ages by the answering node's clock, to the second, as the rest of `describe`.
-    let ago =
-        |w: &WriteRecord| format_duration_ms(now_ms.saturating_sub(w.at.physical_ms) / 1000 * 1000);
-    let by = |w: &WriteRecord| {
-        if w.by.is_empty() {
-            String::new()
-        } else {
-            format!(" by {}", w.by)
-        }
-    };
     let stays = stays(writes, overwritten, rollback_of);
-    let mut rows = Vec::new();
-    let mut items = Vec::new();
-    for s in &stays {
+    let mut rows: Vec<(String, String)> = stays
+        .iter()
+        .map(|s| (format!("revision {}", s.first.number), s.text(now_ms)))
+        .collect();
+    if writes.len() >= WRITES_KEPT {
+        rows.push((
+            "history".into(),
+            format!("older writes are not kept (the newest {WRITES_KEPT} are)"),
+        ));
+    }
+    (rows, stays.iter().map(Stay::json).collect())
+}
+
+/// The rows `describe` shows about rollouts (the current one, the update strategy, scaling,
+/// the revision history) and the same for scripts, as keys of the description's object.
+pub fn description(d: &Description) -> (Vec<(String, String)>, Map<String, Value>) {
+    let mut rows = vec![
+        ("rollout".to_string(), summary(&d.rollout)),
+        ("update".to_string(), update_text(&d.spec.update)),
+        (
+            "scaling".to_string(),
+            scaling_text(d.spec.scaling.as_ref(), d.spec.replicas),
+        ),
+    ];
+    let (history, history_json) = history(
+        &d.writes,
+        &d.overwritten,
+        d.rollout.rollback_of.as_ref(),
+        d.now_ms,
+    );
+    rows.extend(history);
+    let mut keys = Map::new();
+    keys.insert("rollout".into(), json(&d.rollout));
+    keys.insert("history".into(), history_json);
+    keys.insert(
+        "update".into(),
+        serde_json::to_value(d.spec.update).unwrap_or(Value::Null),
+    );
+    keys.insert(
+        "scaling".into(),
+        serde_json::to_value(&d.spec.scaling).unwrap_or(Value::Null),
+    );
+    (rows, keys)
+}
+
+/// ` by WHO`, or nothing when the writer is not known.
+fn by(w: &WriteRecord) -> String {
+    if w.by.is_empty() {
+        String::new()
+    } else {
+        format!(" by {}", w.by)
+    }
+}
+
+impl Stay<'_> {
+    /// For people: who wrote it, later writes of it, how it ended; ages by the answering
+    /// node's clock (`now_ms`), to the second, as the rest of `describe`.
+    fn text(&self, now_ms: u64) -> String {
+        let ago = |w: &WriteRecord| {
+            format_duration_ms(now_ms.saturating_sub(w.at.physical_ms) / 1000 * 1000)
+        };
+        let first = self.first;
         let mut text = format!(
             "written {} ago{} at peer {}",
-            ago(s.first),
-            by(s.first),
-            s.first.at.node
+            ago(first),
+            by(first),
+            first.at.node
         );
-        if let Some(last) = s.later.last() {
+        if let Some(last) = self.later.last() {
             text.push_str(&format!(
                 ", then {} write(s) of the same revision (scale, pause, resume or promote), \
                  the last {} ago{}",
-                s.later.len(),
+                self.later.len(),
                 ago(last),
                 by(last)
             ));
         }
-        let (ended, end_write, failure) = match &s.end {
-            End::Current => ("current", None, None),
-            End::Replaced(w) => ("replaced", Some(*w), None),
-            End::RolledBack(w, failure) => ("rolled_back", Some(*w), *failure),
-            End::Deleted(w) => ("deleted", Some(*w), None),
-        };
-        let end = match &s.end {
+        let end = match &self.end {
             End::Current => "current".to_string(),
             End::Replaced(w) => {
                 format!("replaced by revision {} {} ago{}", w.number, ago(w), by(w))
@@ -262,29 +305,29 @@ pub fn history(
             ),
             End::Deleted(w) => format!("deleted {} ago{}", ago(w), by(w)),
         };
-        text.push_str("; ");
-        text.push_str(&end);
-        rows.push((format!("revision {}", s.first.number), text));
-        items.push(json!({
-            "revision": s.first.number,
-            "written_at_ms": s.first.at.physical_ms,
-            "written_at_peer": s.first.at.node.to_string(),
-            "written_by": s.first.by,
-            "later_writes": s.later.len(),
+        format!("{text}; {end}")
+    }
+
+    fn json(&self) -> Value {
+        let (ended, end_write, failure) = match &self.end {
+            End::Current => ("current", None, None),
+            End::Replaced(w) => ("replaced", Some(*w), None),
+            End::RolledBack(w, failure) => ("rolled_back", Some(*w), *failure),
+            End::Deleted(w) => ("deleted", Some(*w), None),
+        };
+        json!({
+            "revision": self.first.number,
+            "written_at_ms": self.first.at.physical_ms,
+            "written_at_peer": self.first.at.node.to_string(),
+            "written_by": self.first.by,
+            "later_writes": self.later.len(),
             "ended": ended,
             "ended_at_ms": end_write.map(|w| w.at.physical_ms),
             "ended_by": end_write.map(|w| w.by.clone()),
             "next_revision": end_write.map(|w| w.number).filter(|n| *n > 0),
             "failure": failure,
-        }));
+        })
     }
-    if writes.len() >= WRITES_KEPT {
-        rows.push((
-            "history".into(),
-            format!("older writes are not kept (the newest {WRITES_KEPT} are)"),
-        ));
-    }
-    (rows, json!(items))
 }
 
 #[cfg(test)]
