@@ -9,9 +9,11 @@ use std::process::Output;
 use std::time::Duration;
 
 use serde_json::Value;
+use starling_node::api::read_frame;
 use starling_node::store::Store;
 use starling_protocol::WorkloadName;
 use starling_protocol::hlc::Timestamp;
+use starling_protocol::wire::{ApiRequest, ApiResponse, Request, RolloutAction};
 use support::{Fleet, spec};
 
 /// `web` with `args = [arg]`, two replicas, and a `min_healthy` no test waits out, so its
@@ -217,5 +219,59 @@ fn apply_wait_ends_with_code_1_when_a_revision_crash_loops_and_nothing_rolls_it_
             && stderr.contains("crash loop on it and [update] auto_rollback is off"),
         "{}",
         text(&out)
+    );
+}
+
+/// One request over QUIC with node-1's own certificate, as another machine of the fleet would.
+fn as_node(fleet: &Fleet, request: ApiRequest) -> Option<ApiResponse> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let membership =
+            starling_node::cluster::Membership::load(&fleet.nodes[0].dir).expect("membership");
+        let tls = membership.tls().expect("node certificate");
+        let config = starling_node::net::tls::client_config(&tls).expect("tls");
+        let quic = starling_node::net::quic::Quic::dialer(config).expect("dialer");
+        let base = starling_node::cluster::resolve(&fleet.nodes[0].base).expect("address");
+        let addr = starling_node::cluster::quic_addr(base);
+        let (mut send, mut recv) = quic
+            .open(addr, &Request::Api(request))
+            .await
+            .expect("stream");
+        send.finish().expect("finish");
+        read_frame::<ApiResponse, _>(&mut recv).await.ok().flatten()
+    })
+}
+
+#[test]
+fn a_node_certificate_may_read_a_rollout_but_not_steer_it() {
+    let fleet = Fleet::start(1);
+    let dir = fleet.tmp.path().to_path_buf();
+    ok(fleet.cli(0, &["apply", "-f", &spec(&dir, "v1", &web("100", ""))]));
+    ok(fleet.cli(0, &["apply", "-f", &spec(&dir, "v2", &web("200", ""))]));
+    let web = || WorkloadName::new("web").expect("valid");
+    for action in [
+        RolloutAction::Pause,
+        RolloutAction::Resume,
+        RolloutAction::Promote,
+    ] {
+        let answer = as_node(
+            &fleet,
+            ApiRequest::Rollout {
+                name: web(),
+                action,
+            },
+        );
+        let Some(ApiResponse::Error(error)) = answer else {
+            panic!("a node may {action}: {answer:?}");
+        };
+        assert!(error.message.contains("only operators"), "{error:?}");
+    }
+    let answer = as_node(&fleet, ApiRequest::RolloutStatus { name: web() });
+    assert!(
+        matches!(&answer, Some(ApiResponse::Rollout(r)) if r.revision == 2 && !r.paused),
+        "{answer:?}"
     );
 }
