@@ -66,9 +66,14 @@ enum Command {
     Scale(cmd::workloads::ScaleArgs),
     /// Go back to a workload's previous revision.
     Rollback(cmd::workloads::WorkloadArg),
+    /// Rolling updates: follow, pause, resume or promote the current revision's rollout.
+    Rollout {
+        #[command(subcommand)]
+        what: cmd::rollout::RolloutCommand,
+    },
     /// List workloads, replicas or nodes.
     Get(cmd::workloads::GetArgs),
-    /// Show one workload: revisions, replicas, recent events, spec.
+    /// Show one workload: revision history, rollout, update strategy, replicas, events, spec.
     Describe(cmd::workloads::WorkloadArg),
     /// Every replica with its state, health and restarts.
     Status,
@@ -143,6 +148,7 @@ fn main() -> ExitCode {
         Command::Delete(w) => call(t, ApiRequest::Delete { name: w.name }, format),
         Command::Scale(args) => cmd::workloads::scale(t, args, format),
         Command::Rollback(w) => call(t, ApiRequest::Rollback { name: w.name }, format),
+        Command::Rollout { what } => cmd::rollout::run(t, what, format),
         Command::Get(args) => call(
             t,
             ApiRequest::Get {

@@ -2,6 +2,7 @@
 //! data ([`ApiResponse`]); how it reads is decided here, and only here.
 
 mod answers;
+pub mod rollout;
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -70,6 +71,7 @@ pub fn text(response: &ApiResponse) -> String {
         ),
         ApiResponse::LogChunk { lines, .. } => lines.iter().map(|l| format!("{l}\n")).collect(),
         ApiResponse::Error(error) => format!("error: {}\n", error.message),
+        ApiResponse::Rollout(report) => format!("{}\n", rollout::line(report)),
         listing => answers::table(listing).map_or_else(String::new, |t| t.render()),
     }
 }
@@ -101,6 +103,7 @@ pub fn json(response: &ApiResponse) -> serde_json::Value {
             "error": error.message,
             "fields": error.fields.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
         }),
+        ApiResponse::Rollout(report) => rollout::json(report),
         listing => answers::json(listing),
     }
 }

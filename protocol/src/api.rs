@@ -4,11 +4,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::desired::{RevisionId, WriteRecord};
+use crate::desired::{RevisionId, RollbackOf, WriteRecord};
 use crate::lease::LeaseName;
 use crate::names::{NodeId, WorkloadName};
 use crate::placement::{Capacity, Departure, Liveness, NodeView, ReplicaId, Unplaceable};
 use crate::quantity::{Bytes, Millicores};
+use crate::rollout::Progress;
 use crate::spec::{RuntimeKind, WorkloadSpec};
 use crate::status::ReplicaStatus;
 
@@ -153,6 +154,11 @@ pub struct Description {
     pub previous_revision: Option<u64>,
     /// Writes that lost to a concurrent write: what a racing operator should know was dropped.
     pub overwritten: Vec<WriteRecord>,
+    /// Every write of the workload on record here (at most `WRITES_KEPT`), newest first, the
+    /// overwritten ones included: the revision history is read from it.
+    pub writes: Vec<WriteRecord>,
+    /// The current revision's rollout.
+    pub rollout: RolloutReport,
     /// Its replicas as their nodes report them.
     pub replicas: Vec<ReplicaRow>,
     /// Recent events of the answering node that name it, oldest first.
@@ -175,4 +181,63 @@ pub struct Voter {
     pub node: NodeId,
     /// Its liveness as the answering node sees it (`None`: not a member it knows).
     pub liveness: Option<Liveness>,
+}
+
+/// A workload's rollout as the answering node sees it (`starling rollout status`): its
+/// current revision, what operators and failed health gates said about it, and how far the
+/// replicas have moved to it by this node's status and every live peer's last one. Status
+/// reports can be late, never early, so a node's progress may lag the fleet's, never lead it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutReport {
+    /// The workload.
+    pub name: WorkloadName,
+    /// The revision the replicas move to.
+    pub revision: u64,
+    /// Its current write.
+    pub id: Option<RevisionId>,
+    /// The revision it replaced (`None`: the first one, which moves nothing).
+    pub previous: Option<u64>,
+    /// Replicas updated, pending, failing and serving.
+    pub progress: Progress,
+    /// `rollout pause`: no replica moves until `rollout resume`.
+    pub paused: bool,
+    /// A canary rollout's canaries and whether they were promoted.
+    pub canary: Option<CanaryReport>,
+    /// This revision rolls back the one it replaced, and why (`failure: None`: by hand).
+    pub rollback_of: Option<RollbackOf>,
+    /// `update.auto_rollback`: a failing rollout is rolled back by the fleet, not left as is.
+    pub auto_rollback: bool,
+}
+
+/// The canaries of a [`RolloutReport`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CanaryReport {
+    /// Replicas that move before the rollout waits for a promote.
+    pub count: u32,
+    /// `rollout promote` was written.
+    pub promoted: bool,
+    /// Every canary runs the new revision, settled.
+    pub settled: bool,
+    /// The rollout promotes itself once the canaries were settled this long (`None`: only
+    /// `rollout promote` does).
+    pub auto_promote_after_ms: Option<u64>,
+}
+
+impl RolloutReport {
+    /// Every replica runs the revision, settled.
+    pub fn complete(&self) -> bool {
+        self.progress.complete()
+    }
+
+    /// The revision is an automatic rollback: the rollout before it failed.
+    pub fn automatic_rollback(&self) -> Option<&RollbackOf> {
+        self.rollback_of.as_ref().filter(|r| r.failure.is_some())
+    }
+
+    /// The canaries are done and nothing promoted the rest yet. With an
+    /// `auto_promote_after_ms`, the fleet may promote them by itself soon.
+    pub fn waiting_for_promote(&self) -> bool {
+        self.canary
+            .is_some_and(|c| c.settled && !c.promoted && !self.complete())
+    }
 }

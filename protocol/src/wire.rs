@@ -15,7 +15,9 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{Description, EndpointRow, LeaseRow, NodeRow, ReplicaRow, Voter, WorkloadRow};
+use crate::api::{
+    Description, EndpointRow, LeaseRow, NodeRow, ReplicaRow, RolloutReport, Voter, WorkloadRow,
+};
 use crate::desired::{DesiredEntry, SummaryItem};
 use crate::hlc::Timestamp;
 use crate::lease::{Lease, LeaseMessage, LeaseName};
@@ -233,6 +235,54 @@ pub enum ApiRequest {
         /// The revision the caller last saw.
         if_revision: String,
     },
+    /// A workload's rollout: its revision and how far the replicas moved to it.
+    RolloutStatus {
+        /// The workload.
+        name: WorkloadName,
+    },
+    /// An operator's hand on a rollout: a write of the same revision with its pause or
+    /// promote flag changed. Operators and the local socket only.
+    Rollout {
+        /// The workload.
+        name: WorkloadName,
+        /// What to do.
+        action: RolloutAction,
+    },
+    /// `Apply` with every option. The CLI sends it only for what the older variants cannot
+    /// say (`force`), so plain applies still reach a node of the previous build. Operators
+    /// and the local socket only.
+    ApplyWith {
+        /// The spec, as the caller validated it (checked again as for `Apply`).
+        spec: Box<WorkloadSpec>,
+        /// Other peers that must hold the write before the answer.
+        ack_replicas: u32,
+        /// Compare-and-set, as for `ApplyIf`.
+        if_revision: Option<String>,
+        /// Write even a template whose rollout failed and was rolled back
+        /// ([`crate::desired::Revision::failed_template`]), which is refused otherwise.
+        force: bool,
+    },
+}
+
+/// What `ApiRequest::Rollout` does to the current revision's rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RolloutAction {
+    /// No replica moves until resumed.
+    Pause,
+    /// Undo a pause.
+    Resume,
+    /// Let a canary rollout go on past its canaries.
+    Promote,
+}
+
+impl std::fmt::Display for RolloutAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RolloutAction::Pause => "pause",
+            RolloutAction::Resume => "resume",
+            RolloutAction::Promote => "promote",
+        })
+    }
 }
 
 /// Kinds of object `Get` lists.
@@ -307,6 +357,9 @@ pub enum ApiResponse {
     Lease(Lease),
     /// The request failed.
     Error(ApiError),
+    /// A workload's rollout (`rollout status`). (Variants are numbered by position on the
+    /// wire: new ones go last.)
+    Rollout(Box<RolloutReport>),
 }
 
 /// A failed request: what went wrong, and for specs every field error.
@@ -512,7 +565,9 @@ impl Check for JoinReply {
 impl Check for ApiRequest {
     fn check(&self) -> Result<(), String> {
         match self {
-            ApiRequest::Apply { spec, .. } | ApiRequest::ApplyIf { spec, .. }
+            ApiRequest::Apply { spec, .. }
+            | ApiRequest::ApplyIf { spec, .. }
+            | ApiRequest::ApplyWith { spec, .. }
                 if spec_bytes(spec) > SPEC_BYTES_MAX =>
             {
                 Err("spec is over 1 MiB".into())
@@ -523,7 +578,11 @@ impl Check for ApiRequest {
                     crate::spec::REPLICAS_MAX
                 ))
             }
-            ApiRequest::ApplyIf { if_revision, .. } => if_revision
+            ApiRequest::ApplyIf { if_revision, .. }
+            | ApiRequest::ApplyWith {
+                if_revision: Some(if_revision),
+                ..
+            } => if_revision
                 .parse::<crate::desired::RevisionMatch>()
                 .map(|_| ())
                 .map_err(|e| format!("if_revision: {e}")),

@@ -70,7 +70,8 @@ impl Target {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+/// A runtime for one command's calls.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -78,7 +79,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Sends one request and returns the answer.
-fn ask(target: &Target, request: &ApiRequest) -> anyhow::Result<ApiResponse> {
+pub fn ask(target: &Target, request: &ApiRequest) -> anyhow::Result<ApiResponse> {
     runtime()?.block_on(async {
         let mut client = target.connect().await?;
         let answer = client.call(request).await;

@@ -10,6 +10,7 @@ pub mod fence;
 pub mod image;
 pub mod lease;
 pub mod plan;
+pub mod rollout;
 pub mod sim;
 pub mod up;
 pub mod validate;

@@ -1,4 +1,5 @@
-//! Commands on workloads: `apply`, `delete`, `scale`, `rollback`, `get`, `describe`, `logs`.
+//! Commands on workloads: `apply`, `delete`, `scale`, `rollback`, `get`, `describe`, `logs`
+//! (`rollout` has its own module).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,10 +7,11 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use starling_protocol::WorkloadName;
 use starling_protocol::desired::RevisionMatch;
-use starling_protocol::wire::{ApiRequest, ObjectKind};
+use starling_protocol::spec::WorkloadSpec;
+use starling_protocol::wire::{ApiRequest, ApiResponse, ObjectKind};
 
-use super::client::{Target, call};
-use crate::output::Format;
+use super::client::{Target, ask, call};
+use crate::output::{self, Format};
 
 /// `starling apply`.
 #[derive(clap::Args)]
@@ -25,9 +27,17 @@ pub struct ApplyArgs {
     /// (2@node-1:1764867785123.0). One spec file only.
     #[arg(long, value_name = "REVISION")]
     if_revision: Option<String>,
+    /// After the write, follow the rollout as `rollout status --watch` does, with its exit
+    /// codes: 0 rolled out, 2 rolled back, 1 failed.
+    #[arg(long)]
+    wait: bool,
+    /// Write even a spec whose template's rollout failed and was rolled back (refused
+    /// otherwise, naming the failed revision).
+    #[arg(long)]
+    force: bool,
 }
 
-/// A command on one workload (`delete`, `rollback`, `describe`).
+/// A command on one workload (`delete`, `rollback`, `describe`, `rollout pause`, ...).
 #[derive(clap::Args)]
 pub struct WorkloadArg {
     /// The workload.
@@ -102,6 +112,7 @@ pub fn apply(target: &Target, args: ApplyArgs, format: Format) -> anyhow::Result
             .map_err(|e| anyhow::anyhow!("--if-revision: {e}"))?;
     }
     let mut code = ExitCode::SUCCESS;
+    let mut written = Vec::new();
     for path in &args.files {
         let spec = match super::load_spec(path)? {
             Ok(spec) => Box::new(spec),
@@ -118,20 +129,49 @@ pub fn apply(target: &Target, args: ApplyArgs, format: Format) -> anyhow::Result
                 continue;
             }
         };
-        let ack_replicas = args.ack_replicas;
-        let request = match &args.if_revision {
-            Some(wanted) => ApiRequest::ApplyIf {
-                spec,
-                ack_replicas,
-                if_revision: wanted.clone(),
-            },
-            None => ApiRequest::Apply { spec, ack_replicas },
-        };
-        if call(target, request, format)? != ExitCode::SUCCESS {
+        let answer = ask(target, &apply_request(&args, spec))?;
+        if output::print(&answer, format) != ExitCode::SUCCESS {
             code = ExitCode::FAILURE;
+        } else if let ApiResponse::Written { name, revision, .. } = answer {
+            written.push((name, revision));
         }
     }
-    Ok(code)
+    if !args.wait {
+        return Ok(code);
+    }
+    // Rollouts of several workloads go on side by side; following them one after the other
+    // only delays the answer, never misses an end: a verdict is read from the current state.
+    let mut worst = 0u8;
+    for (name, revision) in written {
+        let followed = super::rollout::follow(target, &name, Some(revision), format)?;
+        if followed != ExitCode::SUCCESS {
+            worst = worst.max(if followed == ExitCode::from(2) { 2 } else { 1 });
+        }
+    }
+    Ok(match worst {
+        0 => code,
+        worst => ExitCode::from(worst),
+    })
+}
+
+/// The request of one spec: the oldest variant that says what was asked, so a plain apply
+/// still reaches an agent of the previous build.
+fn apply_request(args: &ApplyArgs, spec: Box<WorkloadSpec>) -> ApiRequest {
+    let ack_replicas = args.ack_replicas;
+    match (&args.if_revision, args.force) {
+        (if_revision, true) => ApiRequest::ApplyWith {
+            spec,
+            ack_replicas,
+            if_revision: if_revision.clone(),
+            force: true,
+        },
+        (Some(wanted), false) => ApiRequest::ApplyIf {
+            spec,
+            ack_replicas,
+            if_revision: wanted.clone(),
+        },
+        (None, false) => ApiRequest::Apply { spec, ack_replicas },
+    }
 }
 
 /// `starling scale NAME=REPLICAS`.

@@ -12,7 +12,7 @@ use starling_protocol::spec::RuntimeKind;
 use starling_protocol::status::{ReplicaState, ReplicaStatus};
 use starling_protocol::wire::ApiResponse;
 
-use super::Table;
+use super::{Table, rollout};
 
 /// One answer, both ways.
 struct Listing {
@@ -56,6 +56,7 @@ fn listing(response: &ApiResponse) -> Option<Listing> {
             Listing { table, json }
         }
         ApiResponse::Written { .. }
+        | ApiResponse::Rollout(_)
         | ApiResponse::LogChunk { .. }
         | ApiResponse::Lease(_)
         | ApiResponse::Error(_) => return None,
@@ -382,6 +383,10 @@ fn describe(d: &Description) -> Listing {
         "previous revision".into(),
         d.previous_revision.map_or("-".into(), |n| n.to_string()),
     );
+    let (rollout_rows, rollout_keys) = rollout::description(d);
+    for (label, text) in rollout_rows {
+        row(label, text);
+    }
     for w in &d.overwritten {
         let what = if w.number == 0 {
             format!("delete {}", w.at.physical_ms)
@@ -418,7 +423,7 @@ fn describe(d: &Description) -> Listing {
             line.to_string(),
         );
     }
-    let json = json!({
+    let mut json = json!({
         "name": name, "revision": d.revision,
         "revision_id": id.map(|id| id.to_string()),
         "written_at_ms": id.map(|id| id.at.physical_ms),
@@ -435,6 +440,9 @@ fn describe(d: &Description) -> Listing {
         "events": d.events.iter().map(|e| json!({"at_ms": e.at_ms, "event": e.text})).collect::<Vec<_>>(),
         "spec": spec,
     });
+    if let Value::Object(keys) = &mut json {
+        keys.extend(rollout_keys);
+    }
     Listing { table, json }
 }
 

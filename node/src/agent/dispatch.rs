@@ -9,7 +9,8 @@
 //! Who may ask what:
 //! - the socket (the data dir's owner) and operators' certificates: everything;
 //! - nodes' certificates: everything but join tokens (letting a machine into the fleet is an
-//!   operator's decision).
+//!   operator's decision) and the operator's hand on rollouts: `rollout pause|resume|promote`
+//!   and `apply --force` (`ApplyWith`), which override what health gates decided.
 
 use std::fmt;
 
@@ -153,13 +154,27 @@ fn route(request: ApiRequest, caller: &Caller) -> Route {
             Caller::Socket { .. } | Caller::Operator(_) => answer(|a| a.token_create()),
         },
         ApiRequest::Apply { spec, ack_replicas } => {
-            write(move |a| a.apply(*spec, ack_replicas, None, &by))
+            write(move |a| a.apply(*spec, ack_replicas, None, false, &by))
         }
         ApiRequest::ApplyIf {
             spec,
             ack_replicas,
             if_revision,
-        } => write(move |a| a.apply(*spec, ack_replicas, Some(&if_revision), &by)),
+        } => write(move |a| a.apply(*spec, ack_replicas, Some(&if_revision), false, &by)),
+        ApiRequest::ApplyWith {
+            spec,
+            ack_replicas,
+            if_revision,
+            force,
+        } => operators_only(caller, "apply with every option (--force)", || {
+            write(move |a| a.apply(*spec, ack_replicas, if_revision.as_deref(), force, &by))
+        }),
+        ApiRequest::RolloutStatus { name } => answer(move |a| a.rollout_status(&name)),
+        ApiRequest::Rollout { name, action } => {
+            operators_only(caller, &format!("{action} a rollout"), || {
+                write(move |a| a.rollout_control(name, action, &by))
+            })
+        }
         ApiRequest::Delete { name } => write(move |a| a.delete(name, &by)),
         ApiRequest::Scale { name, replicas } => write(move |a| a.scale(name, replicas, &by)),
         ApiRequest::Rollback { name } => write(move |a| a.rollback(name, &by)),
@@ -177,6 +192,20 @@ fn route(request: ApiRequest, caller: &Caller) -> Route {
         })),
         ApiRequest::LeaseRelease { name } => answer(move |a| a.release(&name)),
         ApiRequest::Voters { set, force } => answer(move |a| a.voters_api(set, force)),
+    }
+}
+
+/// `route` for operators and the local socket; a node's certificate is refused: a machine
+/// of the fleet has no business overriding what its operators and health gates decided.
+fn operators_only(caller: &Caller, what: &str, route: impl FnOnce() -> Route) -> Route {
+    match caller {
+        Caller::Node(name) => {
+            tracing::warn!(%name, what, "refused an operator's request to a node certificate");
+            Route::Refused(format!(
+                "{name} is a node, not an operator: only operators may {what}"
+            ))
+        }
+        Caller::Socket { .. } | Caller::Operator(_) => route(),
     }
 }
 
@@ -198,6 +227,7 @@ fn write(handle: impl FnOnce(&mut Agent) -> WriteOutcome + Send + 'static) -> Ro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use starling_protocol::wire::RolloutAction;
 
     #[test]
     fn writes_record_the_caller_as_before() {
@@ -220,6 +250,54 @@ mod tests {
         // Anything else a node may ask.
         assert!(matches!(
             route(ApiRequest::Status, &Caller::Node("n1".into())),
+            Route::Loop(_)
+        ));
+    }
+
+    #[test]
+    fn only_operators_may_pause_resume_promote_or_force_an_apply() {
+        let web = || starling_protocol::WorkloadName::new("web").expect("valid");
+        let spec = || {
+            Box::new(
+                starling_protocol::spec::WorkloadSpec::from_toml(
+                    "name = \"web\"\ncommand = \"sleep\"",
+                )
+                .expect("valid"),
+            )
+        };
+        let writes = || {
+            [
+                RolloutAction::Pause,
+                RolloutAction::Resume,
+                RolloutAction::Promote,
+            ]
+            .map(|action| ApiRequest::Rollout {
+                name: web(),
+                action,
+            })
+            .into_iter()
+            .chain([ApiRequest::ApplyWith {
+                spec: spec(),
+                ack_replicas: 0,
+                if_revision: None,
+                force: true,
+            }])
+        };
+        for request in writes() {
+            match route(request, &Caller::Node("n1".into())) {
+                Route::Refused(why) => assert!(why.contains("only operators"), "{why}"),
+                _ => panic!("a node certificate was let through"),
+            }
+        }
+        for caller in [Caller::Operator("ada".into()), Caller::Socket { uid: None }] {
+            assert!(writes().all(|r| matches!(route(r, &caller), Route::Loop(_))));
+        }
+        // Reading a rollout is a read like any other.
+        assert!(matches!(
+            route(
+                ApiRequest::RolloutStatus { name: web() },
+                &Caller::Node("n1".into())
+            ),
             Route::Loop(_)
         ));
     }

@@ -5,7 +5,7 @@
 //! must reach peers ([`Push`]) to the caller that answers (`Agent::answer`).
 
 use starling_protocol::WorkloadName;
-use starling_protocol::desired::{DesiredState, Revision, RevisionId, RevisionMatch};
+use starling_protocol::desired::{DesiredState, Revision, RevisionId, RevisionMatch, RollbackOf};
 use starling_protocol::spec::{SpecErrors, WorkloadSpec};
 use starling_protocol::wire::{ApiError as WireApiError, ApiResponse};
 
@@ -40,12 +40,14 @@ impl From<ApiResponse> for WriteOutcome {
 
 impl Agent {
     /// Creates or updates a workload from a spec the caller sent; with `if_revision`, only if
-    /// the workload's current write here is that one (compare-and-set).
+    /// the workload's current write here is that one (compare-and-set). A spec that brings
+    /// back a template whose rollout failed and was rolled back is refused unless `force`.
     pub(super) fn apply(
         &mut self,
         spec: WorkloadSpec,
         ack_replicas: u32,
         if_revision: Option<&str>,
+        force: bool,
         by: &str,
     ) -> WriteOutcome {
         let wanted = match if_revision.map(str::parse::<RevisionMatch>).transpose() {
@@ -82,7 +84,10 @@ impl Agent {
                 }
                 .into();
             }
-            Some(current) => current.next(spec),
+            Some(current) => match current.failed_template(&spec) {
+                Some(failed) if !force => return failed_again(&name, failed).into(),
+                _ => current.next(spec),
+            },
             None => Revision::first(spec),
         };
         let mut outcome = self.write(name, Some(revision), by);
@@ -236,6 +241,17 @@ pub(super) fn error(message: String) -> ApiResponse {
         message,
         fields: Vec::new(),
     })
+}
+
+/// The refusal of an apply that would roll out again what the fleet just rolled back.
+fn failed_again(name: &WorkloadName, failed: &RollbackOf) -> ApiResponse {
+    let why = failed.failure.as_deref().unwrap_or("no reason recorded");
+    error(format!(
+        "{name}: this spec is the template of revision {}, whose rollout failed and was \
+         rolled back ({why}); nothing was changed. Fix the spec, or apply it with --force to \
+         roll it out again",
+        failed.number
+    ))
 }
 
 pub(super) fn not_found(name: &WorkloadName) -> ApiResponse {

@@ -48,6 +48,9 @@ impl Agent {
                 text: text.clone(),
             })
             .collect();
+        let Some(rollout) = self.rollout_report(name) else {
+            return not_found(name);
+        };
         ApiResponse::Described(Box::new(Description {
             now_ms: now_ms(),
             spec: revision.spec.clone(),
@@ -56,6 +59,8 @@ impl Agent {
             by: revision.by.clone(),
             previous_revision: revision.previous.as_ref().map(|p| p.number),
             overwritten: desired.overwritten(name),
+            writes: desired.entry(name).map(|e| e.writes).unwrap_or_default(),
+            rollout,
             replicas,
             events,
         }))

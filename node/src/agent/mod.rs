@@ -20,8 +20,8 @@ mod load;
 mod logs;
 pub mod metrics;
 mod quic_api;
-mod rollouts;
 mod report;
+mod rollouts;
 mod settings;
 
 pub use depart::{DepartureSettings, OnStop};

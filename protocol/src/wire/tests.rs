@@ -104,6 +104,31 @@ fn responses() -> Vec<ApiResponse> {
             asked: 4,
         },
         ApiResponse::Revoked(node),
+        ApiResponse::Rollout(Box::new(crate::api::RolloutReport {
+            name: WorkloadName::new("web").expect("valid"),
+            revision: 4,
+            id: None,
+            previous: Some(3),
+            progress: crate::rollout::Progress {
+                replicas: 3,
+                updated: 1,
+                pending: 1,
+                failing: 0,
+                serving: 3,
+            },
+            paused: false,
+            canary: Some(crate::api::CanaryReport {
+                count: 1,
+                promoted: false,
+                settled: true,
+                auto_promote_after_ms: Some(60_000),
+            }),
+            rollback_of: Some(crate::desired::RollbackOf {
+                number: 3,
+                failure: Some("replica 0 crash loops".into()),
+            }),
+            auto_rollback: true,
+        })),
     ]
 }
 
@@ -131,6 +156,19 @@ fn samples() -> Vec<Vec<u8>> {
             spec: spec(),
             ack_replicas: 0,
             if_revision: "2@n1:17.0".into(),
+        },
+        ApiRequest::RolloutStatus {
+            name: WorkloadName::new("web").expect("valid"),
+        },
+        ApiRequest::Rollout {
+            name: WorkloadName::new("web").expect("valid"),
+            action: RolloutAction::Promote,
+        },
+        ApiRequest::ApplyWith {
+            spec: spec(),
+            ack_replicas: 0,
+            if_revision: None,
+            force: true,
         },
     ];
     let mut out: Vec<Vec<u8>> = peer.iter().map(|m| encode(m).expect("encodes")).collect();
@@ -206,6 +244,14 @@ fn unbounded_write_records_and_bad_revisions_are_refused_after_decoding() {
         spec: spec(),
         ack_replicas: 0,
         if_revision: "two".into(),
+    };
+    let err = decode::<ApiRequest>(&encode(&request).expect("encodes")).expect_err("refused");
+    assert!(err.to_string().contains("if_revision"), "{err}");
+    let request = ApiRequest::ApplyWith {
+        spec: spec(),
+        ack_replicas: 0,
+        if_revision: Some("two".into()),
+        force: true,
     };
     let err = decode::<ApiRequest>(&encode(&request).expect("encodes")).expect_err("refused");
     assert!(err.to_string().contains("if_revision"), "{err}");
@@ -332,8 +378,9 @@ proptest! {
     /// Valid messages with bytes flipped, cut or inserted never panic the decoder, and whatever
     /// decodes passes its checks again.
     #[test]
-    fn mutated_messages_never_panic(which in 0usize..13, edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..6)) {
-        let mut bytes = samples()[which].clone();
+    fn mutated_messages_never_panic(which in 0usize..64, edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..6)) {
+        let all = samples();
+        let mut bytes = all[which % all.len()].clone();
         for (at, value, kind) in edits {
             if bytes.is_empty() { break; }
             let i = at.index(bytes.len());
