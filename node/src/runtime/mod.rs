@@ -9,6 +9,7 @@
 pub mod cgroup;
 pub mod docker;
 pub mod fence;
+pub mod ports;
 pub mod process;
 
 use std::future::Future;
