@@ -36,7 +36,10 @@ pub struct ProbeResult {
     pub detail: String,
 }
 
-/// Runs one probe, giving up after `timeout`. `cwd` and `env` apply to exec probes (the
+/// Runs one probe, giving up after `timeout`. TCP and HTTP probes connect to 127.0.0.1 at
+/// the named port's `container_port`, so `ports` must say where the instance is reachable from
+/// the host (the agent passes them through `Runtimes::reachable_ports`: a process's picked or
+/// fixed port, a container's bound host port). `cwd` and `env` apply to exec probes (the
 /// replica's directory and environment, so the check sees what the workload sees). Never
 /// panics and never leaves a process behind: an exec probe runs in its own process group,
 /// which is killed when the probe ends or times out.
@@ -61,7 +64,7 @@ pub async fn probe(
 }
 
 /// Probes an instance on its schedule until aborted (the agent aborts it when the instance
-/// stops). Each result goes to `events`.
+/// stops). Each result goes to `events`. `ports` as [`probe`] takes them.
 pub fn spawn_prober(
     replica: ReplicaId,
     instance: u64,
