@@ -341,58 +341,16 @@ impl Inner {
     }
 
     async fn spawn(self: Arc<Self>, request: StartRequest) -> Result<(), String> {
+        let key = (request.replica.clone(), request.instance);
+        let (reservation, ports) = self.reserve(&key, &request.spec)?;
+        let (mut command, fenced) = self.command(&request, &ports)?;
         let StartRequest {
             replica,
             instance,
             revision,
             spec,
-            node,
-            env: extra_env,
+            ..
         } = request;
-        let Some(program) = spec.command.clone() else {
-            return Err("the process runtime needs `command` in the spec".into());
-        };
-        let key = (replica.clone(), instance);
-        let (reservation, ports) = self.reserve(&key, &spec)?;
-        let dir = self.replica_dir(&replica);
-        fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let log_path = log_file(&dir);
-        self.rotate_one(&log_path);
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| format!("cannot open the log {}: {e}", log_path.display()))?;
-        let stderr = log
-            .try_clone()
-            .map_err(|e| format!("cannot open the log {}: {e}", log_path.display()))?;
-        let search_path =
-            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-        let program = ports::substitute(&program, &ports);
-        let args: Vec<String> = spec
-            .args
-            .iter()
-            .map(|a| ports::substitute(a, &ports))
-            .collect();
-        let (mut command, fenced) = self.launcher(&spec, &program, &args, &dir, &search_path)?;
-        command
-            .env_clear()
-            .env("PATH", &search_path)
-            .env("HOME", &dir)
-            .env("LANG", "C.UTF-8")
-            .envs(&spec.env)
-            .env("STARLING_WORKLOAD", replica.workload.as_str())
-            .env("STARLING_REPLICA", replica.index.to_string())
-            .env("STARLING_NODE", node.as_str())
-            .env("STARLING_REVISION", revision.to_string())
-            .envs(ports::env(&ports))
-            .envs(extra_env)
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(stderr)
-            .process_group(0)
-            .kill_on_drop(false);
         let launched = command
             .as_std()
             .get_program()
@@ -404,7 +362,7 @@ impl Inner {
             _ => format!("cannot start {launched}: {e}"),
         })?;
         let Some(pid) = child.id() else {
-            return Err(format!("{program} exited before it could be tracked"));
+            return Err(format!("{launched} exited before it could be tracked"));
         };
         let groups = self.limit(&replica, instance, pid, &spec, fenced);
         let record = InstanceFile {
@@ -440,6 +398,59 @@ impl Inner {
             self.finish(&key, pid, code).await;
         });
         Ok(())
+    }
+
+    /// The command that starts an instance: its program and arguments with `${port.NAME}`
+    /// replaced, in the replica's directory, with a clean environment and both output streams
+    /// appended to the replica's log (and whether a fence runs it).
+    fn command(
+        &self,
+        request: &StartRequest,
+        ports: &PortMap,
+    ) -> Result<(tokio::process::Command, bool), String> {
+        let (replica, spec) = (&request.replica, &request.spec);
+        let Some(program) = &spec.command else {
+            return Err("the process runtime needs `command` in the spec".into());
+        };
+        let dir = self.replica_dir(replica);
+        fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let log_path = log_file(&dir);
+        self.rotate_one(&log_path);
+        let cannot_open = |e| format!("cannot open the log {}: {e}", log_path.display());
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(cannot_open)?;
+        let stderr = log.try_clone().map_err(cannot_open)?;
+        let search_path =
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+        let program = ports::substitute(program, ports);
+        let args: Vec<String> = spec
+            .args
+            .iter()
+            .map(|a| ports::substitute(a, ports))
+            .collect();
+        let (mut command, fenced) = self.launcher(spec, &program, &args, &dir, &search_path)?;
+        command
+            .env_clear()
+            .env("PATH", &search_path)
+            .env("HOME", &dir)
+            .env("LANG", "C.UTF-8")
+            .envs(&spec.env)
+            .env("STARLING_WORKLOAD", replica.workload.as_str())
+            .env("STARLING_REPLICA", replica.index.to_string())
+            .env("STARLING_NODE", request.node.as_str())
+            .env("STARLING_REVISION", request.revision.to_string())
+            .envs(ports::env(ports))
+            .envs(request.env.iter().cloned())
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(stderr)
+            .process_group(0)
+            .kill_on_drop(false);
+        Ok((command, fenced))
     }
 
     /// What to execute for an instance: its program with `args`, or for a singleton the fence
