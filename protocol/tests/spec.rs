@@ -148,11 +148,12 @@ fn the_examples_show_what_their_comments_say() {
         (web.runtime, web.command.as_deref(), web.replicas),
         (RuntimeKind::Process, Some("python3"), 3)
     );
-    assert_eq!(web.args, ["-m", "http.server", "8080"]);
+    assert_eq!(web.args, ["-m", "http.server", "${port.http}"]);
     assert_eq!(
-        (web.ports[0].name.as_str(), web.ports[0].container_port),
-        ("http", 8080)
+        (web.ports[0].name.as_str(), web.ports[0].host_port),
+        ("http", None)
     );
+    assert!(web.host_ports().is_empty(), "replicas can share a node");
     assert_eq!(
         web.health.as_ref().map(|h| &h.probe),
         Some(&Probe::Http {
