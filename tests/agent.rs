@@ -443,10 +443,15 @@ fn replicas_without_a_fixed_port_share_a_node_each_checked_on_its_own_port() {
         found.sort();
         (found.len() == 2).then_some(found)
     };
-    let published = wait_for("two endpoints", Duration::from_secs(10), || addresses(&agent));
+    let published = wait_for("two endpoints", Duration::from_secs(10), || {
+        addresses(&agent)
+    });
     assert_ne!(published[0], published[1], "each replica has its own port");
     for address in &published {
-        assert!(!address.ends_with(":8080"), "a picked port, not the spec's: {address}");
+        assert!(
+            !address.ends_with(":8080"),
+            "a picked port, not the spec's: {address}"
+        );
         use std::io::{Read as _, Write as _};
         let mut stream = std::net::TcpStream::connect(address).expect("the replica listens there");
         stream
@@ -464,7 +469,14 @@ fn replicas_without_a_fixed_port_share_a_node_each_checked_on_its_own_port() {
         Duration::from_secs(30),
         || healthy(&agent).then_some(()),
     );
-    assert_eq!(before, [0, 1].map(|i| pid_of(&dir, "site", i).expect("pid")));
-    assert_eq!(addresses(&agent), Some(published), "adopted on the same ports");
+    assert_eq!(
+        before,
+        [0, 1].map(|i| pid_of(&dir, "site", i).expect("pid"))
+    );
+    assert_eq!(
+        addresses(&agent),
+        Some(published),
+        "adopted on the same ports"
+    );
     assert!(agent.replicas().iter().all(|r| r["restarts"] == 0));
 }

@@ -3,14 +3,15 @@
 //!
 //! Each instance runs in its own process group. The instances of one replica share its
 //! directory `<state>/replicas/<workload>-<index>/` (their working directory and `HOME`), and
-//! their stdout and stderr are appended straight to `output.log` there (see [`logs`]). Writing
-//! to a file rather than a pipe lets a replica outlive the agent (a pipe would break with the
-//! agent and kill the writer with SIGPIPE). Instances are tracked by replica and instance
-//! number, so two of one replica run side by side in a start-first update; each has its own
-//! record on disk, which lets a restarted agent re-adopt exactly the processes it started
-//! (see [`instances`]) and never start a duplicate. CPU and memory limits go through cgroups,
-//! one group per instance, when the host lets the agent write them (see [`super::cgroup`]; a
-//! process joins its group just after spawn, a short unlimited window).
+//! their stdout and stderr are appended straight to `output.log` there (see
+//! `process/logs.rs`). Writing to a file rather than a pipe lets a replica outlive the agent
+//! (a pipe would break with the agent and kill the writer with SIGPIPE). Instances are tracked
+//! by replica and instance number, so two of one replica run side by side in a start-first
+//! update; each has its own record on disk, which lets a restarted agent re-adopt exactly the
+//! processes it started (see `process/instances.rs`) and never start a duplicate. CPU and
+//! memory limits go through cgroups, one group per instance, when the host lets the agent
+//! write them (see [`super::cgroup`]; a process joins its group just after spawn, a short
+//! unlimited window).
 //!
 //! An instance gets a clean environment: its spec's `env`, the `STARLING_*` variables (its
 //! ports among them, see [`super::ports`]), `PATH`, `HOME` and `LANG`, never the agent's own
@@ -247,7 +248,7 @@ impl Runtime for ProcessRuntime {
         self.inner.adopt().await
     }
 
-    /// The replica's log, shared by its instances (see [`logs`]).
+    /// The replica's log, shared by its instances (see `process/logs.rs`).
     async fn log_tail(&self, replica: &ReplicaId, lines: usize) -> Vec<String> {
         tail_lines(
             &log_file(&self.inner.replica_dir(replica)),
