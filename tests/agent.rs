@@ -136,13 +136,22 @@ fn pid_of(dir: &Path, workload: &str, index: u32) -> Option<i64> {
     v["pid"].as_i64()
 }
 
+/// The pids of every live instance's record (`instance-<N>.json`, and `instance.json`, which
+/// repeats the newest), for the cleanup.
 fn all_pids(dir: &Path) -> Vec<i64> {
     let Ok(entries) = std::fs::read_dir(dir.join("runtime/replicas")) else {
         return vec![];
     };
     entries
         .filter_map(|e| e.ok())
-        .filter_map(|e| std::fs::read_to_string(e.path().join("instance.json")).ok())
+        .filter_map(|e| std::fs::read_dir(e.path()).ok())
+        .flatten()
+        .filter_map(|f| f.ok())
+        .filter(|f| {
+            let name = f.file_name().to_string_lossy().into_owned();
+            name.starts_with("instance") && name.ends_with(".json")
+        })
+        .filter_map(|f| std::fs::read_to_string(f.path()).ok())
         .filter_map(|t| serde_json::from_str::<Value>(&t).ok())
         .filter_map(|v| v["pid"].as_i64())
         .collect()
@@ -392,4 +401,82 @@ fn a_port_already_taken_shows_as_a_crash_loop_with_the_workload_s_own_words() {
     let logs = agent.cli(&["logs", "web", "--tail", "5"]);
     assert!(String::from_utf8_lossy(&logs.stdout).contains("Address already in use"));
     drop(taken);
+}
+
+/// Two replicas of a process workload without a fixed host port share one node: each listens on
+/// its own picked port (`${port.http}`), passes its HTTP check there and is published there,
+/// and after an agent restart the adopted instances are checked there again.
+#[test]
+fn replicas_without_a_fixed_port_share_a_node_each_checked_on_its_own_port() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let mut agent = Agent::start(&dir);
+    let spec = spec_file(
+        tmp.path(),
+        "site",
+        "name = \"site\"\ncommand = \"python3\"\n\
+         args = [\"-m\", \"http.server\", \"--bind\", \"127.0.0.1\", \"${port.http}\"]\nreplicas = 2\n\
+         [[ports]]\nname = \"http\"\nport = 8080\n\
+         [health]\nhttp = { port = \"http\", path = \"/\" }\ninterval = \"200ms\"\ntimeout = \"200ms\"\n\
+         initial_delay = \"1s\"\nfailure_threshold = 10\n",
+    );
+    agent.apply(&[&spec]);
+    let healthy = |agent: &Agent| {
+        (0..2).all(|i| {
+            agent
+                .replica("site", i)
+                .is_some_and(|r| r["state"] == "Running" && r["healthy"] == true)
+        })
+    };
+    wait_for("both replicas healthy", Duration::from_secs(30), || {
+        healthy(&agent).then_some(())
+    });
+    let addresses = |agent: &Agent| {
+        let out = agent.cli(&["get", "endpoints", "-o", "json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let mut found: Vec<String> = v
+            .as_array()?
+            .iter()
+            .filter(|e| e["workload"] == "site" && e["port"] == "http")
+            .filter_map(|e| e["address"].as_str().map(str::to_string))
+            .collect();
+        found.sort();
+        (found.len() == 2).then_some(found)
+    };
+    let published = wait_for("two endpoints", Duration::from_secs(10), || {
+        addresses(&agent)
+    });
+    assert_ne!(published[0], published[1], "each replica has its own port");
+    for address in &published {
+        assert!(
+            !address.ends_with(":8080"),
+            "a picked port, not the spec's: {address}"
+        );
+        use std::io::{Read as _, Write as _};
+        let mut stream = std::net::TcpStream::connect(address).expect("the replica listens there");
+        stream
+            .write_all(b"GET / HTTP/1.0\r\n\r\n")
+            .expect("request");
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.0 200"), "{address}: {answer}");
+    }
+    let before = [0, 1].map(|i| pid_of(&dir, "site", i).expect("pid"));
+    agent.terminate();
+    let agent = Agent::start(&dir);
+    wait_for(
+        "both adopted replicas healthy again",
+        Duration::from_secs(30),
+        || healthy(&agent).then_some(()),
+    );
+    assert_eq!(
+        before,
+        [0, 1].map(|i| pid_of(&dir, "site", i).expect("pid"))
+    );
+    assert_eq!(
+        addresses(&agent),
+        Some(published),
+        "adopted on the same ports"
+    );
+    assert!(agent.replicas().iter().all(|r| r["restarts"] == 0));
 }

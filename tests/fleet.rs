@@ -185,7 +185,7 @@ fn writes_at_two_peers_at_once_converge_everywhere() {
         "talker",
         &format!(
             "name = \"talker\"\ncommand = \"sh\"\nargs = [\"-c\", \"echo hello from the talker; sleep 600\"]\n\
-             [resources]\ncpu = \"10m\"\nmemory = \"1Mi\"\n[[ports]]\nname = \"talk\"\nport = {talk_port}\n"
+             [resources]\ncpu = \"10m\"\nmemory = \"1Mi\"\n[[ports]]\nname = \"talk\"\nport = {talk_port}\nhost_port = {talk_port}\n"
         ),
     );
     let out = fleet.cli(0, &["apply", "--ack-replicas", "5", "-f", &talker]);

@@ -18,6 +18,8 @@ use tokio::task::JoinHandle;
 
 use starling_core::node::RuntimeEvent;
 
+use crate::runtime::ports::env_name;
+
 /// Shortest interval between probes of one instance, whatever its spec says: a probe costs a
 /// process or a connection, and the spec's own check allows no less.
 const PROBE_INTERVAL_MIN: Duration = Duration::from_millis(100);
@@ -36,7 +38,10 @@ pub struct ProbeResult {
     pub detail: String,
 }
 
-/// Runs one probe, giving up after `timeout`. `cwd` and `env` apply to exec probes (the
+/// Runs one probe, giving up after `timeout`. TCP and HTTP probes connect to 127.0.0.1 at
+/// the named port's `container_port`, so `ports` must say where the instance is reachable from
+/// the host (the agent passes them through `Runtimes::reachable_ports`: a process's picked or
+/// fixed port, a container's bound host port). `cwd` and `env` apply to exec probes (the
 /// replica's directory and environment, so the check sees what the workload sees). Never
 /// panics and never leaves a process behind: an exec probe runs in its own process group,
 /// which is killed when the probe ends or times out.
@@ -61,7 +66,9 @@ pub async fn probe(
 }
 
 /// Probes an instance on its schedule until aborted (the agent aborts it when the instance
-/// stops). Each result goes to `events`.
+/// stops). Each result goes to `events`. `ports` as [`probe`] takes them; an exec check also
+/// gets them as `STARLING_PORT_<NAME>`, as the instance does, since a port picked for the
+/// instance cannot be written into the spec's check.
 pub fn spawn_prober(
     replica: ReplicaId,
     instance: u64,
@@ -70,9 +77,13 @@ pub fn spawn_prober(
     events: crate::runtime::EventSender,
 ) -> JoinHandle<()> {
     let probe_spec = check.probe.clone();
+    let env: Vec<(String, String)> = ports
+        .iter()
+        .map(|p| (env_name(&p.name), p.container_port.to_string()))
+        .collect();
     spawn_prober_with(replica, instance, check, events, move |timeout| {
-        let (probe_spec, ports) = (probe_spec.clone(), ports.clone());
-        async move { probe(&probe_spec, &ports, timeout, None, &[]).await }
+        let (probe_spec, ports, env) = (probe_spec.clone(), ports.clone(), env.clone());
+        async move { probe(&probe_spec, &ports, timeout, None, &env).await }
     })
 }
 
@@ -579,6 +590,37 @@ mod tests {
         }
         handle.abort();
         assert!(handle.await.expect_err("aborted").is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn an_exec_check_gets_the_instance_s_ports_as_variables() {
+        let (tx, mut rx) = crate::channel::bounded(4, std::sync::Arc::default());
+        let replica = ReplicaId {
+            workload: starling_protocol::WorkloadName::new("web").expect("name"),
+            index: 0,
+        };
+        let check = HealthCheck {
+            probe: Probe::Exec {
+                command: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "test \"$STARLING_PORT_ADMIN_API\" = 41234".into(),
+                ],
+            },
+            interval_ms: 100,
+            timeout_ms: 1000,
+            failure_threshold: 3,
+            initial_delay_ms: 0,
+        };
+        let handle = spawn_prober(replica, 1, check, vec![port("admin-api", 41_234)], tx);
+        let event = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a result within 5 s");
+        assert!(
+            matches!(event, Some(RuntimeEvent::Health { ok: true, .. })),
+            "{event:?}"
+        );
+        handle.abort();
     }
 
     #[tokio::test]

@@ -148,11 +148,12 @@ fn the_examples_show_what_their_comments_say() {
         (web.runtime, web.command.as_deref(), web.replicas),
         (RuntimeKind::Process, Some("python3"), 3)
     );
-    assert_eq!(web.args, ["-m", "http.server", "8080"]);
+    assert_eq!(web.args, ["-m", "http.server", "${port.http}"]);
     assert_eq!(
-        (web.ports[0].name.as_str(), web.ports[0].container_port),
-        ("http", 8080)
+        (web.ports[0].name.as_str(), web.ports[0].host_port),
+        ("http", None)
     );
+    assert!(web.host_ports().is_empty(), "replicas can share a node");
     assert_eq!(
         web.health.as_ref().map(|h| &h.probe),
         Some(&Probe::Http {
@@ -733,6 +734,13 @@ fn a_process_binds_its_own_port_so_host_port_can_only_repeat_it() {
         "[[ports]]\nname = \"h\"\nport = 80\nhost_port = 80",
     ));
     assert_eq!(spec.host_ports(), [(80, PortProtocol::Tcp)]);
+    // Without a host port the agent picks one per instance: nothing fixed to keep apart.
+    let spec = valid(&process(
+        "[[ports]]\nname = \"h\"\nport = 80\n[[ports]]\nname = \"f\"\nport = 81\nhost_port = 81",
+    ));
+    assert_eq!(spec.host_ports(), [(81, PortProtocol::Tcp)]);
+    let spec = valid(&docker("[[ports]]\nname = \"h\"\nport = 80"));
+    assert!(spec.host_ports().is_empty());
     // Two entries on one number would make the process bind it twice.
     assert_eq!(
         errors(&process(
@@ -747,6 +755,32 @@ fn a_process_binds_its_own_port_so_host_port_can_only_repeat_it() {
              [[ports]]\nname = \"b\"\nport = 80\nhost_port = 8081"
         ))
         .is_ok()
+    );
+}
+
+#[test]
+fn port_references_in_command_and_args_name_declared_ports() {
+    let spec = valid(&process(
+        "args = [\"--listen=:${port.http}\", \"${port.admin-api}\", \"${#x} $HOME\"]\n\
+         [[ports]]\nname = \"http\"\nport = 8080\n[[ports]]\nname = \"admin-api\"\nport = 9090",
+    ));
+    assert_eq!(
+        spec.args[0], "--listen=:${port.http}",
+        "kept for the runtime to replace"
+    );
+    assert_eq!(
+        errors(&process(
+            "args = [\"${port.http}\", \"a ${port.web} b ${port.http\"]\n\
+             [[ports]]\nname = \"http\"\nport = 8080"
+        )),
+        [
+            "args[1]: ${port.web}: no port named \"web\" in [[ports]]",
+            "args[1]: has \"${port.\" without a closing \"}\": write ${port.NAME}",
+        ]
+    );
+    assert_eq!(
+        errors("name = \"app\"\ncommand = \"/srv/${port.x}/run\""),
+        ["command: ${port.x}: no port named \"x\" in [[ports]]"]
     );
 }
 

@@ -33,13 +33,14 @@ pub(super) fn spawn_prober(
             probe.clone(),
             ports.clone(),
         );
-        async move { probe_container(&runtime, &replica, &probe, &ports, timeout).await }
+        async move { probe_container(&runtime, &replica, instance, &probe, &ports, timeout).await }
     })
 }
 
 async fn probe_container(
     runtime: &Runtimes,
     replica: &ReplicaId,
+    instance: u64,
     probe: &Probe,
     ports: &[PortSpec],
     timeout: Duration,
@@ -47,8 +48,8 @@ async fn probe_container(
     let (ok, detail) = match probe {
         Probe::Exec { command } => {
             let run = async {
-                match runtime.container_of(replica) {
-                    Some(engine) => engine.exec(replica, command).await,
+                match runtime.container_of_instance(replica, instance) {
+                    Some(engine) => engine.exec(replica, instance, command).await,
                     None => Err("the container is not running".into()),
                 }
             };
@@ -60,19 +61,9 @@ async fn probe_container(
             }
         }
         probe => {
-            // TCP and HTTP checks go to the host ports the engine bound (also for adopted
-            // containers, whose ports are read back from the engine).
-            let engine = runtime.container_of(replica);
-            let mapped: Vec<PortSpec> = ports
-                .iter()
-                .map(|p| {
-                    let mut p = p.clone();
-                    if let Some(host) = engine.and_then(|e| e.host_port(replica, &p)) {
-                        p.container_port = host;
-                    }
-                    p
-                })
-                .collect();
+            // TCP and HTTP checks go to the host ports the engine bound for this instance
+            // (also for adopted containers, whose ports are read back from the engine).
+            let mapped = runtime.reachable_ports(replica, instance, ports);
             return crate::health::probe(probe, &mapped, timeout, None, &[]).await;
         }
     };

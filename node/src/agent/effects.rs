@@ -11,32 +11,11 @@ use starling_protocol::status::NodeStatus;
 
 impl Agent {
     pub(super) fn on_runtime_event(&mut self, event: RuntimeEvent) {
+        let mut adopted = None;
         match &event {
             RuntimeEvent::Started { replica, instance } => {
-                let key = (replica.clone(), *instance);
-                if let Some(spec) = self.starting.remove(&key)
-                    && let Some(check) = spec.health.clone()
-                {
-                    let tx = self.probe_tx.clone();
-                    let handle = if crate::runtime::docker::is_container(&spec) {
-                        containers::spawn_prober(
-                            self.runtime.clone(),
-                            replica.clone(),
-                            *instance,
-                            check,
-                            spec.ports.clone(),
-                            tx,
-                        )
-                    } else {
-                        crate::health::spawn_prober(
-                            replica.clone(),
-                            *instance,
-                            check,
-                            spec.ports.clone(),
-                            tx,
-                        )
-                    };
-                    self.probers.insert(key, handle);
+                if let Some(spec) = self.starting.remove(&(replica.clone(), *instance)) {
+                    self.start_prober(replica, *instance, &spec);
                 }
             }
             RuntimeEvent::Exited {
@@ -64,10 +43,65 @@ impl Agent {
                     replica.workload, replica.index
                 ));
             }
-            RuntimeEvent::Health { .. } | RuntimeEvent::Adopted { .. } => {}
+            RuntimeEvent::Adopted {
+                replica,
+                instance,
+                revision,
+            } => adopted = Some((replica.clone(), *instance, *revision)),
+            RuntimeEvent::Health { .. } => {}
         }
         let now = now_ms();
         self.decide(|core| core.handle_runtime(now, event));
+        // After the core: only an instance it kept is probed.
+        if let Some((replica, instance, revision)) = adopted {
+            self.probe_adopted(replica, instance, revision);
+        }
+    }
+
+    /// Starts probing an instance's health, when its spec has a check. Each instance has its
+    /// own prober, on the ports that instance listens on: two instances of one replica (a
+    /// start-first update) are probed apart.
+    fn start_prober(&mut self, replica: &ReplicaId, instance: u64, spec: &WorkloadSpec) {
+        let Some(check) = spec.health.clone() else {
+            return;
+        };
+        let tx = self.probe_tx.clone();
+        let handle = if crate::runtime::docker::is_container(spec) {
+            containers::spawn_prober(
+                self.runtime.clone(),
+                replica.clone(),
+                instance,
+                check,
+                spec.ports.clone(),
+                tx,
+            )
+        } else {
+            // A process's ports are fixed for its life: resolved once, here.
+            let ports = self.runtime.reachable_ports(replica, instance, &spec.ports);
+            crate::health::spawn_prober(replica.clone(), instance, check, ports, tx)
+        };
+        if let Some(old) = self.probers.insert((replica.clone(), instance), handle) {
+            old.abort();
+        }
+    }
+
+    /// An adopted instance the core kept is probed like a started one, with the spec of the
+    /// revision it runs (the core judges its health from the first probe on; without a prober
+    /// it would never hear one).
+    fn probe_adopted(&mut self, replica: ReplicaId, instance: u64, revision: u64) {
+        if !self.core.instances().contains(&(replica.clone(), instance)) {
+            return;
+        }
+        let Some(current) = self.core.desired().get(&replica.workload) else {
+            return;
+        };
+        let spec = match &current.previous {
+            Some(previous) if current.number != revision && previous.number == revision => {
+                previous.spec.clone()
+            }
+            _ => current.spec.clone(),
+        };
+        self.start_prober(&replica, instance, &spec);
     }
 
     /// Carries out what the core decided, in order. A status to publish is published before

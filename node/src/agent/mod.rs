@@ -584,26 +584,30 @@ impl Agent {
     }
 
     /// Where this node's running replicas listen: `workload/index/port=host:port`, with the
-    /// address peers reach this node at.
+    /// address peers reach this node at and the port the instance actually listens on (picked
+    /// per instance for a process, bound by the engine for a container). While a replica runs
+    /// two instances (a start-first update) each instance the core reports is published.
     fn endpoints(&self, status: &starling_protocol::status::NodeStatus) -> Vec<String> {
         let host = self
             .fleet
             .as_ref()
             .map_or_else(|| "127.0.0.1".to_string(), |f| f.base.ip().to_string());
         let mut out = Vec::new();
-        for (id, replica) in &status.replicas {
-            if replica.state != starling_protocol::status::ReplicaState::Running {
-                continue;
-            }
-            let Some(revision) = self.core.desired().get(&id.workload) else {
+        for (id, instance) in self.core.instances() {
+            let running = status
+                .replicas
+                .get(&id)
+                .is_some_and(|r| r.state == starling_protocol::status::ReplicaState::Running);
+            let Some(revision) = self.core.desired().get(&id.workload).filter(|_| running) else {
                 continue;
             };
             for port in &revision.spec.ports {
-                let on_host = port.host_port.unwrap_or(port.container_port);
-                out.push(format!(
-                    "{}/{}/{}={host}:{on_host}",
-                    id.workload, id.index, port.name
-                ));
+                if let Some(on_host) = self.runtime.host_port(&id, instance, port) {
+                    out.push(format!(
+                        "{}/{}/{}={host}:{on_host}",
+                        id.workload, id.index, port.name
+                    ));
+                }
             }
         }
         out

@@ -4,7 +4,9 @@
 //! Each instance is one container named `starling-<workload>-<index>-<instance>` and labelled
 //! `starling.workload`, `starling.replica`, `starling.revision`, `starling.node` and
 //! `starling.instance`, so an agent that restarts finds its containers again (adoption) and
-//! removes the ones that are no longer planned. Restarts are Starling's (Docker's restart
+//! removes the ones that are no longer planned. Instances are tracked by replica and instance
+//! number, so two containers of one replica run side by side in a start-first update, each
+//! stopped, watched and adopted on its own. Restarts are Starling's (Docker's restart
 //! policy is `no`): an exit is reported and the core decides, with its back-off. Images are
 //! never pulled when the policy says `never` or the image is present; a missing image is a
 //! clear `ImageNotFound` start failure, retried at the core's back-off, not a tight loop.
@@ -19,9 +21,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bollard::Docker;
-use bollard::models::{
-    ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
-};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
     RemoveContainerOptionsBuilder, StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
@@ -30,8 +29,9 @@ use futures_util::StreamExt as _;
 use starling_protocol::NodeId;
 use starling_protocol::WorkloadName;
 use starling_protocol::placement::ReplicaId;
-use starling_protocol::spec::{PortProtocol, PortSpec, PullPolicy, RuntimeKind, WorkloadSpec};
+use starling_protocol::spec::{PortSpec, RuntimeKind, WorkloadSpec};
 
+use self::create::port_key;
 use super::{RuntimeEvent, StartRequest};
 
 /// Label keys.
@@ -41,10 +41,12 @@ const LABEL_REVISION: &str = "starling.revision";
 const LABEL_NODE: &str = "starling.node";
 const LABEL_INSTANCE: &str = "starling.instance";
 
+/// One instance: its replica and the core's instance number.
+type Key = (ReplicaId, u64);
+
 /// A running container instance.
 #[derive(Debug, Clone)]
 struct Instance {
-    instance: u64,
     container: String,
     /// `<container port>/<protocol>` -> host port, as the engine bound it.
     ports: BTreeMap<String, u16>,
@@ -82,7 +84,7 @@ pub struct ContainerRuntime {
     kind: RuntimeKind,
     node: NodeId,
     events: super::EventSender,
-    running: Arc<Mutex<BTreeMap<ReplicaId, Instance>>>,
+    running: Arc<Mutex<BTreeMap<Key, Instance>>>,
 }
 
 /// Where each engine listens by default.
@@ -188,28 +190,42 @@ impl ContainerRuntime {
         self.kind
     }
 
-    /// Whether this runtime runs `replica` now.
+    /// Whether this runtime runs any instance of `replica` now.
     pub fn holds(&self, replica: &ReplicaId) -> bool {
-        self.lock().contains_key(replica)
+        self.newest(replica).is_some()
     }
 
-    /// The host port a running instance's `port` is reachable at.
-    pub fn host_port(&self, replica: &ReplicaId, port: &PortSpec) -> Option<u16> {
+    /// Whether this runtime runs this instance of `replica` now.
+    pub fn holds_instance(&self, replica: &ReplicaId, instance: u64) -> bool {
+        self.lock().contains_key(&(replica.clone(), instance))
+    }
+
+    /// The host port a running instance's `port` is reachable at, as the engine bound it.
+    pub fn host_port(&self, replica: &ReplicaId, instance: u64, port: &PortSpec) -> Option<u16> {
         self.lock()
-            .get(replica)?
+            .get(&(replica.clone(), instance))?
             .ports
             .get(&port_key(port))
             .copied()
     }
 
-    /// The client and container to ask for a replica's stats (`runtime::usage`).
+    /// The client and container to ask for a replica's stats (`runtime::usage`): its newest
+    /// instance's.
     pub fn stats_target(&self, replica: &ReplicaId) -> Option<(Docker, String)> {
-        let container = self.lock().get(replica)?.container.clone();
+        let container = self.newest(replica)?;
         Some((self.docker().ok()?, container))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<ReplicaId, Instance>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Key, Instance>> {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The container of `replica`'s newest running instance: what its logs are read from.
+    fn newest(&self, replica: &ReplicaId) -> Option<String> {
+        self.lock()
+            .range((replica.clone(), 0)..=(replica.clone(), u64::MAX))
+            .next_back()
+            .map(|(_, i)| i.container.clone())
     }
 
     fn engine(&self) -> &'static str {
@@ -224,7 +240,8 @@ impl ContainerRuntime {
         let (replica, instance) = (request.replica.clone(), request.instance);
         match self.create_and_start(&request).await {
             Ok(started) => {
-                self.lock().insert(replica.clone(), started.clone());
+                self.lock()
+                    .insert((replica.clone(), instance), started.clone());
                 let _ = self
                     .events
                     .send(RuntimeEvent::Started {
@@ -232,7 +249,7 @@ impl ContainerRuntime {
                         instance,
                     })
                     .await;
-                self.watch(replica, started);
+                self.watch((replica, instance), started);
             }
             Err(reason) => {
                 let _ = self
@@ -270,116 +287,13 @@ impl ContainerRuntime {
         }
         let ports = self.ports_of(&docker, &created.id).await;
         Ok(Instance {
-            instance: request.instance,
             container: created.id,
             ports,
         })
     }
 
-    /// The image is there, or may and can be pulled.
-    async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<(), String> {
-        let docker = self.docker()?;
-        let present = docker.inspect_image(image).await.is_ok();
-        let pull = match policy {
-            PullPolicy::Never => false,
-            PullPolicy::IfNotPresent => !present,
-            PullPolicy::Always => true,
-        };
-        if pull {
-            let options = bollard::query_parameters::CreateImageOptionsBuilder::default()
-                .from_image(image)
-                .build();
-            let mut stream = docker.create_image(Some(options), None, None);
-            let mut failure = None;
-            while let Some(step) = stream.next().await {
-                if let Err(e) = step {
-                    failure = Some(e.to_string());
-                    break;
-                }
-            }
-            match (failure, present) {
-                (None, _) => return Ok(()),
-                (Some(_), true) => return Ok(()),
-                (Some(e), false) => {
-                    return Err(format!(
-                        "ImageNotFound: {image} on node {} (pull failed: {e})",
-                        self.node
-                    ));
-                }
-            }
-        }
-        if present {
-            Ok(())
-        } else {
-            Err(format!(
-                "ImageNotFound: {image} on node {} (load it with `starling image load`, pull policy {:?})",
-                self.node, policy
-            ))
-        }
-    }
-
-    fn container_body(&self, request: &StartRequest, image: String) -> ContainerCreateBody {
-        let spec = &request.spec;
-        let replica = &request.replica;
-        let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        env.push(format!("STARLING_WORKLOAD={}", replica.workload));
-        env.push(format!("STARLING_REPLICA={}", replica.index));
-        env.push(format!("STARLING_NODE={}", request.node));
-        env.push(format!("STARLING_REVISION={}", request.revision));
-        env.extend(request.env.iter().map(|(k, v)| format!("{k}={v}")));
-        let labels: HashMap<String, String> = [
-            (LABEL_WORKLOAD, replica.workload.to_string()),
-            (LABEL_REPLICA, replica.index.to_string()),
-            (LABEL_REVISION, request.revision.to_string()),
-            (LABEL_NODE, self.node.to_string()),
-            (LABEL_INSTANCE, request.instance.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        let mut bindings = HashMap::new();
-        let mut exposed = Vec::new();
-        for port in &spec.ports {
-            let key = port_key(port);
-            exposed.push(key.clone());
-            bindings.insert(
-                key,
-                Some(vec![PortBinding {
-                    host_ip: None,
-                    // Empty: the engine picks a free host port.
-                    host_port: Some(port.host_port.map(|p| p.to_string()).unwrap_or_default()),
-                }]),
-            );
-        }
-        let host_config = HostConfig {
-            port_bindings: Some(bindings),
-            memory: spec.resources.memory_limit.map(|m| m.0 as i64),
-            nano_cpus: spec.resources.cpu_limit.map(|c| i64::from(c.0) * 1_000_000),
-            restart_policy: Some(RestartPolicy {
-                name: Some(RestartPolicyNameEnum::NO),
-                maximum_retry_count: None,
-            }),
-            ..Default::default()
-        };
-        let (entrypoint, cmd) = match &spec.command {
-            Some(command) => (Some(vec![command.clone()]), Some(spec.args.clone())),
-            None if spec.args.is_empty() => (None, None),
-            None => (None, Some(spec.args.clone())),
-        };
-        ContainerCreateBody {
-            image: Some(image),
-            entrypoint,
-            cmd,
-            env: Some(env),
-            labels: Some(labels),
-            exposed_ports: Some(exposed),
-            host_config: Some(host_config),
-            ..Default::default()
-        }
-    }
-
     /// Waits for the container to exit, then reports it and removes the container.
-    fn watch(&self, replica: ReplicaId, instance: Instance) {
+    fn watch(&self, key: Key, instance: Instance) {
         let Ok(docker) = self.docker() else {
             return;
         };
@@ -403,21 +317,17 @@ impl ContainerRuntime {
             }
             let log_tail = tail(&docker, &instance.container, 5).await;
             remove(&docker, &instance.container).await;
-            {
-                let mut map = running.lock().unwrap_or_else(|e| e.into_inner());
-                if map
-                    .get(&replica)
-                    .is_some_and(|i| i.instance == instance.instance)
-                {
-                    map.remove(&replica);
-                }
-            }
+            // Only this instance: a sibling of the same replica keeps running.
+            running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
             // Killed by a signal shows as 128 + signal; report it as a signal, like processes.
             let code = code.filter(|c| *c < 128 || *c > 128 + 64);
             let _ = events
                 .send(RuntimeEvent::Exited {
-                    replica,
-                    instance: instance.instance,
+                    replica: key.0,
+                    instance: key.1,
                     code,
                     log_tail,
                 })
@@ -427,9 +337,12 @@ impl ContainerRuntime {
 
     /// Stops an instance: the engine's stop (SIGTERM, then SIGKILL after `grace`).
     pub async fn stop(&self, replica: &ReplicaId, instance: u64, grace: Duration) {
-        let container = match self.lock().get(replica) {
-            Some(i) if i.instance == instance => i.container.clone(),
-            _ => return,
+        let Some(container) = self
+            .lock()
+            .get(&(replica.clone(), instance))
+            .map(|i| i.container.clone())
+        else {
+            return;
         };
         let Ok(docker) = self.docker() else {
             return;
@@ -439,7 +352,7 @@ impl ContainerRuntime {
             .build();
         if let Err(e) = docker.stop_container(&container, Some(options)).await {
             tracing::warn!(
-                "{}/{}: {} stop failed ({e}); removing it by force",
+                "{}/{} instance {instance}: {} stop failed ({e}); removing it by force",
                 replica.workload,
                 replica.index,
                 self.engine()
@@ -488,11 +401,11 @@ impl ContainerRuntime {
             };
             let ports = self.ports_of(&docker, &id).await;
             let record = Instance {
-                instance,
                 container: id,
                 ports,
             };
-            self.lock().insert(replica.clone(), record.clone());
+            let key = (replica.clone(), instance);
+            self.lock().insert(key.clone(), record.clone());
             let _ = self
                 .events
                 .send(RuntimeEvent::Adopted {
@@ -501,7 +414,7 @@ impl ContainerRuntime {
                     revision,
                 })
                 .await;
-            self.watch(replica, record);
+            self.watch(key, record);
             adopted += 1;
         }
         adopted
@@ -527,11 +440,10 @@ impl ContainerRuntime {
             .collect()
     }
 
-    /// The last `lines` lines of a replica's container log.
+    /// The last `lines` lines of the log of a replica's newest container.
     pub async fn log_tail(&self, replica: &ReplicaId, lines: usize) -> Vec<String> {
-        let container = match self.lock().get(replica) {
-            Some(i) => i.container.clone(),
-            None => return Vec::new(),
+        let Some(container) = self.newest(replica) else {
+            return Vec::new();
         };
         match self.docker() {
             Ok(docker) => tail(&docker, &container, lines).await,
@@ -539,12 +451,12 @@ impl ContainerRuntime {
         }
     }
 
-    /// New log lines of a replica's container as they come (after the current end).
+    /// New log lines of a replica's newest container as they come (after the current end).
     pub fn follow(
         &self,
         replica: &ReplicaId,
     ) -> Option<impl futures_util::Stream<Item = String> + Send + 'static> {
-        let container = self.lock().get(replica)?.container.clone();
+        let container = self.newest(replica)?;
         let options = LogsOptionsBuilder::default()
             .stdout(true)
             .stderr(true)
@@ -555,11 +467,19 @@ impl ContainerRuntime {
         Some(stream.filter_map(|chunk| async move { chunk.ok().map(|c| c.to_string()) }))
     }
 
-    /// Runs `command` inside the replica's container (an exec health check).
-    pub async fn exec(&self, replica: &ReplicaId, command: &[String]) -> Result<i64, String> {
-        let container = match self.lock().get(replica) {
-            Some(i) => i.container.clone(),
-            None => return Err("the container is not running".into()),
+    /// Runs `command` inside an instance's container (an exec health check).
+    pub async fn exec(
+        &self,
+        replica: &ReplicaId,
+        instance: u64,
+        command: &[String],
+    ) -> Result<i64, String> {
+        let Some(container) = self
+            .lock()
+            .get(&(replica.clone(), instance))
+            .map(|i| i.container.clone())
+        else {
+            return Err("the container is not running".into());
         };
         let docker = self.docker()?;
         let exec = docker
@@ -621,15 +541,6 @@ impl ContainerRuntime {
     }
 }
 
-/// The engine's name for a container port: `8080/tcp`.
-fn port_key(port: &PortSpec) -> String {
-    let protocol = match port.protocol {
-        PortProtocol::Udp => "udp",
-        _ => "tcp",
-    };
-    format!("{}/{protocol}", port.container_port)
-}
-
 /// Removes a container whatever its state; a failure means it is already gone.
 async fn remove(docker: &Docker, container: &str) {
     let options = RemoveContainerOptionsBuilder::default().force(true).build();
@@ -654,3 +565,7 @@ async fn tail(docker: &Docker, container: &str, lines: usize) -> Vec<String> {
 pub fn is_container(spec: &WorkloadSpec) -> bool {
     matches!(spec.runtime, RuntimeKind::Docker | RuntimeKind::Podman)
 }
+
+mod create;
+#[cfg(test)]
+mod tests;

@@ -9,6 +9,7 @@
 pub mod cgroup;
 pub mod docker;
 pub mod fence;
+pub mod ports;
 pub mod process;
 pub mod usage;
 
@@ -62,7 +63,8 @@ pub enum RuntimeError {
 /// A way of running replicas. Implementations report every outcome as a [`RuntimeEvent`]:
 /// `start` returning `Ok` means the request was accepted, not that the replica runs.
 pub trait Runtime: Send + Sync + 'static {
-    /// Starts a replica. Reports `Started` or `StartFailed`, later `Exited`.
+    /// Starts an instance of a replica, also while another instance of it runs (a start-first
+    /// update). Reports `Started` or `StartFailed`, later `Exited`.
     fn start(&self, request: StartRequest) -> impl Future<Output = ()> + Send;
 
     /// Stops an instance: SIGTERM (or the runtime's equivalent), then a hard kill after
@@ -74,11 +76,12 @@ pub trait Runtime: Send + Sync + 'static {
         grace: Duration,
     ) -> impl Future<Output = ()> + Send;
 
-    /// Finds replicas still running from before an agent restart and takes them over. Reports
-    /// one `Adopted` per replica; returns how many.
+    /// Finds instances still running from before an agent restart and takes them over, two of
+    /// one replica included. Reports one `Adopted` per instance; returns how many.
     fn adopt(&self) -> impl Future<Output = usize> + Send;
 
-    /// The last `lines` lines of a replica's log (stdout and stderr interleaved).
+    /// The last `lines` lines of a replica's log (stdout and stderr interleaved; for two
+    /// instances at once, the process runtime's shared log or the newest container's).
     fn log_tail(
         &self,
         replica: &ReplicaId,
@@ -177,9 +180,58 @@ impl Runtimes {
         kinds
     }
 
-    /// The container engine running `replica`, if one does.
+    /// The container engine running an instance of `replica`, if one does (where its logs
+    /// are read).
     pub fn container_of(&self, replica: &ReplicaId) -> Option<&docker::ContainerRuntime> {
         self.containers.iter().find(|c| c.holds(replica))
+    }
+
+    /// The container engine running this instance of `replica`, if one does. Per instance:
+    /// an update that moves a workload between runtimes has its old instance in one and its
+    /// new instance in the other.
+    pub fn container_of_instance(
+        &self,
+        replica: &ReplicaId,
+        instance: u64,
+    ) -> Option<&docker::ContainerRuntime> {
+        self.containers
+            .iter()
+            .find(|c| c.holds_instance(replica, instance))
+    }
+
+    /// `ports` as a health probe on this host reaches them for a running instance: each with
+    /// `container_port` set to its [`Self::host_port`] (left as it is when that is unknown).
+    pub fn reachable_ports(
+        &self,
+        replica: &ReplicaId,
+        instance: u64,
+        ports: &[spec::PortSpec],
+    ) -> Vec<spec::PortSpec> {
+        ports
+            .iter()
+            .map(|p| {
+                let mut p = p.clone();
+                if let Some(host) = self.host_port(replica, instance, &p) {
+                    p.container_port = host;
+                }
+                p
+            })
+            .collect()
+    }
+
+    /// The port on this host where a running instance's `port` is reachable: the one the
+    /// engine bound for a container, the fixed or picked one for a process. `None` when the
+    /// instance does not run here or its revision has no such port.
+    pub fn host_port(
+        &self,
+        replica: &ReplicaId,
+        instance: u64,
+        port: &spec::PortSpec,
+    ) -> Option<u16> {
+        match self.container_of_instance(replica, instance) {
+            Some(engine) => engine.host_port(replica, instance, port),
+            None => self.process.host_port(replica, instance, port),
+        }
     }
 }
 
@@ -211,7 +263,7 @@ impl Runtime for Runtimes {
     }
 
     async fn stop(&self, replica: &ReplicaId, instance: u64, grace: Duration) {
-        match self.container_of(replica) {
+        match self.container_of_instance(replica, instance) {
             Some(engine) => engine.stop(replica, instance, grace).await,
             None => self.process.stop(replica, instance, grace).await,
         }

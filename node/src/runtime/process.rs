@@ -1,20 +1,23 @@
 //! The process runtime: replicas as plain child processes of the agent (the embedded default;
 //! no container engine needed).
 //!
-//! Each replica instance runs in its own process group, in its own directory
-//! `<state>/replicas/<workload>-<index>/`, with stdout and stderr appended straight to
-//! `output.log` there. Writing to a file rather than a pipe lets a replica outlive the agent
-//! (a pipe would break with the agent and kill the writer with SIGPIPE); the file is kept
-//! bounded by copy-and-truncate rotation, which works because it is opened with O_APPEND.
-//! `instance.json` records pid and kernel start time so a restarted agent re-adopts exactly
-//! the processes it started (a reused pid has another start time) and never starts a duplicate.
-//! CPU and memory limits go through cgroups when the host lets the agent write them (see
-//! [`super::cgroup`]; a process joins its group just after spawn, a short unlimited window).
+//! Each instance runs in its own process group. The instances of one replica share its
+//! directory `<state>/replicas/<workload>-<index>/` (their working directory and `HOME`), and
+//! their stdout and stderr are appended straight to `output.log` there (see
+//! `process/logs.rs`). Writing to a file rather than a pipe lets a replica outlive the agent
+//! (a pipe would break with the agent and kill the writer with SIGPIPE). Instances are tracked
+//! by replica and instance number, so two of one replica run side by side in a start-first
+//! update; each has its own record on disk, which lets a restarted agent re-adopt exactly the
+//! processes it started (see `process/instances.rs`) and never start a duplicate. CPU and
+//! memory limits go through cgroups, one group per instance, when the host lets the agent
+//! write them (see [`super::cgroup`]; a process joins its group just after spawn, a short
+//! unlimited window).
 //!
-//! A replica gets a clean environment: its spec's `env`, the `STARLING_*` variables, `PATH`,
-//! `HOME` (its directory) and `LANG`, never the agent's own variables, which may hold paths to
-//! keys or tokens. Dropping the runtime leaves replicas running (they are the next agent's to
-//! adopt); the task waiting on each child keeps reaping and reporting it until it exits.
+//! An instance gets a clean environment: its spec's `env`, the `STARLING_*` variables (its
+//! ports among them, see [`super::ports`]), `PATH`, `HOME` and `LANG`, never the agent's own
+//! variables, which may hold paths to keys or tokens. Dropping the runtime leaves instances
+//! running (they are the next agent's to adopt); the task waiting on each child keeps reaping
+//! and reporting it until it exits.
 //!
 //! A singleton's instance runs under `starling fence` when `fence_program` is set (see
 //! [`super::fence`]): the fence is the group's leader and the tracked pid, its command runs in
@@ -27,9 +30,11 @@
 //! its pid could already name a new group; Linux hands out pids cyclically, which makes that
 //! reuse within microseconds practically impossible.
 
+mod instances;
+mod logs;
+
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -37,14 +42,15 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use serde::{Deserialize, Serialize};
-use starling_protocol::WorkloadName;
 use starling_protocol::placement::ReplicaId;
+use starling_protocol::spec::{PortSpec, WorkloadSpec};
 
+use self::instances::{InstanceFile, start_time};
+use self::logs::{log_file, tail_lines};
 use super::cgroup::{Cgroups, InstanceGroups};
 use super::fence::{self, check_program};
+use super::ports::{self, PortMap};
 use super::{EventSender, Runtime, RuntimeEvent, StartRequest};
-use crate::store::write_atomic;
 
 /// Settings of the process runtime.
 #[derive(Debug, Clone)]
@@ -80,35 +86,35 @@ impl Default for ProcessConfig {
 /// every replica's log size, which must not become a busy loop.
 pub const POLL_INTERVAL_MIN: Duration = Duration::from_millis(100);
 
+/// Most live instances of one replica: the old and the new of a start-first update, and one
+/// more still being reaped after its stop gave up waiting (SIGKILL sent). A start past it fails
+/// rather than letting a runaway caller fill the node with copies.
+pub const INSTANCES_PER_REPLICA_MAX: usize = 3;
+
 /// Lines of log attached to an exit report.
 const EXIT_LOG_LINES: usize = 20;
 /// Most bytes of log attached to an exit report (it travels to the core and into events).
 const EXIT_LOG_BYTES_MAX: u64 = 16 << 10;
 /// Most bytes read from the end of a log to answer `log_tail`.
 const TAIL_BYTES_MAX: u64 = 1 << 20;
-/// Bytes read per step when scanning a log backwards for its last lines.
-const TAIL_CHUNK_BYTES: u64 = 8 << 10;
 
-/// What `instance.json` records about a running instance.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct InstanceFile {
-    pid: u32,
-    start_time: u64,
-    instance: u64,
-    revision: u64,
-    workload: String,
-    index: u32,
-    /// The pid is a fence's; absent in records written before fences existed.
-    #[serde(default)]
-    fenced: bool,
-}
+/// One instance: its replica and the core's instance number.
+type Key = (ReplicaId, u64);
 
 #[derive(Debug)]
 struct Running {
-    instance: u64,
-    pid: u32,
+    /// What is on disk about it (pid, fence, ports).
+    record: InstanceFile,
     groups: InstanceGroups,
-    fenced: bool,
+}
+
+/// The instances this runtime knows, behind one lock.
+#[derive(Debug, Default)]
+struct Instances {
+    live: BTreeMap<Key, Running>,
+    /// Ports of instances being started: held from their pick until the instance is live, so
+    /// two starts at once never get one port.
+    starting: BTreeMap<Key, PortMap>,
 }
 
 struct Inner {
@@ -116,7 +122,7 @@ struct Inner {
     events: EventSender,
     config: ProcessConfig,
     cgroups: Result<Cgroups, String>,
-    running: Mutex<BTreeMap<ReplicaId, Running>>,
+    running: Mutex<Instances>,
 }
 
 /// The process runtime. Cheap to clone; clones share state.
@@ -138,7 +144,7 @@ impl ProcessRuntime {
             events,
             config,
             cgroups,
-            running: Mutex::new(BTreeMap::new()),
+            running: Mutex::new(Instances::default()),
         });
         let weak = Arc::downgrade(&inner);
         tokio::spawn(async move {
@@ -166,23 +172,54 @@ impl ProcessRuntime {
         }
     }
 
-    /// The directory of a replica.
+    /// The directory of a replica, shared by its instances.
     pub fn replica_dir(&self, replica: &ReplicaId) -> PathBuf {
         self.inner.replica_dir(replica)
     }
 
-    /// The pid of a replica's running instance.
-    pub fn pid(&self, replica: &ReplicaId) -> Option<u32> {
-        self.inner.lock().get(replica).map(|r| r.pid)
+    /// The pid of a live instance (its fence's for a fenced one).
+    pub fn pid(&self, replica: &ReplicaId, instance: u64) -> Option<u32> {
+        self.inner.pid_of(replica, instance)
     }
 
-    /// The cgroup directories of a replica's running instance (none without limits), where
-    /// `runtime::usage` reads its CPU time.
+    /// The port `port` of a live instance listens on: its fixed host port or the one picked at
+    /// its start. For an instance an older build started (its record names no ports), the
+    /// port its spec gave, which is what that build made it listen on. `None` when the
+    /// instance is not live here, or its revision had no such port.
+    pub fn host_port(&self, replica: &ReplicaId, instance: u64, port: &PortSpec) -> Option<u16> {
+        let running = self.inner.lock();
+        let record = &running.live.get(&(replica.clone(), instance))?.record;
+        match &record.ports {
+            Some(ports) => ports
+                .get(&port.name)
+                .filter(|b| b.protocol == port.protocol)
+                .map(|b| b.port),
+            None => Some(port.host_port.unwrap_or(port.container_port)),
+        }
+    }
+
+    /// The cgroup directories of a replica's newest running instance (none without limits),
+    /// where `runtime::usage` reads its CPU time.
     pub fn cgroup_dirs(&self, replica: &ReplicaId) -> Vec<PathBuf> {
         let running = self.inner.lock();
         running
-            .get(replica)
-            .map_or_else(Vec::new, |r| r.groups.dirs().to_vec())
+            .live
+            .range((replica.clone(), 0)..=(replica.clone(), u64::MAX))
+            .next_back()
+            .map_or_else(Vec::new, |(_, r)| r.groups.dirs().to_vec())
+    }
+
+    /// The pid of a replica's newest live instance (what `runtime::usage` meters).
+    pub fn newest_pid(&self, replica: &ReplicaId) -> Option<u32> {
+        let instance = {
+            let running = self.inner.lock();
+            running
+                .live
+                .range((replica.clone(), 0)..=(replica.clone(), u64::MAX))
+                .next_back()
+                .map(|((_, i), _)| *i)?
+        };
+        self.pid(replica, instance)
     }
 }
 
@@ -206,7 +243,7 @@ impl Runtime for ProcessRuntime {
         let Some(pid) = self.inner.pid_of(replica, instance) else {
             return;
         };
-        if self.inner.is_fenced(replica) {
+        if self.inner.is_fenced(replica, instance) {
             signal_one(pid, Signal::SIGTERM);
         } else {
             signal_group(pid, Signal::SIGTERM);
@@ -220,7 +257,7 @@ impl Runtime for ProcessRuntime {
         }
         if self.inner.pid_of(replica, instance).is_some() {
             tracing::warn!(
-                "{}/{} did not stop within {grace:?} of SIGTERM; sending SIGKILL",
+                "{}/{} instance {instance} did not stop within {grace:?} of SIGTERM; sending SIGKILL",
                 replica.workload,
                 replica.index
             );
@@ -228,70 +265,38 @@ impl Runtime for ProcessRuntime {
         }
     }
 
+    /// Finds every live instance recorded under the state directory, two of one replica
+    /// included, and reports each as `Adopted`. Records of gone processes are removed; records
+    /// an older build wrote (`instance.json` alone) are read too.
     async fn adopt(&self) -> usize {
-        let inner = self.inner.clone();
-        let Ok(entries) = fs::read_dir(inner.state_dir.join("replicas")) else {
-            return 0;
-        };
-        let mut adopted = 0;
-        for entry in entries.flatten() {
-            let file = entry.path().join("instance.json");
-            let Some((replica, record)) = read_record(&file) else {
-                continue;
-            };
-            let tracked = inner.lock().get(&replica).map(|r| r.instance);
-            if let Some(tracked) = tracked {
-                // Started or adopted by this agent process already: adopting twice is a no-op.
-                // A record of another instance can only be left over from a failed write;
-                // taking it over would lose track of the instance this agent runs.
-                if tracked != record.instance {
-                    tracing::warn!(
-                        "{}: instance {tracked} runs here; not adopting instance {}",
-                        file.display(),
-                        record.instance
-                    );
-                }
-                continue;
-            }
-            if start_time(record.pid) != Some(record.start_time) {
-                // Gone, or the pid now belongs to someone else: never adopt a stranger.
-                let _ = fs::remove_file(&file);
-                continue;
-            }
-            let groups = match &inner.cgroups {
-                Ok(cgroups) => cgroups.existing(&group_name(&replica, record.instance)),
-                Err(_) => InstanceGroups::default(),
-            };
-            let running = Running {
-                instance: record.instance,
-                pid: record.pid,
-                groups,
-                fenced: record.fenced,
-            };
-            inner.lock().insert(replica.clone(), running);
-            let _ = inner
-                .events
-                .send(RuntimeEvent::Adopted {
-                    replica: replica.clone(),
-                    instance: record.instance,
-                    revision: record.revision,
-                })
-                .await;
-            tokio::spawn(inner.clone().watch_adopted(replica, record));
-            adopted += 1;
-        }
-        adopted
+        self.inner.adopt().await
     }
 
+    /// The replica's log, shared by its instances (see `process/logs.rs`).
     async fn log_tail(&self, replica: &ReplicaId, lines: usize) -> Vec<String> {
-        let log = self.inner.replica_dir(replica).join("output.log");
-        tail_lines(&log, lines, TAIL_BYTES_MAX)
+        tail_lines(
+            &log_file(&self.inner.replica_dir(replica)),
+            lines,
+            TAIL_BYTES_MAX,
+        )
+    }
+}
+
+/// Takes back the ports held for a start that did not get as far as a live instance.
+struct Reservation<'a> {
+    inner: &'a Inner,
+    key: Key,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.inner.lock().starting.remove(&self.key);
     }
 }
 
 impl Inner {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<ReplicaId, Running>> {
-        // A panic while holding the lock cannot leave the map half-updated (single inserts and
+    fn lock(&self) -> std::sync::MutexGuard<'_, Instances> {
+        // A panic while holding the lock cannot leave the maps half-updated (single inserts and
         // removes), so a poisoned lock is still usable.
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -302,67 +307,75 @@ impl Inner {
             .join(format!("{}-{}", replica.workload, replica.index))
     }
 
-    fn is_fenced(&self, replica: &ReplicaId) -> bool {
-        self.lock().get(replica).is_some_and(|r| r.fenced)
+    fn is_fenced(&self, replica: &ReplicaId, instance: u64) -> bool {
+        self.lock()
+            .live
+            .get(&(replica.clone(), instance))
+            .is_some_and(|r| r.record.fenced)
     }
 
     fn pid_of(&self, replica: &ReplicaId, instance: u64) -> Option<u32> {
         self.lock()
-            .get(replica)
-            .filter(|r| r.instance == instance)
-            .map(|r| r.pid)
+            .live
+            .get(&(replica.clone(), instance))
+            .map(|r| r.record.pid)
+    }
+
+    /// Claims `key` for a start and picks its ports, or says why it cannot start: it is
+    /// already live or starting, or its replica has as many instances as it may.
+    fn reserve(
+        &self,
+        key: &Key,
+        spec: &WorkloadSpec,
+    ) -> Result<(Reservation<'_>, PortMap), String> {
+        let mut running = self.lock();
+        if running.live.contains_key(key) || running.starting.contains_key(key) {
+            return Err(format!(
+                "instance {} of this replica already runs here",
+                key.1
+            ));
+        }
+        let replica = &key.0;
+        let siblings = running
+            .live
+            .range((replica.clone(), 0)..=(replica.clone(), u64::MAX))
+            .count()
+            + running
+                .starting
+                .range((replica.clone(), 0)..=(replica.clone(), u64::MAX))
+                .count();
+        if siblings >= INSTANCES_PER_REPLICA_MAX {
+            return Err(format!(
+                "{siblings} instances of this replica already run here, the most there may be"
+            ));
+        }
+        let held = ports::held(
+            running
+                .live
+                .values()
+                .filter_map(|r| r.record.ports.as_ref())
+                .chain(running.starting.values()),
+        );
+        let assigned = ports::assign(&spec.ports, &held)?;
+        running.starting.insert(key.clone(), assigned.clone());
+        let reservation = Reservation {
+            inner: self,
+            key: key.clone(),
+        };
+        Ok((reservation, assigned))
     }
 
     async fn spawn(self: Arc<Self>, request: StartRequest) -> Result<(), String> {
+        let key = (request.replica.clone(), request.instance);
+        let (reservation, ports) = self.reserve(&key, &request.spec)?;
+        let (mut command, fenced) = self.command(&request, &ports)?;
         let StartRequest {
             replica,
             instance,
             revision,
             spec,
-            node,
-            env: extra_env,
+            ..
         } = request;
-        let Some(program) = spec.command.clone() else {
-            return Err("the process runtime needs `command` in the spec".into());
-        };
-        if let Some(existing) = self.lock().get(&replica) {
-            return Err(format!(
-                "instance {} of this replica is still running here",
-                existing.instance
-            ));
-        }
-        let dir = self.replica_dir(&replica);
-        fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let log_path = dir.join("output.log");
-        self.rotate_one(&log_path);
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| format!("cannot open the log {}: {e}", log_path.display()))?;
-        let stderr = log
-            .try_clone()
-            .map_err(|e| format!("cannot open the log {}: {e}", log_path.display()))?;
-        let search_path =
-            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-        let (mut command, fenced) = self.launcher(&spec, &program, &dir, &search_path)?;
-        command
-            .env_clear()
-            .env("PATH", &search_path)
-            .env("HOME", &dir)
-            .env("LANG", "C.UTF-8")
-            .envs(&spec.env)
-            .env("STARLING_WORKLOAD", replica.workload.as_str())
-            .env("STARLING_REPLICA", replica.index.to_string())
-            .env("STARLING_NODE", node.as_str())
-            .env("STARLING_REVISION", revision.to_string())
-            .envs(extra_env)
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(stderr)
-            .process_group(0)
-            .kill_on_drop(false);
         let launched = command
             .as_std()
             .get_program()
@@ -374,7 +387,7 @@ impl Inner {
             _ => format!("cannot start {launched}: {e}"),
         })?;
         let Some(pid) = child.id() else {
-            return Err(format!("{program} exited before it could be tracked"));
+            return Err(format!("{launched} exited before it could be tracked"));
         };
         let groups = self.limit(&replica, instance, pid, &spec, fenced);
         let record = InstanceFile {
@@ -385,25 +398,16 @@ impl Inner {
             workload: replica.workload.to_string(),
             index: replica.index,
             fenced,
+            ports: Some(ports),
         };
-        if let Ok(bytes) = serde_json::to_vec(&record)
-            && let Err(e) = write_atomic(&dir.join("instance.json"), &bytes)
+        self.write_record(&replica, &record);
         {
-            tracing::warn!(
-                "{}/{}: cannot record the instance, it will not be adopted after an agent restart: {e}",
-                replica.workload,
-                replica.index
-            );
+            let mut running = self.lock();
+            running.live.insert(key.clone(), Running { record, groups });
+            running.starting.remove(&key);
+            self.refresh_summary(&replica, &running);
         }
-        self.lock().insert(
-            replica.clone(),
-            Running {
-                instance,
-                pid,
-                groups,
-                fenced,
-            },
-        );
+        drop(reservation);
         let _ = self
             .events
             .send(RuntimeEvent::Started {
@@ -416,17 +420,71 @@ impl Inner {
                 Ok(status) => status.code(),
                 Err(_) => None,
             };
-            self.finish(&replica, instance, pid, code).await;
+            self.finish(&key, pid, code).await;
         });
         Ok(())
     }
 
-    /// What to execute for an instance: its program, or for a singleton the fence around it
-    /// (then also whether it is fenced).
+    /// The command that starts an instance: its program and arguments with `${port.NAME}`
+    /// replaced, in the replica's directory, with a clean environment and both output streams
+    /// appended to the replica's log (and whether a fence runs it).
+    fn command(
+        &self,
+        request: &StartRequest,
+        ports: &PortMap,
+    ) -> Result<(tokio::process::Command, bool), String> {
+        let (replica, spec) = (&request.replica, &request.spec);
+        let Some(program) = &spec.command else {
+            return Err("the process runtime needs `command` in the spec".into());
+        };
+        let dir = self.replica_dir(replica);
+        fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let log_path = log_file(&dir);
+        self.rotate_one(&log_path);
+        let cannot_open = |e| format!("cannot open the log {}: {e}", log_path.display());
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(cannot_open)?;
+        let stderr = log.try_clone().map_err(cannot_open)?;
+        let search_path =
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+        let program = ports::substitute(program, ports);
+        let args: Vec<String> = spec
+            .args
+            .iter()
+            .map(|a| ports::substitute(a, ports))
+            .collect();
+        let (mut command, fenced) = self.launcher(spec, &program, &args, &dir, &search_path)?;
+        command
+            .env_clear()
+            .env("PATH", &search_path)
+            .env("HOME", &dir)
+            .env("LANG", "C.UTF-8")
+            .envs(&spec.env)
+            .env("STARLING_WORKLOAD", replica.workload.as_str())
+            .env("STARLING_REPLICA", replica.index.to_string())
+            .env("STARLING_NODE", request.node.as_str())
+            .env("STARLING_REVISION", request.revision.to_string())
+            .envs(ports::env(ports))
+            .envs(request.env.iter().cloned())
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(stderr)
+            .process_group(0)
+            .kill_on_drop(false);
+        Ok((command, fenced))
+    }
+
+    /// What to execute for an instance: its program with `args`, or for a singleton the fence
+    /// around them (then also whether it is fenced).
     fn launcher(
         &self,
-        spec: &starling_protocol::spec::WorkloadSpec,
+        spec: &WorkloadSpec,
         program: &str,
+        args: &[String],
         dir: &Path,
         search_path: &std::ffi::OsStr,
     ) -> Result<(tokio::process::Command, bool), String> {
@@ -440,12 +498,12 @@ impl Inner {
                 check_program(program, search_path)?;
                 let lease_file = dir.join(fence::LEASE_FILE_NAME);
                 let mut command = tokio::process::Command::new(fence);
-                command.args(fence::fence_args(&lease_file, program, &spec.args));
+                command.args(fence::fence_args(&lease_file, program, args));
                 Ok((command, true))
             }
             None => {
                 let mut command = tokio::process::Command::new(program);
-                command.args(&spec.args);
+                command.args(args);
                 Ok((command, false))
             }
         }
@@ -457,7 +515,7 @@ impl Inner {
         replica: &ReplicaId,
         instance: u64,
         pid: u32,
-        spec: &starling_protocol::spec::WorkloadSpec,
+        spec: &WorkloadSpec,
         fenced: bool,
     ) -> InstanceGroups {
         let Ok(cgroups) = &self.cgroups else {
@@ -492,25 +550,23 @@ impl Inner {
     }
 
     /// The instance's leader exited: clean up and report.
-    async fn finish(&self, replica: &ReplicaId, instance: u64, pid: u32, code: Option<i32>) {
+    async fn finish(&self, key: &Key, pid: u32, code: Option<i32>) {
         // Children the leader left behind in its group would be orphans: end them too.
         signal_group(pid, Signal::SIGKILL);
-        let removed = {
+        let (replica, instance) = (&key.0, key.1);
+        let dir = self.replica_dir(replica);
+        {
             let mut running = self.lock();
-            match running.get(replica) {
-                Some(r) if r.instance == instance => running.remove(replica),
-                _ => None,
+            // Only the instance that ended: a sibling of the same replica keeps running.
+            if let Some(r) = running.live.remove(key) {
+                if r.groups.is_limited() {
+                    tokio::spawn(r.groups.remove());
+                }
+                let _ = fs::remove_file(instances::record_file(&dir, instance));
+                self.refresh_summary(replica, &running);
             }
-        };
-        if let Some(r) = removed {
-            if r.groups.is_limited() {
-                tokio::spawn(r.groups.remove());
-            }
-            let file = self.replica_dir(replica).join("instance.json");
-            let _ = fs::remove_file(file);
         }
-        let log = self.replica_dir(replica).join("output.log");
-        let log_tail = tail_lines(&log, EXIT_LOG_LINES, EXIT_LOG_BYTES_MAX);
+        let log_tail = tail_lines(&log_file(&dir), EXIT_LOG_LINES, EXIT_LOG_BYTES_MAX);
         let _ = self
             .events
             .send(RuntimeEvent::Exited {
@@ -523,43 +579,16 @@ impl Inner {
     }
 
     /// Watches a process this agent did not spawn (adopted) until it is gone.
-    async fn watch_adopted(self: Arc<Self>, replica: ReplicaId, record: InstanceFile) {
+    async fn watch_adopted(self: Arc<Self>, key: Key, record: InstanceFile) {
         loop {
             tokio::time::sleep(self.config.poll_interval).await;
             if start_time(record.pid) != Some(record.start_time) {
-                self.finish(&replica, record.instance, record.pid, None)
-                    .await;
+                self.finish(&key, record.pid, None).await;
                 return;
             }
-            if self.pid_of(&replica, record.instance).is_none() {
+            if self.pid_of(&key.0, key.1).is_none() {
                 return;
             }
-        }
-    }
-
-    fn rotate_logs(&self) {
-        let dirs: Vec<PathBuf> = self.lock().keys().map(|r| self.replica_dir(r)).collect();
-        for dir in dirs {
-            self.rotate_one(&dir.join("output.log"));
-        }
-    }
-
-    /// Copy-and-truncate rotation of one log past `log_bytes_max`.
-    fn rotate_one(&self, log: &Path) {
-        let size = fs::metadata(log).map(|m| m.len()).unwrap_or(0);
-        if size <= self.config.log_bytes_max {
-            return;
-        }
-        let kept = self.config.log_files_kept.max(1);
-        let rotated = |n: u32| PathBuf::from(format!("{}.{n}", log.display()));
-        let _ = fs::remove_file(rotated(kept));
-        for n in (1..kept).rev() {
-            let _ = fs::rename(rotated(n), rotated(n + 1));
-        }
-        if let Err(e) = fs::copy(log, rotated(1))
-            .and_then(|_| OpenOptions::new().write(true).open(log)?.set_len(0))
-        {
-            tracing::warn!("cannot rotate {}: {e}", log.display());
         }
     }
 }
@@ -576,83 +605,10 @@ fn signal_group(pid: u32, signal: Signal) {
     }
 }
 
-/// The kernel start time of a live, non-zombie process (field 22 of `/proc/<pid>/stat`).
-fn start_time(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: fields resume after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    if fields.first() == Some(&"Z") {
-        return None;
-    }
-    fields.get(19)?.parse().ok()
-}
-
-/// Reads an `instance.json` and checks it names the replica whose directory holds it.
-fn read_record(file: &Path) -> Option<(ReplicaId, InstanceFile)> {
-    let text = fs::read_to_string(file).ok()?;
-    let parsed = serde_json::from_str::<InstanceFile>(&text)
-        .map_err(|e| e.to_string())
-        .and_then(|record| {
-            let workload = WorkloadName::new(record.workload.clone()).map_err(|e| e.to_string())?;
-            let replica = ReplicaId {
-                workload,
-                index: record.index,
-            };
-            // A record copied into another replica's directory would mix up logs and groups.
-            let dir = file.parent().and_then(Path::file_name);
-            let expected = format!("{}-{}", replica.workload, replica.index);
-            if dir.and_then(|d| d.to_str()) == Some(expected.as_str()) {
-                Ok((replica, record))
-            } else {
-                Err(format!("it names replica {expected}, not its directory"))
-            }
-        });
-    match parsed {
-        Ok(found) => Some(found),
-        Err(why) => {
-            tracing::warn!("ignoring {}: {why}", file.display());
-            None
-        }
-    }
-}
-
-/// The cgroup name of one instance: unique per instance, so a replacement never meets the
-/// group of its predecessor still being removed.
+/// The cgroup name of one instance: unique per instance, so two instances of a replica never
+/// share limits, and a replacement never meets the group of its predecessor being removed.
 fn group_name(replica: &ReplicaId, instance: u64) -> String {
     format!("{}-{}-{instance}", replica.workload, replica.index)
-}
-
-/// The last `n` lines of a file, read backwards in chunks and at most `bytes_max` from its
-/// end (so a line longer than that comes back cut at its start).
-fn tail_lines(path: &Path, n: usize, bytes_max: u64) -> Vec<String> {
-    let Ok(mut file) = fs::File::open(path) else {
-        return Vec::new();
-    };
-    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let floor = size.saturating_sub(bytes_max);
-    let (mut start, mut newlines) = (size, 0usize);
-    let mut bytes: Vec<u8> = Vec::new();
-    // n complete lines need n + 1 newlines: each line's own and the one before the first.
-    while n > 0 && start > floor && newlines <= n {
-        let from = start.saturating_sub(TAIL_CHUNK_BYTES).max(floor);
-        // `start - from` is at most TAIL_CHUNK_BYTES, so the cast cannot truncate.
-        let mut chunk = vec![0u8; (start - from) as usize];
-        // A read cut short by a concurrent rotation (truncate) ends the scan with what we have.
-        if file.seek(SeekFrom::Start(from)).is_err() || file.read_exact(&mut chunk).is_err() {
-            break;
-        }
-        newlines += chunk.iter().filter(|&&b| b == b'\n').count();
-        chunk.extend_from_slice(&bytes);
-        bytes = chunk;
-        start = from;
-    }
-    let text = String::from_utf8_lossy(&bytes);
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..]
-        .iter()
-        .map(|l| l.to_string())
-        .collect()
 }
 
 #[cfg(test)]

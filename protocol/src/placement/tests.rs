@@ -395,13 +395,14 @@ proptest! {
 #[test]
 fn replicas_binding_the_same_host_port_never_share_a_node() {
     let view = fleet(2, 100_000, 1 << 16);
-    let web = spec("web", 3, 10, "[[ports]]\nname = \"http\"\nport = 8080");
-    let other = spec("other", 1, 10, "[[ports]]\nname = \"http\"\nport = 8080");
+    let fixed = "[[ports]]\nname = \"http\"\nport = 8080\nhost_port = 8080";
+    let web = spec("web", 3, 10, fixed);
+    let other = spec("other", 1, 10, fixed);
     let udp = spec(
         "dns",
         2,
         10,
-        "[[ports]]\nname = \"dns\"\nport = 8080\nprotocol = \"udp\"",
+        "[[ports]]\nname = \"dns\"\nport = 8080\nhost_port = 8080\nprotocol = \"udp\"",
     );
     let a = plan_specs(&view, &[web, other, udp]);
     // "other" sorts first and takes 8080/tcp on one node; "web" gets the other node only.
@@ -433,4 +434,13 @@ fn replicas_binding_the_same_host_port_never_share_a_node() {
         2,
         "udp 8080 does not clash with tcp 8080"
     );
+}
+
+#[test]
+fn replicas_without_a_fixed_host_port_share_a_node() {
+    // Each process instance gets its own picked port, so nothing keeps them apart.
+    let view = fleet(1, 100_000, 1 << 16);
+    let web = spec("web", 3, 10, "[[ports]]\nname = \"http\"\nport = 8080");
+    let a = plan_specs(&view, &[web]);
+    assert_eq!(a.placed.len(), 3, "{:?}", a.unplaced);
 }

@@ -394,16 +394,15 @@ impl WorkloadSpec {
         toml::to_string_pretty(&self.to_doc()).unwrap_or_else(|e| format!("# not printable: {e}"))
     }
 
-    /// Host ports a replica binds on its node, which no other replica there may bind: a process
-    /// listens on its ports directly; a container binds only the host ports its spec fixes (the
-    /// agent picks free ones for the rest).
+    /// Host ports a replica binds on its node, which no other replica there may bind: the ports
+    /// its spec fixes with `host_port`, whatever the runtime. A port without one takes a free
+    /// port per instance (the agent picks it for a process and hands it over as
+    /// `STARLING_PORT_<NAME>` and `${port.NAME}`; the engine picks it for a container), so
+    /// replicas of one workload can share a node.
     pub fn host_ports(&self) -> Vec<(u16, PortProtocol)> {
         self.ports
             .iter()
-            .filter_map(|p| match self.runtime {
-                RuntimeKind::Process => Some((p.host_port.unwrap_or(p.container_port), p.protocol)),
-                RuntimeKind::Docker | RuntimeKind::Podman => p.host_port.map(|h| (h, p.protocol)),
-            })
+            .filter_map(|p| p.host_port.map(|h| (h, p.protocol)))
             .collect()
     }
 

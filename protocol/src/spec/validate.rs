@@ -79,6 +79,7 @@ impl SpecDoc {
             .filter_map(|p| p.name.as_deref())
             .collect();
         let health = self.health.as_ref().map(|h| health(&mut c, h, &port_names));
+        port_references(&mut c, self, &port_names);
         let restart = restart(&mut c, self.restart.as_ref());
         let scaling = self.scaling.as_ref().map(|s| scaling(&mut c, s));
         if let Some(runtime) = runtime {
@@ -296,6 +297,35 @@ fn command_and_image(c: &mut Collector, doc: &SpecDoc, runtime: RuntimeKind) {
     }
 }
 
+/// `${port.NAME}` in `command` and `args` is replaced by the runtime with the port the instance
+/// listens on, so NAME must be a port declared in `[[ports]]`.
+fn port_references(c: &mut Collector, doc: &SpecDoc, port_names: &[&str]) {
+    const OPEN: &str = "${port.";
+    let fields = doc.command.iter().map(|t| ("command".to_string(), t));
+    let args = doc.args.iter().flatten().enumerate();
+    for (path, text) in fields.chain(args.map(|(i, t)| (format!("args[{i}]"), t))) {
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find(OPEN) {
+            rest = &rest[at + OPEN.len()..];
+            let Some(end) = rest.find('}') else {
+                c.push(
+                    path.as_str(),
+                    "has \"${port.\" without a closing \"}\": write ${port.NAME}",
+                );
+                break;
+            };
+            let name = &rest[..end];
+            if !port_names.contains(&name) {
+                c.push(
+                    path.as_str(),
+                    format!("${{port.{name}}}: no port named {name:?} in [[ports]]"),
+                );
+            }
+            rest = &rest[end + 1..];
+        }
+    }
+}
+
 fn quantity<T>(
     c: &mut Collector,
     path: &str,
@@ -477,8 +507,8 @@ fn ports(
                 None
             }
         };
-        // A process listens on `port` itself: nothing maps it, so a different host port could
-        // never be honoured, and `port` is what it binds on the node (`WorkloadSpec::host_ports`).
+        // Nothing maps a process's ports: with a `host_port` it listens on that number itself,
+        // so `port` may only repeat it (without one the agent picks a port per instance).
         if is_process
             && let (Some(hp), Some(p)) = (host_port, port)
             && hp != p

@@ -6,7 +6,9 @@ use starling_protocol::NodeId;
 use starling_protocol::spec::WorkloadSpec;
 use tokio::sync::mpsc;
 
+use super::instances::{SUMMARY_FILE, read_record, record_file};
 use super::*;
+use starling_protocol::WorkloadName;
 
 fn replica(w: &str) -> ReplicaId {
     ReplicaId {
@@ -65,14 +67,17 @@ async fn start_and_stop_a_process_in_its_own_group() {
             instance: 1
         }
     );
-    let pid = rt.pid(&replica("sleeper")).expect("running");
+    let pid = rt.pid(&replica("sleeper"), 1).expect("running");
     let pgid = nix::unistd::getpgid(Some(Pid::from_raw(pid as i32))).expect("pgid");
     assert_eq!(pgid.as_raw(), pid as i32, "leader of its own process group");
-    let record = read_record(&rt.replica_dir(&replica("sleeper")).join("instance.json"))
-        .expect("instance.json")
-        .1;
+    let dir = rt.replica_dir(&replica("sleeper"));
+    let record = read_record(&record_file(&dir, 1)).expect("its record").1;
     assert_eq!((record.pid, record.instance, record.revision), (pid, 1, 3));
     assert_eq!(Some(record.start_time), start_time(pid));
+    let summary = read_record(&dir.join(SUMMARY_FILE))
+        .expect("instance.json")
+        .1;
+    assert_eq!(summary, record, "instance.json repeats the newest instance");
     rt.stop(&replica("sleeper"), 1, Duration::from_secs(5))
         .await;
     assert!(matches!(
@@ -84,11 +89,8 @@ async fn start_and_stop_a_process_in_its_own_group() {
         }
     ));
     assert!(reaped(pid), "stopped and reaped, no zombie");
-    assert!(
-        !rt.replica_dir(&replica("sleeper"))
-            .join("instance.json")
-            .exists()
-    );
+    assert!(!record_file(&dir, 1).exists());
+    assert!(!dir.join(SUMMARY_FILE).exists());
 }
 
 #[tokio::test]
@@ -117,7 +119,7 @@ async fn a_process_ignoring_sigterm_is_killed_after_the_grace() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let pid = rt.pid(&replica("stubborn")).expect("running");
+    let pid = rt.pid(&replica("stubborn"), 1).expect("running");
     let begun = crate::clock::monotonic();
     rt.stop(&replica("stubborn"), 1, Duration::from_millis(300))
         .await;
@@ -209,7 +211,7 @@ async fn a_new_runtime_adopts_processes_and_ignores_stale_records() {
         let (rt, mut rx) = runtime(dir.path(), ProcessConfig::default());
         rt.start(request("keeper", 9, "sleep", &["30"], "")).await;
         assert!(matches!(next(&mut rx).await, RuntimeEvent::Started { .. }));
-        rt.pid(&replica("keeper")).expect("running")
+        rt.pid(&replica("keeper"), 9).expect("running")
     };
     // The first runtime is gone (an agent restart); its child must still run.
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -226,6 +228,7 @@ async fn a_new_runtime_adopts_processes_and_ignores_stale_records() {
                 workload: "dead".into(),
                 index: 0,
                 fenced: false,
+                ports: None,
             },
         ),
         (
@@ -238,6 +241,7 @@ async fn a_new_runtime_adopts_processes_and_ignores_stale_records() {
                 workload: "reused".into(),
                 index: 0,
                 fenced: false,
+                ports: None,
             },
         ),
     ] {
@@ -268,7 +272,7 @@ async fn a_new_runtime_adopts_processes_and_ignores_stale_records() {
     assert!(!dir.path().join("replicas/dead-0/instance.json").exists());
     assert!(!dir.path().join("replicas/reused-0/instance.json").exists());
     assert_eq!(rt.adopt().await, 0, "adopting again takes nothing twice");
-    assert_eq!(rt.pid(&replica("keeper")), Some(pid));
+    assert_eq!(rt.pid(&replica("keeper"), 9), Some(pid));
     rt.stop(&replica("keeper"), 9, Duration::from_secs(5)).await;
     assert!(matches!(
         next(&mut rx).await,
@@ -340,18 +344,21 @@ async fn a_directory_that_cannot_be_made_fails_the_start_with_the_io_error() {
 }
 
 #[tokio::test]
-async fn a_running_replica_is_not_started_twice_and_others_are_unaffected() {
+async fn an_instance_is_not_started_twice_and_others_are_unaffected() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (rt, mut rx) = runtime(dir.path(), ProcessConfig::default());
     rt.start(request("solo", 1, "sleep", &["30"], "")).await;
     assert!(matches!(next(&mut rx).await, RuntimeEvent::Started { .. }));
-    rt.start(request("solo", 2, "sleep", &["30"], "")).await;
+    rt.start(request("solo", 1, "sleep", &["30"], "")).await;
     match next(&mut rx).await {
         RuntimeEvent::StartFailed {
             instance, reason, ..
         } => {
-            assert_eq!(instance, 2);
-            assert!(reason.contains("instance 1"), "{reason}");
+            assert_eq!(instance, 1);
+            assert!(
+                reason.contains("instance 1 of this replica already runs"),
+                "{reason}"
+            );
         }
         other => panic!("expected a refused start, got {other:?}"),
     }
@@ -361,7 +368,7 @@ async fn a_running_replica_is_not_started_twice_and_others_are_unaffected() {
         next(&mut rx).await,
         RuntimeEvent::StartFailed { .. }
     ));
-    let pid = rt.pid(&replica("solo")).expect("still running");
+    let pid = rt.pid(&replica("solo"), 1).expect("still running");
     assert!(alive(pid));
     // Stopping an unknown instance of it is a no-op.
     rt.stop(&replica("solo"), 2, Duration::from_millis(100))
@@ -435,7 +442,7 @@ async fn limits_are_written_to_a_group_removed_after_exit() {
     let id = req.replica.clone();
     rt.start(req).await;
     assert!(matches!(next(&mut rx).await, RuntimeEvent::Started { .. }));
-    let pid = rt.pid(&id).expect("running");
+    let pid = rt.pid(&id, 1).expect("running");
     let groups = cgroups.existing(&group_name(&id, 1));
     assert!(groups.is_limited());
     for group in groups.dirs() {
@@ -512,7 +519,7 @@ async fn singletons_run_under_the_fence_which_alone_gets_the_stop_signal() {
             lease_file.display()
         )
     );
-    let record = read_record(&replica_dir.join("instance.json"))
+    let record = read_record(&record_file(&replica_dir, 1))
         .expect("record")
         .1;
     assert!(record.fenced);
@@ -540,7 +547,7 @@ async fn only_singletons_are_fenced_and_a_missing_command_still_fails_the_start(
     let (rt, mut rx) = runtime(&dir.path().join("state"), config);
     rt.start(request("plain", 1, "sleep", &["30"], "")).await;
     assert!(matches!(next(&mut rx).await, RuntimeEvent::Started { .. }));
-    let record = read_record(&rt.replica_dir(&replica("plain")).join("instance.json"))
+    let record = read_record(&record_file(&rt.replica_dir(&replica("plain")), 1))
         .expect("record")
         .1;
     assert!(!record.fenced, "not a singleton: no fence");
@@ -601,3 +608,5 @@ async fn adopting_more_replicas_than_the_event_queue_holds_finishes() {
         second.stop(&replica(name), 1, Duration::from_secs(5)).await;
     }
 }
+
+mod instances;

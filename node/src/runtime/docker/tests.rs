@@ -1,0 +1,230 @@
+//! The container runtime against the real Docker Engine: two instances of one replica side by
+//! side. The test image is made locally from Debian's busybox-static (no registry), as the
+//! end-to-end tests in `tests/docker.rs` make it.
+//!
+//! With `STARLING_REQUIRE_DOCKER=1` (CI) a missing engine fails these tests; without it they
+//! skip with a printed reason.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Once;
+
+use tokio::sync::mpsc;
+
+use super::*;
+
+/// The image `tests/docker.rs` builds too: whichever runs first makes it.
+const IMAGE: &str = "starling-test/busybox:1";
+
+static BUILD: Once = Once::new();
+
+fn docker_cli(args: &[&str]) -> Output {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker CLI")
+}
+
+/// Whether the engine answers; panics under `STARLING_REQUIRE_DOCKER=1` when it does not.
+fn docker_ready() -> bool {
+    let ok = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("STARLING_REQUIRE_DOCKER").is_none(),
+            "STARLING_REQUIRE_DOCKER is set but no Docker Engine answers"
+        );
+        eprintln!(
+            "skipping: no Docker Engine answers (set STARLING_REQUIRE_DOCKER=1 to fail instead)"
+        );
+        return false;
+    }
+    BUILD.call_once(build_image);
+    true
+}
+
+/// `docker import` of a root filesystem holding busybox and its applets.
+fn build_image() {
+    if docker_cli(&["image", "inspect", IMAGE]).status.success() {
+        return;
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("busybox-static is installed (apt-get install busybox-static)");
+    let root = tempfile::tempdir().expect("tempdir");
+    let bin = root.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    std::fs::copy(busybox, bin.join("busybox")).expect("copy busybox");
+    for applet in [
+        "sh", "sleep", "echo", "true", "false", "cat", "httpd", "nc", "ls",
+    ] {
+        std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("symlink");
+    }
+    let archive = root.path().with_extension("tar");
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(root.path())
+        .arg("-cf")
+        .arg(&archive)
+        .arg(".")
+        .status()
+        .expect("tar");
+    assert!(status.success(), "tar of the test root filesystem");
+    let out = Command::new("docker")
+        .arg("import")
+        .arg(&archive)
+        .arg(IMAGE)
+        .output()
+        .expect("docker import");
+    let _ = std::fs::remove_file(&archive);
+    assert!(
+        out.status.success(),
+        "docker import: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Running containers labelled with `node`.
+fn running_on(node: &NodeId) -> Vec<String> {
+    let filter = format!("label={LABEL_NODE}={node}");
+    let out = docker_cli(&["ps", "-q", "--filter", &filter]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Removes every container of `node` when the test ends, also when it fails.
+struct Cleanup(NodeId);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let filter = format!("label={LABEL_NODE}={}", self.0);
+        let out = docker_cli(&["ps", "-aq", "--filter", &filter]);
+        for id in String::from_utf8_lossy(&out.stdout).lines() {
+            let _ = docker_cli(&["rm", "-f", id]);
+        }
+    }
+}
+
+async fn engine(node: &NodeId) -> (ContainerRuntime, mpsc::Receiver<RuntimeEvent>) {
+    let (tx, rx) = crate::channel::bounded(64, std::sync::Arc::default());
+    let socket = default_socket(RuntimeKind::Docker).expect("docker has a socket");
+    let runtime = ContainerRuntime::connect(
+        RuntimeKind::Docker,
+        &socket,
+        node.clone(),
+        tx,
+        EngineSettings::default(),
+    )
+    .await
+    .expect("a usable socket path");
+    assert!(runtime.available().await, "the engine answers");
+    (runtime, rx)
+}
+
+async fn next(rx: &mut mpsc::Receiver<RuntimeEvent>) -> RuntimeEvent {
+    tokio::time::timeout(Duration::from_secs(60), rx.recv())
+        .await
+        .expect("an event within 60 s")
+        .expect("channel open")
+}
+
+fn request(node: &NodeId, instance: u64) -> StartRequest {
+    let spec = WorkloadSpec::from_toml(&format!(
+        "name = \"pair\"\nruntime = \"docker\"\nimage = \"{IMAGE}\"\nimage_pull_policy = \"never\"\n\
+         command = \"sh\"\nargs = [\"-c\", \"echo instance {instance} port ${{port.http}} $STARLING_PORT_HTTP; sleep 600\"]\n\
+         [[ports]]\nname = \"http\"\nport = 8080\n"
+    ))
+    .expect("valid spec");
+    StartRequest {
+        replica: ReplicaId {
+            workload: WorkloadName::new("pair").expect("valid"),
+            index: 0,
+        },
+        instance,
+        revision: 1,
+        spec,
+        node: node.clone(),
+        env: Vec::new(),
+    }
+}
+
+#[tokio::test]
+async fn two_containers_of_a_replica_run_side_by_side_stop_alone_and_are_both_adopted() {
+    if !docker_ready() {
+        return;
+    }
+    let node = NodeId::new(format!("dkrt-{}", std::process::id())).expect("valid");
+    let _cleanup = Cleanup(node.clone());
+    let replica = request(&node, 1).replica;
+    {
+        let (runtime, mut rx) = engine(&node).await;
+        for instance in [1, 2] {
+            runtime.start(request(&node, instance)).await;
+            assert_eq!(
+                next(&mut rx).await,
+                RuntimeEvent::Started {
+                    replica: replica.clone(),
+                    instance
+                }
+            );
+        }
+        assert_eq!(running_on(&node).len(), 2, "both containers run");
+        let port = &request(&node, 1).spec.ports[0];
+        let bound = [1, 2].map(|i| runtime.host_port(&replica, i, port).expect("bound"));
+        assert_ne!(bound[0], bound[1], "each has its own host port");
+        // The newest instance's log; its command saw its container port both ways.
+        let mut lines = Vec::new();
+        for _ in 0..100 {
+            lines = runtime.log_tail(&replica, 5).await;
+            if !lines.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(lines, ["instance 2 port 8080 8080"]);
+    }
+    // A restarted agent: both are found and taken over.
+    let (runtime, mut rx) = engine(&node).await;
+    assert_eq!(runtime.adopt().await, 2);
+    let mut adopted = Vec::new();
+    for _ in 0..2 {
+        match next(&mut rx).await {
+            RuntimeEvent::Adopted {
+                replica: r,
+                instance,
+                revision,
+            } => {
+                assert_eq!((&r, revision), (&replica, 1));
+                adopted.push(instance);
+            }
+            other => panic!("expected an adoption, got {other:?}"),
+        }
+    }
+    adopted.sort();
+    assert_eq!(adopted, [1, 2]);
+    // Stopping instance 1 ends it alone; its exit carries its own number.
+    runtime.stop(&replica, 1, Duration::from_secs(1)).await;
+    assert!(matches!(
+        next(&mut rx).await,
+        RuntimeEvent::Exited { instance: 1, .. }
+    ));
+    assert!(!runtime.holds_instance(&replica, 1));
+    assert!(runtime.holds_instance(&replica, 2));
+    assert_eq!(running_on(&node).len(), 1, "instance 2 keeps running");
+    assert_eq!(
+        runtime.exec(&replica, 2, &["true".to_string()]).await,
+        Ok(0),
+        "an exec check reaches instance 2's container"
+    );
+    runtime.stop(&replica, 2, Duration::from_secs(1)).await;
+    assert!(matches!(
+        next(&mut rx).await,
+        RuntimeEvent::Exited { instance: 2, .. }
+    ));
+    assert!(running_on(&node).is_empty());
+}
