@@ -275,3 +275,77 @@ fn a_node_certificate_may_read_a_rollout_but_not_steer_it() {
         "{answer:?}"
     );
 }
+
+#[test]
+fn apply_wait_follows_a_good_revision_until_every_replica_settles() {
+    let fleet = Fleet::start(1);
+    let dir = fleet.tmp.path().to_path_buf();
+    let quick = |arg: &str| {
+        format!(
+            "name = \"web\"\ncommand = \"sleep\"\nargs = [\"{arg}\"]\nreplicas = 2\n\
+             [update]\nmin_healthy = \"300ms\"\n"
+        )
+    };
+    ok(fleet.cli(0, &["apply", "-f", &spec(&dir, "v1", &quick("100"))]));
+    let out = fleet.cli(
+        0,
+        &["apply", "-f", &spec(&dir, "v2", &quick("200")), "--wait"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("web: revision 2 (from 1): 2/2 updated"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.trim_end().ends_with("web: revision 2 rolled out"),
+        "{stdout}"
+    );
+    let status = json(&fleet, &["rollout", "status", "web"]);
+    assert_eq!(status["complete"], true, "{status}");
+    // Nothing is left to pause.
+    let pause = fleet.cli(0, &["rollout", "pause", "web"]);
+    assert_eq!(pause.status.code(), Some(1), "{}", text(&pause));
+    assert!(
+        text(&pause).contains("is complete: nothing to pause"),
+        "{}",
+        text(&pause)
+    );
+}
+
+#[test]
+fn a_crashing_revision_is_rolled_back_and_apply_wait_says_why() {
+    let fleet = Fleet::start(1);
+    let dir = fleet.tmp.path().to_path_buf();
+    ok(fleet.cli(0, &["apply", "-f", &spec(&dir, "v1", &web("100", ""))]));
+    let broken = spec(
+        &dir,
+        "broken",
+        "name = \"web\"\ncommand = \"false\"\nreplicas = 2\n\
+         [restart]\nbackoff_initial = \"10ms\"\nbackoff_max = \"20ms\"\n",
+    );
+    let out = fleet.cli(0, &["apply", "-f", &broken, "--wait"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("web: revision 2 was rolled back by revision 3: replica web/"),
+        "{}",
+        text(&out)
+    );
+    let status = fleet.cli(0, &["rollout", "status", "web"]);
+    assert_eq!(status.status.code(), Some(2), "{}", text(&status));
+
+    let again = fleet.cli(0, &["apply", "-f", &broken]);
+    assert_eq!(again.status.code(), Some(1), "{}", text(&again));
+    assert!(text(&again).contains("--force"), "{}", text(&again));
+    let described = json(&fleet, &["describe", "web"]);
+    assert_eq!(described["revision"], 3, "{described}");
+    assert_eq!(
+        described["history"][1]["ended"], "rolled_back",
+        "{described}"
+    );
+    assert_eq!(
+        described["history"][1]["ended_by"], "node-1 (auto-rollback)",
+        "{described}"
+    );
+}

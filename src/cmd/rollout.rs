@@ -175,12 +175,20 @@ pub fn verdict(report: &RolloutReport, followed: u64) -> Verdict {
         return Verdict::Complete;
     }
     let failing = report.progress.failing;
-    if failing > 0 && (!report.auto_rollback || report.previous.is_none()) {
-        let why = if report.auto_rollback {
-            "there is no previous revision to roll back to"
-        } else {
-            "[update] auto_rollback is off"
-        };
+    // The fleet rolls back a failing revision only with auto_rollback, something to go back
+    // to, and never a rollback itself (that could swing back and forth).
+    let no_rollback = if !report.auto_rollback {
+        Some("[update] auto_rollback is off")
+    } else if report.previous.is_none() {
+        Some("there is no previous revision to roll back to")
+    } else if report.rollback_of.is_some() {
+        Some("it is a rollback, which the fleet never rolls back")
+    } else {
+        None
+    };
+    if failing > 0
+        && let Some(why) = no_rollback
+    {
         return Verdict::Failed(format!(
             "{name}: revision {followed} fails: {failing} replica(s) crash loop on it and {why}; \
              fix the spec and apply it again, or starling rollback {name}"

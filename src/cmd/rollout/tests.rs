@@ -100,6 +100,14 @@ fn failing_replicas_end_the_watch_only_when_nothing_will_roll_back() {
         ..rolls_back
     };
     assert!(matches!(verdict(&first, 3), Verdict::Failed(why) if why.contains("no previous")));
+    let failing_rollback = RolloutReport {
+        auto_rollback: true,
+        progress: failing.progress.clone(),
+        ..rollback(2, None)
+    };
+    assert!(
+        matches!(verdict(&failing_rollback, 3), Verdict::Failed(why) if why.contains("never rolls back"))
+    );
 }
 
 #[test]
