@@ -60,7 +60,10 @@ pub fn meters(runtimes: &Runtimes, replicas: &[ReplicaId]) -> Vec<(ReplicaId, Me
                 if dirs.iter().any(|d| cgroup_cpu_ns(d).is_some()) {
                     Some(Meter::Cgroup(dirs))
                 } else {
-                    runtimes.process.newest_pid(replica).map(Meter::ProcessGroup)
+                    runtimes
+                        .process
+                        .newest_pid(replica)
+                        .map(Meter::ProcessGroup)
                 }
             }
         };
