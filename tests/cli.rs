@@ -63,7 +63,7 @@ fn validate_lists_every_error_of_the_broken_example_and_fails() {
         "secrets[0]: needs `env`, `path` or both",
         "health.http.port: no port named \"admin\"",
         "restart.max_retries: only applies to policy = \"on-failure\"",
-        "update: max_unavailable and max_surge cannot both be 0",
+        "update.max_surge: must be at least 1 for order = \"start-first\"",
         "scaling.max: must be at least scaling.min (5), got 2",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");

@@ -583,6 +583,15 @@ impl<F: Fleet> Effects for Runtime<'_, F> {
     fn roll_back(&mut self, workload: WorkloadName, revision: u64, reason: String) {
         self.fleet.roll_back(self.i, workload, revision, reason);
     }
+
+    fn scale(&mut self, workload: WorkloadName, from: u32, to: u32, why: String) {
+        // The simulator feeds no load yet, so no core decides a scale; noted if one does.
+        let text = format!(
+            "{} scales {workload} {from} -> {to}: {why}",
+            self.fleet.host(self.i).id
+        );
+        self.fleet.note(text);
+    }
 }
 
 /// A scenario marks a revision that cannot run with the env variable `SIM_FAILS`: its

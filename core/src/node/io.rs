@@ -40,6 +40,10 @@ pub trait Effects {
     /// with `reason`), if that revision is still the current one: detectors on several nodes
     /// may ask at once, and the desired state keeps one of their writes.
     fn roll_back(&mut self, workload: WorkloadName, revision: u64, reason: String);
+    /// Scale `workload` from `from` replicas to `to` (the autoscaler of the node that holds
+    /// its lease decided it, for `why`), if it still runs `from`: an operator's scale since
+    /// wins.
+    fn scale(&mut self, workload: WorkloadName, from: u32, to: u32, why: String);
 }
 
 impl Action {
@@ -67,6 +71,12 @@ impl Action {
                 revision,
                 reason,
             } => effects.roll_back(workload, revision, reason),
+            Action::Scale {
+                workload,
+                from,
+                to,
+                why,
+            } => effects.scale(workload, from, to, why),
         }
     }
 }
@@ -156,6 +166,16 @@ pub enum Action {
         revision: u64,
         /// Why, for the operator (`replica web/2 not healthy within 2m`).
         reason: String,
+    },
+    /// The autoscaler decided a new replica count.
+    Scale {
+        workload: WorkloadName,
+        /// The count it decided from.
+        from: u32,
+        /// The count to write.
+        to: u32,
+        /// Why (`cpu 140% of request > target 70% over 3 replicas for 10 s: 3 -> 6`).
+        why: String,
     },
 }
 

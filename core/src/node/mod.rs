@@ -25,6 +25,7 @@ mod io;
 mod plan;
 mod reconcile;
 mod replica;
+mod scaling;
 mod singleton;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -59,6 +60,8 @@ pub struct CoreConfig {
     /// passes its generation (start time in ms, growing across restarts even when the clock
     /// steps back) times 1,000; the simulator a value from its seed.
     pub instance_base: u64,
+    /// The autoscaler's windows (see `crate::scale`).
+    pub scale: crate::scale::ScaleConfig,
 }
 
 impl CoreConfig {
@@ -70,6 +73,7 @@ impl CoreConfig {
             move_hold_ms: 10_000,
             handover_timeout_ms: 120_000,
             instance_base,
+            scale: crate::scale::ScaleConfig::default(),
         }
     }
 }
@@ -133,6 +137,8 @@ pub struct NodeCore {
     canaries_settled: BTreeMap<starling_protocol::WorkloadName, (u64, u64)>,
     /// Rollbacks this node asked for (workload, failed revision): asked once each.
     rollbacks_asked: std::collections::BTreeSet<(starling_protocol::WorkloadName, u64)>,
+    /// The scalers of the autoscaled workloads whose lease this node holds.
+    scalers: BTreeMap<starling_protocol::WorkloadName, crate::scale::Scaler>,
 }
 
 impl NodeCore {
@@ -221,6 +227,7 @@ impl NodeCore {
             rollout_waiting: Default::default(),
             canaries_settled: BTreeMap::new(),
             rollbacks_asked: Default::default(),
+            scalers: BTreeMap::new(),
         }
     }
 

@@ -50,7 +50,11 @@ impl NodeCore {
                 self.held.remove(&lease);
             }
         }
-        if lost {
+        let fences = self.desired.get(&lease).is_some_and(|r| r.spec.singleton);
+        if token.is_none() {
+            self.scalers.remove(&lease);
+        }
+        if lost && fences {
             // Self-fencing: every instance of it here stops now; standbys come back as such.
             let mine: Vec<ReplicaId> = self
                 .replicas
@@ -101,6 +105,22 @@ impl NodeCore {
         let mut deadline = None;
         for (name, rev) in self.desired.workloads() {
             let spec = &rev.spec;
+            if super::scaling::autoscaled(spec) {
+                // The scaler's lease: held by one of the nodes running a replica.
+                let campaign = !self.departing()
+                    && self.runs_one(name)
+                    && (self.held.contains_key(name) || self.ranks_first(name, plan));
+                if campaign {
+                    wanted.insert(
+                        name.clone(),
+                        LeaseWant {
+                            ttl_ms: starling_protocol::spec::DEFAULT_LEASE_TTL_MS,
+                            mode: LeaseMode::Quorum,
+                        },
+                    );
+                }
+                continue;
+            }
             if !spec.singleton || spec.replicas == 0 {
                 continue;
             }

@@ -78,6 +78,7 @@ fn config(n: &str) -> CoreConfig {
         move_hold_ms: 10_000,
         handover_timeout_ms: 120_000,
         instance_base: 1,
+        scale: crate::scale::ScaleConfig::default(),
     }
 }
 
@@ -92,6 +93,7 @@ struct Single {
     /// (lease, campaign or withdraw) in order.
     campaigns: Vec<(WorkloadName, bool)>,
     rollbacks: Vec<(WorkloadName, u64)>,
+    scales: Vec<(WorkloadName, u32, u32)>,
     /// Every instance the runtime runs (a start-first move runs two of one replica).
     live: std::collections::BTreeSet<(ReplicaId, u64)>,
     /// Most instances live at once since the last reset.
@@ -109,6 +111,7 @@ impl Single {
             events: Vec::new(),
             campaigns: Vec::new(),
             rollbacks: Vec::new(),
+            scales: Vec::new(),
             live: Default::default(),
             peak: 0,
         };
@@ -158,6 +161,9 @@ impl Single {
                 Action::RollBack {
                     workload, revision, ..
                 } => self.rollbacks.push((workload, revision)),
+                Action::Scale {
+                    workload, from, to, ..
+                } => self.scales.push((workload, from, to)),
                 Action::Publish(_) | Action::PersistAssignment(_) => {}
             }
         }
@@ -585,7 +591,8 @@ impl Fleet {
             | Action::Event(_)
             | Action::Campaign { .. }
             | Action::Withdraw { .. }
-            | Action::RollBack { .. } => {}
+            | Action::RollBack { .. }
+            | Action::Scale { .. } => {}
         }
     }
 
@@ -1559,3 +1566,4 @@ fn a_draining_node_s_replicas_start_elsewhere_without_the_move_hold() {
 }
 
 mod rollouts;
+mod scaling;

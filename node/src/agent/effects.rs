@@ -109,7 +109,11 @@ impl Agent {
     pub(super) async fn execute(&mut self) {
         loop {
             self.execute_core_actions().await;
-            // A rollback is a write, which the core answers with more actions.
+            // A rollback or a scale is a write, which the core answers with more actions.
+            if let Some((workload, from, to, why)) = self.scales_due.pop() {
+                self.autoscale(workload, from, to, why);
+                continue;
+            }
             let Some((workload, revision, reason)) = self.rollbacks_due.pop() else {
                 return;
             };
@@ -308,5 +312,9 @@ impl Effects for Shell<'_> {
 
     fn roll_back(&mut self, workload: WorkloadName, revision: u64, reason: String) {
         self.agent.rollbacks_due.push((workload, revision, reason));
+    }
+
+    fn scale(&mut self, workload: WorkloadName, from: u32, to: u32, why: String) {
+        self.agent.scales_due.push((workload, from, to, why));
     }
 }

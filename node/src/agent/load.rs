@@ -156,8 +156,6 @@ impl Agent {
     /// The load of autoscaled replicas on every node that is not down: this node's as
     /// measured at the last tick, peers' as last gossiped (rounded to two significant
     /// digits). Values are in each workload's scaling unit.
-    // Read by the scaler of the workload's lease holder, wired with the lease.
-    #[allow(dead_code)]
     pub(crate) fn loads(&self, now: u64) -> BTreeMap<NodeId, BTreeMap<ReplicaId, u64>> {
         let mut out = self
             .fleet
@@ -177,7 +175,6 @@ impl Agent {
     /// One workload's load fleet-wide by replica index, what its scaler observes
     /// (`starling_core::scale::Scaler::observe`). A replica reported by two nodes (a
     /// handover under way) counts at its higher value.
-    #[allow(dead_code)]
     pub(crate) fn load_of(&self, now: u64, workload: &WorkloadName) -> BTreeMap<u32, u64> {
         let mut out: BTreeMap<u32, u64> = BTreeMap::new();
         for values in self.loads(now).into_values() {
@@ -189,6 +186,47 @@ impl Agent {
             }
         }
         out
+    }
+}
+
+impl Agent {
+    /// Hands every autoscaled workload's fleet-wide load to the core, whose scaler acts only
+    /// where the workload's lease is held.
+    pub(super) fn feed_scalers(&mut self, now: u64) {
+        let scaled: Vec<WorkloadName> = self
+            .core
+            .desired()
+            .workloads()
+            .filter(|(_, r)| r.spec.scaling.is_some() && !r.spec.singleton)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for workload in scaled {
+            let values = self.load_of(now, &workload);
+            self.decide(|core| core.handle_load(now, workload, values));
+        }
+    }
+
+    /// Writes the replica count the autoscaler decided, unless the count changed since
+    /// (an operator's scale, or a new revision with another count, wins).
+    pub(super) fn autoscale(&mut self, workload: WorkloadName, from: u32, to: u32, why: String) {
+        let Some(current) = self.core.desired().get(&workload).cloned() else {
+            return;
+        };
+        if current.spec.replicas != from {
+            return;
+        }
+        let mut spec = current.spec.clone();
+        spec.replicas = to;
+        if let Err(e) = spec.check() {
+            tracing::warn!("autoscaler's count for {workload} refused: {e}");
+            return;
+        }
+        self.note(format!("autoscaling {workload}: {why}"));
+        let by = format!("{} (autoscaler)", self.node);
+        let outcome = self.write(workload, Some(current.next(spec)), &by);
+        // Nobody waits for this answer; the push still goes to every live peer.
+        let (reply, _) = tokio::sync::oneshot::channel();
+        self.answer(outcome, reply);
     }
 }
 

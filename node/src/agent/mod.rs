@@ -370,6 +370,8 @@ pub(crate) struct Agent {
     usage: Option<(u32, u64)>,
     /// Rollbacks the core asked for, written once its actions are carried out.
     rollbacks_due: Vec<(starling_protocol::WorkloadName, u64, String)>,
+    /// Scales the core's autoscaler decided, written like the rollbacks.
+    scales_due: Vec<(starling_protocol::WorkloadName, u32, u32, String)>,
     /// Custom metrics replicas reported on the HTTP port (`report`).
     reports: Arc<report::Reports>,
     /// Where replicas report them (`STARLING_METRICS_URL`), when the HTTP port is served.
@@ -489,6 +491,7 @@ impl Agent {
             usage_sampler: host::UsageSampler::default(),
             usage: None,
             rollbacks_due: Vec::new(),
+            scales_due: Vec::new(),
             reports: Arc::default(),
             report_url: None,
             load: load::LoadState::default(),
@@ -555,6 +558,7 @@ impl Agent {
                         }
                     }
                     self.sample_load(now_ms()).await;
+                    self.feed_scalers(now_ms());
                 }
                 _ = gossip_tick.tick(), if fleet_on => self.on_gossip_tick().await,
                 _ = tokio::time::sleep(sleep) => {
