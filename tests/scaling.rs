@@ -1,6 +1,7 @@
 //! Autoscaling's inputs end to end: a replica started by a real agent finds
 //! `STARLING_METRICS_URL` in its environment and reports a custom metric that the agent takes
-//! (and refuses a report for a replica it does not run).
+//! (and refuses a report for a replica it does not run); the workload's scaler then scales it
+//! to its bound.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -22,14 +23,31 @@ impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.agent.kill();
         let _ = self.agent.wait();
-        let file = self.dir.join("runtime/replicas/web-0/instance.json");
-        let pid = std::fs::read_to_string(file)
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v["pid"].as_i64())
-            .and_then(|p| i32::try_from(p).ok());
-        if let Some(pid) = pid.filter(|p| *p > 1) {
-            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        // Every replica the scaler started, each through its own instance records.
+        let replicas = std::fs::read_dir(self.dir.join("runtime/replicas"))
+            .into_iter()
+            .flatten()
+            .flatten();
+        for replica in replicas {
+            let records = std::fs::read_dir(replica.path())
+                .into_iter()
+                .flatten()
+                .flatten();
+            for record in records {
+                let name = record.file_name().to_string_lossy().into_owned();
+                if !(name.starts_with("instance") && name.ends_with(".json")) {
+                    continue;
+                }
+                let pid = std::fs::read_to_string(record.path())
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                    .and_then(|v| v["pid"].as_i64())
+                    .and_then(|p| i32::try_from(p).ok());
+                if let Some(pid) = pid.filter(|p| *p > 1) {
+                    let _ =
+                        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            }
         }
     }
 }
@@ -104,4 +122,24 @@ fn a_replica_reports_a_custom_metric_to_its_own_agent() {
     );
     let refused = post(&url, r#"{"replica":"web/0","metrics":{"queue":"many"}}"#);
     assert!(refused.starts_with("body: invalid type"), "{refused}");
+    // Queue 12 per replica against a target of 5: the scaler (this node holds the workload's
+    // lease) asks for ceil(1 * 12 / 5) = 3 replicas, the bound, once the need has lasted its
+    // up window, and the third replica starts.
+    let third = Path::new(&dir).join("runtime/replicas/web-2/output.log");
+    wait_for(
+        "web scaled to 3 by its autoscaler",
+        Duration::from_secs(90),
+        || third.exists().then_some(()),
+    );
+    let out = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&dir)
+        .args(["describe", "web"])
+        .output()
+        .expect("cli");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("(autoscaler)"),
+        "the write names its author:\n{text}"
+    );
 }
