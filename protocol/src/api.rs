@@ -163,6 +163,22 @@ pub struct Description {
     pub replicas: Vec<ReplicaRow>,
     /// Recent events of the answering node that name it, oldest first.
     pub events: Vec<NodeEvent>,
+    /// The autoscaler, for a workload with `[scaling]`.
+    pub autoscaler: Option<AutoscalerReport>,
+}
+
+/// Who scales an autoscaled workload and what it decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoscalerReport {
+    /// The holder of the workload's lease (its scaler), as the answering node knows it.
+    pub scaler: Option<NodeId>,
+    /// Whether the answering node is the scaler (only it knows the decisions).
+    pub answered_by_scaler: bool,
+    /// The average metric per replica the scaler saw last (its unit: percent of the CPU
+    /// request, or the custom metric's).
+    pub average: Option<u64>,
+    /// Its last decisions, oldest first: when (ms since the epoch), from, to, why.
+    pub decisions: Vec<(u64, u32, u32, String)>,
 }
 
 /// A notable event an agent recorded.

@@ -101,6 +101,17 @@ struct FleetArgs {
     /// Milliseconds a claim waits for competing claims before starting a replica.
     #[arg(long, default_value_t = 100)]
     settle_ms: u64,
+    /// The autoscaler's cool-down in ms: a scale-down goes to the highest need seen over this
+    /// window and never follows a scale-up closer than this.
+    #[arg(long, default_value_t = 120_000)]
+    scale_down_window_ms: u64,
+    /// How long in ms a need for more replicas must last before the autoscaler scales up.
+    #[arg(long, default_value_t = 10_000)]
+    scale_up_window_ms: u64,
+    /// After the replica count changes, how long in ms the autoscaler waits before it reads
+    /// the load against the new count.
+    #[arg(long, default_value_t = 20_000)]
+    scale_settle_ms: u64,
     /// How far clocks may drift apart over one lease duration: a lease holder stops acting
     /// this many milliseconds before its grant ends.
     #[arg(long, default_value_t = 300)]
@@ -179,6 +190,9 @@ pub fn main(data_dir: &Path, args: AgentArgs) -> anyhow::Result<ExitCode> {
         }
     }
     config.settle_ms = fleet.settle_ms;
+    config.scale.down_window_ms = fleet.scale_down_window_ms;
+    config.scale.up_window_ms = fleet.scale_up_window_ms;
+    config.scale.settle_ms = fleet.scale_settle_ms;
     config.lease_max_drift_ms = fleet.lease_max_drift_ms;
     config.metrics = fleet.metrics;
     config.fleet.listen = fleet.listen;

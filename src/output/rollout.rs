@@ -2,7 +2,7 @@
 //! whenever it changes), and the revision history `describe` shows, both ways.
 
 use serde_json::{Map, Value, json};
-use starling_protocol::api::{Description, RolloutReport};
+use starling_protocol::api::{AutoscalerReport, Description, RolloutReport};
 use starling_protocol::desired::{RollbackOf, WRITES_KEPT, WriteRecord};
 use starling_protocol::quantity::format_duration_ms;
 use starling_protocol::spec::{ScalingMetric, ScalingPolicy, UpdateOrder, UpdateStrategy};
@@ -245,6 +245,9 @@ pub fn description(d: &Description) -> (Vec<(String, String)>, Map<String, Value
         d.now_ms,
     );
     rows.extend(history);
+    if let Some(a) = &d.autoscaler {
+        rows.push(("autoscaler".to_string(), autoscaler_text(a, d.now_ms)));
+    }
     let mut keys = Map::new();
     keys.insert("rollout".into(), json(&d.rollout));
     keys.insert("history".into(), history_json);
@@ -256,7 +259,38 @@ pub fn description(d: &Description) -> (Vec<(String, String)>, Map<String, Value
         "scaling".into(),
         serde_json::to_value(&d.spec.scaling).unwrap_or(Value::Null),
     );
+    if let Some(a) = &d.autoscaler {
+        keys.insert(
+            "autoscaler".into(),
+            json!({
+                "scaler": a.scaler.as_ref().map(|n| n.to_string()),
+                "answered_by_scaler": a.answered_by_scaler,
+                "average": a.average,
+                "decisions": a.decisions.iter().map(|(at, from, to, why)| json!({
+                    "at_ms": at, "from": from, "to": to, "why": why,
+                })).collect::<Vec<_>>(),
+            }),
+        );
+    }
     (rows, keys)
+}
+
+/// Who scales the workload, what it sees and its last decisions (newest last).
+fn autoscaler_text(a: &AutoscalerReport, now_ms: u64) -> String {
+    let who = match (&a.scaler, a.answered_by_scaler) {
+        (Some(node), true) => format!("scaled by {node} (this node)"),
+        (Some(node), false) => format!("scaled by {node} (ask it for its decisions)"),
+        (None, _) => "no scaler elected yet".to_string(),
+    };
+    let mut text = match a.average {
+        Some(avg) => format!("{who}; average {avg} per replica"),
+        None => who,
+    };
+    for (at, from, to, why) in a.decisions.iter().rev().take(5).rev() {
+        let ago = now_ms.saturating_sub(*at) / 1_000;
+        text.push_str(&format!("\n  {ago}s ago: {from} -> {to}: {why}"));
+    }
+    text
 }
 
 /// ` by WHO`, or nothing when the writer is not known.

@@ -64,6 +64,13 @@ impl NodeCore {
             .unwrap_or_default()
     }
 
+    /// The average per-replica load the scaler of `workload` saw last, if this node scales it.
+    pub fn scale_average(&self, workload: &WorkloadName, now_ms: u64) -> Option<u64> {
+        let current = self.desired.get(workload)?.spec.replicas;
+        let average = self.scalers.get(workload)?.average(now_ms, current)?;
+        Some(average.value)
+    }
+
     /// Whether this node scales `workload` now.
     pub fn scales(&self, workload: &WorkloadName) -> bool {
         self.scalers.contains_key(workload) && self.held.contains_key(workload)

@@ -63,6 +63,7 @@ impl Agent {
             rollout,
             replicas,
             events,
+            autoscaler: self.autoscaler_report(name, &revision.spec),
         }))
     }
 
@@ -224,4 +225,33 @@ fn workloads(core: &NodeCore) -> Vec<WorkloadRow> {
             }
         })
         .collect()
+}
+
+impl Agent {
+    /// Who scales `name` (its lease holder as known here) and, if it is this node, what it
+    /// decided; `None` for a workload without `[scaling]`.
+    fn autoscaler_report(
+        &self,
+        name: &WorkloadName,
+        spec: &starling_protocol::spec::WorkloadSpec,
+    ) -> Option<starling_protocol::api::AutoscalerReport> {
+        spec.scaling.as_ref()?;
+        let now = now_ms();
+        let view = self.leases.elector.view(name);
+        let scaler = view
+            .record
+            .filter(|l| l.expires_at_ms() > now)
+            .map(|l| l.holder);
+        Some(starling_protocol::api::AutoscalerReport {
+            scaler,
+            answered_by_scaler: self.core.scales(name),
+            average: self.core.scale_average(name, now),
+            decisions: self
+                .core
+                .scale_decisions(name)
+                .into_iter()
+                .map(|d| (d.at_ms, d.from, d.to, d.why))
+                .collect(),
+        })
+    }
 }

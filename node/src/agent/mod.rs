@@ -76,6 +76,8 @@ pub struct AgentConfig {
     pub max_drift_ms: u64,
     /// How long a claim waits for competing claims before starting (see `core`).
     pub settle_ms: u64,
+    /// The autoscaler's windows (see `starling_core::scale`).
+    pub scale: starling_core::scale::ScaleConfig,
     /// Fleet networking, used when the data dir belongs to a cluster (`starling init`/`join`).
     pub fleet: FleetSettings,
     /// Where to serve Prometheus metrics over HTTP (default in a fleet: 127.0.0.1 at the
@@ -110,6 +112,7 @@ impl AgentConfig {
             rejoin_wait: Duration::from_secs(5),
             max_drift_ms: 5_000,
             settle_ms: 250,
+            scale: starling_core::scale::ScaleConfig::default(),
             fleet: FleetSettings::default(),
             metrics: None,
             container_engines: [RuntimeKind::Docker, RuntimeKind::Podman]
@@ -449,6 +452,7 @@ impl Agent {
         let mut core_config =
             CoreConfig::new(identity.node.clone(), generation.saturating_mul(1_000));
         core_config.settle_ms = config.settle_ms;
+        core_config.scale = config.scale.clone();
         let (leases, lease_replies) = leases::Leases::new(
             identity.node.clone(),
             config.lease_max_drift_ms,
