@@ -340,7 +340,7 @@ impl NodeCore {
 
     /// What the fleet reports of `workload`'s replicas: this node's own and every live
     /// peer's last status.
-    fn observe(&self, workload: &WorkloadName, target: u64) -> Observations {
+    pub(super) fn observe(&self, workload: &WorkloadName, target: u64) -> Observations {
         let mine: Vec<(u32, ReplicaStatus)> = self
             .replicas
             .iter()

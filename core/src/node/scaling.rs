@@ -45,6 +45,18 @@ impl NodeCore {
             .entry(workload.clone())
             .or_insert_with(|| Scaler::new(config));
         scaler.observe(now_ms, current, values);
+        // A rollout under way holds the count: a scale-down would take away the replicas
+        // its budget counts on, and new replicas would start on whichever revision.
+        let rolling = revision.previous.is_some() && {
+            let seen = self.observe(&workload, revision.number);
+            !starling_protocol::rollout::Progress::of(current, &seen).complete()
+        };
+        if rolling {
+            return;
+        }
+        let Some(scaler) = self.scalers.get_mut(&workload) else {
+            return;
+        };
         if let Some(decision) = scaler.decide(now_ms, &policy, current) {
             self.actions.push_back(Action::Scale {
                 workload,

@@ -52,3 +52,25 @@ fn the_lease_holder_scales_up_on_sustained_load_and_losing_the_lease_stops_nothi
     assert_eq!(s.stops.len(), stops, "the scaler's lease fences nothing");
     assert!(!s.core.scales(&web()));
 }
+
+#[test]
+fn a_rollout_under_way_holds_the_count() {
+    let mut s = Single::new(&[scaled()]);
+    s.advance(10_000);
+    s.core.handle_lease(s.now, web(), Some(7));
+    s.drain();
+    let first = s.desired_rev("web");
+    let mut next = scaled();
+    next.args = vec!["2".into()];
+    next.update.min_healthy_ms = 3_600_000;
+    s.core
+        .handle_desired(s.now, desired_at(&[first.next(next)], 100));
+    s.drain();
+    let mut now = s.now;
+    for _ in 0..6 {
+        now += 5_000;
+        s.core.handle_load(now, web(), [(0, 200), (1, 200)].into());
+        s.drain();
+    }
+    assert!(s.scales.is_empty(), "no scale while the rollout runs: {:?}", s.scales);
+}
