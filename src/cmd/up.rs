@@ -227,9 +227,14 @@ fn specs(path: Option<&Path>) -> anyhow::Result<Vec<SpecFile>> {
                 continue;
             };
             // All agents share this machine: a fixed host port could be bound only once, and
-            // containers need an engine; those examples are left to real fleets.
-            if spec.runtime != RuntimeKind::Process || !spec.ports.is_empty() {
+            // containers need an engine; those examples are left to real fleets. Ports without
+            // a fixed host port are picked per instance, so those examples run here.
+            if spec.runtime != RuntimeKind::Process || !spec.host_ports().is_empty() {
                 println!("(skipping {name}: it needs a container engine or a fixed host port)");
+                continue;
+            }
+            if let Some(program) = spec.command.as_deref().filter(|p| !on_path(p)) {
+                println!("(skipping {name}: {program} is not installed here)");
                 continue;
             }
             out.push((name.to_string(), Ok(spec)));
@@ -359,4 +364,14 @@ async fn connect_retrying(fleet: &LocalFleet, i: usize) -> anyhow::Result<Client
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
+}
+
+/// Whether `program` can be run: a path that exists, or a name found in `PATH`.
+fn on_path(program: &str) -> bool {
+    if program.contains('/') {
+        return Path::new(program).exists();
+    }
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| dir.join(program).is_file())
+    })
 }
