@@ -72,5 +72,9 @@ fn a_rollout_under_way_holds_the_count() {
         s.core.handle_load(now, web(), [(0, 200), (1, 200)].into());
         s.drain();
     }
-    assert!(s.scales.is_empty(), "no scale while the rollout runs: {:?}", s.scales);
+    assert!(
+        s.scales.is_empty(),
+        "no scale while the rollout runs: {:?}",
+        s.scales
+    );
 }
