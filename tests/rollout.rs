@@ -349,3 +349,23 @@ fn a_crashing_revision_is_rolled_back_and_apply_wait_says_why() {
         "{described}"
     );
 }
+
+#[test]
+fn a_scale_down_during_a_rollout_is_refused_and_changes_nothing() {
+    let fleet = Fleet::start(1);
+    let dir = fleet.tmp.path().to_path_buf();
+    ok(fleet.cli(0, &["apply", "-f", &spec(&dir, "v1", &web("100", ""))]));
+    ok(fleet.cli(0, &["apply", "-f", &spec(&dir, "v2", &web("200", ""))]));
+    let out = fleet.cli(0, &["scale", "web=1"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("web is rolling out revision 2")
+            && text(&out).contains("Nothing was changed"),
+        "{}",
+        text(&out)
+    );
+    let status = json(&fleet, &["rollout", "status", "web"]);
+    assert_eq!(status["replicas"], 2, "{status}");
+    // Scaling up is allowed: the new replicas start on the new revision.
+    ok(fleet.cli(0, &["scale", "web=3"]));
+}

@@ -196,4 +196,36 @@ fn a_rollout_keeps_the_service_up_and_a_bad_revision_rolls_back_on_its_own() {
         !refused.status.success(),
         "the failed template needs --force"
     );
+
+    // A canary rollout: one replica moves, then the rollout waits for a promote.
+    let canary = web("5", "${port.http}").replace(
+        "[update]\nbatch_size = 2",
+        "[update]\nstrategy = \"canary\"\ncanary = 1\nbatch_size = 2",
+    );
+    apply("v5", &canary);
+    watch(&fleet, "the canary settled", Duration::from_secs(60), |s| {
+        s["revision"] == 5 && s["updated"] == 1 && s["waiting_for_promote"] == true
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let s = status(&fleet).expect("status");
+    assert_eq!(
+        s["updated"], 1,
+        "nothing moves past the canary before a promote: {s}"
+    );
+    let out = fleet.cli(0, &["rollout", "promote", "web"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fewest = watch(
+        &fleet,
+        "the promoted rollout",
+        Duration::from_secs(120),
+        |s| s["revision"] == 5 && s["complete"] == true,
+    );
+    assert!(
+        fewest >= REPLICAS - MAX_UNAVAILABLE,
+        "{fewest} serving at the worst"
+    );
 }

@@ -140,6 +140,19 @@ impl Agent {
         let Some(current) = self.core.desired().get(&name).cloned() else {
             return not_found(&name).into();
         };
+        if replicas < current.spec.replicas
+            && current.previous.is_some()
+            && let Some(report) = self.rollout_report(&name)
+            && !report.progress.complete()
+        {
+            return error(format!(
+                "{name} is rolling out revision {} ({}/{} updated): scaling down now would take \
+                 away replicas its budget counts on; wait for it (starling rollout status {name} \
+                 --watch) or roll back first. Nothing was changed.",
+                current.number, report.progress.updated, report.progress.replicas
+            ))
+            .into();
+        }
         let mut spec = current.spec.clone();
         spec.replicas = replicas;
         match spec.check() {
