@@ -299,6 +299,9 @@ pub(crate) trait Fleet: Sized {
     fn campaign(&mut self, i: usize, lease: WorkloadName, want: LeaseWant);
     /// Node `i`'s core withdraws from `lease`.
     fn withdraw(&mut self, i: usize, lease: WorkloadName);
+    /// Node `i`'s core scales `workload` from `from` to `to` (a write, when the count is still
+    /// `from`). A model without autoscaling ignores it.
+    fn scale(&mut self, _i: usize, _workload: WorkloadName, _from: u32, _to: u32) {}
     /// Node `i`'s core asks for the rollback of `workload`'s `revision` (a write, when that
     /// revision is still current). A model without rollouts ignores it.
     fn roll_back(&mut self, _i: usize, _workload: WorkloadName, _revision: u64, _reason: String) {}
@@ -585,12 +588,12 @@ impl<F: Fleet> Effects for Runtime<'_, F> {
     }
 
     fn scale(&mut self, workload: WorkloadName, from: u32, to: u32, why: String) {
-        // The simulator feeds no load yet, so no core decides a scale; noted if one does.
         let text = format!(
             "{} scales {workload} {from} -> {to}: {why}",
             self.fleet.host(self.i).id
         );
         self.fleet.note(text);
+        self.fleet.scale(self.i, workload, from, to);
     }
 }
 

@@ -103,6 +103,17 @@ fn secs(ms: u64) -> String {
 }
 
 impl LeaseLog {
+    /// The nodes whose grant of `name` is valid at `now_ms`.
+    pub fn holders_at(&self, name: &LeaseName, now_ms: u64) -> Vec<usize> {
+        self.leases.get(name).map_or_else(Vec::new, |t| {
+            t.spans
+                .iter()
+                .filter(|s| s.valid_at(now_ms))
+                .map(|s| s.node)
+                .collect()
+        })
+    }
+
     /// A node started campaigning for `name`: the clock of "time without a holder" starts.
     pub fn wanted(&mut self, now_ms: u64, name: &LeaseName) {
         self.leases

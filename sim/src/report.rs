@@ -57,6 +57,13 @@ pub fn summary(report: &RunReport, scenario_path: &str) -> String {
             let _ = writeln!(out, "writes     {} acknowledged", c.writes);
         }
     }
+    if c.scales > 0 {
+        let _ = writeln!(
+            out,
+            "scales     {} replica counts written by autoscalers",
+            c.scales
+        );
+    }
     if c.rollbacks > 0 {
         let _ = writeln!(
             out,

@@ -163,6 +163,9 @@ pub struct RuntimeModel {
     pub start_delay_ms: (u64, u64),
     /// Random replica crashes per replica per hour.
     pub crash_rate_per_hour: f64,
+    /// Per workload, the value of its scaling metric every running replica reports (its
+    /// autoscaler's input); workloads not named report nothing.
+    pub load: BTreeMap<String, u64>,
 }
 
 /// One fault at one time.
@@ -351,6 +354,8 @@ struct GossipDoc {
 struct RuntimeDoc {
     start_delay: Option<[String; 2]>,
     crash_rate_per_hour: Option<f64>,
+    #[serde(default)]
+    load: BTreeMap<String, u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -519,6 +524,7 @@ impl Scenario {
                     start_delay.0.max(start_delay.1),
                 ),
                 crash_rate_per_hour: doc.runtime.crash_rate_per_hour.unwrap_or(0.0).max(0.0),
+                load: doc.runtime.load.clone(),
             },
             workloads,
             faults,

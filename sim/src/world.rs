@@ -143,6 +143,8 @@ pub struct Counters {
     pub writes: u64,
     /// Rollbacks written by cores whose rollout failed its health gate.
     pub rollbacks: u64,
+    /// Replica counts written by autoscalers.
+    pub scales: u64,
     /// Fast model: gossip rounds the slowest write made during the run took to reach every
     /// up node.
     pub write_rounds: Option<u64>,
@@ -221,6 +223,34 @@ impl<'s> World<'s> {
         let specs = self.scenario.workloads.clone();
         for spec in specs {
             self.write(0, spec);
+        }
+    }
+
+    /// Every running core gets the scenario's load of each autoscaled workload: the value for
+    /// every replica running somewhere (its holder's scaler acts on it, the others ignore it).
+    fn feed_load(&mut self) {
+        if self.scenario.runtime.load.is_empty() {
+            return;
+        }
+        let mut running: BTreeMap<WorkloadName, BTreeMap<u32, u64>> = BTreeMap::new();
+        for i in self.up().collect::<Vec<_>>() {
+            for (r, x) in &self.nodes[i].host.instances {
+                if let (true, Some(value)) = (
+                    x.running,
+                    self.scenario.runtime.load.get(r.workload.as_str()),
+                ) {
+                    running
+                        .entry(r.workload.clone())
+                        .or_default()
+                        .insert(r.index, *value);
+                }
+            }
+        }
+        for i in self.up().collect::<Vec<_>>() {
+            for (workload, values) in &running {
+                let (w, v) = (workload.clone(), values.clone());
+                self.with_core(i, |core, now| core.handle_load(now, w, v));
+            }
         }
     }
 
@@ -370,6 +400,7 @@ impl<'s> World<'s> {
                 self.check_leases();
                 crate::return_check::sample(self);
                 crate::rollout_check::sample(self);
+                self.feed_load();
                 crate::checks::sample(self);
                 let next = self.now + self.scenario.gossip.interval_ms;
                 self.schedule(next, Event::Sample);
@@ -473,6 +504,32 @@ impl Fleet for World<'_> {
     }
     fn withdraw(&mut self, i: usize, lease: WorkloadName) {
         World::withdraw(self, i, lease);
+    }
+    fn scale(&mut self, i: usize, workload: WorkloadName, from: u32, to: u32) {
+        // (13) One scaler at a time: the node that scales holds the workload's lease, alone.
+        let holders = self.lease_log.holders_at(&workload, self.now);
+        if holders != [i] {
+            let ids: Vec<String> = holders
+                .iter()
+                .map(|j| self.nodes[*j].host.id.to_string())
+                .collect();
+            let detail = format!(
+                "{} scales {workload} {from} -> {to} while the lease holders are {ids:?}",
+                self.nodes[i].host.id
+            );
+            self.checker.fail("two-scalers", detail);
+            return;
+        }
+        let Some(current) = self.nodes[i].disk.desired.get(&workload).cloned() else {
+            return;
+        };
+        if current.spec.replicas != from {
+            return;
+        }
+        let mut spec = current.spec.clone();
+        spec.replicas = to;
+        self.counters.scales += 1;
+        self.write_revision(i, current.next(spec));
     }
     fn roll_back(&mut self, i: usize, workload: WorkloadName, revision: u64, reason: String) {
         let Some(current) = self.nodes[i].disk.desired.get(&workload) else {

@@ -156,6 +156,23 @@ fn a_rollout_past_its_budget_is_caught_and_the_real_gate_holds() {
 }
 
 #[test]
+fn the_lease_holder_alone_scales_an_autoscaled_workload_to_its_bound() {
+    let (path, scenario) = scenarios()
+        .into_iter()
+        .find(|(p, _)| p.ends_with("autoscale.toml"))
+        .expect("scenario");
+    for seed in 1..=3 {
+        let r = run(&scenario, seed, RunOptions::default());
+        let summary = report::summary(&r, &path.display().to_string());
+        assert!(r.violation.is_none(), "{summary}");
+        assert!(
+            r.counters.scales >= 2,
+            "2 -> 4 -> 6 by its scaler: {summary}"
+        );
+    }
+}
+
+#[test]
 fn an_injected_bug_is_caught_by_the_invariants() {
     let (path, scenario) = scenarios()
         .into_iter()
