@@ -7,8 +7,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
-
 mod support;
 
 use support::{BIN, wait_for};
@@ -23,31 +21,9 @@ impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.agent.kill();
         let _ = self.agent.wait();
-        // Every replica the scaler started, each through its own instance records.
-        let replicas = std::fs::read_dir(self.dir.join("runtime/replicas"))
-            .into_iter()
-            .flatten()
-            .flatten();
-        for replica in replicas {
-            let records = std::fs::read_dir(replica.path())
-                .into_iter()
-                .flatten()
-                .flatten();
-            for record in records {
-                let name = record.file_name().to_string_lossy().into_owned();
-                if !(name.starts_with("instance") && name.ends_with(".json")) {
-                    continue;
-                }
-                let pid = std::fs::read_to_string(record.path())
-                    .ok()
-                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                    .and_then(|v| v["pid"].as_i64())
-                    .and_then(|p| i32::try_from(p).ok());
-                if let Some(pid) = pid.filter(|p| *p > 1) {
-                    let _ =
-                        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
-                }
-            }
+        // Every replica the scaler started.
+        for pid in support::pids(&self.dir, "") {
+            support::killpg(pid);
         }
     }
 }

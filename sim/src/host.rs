@@ -225,22 +225,27 @@ impl CoreSettings {
 
     /// The planner a core of this run plans with: the agent's, or the self-test's bug.
     pub fn planner(&self) -> Arc<dyn Planner> {
-        if self.bug_minority_takes_over {
-            Arc::new(MinorityTakesOver)
-        } else if self.bug_rollout_ignores_budget {
-            Arc::new(RolloutIgnoresBudget)
+        if self.bug_minority_takes_over || self.bug_rollout_ignores_budget {
+            Arc::new(InjectedBug {
+                minority: self.bug_minority_takes_over,
+                rollout: self.bug_rollout_ignores_budget,
+            })
         } else {
             Arc::new(DirectPlanner)
         }
     }
 }
 
-/// The simulator's self-test bug: the agent's planner, except that a side without a majority
-/// replaces what it cannot see. The invariants must catch it.
+/// The simulator's self-test bugs: the agent's planner, except that a side without a majority
+/// replaces what it cannot see (`minority`), or replicas move to a new revision without the
+/// rollout gate (`rollout`). The invariants must catch each.
 #[derive(Debug)]
-struct MinorityTakesOver;
+struct InjectedBug {
+    minority: bool,
+    rollout: bool,
+}
 
-impl Planner for MinorityTakesOver {
+impl Planner for InjectedBug {
     fn plan(
         &self,
         view: &Arc<FleetView>,
@@ -251,27 +256,11 @@ impl Planner for MinorityTakesOver {
     }
 
     fn minority_may_replace(&self) -> bool {
-        true
-    }
-}
-
-/// The self-test's rollout bug: the agent's planner, except that replicas move to a new
-/// revision without the rollout gate. Invariant 12 must catch it.
-#[derive(Debug)]
-struct RolloutIgnoresBudget;
-
-impl Planner for RolloutIgnoresBudget {
-    fn plan(
-        &self,
-        view: &Arc<FleetView>,
-        desired: &Arc<DesiredState>,
-        majority: bool,
-    ) -> Arc<starling_core::node::Plan> {
-        DirectPlanner.plan(view, desired, majority)
+        self.minority
     }
 
     fn rollout_ignores_budget(&self) -> bool {
-        true
+        self.rollout
     }
 }
 
