@@ -52,7 +52,9 @@ pub fn observe<'a>(
         let o = seen.entry(index).or_default();
         let on_target = status.revision == target && status.is_active();
         o.on_target |= on_target;
-        o.updated |= on_target && status.settled && status.is_available();
+        // Done once its old instance is gone too: until then it still counts as a surge.
+        o.updated |=
+            on_target && status.settled && status.is_available() && status.outgoing.is_none();
         o.serving |= status.is_serving();
         o.failing |= on_target && status.state == ReplicaState::CrashLoop;
     }
