@@ -27,6 +27,7 @@ pub mod names;
 pub mod placement;
 pub mod quantity;
 pub mod rollout;
+pub mod service;
 pub mod spec;
 pub mod status;
 pub mod wire;
