@@ -27,9 +27,9 @@ use starling_protocol::placement::{FleetView, ReplicaId};
 const MAGIC: [u8; 4] = *b"STRL";
 /// On-disk format version.
 const FORMAT_VERSION: u16 = 1;
-/// Format of `desired.bin`: 3 since rollouts (2: revision ids and write records; 1 and 2 are
-/// still read).
-const DESIRED_VERSION: u16 = 3;
+/// Format of `desired.bin`: 4 since `uses` (3: rollouts; 2: revision ids and write records;
+/// 1 to 3 are still read).
+const DESIRED_VERSION: u16 = 4;
 /// Largest state file read back (64 MiB): far above any real desired state.
 const FILE_BYTES_MAX: u64 = 64 << 20;
 /// Mode of every file written: the owner reads and writes, nobody else anything.
@@ -154,14 +154,17 @@ impl Store {
     }
 
     /// The desired state (empty when never written). A state stored by an earlier build
-    /// (format 1, before revision ids; format 2, before rollouts) is converted as it is read.
+    /// (format 1, before revision ids; format 2, before rollouts; format 3, before `uses`) is
+    /// converted as it is read.
     pub fn desired(&self) -> Result<DesiredState, StoreError> {
         let path = self.dir.join("desired.bin");
-        match self.read_body("desired.bin", &[FORMAT_VERSION, 2, DESIRED_VERSION])? {
+        match self.read_body("desired.bin", &[FORMAT_VERSION, 2, 3, DESIRED_VERSION])? {
             None => Ok(DesiredState::default()),
             Some((1, body)) => starling_protocol::desired::legacy::decode_v1(&body)
                 .map_err(|why| StoreError::Corrupt { path, why }),
             Some((2, body)) => starling_protocol::desired::legacy::decode_v2(&body)
+                .map_err(|why| StoreError::Corrupt { path, why }),
+            Some((3, body)) => starling_protocol::desired::legacy::decode_v3(&body)
                 .map_err(|why| StoreError::Corrupt { path, why }),
             Some((_, body)) => postcard::from_bytes(&body).map_err(|e| StoreError::Corrupt {
                 path,

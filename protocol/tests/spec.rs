@@ -967,3 +967,19 @@ fn most_generated_spec_documents_are_valid() {
         "only {valid} of {total} generated documents are valid"
     );
 }
+
+#[test]
+fn uses_names_workloads_once_each() {
+    let spec = valid(&process("uses = [\"db\", \"cache-1\"]"));
+    let names: Vec<&str> = spec.uses.iter().map(|u| u.as_str()).collect();
+    assert_eq!(names, ["db", "cache-1"]);
+    assert_eq!(
+        WorkloadSpec::from_toml(&spec.to_toml()).expect("round trip"),
+        spec
+    );
+    assert_eq!(
+        paths(&process("uses = [\"db\", \"Bad_Name\", \"db\"]")),
+        BTreeSet::from(["uses[1]".to_string(), "uses[2]".to_string()])
+    );
+    assert!(valid(&process("")).uses.is_empty());
+}

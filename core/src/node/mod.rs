@@ -35,6 +35,8 @@ use starling_protocol::NodeId;
 use starling_protocol::desired::DesiredState;
 use starling_protocol::placement::{Assignment, Capacity, Departure, FleetView, ReplicaId};
 use starling_protocol::quantity::{Bytes, Millicores};
+use starling_protocol::service::EndpointState;
+use starling_protocol::spec::WorkloadSpec;
 use starling_protocol::status::NodeStatus;
 
 pub use io::{Action, CoreEvent, Effects, RuntimeEvent, StopReason};
@@ -254,6 +256,46 @@ impl NodeCore {
             }
         }
         live
+    }
+
+    /// Every live instance with whether it may take new connections (what this node publishes
+    /// as its service endpoints): ready when running and healthy; draining once its stop was
+    /// asked (the old instance of a start-first move included), so proxies stop sending it new
+    /// connections while its open ones finish; unhealthy otherwise (starting, or failing its
+    /// check).
+    pub fn endpoint_states(&self) -> Vec<(ReplicaId, u64, EndpointState)> {
+        let mut live = Vec::new();
+        for (id, r) in &self.replicas {
+            if let Some(o) = &r.outgoing {
+                let state = if o.stopping {
+                    EndpointState::Draining
+                } else if o.healthy {
+                    EndpointState::Ready
+                } else {
+                    EndpointState::Unhealthy
+                };
+                live.push((id.clone(), o.instance, state));
+            }
+            if r.has_instance() {
+                let state = match r.phase {
+                    Phase::Stopping { .. } => EndpointState::Draining,
+                    Phase::Running if r.healthy => EndpointState::Ready,
+                    _ => EndpointState::Unhealthy,
+                };
+                live.push((id.clone(), r.instance, state));
+            }
+        }
+        live
+    }
+
+    /// The spec a live instance runs: the old revision's for the outgoing instance of a
+    /// start-first move, else the replica's current one.
+    pub fn instance_spec(&self, replica: &ReplicaId, instance: u64) -> Option<&WorkloadSpec> {
+        let r = self.replicas.get(replica)?;
+        match &r.outgoing {
+            Some(o) if o.instance == instance => Some(&o.spec),
+            _ => Some(&r.spec),
+        }
     }
 
     /// The latest status each peer published.

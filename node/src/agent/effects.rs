@@ -129,7 +129,7 @@ impl Agent {
             };
             action.execute(&mut shell);
             if let Some(status) = shell.publish {
-                let endpoints = self.endpoints(&status);
+                let endpoints = self.endpoints();
                 if let Some(fleet) = self.fleet.as_mut() {
                     fleet.publish_status(&status).await;
                     fleet.publish_endpoints(endpoints).await;

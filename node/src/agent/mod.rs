@@ -591,30 +591,31 @@ impl Agent {
         }
     }
 
-    /// Where this node's running replicas listen: `workload/index/port=host:port`, with the
-    /// address peers reach this node at and the port the instance actually listens on (picked
-    /// per instance for a process, bound by the engine for a container). While a replica runs
-    /// two instances (a start-first update) each instance the core reports is published.
-    fn endpoints(&self, status: &starling_protocol::status::NodeStatus) -> Vec<String> {
+    /// Where this node's live instances listen, as gossip entries ([`Endpoint::entry`]): the
+    /// address peers reach this node at, the port the instance actually listens on (picked per
+    /// instance for a process, published by the engine for a container), and whether it takes
+    /// new connections (the core's [`NodeCore::endpoint_states`]). While a replica runs two
+    /// instances (a start-first update) both are published.
+    fn endpoints(&self) -> Vec<String> {
         let host = self
             .fleet
             .as_ref()
-            .map_or_else(|| "127.0.0.1".to_string(), |f| f.base.ip().to_string());
+            .map_or(std::net::IpAddr::from([127, 0, 0, 1]), |f| f.base.ip());
         let mut out = Vec::new();
-        for (id, instance) in self.core.instances() {
-            let running = status
-                .replicas
-                .get(&id)
-                .is_some_and(|r| r.state == starling_protocol::status::ReplicaState::Running);
-            let Some(revision) = self.core.desired().get(&id.workload).filter(|_| running) else {
+        for (id, instance, state) in self.core.endpoint_states() {
+            // The old instance of a start-first move runs the previous revision's ports.
+            let Some(spec) = self.core.instance_spec(&id, instance) else {
                 continue;
             };
-            for port in &revision.spec.ports {
+            for port in &spec.ports {
                 if let Some(on_host) = self.runtime.host_port(&id, instance, port) {
-                    out.push(format!(
-                        "{}/{}/{}={host}:{on_host}",
-                        id.workload, id.index, port.name
-                    ));
+                    let endpoint = Endpoint {
+                        replica: id.clone(),
+                        port: port.name.clone(),
+                        address: std::net::SocketAddr::new(host, on_host),
+                        state,
+                    };
+                    out.push(endpoint.entry());
                 }
             }
         }

@@ -7,6 +7,11 @@
 //! Format 2 (before rollouts): specs' `[update]` had no order, minimum healthy time or canary,
 //! and revisions no rollout control. Converted specs get the defaults `validate` would give
 //! them (stop-first where two instances cannot share a node), revisions an empty control.
+//!
+//! Format 3: see [`v3`].
+
+mod v3;
+pub use v3::decode_v3;
 
 use std::collections::BTreeMap;
 
@@ -83,6 +88,7 @@ impl SpecV2 {
             partition: self.partition,
             ports: self.ports,
             env: self.env,
+            uses: Vec::new(),
             configs: self.configs,
             secrets: self.secrets,
             health: self.health,

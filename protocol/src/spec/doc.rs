@@ -39,6 +39,7 @@ pub struct SpecDoc {
     pub constraints: Option<ConstraintsDoc>,
     pub ports: Option<Vec<PortDoc>>,
     pub env: Option<BTreeMap<String, String>>,
+    pub uses: Option<Vec<String>>,
     pub configs: Option<Vec<ConfigDoc>>,
     pub secrets: Option<Vec<SecretDoc>>,
     pub health: Option<HealthDoc>,
@@ -272,6 +273,7 @@ pub(super) fn to_doc(spec: &WorkloadSpec) -> SpecDoc {
                 .collect(),
         ),
         env: Some(spec.env.clone()),
+        uses: (!spec.uses.is_empty()).then(|| spec.uses.iter().map(|u| u.to_string()).collect()),
         configs: Some(
             spec.configs
                 .iter()

@@ -61,6 +61,9 @@ pub struct WorkloadSpec {
     pub ports: Vec<PortSpec>,
     /// Environment variables.
     pub env: BTreeMap<String, String>,
+    /// Services this workload dials: each port of each gets `STARLING_SVC_<NAME>_<PORT>`, the
+    /// address of the local proxy in front of it (see `protocol::service`).
+    pub uses: Vec<WorkloadName>,
     /// Configuration objects mounted into the workload.
     pub configs: Vec<ConfigRef>,
     /// Secrets, decrypted only on the node that runs a replica.

@@ -71,6 +71,7 @@ impl SpecDoc {
         let constraints = constraints(&mut c, self.constraints.as_ref());
         let ports = ports(&mut c, self.ports.as_deref().unwrap_or_default(), runtime);
         let env = env(&mut c, self.env.as_ref());
+        let uses = uses(&mut c, self.uses.as_deref());
         let (configs, secrets) = configs_and_secrets(&mut c, self);
         let port_names: Vec<&str> = self
             .ports
@@ -138,6 +139,7 @@ impl SpecDoc {
                 partition: partition?,
                 ports: ports?,
                 env: env?,
+                uses: uses?,
                 configs: configs?,
                 secrets: secrets?,
                 health: health.transpose().ok()?,
@@ -150,6 +152,41 @@ impl SpecDoc {
         })();
         c.finish(spec)
     }
+}
+
+/// Most services one workload may name in `uses` (each adds an env var per port).
+const USES_MAX: usize = 64;
+
+/// `uses`: workload names, each once. A name that does not exist (yet) is allowed: services
+/// come and go independently, and the proxy answers for it once it runs.
+fn uses(c: &mut Collector, doc: Option<&[String]>) -> Option<Vec<WorkloadName>> {
+    let doc = doc.unwrap_or_default();
+    let mut ok = true;
+    if doc.len() > USES_MAX {
+        c.push(
+            "uses",
+            format!("at most {USES_MAX} services, got {}", doc.len()),
+        );
+        ok = false;
+    }
+    let mut out: Vec<WorkloadName> = Vec::new();
+    for (i, name) in doc.iter().enumerate() {
+        match WorkloadName::new(name.as_str()) {
+            Ok(n) if out.contains(&n) => {
+                c.push(format!("uses[{i}]"), format!("{name:?} is named twice"));
+                ok = false;
+            }
+            Ok(n) => out.push(n),
+            Err(e) => {
+                c.push(
+                    format!("uses[{i}]"),
+                    format!("must be a workload name: {e}"),
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(out)
 }
 
 /// An optional integer with a default, checked against an inclusive range.
