@@ -3,6 +3,7 @@
 
 mod answers;
 pub mod rollout;
+mod services;
 
 use std::fmt::Write as _;
 use std::process::ExitCode;

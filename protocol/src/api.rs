@@ -103,6 +103,8 @@ pub struct EndpointRow {
     pub address: String,
     /// The node that runs it.
     pub node: NodeId,
+    /// Whether it takes new connections.
+    pub state: crate::service::EndpointState,
 }
 
 /// One lease of `starling get leases`.

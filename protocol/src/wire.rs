@@ -298,6 +298,8 @@ pub enum ObjectKind {
     Endpoints,
     /// Leases: holder, epoch, fencing token, time left.
     Leases,
+    /// Services: each one's address, ports and instances as the answering node sees them.
+    Services,
 }
 
 /// A node's answer to an [`ApiRequest`].
@@ -360,6 +362,13 @@ pub enum ApiResponse {
     /// A workload's rollout (`rollout status`). (Variants are numbered by position on the
     /// wire: new ones go last.)
     Rollout(Box<RolloutReport>),
+    /// Services as the answering node sees them (`get services`).
+    Services {
+        /// The node whose view this is.
+        answered_by: NodeId,
+        /// Every service, sorted by name.
+        services: Vec<crate::service::Service>,
+    },
 }
 
 /// A failed request: what went wrong, and for specs every field error.

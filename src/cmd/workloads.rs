@@ -67,6 +67,7 @@ pub enum Kind {
     Nodes,
     Endpoints,
     Leases,
+    Services,
 }
 
 impl From<Kind> for ObjectKind {
@@ -77,6 +78,7 @@ impl From<Kind> for ObjectKind {
             Kind::Nodes => ObjectKind::Nodes,
             Kind::Endpoints => ObjectKind::Endpoints,
             Kind::Leases => ObjectKind::Leases,
+            Kind::Services => ObjectKind::Services,
         }
     }
 }

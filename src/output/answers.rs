@@ -37,6 +37,13 @@ fn listing(response: &ApiResponse) -> Option<Listing> {
         ApiResponse::Replicas(rows) => replicas(rows),
         ApiResponse::Nodes(rows) => nodes(rows),
         ApiResponse::Endpoints(rows) => endpoints(rows),
+        ApiResponse::Services {
+            answered_by,
+            services,
+        } => {
+            let (table, json) = super::services::services(answered_by, services);
+            Listing { table, json }
+        }
         ApiResponse::Leases(rows) => leases(rows),
         ApiResponse::Described(description) => describe(description),
         ApiResponse::Voters { voters: v, version } => voters(v, *version),
@@ -204,7 +211,7 @@ fn replicas(rows: &[ReplicaRow]) -> Listing {
 }
 
 fn endpoints(rows: &[EndpointRow]) -> Listing {
-    let mut table = Table::new(&["WORKLOAD", "REPLICA", "PORT", "ADDRESS", "NODE"]);
+    let mut table = Table::new(&["WORKLOAD", "REPLICA", "PORT", "ADDRESS", "NODE", "STATE"]);
     let mut items = Vec::new();
     for e in rows {
         table.row(vec![
@@ -213,10 +220,11 @@ fn endpoints(rows: &[EndpointRow]) -> Listing {
             e.port.clone(),
             e.address.clone(),
             e.node.to_string(),
+            e.state.to_string(),
         ]);
         items.push(json!({
             "workload": e.replica.workload, "replica": e.replica.index, "port": e.port,
-            "address": e.address, "node": e.node,
+            "address": e.address, "node": e.node, "state": e.state,
         }));
     }
     Listing {

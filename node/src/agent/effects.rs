@@ -253,6 +253,7 @@ impl Effects for Shell<'_> {
             Vec::new()
         };
         env.extend(agent.report_env());
+        env.extend(agent.service_env(&spec));
         let request = StartRequest {
             replica,
             instance,

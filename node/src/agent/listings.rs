@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use starling_protocol::api::{
     Description, EndpointRow, NodeEvent, NodeRow, ReplicaPlace, ReplicaRow, Usage, WorkloadRow,
 };
-use starling_protocol::placement::{Liveness, ReplicaId};
+use starling_protocol::placement::Liveness;
 use starling_protocol::quantity::{Bytes, Millicores};
 use starling_protocol::status::NodeStatus;
 use starling_protocol::wire::{ApiResponse, ObjectKind};
@@ -25,6 +25,17 @@ impl Agent {
             ObjectKind::Replicas => ApiResponse::Replicas(replicas(&self.core)),
             ObjectKind::Nodes => ApiResponse::Nodes(self.nodes()),
             ObjectKind::Endpoints => ApiResponse::Endpoints(self.endpoint_rows()),
+            ObjectKind::Services => ApiResponse::Services {
+                answered_by: self.node.clone(),
+                services: self
+                    .services
+                    .tx
+                    .borrow()
+                    .services
+                    .values()
+                    .cloned()
+                    .collect(),
+            },
             ObjectKind::Leases => ApiResponse::Leases(self.lease_rows()),
         }
     }
@@ -104,49 +115,26 @@ impl Agent {
             .collect()
     }
 
-    /// Service endpoints of live nodes, as each publishes them (this node's from its current
-    /// status), sorted.
+    /// Every published instance port of nodes not known to be down, with its state, sorted.
     fn endpoint_rows(&self) -> Vec<EndpointRow> {
-        let mut lists = vec![(self.node.clone(), self.endpoints(&self.core.status()))];
-        if let Some(fleet) = &self.fleet {
-            lists.extend(
-                fleet
-                    .peers
-                    .iter()
-                    .map(|(id, p)| (id.clone(), p.endpoints.clone())),
-            );
-        }
-        let mut rows = Vec::new();
-        for (node, list) in lists {
-            let live = self
-                .core
-                .view()
-                .nodes
-                .get(&node)
-                .is_some_and(|n| n.liveness != Liveness::Down);
-            if live {
-                rows.extend(list.iter().filter_map(|entry| endpoint(&node, entry)));
-            }
-        }
+        let mut rows: Vec<EndpointRow> = self
+            .services
+            .tx
+            .borrow()
+            .services
+            .values()
+            .flat_map(|s| s.instances.iter())
+            .map(|i| EndpointRow {
+                replica: i.replica.clone(),
+                port: i.port.clone(),
+                address: i.address.to_string(),
+                node: i.node.clone(),
+                state: i.state,
+            })
+            .collect();
         rows.sort();
         rows
     }
-}
-
-/// One published endpoint, `workload/index/port=host:port`; `None` when it does not read so.
-fn endpoint(node: &NodeId, entry: &str) -> Option<EndpointRow> {
-    let (key, address) = entry.split_once('=')?;
-    let mut parts = key.splitn(3, '/');
-    let (workload, index, port) = (parts.next()?, parts.next()?, parts.next()?);
-    Some(EndpointRow {
-        replica: ReplicaId {
-            workload: WorkloadName::new(workload).ok()?,
-            index: index.parse().ok()?,
-        },
-        port: port.to_string(),
-        address: address.to_string(),
-        node: node.clone(),
-    })
 }
 
 /// Every node's status, this node's included.

@@ -22,10 +22,12 @@ pub mod metrics;
 mod quic_api;
 mod report;
 mod rollouts;
+mod services;
 mod settings;
 
 pub use depart::{DepartureSettings, OnStop};
 pub use fleet::{ExchangeTimeouts, FleetSettings, GossipTimings};
+pub use services::DiscoverySettings;
 pub use settings::{HostSettings, LocalSettings};
 
 use std::collections::{BTreeMap, VecDeque};
@@ -37,6 +39,7 @@ use std::time::Duration;
 use starling_protocol::NodeId;
 use starling_protocol::hlc::Hlc;
 use starling_protocol::placement::{Capacity, FleetView, Liveness, NodeView, ReplicaId};
+use starling_protocol::service::Endpoint;
 use starling_protocol::spec::RuntimeKind;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -96,6 +99,8 @@ pub struct AgentConfig {
     pub host: HostSettings,
     /// How long the local doors (API socket, HTTP port, log streams) wait.
     pub local: LocalSettings,
+    /// Service discovery (DNS) and the load-balancing proxy.
+    pub discovery: DiscoverySettings,
 }
 
 impl AgentConfig {
@@ -123,6 +128,7 @@ impl AgentConfig {
             fence_program: std::env::current_exe().ok(),
             host: HostSettings::default(),
             local: LocalSettings::default(),
+            discovery: DiscoverySettings::default(),
         }
     }
 }
@@ -389,6 +395,8 @@ pub(crate) struct Agent {
     /// Set when another live agent holds this node's id and this one must give way: the loop
     /// ends with this error, touching nothing.
     identity_clash: Option<String>,
+    /// The service table handed to the DNS server and the proxy.
+    services: services::Services,
 }
 
 /// Most events kept for `describe`.
@@ -503,6 +511,7 @@ impl Agent {
             lease_replies: Some(lease_replies),
             departing: None,
             identity_clash: None,
+            services: services::Services::new(),
         })
     }
 
@@ -525,6 +534,7 @@ impl Agent {
         let view = self.core.view().clone();
         self.core.handle_view(now_ms(), view);
         self.execute().await;
+        self.refresh_services();
         let (mut engines, engine_watch) =
             containers::watch_engines(self.runtime.clone(), self.config.host.engine_check_interval);
         let mut usage_tick = tokio::time::interval(self.config.host.usage_sample_interval);
@@ -584,6 +594,7 @@ impl Agent {
                 return Err(AgentError::IdentityClash(reason));
             }
             self.execute().await;
+            self.refresh_services();
             if self.departure_done() {
                 engine_watch.abort();
                 return Ok(());

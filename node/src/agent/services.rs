@@ -1,0 +1,139 @@
+//! Wiring of service discovery and load balancing: the agent folds the desired state, its own
+//! instances and what peers publish into a [`ServiceTable`] after every turn of its loop and
+//! hands it, when it changed, to the DNS server (`crate::dns`) and the proxy (`crate::proxy`)
+//! through a watch channel. The rules (which instances serve, what a name means, which
+//! instance gets a connection) live in `starling_protocol::service`; nothing is decided here.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use starling_protocol::placement::Liveness;
+use starling_protocol::service::{ServiceTable, env_name};
+use starling_protocol::spec::WorkloadSpec;
+use tokio::sync::watch;
+
+use super::Agent;
+
+/// Where discovery listens. Defaults suit one agent per host.
+#[derive(Debug, Clone)]
+pub struct DiscoverySettings {
+    /// Where the DNS server answers host processes (`NAME.svc.starling` -> the service's
+    /// loopback address); `None`: no DNS for them.
+    pub dns: Option<SocketAddr>,
+    /// Also answer containers (and listen with the proxy) on the container bridge's gateway
+    /// address, port 53, when a container engine runs; containers get it as their DNS server.
+    pub container_dns: bool,
+    /// Run the proxy in front of every service.
+    pub proxy: bool,
+    /// DNS queries per second allowed per client address.
+    pub dns_qps: u32,
+}
+
+impl Default for DiscoverySettings {
+    fn default() -> Self {
+        DiscoverySettings {
+            dns: Some(SocketAddr::from(([127, 0, 0, 153], 53))),
+            container_dns: true,
+            proxy: true,
+            dns_qps: 500,
+        }
+    }
+}
+
+/// The table as last handed out, and where the DNS server and proxy listen.
+pub(crate) struct Services {
+    pub tx: watch::Sender<Arc<ServiceTable>>,
+    /// The DNS address host processes are told (`STARLING_DNS`), once bound.
+    pub dns: Option<SocketAddr>,
+    /// The address containers reach this host's proxy and DNS at (the bridge gateway), when
+    /// they listen there.
+    pub container_gateway: Option<IpAddr>,
+}
+
+impl Services {
+    pub fn new() -> Self {
+        Services {
+            tx: watch::channel(Arc::new(ServiceTable::default())).0,
+            dns: None,
+            container_gateway: None,
+        }
+    }
+
+    /// A receiver of every new table.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ServiceTable>> {
+        self.tx.subscribe()
+    }
+}
+
+impl Agent {
+    /// The services as this node sees the fleet now.
+    pub(super) fn service_table(&self) -> ServiceTable {
+        let own = self.endpoints();
+        let view = self.core.view();
+        let liveness = |node| {
+            view.nodes.get(node).map_or(
+                Liveness::Down,
+                |n: &starling_protocol::placement::NodeView| n.liveness,
+            )
+        };
+        let mut published = vec![(&self.node, Liveness::Alive, own.as_slice())];
+        if let Some(fleet) = &self.fleet {
+            published.extend(
+                fleet
+                    .peers
+                    .iter()
+                    .map(|(id, p)| (id, liveness(id), p.endpoints.as_slice())),
+            );
+        }
+        ServiceTable::build(
+            self.core.desired().workloads().map(|(_, r)| &r.spec),
+            &self.node,
+            published,
+        )
+    }
+
+    /// Hands the DNS server and the proxy the current table when it changed.
+    pub(super) fn refresh_services(&mut self) {
+        let table = self.service_table();
+        self.services.tx.send_if_modified(|current| {
+            if **current == table {
+                return false;
+            }
+            *current = Arc::new(table);
+            true
+        });
+    }
+
+    /// What a replica is told about the services its spec `uses`: for each port, where to
+    /// dial (`STARLING_SVC_<NAME>_<PORT>`: the service's loopback address for a process, the
+    /// bridge gateway for a container), and the DNS server (`STARLING_DNS`). A used service
+    /// that does not exist when the replica starts has no variable until its next start.
+    pub(super) fn service_env(&self, spec: &WorkloadSpec) -> Vec<(String, String)> {
+        let container = crate::runtime::docker::is_container(spec);
+        let mut env = Vec::new();
+        if !self.config.discovery.proxy {
+            return env;
+        }
+        let table = self.services.tx.borrow();
+        for used in &spec.uses {
+            let Some(service) = table.services.get(used) else {
+                continue;
+            };
+            let ip = match (container, self.services.container_gateway) {
+                (false, _) => IpAddr::V4(service.address),
+                (true, Some(gateway)) => gateway,
+                (true, None) => continue,
+            };
+            for port in &service.ports {
+                env.push((
+                    env_name(used, &port.name),
+                    SocketAddr::new(ip, port.port).to_string(),
+                ));
+            }
+        }
+        if let (false, Some(dns)) = (container, self.services.dns) {
+            env.push(("STARLING_DNS".into(), dns.to_string()));
+        }
+        env
+    }
+}
