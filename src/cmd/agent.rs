@@ -34,7 +34,29 @@ pub struct AgentArgs {
     #[arg(long, hide = true)]
     stop_on_exit: bool,
     #[command(flatten)]
+    discovery: DiscoveryArgs,
+    #[command(flatten)]
     fleet: FleetArgs,
+}
+
+/// Service discovery and load balancing flags of `starling agent`.
+#[derive(clap::Args, Debug, Clone)]
+struct DiscoveryArgs {
+    /// Where the DNS server answers `*.svc.starling` for processes on this host (UDP and
+    /// TCP), or `off`. Another agent on the same host may hold it: this one then runs
+    /// without (a warning says so).
+    #[arg(long, default_value = "127.0.0.153:53")]
+    dns: String,
+    /// Do not answer containers on the container bridge's gateway address (DNS on port 53,
+    /// and the proxy at each service's port there).
+    #[arg(long)]
+    no_container_dns: bool,
+    /// Do not run the load-balancing proxy (service addresses then answer nothing).
+    #[arg(long)]
+    no_proxy: bool,
+    /// DNS queries per second allowed per client address; more are dropped and counted.
+    #[arg(long, default_value_t = 500)]
+    dns_qps: u32,
 }
 
 /// `--on-stop`.
@@ -148,6 +170,15 @@ pub fn main(data_dir: &Path, args: AgentArgs) -> anyhow::Result<ExitCode> {
     config.departure.restart_window = Duration::from_millis(args.fleet.restart_window_ms);
     config.departure.drain_timeout = Duration::from_millis(args.fleet.drain_timeout_ms);
     config.rejoin_wait = Duration::from_millis(args.fleet.rejoin_wait_ms);
+    config.discovery.dns = match args.discovery.dns.as_str() {
+        "off" => None,
+        text => Some(text.parse().map_err(|e| {
+            anyhow::anyhow!("--dns {text:?}: expected ADDRESS:PORT or off ({e})")
+        })?),
+    };
+    config.discovery.container_dns = !args.discovery.no_container_dns;
+    config.discovery.proxy = !args.discovery.no_proxy;
+    config.discovery.dns_qps = args.discovery.dns_qps.max(1);
     let fleet = &args.fleet;
     if let Some(token) = &fleet.join {
         let advertise = fleet

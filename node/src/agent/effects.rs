@@ -261,6 +261,7 @@ impl Effects for Shell<'_> {
             spec: *spec,
             node: agent.node.clone(),
             env,
+            dns: agent.services.container_dns.clone(),
         };
         let runtime = agent.runtime.clone();
         let replica = request.replica.clone();

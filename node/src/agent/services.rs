@@ -48,6 +48,10 @@ pub(crate) struct Services {
     /// The address containers reach this host's proxy and DNS at (the bridge gateway), when
     /// they listen there.
     pub container_gateway: Option<IpAddr>,
+    /// The DNS servers containers get: this agent's on the gateway, then the host's own
+    /// (those containers can reach), which answer the names outside `svc.starling` that
+    /// this one refuses.
+    pub container_dns: Vec<IpAddr>,
 }
 
 impl Services {
@@ -56,6 +60,7 @@ impl Services {
             tx: watch::channel(Arc::new(ServiceTable::default())).0,
             dns: None,
             container_gateway: None,
+            container_dns: Vec::new(),
         }
     }
 
@@ -135,5 +140,35 @@ impl Agent {
             env.push(("STARLING_DNS".into(), dns.to_string()));
         }
         env
+    }
+}
+
+/// The host's name servers that a container can reach too (not loopback ones: inside a
+/// container those are its own), from resolv.conf text.
+pub(super) fn host_nameservers(resolv_conf: &str) -> Vec<IpAddr> {
+    resolv_conf
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next() == Some("nameserver")).then(|| words.next())?
+        })
+        .filter_map(|word| word.parse::<IpAddr>().ok())
+        .filter(|ip| !ip.is_loopback())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn containers_get_the_hosts_reachable_name_servers() {
+        let text = "# generated\nnameserver 127.0.0.53\nnameserver 10.0.0.1\noptions edns0\nnameserver fe80::1\nnameserver ::1\nnameserver nonsense\n";
+        let got = host_nameservers(text);
+        let want: Vec<IpAddr> = vec![
+            "10.0.0.1".parse().expect("ip"),
+            "fe80::1".parse().expect("ip"),
+        ];
+        assert_eq!(got, want);
     }
 }

@@ -152,6 +152,23 @@ impl ContainerRuntime {
             })
     }
 
+    /// The address containers on the engine's default bridge reach the host at (its gateway),
+    /// where the agent serves them DNS and the proxy; `None` when the engine does not answer
+    /// or has no such network.
+    pub async fn bridge_gateway(&self) -> Option<std::net::IpAddr> {
+        let network = self
+            .docker()
+            .ok()?
+            .inspect_network("bridge", None)
+            .await
+            .ok()?;
+        network
+            .ipam?
+            .config?
+            .into_iter()
+            .find_map(|c| c.gateway?.parse().ok())
+    }
+
     /// Whether the engine answers now (connecting and agreeing on the API version the first
     /// time it does).
     pub async fn available(&self) -> bool {

@@ -42,6 +42,9 @@ pub struct StartRequest {
     pub node: NodeId,
     /// Variables the agent adds to the environment (a singleton's lease), after the spec's.
     pub env: Vec<(String, String)>,
+    /// DNS servers a container is given, in order (the agent's on the bridge gateway, then
+    /// the host's own; empty: the engine's default). Processes use the host's resolver.
+    pub dns: Vec<std::net::IpAddr>,
 }
 
 /// Errors a runtime reports synchronously (asynchronous outcomes are events).

@@ -372,6 +372,7 @@ mod tests {
             spec,
             node,
             env: Vec::new(),
+            dns: Vec::new(),
         };
         runtimes.start(request).await;
         let dirs = runtimes.process.cgroup_dirs(&spin);

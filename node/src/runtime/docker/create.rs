@@ -111,6 +111,8 @@ impl ContainerRuntime {
         }
         let host_config = HostConfig {
             port_bindings: Some(bindings),
+            dns: (!request.dns.is_empty())
+                .then(|| request.dns.iter().map(|ip| ip.to_string()).collect()),
             memory: spec.resources.memory_limit.map(|m| m.0 as i64),
             nano_cpus: spec.resources.cpu_limit.map(|c| i64::from(c.0) * 1_000_000),
             restart_policy: Some(RestartPolicy {

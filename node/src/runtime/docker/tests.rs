@@ -150,6 +150,7 @@ fn request(node: &NodeId, instance: u64) -> StartRequest {
         spec,
         node: node.clone(),
         env: Vec::new(),
+        dns: Vec::new(),
     }
 }
 

@@ -31,6 +31,7 @@ fn request(w: &str, instance: u64, command: &str, args: &[&str], extra: &str) ->
         spec,
         node: NodeId::new("n1").expect("valid"),
         env: Vec::new(),
+        dns: Vec::new(),
     }
 }
 
