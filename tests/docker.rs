@@ -16,7 +16,7 @@ use support::{BIN, free_base, signal, wait_for};
 
 mod support;
 
-const IMAGE: &str = "starling-test/busybox:1";
+const IMAGE: &str = "starling-test/busybox:2";
 
 static BUILD: Once = Once::new();
 
@@ -54,7 +54,8 @@ fn build_image() {
     std::fs::create_dir_all(&bin).expect("bin");
     std::fs::copy(busybox, bin.join("busybox")).expect("copy busybox");
     for applet in [
-        "sh", "sleep", "echo", "true", "false", "cat", "httpd", "nc", "ls",
+        "sh", "sleep", "echo", "true", "false", "cat", "httpd", "nc", "ls", "nslookup", "wget",
+        "sed", "tail",
     ] {
         std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("symlink");
     }
@@ -152,6 +153,13 @@ impl Agent {
                     "--data-dir",
                 ])
                 .arg(&self.dir)
+                // Tests run side by side: only the one that tests container DNS takes the
+                // bridge gateway's port 53 and the service ports there.
+                .args(if self.extra.iter().any(|a| a == "--dns") {
+                    &[][..]
+                } else {
+                    &["--dns", "off", "--no-container-dns"][..]
+                })
                 .args(&self.extra)
                 .stdout(Stdio::null())
                 .stderr(log)
@@ -445,6 +453,9 @@ fn a_container_workload_fails_over_when_its_agent_dies() {
             &bases[i],
             "--stop-grace-ms",
             "1000",
+            "--dns",
+            "off",
+            "--no-container-dns",
         ]);
         if i > 0 {
             let token = Command::new(BIN)
@@ -639,4 +650,90 @@ fn images_load_from_an_archive_and_a_node_without_an_engine_takes_no_containers(
                 .then_some(())
         },
     );
+}
+
+/// An HTTP server on the port its agent picked, on loopback only: containers reach it through
+/// the proxy, never directly.
+const ECHO: &str = r#"
+import http.server, os
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"hello from a process")
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(os.environ["STARLING_PORT_HTTP"])), H).serve_forever()
+"#;
+
+/// A container finds a service by name through the agent's DNS on the bridge gateway, and
+/// reaches its instances (processes on the host) through the proxy there.
+#[test]
+fn a_container_resolves_a_service_by_name_and_connects() {
+    if !docker_ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let node = unique("dkdns");
+    let agent = Agent::start_with(&tmp.path().join(&node), &node, &["--dns", "off"]);
+    let echo = unique("echo");
+    agent.apply(
+        tmp.path(),
+        &echo,
+        &format!(
+            "name = \"{echo}\"\ncommand = \"python3\"\nreplicas = 2\nargs = [\"-c\", '''{ECHO}''']\n\
+             [[ports]]\nname = \"http\"\nport = 8080\n\
+             [health]\ntcp = \"http\"\ninterval = \"200ms\"\n"
+        ),
+    );
+    wait_for("the service's instances", Duration::from_secs(30), || {
+        let r0 = agent.replica(&echo, 0)?;
+        let r1 = agent.replica(&echo, 1)?;
+        (r0["state"] == "Running" && r1["state"] == "Running").then_some(())
+    });
+    let client = unique("dnsclient");
+    let env = echo.to_ascii_uppercase().replace('-', "_");
+    // nslookup asks the server the engine wrote into resolv.conf from the agent's `dns`
+    // option; the answer is the gateway, where the proxy listens at the service's port.
+    let script = format!(
+        "while true; do ip=$(nslookup {echo}.svc.starling | sed -n 's/^Address: *//p' | tail -n 1); \
+         echo resolved=$ip env=$STARLING_SVC_{env}_HTTP; wget -q -O - http://$ip:8080/ && echo; \
+         sleep 0.5; done"
+    );
+    agent.apply(
+        tmp.path(),
+        &client,
+        &format!(
+            "name = \"{client}\"\nruntime = \"docker\"\nimage = \"{IMAGE}\"\n\
+             image_pull_policy = \"never\"\nuses = [\"{echo}\"]\ncommand = \"sh\"\n\
+             args = [\"-c\", \"{script}\"]\n"
+        ),
+    );
+    let logs = wait_for(
+        "the container reached the service by name",
+        Duration::from_secs(60),
+        || {
+            let out = agent.cli(&["logs", &client, "--tail", "50"]);
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            text.contains("hello from a process").then_some(text)
+        },
+    );
+    let gateway = logs
+        .lines()
+        .find_map(|l| l.strip_prefix("resolved="))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("a resolved address")
+        .to_string();
+    assert!(
+        logs.contains(&format!("env={gateway}:8080")),
+        "STARLING_SVC_ names the same gateway address and port: {logs}"
+    );
+    let container = containers(&client).into_iter().next().expect("the client's container");
+    let out = docker(&["exec", &container, "nslookup", "nothing-here.svc.starling"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("NXDOMAIN"), "an unknown name is NXDOMAIN: {text}");
 }

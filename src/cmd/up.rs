@@ -132,6 +132,12 @@ impl LocalFleet {
             .arg("--stop-grace-ms")
             .arg("2000")
             .args(&self.extra);
+        // All agents share this host's loopback: the first answers DNS and runs the proxy at
+        // each service's address (as every agent does on its own device); the others would
+        // only find those addresses taken.
+        if i > 0 {
+            command.args(["--dns", "off", "--no-proxy", "--no-container-dns"]);
+        }
         if !Membership::exists(&agent.data_dir) {
             let token = Membership::load(&self.agents[0].data_dir)?
                 .token(vec![self.agents[0].base.to_string()])?;
@@ -276,6 +282,8 @@ pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
         // Apply through the middle of the fleet, over QUIC: any peer takes writes.
         let entry = (args.nodes / 2).min(args.nodes - 1);
         let mut client = connect_retrying(&fleet, entry).await?;
+        // Services as node-1 sees them: its proxy is the one listening on this host.
+        let services = connect_retrying(&fleet, 0).await?;
         for (name, spec) in specs {
             let spec = match spec {
                 Ok(spec) => Box::new(spec),
@@ -339,6 +347,17 @@ pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
             {
                 println!();
                 print!("{}", output::text(&leases));
+            }
+            if let Ok(services) = services.call(&ApiRequest::Get {
+                kind: ObjectKind::Services,
+            })
+            .await
+            {
+                println!(
+                    "\nServices, through node-1's proxy (e.g. curl http://ADDRESS:PORT/; DNS: \
+                     dig @127.0.0.153 NAME.svc.starling):"
+                );
+                print!("{}", output::text(&services));
             }
             if args.rounds > 0 && round >= args.rounds {
                 break;

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -40,6 +42,11 @@ pub struct Node {
     pub dir: PathBuf,
     pub base: String,
     pub child: Option<Child>,
+    /// What the agent's command line starts with (`ip netns exec NS` for a host of a
+    /// [`netns::NetLab`]).
+    pub prefix: Vec<String>,
+    /// `starling agent` flags of this node only.
+    pub args: Vec<String>,
 }
 
 /// A fleet in a temp dir; every agent and replica is killed when it drops.
@@ -60,6 +67,34 @@ impl Fleet {
 
     /// A fleet whose agents run `bin` with `agent_args` added.
     pub fn start_with(n: usize, bin: PathBuf, agent_args: &[&str]) -> Fleet {
+        // Agents of tests running side by side on one host would fight over the host-wide
+        // DNS addresses: loopback fleets go without (the netns tests cover them).
+        let mut args = vec!["--dns", "off", "--no-container-dns"];
+        args.extend(agent_args);
+        Self::start_hosts(n, bin, &args, |_| (free_base(), Vec::new(), Vec::new()))
+    }
+
+    /// A fleet with one agent per host of `lab` (its own address, loopback and DNS);
+    /// `node_args(i)` adds flags to node `i` only.
+    pub fn start_in(
+        lab: &netns::NetLab,
+        agent_args: &[&str],
+        node_args: impl Fn(usize) -> Vec<String>,
+    ) -> Fleet {
+        Self::start_hosts(lab.hosts, PathBuf::from(BIN), agent_args, |i| {
+            let base = format!("{}:7946", lab.addr(i));
+            let mut args = vec!["--dns".to_string(), format!("{}:53", lab.addr(i))];
+            args.extend(node_args(i));
+            (base, lab.exec(i), args)
+        })
+    }
+
+    fn start_hosts(
+        n: usize,
+        bin: PathBuf,
+        agent_args: &[&str],
+        host: impl Fn(usize) -> (String, Vec<String>, Vec<String>),
+    ) -> Fleet {
         let tmp = tempfile::tempdir().expect("tempdir");
         let client = tmp.path().join("client");
         let mut fleet = Fleet {
@@ -71,11 +106,14 @@ impl Fleet {
         };
         for i in 1..=n {
             let name = format!("node-{i}");
+            let (base, prefix, args) = host(i - 1);
             fleet.nodes.push(Node {
                 dir: fleet.tmp.path().join(&name),
                 name,
-                base: free_base(),
+                base,
                 child: None,
+                prefix,
+                args,
             });
         }
         let first = &fleet.nodes[0];
@@ -135,7 +173,14 @@ impl Fleet {
             .append(true)
             .open(node.dir.with_extension("log"))
             .expect("log");
-        let mut command = Command::new(&self.bin);
+        let mut command = match node.prefix.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
         command.arg("agent").arg("--data-dir").arg(&node.dir).args([
             "--node-id",
             &node.name,
@@ -145,6 +190,7 @@ impl Fleet {
             "500",
         ]);
         command.args(&self.agent_args);
+        command.args(&node.args);
         command.envs(env.iter().copied());
         if let Some(token) = token {
             command.args(["--join", &token]);

@@ -43,6 +43,10 @@ pub struct Metrics {
     pub channels: ChannelMetrics,
     /// Gauges rendered by the loop.
     pub gauges: RwLock<String>,
+    /// The DNS server's queries and answers.
+    pub dns: Arc<crate::dns::DnsCounters>,
+    /// The proxy's connections, bytes and retries per service and instance.
+    pub proxy: Arc<crate::proxy::ProxyCounters>,
 }
 
 /// The bounded channels into the agent loop, each with its counts (see [`crate::channel`]).
@@ -160,6 +164,8 @@ impl Metrics {
         );
         self.render_local(&mut out);
         self.render_channels(&mut out);
+        self.dns.render(&mut out);
+        self.proxy.render(&mut out);
         out.push_str(&self.gauges.read().unwrap_or_else(|e| e.into_inner()));
         out
     }

@@ -311,6 +311,7 @@ pub async fn run(
             agent.reports.clone(),
         )
     });
+    let _discovery = services::start(&mut agent).await;
     let (adopted, adoption_events) =
         crate::runtime::adopt_draining(runtime.as_ref(), &mut events_rx).await;
     if adopted > 0 {

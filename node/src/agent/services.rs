@@ -45,8 +45,8 @@ pub(crate) struct Services {
     pub tx: watch::Sender<Arc<ServiceTable>>,
     /// The DNS address host processes are told (`STARLING_DNS`), once bound.
     pub dns: Option<SocketAddr>,
-    /// The address containers reach this host's proxy and DNS at (the bridge gateway), when
-    /// they listen there.
+    /// The address containers reach this host's proxy at (the bridge gateway), when it
+    /// listens there.
     pub container_gateway: Option<IpAddr>,
     /// The DNS servers containers get: this agent's on the gateway, then the host's own
     /// (those containers can reach), which answer the names outside `svc.starling` that
@@ -64,10 +64,83 @@ impl Services {
         }
     }
 
-    /// A receiver of every new table.
-    pub fn subscribe(&self) -> watch::Receiver<Arc<ServiceTable>> {
-        self.tx.subscribe()
+}
+
+/// What discovery runs: dropping it stops the DNS servers; the proxy ends with the agent's
+/// runtime.
+pub(crate) struct Running {
+    _dns: Vec<crate::dns::DnsServer>,
+}
+
+/// Starts the DNS servers and the proxy as the settings say. A listener that cannot bind is
+/// named in a warning and left out, never fatal: on a host running several agents (a
+/// development fleet) the first one holds the host-wide addresses.
+pub(super) async fn start(agent: &mut Agent) -> Running {
+    let settings = agent.config.discovery.clone();
+    let mut gateway = None;
+    if settings.container_dns {
+        for engine in &agent.runtime.containers {
+            if let Some(ip) = engine.bridge_gateway().await {
+                gateway = Some(ip);
+                break;
+            }
+        }
     }
+    agent.services.container_gateway = gateway.filter(|_| settings.proxy);
+    let mut gateway_dns = false;
+    let mut dns = Vec::new();
+    let mut listeners = Vec::new();
+    if let Some(addr) = settings.dns {
+        listeners.push(crate::dns::Listener {
+            addr,
+            answer: crate::dns::ServiceAnswer::ServiceAddress,
+        });
+    }
+    if let Some(ip) = gateway {
+        listeners.push(crate::dns::Listener {
+            addr: SocketAddr::new(ip, 53),
+            answer: crate::dns::ServiceAnswer::Fixed(ip),
+        });
+    }
+    for listener in listeners {
+        let addr = listener.addr;
+        let config = crate::dns::DnsConfig {
+            listen: vec![listener],
+            per_client_qps: settings.dns_qps,
+        };
+        match crate::dns::serve(config, agent.services.tx.subscribe(), agent.metrics.dns.clone())
+            .await
+        {
+            Ok(server) => {
+                tracing::info!(%addr, "DNS for {} answers here", starling_protocol::service::DOMAIN);
+                if Some(addr.ip()) == gateway {
+                    gateway_dns = true;
+                } else {
+                    agent.services.dns = server.local_addrs().first().copied();
+                }
+                dns.push(server);
+            }
+            Err(e) => tracing::warn!(%addr, "no DNS here: {e}"),
+        }
+    }
+    if let Some(ip) = gateway.filter(|_| gateway_dns) {
+        let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        agent.services.container_dns = std::iter::once(ip)
+            .chain(host_nameservers(&resolv))
+            .collect();
+    }
+    if settings.proxy {
+        let config = crate::proxy::ProxyConfig {
+            extra_addresses: gateway.into_iter().collect(),
+            ..crate::proxy::ProxyConfig::default()
+        };
+        tokio::spawn(crate::proxy::run(
+            config,
+            agent.services.tx.subscribe(),
+            agent.metrics.proxy.clone(),
+        ));
+    }
+    Running { _dns: dns }
 }
 
 impl Agent {

@@ -1,0 +1,179 @@
+//! Hosts as network namespaces: each agent gets its own namespace (its own loopback, so the
+//! service addresses and DNS port of one do not collide with another's), a veth pair to a
+//! bridge in the root namespace, and its own address in a /24. Links can be degraded with
+//! `tc netem` on both ends and cut entirely (loss 100% both ways) for partitions.
+//!
+//! Needs root and iproute2. Tests call [`NetLab::required`] first: without namespaces they fail
+//! when `STARLING_REQUIRE_NETNS` is set (CI), and skip otherwise.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
+
+/// A bridge and one namespace per host; everything is removed on drop.
+pub struct NetLab {
+    id: u32,
+    pub hosts: usize,
+    subnet: [u8; 3],
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn must(args: &[&str]) {
+    if let Err(e) = ip(args) {
+        panic!("{e}");
+    }
+}
+
+impl NetLab {
+    /// Whether namespaces can be made here; `None` means skip (panics under
+    /// `STARLING_REQUIRE_NETNS`).
+    pub fn required(test: &str) -> Option<()> {
+        let probe = format!("stlprobe{}", std::process::id());
+        let ok = ip(&["netns", "add", &probe]).is_ok();
+        let _ = ip(&["netns", "del", &probe]);
+        if ok {
+            return Some(());
+        }
+        if std::env::var_os("STARLING_REQUIRE_NETNS").is_some() {
+            panic!("{test}: network namespaces are required (STARLING_REQUIRE_NETNS is set) but `ip netns add` fails: run as root with iproute2");
+        }
+        eprintln!("skipping {test}: network namespaces unavailable (needs root and iproute2)");
+        None
+    }
+
+    /// `hosts` namespaces on one bridge, addresses 10.X.Y.1.. with the bridge at .254.
+    pub fn create(hosts: usize) -> NetLab {
+        let n = NEXT_LAB.fetch_add(1, Ordering::SeqCst);
+        let id = (std::process::id() % 10_000) * 10 + n % 10;
+        let lab = NetLab {
+            id,
+            hosts,
+            subnet: [10, 180 + (id % 60) as u8, ((id / 60) % 250) as u8],
+        };
+        let bridge = lab.bridge();
+        let _ = ip(&["link", "del", &bridge]);
+        must(&["link", "add", &bridge, "type", "bridge"]);
+        must(&["addr", "add", &format!("{}/24", lab.gateway()), "dev", &bridge]);
+        must(&["link", "set", &bridge, "up"]);
+        for i in 0..hosts {
+            let ns = lab.ns(i);
+            let outside = lab.veth(i);
+            let _ = ip(&["netns", "del", &ns]);
+            must(&["netns", "add", &ns]);
+            must(&[
+                "link", "add", &outside, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ]);
+            must(&["link", "set", &outside, "master", &bridge]);
+            must(&["link", "set", &outside, "up"]);
+            let addr = format!("{}/24", lab.addr(i));
+            must(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"]);
+            must(&["-n", &ns, "link", "set", "eth0", "up"]);
+            must(&["-n", &ns, "link", "set", "lo", "up"]);
+            // `ip netns exec` mounts this over /etc/resolv.conf inside the namespace.
+            let etc = format!("/etc/netns/{ns}");
+            std::fs::create_dir_all(&etc).expect("/etc/netns");
+            std::fs::write(
+                format!("{etc}/resolv.conf"),
+                format!("nameserver {}\noptions timeout:1 attempts:2\n", lab.addr(i)),
+            )
+            .expect("resolv.conf");
+        }
+        lab
+    }
+
+    fn bridge(&self) -> String {
+        format!("stlb{}", self.id)
+    }
+
+    /// The namespace of host `i`.
+    pub fn ns(&self, i: usize) -> String {
+        format!("stl{}n{i}", self.id)
+    }
+
+    fn veth(&self, i: usize) -> String {
+        format!("stv{}n{i}", self.id)
+    }
+
+    /// The address of host `i`.
+    pub fn addr(&self, i: usize) -> Ipv4Addr {
+        let [a, b, c] = self.subnet;
+        Ipv4Addr::new(a, b, c, i as u8 + 1)
+    }
+
+    /// The root namespace's address on the bridge.
+    pub fn gateway(&self) -> Ipv4Addr {
+        let [a, b, c] = self.subnet;
+        Ipv4Addr::new(a, b, c, 254)
+    }
+
+    /// The command prefix that runs a program on host `i`.
+    pub fn exec(&self, i: usize) -> Vec<String> {
+        vec!["ip".into(), "netns".into(), "exec".into(), self.ns(i)]
+    }
+
+    /// Applies a netem profile (e.g. `loss 100%`, `delay 50ms 30ms loss 10%`) to host `i`'s
+    /// link, both directions.
+    pub fn netem(&self, i: usize, profile: &str) {
+        let words: Vec<&str> = profile.split_whitespace().collect();
+        for (ns, dev) in [(None, self.veth(i)), (Some(self.ns(i)), "eth0".to_string())] {
+            let mut args: Vec<String> = vec!["qdisc", "replace", "dev", &dev, "root", "netem"]
+                .into_iter()
+                .map(String::from)
+                .collect();
+            args.extend(words.iter().map(|w| w.to_string()));
+            let mut command = match &ns {
+                Some(ns) => {
+                    let mut c = Command::new("ip");
+                    c.args(["netns", "exec", ns, "tc"]);
+                    c
+                }
+                None => Command::new("tc"),
+            };
+            let out = command.args(&args).output().expect("tc runs");
+            assert!(
+                out.status.success(),
+                "tc {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    /// Removes host `i`'s netem profile (both directions).
+    pub fn heal(&self, i: usize) {
+        let _ = Command::new("tc")
+            .args(["qdisc", "del", "dev", &self.veth(i), "root"])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "exec", &self.ns(i), "tc", "qdisc", "del", "dev", "eth0", "root"])
+            .output();
+    }
+}
+
+impl Drop for NetLab {
+    fn drop(&mut self) {
+        for i in 0..self.hosts {
+            let _ = ip(&["netns", "del", &self.ns(i)]);
+            let _ = ip(&["link", "del", &self.veth(i)]);
+            let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.ns(i)));
+        }
+        let _ = ip(&["link", "del", &self.bridge()]);
+    }
+}
