@@ -14,6 +14,7 @@
 //! - [`identity`]: certificates (cluster CA, nodes, users), join tokens, default node ids.
 //! - [`runtime`]: the `Runtime` trait, the process runtime (the embedded default), Docker and
 //!   Podman containers, cgroups, and the fence for singletons.
+//! - [`dns`]: the DNS server for `svc.starling`, answering from the service table.
 //! - [`health`]: exec, TCP and HTTP probes, run by the shell, fed back to the core.
 //! - [`store`]: the node's durable state, written atomically (write, fsync, rename, fsync dir).
 //! - [`clock`]: the only place the shell reads the wall clock.
@@ -25,6 +26,7 @@ pub mod api;
 pub mod channel;
 pub mod clock;
 pub mod cluster;
+pub mod dns;
 pub mod gossip;
 pub mod health;
 pub mod identity;

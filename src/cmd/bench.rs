@@ -5,6 +5,10 @@ use std::process::ExitCode;
 use anyhow::bail;
 use starling_sim::epidemic::disseminate;
 
+// `bench_dns.rs` sits beside this file; only `bench` uses it.
+#[path = "bench_dns.rs"]
+mod bench_dns;
+
 /// `starling bench`.
 #[derive(clap::Subcommand)]
 pub enum BenchKind {
@@ -73,6 +77,16 @@ pub enum BenchKind {
         #[arg(long, default_value_t = 20)]
         seeds: u64,
     },
+    /// The agent's DNS server in process: answers per second and latency for concurrent UDP
+    /// clients asking A and SRV of 50 services with 3 instances each.
+    Dns {
+        /// Seconds to measure.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Concurrent clients, each waiting for its answer before the next query.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+    },
 }
 
 /// Runs one benchmark.
@@ -104,6 +118,7 @@ pub fn run(what: BenchKind) -> anyhow::Result<ExitCode> {
             fanout,
             seeds,
         } => dissemination(nodes, fanout, seeds),
+        BenchKind::Dns { seconds, clients } => bench_dns::dns(seconds, clients),
     }
 }
 
