@@ -7,6 +7,9 @@
 //! - [`api`]: the API framing shared by the Unix socket and QUIC.
 //! - [`channel`]: bounded channels into the agent loop (wait or drop-and-count when full).
 //! - [`net`]: QUIC with mutual TLS (API, sync, joins) and the failure detector's UDP socket.
+//! - [`proxy`]: the L4 load-balancing proxy: a listener per service port at its stable
+//!   loopback address, forwarding TCP connections and UDP flows to the instances the service
+//!   table lists.
 //! - [`gossip`]: sealing of gossip and probe packets with the cluster keyring (AEAD, rotation,
 //!   per-sender replay windows) and the sealed UDP transport chitchat runs on.
 //! - [`cluster`]: a member's cluster material on disk (CA, keyring, certificate, seeds), joins
@@ -31,6 +34,7 @@ pub mod gossip;
 pub mod health;
 pub mod identity;
 pub mod net;
+pub mod proxy;
 pub mod runtime;
 pub mod store;
 
