@@ -91,8 +91,7 @@ fn now() -> f64 {
 fn ask(server: SocketAddr, name: &str, kind: RecordType) -> Option<Message> {
     let socket = UdpSocket::bind("0.0.0.0:0").ok()?;
     socket.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    let mut query = Message::new();
-    query.set_id(7);
+    let mut query = Message::query();
     query.add_query(Query::query(Name::from_ascii(name).ok()?, kind));
     socket.send_to(&query.to_vec().ok()?, server).ok()?;
     let mut buf = [0u8; 4096];
@@ -104,10 +103,10 @@ fn ask(server: SocketAddr, name: &str, kind: RecordType) -> Option<Message> {
 fn srv_ports(server: SocketAddr) -> Option<Vec<u16>> {
     let answer = ask(server, "_http._tcp.web.svc.starling.", RecordType::SRV)?;
     let mut ports: Vec<u16> = answer
-        .answers()
+        .answers
         .iter()
-        .filter_map(|r| match r.data() {
-            RData::SRV(srv) => Some(srv.port()),
+        .filter_map(|r| match &r.data {
+            RData::SRV(srv) => Some(srv.port),
             _ => None,
         })
         .collect();
@@ -209,7 +208,7 @@ fn clients_find_a_service_by_name_and_keep_reaching_it_through_kills_and_partiti
     assert_eq!(before.len(), 2, "two ready instances in SRV: {before:?}");
     let unknown = ask(dns, "nothing.svc.starling.", RecordType::A).expect("answers");
     assert_eq!(
-        unknown.response_code(),
+        unknown.metadata.response_code,
         hickory_proto::op::ResponseCode::NXDomain
     );
 

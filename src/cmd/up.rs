@@ -283,7 +283,7 @@ pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
         let entry = (args.nodes / 2).min(args.nodes - 1);
         let mut client = connect_retrying(&fleet, entry).await?;
         // Services as node-1 sees them: its proxy is the one listening on this host.
-        let services = connect_retrying(&fleet, 0).await?;
+        let mut services = connect_retrying(&fleet, 0).await?;
         for (name, spec) in specs {
             let spec = match spec {
                 Ok(spec) => Box::new(spec),
