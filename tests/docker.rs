@@ -728,12 +728,18 @@ fn a_container_resolves_a_service_by_name_and_connects() {
         logs.contains(&format!("env={gateway}:8080")),
         "STARLING_SVC_ names the same gateway address and port: {logs}"
     );
-    let container = containers(&client).into_iter().next().expect("the client's container");
+    let container = containers(&client)
+        .into_iter()
+        .next()
+        .expect("the client's container");
     let out = docker(&["exec", &container, "nslookup", "nothing-here.svc.starling"]);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(text.contains("NXDOMAIN"), "an unknown name is NXDOMAIN: {text}");
+    assert!(
+        text.contains("NXDOMAIN"),
+        "an unknown name is NXDOMAIN: {text}"
+    );
 }

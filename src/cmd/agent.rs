@@ -170,12 +170,13 @@ pub fn main(data_dir: &Path, args: AgentArgs) -> anyhow::Result<ExitCode> {
     config.departure.restart_window = Duration::from_millis(args.fleet.restart_window_ms);
     config.departure.drain_timeout = Duration::from_millis(args.fleet.drain_timeout_ms);
     config.rejoin_wait = Duration::from_millis(args.fleet.rejoin_wait_ms);
-    config.discovery.dns = match args.discovery.dns.as_str() {
-        "off" => None,
-        text => Some(text.parse().map_err(|e| {
-            anyhow::anyhow!("--dns {text:?}: expected ADDRESS:PORT or off ({e})")
-        })?),
-    };
+    config.discovery.dns =
+        match args.discovery.dns.as_str() {
+            "off" => None,
+            text => Some(text.parse().map_err(|e| {
+                anyhow::anyhow!("--dns {text:?}: expected ADDRESS:PORT or off ({e})")
+            })?),
+        };
     config.discovery.container_dns = !args.discovery.no_container_dns;
     config.discovery.proxy = !args.discovery.no_proxy;
     config.discovery.dns_qps = args.discovery.dns_qps.max(1);

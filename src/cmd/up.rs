@@ -348,10 +348,11 @@ pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
                 println!();
                 print!("{}", output::text(&leases));
             }
-            if let Ok(services) = services.call(&ApiRequest::Get {
-                kind: ObjectKind::Services,
-            })
-            .await
+            if let Ok(services) = services
+                .call(&ApiRequest::Get {
+                    kind: ObjectKind::Services,
+                })
+                .await
             {
                 println!(
                     "\nServices, through node-1's proxy (e.g. curl http://ADDRESS:PORT/; DNS: \

@@ -1,9 +1,9 @@
 //! Hosts as network namespaces: each agent gets its own namespace (its own loopback, so the
 //! service addresses and DNS port of one do not collide with another's), a veth pair to a
-//! bridge in the root namespace, and its own address in a /24. Links can be degraded with
-//! `tc netem` on both ends and cut entirely (loss 100% both ways) for partitions.
+//! bridge in the root namespace, and its own address in a /24. A host's link can lose a share
+//! of its packets or be cut entirely (nftables inside its namespace) for partitions.
 //!
-//! Needs root and iproute2. Tests call [`NetLab::required`] first: without namespaces they fail
+//! Needs root, iproute2 and nftables. Tests call [`NetLab::required`] first: without namespaces they fail
 //! when `STARLING_REQUIRE_NETNS` is set (CI), and skip otherwise.
 
 use std::net::Ipv4Addr;
@@ -52,7 +52,9 @@ impl NetLab {
             return Some(());
         }
         if std::env::var_os("STARLING_REQUIRE_NETNS").is_some() {
-            panic!("{test}: network namespaces are required (STARLING_REQUIRE_NETNS is set) but `ip netns add` fails: run as root with iproute2");
+            panic!(
+                "{test}: network namespaces are required (STARLING_REQUIRE_NETNS is set) but `ip netns add` fails: run as root with iproute2"
+            );
         }
         eprintln!("skipping {test}: network namespaces unavailable (needs root and iproute2)");
         None
@@ -70,8 +72,17 @@ impl NetLab {
         let bridge = lab.bridge();
         let _ = ip(&["link", "del", &bridge]);
         must(&["link", "add", &bridge, "type", "bridge"]);
-        must(&["addr", "add", &format!("{}/24", lab.gateway()), "dev", &bridge]);
+        must(&[
+            "addr",
+            "add",
+            &format!("{}/24", lab.gateway()),
+            "dev",
+            &bridge,
+        ]);
         must(&["link", "set", &bridge, "up"]);
+        // With br_netfilter loaded, bridged frames pass the FORWARD chain, whose policy a
+        // Docker engine sets to DROP: let the lab's own traffic through (removed on drop).
+        lab.forward("-I");
         for i in 0..hosts {
             let ns = lab.ns(i);
             let outside = lab.veth(i);
@@ -96,6 +107,13 @@ impl NetLab {
             .expect("resolv.conf");
         }
         lab
+    }
+
+    fn forward(&self, op: &str) {
+        let bridge = self.bridge();
+        let _ = Command::new("iptables")
+            .args([op, "FORWARD", "-i", &bridge, "-o", &bridge, "-j", "ACCEPT"])
+            .output();
     }
 
     fn bridge(&self) -> String {
@@ -128,42 +146,63 @@ impl NetLab {
         vec!["ip".into(), "netns".into(), "exec".into(), self.ns(i)]
     }
 
-    /// Applies a netem profile (e.g. `loss 100%`, `delay 50ms 30ms loss 10%`) to host `i`'s
-    /// link, both directions.
-    pub fn netem(&self, i: usize, profile: &str) {
-        let words: Vec<&str> = profile.split_whitespace().collect();
-        for (ns, dev) in [(None, self.veth(i)), (Some(self.ns(i)), "eth0".to_string())] {
-            let mut args: Vec<String> = vec!["qdisc", "replace", "dev", &dev, "root", "netem"]
-                .into_iter()
-                .map(String::from)
-                .collect();
-            args.extend(words.iter().map(|w| w.to_string()));
-            let mut command = match &ns {
-                Some(ns) => {
-                    let mut c = Command::new("ip");
-                    c.args(["netns", "exec", ns, "tc"]);
-                    c
-                }
-                None => Command::new("tc"),
-            };
-            let out = command.args(&args).output().expect("tc runs");
-            assert!(
-                out.status.success(),
-                "tc {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
+    /// Runs `nft` with `script` inside host `i`'s namespace.
+    fn nft(&self, i: usize, script: &str) -> Result<(), String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns(i), "nft", script])
+            .output()
+            .map_err(|e| format!("nft: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "nft {script}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
         }
     }
 
-    /// Removes host `i`'s netem profile (both directions).
+    /// Drops host `i`'s traffic on its link both ways: `percent` of packets, chosen at random
+    /// (100: the host is cut off). nftables, not `tc netem`: kernels built without netem (this
+    /// CI's) still have it. Loopback inside the host is untouched.
+    pub fn loss(&self, i: usize, percent: u32) {
+        self.heal(i);
+        let threshold = (u64::from(percent.min(100)) * 0x8000_0000 / 100).min(0x8000_0000);
+        let rule = if percent >= 100 {
+            String::new()
+        } else {
+            format!("meta random & 0x7fffffff < {threshold} ")
+        };
+        let script = format!(
+            "add table inet stlcut\n\
+             add chain inet stlcut in {{ type filter hook input priority 0; policy accept; }}\n\
+             add chain inet stlcut out {{ type filter hook output priority 0; policy accept; }}\n\
+             add rule inet stlcut in iifname \"eth0\" {rule}drop\n\
+             add rule inet stlcut out oifname \"eth0\" {rule}drop\n"
+        );
+        let file = std::env::temp_dir().join(format!("{}-loss.nft", self.ns(i)));
+        std::fs::write(&file, script).expect("nft script");
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns(i), "nft", "-f"])
+            .arg(&file)
+            .output()
+            .expect("nft runs");
+        let _ = std::fs::remove_file(&file);
+        assert!(
+            out.status.success(),
+            "nft: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Cuts host `i` off from every other host (and the root namespace).
+    pub fn cut(&self, i: usize) {
+        self.loss(i, 100);
+    }
+
+    /// Removes what `loss` or `cut` set on host `i`.
     pub fn heal(&self, i: usize) {
-        let _ = Command::new("tc")
-            .args(["qdisc", "del", "dev", &self.veth(i), "root"])
-            .output();
-        let _ = Command::new("ip")
-            .args(["netns", "exec", &self.ns(i), "tc", "qdisc", "del", "dev", "eth0", "root"])
-            .output();
+        let _ = self.nft(i, "delete table inet stlcut");
     }
 }
 
@@ -175,5 +214,6 @@ impl Drop for NetLab {
             let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.ns(i)));
         }
         let _ = ip(&["link", "del", &self.bridge()]);
+        self.forward("-D");
     }
 }

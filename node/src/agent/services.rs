@@ -63,7 +63,6 @@ impl Services {
             container_dns: Vec::new(),
         }
     }
-
 }
 
 /// What discovery runs: dropping it stops the DNS servers; the proxy ends with the agent's
@@ -108,8 +107,12 @@ pub(super) async fn start(agent: &mut Agent) -> Running {
             listen: vec![listener],
             per_client_qps: settings.dns_qps,
         };
-        match crate::dns::serve(config, agent.services.tx.subscribe(), agent.metrics.dns.clone())
-            .await
+        match crate::dns::serve(
+            config,
+            agent.services.tx.subscribe(),
+            agent.metrics.dns.clone(),
+        )
+        .await
         {
             Ok(server) => {
                 tracing::info!(%addr, "DNS for {} answers here", starling_protocol::service::DOMAIN);
