@@ -267,6 +267,49 @@ fn clients_find_a_service_by_name_and_keep_reaching_it_through_kills_and_partiti
         );
     }
 
+    // Hostile input: garbage and a flood from one client are dropped and counted, and the
+    // server keeps answering.
+    let flooder = UdpSocket::bind("0.0.0.0:0").expect("socket");
+    for garbage in [&b""[..], b"\x00", &[0xffu8; 12][..], &[0x41u8; 300][..]] {
+        let _ = flooder.send_to(garbage, dns);
+    }
+    let mut query = Message::query();
+    query.add_query(Query::query(
+        Name::from_ascii("web.svc.starling.").expect("name"),
+        RecordType::A,
+    ));
+    let bytes = query.to_vec().expect("query");
+    // About 4,000 queries a second for a second (paced so the socket buffer does not drop
+    // them before the server reads them), eight times the default per-client rate.
+    for i in 0..4_000 {
+        let _ = flooder.send_to(&bytes, dns);
+        if i % 20 == 19 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let answer = ask(dns, "web.svc.starling.", RecordType::A).expect("still answers");
+    assert_eq!(answer.answers.len(), 1, "{answer:?}");
+    let metrics = support::http_get(SocketAddr::from((lab.addr(0), 7946)), "/metrics")
+        .expect("node-1's metrics");
+    let value = |series: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let malformed = value("starling_dns_dropped_total{reason=\"malformed\"}");
+    let limited = value("starling_dns_dropped_total{reason=\"rate_limited\"}");
+    eprintln!("node-1's DNS dropped {malformed} malformed and {limited} rate-limited queries");
+    assert!(malformed >= 1, "malformed packets are counted: {metrics}");
+    assert!(limited >= 1_000, "the flood is rate-limited: {metrics}");
+    assert!(
+        metrics.contains("starling_proxy_connections_total{service=\"web\""),
+        "the proxy counts connections per instance: {metrics}"
+    );
+
     // Cut node-3 off: each side is served by what it reaches, and no request fails.
     let cut_at = now();
     lab.cut(2);

@@ -83,7 +83,13 @@ impl Fleet {
     ) -> Fleet {
         Self::start_hosts(lab.hosts, PathBuf::from(BIN), agent_args, |i| {
             let base = format!("{}:7946", lab.addr(i));
-            let mut args = vec!["--dns".to_string(), format!("{}:53", lab.addr(i))];
+            // DNS and metrics on the host's own address, so the test can reach both.
+            let mut args = vec![
+                "--dns".to_string(),
+                format!("{}:53", lab.addr(i)),
+                "--metrics".to_string(),
+                format!("{}:7946", lab.addr(i)),
+            ];
             args.extend(node_args(i));
             (base, lab.exec(i), args)
         })
