@@ -683,7 +683,7 @@ fn a_container_resolves_a_service_by_name_and_connects() {
         &format!(
             "name = \"{echo}\"\ncommand = \"python3\"\nreplicas = 2\nargs = [\"-c\", '''{ECHO}''']\n\
              [[ports]]\nname = \"http\"\nport = 8080\n\
-             [health]\ntcp = \"http\"\ninterval = \"200ms\"\n"
+             [health]\ntcp = \"http\"\ninterval = \"500ms\"\ntimeout = \"500ms\"\n"
         ),
     );
     wait_for("the service's instances", Duration::from_secs(30), || {

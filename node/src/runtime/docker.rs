@@ -162,11 +162,19 @@ impl ContainerRuntime {
             .inspect_network("bridge", None)
             .await
             .ok()?;
-        network
-            .ipam?
-            .config?
-            .into_iter()
-            .find_map(|c| c.gateway?.parse().ok())
+        let configs = network.ipam?.config?;
+        let gateway = configs
+            .iter()
+            .find_map(|c| c.gateway.as_deref()?.parse().ok());
+        // Some engines leave the gateway out of the default bridge's config; they give it the
+        // subnet's first address, as the engine's own default is.
+        gateway.or_else(|| {
+            configs.iter().find_map(|c| {
+                let (network, _) = c.subnet.as_deref()?.split_once('/')?;
+                let network: std::net::Ipv4Addr = network.parse().ok()?;
+                Some(std::net::IpAddr::V4((u32::from(network) + 1).into()))
+            })
+        })
     }
 
     /// Whether the engine answers now (connecting and agreeing on the API version the first
