@@ -203,7 +203,8 @@ impl ServiceTable {
         let names: BTreeSet<WorkloadName> = specs.iter().map(|s| s.name.clone()).collect();
         let addresses = service_addresses(&names);
         let mut services: BTreeMap<WorkloadName, Service> = BTreeMap::new();
-        for spec in specs {
+        // A workload without ports has nothing to dial: not a service.
+        for spec in specs.into_iter().filter(|s| !s.ports.is_empty()) {
             let Some(&address) = addresses.get(&spec.name) else {
                 continue;
             };
