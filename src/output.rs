@@ -73,6 +73,10 @@ pub fn text(response: &ApiResponse) -> String {
         ApiResponse::LogChunk { lines, .. } => lines.iter().map(|l| format!("{l}\n")).collect(),
         ApiResponse::Error(error) => format!("error: {}\n", error.message),
         ApiResponse::Rollout(report) => format!("{}\n", rollout::line(report)),
+        ApiResponse::Services { answered_by, .. } => format!(
+            "{}(as node {answered_by} sees the fleet)\n",
+            answers::table(response).map_or_else(String::new, |t| t.render())
+        ),
         listing => answers::table(listing).map_or_else(String::new, |t| t.render()),
     }
 }
