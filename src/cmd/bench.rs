@@ -5,6 +5,10 @@ use std::process::ExitCode;
 use anyhow::bail;
 use starling_sim::epidemic::disseminate;
 
+// Declared here rather than in `cmd/mod.rs`: only `bench` uses it.
+#[path = "bench_proxy.rs"]
+mod bench_proxy;
+
 /// `starling bench`.
 #[derive(clap::Subcommand)]
 pub enum BenchKind {
@@ -73,6 +77,29 @@ pub enum BenchKind {
         #[arg(long, default_value_t = 20)]
         seeds: u64,
     },
+    /// Requests per second and p50/p99 latency of small HTTP/1.1 requests: straight to a
+    /// backend, through the agent's proxy, and through HAProxy (`mode tcp`) if installed;
+    /// keep-alive and a new connection per request.
+    Proxy {
+        /// Concurrent client connections.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Seconds to measure each case.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Threads the proxy under test may use (tokio workers; HAProxy's `nbthread`).
+        #[arg(long, default_value_t = 1)]
+        proxy_threads: usize,
+        /// The HAProxy binary.
+        #[arg(long, default_value = "haproxy")]
+        haproxy: String,
+        /// Leave threads unpinned (by default the client side runs on CPU 0, the proxy on CPU 1).
+        #[arg(long)]
+        no_pin: bool,
+        /// Times every case runs, interleaved; the table shows medians.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
 }
 
 /// Runs one benchmark.
@@ -104,6 +131,21 @@ pub fn run(what: BenchKind) -> anyhow::Result<ExitCode> {
             fanout,
             seeds,
         } => dissemination(nodes, fanout, seeds),
+        BenchKind::Proxy {
+            connections,
+            seconds,
+            proxy_threads,
+            haproxy,
+            no_pin,
+            rounds,
+        } => bench_proxy::proxy(bench_proxy::ProxyBench {
+            connections,
+            seconds,
+            proxy_threads,
+            haproxy,
+            pin: !no_pin,
+            rounds,
+        }),
     }
 }
 
