@@ -85,7 +85,7 @@ pub enum BenchKind {
         #[arg(long, default_value_t = 64)]
         connections: usize,
         /// Seconds to measure each case.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 4)]
         seconds: u64,
         /// Threads the proxy under test may use (tokio workers; HAProxy's `nbthread`).
         #[arg(long, default_value_t = 1)]
@@ -96,8 +96,9 @@ pub enum BenchKind {
         /// Leave threads unpinned (by default the client side runs on CPU 0, the proxy on CPU 1).
         #[arg(long)]
         no_pin: bool,
-        /// Times every case runs, interleaved; the table shows medians.
-        #[arg(long, default_value_t = 3)]
+        /// Times every case runs, interleaved; the table shows medians. On a busy machine,
+        /// run under `chrt -f 1` too, so other processes do not preempt the measured ones.
+        #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
 }
