@@ -8,6 +8,9 @@ use starling_sim::epidemic::disseminate;
 // `bench_dns.rs` sits beside this file; only `bench` uses it.
 #[path = "bench_dns.rs"]
 mod bench_dns;
+// Declared here rather than in `cmd/mod.rs`: only `bench` uses it.
+#[path = "bench_proxy.rs"]
+mod bench_proxy;
 
 /// `starling bench`.
 #[derive(clap::Subcommand)]
@@ -87,6 +90,30 @@ pub enum BenchKind {
         #[arg(long, default_value_t = 16)]
         clients: usize,
     },
+    /// Requests per second and p50/p99 latency of small HTTP/1.1 requests: straight to a
+    /// backend, through the agent's proxy, and through HAProxy (`mode tcp`) if installed;
+    /// keep-alive and a new connection per request.
+    Proxy {
+        /// Concurrent client connections.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Seconds to measure each case.
+        #[arg(long, default_value_t = 4)]
+        seconds: u64,
+        /// Threads the proxy under test may use (tokio workers; HAProxy's `nbthread`).
+        #[arg(long, default_value_t = 1)]
+        proxy_threads: usize,
+        /// The HAProxy binary.
+        #[arg(long, default_value = "haproxy")]
+        haproxy: String,
+        /// Leave threads unpinned (by default the client side runs on CPU 0, the proxy on CPU 1).
+        #[arg(long)]
+        no_pin: bool,
+        /// Times every case runs, interleaved; the table shows medians. On a busy machine,
+        /// run under `chrt -f 1` too, so other processes do not preempt the measured ones.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
 }
 
 /// Runs one benchmark.
@@ -119,6 +146,21 @@ pub fn run(what: BenchKind) -> anyhow::Result<ExitCode> {
             seeds,
         } => dissemination(nodes, fanout, seeds),
         BenchKind::Dns { seconds, clients } => bench_dns::dns(seconds, clients),
+        BenchKind::Proxy {
+            connections,
+            seconds,
+            proxy_threads,
+            haproxy,
+            no_pin,
+            rounds,
+        } => bench_proxy::proxy(bench_proxy::ProxyBench {
+            connections,
+            seconds,
+            proxy_threads,
+            haproxy,
+            pin: !no_pin,
+            rounds,
+        }),
     }
 }
 

@@ -352,3 +352,36 @@ async fn metrics_count_per_instance_and_forget_instances_that_left() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn clients_beyond_the_connection_cap_are_closed_and_counted() {
+    let ip = service_address(22);
+    let port = free_port(ip);
+    let config = ProxyConfig {
+        connections_max: 1,
+        ..ProxyConfig::default()
+    };
+    let instances = vec![ready("web", 0, backend("a").await)];
+    let proxy = Proxy::start(
+        config,
+        table(vec![service("web", ip, port, PortProtocol::Tcp, instances)]),
+    );
+    let address = SocketAddr::new(ip.into(), port);
+    let (mut held, id) = greeted(address).await;
+    assert_eq!(id.as_deref(), Some("a"));
+    let (_, id) = greeted(address).await;
+    assert_eq!(id, None, "the second client is closed");
+    assert_eq!(proxy.metric("starling_proxy_refused_total"), Some(1));
+    assert_eq!(echo(&mut held, "first").await, "first");
+    drop(held);
+    // The slot comes back once the first connection has ended.
+    let mut served = false;
+    for _ in 0..(PATIENCE.as_millis() / POLL.as_millis()) {
+        if greeted(address).await.1.is_some() {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    assert!(served, "the slot never came back");
+}

@@ -151,3 +151,31 @@ async fn udp_flows_beyond_the_cap_are_dropped_and_counted() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_refusing_udp_instance_is_replaced_at_the_next_datagram() {
+    let ip = service_address(33);
+    let port = free_port(ip);
+    // Nothing listens there: the kernel answers port unreachable.
+    let dead = {
+        let socket = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        socket.local_addr().expect("its address")
+    };
+    let instances = vec![
+        instance("dns", 0, "dns", dead, EndpointState::Ready, true),
+        dns_instance(1, udp_backend("live").await),
+    ];
+    let _proxy = Proxy::start(
+        ProxyConfig::default(),
+        table(vec![service("dns", ip, port, PortProtocol::Udp, instances)]),
+    );
+    let client = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .expect("bind");
+    // The local (dead) instance is picked first; its refusal ends the flow, and a resent
+    // datagram goes to the other.
+    assert_eq!(
+        ask(&client, SocketAddr::new(ip.into(), port), "hi").await,
+        "live:hi"
+    );
+}
