@@ -21,7 +21,9 @@
 //!   leaves the table, gets no new connections; its open ones are left alone to end when the
 //!   instance closes them (at the end of its stop grace).
 //! - **UDP has flows.** Each client address gets a connected socket to one instance; replies go
-//!   back from the listener's socket. Idle flows are forgotten after [`ProxyConfig::udp_idle`].
+//!   back from the listener's socket. Idle flows are forgotten after [`ProxyConfig::udp_idle`],
+//!   and a flow whose instance refuses is replaced at the client's next datagram. Closing a UDP
+//!   listener ends its flows (their replies could only leave from its socket).
 //! - **Everything is bounded:** open TCP connections ([`ProxyConfig::connections_max`]), UDP
 //!   flows per listener ([`ProxyConfig::udp_flows_max`]), connect attempts, and the metric label
 //!   set (instances that left the table are forgotten once their connections have closed).
