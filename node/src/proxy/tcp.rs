@@ -105,7 +105,10 @@ async fn proxy(
 }
 
 /// Connects to an instance: picks one, and on a refusal, error or timeout picks another not yet
-/// tried, up to `attempts` in all. `None` (counted) when none could be reached.
+/// tried, up to `attempts` in all. Once every instance was tried, one that only timed out may
+/// be tried again: on a lossy link a lost SYN alone costs the kernel's one-second retransmit,
+/// and the instance behind it is most likely alive (one that refused is not). `None` (counted)
+/// when none could be reached.
 async fn connect(
     table: &ServiceTable,
     context: &ListenerContext,
@@ -115,9 +118,13 @@ async fn connect(
     let route = &context.route;
     let config = &context.shared.config;
     let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut refused: Vec<SocketAddr> = Vec::new();
     if let Some(service) = table.services.get(&route.service) {
         for attempt in 0..config.attempts.max(1) {
-            let Some(active) = stats.choose(service, &route.port, &tried, rng.draw()) else {
+            let chosen = stats
+                .choose(service, &route.port, &tried, rng.draw())
+                .or_else(|| stats.choose(service, &route.port, &refused, rng.draw()));
+            let Some(active) = chosen else {
                 break;
             };
             if attempt > 0 {
@@ -134,7 +141,10 @@ async fn connect(
                     active.stats.opened.fetch_add(1, Ordering::Relaxed);
                     return Some((stream, active));
                 }
-                Ok(Err(e)) => e.to_string(),
+                Ok(Err(e)) => {
+                    refused.push(active.address);
+                    e.to_string()
+                }
                 Err(_) => format!("no answer within {:?}", config.connect_timeout),
             };
             active
