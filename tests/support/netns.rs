@@ -48,15 +48,22 @@ impl NetLab {
         let probe = format!("stlprobe{}", std::process::id());
         let ok = ip(&["netns", "add", &probe]).is_ok();
         let _ = ip(&["netns", "del", &probe]);
-        if ok {
+        // Cuts and loss are nftables rules: without `nft` the lab cannot partition.
+        let nft = Command::new("nft")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok && nft {
             return Some(());
         }
         if std::env::var_os("STARLING_REQUIRE_NETNS").is_some() {
             panic!(
-                "{test}: network namespaces are required (STARLING_REQUIRE_NETNS is set) but `ip netns add` fails: run as root with iproute2"
+                "{test}: network namespaces are required (STARLING_REQUIRE_NETNS is set) but `ip netns add` or `nft` fails: run as root with iproute2 and nftables"
             );
         }
-        eprintln!("skipping {test}: network namespaces unavailable (needs root and iproute2)");
+        eprintln!(
+            "skipping {test}: network namespaces unavailable (needs root, iproute2 and nftables)"
+        );
         None
     }
 

@@ -246,16 +246,10 @@ impl NodeCore {
     /// Replicas with a live instance in the runtime, and that instance (a replica moving
     /// start-first has two: its old one first).
     pub fn instances(&self) -> Vec<(ReplicaId, u64)> {
-        let mut live = Vec::new();
-        for (id, r) in &self.replicas {
-            if let Some(o) = &r.outgoing {
-                live.push((id.clone(), o.instance));
-            }
-            if r.has_instance() {
-                live.push((id.clone(), r.instance));
-            }
-        }
-        live
+        self.endpoint_states()
+            .into_iter()
+            .map(|(id, instance, _)| (id, instance))
+            .collect()
     }
 
     /// Every live instance with whether it may take new connections (what this node publishes
