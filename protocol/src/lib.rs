@@ -13,6 +13,7 @@
 //! - [`status`]: what a node publishes about its replicas.
 //! - [`wire`]: every message on the wire, in a versioned envelope.
 //! - [`gossip`]: the keys a node publishes in its gossip state and their checked values.
+//! - [`objects`]: secrets and configs, and how a secret is sealed to the nodes that may open it.
 //! - [`api`]: the typed rows and records of a node's API answers.
 
 #![forbid(unsafe_code)]
@@ -24,6 +25,7 @@ pub mod hash;
 pub mod hlc;
 pub mod lease;
 pub mod names;
+pub mod objects;
 pub mod placement;
 pub mod quantity;
 pub mod rollout;

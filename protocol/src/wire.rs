@@ -18,14 +18,14 @@ use serde::{Deserialize, Serialize};
 use crate::api::{
     Description, EndpointRow, LeaseRow, NodeRow, ReplicaRow, RolloutReport, Voter, WorkloadRow,
 };
-use crate::desired::{DesiredEntry, SummaryItem};
+use crate::desired::{Entry, Key, SummaryItem};
 use crate::hlc::Timestamp;
 use crate::lease::{Lease, LeaseMessage, LeaseName};
 use crate::names::{NodeId, WorkloadName};
 use crate::spec::{FieldError, WorkloadSpec};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Largest encoded message accepted (4 MiB): one QUIC stream's worth of desired state.
 pub const MESSAGE_BYTES_MAX: usize = 4 << 20;
 
@@ -418,9 +418,9 @@ pub enum PeerMessage {
     /// Anti-entropy: names, markers and hashes in the asked buckets.
     Summary(Vec<SummaryItem>),
     /// Anti-entropy: send me these entries.
-    Pull(Vec<WorkloadName>),
+    Pull(Vec<Key>),
     /// Entries, as an answer to `Pull` or pushed after a write.
-    Entries(Vec<DesiredEntry>),
+    Entries(Vec<Entry>),
     /// The pushed entries are durable here.
     Stored,
     /// The gossip keyring, over mutual TLS only: the receiver adds keys it lacks and, once it

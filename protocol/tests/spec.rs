@@ -215,7 +215,7 @@ fn broken_spec_reports_every_error_with_its_path() {
         "resources.memory",
         "ports[0].port",
         "env.STARLING_X",
-        "secrets[0]",
+        "secrets[0].key",
         "health.http.port",
         "restart.max_retries",
         "update.max_surge",

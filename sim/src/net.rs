@@ -375,7 +375,7 @@ impl World<'_> {
         &mut self,
         to: usize,
         from: usize,
-        entries: Vec<starling_protocol::desired::DesiredEntry>,
+        entries: Vec<starling_protocol::desired::Entry>,
     ) {
         let now = self.node_now(to);
         let node = &mut self.nodes[to];

@@ -286,7 +286,13 @@ impl<'s> World<'s> {
         let desired = self.nodes[i].disk.desired.clone();
         self.with_core(i, |core, now| core.handle_desired(now, desired));
         // Pushed to the live peers as the agent does (an operator's write asks no acks here).
-        let entries = self.nodes[i].disk.desired.export(&[name]);
+        let entries = self.nodes[i]
+            .disk
+            .desired
+            .export(&[name])
+            .into_iter()
+            .map(starling_protocol::desired::Entry::Workload)
+            .collect();
         let peers = self.live_peers(i);
         self.nodes[i].sync.push(now, entries, 0, &peers);
         self.drain_sync(i);

@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use starling_protocol::NodeId;
 use starling_protocol::desired::digest::{DIGEST_DEPTH, Digest};
-use starling_protocol::desired::{DesiredEntry, DesiredState, MergeReport, PAGE_BYTES, PullPlan};
+use starling_protocol::desired::{DesiredState, Entry, MergeReport, PAGE_BYTES, PullPlan};
 use starling_protocol::hlc::Hlc;
 use starling_protocol::wire::PeerMessage;
 
@@ -89,7 +89,7 @@ pub enum SyncOutput {
         /// The peer they came from.
         from: NodeId,
         /// The page.
-        entries: Vec<DesiredEntry>,
+        entries: Vec<Entry>,
     },
     /// A pull from `from` ended having brought all it asked for.
     PullDone {
@@ -158,7 +158,7 @@ struct Pull {
 /// A push in flight.
 #[derive(Debug, Clone)]
 struct Push {
-    pages: Vec<Vec<DesiredEntry>>,
+    pages: Vec<Vec<Entry>>,
     wanted: u32,
     asked: usize,
     stored: u32,
@@ -300,7 +300,7 @@ impl Sync {
     pub fn push(
         &mut self,
         now: u64,
-        entries: Vec<DesiredEntry>,
+        entries: Vec<Entry>,
         wanted: u32,
         peers: &[NodeId],
     ) -> PushId {
@@ -602,11 +602,11 @@ pub struct Merged {
 }
 
 /// The one receive path for entries, pulled or pushed: each entry is checked
-/// ([`DesiredEntry::check`] and the clock-drift check of `hlc`) and merged into a copy of
+/// ([`Entry::check`] and the clock-drift check of `hlc`) and merged into a copy of
 /// `desired`; refused entries change nothing.
 pub fn merge(
     desired: &DesiredState,
-    entries: Vec<DesiredEntry>,
+    entries: Vec<Entry>,
     hlc: &mut Hlc,
     now: u64,
 ) -> Merged {

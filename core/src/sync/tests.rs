@@ -249,7 +249,7 @@ fn answer_pushes(
 
 #[test]
 fn a_push_is_acked_once_enough_peers_stored_every_page() {
-    let entries = state(&["a", "b", "c"], 1, "me", 10).export(&[
+    let entries = state(&["a", "b", "c"], 1, "me", 10).export_entries(&[
         WorkloadName::new("a").expect("name"),
         WorkloadName::new("b").expect("name"),
         WorkloadName::new("c").expect("name"),
@@ -285,7 +285,7 @@ fn a_push_is_acked_once_enough_peers_stored_every_page() {
 
 #[test]
 fn a_push_that_cannot_reach_its_count_says_how_far_it_got() {
-    let entries = state(&["a"], 1, "me", 10).export(&[WorkloadName::new("a").expect("name")]);
+    let entries = state(&["a"], 1, "me", 10).export_entries(&[WorkloadName::new("a").expect("name")]);
     let mut sync = Sync::new(SyncConfig::default());
     let push = sync.push(0, entries.clone(), 3, &[id("p1"), id("p2")]);
     let batch = outputs(&mut sync);
@@ -320,16 +320,18 @@ fn a_push_that_cannot_reach_its_count_says_how_far_it_got() {
 fn merge_refuses_bad_entries_and_changes_nothing_for_them() {
     let theirs = state(&["a"], 10, "s", 10);
     let mine = DesiredState::new();
-    let mut entries = theirs.export(&[WorkloadName::new("a").expect("name")]);
+    let mut entries = theirs.export_entries(&[WorkloadName::new("a").expect("name")]);
     // A clock a day ahead of ours is refused.
-    entries[0].register.marker.physical_ms = 86_400_000 + 10;
+    if let starling_protocol::desired::Entry::Workload(e) = &mut entries[0] {
+        e.register.marker.physical_ms = 86_400_000 + 10;
+    }
     let mut hlc = Hlc::new(id("me"), 1_000);
     let merged = merge(&mine, entries, &mut hlc, 10);
     assert!(merged.next.is_none());
     assert_eq!(merged.report.refused.len(), 1);
     let merged = merge(
         &mine,
-        theirs.export(&[WorkloadName::new("a").expect("name")]),
+        theirs.export_entries(&[WorkloadName::new("a").expect("name")]),
         &mut hlc,
         10,
     );
@@ -360,8 +362,8 @@ proptest! {
             write(&mut server, &name(n), 5 + u64::from(*n % 5), "s", 300);
         }
         let mut expected = mine.clone();
-        for entry in server.export(&server.workloads().map(|(n, _)| n.clone()).collect::<Vec<_>>()) {
-            expected.merge_entry(entry);
+        for entry in server.export_entries(&server.workloads().map(|(n, _)| n.clone()).collect::<Vec<_>>()) {
+            expected.merge_any(entry);
         }
         let mut sync = Sync::new(config(page_bytes));
         let mut losses = losses.into_iter();
@@ -385,7 +387,7 @@ fn a_write_burst_to_one_peer_is_bounded_in_flight_and_queued() {
         ..SyncConfig::default()
     };
     let mut sync = Sync::new(config);
-    let entries = state(&["a"], 1, "me", 10).export(&[WorkloadName::new("a").expect("name")]);
+    let entries = state(&["a"], 1, "me", 10).export_entries(&[WorkloadName::new("a").expect("name")]);
     let peer = [id("slow")];
     let pushes: Vec<PushId> = (0..7)
         .map(|_| sync.push(0, entries.clone(), 1, &peer))

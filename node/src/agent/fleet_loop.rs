@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
 use starling_core::sync::SyncOutput;
-use starling_protocol::desired::{DesiredEntry, PAGE_BYTES};
+use starling_protocol::desired::{Entry, PAGE_BYTES};
 use starling_protocol::placement::Liveness;
 use starling_protocol::wire::{ApiResponse, JoinReply, JoinRequest, PeerMessage};
 use tokio::sync::{mpsc, oneshot};
@@ -52,12 +52,13 @@ impl Agent {
     /// answered only once enough of them hold it).
     pub(super) fn answer(&mut self, outcome: WriteOutcome, reply: oneshot::Sender<ApiResponse>) {
         let WriteOutcome { response, push } = outcome;
-        let (Some(fleet), Some(Push { name, acks })) = (self.fleet.as_mut(), push) else {
+        let (Some(fleet), Some(Push { keys, acks })) = (self.fleet.as_mut(), push) else {
             let _ = reply.send(response);
             return;
         };
         let now = now_ms();
-        let entries = self.core.desired().export(&[name]);
+        let desired = self.core.desired();
+        let entries = keys.iter().filter_map(|k| desired.any_entry(k)).collect();
         let peers = fleet.live_ids(now);
         let push = fleet.sync.push(now, entries, acks, &peers);
         if acks == 0 {
@@ -257,7 +258,7 @@ impl Agent {
     fn merge_entries(
         &mut self,
         from: &starling_protocol::NodeId,
-        entries: Vec<DesiredEntry>,
+        entries: Vec<Entry>,
     ) -> usize {
         let now = now_ms();
         let merged = starling_core::sync::merge(self.core.desired(), entries, &mut self.hlc, now);

@@ -5,7 +5,7 @@
 //! must reach peers ([`Push`]) to the caller that answers (`Agent::answer`).
 
 use starling_protocol::WorkloadName;
-use starling_protocol::desired::{DesiredState, Revision, RevisionId, RevisionMatch, RollbackOf};
+use starling_protocol::desired::{DesiredState, Key, Revision, RevisionId, RevisionMatch, RollbackOf};
 use starling_protocol::spec::{SpecErrors, WorkloadSpec};
 use starling_protocol::wire::{ApiError as WireApiError, ApiResponse};
 
@@ -22,8 +22,8 @@ pub(super) struct WriteOutcome {
 
 /// A stored write to push to peers.
 pub(super) struct Push {
-    /// The written workload.
-    pub name: WorkloadName,
+    /// The written entries (a workload; an object and the workloads it rolled).
+    pub keys: Vec<Key>,
     /// Peers that must hold it before the answer (`--ack-replicas`).
     pub acks: u32,
 }
@@ -244,7 +244,10 @@ impl Agent {
                 at,
                 changed: true,
             },
-            push: Some(Push { name, acks: 0 }),
+            push: Some(Push {
+                keys: vec![Key::Workload(name)],
+                acks: 0,
+            }),
         }
     }
 }

@@ -8,10 +8,16 @@
 //! and revisions no rollout control. Converted specs get the defaults `validate` would give
 //! them (stop-first where two instances cannot share a node), revisions an empty control.
 //!
-//! Format 3: see [`v3`].
+//! Format 3: see [`v3`]. Format 4: see [`v4`].
+//!
+//! Formats 1 to 4 referenced configs by a file path and secrets by a variable and/or a file
+//! (both accepted and ignored then); they convert to references of the same names, with the
+//! path dropped for processes (which have no private filesystem).
 
 mod v3;
+mod v4;
 pub use v3::decode_v3;
+pub use v4::decode_v4;
 
 use std::collections::BTreeMap;
 
@@ -23,9 +29,76 @@ use crate::hlc::Timestamp;
 use crate::names::WorkloadName;
 use crate::spec::{
     ConfigRef, Constraints, HealthCheck, LeaseSettings, PartitionPolicy, PlacementStrategy,
-    PortSpec, PullPolicy, Resources, RestartPolicy, RuntimeKind, ScalingPolicy, SecretRef,
-    UpdateOrder, UpdateStrategy, WorkloadSpec,
+    PortSpec, PullPolicy, Reload, Resources, RestartPolicy, RuntimeKind, ScalingPolicy,
+    SecretRef, UpdateOrder, UpdateStrategy, WorkloadSpec,
 };
+
+/// A config reference as formats 1 to 4 stored it.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+pub(super) struct ConfigRefV4 {
+    pub(super) name: String,
+    pub(super) path: String,
+}
+
+/// A secret reference as formats 1 to 4 stored it.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+pub(super) struct SecretRefV4 {
+    pub(super) name: String,
+    pub(super) env: Option<String>,
+    pub(super) path: Option<String>,
+}
+
+/// Converts old references; a process's paths are dropped (see the module docs).
+pub(super) fn convert_refs(
+    runtime: RuntimeKind,
+    configs: Vec<ConfigRefV4>,
+    secrets: Vec<SecretRefV4>,
+) -> (Vec<ConfigRef>, Vec<SecretRef>) {
+    let keep = runtime != RuntimeKind::Process;
+    let configs = configs
+        .into_iter()
+        .map(|c| ConfigRef {
+            name: c.name,
+            path: keep.then_some(c.path),
+            reload: Reload::Restart,
+        })
+        .collect();
+    let secrets = secrets
+        .into_iter()
+        .map(|s| SecretRef {
+            name: s.name,
+            env: s.env,
+            key: None,
+            path: s.path.filter(|_| keep),
+            reload: Reload::Restart,
+        })
+        .collect();
+    (configs, secrets)
+}
+
+/// Old references of current ones, for tests that write old formats.
+#[cfg(test)]
+pub(super) fn old_refs(spec: &WorkloadSpec) -> (Vec<ConfigRefV4>, Vec<SecretRefV4>) {
+    (
+        spec.configs
+            .iter()
+            .map(|c| ConfigRefV4 {
+                name: c.name.clone(),
+                path: c.path.clone().unwrap_or_default(),
+            })
+            .collect(),
+        spec.secrets
+            .iter()
+            .map(|s| SecretRefV4 {
+                name: s.name.clone(),
+                env: s.env.clone(),
+                path: s.path.clone(),
+            })
+            .collect(),
+    )
+}
 
 #[derive(Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
@@ -54,8 +127,8 @@ struct SpecV2 {
     partition: PartitionPolicy,
     ports: Vec<PortSpec>,
     env: BTreeMap<String, String>,
-    configs: Vec<ConfigRef>,
-    secrets: Vec<SecretRef>,
+    configs: Vec<ConfigRefV4>,
+    secrets: Vec<SecretRefV4>,
     health: Option<HealthCheck>,
     restart: RestartPolicy,
     update: UpdateV2,
@@ -66,6 +139,7 @@ struct SpecV2 {
 
 impl SpecV2 {
     fn convert(self) -> WorkloadSpec {
+        let (configs, secrets) = convert_refs(self.runtime, self.configs, self.secrets);
         let stop_first_only = self.singleton || self.ports.iter().any(|p| p.host_port.is_some());
         let u = self.update;
         let (order, max_unavailable, max_surge) = if stop_first_only || u.max_surge == 0 {
@@ -89,8 +163,8 @@ impl SpecV2 {
             ports: self.ports,
             env: self.env,
             uses: Vec::new(),
-            configs: self.configs,
-            secrets: self.secrets,
+            configs,
+            secrets,
             health: self.health,
             restart: self.restart,
             update: UpdateStrategy {
@@ -157,6 +231,7 @@ pub fn decode_v2(bytes: &[u8]) -> Result<DesiredState, String> {
                     lineage: r.lineage,
                     by: r.by,
                     rollout: RolloutControl::default(),
+                    inputs: Default::default(),
                 }),
                 marker: old.register.marker,
             },
@@ -196,6 +271,7 @@ pub fn decode_v1(bytes: &[u8]) -> Result<DesiredState, String> {
                     lineage: Vec::new(),
                     by: String::new(),
                     rollout: RolloutControl::default(),
+                    inputs: Default::default(),
                 }),
                 marker: old.register.marker,
             },
@@ -255,8 +331,8 @@ mod tests {
             partition: s.partition,
             ports: s.ports,
             env: s.env,
-            configs: s.configs,
-            secrets: s.secrets,
+            configs: old_refs(spec).0,
+            secrets: old_refs(spec).1,
             health: s.health,
             restart: s.restart,
             update: UpdateV2 {

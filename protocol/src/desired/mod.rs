@@ -16,6 +16,7 @@
 
 pub mod digest;
 pub mod legacy;
+pub mod objects;
 pub mod sync;
 pub mod writes;
 
@@ -25,6 +26,7 @@ use crdts::LWWReg;
 use serde::{Deserialize, Serialize};
 
 pub use digest::{DIGEST_BUCKETS, Digest};
+pub use objects::{Entry, Key};
 pub use sync::{MergeReport, PAGE_BYTES, PullPlan};
 pub use writes::{BY_MAX, LINEAGE_MAX, RevisionId, RevisionMatch, WRITES_KEPT, WriteRecord};
 use writes::{keep_newest, record_of, truncate};
@@ -32,7 +34,9 @@ use writes::{keep_newest, record_of, truncate};
 use crate::hash::{hash64, hash128};
 use crate::hlc::Timestamp;
 use crate::names::WorkloadName;
+use crate::objects::ObjectKey;
 use crate::spec::{SpecErrors, WorkloadSpec};
+use objects::{ObjectSlot, object_bucket};
 
 /// One version of a workload's spec. It carries the revision before it, so a rollback needs
 /// no history store; only one step back is kept, which bounds the size of every entry.
@@ -56,6 +60,11 @@ pub struct Revision {
     pub by: String,
     /// What operators and failed health gates said about this revision's rollout.
     pub rollout: RolloutControl,
+    /// The versions (register markers) of the secrets and configs this revision runs with: a
+    /// replica of it starts only once its node holds at least these. A new version of an
+    /// object with `reload = "restart"` writes a new revision that pins it, and the rolling
+    /// update moves the replicas.
+    pub inputs: BTreeMap<ObjectKey, Timestamp>,
 }
 
 /// The rollout state that lives in the desired state (progress itself is not written: every
@@ -78,6 +87,9 @@ pub struct RollbackOf {
     /// Why its rollout failed (at most [`FAILURE_MAX`] bytes); `None` for a rollback by hand.
     pub failure: Option<String>,
 }
+
+/// Most object versions a revision pins ([`Revision::inputs`]).
+pub const INPUTS_MAX: usize = 256;
 
 /// Longest [`RollbackOf::failure`].
 pub const FAILURE_MAX: usize = 256;
@@ -138,8 +150,8 @@ pub enum EntryError {
 /// One line of a [`DesiredState::summary`]: enough to tell whether two entries differ.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SummaryItem {
-    /// The workload.
-    pub name: WorkloadName,
+    /// The workload or object.
+    pub name: Key,
     /// The marker of its register.
     pub marker: Timestamp,
     /// The hash of the whole entry (equal markers with different values still differ here).
@@ -150,6 +162,7 @@ pub struct SummaryItem {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesiredState {
     slots: BTreeMap<WorkloadName, Slot>,
+    objects: BTreeMap<ObjectKey, ObjectSlot>,
     /// XOR of the hashes of the entries whose names fall in each bucket.
     buckets: Vec<u128>,
 }
@@ -171,6 +184,7 @@ impl Revision {
             lineage: Vec::new(),
             by: String::new(),
             rollout: RolloutControl::default(),
+            inputs: BTreeMap::new(),
         }
     }
 
@@ -193,6 +207,24 @@ impl Revision {
             lineage: Vec::new(),
             by: String::new(),
             rollout: RolloutControl::default(),
+            inputs: self.inputs.clone(),
+        }
+    }
+
+    /// The same spec pinned to new object versions: a new revision, so the rolling update
+    /// moves every replica onto them.
+    pub fn with_inputs(&self, inputs: BTreeMap<ObjectKey, Timestamp>) -> Self {
+        Revision {
+            number: self.number + 1,
+            spec: self.spec.clone(),
+            previous: Some(PreviousRevision {
+                number: self.number,
+                spec: self.spec.clone(),
+            }),
+            lineage: Vec::new(),
+            by: String::new(),
+            rollout: RolloutControl::default(),
+            inputs,
         }
     }
 
@@ -219,6 +251,8 @@ impl Revision {
                 }),
                 ..RolloutControl::default()
             },
+            // Objects keep only their newest version: a rollback runs the old spec with it.
+            inputs: self.inputs.clone(),
         })
     }
 
@@ -260,6 +294,7 @@ impl DesiredEntry {
             return Ok(());
         };
         bounded("lineage", revision.lineage.len(), LINEAGE_MAX)?;
+        bounded("inputs", revision.inputs.len(), INPUTS_MAX)?;
         bounded("by (bytes)", revision.by.len(), BY_MAX)?;
         if let Some(failure) = revision
             .rollout
@@ -298,6 +333,7 @@ impl DesiredState {
     pub fn new() -> Self {
         DesiredState {
             slots: BTreeMap::new(),
+            objects: BTreeMap::new(),
             buckets: vec![0; DIGEST_BUCKETS],
         }
     }
@@ -324,19 +360,21 @@ impl DesiredState {
         self.slots.iter().map(|(n, s)| (n, &s.register))
     }
 
-    /// Number of entries, tombstones included.
+    /// Number of workload entries, tombstones included.
     pub fn len(&self) -> usize {
         self.slots.len()
     }
 
-    /// True when there are no entries at all.
+    /// True when there are no entries at all, of either kind.
     pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.slots.is_empty() && self.objects.is_empty()
     }
 
     /// The newest marker in the state, to resume a node's HLC after a restart.
     pub fn newest_timestamp(&self) -> Option<&Timestamp> {
-        self.slots.values().map(|s| &s.register.marker).max()
+        let workloads = self.slots.values().map(|s| &s.register.marker);
+        let objects = self.objects.values().map(|s| &s.register.marker);
+        workloads.chain(objects).max()
     }
 
     /// Records a local write (`None` deletes) stamped `at`. Returns whether it won: a write
@@ -461,6 +499,15 @@ impl DesiredState {
             };
             changed += usize::from(self.merge_entry(entry));
         }
+        for (key, slot) in &other.objects {
+            let mine = self.objects.get(key);
+            if mine.is_some_and(|m| m.hash == slot.hash) {
+                continue;
+            }
+            if let Some(entry) = other.object_entry(key) {
+                changed += usize::from(self.merge_object(entry));
+            }
+        }
         changed
     }
 
@@ -484,7 +531,21 @@ impl DesiredState {
                 self.buckets[bucket_of(name)] ^= slot.hash;
             }
         }
-        expired.len()
+        let expired_objects: Vec<ObjectKey> = self
+            .objects
+            .iter()
+            .filter(|(_, s)| {
+                s.register.val.is_none()
+                    && s.register.marker.physical_ms.saturating_add(grace_ms) <= now_ms
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &expired_objects {
+            if let Some(slot) = self.objects.remove(key) {
+                self.buckets[object_bucket(key)] ^= slot.hash;
+            }
+        }
+        expired.len() + expired_objects.len()
     }
 
     /// The Merkle digest of the whole state.
@@ -496,26 +557,38 @@ impl DesiredState {
     /// [`Digest::diff`]), for a peer to compare with its own.
     pub fn summary(&self, buckets: &[usize]) -> Vec<SummaryItem> {
         let wanted: std::collections::BTreeSet<usize> = buckets.iter().copied().collect();
-        self.slots
+        let workloads = self
+            .slots
             .iter()
             .filter(|(n, _)| wanted.contains(&bucket_of(n)))
             .map(|(n, s)| SummaryItem {
-                name: n.clone(),
+                name: Key::Workload(n.clone()),
                 marker: s.register.marker.clone(),
                 hash: s.hash,
-            })
-            .collect()
+            });
+        let objects = self
+            .objects
+            .iter()
+            .filter(|(k, _)| wanted.contains(&object_bucket(k)))
+            .map(|(k, s)| SummaryItem {
+                name: Key::Object(k.clone()),
+                marker: s.register.marker.clone(),
+                hash: s.hash,
+            });
+        workloads.chain(objects).collect()
     }
 
-    /// Of a peer's summary, the names whose entry this state lacks or holds differently:
+    /// Of a peer's summary, the keys whose entry this state lacks or holds differently:
     /// what to pull from that peer.
-    pub fn wanted(&self, peer_summary: &[SummaryItem]) -> Vec<WorkloadName> {
+    pub fn wanted(&self, peer_summary: &[SummaryItem]) -> Vec<Key> {
         peer_summary
             .iter()
             .filter(|item| {
-                self.slots
-                    .get(&item.name)
-                    .is_none_or(|s| s.hash != item.hash)
+                let mine = match &item.name {
+                    Key::Workload(n) => self.slots.get(n).map(|s| s.hash),
+                    Key::Object(k) => self.objects.get(k).map(|s| s.hash),
+                };
+                mine != Some(item.hash)
             })
             .map(|item| item.name.clone())
             .collect()
@@ -554,23 +627,14 @@ fn register_hash(name: &WorkloadName, register: &Register) -> u128 {
 
 impl Serialize for DesiredState {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.slots.iter().map(|(n, s)| DesiredEntry {
-            name: n.clone(),
-            register: s.register.clone(),
-            writes: s.writes.clone(),
-        }))
+        serializer.collect_seq(self.all_entries())
     }
 }
 
 impl<'de> Deserialize<'de> for DesiredState {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let entries = Vec::<DesiredEntry>::deserialize(deserializer)?;
-        let mut state = DesiredState::new();
-        for entry in entries {
-            entry.check().map_err(serde::de::Error::custom)?;
-            state.merge_entry(entry);
-        }
-        Ok(state)
+        let entries = Vec::<Entry>::deserialize(deserializer)?;
+        DesiredState::from_entries(entries).map_err(serde::de::Error::custom)
     }
 }
 

@@ -9,9 +9,8 @@
 //! The agent and the simulator both run these functions, so the simulator exercises the same
 //! page boundaries and the same refusals as a real node.
 
-use crate::desired::{DesiredEntry, DesiredState};
+use crate::desired::{DesiredState, Entry, Key};
 use crate::hlc::Hlc;
-use crate::names::WorkloadName;
 
 /// Encoded bytes of entries in one page (256 KiB): a few seconds on a slow cellular link, so a
 /// page never runs into a request's timeout there. An entry larger than this (specs may hold
@@ -22,7 +21,7 @@ pub const PAGE_BYTES: usize = 256 << 10;
 pub const PULL_NAMES_BYTES: usize = 256 << 10;
 
 /// Encoded size of one entry, as it travels.
-pub fn encoded_len(entry: &DesiredEntry) -> usize {
+pub fn encoded_len(entry: &Entry) -> usize {
     // postcard of plain serde data cannot fail; 0 would only make one page larger.
     postcard::experimental::serialized_size(entry).unwrap_or(0)
 }
@@ -31,10 +30,10 @@ impl DesiredState {
     /// The entries for `names` (those this state has), in the asked order, up to `budget`
     /// encoded bytes. The first entry found always goes, whatever its size, so every pull makes
     /// progress; the caller asks again for the names after the last one returned.
-    pub fn export_page(&self, names: &[WorkloadName], budget: usize) -> Vec<DesiredEntry> {
+    pub fn export_page(&self, names: &[Key], budget: usize) -> Vec<Entry> {
         let mut page = Vec::new();
         let mut used = 0;
-        for entry in names.iter().filter_map(|n| self.entry(n)) {
+        for entry in names.iter().filter_map(|n| self.any_entry(n)) {
             let len = encoded_len(&entry);
             if !page.is_empty() && used + len > budget {
                 break;
@@ -47,8 +46,8 @@ impl DesiredState {
 
     /// Splits `entries` into pages of at most `budget` encoded bytes (one entry may exceed it
     /// alone), for pushes of many entries.
-    pub fn paginate(entries: Vec<DesiredEntry>, budget: usize) -> Vec<Vec<DesiredEntry>> {
-        let mut pages: Vec<Vec<DesiredEntry>> = Vec::new();
+    pub fn paginate(entries: Vec<Entry>, budget: usize) -> Vec<Vec<Entry>> {
+        let mut pages: Vec<Vec<Entry>> = Vec::new();
         let mut used = 0;
         for entry in entries {
             let len = encoded_len(&entry);
@@ -70,13 +69,13 @@ impl DesiredState {
 /// What a puller still wants from one peer, asked page after page.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PullPlan {
-    remaining: Vec<WorkloadName>,
+    remaining: Vec<Key>,
     asked: usize,
 }
 
 impl PullPlan {
     /// A plan for the names a summary showed this node lacks or holds differently.
-    pub fn new(wanted: Vec<WorkloadName>) -> Self {
+    pub fn new(wanted: Vec<Key>) -> Self {
         PullPlan {
             remaining: wanted,
             asked: 0,
@@ -84,7 +83,7 @@ impl PullPlan {
     }
 
     /// The names to ask for next (bounded by [`PULL_NAMES_BYTES`]), or `None` when done.
-    pub fn next_request(&mut self) -> Option<Vec<WorkloadName>> {
+    pub fn next_request(&mut self) -> Option<Vec<Key>> {
         if self.remaining.is_empty() {
             return None;
         }
@@ -93,7 +92,7 @@ impl PullPlan {
             .remaining
             .iter()
             .take_while(|n| {
-                bytes += n.as_str().len() + 1;
+                bytes += n.len_hint();
                 bytes <= PULL_NAMES_BYTES
             })
             .count()
@@ -106,12 +105,15 @@ impl PullPlan {
     /// at its page budget, so every asked name up to the last one returned is settled (a name
     /// it skipped before that one it no longer holds). Returns whether more is left to ask;
     /// an empty answer ends the plan (the peer has none of the rest).
-    pub fn received(&mut self, page: &[DesiredEntry]) -> bool {
+    pub fn received(&mut self, page: &[Entry]) -> bool {
         let asked = self.asked.min(self.remaining.len());
         self.asked = 0;
         let settled = page
             .last()
-            .and_then(|last| self.remaining[..asked].iter().position(|n| *n == last.name))
+            .and_then(|last| {
+                let key = last.key();
+                self.remaining[..asked].iter().position(|n| *n == key)
+            })
             .map(|i| i + 1);
         match settled {
             Some(n) => {
@@ -126,7 +128,7 @@ impl PullPlan {
     }
 
     /// Names not yet received.
-    pub fn remaining(&self) -> &[WorkloadName] {
+    pub fn remaining(&self) -> &[Key] {
         &self.remaining
     }
 }
@@ -137,30 +139,30 @@ pub struct MergeReport {
     /// Entries that changed the state.
     pub changed: usize,
     /// Entries refused, with the workload and why (invalid spec, clock too far ahead).
-    pub refused: Vec<(WorkloadName, String)>,
+    pub refused: Vec<(Key, String)>,
 }
 
 impl DesiredState {
-    /// Merges entries received from a peer: each must pass [`DesiredEntry::check`] and the
+    /// Merges entries received from a peer: each must pass [`Entry::check`] and the
     /// clock-drift check of `hlc` (which then moves past its marker); refused entries change
     /// nothing. The caller stores the result before acting on it.
     pub fn merge_checked(
         &mut self,
-        entries: Vec<DesiredEntry>,
+        entries: Vec<Entry>,
         hlc: &mut Hlc,
         now_ms: u64,
     ) -> MergeReport {
         let mut report = MergeReport::default();
         for entry in entries {
             if let Err(e) = entry.check() {
-                report.refused.push((entry.name.clone(), e.to_string()));
+                report.refused.push((entry.key(), e));
                 continue;
             }
-            if let Err(e) = hlc.update(&entry.register.marker, now_ms) {
-                report.refused.push((entry.name.clone(), e.to_string()));
+            if let Err(e) = hlc.update(entry.marker(), now_ms) {
+                report.refused.push((entry.key(), e.to_string()));
                 continue;
             }
-            if self.merge_entry(entry) {
+            if self.merge_any(entry) {
                 report.changed += 1;
             }
         }
@@ -174,14 +176,19 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::desired::Revision;
+    use crate::desired::{DesiredEntry, Revision};
+    use crate::names::WorkloadName;
     use crate::hlc::Timestamp;
     use crate::names::NodeId;
     use crate::spec::WorkloadSpec;
 
     /// A spec whose encoded entry is about `bytes` long (a large env map, as in the report
     /// that found the 4 MiB wall).
-    fn entry(name: &str, bytes: usize, at: u64) -> DesiredEntry {
+    fn entry(name: &str, bytes: usize, at: u64) -> Entry {
+        Entry::Workload(workload_entry(name, bytes, at))
+    }
+
+    fn workload_entry(name: &str, bytes: usize, at: u64) -> DesiredEntry {
         let value = "x".repeat(bytes.max(1));
         let spec = WorkloadSpec::from_toml(&format!(
             "name = \"{name}\"\ncommand = \"sleep\"\nargs = [\"60\"]\nreplicas = 0\n[env]\nBIG = \"{value}\""
@@ -201,10 +208,10 @@ mod tests {
         }
     }
 
-    fn state(entries: &[DesiredEntry]) -> DesiredState {
+    fn state(entries: &[Entry]) -> DesiredState {
         let mut s = DesiredState::new();
         for e in entries {
-            s.merge_entry(e.clone());
+            s.merge_any(e.clone());
         }
         s
     }
@@ -253,7 +260,7 @@ mod tests {
             .map(|i| entry(&format!("w{i}"), 1_000, 100 + i))
             .collect();
         let peer = state(&entries);
-        let names: Vec<_> = entries.iter().map(|e| e.name.clone()).collect();
+        let names: Vec<_> = entries.iter().map(|e| e.key()).collect();
         let one = encoded_len(&entries[0]);
         assert_eq!(peer.export_page(&names, 0).len(), 1);
         assert_eq!(peer.export_page(&names, one * 3 + one / 2).len(), 3);
@@ -272,7 +279,7 @@ mod tests {
             .map(|i| entry(&format!("w{i}"), 100, 100 + i))
             .collect();
         let peer = state(&entries[3..]);
-        let mut plan = PullPlan::new(entries.iter().map(|e| e.name.clone()).collect());
+        let mut plan = PullPlan::new(entries.iter().map(|e| e.key()).collect());
         let names = plan.next_request().expect("something to ask");
         let page = peer.export_page(&names, encoded_len(&entries[3]));
         assert_eq!(page.len(), 1);
@@ -283,7 +290,9 @@ mod tests {
         assert!(!plan.received(&page));
         assert!(plan.next_request().is_none());
         // A peer that has none of what is asked ends the plan at once.
-        let mut plan = PullPlan::new(vec![WorkloadName::new("gone").expect("valid")]);
+        let mut plan = PullPlan::new(vec![Key::Workload(
+            WorkloadName::new("gone").expect("valid"),
+        )]);
         let names = plan.next_request().expect("one");
         assert!(!plan.received(&peer.export_page(&names, usize::MAX)));
         assert!(plan.next_request().is_none());
@@ -292,15 +301,16 @@ mod tests {
     #[test]
     fn merge_checked_refuses_bad_entries_by_name_and_keeps_the_rest() {
         let good = entry("good", 10, 100);
-        let mut mismatched = entry("bad", 10, 100);
+        let mut mismatched = workload_entry("bad", 10, 100);
         mismatched.name = WorkloadName::new("other").expect("valid");
-        let mut ahead = entry("ahead", 10, 100);
+        let mut ahead = workload_entry("ahead", 10, 100);
         ahead.register.marker.physical_ms = 10_000_000;
+        let (mismatched, ahead) = (Entry::Workload(mismatched), Entry::Workload(ahead));
         let mut me = DesiredState::new();
         let mut hlc = Hlc::new(NodeId::new("me").expect("valid id"), 5_000);
         let report = me.merge_checked(vec![mismatched, good.clone(), ahead], &mut hlc, 10_000);
         assert_eq!(report.changed, 1);
-        let refused: Vec<_> = report.refused.iter().map(|(n, _)| n.as_str()).collect();
+        let refused: Vec<_> = report.refused.iter().map(|(n, _)| n.to_string()).collect();
         assert_eq!(refused, vec!["other", "ahead"]);
         assert!(
             report.refused[1].1.contains("ahead"),

@@ -85,6 +85,8 @@ pub struct PortDoc {
 pub struct ConfigDoc {
     pub name: Option<String>,
     pub path: Option<String>,
+    pub reload: Option<String>,
+    pub reload_signal: Option<String>,
 }
 
 /// `[[secrets]]`: a secret delivered as an env var and/or a file.
@@ -93,7 +95,10 @@ pub struct ConfigDoc {
 pub struct SecretDoc {
     pub name: Option<String>,
     pub env: Option<String>,
+    pub key: Option<String>,
     pub path: Option<String>,
+    pub reload: Option<String>,
+    pub reload_signal: Option<String>,
 }
 
 /// `[health]`: exactly one of `exec`, `tcp`, `http`, plus timing.
@@ -279,7 +284,9 @@ pub(super) fn to_doc(spec: &WorkloadSpec) -> SpecDoc {
                 .iter()
                 .map(|c| ConfigDoc {
                     name: Some(c.name.clone()),
-                    path: Some(c.path.clone()),
+                    path: c.path.clone(),
+                    reload: Some(reload_text(c.reload).into()),
+                    reload_signal: reload_signal_text(c.reload),
                 })
                 .collect(),
         ),
@@ -289,7 +296,10 @@ pub(super) fn to_doc(spec: &WorkloadSpec) -> SpecDoc {
                 .map(|s| SecretDoc {
                     name: Some(s.name.clone()),
                     env: s.env.clone(),
+                    key: s.key.clone(),
                     path: s.path.clone(),
+                    reload: Some(reload_text(s.reload).into()),
+                    reload_signal: reload_signal_text(s.reload),
                 })
                 .collect(),
         ),
@@ -419,5 +429,19 @@ fn protocol_text(p: PortProtocol) -> &'static str {
     match p {
         PortProtocol::Tcp => "tcp",
         PortProtocol::Udp => "udp",
+    }
+}
+
+fn reload_text(reload: super::Reload) -> &'static str {
+    match reload {
+        super::Reload::Restart => "restart",
+        super::Reload::File(_) => "file",
+    }
+}
+
+fn reload_signal_text(reload: super::Reload) -> Option<String> {
+    match reload {
+        super::Reload::Restart => None,
+        super::Reload::File(signal) => Some(signal.as_str().into()),
     }
 }

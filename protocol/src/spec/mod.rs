@@ -216,24 +216,82 @@ pub enum PortProtocol {
     Udp,
 }
 
-/// A reference to a configuration object, made available as a file.
+/// A reference to a config object: its entries as files in a directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigRef {
     /// Name of the config object in the fleet.
     pub name: String,
-    /// Where the workload sees it.
-    pub path: String,
+    /// Containers: the directory that holds the entries (default `/run/configs/NAME`).
+    /// Processes have no private filesystem: theirs is `$STARLING_CONFIGS_DIR/NAME`.
+    pub path: Option<String>,
+    /// What a new version does to a running replica.
+    pub reload: Reload,
 }
 
-/// A reference to a secret; delivered as an environment variable and/or a file.
+/// A reference to a secret: its entries as files on a memory filesystem, and optionally one
+/// entry as an environment variable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecretRef {
     /// Name of the secret in the fleet.
     pub name: String,
-    /// Environment variable that receives the value.
+    /// Environment variable that receives one entry's value.
     pub env: Option<String>,
-    /// File that receives the value.
+    /// The entry `env` receives (`None`: the secret's only entry).
+    pub key: Option<String>,
+    /// Containers: the directory that holds the entries (default `/run/secrets/NAME`).
+    /// Processes have no private filesystem: theirs is `$STARLING_SECRETS_DIR/NAME`.
     pub path: Option<String>,
+    /// What a new version does to a running replica.
+    pub reload: Reload,
+}
+
+/// What a new version of a secret or config does to the replicas that use it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reload {
+    /// A rolling update: the replicas restart on the new version under the workload's update
+    /// strategy and health gates.
+    #[default]
+    Restart,
+    /// The files are rewritten in place and the replica is sent this signal.
+    File(ReloadSignal),
+}
+
+/// The signal a replica gets after its files were rewritten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReloadSignal {
+    /// No signal: the workload watches its files.
+    None,
+    /// SIGHUP.
+    Hup,
+    /// SIGUSR1.
+    Usr1,
+    /// SIGUSR2.
+    Usr2,
+}
+
+impl ReloadSignal {
+    /// The signal's name as specs spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadSignal::None => "none",
+            ReloadSignal::Hup => "SIGHUP",
+            ReloadSignal::Usr1 => "SIGUSR1",
+            ReloadSignal::Usr2 => "SIGUSR2",
+        }
+    }
+
+    /// Parses a spec's `reload_signal`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "none" => Ok(ReloadSignal::None),
+            "SIGHUP" | "HUP" => Ok(ReloadSignal::Hup),
+            "SIGUSR1" | "USR1" => Ok(ReloadSignal::Usr1),
+            "SIGUSR2" | "USR2" => Ok(ReloadSignal::Usr2),
+            other => Err(format!(
+                "unknown signal {other:?}: use SIGHUP, SIGUSR1, SIGUSR2 or \"none\""
+            )),
+        }
+    }
 }
 
 /// A health check and its timing.

@@ -9,7 +9,8 @@ use super::error::{Collector, SpecErrors};
 use super::{
     Canary, ConfigRef, Constraints, DEFAULT_LEASE_TTL_MS, HealthCheck, LeaseMode, LeaseSettings,
     PartitionPolicy, PlacementStrategy, PortProtocol, PortSpec, Probe, PullPolicy, REPLICAS_MAX,
-    Resources, RestartMode, RestartPolicy, RuntimeKind, ScalingMetric, ScalingPolicy, SecretRef,
+    Reload, ReloadSignal, Resources, RestartMode, RestartPolicy, RuntimeKind, ScalingMetric,
+    ScalingPolicy, SecretRef,
     UpdateOrder, UpdateStrategy, WorkloadSpec,
 };
 use crate::names::WorkloadName;
@@ -72,7 +73,8 @@ impl SpecDoc {
         let ports = ports(&mut c, self.ports.as_deref().unwrap_or_default(), runtime);
         let env = env(&mut c, self.env.as_ref());
         let uses = uses(&mut c, self.uses.as_deref());
-        let (configs, secrets) = configs_and_secrets(&mut c, self);
+        let (configs, secrets) =
+            configs_and_secrets(&mut c, self, runtime == Some(RuntimeKind::Process));
         let port_names: Vec<&str> = self
             .ports
             .iter()
@@ -633,33 +635,39 @@ fn check_env_name(key: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Also checks that no two of them write the same file, and that a secret's variable is not
-/// also set in `[env]` or by another secret: either would leave the workload with one value
-/// and no way to tell which.
+/// Also checks that no two of them use the same directory, and that a secret's variable is
+/// not also set in `[env]` or by another secret: either would leave the workload with one
+/// value and no way to tell which. Processes have no private filesystem, so `path` is for
+/// containers only.
 fn configs_and_secrets(
     c: &mut Collector,
     doc: &SpecDoc,
+    is_process: bool,
 ) -> (Option<Vec<ConfigRef>>, Option<Vec<SecretRef>>) {
     let mut files = BTreeSet::new();
+    let mut names = BTreeSet::new();
     let mut configs = Some(Vec::new());
     for (i, cfg) in doc.configs.iter().flatten().enumerate() {
-        let name = object_name(c, &format!("configs[{i}].name"), cfg.name.as_ref());
-        let field = format!("configs[{i}].path");
-        let path = abs_path(c, &field, cfg.path.as_ref(), true)
-            .filter(|_| unique_file(c, &field, cfg.path.as_deref(), &mut files));
-        match (name, path, configs.as_mut()) {
-            (Some(name), Some(Some(path)), Some(list)) => list.push(ConfigRef { name, path }),
+        let prefix = format!("configs[{i}]");
+        let name = object_name(c, &format!("{prefix}.name"), cfg.name.as_ref())
+            .filter(|n| unique_ref(c, &prefix, "config", n, &mut names));
+        let path = ref_path(c, &prefix, cfg.path.as_ref(), is_process, &mut files);
+        let reload = reload(c, &prefix, cfg.reload.as_deref(), cfg.reload_signal.as_deref());
+        match (name, path, reload, configs.as_mut()) {
+            (Some(name), Some(path), Some(reload), Some(list)) => {
+                list.push(ConfigRef { name, path, reload })
+            }
             _ => configs = None,
         }
     }
     let mut vars = BTreeSet::new();
     let mut secrets = Some(Vec::new());
     for (i, s) in doc.secrets.iter().flatten().enumerate() {
-        let path_prefix = format!("secrets[{i}]");
-        let name = object_name(c, &format!("{path_prefix}.name"), s.name.as_ref());
-        let field = format!("{path_prefix}.path");
-        let path = abs_path(c, &field, s.path.as_ref(), false)
-            .filter(|_| unique_file(c, &field, s.path.as_deref(), &mut files));
+        let prefix = format!("secrets[{i}]");
+        let name = object_name(c, &format!("{prefix}.name"), s.name.as_ref())
+            .filter(|n| unique_ref(c, &prefix, "secret", n, &mut names));
+        let path = ref_path(c, &prefix, s.path.as_ref(), is_process, &mut files);
+        let reload = reload(c, &prefix, s.reload.as_deref(), s.reload_signal.as_deref());
         let env_ok = match &s.env {
             Some(e) => {
                 let reason = match check_env_name(e) {
@@ -670,34 +678,116 @@ fn configs_and_secrets(
                     Ok(()) if !vars.insert(e.as_str()) => {
                         Some(format!("{e:?} is used by an earlier secret"))
                     }
+                    Ok(()) if matches!(reload, Some(Reload::File(_))) => Some(
+                        "a variable cannot change inside a running process: with reload = \"file\" the secret arrives as files only".into(),
+                    ),
                     Ok(()) => None,
                 };
-                reason
-                    .map(|r| c.push(format!("{path_prefix}.env"), r))
-                    .is_none()
+                reason.map(|r| c.push(format!("{prefix}.env"), r)).is_none()
             }
             None => true,
         };
-        if s.env.is_none() && s.path.is_none() {
-            c.push(
-                path_prefix.clone(),
-                "needs `env`, `path` or both, to say where the workload receives it",
-            );
-        }
-        match (name, path, secrets.as_mut()) {
-            (Some(name), Some(path), Some(list))
-                if env_ok && (s.env.is_some() || path.is_some()) =>
-            {
+        let key_ok = match (&s.key, &s.env) {
+            (Some(_), None) => {
+                c.push(
+                    format!("{prefix}.key"),
+                    "picks the entry `env` receives: set `env` too",
+                );
+                false
+            }
+            (Some(k), Some(_)) => match crate::objects::check_entry_name(k) {
+                Err(e) => {
+                    c.push(format!("{prefix}.key"), e);
+                    false
+                }
+                Ok(()) => true,
+            },
+            (None, _) => true,
+        };
+        match (name, path, reload, secrets.as_mut()) {
+            (Some(name), Some(path), Some(reload), Some(list)) if env_ok && key_ok => {
                 list.push(SecretRef {
                     name,
                     env: s.env.clone(),
+                    key: s.key.clone(),
                     path,
+                    reload,
                 })
             }
             _ => secrets = None,
         }
     }
     (configs, secrets)
+}
+
+/// A workload references each object once (two references would deliver one object twice).
+fn unique_ref(
+    c: &mut Collector,
+    prefix: &str,
+    kind: &str,
+    name: &str,
+    seen: &mut BTreeSet<String>,
+) -> bool {
+    if seen.insert(format!("{kind}/{name}")) {
+        return true;
+    }
+    c.push(
+        format!("{prefix}.name"),
+        format!("{kind} {name:?} is referenced twice"),
+    );
+    false
+}
+
+/// `Some(None)`: no path (the default directory); `None`: an error already recorded.
+fn ref_path<'a>(
+    c: &mut Collector,
+    prefix: &str,
+    path: Option<&'a String>,
+    is_process: bool,
+    files: &mut BTreeSet<&'a str>,
+) -> Option<Option<String>> {
+    let field = format!("{prefix}.path");
+    if is_process && path.is_some() {
+        c.push(
+            field,
+            "a process has no private filesystem: it reads $STARLING_SECRETS_DIR/NAME or $STARLING_CONFIGS_DIR/NAME; `path` is for containers",
+        );
+        return None;
+    }
+    abs_path(c, &field, path, false)
+        .filter(|_| unique_file(c, &field, path.map(String::as_str), files))
+}
+
+fn reload(
+    c: &mut Collector,
+    prefix: &str,
+    mode: Option<&str>,
+    signal: Option<&str>,
+) -> Option<Reload> {
+    match (mode.unwrap_or("restart"), signal) {
+        ("restart", None) => Some(Reload::Restart),
+        ("restart", Some(_)) => {
+            c.push(
+                format!("{prefix}.reload_signal"),
+                "applies to reload = \"file\" only",
+            );
+            None
+        }
+        ("file", signal) => match ReloadSignal::parse(signal.unwrap_or("SIGHUP")) {
+            Ok(signal) => Some(Reload::File(signal)),
+            Err(e) => {
+                c.push(format!("{prefix}.reload_signal"), e);
+                None
+            }
+        },
+        (other, _) => {
+            c.push(
+                format!("{prefix}.reload"),
+                format!("unknown mode {other:?}: use \"restart\" (a rolling update) or \"file\" (rewrite the files and signal)"),
+            );
+            None
+        }
+    }
 }
 
 /// Records `path` (an optional file a config or secret is written to), refusing a repeat.

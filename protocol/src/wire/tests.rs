@@ -1,7 +1,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::desired::Revision;
+use crate::desired::{DesiredEntry, Entry, Revision};
 use crate::spec::WorkloadSpec;
 
 fn ts() -> Timestamp {
@@ -139,7 +139,7 @@ fn samples() -> Vec<Vec<u8>> {
             target: NodeId::new("n2").expect("valid"),
             seq: 1,
         },
-        PeerMessage::Entries(vec![entry()]),
+        PeerMessage::Entries(vec![Entry::Workload(entry())]),
         PeerMessage::Summary(vec![]),
         PeerMessage::DigestLeaves(vec![0; crate::desired::DIGEST_BUCKETS]),
     ];
@@ -179,17 +179,17 @@ fn samples() -> Vec<Vec<u8>> {
 
 #[test]
 fn messages_round_trip() {
-    let m = PeerMessage::Entries(vec![entry()]);
+    let m = PeerMessage::Entries(vec![Entry::Workload(entry())]);
     assert_eq!(decode::<PeerMessage>(&encode(&m).expect("encodes")), Ok(m));
 }
 
 #[test]
 fn another_version_is_refused_by_name() {
     let mut bytes = encode(&PeerMessage::Ping { seq: 1 }).expect("encodes");
-    bytes[0] = 2;
+    bytes[0] = 1;
     assert_eq!(
         decode::<PeerMessage>(&bytes),
-        Err(WireError::Version { theirs: 2, ours: 1 })
+        Err(WireError::Version { theirs: 1, ours: 2 })
     );
 }
 
@@ -214,14 +214,14 @@ fn entries_with_invalid_specs_are_refused_after_decoding() {
     if let Some(rev) = bad.register.val.as_mut() {
         rev.spec.replicas = 20_000; // out of range: only reachable by a forged message
     }
-    let bytes = encode(&PeerMessage::Entries(vec![bad])).expect("encodes");
+    let bytes = encode(&PeerMessage::Entries(vec![Entry::Workload(bad)])).expect("encodes");
     assert!(matches!(
         decode::<PeerMessage>(&bytes),
         Err(WireError::Invalid(_))
     ));
     let mut renamed = entry();
     renamed.name = WorkloadName::new("other").expect("valid");
-    let bytes = encode(&PeerMessage::Entries(vec![renamed])).expect("encodes");
+    let bytes = encode(&PeerMessage::Entries(vec![Entry::Workload(renamed)])).expect("encodes");
     assert!(matches!(
         decode::<PeerMessage>(&bytes),
         Err(WireError::Invalid(_))
@@ -237,7 +237,7 @@ fn unbounded_write_records_and_bad_revisions_are_refused_after_decoding() {
         by: String::new(),
     };
     e.writes = vec![record; crate::desired::WRITES_KEPT + 1];
-    let bytes = encode(&PeerMessage::Entries(vec![e])).expect("encodes");
+    let bytes = encode(&PeerMessage::Entries(vec![Entry::Workload(e)])).expect("encodes");
     let err = decode::<PeerMessage>(&bytes).expect_err("refused");
     assert!(err.to_string().contains("writes"), "{err}");
     let request = ApiRequest::ApplyIf {
@@ -329,8 +329,8 @@ fn an_enrolment_with_an_empty_keyring_is_refused_naming_the_field() {
 
 #[test]
 fn an_invalid_name_on_the_wire_is_refused_naming_the_name_and_the_rule() {
-    // Version 1, ApiRequest::Delete (variant 1), then a name no client may send.
-    let mut bytes = vec![1, 1, 8];
+    // Version 2, ApiRequest::Delete (variant 1), then a name no client may send.
+    let mut bytes = vec![PROTOCOL_VERSION as u8, 1, 8];
     bytes.extend_from_slice(b"Bad Name");
     let err = decode::<ApiRequest>(&bytes).expect_err("refused");
     let text = err.to_string();
@@ -338,7 +338,7 @@ fn an_invalid_name_on_the_wire_is_refused_naming_the_name_and_the_rule() {
     assert!(text.contains("workload name \"Bad Name\""), "{text}");
     assert!(text.contains("lowercase letters"), "{text}");
     // The note does not outlive its decode: a later malformed message says only that.
-    let err = decode::<ApiRequest>(&[1, 200]).expect_err("refused");
+    let err = decode::<ApiRequest>(&[PROTOCOL_VERSION as u8, 200]).expect_err("refused");
     assert!(!err.to_string().contains("Bad Name"), "{err}");
 }
 
@@ -346,10 +346,11 @@ fn an_invalid_name_on_the_wire_is_refused_naming_the_name_and_the_rule() {
 fn token_create_keeps_the_variant_numbers_before_it() {
     // Appended last: every older request keeps its number on the wire (postcard numbers
     // enum variants by position).
-    assert_eq!(encode(&ApiRequest::Status).expect("encodes"), vec![1, 6]);
+    let v = PROTOCOL_VERSION as u8;
+    assert_eq!(encode(&ApiRequest::Status).expect("encodes"), vec![v, 6]);
     assert_eq!(
         encode(&ApiRequest::TokenCreate).expect("encodes"),
-        vec![1, 13]
+        vec![v, 13]
     );
 }
 

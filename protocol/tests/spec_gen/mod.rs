@@ -235,9 +235,13 @@ fn scaling() -> impl Strategy<Value = ScalingDoc> {
 }
 
 fn configs() -> impl Strategy<Value = Vec<ConfigDoc>> {
-    let config = ("[a-z]{1,6}", "/etc/[a-z]{1,4}").prop_map(|(name, path)| ConfigDoc {
-        name: Some(name),
-        path: Some(path),
+    let config = ("[a-z]{1,6}", "/etc/[a-z]{1,4}", any::<bool>()).prop_map(|(name, path, file)| {
+        ConfigDoc {
+            name: Some(name),
+            path: Some(path),
+            reload: file.then(|| "file".into()),
+            reload_signal: None,
+        }
     });
     proptest::collection::vec(config, 0..2)
 }
@@ -253,7 +257,10 @@ fn secrets() -> impl Strategy<Value = Vec<SecretDoc>> {
         .prop_map(|(name, env, path, delivery)| SecretDoc {
             name: Some(name),
             env: (delivery != 1).then_some(env),
+            key: None,
             path: (delivery != 0).then_some(path),
+            reload: (delivery == 1).then(|| "file".into()),
+            reload_signal: (delivery == 1).then(|| "SIGUSR1".into()),
         });
     proptest::collection::vec(secret, 0..3)
 }
@@ -385,6 +392,20 @@ fn fit(id: Identity, mut doc: SpecDoc, health: Option<(HealthDoc, usize)>) -> Sp
     if id.stray {
         doc.health = health.map(|(h, _)| h);
         return doc;
+    }
+    // Processes have no private filesystem (no `path`); each object is referenced once.
+    let mut referenced = std::collections::BTreeSet::new();
+    if let Some(configs) = doc.configs.as_mut() {
+        configs.retain(|c| referenced.insert(format!("config/{:?}", c.name)));
+        for c in configs.iter_mut().filter(|_| is_process) {
+            c.path = None;
+        }
+    }
+    if let Some(secrets) = doc.secrets.as_mut() {
+        secrets.retain(|s| referenced.insert(format!("secret/{:?}", s.name)));
+        for s in secrets.iter_mut().filter(|_| is_process) {
+            s.path = None;
+        }
     }
     let ports = doc.ports.get_or_insert_with(Vec::new);
     let mut bound = std::collections::BTreeSet::new();

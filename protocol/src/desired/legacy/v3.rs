@@ -8,11 +8,12 @@ use serde::Deserialize;
 use super::super::{
     DesiredEntry, DesiredState, PreviousRevision, Revision, RolloutControl, WriteRecord,
 };
+use super::{ConfigRefV4, SecretRefV4, convert_refs};
 use crate::hlc::Timestamp;
 use crate::names::WorkloadName;
 use crate::spec::{
-    ConfigRef, Constraints, HealthCheck, LeaseSettings, PartitionPolicy, PlacementStrategy,
-    PortSpec, PullPolicy, Resources, RestartPolicy, RuntimeKind, ScalingPolicy, SecretRef,
+    Constraints, HealthCheck, LeaseSettings, PartitionPolicy, PlacementStrategy,
+    PortSpec, PullPolicy, Resources, RestartPolicy, RuntimeKind, ScalingPolicy,
     UpdateStrategy, WorkloadSpec,
 };
 
@@ -33,8 +34,8 @@ pub(super) struct SpecV3 {
     partition: PartitionPolicy,
     ports: Vec<PortSpec>,
     env: BTreeMap<String, String>,
-    configs: Vec<ConfigRef>,
-    secrets: Vec<SecretRef>,
+    configs: Vec<ConfigRefV4>,
+    secrets: Vec<SecretRefV4>,
     health: Option<HealthCheck>,
     restart: RestartPolicy,
     update: UpdateStrategy,
@@ -45,6 +46,7 @@ pub(super) struct SpecV3 {
 
 impl SpecV3 {
     fn convert(self) -> WorkloadSpec {
+        let (configs, secrets) = convert_refs(self.runtime, self.configs, self.secrets);
         WorkloadSpec {
             name: self.name,
             runtime: self.runtime,
@@ -61,8 +63,8 @@ impl SpecV3 {
             ports: self.ports,
             env: self.env,
             uses: Vec::new(),
-            configs: self.configs,
-            secrets: self.secrets,
+            configs,
+            secrets,
             health: self.health,
             restart: self.restart,
             update: self.update,
@@ -117,6 +119,7 @@ pub fn decode_v3(bytes: &[u8]) -> Result<DesiredState, String> {
                     lineage: r.lineage,
                     by: r.by,
                     rollout: r.rollout,
+                    inputs: Default::default(),
                 }),
                 marker: old.register.marker,
             },
@@ -131,6 +134,7 @@ pub fn decode_v3(bytes: &[u8]) -> Result<DesiredState, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::desired::legacy::old_refs;
     use crate::names::NodeId;
 
     fn v3(spec: &WorkloadSpec) -> SpecV3 {
@@ -150,8 +154,8 @@ mod tests {
             partition: s.partition,
             ports: s.ports,
             env: s.env,
-            configs: s.configs,
-            secrets: s.secrets,
+            configs: old_refs(spec).0,
+            secrets: old_refs(spec).1,
             health: s.health,
             restart: s.restart,
             update: s.update,
