@@ -60,7 +60,7 @@ fn validate_lists_every_error_of_the_broken_example_and_fails() {
         "resources.memory: must be bytes",
         "ports[0].port: must be between 1 and 65535, got 70000",
         "env.STARLING_X:",
-        "secrets[0]: needs `env`, `path` or both",
+        "secrets[0].key: picks the entry `env` receives",
         "health.http.port: no port named \"admin\"",
         "restart.max_retries: only applies to policy = \"on-failure\"",
         "update.max_surge: must be at least 1 for order = \"start-first\"",

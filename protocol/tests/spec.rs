@@ -236,7 +236,7 @@ fn broken_spec_reports_every_error_with_its_path() {
         "resources.memory: must be bytes with an optional unit such as 256Mi, 1Gi or 512M, got \"12XB\"",
         "ports[0].port: must be between 1 and 65535, got 70000",
         "env.STARLING_X: \"STARLING_X\" is reserved: STARLING_* variables are set by the agent",
-        "secrets[0]: needs `env`, `path` or both, to say where the workload receives it",
+        "secrets[0].key: picks the entry `env` receives: set `env` too",
         "health.http.port: no port named \"admin\" in [[ports]]",
         "restart.max_retries: only applies to policy = \"on-failure\"",
         "update.max_surge: must be at least 1 for order = \"start-first\" (the new instance runs beside the old one); or use order = \"stop-first\" with max_unavailable >= 1",
@@ -605,20 +605,19 @@ fn health_probes_name_a_declared_port() {
 #[test]
 fn secret_and_config_paths_must_be_absolute() {
     assert_eq!(
-        errors(&process("[[secrets]]\nname = \"db\"\npath = \"run/db\"")),
+        errors(&docker("[[secrets]]\nname = \"db\"\npath = \"run/db\"")),
         ["secrets[0].path: must be an absolute path without '..', got \"run/db\""]
     );
     assert_eq!(
-        errors(&process(
+        errors(&docker(
             "[[secrets]]\nname = \"db\"\npath = \"/run/../etc/shadow\""
         )),
         ["secrets[0].path: must be an absolute path without '..', got \"/run/../etc/shadow\""]
     );
-    assert_eq!(
-        errors(&process("[[configs]]\nname = \"cfg\"")),
-        ["configs[0].path: is required"]
-    );
-    let spec = valid(&process(
+    // Without a path, a container gets the default directory /run/configs/NAME.
+    let spec = valid(&docker("[[configs]]\nname = \"cfg\""));
+    assert_eq!(spec.configs[0].path, None);
+    let spec = valid(&docker(
         "[[secrets]]\nname = \"db\"\nenv = \"DB_PASSWORD\"\npath = \"/run/secrets/db\"",
     ));
     assert_eq!(spec.secrets[0].path.as_deref(), Some("/run/secrets/db"));
@@ -651,11 +650,62 @@ fn a_secret_variable_is_set_in_one_place_only() {
 #[test]
 fn no_two_configs_or_secrets_write_one_file() {
     assert_eq!(
-        errors(&process(
+        errors(&docker(
             "[[configs]]\nname = \"a\"\npath = \"/etc/app.conf\"\n\
              [[secrets]]\nname = \"b\"\npath = \"/etc/app.conf\""
         )),
         ["secrets[0].path: \"/etc/app.conf\" is used by an earlier config or secret"]
+    );
+}
+
+#[test]
+fn secret_references_say_where_and_how_they_reload() {
+    // A process has no private filesystem: its files are under $STARLING_SECRETS_DIR.
+    let e = errors(&process(
+        "[[secrets]]\nname = \"db\"\npath = \"/run/secrets/db\"",
+    ));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("secrets[0].path: a process has no private filesystem"),
+        "{e:?}"
+    );
+    // A variable cannot follow a file reload.
+    let e = errors(&process(
+        "[[secrets]]\nname = \"db\"\nenv = \"DB\"\nreload = \"file\"",
+    ));
+    assert!(
+        e[0].starts_with("secrets[0].env: a variable cannot change"),
+        "{e:?}"
+    );
+    assert_eq!(
+        errors(&process(
+            "[[configs]]\nname = \"app\"\nreload = \"sometimes\""
+        )),
+        [
+            "configs[0].reload: unknown mode \"sometimes\": use \"restart\" (a rolling update) or \"file\" (rewrite the files and signal)"
+        ]
+    );
+    assert_eq!(
+        errors(&process(
+            "[[configs]]\nname = \"app\"\nreload = \"file\"\nreload_signal = \"SIGKILL\""
+        )),
+        [
+            "configs[0].reload_signal: unknown signal \"SIGKILL\": use SIGHUP, SIGUSR1, SIGUSR2 or \"none\""
+        ]
+    );
+    assert_eq!(
+        errors(&process(
+            "[[secrets]]\nname = \"a\"\n[[secrets]]\nname = \"a\""
+        )),
+        ["secrets[1].name: secret \"a\" is referenced twice"]
+    );
+    let spec = valid(&process(
+        "[[secrets]]\nname = \"db\"\nenv = \"DB\"\nkey = \"password\"\n[[configs]]\nname = \"app\"\nreload = \"file\"",
+    ));
+    assert_eq!(spec.secrets[0].key.as_deref(), Some("password"));
+    assert_eq!(
+        spec.configs[0].reload,
+        starling_protocol::spec::Reload::File(starling_protocol::spec::ReloadSignal::Hup)
     );
 }
 

@@ -297,13 +297,7 @@ impl Sync {
     /// Starts pushing `entries` (a fresh write) to `peers`, page by page. With `wanted` > 0
     /// the machine reports [`SyncOutput::PushAcked`] once that many stored every page, or
     /// [`SyncOutput::PushShort`] when every peer answered or failed first.
-    pub fn push(
-        &mut self,
-        now: u64,
-        entries: Vec<Entry>,
-        wanted: u32,
-        peers: &[NodeId],
-    ) -> PushId {
+    pub fn push(&mut self, now: u64, entries: Vec<Entry>, wanted: u32, peers: &[NodeId]) -> PushId {
         let push = self.next_id;
         self.next_id += 1;
         let pages = DesiredState::paginate(entries, self.config.page_bytes);
@@ -604,12 +598,7 @@ pub struct Merged {
 /// The one receive path for entries, pulled or pushed: each entry is checked
 /// ([`Entry::check`] and the clock-drift check of `hlc`) and merged into a copy of
 /// `desired`; refused entries change nothing.
-pub fn merge(
-    desired: &DesiredState,
-    entries: Vec<Entry>,
-    hlc: &mut Hlc,
-    now: u64,
-) -> Merged {
+pub fn merge(desired: &DesiredState, entries: Vec<Entry>, hlc: &mut Hlc, now: u64) -> Merged {
     let mut next = desired.clone();
     let report = next.merge_checked(entries, hlc, now);
     Merged {

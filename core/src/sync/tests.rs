@@ -285,7 +285,8 @@ fn a_push_is_acked_once_enough_peers_stored_every_page() {
 
 #[test]
 fn a_push_that_cannot_reach_its_count_says_how_far_it_got() {
-    let entries = state(&["a"], 1, "me", 10).export_entries(&[WorkloadName::new("a").expect("name")]);
+    let entries =
+        state(&["a"], 1, "me", 10).export_entries(&[WorkloadName::new("a").expect("name")]);
     let mut sync = Sync::new(SyncConfig::default());
     let push = sync.push(0, entries.clone(), 3, &[id("p1"), id("p2")]);
     let batch = outputs(&mut sync);
@@ -387,7 +388,8 @@ fn a_write_burst_to_one_peer_is_bounded_in_flight_and_queued() {
         ..SyncConfig::default()
     };
     let mut sync = Sync::new(config);
-    let entries = state(&["a"], 1, "me", 10).export_entries(&[WorkloadName::new("a").expect("name")]);
+    let entries =
+        state(&["a"], 1, "me", 10).export_entries(&[WorkloadName::new("a").expect("name")]);
     let peer = [id("slow")];
     let pushes: Vec<PushId> = (0..7)
         .map(|_| sync.push(0, entries.clone(), 1, &peer))

@@ -255,11 +255,7 @@ impl Agent {
 
     /// Merges entries from `from` (refusing those whose clock is too far ahead), stores the
     /// result durably, then hands it to the core. Returns how many entries changed.
-    fn merge_entries(
-        &mut self,
-        from: &starling_protocol::NodeId,
-        entries: Vec<Entry>,
-    ) -> usize {
+    fn merge_entries(&mut self, from: &starling_protocol::NodeId, entries: Vec<Entry>) -> usize {
         let now = now_ms();
         let merged = starling_core::sync::merge(self.core.desired(), entries, &mut self.hlc, now);
         for (workload, why) in &merged.report.refused {

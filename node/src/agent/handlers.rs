@@ -5,7 +5,9 @@
 //! must reach peers ([`Push`]) to the caller that answers (`Agent::answer`).
 
 use starling_protocol::WorkloadName;
-use starling_protocol::desired::{DesiredState, Key, Revision, RevisionId, RevisionMatch, RollbackOf};
+use starling_protocol::desired::{
+    DesiredState, Key, Revision, RevisionId, RevisionMatch, RollbackOf,
+};
 use starling_protocol::spec::{SpecErrors, WorkloadSpec};
 use starling_protocol::wire::{ApiError as WireApiError, ApiResponse};
 

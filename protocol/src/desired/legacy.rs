@@ -29,8 +29,8 @@ use crate::hlc::Timestamp;
 use crate::names::WorkloadName;
 use crate::spec::{
     ConfigRef, Constraints, HealthCheck, LeaseSettings, PartitionPolicy, PlacementStrategy,
-    PortSpec, PullPolicy, Reload, Resources, RestartPolicy, RuntimeKind, ScalingPolicy,
-    SecretRef, UpdateOrder, UpdateStrategy, WorkloadSpec,
+    PortSpec, PullPolicy, Reload, Resources, RestartPolicy, RuntimeKind, ScalingPolicy, SecretRef,
+    UpdateOrder, UpdateStrategy, WorkloadSpec,
 };
 
 /// A config reference as formats 1 to 4 stored it.

@@ -120,12 +120,9 @@ impl DesiredState {
 
     /// Live objects in key order (secrets, then configs), with their register markers.
     pub fn objects(&self) -> impl Iterator<Item = (&ObjectKey, &ObjectVersion, &Timestamp)> {
-        self.objects.iter().filter_map(|(k, s)| {
-            s.register
-                .val
-                .as_ref()
-                .map(|v| (k, v, &s.register.marker))
-        })
+        self.objects
+            .iter()
+            .filter_map(|(k, s)| s.register.val.as_ref().map(|v| (k, v, &s.register.marker)))
     }
 
     /// The entry of an object as it travels.
@@ -182,8 +179,11 @@ impl DesiredState {
         } = entry;
         let bucket = object_bucket(&key);
         let Some(slot) = self.objects.get_mut(&key) else {
-            let seals =
-                ObjectEntry::merge_seals(register.val.as_ref().map(|v| v.id), &BTreeMap::new(), seals);
+            let seals = ObjectEntry::merge_seals(
+                register.val.as_ref().map(|v| v.id),
+                &BTreeMap::new(),
+                seals,
+            );
             let hash = object_hash(&key, &register, &seals);
             self.buckets[bucket] ^= hash;
             self.objects.insert(
@@ -210,7 +210,8 @@ impl DesiredState {
         } else {
             slot.register.clone()
         };
-        let seals = ObjectEntry::merge_seals(register.val.as_ref().map(|v| v.id), &slot.seals, seals);
+        let seals =
+            ObjectEntry::merge_seals(register.val.as_ref().map(|v| v.id), &slot.seals, seals);
         if register == slot.register && seals == slot.seals {
             return false;
         }
@@ -272,7 +273,10 @@ impl DesiredState {
 
     /// The entries of workloads `names` (those this state has), as they travel.
     pub fn export_entries(&self, names: &[WorkloadName]) -> Vec<Entry> {
-        self.export(names).into_iter().map(Entry::Workload).collect()
+        self.export(names)
+            .into_iter()
+            .map(Entry::Workload)
+            .collect()
     }
 
     /// Number of objects, tombstones included.

@@ -177,9 +177,9 @@ mod tests {
 
     use super::*;
     use crate::desired::{DesiredEntry, Revision};
-    use crate::names::WorkloadName;
     use crate::hlc::Timestamp;
     use crate::names::NodeId;
+    use crate::names::WorkloadName;
     use crate::spec::WorkloadSpec;
 
     /// A spec whose encoded entry is about `bytes` long (a large env map, as in the report

@@ -298,10 +298,7 @@ impl ObjectEntry {
             }
         }
         if self.seals.len() > SEALS_MAX {
-            return fail(format!(
-                "{} seals, at most {SEALS_MAX}",
-                self.seals.len()
-            ));
+            return fail(format!("{} seals, at most {SEALS_MAX}", self.seals.len()));
         }
         if let Some((node, _)) = self
             .seals

@@ -128,7 +128,8 @@ pub fn seal_secret(
     entries: Vec<(String, Vec<u8>)>,
     draw: Draw,
 ) -> Result<(ObjectVersion, DataKey), SealError> {
-    let (keys, size) = check_entries(&entries).map_err(|e| SealError::Invalid(format!("{key} {e}")))?;
+    let (keys, size) =
+        check_entries(&entries).map_err(|e| SealError::Invalid(format!("{key} {e}")))?;
     let mut entries = entries;
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     let plain = Zeroizing::new(
@@ -164,7 +165,11 @@ pub fn seal_secret(
 }
 
 /// The key that wraps a data key for one recipient.
-fn wrapping_key(shared: &[u8; 32], ephemeral: &[u8; 32], recipient: &[u8; 32]) -> Zeroizing<[u8; 32]> {
+fn wrapping_key(
+    shared: &[u8; 32],
+    ephemeral: &[u8; 32],
+    recipient: &[u8; 32],
+) -> Zeroizing<[u8; 32]> {
     struct Len32;
     impl hkdf::KeyType for Len32 {
         fn len(&self) -> usize {
@@ -194,7 +199,11 @@ pub fn seal_to(
 ) -> Result<Seal, SealError> {
     let one_time = StaticSecret::from(ephemeral);
     let ephemeral_public = PublicKey::from(&one_time);
-    let shared = Zeroizing::new(one_time.diffie_hellman(&PublicKey::from(*public)).to_bytes());
+    let shared = Zeroizing::new(
+        one_time
+            .diffie_hellman(&PublicKey::from(*public))
+            .to_bytes(),
+    );
     if shared.iter().all(|b| *b == 0) {
         return Err(SealError::BadPublicKey(node.clone()));
     }

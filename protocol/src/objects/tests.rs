@@ -106,7 +106,10 @@ fn a_removed_node_cannot_open_a_version_written_after_its_removal() {
     let mut forged = current.clone();
     let old_seal = sealed("db", b"old", &[("x", 24)], 5).seals[&node("x")].clone();
     forged.seals.insert(node("x"), old_seal);
-    assert!(forged.check().is_err(), "a seal of another version is refused");
+    assert!(
+        forged.check().is_err(),
+        "a seal of another version is refused"
+    );
     assert!(open_for(&forged, &node("x"), &keys(24)).is_err());
     let plain = open_for(&current, &node("a"), &keys(1)).expect("a opens");
     assert_eq!(&plain[0].1[..], b"new");

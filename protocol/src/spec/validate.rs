@@ -10,8 +10,7 @@ use super::{
     Canary, ConfigRef, Constraints, DEFAULT_LEASE_TTL_MS, HealthCheck, LeaseMode, LeaseSettings,
     PartitionPolicy, PlacementStrategy, PortProtocol, PortSpec, Probe, PullPolicy, REPLICAS_MAX,
     Reload, ReloadSignal, Resources, RestartMode, RestartPolicy, RuntimeKind, ScalingMetric,
-    ScalingPolicy, SecretRef,
-    UpdateOrder, UpdateStrategy, WorkloadSpec,
+    ScalingPolicy, SecretRef, UpdateOrder, UpdateStrategy, WorkloadSpec,
 };
 use crate::names::WorkloadName;
 use crate::quantity::{
@@ -652,7 +651,12 @@ fn configs_and_secrets(
         let name = object_name(c, &format!("{prefix}.name"), cfg.name.as_ref())
             .filter(|n| unique_ref(c, &prefix, "config", n, &mut names));
         let path = ref_path(c, &prefix, cfg.path.as_ref(), is_process, &mut files);
-        let reload = reload(c, &prefix, cfg.reload.as_deref(), cfg.reload_signal.as_deref());
+        let reload = reload(
+            c,
+            &prefix,
+            cfg.reload.as_deref(),
+            cfg.reload_signal.as_deref(),
+        );
         match (name, path, reload, configs.as_mut()) {
             (Some(name), Some(path), Some(reload), Some(list)) => {
                 list.push(ConfigRef { name, path, reload })

@@ -235,14 +235,13 @@ fn scaling() -> impl Strategy<Value = ScalingDoc> {
 }
 
 fn configs() -> impl Strategy<Value = Vec<ConfigDoc>> {
-    let config = ("[a-z]{1,6}", "/etc/[a-z]{1,4}", any::<bool>()).prop_map(|(name, path, file)| {
-        ConfigDoc {
+    let config =
+        ("[a-z]{1,6}", "/etc/[a-z]{1,4}", any::<bool>()).prop_map(|(name, path, file)| ConfigDoc {
             name: Some(name),
             path: Some(path),
             reload: file.then(|| "file".into()),
             reload_signal: None,
-        }
-    });
+        });
     proptest::collection::vec(config, 0..2)
 }
 

@@ -13,9 +13,8 @@ use super::{ConfigRefV4, SecretRefV4, convert_refs};
 use crate::hlc::Timestamp;
 use crate::names::WorkloadName;
 use crate::spec::{
-    Constraints, HealthCheck, LeaseSettings, PartitionPolicy, PlacementStrategy,
-    PortSpec, PullPolicy, Resources, RestartPolicy, RuntimeKind, ScalingPolicy,
-    UpdateStrategy, WorkloadSpec,
+    Constraints, HealthCheck, LeaseSettings, PartitionPolicy, PlacementStrategy, PortSpec,
+    PullPolicy, Resources, RestartPolicy, RuntimeKind, ScalingPolicy, UpdateStrategy, WorkloadSpec,
 };
 
 #[derive(Deserialize)]
