@@ -14,9 +14,11 @@
 //! - [`wire`]: every message on the wire, in a versioned envelope.
 //! - [`gossip`]: the keys a node publishes in its gossip state and their checked values.
 //! - [`api`]: the typed rows and records of a node's API answers.
+//! - [`access`]: operator roles and which API requests each may make.
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod api;
 pub mod desired;
 pub mod gossip;
