@@ -47,7 +47,11 @@ fn assert_ok(out: &Output, what: &str) {
 
 #[track_caller]
 fn assert_refused(out: &Output, what: &str, message: &str) {
-    assert!(!out.status.success(), "{what} must be refused: {}", text(out));
+    assert!(
+        !out.status.success(),
+        "{what} must be refused: {}",
+        text(out)
+    );
     assert!(
         text(out).contains(message),
         "{what}: the refusal says {message:?}: {}",

@@ -414,7 +414,12 @@ mod tests {
             holder_dns_name(Role::User(OperatorRole::Viewer), "eve"),
             "eve.viewer.starling"
         );
-        for other in ["node.starling", "a.auditor.starling", "a.user.example", "starling"] {
+        for other in [
+            "node.starling",
+            "a.auditor.starling",
+            "a.user.example",
+            "starling",
+        ] {
             assert_eq!(holder_of_dns_name(other), None, "{other}");
         }
     }

@@ -150,10 +150,9 @@ impl OperatorRole {
     pub fn allows(self, action: Action) -> bool {
         match self {
             OperatorRole::Admin => true,
-            OperatorRole::Deployer => matches!(
-                action,
-                Action::View | Action::Deploy | Action::WriteConfig
-            ),
+            OperatorRole::Deployer => {
+                matches!(action, Action::View | Action::Deploy | Action::WriteConfig)
+            }
             OperatorRole::Viewer => matches!(action, Action::View),
         }
     }

@@ -348,7 +348,10 @@ mod tests {
             "local socket (uid 1000)"
         );
         assert_eq!(Caller::Socket { uid: None }.to_string(), "local socket");
-        assert_eq!(operator("ada", OperatorRole::Viewer).to_string(), "operator ada");
+        assert_eq!(
+            operator("ada", OperatorRole::Viewer).to_string(),
+            "operator ada"
+        );
         assert_eq!(Caller::Node("n1".into()).to_string(), "node n1");
     }
 

@@ -263,10 +263,16 @@ mod tests {
             .issue(Role::Node, &NodeId::new("gw-7").expect("id"))
             .expect("node cert");
         let user = ca
-            .issue(Role::User(OperatorRole::Admin), &NodeId::new("alice").expect("id"))
+            .issue(
+                Role::User(OperatorRole::Admin),
+                &NodeId::new("alice").expect("id"),
+            )
             .expect("user cert");
         let viewer = ca
-            .issue(Role::User(OperatorRole::Viewer), &NodeId::new("eve").expect("id"))
+            .issue(
+                Role::User(OperatorRole::Viewer),
+                &NodeId::new("eve").expect("id"),
+            )
             .expect("viewer cert");
         let der = |pem: &str| CertificateDer::from(crate::identity::pem_der(pem).expect("pem"));
         assert_eq!(

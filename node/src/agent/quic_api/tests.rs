@@ -344,7 +344,11 @@ async fn members_and_operators_behind_one_address_are_not_capped_by_its_share() 
     .await;
     let mut held = Vec::new();
     for i in 0..6 {
-        let role = if i % 2 == 0 { Role::Node } else { Role::User(OperatorRole::Admin) };
+        let role = if i % 2 == 0 {
+            Role::Node
+        } else {
+            Role::User(OperatorRole::Admin)
+        };
         let name = format!("n{i}");
         let (endpoint, conn) = dial([127, 0, 0, 1], srv.client(role, &name), srv.addr)
             .await
@@ -397,9 +401,13 @@ async fn a_stream_that_never_sends_its_request_is_closed() {
         ..QuicSettings::default()
     })
     .await;
-    let (_endpoint, conn) = dial([127, 0, 0, 1], srv.client(Role::User(OperatorRole::Admin), "ops"), srv.addr)
-        .await
-        .expect("connects");
+    let (_endpoint, conn) = dial(
+        [127, 0, 0, 1],
+        srv.client(Role::User(OperatorRole::Admin), "ops"),
+        srv.addr,
+    )
+    .await
+    .expect("connects");
     let (mut send, mut recv) = conn.open_bi().await.expect("stream");
     // A stream reaches the server with its first bytes: send half a frame header.
     tokio::io::AsyncWriteExt::write_all(&mut send, &[0, 0])
@@ -426,9 +434,13 @@ async fn a_connection_opens_at_most_its_streams_at_once() {
         ..QuicSettings::default()
     })
     .await;
-    let (_endpoint, conn) = dial([127, 0, 0, 1], srv.client(Role::User(OperatorRole::Admin), "ops"), srv.addr)
-        .await
-        .expect("connects");
+    let (_endpoint, conn) = dial(
+        [127, 0, 0, 1],
+        srv.client(Role::User(OperatorRole::Admin), "ops"),
+        srv.addr,
+    )
+    .await
+    .expect("connects");
     let mut open = Vec::new();
     for _ in 0..2 {
         let (mut send, recv) = conn.open_bi().await.expect("within the cap");
