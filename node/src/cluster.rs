@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 use starling_protocol::NodeId;
+use starling_protocol::access::OperatorRole;
 use starling_protocol::wire::Enrolment;
 
 use crate::gossip::seal::Keyring;
@@ -464,14 +465,15 @@ pub struct ClientDir {
 }
 
 impl ClientDir {
-    /// Writes a user's certificate for `cluster` with `peers` (base addresses).
+    /// Writes a certificate for operator `user` holding `role`, with `peers` (base addresses).
     pub fn write(
         &self,
         membership: &Membership,
         user: &NodeId,
+        role: OperatorRole,
         peers: &[String],
     ) -> Result<(), ClusterError> {
-        let issued = membership.ca()?.issue(Role::User, user)?;
+        let issued = membership.ca()?.issue(Role::User(role), user)?;
         create_private_dir(&self.dir).map_err(|e| ClusterError::File {
             path: self.dir.clone(),
             reason: e.to_string(),
@@ -586,7 +588,12 @@ mod tests {
             dir: root.path().join("operator"),
         };
         client
-            .write(&m, &NodeId::new("admin").expect("id"), &[])
+            .write(
+                &m,
+                &NodeId::new("admin").expect("id"),
+                OperatorRole::Admin,
+                &[],
+            )
             .expect("user");
         assert_eq!(mode(&client.dir), 0o700);
         for name in ["user.key", "user.pem", "ca.pem", "peers"] {

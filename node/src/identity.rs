@@ -14,6 +14,7 @@ use rcgen::{
 };
 use ring::digest::{SHA256, digest};
 use starling_protocol::NodeId;
+use starling_protocol::access::OperatorRole;
 
 /// Errors of identity handling; each says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -31,8 +32,36 @@ pub enum IdentityError {
 pub enum Role {
     /// An agent: serves and dials QUIC.
     Node,
-    /// An operator or script using the CLI: dials only.
-    User,
+    /// An operator or script using the CLI: dials only, with what its role allows.
+    User(OperatorRole),
+}
+
+/// The DNS name that says who holds a certificate (see `net::tls`):
+/// - a node: `<id>.node.starling`;
+/// - an admin: `<name>.user.starling`, as every user certificate carried before roles, so
+///   those stay admins and an admin's certificate works on agents of any version;
+/// - a deployer or viewer: `<name>.<role>.starling`. An agent that predates roles finds no
+///   name it knows in those and refuses them, rather than take them for admins.
+pub fn holder_dns_name(role: Role, name: &str) -> String {
+    match role {
+        Role::Node => format!("{name}.node.starling"),
+        Role::User(OperatorRole::Admin) => format!("{name}.user.starling"),
+        Role::User(role) => format!("{name}.{role}.starling"),
+    }
+}
+
+/// The holder named by one DNS name of a certificate, as [`holder_dns_name`] wrote it; None
+/// for any other name (`node.starling`, which every node certificate carries too).
+pub fn holder_of_dns_name(dns: &str) -> Option<(Role, String)> {
+    let (name, kind) = dns.strip_suffix(".starling")?.rsplit_once('.')?;
+    let role = match kind {
+        "node" => Role::Node,
+        "user" => Role::User(OperatorRole::Admin),
+        "deployer" => Role::User(OperatorRole::Deployer),
+        "viewer" => Role::User(OperatorRole::Viewer),
+        _ => return None,
+    };
+    Some((role, name.to_string()))
 }
 
 /// A certificate and its private key, PEM encoded.
@@ -121,15 +150,13 @@ impl ClusterCa {
     }
 
     /// Signs a certificate for a node (server and client auth, SAN = the node id) or a user
-    /// (client auth only).
+    /// (client auth only, SAN = the name and role, see [`holder_dns_name`]).
     pub fn issue(&self, role: Role, name: &NodeId) -> Result<Issued, IdentityError> {
         // DNS names say who the holder is (see `net::tls`); dialers verify `node.starling`.
+        let holder = holder_dns_name(role, name.as_str());
         let names = match role {
-            Role::Node => vec![
-                crate::net::tls::NODE_SERVER_NAME.to_string(),
-                format!("{name}.node.starling"),
-            ],
-            Role::User => vec![format!("{name}.user.starling")],
+            Role::Node => vec![crate::net::tls::NODE_SERVER_NAME.to_string(), holder],
+            Role::User(_) => vec![holder],
         };
         let mut params = CertificateParams::new(names).map_err(cert_err)?;
         let mut dn = DistinguishedName::new();
@@ -146,7 +173,7 @@ impl ClusterCa {
                 ExtendedKeyUsagePurpose::ServerAuth,
                 ExtendedKeyUsagePurpose::ClientAuth,
             ],
-            Role::User => vec![ExtendedKeyUsagePurpose::ClientAuth],
+            Role::User(_) => vec![ExtendedKeyUsagePurpose::ClientAuth],
         };
         let key = KeyPair::generate().map_err(cert_err)?;
         let issuer = Issuer::new(ca_params(&self.cluster), &self.key);
@@ -340,7 +367,10 @@ mod tests {
         );
         assert!(
             reloaded
-                .issue(Role::User, &NodeId::new("alice").expect("id"))
+                .issue(
+                    Role::User(OperatorRole::Viewer),
+                    &NodeId::new("alice").expect("id")
+                )
                 .is_ok()
         );
         assert_ne!(
@@ -352,6 +382,46 @@ mod tests {
             format!("{ca:?}").contains("edge") && !format!("{ca:?}").contains("PRIVATE"),
             "no key in debug output"
         );
+    }
+
+    #[test]
+    fn holder_names_round_trip_and_certificates_before_roles_are_admins() {
+        let holders = [
+            (Role::Node, "gw-1"),
+            (Role::User(OperatorRole::Admin), "ada"),
+            (Role::User(OperatorRole::Deployer), "dee"),
+            (Role::User(OperatorRole::Viewer), "eve.ops"),
+            // A name may look like a role or a kind: the last label before the zone decides.
+            (Role::User(OperatorRole::Viewer), "x.user"),
+            (Role::User(OperatorRole::Admin), "y.node"),
+        ];
+        for (role, name) in holders {
+            let dns = holder_dns_name(role, name);
+            assert_eq!(
+                holder_of_dns_name(&dns),
+                Some((role, name.to_string())),
+                "{dns}"
+            );
+        }
+        // What `starling user add` wrote before roles: an admin, under the same name.
+        assert_eq!(
+            holder_of_dns_name("alice.user.starling"),
+            Some((Role::User(OperatorRole::Admin), "alice".into()))
+        );
+        // The restricted roles use names an agent before roles does not know (it refuses
+        // them instead of taking them for admins).
+        assert_eq!(
+            holder_dns_name(Role::User(OperatorRole::Viewer), "eve"),
+            "eve.viewer.starling"
+        );
+        for other in [
+            "node.starling",
+            "a.auditor.starling",
+            "a.user.example",
+            "starling",
+        ] {
+            assert_eq!(holder_of_dns_name(other), None, "{other}");
+        }
     }
 
     #[test]

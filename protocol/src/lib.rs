@@ -15,9 +15,11 @@
 //! - [`gossip`]: the keys a node publishes in its gossip state and their checked values.
 //! - [`objects`]: secrets and configs, and how a secret is sealed to the nodes that may open it.
 //! - [`api`]: the typed rows and records of a node's API answers.
+//! - [`access`]: operator roles and which API requests each may make.
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod api;
 pub mod desired;
 pub mod gossip;

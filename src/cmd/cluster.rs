@@ -10,6 +10,7 @@ use starling_node::cluster::{self, ClientDir, Membership};
 use starling_node::identity::JoinToken;
 use starling_node::store::{Identity, Store, create_private_dir};
 use starling_protocol::NodeId;
+use starling_protocol::access::{self, OperatorRole};
 use starling_protocol::wire::ApiRequest;
 
 use super::client::{Target, call};
@@ -58,6 +59,11 @@ pub enum UserCommand {
     Add {
         /// The operator's name.
         name: String,
+        /// What the certificate may do: admin (everything), deployer (read, and change what
+        /// runs: apply, delete, scale, rollback, rollouts, leases; no join tokens, removals,
+        /// key rotation or voter changes) or viewer (read only).
+        #[arg(long, default_value = "admin", value_parser = parse_role)]
+        role: OperatorRole,
     },
     /// Revoke operator NAME's certificate, fleet-wide.
     Remove {
@@ -95,7 +101,9 @@ pub fn token(target: &Target, what: TokenCommand) -> anyhow::Result<ExitCode> {
 /// `starling user add|remove NAME`.
 pub fn user(target: &Target, what: UserCommand, format: Format) -> anyhow::Result<ExitCode> {
     match what {
-        UserCommand::Add { name } => user_add(&target.data_dir, &target.cluster_dir, &name),
+        UserCommand::Add { name, role } => {
+            user_add(&target.data_dir, &target.cluster_dir, &name, role)
+        }
         UserCommand::Remove { name } => call(target, ApiRequest::Revoke { name }, format),
     }
 }
@@ -189,6 +197,7 @@ pub fn init(target: &Target, args: InitArgs) -> anyhow::Result<ExitCode> {
         client.write(
             &membership,
             &NodeId::new("admin")?,
+            OperatorRole::Admin,
             &[advertise.to_string()],
         )?;
         println!(
@@ -271,16 +280,32 @@ fn token_create(data_dir: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `starling user add NAME`: a client certificate for an operator, written to the cluster dir.
-fn user_add(data_dir: &Path, cluster_dir: &Path, name: &str) -> anyhow::Result<ExitCode> {
+/// `--role`: clap shows the error, which lists the roles.
+fn parse_role(text: &str) -> Result<OperatorRole, String> {
+    text.parse().map_err(|e: access::UnknownRole| e.to_string())
+}
+
+/// `starling user add NAME --role ROLE`: a client certificate for an operator, written to the
+/// cluster dir.
+fn user_add(
+    data_dir: &Path,
+    cluster_dir: &Path,
+    name: &str,
+    role: OperatorRole,
+) -> anyhow::Result<ExitCode> {
     let membership = Membership::load(data_dir)?;
     let user = NodeId::new(name).map_err(|e| anyhow::anyhow!("user name {name:?}: {e}"))?;
     let client = ClientDir {
         dir: cluster_dir.to_path_buf(),
     };
-    client.write(&membership, &user, &[advertised(data_dir)?.to_string()])?;
+    client.write(
+        &membership,
+        &user,
+        role,
+        &[advertised(data_dir)?.to_string()],
+    )?;
     println!(
-        "certificate for user {name} written to {} (use it with --cluster-dir {0})",
+        "certificate for user {name} (role {role}) written to {} (use it with --cluster-dir {0})",
         cluster_dir.display()
     );
     Ok(ExitCode::SUCCESS)
@@ -310,6 +335,7 @@ pub fn init_quiet(
     .write(
         &membership,
         &NodeId::new("admin")?,
+        OperatorRole::Admin,
         &[advertise.to_string()],
     )?;
     Ok(())

@@ -7,13 +7,22 @@
 //! agent loop, which owns the core and the store, and answers through its reply channel.
 //!
 //! Who may ask what:
-//! - the socket (the data dir's owner) and operators' certificates: everything;
+//! - the socket (the data dir's owner): everything;
+//! - operators' certificates: what their role allows ([`starling_protocol::access`]: admins
+//!   everything, deployers what runs, viewers reads). A refusal names the operator, the role
+//!   and the request, is logged and counted (`starling_api_refused_total`);
 //! - nodes' certificates: everything but join tokens (letting a machine into the fleet is an
 //!   operator's decision) and the operator's hand on rollouts: `rollout pause|resume|promote`
 //!   and `apply --force` (`ApplyWith`), which override what health gates decided.
+//!
+//! Every node runs this door, and the node where a request enters decides with the operator's
+//! role before anything runs. What a node then asks of another (a log it relays, pushed
+//! writes) goes out under the node's own certificate, so a role must be checked here and
+//! never left to the node that does the work.
 
 use std::fmt;
 
+use starling_protocol::access::{self, OperatorRole};
 use starling_protocol::wire::{ApiRequest, ApiResponse, ObjectKind};
 use tokio::io::AsyncWrite;
 use tokio::sync::{mpsc, oneshot};
@@ -31,8 +40,13 @@ pub(crate) enum Caller {
         /// The caller's user id.
         uid: Option<u32>,
     },
-    /// An operator's certificate over QUIC, by its name.
-    Operator(String),
+    /// An operator's certificate over QUIC.
+    Operator {
+        /// The certificate's name.
+        name: String,
+        /// What the certificate allows.
+        role: OperatorRole,
+    },
     /// A node's certificate over QUIC, by its node id.
     Node(String),
 }
@@ -42,7 +56,7 @@ impl fmt::Display for Caller {
         match self {
             Caller::Socket { uid: Some(uid) } => write!(f, "local socket (uid {uid})"),
             Caller::Socket { uid: None } => f.write_str("local socket"),
-            Caller::Operator(name) => write!(f, "operator {name}"),
+            Caller::Operator { name, .. } => write!(f, "operator {name}"),
             Caller::Node(name) => write!(f, "node {name}"),
         }
     }
@@ -77,17 +91,17 @@ pub(crate) struct ApiDoor {
 }
 
 impl ApiDoor {
-    /// Serves one request from `caller`, writing its answer frames to `out`. Returns false
-    /// once the caller is gone or the agent loop has ended: the door then closes.
+    /// Serves one request from `caller`, writing its answer frames to `out`: what the door
+    /// counts, and whether it may go on (see [`Served`]).
     pub(crate) async fn serve<W: AsyncWrite + Unpin>(
         &self,
         request: ApiRequest,
         caller: &Caller,
         out: &mut W,
-    ) -> bool {
+    ) -> Served {
         let work = match route(request, caller) {
             Route::Logs(logs) => {
-                return super::logs::serve(
+                let open = super::logs::serve(
                     out,
                     &self.logs,
                     logs.name,
@@ -96,17 +110,42 @@ impl ApiDoor {
                     logs.tail_lines,
                 )
                 .await;
+                return Served::answered(open);
             }
-            Route::Refused(message) => return write_frame(out, &error(message)).await.is_ok(),
+            Route::Refused(message) => {
+                return Served {
+                    open: write_frame(out, &error(message)).await.is_ok(),
+                    refused: true,
+                };
+            }
             Route::Loop(work) => work,
         };
         let (reply, answer) = oneshot::channel();
         if self.calls.send(LoopCall { work, reply }).await.is_err() {
-            return false;
+            return Served::answered(false);
         }
-        match answer.await {
+        Served::answered(match answer.await {
             Ok(response) => write_frame(out, &response).await.is_ok(),
             Err(_) => false,
+        })
+    }
+}
+
+/// How [`ApiDoor::serve`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Served {
+    /// The door may take the caller's next request: false once the caller is gone or the
+    /// agent loop has ended.
+    pub open: bool,
+    /// The request was refused for who asked it.
+    pub refused: bool,
+}
+
+impl Served {
+    fn answered(open: bool) -> Self {
+        Served {
+            open,
+            refused: false,
         }
     }
 }
@@ -129,8 +168,21 @@ struct LogRequest {
     tail_lines: u32,
 }
 
-/// Every request, routed once.
+/// Every request, routed once; an operator's role is checked first, before anything runs
+/// or is forwarded.
 fn route(request: ApiRequest, caller: &Caller) -> Route {
+    if let Caller::Operator { name, role } = caller
+        && let Err(refusal) = access::authorize(name, *role, &request)
+    {
+        tracing::warn!(
+            operator = %name,
+            %role,
+            action = %refusal.asked.action,
+            what = refusal.asked.what,
+            "refused a request the operator's role does not allow"
+        );
+        return Route::Refused(refusal.to_string());
+    }
     let by = caller.to_string();
     match request {
         ApiRequest::Logs {
@@ -151,7 +203,7 @@ fn route(request: ApiRequest, caller: &Caller) -> Route {
                     "{name} is a node, not an operator: only operators may create join tokens"
                 ))
             }
-            Caller::Socket { .. } | Caller::Operator(_) => answer(|a| a.token_create()),
+            Caller::Socket { .. } | Caller::Operator { .. } => answer(|a| a.token_create()),
         },
         ApiRequest::Apply { spec, ack_replicas } => {
             write(move |a| a.apply(*spec, ack_replicas, None, false, &by))
@@ -205,7 +257,7 @@ fn operators_only(caller: &Caller, what: &str, route: impl FnOnce() -> Route) ->
                 "{name} is a node, not an operator: only operators may {what}"
             ))
         }
-        Caller::Socket { .. } | Caller::Operator(_) => route(),
+        Caller::Socket { .. } | Caller::Operator { .. } => route(),
     }
 }
 
@@ -229,6 +281,66 @@ mod tests {
     use super::*;
     use starling_protocol::wire::RolloutAction;
 
+    fn operator(name: &str, role: OperatorRole) -> Caller {
+        Caller::Operator {
+            name: name.into(),
+            role,
+        }
+    }
+
+    fn apply_web() -> ApiRequest {
+        ApiRequest::Apply {
+            spec: Box::new(
+                starling_protocol::spec::WorkloadSpec::from_toml(
+                    "name = \"web\"\ncommand = \"sleep\"",
+                )
+                .expect("valid"),
+            ),
+            ack_replicas: 0,
+        }
+    }
+
+    #[test]
+    fn operators_are_refused_what_their_role_does_not_allow_with_the_reason() {
+        let refusal = |request: ApiRequest, caller: &Caller| match route(request, caller) {
+            Route::Refused(why) => Some(why),
+            Route::Logs(_) | Route::Loop(_) => None,
+        };
+        let viewer = operator("alice", OperatorRole::Viewer);
+        assert_eq!(
+            refusal(apply_web(), &viewer).as_deref(),
+            Some(
+                "operator alice (viewer) may not apply workloads; ask an admin for a deployer certificate"
+            )
+        );
+        assert_eq!(refusal(ApiRequest::Status, &viewer), None);
+        let logs = ApiRequest::Logs {
+            name: starling_protocol::WorkloadName::new("web").expect("valid"),
+            replica: None,
+            follow: false,
+            tail_lines: 10,
+        };
+        assert!(matches!(route(logs, &viewer), Route::Logs(_)));
+        let deployer = operator("bob", OperatorRole::Deployer);
+        assert_eq!(refusal(apply_web(), &deployer), None);
+        for admin_only in [
+            ApiRequest::TokenCreate,
+            ApiRequest::RotateGossipKey,
+            ApiRequest::Revoke { name: "n2".into() },
+        ] {
+            let why = refusal(admin_only, &deployer).expect("refused");
+            assert!(why.starts_with("operator bob (deployer) may not "), "{why}");
+        }
+        // The local socket and admins are never asked for a role.
+        for caller in [
+            operator("ada", OperatorRole::Admin),
+            Caller::Socket { uid: None },
+        ] {
+            assert_eq!(refusal(ApiRequest::RotateGossipKey, &caller), None);
+            assert_eq!(refusal(apply_web(), &caller), None);
+        }
+    }
+
     #[test]
     fn writes_record_the_caller_as_before() {
         assert_eq!(
@@ -236,7 +348,10 @@ mod tests {
             "local socket (uid 1000)"
         );
         assert_eq!(Caller::Socket { uid: None }.to_string(), "local socket");
-        assert_eq!(Caller::Operator("ada".into()).to_string(), "operator ada");
+        assert_eq!(
+            operator("ada", OperatorRole::Viewer).to_string(),
+            "operator ada"
+        );
         assert_eq!(Caller::Node("n1".into()).to_string(), "node n1");
     }
 
@@ -245,7 +360,7 @@ mod tests {
         let refused =
             |caller: Caller| matches!(route(ApiRequest::TokenCreate, &caller), Route::Refused(_));
         assert!(refused(Caller::Node("n1".into())));
-        assert!(!refused(Caller::Operator("ada".into())));
+        assert!(!refused(operator("ada", OperatorRole::Admin)));
         assert!(!refused(Caller::Socket { uid: None }));
         // Anything else a node may ask.
         assert!(matches!(
@@ -289,7 +404,11 @@ mod tests {
                 _ => panic!("a node certificate was let through"),
             }
         }
-        for caller in [Caller::Operator("ada".into()), Caller::Socket { uid: None }] {
+        for caller in [
+            operator("ada", OperatorRole::Admin),
+            operator("dee", OperatorRole::Deployer),
+            Caller::Socket { uid: None },
+        ] {
             assert!(writes().all(|r| matches!(route(r, &caller), Route::Loop(_))));
         }
         // Reading a rollout is a read like any other.

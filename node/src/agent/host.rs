@@ -164,7 +164,7 @@ pub(super) async fn serve_api(
                             return;
                         }
                     };
-                    if !door.serve(request, &caller, &mut stream).await {
+                    if !door.serve(request, &caller, &mut stream).await.open {
                         return;
                     }
                 }

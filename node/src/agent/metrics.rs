@@ -247,6 +247,18 @@ impl Metrics {
                 ("{reason=\"joiners\"}", load(&q.refused_anonymous)),
             ],
         );
+        let r = &q.refused_requests;
+        metric(
+            "starling_api_refused_total",
+            "counter",
+            "API requests over QUIC refused for who asked them, by the caller: an operator's role (a viewer's write, a deployer's admin request) or a node's certificate (join tokens, the operator's hand on rollouts).",
+            &[
+                ("{caller=\"viewer\"}", load(&r.viewer)),
+                ("{caller=\"deployer\"}", load(&r.deployer)),
+                ("{caller=\"admin\"}", load(&r.admin)),
+                ("{caller=\"node\"}", load(&r.node)),
+            ],
+        );
         metric(
             "starling_quic_address_validations_total",
             "counter",

@@ -2,7 +2,8 @@
 //!
 //! Every node certificate carries the DNS names `node.starling` (what dialers verify, so a
 //! dialer needs only an address) and `<id>.node.starling` (who it is); a user certificate
-//! carries `<name>.user.starling`. The server requires a certificate from the cluster CA for
+//! carries `<name>.user.starling` (an admin) or `<name>.<role>.starling` (a deployer or a
+//! viewer; see [`crate::identity::holder_dns_name`]). The server requires a certificate from the cluster CA for
 //! everything except the join exchange, where the joiner has none yet and proves itself with
 //! the token's secret instead. The joiner in turn trusts the server only if the server's chain
 //! holds the CA whose fingerprint the token pins.
@@ -166,17 +167,12 @@ pub fn peer_of(connection: &quinn::Connection) -> Option<(Role, String)> {
     name_of(chain.first()?)
 }
 
-/// Role and name from a certificate's DNS names.
+/// Role and name from a certificate's DNS names (see [`crate::identity::holder_dns_name`]).
 pub fn name_of(cert: &CertificateDer<'_>) -> Option<(Role, String)> {
     let parsed = webpki::EndEntityCert::try_from(cert).ok()?;
-    parsed.valid_dns_names().find_map(|dns| {
-        if let Some(name) = dns.strip_suffix(".node.starling") {
-            Some((Role::Node, name.to_string()))
-        } else {
-            dns.strip_suffix(".user.starling")
-                .map(|name| (Role::User, name.to_string()))
-        }
-    })
+    parsed
+        .valid_dns_names()
+        .find_map(crate::identity::holder_of_dns_name)
 }
 
 /// Trusts a chain that holds the pinned CA, then verifies the server certificate against it.
@@ -255,6 +251,7 @@ impl ServerCertVerifier for PinnedCa {
 #[cfg(test)]
 mod tests {
     use starling_protocol::NodeId;
+    use starling_protocol::access::OperatorRole;
 
     use super::*;
     use crate::identity::ClusterCa;
@@ -266,8 +263,17 @@ mod tests {
             .issue(Role::Node, &NodeId::new("gw-7").expect("id"))
             .expect("node cert");
         let user = ca
-            .issue(Role::User, &NodeId::new("alice").expect("id"))
+            .issue(
+                Role::User(OperatorRole::Admin),
+                &NodeId::new("alice").expect("id"),
+            )
             .expect("user cert");
+        let viewer = ca
+            .issue(
+                Role::User(OperatorRole::Viewer),
+                &NodeId::new("eve").expect("id"),
+            )
+            .expect("viewer cert");
         let der = |pem: &str| CertificateDer::from(crate::identity::pem_der(pem).expect("pem"));
         assert_eq!(
             name_of(&der(&node.cert_pem)),
@@ -275,7 +281,11 @@ mod tests {
         );
         assert_eq!(
             name_of(&der(&user.cert_pem)),
-            Some((Role::User, "alice".into()))
+            Some((Role::User(OperatorRole::Admin), "alice".into()))
+        );
+        assert_eq!(
+            name_of(&der(&viewer.cert_pem)),
+            Some((Role::User(OperatorRole::Viewer), "eve".into()))
         );
         assert!(name_of(&CertificateDer::from(vec![1, 2, 3])).is_none());
         let identity =

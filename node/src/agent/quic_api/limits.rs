@@ -24,6 +24,22 @@ pub struct QuicCounters {
     pub anonymous: AtomicU64,
     /// Dialers asked to prove their address first (a retry) because a cap was half taken.
     pub validations: AtomicU64,
+    /// API requests refused for who asked them, by the caller's kind and role.
+    pub refused_requests: RefusedRequests,
+}
+
+/// API requests refused for who asked them (`starling_api_refused_total`).
+#[derive(Debug, Default)]
+pub struct RefusedRequests {
+    /// From a node's certificate (join tokens, the operator's hand on rollouts).
+    pub node: AtomicU64,
+    /// From a deployer's certificate.
+    pub deployer: AtomicU64,
+    /// From a viewer's certificate.
+    pub viewer: AtomicU64,
+    /// From an admin's certificate: zero unless the policy changes, kept so a refusal is
+    /// never lost from the count.
+    pub admin: AtomicU64,
 }
 
 /// Which cap refused a connection.

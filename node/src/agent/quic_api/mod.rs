@@ -1,7 +1,7 @@
 //! The agent's QUIC server: who may ask what, decided by the dialer's certificate.
 //!
 //! - operators (user certificates) and nodes: API requests, served by `dispatch` (which keeps
-//!   join tokens for operators);
+//!   join tokens for operators, and holds each operator to its certificate's role);
 //! - nodes only: peer messages (anti-entropy, pushed entries, verdicts);
 //! - no certificate (a joiner): only the join exchange, checked against the token secret.
 //!
@@ -28,6 +28,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use starling_protocol::NodeId;
+use starling_protocol::access::OperatorRole;
 use starling_protocol::wire::{JoinReply, JoinRequest, PeerMessage, Request};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -56,7 +57,7 @@ mod limits;
 mod tests;
 
 pub(crate) use limits::Limiter;
-pub use limits::QuicCounters;
+pub use limits::{QuicCounters, RefusedRequests};
 
 /// Accepts connections on `endpoint` until it closes, within `limiter`'s caps; a stream's
 /// request must arrive within `request_timeout`.
@@ -81,6 +82,7 @@ pub(crate) fn serve(
                 continue;
             };
             let routes = routes.clone();
+            let counters = limiter.counters.clone();
             tokio::spawn(async move {
                 let Ok(conn) = incoming.await else {
                     return;
@@ -120,8 +122,10 @@ pub(crate) fn serve(
                         return;
                     }
                     let (routes, who) = (routes.clone(), who.clone());
+                    let counters = counters.clone();
                     tokio::spawn(async move {
-                        stream(send, recv, who, routes, request_timeout).await;
+                        let refused = &counters.refused_requests;
+                        stream(send, recv, who, routes, refused, request_timeout).await;
                     });
                 }
                 // The slot goes with this task: the connection is over.
@@ -136,6 +140,7 @@ async fn stream(
     mut recv: quinn::RecvStream,
     who: Option<(Role, String)>,
     routes: Routes,
+    refused_requests: &RefusedRequests,
     request_timeout: Duration,
 ) {
     let read = tokio::time::timeout(request_timeout, read_frame::<Request, _>(&mut recv)).await;
@@ -163,11 +168,20 @@ async fn stream(
     };
     match (request, who) {
         (Request::Api(request), Some((role, name))) => {
-            let caller = match role {
-                Role::Node => Caller::Node(name),
-                Role::User => Caller::Operator(name),
+            let (caller, refusals) = match role {
+                Role::Node => (Caller::Node(name), &refused_requests.node),
+                Role::User(role) => {
+                    let refusals = match role {
+                        OperatorRole::Admin => &refused_requests.admin,
+                        OperatorRole::Deployer => &refused_requests.deployer,
+                        OperatorRole::Viewer => &refused_requests.viewer,
+                    };
+                    (Caller::Operator { name, role }, refusals)
+                }
             };
-            routes.api.serve(request, &caller, &mut send).await;
+            if routes.api.serve(request, &caller, &mut send).await.refused {
+                refusals.fetch_add(1, Ordering::Relaxed);
+            }
         }
         (Request::Peer(message), Some((Role::Node, name))) => {
             let Ok(from) = NodeId::new(name) else {
@@ -202,7 +216,7 @@ async fn stream(
             )
             .await;
         }
-        (Request::Peer(_), Some((Role::User, name))) => {
+        (Request::Peer(_), Some((Role::User(_), name))) => {
             tracing::warn!(%name, "refused a peer message from a user certificate");
             let _ = write_frame(
                 &mut send,

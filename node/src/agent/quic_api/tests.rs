@@ -310,7 +310,7 @@ async fn dialers_over_their_address_share_are_refused_while_others_are_served() 
         exchange(&conn).await,
         Ok(JoinReply::Refused(why)) if why.contains("not in this test")
     ));
-    for role in [Role::User, Role::Node] {
+    for role in [Role::User(OperatorRole::Admin), Role::Node] {
         let (_endpoint, conn) = dial([127, 0, 0, 2], srv.client(role, "n2"), srv.addr)
             .await
             .expect("another address gets in");
@@ -344,7 +344,11 @@ async fn members_and_operators_behind_one_address_are_not_capped_by_its_share() 
     .await;
     let mut held = Vec::new();
     for i in 0..6 {
-        let role = if i % 2 == 0 { Role::Node } else { Role::User };
+        let role = if i % 2 == 0 {
+            Role::Node
+        } else {
+            Role::User(OperatorRole::Admin)
+        };
         let name = format!("n{i}");
         let (endpoint, conn) = dial([127, 0, 0, 1], srv.client(role, &name), srv.addr)
             .await
@@ -397,9 +401,13 @@ async fn a_stream_that_never_sends_its_request_is_closed() {
         ..QuicSettings::default()
     })
     .await;
-    let (_endpoint, conn) = dial([127, 0, 0, 1], srv.client(Role::User, "ops"), srv.addr)
-        .await
-        .expect("connects");
+    let (_endpoint, conn) = dial(
+        [127, 0, 0, 1],
+        srv.client(Role::User(OperatorRole::Admin), "ops"),
+        srv.addr,
+    )
+    .await
+    .expect("connects");
     let (mut send, mut recv) = conn.open_bi().await.expect("stream");
     // A stream reaches the server with its first bytes: send half a frame header.
     tokio::io::AsyncWriteExt::write_all(&mut send, &[0, 0])
@@ -426,9 +434,13 @@ async fn a_connection_opens_at_most_its_streams_at_once() {
         ..QuicSettings::default()
     })
     .await;
-    let (_endpoint, conn) = dial([127, 0, 0, 1], srv.client(Role::User, "ops"), srv.addr)
-        .await
-        .expect("connects");
+    let (_endpoint, conn) = dial(
+        [127, 0, 0, 1],
+        srv.client(Role::User(OperatorRole::Admin), "ops"),
+        srv.addr,
+    )
+    .await
+    .expect("connects");
     let mut open = Vec::new();
     for _ in 0..2 {
         let (mut send, recv) = conn.open_bi().await.expect("within the cap");
@@ -453,4 +465,39 @@ async fn a_connection_opens_at_most_its_streams_at_once() {
         .await
         .expect("room for another stream once one ended")
         .expect("stream");
+}
+
+#[tokio::test]
+async fn a_viewer_is_refused_a_write_at_the_door_and_counted() {
+    let srv = server(QuicSettings::default()).await;
+    let viewer = srv.client(Role::User(OperatorRole::Viewer), "eve");
+    let (_endpoint, conn) = dial([127, 0, 0, 1], viewer, srv.addr)
+        .await
+        .expect("a viewer's certificate connects");
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    let delete = starling_protocol::wire::ApiRequest::Delete {
+        name: starling_protocol::WorkloadName::new("web").expect("valid"),
+    };
+    write_frame(&mut send, &Request::Api(delete))
+        .await
+        .expect("write");
+    let _ = send.finish();
+    // The server's loop never answers in this test: only the door can have answered.
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        read_frame::<starling_protocol::wire::ApiResponse, _>(&mut recv),
+    )
+    .await
+    .expect("answered within 5 s")
+    .expect("a frame")
+    .expect("not the end");
+    assert!(
+        format!("{answer:?}").contains(
+            "operator eve (viewer) may not delete workloads; ask an admin for a deployer certificate"
+        ),
+        "{answer:?}"
+    );
+    let refused = &srv.counters.refused_requests;
+    assert_eq!(refused.viewer.load(Ordering::Relaxed), 1);
+    assert_eq!(refused.deployer.load(Ordering::Relaxed), 0);
 }
