@@ -104,6 +104,7 @@ pub fn authorize(
 /// The action and description of `request`. One arm per variant, no wildcard: a new
 /// variant must be placed here before the crate compiles.
 pub fn asked(request: &ApiRequest) -> Asked {
+    use crate::objects::ObjectKind;
     use Action::{Admin, Deploy, View};
     let (action, what) = match request {
         ApiRequest::Get { .. } => (View, "list objects"),
@@ -134,6 +135,12 @@ pub fn asked(request: &ApiRequest) -> Asked {
         ApiRequest::RotateGossipKey => (Admin, "rotate the gossip key"),
         // Voters decide every lease's holder; a bad set stalls or splits them.
         ApiRequest::Voters { set: Some(_), .. } => (Admin, "change the lease voters"),
+        ApiRequest::ObjectList { .. } => (View, "list secrets and configs"),
+        ApiRequest::SecretRecipients { .. } => (Action::WriteSecret, "write secrets"),
+        ApiRequest::ObjectSet { key, .. } | ApiRequest::ObjectDelete { key } => match key.kind {
+            ObjectKind::Secret => (Action::WriteSecret, "write secrets"),
+            ObjectKind::Config => (Action::WriteConfig, "write configs"),
+        },
     };
     Asked { action, what }
 }

@@ -259,3 +259,22 @@ impl RolloutReport {
             .is_some_and(|c| c.settled && !c.promoted && !self.complete())
     }
 }
+
+/// One secret or config as `get`/`list` show it: metadata, never a value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectRow {
+    /// Which object.
+    pub key: crate::objects::ObjectKey,
+    /// The write of its current version (when, and which peer took it).
+    pub at: crate::hlc::Timestamp,
+    /// Who wrote it.
+    pub by: String,
+    /// Plaintext bytes.
+    pub size: u64,
+    /// Entry names.
+    pub keys: Vec<String>,
+    /// Nodes the current version is sealed to (secrets; empty for configs).
+    pub sealed_to: Vec<NodeId>,
+    /// Workloads that reference it.
+    pub used_by: Vec<crate::names::WorkloadName>,
+}

@@ -19,6 +19,7 @@ use crate::api::{
     Description, EndpointRow, LeaseRow, NodeRow, ReplicaRow, RolloutReport, Voter, WorkloadRow,
 };
 use crate::desired::{Entry, Key, SummaryItem};
+use crate::objects::{ObjectEntry, ObjectKey, ObjectKind as ObjectsKind, ObjectVersion, Seal};
 use crate::hlc::Timestamp;
 use crate::lease::{Lease, LeaseMessage, LeaseName};
 use crate::names::{NodeId, WorkloadName};
@@ -262,6 +263,32 @@ pub enum ApiRequest {
         /// ([`crate::desired::Revision::failed_template`]), which is refused otherwise.
         force: bool,
     },
+    /// Write a new version of a secret or config. A secret arrives sealed by the client
+    /// (`secret set` seals to the recipients `SecretRecipients` named), so no peer ever holds
+    /// its plaintext; the answering node stamps it and rolls the workloads that use it.
+    ObjectSet {
+        /// The object.
+        key: ObjectKey,
+        /// The version (its `by` is set by the node from the caller's certificate).
+        version: Box<ObjectVersion>,
+        /// A secret's data key sealed to each recipient.
+        seals: std::collections::BTreeMap<NodeId, Seal>,
+    },
+    /// Delete a secret or config.
+    ObjectDelete {
+        /// The object.
+        key: ObjectKey,
+    },
+    /// List secrets or configs: metadata only, never values.
+    ObjectList {
+        /// Which kind.
+        kind: ObjectsKind,
+    },
+    /// The nodes a new version of secret `name` is sealed to, with their public keys.
+    SecretRecipients {
+        /// The secret.
+        name: WorkloadName,
+    },
 }
 
 /// What `ApiRequest::Rollout` does to the current revision's rollout.
@@ -369,6 +396,21 @@ pub enum ApiResponse {
         /// Every service, sorted by name.
         services: Vec<crate::service::Service>,
     },
+    /// A secret or config was written or deleted.
+    ObjectWritten {
+        /// The object.
+        key: ObjectKey,
+        /// The write's HLC timestamp: the version's name.
+        at: Timestamp,
+        /// Workloads that roll onto it (their `reload = "restart"` references).
+        rolled: Vec<WorkloadName>,
+        /// Workloads whose replicas get the files rewritten and a signal.
+        reloaded: Vec<WorkloadName>,
+    },
+    /// Secrets or configs, metadata only.
+    Objects(Vec<crate::api::ObjectRow>),
+    /// Who a new version of a secret is sealed to: node and X25519 public key.
+    Recipients(Vec<(NodeId, [u8; 32])>),
 }
 
 /// A failed request: what went wrong, and for specs every field error.
@@ -581,6 +623,24 @@ impl Check for ApiRequest {
             {
                 Err("spec is over 1 MiB".into())
             }
+            ApiRequest::ObjectSet {
+                key,
+                version,
+                seals,
+            } => ObjectEntry {
+                key: key.clone(),
+                register: crdts::LWWReg {
+                    val: Some((**version).clone()),
+                    marker: Timestamp {
+                        physical_ms: 0,
+                        logical: 0,
+                        node: NodeId::new("client").map_err(|e| e.to_string())?,
+                    },
+                },
+                seals: seals.clone(),
+            }
+            .check()
+            .map_err(|e| e.to_string()),
             ApiRequest::Scale { replicas, .. } if *replicas > crate::spec::REPLICAS_MAX => {
                 Err(format!(
                     "replicas: must be between 0 and {}, got {replicas}",

@@ -587,12 +587,29 @@ impl NodeCore {
         }
     }
 
-    /// Starts a new instance of a tracked replica with its current spec.
+    /// Starts a new instance of a tracked replica with its current spec, once every secret
+    /// and config it references is here (else it waits as a claim, with the reason).
     fn start(&mut self, replica: &ReplicaId) {
         let instance = self.next_instance;
+        let pins = self
+            .desired
+            .get(&replica.workload)
+            .filter(|rev| self.replicas.get(replica).is_some_and(|r| r.revision == rev.number))
+            .map(|rev| rev.inputs.clone())
+            .unwrap_or_default();
         let Some(r) = self.replicas.get_mut(replica) else {
             return;
         };
+        if let Some(missing) = self.desired.missing_input(&r.spec, &pins, &self.config.node) {
+            // No start and no crash loop: the replica waits as a claim, and the next change of
+            // the desired state (the object arriving) tries again.
+            r.reason = Some(missing);
+            r.phase = Phase::Claimed { since_ms: 0 };
+            return;
+        }
+        if r.reason.as_deref().is_some_and(is_input_reason) {
+            r.reason = None;
+        }
         // One instance per replica at a time: a start comes only from a claim, a back-off or
         // an exit (a restart once its instance exited), never over an instance that may still
         // run.
@@ -662,3 +679,10 @@ impl NodeCore {
 
 #[cfg(test)]
 mod tests;
+
+/// A reason [`NodeCore::start`] left on a replica that waits for a secret or config.
+fn is_input_reason(reason: &str) -> bool {
+    ["SecretNotFound", "ConfigNotFound", "SecretNotSealed", "SecretKeyNotFound", "waiting for "]
+        .iter()
+        .any(|p| reason.starts_with(p))
+}

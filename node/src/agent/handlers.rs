@@ -92,6 +92,9 @@ impl Agent {
             },
             None => Revision::first(spec),
         };
+        // The revision runs with the versions of its secrets and configs held here now.
+        let mut revision = revision;
+        revision.inputs = self.core.desired().pins(&revision.spec);
         let mut outcome = self.write(name, Some(revision), by);
         if let Some(push) = outcome.push.as_mut() {
             push.acks = ack_replicas;

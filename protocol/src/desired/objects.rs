@@ -284,3 +284,128 @@ impl DesiredState {
         self.objects.len()
     }
 }
+
+impl DesiredState {
+    /// Workloads whose spec references `key`, with whether that reference reloads by file.
+    pub fn users_of(&self, key: &ObjectKey) -> Vec<(WorkloadName, bool)> {
+        use crate::objects::ObjectKind;
+        use crate::spec::Reload;
+        self.workloads()
+            .filter_map(|(name, revision)| {
+                let spec = &revision.spec;
+                let reload = match key.kind {
+                    ObjectKind::Secret => spec
+                        .secrets
+                        .iter()
+                        .find(|r| r.name == key.name.as_str())
+                        .map(|r| r.reload),
+                    ObjectKind::Config => spec
+                        .configs
+                        .iter()
+                        .find(|r| r.name == key.name.as_str())
+                        .map(|r| r.reload),
+                };
+                reload.map(|r| (name.clone(), matches!(r, Reload::File(_))))
+            })
+            .collect()
+    }
+
+    /// The versions (markers) of the objects `spec` references that this state holds: what a
+    /// revision written now pins.
+    pub fn pins(&self, spec: &crate::spec::WorkloadSpec) -> BTreeMap<ObjectKey, Timestamp> {
+        object_refs(spec)
+            .filter_map(|key| {
+                let marker = self.object(&key).map(|_| self.objects[&key].register.marker.clone());
+                marker.map(|m| (key, m))
+            })
+            .collect()
+    }
+
+    /// Why a replica of `spec` pinned to `pins` cannot start on `me` yet, or `None` when every
+    /// secret and config it references is here, new enough, and (secrets) sealed to `me`.
+    pub fn missing_input(
+        &self,
+        spec: &crate::spec::WorkloadSpec,
+        pins: &BTreeMap<ObjectKey, Timestamp>,
+        me: &NodeId,
+    ) -> Option<String> {
+        use crate::objects::ObjectKind;
+        for key in object_refs(spec) {
+            let (kind, label) = match key.kind {
+                ObjectKind::Secret => ("Secret", "secret"),
+                ObjectKind::Config => ("Config", "config"),
+            };
+            let Some(slot) = self.objects.get(&key).filter(|s| s.register.val.is_some()) else {
+                return Some(format!("{kind}NotFound: {}", key.name));
+            };
+            if pins.get(&key).is_some_and(|pin| slot.register.marker < *pin) {
+                return Some(format!(
+                    "waiting for {label} {}'s version {} to arrive",
+                    key.name,
+                    pins[&key].physical_ms
+                ));
+            }
+            if key.kind == ObjectKind::Secret && !slot.seals.contains_key(me) {
+                return Some(format!(
+                    "SecretNotSealed: {} is not sealed to this node (written when this node could not run it; set it again)",
+                    key.name
+                ));
+            }
+        }
+        for r in spec.secrets.iter().filter(|r| r.env.is_some()) {
+            let key = ObjectKey::secret(WorkloadName::new(r.name.clone()).ok()?);
+            let version = self.object(&key)?;
+            match &r.key {
+                Some(k) if !version.keys.contains(k) => {
+                    return Some(format!("SecretKeyNotFound: {} has no entry {k:?}", r.name));
+                }
+                None if version.keys.len() != 1 => {
+                    return Some(format!(
+                        "SecretKeyNotFound: {} has {} entries; say which one `env` gets with `key`",
+                        r.name,
+                        version.keys.len()
+                    ));
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// The nodes a new version of secret `name` is sealed to: of `nodes` (every member with a
+    /// published key), those that may run a workload that uses it; every member while no
+    /// workload uses it yet, so it can be referenced later.
+    pub fn recipients(
+        &self,
+        name: &WorkloadName,
+        nodes: &[(&crate::placement::NodeView, [u8; 32])],
+    ) -> Vec<(NodeId, [u8; 32])> {
+        let key = ObjectKey::secret(name.clone());
+        let users: Vec<&crate::spec::WorkloadSpec> = self
+            .users_of(&key)
+            .iter()
+            .filter_map(|(w, _)| self.get(w).map(|r| &r.spec))
+            .collect();
+        nodes
+            .iter()
+            .filter(|(view, _)| {
+                users.is_empty() || users.iter().any(|s| crate::placement::may_run(view, s))
+            })
+            .map(|(view, public)| (view.id.clone(), *public))
+            .collect()
+    }
+}
+
+/// The objects a spec references, as keys (names that are not labels cannot be in a valid
+/// spec, and are skipped).
+pub fn object_refs(spec: &crate::spec::WorkloadSpec) -> impl Iterator<Item = ObjectKey> + '_ {
+    let secrets = spec
+        .secrets
+        .iter()
+        .filter_map(|r| WorkloadName::new(r.name.clone()).ok().map(ObjectKey::secret));
+    let configs = spec
+        .configs
+        .iter()
+        .filter_map(|r| WorkloadName::new(r.name.clone()).ok().map(ObjectKey::config));
+    secrets.chain(configs)
+}

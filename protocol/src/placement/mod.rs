@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-pub use reasons::Unplaceable;
+pub use reasons::{Unplaceable, may_run};
 
 use crate::desired::DesiredState;
 use crate::hash::{hash64, hash64_parts, mix64};

@@ -89,6 +89,12 @@ fn runtime_name(r: RuntimeKind) -> &'static str {
     }
 }
 
+/// Whether `node` satisfies `spec`'s static constraints (runtime, arch, labels): it may be
+/// placed a replica of `spec` when it has room.
+pub fn may_run(node: &NodeView, spec: &WorkloadSpec) -> bool {
+    eligible_nodes(&[node], spec).is_ok_and(|set| !set.is_empty())
+}
+
 /// Indices of the nodes that satisfy `spec`'s static constraints (runtime, arch, labels), or
 /// the first constraint that leaves none.
 pub(super) fn eligible_nodes(
