@@ -19,6 +19,12 @@
 //! running (they are the next agent's to adopt); the task waiting on each child keeps reaping
 //! and reporting it until it exits.
 //!
+//! An instance's secrets and configs are written before it is spawned, to its directory on
+//! tmpfs (see [`crate::secrets::files`]), which its environment names:
+//! `STARLING_SECRETS_DIR` and `STARLING_CONFIGS_DIR` (each only when it has files of that
+//! kind). A refresh rewrites them in place and signals the instance as a stop would (see
+//! `process/files.rs`); they are wiped when the instance is gone.
+//!
 //! A singleton's instance runs under `starling fence` when `fence_program` is set (see
 //! [`super::fence`]): the fence is the group's leader and the tracked pid, its command runs in
 //! the same group. A stop then sends SIGTERM to the fence alone, which passes it on to the
@@ -30,6 +36,7 @@
 //! its pid could already name a new group; Linux hands out pids cyclically, which makes that
 //! reuse within microseconds practically impossible.
 
+mod files;
 mod instances;
 mod logs;
 
@@ -50,7 +57,8 @@ use self::logs::{log_file, tail_lines};
 use super::cgroup::{Cgroups, InstanceGroups};
 use super::fence::{self, check_program};
 use super::ports::{self, PortMap};
-use super::{EventSender, Runtime, RuntimeEvent, StartRequest};
+use super::{EventSender, FileSet, Runtime, RuntimeError, RuntimeEvent, StartRequest};
+use crate::secrets::files::FileArea;
 
 /// Settings of the process runtime.
 #[derive(Debug, Clone)]
@@ -68,6 +76,9 @@ pub struct ProcessConfig {
     /// The `starling` binary that runs singleton instances under `starling fence`, which stops
     /// them when their lease runs out even if the agent is gone. Default: none (unfenced).
     pub fence_program: Option<PathBuf>,
+    /// Where instances' secrets and configs are written. Default: the area of the state
+    /// directory (see [`FileArea::for_data_dir`]).
+    pub files_area: Option<FileArea>,
 }
 
 impl Default for ProcessConfig {
@@ -78,6 +89,7 @@ impl Default for ProcessConfig {
             poll_interval: Duration::from_millis(500),
             stop_check_interval: Duration::from_millis(25),
             fence_program: None,
+            files_area: None,
         }
     }
 }
@@ -122,6 +134,8 @@ struct Inner {
     events: EventSender,
     config: ProcessConfig,
     cgroups: Result<Cgroups, String>,
+    /// Where instances' secrets and configs are.
+    files: FileArea,
     running: Mutex<Instances>,
 }
 
@@ -139,11 +153,16 @@ impl ProcessRuntime {
         if let Err(why) = &cgroups {
             tracing::warn!("{why}: cpu/memory limits of process replicas will not be enforced");
         }
+        let files = config
+            .files_area
+            .clone()
+            .unwrap_or_else(|| FileArea::for_data_dir(&state_dir));
         let inner = Arc::new(Inner {
             state_dir,
             events,
             config,
             cgroups,
+            files,
             running: Mutex::new(Instances::default()),
         });
         let weak = Arc::downgrade(&inner);
@@ -175,6 +194,16 @@ impl ProcessRuntime {
     /// The directory of a replica, shared by its instances.
     pub fn replica_dir(&self, replica: &ReplicaId) -> PathBuf {
         self.inner.replica_dir(replica)
+    }
+
+    /// Where this runtime writes instances' secrets and configs.
+    pub fn files_area(&self) -> &FileArea {
+        &self.inner.files
+    }
+
+    /// Every live instance, by replica and instance number.
+    pub fn live_instances(&self) -> Vec<(ReplicaId, u64)> {
+        self.inner.lock().live.keys().cloned().collect()
     }
 
     /// The pid of a live instance (its fence's for a fenced one).
@@ -270,6 +299,16 @@ impl Runtime for ProcessRuntime {
     /// an older build wrote (`instance.json` alone) are read too.
     async fn adopt(&self) -> usize {
         self.inner.adopt().await
+    }
+
+    async fn refresh_files(
+        &self,
+        replica: &ReplicaId,
+        instance: u64,
+        files: Vec<FileSet>,
+        signal: Option<i32>,
+    ) -> Result<(), RuntimeError> {
+        self.inner.refresh_files(replica, instance, &files, signal)
     }
 
     /// The replica's log, shared by its instances (see `process/logs.rs`).
@@ -368,7 +407,9 @@ impl Inner {
     async fn spawn(self: Arc<Self>, request: StartRequest) -> Result<(), String> {
         let key = (request.replica.clone(), request.instance);
         let (reservation, ports) = self.reserve(&key, &request.spec)?;
-        let (mut command, fenced) = self.command(&request, &ports)?;
+        // Wiped again unless the instance gets as far as running.
+        let files = self.place_files(&request)?;
+        let (mut command, fenced) = self.command(&request, &ports, files.env())?;
         let StartRequest {
             replica,
             instance,
@@ -389,6 +430,8 @@ impl Inner {
         let Some(pid) = child.id() else {
             return Err(format!("{launched} exited before it could be tracked"));
         };
+        // Its exit wipes them from now on (see `finish`).
+        files.keep();
         let groups = self.limit(&replica, instance, pid, &spec, fenced);
         let record = InstanceFile {
             pid,
@@ -426,12 +469,14 @@ impl Inner {
     }
 
     /// The command that starts an instance: its program and arguments with `${port.NAME}`
-    /// replaced, in the replica's directory, with a clean environment and both output streams
-    /// appended to the replica's log (and whether a fence runs it).
+    /// replaced, in the replica's directory, with a clean environment (`files_env` naming its
+    /// secrets and configs among it) and both output streams appended to the replica's log
+    /// (and whether a fence runs it).
     fn command(
         &self,
         request: &StartRequest,
         ports: &PortMap,
+        files_env: &[(&'static str, PathBuf)],
     ) -> Result<(tokio::process::Command, bool), String> {
         let (replica, spec) = (&request.replica, &request.spec);
         let Some(program) = &spec.command else {
@@ -468,6 +513,7 @@ impl Inner {
             .env("STARLING_NODE", request.node.as_str())
             .env("STARLING_REVISION", request.revision.to_string())
             .envs(ports::env(ports))
+            .envs(files_env.iter().cloned())
             .envs(request.env.iter().cloned())
             .current_dir(&dir)
             .stdin(Stdio::null())
@@ -566,6 +612,7 @@ impl Inner {
                 self.refresh_summary(replica, &running);
             }
         }
+        self.files.wipe(replica, instance);
         let log_tail = tail_lines(&log_file(&dir), EXIT_LOG_LINES, EXIT_LOG_BYTES_MAX);
         let _ = self
             .events

@@ -1,10 +1,10 @@
 //! What a container is created from: its image (present, or pulled when the policy allows)
-//! and the create request (environment, labels, port bindings, limits, command).
+//! and the create request (environment, labels, port bindings, mounts, limits, command).
 
 use std::collections::HashMap;
 
 use bollard::models::{
-    ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, HostConfig, Mount, PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 use futures_util::StreamExt as _;
 use starling_protocol::spec::{PortProtocol, PortSpec, PullPolicy};
@@ -62,6 +62,7 @@ impl ContainerRuntime {
         &self,
         request: &StartRequest,
         image: String,
+        mounts: Vec<Mount>,
     ) -> ContainerCreateBody {
         let spec = &request.spec;
         let replica = &request.replica;
@@ -111,6 +112,7 @@ impl ContainerRuntime {
         }
         let host_config = HostConfig {
             port_bindings: Some(bindings),
+            mounts: (!mounts.is_empty()).then_some(mounts),
             dns: (!request.dns.is_empty())
                 .then(|| request.dns.iter().map(|ip| ip.to_string()).collect()),
             memory: spec.resources.memory_limit.map(|m| m.0 as i64),

@@ -151,6 +151,7 @@ fn request(node: &NodeId, instance: u64) -> StartRequest {
         node: node.clone(),
         env: Vec::new(),
         dns: Vec::new(),
+        files: Vec::new(),
     }
 }
 

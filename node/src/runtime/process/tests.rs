@@ -32,6 +32,7 @@ fn request(w: &str, instance: u64, command: &str, args: &[&str], extra: &str) ->
         node: NodeId::new("n1").expect("valid"),
         env: Vec::new(),
         dns: Vec::new(),
+        files: Vec::new(),
     }
 }
 
