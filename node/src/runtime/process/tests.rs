@@ -611,4 +611,5 @@ async fn adopting_more_replicas_than_the_event_queue_holds_finishes() {
     }
 }
 
+mod files;
 mod instances;
