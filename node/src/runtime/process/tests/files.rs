@@ -156,3 +156,57 @@ async fn a_start_whose_files_cannot_be_delivered_fails_and_leaves_nothing() {
     }
     assert!(!disk.path().join("root").exists());
 }
+
+#[tokio::test]
+async fn a_restarted_agent_finds_the_files_of_what_it_adopts_and_wipes_the_rest() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let tmpfs = tempfile::tempdir_in("/dev/shm").expect("a tmpfs at /dev/shm");
+    let config = || ProcessConfig {
+        files_area: Some(FileArea::at(&tmpfs.path().join("root"))),
+        ..ProcessConfig::default()
+    };
+    let script = "trap 'cat $STARLING_SECRETS_DIR/db/password > seen' HUP; \
+                  while true; do sleep 0.1; done";
+    let dir = {
+        let (rt, mut rx) = runtime(state.path(), config());
+        let mut req = request("kept", 1, "sh", &["-c", script], "");
+        req.files = vec![secret("db", "password", "old")];
+        rt.start(req).await;
+        assert!(matches!(next(&mut rx).await, RuntimeEvent::Started { .. }));
+        rt.files_area()
+            .instance_dir(&replica("kept"), 1)
+            .expect("its files")
+    };
+    // An instance that died with the previous agent left its secret behind.
+    let gone = FileArea::at(&tmpfs.path().join("root"))
+        .write(
+            &replica("gone"),
+            4,
+            &[secret("db", "password", "p")],
+            crate::secrets::files::Targets::Refused,
+        )
+        .expect("written");
+    let (tx, mut rx) = crate::channel::bounded(64, std::sync::Arc::default());
+    let process = ProcessRuntime::new(state.path().to_path_buf(), tx.clone(), config());
+    let node = starling_protocol::NodeId::new("n1").expect("valid");
+    let runtimes = crate::runtime::Runtimes::new(process, &[], Default::default(), node, tx).await;
+    let (adopted, _) = crate::runtime::adopt_draining(&runtimes, &mut rx).await;
+    assert_eq!(adopted, 1);
+    assert!(dir.exists(), "the adopted instance keeps its files");
+    assert!(!gone.exists(), "files of what was not adopted are wiped");
+    runtimes
+        .refresh_files(
+            &replica("kept"),
+            1,
+            vec![secret("db", "password", "new")],
+            Some(Signal::SIGHUP as i32),
+        )
+        .await
+        .expect("an adopted instance is refreshed");
+    wait_for(&runtimes.process, "kept", "seen", "new").await;
+    runtimes
+        .stop(&replica("kept"), 1, Duration::from_secs(5))
+        .await;
+    assert!(matches!(next(&mut rx).await, RuntimeEvent::Exited { .. }));
+    assert!(!dir.exists(), "wiped when the adopted instance is gone");
+}
