@@ -565,32 +565,7 @@ impl ContainerRuntime {
         Ok(inspect.exit_code.unwrap_or(-1))
     }
 
-    /// Loads images from a `docker save` archive (what `starling image load` runs), for
-    /// nodes that cannot reach a registry. Returns what the engine reported.
-    pub async fn load_image(&self, archive: &std::path::Path) -> Result<Vec<String>, String> {
-        let bytes = std::fs::read(archive)
-            .map_err(|e| format!("cannot read {}: {e}", archive.display()))?;
-        let options = bollard::query_parameters::ImportImageOptionsBuilder::default().build();
-        let mut stream = self.docker()?.import_image(
-            options,
-            bollard::body_full(bytes::Bytes::from(bytes)),
-            None,
-        );
-        let mut said = Vec::new();
-        while let Some(step) = stream.next().await {
-            match step {
-                Ok(info) => {
-                    if let Some(line) = info.stream.filter(|l| !l.trim().is_empty()) {
-                        said.push(line.trim().to_string());
-                    }
-                }
-                Err(e) => return Err(self.explain(e)),
-            }
-        }
-        Ok(said)
-    }
-
-    fn explain(&self, e: bollard::errors::Error) -> String {
+    pub(super) fn explain(&self, e: bollard::errors::Error) -> String {
         format!("{} on node {}: {e}", self.engine(), self.node)
     }
 }

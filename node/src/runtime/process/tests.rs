@@ -1,5 +1,6 @@
 //! Process runtime tests with real processes.
 
+use std::path::Path;
 use std::time::Duration;
 
 use starling_protocol::NodeId;

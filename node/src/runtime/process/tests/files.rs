@@ -1,6 +1,7 @@
 //! Secrets and configs of process instances: named by the environment, ready before the
 //! process starts, rewritten in place with a signal, wiped when the instance is gone.
 
+use std::path::Path;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
