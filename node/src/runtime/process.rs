@@ -61,6 +61,8 @@ use super::ports::{self, PortMap};
 use super::{EventSender, FileSet, Runtime, RuntimeError, RuntimeEvent, StartRequest};
 use crate::secrets::files::FileArea;
 
+pub use self::files::{CONFIGS_DIR_ENV, SECRETS_DIR_ENV};
+
 /// Settings of the process runtime.
 #[derive(Debug, Clone)]
 pub struct ProcessConfig {

@@ -35,7 +35,7 @@ use starling_protocol::placement::ReplicaId;
 
 use crate::runtime::{FileKind, FileSet};
 
-pub use self::rules::check;
+pub use self::rules::{TARGET_BYTES_MAX, check};
 
 /// Longest entry (file) name, in bytes.
 pub const ENTRY_NAME_BYTES_MAX: usize = 253;
