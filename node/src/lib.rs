@@ -17,6 +17,8 @@
 //! - [`identity`]: certificates (cluster CA, nodes, users), join tokens, default node ids.
 //! - [`runtime`]: the `Runtime` trait, the process runtime (the embedded default), Docker and
 //!   Podman containers, cgroups, and the fence for singletons.
+//! - [`secrets`]: secrets and configs on a node: their files in memory-backed directories,
+//!   written for an instance before it starts, rewritten in place, wiped when it is gone.
 //! - [`dns`]: the DNS server for `svc.starling`, answering from the service table.
 //! - [`health`]: exec, TCP and HTTP probes, run by the shell, fed back to the core.
 //! - [`store`]: the node's durable state, written atomically (write, fsync, rename, fsync dir).
@@ -36,6 +38,7 @@ pub mod identity;
 pub mod net;
 pub mod proxy;
 pub mod runtime;
+pub mod secrets;
 pub mod store;
 
 pub use starling_core as core;

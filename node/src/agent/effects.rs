@@ -262,6 +262,7 @@ impl Effects for Shell<'_> {
             node: agent.node.clone(),
             env,
             dns: agent.services.container_dns.clone(),
+            files: Vec::new(),
         };
         let runtime = agent.runtime.clone();
         let replica = request.replica.clone();

@@ -10,6 +10,10 @@
 //! policy is `no`): an exit is reported and the core decides, with its back-off. Images are
 //! never pulled when the policy says `never` or the image is present; a missing image is a
 //! clear `ImageNotFound` start failure, retried at the core's back-off, not a tight loop.
+//!
+//! An instance's secrets and configs are written to its directory on tmpfs before its
+//! container is created, and each set's directory is bind-mounted read-only at its target
+//! (see `docker/files.rs`); they are wiped when the container is removed.
 
 // bollard's API takes and returns HashMaps (labels, filters, port maps); nothing here
 // iterates them to make a decision.
@@ -33,6 +37,7 @@ use starling_protocol::spec::{PortSpec, RuntimeKind, WorkloadSpec};
 
 use self::create::port_key;
 use super::{RuntimeEvent, StartRequest};
+use crate::secrets::files::FileArea;
 
 /// Label keys.
 const LABEL_WORKLOAD: &str = "starling.workload";
@@ -85,6 +90,9 @@ pub struct ContainerRuntime {
     node: NodeId,
     events: super::EventSender,
     running: Arc<Mutex<BTreeMap<Key, Instance>>>,
+    /// Where instances' secrets and configs are (shared with the process runtime in an
+    /// agent, see [`Self::with_files`]).
+    files: FileArea,
 }
 
 /// Where each engine listens by default.
@@ -123,6 +131,7 @@ impl ContainerRuntime {
         settings: EngineSettings,
     ) -> Option<Self> {
         socket.to_str()?;
+        let files = FileArea::for_key(format!("{kind:?} {} {node}", socket.display()).as_bytes());
         let runtime = ContainerRuntime {
             settings,
             socket: socket.to_path_buf(),
@@ -131,6 +140,7 @@ impl ContainerRuntime {
             node,
             events,
             running: Arc::default(),
+            files,
         };
         runtime.available().await;
         Some(runtime)
@@ -208,6 +218,18 @@ impl ContainerRuntime {
             tokio::time::timeout(self.settings.answer_timeout, docker.ping()).await,
             Ok(Ok(_))
         )
+    }
+
+    /// The runtime writing instances' secrets and configs to `files` (an agent gives all its
+    /// runtimes one area, whose leftovers it wipes after adoption).
+    pub fn with_files(mut self, files: FileArea) -> Self {
+        self.files = files;
+        self
+    }
+
+    /// Every running instance, by replica and instance number.
+    pub fn live_instances(&self) -> Vec<(ReplicaId, u64)> {
+        self.lock().keys().cloned().collect()
     }
 
     /// Which runtime this is.
@@ -300,14 +322,19 @@ impl ContainerRuntime {
         let name = container_name(&request.replica, request.instance);
         // A container left by a crash between create and start would block the name.
         remove(&docker, &name).await;
-        let body = self.container_body(request, image);
+        let mounts = self.place_files(request)?;
+        let body = self.container_body(request, image, mounts);
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
-        let created = docker
-            .create_container(Some(options), body)
-            .await
-            .map_err(|e| self.explain(e))?;
+        let created = match docker.create_container(Some(options), body).await {
+            Ok(created) => created,
+            Err(e) => {
+                self.files.wipe(&request.replica, request.instance);
+                return Err(self.explain(e));
+            }
+        };
         if let Err(e) = docker.start_container(&created.id, None).await {
             remove(&docker, &created.id).await;
+            self.files.wipe(&request.replica, request.instance);
             return Err(self.explain(e));
         }
         let ports = self.ports_of(&docker, &created.id).await;
@@ -324,6 +351,7 @@ impl ContainerRuntime {
         };
         let events = self.events.clone();
         let running = self.running.clone();
+        let files = self.files.clone();
         tokio::spawn(async move {
             let options = WaitContainerOptionsBuilder::default()
                 .condition("not-running")
@@ -342,6 +370,7 @@ impl ContainerRuntime {
             }
             let log_tail = tail(&docker, &instance.container, 5).await;
             remove(&docker, &instance.container).await;
+            files.wipe(&key.0, key.1);
             // Only this instance: a sibling of the same replica keeps running.
             running
                 .lock()
@@ -536,32 +565,7 @@ impl ContainerRuntime {
         Ok(inspect.exit_code.unwrap_or(-1))
     }
 
-    /// Loads images from a `docker save` archive (what `starling image load` runs), for
-    /// nodes that cannot reach a registry. Returns what the engine reported.
-    pub async fn load_image(&self, archive: &std::path::Path) -> Result<Vec<String>, String> {
-        let bytes = std::fs::read(archive)
-            .map_err(|e| format!("cannot read {}: {e}", archive.display()))?;
-        let options = bollard::query_parameters::ImportImageOptionsBuilder::default().build();
-        let mut stream = self.docker()?.import_image(
-            options,
-            bollard::body_full(bytes::Bytes::from(bytes)),
-            None,
-        );
-        let mut said = Vec::new();
-        while let Some(step) = stream.next().await {
-            match step {
-                Ok(info) => {
-                    if let Some(line) = info.stream.filter(|l| !l.trim().is_empty()) {
-                        said.push(line.trim().to_string());
-                    }
-                }
-                Err(e) => return Err(self.explain(e)),
-            }
-        }
-        Ok(said)
-    }
-
-    fn explain(&self, e: bollard::errors::Error) -> String {
+    pub(super) fn explain(&self, e: bollard::errors::Error) -> String {
         format!("{} on node {}: {e}", self.engine(), self.node)
     }
 }
@@ -592,5 +596,6 @@ pub fn is_container(spec: &WorkloadSpec) -> bool {
 }
 
 mod create;
+mod files;
 #[cfg(test)]
 mod tests;

@@ -45,6 +45,54 @@ pub struct StartRequest {
     /// DNS servers a container is given, in order (the agent's on the bridge gateway, then
     /// the host's own; empty: the engine's default). Processes use the host's resolver.
     pub dns: Vec<std::net::IpAddr>,
+    /// Secrets and configs the instance receives, already decrypted; ready before it starts
+    /// (see [`crate::secrets::files`]). A process finds them through `STARLING_SECRETS_DIR`
+    /// and `STARLING_CONFIGS_DIR`, a container at each set's target.
+    pub files: Vec<FileSet>,
+}
+
+/// Whether a file set holds a secret or a config. Configs are not secret, but are delivered
+/// the same way: only their files' modes (0444 rather than 0400) and their directory differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FileKind {
+    /// Under `secrets/`, files 0400; a container's default target is `/run/secrets/NAME`.
+    Secret,
+    /// Under `configs/`, files 0444; a container's default target is `/run/configs/NAME`.
+    Config,
+}
+
+/// One secret or config as a replica receives it: a directory with one file per entry.
+///
+/// `Debug` shows entry names and sizes, never contents; the contents are wiped from memory
+/// when the set is dropped.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FileSet {
+    /// Secret or config.
+    pub kind: FileKind,
+    /// The object's name, a DNS label: the name of its directory.
+    pub name: String,
+    /// File name (`[A-Za-z0-9._-]`, not `.` or `..`, at most 253 bytes) and content, each
+    /// name once.
+    pub entries: Vec<(String, zeroize::Zeroizing<Vec<u8>>)>,
+    /// Containers: the absolute directory it appears at inside the container (`None`: the
+    /// kind's default). Processes: must be `None` (they are told the directory instead).
+    pub target: Option<String>,
+}
+
+impl std::fmt::Debug for FileSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let entries: Vec<String> = self
+            .entries
+            .iter()
+            .map(|(name, content)| format!("{name} ({} bytes)", content.len()))
+            .collect();
+        f.debug_struct("FileSet")
+            .field("kind", &self.kind)
+            .field("name", &self.name)
+            .field("entries", &entries)
+            .field("target", &self.target)
+            .finish()
+    }
 }
 
 /// Errors a runtime reports synchronously (asynchronous outcomes are events).
@@ -61,6 +109,10 @@ pub enum RuntimeError {
         /// The error.
         source: std::io::Error,
     },
+    /// An instance's secrets or configs could not be delivered: no memory-backed filesystem,
+    /// a refused file set, or an error writing it.
+    #[error(transparent)]
+    Files(#[from] crate::secrets::files::FilesError),
 }
 
 /// A way of running replicas. Implementations report every outcome as a [`RuntimeEvent`]:
@@ -82,6 +134,20 @@ pub trait Runtime: Send + Sync + 'static {
     /// Finds instances still running from before an agent restart and takes them over, two of
     /// one replica included. Reports one `Adopted` per instance; returns how many.
     fn adopt(&self) -> impl Future<Output = usize> + Send;
+
+    /// Rewrites a running instance's secrets and configs in place with `files` (each file
+    /// atomically: written beside it, then renamed over it; entries no longer present are
+    /// removed, as are sets), then sends it `signal` (e.g. `libc::SIGHUP`) if given, so it
+    /// can re-read them without a restart. `files` holds the sets the instance started with;
+    /// a set it did not start with needs a new instance (a container could not see it).
+    /// Errors: `NotRunning` for an instance not running here, `Files` when writing failed.
+    fn refresh_files(
+        &self,
+        replica: &ReplicaId,
+        instance: u64,
+        files: Vec<FileSet>,
+        signal: Option<i32>,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
     /// The last `lines` lines of a replica's log (stdout and stderr interleaved; for two
     /// instances at once, the process runtime's shared log or the newest container's).
@@ -161,7 +227,8 @@ impl Runtimes {
                     "no container engine answers there yet; {kind:?} workloads go elsewhere until one does",
                 );
             }
-            containers.push(c);
+            // One area for all runtimes: its leftovers are wiped after every runtime adopted.
+            containers.push(c.with_files(process.files_area().clone()));
         }
         Runtimes {
             process,
@@ -277,7 +344,39 @@ impl Runtime for Runtimes {
         for c in &self.containers {
             adopted += c.adopt().await;
         }
+        // Secrets of instances no runtime took over belong to nothing that runs: wipe them.
+        // An engine that does not answer now has adopted nothing, so its instances' files go
+        // too; its containers are no longer this agent's.
+        let live = self
+            .containers
+            .iter()
+            .flat_map(|c| c.live_instances())
+            .chain(self.process.live_instances());
+        let keep = live
+            .map(|(replica, instance)| crate::secrets::files::instance_dir_name(&replica, instance))
+            .collect();
+        let wiped = self.process.files_area().wipe_except(&keep);
+        if wiped > 0 {
+            tracing::info!("wiped the secrets and configs of {wiped} instances not adopted");
+        }
         adopted
+    }
+
+    async fn refresh_files(
+        &self,
+        replica: &ReplicaId,
+        instance: u64,
+        files: Vec<FileSet>,
+        signal: Option<i32>,
+    ) -> Result<(), RuntimeError> {
+        match self.container_of_instance(replica, instance) {
+            Some(engine) => engine.refresh_files(replica, instance, files, signal).await,
+            None => {
+                self.process
+                    .refresh_files(replica, instance, files, signal)
+                    .await
+            }
+        }
     }
 
     async fn log_tail(&self, replica: &ReplicaId, lines: usize) -> Vec<String> {

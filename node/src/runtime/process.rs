@@ -19,6 +19,12 @@
 //! running (they are the next agent's to adopt); the task waiting on each child keeps reaping
 //! and reporting it until it exits.
 //!
+//! An instance's secrets and configs are written before it is spawned, to its directory on
+//! tmpfs (see [`crate::secrets::files`]), which its environment names:
+//! `STARLING_SECRETS_DIR` and `STARLING_CONFIGS_DIR` (each only when it has files of that
+//! kind). A refresh rewrites them in place and signals the instance as a stop would (see
+//! `process/files.rs`); they are wiped when the instance is gone.
+//!
 //! A singleton's instance runs under `starling fence` when `fence_program` is set (see
 //! [`super::fence`]): the fence is the group's leader and the tracked pid, its command runs in
 //! the same group. A stop then sends SIGTERM to the fence alone, which passes it on to the
@@ -30,13 +36,15 @@
 //! its pid could already name a new group; Linux hands out pids cyclically, which makes that
 //! reuse within microseconds practically impossible.
 
+mod command;
+mod files;
 mod instances;
 mod logs;
 
 use std::collections::BTreeMap;
-use std::fs::{self, OpenOptions};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::fs;
+use std::path::PathBuf;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -48,9 +56,12 @@ use starling_protocol::spec::{PortSpec, WorkloadSpec};
 use self::instances::{InstanceFile, start_time};
 use self::logs::{log_file, tail_lines};
 use super::cgroup::{Cgroups, InstanceGroups};
-use super::fence::{self, check_program};
+use super::fence;
 use super::ports::{self, PortMap};
-use super::{EventSender, Runtime, RuntimeEvent, StartRequest};
+use super::{EventSender, FileSet, Runtime, RuntimeError, RuntimeEvent, StartRequest};
+use crate::secrets::files::FileArea;
+
+pub use self::files::{CONFIGS_DIR_ENV, SECRETS_DIR_ENV};
 
 /// Settings of the process runtime.
 #[derive(Debug, Clone)]
@@ -68,6 +79,9 @@ pub struct ProcessConfig {
     /// The `starling` binary that runs singleton instances under `starling fence`, which stops
     /// them when their lease runs out even if the agent is gone. Default: none (unfenced).
     pub fence_program: Option<PathBuf>,
+    /// Where instances' secrets and configs are written. Default: the area of the state
+    /// directory (see [`FileArea::for_data_dir`]).
+    pub files_area: Option<FileArea>,
 }
 
 impl Default for ProcessConfig {
@@ -78,6 +92,7 @@ impl Default for ProcessConfig {
             poll_interval: Duration::from_millis(500),
             stop_check_interval: Duration::from_millis(25),
             fence_program: None,
+            files_area: None,
         }
     }
 }
@@ -122,6 +137,8 @@ struct Inner {
     events: EventSender,
     config: ProcessConfig,
     cgroups: Result<Cgroups, String>,
+    /// Where instances' secrets and configs are.
+    files: FileArea,
     running: Mutex<Instances>,
 }
 
@@ -139,11 +156,16 @@ impl ProcessRuntime {
         if let Err(why) = &cgroups {
             tracing::warn!("{why}: cpu/memory limits of process replicas will not be enforced");
         }
+        let files = config
+            .files_area
+            .clone()
+            .unwrap_or_else(|| FileArea::for_data_dir(&state_dir));
         let inner = Arc::new(Inner {
             state_dir,
             events,
             config,
             cgroups,
+            files,
             running: Mutex::new(Instances::default()),
         });
         let weak = Arc::downgrade(&inner);
@@ -175,6 +197,16 @@ impl ProcessRuntime {
     /// The directory of a replica, shared by its instances.
     pub fn replica_dir(&self, replica: &ReplicaId) -> PathBuf {
         self.inner.replica_dir(replica)
+    }
+
+    /// Where this runtime writes instances' secrets and configs.
+    pub fn files_area(&self) -> &FileArea {
+        &self.inner.files
+    }
+
+    /// Every live instance, by replica and instance number.
+    pub fn live_instances(&self) -> Vec<(ReplicaId, u64)> {
+        self.inner.lock().live.keys().cloned().collect()
     }
 
     /// The pid of a live instance (its fence's for a fenced one).
@@ -270,6 +302,16 @@ impl Runtime for ProcessRuntime {
     /// an older build wrote (`instance.json` alone) are read too.
     async fn adopt(&self) -> usize {
         self.inner.adopt().await
+    }
+
+    async fn refresh_files(
+        &self,
+        replica: &ReplicaId,
+        instance: u64,
+        files: Vec<FileSet>,
+        signal: Option<i32>,
+    ) -> Result<(), RuntimeError> {
+        self.inner.refresh_files(replica, instance, &files, signal)
     }
 
     /// The replica's log, shared by its instances (see `process/logs.rs`).
@@ -368,7 +410,9 @@ impl Inner {
     async fn spawn(self: Arc<Self>, request: StartRequest) -> Result<(), String> {
         let key = (request.replica.clone(), request.instance);
         let (reservation, ports) = self.reserve(&key, &request.spec)?;
-        let (mut command, fenced) = self.command(&request, &ports)?;
+        // Wiped again unless the instance gets as far as running.
+        let files = self.place_files(&request)?;
+        let (mut command, fenced) = self.command(&request, &ports, files.env())?;
         let StartRequest {
             replica,
             instance,
@@ -389,6 +433,8 @@ impl Inner {
         let Some(pid) = child.id() else {
             return Err(format!("{launched} exited before it could be tracked"));
         };
+        // Its exit wipes them from now on (see `finish`).
+        files.keep();
         let groups = self.limit(&replica, instance, pid, &spec, fenced);
         let record = InstanceFile {
             pid,
@@ -423,90 +469,6 @@ impl Inner {
             self.finish(&key, pid, code).await;
         });
         Ok(())
-    }
-
-    /// The command that starts an instance: its program and arguments with `${port.NAME}`
-    /// replaced, in the replica's directory, with a clean environment and both output streams
-    /// appended to the replica's log (and whether a fence runs it).
-    fn command(
-        &self,
-        request: &StartRequest,
-        ports: &PortMap,
-    ) -> Result<(tokio::process::Command, bool), String> {
-        let (replica, spec) = (&request.replica, &request.spec);
-        let Some(program) = &spec.command else {
-            return Err("the process runtime needs `command` in the spec".into());
-        };
-        let dir = self.replica_dir(replica);
-        fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let log_path = log_file(&dir);
-        self.rotate_one(&log_path);
-        let cannot_open = |e| format!("cannot open the log {}: {e}", log_path.display());
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(cannot_open)?;
-        let stderr = log.try_clone().map_err(cannot_open)?;
-        let search_path =
-            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-        let program = ports::substitute(program, ports);
-        let args: Vec<String> = spec
-            .args
-            .iter()
-            .map(|a| ports::substitute(a, ports))
-            .collect();
-        let (mut command, fenced) = self.launcher(spec, &program, &args, &dir, &search_path)?;
-        command
-            .env_clear()
-            .env("PATH", &search_path)
-            .env("HOME", &dir)
-            .env("LANG", "C.UTF-8")
-            .envs(&spec.env)
-            .env("STARLING_WORKLOAD", replica.workload.as_str())
-            .env("STARLING_REPLICA", replica.index.to_string())
-            .env("STARLING_NODE", request.node.as_str())
-            .env("STARLING_REVISION", request.revision.to_string())
-            .envs(ports::env(ports))
-            .envs(request.env.iter().cloned())
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(stderr)
-            .process_group(0)
-            .kill_on_drop(false);
-        Ok((command, fenced))
-    }
-
-    /// What to execute for an instance: its program with `args`, or for a singleton the fence
-    /// around them (then also whether it is fenced).
-    fn launcher(
-        &self,
-        spec: &WorkloadSpec,
-        program: &str,
-        args: &[String],
-        dir: &Path,
-        search_path: &std::ffi::OsStr,
-    ) -> Result<(tokio::process::Command, bool), String> {
-        match self
-            .config
-            .fence_program
-            .as_ref()
-            .filter(|_| spec.singleton)
-        {
-            Some(fence) => {
-                check_program(program, search_path)?;
-                let lease_file = dir.join(fence::LEASE_FILE_NAME);
-                let mut command = tokio::process::Command::new(fence);
-                command.args(fence::fence_args(&lease_file, program, args));
-                Ok((command, true))
-            }
-            None => {
-                let mut command = tokio::process::Command::new(program);
-                command.args(args);
-                Ok((command, false))
-            }
-        }
     }
 
     /// Puts the new process into its cgroups when its spec sets limits and the host allows it.
@@ -566,6 +528,7 @@ impl Inner {
                 self.refresh_summary(replica, &running);
             }
         }
+        self.files.wipe(replica, instance);
         let log_tail = tail_lines(&log_file(&dir), EXIT_LOG_LINES, EXIT_LOG_BYTES_MAX);
         let _ = self
             .events

@@ -373,6 +373,7 @@ mod tests {
             node,
             env: Vec::new(),
             dns: Vec::new(),
+            files: Vec::new(),
         };
         runtimes.start(request).await;
         let dirs = runtimes.process.cgroup_dirs(&spin);

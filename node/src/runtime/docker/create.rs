@@ -1,10 +1,11 @@
-//! What a container is created from: its image (present, or pulled when the policy allows)
-//! and the create request (environment, labels, port bindings, limits, command).
+//! What a container is created from: its image (present, pulled when the policy allows, or
+//! loaded from an archive)
+//! and the create request (environment, labels, port bindings, mounts, limits, command).
 
 use std::collections::HashMap;
 
 use bollard::models::{
-    ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, HostConfig, Mount, PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 use futures_util::StreamExt as _;
 use starling_protocol::spec::{PortProtocol, PortSpec, PullPolicy};
@@ -58,10 +59,36 @@ impl ContainerRuntime {
         }
     }
 
+    /// Loads images from a `docker save` archive (what `starling image load` runs), for
+    /// nodes that cannot reach a registry. Returns what the engine reported.
+    pub async fn load_image(&self, archive: &std::path::Path) -> Result<Vec<String>, String> {
+        let bytes = std::fs::read(archive)
+            .map_err(|e| format!("cannot read {}: {e}", archive.display()))?;
+        let options = bollard::query_parameters::ImportImageOptionsBuilder::default().build();
+        let mut stream = self.docker()?.import_image(
+            options,
+            bollard::body_full(bytes::Bytes::from(bytes)),
+            None,
+        );
+        let mut said = Vec::new();
+        while let Some(step) = stream.next().await {
+            match step {
+                Ok(info) => {
+                    if let Some(line) = info.stream.filter(|l| !l.trim().is_empty()) {
+                        said.push(line.trim().to_string());
+                    }
+                }
+                Err(e) => return Err(self.explain(e)),
+            }
+        }
+        Ok(said)
+    }
+
     pub(super) fn container_body(
         &self,
         request: &StartRequest,
         image: String,
+        mounts: Vec<Mount>,
     ) -> ContainerCreateBody {
         let spec = &request.spec;
         let replica = &request.replica;
@@ -111,6 +138,7 @@ impl ContainerRuntime {
         }
         let host_config = HostConfig {
             port_bindings: Some(bindings),
+            mounts: (!mounts.is_empty()).then_some(mounts),
             dns: (!request.dns.is_empty())
                 .then(|| request.dns.iter().map(|ip| ip.to_string()).collect()),
             memory: spec.resources.memory_limit.map(|m| m.0 as i64),

@@ -151,6 +151,7 @@ fn request(node: &NodeId, instance: u64) -> StartRequest {
         node: node.clone(),
         env: Vec::new(),
         dns: Vec::new(),
+        files: Vec::new(),
     }
 }
 
@@ -228,4 +229,79 @@ async fn two_containers_of_a_replica_run_side_by_side_stop_alone_and_are_both_ad
         RuntimeEvent::Exited { instance: 2, .. }
     ));
     assert!(running_on(&node).is_empty());
+}
+
+#[tokio::test]
+async fn a_container_reads_its_secret_from_a_read_only_mount_and_the_files_go_with_it() {
+    if !docker_ready() {
+        return;
+    }
+    let node = NodeId::new(format!("dkfiles-{}", std::process::id())).expect("valid");
+    let _cleanup = Cleanup(node.clone());
+    let tmpfs = tempfile::tempdir_in("/dev/shm").expect("a tmpfs at /dev/shm");
+    let area = crate::secrets::files::FileArea::at(&tmpfs.path().join("root"));
+    let (runtime, mut rx) = engine(&node).await;
+    let runtime = runtime.with_files(area.clone());
+    let script = "show() { cat /run/secrets/db/password; echo; }; trap show HUP; show; \
+                  if (echo x > /run/secrets/db/x) 2>/dev/null; then echo writable; else echo read-only; fi; \
+                  cat /etc/app/app.toml; echo; while true; do sleep 1; done";
+    let spec = WorkloadSpec::from_toml(&format!(
+        "name = \"vault\"\nruntime = \"docker\"\nimage = \"{IMAGE}\"\nimage_pull_policy = \"never\"\n\
+         command = \"sh\"\nargs = [\"-c\", {script:?}]\n"
+    ))
+    .expect("valid spec");
+    let secret = |value: &str| crate::runtime::FileSet {
+        kind: crate::runtime::FileKind::Secret,
+        name: "db".into(),
+        entries: vec![(
+            "password".into(),
+            zeroize::Zeroizing::new(value.as_bytes().to_vec()),
+        )],
+        target: None,
+    };
+    let config = crate::runtime::FileSet {
+        kind: crate::runtime::FileKind::Config,
+        name: "app".into(),
+        entries: vec![(
+            "app.toml".into(),
+            zeroize::Zeroizing::new(b"x = 1".to_vec()),
+        )],
+        target: Some("/etc/app".into()),
+    };
+    let mut request = request(&node, 1);
+    request.replica.workload = WorkloadName::new("vault").expect("valid");
+    request.spec = spec;
+    request.files = vec![secret("hunter2"), config.clone()];
+    let replica = request.replica.clone();
+    runtime.start(request).await;
+    assert!(matches!(next(&mut rx).await, RuntimeEvent::Started { .. }));
+    let host_dir = area.instance_dir(&replica, 1).expect("files on the host");
+    let logs_become = async |want: &[&str]| {
+        let mut lines = Vec::new();
+        for _ in 0..200 {
+            lines = runtime.log_tail(&replica, 10).await;
+            if lines == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the container said {lines:?}, not {want:?}");
+    };
+    logs_become(&["hunter2", "read-only", "x = 1"]).await;
+    runtime
+        .refresh_files(
+            &replica,
+            1,
+            vec![secret("rotated"), config],
+            Some(nix::sys::signal::Signal::SIGHUP as i32),
+        )
+        .await
+        .expect("refreshed");
+    logs_become(&["hunter2", "read-only", "x = 1", "rotated"]).await;
+    runtime.stop(&replica, 1, Duration::from_secs(1)).await;
+    assert!(matches!(
+        next(&mut rx).await,
+        RuntimeEvent::Exited { instance: 1, .. }
+    ));
+    assert!(!host_dir.exists(), "wiped when the container is removed");
 }

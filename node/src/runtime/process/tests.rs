@@ -1,5 +1,6 @@
 //! Process runtime tests with real processes.
 
+use std::path::Path;
 use std::time::Duration;
 
 use starling_protocol::NodeId;
@@ -32,6 +33,7 @@ fn request(w: &str, instance: u64, command: &str, args: &[&str], extra: &str) ->
         node: NodeId::new("n1").expect("valid"),
         env: Vec::new(),
         dns: Vec::new(),
+        files: Vec::new(),
     }
 }
 
@@ -610,4 +612,5 @@ async fn adopting_more_replicas_than_the_event_queue_holds_finishes() {
     }
 }
 
+mod files;
 mod instances;

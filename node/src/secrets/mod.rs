@@ -1,0 +1,9 @@
+//! Secrets and configs on a node: how their already-decrypted values reach the replicas that
+//! use them.
+//!
+//! - [`files`]: the memory-backed directory an instance's secrets and configs are written to
+//!   (never a disk), writing and rewriting them atomically, and wiping them when the instance
+//!   is gone. The runtimes (`crate::runtime`) hand the directory to processes through the
+//!   environment and bind-mount it into containers.
+
+pub mod files;
