@@ -58,6 +58,17 @@ enum Command {
     },
     /// Start a local fleet of agents on loopback, apply the example specs, show live status.
     Up(cmd::up::UpArgs),
+    /// Secrets: sealed on this machine to the nodes that may run their workloads, opened only
+    /// where a replica uses them. Values are never shown.
+    Secret {
+        #[command(subcommand)]
+        what: cmd::objects::ObjectCommand,
+    },
+    /// Configs: like secrets, in clear.
+    Config {
+        #[command(subcommand)]
+        what: cmd::objects::ObjectCommand,
+    },
     /// Create or update workloads from spec files.
     Apply(cmd::workloads::ApplyArgs),
     /// Delete a workload.
@@ -144,6 +155,18 @@ fn main() -> ExitCode {
         Command::Node { what } => cmd::cluster::node(t, what, format),
         Command::Key { what } => cmd::cluster::key(t, what, format),
         Command::Up(args) => cmd::up::main(args),
+        Command::Secret { what } => cmd::objects::main(
+            t,
+            starling_protocol::objects::ObjectKind::Secret,
+            what,
+            format,
+        ),
+        Command::Config { what } => cmd::objects::main(
+            t,
+            starling_protocol::objects::ObjectKind::Config,
+            what,
+            format,
+        ),
         Command::Apply(args) => cmd::workloads::apply(t, args, format),
         Command::Delete(w) => call(t, ApiRequest::Delete { name: w.name }, format),
         Command::Scale(args) => cmd::workloads::scale(t, args, format),

@@ -73,6 +73,23 @@ pub fn text(response: &ApiResponse) -> String {
         ApiResponse::LogChunk { lines, .. } => lines.iter().map(|l| format!("{l}\n")).collect(),
         ApiResponse::Error(error) => format!("error: {}\n", error.message),
         ApiResponse::Rollout(report) => format!("{}\n", rollout::line(report)),
+        ApiResponse::ObjectWritten {
+            key,
+            at,
+            rolled,
+            reloaded,
+        } => {
+            let mut line = format!("{key} written (version {})", at.physical_ms);
+            if !rolled.is_empty() {
+                let names: Vec<&str> = rolled.iter().map(|w| w.as_str()).collect();
+                line.push_str(&format!("; rolling out to {}", names.join(", ")));
+            }
+            if !reloaded.is_empty() {
+                let names: Vec<&str> = reloaded.iter().map(|w| w.as_str()).collect();
+                line.push_str(&format!("; files rewritten in {}", names.join(", ")));
+            }
+            format!("{line}\n")
+        }
         ApiResponse::Services { answered_by, .. } => format!(
             "{}(as node {answered_by} sees the fleet)\n",
             answers::table(response).map_or_else(String::new, |t| t.render())
@@ -109,6 +126,16 @@ pub fn json(response: &ApiResponse) -> serde_json::Value {
             "fields": error.fields.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
         }),
         ApiResponse::Rollout(report) => rollout::json(report),
+        ApiResponse::ObjectWritten {
+            key,
+            at,
+            rolled,
+            reloaded,
+        } => json!({
+            "kind": key.kind.as_str(), "name": key.name.as_str(),
+            "version": at.physical_ms, "node": at.node.as_str(),
+            "rolled": rolled, "reloaded": reloaded,
+        }),
         listing => answers::json(listing),
     }
 }

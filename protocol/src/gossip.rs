@@ -35,6 +35,8 @@ pub const USAGE: &str = "usage";
 pub const LOAD: &str = "load";
 /// Its service endpoints ([`Names`]: `workload/index/port=host:port`).
 pub const ENDPOINTS: &str = "endpoints";
+/// The node's X25519 public key for secrets, 64 hex digits.
+pub const SEAL_KEY: &str = "sealkey";
 /// Join token ids it accepted ([`Names`]).
 pub const SPENT: &str = "spent";
 /// Certificate names refused fleet-wide ([`Names`]).

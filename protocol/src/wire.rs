@@ -19,10 +19,10 @@ use crate::api::{
     Description, EndpointRow, LeaseRow, NodeRow, ReplicaRow, RolloutReport, Voter, WorkloadRow,
 };
 use crate::desired::{Entry, Key, SummaryItem};
-use crate::objects::{ObjectEntry, ObjectKey, ObjectKind as ObjectsKind, ObjectVersion, Seal};
 use crate::hlc::Timestamp;
 use crate::lease::{Lease, LeaseMessage, LeaseName};
 use crate::names::{NodeId, WorkloadName};
+use crate::objects::{ObjectEntry, ObjectKey, ObjectKind as ObjectsKind, ObjectVersion, Seal};
 use crate::spec::{FieldError, WorkloadSpec};
 
 /// The protocol version this build speaks.

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod fence;
 pub mod image;
 pub mod lease;
+pub mod objects;
 pub mod plan;
 pub mod rollout;
 pub mod sim;

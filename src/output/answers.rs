@@ -62,7 +62,23 @@ fn listing(response: &ApiResponse) -> Option<Listing> {
             let json = json!({ "key": key, "installed": installed, "asked": asked });
             Listing { table, json }
         }
+        ApiResponse::Objects(rows) => objects(rows),
+        ApiResponse::Recipients(nodes) => {
+            let mut table = Table::new(&["NODE", "PUBLIC KEY"]);
+            for (node, key) in nodes {
+                table.row(vec![
+                    node.to_string(),
+                    starling_protocol::objects::seal::hex(key),
+                ]);
+            }
+            let json = json!(nodes
+                .iter()
+                .map(|(n, k)| json!({"node": n, "public_key": starling_protocol::objects::seal::hex(k)}))
+                .collect::<Vec<_>>());
+            Listing { table, json }
+        }
         ApiResponse::Written { .. }
+        | ApiResponse::ObjectWritten { .. }
         | ApiResponse::Rollout(_)
         | ApiResponse::LogChunk { .. }
         | ApiResponse::Lease(_)
@@ -513,5 +529,49 @@ mod tests {
         assert_eq!(human_bytes(64 << 20), "64Mi");
         assert_eq!(human_bytes(3 << 29), "1.5Gi");
         assert_eq!(human_bytes(512), "512");
+    }
+}
+
+/// Secrets or configs: metadata only (the answer carries no value).
+fn objects(rows: &[starling_protocol::api::ObjectRow]) -> Listing {
+    let mut table = Table::new(&[
+        "NAME",
+        "VERSION",
+        "SIZE",
+        "KEYS",
+        "WRITTEN BY",
+        "SEALED TO",
+        "USED BY",
+    ]);
+    let mut items = Vec::new();
+    for r in rows {
+        let used: Vec<&str> = r.used_by.iter().map(|w| w.as_str()).collect();
+        let sealed: Vec<&str> = r.sealed_to.iter().map(|n| n.as_str()).collect();
+        table.row(vec![
+            r.key.name.to_string(),
+            r.at.physical_ms.to_string(),
+            format!("{} B", r.size),
+            r.keys.join(","),
+            r.by.clone(),
+            if r.key.kind == starling_protocol::objects::ObjectKind::Config {
+                "(clear)".into()
+            } else {
+                format!("{} node(s)", sealed.len())
+            },
+            if used.is_empty() {
+                "-".into()
+            } else {
+                used.join(",")
+            },
+        ]);
+        items.push(json!({
+            "kind": r.key.kind.as_str(), "name": r.key.name.as_str(), "version": r.at.physical_ms,
+            "written_at_ms": r.at.physical_ms, "taken_by": r.at.node.as_str(), "by": r.by, "size": r.size, "keys": r.keys,
+            "sealed_to": sealed, "used_by": used,
+        }));
+    }
+    Listing {
+        table,
+        json: Value::Array(items),
     }
 }

@@ -594,13 +594,20 @@ impl NodeCore {
         let pins = self
             .desired
             .get(&replica.workload)
-            .filter(|rev| self.replicas.get(replica).is_some_and(|r| r.revision == rev.number))
+            .filter(|rev| {
+                self.replicas
+                    .get(replica)
+                    .is_some_and(|r| r.revision == rev.number)
+            })
             .map(|rev| rev.inputs.clone())
             .unwrap_or_default();
         let Some(r) = self.replicas.get_mut(replica) else {
             return;
         };
-        if let Some(missing) = self.desired.missing_input(&r.spec, &pins, &self.config.node) {
+        if let Some(missing) = self
+            .desired
+            .missing_input(&r.spec, &pins, &self.config.node)
+        {
             // No start and no crash loop: the replica waits as a claim, and the next change of
             // the desired state (the object arriving) tries again.
             r.reason = Some(missing);
@@ -682,7 +689,13 @@ mod tests;
 
 /// A reason [`NodeCore::start`] left on a replica that waits for a secret or config.
 fn is_input_reason(reason: &str) -> bool {
-    ["SecretNotFound", "ConfigNotFound", "SecretNotSealed", "SecretKeyNotFound", "waiting for "]
-        .iter()
-        .any(|p| reason.starts_with(p))
+    [
+        "SecretNotFound",
+        "ConfigNotFound",
+        "SecretNotSealed",
+        "SecretKeyNotFound",
+        "waiting for ",
+    ]
+    .iter()
+    .any(|p| reason.starts_with(p))
 }

@@ -244,6 +244,21 @@ fn route(request: ApiRequest, caller: &Caller) -> Route {
         })),
         ApiRequest::LeaseRelease { name } => answer(move |a| a.release(&name)),
         ApiRequest::Voters { set, force } => answer(move |a| a.voters_api(set, force)),
+        // A node's certificate writes no secret or config: that is an operator's decision.
+        ApiRequest::ObjectSet {
+            key,
+            version,
+            seals,
+        } => operators_only(caller, &format!("write {}s", key.kind), || {
+            write(move |a| a.object_set(key, *version, seals, &by))
+        }),
+        ApiRequest::ObjectDelete { key } => {
+            operators_only(caller, &format!("delete {}s", key.kind), || {
+                write(move |a| a.object_delete(key, &by))
+            })
+        }
+        ApiRequest::ObjectList { kind } => answer(move |a| a.object_list(kind)),
+        ApiRequest::SecretRecipients { name } => answer(move |a| a.secret_recipients(name)),
     }
 }
 

@@ -28,6 +28,7 @@ impl Agent {
                     handle.abort();
                 }
                 self.starting.remove(&(replica.clone(), *instance));
+                self.forget_delivered(replica, *instance);
                 self.note(format!(
                     "{}/{} instance {instance} exited with {}",
                     replica.workload,
@@ -36,8 +37,11 @@ impl Agent {
                 ));
             }
             RuntimeEvent::StartFailed {
-                replica, reason, ..
+                replica,
+                reason,
+                instance,
             } => {
+                self.forget_delivered(replica, *instance);
                 self.note(format!(
                     "{}/{} failed to start: {reason}",
                     replica.workload, replica.index
@@ -196,7 +200,7 @@ impl Agent {
     /// Runs a runtime operation on `replica` after the previous one on it finished: a stop
     /// decided a moment after a start must not overtake it (it would find nothing to stop,
     /// and the start would then leave a process nobody tracks).
-    fn in_order(
+    pub(super) fn in_order(
         &mut self,
         replica: ReplicaId,
         operation: impl Future<Output = ()> + Send + 'static,
@@ -254,6 +258,25 @@ impl Effects for Shell<'_> {
         };
         env.extend(agent.report_env());
         env.extend(agent.service_env(&spec));
+        let inputs = match agent.inputs_for(&spec) {
+            Ok(inputs) => inputs,
+            Err(reason) => {
+                // Reported like a runtime's refusal: the core backs off and tries again.
+                let events = agent.probe_tx.clone();
+                tokio::spawn(async move {
+                    events
+                        .send(RuntimeEvent::StartFailed {
+                            replica,
+                            instance,
+                            reason,
+                        })
+                        .await
+                });
+                return;
+            }
+        };
+        agent.delivered_to(replica.clone(), instance, (*spec).clone(), &inputs);
+        env.extend(inputs.env);
         let request = StartRequest {
             replica,
             instance,
@@ -262,7 +285,7 @@ impl Effects for Shell<'_> {
             node: agent.node.clone(),
             env,
             dns: agent.services.container_dns.clone(),
-            files: Vec::new(),
+            files: inputs.files,
         };
         let runtime = agent.runtime.clone();
         let replica = request.replica.clone();

@@ -19,9 +19,11 @@ mod listings;
 mod load;
 mod logs;
 pub mod metrics;
+mod objects;
 mod quic_api;
 mod report;
 mod rollouts;
+mod secrets;
 mod services;
 mod settings;
 
@@ -275,6 +277,7 @@ pub async fn run(
             quic = %crate::cluster::quic_addr(agent.config.fleet.listen),
             "joined the fleet's gossip"
         );
+        fleet.publish_seal_key(&agent.seal_keys.public()).await;
         agent.fleet = Some(fleet);
         inbox = Some(fleet_loop::Inbox {
             fleet: fleet_inbox,
@@ -398,6 +401,10 @@ pub(crate) struct Agent {
     identity_clash: Option<String>,
     /// The service table handed to the DNS server and the proxy.
     services: services::Services,
+    /// This node's key pair for secrets (`secrets::keys`).
+    seal_keys: Arc<starling_protocol::objects::seal::NodeKeys>,
+    /// Versions of the secrets and configs each live instance was given, for file reloads.
+    delivered: BTreeMap<(ReplicaId, u64), secrets::Delivered>,
 }
 
 /// Most events kept for `describe`.
@@ -424,6 +431,9 @@ impl Agent {
         probe_tx: crate::runtime::EventSender,
         channels: metrics::ChannelMetrics,
     ) -> Result<Self, AgentError> {
+        let seal_keys = Arc::new(
+            crate::secrets::keys::load_or_create(store.dir()).map_err(AgentError::Identity)?,
+        );
         let desired = store.desired()?;
         let last_assignment = store.assignment()?;
         let now = now_ms();
@@ -513,6 +523,8 @@ impl Agent {
             departing: None,
             identity_clash: None,
             services: services::Services::new(),
+            seal_keys,
+            delivered: BTreeMap::new(),
         })
     }
 
@@ -596,6 +608,7 @@ impl Agent {
             }
             self.execute().await;
             self.refresh_services();
+            self.reload_files();
             if self.departure_done() {
                 engine_watch.abort();
                 return Ok(());

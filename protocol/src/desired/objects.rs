@@ -315,7 +315,9 @@ impl DesiredState {
     pub fn pins(&self, spec: &crate::spec::WorkloadSpec) -> BTreeMap<ObjectKey, Timestamp> {
         object_refs(spec)
             .filter_map(|key| {
-                let marker = self.object(&key).map(|_| self.objects[&key].register.marker.clone());
+                let marker = self
+                    .object(&key)
+                    .map(|_| self.objects[&key].register.marker.clone());
                 marker.map(|m| (key, m))
             })
             .collect()
@@ -338,11 +340,13 @@ impl DesiredState {
             let Some(slot) = self.objects.get(&key).filter(|s| s.register.val.is_some()) else {
                 return Some(format!("{kind}NotFound: {}", key.name));
             };
-            if pins.get(&key).is_some_and(|pin| slot.register.marker < *pin) {
+            if pins
+                .get(&key)
+                .is_some_and(|pin| slot.register.marker < *pin)
+            {
                 return Some(format!(
                     "waiting for {label} {}'s version {} to arrive",
-                    key.name,
-                    pins[&key].physical_ms
+                    key.name, pins[&key].physical_ms
                 ));
             }
             if key.kind == ObjectKind::Secret && !slot.seals.contains_key(me) {
@@ -399,13 +403,15 @@ impl DesiredState {
 /// The objects a spec references, as keys (names that are not labels cannot be in a valid
 /// spec, and are skipped).
 pub fn object_refs(spec: &crate::spec::WorkloadSpec) -> impl Iterator<Item = ObjectKey> + '_ {
-    let secrets = spec
-        .secrets
-        .iter()
-        .filter_map(|r| WorkloadName::new(r.name.clone()).ok().map(ObjectKey::secret));
-    let configs = spec
-        .configs
-        .iter()
-        .filter_map(|r| WorkloadName::new(r.name.clone()).ok().map(ObjectKey::config));
+    let secrets = spec.secrets.iter().filter_map(|r| {
+        WorkloadName::new(r.name.clone())
+            .ok()
+            .map(ObjectKey::secret)
+    });
+    let configs = spec.configs.iter().filter_map(|r| {
+        WorkloadName::new(r.name.clone())
+            .ok()
+            .map(ObjectKey::config)
+    });
     secrets.chain(configs)
 }

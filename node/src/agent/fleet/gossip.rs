@@ -109,6 +109,7 @@ impl Fleet {
                     usage: None,
                     load: keys::Load::default(),
                     departure: Departure::Staying,
+                    seal_key: None,
                 });
                 if entry.generation != id.generation_id || entry.heartbeat != state.heartbeat() {
                     heard.push(node.clone());
@@ -158,6 +159,9 @@ impl Fleet {
                 entry.usage =
                     value::<Usage>(&node, state, keys::USAGE).map(|u| (u.cpu.0, u.memory.0));
                 entry.load = value(&node, state, keys::LOAD).unwrap_or_default();
+                entry.seal_key = state
+                    .get(keys::SEAL_KEY)
+                    .and_then(starling_protocol::objects::seal::parse_public);
                 entry.endpoints = value::<Names>(&node, state, keys::ENDPOINTS)
                     .map(|n| n.0)
                     .unwrap_or_default();
@@ -418,6 +422,14 @@ impl Fleet {
             .await
             .self_node_state()
             .set(keys::STATUS, text);
+    }
+
+    /// Publishes this node's public key for secrets (once, at start).
+    pub async fn publish_seal_key(&self, public: &[u8; 32]) {
+        self.chitchat.lock().await.self_node_state().set(
+            keys::SEAL_KEY,
+            starling_protocol::objects::seal::hex(public),
+        );
     }
 
     /// Publishes this node's service endpoints when they changed.

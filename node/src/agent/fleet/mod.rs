@@ -169,6 +169,8 @@ pub(super) struct Peer {
     pub load: keys::Load,
     /// A planned absence it announced in this generation (gossip key `departure`, or pushed).
     pub departure: Departure,
+    /// Its X25519 public key for secrets (gossip key `sealkey`).
+    pub seal_key: Option<[u8; 32]>,
 }
 
 /// A message from a peer over QUIC, with the way back.
