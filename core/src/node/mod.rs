@@ -537,10 +537,11 @@ impl NodeCore {
             return;
         }
         let spec = match self.desired.get(&replica.workload) {
-            Some(rev) if rev.number == revision => rev.spec.clone(),
+            Some(rev) if rev.number == revision => (rev.spec.clone(), rev.inputs.clone()),
+            // An older revision's pins are gone with it: none, so the rollout moves it.
             Some(rev) => match &rev.previous {
-                Some(p) if p.number == revision => p.spec.clone(),
-                _ => rev.spec.clone(),
+                Some(p) if p.number == revision => (p.spec.clone(), Default::default()),
+                _ => (rev.spec.clone(), Default::default()),
             },
             None => {
                 self.actions.push_back(Action::Stop {
@@ -551,10 +552,10 @@ impl NodeCore {
                 return;
             }
         };
-        self.replicas.insert(
-            replica,
-            LocalReplica::adopted(revision, spec, instance, now_ms),
-        );
+        let (spec, inputs) = spec;
+        let mut local = LocalReplica::adopted(revision, spec, instance, now_ms);
+        local.inputs = inputs;
+        self.replicas.insert(replica, local);
     }
 
     fn on_exit(

@@ -179,7 +179,8 @@ impl NodeCore {
             }
         }
         let Some(local) = self.replicas.get_mut(replica) else {
-            let local = LocalReplica::claimed(revision.number, revision.spec.clone(), now_ms);
+            let mut local = LocalReplica::claimed(revision.number, revision.spec.clone(), now_ms);
+            local.inputs = revision.inputs.clone();
             self.replicas.insert(replica.clone(), local);
             if by_lease {
                 // The lease is the claim: start at once.
@@ -192,7 +193,7 @@ impl NodeCore {
             return Some(now_ms + settle_ms);
         };
         if local.revision != revision.number || local.spec != revision.spec {
-            if same_template(&local.spec, &revision.spec) {
+            if same_template(&local.spec, &revision.spec) && local.inputs == revision.inputs {
                 local.revision = revision.number;
                 local.spec = revision.spec.clone();
             } else {
@@ -250,10 +251,9 @@ impl NodeCore {
         let Some(local) = self.replicas.get_mut(replica) else {
             return Ok(());
         };
-        let back_to_old = local
-            .outgoing
-            .as_ref()
-            .is_some_and(|o| !o.stopping && same_template(&o.spec, &revision.spec));
+        let back_to_old = local.outgoing.as_ref().is_some_and(|o| {
+            !o.stopping && same_template(&o.spec, &revision.spec) && o.inputs == revision.inputs
+        });
         if back_to_old {
             // Rolled back while the old instance still runs beside the new one: keep the old
             // one, stop the new one.
@@ -264,6 +264,7 @@ impl NodeCore {
                 instance: local.instance,
                 revision: local.revision,
                 spec: std::mem::replace(&mut local.spec, revision.spec.clone()),
+                inputs: std::mem::replace(&mut local.inputs, revision.inputs.clone()),
                 healthy: false,
                 stopping: true,
             };
@@ -304,6 +305,7 @@ impl NodeCore {
             instance: local.instance,
             revision: local.revision,
             spec: std::mem::replace(&mut local.spec, revision.spec.clone()),
+            inputs: std::mem::replace(&mut local.inputs, revision.inputs.clone()),
             healthy: serving,
             stopping: false,
         };

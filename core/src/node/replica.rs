@@ -52,7 +52,16 @@ pub(crate) struct LocalReplica {
     /// Since when this replica has been moving to a new revision: a failed health gate then
     /// fails the rollout. Cleared once it settles.
     pub updating_since_ms: Option<u64>,
+    /// The secret and config versions its revision pins: a new pin is a new template (a
+    /// rotation rolls the replica), not a relabel.
+    pub inputs: Inputs,
 }
+
+/// Object versions a revision pins ([`starling_protocol::desired::Revision::inputs`]).
+pub(crate) type Inputs = std::collections::BTreeMap<
+    starling_protocol::objects::ObjectKey,
+    starling_protocol::hlc::Timestamp,
+>;
 
 /// An instance of an older revision kept running until the replica's new instance settles.
 #[derive(Debug, Clone)]
@@ -60,6 +69,7 @@ pub(crate) struct OutgoingInstance {
     pub instance: u64,
     pub revision: u64,
     pub spec: WorkloadSpec,
+    pub inputs: Inputs,
     pub healthy: bool,
     /// Its stop was asked; it is gone at its `Exited`.
     pub stopping: bool,
@@ -97,6 +107,7 @@ impl LocalReplica {
             settled: false,
             outgoing: None,
             updating_since_ms: None,
+            inputs: Inputs::new(),
         }
     }
 
