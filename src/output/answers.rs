@@ -470,6 +470,50 @@ fn describe(d: &Description) -> Listing {
     Listing { table, json }
 }
 
+/// Secrets or configs: metadata only (the answer carries no value).
+fn objects(rows: &[starling_protocol::api::ObjectRow]) -> Listing {
+    let mut table = Table::new(&[
+        "NAME",
+        "VERSION",
+        "SIZE",
+        "KEYS",
+        "WRITTEN BY",
+        "SEALED TO",
+        "USED BY",
+    ]);
+    let mut items = Vec::new();
+    for r in rows {
+        let used: Vec<&str> = r.used_by.iter().map(|w| w.as_str()).collect();
+        let sealed: Vec<&str> = r.sealed_to.iter().map(|n| n.as_str()).collect();
+        table.row(vec![
+            r.key.name.to_string(),
+            r.at.physical_ms.to_string(),
+            format!("{} B", r.size),
+            r.keys.join(","),
+            r.by.clone(),
+            if r.key.kind == starling_protocol::objects::ObjectKind::Config {
+                "(clear)".into()
+            } else {
+                format!("{} node(s)", sealed.len())
+            },
+            if used.is_empty() {
+                "-".into()
+            } else {
+                used.join(",")
+            },
+        ]);
+        items.push(json!({
+            "kind": r.key.kind.as_str(), "name": r.key.name.as_str(), "version": r.at.physical_ms,
+            "written_at_ms": r.at.physical_ms, "taken_by": r.at.node.as_str(), "by": r.by, "size": r.size, "keys": r.keys,
+            "sealed_to": sealed, "used_by": used,
+        }));
+    }
+    Listing {
+        table,
+        json: Value::Array(items),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -532,46 +576,3 @@ mod tests {
     }
 }
 
-/// Secrets or configs: metadata only (the answer carries no value).
-fn objects(rows: &[starling_protocol::api::ObjectRow]) -> Listing {
-    let mut table = Table::new(&[
-        "NAME",
-        "VERSION",
-        "SIZE",
-        "KEYS",
-        "WRITTEN BY",
-        "SEALED TO",
-        "USED BY",
-    ]);
-    let mut items = Vec::new();
-    for r in rows {
-        let used: Vec<&str> = r.used_by.iter().map(|w| w.as_str()).collect();
-        let sealed: Vec<&str> = r.sealed_to.iter().map(|n| n.as_str()).collect();
-        table.row(vec![
-            r.key.name.to_string(),
-            r.at.physical_ms.to_string(),
-            format!("{} B", r.size),
-            r.keys.join(","),
-            r.by.clone(),
-            if r.key.kind == starling_protocol::objects::ObjectKind::Config {
-                "(clear)".into()
-            } else {
-                format!("{} node(s)", sealed.len())
-            },
-            if used.is_empty() {
-                "-".into()
-            } else {
-                used.join(",")
-            },
-        ]);
-        items.push(json!({
-            "kind": r.key.kind.as_str(), "name": r.key.name.as_str(), "version": r.at.physical_ms,
-            "written_at_ms": r.at.physical_ms, "taken_by": r.at.node.as_str(), "by": r.by, "size": r.size, "keys": r.keys,
-            "sealed_to": sealed, "used_by": used,
-        }));
-    }
-    Listing {
-        table,
-        json: Value::Array(items),
-    }
-}

@@ -179,7 +179,7 @@ impl Agent {
     pub(super) fn open_object(
         &self,
         key: &ObjectKey,
-    ) -> Result<Vec<(String, zeroize::Zeroizing<Vec<u8>>)>, String> {
+    ) -> Result<starling_protocol::objects::seal::Plain, String> {
         let desired = self.core.desired();
         let entry: ObjectEntry = desired
             .object_entry(key)

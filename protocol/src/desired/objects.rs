@@ -46,6 +46,9 @@ impl Key {
 }
 
 /// Any entry of the desired state, as it travels and rests.
+// Entries live in pages and are moved a few times each; boxing the workload would cost an
+// allocation per entry for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Entry {
     /// A workload's entry.
