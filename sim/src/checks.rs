@@ -463,6 +463,26 @@ fn converged(world: &World) -> Result<(), String> {
             world.nodes[i].host.id, world.nodes[first].host.id
         ));
     }
+    // Secrets merged like specs: every up node opens each one with its own key (the seals of
+    // the version that won survived the merge).
+    for &i in &up {
+        let node = &world.nodes[i];
+        let keys = crate::world::sim_node_keys(&node.host.id);
+        for (key, _, _) in node.disk.desired.objects() {
+            let opened = node
+                .disk
+                .desired
+                .object_entry(key)
+                .ok_or_else(|| format!("{key} vanished"))
+                .and_then(|entry| {
+                    starling_protocol::objects::seal::open_for(&entry, &node.host.id, &keys)
+                        .map_err(|e| e.to_string())
+                });
+            if let Err(e) = opened {
+                return Err(format!("{} cannot open {key}: {e}", node.host.id));
+            }
+        }
+    }
     let mut truth = FleetView::default();
     for (m, node) in world.nodes.iter().enumerate() {
         if node.host.power == Power::Gone {

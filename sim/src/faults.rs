@@ -285,6 +285,11 @@ pub(crate) fn apply(world: &mut World, k: usize) {
                 world.write(i, *spec);
             }
         }
+        Step::Fault(FaultKind::WriteSecret { node, name, value }) => {
+            if let Some(i) = writer(world, &node) {
+                world.write_secret(i, name, &value);
+            }
+        }
     }
 }
 

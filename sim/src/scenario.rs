@@ -261,6 +261,16 @@ pub enum FaultKind {
         node: Selector,
         spec: Box<WorkloadSpec>,
     },
+    /// `secret set NAME` at a node: `value` sealed to every node of the fleet (each simulated
+    /// node's key derives from its id), stored and pushed like any write.
+    WriteSecret {
+        /// Where.
+        node: Selector,
+        /// The secret.
+        name: starling_protocol::WorkloadName,
+        /// Its one entry's value.
+        value: String,
+    },
 }
 
 /// A scenario that cannot be used, with the field at fault.
@@ -384,6 +394,8 @@ struct FaultDoc {
     per_minute: Option<u32>,
     spec: Option<toml::Table>,
     planned: Option<bool>,
+    name: Option<String>,
+    value: Option<String>,
 }
 
 /// Largest fleet a scenario may ask for.
@@ -561,6 +573,7 @@ fn fast_model_supports(workloads: &[WorkloadSpec], faults: &[Fault]) -> Result<(
             FaultKind::Cut { .. } => "cut",
             FaultKind::Heal => "heal",
             FaultKind::Flap { .. } => "flap",
+            FaultKind::WriteSecret { .. } => "write-secret",
             FaultKind::AgentRestart { .. } => {
                 return Err(ScenarioError(format!(
                     "faults[{i}].kind: agent-restart needs agents whose replicas outlive them, \
@@ -684,9 +697,22 @@ fn fault_of(path: &str, f: FaultDoc) -> Result<Fault, ScenarioError> {
                 spec: Box::new(spec_of(&format!("{path}.spec"), table)?),
             }
         }
+        "write-secret" => {
+            let name = f.name.clone().ok_or_else(|| {
+                ScenarioError(format!("{path}.name: is required for kind write-secret"))
+            })?;
+            FaultKind::WriteSecret {
+                node: nodes()?,
+                name: starling_protocol::WorkloadName::new(name)
+                    .map_err(|e| ScenarioError(format!("{path}.name: {e}")))?,
+                value: f.value.clone().ok_or_else(|| {
+                    ScenarioError(format!("{path}.value: is required for kind write-secret"))
+                })?,
+            }
+        }
         other => {
             return Err(ScenarioError(format!(
-                "{path}.kind: unknown fault {other:?}; use crash, restart, agent-restart, disk-loss, partition, cut, heal, skew, pause, flap, rolling-reboot, churn or write"
+                "{path}.kind: unknown fault {other:?}; use crash, restart, agent-restart, disk-loss, partition, cut, heal, skew, pause, flap, rolling-reboot, churn, write or write-secret"
             )));
         }
     };

@@ -267,6 +267,67 @@ impl<'s> World<'s> {
         self.write_revision(i, revision);
     }
 
+    /// `secret set NAME` at node `i`: sealed to every node's key (as the CLI seals to the
+    /// recipients a peer names), stored, handed to the core and pushed like a spec.
+    pub fn write_secret(&mut self, i: usize, name: starling_protocol::WorkloadName, value: &str) {
+        use starling_protocol::objects::ObjectKey;
+        use starling_protocol::objects::seal::{Draw, seal_secret, seal_to};
+        if self.nodes[i].host.power != Power::Up {
+            return;
+        }
+        let key = ObjectKey::secret(name);
+        let mut bytes = || {
+            let mut out = [0u8; 32];
+            for chunk in out.chunks_mut(8) {
+                chunk.copy_from_slice(&self.rng.next_u64().to_le_bytes()[..chunk.len()]);
+            }
+            out
+        };
+        let (id_bytes, data_key, nonce_bytes) = (bytes(), bytes(), bytes());
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&id_bytes[..16]);
+        let mut nonce = [0u8; 24];
+        nonce.copy_from_slice(&nonce_bytes[..24]);
+        let draw = Draw {
+            id: u128::from_le_bytes(id),
+            data_key,
+            nonce,
+        };
+        let entries = vec![("value".to_string(), value.as_bytes().to_vec())];
+        let Ok((version, sealing)) = seal_secret(&key, entries, draw) else {
+            return;
+        };
+        let recipients: Vec<_> = self.nodes.iter().map(|n| n.host.id.clone()).collect();
+        let mut seals = std::collections::BTreeMap::new();
+        for node in recipients {
+            let public = sim_node_keys(&node).public();
+            let ephemeral = bytes();
+            if let Ok(seal) = seal_to(&sealing, &key, version.id, &node, &public, ephemeral) {
+                seals.insert(node, seal);
+            }
+        }
+        let now = self.node_now(i);
+        let node = &mut self.nodes[i];
+        let at = node.host.hlc.tick(now);
+        node.disk
+            .desired
+            .write_object(key.clone(), Some(version), seals, at, "sim");
+        node.disk.refresh_root();
+        self.counters.writes += 1;
+        let desired = self.nodes[i].disk.desired.clone();
+        self.with_core(i, |core, now| core.handle_desired(now, desired));
+        let entries: Vec<_> = self.nodes[i]
+            .disk
+            .desired
+            .object_entry(&key)
+            .into_iter()
+            .map(starling_protocol::desired::Entry::Object)
+            .collect();
+        let peers = self.live_peers(i);
+        self.nodes[i].sync.push(now, entries, 0, &peers);
+        self.drain_sync(i);
+    }
+
     /// Stores `revision` on node `i`'s disk, hands it to its core and pushes it to its live
     /// peers, as the agent does with an operator's write.
     fn write_revision(&mut self, i: usize, revision: Revision) {
@@ -550,4 +611,16 @@ impl Fleet for World<'_> {
         self.counters.rollbacks += 1;
         self.write_revision(i, back);
     }
+}
+
+/// A simulated node's secrets key pair: derived from its id, so a run replays from its seed.
+pub fn sim_node_keys(
+    node: &starling_protocol::NodeId,
+) -> starling_protocol::objects::seal::NodeKeys {
+    let a = starling_protocol::hash::hash128(node.as_str().as_bytes());
+    let b = starling_protocol::hash::hash128(format!("{node}/seal").as_bytes());
+    let mut secret = [0u8; 32];
+    secret[..16].copy_from_slice(&a.to_le_bytes());
+    secret[16..].copy_from_slice(&b.to_le_bytes());
+    starling_protocol::objects::seal::NodeKeys::from_secret(secret)
 }

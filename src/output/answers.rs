@@ -575,4 +575,3 @@ mod tests {
         assert_eq!(human_bytes(512), "512");
     }
 }
-
