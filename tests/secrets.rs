@@ -6,6 +6,8 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use support::{BIN, Fleet, spec, wait_for};
@@ -70,10 +72,59 @@ fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     found
 }
 
+/// Every frame on every interface while it runs, as someone on the wire would see them (root
+/// only: CI requires it with STARLING_REQUIRE_NETNS, elsewhere the capture is skipped).
+struct Capture {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<Vec<u8>>,
+}
+
+impl Capture {
+    fn start() -> Option<Capture> {
+        use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType};
+        use std::os::fd::AsRawFd;
+        let fd = match nix::sys::socket::socket(
+            AddressFamily::Packet,
+            SockType::Raw,
+            SockFlag::SOCK_NONBLOCK,
+            SockProtocol::EthAll,
+        ) {
+            Ok(fd) => fd,
+            Err(e) if std::env::var_os("STARLING_REQUIRE_NETNS").is_some() => {
+                panic!("a packet capture needs root (CAP_NET_RAW): {e}")
+            }
+            Err(e) => {
+                eprintln!("not capturing the wire (needs root): {e}");
+                return None;
+            }
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let mut buf = vec![0u8; 65_536];
+            while !flag.load(Ordering::Relaxed) && seen.len() < 512 << 20 {
+                match nix::sys::socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+            seen
+        });
+        Some(Capture { stop, handle })
+    }
+
+    fn finish(self) -> Vec<u8> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().expect("capture thread")
+    }
+}
+
 #[test]
 fn a_secret_set_at_one_node_reaches_replicas_elsewhere_and_nowhere_else_in_clear() {
     let fleet = Fleet::start(3);
     fleet.wait_members(3);
+    let capture = Capture::start();
     let out_dir = tempfile::tempdir().expect("output dir");
     let outs = out_dir.path().display().to_string();
 
@@ -189,8 +240,30 @@ env = "DB_PASSWORD"
         || (fleet.live_processes("reader") == 3).then_some(()),
     );
 
-    // Nothing in clear in any data dir, desired.bin included, nor in any agent log. (The scan
-    // itself finds a planted copy.)
+    // Nothing in clear on the wire: gossip is sealed, QUIC (the CLI's write, anti-entropy)
+    // is TLS, and what either carries of a secret is ciphertext.
+    if let Some(capture) = capture {
+        // The capture itself sees what crosses loopback in clear.
+        let canary = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+        let to = canary.local_addr().expect("addr");
+        canary.send_to(b"CAPTURE-CANARY-51f2", to).expect("send");
+        std::thread::sleep(Duration::from_millis(100));
+        let wire = capture.finish();
+        assert!(
+            wire.windows(19).any(|w| w == b"CAPTURE-CANARY-51f2"),
+            "the capture sees a clear packet on loopback"
+        );
+        println!("captured {} bytes of traffic", wire.len());
+        assert!(wire.len() > 10_000, "the capture saw the fleet's traffic");
+        for marker in [MARKER, ROTATED] {
+            assert!(
+                !wire.windows(marker.len()).any(|w| w == marker.as_bytes()),
+                "{marker} crossed the wire in clear"
+            );
+        }
+    }
+    // Nothing in clear in any data dir, desired.bin (the decrypted sync entries) included, nor
+    // in any agent log. (The scan itself finds a planted copy.)
     let planted = fleet.tmp.path().join("planted");
     std::fs::write(&planted, format!("x{MARKER}x")).expect("plant");
     assert_eq!(
