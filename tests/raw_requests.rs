@@ -96,10 +96,11 @@ fn bad_requests(quic: bool) -> Vec<Bad> {
     let mut unchecked = valid_spec("unchecked");
     unchecked.replicas = 20_000;
     unchecked.command = None;
-    // postcard by hand for what no client can build: version 1, [Request::Api = 0,]
+    // postcard by hand for what no client can build: the version, [Request::Api = 0,]
     // ApiRequest::Delete = 1, then a name the types refuse.
     let delete = |name: &[u8]| {
-        let mut body = if quic { vec![1, 0, 1] } else { vec![1, 1] };
+        let v = wire::PROTOCOL_VERSION as u8;
+        let mut body = if quic { vec![v, 0, 1] } else { vec![v, 1] };
         assert!(name.len() < 16_384, "two-byte length at most");
         if name.len() < 128 {
             body.push(name.len() as u8);
