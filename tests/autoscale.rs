@@ -10,9 +10,11 @@ use std::time::Duration;
 use serde_json::Value;
 use support::{BIN, Fleet, spec, wait_for};
 
-/// Each replica burns a core for 25 s from its start, then idles.
+/// Each replica burns a core for 60 s from its start, then idles: long enough that the
+/// scaler is crashed while the load lasts even on a slow machine (with 25 s, a CI run saw the
+/// first scaler scale down before its crash, leaving nothing for its successor to do).
 const BURN: &str = "name = \"burn\"\ncommand = \"sh\"\n\
-    args = [\"-c\", \"end=$(( $(date +%s) + 25 )); while [ $(date +%s) -lt $end ]; do :; done; exec sleep 3600\"]\n\
+    args = [\"-c\", \"end=$(( $(date +%s) + 60 )); while [ $(date +%s) -lt $end ]; do :; done; exec sleep 3600\"]\n\
     replicas = 1\n\
     [resources]\ncpu = \"100m\"\nmemory = \"8Mi\"\n\
     [scaling]\nmin = 1\nmax = 3\nmetric = \"cpu\"\ntarget = 50\n";
