@@ -86,7 +86,7 @@ fn burning_replicas_scale_up_to_the_bound_then_down_after_the_cool_down_by_one_s
     assert!(by.ends_with("(autoscaler)"), "{d}");
     assert!(
         !by.starts_with(&scaler),
-        "a new scaler wrote the scale-down: {by}"
+        "a new scaler wrote the scale-down: {by}\n{d:#}"
     );
     let decisions = d["autoscaler"]["decisions"]
         .as_array()
