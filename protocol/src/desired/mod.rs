@@ -448,15 +448,7 @@ impl DesiredState {
             );
             return true;
         };
-        let wins = match register.marker.cmp(&slot.register.marker) {
-            std::cmp::Ordering::Greater => true,
-            std::cmp::Ordering::Less => false,
-            // Same marker: same write unless a peer is broken; pick deterministically.
-            std::cmp::Ordering::Equal => {
-                register != slot.register
-                    && register_hash(&name, &register) > register_hash(&name, &slot.register)
-            }
-        };
+        let wins = lww_wins(&register, &slot.register, |r| register_hash(&name, r));
         let writes = keep_newest(
             slot.writes
                 .iter()
@@ -570,6 +562,21 @@ impl DesiredState {
             register: s.register.clone(),
             writes: s.writes.clone(),
         })
+    }
+}
+
+/// Whether `new` replaces `old` in a last-writer-wins register: the later marker; on equal
+/// markers (the same write unless a peer is broken) the larger hash, so every node picks the
+/// same. Workload and object registers share this rule.
+pub(crate) fn lww_wins<T: PartialEq>(
+    new: &LWWReg<T, Timestamp>,
+    old: &LWWReg<T, Timestamp>,
+    hash: impl Fn(&LWWReg<T, Timestamp>) -> u128,
+) -> bool {
+    match new.marker.cmp(&old.marker) {
+        std::cmp::Ordering::Greater => true,
+        std::cmp::Ordering::Less => false,
+        std::cmp::Ordering::Equal => new != old && hash(new) > hash(old),
     }
 }
 

@@ -199,15 +199,7 @@ impl DesiredState {
             );
             return true;
         };
-        let wins = match register.marker.cmp(&slot.register.marker) {
-            std::cmp::Ordering::Greater => true,
-            std::cmp::Ordering::Less => false,
-            std::cmp::Ordering::Equal => {
-                register != slot.register
-                    && object_register_hash(&key, &register)
-                        > object_register_hash(&key, &slot.register)
-            }
-        };
+        let wins = super::lww_wins(&register, &slot.register, |r| object_register_hash(&key, r));
         let register = if wins {
             register
         } else {
