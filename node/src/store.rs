@@ -29,7 +29,7 @@ const MAGIC: [u8; 4] = *b"STRL";
 const FORMAT_VERSION: u16 = 1;
 /// Format of `desired.bin`: 4 since `uses` (3: rollouts; 2: revision ids and write records;
 /// 1 to 3 are still read).
-const DESIRED_VERSION: u16 = 5;
+const DESIRED_VERSION: u16 = 6;
 /// Largest state file read back (64 MiB): far above any real desired state.
 const FILE_BYTES_MAX: u64 = 64 << 20;
 /// Mode of every file written: the owner reads and writes, nobody else anything.
@@ -154,11 +154,14 @@ impl Store {
     }
 
     /// The desired state (empty when never written). A state stored by an earlier build
-    /// (format 1, before revision ids; format 2, before rollouts; format 3, before `uses`; format 4, before secrets and configs) is
+    /// (format 1, before revision ids; format 2, before rollouts; format 3, before `uses`; format 4, before secrets and configs; format 5, before the tombstone horizon) is
     /// converted as it is read.
     pub fn desired(&self) -> Result<DesiredState, StoreError> {
         let path = self.dir.join("desired.bin");
-        match self.read_body("desired.bin", &[FORMAT_VERSION, 2, 3, 4, DESIRED_VERSION])? {
+        match self.read_body(
+            "desired.bin",
+            &[FORMAT_VERSION, 2, 3, 4, 5, DESIRED_VERSION],
+        )? {
             None => Ok(DesiredState::default()),
             Some((1, body)) => starling_protocol::desired::legacy::decode_v1(&body)
                 .map_err(|why| StoreError::Corrupt { path, why }),
@@ -167,6 +170,8 @@ impl Store {
             Some((3, body)) => starling_protocol::desired::legacy::decode_v3(&body)
                 .map_err(|why| StoreError::Corrupt { path, why }),
             Some((4, body)) => starling_protocol::desired::legacy::decode_v4(&body)
+                .map_err(|why| StoreError::Corrupt { path, why }),
+            Some((5, body)) => starling_protocol::desired::legacy::decode_v5(&body)
                 .map_err(|why| StoreError::Corrupt { path, why }),
             Some((_, body)) => postcard::from_bytes(&body).map_err(|e| StoreError::Corrupt {
                 path,

@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use crate::api::{
     Description, EndpointRow, LeaseRow, NodeRow, ReplicaRow, RolloutReport, Voter, WorkloadRow,
 };
-use crate::desired::{Entry, Key, SummaryItem};
+use crate::desired::tombstones::Summary;
+use crate::desired::{Entry, Key};
 use crate::hlc::Timestamp;
 use crate::lease::{Lease, LeaseMessage, LeaseName};
 use crate::names::{NodeId, WorkloadName};
@@ -26,7 +27,7 @@ use crate::objects::{ObjectEntry, ObjectKey, ObjectKind as ObjectsKind, ObjectVe
 use crate::spec::{FieldError, WorkloadSpec};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Largest encoded message accepted (4 MiB): one QUIC stream's worth of desired state.
 pub const MESSAGE_BYTES_MAX: usize = 4 << 20;
 
@@ -457,8 +458,9 @@ pub enum PeerMessage {
     DigestLeaves(Vec<u128>),
     /// Anti-entropy: summarize these buckets.
     SummaryRequest(Vec<u16>),
-    /// Anti-entropy: names, markers and hashes in the asked buckets.
-    Summary(Vec<SummaryItem>),
+    /// Anti-entropy: the buckets that differ, names, markers and hashes in them, and the
+    /// answering node's tombstone horizon.
+    Summary(Summary),
     /// Anti-entropy: send me these entries.
     Pull(Vec<Key>),
     /// Entries, as an answer to `Pull` or pushed after a write.
@@ -690,6 +692,14 @@ impl Check for PeerMessage {
                     .any(|b| usize::from(*b) >= crate::desired::DIGEST_BUCKETS) =>
             {
                 Err("summary request names a bucket out of range".into())
+            }
+            PeerMessage::Summary(summary)
+                if summary
+                    .buckets
+                    .iter()
+                    .any(|b| usize::from(*b) >= crate::desired::DIGEST_BUCKETS) =>
+            {
+                Err("summary names a bucket out of range".into())
             }
             PeerMessage::Entries(entries) => entries
                 .iter()

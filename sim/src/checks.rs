@@ -129,6 +129,11 @@ impl Checker {
         if self.log.len() == KEPT_EVENTS_MAX {
             self.log.pop_front();
         }
+        // `STARLING_SIM_EVENTS=1 starling sim ...` prints every event as it is noted: the way
+        // to follow a run that holds its invariants but not what its author expected.
+        if std::env::var_os("STARLING_SIM_EVENTS").is_some() {
+            eprintln!("{now_ms} {text}");
+        }
         self.log.push_back((now_ms, text));
     }
 
@@ -396,6 +401,7 @@ pub(crate) fn sample(world: &mut World) {
         })
         .unwrap_or(0);
     let running = copies.values().sum();
+    world.sample_state_size();
     let every_ms = world.scenario.gossip.interval_ms;
     record_sample(world, (running, surplus), desired, every_ms, converged);
 }
@@ -521,6 +527,9 @@ fn converged(world: &World) -> Result<(), String> {
             }
         }
     }
+    if let Some(detail) = crate::deletes::returned(world) {
+        return Err(detail);
+    }
     let assignment = plan(&truth, &world.nodes[first].disk.desired);
     let copies = copies(world);
     let desired = &world.nodes[first].disk.desired;
@@ -549,12 +558,21 @@ fn converged(world: &World) -> Result<(), String> {
 /// Checks at the end of the run: (1) no acknowledged write is lost.
 pub(crate) fn final_checks(world: &mut World) {
     let nodes = &world.nodes;
+    // A write is kept while a register at least as new holds it, or once a horizon past it
+    // collected its tombstone (or the tombstone of a later delete).
     world.checker.check_acknowledged_writes(|name, at| {
         nodes.iter().any(|n| {
-            n.disk
-                .desired
-                .register(name)
-                .is_some_and(|r| r.marker >= *at)
+            let desired = &n.disk.desired;
+            match desired.register(name) {
+                Some(r) => r.marker >= *at,
+                None => desired.horizon().is_some_and(|h| h > at.physical_ms),
+            }
         })
     });
+    if let Some(detail) = crate::deletes::returned(world) {
+        world.checker.fail("deleted-workload-returned", detail);
+    }
+    if let Some(detail) = crate::deletes::kept_past_grace(world) {
+        world.checker.fail("tombstones-kept-past-grace", detail);
+    }
 }

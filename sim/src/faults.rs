@@ -34,6 +34,7 @@ pub(crate) fn writer(world: &mut impl Fleet, selector: &Selector) -> Option<usiz
 /// Expands the scenario's faults into timed steps.
 pub(crate) fn expand(world: &mut impl Fleet) -> Vec<(u64, Step)> {
     let mut steps = Vec::new();
+    let mut churned = 0u32;
     for fault in world.scenario().faults.clone() {
         let at = fault.at_ms;
         match &fault.kind {
@@ -60,6 +61,29 @@ pub(crate) fn expand(world: &mut impl Fleet) -> Vec<(u64, Step)> {
                 while t < at + duration_ms {
                     steps.push((t, Step::Leave));
                     steps.push((t + every / 2, Step::Join));
+                    t += every;
+                }
+            }
+            FaultKind::SpecChurn {
+                node,
+                per_minute,
+                duration_ms,
+                lifetime_ms,
+            } => {
+                let every = 60_000 / u64::from((*per_minute).max(1));
+                let mut t = at;
+                while t < at + duration_ms {
+                    churned += 1;
+                    if let Some((name, spec)) = crate::deletes::churn_spec(churned) {
+                        let node = node.clone();
+                        let write = FaultKind::Write {
+                            node: node.clone(),
+                            spec: Box::new(spec),
+                        };
+                        steps.push((t, Step::Fault(write)));
+                        let delete = FaultKind::Delete { node, name };
+                        steps.push((t + lifetime_ms, Step::Fault(delete)));
+                    }
                     t += every;
                 }
             }
@@ -285,6 +309,12 @@ pub(crate) fn apply(world: &mut World, k: usize) {
                 world.write(i, *spec);
             }
         }
+        Step::Fault(FaultKind::Delete { node, name }) => {
+            if let Some(i) = writer(world, &node) {
+                world.delete(i, name);
+            }
+        }
+        Step::Fault(FaultKind::SpecChurn { .. }) => {}
         Step::Fault(FaultKind::WriteSecret { node, name, value }) => {
             if let Some(i) = writer(world, &node) {
                 world.write_secret(i, name, &value);

@@ -27,6 +27,7 @@
 
 mod agent;
 mod checks;
+mod deletes;
 pub mod epidemic;
 mod fast;
 mod faults;

@@ -87,6 +87,10 @@ impl World<'_> {
             })
             .collect();
         let node = &mut self.nodes[i];
+        // As the agent: alone only when the node's view holds no other node.
+        let me = node.host.id.clone();
+        let alone = node.view.nodes.keys().all(|id| *id == me);
+        node.sync.set_alone(alone);
         node.sync.handle_tick(now, &node.disk.desired, &roots);
         self.drain_sync(i);
         let next = self.now + self.scenario.gossip.interval_ms;
@@ -322,6 +326,8 @@ impl World<'_> {
         sync::SyncConfig {
             page_bytes: self.scenario.gossip.page_bytes,
             request_timeout_ms: self.scenario.gossip.sync_timeout_ms,
+            tombstone_grace_ms: self.scenario.gossip.tombstone_grace_ms,
+            collect_every_ms: self.scenario.gossip.collect_every_ms,
             ..sync::SyncConfig::default()
         }
     }
@@ -361,12 +367,46 @@ impl World<'_> {
                         self.merge_into(i, j, entries);
                     }
                 }
+                SyncOutput::Shed {
+                    from,
+                    forget,
+                    horizon,
+                } => self.shed(i, from, &forget, horizon),
                 SyncOutput::PullDone { .. }
                 | SyncOutput::PullFailed { .. }
                 | SyncOutput::PushAcked { .. }
                 | SyncOutput::PushShort { .. } => {}
             }
         }
+    }
+
+    /// Node `i` forgets entries a peer showed deleted and collected, and collects tombstones
+    /// below a new horizon: stored, then handed to the core, as the agent does.
+    fn shed(
+        &mut self,
+        i: usize,
+        from: Option<NodeId>,
+        forget: &[starling_protocol::desired::Key],
+        horizon: Option<u64>,
+    ) {
+        let shed = sync::shed(&self.nodes[i].disk.desired, forget, horizon);
+        let Some(next) = shed.next else {
+            return;
+        };
+        if shed.forgotten > 0 {
+            let me = self.nodes[i].host.id.clone();
+            let peer = from.map_or_else(|| "itself".to_string(), |f| f.to_string());
+            self.note(format!(
+                "{me} forgot {} entries deleted and collected at {peer}",
+                shed.forgotten
+            ));
+        }
+        self.counters.tombstones_collected += shed.collected as u64;
+        self.counters.entries_forgotten += shed.forgotten as u64;
+        self.nodes[i].disk.desired = next;
+        self.nodes[i].disk.refresh_root();
+        let desired = self.nodes[i].disk.desired.clone();
+        self.with_core(i, |core, now| core.handle_desired(now, desired));
     }
 
     /// Entries from node `from` reach node `to`: the agent's one checked merge, stored (the

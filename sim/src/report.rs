@@ -57,6 +57,13 @@ pub fn summary(report: &RunReport, scenario_path: &str) -> String {
             let _ = writeln!(out, "writes     {} acknowledged", c.writes);
         }
     }
+    if c.tombstones_collected > 0 || c.entries_forgotten > 0 {
+        let _ = writeln!(
+            out,
+            "tombstones {} collected, {} entries forgotten on a peer's summary; largest desired state {} entries",
+            c.tombstones_collected, c.entries_forgotten, c.desired_entries_max
+        );
+    }
     if c.scales > 0 {
         let _ = writeln!(
             out,

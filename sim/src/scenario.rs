@@ -128,6 +128,11 @@ pub struct Gossip {
     /// `request_timeout_ms`). The agent waits 15 s because QUIC retransmits what the link
     /// loses; here a lost message is gone, so the default is 5 s.
     pub sync_timeout_ms: u64,
+    /// How long a tombstone is kept (the sync machine's `tombstone_grace_ms`; the agent's
+    /// `--tombstone-grace`). Default 7 days, as the agent's.
+    pub tombstone_grace_ms: u64,
+    /// How often nodes look for tombstones to collect. Default 60 s.
+    pub collect_every_ms: u64,
 }
 
 /// The two levels of gossip simulation.
@@ -261,6 +266,22 @@ pub enum FaultKind {
         node: Selector,
         spec: Box<WorkloadSpec>,
     },
+    /// `starling delete NAME` at a node: a tombstone, acknowledged once stored.
+    Delete {
+        /// Where.
+        node: Selector,
+        /// The workload.
+        name: starling_protocol::WorkloadName,
+    },
+    /// Create/delete churn: `per_minute` new workloads (`churn-1`, `churn-2`, ...) written at
+    /// the `node` selector over `duration_ms`, each deleted `lifetime_ms` after its creation.
+    SpecChurn {
+        /// Where the writes go.
+        node: Selector,
+        per_minute: u32,
+        duration_ms: u64,
+        lifetime_ms: u64,
+    },
     /// `secret set NAME` at a node: `value` sealed to every node of the fleet (each simulated
     /// node's key derives from its id), stored and pushed like any write.
     WriteSecret {
@@ -357,6 +378,8 @@ struct GossipDoc {
     restart_window: Option<String>,
     page_bytes: Option<usize>,
     sync_timeout: Option<String>,
+    tombstone_grace: Option<String>,
+    collect_every: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -396,6 +419,7 @@ struct FaultDoc {
     planned: Option<bool>,
     name: Option<String>,
     value: Option<String>,
+    lifetime: Option<String>,
 }
 
 /// Largest fleet a scenario may ask for.
@@ -457,6 +481,13 @@ impl Scenario {
                 Some(n) => n.min(starling_protocol::desired::PAGE_BYTES),
             },
             sync_timeout_ms: opt_ms("gossip.sync_timeout", &doc.gossip.sync_timeout, 5_000)?.max(1),
+            tombstone_grace_ms: opt_ms(
+                "gossip.tombstone_grace",
+                &doc.gossip.tombstone_grace,
+                7 * 24 * 3_600_000,
+            )?,
+            collect_every_ms: opt_ms("gossip.collect_every", &doc.gossip.collect_every, 60_000)?
+                .max(1),
             detector: match doc.gossip.detector.as_deref() {
                 None | Some("silence") => DetectorModel::Silence,
                 Some("watchers") => DetectorModel::Watchers,
@@ -574,6 +605,8 @@ fn fast_model_supports(workloads: &[WorkloadSpec], faults: &[Fault]) -> Result<(
             FaultKind::Heal => "heal",
             FaultKind::Flap { .. } => "flap",
             FaultKind::WriteSecret { .. } => "write-secret",
+            FaultKind::Delete { .. } => "delete",
+            FaultKind::SpecChurn { .. } => "spec-churn",
             FaultKind::AgentRestart { .. } => {
                 return Err(ScenarioError(format!(
                     "faults[{i}].kind: agent-restart needs agents whose replicas outlive them, \
@@ -697,6 +730,23 @@ fn fault_of(path: &str, f: FaultDoc) -> Result<Fault, ScenarioError> {
                 spec: Box::new(spec_of(&format!("{path}.spec"), table)?),
             }
         }
+        "delete" => FaultKind::Delete {
+            node: nodes()?,
+            name: starling_protocol::WorkloadName::new(f.name.clone().ok_or_else(|| {
+                ScenarioError(format!("{path}.name: is required for kind delete"))
+            })?)
+            .map_err(|e| ScenarioError(format!("{path}.name: {e}")))?,
+        },
+        "spec-churn" => FaultKind::SpecChurn {
+            node: nodes()?,
+            per_minute: f.per_minute.ok_or_else(|| {
+                ScenarioError(format!(
+                    "{path}.per_minute: is required for kind spec-churn"
+                ))
+            })?,
+            duration_ms: ms("duration", &f.duration)?,
+            lifetime_ms: ms("lifetime", &f.lifetime)?,
+        },
         "write-secret" => {
             let name = f.name.clone().ok_or_else(|| {
                 ScenarioError(format!("{path}.name: is required for kind write-secret"))
@@ -712,7 +762,7 @@ fn fault_of(path: &str, f: FaultDoc) -> Result<Fault, ScenarioError> {
         }
         other => {
             return Err(ScenarioError(format!(
-                "{path}.kind: unknown fault {other:?}; use crash, restart, agent-restart, disk-loss, partition, cut, heal, skew, pause, flap, rolling-reboot, churn, write or write-secret"
+                "{path}.kind: unknown fault {other:?}; use crash, restart, agent-restart, disk-loss, partition, cut, heal, skew, pause, flap, rolling-reboot, churn, write, delete, spec-churn or write-secret"
             )));
         }
     };

@@ -148,6 +148,12 @@ pub struct Counters {
     /// Fast model: gossip rounds the slowest write made during the run took to reach every
     /// up node.
     pub write_rounds: Option<u64>,
+    /// Tombstones collected below a horizon, summed over nodes.
+    pub tombstones_collected: u64,
+    /// Entries nodes forgot because a peer showed them deleted and collected.
+    pub entries_forgotten: u64,
+    /// The largest desired state an up node held (entries, tombstones included).
+    pub desired_entries_max: u64,
 }
 
 pub(crate) struct World<'s> {
@@ -173,6 +179,11 @@ pub(crate) struct World<'s> {
     pub returns: crate::return_check::ReturnLog,
     /// Invariant 12: the rollout budget (`rollout_check`).
     pub rollouts: crate::rollout_check::RolloutLog,
+    /// Acknowledged deletes, for the check that none comes back (`deletes`).
+    pub deleted: Vec<(
+        starling_protocol::WorkloadName,
+        starling_protocol::hlc::Timestamp,
+    )>,
 }
 
 /// Most events a run may process: a guard against a livelock in the model or the core.
@@ -198,6 +209,7 @@ impl<'s> World<'s> {
             expanded_faults: Vec::new(),
             cores: CoreSettings::new(scenario, options),
             returns: crate::return_check::ReturnLog::new(scenario),
+            deleted: Vec::new(),
             rollouts: Default::default(),
         };
         for _ in 0..scenario.fleet.nodes {

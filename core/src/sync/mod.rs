@@ -18,6 +18,9 @@
 //! - **Bounds**: at most [`SyncConfig::in_flight_per_peer`] requests in flight per peer and
 //!   [`SyncConfig::queued_per_peer`] waiting behind them; past that a push to that peer fails
 //!   at once and anti-entropy brings the write later.
+//! - **The tombstone horizon** ([`horizon`]): it collects tombstones older than the grace
+//!   while this node is in touch with the fleet, forgets what a peer's summary shows was
+//!   deleted and collected there, and takes a peer's horizon after a complete pull from it.
 //! - **Failure reports**: a failed pull says whether to warn now (the first failure from a
 //!   peer, then once per [`SyncConfig::warn_every_ms`] while it lasts).
 //! - **The answers** a node gives to a peer's sync requests ([`answer`]) and the one checked
@@ -32,6 +35,8 @@ use starling_protocol::desired::{DesiredState, Entry, MergeReport, PAGE_BYTES, P
 use starling_protocol::hlc::Hlc;
 use starling_protocol::wire::PeerMessage;
 
+mod horizon;
+pub use horizon::{Shed, shed};
 #[cfg(test)]
 mod tests;
 
@@ -49,6 +54,11 @@ pub struct SyncConfig {
     /// Requests waiting for one peer; past this a new one fails at once (a write burst to a
     /// slow peer is left to anti-entropy instead of piling up).
     pub queued_per_peer: usize,
+    /// How long a tombstone is kept: the time every write has to reach every node (see
+    /// `starling_protocol::desired::tombstones`). Default 7 days.
+    pub tombstone_grace_ms: u64,
+    /// How often the machine looks for tombstones to collect.
+    pub collect_every_ms: u64,
 }
 
 impl Default for SyncConfig {
@@ -59,6 +69,8 @@ impl Default for SyncConfig {
             warn_every_ms: 60_000,
             in_flight_per_peer: 4,
             queued_per_peer: 64,
+            tombstone_grace_ms: 7 * 24 * 3_600_000,
+            collect_every_ms: 60_000,
         }
     }
 }
@@ -90,6 +102,18 @@ pub enum SyncOutput {
         from: NodeId,
         /// The page.
         entries: Vec<Entry>,
+    },
+    /// Drop the entries of `forget` outright (no tombstone), then raise the desired state's
+    /// tombstone horizon to `horizon` (collecting the tombstones before it); store the result
+    /// and hand it to the node core. From a peer's summary (`from`), after a complete pull
+    /// from it, or this node's own collection (`from` is `None`).
+    Shed {
+        /// The peer whose summary or pull decided it.
+        from: Option<NodeId>,
+        /// Entries the peer showed to be deleted and collected.
+        forget: Vec<starling_protocol::desired::Key>,
+        /// The new horizon.
+        horizon: Option<u64>,
     },
     /// A pull from `from` ended having brought all it asked for.
     PullDone {
@@ -153,6 +177,8 @@ struct Pull {
     /// Set once the summary came.
     plan: Option<PullPlan>,
     pages: usize,
+    /// The peer's tombstone horizon, from its summary.
+    horizon: Option<u64>,
 }
 
 /// A push in flight.
@@ -192,6 +218,13 @@ pub struct Sync {
     pushes: BTreeMap<PushId, Push>,
     failures: BTreeMap<NodeId, Failures>,
     out: VecDeque<SyncOutput>,
+    /// The last time this node was in sync with a peer (equal roots, or a complete pull), or
+    /// the fleet had no other member: how far its horizon may move.
+    in_sync_at: Option<u64>,
+    /// No other member is known: this node is the whole fleet.
+    alone: bool,
+    /// When to look for tombstones to collect next.
+    next_collect_at: u64,
 }
 
 impl Sync {
@@ -209,6 +242,9 @@ impl Sync {
             pushes: BTreeMap::new(),
             failures: BTreeMap::new(),
             out: VecDeque::new(),
+            in_sync_at: None,
+            alone: false,
+            next_collect_at: 0,
         }
     }
 
@@ -233,11 +269,15 @@ impl Sync {
     /// it is also the machine's timer).
     pub fn handle_tick(&mut self, now: u64, desired: &DesiredState, peers: &[(NodeId, u128)]) {
         self.handle_timeout(now);
+        let mine = desired.digest();
+        let root = mine.root();
+        if self.alone || peers.iter().any(|(_, theirs)| *theirs == root) {
+            self.in_sync_at = Some(now);
+        }
+        self.collect(now, desired);
         if self.pull.is_some() {
             return;
         }
-        let mine = desired.digest();
-        let root = mine.root();
         let candidates: Vec<&NodeId> = peers
             .iter()
             .filter(|(_, theirs)| *theirs != root)
@@ -253,6 +293,7 @@ impl Sync {
             from: from.clone(),
             plan: None,
             pages: 0,
+            horizon: None,
         });
         self.send(
             now,
@@ -436,8 +477,12 @@ impl Sync {
         debug_assert_eq!(pull.from, request.to, "one pull at a time, from one peer");
         let page_number = pull.pages + 1;
         let next = match (request.purpose, answer) {
-            (Purpose::Leaves, Ok(PeerMessage::Summary(items))) => {
-                let plan = pull.plan.insert(PullPlan::new(desired.wanted(&items)));
+            (Purpose::Leaves, Ok(PeerMessage::Summary(summary))) => {
+                self.on_summary(&pull.from, &summary, desired);
+                pull.horizon = summary.horizon;
+                let plan = pull
+                    .plan
+                    .insert(PullPlan::new(desired.wanted(&summary.items)));
                 Ok(plan.next_request())
             }
             (Purpose::Page, Ok(PeerMessage::Entries(entries))) => {
@@ -472,6 +517,7 @@ impl Sync {
             }
             Ok(None) => {
                 self.failures.remove(&pull.from);
+                self.on_pull_done(now, &pull.from, pull.horizon, desired);
                 self.out.push_back(SyncOutput::PullDone {
                     from: pull.from,
                     pages: pull.pages,
@@ -576,7 +622,7 @@ pub fn answer(
     match message {
         PeerMessage::DigestLeaves(leaves) => {
             let buckets = desired.digest().diff(&Digest::from_buckets(leaves));
-            Some(PeerMessage::Summary(desired.summary(&buckets)))
+            Some(PeerMessage::Summary(desired.summary_of(&buckets)))
         }
         PeerMessage::Pull(names) => {
             Some(PeerMessage::Entries(desired.export_page(names, page_bytes)))

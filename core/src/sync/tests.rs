@@ -140,7 +140,7 @@ fn one_pull_at_a_time_round_robin_over_differing_peers() {
         sync.handle_answer(
             round * 100 + 2,
             *id,
-            Ok(PeerMessage::Summary(Vec::new())),
+            Ok(PeerMessage::Summary(Default::default())),
             &mine,
         );
         let done = outputs(&mut sync);
@@ -181,7 +181,12 @@ fn an_unanswered_request_fails_at_its_timeout_and_a_late_answer_is_ignored() {
     ));
     assert!(matches!(&batch[1], SyncOutput::Send { .. }));
     // The late answer to the first request changes nothing.
-    sync.handle_answer(1_001, first, Ok(PeerMessage::Summary(Vec::new())), &mine);
+    sync.handle_answer(
+        1_001,
+        first,
+        Ok(PeerMessage::Summary(Default::default())),
+        &mine,
+    );
     assert!(outputs(&mut sync).is_empty());
     // The second failure in a row is not warned about, the one past warn_every_ms is.
     sync.handle_tick(2_000, &mine, &peers);
@@ -434,4 +439,104 @@ fn a_write_burst_to_one_peer_is_bounded_in_flight_and_queued() {
     assert_eq!(sync.in_flight(), 0);
     // Queued requests time out only from when they were sent: none is left to time out.
     assert_eq!(sync.poll_timeout(), None);
+}
+
+fn delete(desired: &mut DesiredState, name: &str, at: u64) {
+    desired.write(
+        WorkloadName::new(name).expect("valid name"),
+        None,
+        Timestamp {
+            physical_ms: at,
+            logical: 0,
+            node: id("s"),
+        },
+    );
+}
+
+fn grace(ms: u64) -> SyncConfig {
+    SyncConfig {
+        tombstone_grace_ms: ms,
+        collect_every_ms: 1_000,
+        ..SyncConfig::default()
+    }
+}
+
+#[test]
+fn tombstones_are_collected_only_while_in_sync_and_only_past_the_grace() {
+    let mut mine = state(&["web"], 10, "s", 10);
+    delete(&mut mine, "old", 100);
+    let root = mine.digest().root();
+    // Cut off from the start: never in sync, so nothing is collected however old.
+    let mut cut = Sync::new(grace(1_000));
+    cut.handle_tick(50_000, &mine, &[(id("p"), root ^ 1)]);
+    assert!(
+        !outputs(&mut cut)
+            .iter()
+            .any(|o| matches!(o, SyncOutput::Shed { .. }))
+    );
+    // In sync with a peer: the tombstone goes once it is older than the grace.
+    let mut sync = Sync::new(grace(1_000));
+    sync.handle_tick(1_050, &mine, &[(id("p"), root)]);
+    assert!(outputs(&mut sync).is_empty(), "100 + 1000 is not yet past");
+    sync.handle_tick(2_200, &mine, &[(id("p"), root)]);
+    assert_eq!(
+        outputs(&mut sync),
+        vec![SyncOutput::Shed {
+            from: None,
+            forget: Vec::new(),
+            horizon: Some(1_200)
+        }]
+    );
+    // Then cut off: the horizon stays at the last time it was in sync, minus the grace.
+    sync.handle_tick(9_000, &mine, &[(id("p"), root ^ 1)]);
+    assert_eq!(sync.own_horizon(9_000), Some(1_200));
+}
+
+#[test]
+fn a_node_alone_in_its_fleet_collects_without_peers() {
+    let mut mine = DesiredState::new();
+    delete(&mut mine, "old", 100);
+    let mut sync = Sync::new(grace(1_000));
+    sync.set_alone(true);
+    sync.handle_tick(5_000, &mine, &[]);
+    assert_eq!(
+        outputs(&mut sync),
+        vec![SyncOutput::Shed {
+            from: None,
+            forget: Vec::new(),
+            horizon: Some(4_000)
+        }]
+    );
+}
+
+#[test]
+fn a_returning_node_forgets_what_the_peer_collected_then_takes_its_horizon() {
+    let mut peer = state(&["keep"], 10, "s", 10);
+    delete(&mut peer, "doomed", 200);
+    peer.raise_horizon(500);
+    let mut mine = state(&["keep", "doomed"], 10, "s", 10);
+    let mut sync = Sync::new(grace(1_000_000));
+    let rest = run_pull(&mut sync, &mut mine, &peer, &id("s"), 900, || false);
+    assert_eq!(
+        rest,
+        vec![
+            SyncOutput::Shed {
+                from: Some(id("s")),
+                forget: vec![starling_protocol::desired::Key::Workload(
+                    WorkloadName::new("doomed").expect("valid")
+                )],
+                horizon: None,
+            },
+            SyncOutput::Shed {
+                from: Some(id("s")),
+                forget: Vec::new(),
+                horizon: Some(500),
+            },
+            SyncOutput::PullDone {
+                from: id("s"),
+                pages: 0
+            },
+        ]
+    );
+    assert_eq!(sync.in_sync_at(), Some(900));
 }

@@ -87,6 +87,11 @@ impl Agent {
                     self.metrics.pulls.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%from, merged, "pulled desired-state entries");
                 }
+                SyncOutput::Shed {
+                    from,
+                    forget,
+                    horizon,
+                } => self.shed_entries(from.as_ref(), &forget, horizon),
                 SyncOutput::PullDone { from, pages } => {
                     tracing::trace!(%from, pages, "anti-entropy pull done");
                 }
@@ -276,6 +281,36 @@ impl Agent {
         changed
     }
 
+    /// Forgets entries a peer showed deleted and collected, and collects tombstones below a
+    /// new horizon (see `starling_protocol::desired::tombstones`); stored before the core
+    /// sees it, like a merge.
+    fn shed_entries(
+        &mut self,
+        from: Option<&starling_protocol::NodeId>,
+        forget: &[starling_protocol::desired::Key],
+        horizon: Option<u64>,
+    ) {
+        let shed = starling_core::sync::shed(self.core.desired(), forget, horizon);
+        let Some(next) = shed.next else {
+            return;
+        };
+        let source = from.map_or_else(|| "this node".to_string(), |f| f.to_string());
+        if let Err(e) = self.store.write_desired(&next) {
+            tracing::error!(from = %source, "cannot store the shed desired state, keeping it: {e}");
+            return;
+        }
+        if shed.forgotten > 0 {
+            tracing::info!(
+                from = %source,
+                forgotten = shed.forgotten,
+                "dropped desired-state entries deleted elsewhere while this node was away longer than the tombstone grace"
+            );
+        }
+        tracing::debug!(from = %source, collected = shed.collected, horizon, "collected tombstones");
+        let now = now_ms();
+        self.decide(|core| core.handle_desired(now, next));
+    }
+
     /// Merges a peer's keyring and stores the result when it changed.
     fn take_keys(&mut self, keys: &[(u32, [u8; 32])], primary: u32) {
         let changed = self
@@ -437,6 +472,11 @@ impl Agent {
         let root = self.core.desired().digest().root();
         fleet.publish_digest(root).await;
         let peers = fleet.live_roots(now);
+        // Alone only when neither gossip nor the last stored view knows another node: a node
+        // back from a long absence has heard nobody yet, and must not claim to be complete.
+        let me = &self.node;
+        let alone = fleet.peers.is_empty() && self.core.view().nodes.keys().all(|node| node == me);
+        fleet.sync.set_alone(alone);
         fleet.sync.handle_tick(now, self.core.desired(), &peers);
         let records = std::mem::take(&mut fleet.heard_leases);
         let voters = std::mem::take(&mut fleet.heard_voters);

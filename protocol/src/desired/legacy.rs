@@ -8,7 +8,8 @@
 //! and revisions no rollout control. Converted specs get the defaults `validate` would give
 //! them (stop-first where two instances cannot share a node), revisions an empty control.
 //!
-//! Format 3: see [`v3`]. Format 4: see [`v4`].
+//! Format 3: see [`v3`]. Format 4: see [`v4`]. Format 5 was today's entries without the
+//! tombstone horizon ([`decode_v5`]): such a state has none yet.
 //!
 //! Formats 1 to 4 referenced configs by a file path and secrets by a variable and/or a file
 //! (both accepted and ignored then); they convert to references of the same names, with the
@@ -18,6 +19,12 @@ mod v3;
 mod v4;
 pub use v3::decode_v3;
 pub use v4::decode_v4;
+
+/// Decodes a desired state stored in format 5 (postcard of its entries, no horizon).
+pub fn decode_v5(bytes: &[u8]) -> Result<DesiredState, String> {
+    let entries: Vec<super::Entry> = postcard::from_bytes(bytes).map_err(|e| e.to_string())?;
+    DesiredState::from_entries(entries)
+}
 
 use std::collections::BTreeMap;
 

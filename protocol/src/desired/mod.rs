@@ -18,7 +18,7 @@ pub mod digest;
 pub mod legacy;
 pub mod objects;
 pub mod sync;
-mod tombstones;
+pub mod tombstones;
 pub mod writes;
 
 use std::collections::BTreeMap;
@@ -166,6 +166,8 @@ pub struct DesiredState {
     objects: BTreeMap<ObjectKey, ObjectSlot>,
     /// XOR of the hashes of the entries whose names fall in each bucket.
     buckets: Vec<u128>,
+    /// The tombstone horizon (wall ms), once this state has one: see [`tombstones`].
+    horizon: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -336,6 +338,7 @@ impl DesiredState {
             slots: BTreeMap::new(),
             objects: BTreeMap::new(),
             buckets: vec![0; DIGEST_BUCKETS],
+            horizon: None,
         }
     }
 
@@ -596,16 +599,20 @@ fn register_hash(name: &WorkloadName, register: &Register) -> u128 {
     hash128(&bytes)
 }
 
+/// Stored as its horizon, then every entry (desired.bin format 6; format 5 was the entries
+/// alone, see [`legacy::decode_v5`]).
 impl Serialize for DesiredState {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.all_entries())
+        (self.horizon, self.all_entries()).serialize(serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for DesiredState {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let entries = Vec::<Entry>::deserialize(deserializer)?;
-        DesiredState::from_entries(entries).map_err(serde::de::Error::custom)
+        let (horizon, entries) = <(Option<u64>, Vec<Entry>)>::deserialize(deserializer)?;
+        let mut state = DesiredState::from_entries(entries).map_err(serde::de::Error::custom)?;
+        state.horizon = horizon;
+        Ok(state)
     }
 }
 

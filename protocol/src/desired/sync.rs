@@ -162,6 +162,17 @@ impl DesiredState {
                 report.refused.push((entry.key(), e.to_string()));
                 continue;
             }
+            if self.below_horizon(&entry.key(), entry.marker()) {
+                report.refused.push((
+                    entry.key(),
+                    format!(
+                        "written at {} ms, before this node's tombstone horizon ({} ms): it was deleted and collected here, or it did not reach this node within the tombstone grace",
+                        entry.marker().physical_ms,
+                        self.horizon().unwrap_or(0)
+                    ),
+                ));
+                continue;
+            }
             if self.merge_any(entry) {
                 report.changed += 1;
             }

@@ -167,8 +167,8 @@ fn tombstones_are_collected_only_after_the_grace_period() {
         ts(1_000, 0, "n1"),
     );
     let before = s.digest().root();
-    assert_eq!(s.collect_tombstones(1_999, 1_000), 0);
-    assert_eq!(s.collect_tombstones(2_000, 1_000), 1);
+    assert_eq!(s.collect_tombstones(2_000, 1_000), 0);
+    assert_eq!(s.collect_tombstones(2_001, 1_000), 1);
     assert_eq!(s.len(), 1);
     assert!(
         s.get(&name("db")).is_some(),

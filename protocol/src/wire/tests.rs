@@ -140,7 +140,11 @@ fn samples() -> Vec<Vec<u8>> {
             seq: 1,
         },
         PeerMessage::Entries(vec![Entry::Workload(entry())]),
-        PeerMessage::Summary(vec![]),
+        PeerMessage::Summary(crate::desired::tombstones::Summary {
+            buckets: vec![3],
+            items: vec![],
+            horizon: Some(5),
+        }),
         PeerMessage::DigestLeaves(vec![0; crate::desired::DIGEST_BUCKETS]),
     ];
     let api = [
@@ -189,7 +193,10 @@ fn another_version_is_refused_by_name() {
     bytes[0] = 1;
     assert_eq!(
         decode::<PeerMessage>(&bytes),
-        Err(WireError::Version { theirs: 1, ours: 2 })
+        Err(WireError::Version {
+            theirs: 1,
+            ours: PROTOCOL_VERSION
+        })
     );
 }
 

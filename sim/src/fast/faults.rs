@@ -60,7 +60,9 @@ pub(super) fn apply(world: &mut FastWorld, k: usize) {
             }
         }
         // Refused for this model when the scenario is read (`fast_model_supports`).
-        Step::Fault(FaultKind::WriteSecret { .. }) => {}
+        Step::Fault(
+            FaultKind::WriteSecret { .. } | FaultKind::Delete { .. } | FaultKind::SpecChurn { .. },
+        ) => {}
         Step::Join => {
             // A new device joins through a random up member and starts from what it knows.
             let up: Vec<usize> = (0..world.nodes.len())

@@ -63,6 +63,11 @@ pub struct FleetSettings {
     pub exchanges: ExchangeTimeouts,
     /// How often gossip is read, and how long what it told counts.
     pub gossip_timing: GossipTimings,
+    /// How long a deleted workload's or object's tombstone is kept (default 7 days): the time
+    /// every write has to reach every node. A node away or cut off for longer drops the
+    /// deletes it missed instead of merging them back (see
+    /// `starling_protocol::desired::tombstones`).
+    pub tombstone_grace: Duration,
 }
 
 /// How long an exchange with a peer over QUIC may take, connection included; past it the
@@ -143,6 +148,7 @@ impl Default for FleetSettings {
             quic: QuicSettings::default(),
             exchanges: ExchangeTimeouts::default(),
             gossip_timing: GossipTimings::default(),
+            tombstone_grace: Duration::from_secs(7 * 24 * 3_600),
         }
     }
 }
@@ -417,7 +423,10 @@ impl Fleet {
             peers: BTreeMap::new(),
             me_view,
             me_view_dirty: false,
-            sync: Sync::new(SyncConfig::default()),
+            sync: Sync::new(SyncConfig {
+                tombstone_grace_ms: settings.tombstone_grace.as_millis() as u64,
+                ..SyncConfig::default()
+            }),
             push_replies: BTreeMap::new(),
             published_digest: None,
             published_endpoints: Vec::new(),
