@@ -150,11 +150,11 @@ struct FleetArgs {
     /// acting, in ms. A node that hears nobody then restarts what it ran before.
     #[arg(long, default_value_t = 5_000)]
     rejoin_wait_ms: u64,
-    /// How long a delete's tombstone is kept, in hours: the time every write has to reach
-    /// every node. Keep it longer than the longest outage or partition a node may come back
-    /// from (a write that cannot reach the fleet within it is dropped when they meet).
-    #[arg(long, default_value_t = 168)]
-    tombstone_grace_h: u64,
+    /// How long a delete's tombstone is kept (e.g. 168h, 30m): the time every write has to
+    /// reach every node. Keep it longer than the longest outage or partition a node may come
+    /// back from (a write that cannot reach the fleet within it is dropped when they meet).
+    #[arg(long, default_value = "168h")]
+    tombstone_grace: String,
 }
 
 /// Runs the agent of `data_dir` until SIGINT or SIGTERM.
@@ -235,7 +235,11 @@ pub fn main(data_dir: &Path, args: AgentArgs) -> anyhow::Result<ExitCode> {
     config.fleet.listen = fleet.listen;
     config.fleet.advertise = advertise;
     config.fleet.seeds = fleet.seeds.clone();
-    config.fleet.tombstone_grace = Duration::from_secs(fleet.tombstone_grace_h.max(1) * 3_600);
+    config.fleet.tombstone_grace = Duration::from_millis(
+        starling_protocol::quantity::parse_duration_ms(&fleet.tombstone_grace)
+            .map_err(|e| anyhow::anyhow!("--tombstone-grace: {e}"))?
+            .max(1_000),
+    );
     config.fleet.gossip_interval = Duration::from_millis(fleet.gossip_interval_ms.max(10));
     config.fleet.gossip_ms_per_member = fleet.gossip_ms_per_member;
     config.fleet.gossip_interval_max = Duration::from_millis(

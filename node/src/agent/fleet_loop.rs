@@ -306,7 +306,14 @@ impl Agent {
                 "dropped desired-state entries deleted elsewhere while this node was away longer than the tombstone grace"
             );
         }
-        tracing::debug!(from = %source, collected = shed.collected, horizon, "collected tombstones");
+        if shed.collected > 0 {
+            tracing::info!(
+                from = %source,
+                collected = shed.collected,
+                horizon,
+                "collected tombstones older than the tombstone grace"
+            );
+        }
         let now = now_ms();
         self.decide(|core| core.handle_desired(now, next));
     }

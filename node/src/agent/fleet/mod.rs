@@ -425,6 +425,10 @@ impl Fleet {
             me_view_dirty: false,
             sync: Sync::new(SyncConfig {
                 tombstone_grace_ms: settings.tombstone_grace.as_millis() as u64,
+                // Tombstones wait at most a quarter of the grace past it (and never a scan
+                // more than once a second).
+                collect_every_ms: (settings.tombstone_grace.as_millis() as u64 / 4)
+                    .clamp(1_000, 60_000),
                 ..SyncConfig::default()
             }),
             push_replies: BTreeMap::new(),
