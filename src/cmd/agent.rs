@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use starling_core::membership::profile::NetworkProfile;
 use starling_node::agent::{AgentConfig, OnStop, run};
 use starling_protocol::NodeId;
 use starling_protocol::spec::RuntimeKind;
@@ -87,29 +88,37 @@ struct FleetArgs {
     /// A peer's base address to gossip with at start (repeatable).
     #[arg(long = "seed")]
     seeds: Vec<String>,
-    /// Shortest time between gossip rounds, in ms (state only; liveness comes from probes).
-    #[arg(long, default_value_t = 1_000)]
-    gossip_interval_ms: u64,
+    /// Timings of gossip and failure detection for the kind of link: lan (one switch; down
+    /// after 400 ms), wan (lossy, jittery links between sites; down after 4 s) or metered
+    /// (data plans; fewest bytes, down after 6 s). The flags below override single values.
+    #[arg(long, default_value = "lan")]
+    network_profile: String,
+    /// Shortest time between gossip rounds, in ms (state only; liveness comes from probes)
+    /// [default: the profile's; lan 1000].
+    #[arg(long)]
+    gossip_interval_ms: Option<u64>,
     /// Gossip round interval per member, in ms: rounds slow down as the fleet grows so that
-    /// gossip costs about the same per node at any size.
-    #[arg(long, default_value_t = 50)]
-    gossip_ms_per_member: u64,
-    /// Longest time between gossip rounds, in ms.
-    #[arg(long, default_value_t = 30_000)]
-    gossip_interval_max_ms: u64,
-    /// Milliseconds between probes of each watched node.
-    #[arg(long, default_value_t = 200)]
-    probe_interval_ms: u64,
-    /// Milliseconds to wait for a direct ack before asking two helpers to probe.
-    #[arg(long, default_value_t = 100)]
-    probe_timeout_ms: u64,
-    /// Milliseconds to wait for the helpers' acks before the probe counts as failed.
-    #[arg(long, default_value_t = 150)]
-    indirect_timeout_ms: u64,
+    /// gossip costs about the same per node at any size [default: the profile's; lan 50].
+    #[arg(long)]
+    gossip_ms_per_member: Option<u64>,
+    /// Longest time between gossip rounds, in ms [default: the profile's; lan 30000].
+    #[arg(long)]
+    gossip_interval_max_ms: Option<u64>,
+    /// Milliseconds between probes of each watched node [default: the profile's; lan 200].
+    #[arg(long)]
+    probe_interval_ms: Option<u64>,
+    /// Milliseconds to wait for a direct ack before asking two helpers to probe [default:
+    /// the profile's; lan 100].
+    #[arg(long)]
+    probe_timeout_ms: Option<u64>,
+    /// Milliseconds to wait for the helpers' acks before the probe counts as failed
+    /// [default: the profile's; lan 150].
+    #[arg(long)]
+    indirect_timeout_ms: Option<u64>,
     /// Milliseconds a watched node may stay unreachable (from its first failed probe) before
-    /// it is declared down; with the defaults, two failed probe rounds in a row.
-    #[arg(long, default_value_t = 400)]
-    down_after_ms: u64,
+    /// it is declared down [default: the profile's; lan 400, two failed probe rounds].
+    #[arg(long)]
+    down_after_ms: Option<u64>,
     /// Where to serve Prometheus metrics (HTTP) [default: 127.0.0.1 at the --listen port, TCP].
     #[arg(long)]
     metrics: Option<std::net::SocketAddr>,
@@ -240,22 +249,43 @@ pub fn main(data_dir: &Path, args: AgentArgs) -> anyhow::Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!("--tombstone-grace: {e}"))?
             .max(1_000),
     );
-    config.fleet.gossip_interval = Duration::from_millis(fleet.gossip_interval_ms.max(10));
-    config.fleet.gossip_ms_per_member = fleet.gossip_ms_per_member;
+    let profile = NetworkProfile::from_name(&fleet.network_profile)
+        .map_err(|e| anyhow::anyhow!("--network-profile: {e}"))?;
+    let timings = profile.timings();
+    let gossip_interval_ms = fleet
+        .gossip_interval_ms
+        .unwrap_or(timings.gossip_interval_ms)
+        .max(10);
+    config.fleet.gossip_interval = Duration::from_millis(gossip_interval_ms);
+    config.fleet.gossip_ms_per_member = fleet
+        .gossip_ms_per_member
+        .unwrap_or(timings.gossip_ms_per_member);
     config.fleet.gossip_interval_max = Duration::from_millis(
         fleet
             .gossip_interval_max_ms
-            .max(fleet.gossip_interval_ms.max(10)),
+            .unwrap_or(timings.gossip_interval_max_ms)
+            .max(gossip_interval_ms),
     );
-    config.fleet.detector.probe_interval_ms = fleet.probe_interval_ms.max(10);
-    config.fleet.detector.probe_timeout_ms = fleet.probe_timeout_ms.max(1);
-    config.fleet.detector.indirect_timeout_ms = fleet.indirect_timeout_ms.max(1);
-    config.fleet.detector.down_after_ms = fleet.down_after_ms;
+    let detector = &mut config.fleet.detector;
+    *detector = timings.detector.clone();
+    detector.probe_interval_ms = fleet
+        .probe_interval_ms
+        .unwrap_or(detector.probe_interval_ms)
+        .max(10);
+    detector.probe_timeout_ms = fleet
+        .probe_timeout_ms
+        .unwrap_or(detector.probe_timeout_ms)
+        .max(1);
+    detector.indirect_timeout_ms = fleet
+        .indirect_timeout_ms
+        .unwrap_or(detector.indirect_timeout_ms)
+        .max(1);
+    detector.down_after_ms = fleet.down_after_ms.unwrap_or(detector.down_after_ms);
     // Nodes nobody here watches count as down after this much silence (no gossip heartbeat,
     // no verdict): the backstop for a partition side no verdict reaches. A heartbeat needs
     // about log2(N) rounds to cross the fleet, so the agent keeps it at 20 rounds as the
     // round interval grows with the fleet.
-    config.fleet.detector.stale_after_ms = (fleet.gossip_interval_ms * 20).max(10_000);
+    detector.stale_after_ms = (gossip_interval_ms * 20).max(10_000);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

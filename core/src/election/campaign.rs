@@ -134,6 +134,7 @@ impl Elector {
         let round = Round {
             proposal,
             sent_at_ms: now_ms,
+            resent_at_ms: now_ms,
             voters: voters.clone(),
             granted: BTreeSet::new(),
             refused: BTreeMap::new(),
@@ -149,6 +150,41 @@ impl Elector {
             } else {
                 self.send(voter.clone(), LeaseMessage::Request(request.clone()));
             }
+        }
+    }
+
+    /// Sends the open round's request again to the voters that have neither granted nor
+    /// refused it, once per [`super::resend_every`]. The same proposal: a voter that granted
+    /// it and lost its reply grants it again.
+    pub(super) fn resend(&mut self, now_ms: u64, name: &LeaseName) {
+        let Some(campaign) = self.campaigns.get_mut(name) else {
+            return;
+        };
+        let every = super::resend_every(campaign.want.ttl_ms);
+        let Some(round) = campaign.round.as_mut() else {
+            return;
+        };
+        if now_ms < round.resent_at_ms + every {
+            return;
+        }
+        round.resent_at_ms = now_ms;
+        let request = GrantRequest {
+            lease: round.proposal.clone(),
+            voters: round.voters.version,
+        };
+        let silent: Vec<NodeId> = round
+            .voters
+            .nodes
+            .iter()
+            .filter(|v| {
+                **v != self.config.node
+                    && !round.granted.contains(*v)
+                    && !round.refused.contains_key(*v)
+            })
+            .cloned()
+            .collect();
+        for voter in silent {
+            self.send(voter, LeaseMessage::Request(request.clone()));
         }
     }
 

@@ -128,6 +128,8 @@ struct Held {
 struct Round {
     proposal: Lease,
     sent_at_ms: u64,
+    /// When the request last went to the voters that have not answered.
+    resent_at_ms: u64,
     voters: Voters,
     granted: BTreeSet<NodeId>,
     refused: BTreeMap<NodeId, u64>,
@@ -352,6 +354,7 @@ impl Elector {
         let names: Vec<LeaseName> = self.campaigns.keys().cloned().collect();
         for name in names {
             self.expire(now_ms, &name);
+            self.resend(now_ms, &name);
             let due = self.campaigns.get(&name).is_some_and(|c| {
                 now_ms >= c.next_try_ms
                     || c.round
@@ -380,6 +383,7 @@ impl Elector {
             }
             if let Some(r) = &c.round {
                 at(r.sent_at_ms + round_timeout(c.want.ttl_ms));
+                at(r.resent_at_ms + resend_every(c.want.ttl_ms));
             }
         }
         for p in self.promises.values() {
@@ -403,9 +407,17 @@ fn renew_every(ttl_ms: u64) -> u64 {
     (ttl_ms / 3).max(1)
 }
 
-/// A round that has not reached a majority by then is retried (lost messages).
+/// A round that has not reached a majority by then is given up and a new one starts. Within
+/// it, the request goes again to the voters that did not answer ([`resend_every`]), so on a
+/// lossy link a round needs one of several tries per voter to arrive, not the first.
 fn round_timeout(ttl_ms: u64) -> u64 {
-    (ttl_ms / 4).clamp(1, 1_000)
+    (ttl_ms / 4).clamp(1, 2_500)
+}
+
+/// How often a round's request goes again to the voters that have not answered: five tries
+/// per voter in a round of a 10 s lease.
+fn resend_every(ttl_ms: u64) -> u64 {
+    (ttl_ms / 20).clamp(1, 500)
 }
 
 /// 0-31 ms derived from the node id: deterministic, different per node.

@@ -10,6 +10,7 @@
 
 mod detector;
 pub mod lives;
+pub mod profile;
 
 pub use detector::{Detector, DetectorConfig, Verdict};
 
