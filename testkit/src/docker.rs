@@ -10,8 +10,8 @@
 //!
 //! The tag carries a hash of every file and link in the image, so a change of the applets,
 //! of the host's tools or of this layout makes a new image instead of reusing a stale one
-//! (an image from the busybox days has another name altogether). Tests in parallel
-//! processes may build the same image at once: they import identical contents under one tag.
+//! (an image from the busybox days has another name altogether). Test processes that start
+//! together take turns through a lock file, so one imports and the others find the image.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -93,10 +93,20 @@ fn build() -> String {
         }
     }
     let image = format!("{REPOSITORY}:{LAYOUT}-{:016x}", hash.0);
-    if docker(&["image", "inspect", &image]).status.success() {
-        return image;
+    // Test processes run side by side (nextest runs one per test): one imports, the others
+    // wait and find the image, instead of each importing and leaving untagged copies.
+    let lock_path = std::env::temp_dir().join("starling-test-image.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .unwrap_or_else(|e| panic!("{}: {e}", lock_path.display()));
+    lock.lock()
+        .unwrap_or_else(|e| panic!("locking {}: {e}", lock_path.display()));
+    if !docker(&["image", "inspect", &image]).status.success() {
+        import(root.path(), &image);
     }
-    import(root.path(), &image);
     image
 }
 
