@@ -377,8 +377,8 @@ fn run(args: &UpArgs, dir: &Path, specs: Vec<SpecFile>) -> anyhow::Result<()> {
             );
             print!("{}", output::text(&nodes));
             println!(
-                "(IN USE: this machine's CPU and memory in use, by every process on it; the {} \
-                 agents share it, so each live row shows the same figure)",
+                "(IN USE: this machine's CPU and memory in use by all its processes; the {} \
+                 agents share it)",
                 args.nodes
             );
             println!();
