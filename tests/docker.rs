@@ -1,13 +1,13 @@
-//! Container workloads against the real Docker Engine: a test image is built locally from
-//! Debian's busybox-static (no registry), agents run as real processes, and the `docker` CLI
-//! is used only to look and to break things.
+//! Container workloads against the real Docker Engine: the test image is built locally from
+//! the host's shell and coreutils and the workspace's own applets (`starling_testkit::docker`,
+//! no registry), agents run as real processes, and the `docker` CLI is used only to look and
+//! to break things.
 //!
 //! With `STARLING_REQUIRE_DOCKER=1` (CI) a missing engine fails these tests; without it they
 //! skip with a printed reason.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Once;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -15,73 +15,6 @@ use serde_json::Value;
 use support::{BIN, free_base, signal, wait_for};
 
 mod support;
-
-const IMAGE: &str = "starling-test/busybox:2";
-
-static BUILD: Once = Once::new();
-
-/// Whether the engine answers; panics under `STARLING_REQUIRE_DOCKER=1` when it does not.
-fn docker_ready() -> bool {
-    let ok = Command::new("docker")
-        .args(["version", "--format", "{{.Server.Version}}"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var_os("STARLING_REQUIRE_DOCKER").is_none(),
-            "STARLING_REQUIRE_DOCKER is set but no Docker Engine answers"
-        );
-        eprintln!(
-            "skipping: no Docker Engine answers (set STARLING_REQUIRE_DOCKER=1 to fail instead)"
-        );
-        return false;
-    }
-    BUILD.call_once(build_image);
-    true
-}
-
-/// `docker import` of a root filesystem holding busybox and its applets.
-fn build_image() {
-    if docker(&["image", "inspect", IMAGE]).status.success() {
-        return;
-    }
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("busybox-static is installed (apt-get install busybox-static)");
-    let root = tempfile::tempdir().expect("tempdir");
-    let bin = root.path().join("bin");
-    std::fs::create_dir_all(&bin).expect("bin");
-    std::fs::copy(busybox, bin.join("busybox")).expect("copy busybox");
-    for applet in [
-        "sh", "sleep", "echo", "true", "false", "cat", "httpd", "nc", "ls", "nslookup", "wget",
-        "sed", "tail",
-    ] {
-        std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("symlink");
-    }
-    let archive = root.path().with_extension("tar");
-    let status = Command::new("tar")
-        .arg("-C")
-        .arg(root.path())
-        .args(["-cf"])
-        .arg(&archive)
-        .arg(".")
-        .status()
-        .expect("tar");
-    assert!(status.success(), "tar of the test root filesystem");
-    let out = Command::new("docker")
-        .args(["import"])
-        .arg(&archive)
-        .arg(IMAGE)
-        .output()
-        .expect("docker import");
-    let _ = std::fs::remove_file(&archive);
-    assert!(
-        out.status.success(),
-        "docker import: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn docker(args: &[&str]) -> Output {
     Command::new("docker")
@@ -234,9 +167,9 @@ fn state(r: &Option<Value>) -> String {
 
 #[test]
 fn a_container_restarts_after_docker_kill_and_is_adopted_by_a_restarted_agent() {
-    if !docker_ready() {
+    let Some(image) = starling_testkit::docker::test_image() else {
         return;
-    }
+    };
     let tmp = tempfile::tempdir().expect("tempdir");
     let node = unique("dk1");
     let name = unique("naps");
@@ -245,7 +178,7 @@ fn a_container_restarts_after_docker_kill_and_is_adopted_by_a_restarted_agent() 
         tmp.path(),
         &name,
         &format!(
-            "name = \"{name}\"\nruntime = \"docker\"\nimage = \"{IMAGE}\"\nimage_pull_policy = \"never\"\n\
+            "name = \"{name}\"\nruntime = \"docker\"\nimage = \"{image}\"\nimage_pull_policy = \"never\"\n\
              command = \"sh\"\nargs = [\"-c\", \"echo hello from the container; while true; do echo tick; sleep 1; done\"]\n\
              [resources]\nmemory = \"16Mi\"\nmemory_limit = \"32Mi\"\n\
              [restart]\nbackoff_initial = \"100ms\"\n"
@@ -335,9 +268,9 @@ fn a_container_restarts_after_docker_kill_and_is_adopted_by_a_restarted_agent() 
 
 #[test]
 fn strays_are_removed_missing_images_are_named_and_failing_checks_restart() {
-    if !docker_ready() {
+    let Some(image) = starling_testkit::docker::test_image() else {
         return;
-    }
+    };
     let tmp = tempfile::tempdir().expect("tempdir");
     let node = unique("dk2");
     // A labelled container this node's plan does not hold (left by some earlier life).
@@ -355,7 +288,7 @@ fn strays_are_removed_missing_images_are_named_and_failing_checks_restart() {
         "starling.instance=1",
         "--label",
         "starling.revision=1",
-        IMAGE,
+        image,
         "sleep",
         "600",
     ]);
@@ -399,7 +332,7 @@ fn strays_are_removed_missing_images_are_named_and_failing_checks_restart() {
         tmp.path(),
         &sick,
         &format!(
-            "name = \"{sick}\"\nruntime = \"docker\"\nimage = \"{IMAGE}\"\nimage_pull_policy = \"never\"\n\
+            "name = \"{sick}\"\nruntime = \"docker\"\nimage = \"{image}\"\nimage_pull_policy = \"never\"\n\
              command = \"sleep\"\nargs = [\"600\"]\n[health]\nexec = [\"false\"]\ninterval = \"200ms\"\n\
              timeout = \"200ms\"\nfailure_threshold = 2\n[restart]\nbackoff_initial = \"100ms\"\n"
         ),
@@ -416,9 +349,9 @@ fn strays_are_removed_missing_images_are_named_and_failing_checks_restart() {
 
 #[test]
 fn a_container_workload_fails_over_when_its_agent_dies() {
-    if !docker_ready() {
+    let Some(image) = starling_testkit::docker::test_image() else {
         return;
-    }
+    };
     let tmp = tempfile::tempdir().expect("tempdir");
     // Three nodes: after one dies, the other two are a majority and may replace its work.
     let nodes = [unique("dka"), unique("dkb"), unique("dkc")];
@@ -493,7 +426,7 @@ fn a_container_workload_fails_over_when_its_agent_dies() {
     std::fs::write(
         &spec,
         format!(
-            "name = \"{name}\"\nruntime = \"docker\"\nimage = \"{IMAGE}\"\nimage_pull_policy = \"never\"\n\
+            "name = \"{name}\"\nruntime = \"docker\"\nimage = \"{image}\"\nimage_pull_policy = \"never\"\n\
              command = \"sleep\"\nargs = [\"600\"]\n"
         ),
     )
@@ -587,13 +520,13 @@ impl Drop for Agents {
 
 #[test]
 fn images_load_from_an_archive_and_a_node_without_an_engine_takes_no_containers() {
-    if !docker_ready() {
+    let Some(image) = starling_testkit::docker::test_image() else {
         return;
-    }
+    };
     let tmp = tempfile::tempdir().expect("tempdir");
     // `docker save` on one machine, `starling image load` on another (here: after removal).
     let tag = format!("starling-test/loaded:{}", std::process::id());
-    assert!(docker(&["tag", IMAGE, &tag]).status.success());
+    assert!(docker(&["tag", image, &tag]).status.success());
     let archive = tmp.path().join("image.tar");
     let archive_text = archive.to_str().expect("utf-8");
     assert!(docker(&["save", "-o", archive_text, &tag]).status.success());
@@ -629,7 +562,7 @@ fn images_load_from_an_archive_and_a_node_without_an_engine_takes_no_containers(
         tmp.path(),
         &name,
         &format!(
-            "name = \"{name}\"\nruntime = \"docker\"\nimage = \"{IMAGE}\"\ncommand = \"sleep\"\nargs = [\"600\"]\n"
+            "name = \"{name}\"\nruntime = \"docker\"\nimage = \"{image}\"\ncommand = \"sleep\"\nargs = [\"600\"]\n"
         ),
     );
     let reason = wait_for("a Pending replica", Duration::from_secs(20), || {
@@ -670,9 +603,9 @@ http.server.HTTPServer(("127.0.0.1", int(os.environ["STARLING_PORT_HTTP"])), H).
 /// reaches its instances (processes on the host) through the proxy there.
 #[test]
 fn a_container_resolves_a_service_by_name_and_connects() {
-    if !docker_ready() {
+    let Some(image) = starling_testkit::docker::test_image() else {
         return;
-    }
+    };
     let tmp = tempfile::tempdir().expect("tempdir");
     let node = unique("dkdns");
     let agent = Agent::start_with(&tmp.path().join(&node), &node, &["--dns", "off"]);
@@ -704,7 +637,7 @@ fn a_container_resolves_a_service_by_name_and_connects() {
         tmp.path(),
         &client,
         &format!(
-            "name = \"{client}\"\nruntime = \"docker\"\nimage = \"{IMAGE}\"\n\
+            "name = \"{client}\"\nruntime = \"docker\"\nimage = \"{image}\"\n\
              image_pull_policy = \"never\"\nuses = [\"{echo}\"]\ncommand = \"sh\"\n\
              args = [\"-c\", \"{script}\"]\n"
         ),

@@ -1,7 +1,8 @@
 //! `starling up`: a real local fleet on loopback. Every agent is its own process with its own
 //! data dir and ports; the first one creates the cluster, the others join it with one-time
 //! tokens; the specs go in over QUIC with an operator certificate; a live view follows until
-//! Ctrl-C stops everything.
+//! Ctrl-C stops everything. A fleet in a temporary dir (no `--dir`) is removed once it stopped
+//! cleanly; one in `--dir`, or one that failed, is kept and its place printed.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use starling_node::api::Client;
 use starling_node::cluster::{ClientDir, Membership, quic_addr};
+use starling_protocol::placement::Liveness;
 use starling_protocol::spec::{RuntimeKind, SpecErrors, WorkloadSpec};
 use starling_protocol::wire::{ApiRequest, ApiResponse, ObjectKind};
 
@@ -25,7 +27,8 @@ pub struct UpArgs {
     /// Spec files or a directory of them [default: the built-in examples].
     #[arg(long)]
     specs: Option<PathBuf>,
-    /// Where the fleet's data dirs go [default: a new temporary dir].
+    /// Where the fleet's data dirs go, kept after the fleet stops [default: a new temporary
+    /// dir, removed after a clean stop].
     #[arg(long)]
     dir: Option<PathBuf>,
     /// Print the status this many times and exit (0: until Ctrl-C).
@@ -264,6 +267,7 @@ fn specs(path: Option<&Path>) -> anyhow::Result<Vec<SpecFile>> {
 }
 
 pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
+    let temporary = args.dir.is_none();
     let dir = args.dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("starling-up-{}", std::process::id()))
     });
@@ -273,7 +277,39 @@ pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
         args.nodes,
         dir.display()
     );
-    let mut fleet = LocalFleet::start(&dir, args.nodes, Vec::new())?;
+    let result = run(&args, &dir, specs);
+    // The fleet is stopped by now (run's LocalFleet is dropped): nothing writes under `dir`.
+    match (&result, temporary) {
+        (Ok(()), true) => match std::fs::remove_dir_all(&dir) {
+            Ok(()) => println!(
+                "stopped; removed {} (--dir DIR keeps a fleet)",
+                dir.display()
+            ),
+            Err(e) => println!(
+                "stopped; could not remove {}: {e} (remove it with: rm -rf {})",
+                dir.display(),
+                dir.display()
+            ),
+        },
+        (Err(_), true) => println!(
+            "stopped; the fleet's data and logs are kept in {} (remove with: rm -rf {})",
+            dir.display(),
+            dir.display()
+        ),
+        (_, false) => println!(
+            "stopped; data kept in {} (--dir); remove it with: rm -rf {}",
+            dir.display(),
+            dir.display()
+        ),
+    }
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the fleet in `dir`, applies `specs` and draws the view until Ctrl-C or the last
+/// round; stops every agent before it returns.
+fn run(args: &UpArgs, dir: &Path, specs: Vec<SpecFile>) -> anyhow::Result<()> {
+    let mut fleet = LocalFleet::start(dir, args.nodes, Vec::new())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -281,6 +317,7 @@ pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
     let result = runtime.block_on(async {
         // Apply through the middle of the fleet, over QUIC: any peer takes writes.
         let entry = (args.nodes / 2).min(args.nodes - 1);
+        let mut answering = entry;
         let mut client = connect_retrying(&fleet, entry).await?;
         // Services as node-1 sees them: its proxy is the one listening on this host.
         let mut services = connect_retrying(&fleet, 0).await?;
@@ -323,10 +360,12 @@ pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
                 })
                 .await;
             let replicas = client.call(&ApiRequest::Status).await;
-            let (Ok(nodes), Ok(replicas)) = (nodes, replicas) else {
-                client = connect_retrying(&fleet, (entry + round as usize) % args.nodes).await?;
+            let (Ok(mut nodes), Ok(replicas)) = (nodes, replicas) else {
+                answering = (entry + round as usize) % args.nodes;
+                client = connect_retrying(&fleet, answering).await?;
                 continue;
             };
+            one_host(&mut nodes, &fleet.agents[answering].name);
             if args.rounds == 0 {
                 // Clear the screen and draw the view again.
                 print!("\x1b[2J\x1b[H");
@@ -337,6 +376,11 @@ pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
                 dir.display()
             );
             print!("{}", output::text(&nodes));
+            println!(
+                "(IN USE: this machine's CPU and memory in use by all its processes; the {} \
+                 agents share it)",
+                args.nodes
+            );
             println!();
             print!("{}", output::text(&replicas));
             if let Ok(leases) = client
@@ -368,9 +412,25 @@ pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
     });
     println!("stopping the fleet...");
     fleet.stop();
-    println!("stopped; data left in {}", dir.display());
-    result?;
-    Ok(ExitCode::SUCCESS)
+    result
+}
+
+/// IN USE is what a node measures on its host: every process there, not only its replicas.
+/// `up`'s agents all share this host, so every row would show the same machine, the
+/// answering agent's own row exactly and the others as gossiped (rounded to 250 millicores
+/// and 64 MiB, so an idle machine reads `0`). Each live row gets the answering agent's exact
+/// figure instead; a row of a node that is not alive gets none (its last report is old).
+fn one_host(nodes: &mut ApiResponse, answering: &str) {
+    let ApiResponse::Nodes(rows) = nodes else {
+        return;
+    };
+    let here = rows
+        .iter()
+        .find(|r| r.view.id.as_str() == answering)
+        .and_then(|r| r.usage);
+    for row in rows {
+        row.usage = here.filter(|_| row.view.liveness == Liveness::Alive);
+    }
 }
 
 async fn connect_retrying(fleet: &LocalFleet, i: usize) -> anyhow::Result<Client> {

@@ -401,39 +401,21 @@ mod tests {
         }
     }
 
-    /// The engine and the test image (`tests/docker.rs` builds it), or why not: the test
-    /// skips then, unless `STARLING_REQUIRE_DOCKER` is set.
-    async fn docker_with_image() -> Result<Docker, String> {
-        let docker = Docker::connect_with_unix_defaults().map_err(|e| e.to_string())?;
+    #[tokio::test]
+    async fn a_busy_container_measures_well_above_an_idle_one() {
+        // Skips with the reason printed when no engine answers (fails under
+        // STARLING_REQUIRE_DOCKER); the image is the container tests' shared one.
+        let Some(image) = starling_testkit::docker::test_image() else {
+            return;
+        };
+        let docker = Docker::connect_with_unix_defaults().expect("the engine's socket");
         let docker = docker
             .negotiate_version()
             .await
-            .map_err(|e| e.to_string())?;
-        docker
-            .inspect_image(TEST_IMAGE)
-            .await
-            .map_err(|e| format!("{TEST_IMAGE}: {e} (cargo test --test docker builds it)"))?;
-        Ok(docker)
-    }
-
-    const TEST_IMAGE: &str = "starling-test/busybox:1";
-
-    #[tokio::test]
-    async fn a_busy_container_measures_well_above_an_idle_one() {
-        let docker = match docker_with_image().await {
-            Ok(docker) => docker,
-            Err(why) => {
-                assert!(
-                    std::env::var_os("STARLING_REQUIRE_DOCKER").is_none(),
-                    "STARLING_REQUIRE_DOCKER is set: {why}"
-                );
-                eprintln!("skipping: {why}");
-                return;
-            }
-        };
+            .expect("the engine answers the API");
         let run = |script: &str| {
             let out = std::process::Command::new("docker")
-                .args(["run", "-d", "--rm", TEST_IMAGE, "sh", "-c", script])
+                .args(["run", "-d", "--rm", image, "sh", "-c", script])
                 .output()
                 .expect("docker CLI");
             assert!(

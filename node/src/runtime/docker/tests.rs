@@ -1,90 +1,22 @@
 //! The container runtime against the real Docker Engine: two instances of one replica side by
-//! side. The test image is made locally from Debian's busybox-static (no registry), as the
-//! end-to-end tests in `tests/docker.rs` make it.
+//! side. The test image is the one `tests/docker.rs` uses too: built locally from the host's
+//! shell and coreutils and the workspace's own applets (`starling_testkit::docker`), no
+//! registry.
 //!
 //! With `STARLING_REQUIRE_DOCKER=1` (CI) a missing engine fails these tests; without it they
 //! skip with a printed reason.
 
-use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::Once;
 
 use tokio::sync::mpsc;
 
 use super::*;
-
-/// The image `tests/docker.rs` builds too: whichever runs first makes it.
-const IMAGE: &str = "starling-test/busybox:1";
-
-static BUILD: Once = Once::new();
 
 fn docker_cli(args: &[&str]) -> Output {
     Command::new("docker")
         .args(args)
         .output()
         .expect("docker CLI")
-}
-
-/// Whether the engine answers; panics under `STARLING_REQUIRE_DOCKER=1` when it does not.
-fn docker_ready() -> bool {
-    let ok = Command::new("docker")
-        .args(["version", "--format", "{{.Server.Version}}"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var_os("STARLING_REQUIRE_DOCKER").is_none(),
-            "STARLING_REQUIRE_DOCKER is set but no Docker Engine answers"
-        );
-        eprintln!(
-            "skipping: no Docker Engine answers (set STARLING_REQUIRE_DOCKER=1 to fail instead)"
-        );
-        return false;
-    }
-    BUILD.call_once(build_image);
-    true
-}
-
-/// `docker import` of a root filesystem holding busybox and its applets.
-fn build_image() {
-    if docker_cli(&["image", "inspect", IMAGE]).status.success() {
-        return;
-    }
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("busybox-static is installed (apt-get install busybox-static)");
-    let root = tempfile::tempdir().expect("tempdir");
-    let bin = root.path().join("bin");
-    std::fs::create_dir_all(&bin).expect("bin");
-    std::fs::copy(busybox, bin.join("busybox")).expect("copy busybox");
-    for applet in [
-        "sh", "sleep", "echo", "true", "false", "cat", "httpd", "nc", "ls",
-    ] {
-        std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("symlink");
-    }
-    let archive = root.path().with_extension("tar");
-    let status = Command::new("tar")
-        .arg("-C")
-        .arg(root.path())
-        .arg("-cf")
-        .arg(&archive)
-        .arg(".")
-        .status()
-        .expect("tar");
-    assert!(status.success(), "tar of the test root filesystem");
-    let out = Command::new("docker")
-        .arg("import")
-        .arg(&archive)
-        .arg(IMAGE)
-        .output()
-        .expect("docker import");
-    let _ = std::fs::remove_file(&archive);
-    assert!(
-        out.status.success(),
-        "docker import: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Running containers labelled with `node`.
@@ -133,9 +65,9 @@ async fn next(rx: &mut mpsc::Receiver<RuntimeEvent>) -> RuntimeEvent {
         .expect("channel open")
 }
 
-fn request(node: &NodeId, instance: u64) -> StartRequest {
+fn request(image: &str, node: &NodeId, instance: u64) -> StartRequest {
     let spec = WorkloadSpec::from_toml(&format!(
-        "name = \"pair\"\nruntime = \"docker\"\nimage = \"{IMAGE}\"\nimage_pull_policy = \"never\"\n\
+        "name = \"pair\"\nruntime = \"docker\"\nimage = \"{image}\"\nimage_pull_policy = \"never\"\n\
          command = \"sh\"\nargs = [\"-c\", \"echo instance {instance} port ${{port.http}} $STARLING_PORT_HTTP; sleep 600\"]\n\
          [[ports]]\nname = \"http\"\nport = 8080\n"
     ))
@@ -157,16 +89,16 @@ fn request(node: &NodeId, instance: u64) -> StartRequest {
 
 #[tokio::test]
 async fn two_containers_of_a_replica_run_side_by_side_stop_alone_and_are_both_adopted() {
-    if !docker_ready() {
+    let Some(image) = starling_testkit::docker::test_image() else {
         return;
-    }
+    };
     let node = NodeId::new(format!("dkrt-{}", std::process::id())).expect("valid");
     let _cleanup = Cleanup(node.clone());
-    let replica = request(&node, 1).replica;
+    let replica = request(image, &node, 1).replica;
     {
         let (runtime, mut rx) = engine(&node).await;
         for instance in [1, 2] {
-            runtime.start(request(&node, instance)).await;
+            runtime.start(request(image, &node, instance)).await;
             assert_eq!(
                 next(&mut rx).await,
                 RuntimeEvent::Started {
@@ -176,7 +108,7 @@ async fn two_containers_of_a_replica_run_side_by_side_stop_alone_and_are_both_ad
             );
         }
         assert_eq!(running_on(&node).len(), 2, "both containers run");
-        let port = &request(&node, 1).spec.ports[0];
+        let port = &request(image, &node, 1).spec.ports[0];
         let bound = [1, 2].map(|i| runtime.host_port(&replica, i, port).expect("bound"));
         assert_ne!(bound[0], bound[1], "each has its own host port");
         // The newest instance's log; its command saw its container port both ways.
@@ -233,9 +165,9 @@ async fn two_containers_of_a_replica_run_side_by_side_stop_alone_and_are_both_ad
 
 #[tokio::test]
 async fn a_container_reads_its_secret_from_a_read_only_mount_and_the_files_go_with_it() {
-    if !docker_ready() {
+    let Some(image) = starling_testkit::docker::test_image() else {
         return;
-    }
+    };
     let node = NodeId::new(format!("dkfiles-{}", std::process::id())).expect("valid");
     let _cleanup = Cleanup(node.clone());
     let tmpfs = tempfile::tempdir_in("/dev/shm").expect("a tmpfs at /dev/shm");
@@ -246,7 +178,7 @@ async fn a_container_reads_its_secret_from_a_read_only_mount_and_the_files_go_wi
                   if (echo x > /run/secrets/db/x) 2>/dev/null; then echo writable; else echo read-only; fi; \
                   cat /etc/app/app.toml; echo; while true; do sleep 1; done";
     let spec = WorkloadSpec::from_toml(&format!(
-        "name = \"vault\"\nruntime = \"docker\"\nimage = \"{IMAGE}\"\nimage_pull_policy = \"never\"\n\
+        "name = \"vault\"\nruntime = \"docker\"\nimage = \"{image}\"\nimage_pull_policy = \"never\"\n\
          command = \"sh\"\nargs = [\"-c\", {script:?}]\n"
     ))
     .expect("valid spec");
@@ -268,7 +200,7 @@ async fn a_container_reads_its_secret_from_a_read_only_mount_and_the_files_go_wi
         )],
         target: Some("/etc/app".into()),
     };
-    let mut request = request(&node, 1);
+    let mut request = request(image, &node, 1);
     request.replica.workload = WorkloadName::new("vault").expect("valid");
     request.spec = spec;
     request.files = vec![secret("hunter2"), config.clone()];
