@@ -120,8 +120,10 @@ enum Command {
     /// Check workload specs (TOML or JSON) and list every problem with its field path.
     Validate(cmd::validate::ValidateArgs),
     /// Run a fault scenario on the deterministic simulator (real node cores, simulated world).
+    #[cfg(feature = "sim")]
     Sim(cmd::sim::SimArgs),
     /// Measure a figure (see docs/BENCHMARKS.md).
+    #[cfg(feature = "bench")]
     Bench {
         #[command(subcommand)]
         what: cmd::bench::BenchKind,
@@ -193,7 +195,9 @@ fn main() -> ExitCode {
         Command::Voters { what } => cmd::lease::voters(t, what, format),
         Command::Image { what } => cmd::image::run(what),
         Command::Validate(args) => cmd::validate::run(args, format),
+        #[cfg(feature = "sim")]
         Command::Sim(args) => cmd::sim::main(args),
+        #[cfg(feature = "bench")]
         Command::Bench { what } => cmd::bench::run(what),
         Command::Fence(args) => cmd::fence::run(args),
         Command::Plan(args) => cmd::plan::run(args, format),
@@ -207,13 +211,35 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default: info for Starling, warn for the rest).
+/// `RUST_LOG` when unset: info for Starling, warn for the rest.
+const DEFAULT_LOG: &str = "warn,starling=info,starling_node=info";
+
+/// Logs to stderr, filtered by `RUST_LOG`: a list of `target=level` directives and an optional
+/// bare default level (`filter::Targets`, not `EnvFilter`: no regex engine in the binary, so no
+/// span or field filters either).
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("warn,starling=info,starling_node=info")
-    });
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(text) if !text.trim().is_empty() => text.parse::<Targets>().unwrap_or_else(|e| {
+            eprintln!("warning: RUST_LOG={text:?} is not a list of target=level ({e}); using {DEFAULT_LOG:?}");
+            default_log_filter()
+        }),
+        _ => default_log_filter(),
+    };
+    let _ = tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
         .try_init();
+}
+
+/// [`DEFAULT_LOG`], built rather than parsed.
+fn default_log_filter() -> tracing_subscriber::filter::Targets {
+    use tracing::Level;
+    tracing_subscriber::filter::Targets::new()
+        .with_default(Level::WARN)
+        .with_target("starling", Level::INFO)
+        .with_target("starling_node", Level::INFO)
 }

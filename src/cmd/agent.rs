@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use starling_core::membership::profile::NetworkProfile;
 use starling_node::agent::{AgentConfig, OnStop, run};
+use starling_node::core::membership::profile::NetworkProfile;
 use starling_protocol::NodeId;
 use starling_protocol::spec::RuntimeKind;
 

@@ -2,7 +2,9 @@
 
 use std::process::ExitCode;
 
+#[cfg(feature = "sim")]
 use anyhow::bail;
+#[cfg(feature = "sim")]
 use starling_sim::epidemic::disseminate;
 
 // `bench_dns.rs` sits beside this file; only `bench` uses it.
@@ -69,6 +71,7 @@ pub enum BenchKind {
         agent_flags: Vec<String>,
     },
     /// Gossip rounds for one desired-state write to reach every node (real CRDT, push-pull).
+    #[cfg(feature = "sim")]
     Dissemination {
         /// Fleet size.
         #[arg(long, default_value_t = 10_000)]
@@ -140,6 +143,7 @@ pub fn run(what: BenchKind) -> anyhow::Result<ExitCode> {
             seconds,
             agent_flags,
         } => super::bench_fleet::gossip(&nodes, seconds, agent_flags),
+        #[cfg(feature = "sim")]
         BenchKind::Dissemination {
             nodes,
             fanout,
@@ -165,6 +169,7 @@ pub fn run(what: BenchKind) -> anyhow::Result<ExitCode> {
 }
 
 /// Rounds for one desired-state write to reach every node, over `seeds` seeds.
+#[cfg(feature = "sim")]
 fn dissemination(nodes: usize, fanout: usize, seeds: u64) -> anyhow::Result<ExitCode> {
     if nodes == 0 || nodes > 1_000_000 || seeds == 0 {
         bail!("--nodes must be 1..=1000000 and --seeds at least 1");

@@ -1,8 +1,11 @@
 //! One module per subcommand.
 
 pub mod agent;
+#[cfg(feature = "bench")]
 pub mod bench;
+#[cfg(feature = "bench")]
 pub mod bench_fleet;
+#[cfg(feature = "bench")]
 pub mod bench_lease;
 pub mod client;
 pub mod cluster;
@@ -12,6 +15,7 @@ pub mod lease;
 pub mod objects;
 pub mod plan;
 pub mod rollout;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod up;
 pub mod validate;

@@ -177,7 +177,8 @@ impl LocalFleet {
         Ok(())
     }
 
-    /// Sends `signal` to agent `i` and waits for it to exit.
+    /// Sends `signal` to agent `i` and waits for it to exit (`starling bench` kills agents).
+    #[cfg(feature = "bench")]
     pub fn signal(&mut self, i: usize, signal: nix::sys::signal::Signal) {
         if let Some(mut child) = self.agents[i].child.take() {
             let pid = child.id() as i32;
