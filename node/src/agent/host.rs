@@ -97,7 +97,7 @@ pub(super) fn raise_fd_limit() -> u64 {
     let target = hard.min(1 << 20);
     if soft >= target {
         tracing::info!(limit = soft, "open-file limit");
-        return soft;
+        return rlim_u64(soft);
     }
     match setrlimit(Resource::RLIMIT_NOFILE, target, hard) {
         Ok(()) => {
@@ -106,13 +106,20 @@ pub(super) fn raise_fd_limit() -> u64 {
                 to = target,
                 "raised the open-file limit to the hard limit"
             );
-            target
+            rlim_u64(target)
         }
         Err(e) => {
             tracing::warn!(limit = soft, hard, "cannot raise the open-file limit: {e}");
-            soft
+            rlim_u64(soft)
         }
     }
+}
+
+/// `rlim_t` is `u64` on 64-bit Linux but `c_ulong` (`u32`) on 32-bit ARM glibc, so the limits
+/// widen here instead of the function's type following the target.
+#[allow(clippy::useless_conversion)]
+fn rlim_u64(limit: nix::sys::resource::rlim_t) -> u64 {
+    limit.into()
 }
 
 /// Most API connections served at once.
