@@ -11,10 +11,15 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use hyper::StatusCode;
+
 use super::http::HttpCounters;
 use crate::channel::ChannelCounts;
 use crate::gossip::GossipCounters;
 use crate::store::StoreHealth;
+
+/// The content type of [`Metrics::render`].
+pub(super) const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 
 /// Counters and the latest gauges.
 #[derive(Debug, Default)]
@@ -352,7 +357,7 @@ impl LeaseBoard {
     }
 
     /// Answers `/v1/leases/NAME[?wait=SECONDS]`.
-    pub(super) async fn answer(&self, name: &str, wait_s: u64) -> (&'static str, String) {
+    pub(super) async fn answer(&self, name: &str, wait_s: u64) -> (StatusCode, String) {
         let mut changes = self.changed.subscribe();
         let first = self.get(name);
         if wait_s > 0 {
@@ -371,11 +376,11 @@ impl LeaseBoard {
         }
         match self.get(name) {
             Some(info) => (
-                "200 OK",
+                StatusCode::OK,
                 serde_json::to_string(&info).unwrap_or_default() + "\n",
             ),
             None => (
-                "404 Not Found",
+                StatusCode::NOT_FOUND,
                 format!("{{\"error\":\"no lease {name:?} on this node\"}}\n"),
             ),
         }
