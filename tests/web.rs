@@ -68,7 +68,9 @@ fn browse(browser: &Path, profile: &Path, url: &str, args: &[&str]) -> String {
 
 /// The `data-state` of the card of `node` in a dumped DOM.
 fn card_state<'a>(dom: &'a str, node: &str) -> Option<&'a str> {
-    let at = dom.find(&format!("class=\"node\" data-node=\"{node}\" data-state=\""))?;
+    let at = dom.find(&format!(
+        "class=\"node\" data-node=\"{node}\" data-state=\""
+    ))?;
     let rest = &dom[at..];
     let value = &rest[rest.find("data-state=\"")? + "data-state=\"".len()..];
     value.split('"').next()
@@ -111,16 +113,21 @@ fn the_page_lists_the_fleet_and_shows_a_killed_node_down() {
     );
     let http: SocketAddr = fleet.nodes[0].base.parse().expect("address");
     // The lease is granted a moment after the leader starts; the page shows the holder.
-    let holder = wait_for("the leader's lease granted", Duration::from_secs(20), || {
-        let view = http_get(http, "/v1/view")?;
-        let json: serde_json::Value = serde_json::from_str(view.split("\r\n\r\n").nth(1)?).ok()?;
-        let lease = json["leases"]
-            .as_array()?
-            .iter()
-            .find(|l| l["name"] == "leader")?
-            .clone();
-        (lease["fencing_token"].as_u64()? > 0).then_some(lease)
-    });
+    let holder = wait_for(
+        "the leader's lease granted",
+        Duration::from_secs(20),
+        || {
+            let view = http_get(http, "/v1/view")?;
+            let json: serde_json::Value =
+                serde_json::from_str(view.split("\r\n\r\n").nth(1)?).ok()?;
+            let lease = json["leases"]
+                .as_array()?
+                .iter()
+                .find(|l| l["name"] == "leader")?
+                .clone();
+            (lease["fencing_token"].as_u64()? > 0).then_some(lease)
+        },
+    );
 
     let profile = tempfile::tempdir().expect("profile dir");
     let url = format!("http://{http}/");
@@ -137,7 +144,9 @@ fn the_page_lists_the_fleet_and_shows_a_killed_node_down() {
     assert!(dom.contains("data-replica=\"sleepers/2\""), "{dom}");
     let holder_name = holder["holder"].as_str().expect("a holder");
     assert!(
-        dom.contains(&format!("data-lease=\"leader\"><td>leader</td><td>{holder_name}")),
+        dom.contains(&format!(
+            "data-lease=\"leader\"><td>leader</td><td>{holder_name}"
+        )),
         "the lease row names its holder {holder_name}: {dom}"
     );
 
@@ -152,7 +161,12 @@ fn the_page_lists_the_fleet_and_shows_a_killed_node_down() {
     // Moved replicas settle before the picture is taken, so it shows a fleet at rest.
     wait_for("3 sleepers running again", Duration::from_secs(30), || {
         let running = fleet.running(0)?;
-        (running.iter().filter(|(name, ..)| name == "sleepers").count() == 3).then_some(())
+        (running
+            .iter()
+            .filter(|(name, ..)| name == "sleepers")
+            .count()
+            == 3)
+            .then_some(())
     });
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-view.png");
     let _ = std::fs::remove_file(&shot);
@@ -166,7 +180,11 @@ fn the_page_lists_the_fleet_and_shows_a_killed_node_down() {
         ],
     );
     let size = std::fs::metadata(&shot).map_or(0, |m| m.len());
-    assert!(size > 10_000, "a screenshot at {} ({size} bytes)", shot.display());
+    assert!(
+        size > 10_000,
+        "a screenshot at {} ({size} bytes)",
+        shot.display()
+    );
     println!("web view screenshot: {}", shot.display());
 }
 

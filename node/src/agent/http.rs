@@ -346,7 +346,11 @@ fn unavailable(why: Refusal, limits: HttpLimits) -> String {
 pub(super) type Body = Full<Bytes>;
 
 /// An answer with a status, a content type and a body.
-pub(super) fn answer(status: StatusCode, kind: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+pub(super) fn answer(
+    status: StatusCode,
+    kind: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
     response
@@ -398,7 +402,11 @@ async fn route(request: Request<Incoming>, client: SocketAddr, shared: &Shared) 
     let path = request.uri().path().to_string();
     let query = request.uri().query().unwrap_or("").to_string();
     if path == "/metrics" {
-        return answer(StatusCode::OK, super::metrics::CONTENT_TYPE, sources.metrics.render());
+        return answer(
+            StatusCode::OK,
+            super::metrics::CONTENT_TYPE,
+            sources.metrics.render(),
+        );
     }
     if path == "/v1/report" {
         let (status, body) =

@@ -14,13 +14,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use serde::Deserialize;
-use starling_protocol::WorkloadName;
-use starling_protocol::placement::ReplicaId;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode, header};
+use serde::Deserialize;
+use starling_protocol::WorkloadName;
+use starling_protocol::placement::ReplicaId;
 
 /// Largest report body.
 pub const REPORT_BYTES_MAX: usize = 4_096;
@@ -383,7 +383,10 @@ mod tests {
         let huge = "POST /v1/report HTTP/1.1\r\nContent-Length: 100000\r\n\r\n";
         let answer = post(addr, &[huge]).await;
         assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
-        assert!(answer.contains("at most 4096 bytes, got 100000"), "{answer}");
+        assert!(
+            answer.contains("at most 4096 bytes, got 100000"),
+            "{answer}"
+        );
         let answer = post(addr, &["POST /v1/report HTTP/1.1\r\n\r\n"]).await;
         assert!(answer.starts_with("HTTP/1.1 411"), "{answer}");
         // A client that waits for `100 Continue` is told to go on.

@@ -513,7 +513,9 @@ mod tests {
         assert_eq!(token_for(dir.path(), local), Ok(None));
         assert!(!dir.path().join(TOKEN_FILE).exists());
         let exposed: SocketAddr = "0.0.0.0:7946".parse().expect("address");
-        let token = token_for(dir.path(), exposed).expect("made").expect("required");
+        let token = token_for(dir.path(), exposed)
+            .expect("made")
+            .expect("required");
         assert_eq!(token.len(), 64);
         assert_eq!(token_for(dir.path(), exposed), Ok(Some(token.clone())));
         use std::os::unix::fs::PermissionsExt;

@@ -43,7 +43,7 @@ function bar(t, fmt) {
       h("span", { class: "reserved", style: `width:${pct(t.reserved, t.capacity)}%` }),
       used == null ? null : h("span", { class: "used", style: `width:${pct(used, t.capacity)}%` })),
     h("div", { class: "figures" },
-      (used == null ? "in use ?" : `in use ${fmt(used)}`) + ` · reserved ${fmt(t.reserved)} · of ${fmt(t.capacity)}`),
+      `${used == null ? "?" : fmt(used)} used · ${fmt(t.reserved)} reserved · of ${fmt(t.capacity)}`),
   ];
 }
 
@@ -54,7 +54,7 @@ function nodeCard(n, self) {
       h("span", { class: "name", text: n.id + (n.id === self ? " (this node)" : "") }),
       h("span", { class: "badge " + n.state, text: n.state + (n.departure ? ` · ${n.departure}` : "") })),
     h("div", { class: "meta", text: [n.site ? `site ${n.site}` : null, n.arch, `${n.replicas} replica${n.replicas === 1 ? "" : "s"}`].filter(Boolean).join(" · ") }),
-    h("div", { class: "usage" }, h("span", { text: "CPU" }), bar(n.cpu_m, (m) => cores(m) + " cores"),
+    h("div", { class: "usage" }, h("span", { text: "CPU" }), bar(n.cpu_m, (m) => cores(m) + (m === n.cpu_m.capacity ? " cores" : "")),
       h("span", { text: "Memory" }), bar(n.memory_bytes, bytes)),
     n.store_error ? h("div", { class: "badge bad", text: "store: " + n.store_error }) : null,
     labels.length ? h("div", { class: "labels" }, labels) : null);
@@ -84,12 +84,15 @@ function workloadRow(w) {
 }
 
 function replicaRow(r) {
-  const state = r.state === "Running" ? (r.healthy ? "ok" : "warn") : r.state === "Unplaced" || r.state === "CrashLoop" ? "bad" : "";
+  // A down node's replicas are its last word, not something running: shown apart.
+  const stale = r.node_state === "down";
+  const state = stale ? "" : r.state === "Running" ? (r.healthy ? "ok" : "warn") : r.state === "Unplaced" || r.state === "CrashLoop" ? "bad" : "";
+  const label = stale ? `was ${r.state}` : r.state + (r.state === "Running" && !r.healthy ? " (unhealthy)" : "");
   const node = r.node == null ? h("span", { class: "muted", text: "unplaced" })
     : [r.node, r.node_state && r.node_state !== "alive" ? h("span", { class: "badge " + r.node_state, text: r.node_state }) : null];
-  return h("tr", { "data-replica": `${r.workload}/${r.index}`, "data-node": r.node || "" },
+  return h("tr", { "data-replica": `${r.workload}/${r.index}`, "data-node": r.node || "", class: stale ? "stale" : null },
     h("td", { text: `${r.workload}/${r.index}` }), h("td", {}, node),
-    h("td", { title: r.reason || "" }, h("span", { class: "badge " + state, text: r.state + (r.state === "Running" && !r.healthy ? " (unhealthy)" : "") }),
+    h("td", { title: r.reason || "" }, h("span", { class: "badge " + state, text: label }),
       r.reason ? h("div", { class: "muted", text: r.reason }) : null),
     h("td", { class: "num", text: r.restarts }), h("td", { class: "num", text: r.revision }));
 }
