@@ -180,7 +180,7 @@ impl WebDoor {
         .ok()
         .flatten()?;
         let json = Bytes::from(serde_json::to_vec(&built).ok()?);
-        *self.lock() = Some((Instant::now(), json.clone()));
+        *self.lock() = Some((crate::clock::monotonic(), json.clone()));
         Some(json)
     }
 

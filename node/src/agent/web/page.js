@@ -36,14 +36,14 @@ function ago(ms) {
 }
 const clock = (ms) => new Date(ms).toLocaleTimeString([], { hour12: false });
 
-function bar(t, fmt) {
+function bar(t, fmt, unit = "") {
   const used = t.used == null ? null : t.used;
   return [
     h("div", { class: "bar", title: `reserved ${fmt(t.reserved)}` + (used == null ? "" : `, in use ${fmt(used)}`) },
       h("span", { class: "reserved", style: `width:${pct(t.reserved, t.capacity)}%` }),
       used == null ? null : h("span", { class: "used", style: `width:${pct(used, t.capacity)}%` })),
     h("div", { class: "figures" },
-      `${used == null ? "?" : fmt(used)} used · ${fmt(t.reserved)} reserved · of ${fmt(t.capacity)}`),
+      `${used == null ? "?" : fmt(used)} used · ${fmt(t.reserved)} reserved · of ${fmt(t.capacity)}${unit}`),
   ];
 }
 
@@ -54,7 +54,7 @@ function nodeCard(n, self) {
       h("span", { class: "name", text: n.id + (n.id === self ? " (this node)" : "") }),
       h("span", { class: "badge " + n.state, text: n.state + (n.departure ? ` · ${n.departure}` : "") })),
     h("div", { class: "meta", text: [n.site ? `site ${n.site}` : null, n.arch, `${n.replicas} replica${n.replicas === 1 ? "" : "s"}`].filter(Boolean).join(" · ") }),
-    h("div", { class: "usage" }, h("span", { text: "CPU" }), bar(n.cpu_m, (m) => cores(m) + (m === n.cpu_m.capacity ? " cores" : "")),
+    h("div", { class: "usage" }, h("span", { text: "CPU" }), bar(n.cpu_m, cores, " cores"),
       h("span", { text: "Memory" }), bar(n.memory_bytes, bytes)),
     n.store_error ? h("div", { class: "badge bad", text: "store: " + n.store_error }) : null,
     labels.length ? h("div", { class: "labels" }, labels) : null);
