@@ -79,6 +79,16 @@ impl LoopCall {
     pub(super) fn run(self, agent: &mut Agent) {
         (self.work)(agent, self.reply);
     }
+
+    /// A read for a door of the agent's own that answers in its own type through its own
+    /// channel (the web view): it never goes through [`route`], so it can only read.
+    pub(super) fn inspect(read: impl FnOnce(&mut Agent) + Send + 'static) -> Self {
+        let (reply, _) = oneshot::channel();
+        LoopCall {
+            work: Box::new(move |agent, _| read(agent)),
+            reply,
+        }
+    }
 }
 
 /// What both doors need to serve API requests.

@@ -26,6 +26,7 @@ mod rollouts;
 mod secrets;
 mod services;
 mod settings;
+mod web;
 
 pub use depart::{DepartureSettings, OnStop};
 pub use fleet::{ExchangeTimeouts, FleetSettings, GossipTimings};
@@ -300,19 +301,29 @@ pub async fn run(
         agent.config.local.accept_backoff,
     )
     .await?;
+    let web_token = match &http_listener {
+        Some((addr, _)) => web::token_for(agent.store.dir(), *addr)
+            .map_err(|why| AgentError::Http { addr: *addr, why })?,
+        None => None,
+    };
     let metrics_server = http_listener.map(|(addr, listener)| {
         let limiter = http::Limiter::new(http_limits, agent.metrics.http.clone());
         tracing::info!(%addr, ?http_limits, "metrics at http://{addr}/metrics");
+        if web_token.is_some() {
+            tracing::info!(%addr, "web view at http://{addr}/?token=TOKEN (the token is in the data dir's {})", web::TOKEN_FILE);
+        } else {
+            tracing::info!(%addr, "web view at http://{addr}/");
+        }
         agent.leases.url = Some(format!("http://{addr}"));
         agent.report_url = Some(format!("http://{addr}/v1/report"));
-        http::serve(
-            listener,
-            limiter,
-            agent.config.local,
-            agent.metrics.clone(),
-            agent.leases.board.clone(),
-            agent.reports.clone(),
-        )
+        let web = web::WebDoor::new(api_tx.clone(), web_token.clone());
+        let sources = http::Sources {
+            metrics: agent.metrics.clone(),
+            leases: agent.leases.board.clone(),
+            reports: agent.reports.clone(),
+            web: Some(Arc::new(web)),
+        };
+        http::serve(listener, limiter, agent.config.local, sources)
     });
     let _discovery = services::start(&mut agent).await;
     let (adopted, adoption_events) =
