@@ -485,6 +485,13 @@ impl Agent {
         let alone = fleet.peers.is_empty() && self.core.view().nodes.keys().all(|node| node == me);
         fleet.sync.set_alone(alone);
         fleet.sync.handle_tick(now, self.core.desired(), &peers);
+        let synced = fleet.sync.in_sync_at().is_some();
+        if synced && self.core.is_rejoining() {
+            self.decide(|core| core.handle_desired_synced(now));
+        }
+        let Some(fleet) = self.fleet.as_mut() else {
+            return;
+        };
         let records = std::mem::take(&mut fleet.heard_leases);
         let voters = std::mem::take(&mut fleet.heard_voters);
         self.refresh_view(now);
