@@ -121,7 +121,13 @@ impl EventSource {
             }
             Ok(ApiResponse::Error(e)) => e.message,
             Ok(_) => "answered with something other than events".to_string(),
-            Err(e) => e.to_string(),
+            Err(e) => {
+                if matches!(e, crate::net::quic::QuicError::Timeout { .. }) {
+                    // Perhaps a connection to the peer's previous life: dial afresh next time.
+                    quic.forget(addr).await;
+                }
+                e.to_string()
+            }
         };
         let mut why = why;
         if why.len() > TEXT_BYTES_MAX {
