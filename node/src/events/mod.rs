@@ -26,13 +26,14 @@ pub(crate) use fleet::{EventSource, Member};
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use starling_protocol::events::{Event, EventQuery, TEXT_BYTES_MAX};
 use starling_protocol::hash::hash64;
 use starling_protocol::hlc::Timestamp;
 
-/// Default size of one segment (256 KiB, about 1,500 events): the log holds at most two.
+/// Default size of one segment (256 KiB, some 2,500 typical events): the log holds at most two.
 pub const SEGMENT_BYTES_DEFAULT: u64 = 256 << 10;
 /// Bytes before a record's payload: its length and checksum.
 const HEADER_BYTES: usize = 12;
@@ -213,7 +214,13 @@ fn segment_numbers(dir: &Path) -> Vec<u64> {
 
 fn open_append(dir: &Path, number: u64) -> Option<File> {
     let path = segment_path(dir, number);
-    match OpenOptions::new().create(true).append(true).open(&path) {
+    // 0600 like every file of the data dir (see docs/OPERATIONS.md, "Files and permissions").
+    match OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&path)
+    {
         Ok(file) => Some(file),
         Err(e) => {
             tracing::warn!(path = %path.display(), "events are kept in memory only: {e}");

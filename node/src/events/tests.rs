@@ -54,6 +54,20 @@ fn events_survive_a_reopen_in_order() {
 }
 
 #[test]
+fn segments_are_for_the_agent_s_user_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut log = EventLog::open(dir.path().join("events"), SEGMENT_BYTES_DEFAULT);
+    log.append(event(1));
+    let dir = dir.path().join("events");
+    let mode = |p: &Path| std::fs::metadata(p).expect("exists").permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    for file in segment_files(&dir) {
+        assert_eq!(mode(&file), 0o600, "{}", file.display());
+    }
+}
+
+#[test]
 fn rotation_keeps_the_log_within_two_segments_and_drops_the_oldest_events() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bound = SEGMENT_BYTES_MIN;
