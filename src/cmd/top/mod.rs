@@ -60,11 +60,16 @@ fn ui_loop(
     let mut snapshot = first;
     let mut view = View::default();
     loop {
-        while let Ok(next) = snapshots.try_recv() {
-            match next {
-                Ok(next) => snapshot = next,
+        loop {
+            match snapshots.try_recv() {
+                Ok(Ok(next)) => snapshot = next,
                 // Keep showing the last good snapshot, with what went wrong on top.
-                Err(why) => snapshot.error = Some(why),
+                Ok(Err(why)) => snapshot.error = Some(why),
+                Err(mpsc::TryRecvError::Empty) => break,
+                // Only a panic ends the fetcher (its hook restored the terminal already).
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    anyhow::bail!("the refresh thread stopped")
+                }
             }
         }
         terminal
