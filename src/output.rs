@@ -13,7 +13,9 @@ use serde_json::json;
 use starling_protocol::desired::RevisionId;
 use starling_protocol::wire::ApiResponse;
 
-pub use events::{event_json, event_line, event_line_header, utc, what};
+pub use events::{event_json, event_line, event_line_header};
+#[cfg(feature = "top")]
+pub use events::{utc, what};
 
 /// How a command prints its result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
