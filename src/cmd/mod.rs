@@ -6,6 +6,7 @@ pub mod bench_fleet;
 pub mod bench_lease;
 pub mod client;
 pub mod cluster;
+pub mod events;
 pub mod fence;
 pub mod image;
 pub mod lease;
@@ -13,6 +14,8 @@ pub mod objects;
 pub mod plan;
 pub mod rollout;
 pub mod sim;
+#[cfg(feature = "top")]
+pub mod top;
 pub mod up;
 pub mod validate;
 pub mod workloads;

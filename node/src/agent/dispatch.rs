@@ -2,7 +2,7 @@
 //! who may ask what, for both doors (the data dir's Unix socket and QUIC).
 //!
 //! A door decodes a request, names its [`Caller`] and hands both to [`ApiDoor::serve`]. Logs
-//! stream from the door's own task, so a large log never blocks the agent loop; a refused
+//! stream from the door's own task (and events are gathered from the peers there), so a large log never blocks the agent loop; a refused
 //! request is answered there too. Everything else becomes a [`LoopCall`] that runs in the
 //! agent loop, which owns the core and the store, and answers through its reply channel.
 //!
@@ -98,6 +98,8 @@ pub(crate) struct ApiDoor {
     pub calls: mpsc::Sender<LoopCall>,
     /// Where logs come from.
     pub logs: LogSource,
+    /// Where events come from.
+    pub events: crate::events::EventSource,
 }
 
 impl ApiDoor {
@@ -121,6 +123,10 @@ impl ApiDoor {
                 )
                 .await;
                 return Served::answered(open);
+            }
+            Route::Events(query) => {
+                let answer = self.events.answer(query).await;
+                return Served::answered(write_frame(out, &answer).await.is_ok());
             }
             Route::Refused(message) => {
                 return Served {
@@ -164,6 +170,9 @@ impl Served {
 enum Route {
     /// Streamed by the door.
     Logs(LogRequest),
+    /// Answered by the door, which asks the peers (see `crate::events`): the agent loop
+    /// never waits for them.
+    Events(starling_protocol::events::EventQuery),
     /// Refused at the door, with the reason.
     Refused(String),
     /// Run by the agent loop.
@@ -269,6 +278,7 @@ fn route(request: ApiRequest, caller: &Caller) -> Route {
         }
         ApiRequest::ObjectList { kind } => answer(move |a| a.object_list(kind)),
         ApiRequest::SecretRecipients { name } => answer(move |a| a.secret_recipients(name)),
+        ApiRequest::Events(query) => Route::Events(query),
     }
 }
 
@@ -329,7 +339,7 @@ mod tests {
     fn operators_are_refused_what_their_role_does_not_allow_with_the_reason() {
         let refusal = |request: ApiRequest, caller: &Caller| match route(request, caller) {
             Route::Refused(why) => Some(why),
-            Route::Logs(_) | Route::Loop(_) => None,
+            Route::Logs(_) | Route::Events(_) | Route::Loop(_) => None,
         };
         let viewer = operator("alice", OperatorRole::Viewer);
         assert_eq!(
