@@ -13,7 +13,9 @@ use chitchat::transport::{ChannelTransport, Socket, Transport};
 use chitchat::{ChitchatConfig, ChitchatId, ChitchatMessage, FailureDetectorConfig, Serializable};
 use starling_fuzz::gossip::seal::{Channel, Keyring, NONCE_BYTES, Sender};
 use starling_fuzz::{KEY, KEY_ID, ProbePacket};
-use starling_protocol::desired::{DIGEST_BUCKETS, DesiredEntry, DesiredState, Entry, Key, Revision};
+use starling_protocol::desired::{
+    DIGEST_BUCKETS, DesiredEntry, DesiredState, Entry, Key, Revision,
+};
 use starling_protocol::hlc::Timestamp;
 use starling_protocol::names::{NodeId, WorkloadName};
 use starling_protocol::spec::WorkloadSpec;
@@ -29,28 +31,73 @@ fn main() -> anyhow::Result<()> {
     let node = NodeId::new("edge-1")?;
     let peer = vec![
         ("ping", wire::encode(&PeerMessage::Ping { seq: 7 })?),
-        ("ping-req", wire::encode(&PeerMessage::PingReq { target: node.clone(), seq: 9 })?),
-        ("digest-leaves", wire::encode(&PeerMessage::DigestLeaves(vec![3; DIGEST_BUCKETS]))?),
-        ("summary-request", wire::encode(&PeerMessage::SummaryRequest(vec![1, 5, 1023]))?),
-        ("pull", wire::encode(&PeerMessage::Pull(vec![Key::Workload(spec.name.clone())]))?),
-        ("entries", wire::encode(&PeerMessage::Entries(vec![entry.clone()]))?),
-        ("keys", wire::encode(&PeerMessage::Keys { keys: vec![(1, [4; 32])], primary: 1 })?),
-        ("request-peer", wire::encode(&Request::Peer(PeerMessage::KeysRequest))?),
+        (
+            "ping-req",
+            wire::encode(&PeerMessage::PingReq {
+                target: node.clone(),
+                seq: 9,
+            })?,
+        ),
+        (
+            "digest-leaves",
+            wire::encode(&PeerMessage::DigestLeaves(vec![3; DIGEST_BUCKETS]))?,
+        ),
+        (
+            "summary-request",
+            wire::encode(&PeerMessage::SummaryRequest(vec![1, 5, 1023]))?,
+        ),
+        (
+            "pull",
+            wire::encode(&PeerMessage::Pull(vec![Key::Workload(spec.name.clone())]))?,
+        ),
+        (
+            "entries",
+            wire::encode(&PeerMessage::Entries(vec![entry.clone()]))?,
+        ),
+        (
+            "keys",
+            wire::encode(&PeerMessage::Keys {
+                keys: vec![(1, [4; 32])],
+                primary: 1,
+            })?,
+        ),
+        (
+            "request-peer",
+            wire::encode(&Request::Peer(PeerMessage::KeysRequest))?,
+        ),
         (
             "request-join",
-            wire::encode(&Request::Join(JoinRequest { node: node.clone(), secret: [1; 16] }))?,
+            wire::encode(&Request::Join(JoinRequest {
+                node: node.clone(),
+                secret: [1; 16],
+            }))?,
         ),
         (
             "probe",
-            wire::encode(&ProbePacket { from: node.clone(), message: PeerMessage::Ack { seq: 7 } })?,
+            wire::encode(&ProbePacket {
+                from: node.clone(),
+                message: PeerMessage::Ack { seq: 7 },
+            })?,
         ),
     ];
     write(&out.join("wire_peer"), peer)?;
 
     let name = WorkloadName::new("web")?;
     let api = vec![
-        ("apply", wire::encode(&ApiRequest::Apply { spec: Box::new(spec.clone()), ack_replicas: 1 })?),
-        ("scale", wire::encode(&ApiRequest::Scale { name: name.clone(), replicas: 3 })?),
+        (
+            "apply",
+            wire::encode(&ApiRequest::Apply {
+                spec: Box::new(spec.clone()),
+                ack_replicas: 1,
+            })?,
+        ),
+        (
+            "scale",
+            wire::encode(&ApiRequest::Scale {
+                name: name.clone(),
+                replicas: 3,
+            })?,
+        ),
         (
             "logs",
             wire::encode(&ApiRequest::Logs {
@@ -72,7 +119,10 @@ fn main() -> anyhow::Result<()> {
         ),
         (
             "log-chunk",
-            wire::encode(&ApiResponse::LogChunk { lines: vec!["a".into(), "b".into()], end: false })?,
+            wire::encode(&ApiResponse::LogChunk {
+                lines: vec!["a".into(), "b".into()],
+                end: false,
+            })?,
         ),
         ("token", wire::encode(&ApiResponse::Token("secret".into()))?),
     ];
@@ -92,13 +142,19 @@ fn main() -> anyhow::Result<()> {
     let desired = vec![
         ("state", prefixed(0, &postcard::to_allocvec(&state)?)),
         ("entry", prefixed(6, &postcard::to_allocvec(&entry)?)),
-        ("entries", prefixed(7, &postcard::to_allocvec(&vec![entry.clone()])?)),
+        (
+            "entries",
+            prefixed(7, &postcard::to_allocvec(&vec![entry.clone()])?),
+        ),
     ];
     write(&out.join("desired_entries"), desired)?;
 
     let ring = Keyring::new(KEY_ID, KEY);
     let probe_sender = Sender::new("edge-1", 100, Channel::Probe)?;
-    let probe = wire::encode(&ProbePacket { from: node, message: PeerMessage::Ping { seq: 1 } })?;
+    let probe = wire::encode(&ProbePacket {
+        from: node,
+        message: PeerMessage::Ping { seq: 1 },
+    })?;
     let mut framed = vec![2, 6];
     framed.extend_from_slice(b"edge-1");
     framed.extend_from_slice(&probe);
@@ -106,9 +162,21 @@ fn main() -> anyhow::Result<()> {
     numbers[7] = 100;
     numbers[15] = 1;
     let gossip = vec![
-        ("sealed-probe", prefixed(0, &ring.seal_as(&probe_sender, 1, [5; NONCE_BYTES], &probe))),
-        ("framed-probe", prefixed(1, &[&numbers[..], &framed].concat())),
-        ("replay-ops", prefixed(2, &[0, 1, 0, 5, 0, 1, 0, 5, 1, 2, 0, 70, 0, 1, 0, 4, 2, 0, 0, 1])),
+        (
+            "sealed-probe",
+            prefixed(0, &ring.seal_as(&probe_sender, 1, [5; NONCE_BYTES], &probe)),
+        ),
+        (
+            "framed-probe",
+            prefixed(1, &[&numbers[..], &framed].concat()),
+        ),
+        (
+            "replay-ops",
+            prefixed(
+                2,
+                &[0, 1, 0, 5, 0, 1, 0, 5, 1, 2, 0, 70, 0, 1, 0, 4, 2, 0, 0, 1],
+            ),
+        ),
     ];
     write(&out.join("gossip_open"), gossip)?;
 
@@ -148,7 +216,10 @@ fn timestamp() -> Timestamp {
 fn entry(spec: WorkloadSpec) -> Entry {
     Entry::Workload(DesiredEntry {
         name: spec.name.clone(),
-        register: crdts::LWWReg { val: Some(Revision::first(spec)), marker: timestamp() },
+        register: crdts::LWWReg {
+            val: Some(Revision::first(spec)),
+            marker: timestamp(),
+        },
         writes: Vec::new(),
     })
 }
@@ -169,10 +240,14 @@ fn write<N: AsRef<str>>(dir: &Path, seeds: Vec<(N, Vec<u8>)>) -> anyhow::Result<
 /// sends is recorded serialized, as the agent's transport seals it.
 fn chitchat_traffic() -> anyhow::Result<Vec<Vec<u8>>> {
     let recorded = Arc::new(Mutex::new(Vec::new()));
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?;
     runtime.block_on(async {
-        let transport =
-            Recording { inner: ChannelTransport::with_mtu(65_507), recorded: recorded.clone() };
+        let transport = Recording {
+            inner: ChannelTransport::with_mtu(65_507),
+            recorded: recorded.clone(),
+        };
         let addrs: Vec<SocketAddr> = vec!["127.0.0.1:10001".parse()?, "127.0.0.1:10002".parse()?];
         let mut handles = Vec::new();
         for (i, addr) in addrs.iter().enumerate() {
@@ -187,14 +262,20 @@ fn chitchat_traffic() -> anyhow::Result<Vec<Vec<u8>>> {
                 catchup_callback: None,
                 extra_liveness_predicate: None,
             };
-            let state = vec![("load".to_string(), format!("{i}")), ("role".into(), "edge".into())];
+            let state = vec![
+                ("load".to_string(), format!("{i}")),
+                ("role".into(), "edge".into()),
+            ];
             handles.push(chitchat::spawn_chitchat(config, state, &transport).await?);
         }
         tokio::time::sleep(Duration::from_millis(600)).await;
         drop(handles);
         anyhow::Ok(())
     })?;
-    let mut messages = recorded.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
+    let mut messages = recorded
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clone();
     messages.sort();
     messages.dedup();
     // The first few of each size class are enough: later rounds repeat them.
@@ -213,7 +294,10 @@ struct Recording {
 impl Transport for Recording {
     async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
         let inner = self.inner.open(listen_addr).await?;
-        Ok(Box::new(RecordingSocket { inner, recorded: self.recorded.clone() }))
+        Ok(Box::new(RecordingSocket {
+            inner,
+            recorded: self.recorded.clone(),
+        }))
     }
 }
 

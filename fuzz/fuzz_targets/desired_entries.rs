@@ -37,9 +37,17 @@ fuzz_target!(|data: &[u8]| {
                 state.merge_any(entry.clone());
                 // The merge is a join: the same entry again, or what the state now holds for
                 // its key, changes nothing.
-                assert!(!state.merge_any(entry.clone()), "merging twice changed the state");
-                let held = state.any_entry(&entry.key()).expect("a merged entry is held");
-                assert!(!state.merge_any(held), "merging the held entry changed the state");
+                assert!(
+                    !state.merge_any(entry.clone()),
+                    "merging twice changed the state"
+                );
+                let held = state
+                    .any_entry(&entry.key())
+                    .expect("a merged entry is held");
+                assert!(
+                    !state.merge_any(held),
+                    "merging the held entry changed the state"
+                );
             }
         }
         // A page of entries merged into a state, as anti-entropy does.

@@ -39,8 +39,14 @@ fuzz_target!(|data: &[u8]| {
             for channel in [Channel::Gossip, Channel::Probe] {
                 match ring.open(channel, &packet) {
                     Ok(opened) => {
-                        assert!(!opened.sender.is_empty(), "an opened packet names its sender");
-                        assert!(framed.ends_with(&opened.plaintext), "the message is the rest");
+                        assert!(
+                            !opened.sender.is_empty(),
+                            "an opened packet names its sender"
+                        );
+                        assert!(
+                            framed.ends_with(&opened.plaintext),
+                            "the message is the rest"
+                        );
                         received(channel, opened);
                     }
                     Err(e) => assert!(
@@ -118,13 +124,23 @@ fn replay_window(ops: &[u8]) {
                 );
                 // Beyond two senders the quietest is forgotten, and its old packets open
                 // again (documented): track who may have been.
-                if accepted.iter().map(|(s, _, _)| s).collect::<BTreeSet<_>>().len() > 2 {
+                if accepted
+                    .iter()
+                    .map(|(s, _, _)| s)
+                    .collect::<BTreeSet<_>>()
+                    .len()
+                    > 2
+                {
                     forgotten.extend(accepted.iter().map(|(s, _, _)| s.clone()));
                 }
             }
             Err(e) => {
                 assert_eq!(e, OpenError::Replayed, "the window refuses only replays");
-                assert_eq!(format!("{guard:?}"), before, "a refused packet changes nothing");
+                assert_eq!(
+                    format!("{guard:?}"),
+                    before,
+                    "a refused packet changes nothing"
+                );
             }
         }
     }
