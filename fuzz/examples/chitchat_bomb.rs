@@ -11,7 +11,8 @@ fn main() -> anyhow::Result<()> {
     // chitchat's magic number (45139, little-endian), protocol V0, Ack.
     let mut packet = vec![0x53, 0xb0, 0, 2];
     let mut blocks = 0usize;
-    while packet.len() + 3 + block.len() + 1 <= 65_507 {
+    // Each block: type, u16 length, frame; one byte for the end marker stays free.
+    while packet.len() + 3 + block.len() < 65_507 {
         packet.push(1); // a compressed block
         packet.extend_from_slice(&u16::try_from(block.len())?.to_le_bytes());
         packet.extend_from_slice(&block);
@@ -26,7 +27,7 @@ fn main() -> anyhow::Result<()> {
         packet.len(),
         blocks,
         block.len(),
-        blocks * 65_535 >> 20,
+        (blocks * 65_535) >> 20,
         result.map(|_| "ok").map_err(|e| e.to_string()),
         started.elapsed()
     );
