@@ -369,20 +369,26 @@ fn view(agent: &mut Agent) -> View {
     }
 }
 
-/// The page's event feed, newest first. This node's own recent events for now; the one place
-/// to switch to the fleet's durable events.
+/// The page's event feed, newest first: the last [`FEED_MAX`] events of this node's durable
+/// log (node downs, failovers, starts, restarts, elections). `starling get events` gathers the
+/// fleet's; the page shows what the node it is served by recorded.
 fn events(agent: &Agent) -> Vec<EventLine> {
-    agent
-        .events
-        .iter()
+    let Ok(log) = agent.events.lock() else {
+        return Vec::new();
+    };
+    log.iter()
         .rev()
-        .map(|(at_ms, text)| EventLine {
-            at_ms: *at_ms,
-            node: agent.node.to_string(),
-            text: text.clone(),
+        .take(FEED_MAX)
+        .map(|event| EventLine {
+            at_ms: event.at.physical_ms,
+            node: event.at.node.to_string(),
+            text: event.text.clone(),
         })
         .collect()
 }
+
+/// Events the page shows.
+const FEED_MAX: usize = 100;
 
 fn node_card(row: NodeRow) -> NodeCard {
     let view = row.view;
