@@ -82,12 +82,15 @@ enum Command {
         #[command(subcommand)]
         what: cmd::rollout::RolloutCommand,
     },
-    /// List workloads, replicas or nodes.
+    /// List workloads, replicas, nodes, endpoints, leases, services, or the fleet's events.
     Get(cmd::workloads::GetArgs),
     /// Show one workload: revision history, rollout, update strategy, replicas, events, spec.
     Describe(cmd::workloads::WorkloadArg),
     /// Every replica with its state, health and restarts.
     Status,
+    /// A live full-screen view of the fleet: nodes, workloads, replicas, leases, events.
+    #[cfg(feature = "top")]
+    Top(cmd::top::TopArgs),
     /// Print the end of a replica's log, from whichever node runs it.
     Logs(cmd::workloads::LogsArgs),
     /// List the nodes of the fleet (same as `get nodes`).
@@ -174,15 +177,15 @@ fn main() -> ExitCode {
         Command::Scale(args) => cmd::workloads::scale(t, args, format),
         Command::Rollback(w) => call(t, ApiRequest::Rollback { name: w.name }, format),
         Command::Rollout { what } => cmd::rollout::run(t, what, format),
-        Command::Get(args) => call(
-            t,
-            ApiRequest::Get {
-                kind: args.kind.into(),
-            },
-            format,
-        ),
+        Command::Get(args) => match args.kind.object_kind() {
+            Some(kind) => cmd::events::refuse_with_other_kinds(&args.events)
+                .and_then(|()| call(t, ApiRequest::Get { kind }, format)),
+            None => cmd::events::run(t, args.events, format),
+        },
         Command::Describe(w) => call(t, ApiRequest::Describe { name: w.name }, format),
         Command::Status => call(t, ApiRequest::Status, format),
+        #[cfg(feature = "top")]
+        Command::Top(args) => cmd::top::run(t, args),
         Command::Logs(args) => cmd::workloads::logs(t, args),
         Command::Nodes => call(
             t,

@@ -1,7 +1,8 @@
 //! Output for people (aligned tables) and for scripts (`-o json`). A node answers with typed
 //! data ([`ApiResponse`]); how it reads is decided here, and only here.
 
-mod answers;
+pub(crate) mod answers;
+mod events;
 pub mod rollout;
 mod services;
 
@@ -11,6 +12,10 @@ use std::process::ExitCode;
 use serde_json::json;
 use starling_protocol::desired::RevisionId;
 use starling_protocol::wire::ApiResponse;
+
+pub use events::{event_json, event_line, event_line_header};
+#[cfg(feature = "top")]
+pub use events::{utc, what};
 
 /// How a command prints its result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -90,6 +95,11 @@ pub fn text(response: &ApiResponse) -> String {
             }
             format!("{line}\n")
         }
+        ApiResponse::Events(page) => format!(
+            "{}{}",
+            answers::table(response).map_or_else(String::new, |t| t.render()),
+            events::notes(page)
+        ),
         ApiResponse::Services { answered_by, .. } => format!(
             "{}(as node {answered_by} sees the fleet)\n",
             answers::table(response).map_or_else(String::new, |t| t.render())

@@ -13,7 +13,8 @@ use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{Fleet, spec, wait_for};
+use nix::sys::signal::Signal;
+use support::{Fleet, signal, spec, wait_for};
 
 /// Applies `w-<client>-<k>` for k = 0, 1, ... at node 0 until `stop`, recording the
 /// acknowledged names.
@@ -51,14 +52,16 @@ fn every_acknowledged_write_survives_a_kill_during_an_apply_storm() {
         let kill_after_ms =
             300 + std::collections::hash_map::RandomState::new().hash_one(round) % 1_200;
         let until = Instant::now() + Duration::from_millis(kill_after_ms + 1_000);
+        let agent = i64::from(fleet.nodes[0].child.as_ref().expect("running").id());
         std::thread::scope(|scope| {
             for client in 0..4 {
                 let (fleet, acked) = (&fleet, &acked);
                 scope.spawn(move || storm(fleet, client, until, acked, round));
             }
             std::thread::sleep(Duration::from_millis(kill_after_ms));
-            fleet.crash(0);
+            signal(agent, Signal::SIGKILL);
         });
+        fleet.crash(0);
         let before = acked.lock().expect("lock").len();
         fleet.spawn(0);
         let started = Instant::now();

@@ -109,8 +109,9 @@ fn a_node_back_after_the_grace_does_not_bring_a_deleted_workload_back() {
     for (i, names) in listings.iter().enumerate() {
         assert!(
             !names.contains(&"doomed".to_string()),
-            "node-{} lists the deleted workload again: {names:?}",
-            i + 1
+            "node-{} lists the deleted workload again: {names:?}\n--- node-3's log:\n{}",
+            i + 1,
+            log_of(&fleet, 2)
         );
     }
     assert_eq!(

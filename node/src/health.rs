@@ -7,12 +7,15 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::header;
+use hyper_util::rt::TokioIo;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use starling_protocol::placement::ReplicaId;
 use starling_protocol::quantity::format_duration_ms;
 use starling_protocol::spec::{HealthCheck, PortSpec, Probe};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
@@ -26,7 +29,8 @@ const PROBE_INTERVAL_MIN: Duration = Duration::from_millis(100);
 /// Shortest probe timeout: a zero timeout would fail every probe before it started.
 const PROBE_TIMEOUT_MIN: Duration = Duration::from_millis(1);
 
-/// Most bytes read from an HTTP answer: the status line is all a probe needs.
+/// Most bytes read from an HTTP answer (hyper's smallest buffer): its head, which holds the
+/// status, is all a probe needs.
 const HTTP_READ_BYTES_MAX: usize = 8 << 10;
 
 /// One probe's outcome.
@@ -235,63 +239,76 @@ async fn exec(
     }
 }
 
+/// An HTTP probe: `GET path` with hyper's HTTP/1 client on a connection of its own. Only the
+/// answer's head is read (at most [`HTTP_READ_BYTES_MAX`] bytes), never its body: the status
+/// is all a probe needs, and a large or endless body costs nothing.
 async fn http(port: u16, path: &str) -> ProbeResult {
+    let fail = |detail: String| ProbeResult { ok: false, detail };
     // Validation refuses such paths, but a spec decoded from elsewhere may skip it, and a
     // space or line break would let the path rewrite the request.
-    if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return ProbeResult {
-            ok: false,
-            detail: format!("invalid HTTP path {path:?}"),
-        };
-    }
-    let mut stream = match TcpStream::connect(("127.0.0.1", port)).await {
-        Ok(s) => s,
-        Err(e) => {
-            return ProbeResult {
-                ok: false,
-                detail: format!("port {port}: {}", io_detail(&e)),
-            };
-        }
+    let uri = (path.starts_with('/') && !path.chars().any(|c| c.is_whitespace() || c.is_control()))
+        .then(|| path.parse::<hyper::Uri>().ok())
+        .flatten();
+    let Some(uri) = uri else {
+        return fail(format!("invalid HTTP path {path:?}"));
     };
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: starling-probe\r\nConnection: close\r\n\r\n"
-    );
-    if let Err(e) = stream.write_all(request.as_bytes()).await {
-        return ProbeResult {
-            ok: false,
-            detail: format!("port {port}: {}", io_detail(&e)),
-        };
-    }
-    let mut buf = vec![0u8; HTTP_READ_BYTES_MAX];
-    let mut filled = 0;
-    while filled < buf.len() && !buf[..filled].contains(&b'\n') {
-        match stream.read(&mut buf[filled..]).await {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) => {
-                return ProbeResult {
-                    ok: false,
-                    detail: format!("port {port}: {}", io_detail(&e)),
-                };
+    let stream = match TcpStream::connect(("127.0.0.1", port)).await {
+        Ok(s) => s,
+        Err(e) => return fail(format!("port {port}: {}", io_detail(&e))),
+    };
+    let handshake = hyper::client::conn::http1::Builder::new()
+        .max_buf_size(HTTP_READ_BYTES_MAX)
+        .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+        .await;
+    let (mut sender, connection) = match handshake {
+        Ok(pair) => pair,
+        Err(e) => return fail(format!("port {port}: {}", hyper_detail(&e))),
+    };
+    let request = hyper::Request::get(uri)
+        .header(header::HOST, format!("127.0.0.1:{port}"))
+        .header(header::USER_AGENT, "starling-probe")
+        .header(header::CONNECTION, "close")
+        .body(Empty::new());
+    let request = match request {
+        Ok(r) => r,
+        Err(_) => return fail(format!("invalid HTTP path {path:?}")),
+    };
+    // The connection does the I/O while the sender waits for the answer's head; both end
+    // (and the socket closes) when this returns.
+    let send = sender.send_request(request);
+    tokio::pin!(send);
+    let answer = tokio::select! {
+        biased;
+        answer = &mut send => answer,
+        // A connection may end cleanly right after handing over the answer (the server
+        // closed): the answer is then waiting in the sender.
+        ended = connection => match ended {
+            Ok(()) => send.await,
+            Err(e) => return fail(hyper_detail(&e)),
+        },
+    };
+    match answer {
+        Ok(response) => {
+            let code = response.status().as_u16();
+            ProbeResult {
+                ok: (200..400).contains(&code),
+                detail: format!("HTTP {code}"),
             }
         }
+        Err(e) => fail(hyper_detail(&e)),
     }
-    let head = String::from_utf8_lossy(&buf[..filled]);
-    let status = head
-        .lines()
-        .next()
-        .filter(|line| line.starts_with("HTTP/"))
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|code| code.parse::<u16>().ok());
-    match status {
-        Some(code) => ProbeResult {
-            ok: (200..400).contains(&code),
-            detail: format!("HTTP {code}"),
-        },
-        None => ProbeResult {
-            ok: false,
-            detail: "not an HTTP answer".into(),
-        },
+}
+
+/// What a failed HTTP exchange says: its I/O error as for TCP probes, or that the peer does
+/// not speak HTTP (garbage, a head over the limit, or a close before any answer).
+fn hyper_detail(e: &hyper::Error) -> String {
+    let io = std::error::Error::source(e).and_then(|s| s.downcast_ref::<std::io::Error>());
+    match io {
+        Some(io) => io_detail(io),
+        None if e.is_parse() || e.is_incomplete_message() || e.is_parse_too_large() => {
+            "not an HTTP answer".into()
+        }
+        None => e.to_string(),
     }
 }
 
@@ -306,6 +323,7 @@ fn io_detail(e: &std::io::Error) -> String {
 #[cfg(test)]
 mod tests {
     use starling_protocol::spec::PortProtocol;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     use super::*;
@@ -512,6 +530,38 @@ mod tests {
         )
         .await;
         assert!(!r.ok && r.detail.starts_with("invalid HTTP path"), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn http_probe_reads_the_head_only() {
+        // A healthy answer with an endless body: the probe passes without reading it.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let endless = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = s.read(&mut buf).await;
+                    let head = b"HTTP/1.1 204 No Content\r\nX-Pad: 1\r\n\r\n";
+                    let _ = s.write_all(head).await;
+                    let chunk = [b'x'; 4096];
+                    while s.write_all(&chunk).await.is_ok() {}
+                });
+            }
+        });
+        let web = Probe::Http {
+            port: "web".into(),
+            path: "/".into(),
+        };
+        let second = Duration::from_secs(1);
+        let r = probe(&web, &[port("web", endless)], second, None, &[]).await;
+        assert_eq!((r.ok, r.detail.as_str()), (true, "HTTP 204"));
+        // A head over the limit is not an answer a probe reads to its end.
+        let header = format!("X-Pad: {}\r\n", "y".repeat(200));
+        let huge: &'static str = format!("HTTP/1.1 200 OK\r\n{}\r\n", header.repeat(60)).leak();
+        let big = server(huge).await;
+        let r = probe(&web, &[port("web", big)], second, None, &[]).await;
+        assert_eq!((r.ok, r.detail.as_str()), (false, "not an HTTP answer"));
     }
 
     /// Dead or a zombie waiting for init: either way, no longer running.

@@ -20,6 +20,8 @@
 //! - [`secrets`]: secrets and configs on a node: their files in memory-backed directories,
 //!   written for an instance before it starts, rewritten in place, wiped when it is gone.
 //! - [`dns`]: the DNS server for `svc.starling`, answering from the service table.
+//! - [`events`]: this node's events in a small bounded log on disk, and the fleet-wide
+//!   answer to `starling get events` (merged by HLC from every live peer).
 //! - [`health`]: exec, TCP and HTTP probes, run by the shell, fed back to the core.
 //! - [`store`]: the node's durable state, written atomically (write, fsync, rename, fsync dir).
 //! - [`clock`]: the only place the shell reads the wall clock.
@@ -32,6 +34,7 @@ pub mod channel;
 pub mod clock;
 pub mod cluster;
 pub mod dns;
+pub mod events;
 pub mod gossip;
 pub mod health;
 pub mod identity;

@@ -42,7 +42,7 @@ pub enum OperatorRole {
 /// What a request does, as far as permission goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
-    /// Read state: workloads, replicas, nodes, rollouts, logs, voters.
+    /// Read state: workloads, replicas, nodes, rollouts, logs, events, voters.
     View,
     /// Change what runs: apply, delete, scale, roll back, steer a rollout; take and give up
     /// leases (a script's own election, which decides which instance acts).
@@ -112,6 +112,7 @@ pub fn asked(request: &ApiRequest) -> Asked {
         ApiRequest::Status => (View, "read the fleet's status"),
         ApiRequest::Logs { .. } => (View, "read logs"),
         ApiRequest::RolloutStatus { .. } => (View, "read rollouts"),
+        ApiRequest::Events(_) => (View, "read events"),
         ApiRequest::Voters { set: None, .. } => (View, "list the lease voters"),
         ApiRequest::Apply { .. } | ApiRequest::ApplyIf { .. } => (Deploy, "apply workloads"),
         // `--force` overrides a rolled-back template, a deploy decision like any other.
@@ -263,6 +264,12 @@ mod tests {
                 tail_lines: 10,
             },
             ApiRequest::RolloutStatus { name: web() },
+            ApiRequest::Events(crate::events::EventQuery {
+                workload: Some(web()),
+                since: None,
+                limit: 10,
+                scope: crate::events::EventScope::Fleet,
+            }),
             ApiRequest::Voters {
                 set: None,
                 force: false,
@@ -339,6 +346,7 @@ mod tests {
                 "read the fleet's status",
                 "read logs",
                 "read rollouts",
+                "read events",
                 "list the lease voters"
             ]
         );

@@ -163,7 +163,8 @@ pub struct Description {
     pub rollout: RolloutReport,
     /// Its replicas as their nodes report them.
     pub replicas: Vec<ReplicaRow>,
-    /// Recent events of the answering node that name it, oldest first.
+    /// Recent events of the answering node about it (at most 200), oldest first; the
+    /// fleet's are in `starling get events --workload`.
     pub events: Vec<NodeEvent>,
     /// The autoscaler, for a workload with `[scaling]`.
     pub autoscaler: Option<AutoscalerReport>,

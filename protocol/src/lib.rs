@@ -22,6 +22,7 @@
 pub mod access;
 pub mod api;
 pub mod desired;
+pub mod events;
 pub mod gossip;
 pub mod hash;
 pub mod hlc;

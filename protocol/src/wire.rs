@@ -290,6 +290,9 @@ pub enum ApiRequest {
         /// The secret.
         name: WorkloadName,
     },
+    /// Events the fleet's nodes recorded (`starling get events`), merged by HLC; answered
+    /// with [`ApiResponse::Events`].
+    Events(crate::events::EventQuery),
 }
 
 /// What `ApiRequest::Rollout` does to the current revision's rollout.
@@ -412,6 +415,8 @@ pub enum ApiResponse {
     Objects(Vec<crate::api::ObjectRow>),
     /// Who a new version of a secret is sealed to: node and X25519 public key.
     Recipients(Vec<(NodeId, [u8; 32])>),
+    /// Events (`get events`), oldest first by HLC.
+    Events(Box<crate::events::EventPage>),
 }
 
 /// A failed request: what went wrong, and for specs every field error.
@@ -657,6 +662,7 @@ impl Check for ApiRequest {
                 .parse::<crate::desired::RevisionMatch>()
                 .map(|_| ())
                 .map_err(|e| format!("if_revision: {e}")),
+            ApiRequest::Events(query) => query.check(),
             _ => Ok(()),
         }
     }
@@ -672,7 +678,11 @@ fn spec_bytes(spec: &WorkloadSpec) -> usize {
 
 impl Check for ApiResponse {
     fn check(&self) -> Result<(), String> {
-        Ok(())
+        match self {
+            // A node relays its peers' pages: what it merges must be within bounds.
+            ApiResponse::Events(page) => page.check(),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -92,6 +92,10 @@ impl World<'_> {
         let alone = node.view.nodes.keys().all(|id| *id == me);
         node.sync.set_alone(alone);
         node.sync.handle_tick(now, &node.disk.desired, &roots);
+        let synced = node.sync.in_sync_at().is_some();
+        if synced && node.host.core.as_ref().is_some_and(|c| c.is_rejoining()) {
+            self.with_core(i, |core, now| core.handle_desired_synced(now));
+        }
         self.drain_sync(i);
         let next = self.now + self.scenario.gossip.interval_ms;
         let boots = self.nodes[i].boots;

@@ -9,6 +9,7 @@ pub mod bench_fleet;
 pub mod bench_lease;
 pub mod client;
 pub mod cluster;
+pub mod events;
 pub mod fence;
 pub mod image;
 pub mod lease;
@@ -17,6 +18,8 @@ pub mod plan;
 pub mod rollout;
 #[cfg(feature = "sim")]
 pub mod sim;
+#[cfg(feature = "top")]
+pub mod top;
 pub mod up;
 pub mod validate;
 pub mod workloads;

@@ -57,10 +57,13 @@ pub struct GetArgs {
     /// What to list.
     #[arg(value_enum, default_value_t = Kind::Workloads)]
     pub kind: Kind,
+    /// `get events` only.
+    #[command(flatten)]
+    pub events: super::events::EventArgs,
 }
 
 /// What `starling get` lists.
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kind {
     Workloads,
     Replicas,
@@ -68,18 +71,22 @@ pub enum Kind {
     Endpoints,
     Leases,
     Services,
+    /// The fleet's events, merged by HLC (see `--workload`, `--follow`, `--since`).
+    Events,
 }
 
-impl From<Kind> for ObjectKind {
-    fn from(kind: Kind) -> Self {
-        match kind {
+impl Kind {
+    /// What `Get` asks for; `None` for events, which have a request of their own.
+    pub fn object_kind(self) -> Option<ObjectKind> {
+        Some(match self {
             Kind::Workloads => ObjectKind::Workloads,
             Kind::Replicas => ObjectKind::Replicas,
             Kind::Nodes => ObjectKind::Nodes,
             Kind::Endpoints => ObjectKind::Endpoints,
             Kind::Leases => ObjectKind::Leases,
             Kind::Services => ObjectKind::Services,
-        }
+            Kind::Events => return None,
+        })
     }
 }
 

@@ -45,6 +45,10 @@ fn listing(response: &ApiResponse) -> Option<Listing> {
             Listing { table, json }
         }
         ApiResponse::Leases(rows) => leases(rows),
+        ApiResponse::Events(page) => {
+            let (table, json) = super::events::listing(page);
+            Listing { table, json }
+        }
         ApiResponse::Described(description) => describe(description),
         ApiResponse::Voters { voters: v, version } => voters(v, *version),
         ApiResponse::Token(token) => single("TOKEN", token, json!({ "token": token })),
@@ -132,18 +136,19 @@ fn health(r: &ReplicaStatus) -> &'static str {
 }
 
 /// A replica row as it reads: state, health column, `healthy` for scripts, and reason.
-struct ReplicaReading {
-    node: Option<String>,
-    state: String,
-    health: &'static str,
-    healthy: bool,
-    restarts: u32,
-    revision: u64,
-    last_exit_code: Option<i32>,
-    reason: Option<String>,
+/// `top` reads replicas the same way.
+pub(crate) struct ReplicaReading {
+    pub node: Option<String>,
+    pub state: String,
+    pub health: &'static str,
+    pub healthy: bool,
+    pub restarts: u32,
+    pub revision: u64,
+    pub last_exit_code: Option<i32>,
+    pub reason: Option<String>,
 }
 
-fn read_replica(place: &ReplicaPlace) -> ReplicaReading {
+pub(crate) fn read_replica(place: &ReplicaPlace) -> ReplicaReading {
     match place {
         ReplicaPlace::On {
             node,
@@ -250,7 +255,7 @@ fn endpoints(rows: &[EndpointRow]) -> Listing {
 }
 
 /// Bytes rounded for people: `64Mi`, `23.5Gi`.
-fn human_bytes(bytes: u64) -> String {
+pub(crate) fn human_bytes(bytes: u64) -> String {
     const UNITS: [(&str, u64); 3] = [("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)];
     for (unit, size) in UNITS {
         if bytes >= size {

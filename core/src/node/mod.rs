@@ -131,6 +131,10 @@ pub struct NodeCore {
     rejoin_until_ms: Option<u64>,
     /// The shell holds the rejoin wait open (see [`NodeCore::handle_rejoin_hold`]).
     rejoin_held: bool,
+    /// Rejoining also waits until the shell says this node's desired state caught up with a
+    /// peer's ([`NodeCore::handle_desired_synced`]): acting on the copy it stored would start
+    /// workloads deleted while it was away.
+    rejoin_synced: bool,
     /// Workloads with a replica here held back by the rollout gate: a peer's status about
     /// any of their replicas may open it.
     rollout_waiting: std::collections::BTreeSet<starling_protocol::WorkloadName>,
@@ -180,6 +184,16 @@ impl NodeCore {
         self.reconcile(now_ms);
     }
 
+    /// The desired state caught up with a peer's (equal roots, or a complete pull), or this
+    /// node is alone: the rejoin wait may end once the fleet is heard too.
+    pub fn handle_desired_synced(&mut self, now_ms: u64) {
+        if self.rejoin_until_ms.is_none() || self.rejoin_synced {
+            return;
+        }
+        self.rejoin_synced = true;
+        self.reconcile(now_ms);
+    }
+
     /// Whether the core still waits to hear the fleet after a restart.
     pub fn is_rejoining(&self) -> bool {
         self.rejoin_until_ms.is_some()
@@ -226,6 +240,7 @@ impl NodeCore {
             lease_away_since: BTreeMap::new(),
             rejoin_until_ms: None,
             rejoin_held: false,
+            rejoin_synced: false,
             rollout_waiting: Default::default(),
             canaries_settled: BTreeMap::new(),
             rollbacks_asked: Default::default(),

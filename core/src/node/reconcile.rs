@@ -63,7 +63,7 @@ impl NodeCore {
 
     /// After a restart, the core waits until every member it does not see as down, and a
     /// majority of all members, have reported their status (where the replicas went, who runs
-    /// what), or until the deadline.
+    /// what), and its desired state caught up with a peer's, or until the deadline.
     /// Acting earlier, on the view it stored, would start copies of replicas the fleet moved
     /// elsewhere while this node was away.
     fn still_rejoining(&mut self, now_ms: u64) -> bool {
@@ -86,7 +86,7 @@ impl NodeCore {
             .filter(|id| self.view.nodes.contains_key(*id))
             .count();
         let heard_majority = 2 * (heard + 1) > self.view.nodes.len();
-        if now_ms < until_ms && !(heard_all && heard_majority) {
+        if now_ms < until_ms && !(heard_all && heard_majority && self.rejoin_synced) {
             return true;
         }
         let heard_all = heard_all && heard_majority;

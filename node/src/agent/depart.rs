@@ -18,9 +18,11 @@ use std::time::Duration;
 
 use starling_protocol::placement::Departure;
 
+use super::About;
 use super::Agent;
 use super::fleet::SyncEvent;
 use crate::clock::now_ms;
+use starling_protocol::events::EventKind;
 
 /// What the agent does with its workloads when it is asked to stop (SIGTERM or SIGINT).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -125,7 +127,7 @@ impl Agent {
             }
             self.decide(|core| core.handle_view(now, view));
         }
-        self.note(format!(
+        self.note(EventKind::Agent, About::Node, format!(
             "stopping ({:?}): {}",
             settings.on_stop,
             match settings.on_stop {
@@ -143,9 +145,11 @@ impl Agent {
     }
 
     pub(super) fn on_departure_announced(&mut self, acked: usize, asked: usize) {
-        self.note(format!(
-            "{acked} of {asked} live peers acknowledged this node's departure"
-        ));
+        self.note(
+            EventKind::Agent,
+            About::Node,
+            format!("{acked} of {asked} live peers acknowledged this node's departure"),
+        );
         if let Some(d) = self.departing.as_mut() {
             d.announced = true;
         }

@@ -2,7 +2,7 @@
 //! who may ask what, for both doors (the data dir's Unix socket and QUIC).
 //!
 //! A door decodes a request, names its [`Caller`] and hands both to [`ApiDoor::serve`]. Logs
-//! stream from the door's own task, so a large log never blocks the agent loop; a refused
+//! stream from the door's own task (and events are gathered from the peers there), so a large log never blocks the agent loop; a refused
 //! request is answered there too. Everything else becomes a [`LoopCall`] that runs in the
 //! agent loop, which owns the core and the store, and answers through its reply channel.
 //!
@@ -79,6 +79,16 @@ impl LoopCall {
     pub(super) fn run(self, agent: &mut Agent) {
         (self.work)(agent, self.reply);
     }
+
+    /// A read for a door of the agent's own that answers in its own type through its own
+    /// channel (the web view): it never goes through [`route`], so it can only read.
+    pub(super) fn inspect(read: impl FnOnce(&mut Agent) + Send + 'static) -> Self {
+        let (reply, _) = oneshot::channel();
+        LoopCall {
+            work: Box::new(move |agent, _| read(agent)),
+            reply,
+        }
+    }
 }
 
 /// What both doors need to serve API requests.
@@ -88,6 +98,8 @@ pub(crate) struct ApiDoor {
     pub calls: mpsc::Sender<LoopCall>,
     /// Where logs come from.
     pub logs: LogSource,
+    /// Where events come from.
+    pub events: crate::events::EventSource,
 }
 
 impl ApiDoor {
@@ -111,6 +123,10 @@ impl ApiDoor {
                 )
                 .await;
                 return Served::answered(open);
+            }
+            Route::Events(query) => {
+                let answer = self.events.answer(query).await;
+                return Served::answered(write_frame(out, &answer).await.is_ok());
             }
             Route::Refused(message) => {
                 return Served {
@@ -154,6 +170,9 @@ impl Served {
 enum Route {
     /// Streamed by the door.
     Logs(LogRequest),
+    /// Answered by the door, which asks the peers (see `crate::events`): the agent loop
+    /// never waits for them.
+    Events(starling_protocol::events::EventQuery),
     /// Refused at the door, with the reason.
     Refused(String),
     /// Run by the agent loop.
@@ -259,6 +278,7 @@ fn route(request: ApiRequest, caller: &Caller) -> Route {
         }
         ApiRequest::ObjectList { kind } => answer(move |a| a.object_list(kind)),
         ApiRequest::SecretRecipients { name } => answer(move |a| a.secret_recipients(name)),
+        ApiRequest::Events(query) => Route::Events(query),
     }
 }
 
@@ -319,7 +339,7 @@ mod tests {
     fn operators_are_refused_what_their_role_does_not_allow_with_the_reason() {
         let refusal = |request: ApiRequest, caller: &Caller| match route(request, caller) {
             Route::Refused(why) => Some(why),
-            Route::Logs(_) | Route::Loop(_) => None,
+            Route::Logs(_) | Route::Events(_) | Route::Loop(_) => None,
         };
         let viewer = operator("alice", OperatorRole::Viewer);
         assert_eq!(

@@ -29,12 +29,16 @@ impl Agent {
                 }
                 self.starting.remove(&(replica.clone(), *instance));
                 self.forget_delivered(replica, *instance);
-                self.note(format!(
-                    "{}/{} instance {instance} exited with {}",
-                    replica.workload,
-                    replica.index,
-                    code.map_or("a signal".to_string(), |c| format!("code {c}"))
-                ));
+                self.note(
+                    EventKind::ReplicaExited,
+                    About::Replica(replica),
+                    format!(
+                        "{}/{} instance {instance} exited with {}",
+                        replica.workload,
+                        replica.index,
+                        code.map_or("a signal".to_string(), |c| format!("code {c}"))
+                    ),
+                );
             }
             RuntimeEvent::StartFailed {
                 replica,
@@ -42,10 +46,14 @@ impl Agent {
                 instance,
             } => {
                 self.forget_delivered(replica, *instance);
-                self.note(format!(
-                    "{}/{} failed to start: {reason}",
-                    replica.workload, replica.index
-                ));
+                self.note(
+                    EventKind::StartFailed,
+                    About::Replica(replica),
+                    format!(
+                        "{}/{} failed to start: {reason}",
+                        replica.workload, replica.index
+                    ),
+                );
             }
             RuntimeEvent::Adopted {
                 replica,
@@ -143,6 +151,16 @@ impl Agent {
     }
 
     fn on_core_event(&mut self, event: CoreEvent) {
+        let (kind, replica) = match &event {
+            CoreEvent::CrashLoop { replica, .. } => (EventKind::CrashLoop, Some(replica.clone())),
+            CoreEvent::RolloutFailed { replica, .. } => {
+                (EventKind::RolloutFailed, Some(replica.clone()))
+            }
+            CoreEvent::MinoritySide { .. } | CoreEvent::MajorityRegained { .. } => {
+                (EventKind::Partition, None)
+            }
+            CoreEvent::Rejoined { .. } => (EventKind::Agent, None),
+        };
         let text = match event {
             CoreEvent::CrashLoop {
                 replica,
@@ -194,7 +212,8 @@ impl Agent {
             }
         };
         tracing::warn!("{text}");
-        self.note(text);
+        let about = replica.as_ref().map_or(About::Node, About::Replica);
+        self.note(kind, about, text);
     }
 
     /// Runs a runtime operation on `replica` after the previous one on it finished: a stop
@@ -242,10 +261,21 @@ struct Shell<'a> {
 impl Effects for Shell<'_> {
     fn start(&mut self, replica: ReplicaId, instance: u64, revision: u64, spec: Box<WorkloadSpec>) {
         let agent = &mut *self.agent;
-        agent.note(format!(
-            "starting {}/{} (revision {revision}, instance {instance})",
-            replica.workload, replica.index
-        ));
+        let (kind, from) = match agent.failed_over_from(&replica) {
+            Some(down) => (
+                EventKind::Failover,
+                format!(": failover from {down}, which is down"),
+            ),
+            None => (EventKind::ReplicaStarted, String::new()),
+        };
+        agent.note(
+            kind,
+            About::Replica(&replica),
+            format!(
+                "starting {}/{} (revision {revision}, instance {instance}){from}",
+                replica.workload, replica.index
+            ),
+        );
         agent
             .starting
             .insert((replica.clone(), instance), (*spec).clone());
@@ -294,10 +324,14 @@ impl Effects for Shell<'_> {
 
     fn stop(&mut self, replica: ReplicaId, instance: u64, reason: StopReason) {
         let agent = &mut *self.agent;
-        agent.note(format!(
-            "stopping {}/{} instance {instance}: {reason}",
-            replica.workload, replica.index
-        ));
+        agent.note(
+            EventKind::ReplicaStopped,
+            About::Replica(&replica),
+            format!(
+                "stopping {}/{} instance {instance}: {reason}",
+                replica.workload, replica.index
+            ),
+        );
         if let Some(handle) = agent.probers.remove(&(replica.clone(), instance)) {
             handle.abort();
         }

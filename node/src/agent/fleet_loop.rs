@@ -12,11 +12,13 @@ use starling_protocol::placement::Liveness;
 use starling_protocol::wire::{ApiResponse, JoinReply, JoinRequest, PeerMessage};
 use tokio::sync::{mpsc, oneshot};
 
+use super::About;
 use super::Agent;
 use super::fleet::{FleetInbox, PeerCall, SyncEvent};
 use super::handlers::{Push, WriteOutcome};
 use super::quic_api::JoinCall;
 use crate::clock::now_ms;
+use starling_protocol::events::EventKind;
 
 /// Receivers of fleet inputs.
 pub(crate) struct Inbox {
@@ -188,9 +190,13 @@ impl Agent {
                 let message = fleet.keys_message();
                 fleet.broadcast(now, message, |_, _| async {});
                 self.persist_keys();
-                self.note(format!(
-                    "gossip key {id} now seals; {installed} of {asked} live peers held it first"
-                ));
+                self.note(
+                    EventKind::Membership,
+                    About::Node,
+                    format!(
+                        "gossip key {id} now seals; {installed} of {asked} live peers held it first"
+                    ),
+                );
                 let _ = reply.send(ApiResponse::KeyRotated {
                     key: id,
                     installed: installed as u64,
@@ -240,7 +246,11 @@ impl Agent {
                 if let Some(fleet) = self.fleet.as_mut() {
                     fleet.on_departure(from, departure);
                 }
-                self.note(format!("{from} announced it is stopping: {departure:?}"));
+                self.note(
+                    EventKind::Membership,
+                    About::Node,
+                    format!("{from} announced it is stopping: {departure:?}"),
+                );
                 self.refresh_view(now);
                 Some(PeerMessage::Stored)
             }
@@ -396,7 +406,11 @@ impl Agent {
                 fleet.spent.insert(id);
                 fleet.publish_spent().await;
                 tracing::info!(node = %request.node, "enrolled a new node");
-                self.note(format!("enrolled node {}", request.node));
+                self.note(
+                    EventKind::Membership,
+                    About::Node,
+                    format!("enrolled node {}", request.node),
+                );
                 JoinReply::Accepted(Box::new(enrolment))
             }
             Err(e) => JoinReply::Refused(format!("could not sign a certificate: {e}")),
@@ -437,9 +451,11 @@ impl Agent {
                     "another agent claims this node's id (started later, at {generation} ms); \
                      this agent keeps the id and the fleet keeps following it; stop the other one"
                 );
-                self.note(format!(
-                    "another agent at {base} claims node id {me}; it must stop"
-                ));
+                self.note(
+                    EventKind::Agent,
+                    About::Node,
+                    format!("another agent at {base} claims node id {me}; it must stop"),
+                );
             }
         }
         if !checking {
@@ -485,6 +501,13 @@ impl Agent {
         let alone = fleet.peers.is_empty() && self.core.view().nodes.keys().all(|node| node == me);
         fleet.sync.set_alone(alone);
         fleet.sync.handle_tick(now, self.core.desired(), &peers);
+        let synced = fleet.sync.in_sync_at().is_some();
+        if synced && self.core.is_rejoining() {
+            self.decide(|core| core.handle_desired_synced(now));
+        }
+        let Some(fleet) = self.fleet.as_mut() else {
+            return;
+        };
         let records = std::mem::take(&mut fleet.heard_leases);
         let voters = std::mem::take(&mut fleet.heard_voters);
         self.refresh_view(now);
@@ -526,6 +549,41 @@ impl Agent {
             map.remove(id);
         }
         *self.locator.write().unwrap_or_else(|e| e.into_inner()) = map;
+        let members = self
+            .core
+            .view()
+            .nodes
+            .iter()
+            .filter(|(id, _)| **id != self.node)
+            .map(|(id, n)| crate::events::Member {
+                node: id.clone(),
+                quic: fleet
+                    .peers
+                    .get(id)
+                    .filter(|_| n.liveness != Liveness::Down)
+                    .map(|p| crate::cluster::quic_addr(p.base)),
+            })
+            .collect();
+        *self.members.write().unwrap_or_else(|e| e.into_inner()) = members;
+    }
+
+    /// The down node whose last status has `replica` running, when this node starts it: a
+    /// failover, for the event log.
+    pub(super) fn failed_over_from(
+        &self,
+        replica: &starling_protocol::placement::ReplicaId,
+    ) -> Option<starling_protocol::NodeId> {
+        let view = self.core.view();
+        self.core
+            .peer_statuses()
+            .iter()
+            .find(|(node, status)| {
+                view.nodes
+                    .get(*node)
+                    .is_some_and(|n| n.liveness == Liveness::Down)
+                    && status.replicas.get(replica).is_some_and(|r| r.is_active())
+            })
+            .map(|(node, _)| node.clone())
     }
 
     /// Hands the core the fleet as the detector sees it now, when it changed.
@@ -552,6 +610,7 @@ impl Agent {
                 .failovers
                 .fetch_add(went_down, Ordering::Relaxed);
         }
+        self.note_liveness_changes(&view);
         if view != *self.core.view() {
             let members_changed = view.nodes.len() != self.core.view().nodes.len()
                 || view.nodes.keys().ne(self.core.view().nodes.keys());
@@ -559,6 +618,35 @@ impl Agent {
                 tracing::error!("cannot store the fleet view: {e}");
             }
             self.decide(|core| core.handle_view(now, view));
+        }
+    }
+
+    /// Records the members that went down or came back up since the core's view.
+    fn note_liveness_changes(&mut self, view: &starling_protocol::placement::FleetView) {
+        let changes: Vec<(starling_protocol::NodeId, bool)> = view
+            .nodes
+            .iter()
+            .filter(|(id, _)| **id != self.node)
+            .filter_map(|(id, n)| {
+                let old = self.core.view().nodes.get(id)?.liveness;
+                let down = n.liveness == Liveness::Down;
+                (down != (old == Liveness::Down)).then(|| (id.clone(), down))
+            })
+            .collect();
+        for (node, down) in changes {
+            if down {
+                self.note(
+                    EventKind::NodeDown,
+                    About::Node,
+                    format!("{node} is down: its replicas move to other nodes"),
+                );
+            } else {
+                self.note(
+                    EventKind::NodeUp,
+                    About::Node,
+                    format!("{node} is up again"),
+                );
+            }
         }
     }
 

@@ -11,8 +11,10 @@ use starling_protocol::desired::{
 use starling_protocol::spec::{SpecErrors, WorkloadSpec};
 use starling_protocol::wire::{ApiError as WireApiError, ApiResponse};
 
+use super::About;
 use super::Agent;
 use crate::clock::now_ms;
+use starling_protocol::events::EventKind;
 
 /// What a write answers, and what peers must be pushed before or as it is answered.
 pub(super) struct WriteOutcome {
@@ -211,7 +213,11 @@ impl Agent {
         if let Err(e) = crate::cluster::Membership::write_revoked(self.store.dir(), &names) {
             return error(format!("could not store the revocation: {e}"));
         }
-        self.note(format!("revoked the certificate of {name}"));
+        self.note(
+            EventKind::Membership,
+            About::Node,
+            format!("revoked the certificate of {name}"),
+        );
         ApiResponse::Revoked(id)
     }
 
@@ -237,10 +243,14 @@ impl Agent {
             number,
             at: at.clone(),
         };
-        self.note(format!(
-            "{} {name} (revision {id}, by {by})",
-            if number == 0 { "deleted" } else { "wrote" }
-        ));
+        self.note(
+            EventKind::WorkloadWritten,
+            About::Workload(&name),
+            format!(
+                "{} {name} (revision {id}, by {by})",
+                if number == 0 { "deleted" } else { "wrote" }
+            ),
+        );
         self.decide(|core| core.handle_desired(now, next));
         WriteOutcome {
             response: ApiResponse::Written {

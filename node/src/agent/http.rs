@@ -1,5 +1,6 @@
-//! The agent's local HTTP server: `/metrics`, `/v1/leases/NAME` (see `metrics`) and
-//! `POST /v1/report`, where replicas report custom metrics (see `report`).
+//! The agent's local HTTP server (hyper, HTTP/1.1): `/metrics`, `/v1/leases/NAME` (see
+//! `metrics`), `POST /v1/report`, where replicas report custom metrics (see `report`), and the
+//! web view (`/` and `/v1/view`, see `web`).
 //!
 //! Anyone who can reach the port may connect, without credentials, so everything a client can
 //! hold is capped: connections in total and per client address, long polls in total and in
@@ -17,14 +18,23 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::metrics::{LeaseBoard, Metrics};
 use super::report::Reports;
+use super::web::WebDoor;
 use super::{AgentError, LocalSettings};
 
 /// Caps of the HTTP server. Defaults ([`HttpLimits::for_fd_limit`] at a large descriptor
@@ -214,8 +224,9 @@ impl Drop for LongPollSlot {
     }
 }
 
-/// Largest request head read; only the request line matters.
-const HEAD_BYTES_MAX: usize = 2048;
+/// Largest request head read (hyper's smallest read buffer): the request line and a few
+/// headers are all any route needs.
+const HEAD_BYTES_MAX: usize = 8192;
 
 /// Binds the HTTP port. Fails the agent's start when taken: a singleton's
 /// `STARLING_LEASE_URL` points here, so running without it would leave instances blind.
@@ -238,52 +249,66 @@ pub(super) async fn bind(
     })
 }
 
-/// Serves `/metrics`, `/v1/leases/NAME` and `/v1/report` on `listener` within `limiter`'s
-/// caps and `local`'s timeouts.
+/// What the server answers from.
+#[derive(Clone, Default)]
+pub(super) struct Sources {
+    /// Counters and gauges for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Leases for `/v1/leases/NAME`.
+    pub leases: Arc<LeaseBoard>,
+    /// Where `POST /v1/report` puts replicas' values.
+    pub reports: Arc<Reports>,
+    /// The web view (`/` and `/v1/view`); `None` answers them 404.
+    pub web: Option<Arc<WebDoor>>,
+}
+
+/// What every connection's task shares.
+struct Shared {
+    limiter: Arc<Limiter>,
+    local: LocalSettings,
+    sources: Sources,
+}
+
+/// Serves `/metrics`, `/v1/leases/NAME`, `/v1/report` and the web view on `listener` within
+/// `limiter`'s caps and `local`'s timeouts.
 pub(super) fn serve(
     listener: TcpListener,
     limiter: Arc<Limiter>,
     local: LocalSettings,
-    metrics: Arc<Metrics>,
-    leases: Arc<LeaseBoard>,
-    reports: Arc<Reports>,
+    sources: Sources,
 ) -> JoinHandle<()> {
+    let shared = Arc::new(Shared {
+        limiter,
+        local,
+        sources,
+    });
     tokio::spawn(async move {
         let mut warned = false;
         loop {
             let (stream, client) = match listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    metrics.http.accept_errors.fetch_add(1, Ordering::Relaxed);
+                    let errors = &shared.sources.metrics.http.accept_errors;
+                    errors.fetch_add(1, Ordering::Relaxed);
                     // One line per burst: the metric counts the rest.
                     if !warned {
                         tracing::warn!("HTTP accept failed, pausing between retries: {e}");
                         warned = true;
                     }
-                    tokio::time::sleep(local.accept_backoff).await;
+                    tokio::time::sleep(shared.local.accept_backoff).await;
                     continue;
                 }
             };
             warned = false;
-            match limiter.admit(client.ip()) {
+            match shared.limiter.admit(client.ip()) {
                 Ok(slot) => {
-                    let (limiter, metrics, leases, reports) = (
-                        limiter.clone(),
-                        metrics.clone(),
-                        leases.clone(),
-                        reports.clone(),
-                    );
+                    let shared = shared.clone();
                     tokio::spawn(async move {
                         let _slot = slot;
-                        let state = State {
-                            metrics: &metrics,
-                            leases: &leases,
-                            reports: &reports,
-                        };
-                        handle(stream, &limiter, &local, state).await;
+                        connection(stream, client, shared).await;
                     });
                 }
-                Err(why) => refuse_now(&stream, why, limiter.limits()),
+                Err(why) => refuse_now(&stream, why, shared.limiter.limits()),
             }
         }
     })
@@ -292,11 +317,16 @@ pub(super) fn serve(
 /// Answers 503 with what one non-blocking write takes and drops the connection: no task, no
 /// read, so refusing costs the server nothing it could run out of.
 fn refuse_now(stream: &TcpStream, why: Refusal, limits: HttpLimits) {
-    let _ = stream.try_write(unavailable(why, limits).as_bytes());
+    let body = unavailable(why, limits);
+    let text = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.try_write(text.as_bytes());
 }
 
 fn unavailable(why: Refusal, limits: HttpLimits) -> String {
-    let body = match why {
+    match why {
         Refusal::Connections => format!(
             "this agent serves at most {} HTTP connections at once; retry later\n",
             limits.connections_max
@@ -309,133 +339,122 @@ fn unavailable(why: Refusal, limits: HttpLimits) -> String {
             "this agent holds at most {} long polls (?wait=) at once; retry later\n",
             limits.long_polls_max
         ),
+    }
+}
+
+/// The body every answer has: whole, in memory (the largest is `/metrics`).
+pub(super) type Body = Full<Bytes>;
+
+/// An answer with a status, a content type and a body.
+pub(super) fn answer(
+    status: StatusCode,
+    kind: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    response
+}
+
+/// Serves one request on one connection (no keep-alive: a slot is a connection, and a
+/// client that wants another answer connects again).
+///
+/// Time is bounded at both ends: hyper closes a connection whose head is not in within
+/// [`LocalSettings::http_head_timeout`], and once the route has its answer, writing it gets
+/// [`LocalSettings::http_write_timeout`]. A client that closes while its request waits (a
+/// long poll) ends the connection, which drops the route's future and what it held.
+async fn connection(stream: TcpStream, client: SocketAddr, shared: Arc<Shared>) {
+    let answered = Arc::new(Notify::new());
+    let service = {
+        let (shared, answered) = (shared.clone(), answered.clone());
+        service_fn(move |request| {
+            let (shared, answered) = (shared.clone(), answered.clone());
+            async move {
+                let response = route(request, client, &shared).await;
+                answered.notify_one();
+                Ok::<_, Infallible>(response)
+            }
+        })
     };
-    response(
-        "503 Service Unavailable",
-        "text/plain",
-        &body,
-        "Retry-After: 1\r\n",
-    )
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.local.http_head_timeout)
+        .keep_alive(false)
+        .max_buf_size(HEAD_BYTES_MAX);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        () = answered.notified() => {}
+    }
+    let _ = tokio::time::timeout(shared.local.http_write_timeout, conn).await;
 }
 
-fn response(status: &str, kind: &str, body: &str, extra: &str) -> String {
-    format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
-        body.len()
-    )
-}
-
-/// What the server answers from.
-#[derive(Clone, Copy)]
-struct State<'a> {
-    metrics: &'a Metrics,
-    leases: &'a LeaseBoard,
-    reports: &'a Reports,
-}
-
-async fn handle(
-    mut stream: TcpStream,
-    limiter: &Arc<Limiter>,
-    local: &LocalSettings,
-    State {
-        metrics,
-        leases,
-        reports,
-    }: State<'_>,
-) {
-    let raw = read_head(&mut stream, local.http_head_timeout).await;
-    let head_end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(raw.len(), |i| i + 4);
-    let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
-    let path = head.split_whitespace().nth(1).unwrap_or("");
-    let (path, query) = path.split_once('?').unwrap_or((path, ""));
-    let text = if path == "/metrics" {
-        response("200 OK", "text/plain; version=0.0.4", &metrics.render(), "")
-    } else if path == "/v1/report" {
-        let early = &raw[head_end..];
-        let timeout = local.http_head_timeout;
+/// Every route of the port.
+async fn route(request: Request<Incoming>, client: SocketAddr, shared: &Shared) -> Response<Body> {
+    let Shared {
+        limiter, sources, ..
+    } = shared;
+    let path = request.uri().path().to_string();
+    let query = request.uri().query().unwrap_or("").to_string();
+    if path == "/metrics" {
+        return answer(
+            StatusCode::OK,
+            super::metrics::CONTENT_TYPE,
+            sources.metrics.render(),
+        );
+    }
+    if path == "/v1/report" {
         let (status, body) =
-            super::report::answer(&mut stream, &head, early, timeout, reports).await;
-        response(status, "text/plain", &body, "")
-    } else if let Some(name) = path.strip_prefix("/v1/leases/") {
+            super::report::answer(request, shared.local.http_head_timeout, &sources.reports).await;
+        return answer(status, "text/plain; charset=utf-8", body);
+    }
+    if let Some(name) = path.strip_prefix("/v1/leases/") {
         let wait_s = query
             .split('&')
             .find_map(|kv| kv.strip_prefix("wait="))
             .and_then(|w| w.parse::<u64>().ok())
             .unwrap_or(0)
             .min(limiter.limits().wait_max_s);
-        let answer = if wait_s == 0 {
-            leases.answer(name, 0).await
+        let _poll = if wait_s == 0 {
+            None
         } else {
-            let _poll = match limiter.long_poll() {
-                Ok(slot) => slot,
+            match limiter.long_poll() {
+                Ok(slot) => Some(slot),
                 Err(why) => {
-                    let text = unavailable(why, limiter.limits());
-                    write(&mut stream, &text, local.http_write_timeout).await;
-                    return;
+                    let mut refused = answer(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain; charset=utf-8",
+                        unavailable(why, limiter.limits()),
+                    );
+                    refused
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    return refused;
                 }
-            };
-            tokio::select! {
-                answer = leases.answer(name, wait_s) => answer,
-                () = closed(&mut stream) => return,
             }
         };
-        let (status, body) = answer;
-        response(status, "application/json", &body, "")
-    } else {
-        let body = "try /metrics, /v1/leases/NAME or POST /v1/report\n";
-        response("404 Not Found", "text/plain", body, "")
-    };
-    write(&mut stream, &text, local.http_write_timeout).await;
-}
-
-/// Writes an answer and closes, within `timeout` in all: a client that does not read it
-/// loses it rather than holding its slot.
-async fn write(stream: &mut TcpStream, text: &str, timeout: Duration) {
-    let _ = tokio::time::timeout(timeout, async {
-        let _ = stream.write_all(text.as_bytes()).await;
-        let _ = stream.shutdown().await;
-    })
-    .await;
-}
-
-/// Reads the request head, bounded in bytes and in time: `timeout` for the whole head, so a
-/// client sending a byte at a time holds its slot no longer than a silent one. What came
-/// after the head in the same reads (the start of a body) is returned with it.
-async fn read_head(stream: &mut TcpStream, timeout: Duration) -> Vec<u8> {
-    let mut buf = vec![0u8; HEAD_BYTES_MAX];
-    let mut len = 0;
-    let deadline = tokio::time::Instant::from_std(crate::clock::monotonic()) + timeout;
-    while len < buf.len() {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf[len..])).await {
-            Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
-            Ok(Ok(n)) => len += n,
-        }
-        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-            break;
-        }
+        let (status, body) = sources.leases.answer(name, wait_s).await;
+        return answer(status, "application/json", body);
     }
-    buf.truncate(len);
-    buf
-}
-
-/// Completes when the client closes its side (or the connection fails). Bytes it sends
-/// meanwhile are read and dropped: one request per connection. A client that half-closes
-/// after its request therefore ends its own long poll; HTTP clients do not do that.
-async fn closed(stream: &mut TcpStream) {
-    let mut scratch = [0u8; 256];
-    while let Ok(n) = stream.read(&mut scratch).await {
-        if n == 0 {
-            return;
-        }
+    if let Some(web) = &sources.web
+        && let Some(response) = web.route(&request, client).await
+    {
+        return response;
     }
+    let body = "try /, /v1/view, /metrics, /v1/leases/NAME or POST /v1/report\n";
+    answer(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", body)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
 
     fn limiter(limits: HttpLimits) -> (Arc<Limiter>, Arc<HttpCounters>) {
         let counters = Arc::new(HttpCounters::default());
@@ -527,14 +546,7 @@ mod tests {
             http_head_timeout: Duration::from_millis(300),
             ..LocalSettings::default()
         };
-        let server = serve(
-            listener,
-            limiter,
-            local,
-            Arc::default(),
-            Arc::default(),
-            Arc::default(),
-        );
+        let server = serve(listener, limiter, local, Sources::default());
         let mut client = TcpStream::connect(addr).await.expect("connect");
         let started = crate::clock::monotonic();
         // One byte every 50 ms: each read alone is quick, the head never ends.

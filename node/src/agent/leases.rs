@@ -17,6 +17,7 @@ use starling_protocol::wire::{ApiResponse, PeerMessage};
 use starling_protocol::{NodeId, WorkloadName};
 use tokio::sync::{mpsc, oneshot};
 
+use super::About;
 use super::Agent;
 use super::handlers::error;
 use super::metrics::{LeaseBoard, LeaseInfo};
@@ -26,6 +27,7 @@ use starling_core::election::{
     Candidacy, ElectionOutput, Elector, ElectorConfig, VoterMemory, Voters,
 };
 use starling_core::node::LeaseWant;
+use starling_protocol::events::EventKind;
 
 /// The fleet's voters as written by one node at one instant; the newest stamp wins.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,10 +133,14 @@ impl Agent {
                 mode: want.mode,
             },
         );
-        self.note(format!(
-            "campaigning for lease {lease} ({:?}, ttl {} ms)",
-            want.mode, want.ttl_ms
-        ));
+        self.note(
+            EventKind::LeaseCampaign,
+            About::Workload(&lease),
+            format!(
+                "campaigning for lease {lease} ({:?}, ttl {} ms)",
+                want.mode, want.ttl_ms
+            ),
+        );
         self.drive_elector();
     }
 
@@ -163,10 +169,18 @@ impl Agent {
                     let name = lease.name.clone();
                     // Renewals keep the token; only a new grant concerns the core.
                     if self.core.held_token(&name) != Some(lease.fencing_token) {
-                        self.note(format!(
-                            "holding lease {name}: epoch {}, fencing token {}",
-                            lease.epoch, lease.fencing_token
-                        ));
+                        let kind = EventKind::LeaseWon {
+                            epoch: lease.epoch,
+                            fencing_token: lease.fencing_token,
+                        };
+                        self.note(
+                            kind,
+                            About::Workload(&name),
+                            format!(
+                                "holding lease {name}: epoch {}, fencing token {}",
+                                lease.epoch, lease.fencing_token
+                            ),
+                        );
                         let token = lease.fencing_token;
                         self.decide(|core| core.handle_lease(now, name.clone(), Some(token)));
                     }
@@ -177,7 +191,14 @@ impl Agent {
                     }
                 }
                 ElectionOutput::Lost { name, reason } => {
-                    self.note(format!("lost lease {name}: {reason}"));
+                    let kind = EventKind::LeaseLost {
+                        fencing_token: self.core.held_token(&name),
+                    };
+                    self.note(
+                        kind,
+                        About::Workload(&name),
+                        format!("lost lease {name}: {reason}"),
+                    );
                     self.decide(|core| core.handle_lease(now, name.clone(), None));
                     self.show_lease(&name);
                 }
@@ -302,11 +323,15 @@ impl Agent {
             return;
         }
         let names: Vec<&str> = record.nodes.iter().map(|n| n.as_str()).collect();
-        self.note(format!(
-            "lease voters {}: {}",
-            if ours { "defined here" } else { "adopted" },
-            names.join(", ")
-        ));
+        self.note(
+            EventKind::Membership,
+            About::Node,
+            format!(
+                "lease voters {}: {}",
+                if ours { "defined here" } else { "adopted" },
+                names.join(", ")
+            ),
+        );
         self.leases.elector.set_voters(record.voters());
         if let Some(fleet) = self.fleet.as_mut() {
             fleet.publish_voters(&record);

@@ -17,6 +17,9 @@ use super::handlers::not_found;
 use crate::clock::now_ms;
 use starling_core::node::NodeCore;
 
+/// Most of its events a description carries (`starling get events --workload` has the fleet's).
+const DESCRIBE_EVENTS_MAX: usize = 200;
+
 impl Agent {
     /// `starling get KIND` (and `status`, which lists replicas).
     pub(super) fn get(&self, kind: ObjectKind) -> ApiResponse {
@@ -52,12 +55,19 @@ impl Agent {
             .collect();
         let events = self
             .events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .filter(|(_, text)| text.contains(name.as_str()))
-            .map(|(at_ms, text)| NodeEvent {
-                at_ms: *at_ms,
-                text: text.clone(),
+            .rev()
+            .filter(|e| e.workload.as_ref() == Some(name))
+            .take(DESCRIBE_EVENTS_MAX)
+            .map(|e| NodeEvent {
+                at_ms: e.at.physical_ms,
+                text: e.text.clone(),
             })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
             .collect();
         let Some(rollout) = self.rollout_report(name) else {
             return not_found(name);

@@ -22,9 +22,11 @@ use starling_protocol::spec::ScalingMetric;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::About;
 use super::Agent;
 use crate::runtime::Runtimes;
 use crate::runtime::usage::{self, CpuMeter};
+use starling_protocol::events::EventKind;
 
 /// This node's load, and the task that measures CPU.
 #[derive(Default)]
@@ -221,7 +223,11 @@ impl Agent {
             tracing::warn!("autoscaler's count for {workload} refused: {e}");
             return;
         }
-        self.note(format!("autoscaling {workload}: {why}"));
+        self.note(
+            EventKind::Scaled,
+            About::Workload(&workload),
+            format!("autoscaling {workload}: {why}"),
+        );
         let by = format!("{} (autoscaler)", self.node);
         let outcome = self.write(workload, Some(current.next(spec)), &by);
         // Nobody waits for this answer; the push still goes to every live peer.

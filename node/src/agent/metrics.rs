@@ -2,19 +2,31 @@
 //! node sees it at `/v1/leases/NAME` (JSON; `?wait=SECONDS` long-polls until it changes), so a
 //! singleton's instance can learn whether it is active and its fencing token.
 //!
-//! Counters are atomics bumped where things happen; gauges (members and replicas by state)
-//! are rendered by the agent loop at each gossip read, and the lease board is written by the
-//! loop, so the server (`http`) never touches the core.
+//! Counters are atomics bumped where things happen, read at each scrape by a
+//! prometheus-client collector; gauges (members and replicas by state) are rendered by the
+//! agent loop at each gossip read, and the lease board is written by the loop, so the server
+//! (`http`) never touches the core.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+
+use hyper::StatusCode;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _, prometheus_text};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 
 use super::http::HttpCounters;
 use crate::channel::ChannelCounts;
 use crate::gossip::GossipCounters;
 use crate::store::StoreHealth;
+
+/// The content type of [`Metrics::render`].
+pub(super) const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 /// Counters and the latest gauges.
 #[derive(Debug, Default)]
@@ -74,221 +86,277 @@ impl ChannelMetrics {
 }
 
 impl Metrics {
-    /// Prometheus text exposition.
-    pub fn render(&self) -> String {
-        let g = &self.gossip;
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    /// The Prometheus text exposition (format 0.0.4): this module's families encoded by
+    /// prometheus-client, then the DNS server's, the proxy's and the loop's gauges, which
+    /// their owners render in the same format.
+    pub fn render(self: &Arc<Self>) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Families(self.clone())));
         let mut out = String::new();
-        let mut counter = |name: &str, help: &str, series: &[(&str, u64)]| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for (labels, value) in series {
-                let _ = writeln!(out, "{name}{labels} {value}");
-            }
-        };
-        counter(
-            "starling_gossip_packets_total",
-            "Gossip and probe packets, by direction.",
-            &[
-                ("{direction=\"in\"}", load(&g.packets_in)),
-                ("{direction=\"out\"}", load(&g.packets_out)),
-            ],
-        );
-        counter(
-            "starling_gossip_bytes_total",
-            "Gossip and probe bytes, by direction.",
-            &[
-                ("{direction=\"in\"}", load(&g.bytes_in)),
-                ("{direction=\"out\"}", load(&g.bytes_out)),
-            ],
-        );
-        counter(
-            "starling_gossip_dropped_total",
-            "Gossip packets dropped unanswered: failed authentication, unknown key id, replayed (from any address), or malformed.",
-            &[
-                ("{reason=\"auth\"}", load(&g.dropped_forged)),
-                ("{reason=\"unknown_key\"}", load(&g.dropped_unknown_key)),
-                ("{reason=\"replay\"}", load(&g.dropped_replay)),
-                ("{reason=\"malformed\"}", load(&g.dropped_malformed)),
-            ],
-        );
-        counter(
-            "starling_probe_dropped_total",
-            "Failure-detector packets dropped unanswered, by the same reasons as gossip, and from another life of a node id than the one followed (a second process under that id).",
-            &[
-                ("{reason=\"auth\"}", load(&g.probe_dropped_forged)),
-                (
-                    "{reason=\"unknown_key\"}",
-                    load(&g.probe_dropped_unknown_key),
-                ),
-                ("{reason=\"replay\"}", load(&g.probe_dropped_replay)),
-                ("{reason=\"malformed\"}", load(&g.probe_dropped_malformed)),
-                ("{reason=\"other_life\"}", load(&g.probe_dropped_other_life)),
-                ("{reason=\"overload\"}", load(&g.probe_dropped_overload)),
-            ],
-        );
-        let _ = writeln!(
-            out,
-            "# HELP starling_reconcile_seconds_total Time spent deciding in the node core.\n# TYPE starling_reconcile_seconds_total counter\nstarling_reconcile_seconds_total {:.6}",
-            load(&self.reconcile_micros) as f64 / 1e6
-        );
-        let mut counter = |name: &str, help: &str, value: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
-        };
-        counter(
-            "starling_reconciles_total",
-            "Inputs handled by the node core.",
-            load(&self.reconciles),
-        );
-        counter(
-            "starling_failover_events_total",
-            "Nodes this agent saw declared down.",
-            load(&self.failovers),
-        );
-        counter(
-            "starling_sync_pulls_total",
-            "Anti-entropy pulls that brought entries.",
-            load(&self.pulls),
-        );
-        counter(
-            "starling_sync_pull_failures_total",
-            "Anti-entropy pulls that failed (the peer is named in a warning).",
-            load(&self.pull_failures),
-        );
-        counter(
-            "starling_sync_merged_entries_total",
-            "Desired-state entries merged from peers.",
-            load(&self.merged_entries),
-        );
-        self.render_local(&mut out);
-        self.render_channels(&mut out);
+        // Writing to a String does not fail; an encoder error would lose only its family.
+        if let Err(e) = prometheus_text::encode(&mut out, &registry) {
+            tracing::debug!("metrics encoding stopped: {e}");
+        }
         self.dns.render(&mut out);
         self.proxy.render(&mut out);
         out.push_str(&self.gauges.read().unwrap_or_else(|e| e.into_inner()));
         out
     }
+}
 
-    /// How often the bounded channels into the loop were full.
-    fn render_channels(&self, out: &mut String) {
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let channels = self.channels.labelled();
-        let _ = writeln!(
-            out,
-            "# HELP starling_channel_full_total Sends into the agent loop that found its queue full and waited (the loop is behind), by channel.\n# TYPE starling_channel_full_total counter"
-        );
-        for (name, counts) in &channels {
-            let _ = writeln!(
-                out,
-                "starling_channel_full_total{{channel=\"{name}\"}} {}",
-                load(&counts.full_waits)
-            );
+/// The families of [`Metrics`], read from its atomics at each scrape.
+#[derive(Debug)]
+struct Families(Arc<Metrics>);
+
+impl Collector for Families {
+    fn encode(&self, mut out: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let m = &self.0;
+        let g = &m.gossip;
+        let e = &mut out;
+        labelled(
+            e,
+            Counter("starling_gossip_packets"),
+            "Gossip and probe packets, by direction.",
+            "direction",
+            &[("in", load(&g.packets_in)), ("out", load(&g.packets_out))],
+        )?;
+        labelled(
+            e,
+            Counter("starling_gossip_bytes"),
+            "Gossip and probe bytes, by direction.",
+            "direction",
+            &[("in", load(&g.bytes_in)), ("out", load(&g.bytes_out))],
+        )?;
+        labelled(
+            e,
+            Counter("starling_gossip_dropped"),
+            "Gossip packets dropped unanswered: failed authentication, unknown key id, replayed (from any address), or malformed.",
+            "reason",
+            &[
+                ("auth", load(&g.dropped_forged)),
+                ("unknown_key", load(&g.dropped_unknown_key)),
+                ("replay", load(&g.dropped_replay)),
+                ("malformed", load(&g.dropped_malformed)),
+            ],
+        )?;
+        labelled(
+            e,
+            Counter("starling_probe_dropped"),
+            "Failure-detector packets dropped unanswered, by the same reasons as gossip, and from another life of a node id than the one followed (a second process under that id).",
+            "reason",
+            &[
+                ("auth", load(&g.probe_dropped_forged)),
+                ("unknown_key", load(&g.probe_dropped_unknown_key)),
+                ("replay", load(&g.probe_dropped_replay)),
+                ("malformed", load(&g.probe_dropped_malformed)),
+                ("other_life", load(&g.probe_dropped_other_life)),
+                ("overload", load(&g.probe_dropped_overload)),
+            ],
+        )?;
+        let seconds = load(&m.reconcile_micros) as f64 / 1e6;
+        ConstCounter::new(seconds).encode(e.encode_descriptor(
+            "starling_reconcile_seconds",
+            "Time spent deciding in the node core.",
+            None,
+            MetricType::Counter,
+        )?)?;
+        for (name, help, value) in [
+            (
+                "starling_reconciles",
+                "Inputs handled by the node core.",
+                &m.reconciles,
+            ),
+            (
+                "starling_failover_events",
+                "Nodes this agent saw declared down.",
+                &m.failovers,
+            ),
+            (
+                "starling_sync_pulls",
+                "Anti-entropy pulls that brought entries.",
+                &m.pulls,
+            ),
+            (
+                "starling_sync_pull_failures",
+                "Anti-entropy pulls that failed (the peer is named in a warning).",
+                &m.pull_failures,
+            ),
+            (
+                "starling_sync_merged_entries",
+                "Desired-state entries merged from peers.",
+                &m.merged_entries,
+            ),
+        ] {
+            single(e, Counter(name), help, load(value))?;
         }
-        let _ = writeln!(
-            out,
-            "# HELP starling_channel_dropped_total Messages into the agent loop dropped because its queue was full (only those whose loss is recovered, such as sync answers), by channel.\n# TYPE starling_channel_dropped_total counter"
-        );
-        for (name, counts) in &channels {
-            let _ = writeln!(
-                out,
-                "starling_channel_dropped_total{{channel=\"{name}\"}} {}",
-                load(&counts.dropped)
-            );
+        m.encode_local(e)?;
+        m.encode_channels(e)
+    }
+}
+
+/// A family's name and kind: counters are named without `_total`, which the encoder adds.
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter(&'static str),
+    Gauge(&'static str),
+}
+use Kind::{Counter, Gauge};
+
+fn load(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+/// One family without labels.
+fn single(e: &mut DescriptorEncoder, kind: Kind, help: &str, value: u64) -> fmt::Result {
+    match kind {
+        Counter(name) => ConstCounter::new(value).encode(e.encode_descriptor(
+            name,
+            help,
+            None,
+            MetricType::Counter,
+        )?),
+        Gauge(name) => ConstGauge::new(value).encode(e.encode_descriptor(
+            name,
+            help,
+            None,
+            MetricType::Gauge,
+        )?),
+    }
+}
+
+/// One family with one label, a series per value of it.
+fn labelled(
+    e: &mut DescriptorEncoder,
+    kind: Kind,
+    help: &str,
+    label: &'static str,
+    series: &[(&'static str, u64)],
+) -> fmt::Result {
+    let (name, metric_type) = match kind {
+        Counter(name) => (name, MetricType::Counter),
+        Gauge(name) => (name, MetricType::Gauge),
+    };
+    let mut family = e.encode_descriptor(name, help, None, metric_type)?;
+    for (value_of_label, value) in series {
+        let labels = [(label, *value_of_label)];
+        let series = family.encode_family(&labels)?;
+        match kind {
+            Counter(_) => ConstCounter::new(*value).encode(series)?,
+            Gauge(_) => ConstGauge::new(*value).encode(series)?,
         }
     }
+    Ok(())
+}
 
-    /// The store's and the HTTP server's own health.
-    fn render_local(&self, out: &mut String) {
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+impl Metrics {
+    /// How often the bounded channels into the loop were full.
+    fn encode_channels(&self, e: &mut DescriptorEncoder) -> fmt::Result {
+        let channels = self.channels.labelled();
+        let full = channels.map(|(name, counts)| (name, load(&counts.full_waits)));
+        labelled(
+            e,
+            Counter("starling_channel_full"),
+            "Sends into the agent loop that found its queue full and waited (the loop is behind), by channel.",
+            "channel",
+            &full,
+        )?;
+        let dropped = channels.map(|(name, counts)| (name, load(&counts.dropped)));
+        labelled(
+            e,
+            Counter("starling_channel_dropped"),
+            "Messages into the agent loop dropped because its queue was full (only those whose loss is recovered, such as sync answers), by channel.",
+            "channel",
+            &dropped,
+        )
+    }
+
+    /// The store's, the HTTP server's and the QUIC server's own health.
+    fn encode_local(&self, e: &mut DescriptorEncoder) -> fmt::Result {
         let h = &self.http;
-        let mut metric = |name: &str, kind: &str, help: &str, series: &[(&str, u64)]| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, value) in series {
-                let _ = writeln!(out, "{name}{labels} {value}");
-            }
-        };
-        metric(
-            "starling_store_errors_total",
-            "counter",
-            "Failed writes of this node's state files (desired state, assignment, lease files); API writes are refused while they fail.",
-            &[("", self.store.errors())],
-        );
-        metric(
-            "starling_store_healthy",
-            "gauge",
-            "1 when the last write of this node's state succeeded, 0 while writes fail.",
-            &[("", u64::from(self.store.problem().is_none()))],
-        );
-        metric(
-            "starling_http_accept_errors_total",
-            "counter",
-            "Failed accepts on the local HTTP port (mostly: out of descriptors); each pauses the server 100 ms.",
-            &[("", load(&h.accept_errors))],
-        );
-        metric(
-            "starling_http_refused_total",
-            "counter",
-            "HTTP connections and long polls answered 503 because a cap was reached.",
-            &[
-                ("{reason=\"connections\"}", load(&h.refused_connections)),
-                ("{reason=\"client\"}", load(&h.refused_client)),
-                ("{reason=\"long_polls\"}", load(&h.refused_long_polls)),
-            ],
-        );
         let q = &self.quic;
-        metric(
-            "starling_quic_refused_total",
-            "counter",
+        single(
+            e,
+            Counter("starling_store_errors"),
+            "Failed writes of this node's state files (desired state, assignment, lease files); API writes are refused while they fail.",
+            self.store.errors(),
+        )?;
+        single(
+            e,
+            Gauge("starling_store_healthy"),
+            "1 when the last write of this node's state succeeded, 0 while writes fail.",
+            u64::from(self.store.problem().is_none()),
+        )?;
+        single(
+            e,
+            Counter("starling_http_accept_errors"),
+            "Failed accepts on the local HTTP port (mostly: out of descriptors); each pauses the server 100 ms.",
+            load(&h.accept_errors),
+        )?;
+        labelled(
+            e,
+            Counter("starling_http_refused"),
+            "HTTP connections and long polls answered 503 because a cap was reached.",
+            "reason",
+            &[
+                ("connections", load(&h.refused_connections)),
+                ("client", load(&h.refused_client)),
+                ("long_polls", load(&h.refused_long_polls)),
+            ],
+        )?;
+        labelled(
+            e,
+            Counter("starling_quic_refused"),
             "QUIC connections refused because a cap was reached: all connections taken, the dialer's address holding its share, or all joiner (no certificate) slots taken.",
+            "reason",
             &[
-                ("{reason=\"connections\"}", load(&q.refused_connections)),
-                ("{reason=\"address\"}", load(&q.refused_address)),
-                ("{reason=\"joiners\"}", load(&q.refused_anonymous)),
+                ("connections", load(&q.refused_connections)),
+                ("address", load(&q.refused_address)),
+                ("joiners", load(&q.refused_anonymous)),
             ],
-        );
+        )?;
         let r = &q.refused_requests;
-        metric(
-            "starling_api_refused_total",
-            "counter",
+        labelled(
+            e,
+            Counter("starling_api_refused"),
             "API requests over QUIC refused for who asked them, by the caller: an operator's role (a viewer's write, a deployer's admin request) or a node's certificate (join tokens, the operator's hand on rollouts).",
+            "caller",
             &[
-                ("{caller=\"viewer\"}", load(&r.viewer)),
-                ("{caller=\"deployer\"}", load(&r.deployer)),
-                ("{caller=\"admin\"}", load(&r.admin)),
-                ("{caller=\"node\"}", load(&r.node)),
+                ("viewer", load(&r.viewer)),
+                ("deployer", load(&r.deployer)),
+                ("admin", load(&r.admin)),
+                ("node", load(&r.node)),
             ],
-        );
-        metric(
-            "starling_quic_address_validations_total",
-            "counter",
+        )?;
+        single(
+            e,
+            Counter("starling_quic_address_validations"),
             "New QUIC dialers asked to prove their address first (a retry) because a cap was half taken.",
-            &[("", load(&q.validations))],
-        );
-        metric(
-            "starling_quic_connections",
-            "gauge",
+            load(&q.validations),
+        )?;
+        single(
+            e,
+            Gauge("starling_quic_connections"),
             "QUIC connections held by the server now, handshakes included.",
-            &[("", load(&q.connections))],
-        );
-        metric(
-            "starling_quic_joiner_connections",
-            "gauge",
+            load(&q.connections),
+        )?;
+        single(
+            e,
+            Gauge("starling_quic_joiner_connections"),
             "QUIC connections without a certificate (joiners) held by the server now.",
-            &[("", load(&q.anonymous))],
-        );
-        metric(
-            "starling_http_connections",
-            "gauge",
+            load(&q.anonymous),
+        )?;
+        single(
+            e,
+            Gauge("starling_http_connections"),
             "HTTP connections open now.",
-            &[("", load(&h.connections))],
-        );
-        metric(
-            "starling_http_long_polls",
-            "gauge",
+            load(&h.connections),
+        )?;
+        single(
+            e,
+            Gauge("starling_http_long_polls"),
             "Lease long polls (?wait=) waiting now.",
-            &[("", load(&h.long_polls))],
-        );
+            load(&h.long_polls),
+        )
     }
 }
 
@@ -352,7 +420,7 @@ impl LeaseBoard {
     }
 
     /// Answers `/v1/leases/NAME[?wait=SECONDS]`.
-    pub(super) async fn answer(&self, name: &str, wait_s: u64) -> (&'static str, String) {
+    pub(super) async fn answer(&self, name: &str, wait_s: u64) -> (StatusCode, String) {
         let mut changes = self.changed.subscribe();
         let first = self.get(name);
         if wait_s > 0 {
@@ -371,11 +439,11 @@ impl LeaseBoard {
         }
         match self.get(name) {
             Some(info) => (
-                "200 OK",
+                StatusCode::OK,
                 serde_json::to_string(&info).unwrap_or_default() + "\n",
             ),
             None => (
-                "404 Not Found",
+                StatusCode::NOT_FOUND,
                 format!("{{\"error\":\"no lease {name:?} on this node\"}}\n"),
             ),
         }
@@ -388,7 +456,7 @@ mod tests {
 
     #[test]
     fn drops_are_rendered_by_socket_and_reason() {
-        let metrics = Metrics::default();
+        let metrics = Arc::new(Metrics::default());
         let g = &metrics.gossip;
         g.dropped_replay.store(2, Ordering::Relaxed);
         g.dropped_unknown_key.store(5, Ordering::Relaxed);
@@ -410,6 +478,11 @@ mod tests {
             "starling_probe_dropped_total{reason=\"replay\"} 3",
             "starling_probe_dropped_total{reason=\"auth\"} 7",
             "starling_probe_dropped_total{reason=\"malformed\"} 0",
+            "# TYPE starling_http_refused_total counter",
+            "# TYPE starling_http_long_polls gauge",
+            "starling_http_long_polls 0",
+            "starling_store_healthy 1",
+            "starling_reconciles_total 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }

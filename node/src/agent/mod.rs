@@ -26,27 +26,30 @@ mod rollouts;
 mod secrets;
 mod services;
 mod settings;
+mod web;
 
 pub use depart::{DepartureSettings, OnStop};
 pub use fleet::{ExchangeTimeouts, FleetSettings, GossipTimings};
 pub use services::DiscoverySettings;
 pub use settings::{HostSettings, LocalSettings};
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use starling_protocol::NodeId;
+use starling_protocol::events::{Event, EventKind};
 use starling_protocol::hlc::Hlc;
 use starling_protocol::placement::{Capacity, FleetView, Liveness, NodeView, ReplicaId};
 use starling_protocol::service::Endpoint;
 use starling_protocol::spec::RuntimeKind;
+use starling_protocol::{NodeId, WorkloadName};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::clock::now_ms;
+use crate::events::{EventLog, EventSource};
 use crate::runtime::process::{ProcessConfig, ProcessRuntime};
 use crate::runtime::{Runtime, Runtimes};
 use crate::store::{Identity, Store, StoreError};
@@ -103,6 +106,9 @@ pub struct AgentConfig {
     pub local: LocalSettings,
     /// Service discovery (DNS) and the load-balancing proxy.
     pub discovery: DiscoverySettings,
+    /// Size of one segment of the event log in `DATA_DIR/events/` (default 256 KiB; the log
+    /// keeps two, see `crate::events`).
+    pub events_segment_bytes: u64,
 }
 
 impl AgentConfig {
@@ -131,6 +137,7 @@ impl AgentConfig {
             host: HostSettings::default(),
             local: LocalSettings::default(),
             discovery: DiscoverySettings::default(),
+            events_segment_bytes: crate::events::SEGMENT_BYTES_DEFAULT,
         }
     }
 }
@@ -263,6 +270,7 @@ pub async fn run(
                         quic: Some(fleet.quic.clone()),
                         follow_interval: agent.config.local.log_follow_interval,
                     },
+                    events: agent.event_source(Some(fleet.quic.clone())),
                 },
                 peers: peer_tx,
                 joins: join_tx,
@@ -293,6 +301,7 @@ pub async fn run(
             quic: agent.fleet.as_ref().map(|f| f.quic.clone()),
             follow_interval: agent.config.local.log_follow_interval,
         },
+        events: agent.event_source(agent.fleet.as_ref().map(|f| f.quic.clone())),
     };
     let server = host::serve_api(
         agent.store.dir(),
@@ -300,19 +309,29 @@ pub async fn run(
         agent.config.local.accept_backoff,
     )
     .await?;
+    let web_token = match &http_listener {
+        Some((addr, _)) => web::token_for(agent.store.dir(), *addr)
+            .map_err(|why| AgentError::Http { addr: *addr, why })?,
+        None => None,
+    };
     let metrics_server = http_listener.map(|(addr, listener)| {
         let limiter = http::Limiter::new(http_limits, agent.metrics.http.clone());
         tracing::info!(%addr, ?http_limits, "metrics at http://{addr}/metrics");
+        if web_token.is_some() {
+            tracing::info!(%addr, "web view at http://{addr}/?token=TOKEN (the token is in the data dir's {})", web::TOKEN_FILE);
+        } else {
+            tracing::info!(%addr, "web view at http://{addr}/");
+        }
         agent.leases.url = Some(format!("http://{addr}"));
         agent.report_url = Some(format!("http://{addr}/v1/report"));
-        http::serve(
-            listener,
-            limiter,
-            agent.config.local,
-            agent.metrics.clone(),
-            agent.leases.board.clone(),
-            agent.reports.clone(),
-        )
+        let web = web::WebDoor::new(api_tx.clone(), web_token.clone());
+        let sources = http::Sources {
+            metrics: agent.metrics.clone(),
+            leases: agent.leases.board.clone(),
+            reports: agent.reports.clone(),
+            web: Some(Arc::new(web)),
+        };
+        http::serve(listener, limiter, agent.config.local, sources)
     });
     let _discovery = services::start(&mut agent).await;
     let (adopted, adoption_events) =
@@ -364,8 +383,11 @@ pub(crate) struct Agent {
     probers: BTreeMap<(ReplicaId, u64), JoinHandle<()>>,
     /// Specs of instances asked to start, for their probers.
     starting: BTreeMap<(ReplicaId, u64), starling_protocol::spec::WorkloadSpec>,
-    /// Recent notable events, newest last, for `describe`.
-    events: VecDeque<(u64, String)>,
+    /// This node's events, on disk and bounded; shared with the API doors that answer
+    /// `get events`.
+    events: Arc<Mutex<EventLog>>,
+    /// The other members and where to ask them for their events, for the doors.
+    members: Arc<RwLock<Vec<crate::events::Member>>>,
     /// Where health probers send their results.
     probe_tx: crate::runtime::EventSender,
     /// The fleet side, when the data dir belongs to a cluster.
@@ -407,9 +429,6 @@ pub(crate) struct Agent {
     delivered: BTreeMap<(ReplicaId, u64), secrets::Delivered>,
 }
 
-/// Most events kept for `describe`.
-const EVENTS_MAX: usize = 200;
-
 /// How long the loop sleeps when nothing has a deadline: it wakes for every input anyway, so
 /// this bounds nothing but the sleep's own length.
 const IDLE_WAKE: Duration = Duration::from_secs(3600);
@@ -437,7 +456,10 @@ impl Agent {
         let desired = store.desired()?;
         let last_assignment = store.assignment()?;
         let now = now_ms();
-        let hlc = match desired.newest_timestamp() {
+        let events = EventLog::open(store.dir().join("events"), config.events_segment_bytes);
+        // After the newest write and the newest event: this node's events stay in order even
+        // when its clock stepped back across the restart.
+        let hlc = match desired.newest_timestamp().max(events.newest()) {
             Some(last) => Hlc::resume(
                 starling_protocol::hlc::Timestamp {
                     node: identity.node.clone(),
@@ -504,7 +526,8 @@ impl Agent {
             runtime,
             probers: BTreeMap::new(),
             starting: BTreeMap::new(),
-            events: VecDeque::new(),
+            events: Arc::new(Mutex::new(events)),
+            members: Arc::default(),
             probe_tx,
             fleet: None,
             revoked: Arc::default(),
@@ -680,13 +703,42 @@ impl Agent {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    fn note(&mut self, text: String) {
-        tracing::info!("{text}");
-        if self.events.len() == EVENTS_MAX {
-            self.events.pop_front();
-        }
-        self.events.push_back((now_ms(), text));
+    /// Records an event: logged, and kept in this node's event log, stamped with its HLC.
+    fn note(&mut self, kind: EventKind, about: About<'_>, text: String) {
+        tracing::info!(kind = kind.name(), "{text}");
+        let (workload, replica) = match about {
+            About::Node => (None, None),
+            About::Workload(w) => (Some(w.clone()), None),
+            About::Replica(r) => (Some(r.workload.clone()), Some(r.index)),
+        };
+        let event = Event::new(self.hlc.tick(now_ms()), kind, workload, replica, text);
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .append(event);
     }
+
+    /// What an API door needs to answer `get events`.
+    fn event_source(&self, quic: Option<Arc<crate::net::quic::Quic>>) -> EventSource {
+        EventSource {
+            node: self.node.clone(),
+            log: self.events.clone(),
+            members: self.members.clone(),
+            quic,
+            peer_timeout: self.config.fleet.exchanges.events_timeout,
+        }
+    }
+}
+
+/// What an event is about, besides the node that records it.
+#[derive(Debug, Clone, Copy)]
+enum About<'a> {
+    /// The node or the fleet.
+    Node,
+    /// A workload.
+    Workload(&'a WorkloadName),
+    /// One replica.
+    Replica(&'a ReplicaId),
 }
 
 fn single_node_view(node: &NodeId, config: &AgentConfig) -> FleetView {

@@ -13,9 +13,11 @@ use starling_protocol::desired::{DesiredState, Key};
 use starling_protocol::objects::{ObjectEntry, ObjectKey, ObjectKind, ObjectVersion, Seal};
 use starling_protocol::wire::ApiResponse;
 
+use super::About;
 use super::Agent;
 use super::handlers::{Push, WriteOutcome, error};
 use crate::clock::now_ms;
+use starling_protocol::events::EventKind;
 
 impl Agent {
     /// Stores a new version of a secret or config, and for every workload that references it
@@ -121,7 +123,7 @@ impl Agent {
                 "could not store the change, nothing was changed: {e}"
             )));
         }
-        self.note(note());
+        self.note(EventKind::ObjectWritten, About::Node, note());
         self.decide(|core| core.handle_desired(now, next));
         Ok(Push { keys, acks: 0 })
     }

@@ -14,11 +14,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, StatusCode, header};
 use serde::Deserialize;
 use starling_protocol::WorkloadName;
 use starling_protocol::placement::ReplicaId;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
 
 /// Largest report body.
 pub const REPORT_BYTES_MAX: usize = 4_096;
@@ -45,13 +47,13 @@ pub enum ReportError {
 }
 
 impl ReportError {
-    /// The HTTP status line for it.
-    pub fn status(&self) -> &'static str {
+    /// The HTTP status for it.
+    pub fn status(&self) -> StatusCode {
         match self {
-            ReportError::Bad(_) => "400 Bad Request",
-            ReportError::NotHere(_) => "404 Not Found",
-            ReportError::NoLength => "411 Length Required",
-            ReportError::TooLarge(_) => "413 Content Too Large",
+            ReportError::Bad(_) => StatusCode::BAD_REQUEST,
+            ReportError::NotHere(_) => StatusCode::NOT_FOUND,
+            ReportError::NoLength => StatusCode::LENGTH_REQUIRED,
+            ReportError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 }
@@ -198,26 +200,28 @@ fn parse(body: &[u8]) -> Result<(ReplicaId, BTreeMap<String, u64>), ReportError>
     Ok((replica, metrics))
 }
 
-/// Answers `POST /v1/report`: reads the body (`early` is what came with the head), bounded
-/// in bytes and by `timeout`, and hands it to `reports`. Returns the status line and text.
+/// Answers `POST /v1/report`: reads the body, bounded in bytes and by `timeout` (hyper
+/// tells a client that waits for `100 Continue` to go on when the body is first read), and
+/// hands it to `reports`. Returns the status and text.
 pub(super) async fn answer(
-    stream: &mut TcpStream,
-    head: &str,
-    early: &[u8],
+    request: Request<Incoming>,
     timeout: Duration,
     reports: &Reports,
-) -> (&'static str, String) {
-    if !head.starts_with("POST ") {
-        return ("405 Method Not Allowed", "use POST /v1/report\n".into());
+) -> (StatusCode, String) {
+    if request.method() != Method::POST {
+        return (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "use POST /v1/report\n".into(),
+        );
     }
-    let outcome = match read_body(stream, head, early, timeout).await {
+    let outcome = match read_body(request, timeout).await {
         // Stamped when the whole body is in: a slow client does not make its values older.
         Ok(body) => reports.handle_report(crate::clock::now_ms(), &body),
         Err(e) => Err(e),
     };
     match outcome {
         Ok((replica, n)) => (
-            "200 OK",
+            StatusCode::OK,
             format!(
                 "kept {n} metric(s) of {}/{}\n",
                 replica.workload, replica.index
@@ -227,59 +231,36 @@ pub(super) async fn answer(
     }
 }
 
-async fn read_body(
-    stream: &mut TcpStream,
-    head: &str,
-    early: &[u8],
-    timeout: Duration,
-) -> Result<Vec<u8>, ReportError> {
-    let length = head
-        .lines()
-        .find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.trim()
-                .eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse::<usize>().ok())
-        })
+async fn read_body(request: Request<Incoming>, timeout: Duration) -> Result<Bytes, ReportError> {
+    let length = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
         .ok_or(ReportError::NoLength)?
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
         .ok_or_else(|| ReportError::Bad("Content-Length: not a number".into()))?;
     if length > REPORT_BYTES_MAX {
         return Err(ReportError::TooLarge(length));
     }
-    // curl and others hold a larger body back until told to go on (or for a second).
-    let expects = head.lines().any(|l| {
-        l.split_once(':').is_some_and(|(name, value)| {
-            name.trim().eq_ignore_ascii_case("expect")
-                && value.trim().eq_ignore_ascii_case("100-continue")
-        })
-    });
-    if expects && early.len() < length {
-        let go_on = stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
-        let _ = tokio::time::timeout(timeout, go_on).await;
+    // hyper holds the body to the announced length; the limit is a second guard.
+    let body = Limited::new(request.into_body(), REPORT_BYTES_MAX);
+    match tokio::time::timeout(timeout, body.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) => Err(ReportError::Bad(format!(
+            "body: {e} (of the {length} bytes Content-Length announced)"
+        ))),
+        Err(_) => Err(ReportError::Bad(format!(
+            "body: the {length} bytes Content-Length announced did not arrive within {timeout:?}"
+        ))),
     }
-    let mut body = early[..early.len().min(length)].to_vec();
-    let read = async {
-        let mut chunk = [0u8; 1_024];
-        while body.len() < length {
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => body.extend_from_slice(&chunk[..n.min(length - body.len())]),
-            }
-        }
-    };
-    let _ = tokio::time::timeout(timeout, read).await;
-    if body.len() < length {
-        return Err(ReportError::Bad(format!(
-            "body: {} of the {length} bytes Content-Length announced arrived",
-            body.len()
-        )));
-    }
-    Ok(body)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpStream;
 
     fn web(index: u32) -> ReplicaId {
         ReplicaId {
@@ -342,7 +323,7 @@ mod tests {
         assert!(e.contains("unknown field `x`"), "{e}");
         let refused = reports.handle_report(0, br#"{"replica":"web/3","metrics":{"q":1}}"#);
         let e = refused.expect_err("not here");
-        assert_eq!(e.status(), "404 Not Found");
+        assert_eq!(e.status(), StatusCode::NOT_FOUND);
         assert!(
             e.to_string()
                 .starts_with("replica web/3 does not run on this node"),
@@ -373,14 +354,11 @@ mod tests {
         let reports = std::sync::Arc::new(Reports::default());
         reports.set_running([web(0)].into());
         let local = super::super::LocalSettings::default();
-        let server = super::super::http::serve(
-            listener,
-            limiter,
-            local,
-            std::sync::Arc::default(),
-            std::sync::Arc::default(),
-            reports.clone(),
-        );
+        let sources = super::super::http::Sources {
+            reports: reports.clone(),
+            ..Default::default()
+        };
+        let server = super::super::http::serve(listener, limiter, local, sources);
         let body = r#"{"replica":"web/0","metrics":{"queue":12}}"#;
         let head = format!(
             "POST /v1/report HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
@@ -405,7 +383,10 @@ mod tests {
         let huge = "POST /v1/report HTTP/1.1\r\nContent-Length: 100000\r\n\r\n";
         let answer = post(addr, &[huge]).await;
         assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
-        assert!(answer.contains("at most 4096 bytes"), "{answer}");
+        assert!(
+            answer.contains("at most 4096 bytes, got 100000"),
+            "{answer}"
+        );
         let answer = post(addr, &["POST /v1/report HTTP/1.1\r\n\r\n"]).await;
         assert!(answer.starts_with("HTTP/1.1 411"), "{answer}");
         // A client that waits for `100 Continue` is told to go on.

@@ -19,8 +19,10 @@ use starling_protocol::rollout::{self, Progress};
 use starling_protocol::status::ReplicaStatus;
 use starling_protocol::wire::{ApiResponse, RolloutAction};
 
+use super::About;
 use super::Agent;
 use super::handlers::{WriteOutcome, error, not_found};
+use starling_protocol::events::EventKind;
 
 impl Agent {
     /// Writes the rollback of `workload`'s `revision` if it is still the current revision
@@ -36,7 +38,7 @@ impl Agent {
         let Some(back) = current.rollback(Some(reason.clone())) else {
             return;
         };
-        self.note(format!(
+        self.note(EventKind::RolledBack, About::Workload(&workload), format!(
             "rolling {workload} back from revision {revision} to the template of revision {}: {reason}",
             current.previous.as_ref().map_or(0, |p| p.number)
         ));
@@ -112,6 +114,14 @@ impl Agent {
                 // `write` stamps who asked and the lineage; the number must survive it, or
                 // every replica would see a new template and move again.
                 debug_assert_eq!(revision.number, current.number);
+                self.note(
+                    EventKind::RolloutStep,
+                    About::Workload(&name),
+                    format!(
+                        "{action} the rollout of {name} revision {}, by {by}",
+                        current.number
+                    ),
+                );
                 self.write(name, Some(revision), by)
             }
         }

@@ -15,8 +15,10 @@ use starling_protocol::objects::{ObjectKey, ObjectKind};
 use starling_protocol::placement::ReplicaId;
 use starling_protocol::spec::{Reload, ReloadSignal, RuntimeKind, WorkloadSpec};
 
+use super::About;
 use super::Agent;
 use crate::runtime::{FileKind, FileSet, Runtime};
+use starling_protocol::events::EventKind;
 
 /// What one live instance was given.
 pub(super) struct Delivered {
@@ -153,16 +155,20 @@ impl Agent {
                     continue;
                 }
             };
-            self.note(format!(
-                "rewrote the files of {}/{} instance {instance} (new version){}",
-                replica.workload,
-                replica.index,
-                if signal.is_some() {
-                    " and signalled it"
-                } else {
-                    ""
-                }
-            ));
+            self.note(
+                EventKind::FilesReloaded,
+                About::Replica(&replica),
+                format!(
+                    "rewrote the files of {}/{} instance {instance} (new version){}",
+                    replica.workload,
+                    replica.index,
+                    if signal.is_some() {
+                        " and signalled it"
+                    } else {
+                        ""
+                    }
+                ),
+            );
             if let Some(d) = self.delivered.get_mut(&(replica.clone(), instance)) {
                 d.versions = inputs.versions.clone();
             }

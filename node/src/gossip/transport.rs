@@ -21,6 +21,25 @@ use super::seal::{Channel, Keyring, NONCE_BYTES, OpenError, Opened, Sender};
 /// Largest UDP payload chitchat may produce (its own limit).
 const DATAGRAM_BYTES_MAX: usize = 65_507;
 
+/// Most zstd frames the plaintext of a gossip packet may hold. chitchat 0.11.1 inflates every
+/// compressed block of a delta, up to 64 KiB each, into one buffer before it parses anything:
+/// a datagram of 2,977 tiny frames of zeros made it allocate 190 MiB and spend 0.3 s (found
+/// fuzzing; `fuzz/examples/chitchat_bomb.rs`). A block that inflates starts with a frame, so
+/// this bounds a packet to 8 MiB inflated; chitchat's own writer fills blocks of 16 KiB, so
+/// a real packet would need 32-fold compression to come near it.
+const ZSTD_FRAMES_MAX: usize = 128;
+
+/// Whether chitchat may inflate `plain` without going past [`ZSTD_FRAMES_MAX`] frames: counts
+/// every zstd frame magic number anywhere in it (over-counting is harmless), the current one
+/// and the legacy ones (v0.2 to v0.7) that zstd's default build still decodes.
+pub(crate) fn inflation_bounded(plain: &[u8]) -> bool {
+    let frames = plain
+        .windows(4)
+        .filter(|w| matches!(w, [0x22..=0x28, 0xb5, 0x2f, 0xfd]))
+        .count();
+    frames <= ZSTD_FRAMES_MAX
+}
+
 /// Gossip and probe traffic counters, exported as metrics.
 #[derive(Debug, Default)]
 pub struct GossipCounters {
@@ -185,6 +204,11 @@ impl SealedSocket {
         let (c, gossip) = (&self.counters, Channel::Gossip);
         let packet = &self.buf[..len];
         let opened = open_counted(&self.keyring, &mut self.guard, c, gossip, from, packet)?;
+        if !inflation_bounded(&opened.plaintext) {
+            c.count_drop(gossip, OpenError::Malformed);
+            tracing::debug!(%from, sender = %opened.sender, "dropped a gossip packet that would inflate past the bound");
+            return None;
+        }
         let mut body = opened.plaintext.as_slice();
         match ChitchatMessage::deserialize(&mut body) {
             Ok(message) => {
@@ -313,6 +337,72 @@ mod tests {
             (1, 1, 0, 1),
             "a missed rotation shows as unknown keys, and the agent fetches on dropped_auth"
         );
+    }
+
+    /// A zstd frame (current format) of 65,535 zeros: 19 bytes that inflate 3,449-fold.
+    const ZEROS_FRAME: [u8; 19] = [
+        0x28, 0xb5, 0x2f, 0xfd, 0x60, 0xff, 0xfe, 0x4d, 0x00, 0x00, 0x08, 0x00, 0x01, 0x00, 0xfb,
+        0x7f, 0x1d, 0x08, 0x01,
+    ];
+
+    /// A chitchat `Ack` whose delta is `blocks` compressed blocks of [`ZEROS_FRAME`].
+    fn ack_of_zero_blocks(blocks: usize) -> Vec<u8> {
+        // chitchat's magic number (little-endian), protocol V0, Ack.
+        let mut packet = vec![0x53, 0xb0, 0, 2];
+        for _ in 0..blocks {
+            packet.push(1);
+            packet.extend_from_slice(&(ZEROS_FRAME.len() as u16).to_le_bytes());
+            packet.extend_from_slice(&ZEROS_FRAME);
+        }
+        packet.push(0);
+        packet
+    }
+
+    #[test]
+    fn a_packet_that_would_inflate_past_the_bound_never_reaches_chitchat() {
+        // The fuzzed bomb: a full datagram of frames, 190 MiB once inflated.
+        let bomb = ack_of_zero_blocks((DATAGRAM_BYTES_MAX - 5) / (3 + ZEROS_FRAME.len()));
+        assert!(bomb.len() <= DATAGRAM_BYTES_MAX);
+        assert!(!inflation_bounded(&bomb), "a decompression bomb is dropped");
+        assert!(!inflation_bounded(&ack_of_zero_blocks(ZSTD_FRAMES_MAX + 1)));
+        assert!(inflation_bounded(&ack_of_zero_blocks(ZSTD_FRAMES_MAX)));
+        let mut bad_cluster = Vec::new();
+        ChitchatMessage::BadCluster.serialize(&mut bad_cluster);
+        assert!(
+            inflation_bounded(&bad_cluster),
+            "chitchat's own messages pass"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_gossip_socket_drops_a_sealed_decompression_bomb_as_malformed() {
+        let keyring = Arc::new(RwLock::new(Keyring::new(1, [4; 32])));
+        let counters = Arc::new(GossipCounters::default());
+        let mut socket = SealedSocket {
+            socket: UdpSocket::bind("127.0.0.1:0").await.expect("bind"),
+            keyring: keyring.clone(),
+            counters: counters.clone(),
+            sender: Sender::new("me", 1, Channel::Gossip).expect("sender"),
+            rng: SystemRandom::new(),
+            counter: 0,
+            guard: ReplayGuard::default(),
+            buf: vec![0u8; DATAGRAM_BYTES_MAX + 128],
+        };
+        let member = Sender::new("m", 1, Channel::Gossip).expect("sender");
+        let mut bad_cluster = Vec::new();
+        ChitchatMessage::BadCluster.serialize(&mut bad_cluster);
+        let from = free_port();
+        let ring = Keyring::new(1, [4; 32]);
+        for (counter, plain, accepted) in [
+            (1, ack_of_zero_blocks(ZSTD_FRAMES_MAX + 1), false),
+            (2, bad_cluster, true),
+        ] {
+            let packet = ring.seal_as(&member, counter, [counter as u8; NONCE_BYTES], &plain);
+            socket.buf[..packet.len()].copy_from_slice(&packet);
+            assert_eq!(socket.accept(from, packet.len()).is_some(), accepted);
+        }
+        assert_eq!(counters.dropped_malformed.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.packets_in.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]

@@ -292,6 +292,14 @@ impl Quic {
             })?
     }
 
+    /// Drops the pooled connection to `addr`, so the next exchange dials again. For a caller
+    /// whose exchange timed out: a peer that restarted cannot reset the old connection (its
+    /// new endpoint has another reset key), which otherwise swallows every request until the
+    /// idle timeout closes it.
+    pub async fn forget(&self, addr: SocketAddr) {
+        self.pool.lock().await.remove(&addr);
+    }
+
     /// A peer message and its one answer.
     pub async fn peer(
         &self,

@@ -83,6 +83,9 @@ pub struct ExchangeTimeouts {
     /// A lease grant request to a voter (default 800 ms): well inside the shortest lease, so
     /// a campaign round learns its outcome while the grant it asks for is still worth having.
     pub lease_grant_timeout: Duration,
+    /// A peer's events for `starling get events` (default 2 s): a peer slower than this is
+    /// named in the answer as missing rather than holding up the operator.
+    pub events_timeout: Duration,
 }
 
 impl Default for ExchangeTimeouts {
@@ -91,6 +94,7 @@ impl Default for ExchangeTimeouts {
             broadcast_timeout: Duration::from_secs(5),
             keys_fetch_timeout: Duration::from_secs(5),
             lease_grant_timeout: Duration::from_millis(800),
+            events_timeout: Duration::from_secs(2),
         }
     }
 }

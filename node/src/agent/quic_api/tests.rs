@@ -186,6 +186,16 @@ async fn server(settings: QuicSettings) -> Server {
                 quic: None,
                 follow_interval: Duration::from_millis(250),
             },
+            events: crate::events::EventSource {
+                node: NodeId::new("srv").expect("id"),
+                log: Arc::new(std::sync::Mutex::new(crate::events::EventLog::open(
+                    dir.path().join("events"),
+                    crate::events::SEGMENT_BYTES_DEFAULT,
+                ))),
+                members: Arc::default(),
+                quic: None,
+                peer_timeout: Duration::from_secs(1),
+            },
         },
         peers,
         joins,

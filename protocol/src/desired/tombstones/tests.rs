@@ -179,3 +179,20 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_summary_over_the_differing_buckets_makes_the_returning_state_forget() {
+    let mut peer = DesiredState::new();
+    peer.write(name("keep"), Some(revision("keep")), ts(10, "a"));
+    peer.write(name("fresh"), Some(revision("fresh")), ts(600, "a"));
+    peer.write(name("doomed"), None, ts(300, "a"));
+    peer.raise_horizon(500);
+    let mut back = DesiredState::new();
+    back.write(name("keep"), Some(revision("keep")), ts(10, "a"));
+    back.write(name("fresh"), Some(revision("fresh")), ts(600, "a"));
+    back.write(name("doomed"), Some(revision("doomed")), ts(200, "a"));
+    let buckets = peer.digest().diff(&back.digest());
+    assert_eq!(buckets, vec![crate::desired::bucket_of(&name("doomed"))]);
+    let forget = back.outdated_by(&peer.summary_of(&buckets));
+    assert_eq!(forget, vec![Key::Workload(name("doomed"))]);
+}
