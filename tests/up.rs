@@ -9,7 +9,14 @@ mod support;
 
 use support::BIN;
 
+/// One `up` at a time: each checks ports free and binds them only when its agents start, so
+/// two fleets started side by side could pick the same ones.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn up(tmp: &Path, args: &[&str]) -> Output {
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let temp = tmp.join("temp");
     std::fs::create_dir_all(&temp).expect("temp dir");
     let specs = tmp.join("specs");

@@ -76,7 +76,10 @@ impl LocalFleet {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let exe = std::env::current_exe().context("cannot find the starling binary")?;
         let client_dir = dir.join("client");
-        let mut port = 17_946 + (std::process::id() % 2_000) as u16 * 3;
+        // Spread by pid so that two `up`s started together (consecutive pids) look for ports
+        // far apart: a free port is only checked, not held, until its agent binds it.
+        let spread = (u64::from(std::process::id()).wrapping_mul(7_919) % 2_000) as u16;
+        let mut port = 17_946 + spread * 3;
         let mut fleet = LocalFleet {
             client_dir,
             agents: Vec::new(),
