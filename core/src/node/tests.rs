@@ -1359,6 +1359,9 @@ fn a_restarted_node_hears_the_fleet_before_it_acts_and_takes_back_only_by_the_mo
     let back_at = f.now;
     let core = f.cores.get_mut(&home).expect("core");
     core.handle_view(back_at, view(&with_home(Liveness::Alive)));
+    // Its desired state is a peer's copy, so it caught up at once: what it waits for here is
+    // the fleet's status.
+    core.handle_desired_synced(back_at);
     assert!(core.is_rejoining(), "nothing heard yet");
     core.handle_timeout(back_at + 3_000);
     assert!(core.is_rejoining());
