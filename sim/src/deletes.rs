@@ -5,7 +5,7 @@
 use starling_protocol::WorkloadName;
 use starling_protocol::spec::WorkloadSpec;
 
-use crate::host::{Fleet, Power};
+use crate::host::Fleet;
 use crate::world::World;
 
 /// The spec of the `n`th workload of a `spec-churn` fault: one replica of a small command.
@@ -21,29 +21,9 @@ pub(crate) fn churn_spec(n: u32) -> Option<(WorkloadName, WorkloadSpec)> {
 impl World<'_> {
     /// `starling delete NAME` at node `i`: a tombstone, stored, handed to the core and pushed.
     pub fn delete(&mut self, i: usize, name: WorkloadName) {
-        if self.nodes[i].host.power != Power::Up {
-            return;
+        if let Some(at) = self.write_register(i, name.clone(), None) {
+            self.deleted.push((name, at));
         }
-        let now = self.node_now(i);
-        let node = &mut self.nodes[i];
-        let at = node.host.hlc.tick(now);
-        node.disk.desired.write(name.clone(), None, at.clone());
-        node.disk.refresh_root();
-        self.checker.acknowledge(name.clone(), at.clone());
-        self.deleted.push((name.clone(), at));
-        self.counters.writes += 1;
-        let desired = self.nodes[i].disk.desired.clone();
-        self.with_core(i, |core, now| core.handle_desired(now, desired));
-        let entries = self.nodes[i]
-            .disk
-            .desired
-            .export(&[name])
-            .into_iter()
-            .map(starling_protocol::desired::Entry::Workload)
-            .collect();
-        let peers = self.live_peers(i);
-        self.nodes[i].sync.push(now, entries, 0, &peers);
-        self.drain_sync(i);
     }
 
     /// Tracks the largest desired state any up node holds (entries, tombstones included).

@@ -343,18 +343,28 @@ impl<'s> World<'s> {
     /// Stores `revision` on node `i`'s disk, hands it to its core and pushes it to its live
     /// peers, as the agent does with an operator's write.
     fn write_revision(&mut self, i: usize, revision: Revision) {
+        let name = revision.spec.name.clone();
+        self.write_register(i, name, Some(revision));
+    }
+
+    /// Writes `value` (`None`: a delete) for `name` at node `i` with a fresh HLC marker,
+    /// acknowledged once on its disk, then handed to its core and pushed to its live peers.
+    /// Returns the marker, or `None` when the node is not up.
+    pub(crate) fn write_register(
+        &mut self,
+        i: usize,
+        name: starling_protocol::WorkloadName,
+        value: Option<Revision>,
+    ) -> Option<starling_protocol::hlc::Timestamp> {
         let now = self.node_now(i);
         let node = &mut self.nodes[i];
         if node.host.power != Power::Up {
-            return;
+            return None;
         }
-        let name = revision.spec.name.clone();
         let at = node.host.hlc.tick(now);
-        node.disk
-            .desired
-            .write(name.clone(), Some(revision), at.clone());
+        node.disk.desired.write(name.clone(), value, at.clone());
         node.disk.refresh_root();
-        self.checker.acknowledge(name.clone(), at);
+        self.checker.acknowledge(name.clone(), at.clone());
         self.counters.writes += 1;
         let desired = self.nodes[i].disk.desired.clone();
         self.with_core(i, |core, now| core.handle_desired(now, desired));
@@ -369,6 +379,7 @@ impl<'s> World<'s> {
         let peers = self.live_peers(i);
         self.nodes[i].sync.push(now, entries, 0, &peers);
         self.drain_sync(i);
+        Some(at)
     }
 
     pub fn schedule(&mut self, at: u64, event: Event) {
