@@ -35,6 +35,7 @@ mod host;
 mod lease_check;
 mod leases;
 mod lifecycle;
+mod liveness_check;
 mod net;
 pub mod report;
 mod return_check;

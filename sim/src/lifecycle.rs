@@ -34,6 +34,9 @@ impl World<'_> {
             detector: None,
             boots: 0,
             detector_timer_at: None,
+            verdicts: BTreeMap::new(),
+            verdict_version: 0,
+            peer_verdict_versions: BTreeMap::new(),
             leases: NodeLeases::default(),
             departure: Departure::Staying,
             departures_heard: BTreeMap::new(),
@@ -51,6 +54,9 @@ impl World<'_> {
         let node = &mut self.nodes[i];
         node.last_heard.clear();
         node.peer_versions.clear();
+        node.peer_verdict_versions.clear();
+        node.verdicts.clear();
+        node.verdict_version += 1;
         // A new agent: no pull or push of the old one survives.
         node.sync = sync;
         node.roots.clear();

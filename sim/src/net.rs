@@ -28,6 +28,8 @@ pub(crate) enum Msg {
         /// The sender's planned absence, when the receiver has not heard it yet (a key of
         /// its gossip state, like its status).
         departure: Option<Departure>,
+        /// The sender's detector verdicts (when changed), with their version.
+        verdicts: Option<(u64, Vec<Verdict>)>,
     },
     /// Leader election: grant requests, replies and releases.
     Lease(LeaseMessage),
@@ -66,12 +68,16 @@ impl World<'_> {
                 .map_or(0, Detector::incarnation);
             let departure = self.nodes[i].departure;
             let heard = self.nodes[p].departures_heard.get(&i).copied();
+            let version = self.nodes[i].verdict_version;
+            let verdicts = (self.nodes[p].peer_verdict_versions.get(&i) != Some(&version))
+                .then(|| (version, self.nodes[i].verdicts.values().cloned().collect()));
             let msg = Msg::Heartbeat {
                 incarnation,
                 status: fresh.then(|| (status_version, status.clone())),
                 root,
                 leases: self.records_for(i, p),
                 departure: (heard.unwrap_or_default() != departure).then_some(departure),
+                verdicts,
             };
             self.send(i, p, msg);
         }
@@ -133,7 +139,22 @@ impl World<'_> {
                 incarnation,
                 leases,
                 departure,
+                verdicts,
             } => {
+                if let Some((version, verdicts)) = verdicts
+                    && self.nodes[to]
+                        .peer_verdict_versions
+                        .get(&from)
+                        .is_none_or(|v| *v < version)
+                {
+                    self.nodes[to].peer_verdict_versions.insert(from, version);
+                    if let Some(d) = self.nodes[to].detector.as_mut() {
+                        for v in verdicts {
+                            d.handle_verdict(v);
+                        }
+                    }
+                    self.flush_detector(to);
+                }
                 if let Some(departure) = departure {
                     self.hear_departure(to, from, departure);
                 }
@@ -185,7 +206,8 @@ impl World<'_> {
             Msg::Peer(
                 probe @ (PeerMessage::Ping { .. }
                 | PeerMessage::Ack { .. }
-                | PeerMessage::PingReq { .. }),
+                | PeerMessage::PingReq { .. }
+                | PeerMessage::Verdict { .. }),
             ) => {
                 let from_id = self.nodes[from].host.id.clone();
                 if let Some(d) = self.nodes[to].detector.as_mut() {
@@ -229,10 +251,17 @@ impl World<'_> {
             .copied()
             .filter(|p| *p != i)
             .collect();
+        // As the agent: `Down` straight to every member (replacements wait on it), every
+        // verdict into gossip state.
         for v in verdicts {
-            for &p in &peers {
-                self.send(i, p, Msg::Verdict(v.clone()));
+            if v.state == Liveness::Down {
+                for &p in &peers {
+                    self.send(i, p, Msg::Verdict(v.clone()));
+                }
             }
+            let node = &mut self.nodes[i];
+            node.verdicts.insert(v.node.clone(), v);
+            node.verdict_version += 1;
         }
         if let Some(t) = deadline {
             let at = (t as i64 - self.nodes[i].host.skew_ms).max(self.now as i64) as u64;
@@ -447,9 +476,16 @@ pub(crate) fn msg_bytes(msg: &Msg) -> u64 {
             status,
             leases,
             departure,
+            verdicts,
             ..
         } => {
             8 + 16
+                + verdicts.as_ref().map_or(0, |(_, vs)| {
+                    8 + vs
+                        .iter()
+                        .map(|v| v.node.as_str().len() + v.watcher.as_str().len() + 12)
+                        .sum::<usize>()
+                })
                 + departure.map_or(0, |d| postcard::to_allocvec(&d).map_or(0, |b| b.len() + 8))
                 + status.as_ref().map_or(0, |(_, s)| {
                     postcard::to_allocvec(s).map_or(0, |b| b.len() + 8)

@@ -64,6 +64,15 @@ pub fn summary(report: &RunReport, scenario_path: &str) -> String {
             c.tombstones_collected, c.entries_forgotten, c.desired_entries_max
         );
     }
+    if c.doubt_ms > 0 {
+        let _ = writeln!(
+            out,
+            "doubts     up nodes held suspect by a peer {:.1} s in all ({:.1} s of it down); longest {:.1} s",
+            c.doubt_ms as f64 / 1000.0,
+            c.doubt_down_ms as f64 / 1000.0,
+            c.doubt_longest_ms as f64 / 1000.0
+        );
+    }
     if c.scales > 0 {
         let _ = writeln!(
             out,

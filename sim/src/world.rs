@@ -87,6 +87,13 @@ pub(crate) struct SimNode {
     /// The earliest pending detector timer event, so a deadline is scheduled once rather
     /// than after every call (which would flood the queue with duplicates).
     pub detector_timer_at: Option<u64>,
+    /// The latest verdict this node's detector reached on each node: gossiped state (the
+    /// agent keeps them as gossip keys), sent along with heartbeats when changed.
+    pub verdicts: BTreeMap<NodeId, starling_core::membership::Verdict>,
+    /// Bumped at every change of `verdicts` (never reset, so a reboot's empty set is news).
+    pub verdict_version: u64,
+    /// The verdicts version each peer's heartbeat last brought.
+    pub peer_verdict_versions: BTreeMap<usize, u64>,
     /// The elector and what the simulation keeps next to it.
     pub leases: NodeLeases,
     /// The planned absence this node announced in this life (its own view carries it).
@@ -154,6 +161,13 @@ pub struct Counters {
     pub entries_forgotten: u64,
     /// The largest desired state an up node held (entries, tombstones included).
     pub desired_entries_max: u64,
+    /// Watcher detector: observer-milliseconds an up node, linked both ways, was held suspect
+    /// or down (`liveness_check`).
+    pub doubt_ms: u64,
+    /// The part of `doubt_ms` it was held down.
+    pub doubt_down_ms: u64,
+    /// The longest one observer doubted one such node without a break.
+    pub doubt_longest_ms: u64,
 }
 
 pub(crate) struct World<'s> {
@@ -184,6 +198,8 @@ pub(crate) struct World<'s> {
         starling_protocol::WorkloadName,
         starling_protocol::hlc::Timestamp,
     )>,
+    /// Since when each observer has doubted each up node (`liveness_check`).
+    pub doubted_since: BTreeMap<(usize, usize), u64>,
 }
 
 /// Most events a run may process: a guard against a livelock in the model or the core.
@@ -211,6 +227,7 @@ impl<'s> World<'s> {
             returns: crate::return_check::ReturnLog::new(scenario),
             deleted: Vec::new(),
             rollouts: Default::default(),
+            doubted_since: BTreeMap::new(),
         };
         for _ in 0..scenario.fleet.nodes {
             world.add_node();
@@ -492,6 +509,7 @@ impl<'s> World<'s> {
                 crate::rollout_check::sample(self);
                 self.feed_load();
                 crate::checks::sample(self);
+                crate::liveness_check::sample(self);
                 let next = self.now + self.scenario.gossip.interval_ms;
                 self.schedule(next, Event::Sample);
             }

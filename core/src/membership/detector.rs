@@ -5,6 +5,20 @@
 //! [`Detector::handle_verdict`], call [`Detector::handle_timeout`] at
 //! [`Detector::poll_timeout`], and send what [`Detector::poll_transmit`] yields. Time comes in
 //! as `now_ms`; no clocks, sockets or randomness.
+//!
+//! Two ideas from Lifeguard (HashiCorp memberlist) keep it fast on a clean LAN and calm on a
+//! lossy one:
+//! - **Suspicion that shortens with confirmations.** A watcher that alone fails to reach a node
+//!   waits `lone_down_factor` times `down_after_ms` before declaring it down; every other
+//!   watcher that suspects it too shortens the wait, down to `down_after_ms` when all of them
+//!   do. A dead node fails every watcher's probes at once, so it is still declared down after
+//!   `down_after_ms`; a lossy link between one watcher and a live node is not. Watchers send
+//!   each other their suspicions directly, so the confirmations arrive within a probe round.
+//! - **Local health.** A node told that it is suspected (it refutes) is more likely the slow
+//!   or lossy one than its peers: its health penalty grows by one (up to
+//!   `max_health_penalty`) and shrinks by one with every probe answered. Its probe timeouts and
+//!   interval are stretched by `1 + penalty`, so a node with a bad link of its own stops
+//!   suspecting healthy peers.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -37,6 +51,11 @@ pub struct DetectorConfig {
     /// for this long, counts as down: the backstop for a side of a partition that no watcher
     /// verdict can reach. Keep it a few calm gossip intervals.
     pub stale_after_ms: u64,
+    /// A watcher no other watcher confirms waits this many times `down_after_ms` before it
+    /// declares the node down (Lifeguard's dynamic suspicion; 1 turns it off).
+    pub lone_down_factor: u32,
+    /// Most the local health penalty can grow (Lifeguard's awareness; 0 turns it off).
+    pub max_health_penalty: u32,
 }
 
 impl Default for DetectorConfig {
@@ -50,6 +69,8 @@ impl Default for DetectorConfig {
             suspect_after_probes: 1,
             down_after_ms: 1_000,
             stale_after_ms: 5_000,
+            lone_down_factor: 3,
+            max_health_penalty: 4,
         }
     }
 }
@@ -72,6 +93,10 @@ pub struct Verdict {
 struct Probe {
     /// The outstanding probe: its seq and deadline, and whether helpers were asked already.
     pending: Option<(u64, u64, bool)>,
+    /// When the outstanding probe's ping went out.
+    sent_ms: u64,
+    /// Smoothed round trip and its variation (RFC 6298), from direct acks only.
+    rtt: Option<(u64, u64)>,
     next_at_ms: u64,
     failures: u32,
     failing_since_ms: Option<u64>,
@@ -101,6 +126,9 @@ pub struct Detector {
     /// Members that announced a planned restart, and until when they count as suspect
     /// rather than down.
     departures: BTreeMap<NodeId, u64>,
+    /// Local health: grows when this node has to refute a suspicion about itself, shrinks with
+    /// every answered probe; stretches this node's probe timing.
+    health_penalty: u32,
     seq: u64,
     outbox: VecDeque<(NodeId, PeerMessage)>,
     verdicts_out: VecDeque<Verdict>,
@@ -122,6 +150,7 @@ impl Detector {
             fresh: BTreeMap::new(),
             started_ms: None,
             departures: BTreeMap::new(),
+            health_penalty: 0,
             seq: 0,
             outbox: VecDeque::new(),
             verdicts_out: VecDeque::new(),
@@ -136,6 +165,17 @@ impl Detector {
     /// This node's incarnation (gossip it; it refutes suspicion).
     pub fn incarnation(&self) -> u64 {
         self.incarnation
+    }
+
+    /// This node's local health penalty: 0 when healthy. Its probe timing is stretched by
+    /// `1 + penalty`.
+    pub fn health_penalty(&self) -> u32 {
+        self.health_penalty
+    }
+
+    /// `ms` stretched by the local health penalty.
+    fn scaled(&self, ms: u64) -> u64 {
+        ms.saturating_mul(1 + u64::from(self.health_penalty))
     }
 
     /// The members (including this node) changed: recompute whom this node watches.
@@ -218,6 +258,16 @@ impl Detector {
                 self.outbox
                     .push_back((target.clone(), PeerMessage::Ping { seq: self.seq }));
             }
+            PeerMessage::Verdict {
+                node,
+                state,
+                incarnation,
+            } => self.handle_verdict(Verdict {
+                node: node.clone(),
+                state: *state,
+                incarnation: *incarnation,
+                watcher: from.clone(),
+            }),
             PeerMessage::Ack { seq } => {
                 if let Some((requester, their_seq)) = self.relays.remove(seq) {
                     self.outbox
@@ -230,6 +280,7 @@ impl Detector {
                     .find(|(_, p)| p.pending.is_some_and(|(s, _, _)| s == *seq))
                     .map(|(n, _)| n.clone());
                 if let Some(node) = watchee {
+                    self.sample_rtt(now_ms, &node);
                     self.on_alive(now_ms, &node);
                 }
             }
@@ -244,6 +295,7 @@ impl Detector {
         if verdict.node == self.me {
             if verdict.state != Liveness::Alive && verdict.incarnation >= self.incarnation {
                 self.incarnation = verdict.incarnation + 1;
+                self.health_penalty = (self.health_penalty + 1).min(self.config.max_health_penalty);
             }
             return;
         }
@@ -350,8 +402,12 @@ impl Detector {
         match probe.pending {
             None if now_ms >= probe.next_at_ms => {
                 self.seq += 1;
-                let deadline = now_ms + self.config.probe_timeout_ms;
+                let (direct, _) = self.waits(&probe);
+                let deadline = now_ms + self.scaled(direct);
                 self.set_pending(node, Some((self.seq, deadline, false)));
+                if let Some(p) = self.probes.get_mut(node) {
+                    p.sent_ms = now_ms;
+                }
                 self.outbox
                     .push_back((node.clone(), PeerMessage::Ping { seq: self.seq }));
             }
@@ -370,13 +426,52 @@ impl Detector {
                 let wait = if helpers.is_empty() {
                     0
                 } else {
-                    self.config.indirect_timeout_ms
+                    self.scaled(self.waits(&probe).1)
                 };
                 self.set_pending(node, Some((seq, now_ms + wait, true)));
             }
             Some((_, deadline, true)) if now_ms >= deadline => self.on_failed(now_ms, node),
             _ => {}
         }
+    }
+
+    /// How long to wait for a direct ack and then for the helpers' (two legs each way):
+    /// the configured floors, or more where this link's measured round trip (smoothed, plus
+    /// four variations, as TCP's retransmission timer) needs it, up to one and two probe
+    /// intervals. A clean LAN keeps the floors; a slow link stops failing probes on time alone.
+    fn waits(&self, probe: &Probe) -> (u64, u64) {
+        let c = &self.config;
+        let Some((srtt, rttvar)) = probe.rtt else {
+            return (c.probe_timeout_ms, c.indirect_timeout_ms);
+        };
+        let rto = srtt + 4 * rttvar;
+        (
+            rto.clamp(c.probe_timeout_ms, c.probe_timeout_ms.max(c.probe_interval_ms)),
+            (2 * rto).clamp(
+                c.indirect_timeout_ms,
+                c.indirect_timeout_ms.max(2 * c.probe_interval_ms),
+            ),
+        )
+    }
+
+    /// A direct ack of `node`'s outstanding ping: one round-trip sample. Acks that came after
+    /// helpers were asked are not sampled (Karn: it is unknown which path answered).
+    fn sample_rtt(&mut self, now_ms: u64, node: &NodeId) {
+        let Some(p) = self.probes.get_mut(node) else {
+            return;
+        };
+        if !matches!(p.pending, Some((_, _, false))) {
+            return;
+        }
+        let r = now_ms.saturating_sub(p.sent_ms);
+        p.rtt = Some(match p.rtt {
+            None => (r, r / 2),
+            Some((srtt, rttvar)) => {
+                let rttvar = (3 * rttvar + srtt.abs_diff(r)) / 4;
+                let srtt = (7 * srtt + r) / 8;
+                (srtt, rttvar)
+            }
+        });
     }
 
     fn set_pending(&mut self, node: &NodeId, pending: Option<(u64, u64, bool)>) {
@@ -397,7 +492,8 @@ impl Detector {
     }
 
     fn on_alive(&mut self, now_ms: u64, node: &NodeId) {
-        let interval = self.config.probe_interval_ms;
+        self.health_penalty = self.health_penalty.saturating_sub(1);
+        let interval = self.scaled(self.config.probe_interval_ms);
         let changed = {
             let Some(p) = self.probes.get_mut(node) else {
                 return;
@@ -417,9 +513,9 @@ impl Detector {
 
     fn on_failed(&mut self, now_ms: u64, node: &NodeId) {
         let (interval, suspect_after, down_after) = (
-            self.config.probe_interval_ms,
+            self.scaled(self.config.probe_interval_ms),
             self.config.suspect_after_probes,
-            self.config.down_after_ms,
+            self.down_after_for(node, now_ms),
         );
         let new_state = {
             let Some(p) = self.probes.get_mut(node) else {
@@ -445,8 +541,72 @@ impl Detector {
         }
     }
 
+    /// The other watchers of `node` that could confirm a suspicion: not this node, and not
+    /// judged down (a dead watcher confirms nothing).
+    fn co_watchers(&self, node: &NodeId, now_ms: u64) -> Vec<NodeId> {
+        self.ranked
+            .get(node)
+            .map_or(&[][..], |r| &r[..r.len().min(self.config.watchers)])
+            .iter()
+            .filter(|w| **w != self.me && self.judge(w, now_ms) != Liveness::Down)
+            .cloned()
+            .collect()
+    }
+
+    /// How long `node` must stay unreachable before this watcher declares it down: from
+    /// `lone_down_factor * down_after_ms` with no confirmation, shrinking logarithmically with
+    /// each other watcher that suspects it at its current incarnation, to `down_after_ms` when
+    /// all do (Lifeguard's formula).
+    fn down_after_for(&self, node: &NodeId, now_ms: u64) -> u64 {
+        let min = self.config.down_after_ms;
+        let max = min.saturating_mul(u64::from(self.config.lone_down_factor.max(1)));
+        let others = self.co_watchers(node, now_ms);
+        if others.is_empty() || max == min {
+            return min;
+        }
+        let current = self.incarnations.get(node).copied().unwrap_or(0);
+        let heard = self.heard.get(node);
+        let confirmed = others
+            .iter()
+            .filter(|w| {
+                heard
+                    .and_then(|h| h.get(*w))
+                    .is_some_and(|v| v.incarnation >= current && v.state != Liveness::Alive)
+            })
+            .count();
+        let k = others.len() as f64;
+        let fraction = ((confirmed as f64) + 1.0).ln() / (k + 1.0).ln();
+        let shortened = (max - min) as f64 * fraction.clamp(0.0, 1.0);
+        max - (shortened.round() as u64).min(max - min)
+    }
+
     fn publish(&mut self, node: &NodeId, state: Liveness) {
         let incarnation = self.incarnations.get(node).copied().unwrap_or(0);
+        // The other watchers count this verdict as a confirmation (or withdraw one): send it
+        // to them at once rather than wait for gossip. `Down` goes to everyone from the shell.
+        if state != Liveness::Down {
+            let watchers: Vec<NodeId> = self
+                .ranked
+                .get(node)
+                .map_or(&[][..], |r| &r[..r.len().min(self.config.watchers)])
+                .iter()
+                .filter(|w| **w != self.me)
+                .cloned()
+                .collect();
+            // Lifeguard's buddy system: the suspected node hears it directly and refutes
+            // within a round instead of a gossip interval.
+            let buddy = (state == Liveness::Suspect).then(|| node.clone());
+            for w in watchers.into_iter().chain(buddy) {
+                self.outbox.push_back((
+                    w,
+                    PeerMessage::Verdict {
+                        node: node.clone(),
+                        state,
+                        incarnation,
+                    },
+                ));
+            }
+        }
         self.verdicts_out.push_back(Verdict {
             node: node.clone(),
             state,

@@ -352,3 +352,92 @@ fn a_drain_or_a_return_lifts_the_hold() {
     net.run_until(died + 2_500);
     assert_eq!(net.seen_by_all(&id(4)), [Liveness::Down].into());
 }
+
+/// When `watcher`'s own probe state of `target` first turns `Down` (checked every 50 ms).
+fn first_down(net: &mut Net, watcher: &NodeId, target: &NodeId, until: u64) -> Option<u64> {
+    while net.now < until {
+        let next = net.now + 50;
+        net.run_until(next);
+        if net.nodes[watcher].probes.get(target).and_then(|p| p.state) == Some(Liveness::Down) {
+            return Some(net.now);
+        }
+    }
+    None
+}
+
+#[test]
+fn a_watcher_alone_in_failing_waits_longer_than_confirmed_ones() {
+    // Dead node: every watcher fails at once, they confirm each other, and each declares it
+    // down after `down_after_ms` as before.
+    let mut net = Net::new(8);
+    net.run_until(1_000);
+    let target = id(5);
+    let watchers = watchers_of(&target, net.nodes.keys(), 3);
+    net.dead.insert(target.clone());
+    let died = net.now;
+    let down_at = first_down(&mut net, &watchers[0], &target, died + 10_000).expect("down");
+    let confirmed = down_at - died;
+    // As fast as before confirmations shortened anything (`a_dead_node_is_..._by_everyone`).
+    assert!(confirmed <= 2_500, "a confirmed death took {confirmed} ms");
+
+    // A live node that one watcher alone cannot reach (its every outgoing link is cut, so its
+    // helpers cannot vouch either): no other watcher confirms, so it waits three times longer.
+    let mut net = Net::new(8);
+    net.run_until(1_000);
+    let lone = watchers[0].clone();
+    for other in (0..8).map(id).filter(|n| *n != lone) {
+        net.cut.insert((lone.clone(), other));
+    }
+    let cut_at = net.now;
+    let down_at = first_down(&mut net, &lone, &target, cut_at + 10_000).expect("down");
+    let alone = down_at - cut_at;
+    assert!(alone >= 3_000, "a lone watcher declared down after {alone} ms");
+    assert!(alone > confirmed + 1_000, "alone {alone} ms, confirmed {confirmed} ms");
+    // One watcher's verdict is no majority: nobody else takes it for down.
+    for (n, d) in &net.nodes {
+        if *n != lone {
+            assert_ne!(d.liveness(&target, net.now), Liveness::Down, "seen by {n}");
+        }
+    }
+}
+
+#[test]
+fn a_suspected_node_refutes_and_stretches_its_own_probing_until_answers_return() {
+    let mut net = Net::new(6);
+    net.run_until(1_000);
+    let me = id(2);
+    let incarnation = net.nodes[&me].incarnation();
+    // Everyone suspects it: a verdict at its incarnation arrives.
+    let watcher = watchers_of(&me, net.nodes.keys(), 3)[0].clone();
+    net.nodes.get_mut(&me).expect("node").handle_verdict(Verdict {
+        node: me.clone(),
+        state: Liveness::Suspect,
+        incarnation,
+        watcher,
+    });
+    let d = &net.nodes[&me];
+    assert_eq!(d.incarnation(), incarnation + 1, "refuted");
+    assert_eq!(d.health_penalty(), 1);
+    // Stretched probing: its next probe waits twice the direct timeout.
+    assert_eq!(d.scaled(100), 200);
+    // Answered probes bring it back to full speed.
+    net.run_until(3_000);
+    assert_eq!(net.nodes[&me].health_penalty(), 0);
+}
+
+#[test]
+fn the_health_penalty_is_bounded() {
+    let mut d = Detector::new(DetectorConfig::default(), id(0), 1);
+    d.handle_members(0, (0..4).map(id).collect());
+    for _ in 0..20 {
+        let inc = d.incarnation();
+        d.handle_verdict(Verdict {
+            node: id(0),
+            state: Liveness::Down,
+            incarnation: inc,
+            watcher: id(1),
+        });
+    }
+    assert_eq!(d.health_penalty(), DetectorConfig::default().max_health_penalty);
+    assert_eq!(d.incarnation(), 21);
+}
