@@ -88,7 +88,7 @@ fn hostile_packets_specs_and_certificates_are_refused_counted_and_change_nothing
     let captures = tap.capture(&bases, Duration::from_secs(20));
 
     // What must not move: 3 replicas and a singleton holding its lease.
-    let files = support::spec(
+    let steady = support::spec(
         fleet.tmp.path(),
         "steady",
         &format!("name = \"steady\"\nreplicas = 3\n{SLEEPER}"),
@@ -98,7 +98,7 @@ fn hostile_packets_specs_and_certificates_are_refused_counted_and_change_nothing
         "leader",
         &format!("name = \"leader\"\nsingleton = true\nlease_ttl = \"2s\"\n{SLEEPER}"),
     );
-    for file in [&files, &leader] {
+    for file in [&steady, &leader] {
         let out = fleet.cli(0, &["apply", "-f", file]);
         assert!(
             out.status.success(),
@@ -172,8 +172,8 @@ fn hostile_packets_specs_and_certificates_are_refused_counted_and_change_nothing
                     expect(&mut expected[i], family, reason, 1);
                     *sent.entry("truncated").or_default() += 1;
                 }
-                // Sealed for the gossip socket, so at a probe socket it is a replay wherever
-                // it was first delivered; at a gossip socket only where it was.
+                // Sealed for gossip: a replay at every probe socket, and at the gossip socket
+                // that accepted it once (elsewhere its first arrival could still be fresh).
                 if family == "starling_probe_dropped_total" || capture.to == *base {
                     for _ in 0..REPLAYS {
                         send(&stranger, &capture.bytes, port);
@@ -296,6 +296,20 @@ fn hostile_packets_specs_and_certificates_are_refused_counted_and_change_nothing
         );
         *sent.entry("raw API requests").or_default() += 1;
     }
+    // The local socket's door counts the same way.
+    let (bytes, says, reason) = net::raw_requests().pop().expect("a truncated frame");
+    let answer = net::socket_call(&fleet.nodes[0].dir, &bytes);
+    assert!(
+        answer.contains(&says),
+        "socket: {answer:?} should say {says:?}"
+    );
+    expect(
+        &mut expected[0],
+        "starling_api_bad_requests_total",
+        reason,
+        1,
+    );
+    *sent.entry("raw API requests").or_default() += 1;
 
     // Longer than a down verdict (400 ms) and the lease's TTL (2 s): a barrage that disturbed
     // the failure detector or the lease would show by now.
@@ -357,7 +371,7 @@ fn hostile_packets_specs_and_certificates_are_refused_counted_and_change_nothing
         .expect("workloads")
         .to_string();
     assert!(
-        !workloads.contains("etc") && !workloads.contains("a/b"),
+        !workloads.contains("etc") && !workloads.contains("a/b") && !workloads.contains("big"),
         "{workloads}"
     );
     let tree_after = tree(fleet.tmp.path());

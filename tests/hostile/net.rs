@@ -207,6 +207,21 @@ pub fn raw_call(identity: &TlsIdentity, addr: SocketAddr, bytes: &[u8]) -> Strin
     })
 }
 
+/// `bytes` sent raw to the agent's Unix socket in `data_dir`; the answer as text.
+pub fn socket_call(data_dir: &Path, bytes: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let path = starling_node::api::socket_path(data_dir);
+    let mut stream = std::os::unix::net::UnixStream::connect(path).expect("the API socket");
+    stream.write_all(bytes).expect("send");
+    // The end of the request, so a truncated frame is seen as one.
+    stream
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("read the answer");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 fn framed(body: &[u8]) -> Vec<u8> {
     let mut out = u32::try_from(body.len())
         .expect("small")
