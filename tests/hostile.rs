@@ -85,7 +85,14 @@ fn hostile_packets_specs_and_certificates_are_refused_counted_and_change_nothing
         .iter()
         .map(|n| n.base.parse().expect("base address"))
         .collect();
-    let captures = tap.capture(&bases, Duration::from_secs(20));
+    let mut captures = tap.capture(&bases, Duration::from_secs(20));
+    let probes: Vec<SocketAddr> = bases
+        .iter()
+        .map(|b| starling_node::cluster::probe_addr(*b))
+        .collect();
+    let probe_captures = net::capture_probes(&probes, Duration::from_secs(20));
+    let real_probes = probe_captures.as_ref().map_or(0, Vec::len);
+    captures.extend(probe_captures.into_iter().flatten());
 
     // What must not move: 3 replicas and a singleton holding its lease.
     let steady = support::spec(
@@ -172,9 +179,11 @@ fn hostile_packets_specs_and_certificates_are_refused_counted_and_change_nothing
                     expect(&mut expected[i], family, reason, 1);
                     *sent.entry("truncated").or_default() += 1;
                 }
-                // Sealed for gossip: a replay at every probe socket, and at the gossip socket
-                // that accepted it once (elsewhere its first arrival could still be fresh).
-                if family == "starling_probe_dropped_total" || capture.to == *base {
+                // A replay at every socket of the other kind (sealed for the one it came
+                // from), and at the socket that accepted it once (at another one of its kind
+                // its first arrival could still be fresh).
+                let at_probe = port == probe;
+                if capture.probe != at_probe || capture.to == port {
                     for _ in 0..REPLAYS {
                         send(&stranger, &capture.bytes, port);
                         expect(&mut expected[i], family, "replay", 1);
@@ -352,7 +361,10 @@ fn hostile_packets_specs_and_certificates_are_refused_counted_and_change_nothing
             "{name} saw a node go down"
         );
     }
-    println!("sent: {sent:?}");
+    println!(
+        "sent: {sent:?}; real packets captured: {} gossip, {real_probes} probes",
+        captures.len() - real_probes
+    );
 
     // The fleet as it was: members, placement, lease, no stray file, and it still takes writes.
     for i in 0..3 {

@@ -44,6 +44,8 @@ pub struct Capture {
     pub from: SocketAddr,
     pub to: SocketAddr,
     pub bytes: Vec<u8>,
+    /// Sealed for the probe socket (else for gossip).
+    pub probe: bool,
 }
 
 /// A socket given to every agent as a seed: their gossip rounds knock at it with sealed Syns.
@@ -92,10 +94,81 @@ impl Tap {
                 from,
                 to,
                 bytes: buf[..len].to_vec(),
+                probe: false,
             });
         }
         captures
     }
+}
+
+/// One probe datagram between members addressed to each of `probes`, read off loopback as
+/// someone on the wire would (an `AF_PACKET` socket: root only). `None` without root, unless
+/// STARLING_REQUIRE_NETNS is set (CI), which makes it a failure.
+pub fn capture_probes(probes: &[SocketAddr], within: Duration) -> Option<Vec<Capture>> {
+    use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType};
+    use std::os::fd::AsRawFd;
+    let fd = match nix::sys::socket::socket(
+        AddressFamily::Packet,
+        SockType::Raw,
+        SockFlag::SOCK_NONBLOCK,
+        SockProtocol::EthAll,
+    ) {
+        Ok(fd) => fd,
+        Err(e) if std::env::var_os("STARLING_REQUIRE_NETNS").is_some() => {
+            panic!("capturing probes needs root (CAP_NET_RAW): {e}")
+        }
+        Err(e) => {
+            println!("not replaying captured probes (reading the wire needs root): {e}");
+            return None;
+        }
+    };
+    let started = Instant::now();
+    let mut captures: Vec<Capture> = Vec::new();
+    let mut buf = vec![0u8; 65_536];
+    while captures.len() < probes.len() {
+        assert!(
+            started.elapsed() < within,
+            "caught probes to {} of {} members within {within:?}",
+            captures.len(),
+            probes.len()
+        );
+        let Ok(n) = nix::sys::socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) else {
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        };
+        let Some((from, to, payload)) = udp_of(&buf[..n]) else {
+            continue;
+        };
+        if probes.contains(&from) && probes.contains(&to) && captures.iter().all(|c| c.to != to) {
+            captures.push(Capture {
+                from,
+                to,
+                bytes: payload.to_vec(),
+                probe: true,
+            });
+        }
+    }
+    Some(captures)
+}
+
+/// Source, destination and payload of an Ethernet frame holding an IPv4 UDP datagram.
+fn udp_of(frame: &[u8]) -> Option<(SocketAddr, SocketAddr, &[u8])> {
+    let ip = frame.get(14..)?;
+    if frame.get(12..14)? != [0x08, 0x00] || ip.first()? >> 4 != 4 || *ip.get(9)? != 17 {
+        return None;
+    }
+    let udp = ip.get(usize::from(ip[0] & 0x0f) * 4..)?;
+    let addr = |ip: &[u8], port: &[u8]| -> Option<SocketAddr> {
+        let ip: [u8; 4] = ip.try_into().ok()?;
+        Some(SocketAddr::from((
+            ip,
+            u16::from_be_bytes(port.try_into().ok()?),
+        )))
+    };
+    let from = addr(ip.get(12..16)?, udp.get(0..2)?)?;
+    let to = addr(ip.get(16..20)?, udp.get(2..4)?)?;
+    let len = usize::from(u16::from_be_bytes(udp.get(4..6)?.try_into().ok()?));
+    Some((from, to, udp.get(8..len)?))
 }
 
 /// Nothing arrives at `socket` within 300 ms.
