@@ -9,6 +9,9 @@
 //! test, so each agent's gossip round knocks at it with a sealed Syn. The test delivers each
 //! captured packet once to another member (as the network would have) and then replays it
 //! byte for byte, from another port, to that member's gossip socket and to every probe socket.
+//! Probes go only to members, so one probe to each member is read off loopback (root only;
+//! required when STARLING_REQUIRE_NETNS is set) and replayed to that member's probe socket and
+//! to every gossip socket.
 
 mod support;
 
