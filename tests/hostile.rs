@@ -248,10 +248,10 @@ fn hostile_packets_specs_and_certificates_are_refused_counted_and_change_nothing
         ..theirs
     };
     let answer = quic_call(&mixed, quic, &Request::Api(ApiRequest::Status));
-    assert!(
-        answer.is_err(),
-        "a certificate of another CA got an answer: {answer:?}"
-    );
+    match answer {
+        Err(e) => println!("refused, another CA's certificate trusting ours: {e}"),
+        Ok(a) => panic!("a certificate of another CA got an answer: {a:?}"),
+    }
     expect(
         &mut expected[0],
         "starling_quic_handshake_failures_total",
