@@ -50,7 +50,7 @@ fn expect(e: &mut Expected, family: &str, reason: &str, n: u64) {
 /// Sends `packet` to `to`, paced so loopback's receive buffers never overflow.
 fn send(socket: &UdpSocket, packet: &[u8], to: SocketAddr) {
     socket.send_to(packet, to).expect("send a datagram");
-    std::thread::sleep(Duration::from_micros(500));
+    std::thread::sleep(Duration::from_millis(1));
 }
 
 /// Asserts the CLI failed saying `says` (in its output or error), and prints what it said.
