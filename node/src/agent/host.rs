@@ -131,6 +131,7 @@ pub(super) async fn serve_api(
     dir: &Path,
     door: ApiDoor,
     accept_backoff: std::time::Duration,
+    bad_requests: Arc<super::quic_api::BadRequests>,
 ) -> Result<JoinHandle<()>, AgentError> {
     let path = socket_path(dir);
     // A socket file left by a crashed agent would make bind fail; the lock proves it is stale.
@@ -153,7 +154,7 @@ pub(super) async fn serve_api(
             let Ok(permit) = slots.clone().acquire_owned().await else {
                 return;
             };
-            let door = door.clone();
+            let (door, bad_requests) = (door.clone(), bad_requests.clone());
             let caller = Caller::Socket {
                 uid: stream.peer_cred().ok().map(|cred| cred.uid()),
             };
@@ -166,6 +167,7 @@ pub(super) async fn serve_api(
                         Err(e) => {
                             // A malformed request gets a clear answer (as over QUIC), changes
                             // nothing, and ends the connection: its framing is lost.
+                            bad_requests.count(&e);
                             let answer = super::handlers::error(format!("bad request: {e}"));
                             let _ = write_frame(&mut stream, &answer).await;
                             return;

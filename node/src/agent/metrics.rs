@@ -190,7 +190,8 @@ impl Collector for Families {
             single(e, Counter(name), help, load(value))?;
         }
         m.encode_local(e)?;
-        m.encode_channels(e)
+        m.encode_channels(e)?;
+        m.encode_rejects(e)
     }
 }
 
@@ -360,6 +361,38 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// What the API doors refused before any handler saw it (see `quic_api::rejects`).
+    fn encode_rejects(&self, e: &mut DescriptorEncoder) -> fmt::Result {
+        let h = &self.quic.handshake_failures;
+        labelled(
+            e,
+            Counter("starling_quic_handshake_failures"),
+            "QUIC handshakes that did not complete: TLS refused (a certificate of another CA), the QUIC protocol broken (a forged or damaged Initial), the dialer silent mid-handshake, or other.",
+            "reason",
+            &[
+                ("tls", load(&h.tls)),
+                ("protocol", load(&h.protocol)),
+                ("timeout", load(&h.timeout)),
+                ("other", load(&h.other)),
+            ],
+        )?;
+        let b = &self.quic.bad_requests;
+        labelled(
+            e,
+            Counter("starling_api_bad_requests"),
+            "API requests refused unread, at the socket or over QUIC: a frame over the size limit, undecodable bytes, a decoded but invalid request (a bad name, a spec over its limit), or another protocol version.",
+            "reason",
+            &[
+                ("too_large", load(&b.too_large)),
+                ("malformed", load(&b.malformed)),
+                ("invalid", load(&b.invalid)),
+                ("version", load(&b.version)),
+            ],
+        )
+    }
+}
+
 /// A lease as this node sees it, for the workloads it runs.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct LeaseInfo {
@@ -463,6 +496,9 @@ mod tests {
         g.probe_dropped_replay.store(3, Ordering::Relaxed);
         g.probe_dropped_forged.store(7, Ordering::Relaxed);
         metrics.channels.sync.dropped.store(4, Ordering::Relaxed);
+        let q = &metrics.quic;
+        q.handshake_failures.tls.store(8, Ordering::Relaxed);
+        q.bad_requests.invalid.store(9, Ordering::Relaxed);
         metrics
             .channels
             .runtime_events
@@ -483,6 +519,10 @@ mod tests {
             "starling_http_long_polls 0",
             "starling_store_healthy 1",
             "starling_reconciles_total 0",
+            "starling_quic_handshake_failures_total{reason=\"tls\"} 8",
+            "starling_quic_handshake_failures_total{reason=\"timeout\"} 0",
+            "starling_api_bad_requests_total{reason=\"invalid\"} 9",
+            "starling_api_bad_requests_total{reason=\"too_large\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }

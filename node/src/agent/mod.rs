@@ -307,6 +307,7 @@ pub async fn run(
         agent.store.dir(),
         socket_door,
         agent.config.local.accept_backoff,
+        agent.metrics.quic.bad_requests.clone(),
     )
     .await?;
     let web_token = match &http_listener {

@@ -26,6 +26,10 @@ pub struct QuicCounters {
     pub validations: AtomicU64,
     /// API requests refused for who asked them, by the caller's kind and role.
     pub refused_requests: RefusedRequests,
+    /// Handshakes that failed, by why.
+    pub handshake_failures: super::HandshakeFailures,
+    /// Requests refused unread, by why; shared with the local socket's door.
+    pub bad_requests: std::sync::Arc<super::BadRequests>,
 }
 
 /// API requests refused for who asked them (`starling_api_refused_total`).

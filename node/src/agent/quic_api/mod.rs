@@ -6,7 +6,8 @@
 //! - no certificate (a joiner): only the join exchange, checked against the token secret.
 //!
 //! Certificates from another CA never get this far: the TLS handshake refuses them. Revoked
-//! names are refused after the handshake.
+//! names are refused after the handshake. Failed handshakes and unreadable requests are
+//! counted by why (`rejects`).
 //!
 //! Anyone who can reach the port may start a handshake, so what a dialer can hold is capped
 //! ([`crate::net::quic::QuicSettings`], counted in `limits`): connections in total and per IP address (refused before the handshake,
@@ -53,11 +54,13 @@ pub(crate) struct Routes {
 }
 
 mod limits;
+mod rejects;
 #[cfg(test)]
 mod tests;
 
 pub(crate) use limits::Limiter;
-pub use limits::{QuicCounters, RefusedRequests};
+pub use limits::QuicCounters;
+pub use rejects::{BadRequests, HandshakeFailures};
 
 /// Accepts connections on `endpoint` until it closes, within `limiter`'s caps; a stream's
 /// request must arrive within `request_timeout`.
@@ -84,8 +87,13 @@ pub(crate) fn serve(
             let routes = routes.clone();
             let counters = limiter.counters.clone();
             tokio::spawn(async move {
-                let Ok(conn) = incoming.await else {
-                    return;
+                let conn = match incoming.await {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        let reason = counters.handshake_failures.count(&e);
+                        tracing::debug!(%remote, reason, "QUIC handshake failed: {e}");
+                        return;
+                    }
                 };
                 let who = peer_of(&conn);
                 match &who {
@@ -124,8 +132,7 @@ pub(crate) fn serve(
                     let (routes, who) = (routes.clone(), who.clone());
                     let counters = counters.clone();
                     tokio::spawn(async move {
-                        let refused = &counters.refused_requests;
-                        stream(send, recv, who, routes, refused, request_timeout).await;
+                        stream(send, recv, who, routes, &counters, request_timeout).await;
                     });
                 }
                 // The slot goes with this task: the connection is over.
@@ -140,9 +147,10 @@ async fn stream(
     mut recv: quinn::RecvStream,
     who: Option<(Role, String)>,
     routes: Routes,
-    refused_requests: &RefusedRequests,
+    counters: &QuicCounters,
     request_timeout: Duration,
 ) {
+    let refused_requests = &counters.refused_requests;
     let read = tokio::time::timeout(request_timeout, read_frame::<Request, _>(&mut recv)).await;
     let request = match read {
         Ok(Ok(Some(request))) => request,
@@ -161,6 +169,7 @@ async fn stream(
         }
         Ok(Err(e)) => {
             // A malformed request gets a clear answer and changes nothing.
+            counters.bad_requests.count(&e);
             let _ = write_frame(&mut send, &refused(format!("bad request: {e}"))).await;
             let _ = send.finish();
             return;
