@@ -8,7 +8,10 @@
 //! (`Specified qdisc kind is unknown`), so the "50 +- 30 ms jitter" is not applied.
 //! Scenarios run one at a time (a lock file), each on its own lab. `STARLING_NETLAB_LONG=1`
 //! runs the lossy scenario for 10 minutes instead of 1; `STARLING_NETLAB_PROFILE` picks its
-//! network profile (default `wan`).
+//! network profile (default `wan`: at 10% loss `lan`, down after 400 ms, gives false down
+//! verdicts every minute). `STARLING_NETLAB_STRICT=1` also fails the partition scenario on a
+//! known agent bug it reports every run (a minority node replacing replicas while its view,
+//! one down verdict at a time, still counts a majority; docs/BENCHMARKS.md).
 
 mod support;
 

@@ -250,6 +250,7 @@ pub fn lossy_links(lab: &NetLab, fleet: &mut Fleet, profile: &str) {
         0,
     );
     let mut lead_changes = 0;
+    let mut polls = 0;
     while began.elapsed() < window {
         let now_procs = census(lab, "sleep", &marker);
         for p in &start {
@@ -264,6 +265,7 @@ pub fn lossy_links(lab: &NetLab, fleet: &mut Fleet, profile: &str) {
         }
         samples += 1;
         if samples % 5 == 0 {
+            polls += 5;
             for i in 0..5 {
                 let Some(view) = views(fleet, i) else {
                     unanswered += 1;
@@ -285,6 +287,14 @@ pub fn lossy_links(lab: &NetLab, fleet: &mut Fleet, profile: &str) {
         }
         std::thread::sleep(Duration::from_secs(1));
     }
+    // Suspicion resolves: every host lists every member alive, still on the lossy links.
+    let resolved = Instant::now();
+    wait_for("every view all alive", Duration::from_secs(20), || {
+        (0..5)
+            .all(|i| views(fleet, i).is_some_and(|v| v.values().all(|s| s == "alive")))
+            .then_some(())
+    });
+    let resolved = resolved.elapsed();
     let holders: Vec<_> = (0..5).map(|i| lease(fleet, i, "lead")).collect();
     let failovers_after = failovers(lab);
     let (downs, missing) = events(fleet, 0, "node-down", window + Duration::from_secs(5));
@@ -306,6 +316,8 @@ pub fn lossy_links(lab: &NetLab, fleet: &mut Fleet, profile: &str) {
         exactly(p, &want)
     });
     let bound = down_after(profile) + Duration::from_secs(5);
+    // Ten sightings show the pattern; a 10-minute run has dozens.
+    let first_ten = |v: &[String]| v.iter().take(10).cloned().collect::<Vec<_>>();
     report(
         &format!("4. 10% loss on every link ({profile} profile, 5 hosts)"),
         &format!(
@@ -319,15 +331,19 @@ pub fn lossy_links(lab: &NetLab, fleet: &mut Fleet, profile: &str) {
              | lease holder and token before / after (per node) | {holder:?} / {holders:?} |\n\
              | down verdicts (`starling_failover_events_total`, all agents) | {verdicts} |\n\
              | `node-down` events in the window | {} (nodes that did not answer the query: {missing}) |\n\
-             | `get nodes` on every host every 5 s: suspect sightings | {} {suspect:?} |\n\
-             | down sightings | {} {down:?} |\n\
+             | `get nodes` on every host every 5 s ({polls} calls): suspect sightings | {} (first ones: {:?}) |\n\
+             | down sightings | {} {:?} |\n\
+             | every host lists every member alive | {} s after the window |\n\
              | `get nodes` calls that failed | {unanswered} |\n\
              | then {} dies ({victims} replicas): replaced in | {} (bound: down after + 5 s = {} s) |\n",
             window.as_secs(),
             moved.len(),
             downs.len(),
             suspect.len(),
+            first_ten(&suspect),
             down.len(),
+            first_ten(&down),
+            secs(resolved),
             fleet.nodes[victim].name,
             replaced
                 .as_ref()
