@@ -1,12 +1,18 @@
 //! Hosts as network namespaces: each agent gets its own namespace (its own loopback, so the
 //! service addresses and DNS port of one do not collide with another's), a veth pair to a
 //! bridge in the root namespace, and its own address in a /24. A host's link can lose a share
-//! of its packets or be cut entirely (nftables inside its namespace) for partitions.
+//! of its packets, be cut entirely or one way, or the hosts split into groups that cannot
+//! reach each other (nftables inside each namespace); a host can be powered off (every process
+//! in its namespace killed) and its processes listed.
+//!
+//! Delay, jitter, duplication and reordering are not offered: they need `tc netem`, which this
+//! CI's kernel lacks (`Specified qdisc kind is unknown`); nftables only drops.
 //!
 //! Needs root, iproute2 and nftables. Tests call [`NetLab::required`] first: without namespaces they fail
 //! when `STARLING_REQUIRE_NETNS` is set (CI), and skip otherwise.
 
 use std::net::Ipv4Addr;
+use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -169,25 +175,27 @@ impl NetLab {
         }
     }
 
-    /// Drops host `i`'s traffic on its link both ways: `percent` of packets, chosen at random
-    /// (100: the host is cut off). nftables, not `tc netem`: kernels built without netem (this
-    /// CI's) still have it. Loopback inside the host is untouched.
-    pub fn loss(&self, i: usize, percent: u32) {
+    /// Replaces host `i`'s rules with these drop rules: `input` for packets arriving on its
+    /// link, `output` for packets leaving on it (nftables expressions before `drop`, e.g.
+    /// `""` for everything). Loopback inside the host is untouched.
+    fn rules(&self, i: usize, input: &[String], output: &[String]) {
         self.heal(i);
-        let threshold = (u64::from(percent.min(100)) * 0x8000_0000 / 100).min(0x8000_0000);
-        let rule = if percent >= 100 {
-            String::new()
-        } else {
-            format!("meta random & 0x7fffffff < {threshold} ")
-        };
-        let script = format!(
+        let mut script = String::from(
             "add table inet stlcut\n\
-             add chain inet stlcut in {{ type filter hook input priority 0; policy accept; }}\n\
-             add chain inet stlcut out {{ type filter hook output priority 0; policy accept; }}\n\
-             add rule inet stlcut in iifname \"eth0\" {rule}drop\n\
-             add rule inet stlcut out oifname \"eth0\" {rule}drop\n"
+             add chain inet stlcut in { type filter hook input priority 0; policy accept; }\n\
+             add chain inet stlcut out { type filter hook output priority 0; policy accept; }\n",
         );
-        let file = std::env::temp_dir().join(format!("{}-loss.nft", self.ns(i)));
+        for rule in input {
+            script.push_str(&format!(
+                "add rule inet stlcut in iifname \"eth0\" {rule}drop\n"
+            ));
+        }
+        for rule in output {
+            script.push_str(&format!(
+                "add rule inet stlcut out oifname \"eth0\" {rule}drop\n"
+            ));
+        }
+        let file = std::env::temp_dir().join(format!("{}-rules.nft", self.ns(i)));
         std::fs::write(&file, script).expect("nft script");
         let out = Command::new("ip")
             .args(["netns", "exec", &self.ns(i), "nft", "-f"])
@@ -202,14 +210,150 @@ impl NetLab {
         );
     }
 
+    /// The nftables expression that matches `percent` of packets at random (empty at 100).
+    fn share(percent: u32) -> String {
+        if percent >= 100 {
+            return String::new();
+        }
+        let threshold = u64::from(percent) * 0x8000_0000 / 100;
+        format!("meta random & 0x7fffffff < {threshold} ")
+    }
+
+    /// Drops host `i`'s traffic on its link both ways: `percent` of packets, chosen at random
+    /// (100: the host is cut off). nftables, not `tc netem`: kernels built without netem (this
+    /// CI's) still have it. Loopback inside the host is untouched.
+    pub fn loss(&self, i: usize, percent: u32) {
+        let rule = vec![Self::share(percent)];
+        self.rules(i, &rule, &rule);
+    }
+
+    /// Drops `percent` of the packets host `i` sends on its link. Set on every host, each
+    /// packet between two hosts crosses one such rule, so every path loses exactly `percent`
+    /// (with [`NetLab::loss`] on both ends a packet would face two draws).
+    pub fn loss_out(&self, i: usize, percent: u32) {
+        self.rules(i, &[], &[Self::share(percent)]);
+    }
+
+    /// [`NetLab::loss_out`] on every host.
+    pub fn lossy_links(&self, percent: u32) {
+        for i in 0..self.hosts {
+            self.loss_out(i, percent);
+        }
+    }
+
     /// Cuts host `i` off from every other host (and the root namespace).
     pub fn cut(&self, i: usize) {
         self.loss(i, 100);
     }
 
+    /// Cuts one direction of host `i`'s link: with `inbound` it still sends but hears
+    /// nothing, without it hears everything and its packets go nowhere.
+    pub fn cut_one_way(&self, i: usize, inbound: bool) {
+        let all = vec![String::new()];
+        if inbound {
+            self.rules(i, &all, &[]);
+        } else {
+            self.rules(i, &[], &all);
+        }
+    }
+
+    /// Splits the hosts into `groups` that cannot reach each other; every host still reaches
+    /// the root namespace (the test's CLI and metrics scrapes). Hosts in no group are left
+    /// as they are.
+    pub fn partition(&self, groups: &[&[usize]]) {
+        for (g, group) in groups.iter().enumerate() {
+            let others: Vec<String> = groups
+                .iter()
+                .enumerate()
+                .filter(|(h, _)| *h != g)
+                .flat_map(|(_, hosts)| hosts.iter().map(|h| self.addr(*h).to_string()))
+                .collect();
+            if others.is_empty() {
+                continue;
+            }
+            let set = others.join(", ");
+            for &i in group.iter() {
+                self.rules(
+                    i,
+                    &[format!("ip saddr {{ {set} }} ")],
+                    &[format!("ip daddr {{ {set} }} ")],
+                );
+            }
+        }
+    }
+
     /// Removes what `loss` or `cut` set on host `i`.
     pub fn heal(&self, i: usize) {
         let _ = self.nft(i, "delete table inet stlcut");
+    }
+
+    /// [`NetLab::heal`] on every host.
+    pub fn heal_all(&self) {
+        for i in 0..self.hosts {
+            self.heal(i);
+        }
+    }
+
+    /// The processes in host `i`'s namespace (its agent, fences, replicas), from `/proc`.
+    pub fn pids(&self, i: usize) -> Vec<i32> {
+        let Ok(ns) = std::fs::metadata(format!("/run/netns/{}", self.ns(i))) else {
+            return Vec::new();
+        };
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                    .is_ok_and(|m| m.dev() == ns.dev() && m.ino() == ns.ino())
+            })
+            .collect()
+    }
+
+    /// Which host's namespace process `pid` runs in.
+    pub fn host_of(&self, pid: i32) -> Option<usize> {
+        let of = std::fs::metadata(format!("/proc/{pid}/ns/net")).ok()?;
+        (0..self.hosts).find(|i| {
+            std::fs::metadata(format!("/run/netns/{}", self.ns(*i)))
+                .is_ok_and(|m| m.dev() == of.dev() && m.ino() == of.ino())
+        })
+    }
+
+    /// Bytes host `i` sent and received on its link, every header included (the counters of
+    /// its veth's outer end, which receives what the host sends).
+    pub fn link_bytes(&self, i: usize) -> (u64, u64) {
+        let read = |what: &str| {
+            std::fs::read_to_string(format!(
+                "/sys/class/net/{}/statistics/{what}_bytes",
+                self.veth(i)
+            ))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
+        };
+        (read("rx"), read("tx"))
+    }
+
+    /// Power off host `i`: its link cut first (no last words), then SIGKILL to every process
+    /// in its namespace, until none is left.
+    pub fn power_off(&self, i: usize) {
+        self.cut(i);
+        for _ in 0..50 {
+            let pids = self.pids(i);
+            if pids.is_empty() {
+                return;
+            }
+            for pid in pids {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("host {i} still has processes: {:?}", self.pids(i));
     }
 }
 
