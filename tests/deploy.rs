@@ -158,13 +158,12 @@ fn a_rolling_upgrade_restarts_one_agent_at_a_time_and_waits_for_each_to_rejoin_h
     let mut checked: Vec<String> = Vec::new();
     let (mut fewest_live, mut fewest_listed) = (usize::MAX, usize::MAX);
     let status = loop {
-        for i in 0..names.len() {
+        for (i, name) in names.iter().enumerate() {
             let gone = fleet.nodes[i]
                 .child
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten());
             if let Some(status) = gone {
-                let name = &names[i];
                 assert!(
                     !exited.contains_key(name),
                     "{name} exited a second time: {transcript:#?}"
@@ -447,4 +446,72 @@ fn install_stages_a_device_joins_it_and_its_unit_line_starts_a_member() {
             std::fs::read_to_string(fleet.tmp.path().join("device-1.log")).unwrap_or_default();
         panic!("the staged device never showed up alive; its log:\n{log}\ncommand: {words:?}");
     }
+}
+
+#[test]
+fn install_over_ssh_copies_the_files_and_passes_the_token_on_stdin() {
+    // ssh and scp stand-ins that do the same here: the far side is this machine, so the
+    // script's quoting, its copy to a temp dir there, the token on stdin and the clean-up
+    // all run for real; only the transport is local.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ssh = tmp.path().join("ssh");
+    let scp = tmp.path().join("scp");
+    std::fs::write(&ssh, "#!/bin/sh\nshift\nexec sh -c \"$*\"\n").expect("ssh");
+    std::fs::write(
+        &scp,
+        "#!/bin/sh\n[ \"$1\" = -q ] && shift\nexec cp \"$1\" \"${2#*:}\"\n",
+    )
+    .expect("scp");
+    for f in [&ssh, &scp] {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    // A root with a quote in its name: every word crosses ssh as one word.
+    let root = tmp.path().join("device's root");
+    let token = "starling1.aa.bb.10.0.0.2:7946.cc";
+    let mut child = Command::new("sh")
+        .arg(example("install.sh"))
+        .args(["--binary", BIN, "--token", "-", "--no-join", "--no-start"])
+        .args(["--root", &root.to_string_lossy(), "--label", "site=far"])
+        .arg("pi@device-7")
+        .env("STARLING_SSH", &ssh)
+        .env("STARLING_SCP", &scp)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("install.sh runs");
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("stdin");
+        writeln!(stdin, "{token}").expect("token on stdin");
+    }
+    let out = child.wait_with_output().expect("install.sh ends");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let copied_to = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("pi@device-7: files copied to "))
+        .and_then(|l| l.strip_suffix("; installing there"))
+        .expect("the remote temp dir");
+    assert!(
+        !Path::new(copied_to).exists(),
+        "{copied_to} was left behind"
+    );
+    let env = root.join("etc/starling/agent.env");
+    assert_eq!(mode(&env), 0o600);
+    let env_text = std::fs::read_to_string(&env).expect("env file");
+    assert!(
+        env_text.contains(&format!("STARLING_JOIN_TOKEN={token}\n")),
+        "{env_text}"
+    );
+    assert!(env_text.contains("--label site=far"), "{env_text}");
+    assert_eq!(mode(&root.join("usr/local/bin/starling")), 0o755);
+    assert_eq!(
+        mode(&root.join("etc/systemd/system/starling.service")),
+        0o644
+    );
 }
