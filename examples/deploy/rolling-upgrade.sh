@@ -58,7 +58,7 @@ total=$#
 first=${1%%=*}
 echo "checking that the fleet is healthy before the first restart"
 $starling node wait "$first" --healthy --timeout 60s ||
-	die "the fleet is not healthy before the upgrade (see above); nothing was restarted"
+	die "the fleet is not healthy before the upgrade, or its listings cannot be read (see above; a CLI reads only agents of its own build's listing format: point \$STARLING at one); nothing was restarted"
 
 i=0
 for device in "$@"; do
@@ -67,7 +67,7 @@ for device in "$@"; do
 	host=${device#*=}
 	step="[$i/$total] $node"
 	generation=$($starling node generation "$node") ||
-		die "$step: cannot read its generation; nothing restarted on it"
+		die "$step: cannot read its generation (see above); nothing restarted on it"
 	echo "$step: generation $generation; installing the new binary on $host and restarting"
 	if [ -n "$restart_cmd" ]; then
 		sh -c "$restart_cmd" rolling-upgrade "$node" "$host" "$binary" ||
