@@ -69,22 +69,9 @@ fn exe_inode(pid: u32) -> Option<u64> {
         .map(|m| m.ino())
 }
 
-#[test]
-fn a_rolling_upgrade_restarts_one_agent_at_a_time_and_waits_for_each_to_rejoin_healthy() {
-    let _serial = one_at_a_time();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    // The installed binary, as install.sh lays it out; the upgrade renames a new copy over it.
-    let bin_dir = tmp.path().join("usr-local-bin");
-    std::fs::create_dir_all(&bin_dir).expect("bin dir");
-    let installed = bin_dir.join("starling");
-    std::fs::copy(BIN, &installed).expect("install the binary");
-    let old_inode = std::fs::metadata(&installed).expect("installed").ino();
-    let new_build = tmp.path().join("starling-new");
-    std::fs::copy(BIN, &new_build).expect("the new build");
-    let pid_dir = tmp.path().join("pids");
-    std::fs::create_dir_all(&pid_dir).expect("pid dir");
-
-    let mut fleet = Fleet::start_with(3, installed.clone(), &[]);
+/// Three agents running `bin`, with web's replicas running healthy.
+fn fleet_running_web(bin: PathBuf) -> Fleet {
+    let fleet = Fleet::start_with(3, bin, &[]);
     let web = spec(
         fleet.tmp.path(),
         "web",
@@ -103,6 +90,50 @@ fn a_rolling_upgrade_restarts_one_agent_at_a_time_and_waits_for_each_to_rejoin_h
     wait_for("6 web replicas healthy", Duration::from_secs(60), || {
         (web_healthy(&fleet, 0) == Some(WEB) && fleet.live_processes("web") == WEB).then_some(())
     });
+    fleet
+}
+
+/// Every line `child` writes, stderr's marked, as they come.
+fn lines_of(child: &mut std::process::Child) -> mpsc::Receiver<String> {
+    let (tx, lines) = mpsc::channel::<String>();
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    let err_tx = tx.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = err_tx.send(format!("stderr: {line}"));
+        }
+    });
+    lines
+}
+
+#[test]
+fn a_rolling_upgrade_restarts_one_agent_at_a_time_and_waits_for_each_to_rejoin_healthy() {
+    let _serial = one_at_a_time();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // The installed binary, as install.sh lays it out; the upgrade renames a new copy over it.
+    let bin_dir = tmp.path().join("usr-local-bin");
+    std::fs::create_dir_all(&bin_dir).expect("bin dir");
+    let installed = bin_dir.join("starling");
+    std::fs::copy(BIN, &installed).expect("install the binary");
+    let old_inode = std::fs::metadata(&installed).expect("installed").ino();
+    let new_build = tmp.path().join("starling-new");
+    std::fs::copy(BIN, &new_build).expect("the new build");
+    let pid_dir = tmp.path().join("pids");
+    std::fs::create_dir_all(&pid_dir).expect("pid dir");
+
+    let mut fleet = fleet_running_web(installed.clone());
     let names: Vec<String> = fleet.nodes.iter().map(|n| n.name.clone()).collect();
     let before: BTreeMap<String, u64> = names
         .iter()
@@ -133,26 +164,7 @@ fn a_rolling_upgrade_restarts_one_agent_at_a_time_and_waits_for_each_to_rejoin_h
         .stderr(Stdio::piped())
         .spawn()
         .expect("the script runs");
-    let (tx, lines) = mpsc::channel::<String>();
-    let stdout = script.stdout.take().expect("stdout");
-    let stderr = script.stderr.take().expect("stderr");
-    let err_tx = tx.clone();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = err_tx.send(format!("stderr: {line}"));
-        }
-    });
+    let lines = lines_of(&mut script);
 
     let started = Instant::now();
     let mut transcript = Vec::new();
@@ -196,7 +208,11 @@ fn a_rolling_upgrade_restarts_one_agent_at_a_time_and_waits_for_each_to_rejoin_h
                 // (node-1, `--peer`): there the node must be back in a newer life with every
                 // web replica running healthy, now.
                 upgraded.insert(node.clone(), started.elapsed());
-                let now = generation(&fleet, ASKED, &node).expect("a generation");
+                let now = generation(&fleet, ASKED, &node).unwrap_or_else(|| {
+                    panic!(
+                        "{node} reported upgraded, but the node asked lists no generation for it"
+                    )
+                });
                 assert!(
                     now > before[&node],
                     "{node} reported upgraded in generation {now}, not newer than {}",
