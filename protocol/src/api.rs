@@ -80,6 +80,9 @@ pub struct NodeRow {
     /// Why its store fails, when it does. Only the answering node knows its own store, so
     /// only its own row can carry one.
     pub store_error: Option<String>,
+    /// The node's life as the answering node heard it last: its agent's start time in ms,
+    /// larger at every start (0: not heard yet). A rolling upgrade waits for it to grow.
+    pub generation: u64,
 }
 
 /// CPU and memory in use on a host (everything on it, not only Starling's replicas).

@@ -1,5 +1,5 @@
 //! Cluster membership commands: `init`, `join`, `token create`, `user add|remove`,
-//! `node remove`, `key rotate`.
+//! `node remove`, `key rotate` (`node wait` and `node generation`: `node_wait`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -81,6 +81,15 @@ pub enum NodeCommand {
         /// The node's id.
         name: String,
     },
+    /// Print node NAME's generation (its agent's start time in ms, larger at every start), for
+    /// `node wait --restarted-after`.
+    Generation {
+        /// The node's id.
+        name: String,
+    },
+    /// Wait until node NAME is back alive (in a newer life with --restarted-after) and, with
+    /// --healthy, every workload runs its desired count of healthy replicas; exit 1 on timeout.
+    Wait(super::node_wait::WaitArgs),
 }
 
 /// `starling key`.
@@ -108,10 +117,13 @@ pub fn user(target: &Target, what: UserCommand, format: Format) -> anyhow::Resul
     }
 }
 
-/// `starling node remove NAME`.
+/// `starling node remove|generation|wait NAME`.
 pub fn node(target: &Target, what: NodeCommand, format: Format) -> anyhow::Result<ExitCode> {
-    let NodeCommand::Remove { name } = what;
-    call(target, ApiRequest::Revoke { name }, format)
+    match what {
+        NodeCommand::Remove { name } => call(target, ApiRequest::Revoke { name }, format),
+        NodeCommand::Generation { name } => super::node_wait::generation(target, &name),
+        NodeCommand::Wait(args) => super::node_wait::wait(target, args),
+    }
 }
 
 /// `starling key rotate`.

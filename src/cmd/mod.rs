@@ -13,6 +13,7 @@ pub mod events;
 pub mod fence;
 pub mod image;
 pub mod lease;
+pub mod node_wait;
 pub mod objects;
 pub mod plan;
 pub mod rollout;

@@ -317,6 +317,7 @@ fn nodes(rows: &[NodeRow]) -> Listing {
             "memory_used_bytes": n.usage.map(|u| u.memory.0),
             "runtimes": v.runtimes.iter().map(|r| runtime_name(*r)).collect::<Vec<_>>(),
             "store_error": n.store_error,
+            "generation": n.generation,
         }));
     }
     Listing {

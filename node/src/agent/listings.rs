@@ -120,9 +120,21 @@ impl Agent {
                     reserved: status.reserved,
                     usage: usages.get(id).copied(),
                     store_error: store_problem.clone().filter(|_| *id == self.node),
+                    generation: self.generation_of(id),
                 }
             })
             .collect()
+    }
+
+    /// `node`'s life as heard here: this agent's own, or the one gossip carried last.
+    fn generation_of(&self, node: &NodeId) -> u64 {
+        if *node == self.node {
+            return self.generation;
+        }
+        self.fleet
+            .as_ref()
+            .and_then(|f| f.peers.get(node))
+            .map_or(0, |p| p.generation)
     }
 
     /// Every published instance port of nodes not known to be down, with its state, sorted.

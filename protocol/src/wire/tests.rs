@@ -87,6 +87,7 @@ fn responses() -> Vec<ApiResponse> {
                 memory: crate::quantity::Bytes(1 << 20),
             }),
             store_error: None,
+            generation: 1_733_000_000_000,
         }]),
         ApiResponse::Leases(vec![LeaseRow {
             name: WorkloadName::new("lock").expect("valid"),

@@ -350,6 +350,7 @@ pub(crate) mod tests {
                 memory: Bytes(1 << 28),
             }),
             store_error: None,
+            generation: 1,
         }
     }
 

@@ -162,7 +162,8 @@ impl Default for FleetSettings {
 pub(super) struct Peer {
     /// Its base address.
     pub base: SocketAddr,
-    generation: u64,
+    /// The life of it heard last (its agent's start time; 0 before it was heard).
+    pub generation: u64,
     heartbeat: Heartbeat,
     version: u64,
     /// Its description, once gossiped.
