@@ -367,7 +367,8 @@ impl Planner for SharedPlanner {
     }
 
     fn census(&self, view: &Arc<FleetView>) -> (usize, usize) {
-        let view = &self.representative(view);
+        // Not the representative: views that differ only in who is suspected share plans,
+        // but not a census, since a suspect does not count towards the majority.
         let mut censuses = self.censuses.lock().unwrap_or_else(PoisonError::into_inner);
         let entry = censuses
             .entry(Arc::as_ptr(view) as usize)
