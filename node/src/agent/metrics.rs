@@ -190,7 +190,14 @@ impl Collector for Families {
             single(e, Counter(name), help, load(value))?;
         }
         m.encode_local(e)?;
-        m.encode_channels(e)
+        m.encode_channels(e)?;
+        labelled(
+            e,
+            Counter("starling_gossip_sent_bytes"),
+            "Gossip and probe bytes sent, by kind: chitchat syn, syn_ack, ack and bad_cluster; probe (pings, acks, indirect pings) and verdict.",
+            "kind",
+            &g.sent.labelled(),
+        )
     }
 }
 
@@ -462,6 +469,8 @@ mod tests {
         g.dropped_unknown_key.store(5, Ordering::Relaxed);
         g.probe_dropped_replay.store(3, Ordering::Relaxed);
         g.probe_dropped_forged.store(7, Ordering::Relaxed);
+        g.sent.count_probe(true, 90);
+        g.sent.syn_ack.store(1_200, Ordering::Relaxed);
         metrics.channels.sync.dropped.store(4, Ordering::Relaxed);
         metrics
             .channels
@@ -483,6 +492,9 @@ mod tests {
             "starling_http_long_polls 0",
             "starling_store_healthy 1",
             "starling_reconciles_total 0",
+            "starling_gossip_sent_bytes_total{kind=\"syn_ack\"} 1200",
+            "starling_gossip_sent_bytes_total{kind=\"verdict\"} 90",
+            "starling_gossip_sent_bytes_total{kind=\"probe\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }
