@@ -357,7 +357,14 @@ pub fn gossip(sizes: &[usize], seconds: u64, extra: Vec<String>) -> anyhow::Resu
         let _ = std::fs::remove_dir_all(&dir);
         let mut fleet = LocalFleet::start(&dir, nodes, extra.clone())?;
         let rt = runtime()?;
-        rt.block_on(wait_members(&fleet, nodes, Duration::from_secs(180)))?;
+        // Slow profiles spread 100 joins in minutes (metered: one peer per 25 s round).
+        let joined = Instant::now();
+        let wait = Duration::from_secs((nodes as u64 * 6).max(180));
+        rt.block_on(wait_members(&fleet, nodes, wait))?;
+        println!(
+            "{nodes} agents started together all saw each other alive after {:.0} s",
+            joined.elapsed().as_secs_f64()
+        );
         // Let joins and first syncs pass.
         std::thread::sleep(Duration::from_secs(5));
         let read = |fleet: &LocalFleet| -> (u64, u64, BTreeMap<String, u64>) {

@@ -493,5 +493,11 @@ mod tests {
         );
         assert_eq!(a_counters.dropped_replay.load(Ordering::Relaxed), 1);
         assert_eq!(a_counters.probe_dropped_replay.load(Ordering::Relaxed), 0);
+        // The answer counts as a SynAck; a sends Syns to m meanwhile, and each send counts
+        // its total before its kind, so the kinds never add up to more than was sent.
+        let kinds = a_counters.sent.labelled();
+        assert!(kinds[1].1 > 0, "{kinds:?}");
+        let sum: u64 = kinds.iter().map(|(_, bytes)| bytes).sum();
+        assert!(sum <= a_counters.bytes_out.load(Ordering::Relaxed), "{kinds:?}");
     }
 }
