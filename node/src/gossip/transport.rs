@@ -498,6 +498,9 @@ mod tests {
         let kinds = a_counters.sent.labelled();
         assert!(kinds[1].1 > 0, "{kinds:?}");
         let sum: u64 = kinds.iter().map(|(_, bytes)| bytes).sum();
-        assert!(sum <= a_counters.bytes_out.load(Ordering::Relaxed), "{kinds:?}");
+        assert!(
+            sum <= a_counters.bytes_out.load(Ordering::Relaxed),
+            "{kinds:?}"
+        );
     }
 }
