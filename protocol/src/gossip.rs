@@ -105,6 +105,14 @@ impl Usage {
             memory: Bytes((self.memory.0.saturating_add(32 << 20)) / (64 << 20) * (64 << 20)),
         }
     }
+
+    /// Whether this measurement moved a whole step (250 millicores or 64 MiB) away from the
+    /// `published` figure: a gauge that jitters across a rounding boundary flips its rounded
+    /// value back and forth, and each flip would travel to every member.
+    pub fn moved_from(self, published: Usage) -> bool {
+        self.cpu.0.abs_diff(published.cpu.0) >= 250
+            || self.memory.0.abs_diff(published.memory.0) >= 64 << 20
+    }
 }
 
 /// The load of a node's replicas of workloads with `[scaling]`, in each policy's unit
@@ -304,6 +312,17 @@ mod tests {
         .rounded();
         assert_eq!(usage.cpu, Millicores(250));
         assert_eq!(usage.memory, Bytes(128 << 20));
+        let measured = |cpu, mib: u64| Usage {
+            cpu: Millicores(cpu),
+            memory: Bytes(mib << 20),
+        };
+        // 380 m rounds to 500 m, but is less than a step from the published 250 m.
+        assert_ne!(measured(380, 100).rounded(), usage);
+        assert!(!measured(380, 100).moved_from(usage));
+        assert!(!measured(130, 70).moved_from(usage));
+        assert!(measured(500, 128).moved_from(usage));
+        assert!(measured(250, 192).moved_from(usage));
+        assert!(measured(0, 64).moved_from(usage));
         assert_eq!(decode::<Usage>(USAGE, &encode(&usage)), Ok(usage));
         let verdict = VerdictValue {
             state: Liveness::Down,

@@ -90,7 +90,8 @@ struct FleetArgs {
     seeds: Vec<String>,
     /// Timings of gossip and failure detection for the kind of link: lan (one switch; down
     /// after 400 ms), wan (lossy, jittery links between sites; down after 4 s) or metered
-    /// (data plans; fewest bytes, down after 6 s). The flags below override single values.
+    /// (data plans; fewest bytes, one gossip peer per round, down after 3 s of failed probes).
+    /// The flags below override single values.
     #[arg(long, default_value = "lan")]
     network_profile: String,
     /// Shortest time between gossip rounds, in ms (state only; liveness comes from probes)
@@ -104,6 +105,16 @@ struct FleetArgs {
     /// Longest time between gossip rounds, in ms [default: the profile's; lan 30000].
     #[arg(long)]
     gossip_interval_max_ms: Option<u64>,
+    /// Peers to gossip with per round: each exchange sends both sides' digests, so fewer
+    /// peers cost fewer bytes and a change a few more rounds [default: the profile's; lan 3,
+    /// metered 1].
+    #[arg(long)]
+    gossip_fanout: Option<usize>,
+    /// Milliseconds between chitchat's own rounds (three random peers each), a floor beside
+    /// the agent's rounds, never below --gossip-interval-max-ms [default: the profile's; lan
+    /// 30000, metered 600000].
+    #[arg(long)]
+    gossip_floor_interval_ms: Option<u64>,
     /// Milliseconds between probes of each watched node [default: the profile's; lan 200].
     #[arg(long)]
     probe_interval_ms: Option<u64>,
@@ -266,6 +277,15 @@ pub fn main(data_dir: &Path, args: AgentArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or(timings.gossip_interval_max_ms)
             .max(gossip_interval_ms),
     );
+    config.fleet.gossip_fanout = fleet.gossip_fanout.unwrap_or(timings.gossip_fanout).max(1);
+    config.fleet.gossip_floor_interval = Duration::from_millis(
+        fleet
+            .gossip_floor_interval_ms
+            .unwrap_or(timings.gossip_floor_interval_ms),
+    )
+    .max(config.fleet.gossip_interval_max);
+    config.fleet.gossip_timing.usage_publish_interval_min =
+        Duration::from_millis(timings.usage_publish_interval_min_ms);
     let detector = &mut config.fleet.detector;
     *detector = timings.detector.clone();
     detector.probe_interval_ms = fleet

@@ -4,7 +4,7 @@
 //! exists in some node's runtime dir (what the machine runs, not what gossip says), and as
 //! healthy once the node running it reports it so over QUIC.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -357,11 +357,18 @@ pub fn gossip(sizes: &[usize], seconds: u64, extra: Vec<String>) -> anyhow::Resu
         let _ = std::fs::remove_dir_all(&dir);
         let mut fleet = LocalFleet::start(&dir, nodes, extra.clone())?;
         let rt = runtime()?;
-        rt.block_on(wait_members(&fleet, nodes, Duration::from_secs(180)))?;
+        // Slow profiles spread 100 joins in minutes (metered: one peer per 25 s round).
+        let joined = Instant::now();
+        let wait = Duration::from_secs((nodes as u64 * 6).max(180));
+        rt.block_on(wait_members(&fleet, nodes, wait))?;
+        println!(
+            "{nodes} agents started together all saw each other alive after {:.0} s",
+            joined.elapsed().as_secs_f64()
+        );
         // Let joins and first syncs pass.
         std::thread::sleep(Duration::from_secs(5));
-        let read = |fleet: &LocalFleet| -> (u64, u64) {
-            let mut out = (0, 0);
+        let read = |fleet: &LocalFleet| -> (u64, u64, BTreeMap<String, u64>) {
+            let mut out = (0, 0, BTreeMap::new());
             for agent in &fleet.agents {
                 let Some(text) = http_get(agent.base.port(), "/metrics") else {
                     continue;
@@ -377,21 +384,37 @@ pub fn gossip(sizes: &[usize], seconds: u64, extra: Vec<String>) -> anyhow::Resu
                         out.0 += value();
                     } else if line.starts_with("starling_gossip_bytes_total{direction=\"in\"}") {
                         out.1 += value();
+                    } else if let Some(rest) =
+                        line.strip_prefix("starling_gossip_sent_bytes_total{kind=\"")
+                        && let Some((kind, _)) = rest.split_once('"')
+                    {
+                        *out.2.entry(kind.to_string()).or_insert(0) += value();
                     }
                 }
             }
             out
         };
-        let (out0, in0) = read(&fleet);
+        let (out0, in0, kinds0) = read(&fleet);
         let t0 = Instant::now();
         std::thread::sleep(Duration::from_secs(seconds));
-        let (out1, in1) = read(&fleet);
+        let (out1, in1, kinds1) = read(&fleet);
         let secs = t0.elapsed().as_secs_f64();
-        let per_node_out = (out1 - out0) as f64 / secs / nodes as f64;
-        let per_node_in = (in1 - in0) as f64 / secs / nodes as f64;
+        let per_node = |bytes: u64| bytes as f64 / secs / nodes as f64;
+        let per_node_out = per_node(out1 - out0);
+        let per_node_in = per_node(in1 - in0);
+        // 30 days of it, in decimal gigabytes as data plans count them.
+        let month_gb = per_node_out * 30.0 * 86_400.0 / 1e9;
         println!(
-            "gossip + probes, {nodes} agents, {seconds} s steady state: {per_node_out:.0} B/s sent and {per_node_in:.0} B/s received per node"
+            "gossip + probes, {nodes} agents, {seconds} s steady state: {per_node_out:.0} B/s sent ({month_gb:.2} GB a month) and {per_node_in:.0} B/s received per node"
         );
+        let split: Vec<String> = kinds1
+            .iter()
+            .map(|(kind, after)| {
+                let before = kinds0.get(kind).copied().unwrap_or(0);
+                format!("{kind} {:.0}", per_node(after.saturating_sub(before)))
+            })
+            .collect();
+        println!("  sent per node by kind, B/s: {}", split.join(", "));
         fleet.stop();
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -191,6 +191,13 @@ impl Collector for Families {
         }
         m.encode_local(e)?;
         m.encode_channels(e)?;
+        labelled(
+            e,
+            Counter("starling_gossip_sent_bytes"),
+            "Gossip and probe bytes sent, by kind: chitchat syn, syn_ack, ack and bad_cluster; probe (pings, acks, indirect pings) and verdict.",
+            "kind",
+            &g.sent.labelled(),
+        )?;
         m.encode_rejects(e)
     }
 }
@@ -495,6 +502,8 @@ mod tests {
         g.dropped_unknown_key.store(5, Ordering::Relaxed);
         g.probe_dropped_replay.store(3, Ordering::Relaxed);
         g.probe_dropped_forged.store(7, Ordering::Relaxed);
+        g.sent.count_probe(true, 90);
+        g.sent.syn_ack.store(1_200, Ordering::Relaxed);
         metrics.channels.sync.dropped.store(4, Ordering::Relaxed);
         let q = &metrics.quic;
         q.handshake_failures.tls.store(8, Ordering::Relaxed);
@@ -523,6 +532,9 @@ mod tests {
             "starling_quic_handshake_failures_total{reason=\"timeout\"} 0",
             "starling_api_bad_requests_total{reason=\"invalid\"} 9",
             "starling_api_bad_requests_total{reason=\"too_large\"} 0",
+            "starling_gossip_sent_bytes_total{kind=\"syn_ack\"} 1200",
+            "starling_gossip_sent_bytes_total{kind=\"verdict\"} 90",
+            "starling_gossip_sent_bytes_total{kind=\"probe\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }

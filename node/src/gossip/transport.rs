@@ -77,6 +77,58 @@ pub struct GossipCounters {
     pub probe_dropped_other_life: AtomicU64,
     /// Probe socket drops: authentic, but the agent loop was this many probes behind.
     pub probe_dropped_overload: AtomicU64,
+    /// Bytes sent, by kind of packet: where a network profile's bytes go.
+    pub sent: SentBytes,
+}
+
+/// Bytes sent (sealed, as on the wire), by kind of packet; `bytes_out` is their sum. Idle, a
+/// fleet sends digests (`syn`, most of `syn_ack`) and probes; key-values (the rest of
+/// `syn_ack`, and `ack`) only when some node's state changed.
+#[derive(Debug, Default)]
+pub struct SentBytes {
+    /// chitchat `Syn`: this node's digest (every member's id, heartbeat and versions).
+    pub syn: AtomicU64,
+    /// chitchat `SynAck`: the answering node's digest and the key-values the asker lacks.
+    pub syn_ack: AtomicU64,
+    /// chitchat `Ack`: the key-values the answering node lacks.
+    pub ack: AtomicU64,
+    /// chitchat `BadCluster` (an answer to a node of another cluster sealing with our key).
+    pub bad_cluster: AtomicU64,
+    /// Failure detection: pings, acks and indirect ping requests.
+    pub probe: AtomicU64,
+    /// Watchers' verdicts pushed over the probe socket.
+    pub verdict: AtomicU64,
+}
+
+impl SentBytes {
+    /// The counter of a chitchat message's kind.
+    fn of_gossip(&self, message: &ChitchatMessage) -> &AtomicU64 {
+        match message {
+            ChitchatMessage::Syn { .. } => &self.syn,
+            ChitchatMessage::SynAck { .. } => &self.syn_ack,
+            ChitchatMessage::Ack { .. } => &self.ack,
+            ChitchatMessage::BadCluster => &self.bad_cluster,
+        }
+    }
+
+    /// Counts `bytes` sent over the probe socket; `verdict` tells a pushed verdict.
+    pub(crate) fn count_probe(&self, verdict: bool, bytes: usize) {
+        let counter = if verdict { &self.verdict } else { &self.probe };
+        counter.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Every kind with its metric label and count.
+    pub fn labelled(&self) -> [(&'static str, u64); 6] {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [
+            ("syn", load(&self.syn)),
+            ("syn_ack", load(&self.syn_ack)),
+            ("ack", load(&self.ack)),
+            ("bad_cluster", load(&self.bad_cluster)),
+            ("probe", load(&self.probe)),
+            ("verdict", load(&self.verdict)),
+        ]
+    }
 }
 
 impl GossipCounters {
@@ -239,9 +291,12 @@ impl Socket for SealedSocket {
         };
         match self.socket.send_to(&packet, to).await {
             Ok(_) => {
-                self.counters.packets_out.fetch_add(1, Ordering::Relaxed);
-                self.counters
-                    .bytes_out
+                let c = &self.counters;
+                c.packets_out.fetch_add(1, Ordering::Relaxed);
+                c.bytes_out
+                    .fetch_add(packet.len() as u64, Ordering::Relaxed);
+                c.sent
+                    .of_gossip(&message)
                     .fetch_add(packet.len() as u64, Ordering::Relaxed);
             }
             // A peer that is gone is the failure detector's business, not a broken transport.
@@ -438,5 +493,14 @@ mod tests {
         );
         assert_eq!(a_counters.dropped_replay.load(Ordering::Relaxed), 1);
         assert_eq!(a_counters.probe_dropped_replay.load(Ordering::Relaxed), 0);
+        // The answer counts as a SynAck; a sends Syns to m meanwhile, and each send counts
+        // its total before its kind, so the kinds never add up to more than was sent.
+        let kinds = a_counters.sent.labelled();
+        assert!(kinds[1].1 > 0, "{kinds:?}");
+        let sum: u64 = kinds.iter().map(|(_, bytes)| bytes).sum();
+        assert!(
+            sum <= a_counters.bytes_out.load(Ordering::Relaxed),
+            "{kinds:?}"
+        );
     }
 }

@@ -55,6 +55,7 @@ pub struct ProbeSender {
 impl ProbeSender {
     /// Sends `message` to `to`; failures are the detector's business (a lost probe).
     pub fn send(&self, to: SocketAddr, message: PeerMessage) {
+        let verdict = matches!(message, PeerMessage::Verdict { .. });
         let packet = ProbePacket {
             from: self.me.clone(),
             message,
@@ -75,6 +76,7 @@ impl ProbeSender {
             self.counters
                 .bytes_out
                 .fetch_add(sealed.len() as u64, Ordering::Relaxed);
+            self.counters.sent.count_probe(verdict, sealed.len());
         }
     }
 

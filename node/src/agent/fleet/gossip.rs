@@ -449,17 +449,20 @@ impl Fleet {
     /// Publishes what this node measured in use, rounded (250 millicores, 64 MiB) and at
     /// most every
     /// [`GossipTimings::usage_publish_interval_min`](super::GossipTimings::usage_publish_interval_min)
-    /// when it moved: every published change travels to every member, so a jittering gauge
-    /// must not cost gossip bytes.
+    /// when it moved a whole step from what was published ([`Usage::moved_from`]): every
+    /// published change travels to every member, so a jittering gauge must not cost gossip
+    /// bytes.
     pub async fn publish_usage(&mut self, now: u64, (cpu, memory): (u32, u64)) {
-        let rounded = Usage {
+        let measured = Usage {
             cpu: Millicores(cpu),
             memory: Bytes(memory),
-        }
-        .rounded();
+        };
+        let rounded = measured.rounded();
         let (last, at) = self.published_usage;
         let interval_min_ms = self.timing.usage_publish_interval_min.as_millis() as u64;
-        if last == Some(rounded) || (last.is_some() && now < at + interval_min_ms) {
+        if last.is_some_and(|last| !measured.moved_from(last))
+            || (last.is_some() && now < at + interval_min_ms)
+        {
             return;
         }
         self.published_usage = (Some(rounded), now);

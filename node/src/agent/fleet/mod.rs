@@ -55,6 +55,12 @@ pub struct FleetSettings {
     pub gossip_ms_per_member: u64,
     /// Longest time between rounds.
     pub gossip_interval_max: Duration,
+    /// Peers gossiped with per round (default 3). Each exchange sends both sides' digests,
+    /// so one peer per round costs a third of the bytes, for a few more rounds per change.
+    pub gossip_fanout: usize,
+    /// Time between chitchat's own rounds (three random peers each), a floor beside the
+    /// agent's rounds (default 30 s; never below `gossip_interval_max`).
+    pub gossip_floor_interval: Duration,
     /// The failure detector.
     pub detector: DetectorConfig,
     /// QUIC's timeouts and the QUIC server's caps.
@@ -112,7 +118,8 @@ pub struct GossipTimings {
     /// this often (default 10 s).
     pub rival_recheck_interval: Duration,
     /// This node's measured CPU and memory use is published at most this often when it
-    /// moved (default 15 s): every published change travels to every member.
+    /// moved (default 15 s; 60 s on the `metered` profile): every published change travels to
+    /// every member.
     pub usage_publish_interval_min: Duration,
     /// The load of this node's autoscaled replicas is published at most this often when it
     /// moved (default 5 s): the scaler's reaction time, against gossip bytes. Nodes running no
@@ -148,6 +155,8 @@ impl Default for FleetSettings {
             gossip_interval: Duration::from_millis(1_000),
             gossip_ms_per_member: 50,
             gossip_interval_max: Duration::from_secs(30),
+            gossip_fanout: starling_core::pacing::ROUND_FANOUT,
+            gossip_floor_interval: Duration::from_secs(30),
             detector: DetectorConfig::default(),
             quic: QuicSettings::default(),
             exchanges: ExchangeTimeouts::default(),
@@ -364,7 +373,9 @@ impl Fleet {
             cluster_id: membership.cluster.clone(),
             // Chitchat's own rounds are the slow floor; the agent adds rounds at the pace the
             // fleet size allows (`gossip_round`).
-            gossip_interval: settings.gossip_interval_max,
+            gossip_interval: settings
+                .gossip_floor_interval
+                .max(settings.gossip_interval_max),
             listen_addr: settings.listen,
             seed_nodes: seeds,
             failure_detector_config: FailureDetectorConfig {
@@ -415,6 +426,7 @@ impl Fleet {
                 shortest_ms: settings.gossip_interval.as_millis() as u64,
                 per_member_ms: settings.gossip_ms_per_member,
                 longest_ms: settings.gossip_interval_max.as_millis() as u64,
+                fanout: settings.gossip_fanout,
             }),
             seed_addrs,
             // The start time as incarnation: a restarted node refutes every verdict about its
