@@ -236,11 +236,13 @@ pub fn follow(
         let mut followed = followed;
         let mut printed = String::new();
         loop {
-            let report = match poller.ask(target, &request, &mut progress).await? {
-                ApiResponse::Rollout(report) => report,
+            let answer = poller.ask(target, &request, &mut progress).await;
+            let report = match answer {
+                Ok(ApiResponse::Rollout(report)) => report,
                 other => {
+                    // The live line goes before the error, which would otherwise end it.
                     progress.clear();
-                    return Ok(output::print(&other, format));
+                    return Ok(output::print(&other?, format));
                 }
             };
             let followed = *followed.get_or_insert(report.revision);

@@ -180,8 +180,9 @@ impl<W: Write> Progress<W> {
 /// The terminal's width: asked of the terminal when the build has crossterm (`top`), else
 /// `$COLUMNS`, else 80.
 fn terminal_width() -> usize {
+    // A pseudo-terminal nobody sized (`script`, some CI runners) says 0 columns.
     #[cfg(feature = "top")]
-    if let Ok((columns, _)) = ratatui::crossterm::terminal::size() {
+    if let Ok((columns @ 1.., _)) = ratatui::crossterm::terminal::size() {
         return usize::from(columns);
     }
     std::env::var("COLUMNS")
