@@ -91,16 +91,24 @@ pub fn join_step(step: &JoinStep<'_>, node: &NodeId, d: Duration) -> String {
 }
 
 /// `line` cut to `width` columns (counted in chars, which is what a terminal draws for the
-/// text this CLI prints), ending in `…` when cut: a wrapped line would defeat the carriage
-/// return, which only goes back to the start of the last row.
+/// text this CLI prints): a wrapped line would defeat the carriage return, which only goes
+/// back to the start of the last row. The cut is made before the last [`KEPT_END`] chars,
+/// marked `…`, so the time at the end of a line (what moves on every redraw) stays in view.
 pub fn fit(line: &str, width: usize) -> String {
-    if line.chars().count() <= width {
+    let chars: Vec<char> = line.chars().collect();
+    if chars.len() <= width {
         return line.to_string();
     }
-    let mut cut: String = line.chars().take(width.saturating_sub(1)).collect();
+    let end = KEPT_END.min(width / 2);
+    let start = width.saturating_sub(end + 1);
+    let mut cut: String = chars[..start].iter().collect();
     cut.push('…');
+    cut.extend(&chars[chars.len() - end..]);
     cut
 }
+
+/// Chars kept at the end of a line [`fit`] cuts: `, 3 min 05 s`.
+const KEPT_END: usize = 12;
 
 /// Writes progress lines: redrawn in place on a terminal, one line per change otherwise.
 /// Write errors are ignored on purpose: progress is a courtesy, and a closed stderr must not

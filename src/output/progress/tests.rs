@@ -77,8 +77,20 @@ fn a_transfer_shows_bytes_of_the_total_and_the_mean_rate() {
 #[test]
 fn a_long_line_is_cut_to_the_terminal_width() {
     assert_eq!(fit("short", 80), "short");
-    assert_eq!(fit("0123456789abc", 10), "012345678…");
-    assert_eq!(fit("0123456789abc", 10).chars().count(), 10);
+    let line = "web: 0/2 replicas updated and healthy, 2 pending, 0 failing, 2 serving, \
+                revision 2 (from 1), 3 min 05 s";
+    let cut = fit(line, 60);
+    assert_eq!(cut.chars().count(), 60, "{cut}");
+    assert!(
+        cut.starts_with("web: 0/2 replicas updated and healthy, "),
+        "{cut}"
+    );
+    assert!(
+        cut.ends_with("…, 3 min 05 s"),
+        "the time stays in view: {cut}"
+    );
+    // A very narrow terminal still gets a line that fits.
+    assert_eq!(fit("0123456789abcdef", 10), "0123…bcdef");
 }
 
 #[test]
