@@ -33,7 +33,7 @@ pub(crate) fn sample(world: &mut World<'_>) {
             c.doubt_longest_ms = c.doubt_longest_ms.max(world.now - since + period);
         }
     }
-    world.doubted_since.retain(|(i, m), _| {
-        world.nodes[*i].host.power == Power::Up && world.nodes[*m].host.power == Power::Up
-    });
+    world
+        .doubted_since
+        .retain(|(i, m), _| world.nodes[*i].host.power == Power::Up && world.nodes[*m].host.power == Power::Up);
 }

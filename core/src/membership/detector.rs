@@ -446,10 +446,7 @@ impl Detector {
         };
         let rto = srtt + 4 * rttvar;
         (
-            rto.clamp(
-                c.probe_timeout_ms,
-                c.probe_timeout_ms.max(c.probe_interval_ms),
-            ),
+            rto.clamp(c.probe_timeout_ms, c.probe_timeout_ms.max(c.probe_interval_ms)),
             (2 * rto).clamp(
                 c.indirect_timeout_ms,
                 c.indirect_timeout_ms.max(2 * c.probe_interval_ms),

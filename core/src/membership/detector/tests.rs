@@ -391,14 +391,8 @@ fn a_watcher_alone_in_failing_waits_longer_than_confirmed_ones() {
     let cut_at = net.now;
     let down_at = first_down(&mut net, &lone, &target, cut_at + 10_000).expect("down");
     let alone = down_at - cut_at;
-    assert!(
-        alone >= 3_000,
-        "a lone watcher declared down after {alone} ms"
-    );
-    assert!(
-        alone > confirmed + 1_000,
-        "alone {alone} ms, confirmed {confirmed} ms"
-    );
+    assert!(alone >= 3_000, "a lone watcher declared down after {alone} ms");
+    assert!(alone > confirmed + 1_000, "alone {alone} ms, confirmed {confirmed} ms");
     // One watcher's verdict is no majority: nobody else takes it for down.
     for (n, d) in &net.nodes {
         if *n != lone {
@@ -415,15 +409,12 @@ fn a_suspected_node_refutes_and_stretches_its_own_probing_until_answers_return()
     let incarnation = net.nodes[&me].incarnation();
     // Everyone suspects it: a verdict at its incarnation arrives.
     let watcher = watchers_of(&me, net.nodes.keys(), 3)[0].clone();
-    net.nodes
-        .get_mut(&me)
-        .expect("node")
-        .handle_verdict(Verdict {
-            node: me.clone(),
-            state: Liveness::Suspect,
-            incarnation,
-            watcher,
-        });
+    net.nodes.get_mut(&me).expect("node").handle_verdict(Verdict {
+        node: me.clone(),
+        state: Liveness::Suspect,
+        incarnation,
+        watcher,
+    });
     let d = &net.nodes[&me];
     assert_eq!(d.incarnation(), incarnation + 1, "refuted");
     assert_eq!(d.health_penalty(), 1);
@@ -447,9 +438,6 @@ fn the_health_penalty_is_bounded() {
             watcher: id(1),
         });
     }
-    assert_eq!(
-        d.health_penalty(),
-        DetectorConfig::default().max_health_penalty
-    );
+    assert_eq!(d.health_penalty(), DetectorConfig::default().max_health_penalty);
     assert_eq!(d.incarnation(), 21);
 }
