@@ -3,6 +3,7 @@
 
 pub(crate) mod answers;
 mod events;
+pub mod progress;
 pub mod rollout;
 mod services;
 

@@ -498,6 +498,21 @@ fn a_container_workload_fails_over_when_its_agent_dies() {
     );
 }
 
+/// Bytes as the CLI rounds them for people (`64Mi`, `1.5Gi`).
+fn human_bytes(bytes: u64) -> String {
+    for (unit, size) in [("Gi", 1u64 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
+        if bytes >= size {
+            let value = bytes as f64 / size as f64;
+            return if bytes.is_multiple_of(size) || value >= 100.0 {
+                format!("{value:.0}{unit}")
+            } else {
+                format!("{value:.1}{unit}")
+            };
+        }
+    }
+    bytes.to_string()
+}
+
 /// Agent processes of a cluster test, with their node ids.
 struct Agents {
     children: Vec<Option<Child>>,
@@ -544,6 +559,22 @@ fn images_load_from_an_archive_and_a_node_without_an_engine_takes_no_containers(
         docker(&["image", "inspect", &tag]).status.success(),
         "the image is on the engine after the load: {}",
         String::from_utf8_lossy(&out.stdout)
+    );
+    // Progress went to stderr (not a terminal here: lines, no control characters), ending
+    // with the archive's size loaded.
+    let progress = String::from_utf8_lossy(&out.stderr);
+    let size = std::fs::metadata(&archive).expect("archive").len();
+    let last = format!("{archive_text}: {} loaded in ", human_bytes(size));
+    assert!(
+        progress
+            .lines()
+            .last()
+            .is_some_and(|l| l.starts_with(&last)),
+        "{last:?} at the end of {progress}"
+    );
+    assert!(
+        !progress.chars().any(|c| c.is_control() && c != '\n'),
+        "{progress:?}"
     );
     let _ = docker(&["rmi", &tag]);
 

@@ -168,6 +168,28 @@ fn a_join_under_a_members_id_is_refused_and_a_retry_under_a_new_default_id_works
         "the default id ends in four hex digits: {id}"
     );
     assert!(!id.starts_with("node-3") && !id.starts_with("node-2"));
+    // Each step was said on stderr as it happened, in order, as lines a log can keep.
+    let steps = text(&out.stderr);
+    let order = [
+        format!("join: token for 1 seed(s), cluster CA pinned; joining as node {id}"),
+        "join: contacting ".to_string(),
+        format!("accepted node {id}: certificate and cluster keys received after "),
+        format!(
+            "join: certificate and cluster keys stored in {}",
+            dir.display()
+        ),
+    ];
+    let mut from = 0;
+    for step in &order {
+        let at = steps[from..]
+            .find(step.as_str())
+            .unwrap_or_else(|| panic!("{step:?} after byte {from} of {steps}"));
+        from += at + step.len();
+    }
+    assert!(
+        !steps.chars().any(|c| c.is_control() && c != '\n'),
+        "{steps:?}"
+    );
 
     // The id is the data dir's for good: a restart keeps it.
     let base = free_base();

@@ -301,6 +301,63 @@ fn apply_wait_follows_a_good_revision_until_every_replica_settles() {
         stdout.trim_end().ends_with("web: revision 2 rolled out"),
         "{stdout}"
     );
+    // Progress went to stderr, as a log gets it (not a terminal here): a line per change of
+    // the rollout, then the summary; no control
+    // characters a log or CI would show as noise.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let waiting: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains(" replicas updated and healthy, "))
+        .collect();
+    assert!(
+        waiting.first().is_some_and(|l| l.starts_with("web: ")
+            && l.contains("/2 replicas updated")
+            && l.contains("revision 2 (from 1)")),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .last()
+            .is_some_and(|l| l.starts_with("web: revision 2 rolled out after ")),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.chars().any(|c| c.is_control() && c != '\n'),
+        "{stderr:?}"
+    );
+    assert!(
+        !stdout.contains("replicas updated and healthy"),
+        "progress leaked onto stdout: {stdout}"
+    );
+
+    // With -o json, stdout holds only answers: the write, where the rollout ended, the
+    // verdict, each a JSON object on a line of its own.
+    let out = fleet.cli(
+        0,
+        &[
+            "apply",
+            "-f",
+            &spec(&dir, "v3", &quick("300")),
+            "--wait",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let answers: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?} is not JSON: {e}")))
+        .collect();
+    assert_eq!(answers.len(), 3, "{answers:?}");
+    assert_eq!(answers[0]["revision"], 3, "{answers:?}");
+    assert_eq!(answers[1]["complete"], true, "{answers:?}");
+    assert_eq!(answers[2]["verdict"], "complete", "{answers:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("web: revision 3 rolled out after "),
+        "{}",
+        text(&out)
+    );
     let status = json(&fleet, &["rollout", "status", "web"]);
     assert_eq!(status["complete"], true, "{status}");
     // Nothing is left to pause.

@@ -382,6 +382,26 @@ pub const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10)
 /// Enrols `node` through the token's seeds (the first that answers): checks each peer holds
 /// the pinned CA, proves the token's secret, receives the cluster material.
 pub async fn join(token: &JoinToken, node: &NodeId) -> Result<Membership, ClusterError> {
+    join_with_steps(token, node, &mut |_| {}).await
+}
+
+/// A step of a join as it happens, for the CLI to show (a seed may take [`JOIN_TIMEOUT`]).
+#[derive(Debug, Clone, Copy)]
+pub enum JoinStep<'a> {
+    /// Connecting to a seed and proving the token (TLS pinned to the token's CA).
+    Contacting(&'a str, std::net::SocketAddr),
+    /// That seed did not answer or could not be reached; the next one is tried.
+    Unanswered(&'a str, &'a str),
+    /// The seed accepted: this node's certificate and the cluster material arrived.
+    Accepted(&'a str),
+}
+
+/// [`join`], telling `step` what happens as it happens.
+pub async fn join_with_steps(
+    token: &JoinToken,
+    node: &NodeId,
+    step: &mut dyn FnMut(JoinStep<'_>),
+) -> Result<Membership, ClusterError> {
     use starling_protocol::wire::{JoinReply, JoinRequest, Request};
     let config = crate::net::tls::join_client_config(token.ca_fingerprint)
         .map_err(|e| ClusterError::Join(format!("cannot set up TLS for the join: {e}")))?;
@@ -396,12 +416,15 @@ pub async fn join(token: &JoinToken, node: &NodeId) -> Result<Membership, Cluste
         let addr = match resolve(seed) {
             Ok(addr) => quic_addr(addr),
             Err(e) => {
+                step(JoinStep::Unanswered(seed, &e.to_string()));
                 failures.push(e.to_string());
                 continue;
             }
         };
+        step(JoinStep::Contacting(seed, addr));
         match quic.call::<JoinReply>(addr, &request, JOIN_TIMEOUT).await {
             Ok(JoinReply::Accepted(enrolment)) => {
+                step(JoinStep::Accepted(seed));
                 quic.close().await;
                 return Ok(Membership::from_enrolment(*enrolment));
             }
@@ -410,7 +433,10 @@ pub async fn join(token: &JoinToken, node: &NodeId) -> Result<Membership, Cluste
                     "{seed} refused the join: {reason}"
                 )));
             }
-            Err(e) => failures.push(format!("{seed}: {e}")),
+            Err(e) => {
+                step(JoinStep::Unanswered(seed, &e.to_string()));
+                failures.push(format!("{seed}: {e}"));
+            }
         }
     }
     Err(ClusterError::Join(format!(

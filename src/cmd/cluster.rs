@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use starling_node::cluster::{self, ClientDir, Membership};
@@ -15,6 +16,7 @@ use starling_protocol::wire::ApiRequest;
 
 use super::client::{Target, call};
 use crate::output::Format;
+use crate::output::progress::{self, Progress};
 
 /// `starling init`.
 #[derive(clap::Args)]
@@ -265,12 +267,25 @@ pub fn join_if_needed(
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let membership = runtime.block_on(cluster::join(&token, &node))?;
+    // Steps go to stderr as they happen: a seed that does not answer takes JOIN_TIMEOUT.
+    let mut progress = Progress::stderr();
+    let started = Instant::now();
+    progress.say(&format!(
+        "join: token for {} seed(s), cluster CA pinned; joining as node {node}",
+        token.seeds.len()
+    ));
+    let membership = runtime.block_on(cluster::join_with_steps(&token, &node, &mut |step| {
+        progress.say(&progress::join_step(&step, &node, started.elapsed()));
+    }))?;
     keep_node_id(data_dir, &node, new)?;
     membership.save(data_dir)?;
     if let Some(addr) = advertise {
         Membership::write_advertise(data_dir, addr)?;
     }
+    progress.say(&format!(
+        "join: certificate and cluster keys stored in {}",
+        data_dir.display()
+    ));
     Ok(Some(node))
 }
 

@@ -3,10 +3,19 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
 use anyhow::{Context as _, bail};
 use starling_node::runtime::docker::{ContainerRuntime, default_socket};
 use starling_protocol::NodeId;
 use starling_protocol::spec::RuntimeKind;
+
+use crate::output::progress::{self, Progress};
+
+/// How often the bytes sent are shown.
+const TICK: Duration = Duration::from_millis(200);
 
 /// `starling image`.
 #[derive(clap::Subcommand)]
@@ -61,10 +70,63 @@ fn load(file: &Path, runtime: &str, socket: Option<PathBuf>) -> anyhow::Result<E
         if !engine.available().await {
             bail!("no {runtime} engine answers at {}", socket.display());
         }
-        let said = engine.load_image(file).await.map_err(anyhow::Error::msg)?;
+        let said = load_showing_progress(&engine, file).await?;
         for line in said {
             println!("{line}");
         }
         anyhow::Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Loads `file` into `engine`, showing on stderr the bytes sent of the archive's size and the
+/// rate, then that the engine is unpacking it (it answers only once it has).
+async fn load_showing_progress(
+    engine: &ContainerRuntime,
+    file: &Path,
+) -> anyhow::Result<Vec<String>> {
+    let total = std::fs::metadata(file)
+        .with_context(|| format!("cannot read {}", file.display()))?
+        .len();
+    let what = file.display().to_string();
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut shown = Progress::stderr();
+    let started = Instant::now();
+    let load = engine.load_image(file, &sent);
+    tokio::pin!(load);
+    let mut tick = tokio::time::interval(TICK);
+    let said = loop {
+        tokio::select! {
+            said = &mut load => break said,
+            _ = tick.tick() => {
+                let now = sent.load(Ordering::Relaxed);
+                let state = if now >= total {
+                    format!("{what}: all {} sent; the engine is loading it", human(total))
+                } else {
+                    // A log gets a line per tenth of the archive, not one per tick.
+                    format!("{what}: {}0%", now.saturating_mul(10).checked_div(total).unwrap_or(10))
+                };
+                let line = if now >= total {
+                    progress::with_elapsed(&state, started.elapsed())
+                } else {
+                    progress::transfer(&what, now, total, started.elapsed())
+                };
+                shown.update(&state, &line);
+            }
+        }
+    };
+    let took = progress::elapsed(started.elapsed());
+    match said {
+        Ok(said) => {
+            shown.say(&format!("{what}: {} loaded in {took}", human(total)));
+            Ok(said)
+        }
+        Err(e) => {
+            shown.clear();
+            Err(anyhow::Error::msg(e))
+        }
+    }
+}
+
+fn human(bytes: u64) -> String {
+    crate::output::answers::human_bytes(bytes)
 }

@@ -7,7 +7,7 @@
 //! no previous revision), another revision replaced it, or the agent could not be asked.
 
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use serde_json::json;
@@ -18,6 +18,7 @@ use starling_protocol::wire::{ApiRequest, ApiResponse, RolloutAction};
 
 use super::client::{Target, ask};
 use super::workloads::WorkloadArg;
+use crate::output::progress::{self, Progress};
 use crate::output::{self, Format};
 
 /// `starling rollout ...`.
@@ -54,7 +55,7 @@ const POLL_FAILURES_MAX: u32 = 20;
 pub fn run(target: &Target, what: RolloutCommand, format: Format) -> anyhow::Result<ExitCode> {
     let (name, action) = match what {
         RolloutCommand::Status(args) if args.watch => {
-            return follow(target, &args.name, None, format);
+            return follow(target, &args.name, None, format, Shown::Watch);
         }
         RolloutCommand::Status(args) => return status(target, args.name, format),
         RolloutCommand::Pause(w) => (w.name, RolloutAction::Pause),
@@ -137,6 +138,16 @@ impl Verdict {
         json!({ "verdict": verdict, "message": message, "exit_code": self.code() })
     }
 
+    /// How it ended, in a word or two, for the summary line of a follower's progress.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Verdict::Going => "still rolling out",
+            Verdict::Complete => "rolled out",
+            Verdict::RolledBack(_) => "rolled back",
+            Verdict::Failed(_) => "failed",
+        }
+    }
+
     /// The exit code of a follower that ends here.
     pub fn code(&self) -> u8 {
         match self {
@@ -197,23 +208,42 @@ pub fn verdict(report: &RolloutReport, followed: u64) -> Verdict {
     Verdict::Going
 }
 
+/// How a follower shows a rollout on its way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shown {
+    /// `rollout status --watch`: the rollout is the output, a line (or object) on stdout per
+    /// change.
+    Watch,
+    /// `apply --wait`: live progress on stderr; stdout gets only where the rollout ended (its
+    /// last line or object, then the verdict), so `-o json` stays the answer and nothing else.
+    Wait,
+}
+
 /// Follows `name`'s rollout of revision `followed` (default: the current one) until a
-/// verdict, printing the rollout whenever it changes; returns the verdict's exit code.
+/// verdict, showing it as `shown` says; returns the verdict's exit code.
 pub fn follow(
     target: &Target,
     name: &WorkloadName,
     followed: Option<u64>,
     format: Format,
+    shown: Shown,
 ) -> anyhow::Result<ExitCode> {
     super::client::runtime()?.block_on(async {
         let request = ApiRequest::RolloutStatus { name: name.clone() };
         let mut poller = Poller::default();
+        let mut progress = Progress::stderr();
+        let started = Instant::now();
         let mut followed = followed;
-        let mut shown = String::new();
+        let mut printed = String::new();
         loop {
-            let report = match poller.ask(target, &request).await? {
-                ApiResponse::Rollout(report) => report,
-                other => return Ok(output::print(&other, format)),
+            let answer = poller.ask(target, &request, &mut progress).await;
+            let report = match answer {
+                Ok(ApiResponse::Rollout(report)) => report,
+                other => {
+                    // The live line goes before the error, which would otherwise end it.
+                    progress.clear();
+                    return Ok(output::print(&other?, format));
+                }
             };
             let followed = *followed.get_or_insert(report.revision);
             let verdict = verdict(&report, followed);
@@ -221,9 +251,25 @@ pub fn follow(
                 Format::Table => output::rollout::line(&report),
                 Format::Json => output::rollout::json(&report).to_string(),
             };
-            if text != shown {
-                println!("{text}");
-                shown = text;
+            let going = verdict == Verdict::Going;
+            match shown {
+                Shown::Watch if text != printed => {
+                    println!("{text}");
+                    printed = text;
+                }
+                Shown::Watch => {}
+                Shown::Wait if going => {
+                    let state = progress::rollout_state(&report);
+                    progress.update(&state, &progress::with_elapsed(&state, started.elapsed()));
+                }
+                Shown::Wait => {
+                    let took = progress::elapsed(started.elapsed());
+                    progress.say(&format!(
+                        "{name}: revision {followed} {} after {took}",
+                        verdict.word()
+                    ));
+                    println!("{text}");
+                }
             }
             match (&verdict, format) {
                 (Verdict::Going, _) => {
@@ -252,7 +298,12 @@ struct Poller {
 }
 
 impl Poller {
-    async fn ask(&mut self, target: &Target, request: &ApiRequest) -> anyhow::Result<ApiResponse> {
+    async fn ask(
+        &mut self,
+        target: &Target,
+        request: &ApiRequest,
+        progress: &mut Progress,
+    ) -> anyhow::Result<ApiResponse> {
         loop {
             let answer = match self.client.as_mut() {
                 Some(client) => client.call(request).await.map_err(anyhow::Error::from),
@@ -278,7 +329,7 @@ impl Poller {
                         });
                     }
                     if self.failures == 1 {
-                        eprintln!("asking again: {e:#}");
+                        progress.say(&format!("asking again: {e:#}"));
                     }
                     tokio::time::sleep(POLL_INTERVAL).await;
                 }

@@ -152,7 +152,13 @@ pub fn apply(target: &Target, args: ApplyArgs, format: Format) -> anyhow::Result
     // only delays the answer, never misses an end: a verdict is read from the current state.
     let mut worst = 0u8;
     for (name, revision) in written {
-        let followed = super::rollout::follow(target, &name, Some(revision), format)?;
+        let followed = super::rollout::follow(
+            target,
+            &name,
+            Some(revision),
+            format,
+            super::rollout::Shown::Wait,
+        )?;
         if followed != ExitCode::SUCCESS {
             worst = worst.max(if followed == ExitCode::from(2) { 2 } else { 1 });
         }

@@ -35,7 +35,7 @@ pub fn summary(r: &RolloutReport) -> String {
 }
 
 /// What a rollout waits for, or that it is done.
-fn states(r: &RolloutReport) -> Vec<String> {
+pub(crate) fn states(r: &RolloutReport) -> Vec<String> {
     if r.complete() {
         return vec!["complete".into()];
     }

@@ -3,6 +3,8 @@
 //! and the create request (environment, labels, port bindings, mounts, limits, command).
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bollard::models::{
     ContainerCreateBody, HostConfig, Mount, PortBinding, RestartPolicy, RestartPolicyNameEnum,
@@ -15,6 +17,9 @@ use super::super::ports::{self, Bound, PortMap};
 use super::{
     ContainerRuntime, LABEL_INSTANCE, LABEL_NODE, LABEL_REPLICA, LABEL_REVISION, LABEL_WORKLOAD,
 };
+
+/// Bytes of an image archive handed to the engine at a time by `load_image`.
+const LOAD_CHUNK: usize = 256 << 10;
 
 impl ContainerRuntime {
     /// The image is there, or may and can be pulled.
@@ -60,16 +65,32 @@ impl ContainerRuntime {
     }
 
     /// Loads images from a `docker save` archive (what `starling image load` runs), for
-    /// nodes that cannot reach a registry. Returns what the engine reported.
-    pub async fn load_image(&self, archive: &std::path::Path) -> Result<Vec<String>, String> {
-        let bytes = std::fs::read(archive)
-            .map_err(|e| format!("cannot read {}: {e}", archive.display()))?;
-        let options = bollard::query_parameters::ImportImageOptionsBuilder::default().build();
-        let mut stream = self.docker()?.import_image(
-            options,
-            bollard::body_full(bytes::Bytes::from(bytes)),
-            None,
+    /// nodes that cannot reach a registry. Returns what the engine reported; `sent` counts
+    /// the archive's bytes as they go to the engine.
+    pub async fn load_image(
+        &self,
+        archive: &std::path::Path,
+        sent: &Arc<AtomicU64>,
+    ) -> Result<Vec<String>, String> {
+        let bytes = bytes::Bytes::from(
+            std::fs::read(archive)
+                .map_err(|e| format!("cannot read {}: {e}", archive.display()))?,
         );
+        // Handed over in chunks, each counted as the engine's connection takes it: the
+        // caller shows how far a large archive got (the engine answers only at the end).
+        let chunks: Vec<bytes::Bytes> = (0..bytes.len())
+            .step_by(LOAD_CHUNK)
+            .map(|start| bytes.slice(start..bytes.len().min(start + LOAD_CHUNK)))
+            .collect();
+        let sent = Arc::clone(sent);
+        let body = futures_util::stream::iter(chunks).map(move |chunk| {
+            sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            chunk
+        });
+        let options = bollard::query_parameters::ImportImageOptionsBuilder::default().build();
+        let mut stream = self
+            .docker()?
+            .import_image(options, bollard::body_stream(body), None);
         let mut said = Vec::new();
         while let Some(step) = stream.next().await {
             match step {
