@@ -389,7 +389,8 @@ impl Fleet {
         };
         let initial = vec![
             (keys::NODE.to_string(), keys::encode(&me_view)),
-            ("inc".to_string(), "0".to_string()),
+            // Encoded as every gossip value: a bare "0" was refused by peers as not base64.
+            (keys::INCARNATION.to_string(), keys::encode(&0u64)),
         ];
         let handle = spawn_chitchat(config, initial, &transport)
             .await
