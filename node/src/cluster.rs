@@ -379,6 +379,12 @@ impl Membership {
 /// tries the next seed: the seed signs a certificate and stores the enrolment first.
 pub const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long a joiner keeps making passes over the seeds while none answers. A rack of boards
+/// powered on together would otherwise lose most of its joins to the seeds' cap on joiners
+/// at once (and a device booting before its network is up would lose it to that); a refusal
+/// ends the join at once.
+pub const JOIN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Enrols `node` through the token's seeds (the first that answers): checks each peer holds
 /// the pinned CA, proves the token's secret, receives the cluster material.
 pub async fn join(token: &JoinToken, node: &NodeId) -> Result<Membership, ClusterError> {
@@ -394,14 +400,55 @@ pub enum JoinStep<'a> {
     Unanswered(&'a str, &'a str),
     /// The seed accepted: this node's certificate and the cluster material arrived.
     Accepted(&'a str),
+    /// No seed answered this pass; the next pass starts after this wait.
+    Waiting(std::time::Duration),
 }
 
-/// [`join`], telling `step` what happens as it happens.
+/// The wait before pass `pass` (1 = after the first failed pass) of `node`'s join: doubling
+/// from 1 s to at most 16 s, plus a share of it (up to a half) that depends on the node's
+/// name, so boards that failed together do not come back together.
+pub fn join_backoff(node: &NodeId, pass: u32) -> std::time::Duration {
+    let base_ms = 1_000u64 << pass.saturating_sub(1).min(4);
+    let spread = starling_protocol::hash::hash64_parts(&[b"join", node.as_str().as_bytes()]);
+    std::time::Duration::from_millis(base_ms + spread % (base_ms / 2 + 1))
+}
+
+/// [`join`], telling `step` what happens as it happens. Passes over the seeds are repeated,
+/// with [`join_backoff`] between them, while none answers, for up to [`JOIN_PATIENCE`].
 pub async fn join_with_steps(
     token: &JoinToken,
     node: &NodeId,
     step: &mut dyn FnMut(JoinStep<'_>),
 ) -> Result<Membership, ClusterError> {
+    let started = crate::clock::monotonic();
+    let mut pass = 0;
+    loop {
+        let failures = match join_pass(token, node, step).await? {
+            Ok(membership) => return Ok(membership),
+            Err(failures) => failures,
+        };
+        pass += 1;
+        let wait = join_backoff(node, pass);
+        if started.elapsed() + wait > JOIN_PATIENCE {
+            return Err(ClusterError::Join(format!(
+                "no peer of the token answered in {} passes over {} s: {}",
+                pass,
+                started.elapsed().as_secs(),
+                failures.join("; ")
+            )));
+        }
+        step(JoinStep::Waiting(wait));
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// One pass over the token's seeds: the enrolment, or why each seed did not answer. A refusal
+/// is an error: asking again would be refused again.
+async fn join_pass(
+    token: &JoinToken,
+    node: &NodeId,
+    step: &mut dyn FnMut(JoinStep<'_>),
+) -> Result<Result<Membership, Vec<String>>, ClusterError> {
     use starling_protocol::wire::{JoinReply, JoinRequest, Request};
     let config = crate::net::tls::join_client_config(token.ca_fingerprint)
         .map_err(|e| ClusterError::Join(format!("cannot set up TLS for the join: {e}")))?;
@@ -426,7 +473,7 @@ pub async fn join_with_steps(
             Ok(JoinReply::Accepted(enrolment)) => {
                 step(JoinStep::Accepted(seed));
                 quic.close().await;
-                return Ok(Membership::from_enrolment(*enrolment));
+                return Ok(Ok(Membership::from_enrolment(*enrolment)));
             }
             Ok(JoinReply::Refused(reason)) => {
                 return Err(ClusterError::Join(format!(
@@ -439,10 +486,8 @@ pub async fn join_with_steps(
             }
         }
     }
-    Err(ClusterError::Join(format!(
-        "no peer of the token answered: {}",
-        failures.join("; ")
-    )))
+    quic.close_now().await;
+    Ok(Err(failures))
 }
 
 /// Secret files that others than their owner may read or write.
@@ -534,132 +579,4 @@ impl ClientDir {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn material_round_trips_and_tokens_are_checked_by_any_member() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let node = NodeId::new("n1").expect("id");
-        let m = Membership::init("edge", &node).expect("init");
-        m.save(dir.path()).expect("save");
-        assert!(Membership::exists(dir.path()));
-        let loaded = Membership::load(dir.path()).expect("load");
-        assert_eq!(loaded.gossip_keys, m.gossip_keys);
-        let token = m.token(vec!["127.0.0.1:7946".into()]).expect("token");
-        assert!(
-            loaded.check_secret(&token.secret).is_some(),
-            "a member accepts it"
-        );
-        let mut forged = token.secret;
-        forged[12] ^= 1;
-        assert!(
-            loaded.check_secret(&forged).is_none(),
-            "a forged secret is refused"
-        );
-        let mut rotated = m.clone();
-        let id = rotated.new_key();
-        assert_eq!(
-            rotated.gossip_keys[0].0, 1,
-            "a new key is installed, not used"
-        );
-        let mut peer = loaded.clone();
-        assert!(
-            peer.merge_keys(&rotated.gossip_keys, 1),
-            "the peer learns the key"
-        );
-        assert_eq!(peer.gossip_keys[0].0, 1);
-        assert!(
-            peer.merge_keys(&rotated.gossip_keys, id),
-            "then switches to it"
-        );
-        assert_eq!(peer.gossip_keys[0].0, id);
-        assert!(
-            !peer.merge_keys(&m.gossip_keys, 1),
-            "an older primary does not win back"
-        );
-        let other = Membership::init("edge", &node).expect("init");
-        assert!(
-            other.check_secret(&token.secret).is_none(),
-            "another cluster refuses it"
-        );
-        assert!(m.tls().is_ok());
-    }
-
-    fn mode(path: &Path) -> u32 {
-        fs::metadata(path).expect("metadata").permissions().mode() & 0o777
-    }
-
-    #[test]
-    fn member_and_operator_material_is_private() {
-        let root = tempfile::tempdir().expect("tempdir");
-        let data = root.path().join("data");
-        let m = Membership::init("edge", &NodeId::new("n1").expect("id")).expect("init");
-        m.save(&data).expect("save");
-        Membership::write_advertise(&data, "127.0.0.1:7946".parse().expect("addr"))
-            .expect("advertise");
-        let cluster = data.join("cluster");
-        assert_eq!(mode(&cluster), 0o700);
-        let mut files = 0;
-        for entry in fs::read_dir(&cluster).expect("list") {
-            let path = entry.expect("entry").path();
-            assert_eq!(mode(&path), 0o600, "{}", path.display());
-            files += 1;
-        }
-        assert!(
-            files >= 8,
-            "name, ca.pem, ca.key, gossip.keys, seeds, node.*, advertise"
-        );
-        let client = ClientDir {
-            dir: root.path().join("operator"),
-        };
-        client
-            .write(
-                &m,
-                &NodeId::new("admin").expect("id"),
-                OperatorRole::Admin,
-                &[],
-            )
-            .expect("user");
-        assert_eq!(mode(&client.dir), 0o700);
-        for name in ["user.key", "user.pem", "ca.pem", "peers"] {
-            assert_eq!(mode(&client.dir.join(name)), 0o600, "{name}");
-        }
-        assert!(check_key_permissions(&data).is_ok());
-    }
-
-    #[test]
-    fn a_key_open_to_others_is_refused_by_name_mode_and_fix() {
-        let root = tempfile::tempdir().expect("tempdir");
-        let m = Membership::init("edge", &NodeId::new("n1").expect("id")).expect("init");
-        m.save(root.path()).expect("save");
-        let key = root.path().join("cluster/node.key");
-        fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).expect("chmod");
-        let err = check_key_permissions(root.path()).expect_err("refused");
-        assert_eq!(err.0, vec![(key.clone(), 0o644)]);
-        let text = err.to_string();
-        assert!(text.contains(&key.display().to_string()), "{text}");
-        assert!(text.contains("0644"), "{text}");
-        assert!(
-            text.contains(&format!("chmod 600 {}", key.display())),
-            "{text}"
-        );
-        let ca = root.path().join("cluster/ca.key");
-        fs::set_permissions(&ca, fs::Permissions::from_mode(0o620)).expect("chmod");
-        assert_eq!(
-            check_key_permissions(root.path())
-                .expect_err("refused")
-                .0
-                .len(),
-            2,
-            "every exposed key is named, group-writable ones too"
-        );
-        fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).expect("chmod");
-        fs::set_permissions(&ca, fs::Permissions::from_mode(0o400)).expect("chmod");
-        assert!(check_key_permissions(root.path()).is_ok());
-        assert!(
-            check_key_permissions(&root.path().join("elsewhere")).is_ok(),
-            "nothing to check yet: a node that has not joined"
-        );
-    }
-}
+mod tests;

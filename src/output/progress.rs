@@ -87,6 +87,11 @@ pub fn join_step(step: &JoinStep<'_>, node: &NodeId, d: Duration) -> String {
             "join: {seed} accepted node {node}: certificate and cluster keys received after {}",
             elapsed(d)
         ),
+        JoinStep::Waiting(wait) => format!(
+            "join: no seed answered; trying them again in {} ({} so far)",
+            elapsed(*wait),
+            elapsed(d)
+        ),
     }
 }
 
