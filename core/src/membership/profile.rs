@@ -12,7 +12,7 @@
 //! checked at each further failed round, so at least two rounds fail (a single lost packet on
 //! a lossy link never fails anything over) and the worst case is [`worst_down_ms`]. `metered`
 //! keeps failover within 10 s (at worst 7 s to `Down`, then the claim and the start) while
-//! sending under 1 KB/s per node (measured at 5 and 20 members): one peer per gossip round (each
+//! sending under 1 KB/s per node (measured at 5, 20 and 100 members): one peer per gossip round (each
 //! exchange carries both sides' digests, ~50 bytes per member) and chitchat's own rounds only
 //! every 10 minutes. See docs/BENCHMARKS.md, "Network profiles", for the measured figures.
 
