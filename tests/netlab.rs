@@ -310,6 +310,15 @@ fn a_3_2_partition_with_writes_on_both_sides_heals_to_one_state_and_every_replic
 }
 
 #[test]
+fn a_frozen_device_is_replaced_and_its_wake_leaves_every_replica_once() {
+    let _serial = serial();
+    let Some((lab, fleet)) = lab_fleet("netlab frozen device", 5, &[]) else {
+        return;
+    };
+    scenarios::frozen_device(&lab, &fleet);
+}
+
+#[test]
 fn a_lease_holder_cut_into_the_minority_stops_before_the_new_holder_starts() {
     let _serial = serial();
     let Some((lab, fleet)) = lab_fleet("netlab singleton", 5, &[]) else {

@@ -1,5 +1,5 @@
-//! Scenarios 3 to 5 of tests/netlab.rs: a singleton's holder cut into the minority, lossy
-//! links, and the metered profile's idle bytes.
+//! Scenarios 3 to 6 of tests/netlab.rs: a singleton's holder cut into the minority, lossy
+//! links, the metered profile's idle bytes, and a frozen device.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -460,4 +460,94 @@ pub fn metered(lab: &NetLab, fleet: &mut Fleet) {
         took <= Duration::from_secs(10),
         "metered failover took {took:?}"
     );
+}
+
+/// Scenario 6: a device freezes (every process SIGSTOPped, its link up) for 20 s. The others
+/// replace its replicas; when it wakes, its stale copies go and every replica runs once.
+pub fn frozen_device(lab: &NetLab, fleet: &Fleet) {
+    let marker = common::marker(6);
+    apply(fleet, 0, "spread", &sleeper("spread", 20, &marker, ""));
+    let want = BTreeMap::from([("spread".to_string(), 20)]);
+    let (_, start) = Watch::new()
+        .until(lab, "sleep", &marker, Duration::from_secs(60), |p| {
+            exactly(p, &want)
+        })
+        .expect("20 replicas, once each, within 60 s");
+    let counts = per_host(lab, &start);
+    let victim = (1..lab.hosts)
+        .max_by_key(|h| (counts[*h], usize::MAX - h))
+        .expect("a host");
+    let name = fleet.nodes[victim].name.clone();
+
+    lab.freeze(victim, true);
+    let frozen_at = Instant::now();
+    // Its frozen copies still exist but serve nothing: count the other hosts'.
+    let elsewhere = |p: &[common::Proc]| -> Vec<common::Proc> {
+        p.iter().filter(|x| x.host != victim).cloned().collect()
+    };
+    let replaced = Watch::new().until(lab, "sleep", &marker, Duration::from_secs(19), |p| {
+        exactly(&elsewhere(p), &want)
+    });
+    let replaced_in = replaced.as_ref().map(|(d, _)| *d);
+    let remaining = Duration::from_secs(20).saturating_sub(frozen_at.elapsed());
+    std::thread::sleep(remaining);
+
+    lab.freeze(victim, false);
+    let woke = Instant::now();
+    let mut back = Watch::new();
+    let mut stable_since: Option<Instant> = None;
+    let settled = back.until(lab, "sleep", &marker, Duration::from_secs(90), |p| {
+        if exactly(p, &want) {
+            let since = *stable_since.get_or_insert_with(Instant::now);
+            since.elapsed() >= Duration::from_secs(10)
+        } else {
+            stable_since = None;
+            false
+        }
+    });
+    let views_after: Vec<_> = (0..lab.hosts).map(|i| views(fleet, i)).collect();
+    report(
+        "6. A device freezes for 20 s, link up (5 hosts, 20 replicas, lan)",
+        &format!(
+            "| figure | value |\n|---|---|\n\
+             | frozen host (SIGSTOP to every process) | {name} ({} replicas) |\n\
+             | its replicas running on the other hosts | {} |\n\
+             | after it woke: 20 processes, once each, for 10 s | {} |\n\
+             | duplicate replica-seconds after it woke | {:.1} (most processes at once: {}) |\n",
+            counts[victim],
+            replaced_in.map_or("not within 19 s".into(), |d| format!(
+                "{} s after the freeze",
+                secs(d)
+            )),
+            settled
+                .as_ref()
+                .map_or("not within 90 s".into(), |(d, _)| format!(
+                    "{} s after it woke (includes the 10 s)",
+                    secs(woke.elapsed().min(*d))
+                )),
+            back.duplicate_seconds,
+            back.most,
+        ),
+    );
+    assert!(
+        replaced_in.is_some(),
+        "{name}'s replicas were not running elsewhere within 19 s of its freeze"
+    );
+    let (_, end) = settled.unwrap_or_else(|| {
+        let now = census(lab, "sleep", &marker);
+        panic!(
+            "not exactly 20 processes, once each, 90 s after {name} woke: per host {:?}",
+            per_host(lab, &now)
+        )
+    });
+    assert_eq!(end.len(), 20);
+    for (i, v) in views_after.iter().enumerate() {
+        if let Some(v) = v {
+            assert!(
+                v.values().all(|s| s == "alive"),
+                "node-{} still doubts a member after the wake: {v:?}",
+                i + 1
+            );
+        }
+    }
 }

@@ -336,6 +336,19 @@ impl NetLab {
         (read("rx"), read("tx"))
     }
 
+    /// Freezes (`SIGSTOP`) or wakes (`SIGCONT`) every process in host `i`'s namespace: a
+    /// device that stalls (swapping, a hung bus, a debugger) with its link still up.
+    pub fn freeze(&self, i: usize, frozen: bool) {
+        let signal = if frozen {
+            nix::sys::signal::Signal::SIGSTOP
+        } else {
+            nix::sys::signal::Signal::SIGCONT
+        };
+        for pid in self.pids(i) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+        }
+    }
+
     /// Power off host `i`: its link cut first (no last words), then SIGKILL to every process
     /// in its namespace, until none is left.
     pub fn power_off(&self, i: usize) {
