@@ -94,7 +94,12 @@ enum Command {
     /// Print the end of a replica's log, from whichever node runs it.
     Logs(cmd::workloads::LogsArgs),
     /// List the nodes of the fleet (same as `get nodes`).
-    Nodes,
+    Nodes {
+        /// Instead, the devices this node found on its LAN waiting to join (admit them with
+        /// `starling node admit`).
+        #[arg(long)]
+        pending: bool,
+    },
     /// Leases for scripts that run their own election (the answering node campaigns).
     Lease {
         #[command(subcommand)]
@@ -187,7 +192,8 @@ fn main() -> ExitCode {
         #[cfg(feature = "top")]
         Command::Top(args) => cmd::top::run(t, args),
         Command::Logs(args) => cmd::workloads::logs(t, args),
-        Command::Nodes => call(
+        Command::Nodes { pending: true } => cmd::admission::pending(t, format),
+        Command::Nodes { pending: false } => call(
             t,
             ApiRequest::Get {
                 kind: ObjectKind::Nodes,

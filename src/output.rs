@@ -45,7 +45,13 @@ pub fn print(response: &ApiResponse, format: Format) -> ExitCode {
         (_, Format::Json) => println!("{}", json(response)),
         (_, Format::Table) => print!("{}", text(response)),
     }
-    if matches!(response, ApiResponse::Error(_)) {
+    let refused = match response {
+        ApiResponse::Error(_) => true,
+        // A device that was not admitted fails the command, as an error would.
+        ApiResponse::Admitted(rows) => rows.iter().any(|r| r.error.is_some()),
+        _ => false,
+    };
+    if refused {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

@@ -38,6 +38,7 @@ pub mod events;
 pub mod gossip;
 pub mod health;
 pub mod identity;
+pub mod lan;
 pub mod net;
 pub mod proxy;
 pub mod runtime;

@@ -131,6 +131,9 @@ pub fn asked(request: &ApiRequest) -> Asked {
         ApiRequest::LeaseAcquire { .. } => (Deploy, "acquire leases"),
         ApiRequest::LeaseRelease { .. } => (Deploy, "release leases"),
         ApiRequest::TokenCreate => (Admin, "create join tokens"),
+        // Admitting hands a device the cluster's keys, as a join token does.
+        ApiRequest::Admit { .. } => (Admin, "admit devices"),
+        ApiRequest::Pending => (View, "list devices waiting to join"),
         // Revoking takes a node out of the fleet or locks an operator out.
         ApiRequest::Revoke { .. } => (Admin, "remove nodes or users"),
         ApiRequest::RotateGossipKey => (Admin, "rotate the gossip key"),

@@ -64,6 +64,29 @@ pub enum ReplicaPlace {
     },
 }
 
+/// A device found on the answering node's LAN that has no certificate of this cluster and asks
+/// to join (`starling nodes --pending`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingRow {
+    /// The name it announces (and would join under).
+    pub node: NodeId,
+    /// The address its announcement came from (`ip:port` of its discovery channel).
+    pub address: String,
+    /// Its discovery identity (a libp2p peer id), to tell two devices of one name apart.
+    pub peer: String,
+    /// How long it has been seen waiting, in ms.
+    pub waiting_ms: u64,
+}
+
+/// What became of one device of an admission.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdmitRow {
+    /// The device.
+    pub node: NodeId,
+    /// Why it was not admitted; `None` once it took the token (it then joins by itself).
+    pub error: Option<String>,
+}
+
 /// One node of `starling get nodes`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRow {

@@ -4,6 +4,12 @@
 //! protocol version, so a node can refuse a peer of another version with a clear error instead
 //! of misreading it (postcard is not self-describing: a new field breaks old readers).
 //!
+//! Mixed versions (a rolling upgrade, a CLI newer than the node it asks): within one protocol
+//! version, [`ApiRequest`] and [`ApiResponse`] only grow, by variants added last (postcard
+//! numbers variants by position). A node of the same version that predates a request refuses
+//! it as a malformed message and changes nothing; every request it knows keeps its meaning.
+//! Anything else (a field added to a variant, a peer message changed) takes a new version.
+//!
 //! [`decode`] takes untrusted bytes. It never panics; it refuses input over
 //! [`MESSAGE_BYTES_MAX`], bounds allocation by the input size (postcard reads every length from
 //! the input and serde pre-allocates cautiously), refuses trailing bytes, and then runs each
@@ -293,7 +299,21 @@ pub enum ApiRequest {
     /// Events the fleet's nodes recorded (`starling get events`), merged by HLC; answered
     /// with [`ApiResponse::Events`].
     Events(crate::events::EventQuery),
+    /// Devices with no certificate that the answering node found on its LAN, waiting to be
+    /// admitted (`starling nodes --pending`); answered with [`ApiResponse::Pending`].
+    Pending,
+    /// Admit waiting devices (`starling node admit`): the answering node hands each a one-time
+    /// join token over the channel it discovered it on; answered with [`ApiResponse::Admitted`].
+    Admit {
+        /// The devices, by the name they announce.
+        nodes: Vec<NodeId>,
+        /// Every device waiting, instead of `nodes`.
+        all: bool,
+    },
 }
+
+/// Most devices one `Admit` names.
+pub const ADMIT_NODES_MAX: usize = 256;
 
 /// What `ApiRequest::Rollout` does to the current revision's rollout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -417,6 +437,10 @@ pub enum ApiResponse {
     Recipients(Vec<(NodeId, [u8; 32])>),
     /// Events (`get events`), oldest first by HLC.
     Events(Box<crate::events::EventPage>),
+    /// Devices waiting to be admitted, as the answering node sees them on its LAN.
+    Pending(Vec<crate::api::PendingRow>),
+    /// What became of each device an `Admit` named.
+    Admitted(Vec<crate::api::AdmitRow>),
 }
 
 /// A failed request: what went wrong, and for specs every field error.
@@ -663,6 +687,10 @@ impl Check for ApiRequest {
                 .map(|_| ())
                 .map_err(|e| format!("if_revision: {e}")),
             ApiRequest::Events(query) => query.check(),
+            ApiRequest::Admit { nodes, .. } if nodes.len() > ADMIT_NODES_MAX => Err(format!(
+                "nodes: at most {ADMIT_NODES_MAX} devices per admission, got {}",
+                nodes.len()
+            )),
             _ => Ok(()),
         }
     }

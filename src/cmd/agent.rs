@@ -88,6 +88,14 @@ struct FleetArgs {
     /// A peer's base address to gossip with at start (repeatable).
     #[arg(long = "seed")]
     seeds: Vec<String>,
+    /// Find the fleet on the LAN with mDNS (libp2p), on port + 3 (UDP): `mdns` or `off`.
+    /// A member hands the members of its cluster it finds to gossip as seeds and lists the
+    /// devices waiting to join (`starling nodes --pending`). A device with no cluster and no
+    /// --join waits to be admitted (`starling node admit NAME` on any member) instead of
+    /// running alone [default: mdns for a member given no --seed or --join that does not
+    /// listen on loopback; off for a device with no cluster].
+    #[arg(long, value_parser = ["mdns", "off"])]
+    discover: Option<String>,
     /// Timings of gossip and failure detection for the kind of link: lan (one switch; down
     /// after 400 ms), wan (lossy, jittery links between sites; down after 4 s) or metered
     /// (data plans; fewest bytes, one gossip peer per round, down after 3 s of failed probes).
@@ -206,6 +214,33 @@ pub fn main(data_dir: &Path, args: AgentArgs) -> anyhow::Result<ExitCode> {
     config.discovery.proxy = !args.discovery.no_proxy;
     config.discovery.dns_qps = args.discovery.dns_qps.max(1);
     let fleet = &args.fleet;
+    let member = starling_node::cluster::Membership::exists(data_dir);
+    let on_loopback = fleet.advertise.unwrap_or(fleet.listen).ip().is_loopback();
+    let discover = match fleet.discover.as_deref() {
+        Some("mdns") if !starling_node::lan::BUILT => {
+            bail!(
+                "--discover mdns: {}",
+                starling_node::lan::LanError::NotBuilt
+            )
+        }
+        Some(choice) => choice == "mdns",
+        None => {
+            starling_node::lan::BUILT
+                && member
+                && fleet.seeds.is_empty()
+                && fleet.join.is_none()
+                && !on_loopback
+        }
+    };
+    if discover && !member && fleet.join.is_none() {
+        super::admission::wait_then_join(
+            data_dir,
+            config.node_id.as_ref().map(|n| n.to_string()),
+            fleet.listen,
+            fleet.advertise,
+        )?;
+    }
+    config.fleet.discover = discover;
     if let Some(token) = &fleet.join {
         let advertise = fleet
             .advertise

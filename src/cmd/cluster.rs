@@ -92,6 +92,16 @@ pub enum NodeCommand {
     /// Wait until node NAME is back alive (in a newer life with --restarted-after) and, with
     /// --healthy, every workload runs its desired count of healthy replicas; exit 1 on timeout.
     Wait(super::node_wait::WaitArgs),
+    /// Admit devices waiting to join on the answering node's LAN (`starling nodes --pending`):
+    /// each is handed a one-time join token over the channel it was discovered on and joins
+    /// with it (TLS pinned to the cluster CA).
+    Admit {
+        /// The devices, by the name they announce.
+        names: Vec<String>,
+        /// Every device waiting (those whose name is announced once).
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 /// `starling key`.
@@ -125,6 +135,7 @@ pub fn node(target: &Target, what: NodeCommand, format: Format) -> anyhow::Resul
         NodeCommand::Remove { name } => call(target, ApiRequest::Revoke { name }, format),
         NodeCommand::Generation { name } => super::node_wait::generation(target, &name),
         NodeCommand::Wait(args) => super::node_wait::wait(target, args),
+        NodeCommand::Admit { names, all } => super::admission::admit(target, names, all, format),
     }
 }
 
@@ -172,6 +183,16 @@ fn node_id(data_dir: &Path, asked: Option<String>) -> anyhow::Result<(NodeId, bo
         None => starling_node::identity::host_node_id(),
     };
     Ok((id, true))
+}
+
+/// The node id a device waiting to be admitted announces: chosen as for a join and stored at
+/// once, so the name an operator reads in `nodes --pending` survives the device's restarts.
+pub fn waiting_node_id(data_dir: &Path, asked: Option<String>) -> anyhow::Result<NodeId> {
+    create_private_dir(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let (node, new) = node_id(data_dir, asked)?;
+    keep_node_id(data_dir, &node, new)?;
+    Ok(node)
 }
 
 /// Stores a node id chosen by [`node_id`] (`new` says whether it is new to the data dir).

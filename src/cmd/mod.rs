@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod admission;
 pub mod agent;
 #[cfg(feature = "bench")]
 pub mod bench;

@@ -3,8 +3,8 @@
 
 use serde_json::{Value, json};
 use starling_protocol::api::{
-    Description, EndpointRow, LeaseHere, LeaseRow, NodeRow, ReplicaPlace, ReplicaRow, Voter,
-    WorkloadRow,
+    AdmitRow, Description, EndpointRow, LeaseHere, LeaseRow, NodeRow, PendingRow, ReplicaPlace,
+    ReplicaRow, Voter, WorkloadRow,
 };
 use starling_protocol::placement::{Departure, Liveness};
 use starling_protocol::quantity::{Millicores, format_duration_ms};
@@ -81,6 +81,8 @@ fn listing(response: &ApiResponse) -> Option<Listing> {
                 .collect::<Vec<_>>());
             Listing { table, json }
         }
+        ApiResponse::Pending(rows) => pending(rows),
+        ApiResponse::Admitted(rows) => admitted(rows),
         ApiResponse::Written { .. }
         | ApiResponse::ObjectWritten { .. }
         | ApiResponse::Rollout(_)
@@ -88,6 +90,49 @@ fn listing(response: &ApiResponse) -> Option<Listing> {
         | ApiResponse::Lease(_)
         | ApiResponse::Error(_) => return None,
     })
+}
+
+fn pending(rows: &[PendingRow]) -> Listing {
+    let mut table = Table::new(&["NAME", "ADDRESS", "WAITING", "PEER"]);
+    for row in rows {
+        table.row(vec![
+            row.node.to_string(),
+            row.address.clone(),
+            format_duration_ms(row.waiting_ms),
+            // The tail tells two devices of one name apart; JSON has the whole id.
+            starling_node::lan::short_peer(&row.peer).to_string(),
+        ]);
+    }
+    let json = json!(
+        rows.iter()
+            .map(|r| json!({
+                "node": r.node,
+                "address": r.address,
+                "waiting_ms": r.waiting_ms,
+                "peer": r.peer,
+            }))
+            .collect::<Vec<_>>()
+    );
+    Listing { table, json }
+}
+
+fn admitted(rows: &[AdmitRow]) -> Listing {
+    let mut table = Table::new(&["NODE", "ADMITTED"]);
+    for row in rows {
+        table.row(vec![
+            row.node.to_string(),
+            match &row.error {
+                None => "yes: took a join token, joining".to_string(),
+                Some(why) => format!("no: {why}"),
+            },
+        ]);
+    }
+    let json = json!(
+        rows.iter()
+            .map(|r| json!({ "node": r.node, "admitted": r.error.is_none(), "error": r.error }))
+            .collect::<Vec<_>>()
+    );
+    Listing { table, json }
 }
 
 fn single(column: &str, value: &str, json: Value) -> Listing {

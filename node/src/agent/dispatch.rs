@@ -279,6 +279,11 @@ fn route(request: ApiRequest, caller: &Caller) -> Route {
         ApiRequest::ObjectList { kind } => answer(move |a| a.object_list(kind)),
         ApiRequest::SecretRecipients { name } => answer(move |a| a.secret_recipients(name)),
         ApiRequest::Events(query) => Route::Events(query),
+        ApiRequest::Pending => answer(|a| a.pending()),
+        // As a join token: letting a machine into the fleet is an operator's decision.
+        ApiRequest::Admit { nodes, all } => operators_only(caller, "admit devices", move || {
+            Route::Loop(Box::new(move |agent, reply| agent.admit(nodes, all, reply)))
+        }),
     }
 }
 
@@ -360,6 +365,10 @@ mod tests {
         assert_eq!(refusal(apply_web(), &deployer), None);
         for admin_only in [
             ApiRequest::TokenCreate,
+            ApiRequest::Admit {
+                nodes: vec![],
+                all: true,
+            },
             ApiRequest::RotateGossipKey,
             ApiRequest::Revoke { name: "n2".into() },
         ] {
@@ -397,6 +406,24 @@ mod tests {
         assert!(refused(Caller::Node("n1".into())));
         assert!(!refused(operator("ada", OperatorRole::Admin)));
         assert!(!refused(Caller::Socket { uid: None }));
+        // Admitting a device hands it a token: the same rule.
+        let admit = || ApiRequest::Admit {
+            nodes: vec![],
+            all: true,
+        };
+        assert!(matches!(
+            route(admit(), &Caller::Node("n1".into())),
+            Route::Refused(_)
+        ));
+        assert!(matches!(
+            route(admit(), &operator("ada", OperatorRole::Admin)),
+            Route::Loop(_)
+        ));
+        // Listing the waiting devices is a read.
+        assert!(matches!(
+            route(ApiRequest::Pending, &operator("v", OperatorRole::Viewer)),
+            Route::Loop(_)
+        ));
         // Anything else a node may ask.
         assert!(matches!(
             route(ApiRequest::Status, &Caller::Node("n1".into())),

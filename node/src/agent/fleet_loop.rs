@@ -33,6 +33,8 @@ pub(crate) enum Input {
     Sync(SyncEvent),
     Peer(PeerCall),
     Join(JoinCall),
+    /// LAN discovery found a member of this cluster at this base address.
+    Found(starling_protocol::NodeId, std::net::SocketAddr),
 }
 
 /// The next fleet input; never resolves without a fleet.
@@ -45,6 +47,7 @@ pub(super) async fn next(inbox: &mut Option<Inbox>) -> Option<Input> {
         Some(e) = inbox.fleet.sync.recv() => Some(Input::Sync(e)),
         Some(c) = inbox.peers.recv() => Some(Input::Peer(c)),
         Some(j) = inbox.joins.recv() => Some(Input::Join(j)),
+        Some((node, base)) = inbox.fleet.lan.recv() => Some(Input::Found(node, base)),
         else => None,
     }
 }
@@ -215,6 +218,11 @@ impl Agent {
             Input::Join((request, reply)) => {
                 let answer = self.on_join(request).await;
                 let _ = reply.send(answer);
+            }
+            Input::Found(node, base) => {
+                if let Some(fleet) = self.fleet.as_mut() {
+                    fleet.add_found_seed(&node, base);
+                }
             }
         }
     }

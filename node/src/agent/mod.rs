@@ -5,6 +5,7 @@
 //! core's next deadline. That keeps every decision in the deterministic core and every effect
 //! here, in the order the core asked for it.
 
+mod admission;
 mod containers;
 mod depart;
 mod dispatch;

@@ -25,6 +25,7 @@ use starling_protocol::wire::{ApiResponse, PeerMessage};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 mod gossip;
+mod lan;
 mod load;
 mod sync;
 
@@ -74,6 +75,8 @@ pub struct FleetSettings {
     /// deletes it missed instead of merging them back (see
     /// `starling_protocol::desired::tombstones`).
     pub tombstone_grace: Duration,
+    /// Find members and waiting devices on the LAN (`--discover mdns`, see [`crate::lan`]).
+    pub discover: bool,
 }
 
 /// How long an exchange with a peer over QUIC may take, connection included; past it the
@@ -152,6 +155,7 @@ impl Default for FleetSettings {
             listen: SocketAddr::from(([0, 0, 0, 0], 7946)),
             advertise: None,
             seeds: Vec::new(),
+            discover: false,
             gossip_interval: Duration::from_millis(1_000),
             gossip_ms_per_member: 50,
             gossip_interval_max: Duration::from_secs(30),
@@ -248,8 +252,12 @@ pub(super) struct Fleet {
     handle: ChitchatHandle,
     /// When gossip rounds are due and with whom (`starling_core::pacing`).
     rounds: Rounds,
-    /// Seeds, resolved at start.
+    /// Seeds, resolved at start, and members LAN discovery found since.
     seed_addrs: Vec<SocketAddr>,
+    /// LAN discovery, when on.
+    lan: Option<crate::lan::Lan>,
+    /// How many seeds LAN discovery added (bounded).
+    found_seeds: usize,
     pub detector: Detector,
     probe: ProbeSender,
     pub quic: Arc<Quic>,
@@ -316,6 +324,8 @@ pub(super) struct Fleet {
 pub(crate) struct FleetInbox {
     pub probes: mpsc::Receiver<(NodeId, PeerMessage)>,
     pub sync: mpsc::Receiver<SyncEvent>,
+    /// Members LAN discovery found.
+    pub lan: lan::Found,
 }
 
 /// The refusal of a join under `node`: `member` says how the fleet knows it (if it does),
@@ -420,7 +430,10 @@ impl Fleet {
         let quic = Quic::serve(quic_addr(settings.listen), &tls, &settings.quic)
             .map_err(|e| AgentError::Net(e.to_string()))?;
         let (sync_tx, sync) = crate::channel::bounded(SYNC_QUEUE, metrics.channels.sync.clone());
+        let (lan, lan_found) = lan::start(settings, &membership, &me, base)?;
         let fleet = Fleet {
+            lan,
+            found_seeds: 0,
             chitchat: handle.chitchat(),
             handle,
             rounds: Rounds::new(Pacing {
@@ -477,7 +490,14 @@ impl Fleet {
             heard_leases: Vec::new(),
             heard_voters: Vec::new(),
         };
-        Ok((fleet, FleetInbox { probes, sync }))
+        Ok((
+            fleet,
+            FleetInbox {
+                probes,
+                sync,
+                lan: lan_found,
+            },
+        ))
     }
 
     /// This node's own description changed (its runtimes): gossip it.

@@ -1,0 +1,294 @@
+//! Zero-config joins on a LAN (issue 20): agents in separate network namespaces on one bridge
+//! find each other with mDNS (libp2p) and no seed list. New boards with no certificate wait to
+//! be admitted, are listed by `starling nodes --pending` and admitted by `starling node admit`;
+//! a fleet whose members have lost every seed address finds itself again.
+//!
+//! Needs root (namespaces); under `STARLING_REQUIRE_NETNS` (CI) it fails without them.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::netns::NetLab;
+use support::{BIN, wait_for};
+
+struct Board {
+    name: String,
+    dir: PathBuf,
+    base: String,
+    child: Option<Child>,
+}
+
+struct Lab {
+    net: NetLab,
+    boards: Vec<Board>,
+    client: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Lab {
+    fn new(hosts: usize) -> Lab {
+        let net = NetLab::create(hosts);
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let boards = (0..hosts)
+            .map(|i| Board {
+                name: format!("board-{}", i + 1),
+                dir: tmp.path().join(format!("board-{}", i + 1)),
+                base: format!("{}:7946", net.addr(i)),
+                child: None,
+            })
+            .collect();
+        Lab {
+            net,
+            boards,
+            client: tmp.path().join("client"),
+            _tmp: tmp,
+        }
+    }
+
+    /// Starts board `i`'s agent in its namespace with `args` (plus its data dir, name and
+    /// address); stderr goes to `DIR.log`.
+    fn start(&mut self, i: usize, args: &[&str]) {
+        let board = &self.boards[i];
+        std::fs::create_dir_all(&board.dir).expect("data dir");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(board.dir.with_extension("log"))
+            .expect("log");
+        let exec = self.net.exec(i);
+        let child = Command::new(&exec[0])
+            .args(&exec[1..])
+            .arg(BIN)
+            .arg("agent")
+            .arg("--data-dir")
+            .arg(&board.dir)
+            .args(["--node-id", &board.name, "--listen", &board.base])
+            .args(["--stop-grace-ms", "500"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("agent starts");
+        self.boards[i].child = Some(child);
+    }
+
+    fn stop(&mut self, i: usize) {
+        if let Some(mut child) = self.boards[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.boards[i].dir.with_extension("log")).unwrap_or_default()
+    }
+
+    /// The CLI, as the operator, against board `i`.
+    fn cli(&self, i: usize, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--cluster-dir")
+            .arg(&self.client)
+            .args(["--peer", &self.boards[i].base])
+            .args(args)
+            .output()
+            .expect("cli runs")
+    }
+
+    fn json(&self, i: usize, args: &[&str]) -> Option<Value> {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let out = self.cli(i, &all);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())
+            .flatten()
+    }
+
+    /// Names of the nodes board `i` sees alive.
+    fn alive(&self, i: usize) -> Vec<String> {
+        let Some(Value::Array(rows)) = self.json(i, &["nodes"]) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = rows
+            .iter()
+            .filter(|r| r["state"] == "alive")
+            .filter_map(|r| r["node"].as_str().map(str::to_string))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Each node's generation (its agent's start time), as board `i` sees it.
+    fn generations(&self, i: usize) -> Vec<(String, u64)> {
+        let Some(Value::Array(rows)) = self.json(i, &["nodes"]) else {
+            return Vec::new();
+        };
+        let mut out: Vec<(String, u64)> = rows
+            .iter()
+            .filter_map(|r| Some((r["node"].as_str()?.to_string(), r["generation"].as_u64()?)))
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn pending(&self, i: usize) -> Vec<String> {
+        let Some(Value::Array(rows)) = self.json(i, &["nodes", "--pending"]) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = rows
+            .iter()
+            .filter_map(|r| r["node"].as_str().map(str::to_string))
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for i in 0..self.boards.len() {
+            self.stop(i);
+        }
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn init(lab: &Lab, dir: &Path, name: &str, base: &str) {
+    let out = Command::new(BIN)
+        .arg("init")
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("--cluster-dir")
+        .arg(&lab.client)
+        .args(["--node-id", name, "--advertise", base])
+        .output()
+        .expect("init runs");
+    assert!(out.status.success(), "init: {}", text(&out));
+}
+
+#[test]
+fn boards_on_a_lan_are_found_listed_admitted_and_find_each_other_without_seeds() {
+    if NetLab::required("lan join").is_none() {
+        return;
+    }
+    let mut lab = Lab::new(3);
+    let first = (lab.boards[0].dir.clone(), lab.boards[0].base.clone());
+    init(&lab, &first.0, "board-1", &first.1);
+    // The first board: a member with no seed and no token on a LAN, so discovery is on by
+    // default. The two new boards have no cluster: told to discover, they wait to be admitted.
+    lab.start(0, &[]);
+    lab.start(1, &["--discover", "mdns"]);
+    lab.start(2, &["--discover", "mdns"]);
+
+    let started = std::time::Instant::now();
+    let waiting = vec!["board-2".to_string(), "board-3".to_string()];
+    wait_for(
+        "board-2 and board-3 listed as waiting on board-1",
+        Duration::from_secs(60),
+        || (lab.pending(0) == waiting).then_some(()),
+    );
+    let listed_s = started.elapsed().as_secs_f64();
+    let table = lab.cli(0, &["nodes", "--pending"]);
+    assert!(table.status.success(), "{}", text(&table));
+    let shown = String::from_utf8_lossy(&table.stdout).to_string();
+    assert!(
+        shown.contains("NAME")
+            && shown.contains("board-2")
+            && shown.contains(&lab.net.addr(1).to_string()),
+        "the table names the device and where it is: {shown}"
+    );
+
+    // A name nobody announces is refused, and the command fails.
+    let ghost = lab.cli(0, &["node", "admit", "ghost"]);
+    assert!(!ghost.status.success(), "{}", text(&ghost));
+    assert!(
+        text(&ghost).contains("not waiting to join"),
+        "{}",
+        text(&ghost)
+    );
+
+    // One by name, then the rest.
+    let admitting = std::time::Instant::now();
+    let one = lab.cli(0, &["node", "admit", "board-2"]);
+    assert!(one.status.success(), "admit board-2: {}", text(&one));
+    let rest = lab.cli(0, &["node", "admit", "--all", "-o", "json"]);
+    assert!(rest.status.success(), "admit --all: {}", text(&rest));
+    let admitted: Value = serde_json::from_slice(&rest.stdout).expect("json");
+    assert_eq!(admitted[0]["node"], "board-3", "{admitted}");
+    assert_eq!(admitted[0]["admitted"], true, "{admitted}");
+
+    let all = vec![
+        "board-1".to_string(),
+        "board-2".to_string(),
+        "board-3".to_string(),
+    ];
+    wait_for(
+        "a fleet of three, alive as board-1 sees it",
+        Duration::from_secs(90),
+        || (lab.alive(0) == all).then_some(()),
+    );
+    let joined_s = admitting.elapsed().as_secs_f64();
+    assert!(lab.pending(0).is_empty(), "nobody waits once admitted");
+    for i in 1..3 {
+        let log = lab.log(i);
+        assert!(
+            log.contains("waiting to join") && log.contains("admitted: joined the cluster"),
+            "board-{}'s log: {log}",
+            i + 1
+        );
+    }
+
+    // Every board forgets every address it knew, and the fleet restarts: only mDNS can
+    // bring it back together (none is given --seed or --discover).
+    let before = lab.generations(0);
+    assert_eq!(before.len(), 3, "{before:?}");
+    for i in 0..3 {
+        lab.stop(i);
+    }
+    for board in &lab.boards {
+        std::fs::write(board.dir.join("cluster/seeds"), "").expect("seeds emptied");
+    }
+    for i in 0..3 {
+        lab.start(i, &[]);
+    }
+    let restarted = std::time::Instant::now();
+    // A restarted node shows the others alive from memory at first: only gossip brings it
+    // their new lives' generations, so wait until every board sees every other's new one.
+    let own = |i: usize| {
+        wait_for("a restarted board answers", Duration::from_secs(30), || {
+            lab.generations(i)
+                .into_iter()
+                .find(|(n, _)| *n == lab.boards[i].name)
+                .filter(|(_, g)| !before.contains(&(lab.boards[i].name.clone(), *g)))
+        })
+    };
+    let now: Vec<(String, u64)> = (0..3).map(own).collect();
+    wait_for(
+        "every board sees every other's new life",
+        Duration::from_secs(90),
+        || (0..3).all(|i| lab.generations(i) == now).then_some(()),
+    );
+    assert_eq!(lab.alive(2), all);
+    let reformed_s = restarted.elapsed().as_secs_f64();
+    eprintln!(
+        "lan join: both boards listed as waiting {listed_s:.1} s after start; admitted and \
+         alive in the fleet {joined_s:.1} s after `node admit`; with no seeds, the restarted \
+         fleet whole again in {reformed_s:.1} s"
+    );
+    let log = lab.log(2);
+    assert!(
+        log.contains("found a member on the LAN"),
+        "board-3 found its peers through discovery: {log}"
+    );
+}
