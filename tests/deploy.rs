@@ -556,3 +556,38 @@ fn install_over_ssh_copies_the_files_and_passes_the_token_on_stdin() {
         0o644
     );
 }
+
+#[test]
+fn install_with_discover_stages_a_device_that_waits_to_be_admitted() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("device-root");
+    let root_arg = root.to_string_lossy().to_string();
+    let out = run_sh(
+        "install.sh",
+        &["--binary", BIN, "--discover", "--token", "stl1.x", "--root", &root_arg],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--discover and --token: pick one"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run_sh(
+        "install.sh",
+        &["--binary", BIN, "--discover", "--root", &root_arg, "--no-start"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let env = std::fs::read_to_string(root.join("etc/starling/agent.env")).expect("env file");
+    // No token (the unit then passes `--join ""`, which the agent reads as no join), and the
+    // agent told to wait on its LAN.
+    assert!(env.contains("STARLING_JOIN_TOKEN=\n"), "{env}");
+    assert!(env.contains("--discover mdns"), "{env}");
+    assert!(
+        !root.join("var/lib/starling/cluster").exists(),
+        "nothing joined at install"
+    );
+}

@@ -32,6 +32,9 @@ usage: install.sh --binary PATH --token TOKEN|- [options] [user@host]
   --unit FILE         the unit file (default: starling.service next to this script)
   --root DIR          install under DIR instead of / (staging; nothing is started)
   --no-join           write the files but do not join now (the agent joins at first start)
+  --discover          no token: the device waits on its LAN to be admitted (`starling nodes
+                      --pending`, `starling node admit NAME` on a member); see
+                      docs/OPERATIONS.md, "Zero-config join on a LAN"
   --no-start          do not enable or start the unit
   user@host           install on that machine over ssh instead of this one
 EOF
@@ -49,7 +52,7 @@ quote() {
 
 binary= token= advertise= listen=0.0.0.0:7946 seeds= node_id= labels= on_stop=leave extra=
 unit="$(dirname "$0")/starling.service"
-root= join=yes start=yes remote=
+root= join=yes start=yes remote= discover=no
 forward=
 while [ $# -gt 0 ]; do
 	case "$1" in
@@ -83,6 +86,10 @@ while [ $# -gt 0 ]; do
 		start=no forward="$forward --no-start"
 		shift
 		;;
+	--discover)
+		discover=yes join=no forward="$forward --discover"
+		shift
+		;;
 	-h | --help) usage && exit 0 ;;
 	-*) die "unknown option $1 (see --help)" ;;
 	*)
@@ -105,6 +112,7 @@ done
 if [ "$token" = - ]; then
 	IFS= read -r token || [ -n "$token" ] || die "--token -: nothing on stdin"
 fi
+[ "$discover" = no ] || [ -z "$token" ] || die "--discover and --token: pick one (a token joins at once; --discover waits to be admitted)"
 case "$token" in *[[:space:]\'\"\\\$\`]*) die "--token: not a join token (spaces, quotes, \\ or \$ in it)" ;; esac
 
 if [ -n "$remote" ]; then
@@ -146,6 +154,7 @@ opts="--listen $listen --on-stop $on_stop"
 for seed in $seeds; do opts="$opts --seed $seed"; done
 for label in $labels; do opts="$opts --label $label"; done
 for word in $extra; do opts="$opts $word"; done
+[ "$discover" = no ] || opts="$opts --discover mdns"
 # 0600 from the start: the token must never be readable by others, not even for a moment.
 (
 	umask 077

@@ -186,7 +186,7 @@ struct FleetArgs {
 }
 
 /// Runs the agent of `data_dir` until SIGINT or SIGTERM.
-pub fn main(data_dir: &Path, args: AgentArgs) -> anyhow::Result<ExitCode> {
+pub fn main(data_dir: &Path, mut args: AgentArgs) -> anyhow::Result<ExitCode> {
     let mut config = AgentConfig::new(data_dir);
     if let Some(id) = args.node_id {
         config.node_id =
@@ -213,6 +213,9 @@ pub fn main(data_dir: &Path, args: AgentArgs) -> anyhow::Result<ExitCode> {
     config.discovery.container_dns = !args.discovery.no_container_dns;
     config.discovery.proxy = !args.discovery.no_proxy;
     config.discovery.dns_qps = args.discovery.dns_qps.max(1);
+    // An empty --join is no join: systemd passes `--join ""` when the unit's token variable
+    // is empty (a device installed to wait for admission, examples/deploy/install.sh).
+    args.fleet.join = args.fleet.join.take().filter(|t| !t.trim().is_empty());
     let fleet = &args.fleet;
     let member = starling_node::cluster::Membership::exists(data_dir);
     let on_loopback = fleet.advertise.unwrap_or(fleet.listen).ip().is_loopback();
