@@ -564,7 +564,15 @@ fn install_with_discover_stages_a_device_that_waits_to_be_admitted() {
     let root_arg = root.to_string_lossy().to_string();
     let out = run_sh(
         "install.sh",
-        &["--binary", BIN, "--discover", "--token", "stl1.x", "--root", &root_arg],
+        &[
+            "--binary",
+            BIN,
+            "--discover",
+            "--token",
+            "stl1.x",
+            "--root",
+            &root_arg,
+        ],
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(
@@ -574,7 +582,14 @@ fn install_with_discover_stages_a_device_that_waits_to_be_admitted() {
     );
     let out = run_sh(
         "install.sh",
-        &["--binary", BIN, "--discover", "--root", &root_arg, "--no-start"],
+        &[
+            "--binary",
+            BIN,
+            "--discover",
+            "--root",
+            &root_arg,
+            "--no-start",
+        ],
     );
     assert!(
         out.status.success(),

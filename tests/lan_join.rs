@@ -279,7 +279,11 @@ fn boards_on_a_lan_are_found_listed_admitted_and_find_each_other_without_seeds()
         Duration::from_secs(90),
         || (0..3).all(|i| lab.generations(i) == now).then_some(()),
     );
-    assert_eq!(lab.alive(2), all);
+    wait_for(
+        "board-3 sees the other two alive",
+        Duration::from_secs(30),
+        || (lab.alive(2) == all).then_some(()),
+    );
     let reformed_s = restarted.elapsed().as_secs_f64();
     eprintln!(
         "lan join: both boards listed as waiting {listed_s:.1} s after start; admitted and \
@@ -291,4 +295,37 @@ fn boards_on_a_lan_are_found_listed_admitted_and_find_each_other_without_seeds()
         log.contains("found a member on the LAN"),
         "board-3 found its peers through discovery: {log}"
     );
+
+    // What discovery costs on the wire: with STARLING_LAN_BYTES=SECS, the bytes each board
+    // sends on its link over SECS idle seconds, on the metered profile (the fewest gossip
+    // bytes, so discovery's share shows) with discovery on, then off.
+    if let Some(secs) = std::env::var("STARLING_LAN_BYTES")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        let seed = lab.boards[0].base.clone();
+        let mut sent = Vec::new();
+        for extra in [vec![], vec!["--discover", "off", "--seed", seed.as_str()]] {
+            for i in 0..3 {
+                lab.stop(i);
+            }
+            for i in 0..3 {
+                let mut args = vec!["--network-profile", "metered"];
+                args.extend(extra.iter().copied());
+                lab.start(i, &args);
+            }
+            std::thread::sleep(Duration::from_secs(15));
+            let before: Vec<u64> = (0..3).map(|i| lab.net.link_bytes(i).0).collect();
+            std::thread::sleep(Duration::from_secs(secs));
+            let total: u64 = (0..3).map(|i| lab.net.link_bytes(i).0 - before[i]).sum();
+            sent.push(total as f64 / 3.0 / secs as f64);
+        }
+        eprintln!(
+            "lan bytes: sent per board, idle, metered profile, over {secs} s: {:.0} B/s with \
+             discovery, {:.0} B/s without ({:.0} B/s for discovery)",
+            sent[0],
+            sent[1],
+            sent[0] - sent[1]
+        );
+    }
 }

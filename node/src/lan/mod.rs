@@ -268,6 +268,18 @@ impl PendingBook {
         );
     }
 
+    /// `peer` is still announced (mDNS refreshed its record): keep it listed.
+    pub fn touch(&mut self, peer: &str, now_ms: u64) {
+        if let Some(w) = self.devices.get_mut(peer) {
+            w.last_ms = now_ms;
+        }
+    }
+
+    /// The discovery identities of the devices listed.
+    pub fn peers(&self) -> Vec<String> {
+        self.devices.keys().cloned().collect()
+    }
+
     /// `peer` is gone (its mDNS record expired, or it took a token).
     pub fn forget_peer(&mut self, peer: &str) {
         self.devices.remove(peer);

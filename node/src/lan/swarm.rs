@@ -31,7 +31,8 @@ use crate::clock::now_ms;
 const IDENTIFY_PROTOCOL: &str = "/starling/id/1";
 /// The admission protocol.
 const ADMIT_PROTOCOL: &str = "/starling/admit/1";
-/// How long a device stays listed after mDNS last refreshed it, past mDNS's own expiry.
+/// How long a device stays listed once mDNS no longer holds it (mDNS's own expiry also
+/// removes it; this catches a device found only through its own dial).
 const PENDING_TTL_MS: u64 = 7 * 60 * 1000;
 /// How long an admission waits for the device's answer.
 const ADMIT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -289,13 +290,32 @@ impl Driver {
                     // The agent dropped its handle: it is stopping.
                     None => return,
                 },
-                _ = expiry.tick() => {
-                    if let Mode::Member { book, .. } = &self.mode {
-                        book.lock().unwrap_or_else(|e| e.into_inner()).expire(now_ms(), PENDING_TTL_MS);
-                    }
-                }
+                _ = expiry.tick() => self.refresh_book(),
             }
         }
+    }
+
+    /// Keeps listed the waiting devices mDNS still holds (identify ran once, when each was
+    /// found), and drops those it has not held for [`PENDING_TTL_MS`].
+    fn refresh_book(&mut self) {
+        let Mode::Member { book, .. } = &self.mode else {
+            return;
+        };
+        let held: BTreeSet<String> = self
+            .swarm
+            .behaviour()
+            .mdns
+            .discovered_nodes()
+            .map(|p| p.to_string())
+            .collect();
+        let now = now_ms();
+        let mut book = book.lock().unwrap_or_else(|e| e.into_inner());
+        for peer in book.peers() {
+            if held.contains(&peer) {
+                book.touch(&peer, now);
+            }
+        }
+        book.expire(now, PENDING_TTL_MS);
     }
 
     fn on_command(&mut self, command: Command) {

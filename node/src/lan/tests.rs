@@ -113,10 +113,13 @@ fn the_book_lists_waits_expires_and_refuses_ambiguous_names() {
     let b = all.iter().find(|(n, _)| *n == node("b")).expect("b listed");
     assert_eq!(b.1, Ok("peer-b".to_string()));
 
+    // mDNS still holds a's second device: touched, it outlives the expiry below.
+    book.touch("peer-c", 60_000);
+    assert_eq!(book.peers().len(), 3);
     // b joined: it now announces itself a member.
     book.forget_node(&node("b"));
     // a's first device stopped being seen long ago.
-    book.expire(5_000 + 60_000, 59_000);
+    book.expire(66_000, 59_000);
     let left: Vec<String> = book.rows(70_000).into_iter().map(|r| r.peer).collect();
     assert_eq!(left, vec!["peer-c".to_string()]);
 }
