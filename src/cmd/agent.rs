@@ -88,7 +88,7 @@ struct FleetArgs {
     /// A peer's base address to gossip with at start (repeatable).
     #[arg(long = "seed")]
     seeds: Vec<String>,
-    /// Find the fleet on the LAN with mDNS (libp2p), on port + 3 (UDP): `mdns` or `off`.
+    /// Find the fleet on the LAN with mDNS (libp2p), on port + 3 (TCP): `mdns` or `off`.
     /// A member hands the members of its cluster it finds to gossip as seeds and lists the
     /// devices waiting to join (`starling nodes --pending`). A device with no cluster and no
     /// --join waits to be admitted (`starling node admit NAME` on any member) instead of

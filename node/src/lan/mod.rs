@@ -8,11 +8,11 @@
 //!   the seed's address is the one the announcement came from, not one it claims.
 //! - A member keeps the waiting devices it finds in a [`PendingBook`] (`starling nodes
 //!   --pending`). `starling node admit` has it send a device a one-time join token over the
-//!   discovered channel (libp2p QUIC: encrypted, but nobody's identity is checked on it). The
-//!   device then joins through the token's seeds, with TLS pinned to the cluster CA, as any
-//!   join does; the token is spent by that one join.
+//!   discovered channel (libp2p over TCP with noise: encrypted, but nobody's identity is
+//!   checked on it). The device then joins through the token's seeds, with TLS pinned to the
+//!   cluster CA, as any join does; the token is spent by that one join.
 //!
-//! Ports: the discovery channel is QUIC on the base port + 3 (UDP), mDNS is 5353 (UDP
+//! Ports: the discovery channel is TCP on the base port + 3, mDNS is 5353 (UDP
 //! multicast, link-local: it never leaves the LAN).
 //!
 //! The libp2p side is the `mdns` feature (on by default); what to do with an announcement is

@@ -1,5 +1,5 @@
-//! The libp2p side of LAN discovery: one swarm (QUIC transport, mDNS, identify, and a
-//! request-response protocol that carries admission tokens) driven by its own task.
+//! The libp2p side of LAN discovery: one swarm (TCP with noise and yamux, mDNS, identify, and
+//! a request-response protocol that carries admission tokens) driven by its own task.
 //!
 //! Every peer mDNS finds is dialled once, so identify runs both ways on that connection: the
 //! dialled side learns of the dialler too, which matters because mDNS answers tell a querier
@@ -36,6 +36,8 @@ const ADMIT_PROTOCOL: &str = "/starling/admit/1";
 const PENDING_TTL_MS: u64 = 7 * 60 * 1000;
 /// How long an admission waits for the device's answer.
 const ADMIT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a waiting device keeps its discovery running after it answered a token.
+const ANSWER_FLUSH: Duration = Duration::from_millis(500);
 /// How often mDNS asks the LAN who is there (it also asks at start, and answers every
 /// query at once). Every member answers every query, so this is the LAN's steady cost.
 const QUERY_INTERVAL: Duration = Duration::from_secs(60);
@@ -185,6 +187,9 @@ pub async fn wait_for_admission(
     );
     let task = tokio::spawn(driver.run(None));
     let token = tokens.recv().await;
+    // "Sent" means handed to the stream: keep the swarm polled a moment so the answer leaves
+    // before the connection goes with the task (the member would count the device as silent).
+    tokio::time::sleep(ANSWER_FLUSH).await;
     task.abort();
     token.ok_or_else(|| LanError::Start {
         addr: discovery_addr(listen),
@@ -197,10 +202,7 @@ fn multiaddr(addr: SocketAddr) -> Multiaddr {
         IpAddr::V4(ip) => Protocol::Ip4(ip),
         IpAddr::V6(ip) => Protocol::Ip6(ip),
     };
-    Multiaddr::empty()
-        .with(ip)
-        .with(Protocol::Udp(addr.port()))
-        .with(Protocol::QuicV1)
+    Multiaddr::empty().with(ip).with(Protocol::Tcp(addr.port()))
 }
 
 fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
@@ -217,7 +219,12 @@ fn build(listen: SocketAddr, me: &Announcement) -> Result<Swarm<Behaviour>, LanE
     let agent_version = me.encode();
     let mut swarm = SwarmBuilder::with_new_identity()
         .with_tokio()
-        .with_quic()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .map_err(|e| failed(format!("noise: {e}")))?
         .with_behaviour(|key| {
             let peer = key.public().to_peer_id();
             let mdns = mdns::tokio::Behaviour::new(
@@ -486,7 +493,10 @@ impl Driver {
                 request_id, error, ..
             } => {
                 if let Some(reply) = self.admitting.remove(&request_id) {
-                    let _ = reply.send(Err(format!("the device did not answer: {error}")));
+                    let _ = reply.send(Err(format!(
+                        "the device did not answer ({error}); if it took the token anyway it \
+                         shows in `starling nodes` shortly, else admit it again"
+                    )));
                 }
             }
             // The answer is out (or could not be sent: the member's side then times out, and
