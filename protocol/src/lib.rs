@@ -26,6 +26,7 @@ pub mod events;
 pub mod gossip;
 pub mod hash;
 pub mod hlc;
+pub mod lan;
 pub mod lease;
 pub mod names;
 pub mod objects;
