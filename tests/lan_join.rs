@@ -182,19 +182,33 @@ fn boards_on_a_lan_are_found_listed_admitted_and_find_each_other_without_seeds()
     if NetLab::required("lan join").is_none() {
         return;
     }
-    let mut lab = Lab::new(3);
+    let mut lab = Lab::new(4);
     let first = (lab.boards[0].dir.clone(), lab.boards[0].base.clone());
     init(&lab, &first.0, "board-1", &first.1);
+    // The cluster CA's fingerprint, as any of its tokens carries it (`stl1.<fingerprint>....`).
+    let token = Command::new(BIN)
+        .args(["token", "create", "--data-dir"])
+        .arg(&first.0)
+        .output()
+        .expect("token create");
+    let token = String::from_utf8_lossy(&token.stdout).to_string();
+    let ca = token.split('.').nth(1).expect("a fingerprint field")[..16].to_string();
     // The first board: a member with no seed and no token on a LAN, so discovery is on by
-    // default. The two new boards have no cluster: told to discover, they wait to be admitted.
+    // default. The new boards have no cluster: told to discover, they wait to be admitted;
+    // board-3 takes tokens of this cluster only, board-4 of another cluster only.
     lab.start(0, &[]);
     lab.start(1, &["--discover", "mdns"]);
-    lab.start(2, &["--discover", "mdns"]);
+    lab.start(2, &["--discover", "mdns", "--admit-ca", &ca]);
+    lab.start(3, &["--discover", "mdns", "--admit-ca", "00112233445566ff"]);
 
     let started = std::time::Instant::now();
-    let waiting = vec!["board-2".to_string(), "board-3".to_string()];
+    let waiting = vec![
+        "board-2".to_string(),
+        "board-3".to_string(),
+        "board-4".to_string(),
+    ];
     wait_for(
-        "board-2 and board-3 listed as waiting on board-1",
+        "board-2, board-3 and board-4 listed as waiting on board-1",
         Duration::from_secs(60),
         || (lab.pending(0) == waiting).then_some(()),
     );
@@ -222,11 +236,16 @@ fn boards_on_a_lan_are_found_listed_admitted_and_find_each_other_without_seeds()
     let admitting = std::time::Instant::now();
     let one = lab.cli(0, &["node", "admit", "board-2"]);
     assert!(one.status.success(), "admit board-2: {}", text(&one));
+    // board-4 refuses this cluster's token, so `--all` fails for it and admits board-3.
     let rest = lab.cli(0, &["node", "admit", "--all", "-o", "json"]);
-    assert!(rest.status.success(), "admit --all: {}", text(&rest));
+    assert!(!rest.status.success(), "admit --all: {}", text(&rest));
     let admitted: Value = serde_json::from_slice(&rest.stdout).expect("json");
     assert_eq!(admitted[0]["node"], "board-3", "{admitted}");
     assert_eq!(admitted[0]["admitted"], true, "{admitted}");
+    assert_eq!(admitted[1]["node"], "board-4", "{admitted}");
+    assert_eq!(admitted[1]["admitted"], false, "{admitted}");
+    let why = admitted[1]["error"].as_str().unwrap_or_default();
+    assert!(why.contains("--admit-ca"), "{why}");
 
     let all = vec![
         "board-1".to_string(),
@@ -239,7 +258,12 @@ fn boards_on_a_lan_are_found_listed_admitted_and_find_each_other_without_seeds()
         || (lab.alive(0) == all).then_some(()),
     );
     let joined_s = admitting.elapsed().as_secs_f64();
-    assert!(lab.pending(0).is_empty(), "nobody waits once admitted");
+    assert_eq!(
+        lab.pending(0),
+        vec!["board-4".to_string()],
+        "only the device that refused still waits"
+    );
+    lab.stop(3);
     for i in 1..3 {
         let log = lab.log(i);
         assert!(
@@ -256,7 +280,7 @@ fn boards_on_a_lan_are_found_listed_admitted_and_find_each_other_without_seeds()
     for i in 0..3 {
         lab.stop(i);
     }
-    for board in &lab.boards {
+    for board in &lab.boards[..3] {
         std::fs::write(board.dir.join("cluster/seeds"), "").expect("seeds emptied");
     }
     for i in 0..3 {
@@ -286,7 +310,7 @@ fn boards_on_a_lan_are_found_listed_admitted_and_find_each_other_without_seeds()
     );
     let reformed_s = restarted.elapsed().as_secs_f64();
     eprintln!(
-        "lan join: both boards listed as waiting {listed_s:.1} s after start; admitted and \
+        "lan join: the waiting boards listed {listed_s:.1} s after start; admitted and \
          alive in the fleet {joined_s:.1} s after `node admit`; with no seeds, the restarted \
          fleet whole again in {reformed_s:.1} s"
     );

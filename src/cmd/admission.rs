@@ -23,7 +23,9 @@ pub fn wait_then_join(
     asked: Option<String>,
     listen: SocketAddr,
     advertise: Option<SocketAddr>,
+    admit_ca: Option<&str>,
 ) -> anyhow::Result<()> {
+    let pin = admit_ca.map(ca_pin).transpose()?;
     let node = super::cluster::waiting_node_id(data_dir, asked)?;
     let me = Announcement {
         node: node.clone(),
@@ -40,10 +42,18 @@ pub fn wait_then_join(
             .enable_all()
             .build()
             .context("cannot start the async runtime")?;
-        let check = |text: &str| {
-            JoinToken::parse(text)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+        let pin = pin.clone();
+        let check = move |text: &str| {
+            let token = JoinToken::parse(text).map_err(|e| e.to_string())?;
+            let ca = starling_protocol::objects::seal::hex(&token.ca_fingerprint);
+            match &pin {
+                Some(pin) if !ca.starts_with(pin.as_str()) => Err(format!(
+                    "the token is for the cluster whose CA is {}…, and this device takes only \
+                     {pin}… (--admit-ca)",
+                    &ca[..16]
+                )),
+                _ => Ok(()),
+            }
         };
         let token = runtime.block_on(wait_for_admission(listen, &me, check))?;
         // The swarm's task and sockets go with the runtime before the join binds its own.
@@ -56,6 +66,18 @@ pub fn wait_then_join(
             Err(e) => eprintln!("the join with the token this device was given failed: {e:#}"),
         }
     }
+}
+
+/// `--admit-ca`: at least 16 hex digits of a CA certificate's SHA-256, lowercased.
+fn ca_pin(text: &str) -> anyhow::Result<String> {
+    let pin = text.trim().to_ascii_lowercase();
+    if pin.len() < 16 || pin.len() > 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
+        anyhow::bail!(
+            "--admit-ca {text:?}: expected 16 to 64 hex digits of the cluster CA's SHA-256 (the \
+             second field of one of its join tokens)"
+        );
+    }
+    Ok(pin)
 }
 
 /// `starling nodes --pending`.

@@ -96,6 +96,11 @@ struct FleetArgs {
     /// listen on loopback; off for a device with no cluster].
     #[arg(long, value_parser = ["mdns", "off"])]
     discover: Option<String>,
+    /// While waiting to be admitted, take only tokens of the cluster whose CA certificate's
+    /// SHA-256 starts with these hex digits (at least 16; the second field of any of its join
+    /// tokens): on a LAN shared with others, no other cluster can enrol this device.
+    #[arg(long, value_name = "HEX")]
+    admit_ca: Option<String>,
     /// Timings of gossip and failure detection for the kind of link: lan (one switch; down
     /// after 400 ms), wan (lossy, jittery links between sites; down after 4 s) or metered
     /// (data plans; fewest bytes, one gossip peer per round, down after 3 s of failed probes).
@@ -241,7 +246,12 @@ pub fn main(data_dir: &Path, mut args: AgentArgs) -> anyhow::Result<ExitCode> {
             config.node_id.as_ref().map(|n| n.to_string()),
             fleet.listen,
             fleet.advertise,
+            fleet.admit_ca.as_deref(),
         )?;
+    } else if fleet.admit_ca.is_some() {
+        bail!(
+            "--admit-ca applies only to a device waiting to be admitted (--discover mdns, no cluster, no --join)"
+        );
     }
     config.fleet.discover = discover;
     if let Some(token) = &fleet.join {
