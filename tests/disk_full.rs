@@ -22,13 +22,7 @@ fn apply(fleet: &Fleet, name: &str) -> std::process::Output {
 
 fn listed(fleet: &Fleet) -> Vec<String> {
     wait_for("the agent answers", Duration::from_secs(20), || {
-        let rows = fleet.json(0, &["get", "workloads"])?;
-        Some(
-            rows.as_array()?
-                .iter()
-                .filter_map(|w| w.get("name")?.as_str().map(str::to_string))
-                .collect(),
-        )
+        fleet.workload_names(0)
     })
 }
 

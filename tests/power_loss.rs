@@ -67,13 +67,9 @@ fn every_acknowledged_write_survives_a_kill_during_an_apply_storm() {
         let started = Instant::now();
         let listed: BTreeSet<String> =
             wait_for("the agent answers again", Duration::from_secs(30), || {
-                let rows = fleet.json(0, &["get", "workloads"])?;
-                Some(
-                    rows.as_array()?
-                        .iter()
-                        .filter_map(|w| w.get("name")?.as_str().map(str::to_string))
-                        .collect(),
-                )
+                fleet
+                    .workload_names(0)
+                    .map(|names| names.into_iter().collect())
             });
         answered_after.push(started.elapsed());
         let acked = acked.lock().expect("lock").clone();

@@ -248,7 +248,9 @@ pub fn main(data_dir: &Path, mut args: AgentArgs) -> anyhow::Result<ExitCode> {
             fleet.advertise,
             fleet.admit_ca.as_deref(),
         )?;
-    } else if fleet.admit_ca.is_some() {
+    } else if fleet.admit_ca.is_some() && !member {
+        // A member ignores it: the unit that made the device wait keeps the flag after the
+        // admission, and the agent must still start.
         bail!(
             "--admit-ca applies only to a device waiting to be admitted (--discover mdns, no cluster, no --join)"
         );

@@ -221,6 +221,17 @@ impl Fleet {
             .expect("cli runs")
     }
 
+    /// The workloads node `i` lists, by name; `None` while it does not answer.
+    pub fn workload_names(&self, i: usize) -> Option<Vec<String>> {
+        let rows = self.json(i, &["get", "workloads"])?;
+        Some(
+            rows.as_array()?
+                .iter()
+                .filter_map(|w| w.get("name")?.as_str().map(str::to_string))
+                .collect(),
+        )
+    }
+
     pub fn json(&self, i: usize, args: &[&str]) -> Option<Value> {
         let mut all = args.to_vec();
         all.extend(["-o", "json"]);
