@@ -94,6 +94,16 @@ fn fleet_running_web(bin: PathBuf) -> Fleet {
 }
 
 /// Every line `child` writes, stderr's marked, as they come.
+/// The next line, if one is there; once the writer is `done`, waits for each until the pipes
+/// close (at most 5 s for one).
+fn next_line(lines: &mpsc::Receiver<String>, done: bool) -> Option<String> {
+    if done {
+        lines.recv_timeout(Duration::from_secs(5)).ok()
+    } else {
+        lines.try_recv().ok()
+    }
+}
+
 fn lines_of(child: &mut std::process::Child) -> mpsc::Receiver<String> {
     let (tx, lines) = mpsc::channel::<String>();
     let stdout = child.stdout.take().expect("stdout");
@@ -197,7 +207,10 @@ fn a_rolling_upgrade_restarts_one_agent_at_a_time_and_waits_for_each_to_rejoin_h
         if let Some(n) = web_healthy(&fleet, 2) {
             fewest_listed = fewest_listed.min(n);
         }
-        while let Ok(line) = lines.try_recv() {
+        // Once the script has exited, every line it wrote is read (to the pipes' end) before
+        // the loop ends: its last "upgraded" may still be on its way.
+        let script_done = matches!(script.try_wait(), Ok(Some(_)));
+        while let Some(line) = next_line(&lines, script_done) {
             eprintln!("{:>6.1}s  {line}", started.elapsed().as_secs_f64());
             if let Some(node) = line
                 .strip_suffix(": upgraded")
@@ -244,8 +257,9 @@ fn a_rolling_upgrade_restarts_one_agent_at_a_time_and_waits_for_each_to_rejoin_h
             );
             !agree
         });
-        if let Ok(Some(status)) = script.try_wait()
+        if script_done
             && agreeing.is_empty()
+            && let Ok(status) = script.wait()
         {
             break status;
         }
