@@ -108,12 +108,18 @@ impl Lab {
             .flatten()
     }
 
+    /// The rows of a listing from board `i` (none while it does not answer).
+    fn rows(&self, i: usize, args: &[&str]) -> Vec<Value> {
+        match self.json(i, args) {
+            Some(Value::Array(rows)) => rows,
+            _ => Vec::new(),
+        }
+    }
+
     /// Names of the nodes board `i` sees alive.
     fn alive(&self, i: usize) -> Vec<String> {
-        let Some(Value::Array(rows)) = self.json(i, &["nodes"]) else {
-            return Vec::new();
-        };
-        let mut names: Vec<String> = rows
+        let mut names: Vec<String> = self
+            .rows(i, &["nodes"])
             .iter()
             .filter(|r| r["state"] == "alive")
             .filter_map(|r| r["node"].as_str().map(str::to_string))
@@ -124,10 +130,8 @@ impl Lab {
 
     /// Each node's generation (its agent's start time), as board `i` sees it.
     fn generations(&self, i: usize) -> Vec<(String, u64)> {
-        let Some(Value::Array(rows)) = self.json(i, &["nodes"]) else {
-            return Vec::new();
-        };
-        let mut out: Vec<(String, u64)> = rows
+        let mut out: Vec<(String, u64)> = self
+            .rows(i, &["nodes"])
             .iter()
             .filter_map(|r| Some((r["node"].as_str()?.to_string(), r["generation"].as_u64()?)))
             .collect();
@@ -136,10 +140,8 @@ impl Lab {
     }
 
     fn pending(&self, i: usize) -> Vec<String> {
-        let Some(Value::Array(rows)) = self.json(i, &["nodes", "--pending"]) else {
-            return Vec::new();
-        };
-        let mut names: Vec<String> = rows
+        let mut names: Vec<String> = self
+            .rows(i, &["nodes", "--pending"])
             .iter()
             .filter_map(|r| r["node"].as_str().map(str::to_string))
             .collect();

@@ -10,30 +10,30 @@ use super::dispatch::Reply;
 use super::handlers::error;
 
 impl Agent {
-    /// Why this node cannot list or admit waiting devices, if it cannot.
-    fn no_discovery(&self) -> Option<String> {
-        match &self.fleet {
-            None => Some("this node is not in a cluster: it cannot admit anyone".into()),
-            Some(fleet) if fleet.lan().is_none() => Some(if crate::lan::BUILT {
+    /// This node's fleet and LAN discovery, or why it cannot list or admit waiting devices.
+    fn lan(&self) -> Result<(&super::fleet::Fleet, &crate::lan::Lan), String> {
+        let fleet = self
+            .fleet
+            .as_ref()
+            .ok_or("this node is not in a cluster: it cannot admit anyone")?;
+        let lan = fleet.lan().ok_or_else(|| {
+            if crate::lan::BUILT {
                 "LAN discovery is off on this node (it was started with --seed, --join or \
                  --discover off, or listens on loopback); ask a node started with \
                  --discover mdns"
                     .into()
             } else {
                 crate::lan::LanError::NotBuilt.to_string()
-            }),
-            Some(_) => None,
-        }
+            }
+        })?;
+        Ok((fleet, lan))
     }
 
     /// The devices waiting to join that this node found on its LAN.
     pub(super) fn pending(&self) -> ApiResponse {
-        if let Some(why) = self.no_discovery() {
-            return error(why);
-        }
-        match self.fleet.as_ref().and_then(|f| f.lan()) {
-            Some(lan) => ApiResponse::Pending(lan.pending()),
-            None => error("LAN discovery is off on this node".into()),
+        match self.lan() {
+            Ok((_, lan)) => ApiResponse::Pending(lan.pending()),
+            Err(why) => error(why),
         }
     }
 
@@ -41,15 +41,12 @@ impl Agent {
     /// answers once every device answered or timed out. Who may ask was decided in
     /// `dispatch` (admins and the local socket, as for join tokens).
     pub(super) fn admit(&mut self, nodes: Vec<NodeId>, all: bool, reply: Reply) {
-        if let Some(why) = self.no_discovery() {
-            let _ = reply.send(error(why));
-            return;
-        }
-        let Some(fleet) = self.fleet.as_ref() else {
-            return;
-        };
-        let Some(lan) = fleet.lan() else {
-            return;
+        let (fleet, lan) = match self.lan() {
+            Ok(found) => found,
+            Err(why) => {
+                let _ = reply.send(error(why));
+                return;
+            }
         };
         let picked = lan.pick(&nodes, all);
         if picked.is_empty() {
