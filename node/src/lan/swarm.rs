@@ -36,6 +36,8 @@ const ADMIT_PROTOCOL: &str = "/starling/admit/1";
 const PENDING_TTL_MS: u64 = 7 * 60 * 1000;
 /// How long an admission waits for the device's answer.
 const ADMIT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often unidentified peers are dialled again and the waiting book tidied.
+const TIDY_EVERY: Duration = Duration::from_secs(5);
 /// How long a waiting device keeps its discovery running after it answered a token.
 const ANSWER_FLUSH: Duration = Duration::from_millis(500);
 /// How often mDNS asks the LAN who is there (it also asks at start, and answers every
@@ -288,7 +290,7 @@ impl Driver {
     }
 
     async fn run(mut self, mut commands: Option<mpsc::Receiver<Command>>) {
-        let mut expiry = tokio::time::interval(Duration::from_secs(30));
+        let mut tidy = tokio::time::interval(TIDY_EVERY);
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_event(event).await,
@@ -297,7 +299,48 @@ impl Driver {
                     // The agent dropped its handle: it is stopping.
                     None => return,
                 },
-                _ = expiry.tick() => self.refresh_book(),
+                _ = tidy.tick() => {
+                    self.redial();
+                    self.refresh_book();
+                }
+            }
+        }
+    }
+
+    /// Dials again the peers mDNS holds that were never identified: a dial that failed (the
+    /// peer's listener not up yet, a lost packet) is otherwise never retried, since mDNS
+    /// reports a record once until it expires.
+    fn redial(&mut self) {
+        let unknown: Vec<PeerId> = self
+            .swarm
+            .behaviour()
+            .mdns
+            .discovered_nodes()
+            .filter(|p| !self.identified.contains(*p) && !self.swarm.is_connected(p))
+            .copied()
+            .collect();
+        for peer in unknown {
+            // mDNS hands the swarm the addresses it holds for the peer.
+            let dial = DialOpts::peer_id(peer)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            if let Err(e) = self.swarm.dial(dial) {
+                tracing::debug!(%peer, "LAN discovery: cannot dial again: {e}");
+            }
+        }
+    }
+
+    fn dial_all(&mut self, found: Vec<(PeerId, Multiaddr)>) {
+        for (peer, addr) in found {
+            if self.identified.contains(&peer) || self.swarm.is_connected(&peer) {
+                continue;
+            }
+            let dial = DialOpts::peer_id(peer)
+                .addresses(vec![addr.clone()])
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            if let Err(e) = self.swarm.dial(dial) {
+                tracing::debug!(%peer, %addr, "LAN discovery: cannot dial: {e}");
             }
         }
     }
@@ -367,20 +410,7 @@ impl Driver {
 
     fn on_mdns(&mut self, event: mdns::Event) {
         match event {
-            mdns::Event::Discovered(found) => {
-                for (peer, addr) in found {
-                    if self.identified.contains(&peer) || self.swarm.is_connected(&peer) {
-                        continue;
-                    }
-                    let dial = DialOpts::peer_id(peer)
-                        .addresses(vec![addr.clone()])
-                        .condition(PeerCondition::DisconnectedAndNotDialing)
-                        .build();
-                    if let Err(e) = self.swarm.dial(dial) {
-                        tracing::debug!(%peer, %addr, "LAN discovery: cannot dial: {e}");
-                    }
-                }
-            }
+            mdns::Event::Discovered(found) => self.dial_all(found),
             mdns::Event::Expired(gone) => {
                 for (peer, _) in gone {
                     // A peer with several addresses expires once per address: forget it once
